@@ -1,0 +1,43 @@
+"""The one interface every model backend speaks: batched chat generation and option scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Chat = list[dict[str, str]]  # [{"role": "user" | "assistant" | "system", "content": ...}, ...]
+
+
+class BackendError(RuntimeError):
+    """A model could not be loaded or reached; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per answer."})
+    temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling; same seed and batch, same text."})
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "Generate at least this many tokens (benchmarks fix lengths with it)."}
+    )
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall time of the batch this answer came from, shared evenly among its members
+
+
+class Backend(Protocol):
+    name: str  # the model as records should name it
+
+    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+        """Answer every chat (each ending with a user turn); one Generation per chat, in order."""
+        ...
+
+    def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
+        """Log-probability of each option as the start of the assistant's reply to each chat."""
+        ...

@@ -1,0 +1,138 @@
+"""Local transformers backend: batched, length-grouped chat generation and option scoring."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .base import BackendError, Chat, Generation, SamplingParams
+
+
+class HFBackend:
+    """One loaded model. Chats are sorted by prompt length and cut into batches so that a batch
+    holds prompts of similar length: left padding then wastes few positions."""
+
+    def __init__(self, model_path: str, *, batch_size: int = 32, device: str | None = None, dtype=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = str(model_path)
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        except (OSError, ValueError) as exc:
+            raise BackendError(_explain_load_failure(model_path, exc)) from None
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._stop_ids = _stop_token_ids(self.tokenizer, self.model)
+
+    # --- generation --------------------------------------------------------------------------
+
+    def _encode(self, chats: list[Chat]) -> list[list[int]]:
+        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    @torch.inference_mode()
+    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+        if not chats:
+            return []
+        encoded = self._encode(chats)
+        order = sorted(range(len(chats)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(chats)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            ids, mask = self._pad_left([encoded[i] for i in batch])
+            # Seed per batch position so that a resumed job draws the same way as a fresh one.
+            torch.manual_seed(params.seed + start)
+            begun = time.perf_counter()
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=params.max_new_tokens,
+                min_new_tokens=params.min_new_tokens or None,
+                do_sample=params.temperature > 0,
+                temperature=params.temperature if params.temperature > 0 else None,
+                top_p=params.top_p if params.temperature > 0 else None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self._stop_ids,
+            )
+            seconds = (time.perf_counter() - begun) / len(batch)
+            for row, i in enumerate(batch):
+                new = out[row, ids.shape[1] :].tolist()
+                n = next((k for k, t in enumerate(new) if t in self._stop_ids), len(new))
+                results[i] = Generation(
+                    text=self.tokenizer.decode(new[:n], skip_special_tokens=True).strip(),
+                    prompt_tokens=len(encoded[i]),
+                    completion_tokens=n,
+                    seconds=seconds,
+                )
+        return results  # type: ignore[return-value]
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
+        """Sum of log P(option tokens | chat + assistant prefix) for each chat and option.
+
+        Sequences are left-padded so that every option ends at the last position; only the last
+        few positions go through the output head, which keeps memory at batch x options x vocab
+        instead of batch x length x vocab."""
+        prefixes = self._encode(chats)
+        option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+        if any(not ids for ids in option_ids):
+            raise ValueError("every option must encode to at least one token")
+        rows = [(c, o) for c in range(len(chats)) for o in range(len(options))]
+        scores = [[0.0] * len(options) for _ in chats]
+        rows.sort(key=lambda co: len(prefixes[co[0]]) + len(option_ids[co[1]]))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            seqs = [prefixes[c] + option_ids[o] for c, o in batch]
+            ids, mask = self._pad_left(seqs)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(option_ids[o]) for _, o in batch) + 1
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, (c, o) in enumerate(batch):
+                target = option_ids[o]
+                m = len(target)
+                # logits at kept index j predict the token at kept index j + 1
+                picked = logprobs[row, keep - 1 - m : keep - 1].gather(
+                    -1, torch.tensor(target, device=self.device)[:, None]
+                )
+                scores[c][o] = float(picked.sum())
+        return scores
+
+
+def _stop_token_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _explain_load_failure(model_path: str, exc: Exception) -> str:
+    looks_local = model_path.startswith((".", "/", "~")) or Path(model_path).exists() or model_path.count("/") != 1
+    if looks_local and not Path(model_path).expanduser().exists():
+        return f"model path {model_path!r} does not exist"
+    if looks_local:
+        return f"{model_path!r} is not a loadable transformers model folder: {exc}"
+    return (
+        f"could not load {model_path!r}: it is not a local folder and the model hub could not provide it "
+        f"(offline?). Download it where you have access and pass the folder instead. ({type(exc).__name__})"
+    )

@@ -1,0 +1,233 @@
+"""OpenAI-compatible HTTP backend: chat generation and option scoring against vLLM, llama.cpp, Ollama or OpenAI.
+
+Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel and are spread round-robin over
+a fleet of base URLs. A request that fails in a way another try may fix (connection refused, timeout, HTTP 429 or
+5xx) is retried with exponential backoff on the *next* URL, so one dead or overloaded server in the fleet costs a
+retry rather than the job. Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter)
+and fails at once with the server's own message.
+
+Scoring uses the `logprobs` / `top_logprobs` extension of chat completions: the server reports the 20 most likely
+first tokens of the reply and each option is looked up among them by its text. Over HTTP therefore only options
+that are a single token are supported ("A"/"B", "Yes"/"No"): a multi-token option, or one outside the top 20,
+scores -inf. The local transformers backend (`hf.py`) has no such limit.
+
+Standard library only, so that pointing the workbench at a server needs no extra install.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .base import BackendError, Chat, Generation, SamplingParams
+
+TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
+
+
+class OpenAICompatBackend:
+    """A model behind one or more OpenAI-compatible servers (`base_urls` like http://host:8000/v1)."""
+
+    def __init__(
+        self,
+        model: str,
+        base_urls: list[str],
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+    ):
+        urls = [u.strip().rstrip("/") for u in base_urls if u.strip()]
+        if not urls:
+            raise BackendError(f"no server URL given for model {model!r}: expected openai:MODEL@URL[,URL...]")
+        for url in urls:
+            # urllib would only complain at the first request, with a less helpful message.
+            if not url.startswith(("http://", "https://")):
+                raise BackendError(f"server URL {url!r} must start with http:// or https:// (e.g. http://host:8000/v1)")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_urls = urls
+        self.api_key = api_key
+        self.concurrency = max(1, concurrency)
+        self.timeout = timeout
+        self.max_retries = max(0, max_retries)
+        self.backoff = backoff
+        # One counter across calls, so that a stream of one-chat calls still spreads over the fleet.
+        self._turn = itertools.count()
+        self._turn_lock = threading.Lock()
+
+    # --- generation --------------------------------------------------------------------------
+
+    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+        bodies = []
+        for chat in chats:
+            body: dict[str, Any] = {
+                "model": self.model,
+                "messages": chat,
+                "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "seed": params.seed,
+            }
+            if params.min_new_tokens:
+                # A vLLM extension; sent only when asked for, since OpenAI itself rejects unknown fields.
+                body["min_tokens"] = params.min_new_tokens
+            bodies.append(body)
+        return [_to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies)]
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
+        """Log-probability of each option as the first token of the reply; -inf where the server's top 20
+        first tokens do not include it (always so for options longer than one token)."""
+        bodies = [
+            {
+                "model": self.model,
+                "messages": chat,
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": TOP_LOGPROBS,
+            }
+            for chat in chats
+        ]
+        scores = []
+        for data, url, _ in self._post_all(bodies):
+            top = _first_token_top_logprobs(data)
+            if top is None:
+                raise BackendError(
+                    f"{url} returned no log-probabilities; use a server that supports logprobs (vLLM, llama.cpp) "
+                    "to score options, or a local model"
+                )
+            scores.append([_option_logprob(option, top) for option in options])
+        return scores
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _post_all(self, bodies: list[dict]) -> list[tuple[dict, str, float]]:
+        if not bodies:
+            return []
+        with self._turn_lock:
+            starts = [next(self._turn) for _ in bodies]
+        if len(bodies) == 1:
+            return [self._post(bodies[0], starts[0])]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
+            # map keeps input order and re-raises the first failure in that order.
+            return list(pool.map(self._post, bodies, starts))
+
+    def _post(self, body: dict, start: int) -> tuple[dict, str, float]:
+        """One request with retries; returns (response JSON, base URL that answered, seconds)."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        tries = self.max_retries + 1
+        last_error = ""
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            # Each retry moves to the next URL: a dead server is then passed over instead of hammered.
+            base = self.base_urls[(start + attempt) % len(self.base_urls)]
+            request = urllib.request.Request(f"{base}/chat/completions", data=data, headers=headers, method="POST")
+            began = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as exc:
+                message = _server_message(exc)
+                if exc.code >= 500:
+                    last_error = f"HTTP {exc.code} from {base}: {message}"
+                    continue
+                raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None
+            except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
+                last_error = f"{_reason(exc)} ({base})"
+                continue
+            seconds = time.perf_counter() - began
+            try:
+                return json.loads(payload), base, seconds
+            except ValueError:
+                raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
+        raise BackendError(
+            f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
+        )
+
+
+def _to_generation(data: dict, url: str, seconds: float) -> Generation:
+    try:
+        message = data["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        raise BackendError(f"{url} answered without a chat completion: {json.dumps(data)[:300]}") from None
+    usage = data.get("usage") or {}
+    return Generation(
+        # Stripped like the local backend's text, so records do not depend on where the model ran.
+        text=(message.get("content") or "").strip(),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        seconds=seconds,
+    )
+
+
+def _first_token_top_logprobs(data: dict) -> list[tuple[str, float]] | None:
+    """[(token text, logprob), ...] for the first generated token, or None if the server sent none."""
+    try:
+        logprobs = data["choices"][0].get("logprobs") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    content = logprobs.get("content")
+    if content:
+        first = content[0]
+        top = [(t["token"], float(t["logprob"])) for t in first.get("top_logprobs") or []]
+        if not top and "token" in first:
+            top = [(first["token"], float(first["logprob"]))]
+        return top or None
+    # Completions-style shape, still sent by some servers: a list of {token: logprob} per position.
+    legacy = logprobs.get("top_logprobs")
+    if legacy and legacy[0]:
+        return [(token, float(lp)) for token, lp in legacy[0].items()]
+    return None
+
+
+def _option_logprob(option: str, top: list[tuple[str, float]]) -> float:
+    exact = [lp for token, lp in top if token == option]
+    if exact:
+        return max(exact)
+    # Tokenizers disagree on whether the leading space belongs to the token ("A" vs " A"); take the likelier.
+    wanted = option.strip()
+    loose = [lp for token, lp in top if wanted and token.strip() == wanted]
+    return max(loose, default=-math.inf)
+
+
+def _server_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        raw = exc.read().decode("utf-8", "replace")
+    except OSError:
+        return exc.reason or ""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.strip()[:300] or str(exc.reason)
+    if isinstance(body, dict):
+        # OpenAI/vLLM: {"error": {"message": ...}}; llama.cpp may send {"error": "..."}; FastAPI: {"detail": ...}
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for value in (error, body.get("message"), body.get("detail")):
+            if value:
+                return str(value)[:300]
+    return raw.strip()[:300]
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__

@@ -1,0 +1,137 @@
+"""Prompt sets from JSON lines, CSV, plain text or a `datasets` dataset, with line-numbered errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+class PromptFileError(ValueError):
+    """A prompt source that cannot be read; the message names the file and the bad lines."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    source: str
+    prompts: list[Prompt]
+    problems: list[str] = field(default_factory=list)  # bad lines that were skipped, each "file:line: why"
+
+    @property
+    def digest(self) -> str:
+        """Content hash: a job over the same prompts has the same identity, wherever the file lies."""
+        payload = json.dumps([(p.id, p.prompt, p.category) for p in self.prompts], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def load_prompts(
+    source: str | Path,
+    *,
+    on_bad_line: Literal["stop", "skip"] = "stop",
+    prompt_field: str = "prompt",
+    id_field: str = "id",
+    category_field: str = "category",
+    limit: int | None = None,
+) -> PromptSet:
+    """Read prompts. `source` is a .jsonl/.csv/.txt file, a `datasets` folder saved with
+    `save_to_disk`, or `hf:NAME[:SPLIT]` for a dataset the `datasets` library can load."""
+    source = str(source)
+    fields = (prompt_field, id_field, category_field)
+    if source.startswith("hf:"):
+        rows = _dataset_rows(source.removeprefix("hf:"))
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise PromptFileError(f"{path}: no such prompt file")
+        if path.is_dir():
+            rows = _dataset_rows(str(path))
+        elif path.suffix == ".jsonl":
+            rows = _jsonl_rows(path)
+        elif path.suffix == ".csv":
+            rows = _csv_rows(path)
+        elif path.suffix == ".txt":
+            rows = _txt_rows(path, prompt_field)
+        else:
+            raise PromptFileError(f"{path}: unknown prompt format {path.suffix!r} (use .jsonl, .csv, .txt)")
+
+    prompts, problems, seen = [], [], set()
+    for line, row in rows:
+        try:
+            prompts.append(_to_prompt(row, line, fields, seen))
+        except PromptFileError as exc:
+            problems.append(f"{source}:{line}: {exc}")
+        if limit and len(prompts) >= limit:
+            break
+    if problems and on_bad_line == "stop":
+        shown = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise PromptFileError(f"{len(problems)} bad line(s) in {source} (pass --skip-bad-lines to skip them):\n{shown}")
+    if not prompts:
+        raise PromptFileError(f"{source}: no prompts found")
+    return PromptSet(source, prompts, problems)
+
+
+def _to_prompt(row, line: int, fields: tuple[str, str, str], seen: set[str]) -> Prompt:
+    prompt_field, id_field, category_field = fields
+    if isinstance(row, Exception):
+        raise PromptFileError(str(row))
+    if not isinstance(row, dict):
+        raise PromptFileError(f"expected an object, found {type(row).__name__}")
+    text = row.get(prompt_field)
+    if not isinstance(text, str) or not text.strip():
+        raise PromptFileError(f"missing or empty {prompt_field!r}")
+    pid = str(row.get(id_field) or f"line-{line}")
+    if pid in seen:
+        raise PromptFileError(f"duplicate id {pid!r}")
+    seen.add(pid)
+    return Prompt(pid, text.strip(), str(row.get(category_field) or ""))
+
+
+def _jsonl_rows(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield n, PromptFileError(f"not valid JSON ({exc.msg})")
+
+
+def _csv_rows(path: Path):
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _txt_rows(path: Path, prompt_field: str):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                yield n, {prompt_field: line}
+
+
+def _dataset_rows(name: str):
+    import datasets
+
+    name, _, split = name.partition(":")
+    try:
+        if Path(name).is_dir():
+            data = datasets.load_from_disk(name)
+        else:
+            data = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # datasets raises many types; the user needs the name and the reason
+        raise PromptFileError(f"cannot load dataset {name!r}: {exc}") from None
+    if isinstance(data, datasets.DatasetDict):
+        data = data[split or next(iter(data))]
+    for n, row in enumerate(data, start=1):
+        yield n, row

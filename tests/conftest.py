@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cai_core.workspace import Workspace
+
+from .tiny_model import build_tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> str:
+    """The real default model, converted once into the project's data folder (shared across runs)."""
+    from cai_core.backends import ensure_default_model
+
+    return str(ensure_default_model(Workspace.from_env().models_dir))
+
+
+def require_shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (it lies beside the project root only on the developers' machines and CI)")
+    return path
