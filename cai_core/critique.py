@@ -16,7 +16,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend
@@ -43,6 +42,7 @@ class GenerateConfig:
     few_shot: bool = field(default=True, metadata={"help": "Show the constitution's worked examples first."})
     early_stop: bool = field(default=True, metadata={"help": "End a trace when its critique asks for no change."})
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer, critique or revision."})
+    min_new_tokens: int = field(default=0, metadata={"help": "At least this many tokens (benchmarks fix lengths)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 is greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
     seed: int = field(default=0, metadata={"help": "Seed for principle choice and sampling."})
@@ -54,7 +54,7 @@ class GenerateConfig:
     )
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        return SamplingParams(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.min_new_tokens)
 
 
 @dataclass
@@ -289,7 +289,3 @@ def _run_round(
     for state, step in zip(active, new_steps, strict=True):
         steps[state.trace.trace_id].append(step)
         state.response, state.round, state.stopped = step.response, round_, step.stopped
-
-
-def default_constitution(workspace: Workspace) -> Path:
-    return workspace.constitutions_dir / "hhh.yaml"

@@ -133,5 +133,4 @@ def _dataset_rows(name: str):
         raise PromptFileError(f"cannot load dataset {name!r}: {exc}") from None
     if isinstance(data, datasets.DatasetDict):
         data = data[split or next(iter(data))]
-    for n, row in enumerate(data, start=1):
-        yield n, row
+    yield from enumerate(data, start=1)

@@ -144,7 +144,7 @@ class OpenAICompatBackend:
                     payload = response.read()
             except urllib.error.HTTPError as exc:
                 message = _server_message(exc)
-                if exc.code >= 500:
+                if exc.code == 429 or exc.code >= 500:
                     last_error = f"HTTP {exc.code} from {base}: {message}"
                     continue
                 raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None

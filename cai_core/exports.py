@@ -1,0 +1,83 @@
+"""Datasets out of the store, in the formats TRL reads.
+
+- `sft`: `{"messages": [user, assistant]}`: the final revision as the answer (SL-CAI's training data).
+- `prompt_completion`: `{"prompt": [user], "completion": [assistant]}`: the same, with the loss on
+  the completion only.
+- `pairs`: `{"prompt": [user], "chosen": [revision], "rejected": [initial]}`: revision versus the
+  first answer, for DPO or a reward model.
+Each row also carries `trace_id`, `constitution_version` and `round`, so any example can be traced
+back to the text that produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from .store import Store
+
+ExportKind = Literal["sft", "prompt_completion", "pairs"]
+ExportFormat = Literal["jsonl", "parquet", "hf"]
+KINDS: tuple[str, ...] = ("sft", "prompt_completion", "pairs")
+FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
+
+
+def export_rows(
+    store: Store,
+    kind: ExportKind,
+    *,
+    constitution_version: str | None = None,
+    max_round: int | None = None,
+    run_id: str | None = None,
+) -> pd.DataFrame:
+    steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
+    if kind == "pairs":
+        # a revision identical to the first answer teaches a preference model nothing
+        steps = steps[steps.revision.str.strip() != steps.initial.str.strip()]
+    user = [[{"role": "user", "content": p}] for p in steps.prompt]
+    revision = [[{"role": "assistant", "content": r}] for r in steps.revision]
+    meta = {"trace_id": steps.trace_id, "constitution_version": steps.constitution_version, "round": steps["round"]}
+    if kind == "sft":
+        data = {"messages": [u + r for u, r in zip(user, revision, strict=True)]}
+    elif kind == "prompt_completion":
+        data = {"prompt": user, "completion": revision}
+    elif kind == "pairs":
+        data = {
+            "prompt": user,
+            "chosen": revision,
+            "rejected": [[{"role": "assistant", "content": i}] for i in steps.initial],
+        }
+    else:
+        raise ValueError(f"unknown export kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
+
+
+def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Path:
+    """Write rows as JSON lines, Parquet, or a `datasets` folder (`save_to_disk`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        rows.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif fmt == "parquet":
+        rows.to_parquet(path, index=False)
+    elif fmt == "hf":
+        import datasets
+
+        datasets.Dataset.from_pandas(rows, preserve_index=False).save_to_disk(str(path))
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return path
+
+
+def load_export(path: str | Path):
+    """Load any export back as a `datasets.Dataset` (what TRL's trainers take)."""
+    import datasets
+
+    path = Path(path)
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    if path.suffix == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    return datasets.Dataset.from_json(str(path))
