@@ -109,6 +109,40 @@ def says_nothing_to_change(critique: str, stop_phrases: list[str]) -> bool:
     return any(phrase.lower() in lowered for phrase in stop_phrases)
 
 
+TRY_IT_PARAMS = SamplingParams(max_new_tokens=128)
+
+
+@dataclass(frozen=True)
+class SingleRound:
+    """One critique→revision, as the constitution page's "try it" shows it."""
+
+    prompt: str
+    response: str
+    principle_id: str
+    critique: str
+    revision: str
+
+
+def critique_once(
+    backend: Backend,
+    constitution: Constitution,
+    principle_id: str,
+    prompt: str,
+    response: str | None = None,
+    params: SamplingParams = TRY_IT_PARAMS,
+    few_shot: bool = True,
+) -> SingleRound:
+    """Answer `prompt` (unless a response is given), then critique and revise it under one principle."""
+    principle = constitution.principle(principle_id)
+    if response is None:
+        [answer] = backend.generate([[{"role": "user", "content": prompt}]], params)
+        response = answer.text
+    chat = critique_chat(prompt, response, principle, constitution, few_shot)
+    [critique] = backend.generate([chat], params)
+    [revision] = backend.generate([revision_chat(chat, critique.text, principle)], params)
+    return SingleRound(prompt, response, principle.id, critique.text, revision.text)
+
+
 def prepare_job(config: GenerateConfig, workspace: Workspace) -> JobFolder:
     """Create (or find) the run's folder; the run id is derived from the config unless given."""
     constitution = load_constitution(config.constitution)

@@ -59,6 +59,23 @@ class Run:
     updated_at: float
 
 
+@dataclass(frozen=True)
+class StepVerdict:
+    """A person's judgment of one round of a trace. One per (trace, round, annotator): saving again edits it."""
+
+    trace_id: str
+    round: int
+    annotator: str
+    revision_verdict: str | None  # better | same | worse
+    critique_verdict: str | None  # valid | invalid
+    note: str = ""
+    updated_at: float = field(default_factory=now)
+
+
+REVISION_VERDICTS = ("better", "same", "worse")
+CRITIQUE_VERDICTS = ("valid", "invalid")
+
+
 def columns(record_type) -> list[str]:
     return [f.name for f in fields(record_type)]
 

@@ -19,7 +19,7 @@ import duckdb
 import pandas as pd
 
 from .jobs import JobFolder, list_job_folders
-from .records import Run, Trace, TraceStep, columns, now
+from .records import Run, StepVerdict, Trace, TraceStep, columns, now, to_row
 from .workspace import Workspace
 
 
@@ -50,6 +50,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (trace_id, round));
     CREATE TABLE ingest_offsets (path TEXT PRIMARY KEY, bytes BIGINT NOT NULL);
     CREATE INDEX traces_run ON traces (run_id);
+    """,
+    # 2: people's verdicts on trace rounds
+    """
+    CREATE TABLE step_verdicts (
+        trace_id TEXT NOT NULL, round INTEGER NOT NULL, annotator TEXT NOT NULL,
+        revision_verdict TEXT CHECK (revision_verdict IN ('better', 'same', 'worse')),
+        critique_verdict TEXT CHECK (critique_verdict IN ('valid', 'invalid')),
+        note TEXT NOT NULL, updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (trace_id, round, annotator));
     """,
 ]
 
@@ -299,6 +308,41 @@ class Store:
                 QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1
                 ORDER BY t.trace_id""",
             params,
+        ).df()
+
+    # --- verdicts -----------------------------------------------------------------------------
+
+    def save_verdict(self, verdict: StepVerdict) -> None:
+        if not verdict.annotator.strip():
+            raise ValueError("a verdict needs the annotator's name")
+        if (
+            self._one("SELECT 1 FROM trace_steps WHERE trace_id = ? AND round = ?", [verdict.trace_id, verdict.round])
+            is None
+        ):
+            raise KeyError(f"trace {verdict.trace_id!r} has no round {verdict.round}")
+        row = to_row(verdict)
+        self._exec(
+            f"INSERT OR REPLACE INTO step_verdicts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+    def verdicts(self, trace_id: str | None = None) -> list[StepVerdict]:
+        sql = f"SELECT {', '.join(columns(StepVerdict))} FROM step_verdicts"
+        rows = (
+            self.con.execute(sql + " WHERE trace_id = ? ORDER BY round, annotator", [trace_id])
+            if trace_id
+            else self.con.execute(sql + " ORDER BY trace_id, round, annotator")
+        ).fetchall()
+        return [StepVerdict(*r) for r in rows]
+
+    def verdict_counts(self) -> pd.DataFrame:
+        """How many verdicts of each kind, over every trace: what the page shows as totals."""
+        return self.con.execute(
+            """SELECT 'revision' AS aspect, revision_verdict AS verdict, count(*) AS n FROM step_verdicts
+               WHERE revision_verdict IS NOT NULL GROUP BY ALL
+               UNION ALL
+               SELECT 'critique', critique_verdict, count(*) FROM step_verdicts
+               WHERE critique_verdict IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
         ).df()
 
 

