@@ -26,7 +26,8 @@ from .prompts import PromptFileError
 from .store import Store, StoreError
 from .workspace import PROJECT_ROOT, Workspace
 
-USER_ERRORS = (ConstitutionError, PromptFileError, BackendError, StoreError, FileNotFoundError, KeyError, ValueError)
+# What the user can fix gets one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConstitutionError, PromptFileError, BackendError, StoreError, OSError, KeyError, ValueError)
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -332,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Offline by default: a hub lookup that cannot succeed otherwise retries for most of a minute.
+    # HF_HUB_OFFLINE=0 lets hub ids download where the hub is reachable.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     ws = Workspace.from_env(args.data_dir, args.db)
     try:

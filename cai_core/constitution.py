@@ -11,7 +11,9 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -222,3 +224,46 @@ def _describe(err: dict, data: dict, lines: dict[tuple, int], source: str) -> st
     elif err["type"] == "extra_forbidden":
         message = "unknown field"
     return f"{where}: {', '.join(parts) or 'constitution'}: {message}"
+
+
+# --- editing: what an editor (the constitution page) does with a draft ----------------------
+
+
+def constitution_from_data(data: dict, source: str = "<editor>") -> Constitution:
+    """Validate plain data as an editor's form holds it; the errors read like parse_constitution's."""
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as exc:
+        raise ConstitutionError("\n".join(_describe(err, data, {}, source) for err in exc.errors())) from None
+
+
+def draft_yaml(data: dict) -> str:
+    """The YAML of constitution data, valid or not, laid out as a saved file is."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def unique_principle_id(base: str, taken: Iterable[str]) -> str:
+    """`base`, or the first free `base-2`, `base-3`, ...: ids must stay unique within a constitution."""
+    taken = set(taken)
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def copy_constitution(
+    template: str | os.PathLike, directory: str | os.PathLike, file_stem: str, name: str | None = None
+) -> tuple[Path, Constitution]:
+    """Start a new constitution file DIRECTORY/FILE_STEM.yaml from a template; never overwrites a file."""
+    if not re.match(SLUG_PATTERN, file_stem):
+        raise ConstitutionError(
+            f"file name {file_stem!r}: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        )
+    path = Path(directory) / f"{file_stem}.yaml"
+    if path.exists():
+        raise ConstitutionError(f"{path} already exists; pick another name")
+    constitution = load_constitution(template)
+    if name and name.strip():
+        constitution = constitution.model_copy(update={"name": name.strip()})
+    return path, save_constitution(constitution, path)

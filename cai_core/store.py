@@ -89,6 +89,8 @@ class Store:
         try:
             store.migrate()
             yield store
+        except (duckdb.IOException, duckdb.TransactionException) as exc:  # disk full, a failed commit, ...
+            raise StoreError(f"database {path}: {str(exc).splitlines()[0]}") from None
         finally:
             con.close()
 
@@ -118,10 +120,10 @@ class Store:
         self._exec("BEGIN TRANSACTION")
         try:
             yield
-            self._exec("COMMIT")
         except BaseException:
             self._exec("ROLLBACK")
             raise
+        self._exec("COMMIT")  # a failed commit has already ended the transaction: nothing to roll back
 
     # --- constitutions -----------------------------------------------------------------------
 

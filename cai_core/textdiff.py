@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Op = Literal["equal", "insert", "delete"]
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
@@ -24,3 +24,37 @@ def word_diff(old: str, new: str) -> list[tuple[Op, str]]:
         if j2 > j1:
             pieces.append(("insert", "".join(b[j1:j2])))
     return pieces
+
+
+class LineRow(NamedTuple):
+    """One row of a two-column diff; a side is None where the other side has a line the first lacks."""
+
+    tag: Literal["equal", "delete", "insert", "change"]
+    old_no: int | None
+    old: str | None
+    new_no: int | None
+    new: str | None
+
+
+def side_by_side(old: str, new: str, context: int = 3) -> list[list[LineRow]]:
+    """Hunks of line rows for a side-by-side diff, each with `context` unchanged lines around its
+    changes (unchanged stretches between hunks are left out). A changed block pairs its old and new
+    lines in order. Line numbers count from 1."""
+    a, b = old.splitlines(), new.splitlines()
+    hunks = []
+    for group in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_grouped_opcodes(context):
+        rows = []
+        for tag, i1, i2, j1, j2 in group:
+            for k in range(max(i2 - i1, j2 - j1)):
+                i, j = i1 + k, j1 + k
+                left = (i + 1, a[i]) if i < i2 else (None, None)
+                right = (j + 1, b[j]) if j < j2 else (None, None)
+                if tag == "equal":
+                    kind = "equal"
+                elif left[1] is not None and right[1] is not None:
+                    kind = "change"
+                else:
+                    kind = "delete" if right[1] is None else "insert"
+                rows.append(LineRow(kind, *left, *right))
+        hunks.append(rows)
+    return hunks

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests run offline, as the workbench does by default; set before huggingface_hub reads it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
