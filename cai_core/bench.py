@@ -3,11 +3,14 @@ same prompts, same number of generated tokens, measured in the same run.
 
 The reference loop is the shape of the original CAI example code's `self_critique_loop`: one
 prompt at a time, one `generate` call per step. Lengths are fixed (min = max new tokens, greedy)
-so that both sides generate exactly the same number of tokens.
+so that both sides generate exactly the same number of tokens. Few-shot examples are off by
+default: they add the same ~1,300 prompt tokens to every critique on both sides, which measures
+prompt processing rather than generation (`--few-shot` to include them).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +33,9 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - begun)
 
 
-def bench_generate(model: str, ws: Workspace, *, prompts: int = 32, rounds: int = 3, new_tokens: int = 32) -> dict:
+def bench_generate(
+    model: str, ws: Workspace, *, prompts: int = 32, rounds: int = 3, new_tokens: int = 32, few_shot: bool = False
+) -> dict:
     backend = load_backend(model, ws)
     constitution_path = ws.constitutions_dir / "hhh.yaml"
     constitution = load_constitution(constitution_path)
@@ -46,7 +51,7 @@ def bench_generate(model: str, ws: Workspace, *, prompts: int = 32, rounds: int 
         response = answer.text
         for round_ in range(1, rounds + 1):
             principle = choose_principle(constitution, "random", 0, prompt.id, index, round_)
-            chat = critique_chat(prompt.prompt, response, principle, constitution, few_shot=True)
+            chat = critique_chat(prompt.prompt, response, principle, constitution, few_shot)
             [critique] = backend.generate([chat], params)
             [revision] = backend.generate([revision_chat(chat, critique.text, principle)], params)
             response = revision.text
@@ -55,7 +60,7 @@ def bench_generate(model: str, ws: Workspace, *, prompts: int = 32, rounds: int 
     with tempfile.TemporaryDirectory() as tmp:
         prompt_file = Path(tmp) / "prompts.jsonl"
         prompt_file.write_text(
-            "".join(f'{{"id": "p{i}", "prompt": {p.prompt!r}}}\n'.replace("'", '"') for i, p in enumerate(chosen))
+            "".join(json.dumps({"id": f"p{i}", "prompt": p.prompt}) + "\n" for i, p in enumerate(chosen))
         )
         config = GenerateConfig(
             constitution=str(constitution_path),
@@ -66,6 +71,7 @@ def bench_generate(model: str, ws: Workspace, *, prompts: int = 32, rounds: int 
             min_new_tokens=new_tokens,
             temperature=0.0,
             early_stop=False,
+            few_shot=few_shot,
         )
         begun = time.perf_counter()
         run_generation(config, Workspace(Path(tmp)), backends=(backend, backend))
@@ -79,6 +85,7 @@ def bench_generate(model: str, ws: Workspace, *, prompts: int = 32, rounds: int 
         "model": backend.name,
         "prompts": prompts,
         "rounds": rounds,
+        "few_shot": few_shot,
         "generated_tokens_each": tokens,
         "sequential_tokens_per_s": round(tokens / sequential_seconds, 1),
         "pipeline_tokens_per_s": round(pipeline_rate, 1),

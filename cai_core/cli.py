@@ -250,7 +250,14 @@ def cmd_bench_generate(args, ws: Workspace) -> int:
 
     print(
         json.dumps(
-            bench_generate(args.model, ws, prompts=args.prompts, rounds=args.rounds, new_tokens=args.new_tokens),
+            bench_generate(
+                args.model,
+                ws,
+                prompts=args.prompts,
+                rounds=args.rounds,
+                new_tokens=args.new_tokens,
+                few_shot=args.few_shot,
+            ),
             indent=1,
         )
     )
@@ -328,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--few-shot", action="store_true", help="Include the constitution's worked examples.")
     p.set_defaults(func=cmd_bench_generate)
     return parser
 
