@@ -24,8 +24,8 @@ from .prompts import load_prompts
 from .workspace import Workspace
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
     begun = time.perf_counter()
     for _ in range(repeats):
@@ -34,9 +34,16 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 
 
 def bench_generate(
-    model: str, ws: Workspace, *, prompts: int = 32, rounds: int = 3, new_tokens: int = 32, few_shot: bool = False
+    model: str,
+    ws: Workspace,
+    *,
+    prompts: int = 32,
+    rounds: int = 3,
+    new_tokens: int = 32,
+    few_shot: bool = False,
+    dtype: str = "auto",
 ) -> dict:
-    backend = load_backend(model, ws)
+    backend = load_backend(model, ws, dtype)
     constitution_path = ws.constitutions_dir / "hhh.yaml"
     constitution = load_constitution(constitution_path)
     prompt_set = load_prompts(ws.demo_prompts)
@@ -72,12 +79,14 @@ def bench_generate(
             temperature=0.0,
             early_stop=False,
             few_shot=few_shot,
+            dtype=dtype,
         )
         begun = time.perf_counter()
         run_generation(config, Workspace(Path(tmp)), backends=(backend, backend))
         pipeline_seconds = time.perf_counter() - begun
 
-    flops = matmul_flops_per_second()
+    # the roofline of the precision the model runs in: bf16 units are several times faster than fp32
+    flops = matmul_flops_per_second(next(backend.model.parameters()).dtype) if hasattr(backend, "model") else 0.0
     parameters = sum(p.numel() for p in backend.model.parameters()) if hasattr(backend, "model") else None
     roofline = flops / (2 * parameters) if parameters else None
     pipeline_rate = tokens / pipeline_seconds
@@ -86,6 +95,7 @@ def bench_generate(
         "prompts": prompts,
         "rounds": rounds,
         "few_shot": few_shot,
+        "dtype": str(next(backend.model.parameters()).dtype) if hasattr(backend, "model") else None,
         "generated_tokens_each": tokens,
         "sequential_tokens_per_s": round(tokens / sequential_seconds, 1),
         "pipeline_tokens_per_s": round(pipeline_rate, 1),

@@ -11,7 +11,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .backends import BackendError, ensure_default_model
+from .backends import DTYPES, BackendError, ensure_default_model
 from .constitution import (
     ConstitutionError,
     diff_constitutions,
@@ -336,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--few-shot", action="store_true", help="Include the constitution's worked examples.")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the local model, on both sides.")
     p.set_defaults(func=cmd_bench_generate)
     return parser
 

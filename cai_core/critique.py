@@ -31,6 +31,9 @@ class GenerateConfig:
     constitution: str = field(metadata={"help": "Path of the constitution YAML."})
     prompts: str = field(metadata={"help": "Prompt source: .jsonl/.csv/.txt, a datasets folder, or hf:NAME[:SPLIT]."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Policy model spec (answers the prompts)."})
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto", metadata={"help": "Local models' precision; auto: bf16 on a GPU, fp32 on a CPU."}
+    )
     critic_model: str | None = field(
         default=None, metadata={"help": "Model that critiques and revises; the policy model when unset."}
     )
@@ -207,8 +210,8 @@ def run_generation(
     report()
     try:
         if backends is None:
-            policy = load_backend(config.model, workspace)
-            critic = load_backend(config.critic_model, workspace) if config.critic_model else policy
+            policy = load_backend(config.model, workspace, config.dtype)
+            critic = load_backend(config.critic_model, workspace, config.dtype) if config.critic_model else policy
         else:
             policy, critic = backends
         run_id = job.run_id

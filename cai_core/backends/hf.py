@@ -14,7 +14,14 @@ class HFBackend:
     """One loaded model. Chats are sorted by prompt length and cut into batches so that a batch
     holds prompts of similar length: left padding then wastes few positions."""
 
-    def __init__(self, model_path: str, *, batch_size: int = 32, device: str | None = None, dtype=None):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = str(model_path)
@@ -22,6 +29,7 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
