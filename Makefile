@@ -35,7 +35,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: setup
 	$(BIN)/cai bench generate
