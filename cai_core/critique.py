@@ -182,7 +182,12 @@ def run_generation(
     workspace = workspace or Workspace.from_env()
     job = prepare_job(config, workspace)
     job.repair()
-    job.clear_cancel()
+    if job.cancel_requested() and job.progress().status == "pending":
+        # cancelled before its process got going: honour it rather than forget it
+        job.set_progress("cancelled", 0, 0, "cancelled before it started; run again to start it")
+        job.clear_cancel()
+        return job
+    job.clear_cancel()  # an old, already honoured request: running again means resuming
     constitution = load_constitution(config.constitution)
     prompt_set = load_prompts(
         config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit

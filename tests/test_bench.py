@@ -5,5 +5,5 @@ def test_bench_generate_runs_both_sides_on_the_same_token_budget(tiny_model_path
     result = bench_generate(tiny_model_path, workspace, prompts=3, rounds=1, new_tokens=4)
     assert result["generated_tokens_each"] == 3 * (1 + 2 * 1) * 4
     assert result["sequential_tokens_per_s"] > 0 and result["pipeline_tokens_per_s"] > 0
-    assert result["speedup"] > 0 and 0 < result["pipeline_fraction_of_roofline"]
+    assert result["speedup"] > 0 and result["pipeline_fraction_of_roofline"] > 0
     assert result["dtype"] == "torch.float32"

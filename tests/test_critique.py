@@ -183,3 +183,13 @@ def test_bad_prompt_files_fail_before_any_model_loads(bad, tmp_path, workspace):
     with pytest.raises(PromptFileError, match=r"bad.jsonl(:2)?|no such prompt file"):
         run_generation(config("/no/such/model", prompts=str(tmp_path / bad)), workspace)
     assert not workspace.runs_dir.exists()
+
+
+def test_a_cancel_before_the_job_starts_is_honoured_then_a_rerun_runs(tiny_model_path, workspace):
+    from cai_core.critique import prepare_job
+
+    cfg = config(tiny_model_path, rounds=1)
+    prepare_job(cfg, workspace).request_cancel()
+    assert run_generation(cfg, workspace).progress().status == "cancelled"
+    finished = run_generation(cfg, workspace)
+    assert finished.progress().status == "done" and len(finished.read("trace_steps")) == 4 * 2

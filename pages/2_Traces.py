@@ -1,0 +1,258 @@
+"""Trace inspector: filter and page through SL-CAI traces, step through one (prompt → answer → critique 1 →
+revision 1 → ...) with word diffs, token counts and timings, and record a verdict on each round.
+
+Only one page of traces is read at a time (LIMIT / OFFSET in DuckDB), so the page stays fast however many
+traces are stored.
+"""
+
+import hashlib
+import math
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from cai_core.constitution import ConstitutionError, parse_constitution
+from cai_core.records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, columns
+from cai_core.store import TraceFilter
+from pages import connect, count, md_escape, setup, show_text, show_word_diff, when
+
+settings = setup("Traces")
+ws = settings.workspace
+ss = st.session_state
+
+PAGE_SIZE = 20
+ANY = "(any)"
+UNRATED = "not judged"
+FILTERS = {
+    "run_id": "Run",
+    "constitution_version": "Constitution version",
+    "principle_id": "Principle",
+    "model": "Model",
+}
+
+
+def step_by(delta: int, steps: int) -> None:
+    ss["trace_step"] = max(0, min(steps - 1, ss["trace_step"] + delta))
+
+
+def one_line(text: str, width: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+st.title("Traces")
+
+with connect(ws) as store:
+    # --- filters and one page of the list ---------------------------------------------------------------
+    cols = st.columns([2, 2, 2, 2, 3])
+    chosen = {}
+    for col, (column, label) in zip(cols[:4], FILTERS.items(), strict=True):
+        options = [ANY, *store.distinct(column)]
+        key = f"filter_{column}"
+        if ss.get(key) not in options:
+            ss[key] = ANY
+        value = col.selectbox(label, options, key=key, persist_state="session")
+        chosen[column] = None if value == ANY else value
+    text = cols[4].text_input(
+        "Search", key="filter_text", placeholder="words in prompts, answers, critiques", persist_state="session"
+    )
+    trace_filter = TraceFilter(**chosen, text=text.strip() or None)
+
+    total = store.count_traces(trace_filter)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    if ss.get("traces_filter") != trace_filter:  # a new filter starts at its first page
+        ss["traces_filter"], ss["traces_page"] = trace_filter, 1
+    ss["traces_page"] = min(ss.get("traces_page", 1), pages)
+    cols = st.columns([5, 1], vertical_alignment="bottom")
+    page = cols[1].number_input(f"Page (of {pages})", min_value=1, max_value=pages, key="traces_page")
+    cols[0].caption(f"{count(total, 'trace')} match. Newest first, {PAGE_SIZE} a page.")
+    offset = (page - 1) * PAGE_SIZE
+    rows = store.trace_page(trace_filter, limit=PAGE_SIZE, offset=offset)
+    if rows.empty:
+        st.info("No traces match. Start a run on the Generate page; its traces appear here as they are written.")
+        st.stop()
+
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "#": range(offset + 1, offset + len(rows) + 1),
+                "prompt": rows["prompt"],
+                "category": rows["category"],
+                "rounds": rows["rounds"],
+                "model": rows["model"],
+                "constitution": rows["constitution_name"] + " " + rows["constitution_version"],
+                "run": rows["run_id"],
+                "created": rows["created_at"].map(when),
+            }
+        ),
+        hide_index=True,
+        height=min(38 + 35 * len(rows), 330),
+    )
+    # Labels name the trace, not its place in the list: a label that changed while the choice stayed the
+    # same would keep showing the old text.
+    labels = {
+        row.trace_id: one_line(row.prompt) + (f" (sample {row.sample_index})" if row.sample_index else "")
+        for row in rows.itertuples()
+    }
+    if ss.get("trace_id") not in labels:
+        ss["trace_id"] = next(iter(labels))
+    trace_id = st.selectbox("Open trace", list(labels), format_func=labels.get, key="trace_id")
+
+    # --- one trace, step by step ------------------------------------------------------------------------
+    trace, steps = store.trace(trace_id)
+    if not steps:  # a job writes a trace just before its first answer
+        st.info("This trace's first answer has not been written yet.")
+        st.stop()
+    by_round = {step.round: step for step in steps}
+    try:
+        constitution = parse_constitution(store.constitution_text(trace.constitution_version))
+        principle_names = {p.id: p.name for p in constitution.principles}
+    except (KeyError, ConstitutionError):
+        principle_names = {}
+    stops = [("Prompt", 0, "prompt"), ("Answer", 0, "answer")]
+    for step in steps:
+        if step.round > 0:
+            stops += [
+                (f"Critique {step.round}", step.round, "critique"),
+                (f"Revision {step.round}", step.round, "revision"),
+            ]
+
+    if ss.get("trace_step_of") != trace_id:  # another trace starts at its prompt
+        ss["trace_step_of"], ss["trace_step"] = trace_id, 0
+    ss["trace_step"] = min(ss.get("trace_step", 0), len(stops) - 1)
+    position = ss["trace_step"]
+
+    st.divider()
+    st.text(
+        f"Trace {trace.trace_id} · model {trace.model} · constitution {trace.constitution_name} "
+        f"({trace.constitution_version}) · {count(max(by_round), 'round')}"
+    )
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button(
+            "Previous",
+            key="step_previous",
+            icon=":material/arrow_back:",
+            on_click=step_by,
+            args=(-1, len(stops)),
+            disabled=position == 0,
+        )
+        st.button(
+            "Next",
+            key="step_next",
+            icon=":material/arrow_forward:",
+            on_click=step_by,
+            args=(1, len(stops)),
+            disabled=position == len(stops) - 1,
+        )
+        st.radio(
+            "Step",
+            range(len(stops)),
+            format_func=lambda i: stops[i][0],
+            horizontal=True,
+            key="trace_step",
+            label_visibility="collapsed",
+        )
+
+    label, round_, kind = stops[position]
+    step, before = by_round.get(round_), by_round.get(round_ - 1)
+    if round_ > 0:
+        name = principle_names.get(step.principle_id, "principle not found in that constitution version")
+        st.markdown(f"**Round {round_} principle:** {md_escape(name)} ({md_escape(step.principle_id or '')})")
+    if kind == "prompt":
+        st.markdown("**Prompt**")
+        show_text(trace.prompt)
+        st.caption(
+            md_escape(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
+        )
+    elif kind == "answer":
+        st.markdown("**Initial answer**")
+        show_text(step.response)
+        st.caption(f"{step.prompt_tokens} prompt tokens · {step.response_tokens} answer tokens · {step.seconds:.2f} s")
+    elif kind == "critique":
+        st.markdown(f"**Critique {round_}**")
+        show_text(step.critique)
+        with st.expander("The answer it critiques"):
+            show_text(before.response if before else "")
+        st.caption(f"{step.prompt_tokens} prompt tokens · {step.critique_tokens} critique tokens")
+    elif step.stopped:
+        st.info("The critique asked for no change, so this round has no revision and the trace ends here.")
+    else:
+        st.markdown(f"**Revision {round_}**, against the answer before it (green: added, red: removed)")
+        show_word_diff(before.response if before else "", step.response)
+        with st.expander("The revision as plain text"):
+            show_text(step.response)
+        st.caption(f"{step.response_tokens} revision tokens · {step.seconds:.2f} s for the critique and revision")
+
+    # --- the human verdict on this round ----------------------------------------------------------------
+    verdicts = store.verdicts(trace_id)
+    if round_ > 0:
+        st.divider()
+        st.subheader(f"Your verdict on round {round_}")
+        annotator = st.text_input("Your name", key="annotator", persist_state="session").strip()
+        mine = next((v for v in verdicts if v.round == round_ and v.annotator == annotator), None)
+        # Widget keys name the trace, round and annotator, so the form shows that verdict when it exists.
+        prefix = hashlib.sha256(f"{trace_id}\0{round_}\0{annotator}".encode()).hexdigest()[:12]
+        revision_options, critique_options = [UNRATED, *REVISION_VERDICTS], [UNRATED, *CRITIQUE_VERDICTS]
+        with st.form("verdict_form"):
+            revision_verdict = st.radio(
+                "The revision, against the answer before it, is",
+                revision_options,
+                index=revision_options.index(mine.revision_verdict) if mine and mine.revision_verdict else 0,
+                horizontal=True,
+                key=f"{prefix}_revision",
+            )
+            critique_verdict = st.radio(
+                "The critique is",
+                critique_options,
+                index=critique_options.index(mine.critique_verdict) if mine and mine.critique_verdict else 0,
+                horizontal=True,
+                key=f"{prefix}_critique",
+            )
+            note = st.text_area("Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80)
+            submitted = st.form_submit_button("Save verdict", key="save_verdict", type="primary")
+        if submitted:
+            try:
+                store.save_verdict(
+                    StepVerdict(
+                        trace_id,
+                        round_,
+                        annotator,
+                        None if revision_verdict == UNRATED else revision_verdict,
+                        None if critique_verdict == UNRATED else critique_verdict,
+                        note.strip(),
+                    )
+                )
+                st.success(f"Saved your verdict on round {round_}.")
+                verdicts = store.verdicts(trace_id)
+            except (ValueError, KeyError) as exc:
+                st.error(md_escape(str(exc)))
+        others = [v for v in verdicts if v.round == round_ and v.annotator != annotator]
+        if others:
+            st.caption("Other people's verdicts on this round")
+            st.dataframe(
+                pd.DataFrame([asdict(v) for v in others])[
+                    ["annotator", "revision_verdict", "critique_verdict", "note"]
+                ],
+                hide_index=True,
+            )
+
+    # --- every verdict: counts and export ---------------------------------------------------------------
+    st.divider()
+    st.subheader("All verdicts")
+    counts = store.verdict_counts()
+    if counts.empty:
+        st.caption("No verdicts yet.")
+    else:
+        cols = st.columns(len(counts))
+        for col, row in zip(cols, counts.itertuples(), strict=True):
+            col.metric(f"{row.aspect.capitalize()}: {row.verdict}", int(row.n))
+    every = store.verdicts()
+    st.download_button(
+        "Download verdicts (CSV)",
+        pd.DataFrame([asdict(v) for v in every], columns=columns(StepVerdict)).to_csv(index=False),
+        file_name="verdicts.csv",
+        mime="text/csv",
+        key="export_verdicts",
+        disabled=not every,
+    )

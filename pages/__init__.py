@@ -1,0 +1,165 @@
+"""What every page of the app shares: the sidebar settings, the store connection, and safe ways to show text.
+
+Streamlit lists every `pages/*.py` file as a page except `__init__.py`, so the pages' common code lives here
+and each page starts with `settings = setup(...)`.
+
+Safety: prompts and model outputs are red-team material. They are shown with `st.code` / `st.text`, which
+render text literally (no markdown, no HTML). The one place that builds HTML is the word diff, where every
+piece of text goes through `html.escape` and the result goes to `st.html`, which runs no script and, unlike
+`st.markdown`, never reads the text as markdown (an escaped `![x](http://...)` stays text, not a remote image).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from cai_core.backends import DEFAULT_MODEL, Chat
+from cai_core.store import Store, StoreError
+from cai_core.textdiff import side_by_side, word_diff
+from cai_core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Workspace
+    model: str
+
+
+def setup(title: str) -> Settings:
+    """Configure the page and draw the shared settings in the sidebar; every page calls this first."""
+    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
+    env = Workspace.from_env()
+    st.session_state.setdefault("data_dir", str(env.root))
+    st.session_state.setdefault("db_path", str(env.db_override or ""))
+    st.session_state.setdefault("model_spec", DEFAULT_MODEL)
+    # Streamlit forgets a widget's value on a page that does not draw it; assigning the value to itself
+    # first makes these settings survive every page switch.
+    for key in ("data_dir", "db_path", "model_spec"):
+        st.session_state[key] = st.session_state[key]
+    with st.sidebar:
+        st.subheader("Settings")
+        st.text_input("Data folder", key="data_dir", help="Holds the database, job folders and converted models.")
+        st.text_input(
+            "Database file",
+            key="db_path",
+            placeholder="data folder/cai.duckdb",
+            help="Leave empty to keep the database in the data folder.",
+        )
+        st.text_input(
+            "Model",
+            key="model_spec",
+            help="`default` (SmolLM2-135M-Instruct), a local model folder, or `openai:MODEL@URL`.",
+        )
+    data_dir, db_path = st.session_state["data_dir"].strip(), st.session_state["db_path"].strip()
+    workspace = Workspace(Path(data_dir) if data_dir else env.root, Path(db_path) if db_path else None)
+    return Settings(workspace, st.session_state["model_spec"].strip() or DEFAULT_MODEL)
+
+
+@contextmanager
+def connect(workspace: Workspace) -> Iterator[Store]:
+    """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
+    and the CLI need it too), after copying in whatever background jobs have spooled since the last run."""
+    try:
+        with Store.open(workspace) as store:
+            store.ingest(workspace.runs_dir)
+            yield store
+    except StoreError as exc:
+        st.error(f"The database cannot be opened: {exc}")
+        st.stop()
+
+
+def flash(kind: str, message: str) -> None:
+    """Keep a message for the next run: callbacks run before the page is drawn, and a message they wrote
+    directly would be wiped by that draw."""
+    st.session_state["flash"] = (kind, message)
+
+
+def show_flash() -> None:
+    if "flash" in st.session_state:
+        kind, message = st.session_state.pop("flash")
+        show = {"success": st.success, "error": st.error, "info": st.info}[kind]
+        show("  \n".join(md_escape(line) for line in message.splitlines()))
+
+
+def show_text(text: str | None, *, height: int | str = "content") -> None:
+    """Model or prompt text, literally: st.code never interprets markdown or HTML."""
+    if not text:
+        st.caption("(empty)")
+        return
+    st.code(text, language=None, wrap_lines=True, height=height)
+
+
+def md_escape(text: str) -> str:
+    """Text for places that read markdown (widget labels, expander titles), shown as typed."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
+
+
+DIFF_STYLE = (
+    "white-space:pre-wrap;font-family:'Source Code Pro',monospace;font-size:0.9rem;line-height:1.5;"
+    "padding:0.75rem 1rem;border:1px solid rgba(128,128,128,0.35);border-radius:0.5rem"
+)
+INSERT_STYLE = "background:#c8f0c8;color:#0a3d0a;text-decoration:none"
+DELETE_STYLE = "background:#ffd0d0;color:#5c0000;text-decoration:line-through"
+
+
+def diff_html(old: str, new: str) -> str:
+    """The word diff of `old` -> `new` as HTML: insertions green, deletions red and struck through.
+    Every piece of text is escaped; only the tags written here are HTML."""
+    parts = []
+    for op, text in word_diff(old, new):
+        piece = html.escape(text)
+        if op == "insert":
+            parts.append(f'<ins style="{INSERT_STYLE}">{piece}</ins>')
+        elif op == "delete":
+            parts.append(f'<del style="{DELETE_STYLE}">{piece}</del>')
+        else:
+            parts.append(piece)
+    return f'<div class="word-diff" style="{DIFF_STYLE}">{"".join(parts)}</div>'
+
+
+def show_word_diff(old: str, new: str) -> None:
+    st.html(diff_html(old, new))
+
+
+def side_by_side_html(old: str, new: str) -> str:
+    """A two-column line diff as an HTML table; every line of text is escaped."""
+    colors = {"delete": ("#ffd0d0", ""), "insert": ("", "#c8f0c8"), "change": ("#ffe9c2", "#fff3c2")}
+    rows = []
+    for n, hunk in enumerate(side_by_side(old, new)):
+        if n:
+            rows.append('<tr><td colspan="4" style="text-align:center;color:#888">⋯</td></tr>')
+        for row in hunk:
+            left_bg, right_bg = colors.get(row.tag, ("", ""))
+            cells = []
+            for number, text, background in ((row.old_no, row.old, left_bg), (row.new_no, row.new, right_bg)):
+                cells.append(f'<td style="color:#888;text-align:right;padding:0 0.5rem">{number or ""}</td>')
+                cells.append(
+                    f'<td style="background:{background or "transparent"};white-space:pre-wrap;'
+                    f'padding:0 0.5rem;width:50%">{html.escape(text or "")}</td>'
+                )
+            rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        '<table class="side-by-side" style="width:100%;border-collapse:collapse;font-family:monospace;'
+        f'font-size:0.85rem">{"".join(rows)}</table>'
+    )
+
+
+def chat_transcript(chat: Chat) -> str:
+    """A chat as plain text, one block per message, exactly as the model receives the messages."""
+    return "\n\n".join(f"[{message['role']}]\n{message['content']}" for message in chat)
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,51 @@
+"""Fixtures for the browser tests: one app server on seeded data for the whole session, one Chromium,
+and a fresh browser context (so a fresh Streamlit session) for each test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cai_core.workspace import Workspace
+
+from .harness import CHROMIUM, VIEWPORT, launch_chromium, running_app
+from .seed import seeded_data
+
+
+@dataclass(frozen=True)
+class App:
+    url: str
+    workspace: Workspace
+    constitutions: Path
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (`make browser` or `apt-get install chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def app(chromium, tmp_path_factory) -> App:
+    root = tmp_path_factory.mktemp("browser-app")
+    workspace = seeded_data(root)
+    # the server's output goes to ROOT/streamlit.log, for reading when a test fails
+    with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+        yield App(url, workspace, root / "constitutions")
+
+
+@pytest.fixture
+def page(chromium, app):
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()

@@ -1,0 +1,92 @@
+"""Run the app with `streamlit run` on a free port and drive it with Debian's Chromium through Playwright.
+
+Playwright's own browser download does not work offline here, so it launches the system Chromium with
+the flags from shared/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from cai_core.workspace import PROJECT_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(data_dir: Path, constitutions_dir: Path, log_path: Path):
+    """`streamlit run app.py` with the app pointed at DATA_DIR; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "CAI_DATA_DIR": str(data_dir), "CAI_CONSTITUTIONS_DIR": str(constitutions_dir)}
+    env.pop("CAI_DB", None)
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(PROJECT_ROOT / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start; see {log_path}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def wait_for_app(page, timeout: float = 20_000) -> None:
+    """Wait until the page is drawn and its script run has finished."""
+    page.wait_for_selector(
+        '[data-testid="stApp"][data-test-script-state="notRunning"] [data-testid="stMain"] h1', timeout=timeout
+    )
+
+
+def settle(page, timeout: float = 20_000) -> None:
+    """After an action that reruns the script: give the rerun a moment to start, then wait for its end."""
+    page.wait_for_timeout(250)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
