@@ -21,7 +21,9 @@ from .constitution import (
 )
 from .critique import GenerateConfig, prepare_job, run_generation
 from .exports import FORMATS, KINDS, export_rows, write_export
+from .feedback import LabelConfig, prepare_label_job, run_labelling
 from .jobs import JobFolder, list_job_folders
+from .pairs import SampleConfig, prepare_sample_job, run_sampling
 from .prompts import PromptFileError
 from .store import Store, StoreError
 from .workspace import PROJECT_ROOT, Workspace
@@ -138,6 +140,12 @@ def cmd_resume(args, ws: Workspace) -> int:
     job = JobFolder(ws.runs_dir / args.run_id)
     if not (job.path / "run.json").exists():
         raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
+    if job.spec["kind"].startswith("train-"):
+        return _train_in_foreground(job, ws)
+    if job.spec["kind"] == "label":
+        return _job_in_foreground(run_labelling, LabelConfig(**job.spec["config"]), ws, "AI labels", "label")
+    if job.spec["kind"] == "pairs":
+        return _job_in_foreground(run_sampling, SampleConfig(**job.spec["config"]), ws, "sampling", "prompt")
     return _run_in_foreground(GenerateConfig(**job.spec["config"]), ws)
 
 
@@ -207,6 +215,7 @@ def cmd_export(args, ws: Workspace) -> int:
             constitution_version=args.constitution_version,
             max_round=args.max_round,
             run_id=args.run_id,
+            min_confidence=args.min_confidence,
         )
     if rows.empty:
         print("nothing to export: no traces match (run `cai generate` first, or loosen the filters)")
@@ -264,6 +273,242 @@ def cmd_bench_generate(args, ws: Workspace) -> int:
     return 0
 
 
+# --- RLAIF: pairs, AI labels, human labels, agreement ----------------------------------------------
+
+
+def _job_in_foreground(run, config, ws: Workspace, desc: str, unit: str) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(unit=unit, desc=desc, dynamic_ncols=True)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    job = run(config, ws, on_progress=on_progress)
+    bar.close()
+    progress = job.progress()
+    print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} {unit}s; records in {job.path}")
+    _ingest_if_free(ws)
+    return 0 if progress.status == "done" else 1
+
+
+def _launch(job: JobFolder, ws: Workspace) -> int:
+    db = ["--db", str(ws.db_override)] if ws.db_override else []
+    job.launch(["--data-dir", str(ws.root), *db, "resume", job.run_id])
+    print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
+    return 0
+
+
+def cmd_pairs_sample(args, ws: Workspace) -> int:
+    config = config_from_args(SampleConfig, args)
+    job = prepare_sample_job(config, ws)  # user errors surface here, before a progress bar is drawn
+    if args.background:
+        return _launch(job, ws)
+    return _job_in_foreground(run_sampling, dataclasses.replace(config, run_id=job.run_id), ws, "sampling", "prompt")
+
+
+def cmd_pairs_sl_cai(args, ws: Workspace) -> int:
+    from .pairs import sl_cai_pairs
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        pairs = sl_cai_pairs(
+            store, run_id=args.run_id, constitution_version=args.constitution_version, max_round=args.max_round
+        )
+        added = store.add_pairs(pairs)
+    print(f"{len(pairs)} first-answer-versus-revision pairs, {added} new (an unchanged revision gives none)")
+    return 0
+
+
+def cmd_pairs_import(args, ws: Workspace) -> int:
+    from .pairs import read_pairs_file
+
+    found = read_pairs_file(args.file, skip_bad_lines=args.skip_bad_lines)
+    with Store.open(ws) as store:
+        added = store.add_pairs(found.pairs)
+    print(f"read {len(found.pairs)} pairs from {args.file}, {added} new; skipped {len(found.problems)} bad line(s)")
+    return 0
+
+
+def cmd_label(args, ws: Workspace) -> int:
+    config = config_from_args(LabelConfig, args)
+    job = prepare_label_job(config, ws)  # user errors surface here, before a progress bar is drawn
+    if args.background:
+        return _launch(job, ws)
+    return _job_in_foreground(run_labelling, dataclasses.replace(config, run_id=job.run_id), ws, "AI labels", "label")
+
+
+def cmd_import_labels(args, ws: Workspace) -> int:
+    from .pairs import looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
+
+    hh = args.format == "hh-rlhf" or (args.format == "auto" and looks_like_hh_rlhf(args.file))
+    if hh:
+        found = read_hh_rlhf(args.file, limit=args.limit, skip_bad_lines=args.skip_bad_lines)
+    else:
+        found = read_labels_file(args.file, annotator=args.annotator, skip_bad_lines=args.skip_bad_lines)
+    with Store.open(ws) as store:
+        added = store.add_pairs(found.pairs)
+        labels = store.import_human_labels(found.labels)
+    if hh:
+        print(f"read {len(found.pairs)} hh-rlhf pairs ({added} new) and their crowdworker labels")
+        print(f"{found.ties} pair(s) had identical responses and are labelled tie")
+    print(f"imported {labels} human label(s); skipped {len(found.problems)} bad line(s)")
+    return 0
+
+
+def cmd_agreement(args, ws: Workspace) -> int:
+    import pandas as pd
+
+    from .agreement import dashboard
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        board = dashboard(store, run_id=args.run_id, tie_band=args.tie_band, bins=args.bins)
+    table = getattr(board, f"by_{args.by}")
+    if table.empty:
+        print("no AI labels yet: run `cai label` first")
+        return 1
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.3f}".format):
+        print(f"AI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
+        print(table.to_string(index=False))
+        alpha = board.alpha
+        shown = "undefined" if alpha.alpha is None else f"{alpha.alpha:.3f}"
+        print(f"\ninter-human Krippendorff's alpha (nominal): {shown} over {alpha.pairs} pairs with 2+ labels")
+        print("\nconfusion (rows: human, columns: AI, with ties)")
+        print(board.confusion.to_string())
+        ece = "undefined" if board.reliability.ece is None else f"{board.reliability.ece:.3f}"
+        print(f"\nreliability of P(a better) against human a/b labels: ECE {ece} over {board.reliability.n} labels")
+        print(board.reliability.bins.to_string(index=False))
+        if args.disagreements and not board.disagreements.empty:
+            print(f"\nmost confident disagreements (up to {args.disagreements})")
+            columns = ["run_id", "pair_id", "annotator", "human", "ai", "p_a", "p_order1", "p_order2"]
+            print(board.disagreements[columns].head(args.disagreements).to_string(index=False))
+    return 0
+
+
+def _add_rlaif_parsers(sub) -> None:
+    pairs = sub.add_parser("pairs", help="Make response pairs to compare: sample K answers, SL-CAI, or a file.")
+    pairs_sub = pairs.add_subparsers(dest="action", required=True)
+    p = pairs_sub.add_parser("sample", help="Sample K answers per prompt with any model and pair them.")
+    add_dataclass_arguments(p, SampleConfig)
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=cmd_pairs_sample)
+    p = pairs_sub.add_parser("sl-cai", help="Pair each SL-CAI trace's first answer with its final revision.")
+    p.add_argument("--run-id", help="Only traces of this generation run.")
+    p.add_argument("--constitution-version")
+    p.add_argument("--max-round", type=int, help="Use the revision of this round at most.")
+    p.set_defaults(func=cmd_pairs_sl_cai)
+    p = pairs_sub.add_parser("import", help="Read pairs from .jsonl/.csv with prompt, response_a, response_b.")
+    p.add_argument("file")
+    p.add_argument("--skip-bad-lines", action="store_true", help="Skip bad lines instead of stopping.")
+    p.set_defaults(func=cmd_pairs_import)
+
+    p = sub.add_parser("label", help="AI-label pairs: soft labels from option log-probabilities, both orders.")
+    add_dataclass_arguments(p, LabelConfig)
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("import-labels", help="Import human labels: hh-rlhf files, or pair_id,label,annotator.")
+    p.add_argument("file", help=".jsonl, .jsonl.gz or .csv")
+    p.add_argument("--format", choices=("auto", "hh-rlhf", "labels"), default="auto")
+    p.add_argument("--limit", type=int, help="hh-rlhf: read only the first N pairs.")
+    p.add_argument("--annotator", help="labels: the annotator of every line, when the file has no column.")
+    p.add_argument("--skip-bad-lines", action="store_true", help="Skip bad lines instead of stopping.")
+    p.set_defaults(func=cmd_import_labels)
+
+    p = sub.add_parser("agreement", help="Print AI-versus-human agreement, kappa, alpha, position bias, ECE.")
+    p.add_argument("--by", choices=("run", "model", "version", "principle"), default="run")
+    p.add_argument("--run-id", help="Only this label run.")
+    p.add_argument("--tie-band", type=float, default=0.05, help="The AI says tie when |P - 0.5| <= this.")
+    p.add_argument("--bins", type=int, default=10, help="Reliability diagram bins.")
+    p.add_argument("--disagreements", type=int, default=10, help="List this many disagreements (0: none).")
+    p.set_defaults(func=cmd_agreement)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def cmd_train(args, ws: Workspace) -> int:
+    from .train import config_class, load_config_file, prepare_train_job
+    from .train.harness import config_from_args_given
+
+    cls = config_class(args.kind)
+    given = config_from_args_given(cls, args)
+    config = load_config_file(cls, args.config, given) if args.config else cls(**given)
+    job = prepare_train_job(config, ws)
+    if args.background or config.accelerate_config:
+        from .train import launch_train_job
+
+        launch_train_job(job, ws)
+        how = "through `accelerate launch`" if config.accelerate_config else "in the background"
+        print(f"started {job.run_id} {how}; follow it with `cai train list`, stop it with `cai cancel {job.run_id}`")
+        return 0
+    return _train_in_foreground(job, ws)
+
+
+def _train_in_foreground(job: JobFolder, ws: Workspace) -> int:
+    from .train import run_train_job
+
+    run_train_job(job, ws)
+    progress = job.progress()
+    print(f"{job.run_id}: {progress.status}, step {progress.done}/{progress.total}; {progress.message}")
+    _ingest_if_free(ws)
+    return 0 if progress.status == "done" else 1
+
+
+def cmd_train_resume(args, ws: Workspace) -> int:
+    job = JobFolder(ws.runs_dir / args.run_id)
+    if not (job.path / "run.json").exists() or not job.spec["kind"].startswith("train-"):
+        raise FileNotFoundError(f"no training run {args.run_id!r} under {ws.runs_dir}")
+    return _train_in_foreground(job, ws)
+
+
+def cmd_train_list(args, ws: Workspace) -> int:
+    jobs = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]
+    if not jobs:
+        print(f"no training runs under {ws.runs_dir}")
+    for job in jobs:
+        p = job.progress()
+        final = job.path / "final"
+        where = str(final) if (final / "config.json").exists() else ""
+        print(f"{job.run_id:<18} {job.spec['kind']:<11} {p.status:<10} {p.done:>6}/{p.total:<6} {where or p.message}")
+    return 0
+
+
+def _add_train_parsers(sub) -> None:
+    from .train import KINDS, config_class
+
+    train = sub.add_parser("train", help="Train: SL-CAI SFT, reward model, PPO, DPO, GRPO, RLOO; list runs.")
+    train_sub = train.add_subparsers(dest="action", required=True)
+    helps = {
+        "sft": "Supervised fine-tuning on the SL-CAI revisions (TRL SFTTrainer).",
+        "rm": "A reward model on AI preference labels (TRL RewardTrainer).",
+        "ppo": "RL-CAI: PPO against a reward model, with a KL penalty to the reference.",
+        "dpo": "Direct RLAIF: DPO on the AI preference labels (TRL DPOTrainer).",
+        "grpo": "GRPO against a reward model (TRL GRPOTrainer).",
+        "rloo": "RLOO against a reward model (TRL RLOOTrainer).",
+    }
+    for kind in KINDS:
+        p = train_sub.add_parser(kind, help=helps[kind])
+        p.add_argument("--config", help="A YAML file of the config's fields; flags given here override it.")
+        p.add_argument("--background", action="store_true", help="Start the run detached and return at once.")
+        cls = config_class(kind)
+        add_dataclass_arguments(p, cls)
+        # flags the user did not give stay absent, so that a --config file's values are not overwritten
+        names = {f.name for f in dataclasses.fields(cls)}
+        for action in p._actions:
+            if action.dest in names:
+                action.default = argparse.SUPPRESS
+        p.set_defaults(func=cmd_train, kind=kind)
+    p = train_sub.add_parser("resume", help="Continue a training run from its last checkpoint.")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_train_resume)
+    p = train_sub.add_parser("list", help="List training runs: status, step, final model folder or reason.")
+    p.set_defaults(func=cmd_train_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cai", description=__doc__)
     parser.add_argument(
@@ -318,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="Output file (a folder for --format hf). Default: DATA_DIR/exports/KIND.")
     p.add_argument("--constitution-version")
     p.add_argument("--max-round", type=int, help="Use the revision of this round at most.")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", help="The run the rows come from (for preferences: a label run, or `human`).")
+    p.add_argument(
+        "--min-confidence", type=float, default=0.0, help="Preferences only: keep pairs with |2 P - 1| at least this."
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("app", help="Start the browser app (Streamlit).")
@@ -338,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--few-shot", action="store_true", help="Include the constitution's worked examples.")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the local model, on both sides.")
     p.set_defaults(func=cmd_bench_generate)
+    _add_rlaif_parsers(sub)
+    _add_train_parsers(sub)
     return parser
 
 

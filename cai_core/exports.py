@@ -7,6 +7,9 @@
   first answer, for DPO or a reward model.
 Each row also carries `trace_id`, `constitution_version` and `round`, so any example can be traced
 back to the text that produced it.
+- `preferences`: `{"prompt": [turns], "chosen": [assistant], "rejected": [assistant]}` from labelled
+  pairs (a judge run's soft labels, or people's labels), with `soft_label` (P(chosen is better)),
+  `confidence` (|2 P - 1|), `pair_id` and `labels` (the run id, or "human"); filtered by confidence.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from typing import Literal
 
 import pandas as pd
 
+from .pairs import transcript_messages
 from .store import Store
 
-ExportKind = Literal["sft", "prompt_completion", "pairs"]
+ExportKind = Literal["sft", "prompt_completion", "pairs", "preferences"]
 ExportFormat = Literal["jsonl", "parquet", "hf"]
-KINDS: tuple[str, ...] = ("sft", "prompt_completion", "pairs")
+KINDS: tuple[str, ...] = ("sft", "prompt_completion", "pairs", "preferences")
 FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
 
 
@@ -31,7 +35,10 @@ def export_rows(
     constitution_version: str | None = None,
     max_round: int | None = None,
     run_id: str | None = None,
+    min_confidence: float = 0.0,
 ) -> pd.DataFrame:
+    if kind == "preferences":
+        return preference_rows(store, run_id=run_id, min_confidence=min_confidence)
     steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
     if kind == "pairs":
         # a revision identical to the first answer teaches a preference model nothing
@@ -52,6 +59,30 @@ def export_rows(
     else:
         raise ValueError(f"unknown export kind {kind!r}; choose one of {', '.join(KINDS)}")
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
+
+
+def preference_rows(store: Store, *, run_id: str | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
+    """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
+    or from people's labels (`run_id="human"`: P(a better) is the share of a among a/b labels). A pair
+    whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
+    run_id = run_id or store.latest_label_run()
+    if run_id is None:
+        return pd.DataFrame(columns=["prompt", "chosen", "rejected", "soft_label", "confidence", "pair_id", "labels"])
+    rows = store.pair_preferences(run_id, min_confidence)
+    a_wins = rows.p > 0.5
+    return pd.DataFrame(
+        {
+            "prompt": [transcript_messages(p) for p in rows.prompt],
+            "chosen": [[{"role": "assistant", "content": t}] for t in rows.response_a.where(a_wins, rows.response_b)],
+            "rejected": [[{"role": "assistant", "content": t}] for t in rows.response_b.where(a_wins, rows.response_a)],
+            "soft_label": rows.p.where(a_wins, 1 - rows.p).astype(float),
+            "confidence": (2 * rows.p - 1).abs().astype(float),
+            "pair_id": rows.pair_id,
+            "labels": run_id,
+        }
+    )
 
 
 def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Path:

@@ -1,18 +1,65 @@
-"""AI feedback (RLAIF): the comparison prompt a judge answers for a pair of responses.
+"""AI feedback (RLAIF): a judge model's soft preference labels for response pairs (Bai et al. 2022, section 4).
 
-Only the prompt is built so far, so that the constitution page can preview it; the judge itself
-(soft labels from option log-probabilities, both orders) is the RLAIF issue's work.
+The judge is asked a multiple-choice question (the principle's preference question, options (A) and (B)),
+and its preference is read from the log-probabilities of the option letters: P(A) is the softmax of
+log P("A") and log P("B") as the first token of its reply. No free text is parsed. Each pair is asked
+in both orders, because small judges favour a position; both per-order probabilities are kept, and
+the label is their average in pair terms:
+
+    p_order1 = P("A" | response_a shown as (A))          = P(a better), as order 1 sees it
+    p_order2 = P("A" | response_b shown as (A))          = P(b better), as order 2 sees it
+    p_a      = (p_order1 + (1 - p_order2)) / 2
+
+With chain-of-thought the judge first writes its reasoning (one batched generation), then the options
+are scored after it, and p_a is clamped to a band (0.4-0.6 in the paper: reasoning makes the letter
+probabilities overconfident). Endpoints that return no log-probabilities get a strict-format fallback:
+the judge must reply with exactly "A" or "B"; anything else is recorded as a failure, never guessed.
+
+A labelling run is a job like SL-CAI generation: its pairs are copied into its folder when it is
+prepared (the job itself never opens the database), its labels are spooled to `ai_labels.jsonl`, and
+rerunning the same configuration resumes it.
 """
 
 from __future__ import annotations
 
-from .backends import Chat
-from .constitution import Principle
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
+from .constitution import Constitution, Principle, load_constitution, parse_constitution
+from .jobs import JobFolder
+from .records import AILabel, Pair, to_row
+from .workspace import Workspace
 
 OPTIONS = ("A", "B")
+ANSWER_INSTRUCTION = "Answer with the letter of the better option only."
+COT_INSTRUCTION = "Think step by step about which response is better and why, in a few sentences."
+COT_ANSWER_REQUEST = "So which response is better? " + ANSWER_INSTRUCTION
+STRICT_INSTRUCTION = 'Reply with exactly one letter, "A" or "B", and nothing else.'
+INPUT_FILE = "input_pairs.jsonl"  # not a spooled table: the store never ingests a job's input
 
 
-def comparison_chat(principle: Principle, prompt: str, response_a: str, response_b: str) -> Chat:
+def conversation_text(prompt: str) -> str:
+    """A pair's prompt as a transcript: hh-rlhf prompts already are one, a single request becomes one."""
+    prompt = prompt.strip()
+    return prompt if prompt.startswith("Human:") else f"Human: {prompt}"
+
+
+def comparison_chat(
+    principle: Principle,
+    prompt: str,
+    response_a: str,
+    response_b: str,
+    *,
+    instruction: str = ANSWER_INSTRUCTION,
+) -> Chat:
     """A multiple-choice question whose answer is a single option letter, so that the judge's
     preference can be read from the log-probabilities of "A" and "B" without parsing free text."""
     return [
@@ -20,11 +67,374 @@ def comparison_chat(principle: Principle, prompt: str, response_a: str, response
             "role": "user",
             "content": (
                 "Consider the following conversation between a human and an assistant.\n\n"
-                f"Human: {prompt}\n\n"
+                f"{conversation_text(prompt)}\n\n"
                 f"{principle.preference_question}\n"
                 f"(A) {response_a}\n"
                 f"(B) {response_b}\n\n"
-                "Answer with the letter of the better option only."
+                f"{instruction}"
             ),
-        }
+        },
     ]
+
+
+def few_shot_chat(constitution: Constitution, principle: Principle, count: int) -> Chat:
+    """Worked comparisons from the constitution's examples: the revision is the better response. The
+    better one alternates between (A) and (B) so that the examples teach no position."""
+    if count > len(constitution.few_shot_examples):
+        raise ValueError(
+            f"few-shot {count}: constitution {constitution.name!r} has only "
+            f"{len(constitution.few_shot_examples)} worked example(s)"
+        )
+    chat: Chat = []
+    for i, ex in enumerate(constitution.few_shot_examples[:count]):
+        better_first = i % 2 == 0
+        a, b = (ex.revision, ex.response) if better_first else (ex.response, ex.revision)
+        chat += comparison_chat(principle, ex.prompt, a, b)
+        chat.append({"role": "assistant", "content": "A" if better_first else "B"})
+    return chat
+
+
+def choose_principle(constitution: Constitution, seed: int, pair_id: str) -> Principle:
+    """One principle per pair (Bai et al.), seeded by the pair: a resumed job picks what the killed one would."""
+    return random.Random(f"{seed}:{pair_id}").choice(constitution.enabled_principles)
+
+
+def soft_label(logprob_a: float, logprob_b: float) -> float | None:
+    """P(A) among the two options; None when neither option had any probability (a server's top-k missed both)."""
+    top = max(logprob_a, logprob_b)
+    if top == -math.inf:
+        return None
+    ea, eb = math.exp(logprob_a - top), math.exp(logprob_b - top)
+    return ea / (ea + eb)
+
+
+def combine_orders(p_order1: float | None, p_order2: float | None, band: tuple[float, float] | None) -> float | None:
+    if p_order1 is None or p_order2 is None:
+        return None
+    p_a = (p_order1 + 1.0 - p_order2) / 2.0
+    return min(max(p_a, band[0]), band[1]) if band else p_a
+
+
+def parse_strict(text: str) -> float | None:
+    """P(A) from a strict-format reply: 1 for exactly "A", 0 for exactly "B", None for anything else."""
+    return {"A": 1.0, "B": 0.0}.get(text.strip())
+
+
+def option_logprobs(backend: Backend, chats: list[Chat], options: Sequence[str]) -> list[list[float]]:
+    """log P(option | chat) for each chat; chats come in pairs (a question in both orders).
+
+    On a local model with single-token options this reads every option from one next-token
+    distribution, and computes the part the two orders share (instructions, conversation, question:
+    about 60% of an hh-rlhf question) once for both; the backend's general scorer runs one full pass
+    per chat and option. Other backends (HTTP) use their own scorer."""
+    # Look the module up instead of importing it: importing it loads torch, which an HTTP judge never needs.
+    hf = sys.modules.get("cai_core.backends.hf")
+    if hf is not None and isinstance(backend, hf.HFBackend):
+        ids = [backend.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+        if all(len(i) == 1 for i in ids) and len(chats) % 2 == 0:
+            return _shared_prefix_logprobs(backend, chats, [i[0] for i in ids])
+    return backend.score_options(chats, list(options))
+
+
+def _shared_length(a: list[int], b: list[int]) -> int:
+    """Tokens the two orders share at the start, leaving each at least one of its own (its last position
+    gives the answer's logits) and the prefix at least one (the chat template's start always agrees)."""
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return max(n, 1)
+
+
+def _shared_prefix_logprobs(backend, chats: list[Chat], token_ids: list[int]) -> list[list[float]]:
+    import torch
+
+    encoded = backend._encode(chats)
+    pairs = [(encoded[i], encoded[i + 1]) for i in range(0, len(chats), 2)]
+    shared = [_shared_length(a, b) for a, b in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out: list[list[float]] = [[] for _ in chats]
+    step = max(1, backend.batch_size // 2)
+    with torch.inference_mode():
+        for start in range(0, len(order), step):
+            batch = order[start : start + step]
+            prefix_ids, prefix_mask = backend._pad_left([pairs[i][0][: shared[i]] for i in batch])
+            prefix = backend.model(
+                input_ids=prefix_ids,
+                attention_mask=prefix_mask,
+                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = prefix.cache
+            cache.batch_repeat_interleave(2)  # one copy of the shared prefix per order
+            tails = [pairs[i][k][shared[i] :] for i in batch for k in (0, 1)]
+            tail_ids, tail_mask = backend._pad_left(tails)
+            # Padding now sits between the prefix and the tail: the mask hides it, positions skip it.
+            mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), tail_mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_mask.shape[1] :]
+            logits = backend.model(
+                input_ids=tail_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                logits_to_keep=1,
+            ).logits
+            picked = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, token_ids]
+            for row, i in enumerate(batch):
+                out[2 * i], out[2 * i + 1] = picked[2 * row].tolist(), picked[2 * row + 1].tolist()
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the judge said about one (pair, principle): the per-order probabilities and their combination."""
+
+    p_order1: float | None
+    p_order2: float | None
+    p_a: float | None
+    method: str
+    reasoning_1: str | None = None
+    reasoning_2: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.p_a is None
+
+
+def check_settings(constitution: Constitution, few_shot: int, cot_band: tuple[float, float]) -> None:
+    """Refuse settings that would only fail later, inside a job."""
+    if not 0.0 <= cot_band[0] <= 0.5 <= cot_band[1] <= 1.0:
+        raise ValueError(f"chain-of-thought band {cot_band}: expected low <= 0.5 <= high within [0, 1]")
+    if few_shot < 0:
+        raise ValueError(f"few-shot {few_shot}: expected 0 or more")
+    few_shot_chat(constitution, constitution.enabled_principles[0], few_shot)
+
+
+class Judge:
+    """Labels (pair, principle) items in batches: every order of every item in one call per stage."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        constitution: Constitution,
+        *,
+        method: Literal["auto", "logprob", "strict"] = "auto",
+        cot: bool = False,
+        cot_tokens: int = 128,
+        cot_band: tuple[float, float] = (0.4, 0.6),
+        few_shot: int = 0,
+    ):
+        check_settings(constitution, few_shot, cot_band)
+        self.backend = backend
+        self.constitution = constitution
+        self.method = method
+        self.cot = cot
+        self.cot_tokens = cot_tokens
+        self.cot_band = cot_band
+        self.few_shot = few_shot
+
+    def chats(self, pair: Pair, principle: Principle, instruction: str) -> tuple[Chat, Chat]:
+        """The question in order 1 (response_a as (A)) and order 2 (response_b as (A))."""
+        examples = few_shot_chat(self.constitution, principle, self.few_shot)
+        a_first = comparison_chat(principle, pair.prompt, pair.response_a, pair.response_b, instruction=instruction)
+        b_first = comparison_chat(principle, pair.prompt, pair.response_b, pair.response_a, instruction=instruction)
+        return examples + a_first, examples + b_first
+
+    def label(self, items: list[tuple[Pair, Principle]]) -> list[Verdict]:
+        if not items:
+            return []
+        reasoning: list[str | None] = [None] * (2 * len(items))
+        if self.cot:
+            thinking = [c for pair, p in items for c in self.chats(pair, p, COT_INSTRUCTION)]
+            greedy = SamplingParams(max_new_tokens=self.cot_tokens, temperature=0.0)
+            reasoning = [g.text for g in self.backend.generate(thinking, greedy)]
+        probabilities, method = self._ask(items, reasoning)
+        band = self.cot_band if self.cot else None
+        return [
+            Verdict(p1, p2, combine_orders(p1, p2, band), method, reasoning[2 * i], reasoning[2 * i + 1])
+            for i, (p1, p2) in enumerate(zip(probabilities[0::2], probabilities[1::2], strict=True))
+        ]
+
+    def _ask(self, items, reasoning: list[str | None]) -> tuple[list[float | None], str]:
+        if self.method != "strict":
+            chats = self._final_chats(items, reasoning, ANSWER_INSTRUCTION, COT_ANSWER_REQUEST)
+            try:
+                return [soft_label(*lp) for lp in option_logprobs(self.backend, chats, OPTIONS)], "logprob"
+            except BackendError:
+                if self.method == "logprob":
+                    raise
+                self.method = "strict"  # the endpoint gives no log-probabilities: stop asking for them
+        chats = self._final_chats(items, reasoning, STRICT_INSTRUCTION, STRICT_INSTRUCTION)
+        replies = self.backend.generate(chats, SamplingParams(max_new_tokens=4, temperature=0.0))
+        return [parse_strict(r.text) for r in replies], "strict"
+
+    def _final_chats(self, items, reasoning, instruction: str, after_reasoning: str) -> list[Chat]:
+        if not self.cot:
+            return [c for pair, p in items for c in self.chats(pair, p, instruction)]
+        thinking = [c for pair, p in items for c in self.chats(pair, p, COT_INSTRUCTION)]
+        return [
+            [*chat, {"role": "assistant", "content": text}, {"role": "user", "content": after_reasoning}]
+            for chat, text in zip(thinking, reasoning, strict=True)
+        ]
+
+
+# --- the labelling job ---------------------------------------------------------------------------
+
+
+@dataclass
+class LabelConfig:
+    constitution: str = field(metadata={"help": "Path of the constitution YAML (its preference questions)."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    strategy: Literal["sample", "ensemble"] = field(
+        default="sample",
+        metadata={"help": "sample: one seeded principle per pair (Bai et al.); ensemble: mean over all enabled."},
+    )
+    method: Literal["auto", "logprob", "strict"] = field(
+        default="auto",
+        metadata={"help": "logprob: option log-probabilities; strict: a generated letter; auto: strict if none."},
+    )
+    cot: bool = field(default=False, metadata={"help": "Let the judge reason before the options are scored."})
+    cot_tokens: int = field(default=128, metadata={"help": "Most tokens of chain-of-thought reasoning."})
+    cot_min: float = field(default=0.4, metadata={"help": "With --cot, clamp P(a better) to at least this."})
+    cot_max: float = field(default=0.6, metadata={"help": "With --cot, clamp P(a better) to at most this."})
+    few_shot: int = field(default=0, metadata={"help": "Worked comparisons shown first (from the constitution)."})
+    source: Literal["sampled", "sl-cai", "import"] | None = field(
+        default=None, metadata={"help": "Label only pairs from this source; all pairs when unset."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Label only the first N pairs."})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per batch (both orders of each go together)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the principle each pair is judged under."})
+    run_id: str | None = field(
+        default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
+    )
+
+
+def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None) -> JobFolder:
+    """Create (or find) the run's folder and copy the pairs to label into it; the background job reads
+    them from there. Pairs come from the store unless given."""
+    if config.run_id and (workspace.runs_dir / config.run_id / INPUT_FILE).exists():
+        return JobFolder(workspace.runs_dir / config.run_id)
+    constitution = load_constitution(config.constitution)
+    check_settings(constitution, config.few_shot, (config.cot_min, config.cot_max))
+    if config.batch_size < 1:
+        raise ValueError(f"batch size {config.batch_size}: expected at least 1")
+    if pairs is None:
+        from .store import Store
+
+        with Store.open(workspace) as store:
+            store.ingest(workspace.runs_dir)
+            pairs = store.pairs(source=config.source, limit=config.limit)
+    if not pairs:
+        raise ValueError("no pairs to label: make some with `cai pairs` or import them with `cai import-labels`")
+    digest = hashlib.sha256("\n".join(p.pair_id for p in pairs).encode()).hexdigest()[:12]
+    identity = {**asdict(config), "constitution": constitution.version, "pairs": digest, "run_id": None}
+    run_id = config.run_id or "label-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    job = JobFolder.create(
+        workspace.runs_dir,
+        run_id,
+        {
+            "kind": "label",
+            "model": config.model,
+            "config": {**asdict(config), "run_id": run_id},
+            "constitution": {
+                "name": constitution.name,
+                "version": constitution.version,
+                "content": constitution.to_yaml(),
+            },
+        },
+    )
+    if not (job.path / INPUT_FILE).exists():
+        _write_lines_atomic(job.path / INPUT_FILE, [to_row(p) for p in pairs])
+    return job
+
+
+def _write_lines_atomic(path, rows: list[dict]) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    staging.replace(path)
+
+
+def run_labelling(
+    config: LabelConfig,
+    workspace: Workspace | None = None,
+    *,
+    pairs: list[Pair] | None = None,
+    backend: Backend | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> JobFolder:
+    """Run (or resume) a labelling job to completion; returns its folder (`Store.ingest` takes the labels in)."""
+    workspace = workspace or Workspace.from_env()
+    job = prepare_label_job(config, workspace, pairs)
+    job.repair()
+    job.clear_cancel()
+    spec = job.spec
+    # The constitution as it was when the run was prepared: the file may have been edited since.
+    constitution = parse_constitution(spec["constitution"]["content"], f"run {job.run_id}")
+    pairs = [Pair(**row) for row in _read_lines(job.path / INPUT_FILE)]
+    if config.strategy == "ensemble":
+        items = [(pair, p) for pair in pairs for p in constitution.enabled_principles]
+    else:
+        items = [(pair, choose_principle(constitution, config.seed, pair.pair_id)) for pair in pairs]
+    done = {(row["pair_id"], row["principle_id"]) for row in job.read("ai_labels")}
+    todo = [(pair, p) for pair, p in items if (pair.pair_id, p.id) not in done]
+    # Batches of similar length waste little on padding; labels are keyed by pair, so order is free.
+    todo.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
+
+    def report(status: str = "running", message: str = "") -> None:
+        job.set_progress(status, len(done), len(items), message)
+        if on_progress:
+            on_progress(len(done), len(items))
+
+    report()
+    try:
+        backend = backend or load_backend(config.model, workspace)
+        judge = Judge(
+            backend,
+            constitution,
+            method=config.method,
+            cot=config.cot,
+            cot_tokens=config.cot_tokens,
+            cot_band=(config.cot_min, config.cot_max),
+            few_shot=config.few_shot,
+        )
+        for start in range(0, len(todo), config.batch_size):
+            if job.cancel_requested():
+                report("cancelled", "cancelled by request; run again to resume")
+                return job
+            batch = todo[start : start + config.batch_size]
+            began = time.perf_counter()
+            verdicts = judge.label(batch)
+            seconds = (time.perf_counter() - began) / len(batch)
+            labels = [
+                AILabel(
+                    run_id=job.run_id,
+                    pair_id=pair.pair_id,
+                    principle_id=principle.id,
+                    judge_model=backend.name,
+                    constitution_version=constitution.version,
+                    strategy=config.strategy,
+                    method=v.method,
+                    cot=config.cot,
+                    few_shot=config.few_shot,
+                    p_order1=v.p_order1,
+                    p_order2=v.p_order2,
+                    p_a=v.p_a,
+                    failed=v.failed,
+                    reasoning_1=v.reasoning_1,
+                    reasoning_2=v.reasoning_2,
+                    seconds=seconds,
+                )
+                for (pair, principle), v in zip(batch, verdicts, strict=True)
+            ]
+            job.append("ai_labels", [to_row(label) for label in labels])
+            done.update((label.pair_id, label.principle_id) for label in labels)
+            report()
+        report("done")
+        return job
+    except BaseException as exc:
+        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _read_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

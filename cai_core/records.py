@@ -76,6 +76,111 @@ REVISION_VERDICTS = ("better", "same", "worse")
 CRITIQUE_VERDICTS = ("valid", "invalid")
 
 
+@dataclass(frozen=True)
+class Pair:
+    """Two responses to one prompt, to be compared. `prompt` is what came before the responses: one user
+    message, or a transcript in hh-rlhf form ("Human: ...\n\nAssistant: ...\n\nHuman: ...")."""
+
+    pair_id: str
+    prompt: str
+    response_a: str
+    response_b: str
+    source: str  # sampled | sl-cai | import
+    origin: str  # the run, trace or file the pair came from
+    origin_index: int  # its place in that origin (prompt index, line number): pairs are listed in this order
+    origin_a: str  # where response_a came from: a sample index, "initial" / "revision", "chosen" / "rejected"
+    origin_b: str
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class AILabel:
+    """An AI judge's soft label for one pair under one principle, asked in both orders.
+
+    `p_order1` is P("A") when response_a is shown as (A); `p_order2` is P("A") when response_b is shown as
+    (A). `p_a`, the probability that response_a is the better one, is the mean of p_order1 and
+    1 - p_order2 (clamped to the chain-of-thought band when `cot`); None when `failed`."""
+
+    run_id: str
+    pair_id: str
+    principle_id: str
+    judge_model: str
+    constitution_version: str
+    strategy: str  # sample (one principle per pair) | ensemble (every enabled principle)
+    method: str  # logprob (option log-probabilities) | strict (generated letter, for endpoints without them)
+    cot: bool
+    few_shot: int
+    p_order1: float | None
+    p_order2: float | None
+    p_a: float | None
+    failed: bool  # an order's answer could not be read (strict method) or had no probability (-inf for both)
+    reasoning_1: str | None = None  # the chain of thought per order, when `cot`
+    reasoning_2: str | None = None
+    seconds: float = 0.0
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class HumanLabel:
+    """A person's choice on a pair. One per (pair, annotator): saving again edits it.
+
+    `choice` is about response_a / response_b, whatever sides they were shown on; `shown_swapped`
+    records that response_a was shown on the right (as "B")."""
+
+    pair_id: str
+    annotator: str
+    choice: str  # a | b | tie | both_bad | skip
+    shown_swapped: bool = False
+    rationale: str = ""
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class AnnotationItem:
+    """A pair as one annotator sees it: sides randomised per annotator, the mapping kept here, not shown."""
+
+    pair_id: str
+    prompt: str
+    left: str  # shown as "A"
+    right: str  # shown as "B"
+    shown_swapped: bool
+
+    def label(self, annotator: str, shown_choice: str, rationale: str = "") -> HumanLabel:
+        """The label for what the annotator clicked ("a" = the left side), turned back into pair terms."""
+        if shown_choice not in HUMAN_CHOICES:
+            raise ValueError(f"choice {shown_choice!r}: expected one of {', '.join(HUMAN_CHOICES)}")
+        flipped = {"a": "b", "b": "a"}.get(shown_choice, shown_choice) if self.shown_swapped else shown_choice
+        return HumanLabel(self.pair_id, annotator, flipped, self.shown_swapped, rationale)
+
+
+@dataclass(frozen=True)
+class TrainMetric:
+    """One logged number of a training run at one optimiser step (loss, reward, kl, ...)."""
+
+    run_id: str
+    step: int
+    name: str
+    value: float
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Where a finished training run left its model: a folder any model spec can name."""
+
+    run_id: str
+    kind: str  # train-sft | train-rm | train-ppo | train-dpo | train-grpo | train-rloo
+    path: str
+    base_model: str
+    step: int
+    created_at: float = field(default_factory=now)
+
+
+PAIR_SOURCES = ("sampled", "sl-cai", "import")
+HUMAN_CHOICES = ("a", "b", "tie", "both_bad", "skip")
+
+
 def columns(record_type) -> list[str]:
     return [f.name for f in fields(record_type)]
 

@@ -8,6 +8,7 @@ a per-file byte offset so that each line is read once).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -19,7 +20,22 @@ import duckdb
 import pandas as pd
 
 from .jobs import JobFolder, list_job_folders
-from .records import Run, StepVerdict, Trace, TraceStep, columns, now, to_row
+from .records import (
+    HUMAN_CHOICES,
+    AILabel,
+    AnnotationItem,
+    HumanLabel,
+    Pair,
+    Run,
+    StepVerdict,
+    Trace,
+    TraceStep,
+    TrainedModel,
+    TrainMetric,
+    columns,
+    now,
+    to_row,
+)
 from .workspace import Workspace
 
 
@@ -60,10 +76,44 @@ MIGRATIONS: list[str] = [
         note TEXT NOT NULL, updated_at DOUBLE NOT NULL,
         PRIMARY KEY (trace_id, round, annotator));
     """,
+    # 3: RLAIF: response pairs, AI judges' soft labels, people's labels
+    """
+    CREATE TABLE pairs (
+        pair_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, response_a TEXT NOT NULL, response_b TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('sampled', 'sl-cai', 'import')), origin TEXT NOT NULL,
+        origin_index INTEGER NOT NULL, origin_a TEXT NOT NULL, origin_b TEXT NOT NULL, created_at DOUBLE NOT NULL);
+    CREATE TABLE ai_labels (
+        run_id TEXT NOT NULL, pair_id TEXT NOT NULL, principle_id TEXT NOT NULL, judge_model TEXT NOT NULL,
+        constitution_version TEXT NOT NULL, strategy TEXT NOT NULL, method TEXT NOT NULL, cot BOOLEAN NOT NULL,
+        few_shot INTEGER NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE, p_a DOUBLE, failed BOOLEAN NOT NULL,
+        reasoning_1 TEXT, reasoning_2 TEXT, seconds DOUBLE NOT NULL, created_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, pair_id, principle_id));
+    CREATE TABLE human_labels (
+        pair_id TEXT NOT NULL, annotator TEXT NOT NULL,
+        choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad', 'skip')),
+        shown_swapped BOOLEAN NOT NULL, rationale TEXT NOT NULL, created_at DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL, PRIMARY KEY (pair_id, annotator));
+    """,
+    # 4: training runs' logged metrics and where their models are
+    """
+    CREATE TABLE train_metrics (
+        run_id TEXT NOT NULL, step BIGINT NOT NULL, name TEXT NOT NULL, value DOUBLE NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, step, name));
+    CREATE TABLE trained_models (
+        run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL, base_model TEXT NOT NULL,
+        step BIGINT NOT NULL, created_at DOUBLE NOT NULL);
+    """,
 ]
 
 # Tables a job may spool into, with the record type that fixes their columns.
-SPOOLED_TABLES = {"traces": Trace, "trace_steps": TraceStep}
+SPOOLED_TABLES = {
+    "traces": Trace,
+    "trace_steps": TraceStep,
+    "pairs": Pair,
+    "ai_labels": AILabel,
+    "train_metrics": TrainMetric,
+    "trained_models": TrainedModel,
+}
 
 
 @dataclass(frozen=True)
@@ -346,6 +396,199 @@ class Store:
                SELECT 'critique', critique_verdict, count(*) FROM step_verdicts
                WHERE critique_verdict IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
         ).df()
+
+    # --- pairs and human labels (RLAIF) ------------------------------------------------------
+
+    def add_pairs(self, pairs: list[Pair]) -> int:
+        """Insert pairs not already stored (same pair_id); returns how many were new."""
+        return self._insert_records("pairs", Pair, pairs, "INSERT OR IGNORE")
+
+    def _insert_records(self, table: str, record_type, records: list, verb: str) -> int:
+        if not records:
+            return 0
+        cols = columns(record_type)
+        frame = pd.DataFrame([to_row(r) for r in records], columns=cols)
+        before = self._one(f"SELECT count(*) FROM {table}")[0]
+        with self._transaction():
+            self.con.register("incoming", frame)
+            try:
+                self._exec(f"{verb} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM incoming")
+            finally:
+                self.con.unregister("incoming")
+        return self._one(f"SELECT count(*) FROM {table}")[0] - before
+
+    def pair(self, pair_id: str) -> Pair:
+        row = self._one(f"SELECT {', '.join(columns(Pair))} FROM pairs WHERE pair_id = ?", [pair_id])
+        if row is None:
+            raise KeyError(f"no pair {pair_id!r}")
+        return Pair(*row)
+
+    def pairs(self, *, source: str | None = None, limit: int | None = None, offset: int = 0) -> list[Pair]:
+        """Pairs in their origin's order (the order a file or a run listed them)."""
+        rows = self.con.execute(
+            f"""SELECT {", ".join(columns(Pair))} FROM pairs WHERE ? IS NULL OR source = ?
+                ORDER BY source, origin, origin_index, pair_id LIMIT ? OFFSET ?""",
+            [source, source, limit, offset],
+        ).fetchall()
+        return [Pair(*r) for r in rows]
+
+    def count_pairs(self, source: str | None = None) -> int:
+        return self._one("SELECT count(*) FROM pairs WHERE ? IS NULL OR source = ?", [source, source])[0]
+
+    def existing_pair_ids(self, pair_ids: list[str]) -> set[str]:
+        frame = pd.DataFrame({"pair_id": pair_ids})
+        self.con.register("wanted", frame)
+        try:
+            return {r[0] for r in self.con.execute("SELECT pair_id FROM pairs JOIN wanted USING (pair_id)").fetchall()}
+        finally:
+            self.con.unregister("wanted")
+
+    def import_human_labels(self, labels: list[HumanLabel]) -> int:
+        """Bulk insert or replace (an imported label overwrites that annotator's label on that pair)."""
+        unknown = sorted({lb.pair_id for lb in labels} - self.existing_pair_ids([lb.pair_id for lb in labels]))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise KeyError(f"{len(unknown)} label(s) name pairs that are not stored: {shown}")
+        self._insert_records("human_labels", HumanLabel, labels, "INSERT OR REPLACE")
+        return len(labels)
+
+    def save_human_label(self, label: HumanLabel, *, attempts: int = 50) -> HumanLabel:
+        """Save or edit one label (created_at of a first save is kept). Annotators save from their own
+        connections at the same moment; DuckDB then fails one commit with a conflict, and we try again."""
+        if not label.annotator.strip():
+            raise ValueError("a label needs the annotator's name")
+        if label.choice not in HUMAN_CHOICES:
+            raise ValueError(f"choice {label.choice!r}: expected one of {', '.join(HUMAN_CHOICES)}")
+        self.pair(label.pair_id)
+        row = to_row(label)
+        sql = f"""INSERT INTO human_labels ({", ".join(row)}) VALUES ({", ".join("?" * len(row))})
+                  ON CONFLICT (pair_id, annotator) DO UPDATE SET choice = excluded.choice,
+                  shown_swapped = excluded.shown_swapped, rationale = excluded.rationale,
+                  updated_at = excluded.updated_at"""
+        for attempt in range(attempts):
+            try:
+                with self._transaction():
+                    self._exec(sql, list(row.values()))
+                return label
+            except (duckdb.TransactionException, duckdb.ConstraintException):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def undo_human_label(self, annotator: str) -> HumanLabel | None:
+        """Delete the annotator's most recently saved label and return it (None if they have none)."""
+        latest = self.human_labels(annotator=annotator, newest_first=True, limit=1)
+        if not latest:
+            return None
+        self._exec("DELETE FROM human_labels WHERE pair_id = ? AND annotator = ?", [latest[0].pair_id, annotator])
+        return latest[0]
+
+    def human_labels(
+        self,
+        *,
+        annotator: str | None = None,
+        pair_id: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[HumanLabel]:
+        order = "updated_at DESC, pair_id" if newest_first else "pair_id, annotator"
+        rows = self.con.execute(
+            f"""SELECT {", ".join(columns(HumanLabel))} FROM human_labels
+                WHERE (? IS NULL OR annotator = ?) AND (? IS NULL OR pair_id = ?) ORDER BY {order} LIMIT ?""",
+            [annotator, annotator, pair_id, pair_id, limit],
+        ).fetchall()
+        return [HumanLabel(*r) for r in rows]
+
+    def _queue_sql(self, columns_: str, annotator: str, overlap: int, source: str | None) -> tuple[str, list]:
+        # a skip keeps the pair from that annotator but does not count towards the labels a pair wants
+        return (
+            f"""SELECT {columns_} FROM pairs p LEFT JOIN (
+                    SELECT pair_id, count(*) FILTER (WHERE choice <> 'skip') AS n, bool_or(annotator = ?) AS mine
+                    FROM human_labels GROUP BY pair_id) h USING (pair_id)
+                WHERE NOT coalesce(h.mine, false) AND coalesce(h.n, 0) < ? AND (? IS NULL OR p.source = ?)""",
+            [annotator, overlap, source, source],
+        )
+
+    def annotation_queue(
+        self, annotator: str, *, overlap: int = 2, limit: int = 1, source: str | None = None
+    ) -> list[AnnotationItem]:
+        """The next pairs for this annotator: never one they labelled (or skipped), never one that already
+        has `overlap` labels. Pairs closest to their overlap come first, so that finished pairs accumulate
+        (what inter-annotator agreement needs), then in their origin's order."""
+        sql, params = self._queue_sql("p.pair_id, p.prompt, p.response_a, p.response_b", annotator, overlap, source)
+        rows = self.con.execute(
+            sql + " ORDER BY coalesce(h.n, 0) DESC, p.source, p.origin, p.origin_index, p.pair_id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        items = []
+        for pair_id, prompt, a, b in rows:
+            swapped = shown_swapped(annotator, pair_id)
+            items.append(AnnotationItem(pair_id, prompt, b if swapped else a, a if swapped else b, swapped))
+        return items
+
+    def annotation_progress(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> dict[str, int]:
+        sql, params = self._queue_sql("count(*)", annotator, overlap, source)
+        mine = self._one(
+            """SELECT count(*) FROM human_labels h JOIN pairs p USING (pair_id)
+               WHERE h.annotator = ? AND (? IS NULL OR p.source = ?)""",
+            [annotator, source, source],
+        )[0]
+        return {"labelled": mine, "remaining": self._one(sql, params)[0], "pairs": self.count_pairs(source)}
+
+    def latest_label_run(self) -> str | None:
+        row = self._one("SELECT run_id FROM ai_labels ORDER BY created_at DESC LIMIT 1")
+        return row[0] if row else None
+
+    def pair_preferences(self, run_id: str, min_confidence: float = 0.0) -> pd.DataFrame:
+        """Per pair: prompt, response_a, response_b and p, the probability that a is better, from a judge
+        run's labels (mean over principles) or, for run_id "human", the share of a among people's a/b
+        labels. Pairs with p = 0.5 or confidence |2p - 1| below `min_confidence` are left out."""
+        if run_id == "human":
+            labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p FROM human_labels WHERE choice IN ('a', 'b')
+                        GROUP BY pair_id"""
+            params = [min_confidence]
+        else:
+            labels = """SELECT pair_id, avg(p_a) AS p FROM ai_labels WHERE run_id = ? AND p_a IS NOT NULL
+                        GROUP BY pair_id"""
+            params = [run_id, min_confidence]
+        return self.con.execute(
+            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id
+                FROM ({labels}) l JOIN pairs p USING (pair_id) WHERE l.p <> 0.5 AND abs(2 * l.p - 1) >= ?
+                ORDER BY p.source, p.origin, p.origin_index, l.pair_id""",
+            params,
+        ).df()
+
+    # --- training runs -----------------------------------------------------------------------
+
+    def train_runs(self) -> pd.DataFrame:
+        """Every training run with its status, config, times, final model folder (when finished) and its
+        last value of each metric as `final_<name>` columns."""
+        runs = self.con.execute(
+            """SELECT r.*, m.path AS model_path, m.step AS final_step FROM runs r
+               LEFT JOIN trained_models m USING (run_id) WHERE r.kind LIKE 'train-%' ORDER BY r.created_at DESC"""
+        ).df()
+        last = self.con.execute(
+            """SELECT run_id, name, arg_max(value, step) AS value FROM train_metrics GROUP BY run_id, name"""
+        ).df()
+        if last.empty:
+            return runs
+        wide = last.pivot(index="run_id", columns="name", values="value").add_prefix("final_").reset_index()
+        return runs.merge(wide, on="run_id", how="left")
+
+    def train_metrics(self, run_id: str, names: list[str] | None = None) -> pd.DataFrame:
+        """A run's logged metrics, long form (step, name, value), in step order: what the curves draw."""
+        return self.con.execute(
+            """SELECT step, name, value FROM train_metrics WHERE run_id = ? AND (? IS NULL OR list_contains(?, name))
+               ORDER BY step, name""",
+            [run_id, names, names],
+        ).df()
+
+
+def shown_swapped(annotator: str, pair_id: str) -> bool:
+    """Whether this annotator sees the pair with its sides swapped: a fixed coin per (annotator, pair), so
+    that each person's sides are random but stay the same across sessions and reloads."""
+    return hashlib.sha256(f"{annotator}\0{pair_id}".encode()).digest()[0] & 1 == 1
 
 
 def _connect(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:

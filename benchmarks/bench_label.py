@@ -1,0 +1,118 @@
+"""AI labelling speed and agreement: the soft-label judge against a labeller in the style of the original
+reference code, on the same model and the same hh-rlhf pairs, measured in the same run.
+
+    python benchmarks/bench_label.py [--model default] [--pairs 32] [--new-tokens 256]
+
+- judge: `cai_core.feedback.Judge`, both orders of every pair in one batched scoring pass, P(A) read
+  from the option log-probabilities (no text generated).
+- reference: one pair at a time, the model writes up to NEW_TOKENS tokens answering "A or B, and
+  why" (one order, as the reference code asked), and the letter is read out of that text.
+
+Prints pairs per second of both and their ratio, each one's agreement with the crowdworkers' labels
+on the same pairs, and how often the reference's answer could not be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cai_core.backends import SamplingParams, load_backend  # noqa: E402
+from cai_core.constitution import load_constitution  # noqa: E402
+from cai_core.feedback import Judge, choose_principle, comparison_chat  # noqa: E402
+from cai_core.pairs import read_hh_rlhf  # noqa: E402
+from cai_core.workspace import PROJECT_ROOT, Workspace  # noqa: E402
+
+HH_RLHF = PROJECT_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
+REFERENCE_INSTRUCTION = "Which is better, A or B? Give the letter of the better response, then explain why."
+
+
+def read_letter(text: str) -> str | None:
+    """The reference style's answer: "(A)", "Answer: B", "Response A is ..." or a leading letter; the first
+    such mention wins. None when the text names neither option."""
+    for pattern in (
+        r"\(([AB])\)",
+        r"\b(?:answer|option|response)\s*(?:is\s*)?:?\s*\(?([AB])\b",
+        r"^\s*([AB])\b",
+    ):
+        match = re.search(pattern, text, re.IGNORECASE | re.MULTILINE)
+        if match:
+            return match.group(1).upper()
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=256, help="Most tokens the reference style writes.")
+    parser.add_argument("--data", default=str(HH_RLHF), help="An hh-rlhf file (the crowdworkers' labels).")
+    args = parser.parse_args()
+
+    if not Path(args.data).exists():
+        sys.exit(f"{args.data} is absent: this benchmark needs the shared hh-rlhf data")
+    found = read_hh_rlhf(args.data, limit=args.pairs)
+    human = {label.pair_id: label.choice for label in found.labels}
+    backend = load_backend(args.model, Workspace.from_env())
+    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    items = [(pair, choose_principle(constitution, 0, pair.pair_id)) for pair in found.pairs]
+
+    Judge(backend, constitution).label(items[:2])  # warm-up, so neither side pays for first-call set-up
+    began = time.perf_counter()
+    verdicts = Judge(backend, constitution).label(items)
+    judge_seconds = time.perf_counter() - began
+
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
+    began = time.perf_counter()
+    replies = []
+    for pair, principle in items:
+        chat = comparison_chat(
+            principle, pair.prompt, pair.response_a, pair.response_b, instruction=REFERENCE_INSTRUCTION
+        )
+        [reply] = backend.generate([chat], params)
+        replies.append(reply)
+    reference_seconds = time.perf_counter() - began
+
+    def agreement(choices: list[str | None]) -> tuple[float | None, int]:
+        scored = [
+            (c, human[p.pair_id]) for c, p in zip(choices, found.pairs, strict=True) if c and human[p.pair_id] in "ab"
+        ]
+        return (sum(c == h for c, h in scored) / len(scored) if scored else None), len(scored)
+
+    judge_choices = [None if v.p_a is None or v.p_a == 0.5 else ("a" if v.p_a > 0.5 else "b") for v in verdicts]
+    letters = [read_letter(r.text) for r in replies]
+    reference_choices = [letter.lower() if letter else None for letter in letters]
+    judge_agreement, judge_n = agreement(judge_choices)
+    reference_agreement, reference_n = agreement(reference_choices)
+    n = len(items)
+    print(
+        json.dumps(
+            {
+                "model": backend.name,
+                "pairs": n,
+                "judge_pairs_per_s": round(n / judge_seconds, 3),
+                "reference_pairs_per_s": round(n / reference_seconds, 3),
+                "speedup": round(reference_seconds / judge_seconds, 1),
+                "judge_agreement_with_humans": judge_agreement,
+                "judge_pairs_compared": judge_n,
+                "reference_agreement_with_humans": reference_agreement,
+                "reference_pairs_compared": reference_n,
+                "reference_unreadable_rate": round(sum(letter is None for letter in letters) / n, 3),
+                "reference_mean_tokens": round(sum(r.completion_tokens for r in replies) / n, 1),
+                "judge_position_consistency": round(
+                    sum((v.p_order1 > 0.5) != (v.p_order2 > 0.5) for v in verdicts) / n, 3
+                ),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

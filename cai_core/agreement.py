@@ -1,0 +1,360 @@
+"""Do the AI judge's labels agree with people's? Every figure of the agreement dashboard, from DuckDB.
+
+The database does the counting and returns a few hundred count cells; the figures (agreement, Cohen's
+kappa, ECE, Krippendorff's alpha, position bias) are arithmetic on those cells. People's labels are
+first counted per pair (how many said a, b, tie), so that one pass joins them to the AI's labels and
+the same counts give alpha. That keeps a million labels within a fraction of a second, where pulling
+them into Python would take seconds.
+
+Conventions:
+- A person's "both bad" counts as a tie (neither response is preferred); "skip" is no label.
+- The AI's verdict is "a" when P(a better) > 0.5 + tie_band, "b" when below 0.5 - tie_band, else "tie";
+  without ties it is which side of 0.5 the probability lies on (exactly 0.5 is no verdict).
+- AI-versus-human figures compare the AI's verdict with each human label of the pair (two annotators
+  on one pair count twice), as inter-annotator agreement is counted.
+- For an ensemble run the pair's label is the mean over principles; "by principle" uses each
+  principle's own label instead.
+- Position: in each order the judge picks the first-shown option when its P("A") > 0.5. It is
+  consistent when it picks the same response in both orders; the first-position rate is how often it
+  picks whichever was shown first (0.5 is unbiased).
+- Tables hold NaN where a figure is undefined (nothing to compare; kappa when both raters used a
+  single class; alpha when no pair has two labels or everyone used one class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+GROUPINGS = {
+    "run": ("run_id", "judge_model", "constitution_version", "strategy", "cot"),
+    "model": ("judge_model",),
+    "version": ("constitution_version",),
+    "principle": ("principle_id",),
+}
+HUMAN_CLASSES = ("a", "b", "tie")
+TABLE_COLUMNS = [
+    "pairs",
+    "failed",
+    "labels_no_ties",
+    "agreement",
+    "kappa",
+    "labels_with_ties",
+    "agreement_with_ties",
+    "kappa_with_ties",
+    "position_consistency",
+    "first_position_rate",
+    "ece",
+]
+
+
+@dataclass(frozen=True)
+class Alpha:
+    """Krippendorff's alpha (nominal) among people: the agreement a judge could hope to reach."""
+
+    alpha: float | None
+    pairs: int  # pairs with at least two labels (the only ones alpha can use)
+    labels: int  # labels on those pairs
+
+
+@dataclass(frozen=True)
+class Reliability:
+    bins: pd.DataFrame  # bin, lower, upper, n, mean_p, frac_a: predicted P(a better) against how often people chose a
+    ece: float | None  # expected calibration error: the n-weighted mean of |mean_p - frac_a| over bins
+    n: int
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    by_run: pd.DataFrame
+    by_model: pd.DataFrame
+    by_version: pd.DataFrame
+    by_principle: pd.DataFrame
+    confusion: pd.DataFrame  # rows: the human label, columns: the AI's verdict (with ties)
+    reliability: Reliability
+    alpha: Alpha
+    disagreements: pd.DataFrame
+
+
+def _con(store_or_con) -> duckdb.DuckDBPyConnection:
+    return getattr(store_or_con, "con", store_or_con)
+
+
+def _run_filter(run_id: str | None) -> str:
+    return "TRUE" if run_id is None else "run_id = '" + run_id.replace("'", "''") + "'"
+
+
+def _ai_pairs_sql(run_id: str | None) -> str:
+    """The AI's label per (run, pair). One label per pair needs no grouping: only ensemble runs have several
+    (one per principle) to average, and grouping a million single rows would cost more than every figure."""
+    where = _run_filter(run_id)
+    return f"""
+        SELECT run_id, pair_id, judge_model, constitution_version, p_a, p_order1 AS p1, p_order2 AS p2,
+               failed::INT AS failures, principle_id AS principles
+        FROM ai_labels WHERE {where} AND strategy <> 'ensemble'
+        UNION ALL
+        SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), avg(p_a), avg(p_order1),
+               avg(p_order2), count(*) FILTER (WHERE failed), 'ensemble'
+        FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id"""
+
+
+def _count_humans(con) -> None:
+    """People's labels counted per pair: a temp table every human-side figure reads."""
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _human_counts AS
+           SELECT pair_id, count(*) FILTER (WHERE choice = 'a') AS na, count(*) FILTER (WHERE choice = 'b') AS nb,
+                  count(*) FILTER (WHERE choice IN ('tie', 'both_bad')) AS nt
+           FROM human_labels WHERE choice <> 'skip' GROUP BY pair_id"""
+    ).fetchall()  # DuckDB refuses the connection's next call until a result is consumed, even a DDL's
+
+
+def _cells(con, run_id: str | None, tie_band: float, bins: int) -> list[dict]:
+    """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
+    pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
+    P(a better) over them. Groups by principle read each label; the others read the per-pair label
+    (the same row, except in ensemble runs, whose per-pair means are added as rows of their own)."""
+    where, band = _run_filter(run_id), float(tie_band)
+    result = con.execute(
+        f"""WITH labels AS (
+                SELECT run_id, pair_id, judge_model, constitution_version, strategy, cot, principle_id, p_a,
+                       p_order1 AS p1, p_order2 AS p2, failed::INT AS failures, TRUE AS single
+                FROM ai_labels WHERE {where}
+                UNION ALL
+                SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), 'ensemble',
+                       bool_or(cot), NULL, avg(p_a), avg(p_order1), avg(p_order2), count(*) FILTER (WHERE failed), FALSE
+                FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id),
+            ai AS (
+                SELECT *, CASE WHEN single THEN principle_id END AS k_principle,
+                       NOT single OR strategy <> 'ensemble' AS per_pair,
+                       CASE WHEN p_a > 0.5 + {band} THEN 'a' WHEN p_a < 0.5 - {band} THEN 'b'
+                            WHEN p_a IS NOT NULL THEN 'tie' END AS v3,
+                       CASE WHEN p_a > 0.5 THEN 'a' WHEN p_a < 0.5 THEN 'b' END AS v2,
+                       least(floor(p_a * {int(bins)}), {int(bins) - 1})::INT AS bin,
+                       p1 IS NOT NULL AND p2 IS NOT NULL AS both_orders
+                FROM labels)
+            SELECT CASE WHEN per_pair THEN run_id END AS k_run, CASE WHEN per_pair THEN judge_model END AS k_model,
+                   CASE WHEN per_pair THEN constitution_version END AS k_version, k_principle, v3, v2, bin,
+                   any_value(judge_model) AS run_model, any_value(constitution_version) AS run_version,
+                   any_value(strategy) AS strategy, bool_or(cot) AS cot, count(*) AS ai_rows,
+                   sum(failures) AS failures, count(*) FILTER (WHERE both_orders) AS both_orders,
+                   count(*) FILTER (WHERE (p1 > 0.5) <> (p2 > 0.5)) AS consistent,
+                   sum((p1 > 0.5)::INT + (p2 > 0.5)::INT) AS firsts,
+                   sum(coalesce(na, 0)) AS na, sum(coalesce(nb, 0)) AS nb, sum(coalesce(nt, 0)) AS nt,
+                   sum(p_a * na) AS pa, sum(p_a * nb) AS pb, sum(p_a * nt) AS pt
+            FROM ai LEFT JOIN _human_counts USING (pair_id)
+            GROUP BY GROUPING SETS ((k_run, v3, v2, bin), (k_model, v3, v2, bin), (k_version, v3, v2, bin),
+                                    (k_principle, v3, v2, bin))"""
+    )
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def _long(cells: list[dict]) -> list[tuple]:
+    """Cells with one entry per human class: (h, v3, v2, bin, n labels, sum of P(a better) over them)."""
+    entries = []
+    for c in cells:
+        if c["v3"] is None:
+            continue  # failed labels: no probability to compare
+        for h, k in (("a", "a"), ("b", "b"), ("tie", "t")):
+            if c[f"n{k}"]:
+                entries.append((h, c["v3"], c["v2"], c["bin"], c[f"n{k}"], c[f"p{k}"]))
+    return entries
+
+
+def cohen_kappa(confusion) -> float | None:
+    """Cohen's kappa from a square confusion matrix (rows one rater, columns the other, same classes in
+    the same order); None when chance agreement is 1, i.e. both raters used one and the same class."""
+    counts = np.asarray(confusion, dtype=float)
+    total = counts.sum()
+    if total == 0:
+        return None
+    observed = counts.trace() / total
+    expected = float((counts.sum(axis=1) * counts.sum(axis=0)).sum()) / total**2
+    if expected >= 1.0:
+        return None
+    return float((observed - expected) / (1.0 - expected))
+
+
+def _confusion(entries: list[tuple], column: int, classes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Human label (rows) against the AI's verdict in entry column `column` (1: with ties, 2: without)."""
+    counts: dict[tuple[str, str], int] = {}
+    for entry in entries:
+        key = (entry[0], entry[column])
+        counts[key] = counts.get(key, 0) + entry[4]
+    classes = classes or tuple(sorted({k for pair in counts for k in pair}))
+    return pd.DataFrame(
+        [[counts.get((r, c), 0) for c in classes] for r in classes], index=list(classes), columns=list(classes)
+    )
+
+
+def _reliability(entries: list[tuple], bins: int) -> Reliability:
+    n, sum_p, hits = [0] * bins, [0.0] * bins, [0] * bins
+    for h, _, _, b, count, p in entries:
+        if h in ("a", "b"):
+            n[b] += count
+            sum_p[b] += p
+            hits[b] += count if h == "a" else 0
+    frame = pd.DataFrame(
+        {
+            "bin": range(bins),
+            "lower": [b / bins for b in range(bins)],
+            "upper": [(b + 1) / bins for b in range(bins)],
+            "n": n,
+            "mean_p": [s / k if k else None for s, k in zip(sum_p, n, strict=True)],
+            "frac_a": [x / k if k else None for x, k in zip(hits, n, strict=True)],
+        }
+    )
+    total = sum(n)
+    if not total:
+        return Reliability(frame, None, 0)
+    ece = sum(k / total * abs(s / k - x / k) for s, x, k in zip(sum_p, hits, n, strict=True) if k)
+    return Reliability(frame, ece, total)
+
+
+def _metrics(cells: list[dict], bins: int) -> dict:
+    """Every figure of one group, from its cells."""
+    both = sum(c["both_orders"] for c in cells)
+    out: dict = {
+        "pairs": sum(c["ai_rows"] for c in cells),
+        "failed": int(sum(c["failures"] or 0 for c in cells)),
+        "position_consistency": sum(c["consistent"] for c in cells) / both if both else None,
+        "first_position_rate": sum(c["firsts"] or 0 for c in cells) / (2 * both) if both else None,
+    }
+    entries = _long(cells)
+    out["labels_with_ties"] = sum(e[4] for e in entries)
+    if not entries:
+        return {**out, "labels_no_ties": 0}
+    out["agreement_with_ties"] = sum(e[4] for e in entries if e[0] == e[1]) / out["labels_with_ties"]
+    out["kappa_with_ties"] = cohen_kappa(_confusion(entries, 1))
+    binary = [e for e in entries if e[0] in ("a", "b") and e[2] is not None]
+    out["labels_no_ties"] = sum(e[4] for e in binary)
+    if binary:
+        out["agreement"] = sum(e[4] for e in binary if e[0] == e[2]) / out["labels_no_ties"]
+        out["kappa"] = cohen_kappa(_confusion(binary, 2))
+    out["ece"] = _reliability(entries, bins).ece
+    return out
+
+
+CELL_KEYS = {"run": "k_run", "model": "k_model", "version": "k_version", "principle": "k_principle"}
+
+
+def _table(cells: list[dict], grouping: str, bins: int) -> pd.DataFrame:
+    keys = list(GROUPINGS[grouping])
+    groups: dict[str, list[dict]] = {}
+    for c in cells:
+        if c[CELL_KEYS[grouping]] is not None:
+            groups.setdefault(c[CELL_KEYS[grouping]], []).append(c)
+    rows = []
+    for value, group in sorted(groups.items()):
+        row = {keys[0]: value}
+        if grouping == "run":  # one judge, one constitution version and one strategy per run
+            row |= {"judge_model": group[0]["run_model"], "constitution_version": group[0]["run_version"]}
+            row |= {"strategy": group[0]["strategy"], "cot": any(c["cot"] for c in group)}
+        rows.append(row | _metrics(group, bins))
+    return pd.DataFrame(rows, columns=[*keys, *TABLE_COLUMNS])
+
+
+def _alpha(con, run_id: str | None) -> Alpha:
+    """alpha = 1 - (n - 1) * (n - sum_c o_cc) / (n^2 - sum_c n_c^2), from the per-pair counts, where
+    o_cc = sum over pairs of n_uc (n_uc - 1) / (m_u - 1) and n_c = sum over pairs of n_uc (pairs with m_u >= 2)."""
+    restrict = "" if run_id is None else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {_run_filter(run_id)})"
+    units, n, na, nb, nt, oa, ob, ot = con.execute(
+        f"""SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
+                   sum(na * (na - 1) / (na + nb + nt - 1)), sum(nb * (nb - 1) / (na + nb + nt - 1)),
+                   sum(nt * (nt - 1) / (na + nb + nt - 1))
+            FROM _human_counts WHERE na + nb + nt >= 2 {restrict}"""
+    ).fetchall()[0]
+    if not units:
+        return Alpha(None, 0, 0)
+    expected = n * n - (na * na + nb * nb + nt * nt)
+    if expected == 0:
+        return Alpha(None, int(units), int(n))
+    return Alpha(float(1.0 - (n - 1) * (n - (oa + ob + ot)) / expected), int(units), int(n))
+
+
+def _confidence_floor(entries: list[tuple], bins: int, limit: int) -> float:
+    """A confidence |P(a better) - 0.5| that at least `limit` disagreeing labels reach, read off the bins,
+    so that the disagreement query joins only the labels above it (0 when fewer disagree)."""
+    per_bin: dict[int, int] = {}
+    for h, _, v2, b, n, _ in entries:
+        if {h, v2} == {"a", "b"}:
+            per_bin[b] = per_bin.get(b, 0) + n
+    # the least confidence any probability in a bin can have: 0 for a bin that straddles 0.5
+    floors = {b: max(b / bins - 0.5, 0.5 - (b + 1) / bins, 0.0) for b in per_bin}
+    found = 0
+    for b in sorted(per_bin, key=lambda b: -floors[b]):
+        found += per_bin[b]
+        if found >= limit:
+            return max(floors[b] - 1e-9, 0.0)  # the margin absorbs rounding in floor(p * bins)
+    return 0.0
+
+
+def _disagreements(con, run_id: str | None, limit: int, confidence_floor: float = 0.0) -> pd.DataFrame:
+    # Find the most confident disagreeing (run, pair) from the counts first, then fetch texts for those only.
+    return con.execute(
+        f"""WITH ai AS ({_ai_pairs_sql(run_id)}),
+            top AS (SELECT ai.* FROM ai JOIN _human_counts h USING (pair_id)
+                    WHERE abs(ai.p_a - 0.5) >= {float(confidence_floor)}
+                      AND ((ai.p_a > 0.5 AND h.nb > 0) OR (ai.p_a < 0.5 AND h.na > 0))
+                    ORDER BY abs(ai.p_a - 0.5) DESC, ai.run_id, ai.pair_id LIMIT {int(limit)})
+            SELECT top.run_id, top.pair_id, h.annotator, h.choice AS human,
+                   CASE WHEN top.p_a > 0.5 THEN 'a' ELSE 'b' END AS ai, top.p_a, top.p1 AS p_order1,
+                   top.p2 AS p_order2, top.principles, h.rationale, p.prompt, p.response_a, p.response_b
+            FROM top JOIN human_labels h USING (pair_id) JOIN pairs p USING (pair_id)
+            WHERE h.choice IN ('a', 'b') AND h.choice <> CASE WHEN top.p_a > 0.5 THEN 'a' ELSE 'b' END
+            ORDER BY abs(top.p_a - 0.5) DESC, top.run_id, top.pair_id, h.annotator LIMIT {int(limit)}"""
+    ).df()
+
+
+def inter_human_alpha(store_or_con, *, run_id: str | None = None) -> Alpha:
+    """Nominal Krippendorff's alpha over people's labels (a, b, tie; both_bad counts as tie, skip as
+    missing), on every pair or on the pairs a run labelled."""
+    con = _con(store_or_con)
+    _count_humans(con)
+    return _alpha(con, run_id)
+
+
+def disagreements(store_or_con, *, run_id: str | None = None, limit: int = 50) -> pd.DataFrame:
+    """Pairs where the AI's verdict and a person's label (a or b) differ, the most confident AI first,
+    with both responses, the labels and the judge's per-order probabilities."""
+    con = _con(store_or_con)
+    _count_humans(con)
+    return _disagreements(con, run_id, limit)
+
+
+def dashboard(
+    store_or_con,
+    *,
+    run_id: str | None = None,
+    tie_band: float = 0.05,
+    bins: int = 10,
+    disagreement_limit: int = 50,
+) -> Dashboard:
+    """Every figure, for one run or for all. Confusion and reliability pool whatever is selected: pass
+    a run id to read one judge's calibration rather than a mixture."""
+    if not 0.0 <= tie_band < 0.5:
+        raise ValueError(f"tie band {tie_band}: expected 0 <= band < 0.5")
+    if bins < 1:
+        raise ValueError(f"bins {bins}: expected at least 1")
+    con = _con(store_or_con)
+    _count_humans(con)
+    cells = _cells(con, run_id, tie_band, bins)
+    pooled = _long([c for c in cells if c["k_run"] is not None])
+    confusion = _confusion(pooled, 1, HUMAN_CLASSES)
+    confusion.index.name, confusion.columns.name = "human", "ai"
+    tables = {name: _table(cells, name, bins) for name in GROUPINGS}
+    return Dashboard(
+        by_run=tables["run"],
+        by_model=tables["model"],
+        by_version=tables["version"],
+        by_principle=tables["principle"],
+        confusion=confusion,
+        reliability=_reliability(pooled, bins),
+        alpha=_alpha(con, run_id),
+        disagreements=_disagreements(
+            con, run_id, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
+        ),
+    )

@@ -1,0 +1,86 @@
+"""Direct RLAIF: TRL's DPOTrainer straight on the AI preference labels (or the SL-CAI revision pairs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..workspace import Workspace
+from .harness import (
+    RunContext,
+    TrainConfig,
+    TrainError,
+    file_rows,
+    load_tokenizer,
+    lora_config,
+    need_columns,
+    resolve_model,
+    run_trainer,
+    store_rows,
+    trainer_arguments,
+)
+
+
+@dataclass
+class PreferenceData:
+    """Where chosen/rejected pairs come from; shared by DPO and the reward model."""
+
+    labels: str | None = field(
+        default=None,
+        metadata={
+            "help": "Store data only: an AI label run id, `human`, or `sl-cai` (revision versus first answer); "
+            "the latest label run when unset."
+        },
+    )
+    min_confidence: float = field(default=0.0, metadata={"help": "Store data only: keep pairs with |2P-1| >= this."})
+
+    def preference_rows(self, ws: Workspace, dataset: str) -> pd.DataFrame:
+        if dataset != "store":
+            frame = file_rows(dataset)
+            return need_columns(frame, ("prompt", "chosen", "rejected"), dataset)
+        if self.labels == "sl-cai":
+            rows = store_rows(ws, "pairs")
+        else:
+            rows = store_rows(ws, "preferences", run_id=self.labels, min_confidence=self.min_confidence)
+        if rows.empty:
+            raise TrainError(
+                "no labelled pairs in the store: run `cai pairs` and `cai label` first, or use --labels sl-cai"
+            )
+        return rows
+
+
+@dataclass
+class DPOConfig(PreferenceData, TrainConfig):
+    kind = "dpo"
+
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
+    beta: float = field(default=0.1, metadata={"help": "DPO β: how far the policy may move from the reference."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+
+    def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
+        rows = self.preference_rows(ws, self.dataset)
+        return {"train": rows[["prompt", "chosen", "rejected"]].reset_index(drop=True)}
+
+
+def train(ctx: RunContext) -> None:
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    c: DPOConfig = ctx.config
+    path = resolve_model(c.model, ctx.ws)
+    tokenizer = load_tokenizer(path)
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=TRLDPOConfig(**trainer_arguments(ctx), beta=c.beta, max_length=c.max_length),
+        train_dataset=ctx.dataset("train"),
+        processing_class=tokenizer,
+        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+    )
+    run_trainer(ctx, trainer, tokenizer)
+
+
+CONFIGS = (DPOConfig,)

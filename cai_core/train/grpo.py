@@ -1,0 +1,97 @@
+"""GRPO and RLOO with TRL's trainers: the alternatives to PPO that need no value model. Both sample
+`num_generations` answers per prompt and use the group (GRPO: its mean and spread; RLOO: the other
+answers' mean) as the baseline, against the same reward PPO uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..workspace import Workspace
+from .harness import (
+    RunContext,
+    TrainConfig,
+    TrainError,
+    load_tokenizer,
+    lora_config,
+    resolve_model,
+    resolve_reward,
+    run_trainer,
+    trainer_arguments,
+)
+from .ppo import prompt_rows
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    kind = "grpo"
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=8, metadata={"help": "Answers per step and device (num_generations divides it)."})
+    reward_model: str = field(
+        default="",
+        metadata={"help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable)."},
+    )
+    num_generations: int = field(default=4, metadata={"help": "Answers sampled per prompt (the group)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the reference (0: no reference)."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+
+    def check(self) -> None:
+        super().check()
+        if not self.reward_model:
+            raise TrainError(f"{self.kind.upper()} needs a reward: --reward-model RUN_ID|FOLDER|module:function")
+        if self.num_generations < 2 or (self.batch_size * self.grad_accum) % self.num_generations:
+            raise TrainError(
+                f"num_generations ({self.num_generations}) must be at least 2 and divide "
+                f"batch_size × grad_accum ({self.batch_size * self.grad_accum})"
+            )
+
+    def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
+        return {"train": prompt_rows(self.dataset, ws)}
+
+
+@dataclass
+class RLOOConfig(GRPOConfig):
+    kind = "rloo"
+
+    beta: float = field(default=0.05, metadata={"help": "KL coefficient against the reference."})
+
+
+def train(ctx: RunContext) -> None:
+    from transformers import AutoModelForCausalLM
+
+    c: GRPOConfig = ctx.config
+    if c.kind == "rloo":
+        from trl import RLOOConfig as TRLConfig
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as TRLConfig
+        from trl import GRPOTrainer as Trainer
+    path = resolve_model(c.model, ctx.ws)
+    tokenizer = load_tokenizer(path)
+    reward = ctx.reward_fn or resolve_reward(c.reward_model, ctx.ws)
+    args = TRLConfig(
+        **trainer_arguments(ctx),
+        num_generations=c.num_generations,
+        max_completion_length=c.max_new_tokens,
+        temperature=c.temperature,
+        beta=c.beta,
+    )
+    tokenizer.padding_side = "left"
+    trainer = Trainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=ctx.dataset("train"),
+        processing_class=tokenizer,
+        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+    )
+    run_trainer(ctx, trainer, tokenizer)
+
+
+CONFIGS = (GRPOConfig, RLOOConfig)

@@ -1,0 +1,391 @@
+"""PPO for RL-CAI on torch: maximise E[R(x, y)] - β·KL(π || π_ref), as in Ouyang et al. 2022 and
+Bai et al. 2022. TRL 1.16 no longer ships a PPO trainer, so this is ours.
+
+Each step samples one rollout per prompt from the policy, scores it with the reward (a sequence
+classifier, or a Python callable), turns the score and a per-token KL penalty against the frozen
+reference into per-token rewards, estimates advantages with GAE from a value model, then takes
+`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts.
+
+One process, one device: `accelerate launch` with several processes is for the TRL trainers here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..workspace import Workspace
+from .harness import (
+    RunContext,
+    TrainConfig,
+    TrainError,
+    file_rows,
+    load_tokenizer,
+    resolve_model,
+    resolve_reward,
+    save_final,
+    store_rows,
+    use_bf16,
+)
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    kind = "ppo"
+
+    learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
+    batch_size: int = field(default=8, metadata={"help": "Rollouts (prompts, one answer each) per PPO step."})
+    reward_model: str = field(
+        default="",
+        metadata={"help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable)."},
+    )
+    value_model: str | None = field(
+        default=None,
+        metadata={"help": "Value model to start from; the reward model when it is a model, else the policy."},
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, when adaptive)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target (Ziegler et al. 2019)."})
+    kl_target: float = field(default=6.0, metadata={"help": "Adaptive β: the per-answer KL to aim for."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive β: episodes over which β adjusts."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip around the rollout's values."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch of rollouts."})
+    num_minibatches: int = field(default=1, metadata={"help": "Minibatches per pass (must divide batch_size)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before GAE."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtract this from the score of an answer cut off before its end token."}
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+
+    def check(self) -> None:
+        super().check()
+        if not self.reward_model:
+            raise TrainError("PPO needs a reward: --reward-model RUN_ID|FOLDER|module:function")
+        if self.batch_size % self.num_minibatches:
+            raise TrainError(f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})")
+        if self.temperature <= 0:
+            raise TrainError("temperature must be above 0: PPO needs sampled answers")
+        if self.accelerate_config:
+            raise TrainError("PPO here runs in one process on one device: drop --accelerate-config (or use grpo/rloo)")
+
+    def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
+        return {"train": prompt_rows(self.dataset, ws)}
+
+
+def prompt_rows(dataset: str, ws: Workspace) -> pd.DataFrame:
+    """Conversational prompts `{"prompt": [user]}`: the store's SL-CAI prompts, or any prompt file."""
+    if dataset == "store":
+        rows = store_rows(ws, "sft")
+        if rows.empty:
+            raise TrainError("no prompts in the store: run `cai generate` first, or give --dataset PROMPTS_FILE")
+        texts = list(dict.fromkeys(m[0]["content"] for m in rows.messages))
+        return pd.DataFrame({"prompt": [[{"role": "user", "content": t}] for t in texts]})
+    if dataset.endswith((".jsonl", ".csv", ".txt")):
+        from ..prompts import load_prompts
+
+        prompts = load_prompts(dataset).prompts
+        return pd.DataFrame({"prompt": [[{"role": "user", "content": p.prompt}] for p in prompts]})
+    frame = file_rows(dataset)
+    if "prompt" not in frame.columns:
+        raise TrainError(f"dataset {dataset}: no prompt column")
+    return frame[["prompt"]]
+
+
+# --- tensor helpers ---------------------------------------------------------------------------------
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, shift_mean: bool = True):
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * (var + 1e-8).rsqrt()
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimates and returns; positions past an answer's end carry nothing."""
+    import torch
+
+    values = values * mask
+    last, advantages = 0.0, []
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages.append(last)
+    advantages = torch.stack(advantages[::-1], dim=1) * mask
+    return advantages, (advantages + values) * mask
+
+
+class AdaptiveKL:
+    """β that follows a target KL (Ziegler et al. 2019): a proportional controller with a clipped error."""
+
+    def __init__(self, beta: float, target: float, horizon: int, adaptive: bool):
+        self.beta, self.target, self.horizon, self.adaptive = beta, target, horizon, adaptive
+
+    def update(self, kl: float, episodes: int) -> None:
+        if self.adaptive:
+            error = min(max(kl / self.target - 1, -0.2), 0.2)
+            self.beta *= 1 + error * episodes / self.horizon
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+
+class _Models:
+    """Policy, frozen reference, value model and the reward, on one device."""
+
+    def __init__(self, ctx: RunContext, resume_from):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        c: PPOConfig = ctx.config
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.autocast_dtype = torch.bfloat16 if use_bf16(c) else None
+        base = resolve_model(c.model, ctx.ws)
+        self.tokenizer = load_tokenizer(base)
+        self.tokenizer.padding_side = "left"
+        reward = ctx.reward_fn or resolve_reward(c.reward_model, ctx.ws)
+        value_start = (
+            resolve_model(c.value_model, ctx.ws) if c.value_model else (reward if isinstance(reward, str) else base)
+        )
+        policy_path = resume_from / "policy" if resume_from else base
+        value_path = resume_from / "value" if resume_from else value_start
+        self.policy = AutoModelForCausalLM.from_pretrained(policy_path).to(self.device)
+        self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
+        self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1).to(self.device)
+        if c.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+            self.value.gradient_checkpointing_enable()
+        # dropout off everywhere: PPO's ratios compare the same function before and after an update
+        for model in (self.policy, self.ref, self.value):
+            model.eval()
+        self.reward_fn = reward if callable(reward) else None
+        if self.reward_fn is None:
+            self.reward_tokenizer = load_tokenizer(reward)
+            self.reward_tokenizer.padding_side = "right"
+            self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
+            self.reward.config.pad_token_id = self.reward_tokenizer.pad_token_id
+            self.reward.eval().requires_grad_(False)
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=self.autocast_dtype)
+
+
+def _forward_policy(model, input_ids, attention_mask, context: int, temperature: float):
+    """Log-probabilities of the answer tokens and the entropy at each answer position."""
+    import torch
+
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    answer_len = input_ids.shape[1] - context
+    logits = (
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=answer_len + 1)
+        .logits[:, :-1]
+        .float()
+        / temperature
+    )
+    logprobs_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logprobs_all.gather(-1, input_ids[:, context:, None]).squeeze(-1)
+    entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+    return logprobs, entropy
+
+
+def _forward_value(model, input_ids, attention_mask, context: int):
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+    return model.score(hidden[:, context - 1 : -1]).squeeze(-1).float()
+
+
+def _scores(models: _Models, prompts: list, answers: list[str], answer_ids: list[list[int]]):
+    import torch
+
+    if models.reward_fn is not None:
+        texts = [p[-1]["content"] for p in prompts]
+        values = models.reward_fn(prompts=texts, completions=answers, completion_ids=answer_ids)
+        return torch.tensor([float(v) for v in values], device=models.device)
+    tok = models.reward_tokenizer
+    chats = [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
+    texts = tok.apply_chat_template(chats, tokenize=False)
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
+    with torch.no_grad(), models.autocast():
+        return models.reward(**batch).logits[:, 0].float()
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """The prompts of a step: epochs of seeded shuffles, a function of the step alone, so that a resumed
+    run sees what the killed one would have."""
+    import numpy as np
+
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    epochs = {e: np.random.default_rng([seed, e]).permutation(n) for e in {pos // n for pos in positions}}
+    return [int(epochs[pos // n][pos % n]) for pos in positions]
+
+
+def train(ctx: RunContext) -> None:
+    import torch
+
+    c: PPOConfig = ctx.config
+    resume_from = ctx.last_checkpoint()
+    models = _Models(ctx, resume_from)
+    tok = models.tokenizer
+    params = [p for p in models.policy.parameters() if p.requires_grad] + list(models.value.parameters())
+    optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=1e-5)
+    kl_control = AdaptiveKL(c.kl_coef, c.kl_target, c.kl_horizon, c.adaptive_kl)
+    step = 0
+    if resume_from:
+        state = torch.load(resume_from / "state.pt", map_location=models.device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step, kl_control.beta = state["step"], state["beta"]
+    prompts = list(ctx.dataset("train")["prompt"])
+    eos = tok.eos_token_id
+    ctx.progress(step)
+    while step < c.max_steps:
+        if ctx.job.cancel_requested():
+            _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
+            ctx.cancelled(step)
+            return
+        batch_prompts = [prompts[i] for i in batch_indices(step, c.batch_size, len(prompts), c.seed)]
+        torch.manual_seed(c.seed * 100003 + step)
+        metrics = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos)
+        step += 1
+        metrics["beta"] = kl_control.beta
+        metrics["episodes"] = step * c.batch_size
+        if step % c.logging_steps == 0 or step == c.max_steps:
+            ctx.log_metrics(step, metrics)
+        ctx.progress(step)
+        if step % c.save_steps == 0 and step < c.max_steps:
+            _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
+    save_final(ctx, models.policy, tok)
+    ctx.finish(ctx.final_dir, step)
+
+
+def _ppo_step(c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, prompts: list, eos: int) -> dict:
+    import torch
+
+    tok = models.tokenizer
+    texts = tok.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
+    context = enc.input_ids.shape[1]
+    with torch.no_grad(), models.autocast():
+        out = models.policy.generate(
+            **enc,
+            do_sample=True,
+            temperature=c.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=c.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=eos,
+        )
+    answers = out[:, context:]
+    # everything after the first end token is padding: the answer ends there
+    is_eos = answers == eos
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    answer_mask = (~after_eos).float()
+    answers = answers.masked_fill(after_eos, tok.pad_token_id)
+    has_eos = is_eos.any(1)
+    lengths = answer_mask.sum(1).long()
+    input_ids = torch.cat([enc.input_ids, answers], 1)
+    attention = torch.cat([enc.attention_mask, answer_mask.long()], 1)
+
+    with torch.no_grad(), models.autocast():
+        old_logprobs, _ = _forward_policy(models.policy, input_ids, attention, context, c.temperature)
+        ref_logprobs, _ = _forward_policy(models.ref, input_ids, attention, context, c.temperature)
+        old_values = _forward_value(models.value, input_ids, attention, context)
+    answer_ids = [a[:n].tolist() for a, n in zip(answers, lengths, strict=True)]
+    answer_texts = tok.batch_decode(answer_ids, skip_special_tokens=True)
+    scores = _scores(models, prompts, answer_texts, answer_ids)
+    if c.missing_eos_penalty is not None:
+        scores = scores - c.missing_eos_penalty * (~has_eos).float()
+
+    kl = (old_logprobs - ref_logprobs) * answer_mask
+    rewards = -kl_control.beta * kl
+    last = (lengths - 1).clamp(min=0)
+    rewards[torch.arange(len(last)), last] += scores
+    if c.whiten_rewards:
+        rewards = masked_whiten(rewards, answer_mask, shift_mean=False)
+    advantages, returns = gae(rewards, old_values, answer_mask, c.gamma, c.lam)
+    advantages = masked_whiten(advantages, answer_mask)
+
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approxkl", "entropy")}
+    size = c.batch_size // c.num_minibatches
+    for _ in range(c.ppo_epochs):
+        for idx in torch.randperm(c.batch_size).split(size):
+            mask = answer_mask[idx]
+            with models.autocast():
+                logprobs, entropy = _forward_policy(
+                    models.policy, input_ids[idx], attention[idx], context, c.temperature
+                )
+                values = _forward_value(models.value, input_ids[idx], attention[idx], context)
+            ratio = (logprobs - old_logprobs[idx]).exp()
+            pg_plain = -advantages[idx] * ratio
+            pg_clipped = -advantages[idx] * ratio.clamp(1 - c.cliprange, 1 + c.cliprange)
+            policy_loss = masked_mean(torch.max(pg_plain, pg_clipped), mask)
+            values_clipped = old_values[idx] + (values - old_values[idx]).clamp(-c.cliprange_value, c.cliprange_value)
+            value_loss = 0.5 * masked_mean(
+                torch.max((values - returns[idx]) ** 2, (values_clipped - returns[idx]) ** 2), mask
+            )
+            optimizer.zero_grad()
+            (policy_loss + c.vf_coef * value_loss).backward()
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], c.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["clipfrac"].append(masked_mean((pg_clipped > pg_plain).float(), mask).item())
+                stats["approxkl"].append(0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, mask).item())
+                stats["entropy"].append(masked_mean(entropy, mask).item())
+
+    sequence_kl = kl.sum(1).mean().item()
+    kl_control.update(sequence_kl, c.batch_size)
+    return {
+        "reward": scores.mean().item(),
+        "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "kl": sequence_kl,
+        "non_score_reward": (-kl_control.beta * kl).sum(1).mean().item(),
+        "response_length": lengths.float().mean().item(),
+        "eos_fraction": has_eos.float().mean().item(),
+        **{name: sum(v) / len(v) for name, v in stats.items()},
+    }
+
+
+def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, beta: float) -> None:
+    import torch
+
+    if not ctx.main:
+        return
+    target = ctx.checkpoints_dir / f"checkpoint-{step}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    models.policy.save_pretrained(tmp / "policy")
+    models.tokenizer.save_pretrained(tmp / "policy")
+    models.value.save_pretrained(tmp / "value")
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, tmp / "state.pt")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    kept = sorted(
+        (p for p in ctx.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for old in kept[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+CONFIGS = (PPOConfig,)

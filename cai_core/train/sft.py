@@ -1,0 +1,89 @@
+"""SL-CAI supervised fine-tuning with TRL's SFTTrainer on the final revisions.
+
+Examples are prompt/completion conversations, so TRL's completion-only loss puts the loss on the
+assistant's answer alone. That is the assistant-only loss without needing `{% generation %}` markers
+in the chat template, which the default model's template lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..workspace import Workspace
+from .harness import (
+    RunContext,
+    TrainConfig,
+    TrainError,
+    file_rows,
+    load_tokenizer,
+    lora_config,
+    need_columns,
+    resolve_model,
+    run_trainer,
+    store_rows,
+    trainer_arguments,
+)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    kind = "sft"
+
+    constitution_version: str | None = field(
+        default=None, metadata={"help": "Store data only: traces of this constitution version."}
+    )
+    max_round: int | None = field(default=None, metadata={"help": "Store data only: the revision of round N at most."})
+    helpful_data: str | None = field(
+        default=None, metadata={"help": "A messages or prompt/completion file mixed in (helpfulness data)."}
+    )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+
+    def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
+        if self.dataset == "store":
+            rows = store_rows(ws, "sft", constitution_version=self.constitution_version, max_round=self.max_round)
+            if rows.empty:
+                raise TrainError("no SL-CAI traces match in the store: run `cai generate` first, or loosen the filters")
+            frames = [prompt_completion(rows, "the store")]
+        else:
+            frames = [prompt_completion(file_rows(self.dataset), self.dataset)]
+        if self.helpful_data:
+            frames.append(prompt_completion(file_rows(self.helpful_data), self.helpful_data))
+        return {"train": pd.concat(frames, ignore_index=True)}
+
+
+def prompt_completion(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Rows as conversational prompt/completion: messages split before the last assistant turn."""
+    if "messages" in frame.columns:
+        need_columns(frame, ("messages",), source)
+        messages = [list(m) for m in frame.messages]
+        if any(not m or m[-1]["role"] != "assistant" for m in messages):
+            raise TrainError(f"dataset {source}: every conversation must end with an assistant message")
+        return pd.DataFrame({"prompt": [m[:-1] for m in messages], "completion": [m[-1:] for m in messages]})
+    need_columns(frame, ("prompt", "completion"), source)
+    return frame[["prompt", "completion"]].reset_index(drop=True)
+
+
+def train(ctx: RunContext) -> None:
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    c: SFTConfig = ctx.config
+    path = resolve_model(c.model, ctx.ws)
+    tokenizer = load_tokenizer(path)
+    args = TRLSFTConfig(**trainer_arguments(ctx), max_length=c.max_length, completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=args,
+        train_dataset=ctx.dataset("train"),
+        processing_class=tokenizer,
+        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+    )
+    run_trainer(ctx, trainer, tokenizer)
+
+
+CONFIGS = (SFTConfig,)

@@ -1,0 +1,311 @@
+"""Training: pick an algorithm, edit its config, start it in the background, and follow its curves and log.
+
+A run starts the way `cai train KIND ... --background` starts it: `prepare_train_job` snapshots the data
+and makes the run's folder, then `launch_train_job` runs `cai train resume RUN_ID` detached (through
+`accelerate launch` when the config names an accelerate config), so reloading the page does not stop it.
+The run never opens the database; every page run copies its metrics in, and the registry comes from the
+store (`Store.train_runs`, `Store.train_metrics`).
+"""
+
+import dataclasses
+import time
+import typing
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
+from cai_core.train.harness import config_from_dict
+from pages import connect, flash, md_escape, setup, show_flash, when
+
+settings = setup("Train")
+ws = settings.workspace
+ss = st.session_state
+
+ACTIVE = ("pending", "running")
+STARTING_SECONDS = 60  # a launched run says "pending" until its process has imported torch and begun
+KIND_HELP = {
+    "sft": "SL-CAI supervised fine-tuning on the final revisions (TRL SFTTrainer).",
+    "rm": "A reward model on the AI preference labels (TRL RewardTrainer).",
+    "ppo": "RL-CAI: PPO against a reward model, with a KL penalty to the reference.",
+    "dpo": "Direct RLAIF: DPO on the AI preference labels (TRL DPOTrainer).",
+    "grpo": "GRPO against a reward model (TRL GRPOTrainer).",
+    "rloo": "RLOO against a reward model (TRL RLOOTrainer).",
+}
+MAIN_FIELDS = ("model", "dataset", "reward_model", "labels", "max_steps", "batch_size", "learning_rate")
+KEY_METRICS = ("loss", "reward", "kl", "accuracy", "eval_accuracy", "rewards/accuracies", "rewards/margins")
+# bookkeeping, not learning; and the trainer's end-of-run summary (train_loss, train_runtime, ...) is skipped too
+HIDDEN_METRICS = ("epoch", "learning_rate", "grad_norm", "num_tokens", "total_flos", "step_time")
+STATUS_ICONS = {
+    "pending": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/stop_circle:",
+}
+
+
+# --- the config form: one widget per dataclass field -----------------------------------------------------
+
+
+def field_type(hint) -> tuple[type | tuple, bool]:
+    """(the field's type, or a Literal's choices; whether None is allowed)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return args, False
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return field_type(rest[0])[0], True
+    return hint, False
+
+
+def widget_key(kind: str, name: str) -> str:
+    return f"train_{kind}_{name}"
+
+
+def config_widget(kind: str, f: dataclasses.Field, hint, where) -> None:
+    """Draw the field's widget; its value is read back from session state by `form_values`."""
+    key, typ, optional = widget_key(kind, f.name), *field_type(hint)
+    label = f.name.replace("_", " ").capitalize()
+    help_ = f"{f.metadata.get('help', '')} (`{f.name}`)"
+    default = f.default
+    if isinstance(typ, tuple):
+        ss.setdefault(key, default)
+        where.selectbox(label, typ, key=key, help=help_)
+    elif typ is bool:
+        ss.setdefault(key, default)
+        where.checkbox(label, key=key, help=help_)
+    elif typ is int and optional:
+        where.number_input(label, min_value=0, step=1, value=default, placeholder="none", key=key, help=help_)
+    elif typ is int:
+        ss.setdefault(key, default)
+        where.number_input(label, min_value=0, step=1, key=key, help=help_)
+    else:  # str and float: floats as text, so that 2e-05 stays readable (the config reads them back)
+        ss.setdefault(key, "" if default is None else f"{default:g}" if isinstance(default, float) else str(default))
+        where.text_input(label, key=key, help=help_, placeholder="none" if optional else None)
+
+
+def local_path(value: str) -> str:
+    """The run starts in the project folder, so a relative path typed here is made absolute first."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
+def form_values(kind: str, cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = ss.get(widget_key(kind, f.name))
+        typ, optional = field_type(hints[f.name])
+        if isinstance(value, str):
+            value = value.strip()
+            if not value and optional:
+                value = None
+            elif typ is str and f.name != "run_id":
+                value = local_path(value)
+        values[f.name] = value
+    return values
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+
+def train_jobs() -> list[JobFolder]:
+    return [j for j in list_job_folders(ws.runs_dir) if j.spec.get("kind", "").startswith("train-")]
+
+
+def launch(job: JobFolder) -> None:
+    """Start (or resume) the run detached, as `cai train ... --background` and `cai train resume` do."""
+    launch_train_job(job, ws)
+    ss.setdefault("train_launched", {})[job.run_id] = time.time()
+
+
+def starting(job: JobFolder) -> bool:
+    """Launched from this session a moment ago and not yet reporting: starting it again would run it twice."""
+    return time.time() - ss.get("train_launched", {}).get(job.run_id, 0) < STARTING_SECONDS
+
+
+def resume(job: JobFolder) -> None:
+    launch(job)
+    flash("success", f"Resumed {job.run_id}; it continues from its last checkpoint.")
+
+
+def cancel(job: JobFolder) -> None:
+    job.request_cancel()
+    flash("info", f"Asked {job.run_id} to stop; it saves a checkpoint first.")
+
+
+def use_model(path: str) -> None:
+    ss["model_spec"] = path
+    flash("success", f"Every page now uses the model in {path}.")
+
+
+def final_model(job: JobFolder) -> str | None:
+    final = job.path / "final"
+    return str(final) if (final / "config.json").exists() else None
+
+
+def registry_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The registry as the user reads it: one row a run, its last value of the key metrics."""
+    table = pd.DataFrame(
+        {
+            "run": runs["run_id"],
+            "algorithm": runs["kind"].str.removeprefix("train-"),
+            "status": runs["status"],
+            "step": [f"{d}/{t}" for d, t in zip(runs["done"], runs["total"], strict=True)],
+            "started": [when(t) for t in runs["created_at"]],
+            "ended": ["" if s in ACTIVE else when(t) for s, t in zip(runs["status"], runs["updated_at"], strict=True)],
+        }
+    )
+    for name in KEY_METRICS:
+        if f"final_{name}" in runs.columns:
+            table[name] = runs[f"final_{name}"].round(4)
+    table["model folder or reason"] = [
+        path if isinstance(path, str) and path else message
+        for path, message in zip(runs["model_path"], runs["message"], strict=True)
+    ]
+    return table
+
+
+def metric_chart(frame: pd.DataFrame, name: str):
+    fig = px.line(frame, x="step", y="value", markers=len(frame) <= 30, title=name)
+    fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, showlegend=False, yaxis_title=None)
+    return fig
+
+
+# --- the page -----------------------------------------------------------------------------------------
+
+st.title("Train")
+show_flash()
+st.write(
+    "Train a model on what the workbench has gathered: SFT on the SL-CAI revisions, a reward model on the AI "
+    "preference labels, then PPO, GRPO or RLOO against it, or DPO directly. A run continues in the background; "
+    "its finished model becomes a model spec for every page."
+)
+
+kind = st.segmented_control(
+    "Algorithm", KINDS, default="sft", key="train_kind", format_func=str.upper, help="The CLI's `cai train KIND`."
+)
+kind = kind or "sft"
+st.caption(KIND_HELP[kind])
+cls = config_class(kind)
+hints = typing.get_type_hints(cls)
+fields = {f.name: f for f in dataclasses.fields(cls)}
+
+# the model field follows the sidebar model until the user edits it here
+model_key = widget_key(kind, "model")
+if ss.get(f"{model_key}_from") != settings.model:
+    ss[model_key] = settings.model
+    ss[f"{model_key}_from"] = settings.model
+
+with st.form(f"train_form_{kind}"):
+    main = [name for name in MAIN_FIELDS if name in fields]
+    cols = st.columns(len(main))
+    for col, name in zip(cols, main, strict=True):
+        config_widget(kind, fields[name], hints[name], col)
+    with st.expander("All settings"):
+        rest = [f for f in fields.values() if f.name not in MAIN_FIELDS]
+        cols = st.columns(3)
+        for i, f in enumerate(rest):
+            config_widget(kind, f, hints[f.name], cols[i % 3])
+    submitted = st.form_submit_button("Start in the background", key="train_start", type="primary")
+
+if submitted:
+    try:
+        config = config_from_dict(cls, form_values(kind, cls))
+        job = prepare_train_job(config, ws)
+    except TrainError as exc:
+        st.error(md_escape(f"Not started: {exc}"))
+        failed = [j for j in train_jobs() if j.progress().message == str(exc)]
+        if failed:
+            ss["train_run"] = failed[0].run_id
+    else:
+        ss["train_run"] = job.run_id
+        status = job.progress().status
+        if status == "running" or (status == "pending" and starting(job)):
+            st.info(f"{job.run_id} is already running: the same config and data make the same run.")
+        elif status == "done" and final_model(job):
+            st.info(f"{job.run_id} has already finished: the same config and data make the same run.")
+        else:
+            launch(job)
+            st.success(f"Started {job.run_id}. Its curves and log are below.")
+
+# --- the registry and the selected run ----------------------------------------------------------------------
+
+st.subheader("Runs")
+jobs = train_jobs()
+if not jobs:
+    st.info("No training runs yet.")
+    st.stop()
+refresh = any(j.progress().status in ACTIVE for j in jobs)
+
+
+@st.fragment(run_every=2 if refresh else None)
+def runs_panel(refreshing: bool) -> None:
+    """Redrawn every 2 s while a run is active: the registry, then the selected run's curves and log."""
+    jobs = train_jobs()
+    ids = [j.run_id for j in jobs]
+    if ss.get("train_run") not in ids:
+        ss["train_run"] = ids[0]
+    with connect(ws) as store:  # also takes in the metrics the runs have written since the last redraw
+        runs = store.train_runs()
+        if not runs.empty:
+            st.dataframe(registry_table(runs), hide_index=True, key="train_table")
+        run_id = st.selectbox("Run", ids, key="train_run", help="The run whose curves and log are shown below.")
+        metrics = store.train_metrics(run_id)
+
+    job = JobFolder(ws.runs_dir / run_id)
+    progress, spec = job.progress(), job.spec
+    active = any(j.progress().status in ACTIVE for j in jobs)
+    with st.container(border=True, key="train_selected"):
+        icon = STATUS_ICONS.get(progress.status, "")
+        st.markdown(f"**{md_escape(run_id)}** · {md_escape(spec['kind'])} · {icon} {progress.status}")
+        st.text(f"model {spec['model']} · started {when(spec['created_at'])}")
+        st.progress(progress.fraction, text=f"step {progress.done}/{progress.total}")
+        if progress.status == "failed":
+            st.error("This run failed:", icon=":material/error:")
+            st.code(progress.message, language=None, wrap_lines=True)
+        elif progress.message and progress.message != f"model in {final_model(job)}":
+            st.text(progress.message)  # e.g. the reward model's accuracy, or where a cancelled run stopped
+        model = final_model(job)
+        # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
+        resumable = progress.status in ("failed", "cancelled") and (job.path / "data-train.jsonl").exists()
+        with st.container(horizontal=True):
+            if progress.status in ACTIVE:
+                if st.button("Cancel", key=f"train_cancel-{run_id}", on_click=cancel, args=(job,)):
+                    st.rerun()
+            elif resumable and st.button("Resume", key=f"train_resume-{run_id}", on_click=resume, args=(job,)):
+                st.rerun()
+            if model and st.button(
+                "Use this model",
+                key=f"train_use-{run_id}",
+                on_click=use_model,
+                args=(model,),
+                icon=":material/input:",
+                help="Set the sidebar model to this run's model folder, for every page.",
+            ):
+                st.rerun()
+        if model:
+            st.caption("Model folder (a model spec for every page):")
+            st.code(model, language=None)
+
+        names = [n for n in dict.fromkeys(metrics["name"]) if n not in HIDDEN_METRICS and not n.startswith("train_")]
+        if names:
+            names = [n for n in KEY_METRICS if n in names] + [n for n in names if n not in KEY_METRICS]
+            cols = st.columns(3)
+            for i, name in enumerate(names[:6]):
+                frame = metrics[metrics["name"] == name]
+                cols[i % 3].plotly_chart(metric_chart(frame, name), key=f"train_chart-{name}")
+        else:
+            st.caption("No metrics logged yet.")
+        with st.expander("Log", expanded=progress.status == "failed"):
+            st.code(job.log_tail() or "(no output yet)", language=None)
+    if refreshing and not active:
+        st.rerun()  # every run has finished: redraw the whole page once, which stops the refreshing
+
+
+runs_panel(refresh)
+if not refresh:
+    st.button("Refresh", key="train_refresh")

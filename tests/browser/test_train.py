@@ -1,0 +1,60 @@
+"""The training page in a real browser: launch a tiny SFT run and watch it finish with its curves drawn.
+
+It has its own app server, started with OMP_NUM_THREADS=1 so that the run it launches (which inherits the
+server's environment) does not fight itself for this 2-core machine's cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from cai_core.jobs import list_job_folders
+
+from .conftest import App
+from .harness import VIEWPORT, running_app, wait_for_app
+from .seed import seeded_data
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def train_app(chromium, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-train")
+    workspace = seeded_data(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+            yield App(url, workspace, root / "constitutions")
+
+
+@pytest.fixture
+def train_page(chromium, train_app):
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train_app, tiny_model_path):
+    page = train_page
+    page.goto(f"{train_app.url}/Train")
+    wait_for_app(page)
+    expect(page.get_by_text("No training runs yet.")).to_be_visible()
+    page.locator(".st-key-train_sft_model input").fill(tiny_model_path)
+    page.locator(".st-key-train_sft_max_steps input").fill("3")
+    page.locator(".st-key-train_sft_learning_rate input").fill("1e-3")
+    page.locator(".st-key-train_start button").click()
+    expect(page.get_by_text("Started sft-")).to_be_visible()
+
+    selected = page.locator(".st-key-train_selected")
+    expect(selected.get_by_text("step 3/3")).to_be_visible(timeout=60_000)
+    expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible()
+    expect(selected.locator(".main-svg").first).to_be_visible()  # plotly has drawn the curve
+    [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
+    assert job.progress().status == "done"
+    expect(selected.get_by_text(str(job.path / "final"), exact=True)).to_be_visible()
+    # no error anywhere on the page, neither a message nor an exception
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)

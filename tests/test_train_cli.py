@@ -1,0 +1,67 @@
+"""`cai train` from the command line: a config file with flags over it, a detached run, the list."""
+
+import time
+
+import pandas as pd
+
+from cai_core.cli import main
+from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.train import launch_command, prepare_train_job
+from cai_core.train.sft import SFTConfig
+
+
+def sft_data(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Hello {i}?"}, {"role": "assistant", "content": "Bake bread."}]}
+        for i in range(8)
+    ]
+    path = tmp_path / "sft.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+def cli(workspace, *argv):
+    return main(["--data-dir", str(workspace.root), *argv])
+
+
+def test_train_from_a_config_file_with_a_flag_over_it(tiny_model_path, workspace, tmp_path, capsys):
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model: {tiny_model_path}\ndataset: {sft_data(tmp_path)}\nmax_steps: 5\nlearning_rate: 1e-3\n")
+    assert cli(workspace, "train", "sft", "--config", str(config), "--max-steps", "2") == 0
+    [job] = list_job_folders(workspace.runs_dir)
+    assert job.spec["config"]["max_steps"] == 2 and job.spec["config"]["learning_rate"] == 1e-3
+    assert job.progress().status == "done"
+    capsys.readouterr()
+    assert cli(workspace, "train", "list") == 0
+    assert str(job.path / "final") in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line(workspace, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_stepz: 3\n")
+    assert cli(workspace, "train", "sft", "--config", str(config)) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert cli(workspace, "train", "dpo", "--dataset", str(tmp_path / "absent.jsonl")) == 2
+    assert "absent.jsonl" in capsys.readouterr().err
+
+
+def test_background_run_finishes_and_accelerate_builds_its_command(
+    tiny_model_path, workspace, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = sft_data(tmp_path)
+    argv = ["train", "sft", "--model", tiny_model_path, "--dataset", str(data), "--max-steps", "2", "--background"]
+    assert cli(workspace, *argv) == 0
+    [job] = list_job_folders(workspace.runs_dir)
+    deadline = time.monotonic() + 60
+    while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.progress().status == "done", job.log_tail()
+
+    accelerate = tmp_path / "accelerate.yaml"
+    accelerate.write_text("compute_environment: LOCAL_MACHINE\nnum_processes: 2\n")
+    config = SFTConfig(model=tiny_model_path, dataset=str(data), accelerate_config=str(accelerate))
+    other = prepare_train_job(config, workspace)
+    command = launch_command(JobFolder(other.path), workspace)
+    assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(accelerate)]
+    assert command[-3:] == ["train", "resume", other.run_id]

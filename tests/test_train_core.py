@@ -1,0 +1,304 @@
+"""Training runs on the tiny model, on the CPU: each algorithm learns something, and the harness
+cancels, resumes and fails the way the registry expects."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from cai_core.store import Store
+from cai_core.train import TrainError, config_class, load_config_file, prepare_train_job, run_train_job, train
+from cai_core.train.dpo import DPOConfig
+from cai_core.train.grpo import GRPOConfig, RLOOConfig
+from cai_core.train.ppo import PPOConfig, gae
+from cai_core.train.reward import RewardConfig
+from cai_core.train.sft import SFTConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices on a shared 2-core machine: a second thread only waits (15x slower measured here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_jsonl(path, rows):
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    answer = "Mix flour, water, salt and yeast, knead, rest and bake."
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"How do I bake bread {i}?"},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+        for i in range(16)
+    ]
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"How do I bake bread {i}?"} for i in range(16)])
+
+
+def separable_pairs(n=48):
+    good, bad = "I cannot help with that, but here is a safer alternative.", "Identify harmful unethical dishonest"
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Question {i}: how do I bake bread?"}],
+            "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}],
+            "confidence": 0.5 + (i % 5) / 10,
+        }
+        for i in range(n)
+    ]
+
+
+def metric(job, name):
+    return {r["step"]: r["value"] for r in job.read("train_metrics") if r["name"] == name}
+
+
+def test_sft_loss_falls_and_the_final_model_is_a_model_spec(tiny_model_path, workspace, sft_file):
+    from cai_core.backends import SamplingParams, load_backend
+
+    job = train(
+        SFTConfig(model=tiny_model_path, dataset=sft_file, max_steps=8, learning_rate=3e-3, save_steps=4), workspace
+    )
+    assert job.progress().status == "done"
+    loss = metric(job, "loss")
+    assert sorted(loss) == list(range(1, 9)) and loss[8] < loss[1] - 0.5
+    final = job.path / "final"
+    backend = load_backend(str(final), workspace)
+    [answer] = backend.generate([[{"role": "user", "content": "How do I bake bread?"}]], SamplingParams(8))
+    assert answer.completion_tokens > 0
+    # and a run id names the same model
+    assert load_config_file(SFTConfig, job.path / "config.yaml").max_steps == 8
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        runs = store.train_runs()
+        curve = store.train_metrics(job.run_id, ["loss"])
+    run = runs.set_index("run_id").loc[job.run_id]
+    assert run.kind == "train-sft" and run.status == "done" and run.model_path == str(final)
+    assert run.final_loss == pytest.approx(loss[8]) and list(curve.step) == list(range(1, 9))
+
+
+def test_ppo_raises_the_reward_and_reports_a_finite_kl(tiny_model_path, workspace, prompts_file):
+    job = train(
+        PPOConfig(
+            model=tiny_model_path,
+            dataset=prompts_file,
+            reward_model="tests.train_rewards:low_ids",
+            max_steps=30,
+            batch_size=16,
+            learning_rate=3e-3,
+            ppo_epochs=2,
+            max_new_tokens=8,
+            temperature=1.0,
+            save_steps=100,
+        ),
+        workspace,
+    )
+    assert job.progress().status == "done"
+    reward, kl = metric(job, "reward"), metric(job, "kl")
+    first, last = sum(reward[s] for s in range(1, 6)) / 5, sum(reward[s] for s in range(26, 31)) / 5
+    assert last > first + 0.1, (first, last)
+    assert all(torch.isfinite(torch.tensor(v)) for v in kl.values()) and max(kl.values()) > 0
+    for name in ("entropy", "clipfrac", "value_loss", "response_length", "beta"):
+        assert len(metric(job, name)) == 30, name
+    assert (job.path / "final" / "config.json").exists()
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # δ = [0, 0, 0.5]; A_2 = 0.5, A_1 = 0 + 0.5·0.5, A_0 = 0 + 0.5·0.25; the masked step carries nothing
+    assert advantages.tolist() == [[0.125, 0.25, 0.5, 0.0]]
+    assert returns.tolist() == [[0.625, 0.75, 1.0, 0.0]]
+
+
+def test_reward_model_beats_chance_on_separable_pairs_with_confidence_margins(tiny_model_path, workspace, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", separable_pairs())
+    job = train(
+        RewardConfig(model=tiny_model_path, dataset=data, max_steps=12, batch_size=8, learning_rate=3e-3), workspace
+    )
+    progress = job.progress()
+    assert progress.status == "done" and "held-out split" in progress.message
+    accuracy = metric(job, "accuracy_heldout")
+    assert list(accuracy.values())[-1] > 0.8
+    train_rows = [json.loads(line) for line in (job.path / "data-train.jsonl").read_text().splitlines()]
+    assert all(0.5 <= r["margin"] <= 0.9 for r in train_rows)
+
+
+@pytest.fixture
+def labelled_store(workspace):
+    """Pairs in the store with an AI judge's soft labels on all of them and people's labels on four."""
+    from cai_core.jobs import JobFolder
+    from cai_core.records import AILabel, HumanLabel, Pair, to_row
+
+    good, bad = "I cannot help with that, but here is a safer alternative.", "Identify harmful unethical dishonest"
+    pairs = [
+        Pair(f"p{i}", f"Question {i}?", *((good, bad) if i % 2 else (bad, good)), "import", "f", i, "a", "b")
+        for i in range(24)
+    ]
+    judge = JobFolder.create(workspace.runs_dir, "label-test", {"kind": "label", "model": "judge"})
+    labels = [
+        AILabel(
+            "label-test",
+            p.pair_id,
+            "harm",
+            "judge",
+            "v",
+            "sample",
+            "logprob",
+            False,
+            0,
+            None,
+            None,
+            0.9 if i % 2 else 0.2,
+            False,
+        )
+        for i, p in enumerate(pairs)
+    ]
+    judge.append("ai_labels", [to_row(lb) for lb in labels])
+    judge.set_progress("done", 24, 24)
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs)
+        store.import_human_labels([HumanLabel(f"p{i}", "ann", "a" if i % 2 else "b") for i in range(4)])
+        store.ingest(workspace.runs_dir)
+    return workspace
+
+
+def test_dpo_runs_on_the_preference_export(tiny_model_path, labelled_store):
+    config = DPOConfig(model=tiny_model_path, max_steps=3, batch_size=4, learning_rate=1e-3)
+    job = train(config, labelled_store)
+    assert job.progress().status == "done"
+    assert len(metric(job, "loss")) == 3 and (job.path / "final" / "config.json").exists()
+    assert len((job.path / "data-train.jsonl").read_text().splitlines()) == 24
+
+
+def test_reward_model_accuracy_is_measured_on_human_labels(tiny_model_path, labelled_store):
+    job = train(RewardConfig(model=tiny_model_path, max_steps=2, batch_size=8, learning_rate=1e-3), labelled_store)
+    assert "people's labels" in job.progress().message and len(metric(job, "accuracy_human")) == 1
+    train_rows = [json.loads(line) for line in (job.path / "data-train.jsonl").read_text().splitlines()]
+    assert len(train_rows) == 20  # the four human-labelled pairs are kept out of training
+    assert {round(r["margin"], 3) for r in train_rows} == {0.8, 0.6}
+
+
+@pytest.mark.parametrize("config_type", [GRPOConfig, RLOOConfig])
+def test_grpo_and_rloo_run_with_the_same_reward(tiny_model_path, workspace, prompts_file, config_type):
+    job = train(
+        config_type(
+            model=tiny_model_path,
+            dataset=prompts_file,
+            reward_model="tests.train_rewards:low_ids",
+            max_steps=2,
+            batch_size=4,
+            num_generations=2,
+            max_new_tokens=6,
+            learning_rate=1e-3,
+        ),
+        workspace,
+    )
+    assert job.progress().status == "done" and len(metric(job, "loss")) == 2
+
+
+def test_cancel_then_resume_continues_from_the_checkpoint(tiny_model_path, workspace, sft_file):
+    from transformers import TrainerCallback
+
+    class CancelAtThree(TrainerCallback):
+        def __init__(self, job):
+            self.job = job
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                self.job.request_cancel()
+
+    config = SFTConfig(model=tiny_model_path, dataset=sft_file, max_steps=6, learning_rate=3e-3, save_steps=5)
+    job = prepare_train_job(config, workspace)
+    run_train_job(job, workspace, callbacks=[CancelAtThree(job)])
+    progress = job.progress()
+    assert progress.status == "cancelled" and 3 <= progress.done < 6 and "resume" in progress.message
+    assert (job.path / "checkpoints" / f"checkpoint-{progress.done}").exists()  # saved on cancel
+    assert not (job.path / "final").exists()
+
+    again = prepare_train_job(config, workspace)  # the same config names the same run
+    assert again.run_id == job.run_id
+    run_train_job(again, workspace)
+    assert job.progress().status == "done" and job.progress().done == 6
+    steps = sorted(metric(job, "loss"))
+    assert steps == list(range(1, 7))  # steps 4..6 came after the resume, none twice
+    state = json.loads((job.path / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+
+def test_ppo_cancel_and_resume(tiny_model_path, workspace, prompts_file):
+    from tests.train_rewards import low_ids
+
+    config = PPOConfig(
+        model=tiny_model_path,
+        dataset=prompts_file,
+        reward_model="tests.train_rewards:low_ids",
+        max_steps=4,
+        batch_size=4,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        save_steps=100,
+    )
+    job = prepare_train_job(config, workspace)
+    calls = []
+
+    def cancel_on_the_third_step(**kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            job.request_cancel()
+        return low_ids(**kwargs)
+
+    run_train_job(job, workspace, reward_fn=cancel_on_the_third_step)
+    assert job.progress().status == "cancelled" and job.progress().done == 3
+    assert (job.path / "checkpoints" / "checkpoint-3" / "state.pt").exists()
+    run_train_job(job, workspace, reward_fn=cancel_on_the_third_step)
+    assert job.progress().status == "done" and len(calls) == 4  # one more step, from the checkpoint
+    assert sorted(metric(job, "reward")) == [1, 2, 3, 4]
+
+
+def test_missing_dataset_and_bad_config_end_failed_with_their_reason(tiny_model_path, workspace, tmp_path):
+    with pytest.raises(TrainError, match="no such file"):
+        prepare_train_job(SFTConfig(model=tiny_model_path, dataset=str(tmp_path / "absent.jsonl")), workspace)
+    with pytest.raises(TrainError, match="learning_rate"):
+        prepare_train_job(SFTConfig(model=tiny_model_path, dataset="x", learning_rate=0.0), workspace)
+    with pytest.raises(TrainError, match="needs a reward"):
+        prepare_train_job(PPOConfig(model=tiny_model_path, dataset="x"), workspace)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        runs = store.train_runs()
+    assert set(runs.status) == {"failed"} and len(runs) == 3
+    assert any("absent.jsonl" in m for m in runs.message)
+
+
+def test_a_model_that_does_not_load_fails_the_run(workspace, sft_file, tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    job = prepare_train_job(SFTConfig(model=str(tmp_path / "not-a-model"), dataset=sft_file), workspace)
+    with pytest.raises(TrainError):
+        run_train_job(job, workspace)
+    progress = job.progress()
+    assert progress.status == "failed" and "config.json" in progress.message
+
+
+def test_config_files_reject_unknown_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: default\nlearning_rate: 1e-5\nmax_stepz: 3\n")
+    with pytest.raises(TrainError, match="max_stepz"):
+        load_config_file(config_class("sft"), path)
+    path.write_text("learning_rate: 1e-5\n")
+    assert load_config_file(config_class("rm"), path).learning_rate == 1e-5

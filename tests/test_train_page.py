@@ -1,0 +1,133 @@
+"""The training page under AppTest: empty, a tiny SFT run launched on the seeded SL-CAI traces and followed to
+its curves, a run that could not start and one that failed while running, each with its reason shown."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+from .browser.seed import copy_constitutions, seeded_data
+
+TRAIN = "pages/4_Train.py"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    workspace = seeded_data(tmp_path)
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    # tiny matrices on a shared 2-core machine: a second thread only waits
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return workspace
+
+
+def open_train(model: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    if model:
+        at.text_input(key="model_spec").set_value(model).run()
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements).replace("\\", "")
+
+
+def table(at: AppTest):
+    [frame] = [d.value for d in at.dataframe]
+    return frame
+
+
+def test_renders_with_no_runs_and_the_model_follows_the_sidebar(tmp_path, monkeypatch):
+    copy_constitutions(tmp_path / "constitutions")
+    monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    at = open_train("some/model")
+    assert "No training runs yet." in texts(at.info)
+    assert at.text_input(key="train_sft_model").value == "some/model"
+    assert at.number_input(key="train_sft_max_steps").value == 50
+    assert at.text_input(key="train_sft_learning_rate").value == "2e-05"
+    assert not at.error and not at.get("plotly_chart")
+
+
+def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, tiny_model_path):
+    at = open_train(tiny_model_path)
+    at.number_input(key="train_sft_max_steps").set_value(3)
+    at.number_input(key="train_sft_batch_size").set_value(2)
+    at.text_input(key="train_sft_learning_rate").set_value("1e-3")
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    [job] = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "train-sft"]
+    assert f"Started {job.run_id}" in texts(at.success)
+    assert job.spec["config"]["max_steps"] == 3 and job.spec["config"]["learning_rate"] == 1e-3
+    assert job.spec["model"] == tiny_model_path and (job.path / "data-train.jsonl").exists()
+    frame = table(at)
+    assert list(frame["run"]) == [job.run_id] and list(frame["algorithm"]) == ["sft"]
+
+    # starting it again while its process starts must not run it twice
+    at.button(key="train_start").click().run()
+    assert "already running" in texts(at.info)
+
+    deadline = time.monotonic() + 120
+    while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.progress().status == "done", job.log_tail()
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
+    frame = table(at)
+    assert frame["status"][0] == "done" and frame["model folder or reason"][0] == str(job.path / "final")
+    assert frame["loss"].notna().all()
+    assert at.get("plotly_chart")
+    assert str(job.path / "final") in texts(at.code)
+    at.button(key=f"train_use-{job.run_id}").click().run()
+    assert at.text_input(key="model_spec").value == str(job.path / "final")
+
+
+def test_a_run_that_cannot_start_shows_why_and_is_registered_failed(ws, tmp_path):
+    at = open_train()
+    at.text_input(key="train_sft_dataset").set_value(str(tmp_path / "absent.jsonl"))
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert "Not started: dataset" in texts(at.error) and "absent.jsonl: no such file or folder" in texts(at.error)
+    [job] = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "train-sft"]
+    assert "absent.jsonl: no such file or folder" in texts(at.code)
+    assert table(at)["status"][0] == "failed"
+    assert not [b for b in at.button if b.key == f"train_resume-{job.run_id}"]  # nothing to resume with
+    with Store.open(ws) as store:
+        assert "absent.jsonl" in store.train_runs().set_index("run_id").loc[job.run_id, "message"]
+
+
+def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatch):
+    launched = []
+    monkeypatch.setattr("cai_core.train.harness.subprocess.Popen", lambda argv, **kw: launched.append(argv))
+    job = JobFolder.create(ws.runs_dir, "sft-oom", {"kind": "train-sft", "model": "m", "config": {"max_steps": 9}})
+    (job.path / "data-train.jsonl").write_text("{}\n")
+    reason = "OutOfMemoryError: CUDA out of memory. Tried to allocate **2.00 GiB** <b>x</b>"
+    job.set_progress("failed", 4, 9, reason)
+    at = open_train()
+    assert reason in [c.value for c in at.code]  # literally, as text
+    assert "This run failed" in texts(at.error)
+    at.button(key="train_resume-sft-oom").click().run()
+    [argv] = launched
+    assert argv[-3:] == ["train", "resume", "sft-oom"]
+    assert not at.exception
+
+
+def test_every_algorithm_has_its_config_form(ws):
+    at = open_train()
+    for kind in ("rm", "ppo", "dpo", "grpo", "rloo"):
+        at.button_group(key="train_kind").set_value(kind).run()
+        assert not at.exception, at.exception
+        assert at.number_input(key=f"train_{kind}_max_steps").value >= 1
+        if kind in ("ppo", "grpo", "rloo"):
+            assert at.text_input(key=f"train_{kind}_reward_model") is not None
+    assert at.text_input(key="train_rloo_beta").value == "0.05"
