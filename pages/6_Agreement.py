@@ -1,0 +1,205 @@
+"""Agreement: do the AI judge's labels agree with people's? Every figure comes from
+`cai_core.agreement.dashboard`, as `cai agreement` prints them; this page only draws them.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from cai_core.agreement import dashboard
+from cai_core.pairs import PairFileError, looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
+from pages import connect, flash, md_escape, setup, show_flash, show_text
+
+settings = setup("Agreement")
+ws = settings.workspace
+ss = st.session_state
+
+ANY = "(any)"
+
+
+def shown(value) -> str:
+    """A figure for st.metric: three decimals, or a dash where it is undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{float(value):.3f}"
+
+
+def pick(label: str, options: list[str], key: str) -> str:
+    if ss.get(key) not in options:
+        ss[key] = options[0]
+    return st.selectbox(label, options, key=key)
+
+
+st.title("Agreement")
+show_flash()
+
+with connect(ws) as store:
+    # --- import people's labels (what `cai import-labels` does) -----------------------------------------
+    with st.expander("Import hh-rlhf / CSV / JSONL labels"):
+        path_text = st.text_input("File (.jsonl, .jsonl.gz or .csv)", key="import_path")
+        cols = st.columns(3)
+        file_format = cols[0].selectbox("Format", ("auto", "hh-rlhf", "labels"), key="import_format")
+        limit = int(cols[1].number_input("hh-rlhf: first N pairs (0: all)", min_value=0, value=0, key="import_limit"))
+        file_annotator = cols[2].text_input("labels: annotator of every line, if no column", key="import_annotator")
+        skip_bad = st.checkbox("Skip bad lines instead of stopping", key="import_skip_bad")
+        if st.button("Import", key="import_labels", disabled=not path_text.strip()):
+            path = Path(path_text.strip()).expanduser()
+            try:
+                hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
+                if hh:
+                    found = read_hh_rlhf(path, limit=limit or None, skip_bad_lines=skip_bad)
+                else:
+                    found = read_labels_file(path, annotator=file_annotator.strip() or None, skip_bad_lines=skip_bad)
+                added = store.add_pairs(found.pairs)
+                labels = store.import_human_labels(found.labels)
+            except (OSError, PairFileError, KeyError, ValueError) as exc:
+                st.error(md_escape(str(exc)))
+            else:
+                flash(
+                    "success",
+                    f"Read {len(found.pairs)} pairs ({added} new) and imported {labels} human labels; "
+                    f"skipped {len(found.problems)} bad lines.",
+                )
+                st.rerun()
+
+    # --- filters ------------------------------------------------------------------------------------
+    cols = st.columns([2, 2, 2, 1, 1])
+    tie_band = float(cols[3].number_input("AI tie band ±", 0.0, 0.45, 0.05, step=0.01, key="tie_band"))
+    bins = int(cols[4].number_input("Calibration bins", 1, 50, 10, key="bins"))
+    overview = dashboard(store, tie_band=tie_band, bins=bins)
+    runs = overview.by_run
+    if runs.empty:
+        st.info("No AI labels yet: run `cai label` (or import pairs and label them) first.")
+        st.stop()
+    with cols[0]:
+        model = pick("Judge model", [ANY, *sorted(runs["judge_model"].dropna().unique())], "filter_judge_model")
+    with cols[1]:
+        version = pick(
+            "Constitution version", [ANY, *sorted(runs["constitution_version"].dropna().unique())], "filter_version"
+        )
+    chosen = runs[
+        ((runs["judge_model"] == model) | (model == ANY))
+        & ((runs["constitution_version"] == version) | (version == ANY))
+    ]
+    if chosen.empty:
+        st.info("No label run matches these filters.")
+        st.stop()
+    run_ids = list(chosen["run_id"])
+    latest = store.latest_label_run()
+    if ss.get("filter_run") not in run_ids:
+        ss["filter_run"] = latest if latest in run_ids else run_ids[0]
+    with cols[2]:
+        run_id = st.selectbox("AI label run", run_ids, key="filter_run")
+    board = dashboard(store, run_id=run_id, tie_band=tie_band, bins=bins)
+
+row = board.by_run.iloc[0] if not board.by_run.empty else pd.Series(dtype=object)
+
+# --- headline figures ---------------------------------------------------------------------------------
+st.subheader(f"Run {md_escape(run_id)}")
+st.caption(
+    md_escape(
+        f"Judge {row.get('judge_model')} · constitution version {row.get('constitution_version')} · "
+        f"strategy {row.get('strategy')} · {int(row.get('pairs', 0))} labelled pairs, "
+        f"{int(row.get('failed', 0))} failed"
+    )
+)
+metrics = [
+    ("Agreement (no ties)", row.get("agreement"), f"{int(row.get('labels_no_ties', 0))} labels"),
+    ("Agreement (with ties)", row.get("agreement_with_ties"), f"{int(row.get('labels_with_ties', 0))} labels"),
+    ("Cohen's kappa", row.get("kappa"), None),
+    ("Kappa (with ties)", row.get("kappa_with_ties"), None),
+    ("Inter-human alpha", board.alpha.alpha, f"{board.alpha.pairs} pairs with 2+ labels"),
+    ("Position consistency", row.get("position_consistency"), None),
+    ("First-position rate", row.get("first_position_rate"), "0.5 is unbiased"),
+    (f"ECE ({bins} bins)", board.reliability.ece, f"{board.reliability.n} labels"),
+]
+for i in range(0, len(metrics), 4):
+    cols = st.columns(4)
+    for col, (label, value, note) in zip(cols, metrics[i : i + 4], strict=False):
+        col.metric(label, shown(value), note, delta_color="off", delta_arrow="off")
+
+# --- charts -------------------------------------------------------------------------------------------
+st.subheader("By principle and by judge model")
+cols = st.columns(2)
+by_principle = board.by_principle.dropna(subset=["agreement"])
+if by_principle.empty:
+    cols[0].caption("No per-principle agreement to show.")
+else:
+    cols[0].plotly_chart(
+        px.bar(by_principle, x="principle_id", y="agreement", range_y=[0, 1], title="Agreement by principle"),
+        key="chart_principle",
+    )
+by_model = overview.by_model.dropna(subset=["agreement"])
+if by_model.empty:
+    cols[1].caption("No per-model agreement to show.")
+else:
+    cols[1].plotly_chart(
+        px.bar(by_model, x="judge_model", y="agreement", range_y=[0, 1], title="Agreement by judge model (all runs)"),
+        key="chart_model",
+    )
+
+cols = st.columns(2)
+bins_frame = board.reliability.bins.dropna(subset=["mean_p"])
+reliability = go.Figure()
+reliability.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dash"}))
+reliability.add_trace(
+    go.Scatter(x=bins_frame["mean_p"], y=bins_frame["frac_a"], mode="lines+markers", name="judge", text=bins_frame["n"])
+)
+reliability.update_layout(
+    title="Reliability: predicted P(a better) vs people choosing a",
+    xaxis_title="mean predicted P(a better)",
+    yaxis_title="fraction of people choosing a",
+)
+cols[0].plotly_chart(reliability, key="chart_reliability")
+cols[1].plotly_chart(
+    px.imshow(
+        board.confusion,
+        text_auto=True,
+        labels={"x": "AI verdict", "y": "human label", "color": "labels"},
+        title="Confusion (with ties)",
+    ),
+    key="chart_confusion",
+)
+
+with st.expander("Every run"):
+    st.dataframe(chosen, hide_index=True)
+
+# --- disagreements ------------------------------------------------------------------------------------
+st.subheader("Disagreements")
+found = board.disagreements
+if found.empty:
+    st.caption("No pair where this run's verdict and a person's a/b label differ.")
+else:
+    index = st.selectbox(
+        f"{len(found)} disagreements, the most confident AI first",
+        range(len(found)),
+        format_func=lambda i: (
+            f"{found.pair_id[i]} · {found.annotator[i]} said {found.human[i]}, AI {found.ai[i]} "
+            f"(P(a) {found.p_a[i]:.2f})"
+        ),
+        key="disagreement",
+    )
+    case = found.iloc[index]
+    cols = st.columns(5)
+    cols[0].metric("Person", str(case.human))
+    cols[1].metric("AI", str(case.ai))
+    cols[2].metric("P(a better)", shown(case.p_a))
+    cols[3].metric("P(A), a shown first", shown(case.p_order1))
+    cols[4].metric("P(A), b shown first", shown(case.p_order2))
+    st.caption(md_escape(f"Annotator {case.annotator} · principle(s) {case.principles} · pair {case.pair_id}"))
+    st.markdown("**Conversation**")
+    show_text(case.prompt, height=300)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Response a**")
+        show_text(case.response_a)
+    with right:
+        st.markdown("**Response b**")
+        show_text(case.response_b)
+    if case.rationale:
+        st.markdown("**The person's rationale**")
+        st.text(case.rationale)

@@ -1,0 +1,162 @@
+"""The annotation and agreement pages under Streamlit's AppTest, on the first 20 hh-rlhf pairs with a
+second annotator and one AI label run seeded through the library."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cai_core.agreement import dashboard
+from cai_core.jobs import JobFolder
+from cai_core.pairs import read_hh_rlhf
+from cai_core.records import AILabel, HumanLabel, to_row
+from cai_core.store import Store, shown_swapped
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+from .conftest import require_shared_data
+
+ANNOTATE = "pages/5_Annotate.py"
+AGREEMENT = "pages/6_Agreement.py"
+PAIRS = 20
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    source = require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz")
+    workspace = Workspace(tmp_path / "data")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    found = read_hh_rlhf(source, limit=PAIRS)
+    rng = random.Random(7)
+    second = [HumanLabel(p.pair_id, "bo", rng.choice(["a", "b", "tie"])) for p in found.pairs[:12]]
+    ai = []
+    for p in found.pairs:
+        p1, p2 = rng.random(), rng.random()
+        p_a = (p1 + 1 - p2) / 2
+        ai.append(
+            AILabel("run-1", p.pair_id, "harm", "judge-1", "v1", "sample", "logprob", False, 0, p1, p2, p_a, False)
+        )
+    JobFolder.create(workspace.runs_dir, "run-1", {"kind": "label", "model": "judge-1"}).append(
+        "ai_labels", [to_row(a) for a in ai]
+    )
+    with Store.open(workspace) as store:
+        store.add_pairs(found.pairs)
+        store.import_human_labels(found.labels + second)
+        store.ingest(workspace.runs_dir)
+    return workspace
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def current_pair(at: AppTest) -> str | None:
+    shown = [c.value for c in at.caption if str(c.value).startswith("Pair ")]
+    return shown[0].removeprefix("Pair ").replace("\\", "") if shown else None
+
+
+def test_annotating_five_pairs_stores_them_with_the_hidden_side_mapping(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("ann").run()
+    assert at.number_input(key="overlap").value == 2
+    seen = {}
+    for _ in range(5):
+        pair_id = current_pair(at)
+        with Store.open(ws) as store:
+            pair = store.pair(pair_id)
+        swapped = shown_swapped("ann", pair_id)
+        codes = [c.value for c in at.code]
+        left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
+        assert codes.index(left) < codes.index(right)  # response A on the left is what the store put there
+        seen[pair_id] = swapped
+        at.button(key="choose_a").click().run()
+        assert not at.exception, at.exception
+    with Store.open(ws) as store:
+        labels = {lb.pair_id: lb for lb in store.human_labels(annotator="ann")}
+    assert set(labels) == set(seen)
+    for pair_id, swapped in seen.items():
+        assert labels[pair_id].shown_swapped == swapped
+        assert labels[pair_id].choice == ("b" if swapped else "a")  # the left side, in the pair's own terms
+    assert {m.label: m.value for m in at.metric}["Labelled by you"] == "5"
+    assert "a" not in [t.value for t in at.text]  # the internal side names are never shown
+
+    # undo the last label, then re-open an earlier one and change it
+    last = current_pair(at)
+    at.button(key="undo").click().run()
+    with Store.open(ws) as store:
+        assert len(store.human_labels(annotator="ann")) == 4
+    undone = current_pair(at)
+    assert undone in seen and undone != last
+    first = next(iter(seen))
+    at.selectbox(key="reopen").set_value(first).run()
+    assert current_pair(at) == first
+    at.button(key="choose_tie").click().run()
+    with Store.open(ws) as store:
+        assert store.human_labels(annotator="ann", pair_id=first)[0].choice == "tie"
+    assert current_pair(at) == undone
+
+
+def test_an_annotator_never_sees_a_pair_twice(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("cy").run()
+    at.number_input(key="overlap").set_value(5).run()
+    seen = []
+    choices = ["a", "b", "tie", "both_bad", "skip"]
+    while (pair_id := current_pair(at)) is not None:
+        seen.append(pair_id)
+        at.button(key=f"choose_{choices[len(seen) % 5]}").click().run()
+        assert not at.exception, at.exception
+        assert len(seen) <= PAIRS
+    assert len(seen) == len(set(seen)) == PAIRS
+    assert "Your queue is empty" in " ".join(str(s.value) for s in at.success)
+
+
+def test_agreement_page_shows_the_library_figures(ws):
+    at = open_page(AGREEMENT)
+    with Store.open(ws) as store:
+        board = dashboard(store, run_id="run-1")
+    row = board.by_run.iloc[0]
+    metrics = {m.label: m.value for m in at.metric}
+
+    def fmt(value):
+        return "—" if value is None or math.isnan(value) else f"{value:.3f}"
+
+    assert metrics["Agreement (no ties)"] == fmt(row.agreement)
+    assert metrics["Agreement (with ties)"] == fmt(row.agreement_with_ties)
+    assert metrics["Cohen's kappa"] == fmt(row.kappa)
+    assert metrics["Kappa (with ties)"] == fmt(row.kappa_with_ties)
+    assert metrics["Inter-human alpha"] == fmt(board.alpha.alpha)
+    assert metrics["Position consistency"] == fmt(row.position_consistency)
+    assert metrics["First-position rate"] == fmt(row.first_position_rate)
+    assert metrics["ECE (10 bins)"] == fmt(board.reliability.ece)
+    assert board.alpha.alpha is not None and metrics["Agreement (no ties)"] != "—"
+    assert not board.disagreements.empty
+    assert at.selectbox(key="disagreement").value == 0
+    assert len(at.get("plotly_chart")) == 4
+
+
+def test_agreement_page_imports_a_labels_file_and_handles_an_empty_store(ws, tmp_path, monkeypatch):
+    with Store.open(ws) as store:
+        pair_ids = [p.pair_id for p in store.pairs(limit=3)]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("pair_id,label\n" + "".join(f"{p},A\n" for p in pair_ids), encoding="utf-8")
+    at = open_page(AGREEMENT)
+    at.text_input(key="import_path").set_value(str(labels)).run()
+    at.text_input(key="import_annotator").set_value("dee").run()
+    at.button(key="import_labels").click().run()
+    assert not at.exception, at.exception
+    assert "imported 3 human labels" in " ".join(str(s.value) for s in at.success).replace("\\", "")
+    with Store.open(ws) as store:
+        assert {lb.pair_id for lb in store.human_labels(annotator="dee")} == set(pair_ids)
+
+    monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "empty"))
+    for page in (AGREEMENT, ANNOTATE):
+        at = open_page(page)
+        assert not at.exception, at.exception
