@@ -63,10 +63,13 @@ def main() -> None:
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
     items = [(pair, choose_principle(constitution, 0, pair.pair_id)) for pair in found.pairs]
 
+    def run_judge() -> tuple[list, float]:
+        began = time.perf_counter()
+        verdicts = Judge(backend, constitution).label(items)
+        return verdicts, time.perf_counter() - began
+
     Judge(backend, constitution).label(items[:2])  # warm-up, so neither side pays for first-call set-up
-    began = time.perf_counter()
-    verdicts = Judge(backend, constitution).label(items)
-    judge_seconds = time.perf_counter() - began
+    verdicts, judge_before = run_judge()
 
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
     began = time.perf_counter()
@@ -78,6 +81,9 @@ def main() -> None:
         [reply] = backend.generate([chat], params)
         replies.append(reply)
     reference_seconds = time.perf_counter() - began
+    # Timed on both sides of the long reference run, so that a load change on a shared machine shows.
+    _, judge_after = run_judge()
+    judge_seconds = (judge_before + judge_after) / 2
 
     def agreement(choices: list[str | None]) -> tuple[float | None, int]:
         scored = [
@@ -97,6 +103,7 @@ def main() -> None:
                 "model": backend.name,
                 "pairs": n,
                 "judge_pairs_per_s": round(n / judge_seconds, 3),
+                "judge_seconds_before_and_after": [round(judge_before, 1), round(judge_after, 1)],
                 "reference_pairs_per_s": round(n / reference_seconds, 3),
                 "speedup": round(reference_seconds / judge_seconds, 1),
                 "judge_agreement_with_humans": judge_agreement,

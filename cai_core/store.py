@@ -1,4 +1,5 @@
-"""The DuckDB store: the only module that writes SQL. It owns the schema and its migrations.
+"""The DuckDB store: the only module that writes to the database. It owns the schema and its migrations.
+(`agreement.py` also reads it with its own aggregate queries, for speed over millions of labels.)
 
 Connections are short-lived (`with Store.open(ws) as store:`): DuckDB lets one process hold a
 file, so nobody should hold it for long. Background jobs never open it at all; they spool records
