@@ -146,42 +146,34 @@ def _shared_length(a: list[int], b: list[int]) -> int:
 
 
 def _shared_prefix_logprobs(backend, chats: list[Chat], token_ids: list[int]) -> list[list[float]]:
+    """One pair at a time: its shared prefix in one pass, then both tails on a copy each of its cache.
+    Batching pairs would pad every prefix and tail to the longest in the batch; on hh-rlhf that wastes
+    more than sharing saves (32 pairs, 2 cores: 18 s one pair at a time, 35 s sixteen at a time, 26 s
+    for full chats batched by 16 without sharing)."""
     import torch
 
     encoded = backend._encode(chats)
-    pairs = [(encoded[i], encoded[i + 1]) for i in range(0, len(chats), 2)]
-    shared = [_shared_length(a, b) for a, b in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    out: list[list[float]] = [[] for _ in chats]
-    step = max(1, backend.batch_size // 2)
+    out: list[list[float]] = []
     with torch.inference_mode():
-        for start in range(0, len(order), step):
-            batch = order[start : start + step]
-            prefix_ids, prefix_mask = backend._pad_left([pairs[i][0][: shared[i]] for i in batch])
+        for first, second in zip(encoded[0::2], encoded[1::2], strict=True):
+            shared = _shared_length(first, second)
             prefix = backend.model(
-                input_ids=prefix_ids,
-                attention_mask=prefix_mask,
-                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-                logits_to_keep=1,
+                input_ids=torch.tensor([first[:shared]], device=backend.device), use_cache=True, logits_to_keep=1
             )
             cache = prefix.cache
             cache.batch_repeat_interleave(2)  # one copy of the shared prefix per order
-            tails = [pairs[i][k][shared[i] :] for i in batch for k in (0, 1)]
-            tail_ids, tail_mask = backend._pad_left(tails)
-            # Padding now sits between the prefix and the tail: the mask hides it, positions skip it.
-            mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), tail_mask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_mask.shape[1] :]
+            tail_ids, tail_mask = backend._pad_left([first[shared:], second[shared:]])
+            # The shorter tail's padding sits between prefix and tail: the mask hides it, positions skip it.
+            mask = torch.cat([torch.ones(2, shared, dtype=tail_mask.dtype, device=tail_mask.device), tail_mask], 1)
             logits = backend.model(
                 input_ids=tail_ids,
                 attention_mask=mask,
-                position_ids=positions,
+                position_ids=(mask.cumsum(-1) - 1)[:, shared:],
                 cache=cache,
                 logits_to_keep=1,
             ).logits
             picked = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, token_ids]
-            for row, i in enumerate(batch):
-                out[2 * i], out[2 * i + 1] = picked[2 * row].tolist(), picked[2 * row + 1].tolist()
+            out += picked.tolist()
     return out
 
 

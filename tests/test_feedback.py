@@ -53,7 +53,7 @@ def pair(i: int, a: str = "", b: str = "") -> Pair:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_path):
-    return HFBackend(tiny_model_path, batch_size=3)  # a small batch: several batches, each with padding
+    return HFBackend(tiny_model_path, batch_size=3)  # the backend's own scorer then pads across batches
 
 
 def direct_p_first(backend: HFBackend, chat) -> float:
@@ -88,6 +88,9 @@ def test_the_shared_prefix_scorer_agrees_with_the_backends_own_scorer(tiny):
     fast = option_logprobs(tiny, chats, OPTIONS)
     assert np.allclose(fast, tiny.score_options(chats, list(OPTIONS)), atol=1e-4)
     assert np.allclose(option_logprobs(tiny, chats[:3], OPTIONS), fast[:3], atol=1e-4)  # unpaired: no sharing
+    # tails of different lengths: the shorter one is padded between the shared prefix and itself
+    uneven = [[{"role": "user", "content": "Same start. Short."}], [{"role": "user", "content": "Same start. " * 9}]]
+    assert np.allclose(option_logprobs(tiny, uneven, OPTIONS), tiny.score_options(uneven, list(OPTIONS)), atol=1e-4)
 
 
 class Scripted:
