@@ -128,11 +128,7 @@ def cmd_constitution_restore(args, ws: Workspace) -> int:
 def cmd_generate(args, ws: Workspace) -> int:
     config = config_from_args(GenerateConfig, args)
     if args.background:
-        job = prepare_job(config, ws)
-        db = ["--db", str(ws.db_override)] if ws.db_override else []
-        job.launch(["--data-dir", str(ws.root), *db, "resume", job.run_id])
-        print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
-        return 0
+        return _launch(prepare_job(config, ws), ws)
     return _run_in_foreground(config, ws)
 
 
@@ -295,8 +291,7 @@ def _job_in_foreground(run, config, ws: Workspace, desc: str, unit: str) -> int:
 
 
 def _launch(job: JobFolder, ws: Workspace) -> int:
-    db = ["--db", str(ws.db_override)] if ws.db_override else []
-    job.launch(["--data-dir", str(ws.root), *db, "resume", job.run_id])
+    job.resume_in_background(ws)
     print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
     return 0
 

@@ -102,6 +102,10 @@ class Constitution(_Strict):
     def version(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
+    def snapshot(self) -> dict[str, str]:
+        """Name, version and text, as a job records the constitution it ran under."""
+        return {"name": self.name, "version": self.version, "content": self.to_yaml()}
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
 

@@ -161,11 +161,7 @@ def prepare_job(config: GenerateConfig, workspace: Workspace) -> JobFolder:
             "kind": "generate",
             "model": config.model,
             "config": {**asdict(config), "run_id": run_id},
-            "constitution": {
-                "name": constitution.name,
-                "version": constitution.version,
-                "content": constitution.to_yaml(),
-            },
+            "constitution": constitution.snapshot(),
         },
     )
 

@@ -328,11 +328,7 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
             "kind": "label",
             "model": config.model,
             "config": {**asdict(config), "run_id": run_id},
-            "constitution": {
-                "name": constitution.name,
-                "version": constitution.version,
-                "content": constitution.to_yaml(),
-            },
+            "constitution": constitution.snapshot(),
         },
     )
     if not (job.path / INPUT_FILE).exists():

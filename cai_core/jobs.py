@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .records import now
+from .workspace import Workspace
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
@@ -151,9 +152,17 @@ class JobFolder:
 
     def launch(self, argv: list[str]) -> subprocess.Popen:
         """Run `python -m cai_core.cli ARGV` detached: closing the page or the app does not stop it."""
+        return self.start([sys.executable, "-m", "cai_core.cli", *argv])
+
+    def resume_in_background(self, workspace: Workspace) -> subprocess.Popen:
+        """`cai resume RUN_ID` detached: a new job starts, a stopped one continues."""
+        return self.launch([*workspace.cli_args(), "resume", self.run_id])
+
+    def start(self, command: list[str]) -> subprocess.Popen:
+        """Run any command detached, its output appended to the job's log."""
         log = open(self.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
         return subprocess.Popen(
-            [sys.executable, "-m", "cai_core.cli", *argv],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

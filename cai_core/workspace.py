@@ -21,6 +21,10 @@ class Workspace:
         db = db or os.environ.get("CAI_DB")
         return cls(Path(root), Path(db) if db else None)
 
+    def cli_args(self) -> list[str]:
+        """The `cai` options that point a child process at this workspace."""
+        return ["--data-dir", str(self.root), *(["--db", str(self.db_override)] if self.db_override else [])]
+
     @property
     def db_path(self) -> Path:
         return self.db_override or self.root / "cai.duckdb"

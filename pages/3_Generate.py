@@ -35,8 +35,7 @@ STATUS_ICONS = {
 
 def launch(job: JobFolder) -> None:
     """Start (or resume) the job detached, with the same command line as `cai generate --background`."""
-    db = ["--db", str(ws.db_override)] if ws.db_override else []
-    job.launch(["--data-dir", str(ws.root), *db, "resume", job.run_id])
+    job.resume_in_background(ws)
     ss.setdefault("launched", {})[job.run_id] = time.time()
 
 

@@ -38,7 +38,7 @@ import yaml
 
 from ..jobs import JobFolder
 from ..records import TrainedModel, TrainMetric, to_row
-from ..workspace import PROJECT_ROOT, Workspace
+from ..workspace import Workspace
 
 
 class TrainError(ValueError):
@@ -341,8 +341,7 @@ def train(config: TrainConfig, ws: Workspace | None = None, **kwargs) -> JobFold
 
 def launch_command(job: JobFolder, ws: Workspace) -> list[str]:
     """`cai train resume RUN_ID`, through `accelerate launch` when the config names an accelerate config."""
-    db = ["--db", str(ws.db_override)] if ws.db_override else []
-    cli = ["-m", "cai_core.cli", "--data-dir", str(ws.root), *db, "train", "resume", job.run_id]
+    cli = ["-m", "cai_core.cli", *ws.cli_args(), "train", "resume", job.run_id]
     accelerate_config = job.spec["config"].get("accelerate_config")
     if accelerate_config:
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config, *cli]
@@ -351,15 +350,7 @@ def launch_command(job: JobFolder, ws: Workspace) -> list[str]:
 
 def launch_train_job(job: JobFolder, ws: Workspace) -> subprocess.Popen:
     """Start the run detached: closing the page or the terminal does not stop it."""
-    log = open(job.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
-    return subprocess.Popen(
-        launch_command(job, ws),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=PROJECT_ROOT,
-    )
+    return job.start(launch_command(job, ws))
 
 
 # --- the TRL / transformers Trainer path ----------------------------------------------------------
