@@ -3,6 +3,9 @@
 Each annotator gets their own queue (`Store.annotation_queue`): never a pair they already labelled or
 skipped, never one that already has the wanted number of labels. The sides are shuffled per annotator
 by the store, and the mapping back to the pair's own sides is recorded with the label, never shown.
+
+Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
+saves. Streamlit's own button shortcuts do it, and they ignore keys typed into the rationale box.
 """
 
 import pandas as pd
@@ -10,6 +13,7 @@ import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
 from cai_core.records import AnnotationItem
+from cai_core.store import Store, StoreError, shown_swapped
 from pages import connect, count, flash, md_escape, setup, show_flash, show_text, when
 
 settings = setup("Annotate")
@@ -17,12 +21,40 @@ ws = settings.workspace
 ss = st.session_state
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 NONE = "(none)"
 
 
 def as_shown(choice: str, swapped: bool) -> str:
     """A stored choice (about response_a / response_b) in the terms the annotator saw (left = "A")."""
     return {"a": "b", "b": "a"}.get(choice, choice) if swapped else choice
+
+
+def shown_item(store: Store, pair_id: str, swapped: bool) -> AnnotationItem:
+    pair = store.pair(pair_id)
+    left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
+    return AnnotationItem(pair.pair_id, pair.prompt, left, right, swapped)
+
+
+def choose(pair_id: str, choice: str) -> None:
+    """Remember the choice for this pair until it is saved; a choice never carries over to another pair."""
+    ss["chosen"] = (pair_id, choice)
+
+
+def submit(annotator: str, item: AnnotationItem, choice: str) -> None:
+    """Save the label on the pair the annotator was looking at. A callback gets that pair as it was drawn;
+    the rerun that follows a click may draw another (someone else may have filled this one meanwhile), and
+    reading the click there would file the label under a pair the annotator never saw."""
+    label = item.label(annotator, choice, ss.get(f"rationale_{item.pair_id}", "").strip())
+    try:
+        with Store.open(ws) as store:
+            store.save_human_label(label)
+    except (StoreError, ValueError, KeyError) as exc:
+        flash("error", f"Not saved: {exc}")
+        return
+    ss["reset_reopen"] = True
+    ss.pop("chosen", None)
+    flash("success", f"Saved: {CHOICES[choice]} on pair {item.pair_id}.")
 
 
 st.title("Annotate")
@@ -103,6 +135,7 @@ with connect(ws) as store:
         undone = store.undo_human_label(annotator)
         ss["reset_reopen"] = True
         if undone:
+            ss["current"] = (annotator, undone.pair_id)  # show the undone pair next, to label it again
             flash("info", f"Removed your label on pair {undone.pair_id}; it is back in your queue.")
         st.rerun()
 
@@ -111,18 +144,21 @@ with connect(ws) as store:
     previous = None
     if reopened:
         previous = next(lb for lb in mine if lb.pair_id == reopened)
-        pair = store.pair(reopened)
-        swapped = previous.shown_swapped
-        item = AnnotationItem(
-            pair.pair_id,
-            pair.prompt,
-            pair.response_b if swapped else pair.response_a,
-            pair.response_a if swapped else pair.response_b,
-            swapped,
-        )
+        item = shown_item(store, reopened, previous.shown_swapped)
     else:
-        queue = store.annotation_queue(annotator, overlap=overlap, limit=1)
-        item = queue[0] if queue else None
+        # The pair on screen stays until this annotator labels it, even if others fill it meanwhile: taking
+        # the queue's head afresh on every rerun would swap it away under a half-made choice.
+        current = ss.get("current")
+        item = None
+        if current and current[0] == annotator and current[1] not in {lb.pair_id for lb in mine}:
+            try:
+                item = shown_item(store, current[1], shown_swapped(annotator, current[1]))
+            except KeyError:  # the pair is gone (another data folder): take the queue's next
+                item = None
+        if item is None:
+            queue = store.annotation_queue(annotator, overlap=overlap, limit=1)
+            item = queue[0] if queue else None
+        ss["current"] = (annotator, item.pair_id) if item else None
 
     st.divider()
     if item is None:
@@ -134,29 +170,46 @@ with connect(ws) as store:
     st.markdown("**Conversation**")
     show_text(item.prompt, height=300)
     left, right = st.columns(2)
-    with left:
+    with left, st.container(key="response_left"):
         st.markdown("**Response A**")
         show_text(item.left)
-    with right:
+    with right, st.container(key="response_right"):
         st.markdown("**Response B**")
         show_text(item.right)
     rationale = st.text_area(
         "Why (optional)", value=previous.rationale if previous else "", key=f"rationale_{item.pair_id}", height=80
     )
-    buttons = st.columns(len(CHOICES) + (1 if previous else 0))
-    clicked = None
-    for col, (choice, label) in zip(buttons, CHOICES.items(), strict=False):
-        if col.button(label, key=f"choose_{choice}", type="primary" if choice in ("a", "b") else "secondary"):
-            clicked = choice
-    if previous and buttons[-1].button("Cancel edit", key="cancel_edit"):
+    chosen = ss.get("chosen", (None, None))
+    if chosen[0] == item.pair_id:
+        choice = chosen[1]
+    else:  # an edit starts from the label being edited, a new pair from nothing
+        choice = as_shown(previous.choice, previous.shown_swapped) if previous else None
+    with st.container(horizontal=True, key="choices"):
+        for option, label in CHOICES.items():
+            st.button(
+                label,
+                key=f"choose_{option}",
+                type="primary" if option == choice else "secondary",
+                shortcut=SHORTCUTS[option],
+                on_click=choose,
+                args=(item.pair_id, option),
+            )
+    with st.container(horizontal=True, key="submit_row"):
+        st.button(
+            "Save" if previous else "Submit",
+            key="submit",
+            type="primary",
+            shortcut="Enter",
+            disabled=choice is None,
+            on_click=submit,
+            args=(annotator, item, choice),
+        )
+        cancel_edit = bool(previous) and st.button("Cancel edit", key="cancel_edit")
+        st.caption(
+            f"Your choice: {CHOICES[choice]}. Enter saves it."
+            if choice
+            else "Choose with 1 (A better), 2 (B better), 3 (tie), 4 (both bad) or 5 (skip), then press Enter."
+        )
+    if cancel_edit:
         ss["reset_reopen"] = True
         st.rerun()
-    if clicked:
-        try:
-            store.save_human_label(item.label(annotator, clicked, rationale.strip()))
-        except (ValueError, KeyError) as exc:
-            st.error(md_escape(str(exc)))
-        else:
-            ss["reset_reopen"] = True
-            flash("success", f"Saved: {CHOICES[clicked]} on pair {item.pair_id}.")
-            st.rerun()

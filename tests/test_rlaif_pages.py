@@ -57,6 +57,12 @@ def open_page(page: str) -> AppTest:
     return at
 
 
+def label_shown_pair(at: AppTest, choice: str) -> None:
+    """Choose, then submit: the two steps the 1-5 and Enter keys take."""
+    at.button(key=f"choose_{choice}").click().run()
+    at.button(key="submit").click().run()
+
+
 def current_pair(at: AppTest) -> str | None:
     shown = [c.value for c in at.caption if str(c.value).startswith("Pair ")]
     return shown[0].removeprefix("Pair ").replace("\\", "") if shown else None
@@ -76,7 +82,7 @@ def test_annotating_five_pairs_stores_them_with_the_hidden_side_mapping(ws):
         left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
         assert codes.index(left) < codes.index(right)  # response A on the left is what the store put there
         seen[pair_id] = swapped
-        at.button(key="choose_a").click().run()
+        label_shown_pair(at, "a")
         assert not at.exception, at.exception
     with Store.open(ws) as store:
         labels = {lb.pair_id: lb for lb in store.human_labels(annotator="ann")}
@@ -97,10 +103,36 @@ def test_annotating_five_pairs_stores_them_with_the_hidden_side_mapping(ws):
     first = next(iter(seen))
     at.selectbox(key="reopen").set_value(first).run()
     assert current_pair(at) == first
-    at.button(key="choose_tie").click().run()
+    label_shown_pair(at, "tie")
     with Store.open(ws) as store:
         assert store.human_labels(annotator="ann", pair_id=first)[0].choice == "tie"
     assert current_pair(at) == undone
+
+
+def test_a_choice_waits_for_submit_and_is_saved_on_the_pair_shown_even_when_others_fill_it(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("eve").run()
+    pair_id = current_pair(at)
+    assert at.button(key="submit").disabled  # nothing chosen yet: Enter must not save anything
+    at.button(key="choose_b").click().run()
+    with Store.open(ws) as store:
+        assert store.human_labels(annotator="eve") == []  # choosing alone saves nothing
+        # meanwhile others give the pair the labels it wants, which takes it out of eve's queue
+        missing = at.number_input(key="overlap").value - len(store.human_labels(pair_id=pair_id))
+        assert missing >= 1
+        for n in range(missing):
+            store.save_human_label(HumanLabel(pair_id, f"someone-else-{n}", "a"))
+        assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", overlap=2, limit=100)]
+    at.text_area(key=f"rationale_{pair_id}").set_value("B answers the question").run()
+    assert current_pair(at) == pair_id and not at.button(key="submit").disabled
+    at.button(key="submit").click().run()
+    assert not at.exception, at.exception
+    with Store.open(ws) as store:
+        [label] = store.human_labels(annotator="eve")
+    assert label.pair_id == pair_id and label.rationale == "B answers the question"
+    assert label.choice == ("a" if label.shown_swapped else "b")
+    assert current_pair(at) != pair_id
+    assert at.button(key="submit").disabled  # the choice does not carry over to the next pair
 
 
 def test_an_annotator_never_sees_a_pair_twice(ws):
@@ -111,7 +143,7 @@ def test_an_annotator_never_sees_a_pair_twice(ws):
     choices = ["a", "b", "tie", "both_bad", "skip"]
     while (pair_id := current_pair(at)) is not None:
         seen.append(pair_id)
-        at.button(key=f"choose_{choices[len(seen) % 5]}").click().run()
+        label_shown_pair(at, choices[len(seen) % 5])
         assert not at.exception, at.exception
         assert len(seen) <= PAIRS
     assert len(seen) == len(set(seen)) == PAIRS
