@@ -5,7 +5,6 @@ so reloading this page or closing the tab does not stop it. It never opens the d
 into its job folder, and every page run copies them in, so its traces reach the inspector as they land.
 """
 
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -15,43 +14,31 @@ from cai_core.critique import GenerateConfig, prepare_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
-from pages import connect, count, flash, md_escape, setup, show_flash, when
+from pages import (
+    ACTIVE,
+    connect,
+    count,
+    job_buttons,
+    job_log,
+    job_status,
+    launch_job,
+    live_panel,
+    md_escape,
+    setup,
+    show_flash,
+    when,
+)
 
 settings = setup("Generate")
 ws = settings.workspace
 ss = st.session_state
 
-ACTIVE = ("pending", "running")
 SHOWN_RUNS = 10
-STARTING_SECONDS = 60  # a launched job says "pending" until its process has imported torch and begun
-STATUS_ICONS = {
-    "pending": ":material/schedule:",
-    "running": ":material/autorenew:",
-    "done": ":material/check_circle:",
-    "failed": ":material/error:",
-    "cancelled": ":material/stop_circle:",
-}
 
 
-def launch(job: JobFolder) -> None:
+def start(job: JobFolder) -> None:
     """Start (or resume) the job detached, with the same command line as `cai generate --background`."""
     job.resume_in_background(ws)
-    ss.setdefault("launched", {})[job.run_id] = time.time()
-
-
-def starting(job: JobFolder) -> bool:
-    """Launched from this session a moment ago and not yet reporting: starting it again would run it twice."""
-    return time.time() - ss.get("launched", {}).get(job.run_id, 0) < STARTING_SECONDS
-
-
-def resume(job: JobFolder) -> None:
-    launch(job)
-    flash("success", f"Resumed {job.run_id}; it continues where it stopped.")
-
-
-def cancel(job: JobFolder) -> None:
-    job.request_cancel()
-    flash("info", f"Asked {job.run_id} to stop after its current batch.")
 
 
 def local_path(spec: str) -> str:
@@ -110,27 +97,22 @@ if submitted:
     except (ConstitutionError, PromptFileError) as exc:
         st.error(md_escape(f"Not started: {exc}"))
     else:
-        status = job.progress().status
-        if status == "running" or (status == "pending" and starting(job)):
+        if not launch_job(job, start):
             st.info(f"{job.run_id} is already running: the same settings make the same run.")
         else:
-            launch(job)
             st.success(f"Started {job.run_id}. Its progress is below; its traces appear in the inspector.")
 
 # --- runs and their progress ----------------------------------------------------------------------------
 
 st.subheader("Runs")
-jobs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
-refresh = any(job.progress().status in ACTIVE for job in jobs)
 
 
-@st.fragment(run_every=2 if refresh else None)
-def runs_panel(refreshing: bool) -> None:
-    """Redrawn every 2 s while a run is active: progress, log tail, and the traces stored so far."""
+def runs_panel() -> bool:
+    """Progress, controls and log tail of the latest runs, and the traces stored so far; True while one is active."""
     jobs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
     if not jobs:
         st.info("No runs yet.")
-        return
+        return False
     with connect(ws) as store:  # also takes in the records the runs have written since the last redraw
         stored = {job.run_id: store.count_traces(TraceFilter(run_id=job.run_id)) for job in jobs}
     active = False
@@ -138,30 +120,22 @@ def runs_panel(refreshing: bool) -> None:
         progress, spec = job.progress(), job.spec
         active |= progress.status in ACTIVE
         with st.container(border=True, key=f"run-{job.run_id}"):
-            icon = STATUS_ICONS.get(progress.status, "")
-            st.markdown(f"**{md_escape(job.run_id)}** · {md_escape(spec['kind'])} · {icon} {progress.status}")
             constitution_name = (spec.get("constitution") or {}).get("name", "none")
-            st.text(f"model {spec['model']} · constitution {constitution_name} · started {when(spec['created_at'])}")
-            st.progress(
-                progress.fraction,
-                text=f"{progress.done}/{progress.total} steps · {count(stored[job.run_id], 'trace')} stored",
+            started = when(spec["created_at"])
+            job_status(
+                job,
+                progress,
+                details=f"model {spec['model']} · constitution {constitution_name} · started {started}",
+                progress_text=f"{progress.done}/{progress.total} steps · {count(stored[job.run_id], 'trace')} stored",
             )
-            if progress.message:
-                st.caption(md_escape(progress.message))
             with st.container(horizontal=True):
-                if progress.status in ACTIVE:
-                    st.button("Cancel", key=f"cancel-{job.run_id}", on_click=cancel, args=(job,))
-                elif progress.status in ("failed", "cancelled") and spec["kind"] == "generate":
-                    st.button("Resume", key=f"resume-{job.run_id}", on_click=resume, args=(job,))
+                job_buttons(job, progress, start, resumable=spec["kind"] == "generate")
                 if stored[job.run_id] and st.button("Open its traces", key=f"open-{job.run_id}"):
                     ss["filter_run_id"] = job.run_id
                     st.switch_page("pages/2_Traces.py")
-            with st.expander("Log"):
-                st.code(job.log_tail() or "(no output yet)", language=None)
-    if refreshing and not active:
-        st.rerun()  # every run has finished: redraw the whole page once, which stops the refreshing
+            job_log(job)
+    return active
 
 
-runs_panel(refresh)
-if not refresh:
-    st.button("Refresh", key="refresh_runs")
+jobs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
+live_panel(runs_panel, active=any(job.progress().status in ACTIVE for job in jobs), refresh_key="refresh_runs")

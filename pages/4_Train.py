@@ -8,7 +8,6 @@ store (`Store.train_runs`, `Store.train_metrics`).
 """
 
 import dataclasses
-import time
 import typing
 from pathlib import Path
 
@@ -19,14 +18,25 @@ import streamlit as st
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
 from cai_core.train.harness import config_from_dict
-from pages import connect, flash, md_escape, setup, show_flash, when
+from pages import (
+    ACTIVE,
+    connect,
+    flash,
+    job_buttons,
+    job_log,
+    job_status,
+    launch_job,
+    live_panel,
+    md_escape,
+    setup,
+    show_flash,
+    when,
+)
 
 settings = setup("Train")
 ws = settings.workspace
 ss = st.session_state
 
-ACTIVE = ("pending", "running")
-STARTING_SECONDS = 60  # a launched run says "pending" until its process has imported torch and begun
 KIND_HELP = {
     "sft": "SL-CAI supervised fine-tuning on the final revisions (TRL SFTTrainer).",
     "rm": "A reward model on the AI preference labels (TRL RewardTrainer).",
@@ -39,14 +49,6 @@ MAIN_FIELDS = ("model", "dataset", "reward_model", "labels", "max_steps", "batch
 KEY_METRICS = ("loss", "reward", "kl", "accuracy", "eval_accuracy", "rewards/accuracies", "rewards/margins")
 # bookkeeping, not learning; and the trainer's end-of-run summary (train_loss, train_runtime, ...) is skipped too
 HIDDEN_METRICS = ("epoch", "learning_rate", "grad_norm", "num_tokens", "total_flos", "step_time")
-STATUS_ICONS = {
-    "pending": ":material/schedule:",
-    "running": ":material/autorenew:",
-    "done": ":material/check_circle:",
-    "failed": ":material/error:",
-    "cancelled": ":material/stop_circle:",
-}
-
 
 # --- the config form: one widget per dataclass field -----------------------------------------------------
 
@@ -116,30 +118,14 @@ def train_jobs() -> list[JobFolder]:
     return [j for j in list_job_folders(ws.runs_dir) if j.spec.get("kind", "").startswith("train-")]
 
 
-def launch(job: JobFolder) -> None:
+def start(job: JobFolder) -> None:
     """Start (or resume) the run detached, as `cai train ... --background` and `cai train resume` do."""
     launch_train_job(job, ws)
-    ss.setdefault("train_launched", {})[job.run_id] = time.time()
-
-
-def starting(job: JobFolder) -> bool:
-    """Launched from this session a moment ago and not yet reporting: starting it again would run it twice."""
-    return time.time() - ss.get("train_launched", {}).get(job.run_id, 0) < STARTING_SECONDS
-
-
-def resume(job: JobFolder) -> None:
-    launch(job)
-    flash("success", f"Resumed {job.run_id}; it continues from its last checkpoint.")
-
-
-def cancel(job: JobFolder) -> None:
-    job.request_cancel()
-    flash("info", f"Asked {job.run_id} to stop; it saves a checkpoint first.")
 
 
 def use_model(path: str) -> None:
+    """A callback: the sidebar's widget may change only before it is drawn."""
     ss["model_spec"] = path
-    flash("success", f"Every page now uses the model in {path}.")
 
 
 def final_model(job: JobFolder) -> str | None:
@@ -223,13 +209,11 @@ if submitted:
             ss["train_run"] = failed[0].run_id
     else:
         ss["train_run"] = job.run_id
-        status = job.progress().status
-        if status == "running" or (status == "pending" and starting(job)):
-            st.info(f"{job.run_id} is already running: the same config and data make the same run.")
-        elif status == "done" and final_model(job):
+        if job.progress().status == "done" and final_model(job):
             st.info(f"{job.run_id} has already finished: the same config and data make the same run.")
+        elif not launch_job(job, start):
+            st.info(f"{job.run_id} is already running: the same config and data make the same run.")
         else:
-            launch(job)
             st.success(f"Started {job.run_id}. Its curves and log are below.")
 
 # --- the registry and the selected run ----------------------------------------------------------------------
@@ -239,12 +223,10 @@ jobs = train_jobs()
 if not jobs:
     st.info("No training runs yet.")
     st.stop()
-refresh = any(j.progress().status in ACTIVE for j in jobs)
 
 
-@st.fragment(run_every=2 if refresh else None)
-def runs_panel(refreshing: bool) -> None:
-    """Redrawn every 2 s while a run is active: the registry, then the selected run's curves and log."""
+def runs_panel() -> bool:
+    """The registry, then the selected run's status, curves and log; True while any run is active."""
     jobs = train_jobs()
     ids = [j.run_id for j in jobs]
     if ss.get("train_run") not in ids:
@@ -258,26 +240,18 @@ def runs_panel(refreshing: bool) -> None:
 
     job = JobFolder(ws.runs_dir / run_id)
     progress, spec = job.progress(), job.spec
-    active = any(j.progress().status in ACTIVE for j in jobs)
+    model = final_model(job)
     with st.container(border=True, key="train_selected"):
-        icon = STATUS_ICONS.get(progress.status, "")
-        st.markdown(f"**{md_escape(run_id)}** · {md_escape(spec['kind'])} · {icon} {progress.status}")
-        st.text(f"model {spec['model']} · started {when(spec['created_at'])}")
-        st.progress(progress.fraction, text=f"step {progress.done}/{progress.total}")
-        if progress.status == "failed":
-            st.error("This run failed:", icon=":material/error:")
-            st.code(progress.message, language=None, wrap_lines=True)
-        elif progress.message and progress.message != f"model in {final_model(job)}":
-            st.text(progress.message)  # e.g. the reward model's accuracy, or where a cancelled run stopped
-        model = final_model(job)
-        # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
-        resumable = progress.status in ("failed", "cancelled") and (job.path / "data-train.jsonl").exists()
+        job_status(
+            job,
+            progress,
+            details=f"model {spec['model']} · started {when(spec['created_at'])}",
+            progress_text=f"step {progress.done}/{progress.total}",
+            show_message=progress.message != f"model in {model}",  # the folder is shown below
+        )
         with st.container(horizontal=True):
-            if progress.status in ACTIVE:
-                if st.button("Cancel", key=f"train_cancel-{run_id}", on_click=cancel, args=(job,)):
-                    st.rerun()
-            elif resumable and st.button("Resume", key=f"train_resume-{run_id}", on_click=resume, args=(job,)):
-                st.rerun()
+            # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
+            job_buttons(job, progress, start, resumable=(job.path / "data-train.jsonl").exists())
             if model and st.button(
                 "Use this model",
                 key=f"train_use-{run_id}",
@@ -286,7 +260,8 @@ def runs_panel(refreshing: bool) -> None:
                 icon=":material/input:",
                 help="Set the sidebar model to this run's model folder, for every page.",
             ):
-                st.rerun()
+                flash("success", f"Every page now uses the model in {model}.")
+                st.rerun()  # the whole page: the sidebar and the flash message lie outside this fragment
         if model:
             st.caption("Model folder (a model spec for every page):")
             st.code(model, language=None)
@@ -300,12 +275,8 @@ def runs_panel(refreshing: bool) -> None:
                 cols[i % 3].plotly_chart(metric_chart(frame, name), key=f"train_chart-{name}")
         else:
             st.caption("No metrics logged yet.")
-        with st.expander("Log", expanded=progress.status == "failed"):
-            st.code(job.log_tail() or "(no output yet)", language=None)
-    if refreshing and not active:
-        st.rerun()  # every run has finished: redraw the whole page once, which stops the refreshing
+        job_log(job, expanded=progress.status == "failed")
+    return any(j.progress().status in ACTIVE for j in jobs)
 
 
-runs_panel(refresh)
-if not refresh:
-    st.button("Refresh", key="train_refresh")
+live_panel(runs_panel, active=any(j.progress().status in ACTIVE for j in jobs), refresh_key="train_refresh")

@@ -439,4 +439,5 @@ def test_cancel_and_resume_buttons(ws, monkeypatch):
     assert "Asked busy to stop" in texts(at.info)
     at.button(key="resume-broken").click().run()
     assert launched == [["--data-dir", str(ws.root), "resume", "broken"]]
-    assert "BackendError: out of memory" in texts(at.caption)
+    assert "BackendError: out of memory" in [c.value for c in at.code]  # the reason in full, as text
+    assert "This run failed" in texts(at.error)

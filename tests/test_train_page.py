@@ -90,6 +90,7 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
     assert str(job.path / "final") in texts(at.code)
     at.button(key=f"train_use-{job.run_id}").click().run()
     assert at.text_input(key="model_spec").value == str(job.path / "final")
+    assert f"Every page now uses the model in {job.path / 'final'}" in texts(at.success)
 
 
 def test_a_run_that_cannot_start_shows_why_and_is_registered_failed(ws, tmp_path):
@@ -116,9 +117,10 @@ def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatc
     at = open_train()
     assert reason in [c.value for c in at.code]  # literally, as text
     assert "This run failed" in texts(at.error)
-    at.button(key="train_resume-sft-oom").click().run()
+    at.button(key="resume-sft-oom").click().run()
     [argv] = launched
     assert argv[-3:] == ["train", "resume", "sft-oom"]
+    assert "Resumed sft-oom" in texts(at.success)
     assert not at.exception
 
 
