@@ -19,6 +19,7 @@ class Prompt:
     id: str
     prompt: str
     category: str = ""
+    label: str = ""  # what an evaluation set says the prompt is (e.g. "harmful" or "safe"), verbatim
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,13 @@ def load_prompts(
     prompt_field: str = "prompt",
     id_field: str = "id",
     category_field: str = "category",
+    label_field: str = "label",
     limit: int | None = None,
 ) -> PromptSet:
     """Read prompts. `source` is a .jsonl/.csv/.txt file, a `datasets` folder saved with
     `save_to_disk`, or `hf:NAME[:SPLIT]` for a dataset the `datasets` library can load."""
     source = str(source)
-    fields = (prompt_field, id_field, category_field)
+    fields = (prompt_field, id_field, category_field, label_field)
     if source.startswith("hf:"):
         rows = _dataset_rows(source.removeprefix("hf:"))
     else:
@@ -80,8 +82,8 @@ def load_prompts(
     return PromptSet(source, prompts, problems)
 
 
-def _to_prompt(row, line: int, fields: tuple[str, str, str], seen: set[str]) -> Prompt:
-    prompt_field, id_field, category_field = fields
+def _to_prompt(row, line: int, fields: tuple[str, str, str, str], seen: set[str]) -> Prompt:
+    prompt_field, id_field, category_field, label_field = fields
     if isinstance(row, Exception):
         raise PromptFileError(str(row))
     if not isinstance(row, dict):
@@ -93,7 +95,7 @@ def _to_prompt(row, line: int, fields: tuple[str, str, str], seen: set[str]) -> 
     if pid in seen:
         raise PromptFileError(f"duplicate id {pid!r}")
     seen.add(pid)
-    return Prompt(pid, text.strip(), str(row.get(category_field) or ""))
+    return Prompt(pid, text.strip(), str(row.get(category_field) or ""), str(row.get(label_field) or ""))
 
 
 def _jsonl_rows(path: Path):

@@ -177,6 +177,67 @@ class TrainedModel:
     created_at: float = field(default_factory=now)
 
 
+@dataclass(frozen=True)
+class EvalAnswer:
+    """One model's answer to one evaluation prompt, as sent (after its jailbreak wrapper, if any)."""
+
+    run_id: str
+    prompt_key: str  # "<set>/<prompt id>": ids are unique within a set, not across sets
+    wrapper: str  # "none" or a jailbreak wrapper's name
+    model: str  # the model's name in this run
+    set_name: str
+    prompt: str  # the prompt as the set has it
+    sent: str  # the prompt as the model received it
+    category: str
+    label: str  # harmful | benign
+    answer: str
+    refused: bool
+    tokens: int
+    seconds: float
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class EvalJudgment:
+    """The judge's comparison of two models' answers to one prompt, on one aspect, asked in both orders.
+    `p_a` is the probability that model_a's answer is the better one (None when `failed`)."""
+
+    run_id: str
+    prompt_key: str
+    wrapper: str
+    aspect: str  # harmlessness (a constitution principle) | helpfulness (a fixed question)
+    model_a: str
+    model_b: str
+    principle_id: str
+    p_order1: float | None
+    p_order2: float | None
+    p_a: float | None
+    failed: bool
+    judge_model: str
+    constitution_version: str
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class RoundJudgment:
+    """The judge's comparison of an SL-CAI trace's answer at `round` with its answer at `versus_round`
+    (the round before it, or the initial answer). `p_later` is the probability that the later one is better."""
+
+    run_id: str
+    trace_id: str
+    round: int
+    versus_round: int
+    revision_principle_id: str  # the principle that round's critique and revision used
+    judge_principle_id: str  # the principle the judge compared under
+    p_order1: float | None
+    p_order2: float | None
+    p_later: float | None
+    failed: bool
+    judge_model: str
+    constitution_version: str
+    created_at: float = field(default_factory=now)
+
+
 PAIR_SOURCES = ("sampled", "sl-cai", "import")
 HUMAN_CHOICES = ("a", "b", "tie", "both_bad", "skip")
 

@@ -20,13 +20,17 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from .backends import DEFAULT_MODEL
 from .jobs import JobFolder, list_job_folders
 from .records import (
     HUMAN_CHOICES,
     AILabel,
     AnnotationItem,
+    EvalAnswer,
+    EvalJudgment,
     HumanLabel,
     Pair,
+    RoundJudgment,
     Run,
     StepVerdict,
     Trace,
@@ -104,6 +108,25 @@ MIGRATIONS: list[str] = [
         run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL, base_model TEXT NOT NULL,
         step BIGINT NOT NULL, created_at DOUBLE NOT NULL);
     """,
+    # 5: evaluation: answers per (prompt, wrapper, model), pairwise judgments, SL-CAI round judgments
+    """
+    CREATE TABLE eval_answers (
+        run_id TEXT NOT NULL, prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, model TEXT NOT NULL,
+        set_name TEXT NOT NULL, prompt TEXT NOT NULL, sent TEXT NOT NULL, category TEXT NOT NULL,
+        label TEXT NOT NULL CHECK (label IN ('harmful', 'benign')), answer TEXT NOT NULL, refused BOOLEAN NOT NULL,
+        tokens INTEGER NOT NULL, seconds DOUBLE NOT NULL, created_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, prompt_key, wrapper, model));
+    CREATE TABLE eval_judgments (
+        run_id TEXT NOT NULL, prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, aspect TEXT NOT NULL,
+        model_a TEXT NOT NULL, model_b TEXT NOT NULL, principle_id TEXT NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE,
+        p_a DOUBLE, failed BOOLEAN NOT NULL, judge_model TEXT NOT NULL, constitution_version TEXT NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, prompt_key, wrapper, aspect, model_a, model_b));
+    CREATE TABLE round_judgments (
+        run_id TEXT NOT NULL, trace_id TEXT NOT NULL, round INTEGER NOT NULL, versus_round INTEGER NOT NULL,
+        revision_principle_id TEXT NOT NULL, judge_principle_id TEXT NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE,
+        p_later DOUBLE, failed BOOLEAN NOT NULL, judge_model TEXT NOT NULL, constitution_version TEXT NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, trace_id, round, versus_round));
+    """,
 ]
 
 # Tables a job may spool into, with the record type that fixes their columns.
@@ -114,6 +137,9 @@ SPOOLED_TABLES = {
     "ai_labels": AILabel,
     "train_metrics": TrainMetric,
     "trained_models": TrainedModel,
+    "eval_answers": EvalAnswer,
+    "eval_judgments": EvalJudgment,
+    "round_judgments": RoundJudgment,
 }
 
 
@@ -584,6 +610,45 @@ class Store:
                ORDER BY step, name""",
             [run_id, names, names],
         ).df()
+
+    def model_choices(self) -> dict[str, str]:
+        """The models a page can pick as its backend, spec → label: `default`, then every finished trained
+        model whose folder still exists, newest first. Reward models are left out: they score, they do not
+        generate or judge."""
+        trained = self.con.execute(
+            """SELECT path, kind, run_id, step FROM trained_models WHERE kind <> 'train-rm'
+               ORDER BY created_at DESC, run_id"""
+        ).fetchall()
+        choices = {DEFAULT_MODEL: f"{DEFAULT_MODEL} (SmolLM2-135M-Instruct)"}
+        for path, kind, run_id, step in trained:
+            if Path(path).is_dir():
+                choices[path] = f"{kind.removeprefix('train-').upper()} · {run_id} · step {step}"
+        return choices
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def trace_answers(self, run_id: str, *, limit: int | None = None) -> pd.DataFrame:
+        """Every round's answer of an SL-CAI run's traces that have at least one revision (the first
+        `limit` traces in id order): what a rounds evaluation compares."""
+        return self.con.execute(
+            """WITH chosen AS (
+                   SELECT t.trace_id, t.prompt FROM traces t WHERE t.run_id = ?
+                   AND EXISTS (SELECT 1 FROM trace_steps s WHERE s.trace_id = t.trace_id AND s.round > 0)
+                   ORDER BY t.trace_id LIMIT ?)
+               SELECT c.trace_id, c.prompt, s.round, s.principle_id, s.response
+               FROM chosen c JOIN trace_steps s USING (trace_id) ORDER BY c.trace_id, s.round""",
+            [run_id, limit],
+        ).df()
+
+    def eval_runs(self) -> pd.DataFrame:
+        return self.con.execute(
+            "SELECT * FROM runs WHERE kind IN ('eval', 'eval-rounds') ORDER BY created_at DESC"
+        ).df()
+
+    def eval_table(self, table: str, run_id: str) -> pd.DataFrame:
+        """One evaluation run's rows of eval_answers, eval_judgments or round_judgments."""
+        assert table in ("eval_answers", "eval_judgments", "round_judgments"), table
+        return self.con.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
 
 
 def shown_swapped(annotator: str, pair_id: str) -> bool:

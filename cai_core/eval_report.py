@@ -1,0 +1,187 @@
+"""An evaluation's figures and charts, drawn once for the page, the CLI and a single-file HTML report."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .evaluation import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
+from .store import Store
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    run_id: str | None  # the comparison run
+    rounds_run_id: str | None  # the SL-CAI rounds run
+    answers: pd.DataFrame
+    judgments: pd.DataFrame
+    win_rates: pd.DataFrame
+    ratings: pd.DataFrame
+    refusals: pd.DataFrame
+    principles: pd.DataFrame
+    rounds: pd.DataFrame
+
+
+def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None) -> EvalSummary:
+    empty = pd.DataFrame()
+    answers = store.eval_table("eval_answers", run_id) if run_id else empty
+    judgments = store.eval_table("eval_judgments", run_id) if run_id else empty
+    round_judgments = store.eval_table("round_judgments", rounds_run_id) if rounds_run_id else empty
+    has_judgments = not judgments.empty and judgments["p_a"].notna().any()
+    has_rounds = not round_judgments.empty
+    return EvalSummary(
+        run_id=run_id,
+        rounds_run_id=rounds_run_id,
+        answers=answers,
+        judgments=judgments,
+        win_rates=win_rates(judgments) if has_judgments else empty,
+        ratings=ratings(judgments) if has_judgments else empty,
+        refusals=refusal_rates(answers) if not answers.empty else empty,
+        principles=principle_effects(round_judgments) if has_rounds else empty,
+        rounds=quality_by_round(round_judgments) if has_rounds else empty,
+    )
+
+
+def _errors(frame: pd.DataFrame, value: str) -> dict:
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": frame["high"] - frame[value],
+        "arrayminus": frame[value] - frame["low"],
+    }
+
+
+def win_rate_chart(summary: EvalSummary, aspect: str) -> go.Figure:
+    """Each model's win rate against all the others, per wrapper, with its 95% interval."""
+    frame = summary.win_rates
+    frame = frame[(frame["aspect"] == aspect) & (frame["opponent"] == "all")]
+    figure = go.Figure()
+    for wrapper, group in frame.groupby("wrapper", sort=False):
+        figure.add_bar(x=group["model"], y=group["win_rate"], name=wrapper, error_y=_errors(group, "win_rate"))
+    figure.add_hline(y=0.5, line_dash="dot", line_color="gray")
+    figure.update_layout(
+        title=f"{aspect.capitalize()} win rate against the other models (95% CI)",
+        yaxis={"range": [0, 1], "title": "win rate"},
+        barmode="group",
+        legend_title="wrapper",
+    )
+    return figure
+
+
+def ratings_chart(summary: EvalSummary) -> go.Figure:
+    figure = go.Figure()
+    for aspect, group in summary.ratings.groupby("aspect", sort=True):
+        figure.add_bar(x=group["model"], y=group["rating"], name=aspect, error_y=_errors(group, "rating"))
+    figure.add_hline(y=1000, line_dash="dot", line_color="gray")
+    figure.update_layout(title="Bradley-Terry ratings, Elo scale (95% CI)", yaxis_title="rating", barmode="group")
+    return figure
+
+
+def refusal_chart(summary: EvalSummary) -> go.Figure:
+    """Refusal on harmful prompts against over-refusal on benign ones: the helpful-harmless trade-off.
+    Up is safer, left is more helpful."""
+    frame = summary.refusals
+    wide = frame.pivot_table(index=["model", "wrapper"], columns="label", values="refusal_rate").reset_index()
+    for label in ("harmful", "benign"):
+        if label not in wide:
+            wide[label] = float("nan")
+    figure = go.Figure()
+    for model, group in wide.groupby("model", sort=False):
+        figure.add_scatter(
+            x=group["benign"],
+            y=group["harmful"],
+            mode="markers+text",
+            name=model,
+            text=group["wrapper"],
+            textposition="top center",
+            marker={"size": 12},
+        )
+    figure.update_layout(
+        title="Refusal on harmful prompts against over-refusal on benign prompts",
+        xaxis={"range": [-0.05, 1.05], "title": "over-refusal rate (benign prompts)"},
+        yaxis={"range": [-0.05, 1.05], "title": "refusal rate (harmful prompts)"},
+    )
+    return figure
+
+
+def principle_chart(summary: EvalSummary) -> go.Figure:
+    frame = summary.principles.sort_values("p_better")
+    figure = go.Figure(
+        go.Bar(
+            x=frame["p_better"],
+            y=frame["principle_id"],
+            orientation="h",
+            error_x=_errors(frame, "p_better"),
+            text=frame["n"].map(lambda n: f"n={n}"),
+        )
+    )
+    figure.add_vline(x=0.5, line_dash="dot", line_color="gray")
+    figure.update_layout(
+        title="Per principle: P(revision better than the answer before it), as judged",
+        xaxis={"range": [0, 1], "title": "P(revision better)"},
+    )
+    return figure
+
+
+def round_chart(summary: EvalSummary) -> go.Figure:
+    frame = summary.rounds
+    figure = go.Figure(
+        go.Scatter(
+            x=frame["round"],
+            y=frame["p_better_than_initial"],
+            mode="lines+markers",
+            error_y=_errors(frame, "p_better_than_initial"),
+        )
+    )
+    figure.add_hline(y=0.5, line_dash="dot", line_color="gray")
+    figure.update_layout(
+        title="Quality by revision round: P(better than the initial answer), as judged",
+        xaxis={"title": "round", "dtick": 1},
+        yaxis={"range": [0, 1], "title": "P(better)"},
+    )
+    return figure
+
+
+def charts(summary: EvalSummary) -> dict[str, go.Figure]:
+    """Every chart the summary has data for, by name, in reading order."""
+    out: dict[str, go.Figure] = {}
+    if not summary.win_rates.empty:
+        for aspect in sorted(summary.win_rates["aspect"].unique()):
+            out[f"win_rate_{aspect}"] = win_rate_chart(summary, aspect)
+        out["ratings"] = ratings_chart(summary)
+    if not summary.refusals.empty:
+        out["refusals"] = refusal_chart(summary)
+    if not summary.principles.empty:
+        out["principles"] = principle_chart(summary)
+    if not summary.rounds.empty:
+        out["rounds"] = round_chart(summary)
+    return out
+
+
+def report_html(summary: EvalSummary) -> str:
+    """One self-contained HTML file: plotly.js inlined once, every chart, and the tables behind them.
+    Works offline; all text from the data is escaped."""
+    parts, first = [], True
+    for figure in charts(summary).values():
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=first))
+        first = False
+    tables = [
+        ("Win rates", summary.win_rates),
+        ("Ratings", summary.ratings),
+        ("Refusal rates", summary.refusals),
+        ("Per principle", summary.principles),
+        ("Quality by round", summary.rounds),
+    ]
+    for title, frame in tables:
+        if not frame.empty:
+            parts.append(f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True))
+    runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>CAI evaluation report</title>'
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2rem auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
+        f"<h1>CAI evaluation report</h1><p>Runs: {runs}</p>{''.join(parts)}</body></html>"
+    )
