@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cai_core.constitution import load_constitution
 from cai_core.jobs import JobFolder
-from cai_core.records import Trace, TraceStep, to_row
+from cai_core.records import AILabel, Pair, Trace, TraceStep, to_row
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 SEED_RUN = "seed-run"
@@ -112,3 +112,67 @@ def seeded_data(root: Path, hostile: bool = True) -> Workspace:
     workspace = Workspace(root / "data")
     seed_traces(workspace, constitutions / "hhh.yaml", hostile)
     return workspace
+
+
+# --- RLAIF: response pairs and an AI label run over them ---------------------------------------------------
+
+SEED_PAIRS_RUN = "seed-pairs"
+SEED_LABEL_RUN = "seed-labels"
+SEED_JUDGE = "seed-judge"
+
+
+def seed_pair_texts(n: int) -> list[Pair]:
+    """N pairs whose two responses differ visibly, so a test can tell which side the page put on the left."""
+    return [
+        Pair(
+            f"seed-pair-{i:02d}",
+            f"Question {i}: how do I keep my houseplant number {i} alive?",
+            f"Answer one for plant {i}: water it weekly and give it indirect light.",
+            f"Answer two for plant {i}: leave it alone, plants look after themselves.",
+            "import",
+            "seed",
+            i,
+            "chosen",
+            "rejected",
+        )
+        for i in range(n)
+    ]
+
+
+def seed_pairs(workspace: Workspace, constitution_path: Path, n: int = 30) -> list[Pair]:
+    """N pairs and a finished AI label run over them, spooled into job folders the way `cai pairs` and
+    `cai label` write them; the judge's per-order probabilities vary by pair and are never exactly 0.5."""
+    constitution = load_constitution(constitution_path)
+    pairs = seed_pair_texts(n)
+    pairs_job = JobFolder.create(workspace.runs_dir, SEED_PAIRS_RUN, {"kind": "pairs", "model": "seed-model"})
+    pairs_job.append("pairs", [to_row(p) for p in pairs])
+    pairs_job.set_progress("done", n, n)
+    principle = constitution.enabled_principles[0].id
+    labels = []
+    for i, pair in enumerate(pairs):
+        p_order1, p_order2 = 0.07 + 0.9 * ((i * 7) % 11) / 10, 0.1 + 0.8 * ((i * 3) % 7) / 6
+        labels.append(
+            AILabel(
+                SEED_LABEL_RUN,
+                pair.pair_id,
+                principle,
+                SEED_JUDGE,
+                constitution.version,
+                "sample",
+                "logprob",
+                False,
+                0,
+                p_order1,
+                p_order2,
+                (p_order1 + 1 - p_order2) / 2,
+                False,
+            )
+        )
+    label_job = JobFolder.create(
+        workspace.runs_dir,
+        SEED_LABEL_RUN,
+        {"kind": "label", "model": SEED_JUDGE, "config": {}, "constitution": constitution.snapshot()},
+    )
+    label_job.append("ai_labels", [to_row(label) for label in labels])
+    label_job.set_progress("done", n, n)
+    return pairs
