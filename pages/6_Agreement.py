@@ -1,5 +1,9 @@
 """Agreement: do the AI judge's labels agree with people's? Every figure comes from
 `cai_core.agreement.dashboard`, as `cai agreement` prints them; this page only draws them.
+
+It also starts AI labelling runs: `prepare_label_job` snapshots the pairs and the constitution into a job
+folder and the run goes on in its own process (`cai resume RUN`, as `cai label --background` starts it),
+with the shared job controls of the Generate and Train pages.
 """
 
 import math
@@ -11,14 +15,125 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cai_core.agreement import dashboard
+from cai_core.constitution import ConstitutionError, list_constitutions
+from cai_core.feedback import LabelConfig, prepare_label_job
+from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import PairFileError, looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
-from pages import connect, flash, md_escape, setup, show_flash, show_text
+from pages import (
+    ACTIVE,
+    connect,
+    count,
+    flash,
+    job_buttons,
+    job_log,
+    job_status,
+    launch_job,
+    live_panel,
+    md_escape,
+    setup,
+    show_flash,
+    show_text,
+    when,
+)
 
 settings = setup("Agreement")
 ws = settings.workspace
 ss = st.session_state
 
 ANY = "(any)"
+ALL_SOURCES = "all"
+SHOWN_LABEL_RUNS = 5
+
+
+def start(job: JobFolder) -> None:
+    """Start (or resume) the labelling run detached, as `cai label --background` does."""
+    job.resume_in_background(ws)
+
+
+def local_path(spec: str) -> str:
+    """The job runs from the project folder, so a relative model folder typed here is made absolute first."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def label_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"][:SHOWN_LABEL_RUNS]
+
+
+def label_runs_panel() -> bool:
+    """Progress, controls and log of the latest labelling runs; True while one is active."""
+    jobs = label_jobs()
+    if not jobs:
+        st.caption("No labelling runs yet.")
+        return False
+    active = False
+    for job in jobs:
+        progress, spec = job.progress(), job.spec
+        config = spec.get("config") or {}
+        active |= progress.status in ACTIVE
+        with st.container(border=True, key=f"label-run-{job.run_id}"):
+            constitution_name = (spec.get("constitution") or {}).get("name", "none")
+            job_status(
+                job,
+                progress,
+                details=(
+                    f"judge {spec.get('model')} · constitution {constitution_name} · "
+                    f"strategy {config.get('strategy', '?')} · started {when(spec['created_at'])}"
+                ),
+                progress_text=f"{progress.done}/{count(progress.total, 'label')}",
+            )
+            with st.container(horizontal=True):
+                job_buttons(job, progress, start)
+            job_log(job)
+    return active
+
+
+def label_launcher(store) -> None:
+    """The form that starts a labelling run (the `cai label` options that matter), and the runs below it."""
+    files = list_constitutions(ws.constitutions_dir)
+    with st.form("label_form"):
+        cols = st.columns(3)
+        constitution = cols[0].selectbox("Constitution", [p.name for p in files], key="label_constitution")
+        judge = cols[1].text_input(
+            "Judge model",
+            key="label_model",
+            placeholder=f"{settings.model} (the sidebar's model)",
+            help="Empty: the model set in the sidebar. Or a model folder, a hub id, `openai:MODEL@URL`.",
+        )
+        strategy = cols[2].selectbox(
+            "Principles",
+            ("sample", "ensemble"),
+            format_func=lambda s: {"sample": "one sampled per pair", "ensemble": "all, averaged"}[s],
+            key="label_strategy",
+        )
+        cols = st.columns(3)
+        source = cols[0].selectbox("Pairs from", (ALL_SOURCES, "import", "sampled", "sl-cai"), key="label_source")
+        limit = cols[1].number_input("Pairs to label", 1, None, value=None, placeholder="all", key="label_limit")
+        cols[2].checkbox("Reason first (chain of thought)", key="label_cot")
+        submitted = st.form_submit_button("Label in the background", key="label_start", type="primary")
+    if submitted:
+        config = LabelConfig(
+            constitution=str((ws.constitutions_dir / constitution).resolve()) if constitution else "",
+            model=local_path(judge.strip() or settings.model),
+            strategy=strategy,
+            cot=ss["label_cot"],
+            source=None if source == ALL_SOURCES else source,
+            limit=limit,
+        )
+        try:
+            # the page's connection hands the pairs over: the job snapshots them and never opens the database
+            job = prepare_label_job(config, ws, store.pairs(source=config.source, limit=config.limit))
+        except (ConstitutionError, OSError, ValueError) as exc:
+            st.error(md_escape(f"Not started: {exc}"))
+        else:
+            if launch_job(job, start):
+                st.success(md_escape(f"Started {job.run_id}. Its labels join the dashboard as they land."))
+            else:
+                st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
+    live_panel(
+        label_runs_panel,
+        active=any(job.progress().status in ACTIVE for job in label_jobs()),
+        refresh_key="refresh_label_runs",
+    )
 
 
 def shown(value) -> str:
@@ -65,6 +180,11 @@ with connect(ws) as store:
                     f"skipped {len(found.problems)} bad lines.",
                 )
                 st.rerun()
+
+    # --- AI labelling runs (what `cai label --background` does) -------------------------------------------
+    labelling = any(job.progress().status in ACTIVE for job in label_jobs())
+    with st.expander("Label pairs with the AI judge", expanded=labelling or store.latest_label_run() is None):
+        label_launcher(store)
 
     # --- filters ------------------------------------------------------------------------------------
     cols = st.columns([2, 2, 2, 1, 1])

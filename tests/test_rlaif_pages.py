@@ -9,7 +9,10 @@ import random
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cai_core import cli
 from cai_core.agreement import dashboard
+from cai_core.backends import DEFAULT_MODEL
+from cai_core.constitution import load_constitution
 from cai_core.jobs import JobFolder
 from cai_core.pairs import read_hh_rlhf
 from cai_core.records import AILabel, HumanLabel, to_row
@@ -40,9 +43,9 @@ def ws(tmp_path, monkeypatch) -> Workspace:
         ai.append(
             AILabel("run-1", p.pair_id, "harm", "judge-1", "v1", "sample", "logprob", False, 0, p1, p2, p_a, False)
         )
-    JobFolder.create(workspace.runs_dir, "run-1", {"kind": "label", "model": "judge-1"}).append(
-        "ai_labels", [to_row(a) for a in ai]
-    )
+    seeded_run = JobFolder.create(workspace.runs_dir, "run-1", {"kind": "label", "model": "judge-1"})
+    seeded_run.append("ai_labels", [to_row(a) for a in ai])
+    seeded_run.set_progress("done", len(ai), len(ai))
     with Store.open(workspace) as store:
         store.add_pairs(found.pairs)
         store.import_human_labels(found.labels + second)
@@ -192,3 +195,66 @@ def test_agreement_page_imports_a_labels_file_and_handles_an_empty_store(ws, tmp
     for page in (AGREEMENT, ANNOTATE):
         at = open_page(page)
         assert not at.exception, at.exception
+
+
+def test_a_labelling_run_starts_from_the_page_and_its_labels_reach_the_dashboard(ws, tiny_model_path, monkeypatch):
+    """The page starts the job as `cai label --background` does; running that command line here (instead of
+    in a detached process) shows the labels reaching the page."""
+    launched = []
+    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    at = open_page(AGREEMENT)
+    at.selectbox(key="label_constitution").set_value("hhh.yaml")
+    at.text_input(key="label_model").set_value(tiny_model_path)
+    at.selectbox(key="label_strategy").set_value("ensemble")
+    at.selectbox(key="label_source").set_value("import")
+    at.number_input(key="label_limit").set_value(3)
+    at.button(key="label_start").click().run()
+    assert not at.exception and not at.error, at.error
+    [argv] = launched
+    assert argv[:2] == ["--data-dir", str(ws.root)] and argv[2] == "resume"
+    run_id = argv[3]
+    config = JobFolder(ws.runs_dir / run_id).spec["config"]
+    assert (config["model"], config["strategy"], config["source"], config["limit"], config["cot"]) == (
+        tiny_model_path,
+        "ensemble",
+        "import",
+        3,
+        False,
+    )
+    assert f"Started {run_id}" in " ".join(str(s.value) for s in at.success).replace("\\", "")
+
+    at.button(key="label_start").click().run()  # again while it is starting: it must not run twice
+    assert len(launched) == 1 and "already running" in " ".join(str(i.value) for i in at.info)
+
+    assert cli.main(argv) == 0
+    at.run()
+    assert not at.exception, at.exception
+    enabled = len(load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml").enabled_principles)
+    assert any(f"{3 * enabled}/{3 * enabled} labels" in str(p.proto.text) for p in at.get("progress"))
+    assert run_id in at.selectbox(key="filter_run").options
+    with Store.open(ws) as store:
+        assert dashboard(store, run_id=run_id).by_run.iloc[0].pairs == 3
+
+
+def test_the_judge_defaults_to_the_sidebar_model_and_label_runs_cancel_and_resume(ws, monkeypatch):
+    launched = []
+    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    running = JobFolder.create(ws.runs_dir, "label-busy", {"kind": "label", "model": "m", "config": {}})
+    running.set_progress("running", 1, 10)  # this process's pid, so it counts as alive
+    failed = JobFolder.create(ws.runs_dir, "label-broken", {"kind": "label", "model": "m", "config": {}})
+    failed.set_progress("failed", 3, 10, "BackendError: out of memory")
+
+    at = open_page(AGREEMENT)
+    assert "This run failed" in " ".join(str(e.value) for e in at.error)
+    assert "BackendError: out of memory" in [c.value for c in at.code]
+    at.number_input(key="label_limit").set_value(2)
+    at.button(key="label_start").click().run()
+    assert "Not started" not in " ".join(str(e.value) for e in at.error)
+    [argv] = launched
+    assert JobFolder(ws.runs_dir / argv[3]).spec["model"] == DEFAULT_MODEL
+
+    at.button(key="cancel-label-busy").click().run()
+    assert running.cancel_requested()
+    at.button(key="resume-label-broken").click().run()
+    assert launched[1] == ["--data-dir", str(ws.root), "resume", "label-broken"]
+    assert not at.exception, at.exception
