@@ -20,6 +20,7 @@ from .constitution import (
     save_constitution,
 )
 from .critique import GenerateConfig, prepare_job, run_generation
+from .evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
 from .exports import FORMATS, KINDS, export_rows, write_export
 from .feedback import LabelConfig, prepare_label_job, run_labelling
 from .jobs import JobFolder, list_job_folders
@@ -44,6 +45,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
         help_text = f.metadata.get("help", "")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        if typing.get_origin(kind) is list:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else default
+            required = default is None and f.default_factory is dataclasses.MISSING
+            parser.add_argument(flag, nargs="+", default=default, required=required, help=help_text)
             continue
         args = typing.get_args(kind)
         literal = next((a for a in args if typing.get_origin(a) is typing.Literal), kind)
@@ -140,6 +146,10 @@ def cmd_resume(args, ws: Workspace) -> int:
         return _train_in_foreground(job, ws)
     if job.spec["kind"] == "label":
         return _job_in_foreground(run_labelling, LabelConfig(**job.spec["config"]), ws, "AI labels", "label")
+    if job.spec["kind"] == "eval":
+        return _job_in_foreground(run_evaluation, EvalConfig(**job.spec["config"]), ws, "evaluation", "step")
+    if job.spec["kind"] == "eval-rounds":
+        return _job_in_foreground(run_rounds, RoundsConfig(**job.spec["config"]), ws, "rounds", "comparison")
     if job.spec["kind"] == "pairs":
         return _job_in_foreground(run_sampling, SampleConfig(**job.spec["config"]), ws, "sampling", "prompt")
     return _run_in_foreground(GenerateConfig(**job.spec["config"]), ws)
@@ -422,6 +432,91 @@ def _add_rlaif_parsers(sub) -> None:
     p.set_defaults(func=cmd_agreement)
 
 
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def cmd_eval_run(args, ws: Workspace) -> int:
+    config = config_from_args(EvalConfig, args)
+    job = prepare_eval_job(config, ws)  # user errors surface here, before a progress bar is drawn
+    if args.background:
+        return _launch(job, ws)
+    code = _job_in_foreground(run_evaluation, dataclasses.replace(config, run_id=job.run_id), ws, "evaluation", "step")
+    return code or _print_eval(ws, job.run_id, None)
+
+
+def cmd_eval_rounds(args, ws: Workspace) -> int:
+    config = config_from_args(RoundsConfig, args)
+    job = prepare_rounds_job(config, ws)
+    if args.background:
+        return _launch(job, ws)
+    code = _job_in_foreground(run_rounds, dataclasses.replace(config, run_id=job.run_id), ws, "rounds", "comparison")
+    return code or _print_eval(ws, None, job.run_id)
+
+
+def cmd_eval_show(args, ws: Workspace) -> int:
+    return _print_eval(ws, args.run_id, args.rounds_run_id)
+
+
+def _print_eval(ws: Workspace, run_id: str | None, rounds_run_id: str | None) -> int:
+    from .eval_report import summarize
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        summary = summarize(store, run_id, rounds_run_id)
+    tables = [
+        ("win rates (ties count half; 95% bootstrap interval over prompts)", summary.win_rates),
+        ("Bradley-Terry ratings, Elo scale", summary.ratings),
+        ("refusal rates (harmful: refusal; benign: over-refusal; Wilson 95%)", summary.refusals),
+        ("per principle: P(revision better than the answer before it)", summary.principles),
+        ("quality by round: P(better than the initial answer)", summary.rounds),
+    ]
+    shown = 0
+    for title, frame in tables:
+        if not frame.empty:
+            print(f"\n{title}\n{frame.round(3).to_string(index=False)}")
+            shown += 1
+    if not shown:
+        raise ValueError("nothing to show: the run has no stored answers or judgments yet")
+    return 0
+
+
+def cmd_eval_report(args, ws: Workspace) -> int:
+    from .eval_report import report_html, summarize
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        summary = summarize(store, args.run_id, args.rounds_run_id)
+    if summary.answers.empty and summary.rounds.empty:
+        raise ValueError("nothing to report: the runs have no stored answers or judgments yet")
+    out = Path(args.out)
+    out.write_text(report_html(summary), encoding="utf-8")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, one file, opens offline)")
+    return 0
+
+
+def _add_eval_parsers(sub) -> None:
+    evaluate = sub.add_parser("eval", help="Compare models on red-team and benign sets; score SL-CAI rounds.")
+    eval_sub = evaluate.add_subparsers(dest="action", required=True)
+    p = eval_sub.add_parser("run", help="Answer the sets with every model, detect refusals, judge every two.")
+    add_dataclass_arguments(p, EvalConfig)
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=cmd_eval_run)
+    p = eval_sub.add_parser("rounds", help="Judge each SL-CAI revision against the answer before it and the first.")
+    add_dataclass_arguments(p, RoundsConfig)
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=cmd_eval_rounds)
+    for name, func, help_text in (
+        ("show", cmd_eval_show, "Print an evaluation's tables."),
+        ("report", cmd_eval_report, "Write an evaluation's charts and tables to one HTML file."),
+    ):
+        p = eval_sub.add_parser(name, help=help_text)
+        p.add_argument("--run-id", help="A comparison run (cai eval run).")
+        p.add_argument("--rounds-run-id", help="A rounds run (cai eval rounds).")
+        if name == "report":
+            p.add_argument("--out", default="cai-eval-report.html", help="Where to write the report.")
+        p.set_defaults(func=func)
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
@@ -583,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_generate)
     _add_rlaif_parsers(sub)
     _add_train_parsers(sub)
+    _add_eval_parsers(sub)
     return parser
 
 

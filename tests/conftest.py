@@ -20,6 +20,12 @@ def tiny_model_path(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
 
 
+@pytest.fixture(scope="session")
+def second_tiny_model_path(tmp_path_factory) -> str:
+    """Another tiny model, with other random weights: a second contestant for evaluations."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model-2"), seed=1))
+
+
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     return Workspace(tmp_path / "data")

@@ -4,6 +4,7 @@ end to end on tiny models (answers, judgments, resume, store, report)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,6 @@ from cai_core.prompts import PromptFileError
 from cai_core.store import Store
 
 from .conftest import require_shared_data
-from .tiny_model import build_tiny_model
 
 # --- sets, wrappers, refusals --------------------------------------------------------------------
 
@@ -210,11 +210,6 @@ def test_round_comparisons_pair_each_revision_with_the_one_before_and_the_first(
 # --- jobs on tiny models ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def second_tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model-2"), seed=1))
-
-
 def eval_config(tiny: str, other: str, **overrides) -> EvalConfig:
     base = {
         "models": [f"base={tiny}", f"tuned={other}"],
@@ -227,8 +222,8 @@ def eval_config(tiny: str, other: str, **overrides) -> EvalConfig:
     return EvalConfig(**{**base, **overrides})
 
 
-def test_comparison_resumes_after_a_cancel_and_reports(tiny_model_path, second_tiny_model, workspace, tmp_path):
-    config = eval_config(tiny_model_path, second_tiny_model)
+def test_comparison_resumes_after_a_cancel_and_reports(tiny_model_path, second_tiny_model_path, workspace, tmp_path):
+    config = eval_config(tiny_model_path, second_tiny_model_path)
     seen = []
 
     def cancel_after_two_batches(done: int, total: int) -> None:
@@ -326,3 +321,24 @@ def test_real_default_model_on_shared_red_team_and_xstest_prompts(default_model_
     default_answers = summary.answers[summary.answers["model"] == "default"]
     assert default_answers["answer"].str.len().gt(0).all()
     print("\n" + summary.refusals.to_string(index=False) + "\n" + summary.ratings.to_string(index=False))
+
+
+def test_cli_runs_shows_and_reports_an_evaluation(tiny_model_path, second_tiny_model_path, tmp_path):
+    from .test_cli import cai
+
+    data = tmp_path / "data"
+    args = ["eval", "run", "--models", f"base={tiny_model_path}", f"tuned={second_tiny_model_path}"]
+    args += ["--sets", "red-team#limit=2", "benign#limit=2", "--wrappers", "none", "prefix-injection"]
+    out = cai(*args, "--judge", tiny_model_path, "--max-new-tokens", "6", data=data)
+    assert out.returncode == 0, out.stderr
+    assert "win rates" in out.stdout and "refusal rates" in out.stdout and "Bradley-Terry" in out.stdout
+    run_id = re.search(r"^(eval-\w+): done", out.stdout, re.MULTILINE).group(1)
+    report = tmp_path / "report.html"
+    out = cai("eval", "report", "--run-id", run_id, "--out", str(report), data=data)
+    assert out.returncode == 0, out.stderr
+    assert report.read_text().startswith("<!DOCTYPE html>") and "plotly" in report.read_text()
+
+    bad = cai("eval", "run", "--models", tiny_model_path, "--wrappers", "dan", data=data)
+    assert bad.returncode == 2 and "unknown jailbreak wrapper 'dan'" in bad.stderr and "Traceback" not in bad.stderr
+    empty = cai("eval", "show", "--run-id", "nothing-here", data=data)
+    assert empty.returncode == 2 and "nothing to show" in empty.stderr

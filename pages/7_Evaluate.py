@@ -1,0 +1,236 @@
+"""Evaluation: compare models on red-team and benign sets, bare and under jailbreak wrappers, and score an
+SL-CAI run's revisions round by round. Runs are background jobs (`cai eval run|rounds --background`); the
+figures and charts come from `cai_core.eval_report`, as `cai eval show` and `cai eval report` print them.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from cai_core.constitution import ConstitutionError, list_constitutions
+from cai_core.eval_report import charts, report_html, summarize
+from cai_core.evalsets import BUILTIN_SETS, WRAPPERS
+from cai_core.evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job
+from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.prompts import PromptFileError
+from pages import (
+    ACTIVE,
+    connect,
+    count,
+    job_buttons,
+    job_log,
+    job_status,
+    launch_job,
+    live_panel,
+    md_escape,
+    setup,
+    show_flash,
+    show_text,
+    when,
+)
+
+settings = setup("Evaluate")
+ws = settings.workspace
+EVAL_KINDS = ("eval", "eval-rounds")
+
+
+def start(job: JobFolder) -> None:
+    job.resume_in_background(ws)
+
+
+def local_path(spec: str) -> str:
+    """Jobs run from the project folder, so a relative path typed here is made absolute first."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def launch(prepare, config) -> None:
+    try:
+        job = prepare(config, ws)
+    except (ConstitutionError, PromptFileError, ValueError, OSError) as exc:
+        st.error(md_escape(f"Not started: {exc}"))
+        return
+    if launch_job(job, start):
+        st.success(f"Started {job.run_id}. Its progress is below; its charts appear when it is done.")
+    else:
+        st.info(f"{job.run_id} is already running: the same settings make the same run.")
+
+
+st.title("Evaluate")
+show_flash()
+st.write(
+    "Did the constitution make the model better? Compare models on harmful and benign prompts, with and "
+    "without jailbreak wrappers: the judge compares every two models' answers (harmlessness under the "
+    "constitution on harmful prompts, helpfulness on benign ones), and refusals are counted on both."
+)
+
+with connect(ws) as store:
+    models = store.model_choices()
+    generate_runs = store.runs(kind="generate")
+constitutions = [p.name for p in list_constitutions(ws.constitutions_dir)]
+
+compare_tab, rounds_tab = st.tabs(["Compare models", "Score SL-CAI rounds"])
+with compare_tab, st.form("eval_form"):
+    cols = st.columns(2)
+    picked = cols[0].multiselect(
+        "Models",
+        list(models),
+        default=[m for m in models if m == settings.model][:1],
+        format_func=models.get,
+        key="eval_models",
+        help="The default model and every finished training run's model.",
+    )
+    more_models = cols[0].text_area(
+        "More models, one per line",
+        key="eval_more_models",
+        placeholder="name=path/to/model or openai:MODEL@URL",
+    )
+    sets = cols[1].multiselect("Sets", list(BUILTIN_SETS), default=list(BUILTIN_SETS), key="eval_sets")
+    more_sets = cols[1].text_area(
+        "More sets, one per line",
+        key="eval_more_sets",
+        placeholder="../shared/data/xstest/xstest_prompts.csv#category=type,limit=10",
+        help="FILE[#prompt=COLUMN,id=COLUMN,category=COLUMN,label=COLUMN,as=harmful|benign,limit=N,name=NAME] "
+        "for .jsonl, .csv, a datasets folder or hf:NAME[:SPLIT]. limit keeps the first N prompts of each label.",
+    )
+    cols = st.columns(4)
+    wrappers = cols[0].multiselect("Jailbreak wrappers", list(WRAPPERS), default=["none"], key="eval_wrappers")
+    constitution = cols[1].selectbox("Constitution", constitutions, key="eval_constitution")
+    judge = cols[2].text_input("Judge model", value=settings.model, key="eval_judge")
+    max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
+    if st.form_submit_button("Start in the background", key="eval_start", type="primary"):
+        names = {spec: models[spec].split(" (")[0].replace("=", " ") for spec in picked}
+        entries = [f"{name}={local_path(spec)}" for spec, name in names.items()]
+        entries += [line.strip() for line in more_models.splitlines() if line.strip()]
+        config = EvalConfig(
+            models=entries,
+            sets=sets + [line.strip() for line in more_sets.splitlines() if line.strip()],
+            wrappers=wrappers,
+            constitution=str((ws.constitutions_dir / constitution).resolve()),
+            judge=local_path(judge.strip()),
+            max_new_tokens=max_new_tokens,
+        )
+        launch(prepare_eval_job, config)
+
+with rounds_tab, st.form("rounds_form"):
+    st.caption(
+        "The judge compares each revision with the answer before it (which principles' revisions helped most) "
+        "and with the initial answer (how quality changes round by round)."
+    )
+    cols = st.columns(4)
+    traces_run = cols[0].selectbox("SL-CAI run", list(generate_runs["run_id"]), key="rounds_run")
+    rounds_constitution = cols[1].selectbox("Constitution", constitutions, key="rounds_constitution")
+    rounds_judge = cols[2].text_input("Judge model", value=settings.model, key="rounds_judge")
+    limit = cols[3].number_input("Traces to score", 1, None, value=None, placeholder="all", key="rounds_limit")
+    if st.form_submit_button("Start in the background", key="rounds_start", type="primary"):
+        if traces_run is None:
+            st.error("No SL-CAI run yet: start one on the Generate page.")
+        else:
+            config = RoundsConfig(
+                traces_run=traces_run,
+                constitution=str((ws.constitutions_dir / rounds_constitution).resolve()),
+                judge=local_path(rounds_judge.strip()),
+                limit=limit,
+            )
+            launch(prepare_rounds_job, config)
+
+# --- runs -------------------------------------------------------------------------------------------------
+
+st.subheader("Runs")
+
+
+def eval_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] in EVAL_KINDS][:10]
+
+
+def runs_panel() -> bool:
+    jobs = eval_jobs()
+    if not jobs:
+        st.info("No evaluation runs yet.")
+        return False
+    active = False
+    for job in jobs:
+        progress, spec = job.progress(), job.spec
+        active |= progress.status in ACTIVE
+        with st.container(border=True, key=f"run-{job.run_id}"):
+            job_status(
+                job,
+                progress,
+                details=f"judge {spec['model']} · started {when(spec['created_at'])}",
+                progress_text=f"{progress.done}/{progress.total} answers and comparisons",
+            )
+            job_buttons(job, progress, start)
+            job_log(job)
+    return active
+
+
+live_panel(runs_panel, active=any(job.progress().status in ACTIVE for job in eval_jobs()), refresh_key="refresh_evals")
+
+# --- results ----------------------------------------------------------------------------------------------
+
+st.subheader("Results")
+with connect(ws) as store:
+    runs = store.eval_runs()
+    compare_runs = list(runs[runs["kind"] == "eval"]["run_id"])
+    rounds_runs = list(runs[runs["kind"] == "eval-rounds"]["run_id"])
+    cols = st.columns(2)
+    run_id = cols[0].selectbox("Comparison run", compare_runs, key="result_run", placeholder="none yet")
+    rounds_run_id = cols[1].selectbox("Rounds run", rounds_runs, key="result_rounds_run", placeholder="none yet")
+    summary = summarize(store, run_id, rounds_run_id)
+
+figures = charts(summary)
+if not figures:
+    st.info("No results yet: start a run above, or from the command line with `cai eval run`.")
+    st.stop()
+st.download_button(
+    "Download the report (one HTML file)",
+    report_html(summary),
+    file_name="cai-eval-report.html",
+    mime="text/html",
+    key="eval_report",
+)
+cols = st.columns(2)
+for i, (name, figure) in enumerate(figures.items()):
+    cols[i % 2].plotly_chart(figure, key=f"chart_{name}")
+with st.expander("Tables"):
+    for title, frame in (
+        ("Win rates", summary.win_rates),
+        ("Ratings", summary.ratings),
+        ("Refusal rates", summary.refusals),
+        ("Per principle", summary.principles),
+        ("Quality by round", summary.rounds),
+    ):
+        if not frame.empty:
+            st.caption(title)
+            st.dataframe(frame.round(3), hide_index=True)
+
+# --- drill-down -------------------------------------------------------------------------------------------
+
+if not summary.answers.empty:
+    st.subheader("Each prompt")
+    answers = summary.answers
+    cols = st.columns([1, 3])
+    wrapper = cols[0].selectbox("Wrapper", sorted(answers["wrapper"].unique()), key="drill_wrapper")
+    shown = answers[answers["wrapper"] == wrapper]
+    prompts = shown.drop_duplicates("prompt_key").set_index("prompt_key")
+    key = cols[1].selectbox(
+        "Prompt",
+        list(prompts.index),
+        key="drill_prompt",
+        format_func=lambda k: f"{k} · {prompts.loc[k, 'label']} · {prompts.loc[k, 'prompt'][:80]}",
+    )
+    st.caption(f"Sent to the models ({prompts.loc[key, 'label']}, {prompts.loc[key, 'category'] or 'no category'}):")
+    show_text(prompts.loc[key, "sent"])
+    rows = shown[shown["prompt_key"] == key]
+    cols = st.columns(len(rows))
+    for col, row in zip(cols, rows.itertuples(), strict=True):
+        with col:
+            st.markdown(f"**{md_escape(row.model)}** · {'refused' if row.refused else 'answered'}")
+            show_text(row.answer)
+    judged = summary.judgments
+    judged = judged[(judged["prompt_key"] == key) & (judged["wrapper"] == wrapper)]
+    if not judged.empty:
+        st.caption(f"The judge's {count(len(judged), 'comparison')} (p_a: P(model_a's answer is better), both orders):")
+        st.dataframe(
+            judged[["aspect", "model_a", "model_b", "principle_id", "p_a", "p_order1", "p_order2", "failed"]],
+            hide_index=True,
+        )

@@ -1,0 +1,102 @@
+"""The Evaluate page under Streamlit's AppTest: results of a finished tiny-model evaluation, the drill-down,
+and launching a run from the page."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cai_core.critique import GenerateConfig, run_generation
+from cai_core.evaluation import DEFAULT_CONSTITUTION, EvalConfig, RoundsConfig, run_evaluation, run_rounds
+from cai_core.jobs import list_job_folders
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+EVALUATE = "pages/7_Evaluate.py"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    workspace = Workspace(tmp_path / "data")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return workspace
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(EVALUATE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_path, second_tiny_model_path):
+    run_evaluation(
+        EvalConfig(
+            models=[f"base={tiny_model_path}", f"tuned={second_tiny_model_path}"],
+            sets=["red-team#limit=2", "benign#limit=2"],
+            wrappers=["none", "hypothetical"],
+            judge=tiny_model_path,
+            max_new_tokens=6,
+        ),
+        ws,
+    )
+    traces = run_generation(
+        GenerateConfig(
+            DEFAULT_CONSTITUTION,
+            str(ws.demo_prompts),
+            model=tiny_model_path,
+            rounds=2,
+            limit=2,
+            max_new_tokens=6,
+            early_stop=False,
+        ),
+        ws,
+    )
+    run_rounds(RoundsConfig(traces_run=traces.run_id, judge=tiny_model_path), ws)
+
+    at = open_page()
+    assert at.selectbox(key="result_run").value.startswith("eval-")
+    assert at.selectbox(key="result_rounds_run").value.startswith("rounds-")
+    chart_keys = {chart.proto.id for chart in at.get("plotly_chart")}
+    assert len(at.get("plotly_chart")) == 6, chart_keys  # 2 win rates, ratings, refusals, principles, rounds
+    assert at.get("download_button")[0].label.startswith("Download the report")
+
+    at.selectbox(key="drill_wrapper").select("hypothetical").run()
+    prompt_key = at.selectbox(key="drill_prompt").value
+    shown = [code.value for code in at.get("code")]
+    assert any("thriller" in text for text in shown)  # the prompt as sent, in its wrapper
+    assert prompt_key.split("/")[0] in ("red-team", "benign")
+    assert any("**base**" in m.value for m in at.markdown) and any("**tuned**" in m.value for m in at.markdown)
+    assert not at.exception and not at.error
+
+
+def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, second_tiny_model_path):
+    at = open_page()
+    assert any("No results yet" in i.value for i in at.info)
+    at.text_area(key="eval_more_models").input(f"a={tiny_model_path}\nb={second_tiny_model_path}")
+    at.multiselect(key="eval_models").set_value([])
+    at.multiselect(key="eval_sets").set_value(["benign"])
+    at.text_area(key="eval_more_sets").input("red-team#limit=1,name=one")
+    at.text_input(key="eval_judge").input(tiny_model_path)
+    at.number_input(key="eval_tokens").set_value(4)
+    at.button(key="eval_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(s.value.startswith("Started eval-") for s in at.success)
+    job = next(j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval")
+    deadline = time.monotonic() + 240
+    while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert job.progress().status == "done", job.log_tail()
+    assert len(job.read("eval_answers")) == 2 * 25  # 24 benign prompts and 1 red-team prompt, 2 models
+
+
+def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path):
+    at = open_page()
+    at.text_area(key="eval_more_models").input(f"a={tiny_model_path}")
+    at.text_area(key="eval_more_sets").input(str(ws.root / "missing.csv"))
+    at.button(key="eval_start").click().run()
+    assert any("Not started" in e.value and "no such prompt file" in e.value for e in at.error)
+    assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
