@@ -23,6 +23,7 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -68,6 +69,36 @@ class Reliability:
 
 
 @dataclass(frozen=True)
+class LabelFilter:
+    """Which AI labels the figures read. Each field keeps the labels with any of its values; an empty field
+    keeps all. A principle filter keeps those principles' labels only, so an ensemble run's pair label
+    becomes the mean over the principles kept."""
+
+    run_ids: tuple[str, ...] = ()
+    principles: tuple[str, ...] = ()
+    judge_models: tuple[str, ...] = ()
+    constitution_versions: tuple[str, ...] = ()
+
+    def sql(self) -> str:
+        """A predicate on ai_labels; values are quoted as SQL literals (the queries are built as text)."""
+        clauses = [
+            f"{column} IN ({', '.join(_literal(v) for v in values)})"
+            for column, values in (
+                ("run_id", self.run_ids),
+                ("principle_id", self.principles),
+                ("judge_model", self.judge_models),
+                ("constitution_version", self.constitution_versions),
+            )
+            if values
+        ]
+        return " AND ".join(clauses) or "TRUE"
+
+
+def _literal(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
 class Dashboard:
     by_run: pd.DataFrame
     by_model: pd.DataFrame
@@ -77,6 +108,7 @@ class Dashboard:
     reliability: Reliability
     alpha: Alpha
     disagreements: pd.DataFrame
+    overall: pd.Series  # every figure of TABLE_COLUMNS pooled over the selected labels (each run's pair labels)
 
 
 def _con(store_or_con) -> duckdb.DuckDBPyConnection:
@@ -84,13 +116,13 @@ def _con(store_or_con) -> duckdb.DuckDBPyConnection:
 
 
 def _run_filter(run_id: str | None) -> str:
-    return "TRUE" if run_id is None else "run_id = '" + run_id.replace("'", "''") + "'"
+    return LabelFilter(run_ids=() if run_id is None else (run_id,)).sql()
 
 
-def _ai_pairs_sql(run_id: str | None) -> str:
-    """The AI's label per (run, pair). One label per pair needs no grouping: only ensemble runs have several
-    (one per principle) to average, and grouping a million single rows would cost more than every figure."""
-    where = _run_filter(run_id)
+def _ai_pairs_sql(where: str) -> str:
+    """The AI's label per (run, pair) among the labels WHERE selects. One label per pair needs no grouping:
+    only ensemble runs have several (one per principle) to average, and grouping a million single rows
+    would cost more than every figure."""
     return f"""
         SELECT run_id, pair_id, judge_model, constitution_version, p_a, p_order1 AS p1, p_order2 AS p2,
                failed::INT AS failures, principle_id AS principles
@@ -111,12 +143,12 @@ def _count_humans(con) -> None:
     ).fetchall()  # DuckDB refuses the connection's next call until a result is consumed, even a DDL's
 
 
-def _cells(con, run_id: str | None, tie_band: float, bins: int) -> list[dict]:
+def _cells(con, where: str, tie_band: float, bins: int) -> list[dict]:
     """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
     pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
     P(a better) over them. Groups by principle read each label; the others read the per-pair label
     (the same row, except in ensemble runs, whose per-pair means are added as rows of their own)."""
-    where, band = _run_filter(run_id), float(tie_band)
+    band = float(tie_band)
     result = con.execute(
         f"""WITH labels AS (
                 SELECT run_id, pair_id, judge_model, constitution_version, strategy, cot, principle_id, p_a,
@@ -257,10 +289,11 @@ def _table(cells: list[dict], grouping: str, bins: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, *TABLE_COLUMNS])
 
 
-def _alpha(con, run_id: str | None) -> Alpha:
+def _alpha(con, where: str) -> Alpha:
     """alpha = 1 - (n - 1) * (n - sum_c o_cc) / (n^2 - sum_c n_c^2), from the per-pair counts, where
-    o_cc = sum over pairs of n_uc (n_uc - 1) / (m_u - 1) and n_c = sum over pairs of n_uc (pairs with m_u >= 2)."""
-    restrict = "" if run_id is None else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {_run_filter(run_id)})"
+    o_cc = sum over pairs of n_uc (n_uc - 1) / (m_u - 1) and n_c = sum over pairs of n_uc (pairs with m_u >= 2).
+    With no AI-label filter (WHERE is TRUE) it reads every pair people labelled, else the selected labels' pairs."""
+    restrict = "" if where == "TRUE" else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {where})"
     units, n, na, nb, nt, oa, ob, ot = con.execute(
         f"""SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
                    sum(na * (na - 1) / (na + nb + nt - 1)), sum(nb * (nb - 1) / (na + nb + nt - 1)),
@@ -292,10 +325,10 @@ def _confidence_floor(entries: list[tuple], bins: int, limit: int) -> float:
     return 0.0
 
 
-def _disagreements(con, run_id: str | None, limit: int, confidence_floor: float = 0.0) -> pd.DataFrame:
+def _disagreements(con, where: str, limit: int, confidence_floor: float = 0.0) -> pd.DataFrame:
     # Find the most confident disagreeing (run, pair) from the counts first, then fetch texts for those only.
     return con.execute(
-        f"""WITH ai AS ({_ai_pairs_sql(run_id)}),
+        f"""WITH ai AS ({_ai_pairs_sql(where)}),
             top AS (SELECT ai.* FROM ai JOIN _human_counts h USING (pair_id)
                     WHERE abs(ai.p_a - 0.5) >= {float(confidence_floor)}
                       AND ((ai.p_a > 0.5 AND h.nb > 0) OR (ai.p_a < 0.5 AND h.na > 0))
@@ -314,7 +347,7 @@ def inter_human_alpha(store_or_con, *, run_id: str | None = None) -> Alpha:
     missing), on every pair or on the pairs a run labelled."""
     con = _con(store_or_con)
     _count_humans(con)
-    return _alpha(con, run_id)
+    return _alpha(con, _run_filter(run_id))
 
 
 def disagreements(store_or_con, *, run_id: str | None = None, limit: int = 50) -> pd.DataFrame:
@@ -322,27 +355,42 @@ def disagreements(store_or_con, *, run_id: str | None = None, limit: int = 50) -
     with both responses, the labels and the judge's per-order probabilities."""
     con = _con(store_or_con)
     _count_humans(con)
-    return _disagreements(con, run_id, limit)
+    return _disagreements(con, _run_filter(run_id), limit)
 
 
 def dashboard(
     store_or_con,
     *,
     run_id: str | None = None,
+    run_ids: Iterable[str] | None = None,
+    principles: Iterable[str] | None = None,
+    judge_models: Iterable[str] | None = None,
+    constitution_versions: Iterable[str] | None = None,
     tie_band: float = 0.05,
     bins: int = 10,
     disagreement_limit: int = 50,
 ) -> Dashboard:
-    """Every figure, for one run or for all. Confusion and reliability pool whatever is selected: pass
-    a run id to read one judge's calibration rather than a mixture."""
+    """Every figure, over the AI labels the filters select (all by default; `run_id` is `run_ids=[run_id]`).
+    Each filter keeps the labels with any of its values, and an empty one keeps all. Confusion, reliability
+    and `overall` pool whatever is selected: select one run to read one judge's calibration rather than a
+    mixture."""
     if not 0.0 <= tie_band < 0.5:
         raise ValueError(f"tie band {tie_band}: expected 0 <= band < 0.5")
     if bins < 1:
         raise ValueError(f"bins {bins}: expected at least 1")
+    if run_id is not None and run_ids is not None:
+        raise ValueError("pass run_id or run_ids, not both")
+    where = LabelFilter(
+        run_ids=(run_id,) if run_id is not None else tuple(run_ids or ()),
+        principles=tuple(principles or ()),
+        judge_models=tuple(judge_models or ()),
+        constitution_versions=tuple(constitution_versions or ()),
+    ).sql()
     con = _con(store_or_con)
     _count_humans(con)
-    cells = _cells(con, run_id, tie_band, bins)
-    pooled = _long([c for c in cells if c["k_run"] is not None])
+    cells = _cells(con, where, tie_band, bins)
+    per_pair = [c for c in cells if c["k_run"] is not None]
+    pooled = _long(per_pair)
     confusion = _confusion(pooled, 1, HUMAN_CLASSES)
     confusion.index.name, confusion.columns.name = "human", "ai"
     tables = {name: _table(cells, name, bins) for name in GROUPINGS}
@@ -353,8 +401,9 @@ def dashboard(
         by_principle=tables["principle"],
         confusion=confusion,
         reliability=_reliability(pooled, bins),
-        alpha=_alpha(con, run_id),
+        alpha=_alpha(con, where),
         disagreements=_disagreements(
-            con, run_id, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
+            con, where, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
         ),
+        overall=pd.Series(_metrics(per_pair, bins), index=TABLE_COLUMNS, dtype=float),
     )

@@ -257,3 +257,107 @@ def test_bad_options_are_user_errors(workspace):
     load(workspace, make_pairs(1), [], [])
     with Store.open(workspace) as store, pytest.raises(ValueError, match="tie band"):
         dashboard(store, tie_band=0.5)
+
+
+@pytest.fixture
+def three_runs(workspace):
+    """30 pairs, two annotators, and three runs across two judge models, two constitution versions and two
+    principles: a sample run alternating principles, an ensemble run over both, and a small run on half."""
+    rng = random.Random(11)
+    pairs = make_pairs(30)
+    humans = [HumanLabel(p.pair_id, who, rng.choice(CHOICES)) for p in pairs for who in ("ann", "bo")]
+    ai = []
+    for i, p in enumerate(pairs):
+        principle = ("harm", "honesty")[i % 2]
+        ai.append(ai_label("small-v1", p.pair_id, rng.random(), rng.random(), principle=principle, model="small"))
+        for principle in ("harm", "honesty"):
+            ai.append(
+                ai_label(
+                    "big-v2",
+                    p.pair_id,
+                    rng.random(),
+                    rng.random(),
+                    principle=principle,
+                    model="big",
+                    version="v2",
+                    strategy="ensemble",
+                )
+            )
+        if i < 15:
+            ai.append(ai_label("small-v2", p.pair_id, rng.random(), rng.random(), model="small", version="v2"))
+    load(workspace, pairs, humans, ai)
+    return humans, ai
+
+
+def selected_comparisons(humans, ai, keep):
+    """(human, AI) a/b labels over the AI labels KEEP accepts: each run's pair label is the mean over its kept
+    labels (an ensemble's principles), compared with every person's a or b on that pair."""
+    per_pair = {}
+    for label in ai:
+        if keep(label):
+            per_pair.setdefault((label.run_id, label.pair_id), []).append(label.p_a)
+    human_rows, ai_rows = [], []
+    for (_, pair_id), probabilities in sorted(per_pair.items()):
+        p = sum(probabilities) / len(probabilities)
+        for h in humans:
+            if h.pair_id == pair_id and h.choice in ("a", "b") and p != 0.5:
+                human_rows.append(h.choice)
+                ai_rows.append("a" if p > 0.5 else "b")
+    return human_rows, ai_rows
+
+
+@pytest.mark.parametrize(
+    ("filters", "keep"),
+    [
+        ({}, lambda a: True),
+        ({"judge_models": ["small"]}, lambda a: a.judge_model == "small"),
+        ({"constitution_versions": ["v2"]}, lambda a: a.constitution_version == "v2"),
+        ({"principles": ["honesty"]}, lambda a: a.principle_id == "honesty"),
+        (
+            {"principles": ["harm"], "judge_models": ["small", "big"], "constitution_versions": ["v2"]},
+            lambda a: a.principle_id == "harm" and a.constitution_version == "v2",
+        ),
+        ({"run_ids": ["small-v1", "big-v2"], "principles": []}, lambda a: a.run_id in ("small-v1", "big-v2")),
+    ],
+    ids=["all", "model", "version", "principle", "combined", "runs"],
+)
+def test_filters_across_runs_pool_the_selected_labels(workspace, three_runs, filters, keep):
+    humans, ai = three_runs
+    with Store.open(workspace) as store:
+        board = dashboard(store, tie_band=0.0, **filters)
+    human_rows, ai_rows = selected_comparisons(humans, ai, keep)
+    assert board.overall.labels_no_ties == len(human_rows) > 20
+    assert board.overall.agreement == pytest.approx(accuracy_score(human_rows, ai_rows))
+    assert board.overall.kappa == pytest.approx(cohen_kappa_score(human_rows, ai_rows))
+    assert set(board.by_run.run_id) == {a.run_id for a in ai if keep(a)}
+    assert set(board.by_principle.principle_id) == {a.principle_id for a in ai if keep(a)}
+    assert board.confusion.to_numpy().sum() == board.overall.labels_with_ties
+    kept_pairs = {a.pair_id for a in ai if keep(a)}
+    assert set(board.disagreements.pair_id) <= kept_pairs
+    assert set(board.disagreements.run_id) <= {a.run_id for a in ai if keep(a)}
+
+
+def test_alpha_reads_the_pairs_the_filters_select(workspace, three_runs):
+    humans, _ = three_runs
+    with Store.open(workspace) as store:
+        half = dashboard(store, constitution_versions=["v2"], judge_models=["small"]).alpha
+        everything = dashboard(store).alpha
+    pair_ids = [f"p{i:03d}" for i in range(15)]  # the small v2 run labelled the first half only
+    data = reliability_data([h for h in humans if h.pair_id in pair_ids], ["ann", "bo"], pair_ids)
+    assert half.alpha == pytest.approx(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
+    all_ids = [f"p{i:03d}" for i in range(30)]
+    every_pair = reliability_data(humans, ["ann", "bo"], all_ids)
+    assert half.pairs == int(((~np.isnan(data)).sum(axis=0) >= 2).sum())
+    assert everything.pairs == int(((~np.isnan(every_pair)).sum(axis=0) >= 2).sum()) > half.pairs
+
+
+def test_filter_values_are_data_not_sql(workspace):
+    pairs = make_pairs(2)
+    humans = [HumanLabel(p.pair_id, "ann", "a") for p in pairs]
+    ai = [ai_label("run-1", "p000", 0.9, 0.1, model="o'brien"), ai_label("run-1", "p001", 0.1, 0.9, model="x")]
+    load(workspace, pairs, humans, ai)
+    with Store.open(workspace) as store:
+        assert dashboard(store, judge_models=["o'brien"]).overall.agreement == 1.0
+        assert dashboard(store, judge_models=["x' OR '1'='1"]).by_run.empty
+        with pytest.raises(ValueError, match="not both"):
+            dashboard(store, run_id="run-1", run_ids=["run-1"])
