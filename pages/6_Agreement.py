@@ -9,7 +9,6 @@ with the shared job controls of the Generate and Train pages.
 import math
 from pathlib import Path
 
-import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
@@ -40,7 +39,6 @@ settings = setup("Agreement")
 ws = settings.workspace
 ss = st.session_state
 
-ANY = "(any)"
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
 
@@ -143,10 +141,10 @@ def shown(value) -> str:
     return f"{float(value):.3f}"
 
 
-def pick(label: str, options: list[str], key: str) -> str:
-    if ss.get(key) not in options:
-        ss[key] = options[0]
-    return st.selectbox(label, options, key=key)
+def pick_many(label: str, options: list[str], key: str, default: list[str] | None = None) -> list[str]:
+    """A filter: none chosen keeps everything. Choices no longer on offer (another data folder) are dropped."""
+    ss[key] = [v for v in ss.get(key, default or []) if v in options]
+    return st.multiselect(label, options, key=key, placeholder="all")
 
 
 st.title("Agreement")
@@ -186,55 +184,66 @@ with connect(ws) as store:
     with st.expander("Label pairs with the AI judge", expanded=labelling or store.latest_label_run() is None):
         label_launcher(store)
 
-    # --- filters ------------------------------------------------------------------------------------
-    cols = st.columns([2, 2, 2, 1, 1])
-    tie_band = float(cols[3].number_input("AI tie band ±", 0.0, 0.45, 0.05, step=0.01, key="tie_band"))
-    bins = int(cols[4].number_input("Calibration bins", 1, 50, 10, key="bins"))
-    overview = dashboard(store, tie_band=tie_band, bins=bins)
+    # --- filters: which AI labels the figures read, across label runs -------------------------------------
+    cols = st.columns([3, 2, 2, 2, 1, 1])
+    tie_band = float(cols[4].number_input("AI tie band ±", 0.0, 0.45, 0.05, step=0.01, key="tie_band"))
+    bins = int(cols[5].number_input("Calibration bins", 1, 50, 10, key="bins"))
+    overview = dashboard(store, tie_band=tie_band, bins=bins)  # every label: what there is to choose from
     runs = overview.by_run
     if runs.empty:
-        st.info("No AI labels yet: run `cai label` (or import pairs and label them) first.")
+        st.info("No AI labels yet: start a labelling run above (or `cai label`) first.")
         st.stop()
-    with cols[0]:
-        model = pick("Judge model", [ANY, *sorted(runs["judge_model"].dropna().unique())], "filter_judge_model")
-    with cols[1]:
-        version = pick(
-            "Constitution version", [ANY, *sorted(runs["constitution_version"].dropna().unique())], "filter_version"
-        )
-    chosen = runs[
-        ((runs["judge_model"] == model) | (model == ANY))
-        & ((runs["constitution_version"] == version) | (version == ANY))
-    ]
-    if chosen.empty:
-        st.info("No label run matches these filters.")
-        st.stop()
-    run_ids = list(chosen["run_id"])
     latest = store.latest_label_run()
-    if ss.get("filter_run") not in run_ids:
-        ss["filter_run"] = latest if latest in run_ids else run_ids[0]
+    with cols[0]:
+        run_ids = pick_many("Label runs", list(runs["run_id"]), "filter_runs", default=[latest])
+    with cols[1]:
+        judge_models = pick_many("Judge models", sorted(runs["judge_model"].dropna().unique()), "filter_judge_models")
     with cols[2]:
-        run_id = st.selectbox("AI label run", run_ids, key="filter_run")
-    board = dashboard(store, run_id=run_id, tie_band=tie_band, bins=bins)
+        versions = pick_many(
+            "Constitution versions", sorted(runs["constitution_version"].dropna().unique()), "filter_versions"
+        )
+    with cols[3]:
+        principles = pick_many(
+            "Principles", sorted(overview.by_principle["principle_id"].dropna().unique()), "filter_principles"
+        )
+    board = dashboard(
+        store,
+        run_ids=run_ids,
+        judge_models=judge_models,
+        constitution_versions=versions,
+        principles=principles,
+        tie_band=tie_band,
+        bins=bins,
+    )
+    if board.by_run.empty:
+        st.info("No AI label matches these filters.")
+        st.stop()
 
-row = board.by_run.iloc[0] if not board.by_run.empty else pd.Series(dtype=object)
+selected, overall = board.by_run, board.overall
 
 # --- headline figures ---------------------------------------------------------------------------------
-st.subheader(f"Run {md_escape(run_id)}")
+
+
+def listed(column: str) -> str:
+    return ", ".join(str(v) for v in sorted(selected[column].dropna().astype(str).unique()))
+
+
+st.subheader(md_escape(f"Run {selected.run_id.iloc[0]}" if len(selected) == 1 else f"{len(selected)} label runs"))
 st.caption(
     md_escape(
-        f"Judge {row.get('judge_model')} · constitution version {row.get('constitution_version')} · "
-        f"strategy {row.get('strategy')} · {int(row.get('pairs', 0))} labelled pairs, "
-        f"{int(row.get('failed', 0))} failed"
+        f"Judge {listed('judge_model')} · constitution version {listed('constitution_version')} · "
+        f"strategy {listed('strategy')} · principles {', '.join(principles) or 'all'} · "
+        f"{int(selected.pairs.sum())} labelled pairs, {int(selected.failed.sum())} failed"
     )
 )
 metrics = [
-    ("Agreement (no ties)", row.get("agreement"), f"{int(row.get('labels_no_ties', 0))} labels"),
-    ("Agreement (with ties)", row.get("agreement_with_ties"), f"{int(row.get('labels_with_ties', 0))} labels"),
-    ("Cohen's kappa", row.get("kappa"), None),
-    ("Kappa (with ties)", row.get("kappa_with_ties"), None),
+    ("Agreement (no ties)", overall.get("agreement"), f"{int(overall.get('labels_no_ties', 0))} labels"),
+    ("Agreement (with ties)", overall.get("agreement_with_ties"), f"{int(overall.get('labels_with_ties', 0))} labels"),
+    ("Cohen's kappa", overall.get("kappa"), None),
+    ("Kappa (with ties)", overall.get("kappa_with_ties"), None),
     ("Inter-human alpha", board.alpha.alpha, f"{board.alpha.pairs} pairs with 2+ labels"),
-    ("Position consistency", row.get("position_consistency"), None),
-    ("First-position rate", row.get("first_position_rate"), "0.5 is unbiased"),
+    ("Position consistency", overall.get("position_consistency"), None),
+    ("First-position rate", overall.get("first_position_rate"), "0.5 is unbiased"),
     (f"ECE ({bins} bins)", board.reliability.ece, f"{board.reliability.n} labels"),
 ]
 for i in range(0, len(metrics), 4):
@@ -253,12 +262,12 @@ else:
         px.bar(by_principle, x="principle_id", y="agreement", range_y=[0, 1], title="Agreement by principle"),
         key="chart_principle",
     )
-by_model = overview.by_model.dropna(subset=["agreement"])
+by_model = board.by_model.dropna(subset=["agreement"])
 if by_model.empty:
     cols[1].caption("No per-model agreement to show.")
 else:
     cols[1].plotly_chart(
-        px.bar(by_model, x="judge_model", y="agreement", range_y=[0, 1], title="Agreement by judge model (all runs)"),
+        px.bar(by_model, x="judge_model", y="agreement", range_y=[0, 1], title="Agreement by judge model"),
         key="chart_model",
     )
 
@@ -285,8 +294,9 @@ cols[1].plotly_chart(
     key="chart_confusion",
 )
 
-with st.expander("Every run"):
-    st.dataframe(chosen, hide_index=True)
+with st.expander("Each run, judge model and constitution version in the selection"):
+    st.dataframe(selected, hide_index=True)
+    st.dataframe(board.by_version, hide_index=True)
 
 # --- disagreements ------------------------------------------------------------------------------------
 st.subheader("Disagreements")
@@ -310,7 +320,11 @@ else:
     cols[2].metric("P(a better)", shown(case.p_a))
     cols[3].metric("P(A), a shown first", shown(case.p_order1))
     cols[4].metric("P(A), b shown first", shown(case.p_order2))
-    st.caption(md_escape(f"Annotator {case.annotator} · principle(s) {case.principles} · pair {case.pair_id}"))
+    st.caption(
+        md_escape(
+            f"Annotator {case.annotator} · run {case.run_id} · principle(s) {case.principles} · pair {case.pair_id}"
+        )
+    )
     st.markdown("**Conversation**")
     show_text(case.prompt, height=300)
     left, right = st.columns(2)

@@ -177,6 +177,60 @@ def test_agreement_page_shows_the_library_figures(ws):
     assert len(at.get("plotly_chart")) == 4
 
 
+def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):
+    """A second run by another judge under another constitution version and two principles; the page's
+    filters select across both runs, and the figures are the library's for the same filters."""
+    with Store.open(ws) as store:
+        pairs = store.pairs(limit=PAIRS)
+    rng = random.Random(8)
+    second = [
+        AILabel(
+            "run-2",
+            p.pair_id,
+            principle,
+            "judge-2",
+            "v2",
+            "sample",
+            "logprob",
+            False,
+            0,
+            p1,
+            p2,
+            (p1 + 1 - p2) / 2,
+            False,
+        )
+        for i, p in enumerate(pairs)
+        for principle, p1, p2 in [(("harm", "honesty")[i % 2], rng.random(), rng.random())]
+    ]
+    job = JobFolder.create(ws.runs_dir, "run-2", {"kind": "label", "model": "judge-2"})
+    job.append("ai_labels", [to_row(a) for a in second])
+    job.set_progress("done", len(second), len(second))
+
+    at = open_page(AGREEMENT)
+    assert at.multiselect(key="filter_runs").value == ["run-2"]  # the newest run first
+    at.multiselect(key="filter_runs").set_value([]).run()  # none chosen: every run
+    at.multiselect(key="filter_principles").set_value(["harm"]).run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    with Store.open(ws) as store:
+        board = dashboard(store, principles=["harm"])
+        assert set(board.by_run.run_id) == {"run-1", "run-2"}
+        assert board.overall.agreement != dashboard(store, run_id="run-2", principles=["harm"]).overall.agreement
+    assert metrics["Agreement (no ties)"] == f"{board.overall.agreement:.3f}"
+    assert metrics["Inter-human alpha"] == f"{board.alpha.alpha:.3f}"
+    assert "2 label runs" in [h.value for h in at.subheader]
+
+    at.multiselect(key="filter_judge_models").set_value(["judge-2"]).run()
+    at.multiselect(key="filter_versions").set_value(["v2"]).run()
+    with Store.open(ws) as store:
+        board = dashboard(store, principles=["harm"], judge_models=["judge-2"], constitution_versions=["v2"])
+    assert {m.label: m.value for m in at.metric}["Agreement (no ties)"] == f"{board.overall.agreement:.3f}"
+    assert "Run run\\-2" in [h.value for h in at.subheader]
+
+    at.multiselect(key="filter_versions").set_value(["v1"]).run()  # judge-2 never judged under v1
+    assert "No AI label matches these filters." in [i.value for i in at.info]
+
+
 def test_agreement_page_imports_a_labels_file_and_handles_an_empty_store(ws, tmp_path, monkeypatch):
     with Store.open(ws) as store:
         pair_ids = [p.pair_id for p in store.pairs(limit=3)]
@@ -231,7 +285,7 @@ def test_a_labelling_run_starts_from_the_page_and_its_labels_reach_the_dashboard
     assert not at.exception, at.exception
     enabled = len(load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml").enabled_principles)
     assert any(f"{3 * enabled}/{3 * enabled} labels" in str(p.proto.text) for p in at.get("progress"))
-    assert run_id in at.selectbox(key="filter_run").options
+    assert run_id in at.multiselect(key="filter_runs").options
     with Store.open(ws) as store:
         assert dashboard(store, run_id=run_id).by_run.iloc[0].pairs == 3
 
