@@ -30,6 +30,7 @@ from pages import (
     md_escape,
     setup,
     show_flash,
+    use_model,
     when,
 )
 
@@ -121,11 +122,6 @@ def train_jobs() -> list[JobFolder]:
 def start(job: JobFolder) -> None:
     """Start (or resume) the run detached, as `cai train ... --background` and `cai train resume` do."""
     launch_train_job(job, ws)
-
-
-def use_model(path: str) -> None:
-    """A callback: the sidebar's widget may change only before it is drawn."""
-    ss["model_spec"] = path
 
 
 def final_model(job: JobFolder) -> str | None:

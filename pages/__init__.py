@@ -35,17 +35,22 @@ class Settings:
     model: str
 
 
+OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model spec
+
+
 def setup(title: str) -> Settings:
     """Configure the page and draw the shared settings in the sidebar; every page calls this first."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
     env = Workspace.from_env()
-    st.session_state.setdefault("data_dir", str(env.root))
-    st.session_state.setdefault("db_path", str(env.db_override or ""))
-    st.session_state.setdefault("model_spec", DEFAULT_MODEL)
+    ss = st.session_state
+    ss.setdefault("data_dir", str(env.root))
+    ss.setdefault("db_path", str(env.db_override or ""))
+    ss.setdefault("model_choice", DEFAULT_MODEL)
+    ss.setdefault("model_spec", "")
     # Streamlit forgets a widget's value on a page that does not draw it; assigning the value to itself
     # first makes these settings survive every page switch.
-    for key in ("data_dir", "db_path", "model_spec"):
-        st.session_state[key] = st.session_state[key]
+    for key in ("data_dir", "db_path", "model_choice", "model_spec"):
+        ss[key] = ss[key]
     with st.sidebar:
         st.subheader("Settings")
         st.text_input("Data folder", key="data_dir", help="Holds the database, job folders and converted models.")
@@ -55,14 +60,35 @@ def setup(title: str) -> Settings:
             placeholder="data folder/cai.duckdb",
             help="Leave empty to keep the database in the data folder.",
         )
-        st.text_input(
-            "Model",
-            key="model_spec",
-            help="`default` (SmolLM2-135M-Instruct), a local model folder, or `openai:MODEL@URL`.",
-        )
-    data_dir, db_path = st.session_state["data_dir"].strip(), st.session_state["db_path"].strip()
+    data_dir, db_path = ss["data_dir"].strip(), ss["db_path"].strip()
     workspace = Workspace(Path(data_dir) if data_dir else env.root, Path(db_path) if db_path else None)
-    return Settings(workspace, st.session_state["model_spec"].strip() or DEFAULT_MODEL)
+    with connect(workspace) as store:
+        labels = {**store.model_choices(), OTHER_MODEL: OTHER_MODEL}
+    if ss["model_choice"] not in labels:
+        # a model this data folder does not know (another folder's, or set with `use_model`): kept as typed text
+        ss["model_spec"], ss["model_choice"] = ss["model_choice"], OTHER_MODEL
+    with st.sidebar:
+        st.selectbox(
+            "Model",
+            list(labels),
+            key="model_choice",
+            format_func=labels.get,
+            help="The backend of every page: the default model, a finished training run's model, or any other spec.",
+        )
+        if ss["model_choice"] == OTHER_MODEL:
+            st.text_input(
+                "Model spec",
+                key="model_spec",
+                help="A local model folder, a hub id, or `openai:MODEL@URL`.",
+            )
+    model = ss["model_spec"].strip() if ss["model_choice"] == OTHER_MODEL else ss["model_choice"]
+    return Settings(workspace, model or DEFAULT_MODEL)
+
+
+def use_model(spec: str) -> None:
+    """Make `spec` every page's model. A widget callback: the sidebar's widgets may change only before they are
+    drawn, so call it through `on_click`."""
+    st.session_state["model_choice"] = spec
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from cai_core.prompts import load_prompts
 from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store, TraceFilter
 from cai_core.workspace import PROJECT_ROOT, Workspace
-from pages import diff_html, side_by_side_html
+from pages import OTHER_MODEL, diff_html, side_by_side_html
 
 from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, seeded_data
 
@@ -51,6 +51,12 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements).replace("\\", "")
 
 
+def type_model(at: AppTest, spec: str) -> None:
+    """A model the sidebar does not list: picked as "other…", then typed."""
+    at.selectbox(key="model_choice").set_value(OTHER_MODEL).run()
+    at.text_input(key="model_spec").set_value(spec).run()
+
+
 # --- home and shared settings ---------------------------------------------------------------------------
 
 
@@ -68,10 +74,13 @@ def test_home_shows_counts_and_ingests_spooled_records(ws, tmp_path):
 
 def test_settings_are_shared_by_every_page(ws, tmp_path):
     at = open_page()
-    at.text_input(key="model_spec").set_value("openai:some-model@http://127.0.0.1:9").run()
+    assert at.selectbox(key="model_choice").value == "default"
+    assert "model_spec" not in [t.key for t in at.text_input]  # the free text only once "other…" is picked
+    type_model(at, "openai:some-model@http://127.0.0.1:9")
     at.text_input(key="data_dir").set_value(str(tmp_path / "elsewhere")).run()
     assert {m.label: m.value for m in at.metric}["Traces"] == "0"
     at.switch_page(GENERATE).run()
+    assert at.selectbox(key="model_choice").value == OTHER_MODEL
     assert at.text_input(key="model_spec").value == "openai:some-model@http://127.0.0.1:9"
     assert "No runs yet." in texts(at.info)
     assert (tmp_path / "elsewhere" / "cai.duckdb").exists()
@@ -249,7 +258,7 @@ def test_preview_shows_the_exact_prompts(ws, tmp_path):
 
 def test_try_it_runs_one_critique_and_revision(ws, tiny_model_path):
     at = open_constitution("hhh.yaml")
-    at.text_input(key="model_spec").set_value(tiny_model_path).run()
+    type_model(at, tiny_model_path)
     at.number_input(key="try_tokens").set_value(8).run()
     at.button(key="try_run").click().run()
     assert not at.error, texts(at.error)
@@ -401,7 +410,7 @@ def test_launch_starts_the_cli_job_whose_traces_land(ws, tmp_path, tiny_model_pa
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(2)))
 
     at = open_page(GENERATE)
-    at.text_input(key="model_spec").set_value(tiny_model_path).run()
+    type_model(at, tiny_model_path)
     at.text_input(key="gen_prompts").set_value(str(prompts))
     at.selectbox(key="gen_constitution").set_value("hhh.yaml")
     at.number_input(key="gen_rounds").set_value(1)

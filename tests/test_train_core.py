@@ -302,3 +302,29 @@ def test_config_files_reject_unknown_fields(tmp_path):
         load_config_file(config_class("sft"), path)
     path.write_text("learning_rate: 1e-5\n")
     assert load_config_file(config_class("rm"), path).learning_rate == 1e-5
+
+
+def test_model_choices_list_finished_generating_models_newest_first(workspace, tmp_path):
+    from cai_core.jobs import JobFolder
+    from cai_core.records import TrainedModel, to_row
+
+    def finished(run_id, kind, created_at, folder_exists=True):
+        job = JobFolder.create(workspace.runs_dir, run_id, {"kind": kind, "model": "base", "config": {}})
+        folder = tmp_path / run_id / "final"
+        if folder_exists:
+            folder.mkdir(parents=True)
+        job.append("trained_models", [to_row(TrainedModel(run_id, kind, str(folder), "base", 7, created_at))])
+        return str(folder)
+
+    older_sft = finished("sft-old", "train-sft", 1.0)
+    newer_ppo = finished("ppo-new", "train-ppo", 2.0)
+    finished("rm-1", "train-rm", 3.0)  # scores, does not generate
+    finished("dpo-gone", "train-dpo", 4.0, folder_exists=False)  # its folder was deleted
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        choices = store.model_choices()
+    assert choices == {
+        "default": "default (SmolLM2-135M-Instruct)",
+        newer_ppo: "PPO · ppo-new · step 7",
+        older_sft: "SFT · sft-old · step 7",
+    }

@@ -8,9 +8,13 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cai_core.cli import main as cai
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.store import Store
+from cai_core.store import Store, TraceFilter
+from cai_core.train import train
+from cai_core.train.sft import SFTConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
+from pages import OTHER_MODEL
 
 from .browser.seed import copy_constitutions, seeded_data
 
@@ -31,6 +35,7 @@ def ws(tmp_path, monkeypatch) -> Workspace:
 def open_train(model: str | None = None) -> AppTest:
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
     if model:
+        at.selectbox(key="model_choice").set_value(OTHER_MODEL).run()
         at.text_input(key="model_spec").set_value(model).run()
     at.switch_page(TRAIN).run()
     assert not at.exception, at.exception
@@ -89,7 +94,7 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
     assert at.get("plotly_chart")
     assert str(job.path / "final") in texts(at.code)
     at.button(key=f"train_use-{job.run_id}").click().run()
-    assert at.text_input(key="model_spec").value == str(job.path / "final")
+    assert at.selectbox(key="model_choice").value == str(job.path / "final")
     assert f"Every page now uses the model in {job.path / 'final'}" in texts(at.success)
 
 
@@ -133,3 +138,32 @@ def test_every_algorithm_has_its_config_form(ws):
         if kind in ("ppo", "grpo", "rloo"):
             assert at.text_input(key=f"train_{kind}_reward_model") is not None
     assert at.text_input(key="train_rloo_beta").value == "0.05"
+
+
+def test_a_finished_model_is_a_sidebar_choice_and_the_model_generate_launches_with(ws, tiny_model_path, monkeypatch):
+    sft = train(SFTConfig(model=tiny_model_path, max_steps=2, batch_size=2, learning_rate=1e-3), ws)
+    final = str(sft.path / "final")
+    launched = []
+    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    choice = at.selectbox(key="model_choice")
+    assert choice.options == ["default (SmolLM2-135M-Instruct)", f"SFT · {sft.run_id} · step 2", OTHER_MODEL]
+    choice.set_value(final).run()
+    at.switch_page("pages/3_Generate.py").run()
+    assert at.selectbox(key="model_choice").value == final  # the pick holds on every page
+    at.selectbox(key="gen_constitution").set_value("hhh.yaml")
+    at.number_input(key="gen_rounds").set_value(1)
+    at.number_input(key="gen_limit").set_value(1)
+    at.number_input(key="gen_tokens").set_value(4)
+    at.button(key="gen_start").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    [argv] = launched
+    generation = JobFolder(ws.runs_dir / argv[-1])
+    assert generation.spec["model"] == final
+
+    assert cai(argv) == 0  # the launched command line, run here: the trained model answers
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        traces = store.trace_page(TraceFilter(run_id=generation.run_id))
+    assert list(traces["model"]) == [final]
