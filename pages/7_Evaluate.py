@@ -95,7 +95,7 @@ with compare_tab, st.form("eval_form"):
     cols = st.columns(4)
     wrappers = cols[0].multiselect("Jailbreak wrappers", list(WRAPPERS), default=["none"], key="eval_wrappers")
     constitution = cols[1].selectbox("Constitution", constitutions, key="eval_constitution")
-    judge = cols[2].text_input("Judge model", value=settings.model, key="eval_judge")
+    judge = cols[2].text_input("Judge model", key="eval_judge", placeholder=f"the sidebar's: {settings.model}")
     max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
     if st.form_submit_button("Start in the background", key="eval_start", type="primary"):
         names = {spec: models[spec].split(" (")[0].replace("=", " ") for spec in picked}
@@ -106,7 +106,7 @@ with compare_tab, st.form("eval_form"):
             sets=sets + [line.strip() for line in more_sets.splitlines() if line.strip()],
             wrappers=wrappers,
             constitution=str((ws.constitutions_dir / constitution).resolve()),
-            judge=local_path(judge.strip()),
+            judge=local_path(judge.strip() or settings.model),
             max_new_tokens=max_new_tokens,
         )
         launch(prepare_eval_job, config)
@@ -119,7 +119,7 @@ with rounds_tab, st.form("rounds_form"):
     cols = st.columns(4)
     traces_run = cols[0].selectbox("SL-CAI run", list(generate_runs["run_id"]), key="rounds_run")
     rounds_constitution = cols[1].selectbox("Constitution", constitutions, key="rounds_constitution")
-    rounds_judge = cols[2].text_input("Judge model", value=settings.model, key="rounds_judge")
+    rounds_judge = cols[2].text_input("Judge model", key="rounds_judge", placeholder=f"the sidebar's: {settings.model}")
     limit = cols[3].number_input("Traces to score", 1, None, value=None, placeholder="all", key="rounds_limit")
     if st.form_submit_button("Start in the background", key="rounds_start", type="primary"):
         if traces_run is None:
@@ -128,7 +128,7 @@ with rounds_tab, st.form("rounds_form"):
             config = RoundsConfig(
                 traces_run=traces_run,
                 constitution=str((ws.constitutions_dir / rounds_constitution).resolve()),
-                judge=local_path(rounds_judge.strip()),
+                judge=local_path(rounds_judge.strip() or settings.model),
                 limit=limit,
             )
             launch(prepare_rounds_job, config)
@@ -172,6 +172,10 @@ with connect(ws) as store:
     runs = store.eval_runs()
     compare_runs = list(runs[runs["kind"] == "eval"]["run_id"])
     rounds_runs = list(runs[runs["kind"] == "eval-rounds"]["run_id"])
+    for key, options in (("result_run", compare_runs), ("result_rounds_run", rounds_runs)):
+        # a keyed selectbox drawn while it had no options stays empty when runs appear: pick the newest
+        if st.session_state.get(key) not in options:
+            st.session_state[key] = options[0] if options else None
     cols = st.columns(2)
     run_id = cols[0].selectbox("Comparison run", compare_runs, key="result_run", placeholder="none yet")
     rounds_run_id = cols[1].selectbox("Rounds run", rounds_runs, key="result_rounds_run", placeholder="none yet")

@@ -1,0 +1,83 @@
+"""The evaluation page in a real browser: compare two tiny models from the page, watch the run finish, read
+the charts, open one prompt's answers and download the report.
+
+Its own app server runs with OMP_NUM_THREADS=1, so that the run it launches (which inherits the server's
+environment) does not fight itself for this 2-core machine's cores.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import App
+from .harness import VIEWPORT, running_app, wait_for_app
+from .seed import seeded_data
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def eval_app(chromium, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-eval")
+    workspace = seeded_data(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+            yield App(url, workspace, root / "constitutions")
+
+
+@pytest.fixture
+def page(chromium, eval_app):
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def test_compare_two_models_read_the_charts_and_download_the_report(
+    page, eval_app: App, tiny_model_path, second_tiny_model_path
+):
+    page.goto(f"{eval_app.url}/Evaluate")
+    wait_for_app(page)
+    expect(page.get_by_text("No results yet")).to_be_visible()
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="other…").click()
+    spec = sidebar.get_by_label("Model spec", exact=True)
+    spec.fill(tiny_model_path)
+    spec.press("Enter")
+    # an empty judge field means the sidebar's model
+    expect(page.locator(".st-key-eval_judge input")).to_have_attribute(
+        "placeholder", f"the sidebar's: {tiny_model_path}"
+    )
+
+    page.locator(".st-key-eval_more_models textarea").fill(f"base={tiny_model_path}\ntuned={second_tiny_model_path}")
+    page.locator(".st-key-eval_more_sets textarea").fill("red-team#limit=4,name=rt")
+    page.locator(".st-key-eval_tokens input").fill("4")
+    page.locator(".st-key-eval_start button").click()
+    started = page.get_by_text(re.compile(r"Started eval-[0-9a-f]+"))
+    expect(started).to_be_visible()
+    run_id = re.search(r"eval-[0-9a-f]+", started.inner_text()).group()
+
+    card = page.locator(f".st-key-run-{run_id}").first
+    expect(card).to_contain_text("done", timeout=180_000)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(4, timeout=30_000)  # 2 win rates, ratings, refusals
+    expect(page.locator("[data-testid='stPlotlyChart'] .main-svg").first).to_be_visible()
+
+    page.get_by_label("Prompt", exact=True).click()
+    page.keyboard.type("rt/red-01")  # the list is long (the benign set comes first): filter it
+    page.get_by_role("option").filter(has_text="rt/red-01").first.click()
+    expect(page.get_by_text(re.compile(r"^base · (refused|answered)$"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^tuned · (refused|answered)$"))).to_be_visible()
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the report (one HTML file)").click()
+    report = download.value.path().read_text()
+    assert report.startswith("<!DOCTYPE html>") and run_id in report and "Refusal rates" in report
+    # nothing went wrong on the way: no error message, no exception
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
