@@ -100,3 +100,43 @@ def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path):
     at.button(key="eval_start").click().run()
     assert any("Not started" in e.value and "no such prompt file" in e.value for e in at.error)
     assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
+
+
+def test_a_ppo_trained_model_is_offered_and_answers(ws, tiny_model_path, tmp_path):
+    from cai_core.train import train
+    from cai_core.train.ppo import PPOConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "Question {i}?"}}\n' for i in range(8)))
+    ppo = train(
+        PPOConfig(
+            model=tiny_model_path,
+            dataset=str(prompts),
+            reward_model="tests.train_rewards:low_ids",
+            max_steps=2,
+            batch_size=4,
+            ppo_epochs=1,
+            max_new_tokens=4,
+            save_steps=100,
+        ),
+        ws,
+    )
+    final = str(ppo.path / "final")
+    at = open_page()
+    options = at.multiselect(key="eval_models").options
+    [label] = [o for o in options if o.startswith("PPO")]  # the registry's PPO model, by its label
+    at.multiselect(key="eval_models").set_value([final])
+    at.text_area(key="eval_more_models").input(f"base={tiny_model_path}")
+    at.multiselect(key="eval_sets").set_value([])
+    at.text_area(key="eval_more_sets").input("red-team#limit=2")
+    at.text_input(key="eval_judge").input(tiny_model_path)
+    at.number_input(key="eval_tokens").set_value(4)
+    at.button(key="eval_start").click().run()
+    assert not at.error, [e.value for e in at.error]
+    job = next(j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval")
+    deadline = time.monotonic() + 240
+    while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert job.progress().status == "done", job.log_tail()
+    ppo_answers = [a for a in job.read("eval_answers") if a["model"] == label]
+    assert len(ppo_answers) == 2 and label.startswith(f"PPO · {ppo.run_id}")
