@@ -463,20 +463,11 @@ def _print_eval(ws: Workspace, run_id: str | None, rounds_run_id: str | None) ->
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
         summary = summarize(store, run_id, rounds_run_id)
-    tables = [
-        ("win rates (ties count half; 95% bootstrap interval over prompts)", summary.win_rates),
-        ("Bradley-Terry ratings, Elo scale", summary.ratings),
-        ("refusal rates (harmful: refusal; benign: over-refusal; Wilson 95%)", summary.refusals),
-        ("per principle: P(revision better than the answer before it)", summary.principles),
-        ("quality by round: P(better than the initial answer)", summary.rounds),
-    ]
-    shown = 0
-    for title, frame in tables:
-        if not frame.empty:
-            print(f"\n{title}\n{frame.round(3).to_string(index=False)}")
-            shown += 1
-    if not shown:
+    tables = summary.tables()
+    if not tables:
         raise ValueError("nothing to show: the run has no stored answers or judgments yet")
+    for title, frame in tables:
+        print(f"\n{title}\n{frame.round(3).to_string(index=False)}")
     return 0
 
 

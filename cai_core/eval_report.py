@@ -24,6 +24,17 @@ class EvalSummary:
     principles: pd.DataFrame
     rounds: pd.DataFrame
 
+    def tables(self) -> list[tuple[str, pd.DataFrame]]:
+        """The figures behind the charts, titled, leaving out those with no data."""
+        titled = [
+            ("Win rates (ties count half; 95% bootstrap interval over prompts)", self.win_rates),
+            ("Bradley-Terry ratings, Elo scale (95% bootstrap interval)", self.ratings),
+            ("Refusal rates (harmful prompts: refusal; benign prompts: over-refusal; Wilson 95%)", self.refusals),
+            ("Per principle: P(revision better than the answer before it)", self.principles),
+            ("Quality by round: P(better than the initial answer)", self.rounds),
+        ]
+        return [(title, frame) for title, frame in titled if not frame.empty]
+
 
 def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None) -> EvalSummary:
     empty = pd.DataFrame()
@@ -168,16 +179,8 @@ def report_html(summary: EvalSummary) -> str:
     for figure in charts(summary).values():
         parts.append(figure.to_html(full_html=False, include_plotlyjs=first))
         first = False
-    tables = [
-        ("Win rates", summary.win_rates),
-        ("Ratings", summary.ratings),
-        ("Refusal rates", summary.refusals),
-        ("Per principle", summary.principles),
-        ("Quality by round", summary.rounds),
-    ]
-    for title, frame in tables:
-        if not frame.empty:
-            parts.append(f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True))
+    for title, frame in summary.tables():
+        parts.append(f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True))
     runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>CAI evaluation report</title>'

@@ -34,7 +34,7 @@ from .jobs import JobFolder
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
 
-INPUT_FILE = "input_prompts.jsonl"  # not a spooled table: the store never ingests a job's input
+INPUT = "input_prompts"  # the job's input file (see JobFolder.write_input)
 DEFAULT_CONSTITUTION = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 
 # Helpfulness is judged under this one question on benign prompts, whatever the constitution says:
@@ -110,22 +110,12 @@ def _run_id(prefix: str, identity: dict) -> str:
     return f"{prefix}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _write_lines_atomic(path, rows: list[dict]) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    staging.replace(path)
-
-
-def _read_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 # --- compare models ------------------------------------------------------------------------------
 
 
 def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
     """Check the config, then create (or find) the run's folder with its prompts copied in."""
-    if config.run_id and (workspace.runs_dir / config.run_id / INPUT_FILE).exists():
+    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
         return JobFolder(workspace.runs_dir / config.run_id)
     parse_models(config.models)
     for wrapper in config.wrappers:
@@ -149,8 +139,7 @@ def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
             "constitution": constitution.snapshot(),
         },
     )
-    if not (job.path / INPUT_FILE).exists():
-        _write_lines_atomic(job.path / INPUT_FILE, [asdict(p) for p in prompts])
+    job.write_input(INPUT, [asdict(p) for p in prompts])
     return job
 
 
@@ -167,7 +156,7 @@ def run_evaluation(
     job.clear_cancel()
     constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
     models = parse_models(config.models)
-    prompts = _read_lines(job.path / INPUT_FILE)
+    prompts = job.read_input(INPUT)
     answers = {(a["prompt_key"], a["wrapper"], a["model"]): a for a in job.read("eval_answers")}
     judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in job.read("eval_judgments")}
     cells = [(p, w) for p in prompts for w in config.wrappers]
@@ -275,7 +264,7 @@ def _compare(run_id: str, judge: Judge, batch, answers: dict, seed: int) -> list
 
 def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
     """Create (or find) the run's folder with the traces' answers copied in from the store."""
-    if config.run_id and (workspace.runs_dir / config.run_id / INPUT_FILE).exists():
+    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
         return JobFolder(workspace.runs_dir / config.run_id)
     if config.batch_size < 1:
         raise ValueError(f"batch size {config.batch_size}: expected at least 1")
@@ -301,8 +290,7 @@ def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
             "constitution": constitution.snapshot(),
         },
     )
-    if not (job.path / INPUT_FILE).exists():
-        _write_lines_atomic(job.path / INPUT_FILE, rows)
+    job.write_input(INPUT, rows)
     return job
 
 
@@ -334,7 +322,7 @@ def run_rounds(
     job.repair()
     job.clear_cancel()
     constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
-    comparisons = round_comparisons(_read_lines(job.path / INPUT_FILE))
+    comparisons = round_comparisons(job.read_input(INPUT))
     done = {(j["trace_id"], j["round"], j["versus_round"]) for j in job.read("round_judgments")}
     todo = [(later, earlier) for later, earlier in comparisons if _round_key(later, earlier) not in done]
 

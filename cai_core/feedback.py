@@ -43,7 +43,7 @@ ANSWER_INSTRUCTION = "Answer with the letter of the better option only."
 COT_INSTRUCTION = "Think step by step about which response is better and why, in a few sentences."
 COT_ANSWER_REQUEST = "So which response is better? " + ANSWER_INSTRUCTION
 STRICT_INSTRUCTION = 'Reply with exactly one letter, "A" or "B", and nothing else.'
-INPUT_FILE = "input_pairs.jsonl"  # not a spooled table: the store never ingests a job's input
+INPUT = "input_pairs"  # the job's input file (see JobFolder.write_input)
 
 
 def conversation_text(prompt: str) -> str:
@@ -304,7 +304,7 @@ class LabelConfig:
 def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None) -> JobFolder:
     """Create (or find) the run's folder and copy the pairs to label into it; the background job reads
     them from there. Pairs come from the store unless given."""
-    if config.run_id and (workspace.runs_dir / config.run_id / INPUT_FILE).exists():
+    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
         return JobFolder(workspace.runs_dir / config.run_id)
     constitution = load_constitution(config.constitution)
     check_settings(constitution, config.few_shot, (config.cot_min, config.cot_max))
@@ -331,15 +331,8 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
             "constitution": constitution.snapshot(),
         },
     )
-    if not (job.path / INPUT_FILE).exists():
-        _write_lines_atomic(job.path / INPUT_FILE, [to_row(p) for p in pairs])
+    job.write_input(INPUT, [to_row(p) for p in pairs])
     return job
-
-
-def _write_lines_atomic(path, rows: list[dict]) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    staging.replace(path)
 
 
 def run_labelling(
@@ -358,7 +351,7 @@ def run_labelling(
     spec = job.spec
     # The constitution as it was when the run was prepared: the file may have been edited since.
     constitution = parse_constitution(spec["constitution"]["content"], f"run {job.run_id}")
-    pairs = [Pair(**row) for row in _read_lines(job.path / INPUT_FILE)]
+    pairs = [Pair(**row) for row in job.read_input(INPUT)]
     if config.strategy == "ensemble":
         items = [(pair, p) for pair in pairs for p in constitution.enabled_principles]
     else:
@@ -422,7 +415,3 @@ def run_labelling(
     except BaseException as exc:
         report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
         raise
-
-
-def _read_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

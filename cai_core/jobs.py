@@ -99,6 +99,23 @@ class JobFolder:
         data = data[: data.rfind(b"\n") + 1]
         return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
 
+    def has_input(self, name: str) -> bool:
+        return (self.path / f"{name}.jsonl").exists()
+
+    def write_input(self, name: str, rows: list[dict]) -> None:
+        """Copy a job's input into its folder once, when it is prepared, so that a resumed job works through
+        the same items even if their source has changed since. Written whole or not at all. Not a spooled
+        table: the store never ingests it."""
+        if self.has_input(name):
+            return
+        staging = self.path / f".{name}.jsonl.tmp"
+        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        staging.replace(self.path / f"{name}.jsonl")
+
+    def read_input(self, name: str) -> list[dict]:
+        text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
+
     def repair(self) -> None:
         """Cut a torn last line (a kill mid-write) so that appends start on a fresh line."""
         for path in self.path.glob("*.jsonl"):

@@ -196,16 +196,9 @@ cols = st.columns(2)
 for i, (name, figure) in enumerate(figures.items()):
     cols[i % 2].plotly_chart(figure, key=f"chart_{name}")
 with st.expander("Tables"):
-    for title, frame in (
-        ("Win rates", summary.win_rates),
-        ("Ratings", summary.ratings),
-        ("Refusal rates", summary.refusals),
-        ("Per principle", summary.principles),
-        ("Quality by round", summary.rounds),
-    ):
-        if not frame.empty:
-            st.caption(title)
-            st.dataframe(frame.round(3), hide_index=True)
+    for title, frame in summary.tables():
+        st.caption(title)
+        st.dataframe(frame.round(3), hide_index=True)
 
 # --- drill-down -------------------------------------------------------------------------------------------
 

@@ -331,7 +331,7 @@ def test_cli_runs_shows_and_reports_an_evaluation(tiny_model_path, second_tiny_m
     args += ["--sets", "red-team#limit=2", "benign#limit=2", "--wrappers", "none", "prefix-injection"]
     out = cai(*args, "--judge", tiny_model_path, "--max-new-tokens", "6", data=data)
     assert out.returncode == 0, out.stderr
-    assert "win rates" in out.stdout and "refusal rates" in out.stdout and "Bradley-Terry" in out.stdout
+    assert "Win rates" in out.stdout and "Refusal rates" in out.stdout and "Bradley-Terry" in out.stdout
     run_id = re.search(r"^(eval-\w+): done", out.stdout, re.MULTILINE).group(1)
     report = tmp_path / "report.html"
     out = cai("eval", "report", "--run-id", run_id, "--out", str(report), data=data)

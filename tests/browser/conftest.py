@@ -3,6 +3,8 @@ and a fresh browser context (so a fresh Streamlit session) for each test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,19 @@ def app(chromium, tmp_path_factory) -> App:
     # the server's output goes to ROOT/streamlit.log, for reading when a test fails
     with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
         yield App(url, workspace, root / "constitutions")
+
+
+@contextmanager
+def app_launching_jobs(tmp_path_factory, name: str) -> Iterator[App]:
+    """An app server of its own, on its own seeded data, for tests that launch jobs from the page. It runs
+    with OMP_NUM_THREADS=1 so that the jobs it starts (which inherit its environment) do not fight
+    themselves for this 2-core machine's cores."""
+    root = tmp_path_factory.mktemp(name)
+    workspace = seeded_data(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+            yield App(url, workspace, root / "constitutions")
 
 
 @pytest.fixture

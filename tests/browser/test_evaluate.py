@@ -1,8 +1,7 @@
 """The evaluation page in a real browser: compare two tiny models from the page, watch the run finish, read
 the charts, open one prompt's answers and download the report.
 
-Its own app server runs with OMP_NUM_THREADS=1, so that the run it launches (which inherits the server's
-environment) does not fight itself for this 2-core machine's cores.
+It has its own app server (`app_launching_jobs`), whose jobs run single-threaded.
 """
 
 from __future__ import annotations
@@ -12,21 +11,16 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import App
-from .harness import VIEWPORT, running_app, wait_for_app
-from .seed import seeded_data
+from .conftest import App, app_launching_jobs
+from .harness import VIEWPORT, wait_for_app
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def eval_app(chromium, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser-eval")
-    workspace = seeded_data(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
-            yield App(url, workspace, root / "constitutions")
+    with app_launching_jobs(tmp_path_factory, "browser-eval") as app:
+        yield app
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The training page in a real browser: launch a tiny SFT run and watch it finish with its curves drawn.
 
-It has its own app server, started with OMP_NUM_THREADS=1 so that the run it launches (which inherits the
-server's environment) does not fight itself for this 2-core machine's cores.
+It has its own app server (`app_launching_jobs`), whose jobs run single-threaded.
 """
 
 from __future__ import annotations
@@ -11,21 +10,16 @@ from playwright.sync_api import expect
 
 from cai_core.jobs import list_job_folders
 
-from .conftest import App
-from .harness import VIEWPORT, running_app, wait_for_app
-from .seed import seeded_data
+from .conftest import app_launching_jobs
+from .harness import VIEWPORT, wait_for_app
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def train_app(chromium, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser-train")
-    workspace = seeded_data(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
-            yield App(url, workspace, root / "constitutions")
+    with app_launching_jobs(tmp_path_factory, "browser-train") as app:
+        yield app
 
 
 @pytest.fixture
