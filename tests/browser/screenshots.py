@@ -80,7 +80,10 @@ def main(out: Path, runs_from: Path | None) -> None:
             wait_for_app(page)
             shoot(page, out, "home")
             if model:
-                type_into(page, page.get_by_test_id("stSidebar").get_by_label("Model", exact=True), model)
+                sidebar = page.get_by_test_id("stSidebar")
+                sidebar.get_by_label("Model", exact=True).click()
+                page.get_by_role("option", name="other…").click()
+                type_into(page, sidebar.get_by_label("Model spec", exact=True), model)
 
             go(page, "Constitution")
             page.get_by_label("Constitution file").click()

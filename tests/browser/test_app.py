@@ -136,7 +136,10 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     prompts.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"Browser question {i}?"}) + "\n" for i in (1, 2)))
     runs_before = {job.run_id for job in list_job_folders(app.workspace.runs_dir)}
     open_page(page, app)  # the model is set once, on any page, and every page uses it
-    type_into(page.get_by_test_id("stSidebar").get_by_label("Model", exact=True), tiny_model_path)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="other…").click()
+    type_into(sidebar.get_by_label("Model spec", exact=True), tiny_model_path)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Generate").click()
     expect(page.get_by_label("Model (set in the sidebar)")).to_have_value(tiny_model_path)
     page.get_by_label("Prompt file", exact=True).fill(str(prompts))
@@ -152,7 +155,10 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     card = page.locator(f".st-key-run-{run_id}").first
     expect(card).to_contain_text("2 traces stored", timeout=90_000)
     expect(card).to_contain_text("done", timeout=30_000)
-    card.get_by_role("button", name="Open its traces").click()
+    # the run's end redraws the whole page once; a click on the card it replaces would be lost
+    expect(page.get_by_role("button", name="Refresh")).to_be_visible()
+    settle(page)
+    page.locator(f".st-key-run-{run_id}").get_by_role("button", name="Open its traces").click()
     expect(page.get_by_text("2 traces match")).to_be_visible()
     expect(page.get_by_role("heading", name="Traces")).to_be_visible()
 
