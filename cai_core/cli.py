@@ -370,10 +370,18 @@ def cmd_agreement(args, ws: Workspace) -> int:
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
-        board = dashboard(store, run_id=args.run_id, tie_band=args.tie_band, bins=args.bins)
+        board = dashboard(
+            store,
+            run_ids=args.run_id,
+            principles=args.principle,
+            judge_models=args.judge_model,
+            constitution_versions=args.constitution_version,
+            tie_band=args.tie_band,
+            bins=args.bins,
+        )
     table = getattr(board, f"by_{args.by}")
     if table.empty:
-        print("no AI labels yet: run `cai label` first")
+        print("no AI labels match: run `cai label` first, or loosen the filters")
         return 1
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.3f}".format):
         print(f"AI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
@@ -425,7 +433,13 @@ def _add_rlaif_parsers(sub) -> None:
 
     p = sub.add_parser("agreement", help="Print AI-versus-human agreement, kappa, alpha, position bias, ECE.")
     p.add_argument("--by", choices=("run", "model", "version", "principle"), default="run")
-    p.add_argument("--run-id", help="Only this label run.")
+    for flag, what in (
+        ("--run-id", "label run"),
+        ("--principle", "principle"),
+        ("--judge-model", "judge model"),
+        ("--constitution-version", "constitution version"),
+    ):
+        p.add_argument(flag, action="append", help=f"Only labels of this {what} (repeat for several).")
     p.add_argument("--tie-band", type=float, default=0.05, help="The AI says tie when |P - 0.5| <= this.")
     p.add_argument("--bins", type=int, default=10, help="Reliability diagram bins.")
     p.add_argument("--disagreements", type=int, default=10, help="List this many disagreements (0: none).")

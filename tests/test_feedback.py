@@ -341,6 +341,14 @@ def test_label_in_the_background_then_agreement_from_the_cli(tiny_model_path, tm
     table = cai("agreement", data=data)
     assert table.returncode == 0, table.stderr
     assert run_id in table.stdout and "agreement" in table.stdout and "labels_no_ties" in table.stdout
+    principles = {row["principle_id"] for row in job.read("ai_labels")}
+    picked = sorted(principles)[0]
+    by_principle = cai("agreement", "--by", "principle", "--run-id", run_id, "--principle", picked, data=data)
+    assert by_principle.returncode == 0, by_principle.stderr
+    first_words = {line.split()[0] for line in by_principle.stdout.splitlines() if line.strip()}
+    assert picked in first_words and not first_words & (principles - {picked})  # one principle's labels only
+    none = cai("agreement", "--judge-model", "no-such-judge", data=data)
+    assert none.returncode == 1 and "no AI labels match" in none.stdout
 
 
 def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny_model_path, workspace, tmp_path):
