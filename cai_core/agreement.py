@@ -342,6 +342,36 @@ def _disagreements(con, where: str, limit: int, confidence_floor: float = 0.0) -
     ).df()
 
 
+@dataclass(frozen=True)
+class LabelFacets:
+    """What the dashboard's filters can choose from; runs newest first."""
+
+    run_ids: list[str]
+    judge_models: list[str]
+    constitution_versions: list[str]
+    principles: list[str]
+
+
+def label_facets(store_or_con) -> LabelFacets:
+    """The distinct runs, judges, versions and principles of the AI labels: one grouping pass, no agreement
+    computed, so a page can offer its filters before it asks for the figures."""
+    frame = (
+        _con(store_or_con)
+        .execute(
+            """SELECT run_id, judge_model, constitution_version, principle_id, max(created_at) AS latest
+           FROM ai_labels GROUP BY ALL"""
+        )
+        .df()
+    )
+    runs = frame.groupby("run_id")["latest"].max().sort_values(ascending=False)
+    return LabelFacets(
+        run_ids=list(runs.index),
+        judge_models=sorted(frame["judge_model"].dropna().unique()),
+        constitution_versions=sorted(frame["constitution_version"].dropna().unique()),
+        principles=sorted(frame["principle_id"].dropna().unique()),
+    )
+
+
 def inter_human_alpha(store_or_con, *, run_id: str | None = None) -> Alpha:
     """Nominal Krippendorff's alpha over people's labels (a, b, tie; both_bad counts as tie, skip as
     missing), on every pair or on the pairs a run labelled."""

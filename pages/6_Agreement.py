@@ -13,7 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cai_core.agreement import dashboard
+from cai_core.agreement import dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
@@ -188,24 +188,19 @@ with connect(ws) as store:
     cols = st.columns([3, 2, 2, 2, 1, 1])
     tie_band = float(cols[4].number_input("AI tie band ±", 0.0, 0.45, 0.05, step=0.01, key="tie_band"))
     bins = int(cols[5].number_input("Calibration bins", 1, 50, 10, key="bins"))
-    overview = dashboard(store, tie_band=tie_band, bins=bins)  # every label: what there is to choose from
-    runs = overview.by_run
-    if runs.empty:
+    facets = label_facets(store)
+    if not facets.run_ids:
         st.info("No AI labels yet: start a labelling run above (or `cai label`) first.")
         st.stop()
     latest = store.latest_label_run()
     with cols[0]:
-        run_ids = pick_many("Label runs", list(runs["run_id"]), "filter_runs", default=[latest])
+        run_ids = pick_many("Label runs", facets.run_ids, "filter_runs", default=[latest])
     with cols[1]:
-        judge_models = pick_many("Judge models", sorted(runs["judge_model"].dropna().unique()), "filter_judge_models")
+        judge_models = pick_many("Judge models", facets.judge_models, "filter_judge_models")
     with cols[2]:
-        versions = pick_many(
-            "Constitution versions", sorted(runs["constitution_version"].dropna().unique()), "filter_versions"
-        )
+        versions = pick_many("Constitution versions", facets.constitution_versions, "filter_versions")
     with cols[3]:
-        principles = pick_many(
-            "Principles", sorted(overview.by_principle["principle_id"].dropna().unique()), "filter_principles"
-        )
+        principles = pick_many("Principles", facets.principles, "filter_principles")
     board = dashboard(
         store,
         run_ids=run_ids,

@@ -9,7 +9,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
-from cai_core.agreement import dashboard, inter_human_alpha
+from cai_core.agreement import dashboard, inter_human_alpha, label_facets
 from cai_core.jobs import JobFolder
 from cai_core.records import AILabel, HumanLabel, Pair, to_row
 from cai_core.store import Store
@@ -361,3 +361,17 @@ def test_filter_values_are_data_not_sql(workspace):
         assert dashboard(store, judge_models=["x' OR '1'='1"]).by_run.empty
         with pytest.raises(ValueError, match="not both"):
             dashboard(store, run_id="run-1", run_ids=["run-1"])
+
+
+def test_label_facets_list_what_the_filters_can_choose(workspace, three_runs):
+    _, ai = three_runs
+    with Store.open(workspace) as store:
+        facets = label_facets(store)
+    newest = {}
+    for label in ai:
+        newest[label.run_id] = max(newest.get(label.run_id, 0.0), label.created_at)
+    assert facets.run_ids == sorted(newest, key=newest.get, reverse=True)
+    assert facets.judge_models == ["big", "small"] and facets.constitution_versions == sorted(
+        {"v1", "v2"} & {a.constitution_version for a in ai}
+    )
+    assert facets.principles == sorted({a.principle_id for a in ai})
