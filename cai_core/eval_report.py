@@ -31,7 +31,7 @@ class EvalSummary:
             ("Bradley-Terry ratings, Elo scale (95% bootstrap interval)", self.ratings),
             ("Refusal rates (harmful prompts: refusal; benign prompts: over-refusal; Wilson 95%)", self.refusals),
             ("Per principle: P(revision better than the answer before it)", self.principles),
-            ("Quality by round: P(better than the initial answer)", self.rounds),
+            ("Harmlessness by round: P(better than the initial answer)", self.rounds),
         ]
         return [(title, frame) for title, frame in titled if not frame.empty]
 
@@ -131,7 +131,7 @@ def principle_chart(summary: EvalSummary) -> go.Figure:
     )
     figure.add_vline(x=0.5, line_dash="dot", line_color="gray")
     figure.update_layout(
-        title="Per principle: P(revision better than the answer before it), as judged",
+        title="Per principle: P(revision less harmful than the answer before it), as judged",
         xaxis={"range": [0, 1], "title": "P(revision better)"},
     )
     return figure
@@ -149,7 +149,7 @@ def round_chart(summary: EvalSummary) -> go.Figure:
     )
     figure.add_hline(y=0.5, line_dash="dot", line_color="gray")
     figure.update_layout(
-        title="Quality by revision round: P(better than the initial answer), as judged",
+        title="Harmlessness by revision round: P(better than the initial answer), as judged",
         xaxis={"title": "round", "dtick": 1},
         yaxis={"range": [0, 1], "title": "P(better)"},
     )

@@ -4,10 +4,12 @@ Two jobs, both resumable like every other (see jobs.py):
 
 - **compare** (`EvalConfig`): two or more models answer an evaluation set, bare and under jailbreak
   wrappers; refusals are detected on every answer; then the AI judge compares every two models' answers
-  in both orders, under the constitution for harmful prompts (harmlessness) and under a fixed helpfulness
-  question for benign ones (helpfulness), as Bai et al. measured each on its own kind of prompt.
-- **rounds** (`RoundsConfig`): the judge compares each SL-CAI revision with the answer before it (which
-  principles' revisions lowered harm most) and with the initial answer (quality by revision round).
+  in both orders, under the constitution's harm principles for harmful prompts (harmlessness) and under a
+  fixed helpfulness question for benign ones (helpfulness), as Bai et al. measured each on its own kind
+  of prompt.
+- **rounds** (`RoundsConfig`): the judge compares each SL-CAI revision, under the harm principles, with
+  the answer before it (which principles' revisions lowered harm most) and with the initial answer
+  (harmlessness by revision round).
 
 The statistics live here too: win rates with bootstrap intervals over prompts, Bradley-Terry ratings on
 the Elo scale, refusal rates with Wilson intervals, per-principle and per-round effects.
@@ -19,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
-from .constitution import Principle, load_constitution, parse_constitution
+from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, wrap
-from .feedback import Judge, choose_principle
+from .feedback import Judge
 from .jobs import JobFolder
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
@@ -50,6 +53,13 @@ HELPFULNESS = Principle(
     ),
 )
 ASPECT_OF_LABEL = {"harmful": "harmlessness", "benign": "helpfulness"}
+
+
+def harm_principle(constitution: Constitution, seed: int, key: str) -> Principle:
+    """The principle a harmlessness comparison is judged under: one of the constitution's principles tagged
+    `harmless` (all enabled ones when none is), seeded by the comparison, so a resumed job picks the same."""
+    tagged = [p for p in constitution.enabled_principles if "harmless" in p.tags]
+    return random.Random(f"{seed}:{key}").choice(tagged or constitution.enabled_principles)
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -233,7 +243,7 @@ def _compare(run_id: str, judge: Judge, batch, answers: dict, seed: int) -> list
     for p, w, a, b in batch:
         aspect = ASPECT_OF_LABEL[p["label"]]
         principle = (
-            choose_principle(judge.constitution, seed, f"{p['key']}:{w}") if aspect == "harmlessness" else HELPFULNESS
+            harm_principle(judge.constitution, seed, f"{p['key']}:{w}") if aspect == "harmlessness" else HELPFULNESS
         )
         answer_a, answer_b = answers[(p["key"], w, a)], answers[(p["key"], w, b)]
         pair = Pair(p["key"], answer_a["sent"], answer_a["answer"], answer_b["answer"], "sampled", run_id, 0, a, b)
@@ -369,7 +379,7 @@ def _judge_rounds(run_id: str, judge: Judge, batch, seed: int) -> list[RoundJudg
                 f"round {later['round']}",
                 f"round {earlier['round']}",
             ),
-            choose_principle(judge.constitution, seed, "{}:{}:{}".format(*_round_key(later, earlier))),
+            harm_principle(judge.constitution, seed, "{}:{}:{}".format(*_round_key(later, earlier))),
         )
         for later, earlier in asked
     ]

@@ -114,7 +114,7 @@ with compare_tab, st.form("eval_form"):
 with rounds_tab, st.form("rounds_form"):
     st.caption(
         "The judge compares each revision with the answer before it (which principles' revisions helped most) "
-        "and with the initial answer (how quality changes round by round)."
+        "and with the initial answer (how harmlessness changes round by round), under the harm principles."
     )
     cols = st.columns(4)
     traces_run = cols[0].selectbox("SL-CAI run", list(generate_runs["run_id"]), key="rounds_run")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cai_core.constitution import load_constitution
 from cai_core.critique import GenerateConfig, run_generation
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import WRAPPERS, EvalSet, is_refusal, load_sets, wrap
@@ -19,6 +20,7 @@ from cai_core.evaluation import (
     RoundsConfig,
     bootstrap_interval,
     bradley_terry,
+    harm_principle,
     principle_effects,
     quality_by_round,
     round_comparisons,
@@ -29,6 +31,7 @@ from cai_core.evaluation import (
 )
 from cai_core.prompts import PromptFileError
 from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import require_shared_data
 
@@ -201,6 +204,16 @@ def test_principle_effects_and_rounds_from_hand_made_judgments():
     assert rounds.loc[2, "p_better_than_initial"] == pytest.approx(0.775)
 
 
+def test_harm_principles_are_the_harmless_tagged_ones_or_all():
+    hhh = load_constitution(DEFAULT_CONSTITUTION)
+    tagged = {p.id for p in hhh.enabled_principles if "harmless" in p.tags}
+    picked = {harm_principle(hhh, 0, f"k{i}").id for i in range(200)}
+    assert picked == tagged and len(tagged) < len(hhh.enabled_principles)
+    service = load_constitution(str(PROJECT_ROOT / "constitutions" / "customer_service.yaml"))
+    assert {harm_principle(service, 0, f"k{i}").id for i in range(200)} == {p.id for p in service.enabled_principles}
+    assert harm_principle(hhh, 3, "same") == harm_principle(hhh, 3, "same")  # seeded: a resumed run agrees
+
+
 def test_round_comparisons_pair_each_revision_with_the_one_before_and_the_first():
     steps = [{"trace_id": "t", "round": r, "response": f"r{r}", "prompt": "p", "principle_id": None} for r in range(4)]
     pairs = [(later["round"], earlier["round"]) for later, earlier in round_comparisons(steps)]
@@ -245,6 +258,8 @@ def test_comparison_resumes_after_a_cancel_and_reports(tiny_model_path, second_t
     assert len(judgments) == 12
     assert {j["aspect"] for j in judgments} == {"harmlessness", "helpfulness"}
     assert all(j["principle_id"] == "helpfulness" for j in judgments if j["aspect"] == "helpfulness")
+    harmless = {p.id for p in load_constitution(DEFAULT_CONSTITUTION).enabled_principles if "harmless" in p.tags}
+    assert {j["principle_id"] for j in judgments if j["aspect"] == "harmlessness"} <= harmless
     assert all("Rex" in a["sent"] for a in answers if a["wrapper"] == "role-play")
 
     with Store.open(workspace) as store:
