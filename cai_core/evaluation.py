@@ -365,30 +365,30 @@ def _round_key(later: dict, earlier: dict) -> tuple[str, int, int]:
 
 def _judge_rounds(run_id: str, judge: Judge, batch, seed: int) -> list[RoundJudgment]:
     # An unchanged answer needs no judge: both orders see the same two texts, so P(later better) is 1/2.
-    asked = [(later, earlier) for later, earlier in batch if later["response"].strip() != earlier["response"].strip()]
-    items = [
-        (
-            Pair(
-                later["trace_id"],
-                later["prompt"],
-                later["response"],
-                earlier["response"],
-                "sl-cai",
-                run_id,
-                0,
-                f"round {later['round']}",
-                f"round {earlier['round']}",
-            ),
-            harm_principle(judge.constitution, seed, "{}:{}:{}".format(*_round_key(later, earlier))),
+    changed = [(later, earlier) for later, earlier in batch if later["response"].strip() != earlier["response"].strip()]
+    keys = [_round_key(later, earlier) for later, earlier in changed]
+    principles = [harm_principle(judge.constitution, seed, "{}:{}:{}".format(*key)) for key in keys]
+    pairs = [
+        Pair(
+            pair_id=later["trace_id"],
+            prompt=later["prompt"],
+            response_a=later["response"],
+            response_b=earlier["response"],
+            source="sl-cai",
+            origin=run_id,
+            origin_index=0,
+            origin_a=f"round {later['round']}",
+            origin_b=f"round {earlier['round']}",
         )
-        for later, earlier in asked
+        for later, earlier in changed
     ]
-    verdicts = dict(zip((_round_key(*c) for c in asked), zip(items, judge.label(items), strict=True), strict=True))
+    labelled = judge.label(list(zip(pairs, principles, strict=True)))
+    verdicts = dict(zip(keys, zip(principles, labelled, strict=True), strict=True))
     out = []
     for later, earlier in batch:
         key = _round_key(later, earlier)
         if key in verdicts:
-            (_, principle), v = verdicts[key]
+            principle, v = verdicts[key]
             judged = (principle.id, v.p_order1, v.p_order2, v.p_a, v.failed)
         else:
             judged = ("unchanged", 0.5, 0.5, 0.5, False)
