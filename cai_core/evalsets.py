@@ -14,8 +14,11 @@ label, so that a set listing its safe prompts before its unsafe ones still gives
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from .prompts import PromptFileError, load_prompts
 from .workspace import PROJECT_ROOT
@@ -69,6 +72,17 @@ class EvalSet:
         return found
 
     @property
+    def spec(self) -> str:
+        """The spec string `parse` reads back: the source, then each option that is not its default."""
+        defaults = EvalSet(source=self.source)
+        options = [
+            f"{'as' if f.name == 'as_label' else f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if f.name != "source" and getattr(self, f.name) != getattr(defaults, f.name)
+        ]
+        return self.source + ("#" + ",".join(options) if options else "")
+
+    @property
     def display_name(self) -> str:
         if self.name:
             return self.name
@@ -90,6 +104,36 @@ class EvalSet:
             per_label[label] += 1
             prompts.append(EvalPrompt(f"{self.display_name}/{p.id}", self.display_name, p.prompt, p.category, label))
         return prompts
+
+
+def source_columns(source: str) -> list[str]:
+    """The columns a set's file offers to map: a CSV's header, the keys of a JSON-lines file's first
+    record, or a dataset's features."""
+    path = Path(BUILTIN_SETS.get(source, source))
+    if source.startswith("hf:") or path.is_dir():
+        import datasets
+
+        name = source.removeprefix("hf:")
+        try:
+            data = datasets.load_from_disk(name) if path.is_dir() else datasets.load_dataset(*name.split(":", 1))
+        except Exception as exc:  # datasets raises many types; the user needs the name and the reason
+            raise PromptFileError(f"cannot load dataset {name!r}: {exc}") from None
+        if isinstance(data, datasets.DatasetDict):
+            data = next(iter(data.values()))
+        return list(data.column_names)
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such file")
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix == ".csv":
+            return next(csv.reader(f), [])
+        first = next((line for line in f if line.strip()), "")
+    try:
+        record = json.loads(first) if first else {}
+    except json.JSONDecodeError as exc:
+        raise PromptFileError(f"{path}, line 1: not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise PromptFileError(f"{path}, line 1: expected an object with named fields")
+    return list(record)
 
 
 def normalise_label(value: str, where: str) -> str:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
-from cai_core.evalsets import BUILTIN_SETS, WRAPPERS
+from cai_core.evalsets import BUILTIN_SETS, WRAPPERS, EvalSet, source_columns
 from cai_core.evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
@@ -69,6 +69,61 @@ with connect(ws) as store:
 constitutions = [p.name for p in list_constitutions(ws.constitutions_dir)]
 
 compare_tab, rounds_tab = st.tabs(["Compare models", "Score SL-CAI rounds"])
+
+
+def add_set(spec: str) -> None:
+    """Append a set's spec to the form's list (a callback: a widget's value may change only before it is drawn)."""
+    lines = [line for line in st.session_state.get("eval_more_sets", "").splitlines() if line.strip()]
+    st.session_state["eval_more_sets"] = "\n".join([*lines, spec])
+
+
+with compare_tab.expander("Add a set from a file, mapping its columns"):
+    source = st.text_input(
+        "File or dataset",
+        key="set_source",
+        placeholder="../shared/data/xstest/xstest_prompts.csv",
+        help=".jsonl, .csv, a saved datasets folder, or hf:NAME[:SPLIT].",
+    )
+    if source.strip():
+        try:
+            found = source_columns(source.strip())
+        except PromptFileError as exc:
+            st.error(md_escape(str(exc)))
+        else:
+            none = "(none)"
+            cols = st.columns(5)
+            prompt_column = cols[0].selectbox(
+                "Prompt column", found, index=found.index("prompt") if "prompt" in found else 0, key="set_prompt"
+            )
+            id_column = cols[1].selectbox(
+                "Id column", [none, *found], key="set_id", index=1 + found.index("id") if "id" in found else 0
+            )
+            category_column = cols[2].selectbox("Category column", [none, *found], key="set_category")
+            label_column = cols[3].selectbox(
+                "Label column",
+                [none, *found],
+                key="set_label",
+                index=1 + found.index("label") if "label" in found else 0,
+            )
+            whole_set = cols[4].selectbox(
+                "Without a label column, every prompt is",
+                ["harmful", "benign"],
+                key="set_as",
+                disabled=label_column != none,
+            )
+            limit = cols[0].number_input("At most N per label", 1, None, value=None, placeholder="all", key="set_limit")
+            spec = EvalSet(
+                source=local_path(source.strip()),
+                prompt=prompt_column,
+                id=id_column if id_column != none else "",
+                category=category_column if category_column != none else "",
+                label=label_column if label_column != none else "",
+                as_label=whole_set if label_column == none else "",
+                limit=limit,
+            ).spec
+            st.code(spec, language=None, wrap_lines=True)
+            st.button("Add to the sets", key="set_add", on_click=add_set, args=(spec,))
+
 with compare_tab, st.form("eval_form"):
     cols = st.columns(2)
     picked = cols[0].multiselect(

@@ -13,7 +13,7 @@ import pytest
 from cai_core.constitution import load_constitution
 from cai_core.critique import GenerateConfig, run_generation
 from cai_core.eval_report import charts, report_html, summarize
-from cai_core.evalsets import WRAPPERS, EvalSet, is_refusal, load_sets, wrap
+from cai_core.evalsets import WRAPPERS, EvalSet, is_refusal, load_sets, source_columns, wrap
 from cai_core.evaluation import (
     DEFAULT_CONSTITUTION,
     EvalConfig,
@@ -56,6 +56,17 @@ def test_set_spec_maps_columns_and_limits_each_label(tmp_path):
     assert [p.label for p in prompts] == ["benign", "benign", "harmful", "harmful"]
     everything_harmful = EvalSet.parse(f"{path}#prompt=text,id=pid,as=harmful").load()
     assert {p.label for p in everything_harmful} == {"harmful"} and len(everything_harmful) == 10
+
+
+def test_a_set_spec_reads_back_what_it_says_and_columns_are_listed(tmp_path):
+    spec = "data.csv#name=mine,prompt=text,id=,label=verdict,limit=3"  # options in field order
+    assert EvalSet.parse(spec).spec == spec and EvalSet.parse("red-team").spec == "red-team"
+    (tmp_path / "a.jsonl").write_text('\n{"q": "hi", "tag": "x"}\n')
+    assert source_columns(str(tmp_path / "a.jsonl")) == ["q", "tag"]
+    assert source_columns("benign") == ["id", "prompt", "category", "label"]
+    (tmp_path / "bad.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(PromptFileError, match="expected an object"):
+        source_columns(str(tmp_path / "bad.jsonl"))
 
 
 def test_bad_set_specs_name_the_problem(tmp_path):
