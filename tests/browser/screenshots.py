@@ -2,7 +2,8 @@
 
 Runs the app on seeded data plus, when the default model has been converted (`make setup`), a real
 SL-CAI run by that model (a few minutes on a busy 2-core machine; `--runs-from DATA/runs` copies earlier
-runs instead), then drives Chromium through each page to a state worth showing and writes 1400x1000 PNGs.
+runs instead, and their evaluations are pictured too), then drives Chromium through each page to a state
+worth showing and writes 1400x1000 PNGs.
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def main(out: Path, runs_from: Path | None) -> None:
                 expect(card).to_contain_text(re.compile("cancelled|done"), timeout=300_000)
             else:
                 shoot(page, out, "generate")
+
+            if any(ws.runs_dir.glob("eval-*")):  # copied in with --runs-from: evaluations take many minutes
+                go(page, "Evaluate")
+                page.get_by_test_id("stPlotlyChart").first.wait_for()
+                shoot(page, out, "evaluate", "Results")
+                shoot(page, out, "evaluate-prompt", "Each prompt")
             browser.close()
 
 
