@@ -195,6 +195,7 @@ class EvalAnswer:
     tokens: int
     seconds: float
     created_at: float = field(default_factory=now)
+    refusal_p: float | None = None  # the judge's P(refusal), when refusals are read by the judge
 
 
 @dataclass(frozen=True)

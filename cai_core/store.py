@@ -127,6 +127,10 @@ MIGRATIONS: list[str] = [
         p_later DOUBLE, failed BOOLEAN NOT NULL, judge_model TEXT NOT NULL, constitution_version TEXT NOT NULL,
         created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, trace_id, round, versus_round));
     """,
+    # 6: refusals read by a judge keep its probability
+    """
+    ALTER TABLE eval_answers ADD COLUMN refusal_p DOUBLE;
+    """,
 ]
 
 # Tables a job may spool into, with the record type that fixes their columns.

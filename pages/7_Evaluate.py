@@ -147,8 +147,15 @@ with compare_tab, st.form("eval_form"):
         help="FILE[#prompt=COLUMN,id=COLUMN,category=COLUMN,label=COLUMN,as=harmful|benign,limit=N,name=NAME] "
         "for .jsonl, .csv, a datasets folder or hf:NAME[:SPLIT]. limit keeps the first N prompts of each label.",
     )
-    cols = st.columns(4)
+    cols = st.columns(5)
     wrappers = cols[0].multiselect("Jailbreak wrappers", list(WRAPPERS), default=["none"], key="eval_wrappers")
+    refusals = cols[4].radio(
+        "Refusals read by",
+        ["phrases", "judge"],
+        key="eval_refusals",
+        horizontal=True,
+        help="phrases: a refusal phrase opens the answer (XSTest's string match); judge: the judge model is asked.",
+    )
     constitution = cols[1].selectbox("Constitution", constitutions, key="eval_constitution")
     judge = cols[2].text_input("Judge model", key="eval_judge", placeholder=f"the sidebar's: {settings.model}")
     max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
@@ -163,6 +170,7 @@ with compare_tab, st.form("eval_form"):
             constitution=str((ws.constitutions_dir / constitution).resolve()),
             judge=local_path(judge.strip() or settings.model),
             max_new_tokens=max_new_tokens,
+            refusals=refusals,
         )
         launch(prepare_eval_job, config)
 

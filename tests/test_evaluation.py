@@ -368,3 +368,26 @@ def test_cli_runs_shows_and_reports_an_evaluation(tiny_model_path, second_tiny_m
     assert bad.returncode == 2 and "unknown jailbreak wrapper 'dan'" in bad.stderr and "Traceback" not in bad.stderr
     empty = cai("eval", "show", "--run-id", "nothing-here", data=data)
     assert empty.returncode == 2 and "nothing to show" in empty.stderr
+
+
+def test_refusals_read_by_the_judge_equal_a_direct_scoring(tiny_model_path, second_tiny_model_path, workspace):
+    from cai_core.backends import load_backend
+    from cai_core.evalsets import refusal_chats
+
+    config = eval_config(tiny_model_path, second_tiny_model_path, refusals="judge", wrappers=["none"])
+    job = run_evaluation(config, workspace)
+    answers = job.read("eval_answers")
+    assert len(answers) == 12 and all(0 < a["refusal_p"] < 1 for a in answers)
+    assert all(a["refused"] == (a["refusal_p"] > 0.5) for a in answers)
+    # the same probability through the backend's general scorer (a full pass per option, no shared prefix)
+    judge = load_backend(tiny_model_path, workspace)
+    for a in answers[:3]:
+        first, second = refusal_chats(a["sent"], a["answer"])
+        (a1, b1), (a2, b2) = judge.score_options([first, second], ["A", "B"])
+        p_first = math.exp(a1) / (math.exp(a1) + math.exp(b1))
+        p_second = math.exp(a2) / (math.exp(a2) + math.exp(b2))
+        assert a["refusal_p"] == pytest.approx((p_first + 1 - p_second) / 2, abs=1e-4)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        stored = store.eval_table("eval_answers", job.run_id)
+    assert stored["refusal_p"].notna().all() and stored["refused"].sum() == sum(a["refused"] for a in answers)
