@@ -116,6 +116,7 @@ def main(out: Path, runs_from: Path | None) -> None:
 
             go(page, "Traces")
             shoot(page, out, "traces-list")
+            type_into(page, page.locator(".st-key-filter_text input"), "neighbour")  # copied runs push it off page 1
             page.get_by_label("Open trace").click()
             page.get_by_role("option", name="My neighbour's dog barks all night").click()
             settle(page)
