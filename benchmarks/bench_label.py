@@ -1,7 +1,7 @@
 """AI labelling speed and agreement: the soft-label judge against a labeller in the style of the original
 reference code, on the same model and the same hh-rlhf pairs, measured in the same run.
 
-    python benchmarks/bench_label.py [--model default] [--pairs 32] [--new-tokens 256]
+    python benchmarks/bench_label.py [--model default] [--pairs 32] [--new-tokens 256] [--dtype bfloat16]
 
 - judge: `cai_core.feedback.Judge`, both orders of every pair in one batched scoring pass, P(A) read
   from the option log-probabilities (no text generated).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cai_core.backends import SamplingParams, load_backend  # noqa: E402
+from cai_core.backends import DTYPES, SamplingParams, load_backend  # noqa: E402
 from cai_core.constitution import load_constitution  # noqa: E402
 from cai_core.feedback import Judge, choose_principle, comparison_chat  # noqa: E402
 from cai_core.pairs import read_hh_rlhf  # noqa: E402
@@ -53,13 +53,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=256, help="Most tokens the reference style writes.")
     parser.add_argument("--data", default=str(HH_RLHF), help="An hh-rlhf file (the crowdworkers' labels).")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the model, on both sides.")
     args = parser.parse_args()
 
     if not Path(args.data).exists():
         sys.exit(f"{args.data} is absent: this benchmark needs the shared hh-rlhf data")
     found = read_hh_rlhf(args.data, limit=args.pairs)
     human = {label.pair_id: label.choice for label in found.labels}
-    backend = load_backend(args.model, Workspace.from_env())
+    backend = load_backend(args.model, Workspace.from_env(), dtype=args.dtype)
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
     items = [(pair, choose_principle(constitution, 0, pair.pair_id)) for pair in found.pairs]
 
@@ -101,6 +102,7 @@ def main() -> None:
         json.dumps(
             {
                 "model": backend.name,
+                "dtype": args.dtype,
                 "pairs": n,
                 "judge_pairs_per_s": round(n / judge_seconds, 3),
                 "judge_seconds_before_and_after": [round(judge_before, 1), round(judge_after, 1)],
