@@ -43,7 +43,7 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     expect(page.get_by_text("Started sft-")).to_be_visible()
 
     selected = page.locator(".st-key-train_selected")
-    expect(selected.get_by_text("step 3/3")).to_be_visible(timeout=60_000)
+    expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3")).to_be_visible(timeout=60_000)
     expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible()
     expect(selected.locator(".main-svg").first).to_be_visible()  # plotly has drawn the curve
     [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
