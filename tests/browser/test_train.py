@@ -43,12 +43,13 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     expect(page.get_by_text("Started sft-")).to_be_visible()
 
     selected = page.locator(".st-key-train_selected")
-    expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3")).to_be_visible(timeout=60_000)
+    # .first: when the run ends the page redraws itself whole, and the old panel lingers for a moment
+    expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3").first).to_be_visible(timeout=60_000)
     expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible()
     expect(selected.locator(".main-svg").first).to_be_visible()  # plotly has drawn the curve
     [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
     assert job.progress().status == "done"
-    expect(selected.get_by_text(str(job.path / "final"), exact=True)).to_be_visible()
+    expect(selected.get_by_text(str(job.path / "final"), exact=True).first).to_be_visible()
     # no error anywhere on the page, neither a message nor an exception
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
