@@ -6,7 +6,9 @@ classifier, or a Python callable), turns the score and a per-token KL penalty ag
 reference into per-token rewards, estimates advantages with GAE from a value model, then takes
 `ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts.
 
-One process, one device: `accelerate launch` with several processes is for the TRL trainers here.
+One process, one device: `accelerate launch` with several processes is for the TRL trainers here. The
+defaults (4 rollouts, 2 epochs) take about 12 s a step with the default model on a 2-core CPU; on a GPU,
+raise batch_size and ppo_epochs (Ouyang et al. used 4 epochs).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class PPOConfig(TrainConfig):
     kind = "ppo"
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
-    batch_size: int = field(default=8, metadata={"help": "Rollouts (prompts, one answer each) per PPO step."})
+    batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per PPO step."})
     reward_model: str = field(
         default="",
         metadata={"help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable)."},
@@ -54,7 +56,7 @@ class PPOConfig(TrainConfig):
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip around the rollout's values."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch of rollouts."})
+    ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of rollouts."})
     num_minibatches: int = field(default=1, metadata={"help": "Minibatches per pass (must divide batch_size)."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
