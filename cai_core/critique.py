@@ -20,7 +20,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution
-from .jobs import JobFolder
+from .jobs import JobFolder, ending_on_failure
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
 from .workspace import Workspace
@@ -209,7 +209,7 @@ def run_generation(
             on_progress(done_count(), total)
 
     report()
-    try:
+    with ending_on_failure(report):
         if backends is None:
             policy = load_backend(config.model, workspace, config.dtype)
             critic = load_backend(config.critic_model, workspace, config.dtype) if config.critic_model else policy
@@ -231,9 +231,6 @@ def run_generation(
                 report()
         report("done")
         return job
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _run_initial(job, run_id, chunk, chunk_start, traces, steps, policy, config, constitution) -> list[_State]:

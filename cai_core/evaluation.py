@@ -34,7 +34,7 @@ from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, option_logprobs, soft_label
-from .jobs import JobFolder
+from .jobs import JobFolder, ending_on_failure
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
 
@@ -184,7 +184,7 @@ def run_evaluation(
             on_progress(len(answers) + len(judged), total)
 
     report()
-    try:
+    with ending_on_failure(report):
         for name, spec in models.items():
             todo = [(p, w) for p, w in cells if (p["key"], w, name) not in answers]
             backend = load_backend(spec, workspace) if todo else None
@@ -212,9 +212,6 @@ def run_evaluation(
             report()
         report("done")
         return job
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _answer(run_id: str, name: str, backend: Backend, cells, config: EvalConfig) -> list[EvalAnswer]:
@@ -360,7 +357,7 @@ def run_rounds(
             on_progress(len(done), len(comparisons))
 
     report()
-    try:
+    with ending_on_failure(report):
         judge = Judge(load_backend(config.judge, workspace), constitution) if todo else None
         for start in range(0, len(todo), config.batch_size):
             if job.cancel_requested():
@@ -372,9 +369,6 @@ def run_rounds(
             report()
         report("done")
         return job
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _round_key(later: dict, earlier: dict) -> tuple[str, int, int]:

@@ -34,7 +34,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder
+from .jobs import JobFolder, ending_on_failure
 from .records import AILabel, Pair, to_row
 from .workspace import Workspace
 
@@ -367,7 +367,7 @@ def run_labelling(
             on_progress(len(done), len(items))
 
     report()
-    try:
+    with ending_on_failure(report):
         backend = backend or load_backend(config.model, workspace)
         judge = Judge(
             backend,
@@ -412,6 +412,3 @@ def run_labelling(
             report()
         report("done")
         return job
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise

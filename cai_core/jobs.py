@@ -20,6 +20,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +196,17 @@ class JobFolder:
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return f.read().decode("utf-8", errors="replace")
+
+
+@contextmanager
+def ending_on_failure(report: Callable[[str, str], object]) -> Iterator[None]:
+    """Let an exception that ends a job write its last status (failed; cancelled for Ctrl-C) with the reason,
+    then go on: the job folder says why it stopped, and the caller still sees the error."""
+    try:
+        yield
+    except BaseException as exc:
+        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def list_job_folders(runs_dir: Path) -> list[JobFolder]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
-from .jobs import JobFolder
+from .jobs import JobFolder, ending_on_failure
 from .prompts import load_prompts
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
@@ -344,7 +344,7 @@ def run_sampling(
 
     spool_pairs(list(samples.values()))
     report()
-    try:
+    with ending_on_failure(report):
         todo = [(i, p) for i, p in enumerate(prompts) if p.id not in samples]
         if todo:
             backend = backend or load_backend(config.model, workspace)
@@ -373,6 +373,3 @@ def run_sampling(
             report()
         report("done")
         return job
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise
