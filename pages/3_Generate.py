@@ -23,6 +23,7 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
+    local_path,
     md_escape,
     setup,
     show_flash,
@@ -39,11 +40,6 @@ SHOWN_RUNS = 10
 def start(job: JobFolder) -> None:
     """Start (or resume) the job detached, with the same command line as `cai generate --background`."""
     job.resume_in_background(ws)
-
-
-def local_path(spec: str) -> str:
-    """The job runs from the project folder, so a relative path typed here is made absolute first."""
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
 st.title("Generate")

@@ -9,7 +9,6 @@ store (`Store.train_runs`, `Store.train_metrics`).
 
 import dataclasses
 import typing
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -27,6 +26,7 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
+    local_path,
     md_escape,
     setup,
     show_flash,
@@ -89,11 +89,6 @@ def config_widget(kind: str, f: dataclasses.Field, hint, where) -> None:
     else:  # str and float: floats as text, so that 2e-05 stays readable (the config reads them back)
         ss.setdefault(key, "" if default is None else f"{default:g}" if isinstance(default, float) else str(default))
         where.text_input(label, key=key, help=help_, placeholder="none" if optional else None)
-
-
-def local_path(value: str) -> str:
-    """The run starts in the project folder, so a relative path typed here is made absolute first."""
-    return str(Path(value).resolve()) if value and Path(value).exists() else value
 
 
 def form_values(kind: str, cls) -> dict:

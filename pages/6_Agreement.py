@@ -28,6 +28,7 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
+    local_path,
     md_escape,
     setup,
     show_flash,
@@ -46,11 +47,6 @@ SHOWN_LABEL_RUNS = 5
 def start(job: JobFolder) -> None:
     """Start (or resume) the labelling run detached, as `cai label --background` does."""
     job.resume_in_background(ws)
-
-
-def local_path(spec: str) -> str:
-    """The job runs from the project folder, so a relative model folder typed here is made absolute first."""
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
 def label_jobs() -> list[JobFolder]:

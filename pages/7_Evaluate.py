@@ -3,8 +3,6 @@ SL-CAI run's revisions round by round. Runs are background jobs (`cai eval run|r
 figures and charts come from `cai_core.eval_report`, as `cai eval show` and `cai eval report` print them.
 """
 
-from pathlib import Path
-
 import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions
@@ -22,6 +20,7 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
+    local_path,
     md_escape,
     setup,
     show_flash,
@@ -36,11 +35,6 @@ EVAL_KINDS = ("eval", "eval-rounds")
 
 def start(job: JobFolder) -> None:
     job.resume_in_background(ws)
-
-
-def local_path(spec: str) -> str:
-    """Jobs run from the project folder, so a relative path typed here is made absolute first."""
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
 def launch(prepare, config) -> None:

@@ -91,6 +91,12 @@ def use_model(spec: str) -> None:
     st.session_state["model_choice"] = spec
 
 
+def local_path(spec: str) -> str:
+    """A path typed on a page, made absolute when it names something here: jobs run from the project
+    folder, which need not be where the app was started. Anything else (a hub id, `openai:...`) is kept."""
+    return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+
 @contextmanager
 def connect(workspace: Workspace) -> Iterator[Store]:
     """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
