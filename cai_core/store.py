@@ -651,8 +651,12 @@ class Store:
 
     def eval_table(self, table: str, run_id: str) -> pd.DataFrame:
         """One evaluation run's rows of eval_answers, eval_judgments or round_judgments."""
-        assert table in ("eval_answers", "eval_judgments", "round_judgments"), table
-        return self.con.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
+        order = {
+            "eval_answers": "prompt_key, wrapper, model",
+            "eval_judgments": "prompt_key, wrapper, aspect, model_a, model_b",
+            "round_judgments": "trace_id, round, versus_round",
+        }[table]  # the primary key after run_id
+        return self.con.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY {order}", [run_id]).df()
 
 
 def shown_swapped(annotator: str, pair_id: str) -> bool:
