@@ -11,8 +11,6 @@ small models lose the thread in long contexts, and the trace still records every
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +18,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution
-from .jobs import JobFolder, ending_on_failure
+from .jobs import JobFolder, ending_on_failure, run_id_for
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
 from .workspace import Workspace
@@ -153,7 +151,7 @@ def prepare_job(config: GenerateConfig, workspace: Workspace) -> JobFolder:
         config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
     )
     identity = {**asdict(config), "constitution": constitution.version, "prompts": prompt_set.digest, "run_id": None}
-    run_id = config.run_id or "gen-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    run_id = config.run_id or run_id_for("gen", identity)
     return JobFolder.create(
         workspace.runs_dir,
         run_id,

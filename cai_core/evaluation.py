@@ -34,7 +34,7 @@ from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, option_logprobs, soft_label
-from .jobs import JobFolder, ending_on_failure
+from .jobs import JobFolder, ending_on_failure, run_id_for
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
 
@@ -121,10 +121,6 @@ class RoundsConfig:
     )
 
 
-def _run_id(prefix: str, identity: dict) -> str:
-    return f"{prefix}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-
-
 # --- compare models ------------------------------------------------------------------------------
 
 
@@ -143,7 +139,7 @@ def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
     prompts = load_sets(config.sets)
     digest = hashlib.sha256(json.dumps([asdict(p) for p in prompts]).encode()).hexdigest()[:12]
     identity = {**asdict(config), "constitution": constitution.version, "sets": digest, "run_id": None}
-    run_id = config.run_id or _run_id("eval", identity)
+    run_id = config.run_id or run_id_for("eval", identity)
     job = JobFolder.create(
         workspace.runs_dir,
         run_id,
@@ -304,7 +300,7 @@ def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
     rows = steps.to_dict("records")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
     identity = {**asdict(config), "constitution": constitution.version, "traces": digest, "run_id": None}
-    run_id = config.run_id or _run_id("rounds", identity)
+    run_id = config.run_id or run_id_for("rounds", identity)
     job = JobFolder.create(
         workspace.runs_dir,
         run_id,

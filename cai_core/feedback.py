@@ -23,7 +23,6 @@ rerunning the same configuration resumes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import sys
@@ -34,7 +33,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder, ending_on_failure
+from .jobs import JobFolder, ending_on_failure, run_id_for
 from .records import AILabel, Pair, to_row
 from .workspace import Workspace
 
@@ -320,7 +319,7 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
         raise ValueError("no pairs to label: make some with `cai pairs` or import them with `cai import-labels`")
     digest = hashlib.sha256("\n".join(p.pair_id for p in pairs).encode()).hexdigest()[:12]
     identity = {**asdict(config), "constitution": constitution.version, "pairs": digest, "run_id": None}
-    run_id = config.run_id or "label-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    run_id = config.run_id or run_id_for("label", identity)
     job = JobFolder.create(
         workspace.runs_dir,
         run_id,

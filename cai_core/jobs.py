@@ -15,6 +15,7 @@ in flight and never stores a step twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -196,6 +197,12 @@ class JobFolder:
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return f.read().decode("utf-8", errors="replace")
+
+
+def run_id_for(prefix: str, identity: dict) -> str:
+    """A run's default id: a hash of everything that defines it, so the same command again finds (and
+    resumes) the same run."""
+    return f"{prefix}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @contextmanager

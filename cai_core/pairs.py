@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
-from .jobs import JobFolder, ending_on_failure
+from .jobs import JobFolder, ending_on_failure, run_id_for
 from .prompts import load_prompts
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
@@ -303,7 +303,7 @@ def prepare_sample_job(config: SampleConfig, workspace: Workspace) -> JobFolder:
         config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
     )
     identity = {**asdict(config), "prompts": prompt_set.digest, "run_id": None}
-    run_id = config.run_id or "pairs-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    run_id = config.run_id or run_id_for("pairs", identity)
     return JobFolder.create(
         workspace.runs_dir,
         run_id,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import json
 import math
 import os
 import re
@@ -36,7 +35,7 @@ from typing import ClassVar, Literal
 import pandas as pd
 import yaml
 
-from ..jobs import JobFolder
+from ..jobs import JobFolder, run_id_for
 from ..records import TrainedModel, TrainMetric, to_row
 from ..workspace import Workspace
 
@@ -204,10 +203,7 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     digest = hashlib.sha256("".join(f"{k}\0{v}" for k, v in sorted(payloads.items())).encode()).hexdigest()
     identity = {**config.to_dict(), "kind": config.kind, "data": digest if problem is None else "unusable"}
     identity["run_id"] = None
-    run_id = (
-        config.run_id
-        or f"{config.kind}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    )
+    run_id = config.run_id or run_id_for(config.kind, identity)
     job = JobFolder.create(
         ws.runs_dir,
         run_id,
