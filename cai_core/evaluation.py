@@ -467,12 +467,28 @@ def bradley_terry(
     adds that many pseudo-wins to each side of every pair that met, so that a model that won (or lost)
     every game gets a finite rating; prior=0 is the plain maximum-likelihood fit."""
     models = sorted(set(games["model_a"]) | set(games["model_b"]))
+    return _fit_bradley_terry(_wins(games, models), models, prior, iterations, tolerance)
+
+
+def _wins(games: pd.DataFrame, models: list[str]) -> np.ndarray:
+    """wins[i, j]: how often models[i] beat models[j] (a tie counts half to each)."""
     index = {m: i for i, m in enumerate(models)}
-    n = len(models)
-    wins = np.zeros((n, n))  # wins[i, j]: how often i beat j (ties count half to each)
-    for a, b, s in games[["model_a", "model_b", "score_a"]].itertuples(index=False):
-        wins[index[a], index[b]] += s
-        wins[index[b], index[a]] += 1.0 - s
+    a = games["model_a"].map(index).to_numpy()
+    b = games["model_b"].map(index).to_numpy()
+    score = games["score_a"].to_numpy(dtype=float)
+    wins = np.zeros((len(models), len(models)))
+    np.add.at(wins, (a, b), score)
+    np.add.at(wins, (b, a), 1.0 - score)
+    return wins
+
+
+def _fit_bradley_terry(
+    wins: np.ndarray, models: list[str], prior: float = 0.5, iterations: int = 10_000, tolerance: float = 1e-10
+) -> dict[str, float]:
+    """Elo-scale ratings of the models that played at least one game in `wins`."""
+    played = (wins + wins.T).sum(axis=1) > 0
+    models = [m for m, p in zip(models, played, strict=True) if p]
+    wins = wins[np.ix_(played, played)]
     met = (wins + wins.T) > 0
     wins = wins + prior * met
     games_between = wins + wins.T
@@ -480,7 +496,7 @@ def bradley_terry(
     if np.any(total_wins <= 0):
         losers = [m for m, w in zip(models, total_wins, strict=True) if w <= 0]
         raise ValueError(f"{', '.join(losers)} won no game: the fit needs prior > 0")
-    strength = np.ones(n)
+    strength = np.ones(len(models))
     for _ in range(iterations):
         denominators = (games_between / (strength[:, None] + strength[None, :])).sum(axis=1)
         updated = total_wins / denominators
@@ -501,13 +517,14 @@ def ratings(judgments: pd.DataFrame, *, resamples: int = 200, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     for aspect, group in ok.groupby("aspect", sort=True):
         games = group.assign(score_a=group["p_a"].map(outcome))[["prompt_key", "model_a", "model_b", "score_a"]]
-        fitted = bradley_terry(games)
-        by_prompt = {key: g for key, g in games.groupby("prompt_key")}
-        keys = list(by_prompt)
+        models = sorted(set(games["model_a"]) | set(games["model_b"]))
+        # One wins matrix per prompt: a resample's wins are these weighted by how often each prompt was drawn.
+        by_prompt = np.stack([_wins(g, models) for _, g in games.groupby("prompt_key")])
+        fitted = _fit_bradley_terry(by_prompt.sum(axis=0), models)
         samples = []
         for _ in range(resamples):
-            drawn = pd.concat([by_prompt[keys[i]] for i in rng.integers(0, len(keys), len(keys))])
-            samples.append(bradley_terry(drawn))
+            drawn = np.bincount(rng.integers(0, len(by_prompt), len(by_prompt)), minlength=len(by_prompt))
+            samples.append(_fit_bradley_terry(np.tensordot(drawn, by_prompt, axes=1), models))
         for model, rating in fitted.items():
             values = [s[model] for s in samples if model in s]
             low, high = np.quantile(values, [0.025, 0.975]).tolist() if values else (math.nan, math.nan)
