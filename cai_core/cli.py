@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import DTYPES, BackendError, ensure_default_model
@@ -131,46 +133,73 @@ def cmd_constitution_restore(args, ws: Workspace) -> int:
 # --- generation and jobs --------------------------------------------------------------------------
 
 
-def cmd_generate(args, ws: Workspace) -> int:
-    config = config_from_args(GenerateConfig, args)
+@dataclass(frozen=True)
+class JobKind:
+    """What the CLI needs to start, run and resume one kind of (non-training) job."""
+
+    config: type
+    prepare: Callable
+    run: Callable
+    desc: str  # the progress bar's name
+    unit: str  # what it counts
+
+
+JOB_KINDS = {
+    "generate": JobKind(GenerateConfig, prepare_job, run_generation, "SL-CAI", "step"),
+    "pairs": JobKind(SampleConfig, prepare_sample_job, run_sampling, "sampling", "prompt"),
+    "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels", "label"),
+    "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation", "step"),
+    "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds", "comparison"),
+}
+
+
+def _start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
+    """Prepare a job from the command's flags (user errors surface here, before a progress bar is drawn), then
+    start it detached with --background or run it to the end here."""
+    config = config_from_args(JOB_KINDS[kind].config, args)
+    job = JOB_KINDS[kind].prepare(config, ws)
     if args.background:
-        return _launch(prepare_job(config, ws), ws)
-    return _run_in_foreground(config, ws)
+        return _launch(job, ws), job
+    return _run_job(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
 
 
-def cmd_resume(args, ws: Workspace) -> int:
-    job = JobFolder(ws.runs_dir / args.run_id)
-    if not (job.path / "run.json").exists():
-        raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
-    if job.spec["kind"].startswith("train-"):
-        return _train_in_foreground(job, ws)
-    if job.spec["kind"] == "label":
-        return _job_in_foreground(run_labelling, LabelConfig(**job.spec["config"]), ws, "AI labels", "label")
-    if job.spec["kind"] == "eval":
-        return _job_in_foreground(run_evaluation, EvalConfig(**job.spec["config"]), ws, "evaluation", "step")
-    if job.spec["kind"] == "eval-rounds":
-        return _job_in_foreground(run_rounds, RoundsConfig(**job.spec["config"]), ws, "rounds", "comparison")
-    if job.spec["kind"] == "pairs":
-        return _job_in_foreground(run_sampling, SampleConfig(**job.spec["config"]), ws, "sampling", "prompt")
-    return _run_in_foreground(GenerateConfig(**job.spec["config"]), ws)
-
-
-def _run_in_foreground(config: GenerateConfig, ws: Workspace) -> int:
+def _run_job(kind: str, config, ws: Workspace) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(unit="step", desc="SL-CAI", dynamic_ncols=True)
+    unit = JOB_KINDS[kind].unit
+    bar = tqdm(unit=unit, desc=JOB_KINDS[kind].desc, dynamic_ncols=True)
 
     def on_progress(done: int, total: int) -> None:
         bar.total = total
         bar.n = done
         bar.refresh()
 
-    job = run_generation(config, ws, on_progress=on_progress)
+    job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)
     bar.close()
     progress = job.progress()
-    print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} steps; records in {job.path}")
+    print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} {unit}s; records in {job.path}")
     _ingest_if_free(ws)
     return 0 if progress.status == "done" else 1
+
+
+def _launch(job: JobFolder, ws: Workspace) -> int:
+    job.resume_in_background(ws)
+    print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
+    return 0
+
+
+def cmd_generate(args, ws: Workspace) -> int:
+    return _start_job("generate", args, ws)[0]
+
+
+def cmd_resume(args, ws: Workspace) -> int:
+    job = JobFolder(ws.runs_dir / args.run_id)
+    if not (job.path / "run.json").exists():
+        raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
+    kind = job.spec["kind"]
+    if kind.startswith("train-"):
+        return _train_in_foreground(job, ws)
+    return _run_job(kind, JOB_KINDS[kind].config(**job.spec["config"]), ws)
 
 
 def _ingest_if_free(ws: Workspace) -> None:
@@ -282,36 +311,8 @@ def cmd_bench_generate(args, ws: Workspace) -> int:
 # --- RLAIF: pairs, AI labels, human labels, agreement ----------------------------------------------
 
 
-def _job_in_foreground(run, config, ws: Workspace, desc: str, unit: str) -> int:
-    from tqdm import tqdm
-
-    bar = tqdm(unit=unit, desc=desc, dynamic_ncols=True)
-
-    def on_progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    job = run(config, ws, on_progress=on_progress)
-    bar.close()
-    progress = job.progress()
-    print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} {unit}s; records in {job.path}")
-    _ingest_if_free(ws)
-    return 0 if progress.status == "done" else 1
-
-
-def _launch(job: JobFolder, ws: Workspace) -> int:
-    job.resume_in_background(ws)
-    print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
-    return 0
-
-
 def cmd_pairs_sample(args, ws: Workspace) -> int:
-    config = config_from_args(SampleConfig, args)
-    job = prepare_sample_job(config, ws)  # user errors surface here, before a progress bar is drawn
-    if args.background:
-        return _launch(job, ws)
-    return _job_in_foreground(run_sampling, dataclasses.replace(config, run_id=job.run_id), ws, "sampling", "prompt")
+    return _start_job("pairs", args, ws)[0]
 
 
 def cmd_pairs_sl_cai(args, ws: Workspace) -> int:
@@ -338,11 +339,7 @@ def cmd_pairs_import(args, ws: Workspace) -> int:
 
 
 def cmd_label(args, ws: Workspace) -> int:
-    config = config_from_args(LabelConfig, args)
-    job = prepare_label_job(config, ws)  # user errors surface here, before a progress bar is drawn
-    if args.background:
-        return _launch(job, ws)
-    return _job_in_foreground(run_labelling, dataclasses.replace(config, run_id=job.run_id), ws, "AI labels", "label")
+    return _start_job("label", args, ws)[0]
 
 
 def cmd_import_labels(args, ws: Workspace) -> int:
@@ -450,21 +447,13 @@ def _add_rlaif_parsers(sub) -> None:
 
 
 def cmd_eval_run(args, ws: Workspace) -> int:
-    config = config_from_args(EvalConfig, args)
-    job = prepare_eval_job(config, ws)  # user errors surface here, before a progress bar is drawn
-    if args.background:
-        return _launch(job, ws)
-    code = _job_in_foreground(run_evaluation, dataclasses.replace(config, run_id=job.run_id), ws, "evaluation", "step")
-    return code or _print_eval(ws, job.run_id, None)
+    code, job = _start_job("eval", args, ws)
+    return code if args.background or code else _print_eval(ws, job.run_id, None)
 
 
 def cmd_eval_rounds(args, ws: Workspace) -> int:
-    config = config_from_args(RoundsConfig, args)
-    job = prepare_rounds_job(config, ws)
-    if args.background:
-        return _launch(job, ws)
-    code = _job_in_foreground(run_rounds, dataclasses.replace(config, run_id=job.run_id), ws, "rounds", "comparison")
-    return code or _print_eval(ws, None, job.run_id)
+    code, job = _start_job("eval-rounds", args, ws)
+    return code if args.background or code else _print_eval(ws, None, job.run_id)
 
 
 def cmd_eval_show(args, ws: Workspace) -> int:
