@@ -244,7 +244,7 @@ if not figures:
     st.stop()
 st.download_button(
     "Download the report (one HTML file)",
-    report_html(summary),
+    lambda: report_html(summary),  # built on the click, not on every redraw: it inlines 4.7 MB of plotly.js
     file_name="cai-eval-report.html",
     mime="text/html",
     key="eval_report",
