@@ -1,10 +1,9 @@
-"""Do the AI judge's labels agree with people's? Every figure of the agreement dashboard, from DuckDB.
+"""Do the AI judge's labels agree with people's? Every figure of the agreement dashboard.
 
-The database does the counting and returns a few hundred count cells; the figures (agreement, Cohen's
-kappa, ECE, Krippendorff's alpha, position bias) are arithmetic on those cells. People's labels are
-first counted per pair (how many said a, b, tie), so that one pass joins them to the AI's labels and
-the same counts give alpha. That keeps a million labels within a fraction of a second, where pulling
-them into Python would take seconds.
+The store does the counting (`cai_core.store.agreement`) and returns a few hundred count cells; the
+figures (agreement, Cohen's kappa, ECE, Krippendorff's alpha, position bias) are arithmetic on those
+cells. That keeps a million labels within a fraction of a second, where pulling them into Python would
+take seconds.
 
 Conventions:
 - A person's "both bad" counts as a tie (neither response is preferred); "skip" is no label.
@@ -26,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import pandas as pd
+
+from .store import LabelFilter, Store
 
 GROUPINGS = {
     "run": ("run_id", "judge_model", "constitution_version", "strategy", "cot"),
@@ -69,36 +69,6 @@ class Reliability:
 
 
 @dataclass(frozen=True)
-class LabelFilter:
-    """Which AI labels the figures read. Each field keeps the labels with any of its values; an empty field
-    keeps all. A principle filter keeps those principles' labels only, so an ensemble run's pair label
-    becomes the mean over the principles kept."""
-
-    run_ids: tuple[str, ...] = ()
-    principles: tuple[str, ...] = ()
-    judge_models: tuple[str, ...] = ()
-    constitution_versions: tuple[str, ...] = ()
-
-    def sql(self) -> str:
-        """A predicate on ai_labels; values are quoted as SQL literals (the queries are built as text)."""
-        clauses = [
-            f"{column} IN ({', '.join(_literal(v) for v in values)})"
-            for column, values in (
-                ("run_id", self.run_ids),
-                ("principle_id", self.principles),
-                ("judge_model", self.judge_models),
-                ("constitution_version", self.constitution_versions),
-            )
-            if values
-        ]
-        return " AND ".join(clauses) or "TRUE"
-
-
-def _literal(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
 class Dashboard:
     by_run: pd.DataFrame
     by_model: pd.DataFrame
@@ -111,77 +81,8 @@ class Dashboard:
     overall: pd.Series  # every figure of TABLE_COLUMNS pooled over the selected labels (each run's pair labels)
 
 
-def _con(store_or_con) -> duckdb.DuckDBPyConnection:
-    return getattr(store_or_con, "con", store_or_con)
-
-
-def _run_filter(run_id: str | None) -> str:
-    return LabelFilter(run_ids=() if run_id is None else (run_id,)).sql()
-
-
-def _ai_pairs_sql(where: str) -> str:
-    """The AI's label per (run, pair) among the labels WHERE selects. One label per pair needs no grouping:
-    only ensemble runs have several (one per principle) to average, and grouping a million single rows
-    would cost more than every figure."""
-    return f"""
-        SELECT run_id, pair_id, judge_model, constitution_version, p_a, p_order1 AS p1, p_order2 AS p2,
-               failed::INT AS failures, principle_id AS principles
-        FROM ai_labels WHERE {where} AND strategy <> 'ensemble'
-        UNION ALL
-        SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), avg(p_a), avg(p_order1),
-               avg(p_order2), count(*) FILTER (WHERE failed), 'ensemble'
-        FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id"""
-
-
-def _count_humans(con) -> None:
-    """People's labels counted per pair: a temp table every human-side figure reads."""
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _human_counts AS
-           SELECT pair_id, count(*) FILTER (WHERE choice = 'a') AS na, count(*) FILTER (WHERE choice = 'b') AS nb,
-                  count(*) FILTER (WHERE choice IN ('tie', 'both_bad')) AS nt
-           FROM human_labels WHERE choice <> 'skip' GROUP BY pair_id"""
-    ).fetchall()  # DuckDB refuses the connection's next call until a result is consumed, even a DDL's
-
-
-def _cells(con, where: str, tie_band: float, bins: int) -> list[dict]:
-    """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
-    pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
-    P(a better) over them. Groups by principle read each label; the others read the per-pair label
-    (the same row, except in ensemble runs, whose per-pair means are added as rows of their own)."""
-    band = float(tie_band)
-    result = con.execute(
-        f"""WITH labels AS (
-                SELECT run_id, pair_id, judge_model, constitution_version, strategy, cot, principle_id, p_a,
-                       p_order1 AS p1, p_order2 AS p2, failed::INT AS failures, TRUE AS single
-                FROM ai_labels WHERE {where}
-                UNION ALL
-                SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), 'ensemble',
-                       bool_or(cot), NULL, avg(p_a), avg(p_order1), avg(p_order2), count(*) FILTER (WHERE failed), FALSE
-                FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id),
-            ai AS (
-                SELECT *, CASE WHEN single THEN principle_id END AS k_principle,
-                       NOT single OR strategy <> 'ensemble' AS per_pair,
-                       CASE WHEN p_a > 0.5 + {band} THEN 'a' WHEN p_a < 0.5 - {band} THEN 'b'
-                            WHEN p_a IS NOT NULL THEN 'tie' END AS v3,
-                       CASE WHEN p_a > 0.5 THEN 'a' WHEN p_a < 0.5 THEN 'b' END AS v2,
-                       least(floor(p_a * {int(bins)}), {int(bins) - 1})::INT AS bin,
-                       p1 IS NOT NULL AND p2 IS NOT NULL AS both_orders
-                FROM labels)
-            SELECT CASE WHEN per_pair THEN run_id END AS k_run, CASE WHEN per_pair THEN judge_model END AS k_model,
-                   CASE WHEN per_pair THEN constitution_version END AS k_version, k_principle, v3, v2, bin,
-                   any_value(judge_model) AS run_model, any_value(constitution_version) AS run_version,
-                   any_value(strategy) AS strategy, bool_or(cot) AS cot, count(*) AS ai_rows,
-                   sum(failures) AS failures, count(*) FILTER (WHERE both_orders) AS both_orders,
-                   count(*) FILTER (WHERE (p1 > 0.5) <> (p2 > 0.5)) AS consistent,
-                   sum((p1 > 0.5)::INT + (p2 > 0.5)::INT) AS firsts,
-                   sum(coalesce(na, 0)) AS na, sum(coalesce(nb, 0)) AS nb, sum(coalesce(nt, 0)) AS nt,
-                   sum(p_a * na) AS pa, sum(p_a * nb) AS pb, sum(p_a * nt) AS pt
-            FROM ai LEFT JOIN _human_counts USING (pair_id)
-            GROUP BY GROUPING SETS ((k_run, v3, v2, bin), (k_model, v3, v2, bin), (k_version, v3, v2, bin),
-                                    (k_principle, v3, v2, bin))"""
-    )
-    names = [d[0] for d in result.description]
-    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+def _run_filter(run_id: str | None) -> LabelFilter:
+    return LabelFilter(run_ids=() if run_id is None else (run_id,))
 
 
 def _long(cells: list[dict]) -> list[tuple]:
@@ -289,17 +190,11 @@ def _table(cells: list[dict], grouping: str, bins: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, *TABLE_COLUMNS])
 
 
-def _alpha(con, where: str) -> Alpha:
+def _alpha(store: Store, labels: LabelFilter) -> Alpha:
     """alpha = 1 - (n - 1) * (n - sum_c o_cc) / (n^2 - sum_c n_c^2), from the per-pair counts, where
     o_cc = sum over pairs of n_uc (n_uc - 1) / (m_u - 1) and n_c = sum over pairs of n_uc (pairs with m_u >= 2).
-    With no AI-label filter (WHERE is TRUE) it reads every pair people labelled, else the selected labels' pairs."""
-    restrict = "" if where == "TRUE" else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {where})"
-    units, n, na, nb, nt, oa, ob, ot = con.execute(
-        f"""SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
-                   sum(na * (na - 1) / (na + nb + nt - 1)), sum(nb * (nb - 1) / (na + nb + nt - 1)),
-                   sum(nt * (nt - 1) / (na + nb + nt - 1))
-            FROM _human_counts WHERE na + nb + nt >= 2 {restrict}"""
-    ).fetchall()[0]
+    With no AI-label filter it reads every pair people labelled, else the selected labels' pairs."""
+    units, n, na, nb, nt, oa, ob, ot = store.alpha_counts(labels)
     if not units:
         return Alpha(None, 0, 0)
     expected = n * n - (na * na + nb * nb + nt * nt)
@@ -325,23 +220,6 @@ def _confidence_floor(entries: list[tuple], bins: int, limit: int) -> float:
     return 0.0
 
 
-def _disagreements(con, where: str, limit: int, confidence_floor: float = 0.0) -> pd.DataFrame:
-    # Find the most confident disagreeing (run, pair) from the counts first, then fetch texts for those only.
-    return con.execute(
-        f"""WITH ai AS ({_ai_pairs_sql(where)}),
-            top AS (SELECT ai.* FROM ai JOIN _human_counts h USING (pair_id)
-                    WHERE abs(ai.p_a - 0.5) >= {float(confidence_floor)}
-                      AND ((ai.p_a > 0.5 AND h.nb > 0) OR (ai.p_a < 0.5 AND h.na > 0))
-                    ORDER BY abs(ai.p_a - 0.5) DESC, ai.run_id, ai.pair_id LIMIT {int(limit)})
-            SELECT top.run_id, top.pair_id, h.annotator, h.choice AS human,
-                   CASE WHEN top.p_a > 0.5 THEN 'a' ELSE 'b' END AS ai, top.p_a, top.p1 AS p_order1,
-                   top.p2 AS p_order2, top.principles, h.rationale, p.prompt, p.response_a, p.response_b
-            FROM top JOIN human_labels h USING (pair_id) JOIN pairs p USING (pair_id)
-            WHERE h.choice IN ('a', 'b') AND h.choice <> CASE WHEN top.p_a > 0.5 THEN 'a' ELSE 'b' END
-            ORDER BY abs(top.p_a - 0.5) DESC, top.run_id, top.pair_id, h.annotator LIMIT {int(limit)}"""
-    ).df()
-
-
 @dataclass(frozen=True)
 class LabelFacets:
     """What the dashboard's filters can choose from; runs newest first."""
@@ -352,17 +230,10 @@ class LabelFacets:
     principles: list[str]
 
 
-def label_facets(store_or_con) -> LabelFacets:
+def label_facets(store: Store) -> LabelFacets:
     """The distinct runs, judges, versions and principles of the AI labels: one grouping pass, no agreement
     computed, so a page can offer its filters before it asks for the figures."""
-    frame = (
-        _con(store_or_con)
-        .execute(
-            """SELECT run_id, judge_model, constitution_version, principle_id, max(created_at) AS latest
-           FROM ai_labels GROUP BY ALL"""
-        )
-        .df()
-    )
+    frame = store.label_facet_rows()
     runs = frame.groupby("run_id")["latest"].max().sort_values(ascending=False)
     return LabelFacets(
         run_ids=list(runs.index),
@@ -372,24 +243,22 @@ def label_facets(store_or_con) -> LabelFacets:
     )
 
 
-def inter_human_alpha(store_or_con, *, run_id: str | None = None) -> Alpha:
+def inter_human_alpha(store: Store, *, run_id: str | None = None) -> Alpha:
     """Nominal Krippendorff's alpha over people's labels (a, b, tie; both_bad counts as tie, skip as
     missing), on every pair or on the pairs a run labelled."""
-    con = _con(store_or_con)
-    _count_humans(con)
-    return _alpha(con, _run_filter(run_id))
+    store.count_human_labels()
+    return _alpha(store, _run_filter(run_id))
 
 
-def disagreements(store_or_con, *, run_id: str | None = None, limit: int = 50) -> pd.DataFrame:
+def disagreements(store: Store, *, run_id: str | None = None, limit: int = 50) -> pd.DataFrame:
     """Pairs where the AI's verdict and a person's label (a or b) differ, the most confident AI first,
     with both responses, the labels and the judge's per-order probabilities."""
-    con = _con(store_or_con)
-    _count_humans(con)
-    return _disagreements(con, _run_filter(run_id), limit)
+    store.count_human_labels()
+    return store.disagreements(_run_filter(run_id), limit)
 
 
 def dashboard(
-    store_or_con,
+    store: Store,
     *,
     run_id: str | None = None,
     run_ids: Iterable[str] | None = None,
@@ -410,15 +279,14 @@ def dashboard(
         raise ValueError(f"bins {bins}: expected at least 1")
     if run_id is not None and run_ids is not None:
         raise ValueError("pass run_id or run_ids, not both")
-    where = LabelFilter(
+    labels = LabelFilter(
         run_ids=(run_id,) if run_id is not None else tuple(run_ids or ()),
         principles=tuple(principles or ()),
         judge_models=tuple(judge_models or ()),
         constitution_versions=tuple(constitution_versions or ()),
-    ).sql()
-    con = _con(store_or_con)
-    _count_humans(con)
-    cells = _cells(con, where, tie_band, bins)
+    )
+    store.count_human_labels()
+    cells = store.agreement_cells(labels, tie_band, bins)
     per_pair = [c for c in cells if c["k_run"] is not None]
     pooled = _long(per_pair)
     confusion = _confusion(pooled, 1, HUMAN_CLASSES)
@@ -431,9 +299,9 @@ def dashboard(
         by_principle=tables["principle"],
         confusion=confusion,
         reliability=_reliability(pooled, bins),
-        alpha=_alpha(con, where),
-        disagreements=_disagreements(
-            con, where, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
+        alpha=_alpha(store, labels),
+        disagreements=store.disagreements(
+            labels, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
         ),
         overall=pd.Series(_metrics(per_pair, bins), index=TABLE_COLUMNS, dtype=float),
     )

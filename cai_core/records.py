@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -136,6 +137,12 @@ class HumanLabel:
     updated_at: float = field(default_factory=now)
 
 
+def shown_swapped(annotator: str, pair_id: str) -> bool:
+    """Whether this annotator sees the pair with its sides swapped: a fixed coin per (annotator, pair), so
+    that each person's sides are random but stay the same across sessions and reloads."""
+    return hashlib.sha256(f"{annotator}\0{pair_id}".encode()).digest()[0] & 1 == 1
+
+
 @dataclass(frozen=True)
 class AnnotationItem:
     """A pair as one annotator sees it: sides randomised per annotator, the mapping kept here, not shown."""
@@ -145,6 +152,13 @@ class AnnotationItem:
     left: str  # shown as "A"
     right: str  # shown as "B"
     shown_swapped: bool
+
+    @classmethod
+    def for_annotator(cls, pair: Pair, annotator: str, swapped: bool | None = None) -> AnnotationItem:
+        """The pair with this annotator's sides (`swapped` given: as a stored label says they saw it)."""
+        swapped = shown_swapped(annotator, pair.pair_id) if swapped is None else swapped
+        left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
+        return cls(pair.pair_id, pair.prompt, left, right, swapped)
 
     def label(self, annotator: str, shown_choice: str, rationale: str = "") -> HumanLabel:
         """The label for what the annotator clicked ("a" = the left side), turned back into pair terms."""
@@ -237,6 +251,20 @@ class RoundJudgment:
     judge_model: str
     constitution_version: str
     created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class IngestProblem:
+    """Something ingest kept out of the store: a spooled line (its file and 1-based line) or a whole job
+    whose run.json or progress.json cannot be read (line 0, or the line of a JSON error)."""
+
+    path: str
+    line: int
+    problem: str
+    seen_at: float
+
+    def __str__(self) -> str:
+        return f"{self.path}" + (f":{self.line}" if self.line else "") + f": {self.problem}"
 
 
 PAIR_SOURCES = ("sampled", "sl-cai", "import")

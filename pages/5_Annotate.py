@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
-from cai_core.records import AnnotationItem
-from cai_core.store import Store, StoreError, shown_swapped
+from cai_core.records import AnnotationItem, shown_swapped
+from cai_core.store import Store, StoreError
 from pages import connect, count, flash, md_escape, setup, show_flash, show_text, when
 
 settings = setup("Annotate")
@@ -156,8 +156,7 @@ with connect(ws) as store:
             except KeyError:  # the pair is gone (another data folder): take the queue's next
                 item = None
         if item is None:
-            queue = store.annotation_queue(annotator, overlap=overlap, limit=1)
-            item = queue[0] if queue else None
+            item = store.next_annotation(annotator, overlap=overlap)
         ss["current"] = (annotator, item.pair_id) if item else None
 
     st.divider()

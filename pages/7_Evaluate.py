@@ -22,6 +22,7 @@ from pages import (
     live_panel,
     local_path,
     md_escape,
+    model_choices,
     setup,
     show_flash,
     show_text,
@@ -58,7 +59,7 @@ st.write(
 )
 
 with connect(ws) as store:
-    models = store.model_choices()
+    models = model_choices(store)
     generate_runs = store.runs(kind="generate")
 constitutions = [p.name for p in list_constitutions(ws.constitutions_dir)]
 

@@ -63,7 +63,7 @@ def setup(title: str) -> Settings:
     data_dir, db_path = ss["data_dir"].strip(), ss["db_path"].strip()
     workspace = Workspace(Path(data_dir) if data_dir else env.root, Path(db_path) if db_path else None)
     with connect(workspace) as store:
-        labels = {**store.model_choices(), OTHER_MODEL: OTHER_MODEL}
+        labels = {**model_choices(store), OTHER_MODEL: OTHER_MODEL}
     if ss["model_choice"] not in labels:
         # a model this data folder does not know (another folder's, or set with `use_model`): kept as typed text
         ss["model_spec"], ss["model_choice"] = ss["model_choice"], OTHER_MODEL
@@ -83,6 +83,16 @@ def setup(title: str) -> Settings:
             )
     model = ss["model_spec"].strip() if ss["model_choice"] == OTHER_MODEL else ss["model_choice"]
     return Settings(workspace, model or DEFAULT_MODEL)
+
+
+def model_choices(store: Store) -> dict[str, str]:
+    """The models a page can pick as its backend, spec → label: `default`, then every finished trained model
+    whose folder still exists, newest first (reward models score; they do not generate or judge)."""
+    choices = {DEFAULT_MODEL: f"{DEFAULT_MODEL} (SmolLM2-135M-Instruct)"}
+    for model in store.trained_models(generating_only=True):
+        if Path(model.path).is_dir():
+            choices[model.path] = f"{model.kind.removeprefix('train-').upper()} · {model.run_id} · step {model.step}"
+    return choices
 
 
 def use_model(spec: str) -> None:

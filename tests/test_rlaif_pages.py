@@ -15,8 +15,8 @@ from cai_core.backends import DEFAULT_MODEL
 from cai_core.constitution import load_constitution
 from cai_core.jobs import JobFolder
 from cai_core.pairs import read_hh_rlhf
-from cai_core.records import AILabel, HumanLabel, to_row
-from cai_core.store import Store, shown_swapped
+from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
+from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .conftest import require_shared_data

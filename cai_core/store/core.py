@@ -1,0 +1,460 @@
+"""Opening the database, its schema and migrations, and ingest: copying what jobs spooled into the tables.
+
+Ingest is idempotent (primary keys + INSERT OR IGNORE, and a per-file byte offset so that each line is
+read once). A line that is not a record of its table (bad JSON, a wrong field, a wrong type) is
+quarantined: kept out, recorded in `ingest_problems` with its file and line, and skipped, so one bad
+line never stops the other jobs. A job whose run.json cannot be read is quarantined whole. Only a torn
+last line (no newline yet) waits for its writer.
+
+Writes: DuckDB lets one process hold the file, and inside it each session (a page run, a thread) has its
+own connection. Two transactions that touch the same row fail one commit ("Conflict on update", or a
+duplicate key at COMMIT), and a count read in one transaction is stale in another (an annotator's queue).
+So every write in this process goes through `_write`, which holds the database's lock from BEGIN to
+COMMIT: writes are serialised, reads never wait, and a read inside `_write` is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from ..jobs import JobFolder, list_job_folders
+from ..records import (
+    PAIR_SOURCES,
+    AILabel,
+    EvalAnswer,
+    EvalJudgment,
+    IngestProblem,
+    Pair,
+    RoundJudgment,
+    Run,
+    Trace,
+    TraceStep,
+    TrainedModel,
+    TrainMetric,
+    columns,
+    now,
+)
+from ..workspace import Workspace
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message names the file."""
+
+
+MIGRATIONS: list[str] = [
+    # 1: constitutions, runs, traces
+    """
+    CREATE TABLE constitution_saves (
+        save_id BIGINT PRIMARY KEY, path TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+        content TEXT NOT NULL, note TEXT NOT NULL DEFAULT '', saved_at DOUBLE NOT NULL);
+    CREATE TABLE constitution_versions (
+        version TEXT PRIMARY KEY, name TEXT NOT NULL, content TEXT NOT NULL, first_seen DOUBLE NOT NULL);
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, config TEXT NOT NULL, model TEXT NOT NULL,
+        constitution_name TEXT, constitution_version TEXT, status TEXT NOT NULL, done BIGINT NOT NULL,
+        total BIGINT NOT NULL, message TEXT NOT NULL, created_at DOUBLE NOT NULL, updated_at DOUBLE NOT NULL);
+    CREATE TABLE traces (
+        trace_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, prompt_id TEXT NOT NULL, prompt TEXT NOT NULL,
+        category TEXT NOT NULL, sample_index INTEGER NOT NULL, model TEXT NOT NULL,
+        constitution_name TEXT NOT NULL, constitution_version TEXT NOT NULL, created_at DOUBLE NOT NULL);
+    CREATE TABLE trace_steps (
+        trace_id TEXT NOT NULL, round INTEGER NOT NULL, principle_id TEXT, critique TEXT, response TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL, critique_tokens INTEGER NOT NULL, response_tokens INTEGER NOT NULL,
+        seconds DOUBLE NOT NULL, stopped BOOLEAN NOT NULL, created_at DOUBLE NOT NULL,
+        PRIMARY KEY (trace_id, round));
+    CREATE TABLE ingest_offsets (path TEXT PRIMARY KEY, bytes BIGINT NOT NULL);
+    CREATE INDEX traces_run ON traces (run_id);
+    """,
+    # 2: people's verdicts on trace rounds
+    """
+    CREATE TABLE step_verdicts (
+        trace_id TEXT NOT NULL, round INTEGER NOT NULL, annotator TEXT NOT NULL,
+        revision_verdict TEXT CHECK (revision_verdict IN ('better', 'same', 'worse')),
+        critique_verdict TEXT CHECK (critique_verdict IN ('valid', 'invalid')),
+        note TEXT NOT NULL, updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (trace_id, round, annotator));
+    """,
+    # 3: RLAIF: response pairs, AI judges' soft labels, people's labels
+    """
+    CREATE TABLE pairs (
+        pair_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, response_a TEXT NOT NULL, response_b TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('sampled', 'sl-cai', 'import')), origin TEXT NOT NULL,
+        origin_index INTEGER NOT NULL, origin_a TEXT NOT NULL, origin_b TEXT NOT NULL, created_at DOUBLE NOT NULL);
+    CREATE TABLE ai_labels (
+        run_id TEXT NOT NULL, pair_id TEXT NOT NULL, principle_id TEXT NOT NULL, judge_model TEXT NOT NULL,
+        constitution_version TEXT NOT NULL, strategy TEXT NOT NULL, method TEXT NOT NULL, cot BOOLEAN NOT NULL,
+        few_shot INTEGER NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE, p_a DOUBLE, failed BOOLEAN NOT NULL,
+        reasoning_1 TEXT, reasoning_2 TEXT, seconds DOUBLE NOT NULL, created_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, pair_id, principle_id));
+    CREATE TABLE human_labels (
+        pair_id TEXT NOT NULL, annotator TEXT NOT NULL,
+        choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad', 'skip')),
+        shown_swapped BOOLEAN NOT NULL, rationale TEXT NOT NULL, created_at DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL, PRIMARY KEY (pair_id, annotator));
+    """,
+    # 4: training runs' logged metrics and where their models are
+    """
+    CREATE TABLE train_metrics (
+        run_id TEXT NOT NULL, step BIGINT NOT NULL, name TEXT NOT NULL, value DOUBLE NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, step, name));
+    CREATE TABLE trained_models (
+        run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL, base_model TEXT NOT NULL,
+        step BIGINT NOT NULL, created_at DOUBLE NOT NULL);
+    """,
+    # 5: evaluation: answers per (prompt, wrapper, model), pairwise judgments, SL-CAI round judgments
+    """
+    CREATE TABLE eval_answers (
+        run_id TEXT NOT NULL, prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, model TEXT NOT NULL,
+        set_name TEXT NOT NULL, prompt TEXT NOT NULL, sent TEXT NOT NULL, category TEXT NOT NULL,
+        label TEXT NOT NULL CHECK (label IN ('harmful', 'benign')), answer TEXT NOT NULL, refused BOOLEAN NOT NULL,
+        tokens INTEGER NOT NULL, seconds DOUBLE NOT NULL, created_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, prompt_key, wrapper, model));
+    CREATE TABLE eval_judgments (
+        run_id TEXT NOT NULL, prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, aspect TEXT NOT NULL,
+        model_a TEXT NOT NULL, model_b TEXT NOT NULL, principle_id TEXT NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE,
+        p_a DOUBLE, failed BOOLEAN NOT NULL, judge_model TEXT NOT NULL, constitution_version TEXT NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, prompt_key, wrapper, aspect, model_a, model_b));
+    CREATE TABLE round_judgments (
+        run_id TEXT NOT NULL, trace_id TEXT NOT NULL, round INTEGER NOT NULL, versus_round INTEGER NOT NULL,
+        revision_principle_id TEXT NOT NULL, judge_principle_id TEXT NOT NULL, p_order1 DOUBLE, p_order2 DOUBLE,
+        p_later DOUBLE, failed BOOLEAN NOT NULL, judge_model TEXT NOT NULL, constitution_version TEXT NOT NULL,
+        created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, trace_id, round, versus_round));
+    """,
+    # 6: refusals read by a judge keep its probability
+    """
+    ALTER TABLE eval_answers ADD COLUMN refusal_p DOUBLE;
+    """,
+    # 7: what ingest could not read (a line or a whole job), and the pair each annotator has on screen
+    """
+    CREATE TABLE ingest_problems (
+        path TEXT NOT NULL, line BIGINT NOT NULL, problem TEXT NOT NULL, seen_at DOUBLE NOT NULL,
+        PRIMARY KEY (path, line));
+    CREATE TABLE annotation_claims (annotator TEXT PRIMARY KEY, pair_id TEXT NOT NULL, claimed_at DOUBLE NOT NULL);
+    """,
+]
+
+
+# Tables a job may spool into, with the record type that fixes their columns.
+SPOOLED_TABLES = {
+    "traces": Trace,
+    "trace_steps": TraceStep,
+    "pairs": Pair,
+    "ai_labels": AILabel,
+    "train_metrics": TrainMetric,
+    "trained_models": TrainedModel,
+    "eval_answers": EvalAnswer,
+    "eval_judgments": EvalJudgment,
+    "round_judgments": RoundJudgment,
+}
+# The schema's CHECKs on spooled columns, tested per line so that one bad value is one quarantined line.
+CHECKED_VALUES = {("pairs", "source"): PAIR_SOURCES, ("eval_answers", "label"): ("harmful", "benign")}
+
+_write_locks: dict[Path, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.RLock:
+    with _write_locks_guard:
+        return _write_locks.setdefault(path.resolve(), threading.RLock())
+
+
+class StoreCore:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path):
+        self.con = con
+        self.path = path
+        self._lock = _write_lock(path)
+        self._writing = False
+
+    @classmethod
+    @contextmanager
+    def open(cls, workspace: Workspace | str | Path, *, wait_seconds: float = 10.0) -> Iterator:
+        path = workspace.db_path if isinstance(workspace, Workspace) else Path(workspace)
+        con = _connect(path, wait_seconds)
+        store = cls(con, path)
+        try:
+            store.migrate()
+            yield store
+        except (duckdb.IOException, duckdb.TransactionException) as exc:  # disk full, a failed commit, ...
+            raise StoreError(f"database {path}: {str(exc).splitlines()[0]}") from None
+        finally:
+            con.close()
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        created = self._one("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations'")[0]
+        if created and self.schema_version == len(MIGRATIONS):
+            return  # the common case: nothing to apply, no write lock taken
+        with self._write():
+            self._exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE)")
+            applied = self._one("SELECT coalesce(max(version), 0) FROM schema_migrations")[0]
+            for version, sql in enumerate(MIGRATIONS[applied:], start=applied + 1):
+                self._exec(sql)
+                self._exec("INSERT INTO schema_migrations VALUES (?, ?)", [version, now()])
+
+    @property
+    def schema_version(self) -> int:
+        return self._one("SELECT max(version) FROM schema_migrations")[0]
+
+    # --- the statements every concern uses ------------------------------------------------------
+
+    def _exec(self, sql: str, params: list | None = None) -> None:
+        self.con.execute(sql, params or []).fetchall()
+
+    def _one(self, sql: str, params: list | None = None) -> tuple | None:
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
+    def _count(self, table: str) -> int:
+        return self._one(f"SELECT count(*) FROM {table}")[0]
+
+    @contextmanager
+    def _write(self):
+        """One transaction under this process's write lock for the database file (see the module docstring).
+        Nested calls join the outer transaction."""
+        if self._writing:
+            yield
+            return
+        with self._lock:
+            self._exec("BEGIN TRANSACTION")
+            self._writing = True
+            try:
+                yield
+            except BaseException:
+                self._exec("ROLLBACK")
+                raise
+            finally:
+                self._writing = False
+            self._exec("COMMIT")  # a failed commit has already ended the transaction: nothing to roll back
+
+    def _insert_frame(self, verb: str, table: str, frame: pd.DataFrame) -> None:
+        """`verb` (INSERT OR IGNORE, INSERT OR REPLACE) every row of a frame whose columns are the table's."""
+        cols = ", ".join(frame.columns)
+        self.con.register("incoming", frame)
+        try:
+            self._exec(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM incoming")
+        finally:
+            self.con.unregister("incoming")
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, runs_dir: Path) -> int:
+        """Copy every job's new records in; returns how many rows were new. Safe to call anytime, from any
+        number of sessions at once; what cannot be read is quarantined (see `ingest_problems`)."""
+        return sum(self.ingest_job(job) for job in list_job_folders(runs_dir))
+
+    def ingest_job(self, job: JobFolder) -> int:
+        try:
+            run, constitution = _run_record(job)
+        except BadJobFile as exc:
+            known = self._one(
+                "SELECT problem FROM ingest_problems WHERE path = ? AND line = ?", [str(exc.path.resolve()), exc.line]
+            )
+            if known is None or known[0] != exc.problem:  # a job still broken is not written again
+                with self._write():
+                    self._quarantine(exc.path, exc.line, exc.problem)
+            return 0
+        stored = self._one(f"SELECT {', '.join(columns(Run))} FROM runs WHERE run_id = ?", [run.run_id])
+        pending = [(table, path, offset) for table, path, offset in self._spooled_files(job) if offset is not None]
+        if stored == tuple(run.__dict__.values()) and not pending:
+            return 0  # nothing new: no write, no lock
+        with self._write():
+            if constitution:
+                self._exec(
+                    "INSERT OR IGNORE INTO constitution_versions VALUES (?, ?, ?, ?)",
+                    [constitution["version"], constitution["name"], constitution["content"], run.created_at],
+                )
+            self._exec(
+                f"INSERT OR REPLACE INTO runs VALUES ({', '.join('?' * len(columns(Run)))})",
+                list(run.__dict__.values()),
+            )
+            self._exec(  # the job reads again: what was wrong with its files has been fixed
+                "DELETE FROM ingest_problems WHERE path IN (?, ?)",
+                [str((job.path / name).resolve()) for name in ("run.json", "progress.json")],
+            )
+        return sum(self._ingest_file(path, table, offset) for table, path, offset in pending)
+
+    def _spooled_files(self, job: JobFolder) -> Iterator[tuple[str, Path, int | None]]:
+        """(table, file, offset read so far), the offset None when the file has nothing new."""
+        for table in SPOOLED_TABLES:
+            path = job.records_path(table)
+            if not path.exists():
+                continue
+            row = self._one("SELECT bytes FROM ingest_offsets WHERE path = ?", [str(path.resolve())])
+            offset = row[0] if row else 0
+            yield table, path, offset if path.stat().st_size > offset else None
+
+    def _ingest_file(self, path: Path, table: str, offset: int) -> int:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        chunk = chunk[: chunk.rfind(b"\n") + 1]  # a torn last line waits for its writer
+        if not chunk:
+            return 0
+        record_type = SPOOLED_TABLES[table]
+        first_line = None  # the file's line number of the chunk's first line, counted only when needed
+        rows, problems = [], []
+        for n, line in enumerate(chunk.split(b"\n")[:-1]):
+            if not line.strip():
+                continue
+            try:
+                rows.append(_record_row(line, table, record_type))
+            except ValueError as exc:
+                first_line = first_line or _line_number(path, offset)
+                problems.append((first_line + n, str(exc)))
+        key = str(path.resolve())
+        try:
+            with self._write():
+                before = self._count(table)
+                if rows:
+                    self._insert_frame("INSERT OR IGNORE", table, pd.DataFrame(rows, columns=columns(record_type)))
+                for line, problem in problems:
+                    self._quarantine(path, line, problem)
+                self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
+                return self._count(table) - before
+        except (duckdb.ConstraintException, duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+            # what the per-line checks did not foresee: keep the whole chunk out, named, and go on
+            first_line = first_line or _line_number(path, offset)
+            last_line = first_line + chunk.count(b"\n") - 1
+            with self._write():
+                self._quarantine(path, first_line, f"lines {first_line}-{last_line}: {str(exc).splitlines()[0]}")
+                self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
+            return 0
+
+    def _quarantine(self, path: Path, line: int, problem: str) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO ingest_problems VALUES (?, ?, ?, ?)", [str(path.resolve()), line, problem, now()]
+        )
+
+    def ingest_problems(self) -> list[IngestProblem]:
+        """What ingest kept out, newest first: each names its file and line (0: the whole file)."""
+        rows = self.con.execute(
+            f"SELECT {', '.join(columns(IngestProblem))} FROM ingest_problems ORDER BY seen_at DESC, path, line"
+        ).fetchall()
+        return [IngestProblem(*r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {table: self._count(table) for table in ("constitution_versions", "runs", "traces", "trace_steps")}
+
+
+class BadJobFile(ValueError):
+    """A job's run.json or progress.json that cannot be read: the job is kept out until it is fixed."""
+
+    def __init__(self, path: Path, problem: str, line: int = 0):
+        super().__init__(f"{path}" + (f", line {line}" if line else "") + f": {problem}")
+        self.path, self.problem, self.line = path, problem, line
+
+
+def _run_record(job: JobFolder) -> tuple[Run, dict | None]:
+    """The runs row of a job and its constitution snapshot, or BadJobFile naming what cannot be read."""
+    where = job.path / "run.json"
+    try:
+        spec = job.spec
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadJobFile(where, f"not readable as JSON: {exc}", getattr(exc, "lineno", 0)) from None
+    if not isinstance(spec, dict):
+        raise BadJobFile(where, f"expected a JSON object, found {type(spec).__name__}")
+    for key, kind in (("kind", str), ("model", str), ("created_at", (int, float))):
+        if not isinstance(spec.get(key), kind) or isinstance(spec.get(key), bool):
+            raise BadJobFile(where, f"{key!r} is missing or not a {'text' if kind is str else 'number'}")
+    if not isinstance(spec.get("config", {}), dict):
+        raise BadJobFile(where, "'config' is not an object")
+    constitution = spec.get("constitution")
+    if constitution is not None and not (
+        isinstance(constitution, dict)
+        and all(isinstance(constitution.get(k), str) for k in ("name", "version", "content"))
+    ):
+        raise BadJobFile(where, "'constitution' needs a name, a version and a content")
+    try:
+        progress = job.progress()
+    except (TypeError, ValueError) as exc:
+        raise BadJobFile(job.path / "progress.json", f"cannot be read: {exc}") from None
+    run = Run(
+        run_id=job.run_id,
+        kind=spec["kind"],
+        config=json.dumps(spec.get("config", {})),
+        model=spec["model"],
+        constitution_name=constitution and constitution["name"],
+        constitution_version=constitution and constitution["version"],
+        status=progress.status,
+        done=progress.done,
+        total=progress.total,
+        message=progress.message,
+        created_at=spec["created_at"],
+        updated_at=progress.updated_at,
+    )
+    return run, constitution
+
+
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _record_row(line: bytes, table: str, record_type) -> dict:
+    """One spooled line as a row of its table, or ValueError saying what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a JSON record: {exc}") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, found {type(row).__name__}")
+    known = {f.name: f for f in fields(record_type)}
+    unknown = sorted(set(row) - set(known))
+    if unknown:
+        raise ValueError(f"unknown field(s) for {table}: {', '.join(unknown)}")
+    for name, f in known.items():
+        value = row.get(name)
+        types_ = str(f.type).replace(" ", "").split("|")
+        if value is None:
+            if "None" not in types_:
+                raise ValueError(f"field {name!r} is missing")
+            continue
+        allowed = tuple(t for name_ in types_ for t in _JSON_TYPES.get(name_, ()))
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            raise ValueError(f"field {name!r}: expected {' or '.join(types_)}, found {type(value).__name__}")
+        expected = CHECKED_VALUES.get((table, name))
+        if expected and value not in expected:
+            raise ValueError(f"field {name!r}: {value!r} is not one of {', '.join(expected)}")
+    return row
+
+
+def _line_number(path: Path, offset: int) -> int:
+    """The 1-based line number at byte `offset` of a file (the offset is always at a line's start)."""
+    count, done = 1, 0
+    with open(path, "rb") as f:
+        while done < offset:
+            block = f.read(min(1 << 20, offset - done))
+            if not block:
+                break
+            count += block.count(b"\n")
+            done += len(block)
+    return count
+
+
+def _connect(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
+    if path.exists() and path.is_dir():
+        raise StoreError(f"database path {path} is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder for database {path}: {exc.strerror}") from None
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" in message.lower() and time.monotonic() < deadline:
+                time.sleep(0.2)  # another process holds it for a moment; connections here are short
+                continue
+            if "lock" in message.lower():
+                raise StoreError(f"database {path} is held by another process: {message.splitlines()[0]}") from None
+            raise StoreError(f"cannot open database {path}: {message.splitlines()[0]}") from None

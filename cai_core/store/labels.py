@@ -1,0 +1,206 @@
+"""Pairs, the AI judges' labels over them, and people's labels: saving, undoing, and the annotation queue.
+
+Overlap stays exact with many annotators at once: the pair on an annotator's screen is claimed for them
+(`annotation_claims`, one claim per annotator), and a claim counts towards the pair's wanted labels as a
+label does, so nobody else is handed it meanwhile. Handing out a pair and saving a label each happen
+under the write lock, so the counts they read are exact. A claim expires after CLAIM_SECONDS (a closed
+tab gives its pair back); a label saved on a pair filled meanwhile is still kept, never dropped.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, columns, now, to_row
+
+CLAIM_SECONDS = 30 * 60
+
+
+class LabelQueries:
+    def add_pairs(self, pairs: list[Pair]) -> int:
+        """Insert pairs not already stored (same pair_id); returns how many were new."""
+        return self._insert_records("pairs", Pair, pairs, "INSERT OR IGNORE")
+
+    def _insert_records(self, table: str, record_type, records: list, verb: str) -> int:
+        if not records:
+            return 0
+        frame = pd.DataFrame([to_row(r) for r in records], columns=columns(record_type))
+        with self._write():
+            before = self._count(table)
+            self._insert_frame(verb, table, frame)
+            return self._count(table) - before
+
+    def pair(self, pair_id: str) -> Pair:
+        row = self._one(f"SELECT {', '.join(columns(Pair))} FROM pairs WHERE pair_id = ?", [pair_id])
+        if row is None:
+            raise KeyError(f"no pair {pair_id!r}")
+        return Pair(*row)
+
+    def pairs(self, *, source: str | None = None, limit: int | None = None, offset: int = 0) -> list[Pair]:
+        """Pairs in their origin's order (the order a file or a run listed them)."""
+        rows = self.con.execute(
+            f"""SELECT {", ".join(columns(Pair))} FROM pairs WHERE ? IS NULL OR source = ?
+                ORDER BY source, origin, origin_index, pair_id LIMIT ? OFFSET ?""",
+            [source, source, limit, offset],
+        ).fetchall()
+        return [Pair(*r) for r in rows]
+
+    def count_pairs(self, source: str | None = None) -> int:
+        return self._one("SELECT count(*) FROM pairs WHERE ? IS NULL OR source = ?", [source, source])[0]
+
+    def existing_pair_ids(self, pair_ids: list[str]) -> set[str]:
+        frame = pd.DataFrame({"pair_id": pair_ids})
+        self.con.register("wanted", frame)
+        try:
+            return {r[0] for r in self.con.execute("SELECT pair_id FROM pairs JOIN wanted USING (pair_id)").fetchall()}
+        finally:
+            self.con.unregister("wanted")
+
+    def import_human_labels(self, labels: list[HumanLabel]) -> int:
+        """Bulk insert or replace (an imported label overwrites that annotator's label on that pair)."""
+        unknown = sorted({lb.pair_id for lb in labels} - self.existing_pair_ids([lb.pair_id for lb in labels]))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise KeyError(f"{len(unknown)} label(s) name pairs that are not stored: {shown}")
+        self._insert_records("human_labels", HumanLabel, labels, "INSERT OR REPLACE")
+        return len(labels)
+
+    def save_human_label(self, label: HumanLabel) -> HumanLabel:
+        """Save or edit one label (created_at of a first save is kept), and give back the annotator's claim
+        on the pair."""
+        if not label.annotator.strip():
+            raise ValueError("a label needs the annotator's name")
+        if label.choice not in HUMAN_CHOICES:
+            raise ValueError(f"choice {label.choice!r}: expected one of {', '.join(HUMAN_CHOICES)}")
+        self.pair(label.pair_id)
+        row = to_row(label)
+        with self._write():
+            self._exec(
+                f"""INSERT INTO human_labels ({", ".join(row)}) VALUES ({", ".join("?" * len(row))})
+                    ON CONFLICT (pair_id, annotator) DO UPDATE SET choice = excluded.choice,
+                    shown_swapped = excluded.shown_swapped, rationale = excluded.rationale,
+                    updated_at = excluded.updated_at""",
+                list(row.values()),
+            )
+            self._exec(
+                "DELETE FROM annotation_claims WHERE annotator = ? AND pair_id = ?", [label.annotator, label.pair_id]
+            )
+        return label
+
+    def undo_human_label(self, annotator: str) -> HumanLabel | None:
+        """Delete the annotator's most recently saved label and return it (None if they have none). The pair
+        is claimed for them again: it is the next one they are shown."""
+        with self._write():
+            latest = self.human_labels(annotator=annotator, newest_first=True, limit=1)
+            if not latest:
+                return None
+            pair_id = latest[0].pair_id
+            self._exec("DELETE FROM human_labels WHERE pair_id = ? AND annotator = ?", [pair_id, annotator])
+            self._exec("INSERT OR REPLACE INTO annotation_claims VALUES (?, ?, ?)", [annotator, pair_id, now()])
+        return latest[0]
+
+    def human_labels(
+        self,
+        *,
+        annotator: str | None = None,
+        pair_id: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[HumanLabel]:
+        order = "updated_at DESC, pair_id" if newest_first else "pair_id, annotator"
+        rows = self.con.execute(
+            f"""SELECT {", ".join(columns(HumanLabel))} FROM human_labels
+                WHERE (? IS NULL OR annotator = ?) AND (? IS NULL OR pair_id = ?) ORDER BY {order} LIMIT ?""",
+            [annotator, annotator, pair_id, pair_id, limit],
+        ).fetchall()
+        return [HumanLabel(*r) for r in rows]
+
+    # --- the annotation queue -------------------------------------------------------------------
+
+    def _queue_sql(self, columns_: str, annotator: str, overlap: int, source: str | None) -> tuple[str, list]:
+        # A skip keeps the pair from that annotator but does not count towards the labels a pair wants; another
+        # annotator's live claim does count. `taken` is both.
+        return (
+            f"""SELECT {columns_} FROM pairs p LEFT JOIN (
+                    SELECT pair_id, count(*) FILTER (WHERE choice <> 'skip') AS n, bool_or(annotator = ?) AS mine
+                    FROM human_labels GROUP BY pair_id) h USING (pair_id)
+                LEFT JOIN (
+                    SELECT pair_id, count(*) AS held FROM annotation_claims WHERE annotator <> ? AND claimed_at > ?
+                    GROUP BY pair_id) c USING (pair_id)
+                WHERE NOT coalesce(h.mine, false) AND coalesce(h.n, 0) + coalesce(c.held, 0) < ?
+                  AND (? IS NULL OR p.source = ?)""",
+            [annotator, annotator, now() - CLAIM_SECONDS, overlap, source, source],
+        )
+
+    def annotation_queue(
+        self, annotator: str, *, overlap: int = 2, limit: int = 1, source: str | None = None
+    ) -> list[AnnotationItem]:
+        """The next pairs for this annotator: never one they labelled (or skipped), never one that already
+        has `overlap` labels or claims. Pairs closest to their overlap come first, so that finished pairs
+        accumulate (what inter-annotator agreement needs), then in their origin's order. Claims nothing:
+        `next_annotation` hands a pair out."""
+        sql, params = self._queue_sql(f"{', '.join('p.' + c for c in columns(Pair))}", annotator, overlap, source)
+        rows = self.con.execute(
+            sql
+            + """ ORDER BY coalesce(h.n, 0) + coalesce(c.held, 0) DESC, p.source, p.origin, p.origin_index, p.pair_id
+                  LIMIT ?""",
+            [*params, limit],
+        ).fetchall()
+        return [AnnotationItem.for_annotator(Pair(*r), annotator) for r in rows]
+
+    def next_annotation(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> AnnotationItem | None:
+        """The pair this annotator should label now, claimed for them: the one they already hold (until they
+        label it or the claim expires), else the head of their queue. None when their queue is empty."""
+        if not annotator.strip():
+            raise ValueError("an annotator needs a name")
+        with self._write():
+            held = self._one(
+                """SELECT c.pair_id FROM annotation_claims c WHERE c.annotator = ? AND c.claimed_at > ?
+                   AND NOT EXISTS (SELECT 1 FROM human_labels h WHERE h.pair_id = c.pair_id AND h.annotator = ?)""",
+                [annotator, now() - CLAIM_SECONDS, annotator],
+            )
+            if held:
+                item = AnnotationItem.for_annotator(self.pair(held[0]), annotator)
+            else:
+                queue = self.annotation_queue(annotator, overlap=overlap, limit=1, source=source)
+                item = queue[0] if queue else None
+            if item is None:
+                self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
+            else:
+                claim = [annotator, item.pair_id, now()]
+                self._exec("INSERT OR REPLACE INTO annotation_claims VALUES (?, ?, ?)", claim)
+            return item
+
+    def annotation_progress(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> dict[str, int]:
+        sql, params = self._queue_sql("count(*)", annotator, overlap, source)
+        mine = self._one(
+            """SELECT count(*) FROM human_labels h JOIN pairs p USING (pair_id)
+               WHERE h.annotator = ? AND (? IS NULL OR p.source = ?)""",
+            [annotator, source, source],
+        )[0]
+        return {"labelled": mine, "remaining": self._one(sql, params)[0], "pairs": self.count_pairs(source)}
+
+    # --- AI labels -----------------------------------------------------------------------------
+
+    def latest_label_run(self) -> str | None:
+        row = self._one("SELECT run_id FROM ai_labels ORDER BY created_at DESC LIMIT 1")
+        return row[0] if row else None
+
+    def pair_preferences(self, run_id: str, min_confidence: float = 0.0) -> pd.DataFrame:
+        """Per pair: prompt, response_a, response_b and p, the probability that a is better, from a judge
+        run's labels (mean over principles) or, for run_id "human", the share of a among people's a/b
+        labels. Pairs with p = 0.5 or confidence |2p - 1| below `min_confidence` are left out."""
+        if run_id == "human":
+            labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p FROM human_labels WHERE choice IN ('a', 'b')
+                        GROUP BY pair_id"""
+            params = [min_confidence]
+        else:
+            labels = """SELECT pair_id, avg(p_a) AS p FROM ai_labels WHERE run_id = ? AND p_a IS NOT NULL
+                        GROUP BY pair_id"""
+            params = [run_id, min_confidence]
+        return self.con.execute(
+            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id
+                FROM ({labels}) l JOIN pairs p USING (pair_id) WHERE l.p <> 0.5 AND abs(2 * l.p - 1) >= ?
+                ORDER BY p.source, p.origin, p.origin_index, l.pair_id""",
+            params,
+        ).df()

@@ -1,0 +1,141 @@
+"""Traces: SL-CAI answers round by round, paged and filtered in the database, and people's verdicts on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..records import StepVerdict, Trace, TraceStep, columns, to_row
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    run_id: str | None = None
+    constitution_version: str | None = None
+    principle_id: str | None = None
+    model: str | None = None
+    text: str | None = None
+
+
+class TraceQueries:
+    def _trace_where(self, f: TraceFilter) -> tuple[str, list]:
+        clauses, params = [], []
+        for column in ("run_id", "constitution_version", "model"):
+            if getattr(f, column):
+                clauses.append(f"t.{column} = ?")
+                params.append(getattr(f, column))
+        if f.principle_id:
+            clauses.append("EXISTS (SELECT 1 FROM trace_steps s WHERE s.trace_id = t.trace_id AND s.principle_id = ?)")
+            params.append(f.principle_id)
+        if f.text:
+            clauses.append(
+                "(t.prompt ILIKE ? OR EXISTS (SELECT 1 FROM trace_steps s WHERE s.trace_id = t.trace_id "
+                "AND (s.response ILIKE ? OR s.critique ILIKE ?)))"
+            )
+            params += [f"%{f.text}%"] * 3
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def count_traces(self, f: TraceFilter = TraceFilter()) -> int:
+        where, params = self._trace_where(f)
+        return self._one(f"SELECT count(*) FROM traces t{where}", params)[0]
+
+    def trace_page(self, f: TraceFilter = TraceFilter(), *, limit: int = 50, offset: int = 0) -> pd.DataFrame:
+        """One page of traces, newest first, with their round count: never the whole table."""
+        where, params = self._trace_where(f)
+        return self.con.execute(
+            f"""SELECT t.*, (SELECT max(round) FROM trace_steps s WHERE s.trace_id = t.trace_id) AS rounds
+                FROM traces t{where} ORDER BY t.created_at DESC, t.trace_id LIMIT ? OFFSET ?""",
+            [*params, limit, offset],
+        ).df()
+
+    def trace(self, trace_id: str) -> tuple[Trace, list[TraceStep]]:
+        row = self._one("SELECT * FROM traces WHERE trace_id = ?", [trace_id])
+        if row is None:
+            raise KeyError(f"no trace {trace_id!r}")
+        steps = self.con.execute("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY round", [trace_id]).fetchall()
+        return Trace(*row), [TraceStep(*s) for s in steps]
+
+    def distinct(self, column: str) -> list[str]:
+        table = "trace_steps" if column == "principle_id" else "traces"
+        assert column in ("run_id", "constitution_version", "model", "principle_id"), column
+        return [
+            r[0]
+            for r in self.con.execute(
+                f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY 1"
+            ).fetchall()
+        ]
+
+    def final_steps(
+        self, *, constitution_version: str | None = None, max_round: int | None = None, run_id: str | None = None
+    ) -> pd.DataFrame:
+        """Per trace: the prompt, the initial answer and the last revision (up to `max_round`)."""
+        clauses, params = ["s.round > 0"], []
+        if max_round is not None:
+            clauses.append("s.round <= ?")
+            params.append(max_round)
+        if constitution_version:
+            clauses.append("t.constitution_version = ?")
+            params.append(constitution_version)
+        if run_id:
+            clauses.append("t.run_id = ?")
+            params.append(run_id)
+        return self.con.execute(
+            f"""SELECT t.trace_id, t.prompt, t.constitution_version, t.model, s.round, s.principle_id,
+                       s.response AS revision, i.response AS initial
+                FROM traces t JOIN trace_steps s USING (trace_id) JOIN trace_steps i
+                  ON i.trace_id = t.trace_id AND i.round = 0
+                WHERE {" AND ".join(clauses)}
+                QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1
+                ORDER BY t.trace_id""",
+            params,
+        ).df()
+
+    # --- people's verdicts on rounds ----------------------------------------------------------
+
+    def save_verdict(self, verdict: StepVerdict) -> None:
+        if not verdict.annotator.strip():
+            raise ValueError("a verdict needs the annotator's name")
+        if (
+            self._one("SELECT 1 FROM trace_steps WHERE trace_id = ? AND round = ?", [verdict.trace_id, verdict.round])
+            is None
+        ):
+            raise KeyError(f"trace {verdict.trace_id!r} has no round {verdict.round}")
+        row = to_row(verdict)
+        with self._write():
+            self._exec(
+                f"INSERT OR REPLACE INTO step_verdicts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+
+    def verdicts(self, trace_id: str | None = None) -> list[StepVerdict]:
+        sql = f"SELECT {', '.join(columns(StepVerdict))} FROM step_verdicts"
+        rows = (
+            self.con.execute(sql + " WHERE trace_id = ? ORDER BY round, annotator", [trace_id])
+            if trace_id
+            else self.con.execute(sql + " ORDER BY trace_id, round, annotator")
+        ).fetchall()
+        return [StepVerdict(*r) for r in rows]
+
+    def verdict_counts(self) -> pd.DataFrame:
+        """How many verdicts of each kind, over every trace: what the page shows as totals."""
+        return self.con.execute(
+            """SELECT 'revision' AS aspect, revision_verdict AS verdict, count(*) AS n FROM step_verdicts
+               WHERE revision_verdict IS NOT NULL GROUP BY ALL
+               UNION ALL
+               SELECT 'critique', critique_verdict, count(*) FROM step_verdicts
+               WHERE critique_verdict IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
+        ).df()
+
+    def trace_answers(self, run_id: str, *, limit: int | None = None) -> pd.DataFrame:
+        """Every round's answer of an SL-CAI run's traces that have at least one revision (the first
+        `limit` traces in id order): what a rounds evaluation compares."""
+        return self.con.execute(
+            """WITH chosen AS (
+                   SELECT t.trace_id, t.prompt FROM traces t WHERE t.run_id = ?
+                   AND EXISTS (SELECT 1 FROM trace_steps s WHERE s.trace_id = t.trace_id AND s.round > 0)
+                   ORDER BY t.trace_id LIMIT ?)
+               SELECT c.trace_id, c.prompt, s.round, s.principle_id, s.response
+               FROM chosen c JOIN trace_steps s USING (trace_id) ORDER BY c.trace_id, s.round""",
+            [run_id, limit],
+        ).df()
