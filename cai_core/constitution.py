@@ -3,12 +3,19 @@
 A constitution's *version* is the hash of its canonical content (sorted-key JSON), so two files
 that say the same thing share a version whatever their formatting, and any record a model
 produces can name the exact text that steered it.
+
+The file stays its author's: saving over an existing file changes only the values that changed
+(ruamel.yaml's round trip keeps comments, folded blocks, flow lists, blank lines and key order).
+Reading refuses what YAML allows but a constitution never needs and an attacker would use: aliases
+(a few lines of them expand into gigabytes, "billion laughs"), duplicate keys (the last would win
+silently), and files over MAX_BYTES.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import os
 import re
@@ -19,8 +26,13 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml import YAMLError as RoundTripError
+from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.util import load_yaml_guess_indent
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+MAX_BYTES = 1_000_000  # the shipped ones hold 6-30 kB; parsing and validating 50 MB took 45 s
 
 
 class ConstitutionError(ValueError):
@@ -112,7 +124,9 @@ class Constitution(_Strict):
 
 def parse_constitution(text: str, source: str = "<text>") -> Constitution:
     """Parse and validate YAML text; `source` names the file in error messages."""
+    _check_size(len(text.encode("utf-8")), source)
     try:
+        lines = _line_index(text, source)  # refuses aliases and duplicate keys before anything expands them
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -126,13 +140,18 @@ def parse_constitution(text: str, source: str = "<text>") -> Constitution:
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(text)
         raise ConstitutionError("\n".join(_describe(err, data, lines, source) for err in exc.errors())) from None
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_BYTES:
+        raise ConstitutionError(f"{source}: {size:,} bytes; a constitution may hold at most {MAX_BYTES:,} bytes")
 
 
 def load_constitution(path: str | os.PathLike) -> Constitution:
     path = Path(path)
     try:
+        _check_size(path.stat().st_size, str(path))
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConstitutionError(f"{path}: no such constitution file") from None
@@ -144,19 +163,22 @@ def load_constitution(path: str | os.PathLike) -> Constitution:
 def save_constitution(constitution: Constitution | str, path: str | os.PathLike) -> Constitution:
     """Validate, then write atomically: the old file stays whole until the new one is complete.
 
-    Accepts a Constitution or raw YAML text (as typed in an editor); invalid text raises
-    ConstitutionError and the file on disk is not touched.
+    Accepts raw YAML text (as typed in an editor), written as it is, or a Constitution (as an editor's form
+    holds it), written into the existing file's own layout (see the module docstring). Invalid content
+    raises ConstitutionError and the file on disk is not touched.
     """
     path = Path(path)
     if isinstance(constitution, str):
+        text = constitution if constitution.endswith("\n") else constitution + "\n"
         constitution = parse_constitution(constitution, str(path))
     else:
         constitution = Constitution.model_validate(constitution.model_dump())
+        text = _edited_file(path, constitution) or constitution.to_yaml()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(constitution.to_yaml())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -164,6 +186,65 @@ def save_constitution(constitution: Constitution | str, path: str | os.PathLike)
         Path(tmp).unlink(missing_ok=True)
         raise
     return constitution
+
+
+def _edited_file(path: Path, constitution: Constitution) -> str | None:
+    """The text of the file at `path` with the constitution's values put into it: only what changed is
+    rewritten. None when there is no readable YAML mapping there to keep (the canonical layout is then used)."""
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096  # never re-wrap a line the author wrote
+    try:
+        old_text = path.read_text(encoding="utf-8")
+        _line_index(old_text, str(path))  # no aliases, no duplicate keys: what the round trip may safely read
+        _, indent, block_seq_indent = load_yaml_guess_indent(old_text)
+        rt.indent(mapping=_mapping_indent(old_text), sequence=indent or 4, offset=block_seq_indent or 2)
+        tree = rt.load(old_text)
+    except (OSError, UnicodeDecodeError, ConstitutionError, RoundTripError, yaml.YAMLError):
+        return None
+    if not isinstance(tree, dict):
+        return None
+    data = constitution.model_dump(mode="json")
+    explicit = constitution.model_dump(mode="json", exclude_defaults=True)
+    out = io.StringIO()
+    rt.dump(_merged(tree, data, explicit), out)
+    return out.getvalue()
+
+
+def _mapping_indent(text: str) -> int:
+    """How far the file indents a mapping inside a mapping (ruamel guesses only its sequences' indent)."""
+    found = re.search(r"^( *)[^\s#-][^\n]*:[ \t]*(?:#[^\n]*)?\n(?:[ \t]*(?:#[^\n]*)?\n)*( +)[^\s#-]", text, re.M)
+    return len(found.group(2)) - len(found.group(1)) if found else 2
+
+
+def _merged(old, new, explicit):
+    """`new` written into `old` (a ruamel round-trip node) changing as little as it can: equal values keep
+    their node (and its style and comments), a key the file leaves out stays out while its new value is the
+    default (`explicit`, the data without defaults, lacks it), a changed text keeps its scalar style."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        explicit = explicit if isinstance(explicit, dict) else {}
+        for key in [k for k in old if k not in new]:
+            del old[key]
+        for key, value in new.items():
+            if key in old:
+                old[key] = _merged(old[key], value, explicit.get(key))
+            elif key in explicit:
+                old[key] = value
+        return old
+    if isinstance(old, list) and isinstance(new, list):
+        explicit = explicit if isinstance(explicit, list) else [None] * len(new)
+        del old[len(new) :]
+        for i, value in enumerate(new):
+            if i < len(old):
+                old[i] = _merged(old[i], value, explicit[i] if i < len(explicit) else None)
+            else:
+                old.append(value)
+        return old
+    if isinstance(old, str) and isinstance(new, str):
+        if old.strip() == new:  # the model strips text: a folded block's final newline is no change
+            return old
+        return type(old)(new + ("\n" if old.endswith("\n") else "")) if isinstance(old, ScalarString) else new
+    return old if old == new and type(old) is type(new) else new
 
 
 def diff_constitutions(old: Constitution, new: Constitution, old_label: str = "old", new_label: str = "new") -> str:
@@ -185,19 +266,30 @@ def list_constitutions(directory: str | os.PathLike) -> list[Path]:
 # --- error messages -------------------------------------------------------------------------
 
 
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map each YAML path (tuple of keys / indices) to its 1-based line."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
+def _line_index(text: str, source: str = "<text>") -> dict[tuple, int]:
+    """Map each YAML path (tuple of keys / indices) to its 1-based line. Refuses aliases (ConstitutionError
+    naming the line) before composing, since a walk through them is what expands a billion laughs, and
+    duplicate keys, naming both lines. Malformed YAML raises yaml.YAMLError."""
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConstitutionError(
+                f"{source}, line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
+                "in a constitution; write the text out in full"
+            )
+    root = yaml.compose(text)
     index: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, path: tuple) -> None:
         index[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            first_lines: dict = {}
             for key, value in node.value:
-                index[(*path, key.value)] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if key.value in first_lines:
+                    raise ConstitutionError(
+                        f"{source}, line {line}: duplicate key {key.value!r} (first at line {first_lines[key.value]})"
+                    )
+                first_lines[key.value] = index[(*path, key.value)] = line
                 walk(value, (*path, key.value))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):

@@ -136,3 +136,131 @@ def test_round_trip_through_yaml(tmp_path):
     original = load_constitution(SHIPPED / "hhh.yaml")
     copy = save_constitution(original, Path(tmp_path) / "copy.yaml")
     assert load_constitution(tmp_path / "copy.yaml") == original == copy
+
+
+# --- bad input: aliases, duplicate keys, size ---------------------------------------------------------
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + n)}: &{chr(98 + n)} [{', '.join(['*' + chr(97 + n)] * 9)}]\n" for n in range(8)
+)
+
+
+def test_a_billion_laughs_is_refused_at_its_first_alias_without_expanding_it():
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(ConstitutionError, match=r"bomb.yaml, line 3: YAML aliases \(\*a\) are not allowed"):
+        parse_constitution("name: x\n" + BILLION_LAUGHS.replace("a: &a", "description: &a", 1), "bomb.yaml")
+    assert time.perf_counter() - started < 1.0
+    with pytest.raises(ConstitutionError, match="aliases"):
+        parse_constitution(VALID.replace("description: two principles", "description: &d two principles") + "x: *d\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (VALID.replace("description: two principles", "description: two principles\nname: Again"), 3, "name"),
+        (VALID.replace("    tags: [harmless]", "    tags: [harmless]\n    name: Harm again"), 10, "name"),
+    ],
+    ids=["top-level", "in-a-principle"],
+)
+def test_duplicate_keys_are_refused_naming_both_lines(text, line, key):
+    with pytest.raises(ConstitutionError, match=rf"c.yaml, line {line}: duplicate key '{key}' \(first at line"):
+        parse_constitution(text, "c.yaml")
+
+
+def test_a_constitution_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    from cai_core.constitution import MAX_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text(VALID + "# " + "x" * MAX_BYTES + "\n")
+    with pytest.raises(ConstitutionError, match=rf"big.yaml: {MAX_BYTES + len(VALID) + 3:,} bytes; a constitution"):
+        load_constitution(big)
+    with pytest.raises(ConstitutionError, match="at most"):
+        parse_constitution(big.read_text(), "pasted")
+
+
+# --- the file stays its author's: saving changes only what changed ------------------------------------
+
+AUTHORED = """\
+# Our house rules. Keep each request short.
+name: Tiny
+description: >-
+  two principles, written
+  over two lines
+
+principles:
+  - id: harm  # the one that matters most
+    name: Harm
+    critique_request: >-
+      Say how your last answer
+      could cause harm.
+    revision_request: Rewrite it without the harm.
+    preference_question: Which response is less harmful?
+    tags: [harmless, safety]
+
+  - id: honest
+    name: Honesty
+    critique_request: Say what in your last answer is untrue.
+    revision_request: 'Rewrite it truthfully.'
+    preference_question: Which response is more honest?
+"""
+
+
+def changed_lines(old: str, new: str) -> list[str]:
+    import difflib
+
+    diff = difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+    return [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+
+
+def test_a_one_field_change_saved_from_a_form_is_a_one_field_diff(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(AUTHORED)
+    original = load_constitution(path)
+    harm = original.principles[0].model_copy(update={"preference_question": "Which response is least harmful?"})
+    edited = original.model_copy(update={"principles": [harm, original.principles[1]]})
+    saved = save_constitution(edited, path)
+    assert changed_lines(AUTHORED, path.read_text()) == [
+        "-    preference_question: Which response is less harmful?",
+        "+    preference_question: Which response is least harmful?",
+    ]
+    assert saved.version == edited.version == load_constitution(path).version != original.version
+    assert saved.version == parse_constitution(edited.to_yaml()).version  # still the hash of the content
+
+
+def test_saving_unchanged_content_leaves_the_file_byte_for_byte(tmp_path):
+    for shipped in list_constitutions(SHIPPED):
+        path = tmp_path / shipped.name
+        path.write_text(shipped.read_text())
+        save_constitution(load_constitution(path), path)
+        assert path.read_text() == shipped.read_text(), shipped.name
+
+
+def test_edits_keep_folded_blocks_flow_lists_and_comments_and_defaults_stay_implicit(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(AUTHORED)
+    original = load_constitution(path)
+    harm = original.principles[0].model_copy(
+        update={"critique_request": "Say how your last answer could hurt someone.", "tags": ["harmless"]}
+    )
+    honest = original.principles[1].model_copy(update={"enabled": False})
+    save_constitution(original.model_copy(update={"principles": [harm, honest]}), path)
+    assert changed_lines(AUTHORED, path.read_text()) == [
+        "-      Say how your last answer",
+        "-      could cause harm.",
+        "+      Say how your last answer could hurt someone.",
+        "-    tags: [harmless, safety]",
+        "+    tags: [harmless]",
+        "+    enabled: false",
+    ]
+    assert load_constitution(path).principles[1].enabled is False
+    fewer = original.model_copy(update={"principles": [original.principles[0]]})
+    save_constitution(fewer, path)
+    assert "# Our house rules" in path.read_text() and "id: honest" not in path.read_text()
+
+
+def test_yaml_text_is_saved_as_it_was_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    save_constitution(AUTHORED, path)
+    assert path.read_text() == AUTHORED

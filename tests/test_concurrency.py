@@ -1,0 +1,67 @@
+"""Many browser sessions at once while a job is being ingested: every label stored, no error, overlap exact.
+
+Each session works as a page does (`pages.connect`): every script run opens its own connection, ingests
+what jobs spooled, and reads; a save opens another. A background job appends records meanwhile."""
+
+import threading
+import time
+from collections import Counter
+
+from cai_core.jobs import JobFolder
+from cai_core.records import Pair
+from cai_core.store import Store
+
+from .test_store import spool_traces
+
+SESSIONS, LABELS_EACH, OVERLAP = 20, 50, 2
+
+
+def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
+    pairs = SESSIONS * LABELS_EACH // OVERLAP + SESSIONS  # the last pairs with room may all hold a label of yours
+    with Store.open(workspace) as store:
+        store.add_pairs([Pair(f"p{i:04d}", f"prompt {i}", "a", "b", "import", "f", i, "a", "b") for i in range(pairs)])
+    job = JobFolder.create(workspace.runs_dir, "gen-busy", {"kind": "generate", "model": "m", "config": {}})
+    errors, done = [], threading.Event()
+
+    def background_job():
+        batch = 0
+        while not done.is_set():  # a generation job spooling traces and progress the whole time
+            spool_traces(JobFolder(job.path), 5, text=f"batch {batch}")
+            job.set_progress("running", batch, 0)
+            batch += 1
+            time.sleep(0.1)
+
+    def session(name):
+        try:
+            for _ in range(LABELS_EACH):
+                with Store.open(workspace) as store:  # a page run
+                    store.ingest(workspace.runs_dir)
+                    item = store.next_annotation(name, overlap=OVERLAP)
+                with Store.open(workspace) as store:  # the Submit click
+                    store.save_human_label(item.label(name, "a"))
+        except Exception as exc:  # noqa: BLE001 - every error is reported by the assertion below
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    writer = threading.Thread(target=background_job)
+    sessions = [threading.Thread(target=session, args=(f"annotator-{n}",)) for n in range(SESSIONS)]
+    started = time.perf_counter()
+    writer.start()
+    for t in sessions:
+        t.start()
+    for t in sessions:
+        t.join(timeout=600)
+    done.set()
+    writer.join()
+    seconds = time.perf_counter() - started
+    print(f"{SESSIONS} sessions x {LABELS_EACH} labels while a job was ingested: {seconds:.1f} s")
+
+    assert errors == []
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        labels = store.human_labels()
+        assert len(labels) == SESSIONS * LABELS_EACH
+        per_pair = Counter(label.pair_id for label in labels)
+        assert max(per_pair.values()) == OVERLAP  # overlap exact: never a label more than wanted
+        assert sum(n < OVERLAP for n in per_pair.values()) <= SESSIONS  # pairs are filled, not spread thin
+        assert store.count_traces() == len(JobFolder(job.path).read("traces"))  # the job lost nothing either
+        assert store.ingest_problems() == []
