@@ -15,12 +15,13 @@ label, so that a set listing its safe prompts before its unsafe ones still gives
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .prompts import PromptFileError, load_prompts
+from .prompts import PromptFileError, load_prompts, read_text
 from .workspace import PROJECT_ROOT
 
 BUILTIN_SETS = {
@@ -123,10 +124,10 @@ def source_columns(source: str) -> list[str]:
         return list(data.column_names)
     if not path.is_file():
         raise PromptFileError(f"{path}: no such file")
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix == ".csv":
-            return next(csv.reader(f), [])
-        first = next((line for line in f if line.strip()), "")
+    text = read_text(path)
+    if path.suffix == ".csv":
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    first = next((line for line in text.split("\n") if line.strip()), "")
     try:
         record = json.loads(first) if first else {}
     except json.JSONDecodeError as exc:

@@ -16,8 +16,8 @@ that "a" is not always the right answer.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -28,7 +28,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .jobs import JobFolder, ending_on_failure, run_id_for
-from .prompts import load_prompts
+from .prompts import load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
 
@@ -191,10 +191,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     if _is_json_lines(path):
         yield from _json_lines(path)
     elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, row
+        reader = csv.DictReader(io.StringIO(read_text(path, PairFileError), newline=""))
+        for row in reader:
+            yield reader.line_num, row
     else:
         raise PairFileError(f"{path}: unknown format {path.suffix!r} (use .jsonl, .jsonl.gz or .csv)")
 
@@ -202,14 +201,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
 def _json_lines(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     if not path.exists():
         raise PairFileError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, PairFileError(f"not valid JSON ({exc.msg})")
+    for n, line in enumerate(read_text(path, PairFileError).split("\n"), start=1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, PairFileError(f"not valid JSON ({exc.msg})")
 
 
 def _require(row, names: tuple[str, ...]) -> dict[str, str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,24 @@ def load_prompts(
     return PromptSet(source, prompts, problems)
 
 
+def read_text(path: Path, error: type[ValueError] = PromptFileError) -> str:
+    """A user's text file (gzip-compressed when its name ends in .gz), decoded as UTF-8 (a byte-order mark is
+    allowed). Anything else raises `error` naming the file, the line and column, and the byte that is not UTF-8."""
+    data = Path(path).read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise error(
+            f"{path}, line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 ({exc.reason}); "
+            "the file must be UTF-8 text: save it as UTF-8 (from Latin-1 or Windows-1252, e.g. "
+            "`iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
 def _to_prompt(row, line: int, fields: tuple[str, str, str, str], seen: set[str]) -> Prompt:
     prompt_field, id_field, category_field, label_field = fields
     if isinstance(row, Exception):
@@ -99,27 +119,24 @@ def _to_prompt(row, line: int, fields: tuple[str, str, str, str], seen: set[str]
 
 
 def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, PromptFileError(f"not valid JSON ({exc.msg})")
+    for n, line in enumerate(read_text(path).split("\n"), start=1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, PromptFileError(f"not valid JSON ({exc.msg})")
 
 
 def _csv_rows(path: Path):
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            yield reader.line_num, row
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    for row in reader:
+        yield reader.line_num, row
 
 
 def _txt_rows(path: Path, prompt_field: str):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                yield n, {prompt_field: line}
+    for n, line in enumerate(read_text(path).split("\n"), start=1):
+        if line.strip():
+            yield n, {prompt_field: line}
 
 
 def _dataset_rows(name: str):

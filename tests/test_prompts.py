@@ -90,3 +90,45 @@ def test_digest_follows_content_not_location(tmp_path):
     (tmp_path / "c.txt").write_text("one\nthree\n")
     a, b, c = (load_prompts(tmp_path / n).digest for n in ("a.txt", "b.txt", "c.txt"))
     assert a == b != c
+
+
+LATIN1 = "Hello there\nQuelle est la capitale de la Cor\xe9e ?\n"  # é as Latin-1 (0xe9) on line 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "column"),
+    [
+        ("p.txt", LATIN1, 33),
+        ("p.jsonl", '{"prompt": "Hello"}\n{"prompt": "Cor\xe9e"}\n', 16),
+        ("p.csv", "prompt\nCor\xe9e\n", 4),
+    ],
+)
+def test_a_file_that_is_not_utf8_names_the_file_line_byte_and_the_encoding_expected(tmp_path, name, content, column):
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(PromptFileError) as caught:
+        load_prompts(path)
+    assert str(caught.value).startswith(f"{path}, line 2, column {column}: byte 0xe9 is not UTF-8")
+    assert "must be UTF-8 text" in str(caught.value)
+
+
+def test_a_utf8_file_with_a_byte_order_mark_reads_as_text(tmp_path):
+    (tmp_path / "p.csv").write_bytes("prompt\nCorée ?\n".encode("utf-8-sig"))
+    assert [p.prompt for p in load_prompts(tmp_path / "p.csv").prompts] == ["Corée ?"]
+
+
+def test_eval_set_columns_and_pair_imports_name_a_non_utf8_line_too(tmp_path):
+    from cai_core.evalsets import source_columns
+    from cai_core.pairs import PairFileError, read_hh_rlhf, read_pairs_file
+
+    (tmp_path / "set.csv").write_bytes("Behavior,Cat\xe9gorie\nx,y\n".encode("latin-1"))
+    with pytest.raises(PromptFileError, match=r"set.csv, line 1, column 13: byte 0xe9 is not UTF-8"):
+        source_columns(str(tmp_path / "set.csv"))
+    (tmp_path / "pairs.csv").write_bytes("prompt,response_a,response_b\np,caf\xe9,tea\n".encode("latin-1"))
+    with pytest.raises(PairFileError, match=r"pairs.csv, line 2, column 6: byte 0xe9 is not UTF-8"):
+        read_pairs_file(tmp_path / "pairs.csv")
+    import gzip
+
+    (tmp_path / "hh.jsonl.gz").write_bytes(gzip.compress('{"chosen": "caf\xe9"}\n'.encode("latin-1")))
+    with pytest.raises(PairFileError, match=r"hh.jsonl.gz, line 1, column 16: byte 0xe9"):
+        read_hh_rlhf(tmp_path / "hh.jsonl.gz")
