@@ -145,6 +145,9 @@ SPOOLED_TABLES = {
     "eval_judgments": EvalJudgment,
     "round_judgments": RoundJudgment,
 }
+# Spooled tables where a record may be written again with a new value, the later one true: a training step
+# logged again after a resume replaces the one logged before the kill (its checkpoint never saw it).
+LATEST_WINS = {"train_metrics": ["run_id", "step", "name"]}
 
 
 @dataclass(frozen=True)
@@ -300,10 +303,13 @@ class Store:
         if not chunk:
             return 0
         frame = pd.DataFrame([json.loads(line) for line in chunk.splitlines() if line.strip()], columns=cols)
+        conflict = "IGNORE"
+        if table in LATEST_WINS:
+            frame, conflict = frame.drop_duplicates(LATEST_WINS[table], keep="last"), "REPLACE"
         before = self._one(f"SELECT count(*) FROM {table}")[0]
         self.con.register("incoming", frame)
         try:
-            self._exec(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM incoming")
+            self._exec(f"INSERT OR {conflict} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM incoming")
         finally:
             self.con.unregister("incoming")
         self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
