@@ -497,9 +497,11 @@ def run_rank(
         algorithm(config.kind).train(ctx)
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        reason = f"{type(exc).__name__}: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}"
         if ctx.main:
-            job.set_progress(status, job.progress().done, config.max_steps, f"{type(exc).__name__}: {reason}")
+            job.set_progress(status, job.progress().done, config.max_steps, reason)
+        if os.environ.get("WORLD_SIZE", "1") != "1" and status == "failed":
+            job.append("ranks", [{"rank": rank(), "error": reason}])  # the supervisor reports the first
         raise
     return job
 
@@ -527,16 +529,19 @@ def _free_port() -> int:
 
 def _supervise_ranks(job: JobFolder, config: TrainConfig, ws: Workspace) -> JobFolder:
     job.set_progress("running", job.progress().done, config.max_steps, f"starting {config.nproc} processes")
+    earlier = len(job.read("ranks"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     code = subprocess.call(rank_command(job, ws), env=env, cwd=Path(__file__).resolve().parents[2])
-    progress = job.progress()
-    if code != 0 and progress.status not in ("failed", "cancelled"):
-        # a rank other than 0 died (rank 0 writes its own reason): torchrun stopped the others
-        job.set_progress("failed", progress.done, config.max_steps, f"a training process exited with code {code}; "
-                         "its error is in the run's log")  # fmt: skip
-    if code != 0:
-        raise TrainError(job.progress().message)
-    return job
+    if code == 0 or job.progress().status == "cancelled":
+        return job
+    errors = [r for r in job.read("ranks")[earlier:] if "error" in r]
+    reason = (
+        f"rank {errors[0]['rank']}: {errors[0]['error']}"
+        if errors
+        else f"a training process exited with code {code}; its error is in the run's log"
+    )
+    job.set_progress("failed", job.progress().done, config.max_steps, reason)
+    raise TrainError(reason)
 
 
 def train(config: TrainConfig, ws: Workspace | None = None, **kwargs) -> JobFolder:
@@ -560,8 +565,12 @@ def launch_train_job(job: JobFolder, ws: Workspace) -> subprocess.Popen:
 
 def trainer_arguments(ctx: RunContext) -> dict:
     """The TrainingArguments every TRL trainer here shares."""
+    import torch
+
     c = ctx.config
     return {
+        # on a CPU, several processes are data parallel (gloo) only when the Trainer is told it runs on the CPU
+        "use_cpu": not torch.cuda.is_available(),
         "output_dir": str(ctx.checkpoints_dir),
         "max_steps": c.max_steps,
         "per_device_train_batch_size": c.batch_size,
