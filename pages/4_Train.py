@@ -1,8 +1,10 @@
 """Training: pick an algorithm, edit its config, start it in the background, and follow its curves and log.
 
 A run starts the way `cai train KIND ... --background` starts it: `prepare_train_job` snapshots the data
-and makes the run's folder, then `launch_train_job` runs `cai train resume RUN_ID` detached (through
-`accelerate launch` when the config names an accelerate config), so reloading the page does not stop it.
+and makes the run's folder, then `launch_train_job` runs `cai train resume RUN_ID` detached (which starts
+its processes through `torchrun` or `accelerate launch` when it has several), so reloading the page does not
+stop it. The browser never names code or a path outside the workspace: a reward is picked from the registry's
+reward models and the functions the operator registered (CAI_REWARD_FUNCTIONS), and a run id is a slug.
 The run never opens the database; every page run copies its metrics in, and the registry comes from the
 store (`Store.train_runs`, `Store.train_metrics`).
 """
@@ -16,7 +18,7 @@ import streamlit as st
 
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
-from cai_core.train.harness import config_from_dict
+from cai_core.train.harness import config_from_dict, finished_model, form_label, latest_finished, reward_choices
 from pages import (
     ACTIVE,
     connect,
@@ -38,18 +40,22 @@ settings = setup("Train")
 ws = settings.workspace
 ss = st.session_state
 
-KIND_HELP = {
-    "sft": "SL-CAI supervised fine-tuning on the final revisions (TRL SFTTrainer).",
-    "rm": "A reward model on the AI preference labels (TRL RewardTrainer).",
-    "ppo": "RL-CAI: PPO against a reward model, with a KL penalty to the reference.",
-    "dpo": "Direct RLAIF: DPO on the AI preference labels (TRL DPOTrainer).",
-    "grpo": "GRPO against a reward model (TRL GRPOTrainer).",
-    "rloo": "RLOO against a reward model (TRL RLOOTrainer).",
-}
 MAIN_FIELDS = ("model", "dataset", "reward_model", "labels", "max_steps", "batch_size", "learning_rate")
-KEY_METRICS = ("loss", "reward", "kl", "accuracy", "eval_accuracy", "rewards/accuracies", "rewards/margins")
+# the registry's columns: each metric's last value, named for what it measures
+KEY_METRICS = {
+    "loss": "loss (last step)",
+    "reward": "reward (last batch)",
+    "kl": "KL to the reference",
+    "accuracy_human": "RM accuracy: held-out people's labels",
+    "accuracy_heldout": "RM accuracy: held-out split of its pairs",
+    "accuracy": "RM accuracy: last training batch",
+    "rewards/accuracies": "DPO: chosen ranked first, last training batch",
+    "rewards/margins": "DPO: reward margin, last training batch",
+}
 # bookkeeping, not learning; and the trainer's end-of-run summary (train_loss, train_runtime, ...) is skipped too
 HIDDEN_METRICS = ("epoch", "learning_rate", "grad_norm", "num_tokens", "total_flos", "step_time")
+# algorithms that improve a policy: by default they start from the latest SFT model, as SL-CAI then RL-CAI does
+STARTS_FROM_SFT = ("ppo", "dpo", "grpo", "rloo")
 
 # --- the config form: one widget per dataclass field -----------------------------------------------------
 
@@ -69,13 +75,18 @@ def widget_key(kind: str, name: str) -> str:
     return f"train_{kind}_{name}"
 
 
-def config_widget(kind: str, f: dataclasses.Field, hint, where) -> None:
-    """Draw the field's widget; its value is read back from session state by `form_values`."""
+def config_widget(kind: str, f: dataclasses.Field, hint, where, choices: dict[str, str] | None = None) -> None:
+    """Draw the field's widget; its value is read back from session state by `form_values`. With `choices`
+    (spec → label) the field is a list to pick from, never free text."""
     key, typ, optional = widget_key(kind, f.name), *field_type(hint)
-    label = f.name.replace("_", " ").capitalize()
+    label = form_label(f)
     help_ = f"{f.metadata.get('help', '')} (`{f.name}`)"
     default = f.default
-    if isinstance(typ, tuple):
+    if choices is not None:
+        if ss.get(key) not in choices:
+            ss[key] = next(iter(choices), None)
+        where.selectbox(label, list(choices), key=key, help=help_, format_func=choices.get)
+    elif isinstance(typ, tuple):
         ss.setdefault(key, default)
         where.selectbox(label, typ, key=key, help=help_)
     elif typ is bool:
@@ -91,17 +102,19 @@ def config_widget(kind: str, f: dataclasses.Field, hint, where) -> None:
         where.text_input(label, key=key, help=help_, placeholder="none" if optional else None)
 
 
-def form_values(kind: str, cls) -> dict:
+def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
         value = ss.get(widget_key(kind, f.name))
+        if f.name in choices and value not in choices[f.name]:
+            value = None  # nothing to pick from: the config's check says what is missing
         typ, optional = field_type(hints[f.name])
         if isinstance(value, str):
             value = value.strip()
             if not value and optional:
                 value = None
-            elif typ is str and f.name != "run_id":
+            elif typ is str and f.name not in ("run_id", *choices):
                 value = local_path(value)
         values[f.name] = value
     return values
@@ -120,8 +133,19 @@ def start(job: JobFolder) -> None:
 
 
 def final_model(job: JobFolder) -> str | None:
-    final = job.path / "final"
-    return str(final) if (final / "config.json").exists() else None
+    final = finished_model(job.path)
+    return str(final) if final else None
+
+
+def label_choices(label_runs: pd.DataFrame) -> dict[str, str]:
+    """Where preference pairs can come from, for the reward model and DPO (`PreferenceData.labels`)."""
+    finished = label_runs[label_runs.status == "done"] if not label_runs.empty else label_runs
+    return {
+        "": "the latest AI label run",
+        **{run_id: f"AI labels · {run_id}" for run_id in finished.run_id},
+        "human": "people's labels",
+        "sl-cai": "SL-CAI revision over first answer",
+    }
 
 
 def registry_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -136,9 +160,9 @@ def registry_table(runs: pd.DataFrame) -> pd.DataFrame:
             "ended": ["" if s in ACTIVE else when(t) for s, t in zip(runs["status"], runs["updated_at"], strict=True)],
         }
     )
-    for name in KEY_METRICS:
+    for name, title in KEY_METRICS.items():
         if f"final_{name}" in runs.columns:
-            table[name] = runs[f"final_{name}"].round(4)
+            table[title] = runs[f"final_{name}"].round(4)
     table["model folder or reason"] = [
         path if isinstance(path, str) and path else message
         for path, message in zip(runs["model_path"], runs["message"], strict=True)
@@ -166,38 +190,51 @@ kind = st.segmented_control(
     "Algorithm", KINDS, default="sft", key="train_kind", format_func=str.upper, help="The CLI's `cai train KIND`."
 )
 kind = kind or "sft"
-st.caption(KIND_HELP[kind])
 cls = config_class(kind)
+st.caption(cls.summary)
 hints = typing.get_type_hints(cls)
 fields = {f.name: f for f in dataclasses.fields(cls)}
 
-# the model field follows the sidebar model until the user edits it here
+with connect(ws) as store:
+    registry, label_runs = store.train_runs(), store.runs("label")
+choices = {}
+if "reward_model" in fields:
+    choices["reward_model"] = reward_choices(registry)
+    if not choices["reward_model"]:
+        st.info("No reward model yet: train one on the RM tab first.")
+if "labels" in fields:
+    choices["labels"] = label_choices(label_runs)
+
+# the model field follows the sidebar model (or, for RL and DPO, the latest SFT model) until edited here
 model_key = widget_key(kind, "model")
-if ss.get(f"{model_key}_from") != settings.model:
-    ss[model_key] = settings.model
-    ss[f"{model_key}_from"] = settings.model
+latest_sft = latest_finished(registry, "sft") if kind in STARTS_FROM_SFT else None
+model_source = latest_sft or settings.model
+if ss.get(f"{model_key}_from") != model_source:
+    ss[model_key] = model_source
+    ss[f"{model_key}_from"] = model_source
+if latest_sft:
+    st.caption(f"The policy starts from the latest SFT model, run {latest_sft}, unless you name another.")
 
 with st.form(f"train_form_{kind}"):
     main = [name for name in MAIN_FIELDS if name in fields]
     cols = st.columns(len(main))
     for col, name in zip(cols, main, strict=True):
-        config_widget(kind, fields[name], hints[name], col)
+        config_widget(kind, fields[name], hints[name], col, choices.get(name))
     with st.expander("All settings"):
         rest = [f for f in fields.values() if f.name not in MAIN_FIELDS]
         cols = st.columns(3)
         for i, f in enumerate(rest):
-            config_widget(kind, f, hints[f.name], cols[i % 3])
+            config_widget(kind, f, hints[f.name], cols[i % 3], choices.get(f.name))
     submitted = st.form_submit_button("Start in the background", key="train_start", type="primary")
 
 if submitted:
     try:
-        config = config_from_dict(cls, form_values(kind, cls))
+        config = config_from_dict(cls, form_values(kind, cls, choices))
         job = prepare_train_job(config, ws)
     except TrainError as exc:
-        st.error(md_escape(f"Not started: {exc}"))
-        failed = [j for j in train_jobs() if j.progress().message == str(exc)]
-        if failed:
-            ss["train_run"] = failed[0].run_id
+        # the field at fault by its label on this form; a refused start leaves no run behind
+        message = exc.named(form_label(fields[exc.field])) if exc.field in fields else str(exc)
+        st.error(md_escape(f"Not started: {message}"))
     else:
         ss["train_run"] = job.run_id
         if job.progress().status == "done" and final_model(job):
@@ -243,13 +280,17 @@ def runs_panel() -> bool:
         with st.container(horizontal=True):
             # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
             job_buttons(job, progress, start, resumable=(job.path / "data-train.jsonl").exists())
-            if model and st.button(
-                "Use this model",
-                key=f"train_use-{run_id}",
-                on_click=use_model,
-                args=(model,),
-                icon=":material/input:",
-                help="Set the sidebar model to this run's model folder, for every page.",
+            if (
+                model
+                and spec["kind"] != "train-rm"
+                and st.button(  # a reward model scores, it cannot answer
+                    "Use this model",
+                    key=f"train_use-{run_id}",
+                    on_click=use_model,
+                    args=(model,),
+                    icon=":material/input:",
+                    help="Set the sidebar model to this run's model folder, for every page.",
+                )
             ):
                 flash("success", f"Every page now uses the model in {model}.")
                 st.rerun()  # the whole page: the sidebar and the flash message lie outside this fragment

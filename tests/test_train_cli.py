@@ -12,7 +12,8 @@ from safetensors import safe_open
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.cli import main
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.train import launch_command, prepare_train_job
+from cai_core.train import TrainError, launch_command, prepare_train_job
+from cai_core.train.harness import rank_command
 from cai_core.train.sft import SFTConfig
 
 
@@ -66,11 +67,12 @@ def test_background_run_finishes_and_accelerate_builds_its_command(
 
     accelerate = tmp_path / "accelerate.yaml"
     accelerate.write_text("compute_environment: LOCAL_MACHINE\nnum_processes: 2\n")
-    config = SFTConfig(model=tiny_model_path, dataset=str(data), accelerate_config=str(accelerate))
+    config = SFTConfig(model=tiny_model_path, dataset=str(data), accelerate_config=str(accelerate), nproc=2)
     other = prepare_train_job(config, workspace)
-    command = launch_command(JobFolder(other.path), workspace)
+    assert launch_command(JobFolder(other.path), workspace)[-3:] == ["train", "resume", other.run_id]
+    command = rank_command(JobFolder(other.path), workspace)
     assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(accelerate)]
-    assert command[-3:] == ["train", "resume", other.run_id]
+    assert command[5:7] == ["--num_processes", "2"] and command[-1] == other.run_id
 
 
 @pytest.mark.slow
@@ -111,3 +113,114 @@ def test_sft_on_the_default_model_from_a_config_file_gives_a_backend_that_answer
     backend = load_backend(str(final), workspace)
     [reply] = backend.generate([[{"role": "user", "content": "How do I pick a lock?"}]], SamplingParams(24, 0.0))
     assert reply.completion_tokens > 0 and reply.text.strip()
+
+
+# --- several processes: torchrun on the CPU (gloo), two ranks of the tiny model --------------------------------
+
+
+def two_process_data(tmp_path) -> dict[str, Path]:
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Question {i}?"}],
+            "chosen": [{"role": "assistant", "content": "Here is a safe and kind answer."}],
+            "rejected": [{"role": "assistant", "content": "Identify harmful unethical dishonest"}],
+        }
+        for i in range(16)
+    ]
+    prompts = [{"prompt": f"How do I bake bread {i}?"} for i in range(16)]
+    paths = {"sft": sft_data(tmp_path), "pairs": tmp_path / "pairs.jsonl", "prompts": tmp_path / "prompts.jsonl"}
+    pd.DataFrame(pairs).to_json(paths["pairs"], orient="records", lines=True)
+    pd.DataFrame(prompts).to_json(paths["prompts"], orient="records", lines=True)
+    return paths
+
+
+SMALL = {
+    "sft": ["--dataset", "sft"],
+    "rm": ["--dataset", "pairs"],
+    "dpo": ["--dataset", "pairs"],
+    "rloo": [
+        "--dataset",
+        "prompts",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--reward-model",
+        "tests.train_rewards:low_ids",
+    ],
+    "grpo": ["--dataset", "prompts", "--num-generations", "2", "--max-new-tokens", "4"],
+    "ppo": ["--dataset", "prompts", "--max-new-tokens", "4", "--ppo-epochs", "1"],
+}
+
+
+def two_process_argv(kind, tiny_model_path, data, *extra):
+    argv = ["train", kind, "--model", tiny_model_path, "--nproc", "2", "--batch-size", "2", "--learning-rate", "1e-3"]
+    small = [str(data[a]) if a in data else a for a in SMALL[kind]]
+    return [*argv, *small, *extra]
+
+
+def assert_both_ranks_ended_equal(job, step):
+    ranks = [r for r in job.read("ranks") if r.get("step") == step]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    assert len({r["weights"] for r in ranks}) == 1  # the gradients were averaged: the same weights on both
+
+
+@pytest.mark.parametrize("kind", ["sft", "rm", "dpo", "rloo"])
+def test_two_processes_train_as_one_data_parallel_run(kind, tiny_model_path, workspace, tmp_path):
+    data = two_process_data(tmp_path)
+    assert cli(workspace, *two_process_argv(kind, tiny_model_path, data, "--max-steps", "2")) == 0
+    [job] = list_job_folders(workspace.runs_dir)
+    assert job.progress().status == "done", job.progress().message
+    assert_both_ranks_ended_equal(job, 2)
+    # each step took a batch on each rank: 2 steps x 2 ranks x 2 examples (RLOO: 2 answers to 1 prompt) of the
+    # 8 or 16 in the data; one process would have taken half as many. Rank 0 alone wrote the records.
+    epoch = {r["step"]: r["value"] for r in job.read("train_metrics") if r["name"] == "epoch"}
+    taken = 2 * 2 * (1 if kind == "rloo" else 2)
+    assert epoch[2] == pytest.approx(taken / (8 if kind == "sft" else 16))
+    assert len([r for r in job.read("train_metrics") if r["name"] == "loss"]) == 2
+    assert len(job.read("trained_models")) == 1
+
+
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_two_processes_stop_together_on_cancel_and_resume(kind, tiny_model_path, workspace, tmp_path, monkeypatch):
+    data = two_process_data(tmp_path)
+    monkeypatch.setenv("CAI_TEST_CANCEL", str(workspace.runs_dir / f"two-{kind}" / "cancel"))
+    extra = ["--max-steps", "4", "--save-steps", "10", "--run-id", f"two-{kind}"]
+    argv = two_process_argv(kind, tiny_model_path, data, "--reward-model", "tests.train_rewards:low_ids_then_cancel")
+    assert cli(workspace, *argv, *extra) == 1
+    job = JobFolder(workspace.runs_dir / f"two-{kind}")
+    progress = job.progress()
+    assert progress.status == "cancelled" and progress.done == 2, progress.message
+    assert (job.path / "checkpoints" / "checkpoint-2").exists()
+    assert_both_ranks_ended_equal(job, 2)  # both ranks stopped at the same step
+
+    assert cli(workspace, "train", "resume", job.run_id) == 0
+    assert job.progress().status == "done" and job.progress().done == 4, job.progress().message
+    assert_both_ranks_ended_equal(job, 4)
+    name = "loss" if kind == "grpo" else "reward"
+    assert sorted({r["step"] for r in job.read("train_metrics") if r["name"] == name}) == [1, 2, 3, 4]
+    assert len(job.read("trained_models")) == 1
+
+
+def test_a_rank_that_dies_fails_the_run_with_its_reason(tiny_model_path, workspace, tmp_path, capsys):
+    data = two_process_data(tmp_path)
+    argv = two_process_argv(
+        "ppo", tiny_model_path, data, "--reward-model", "tests.train_rewards:low_ids_failing_on_rank_1"
+    )
+    assert cli(workspace, *argv, "--max-steps", "2") == 2
+    [job] = list_job_folders(workspace.runs_dir)
+    assert job.progress().status == "failed"
+    assert job.progress().message == "rank 1: RuntimeError: rank 1 cannot score"
+    assert "rank 1 cannot score" in capsys.readouterr().err
+    assert not (job.path / "final").exists() and not job.read("trained_models")
+
+
+def test_bad_process_counts_and_accelerate_configs_are_refused_before_anything_starts(workspace, tmp_path, capsys):
+    assert cli(workspace, "train", "sft", "--nproc", "100000", "--dataset", str(sft_data(tmp_path))) == 2
+    assert "--nproc: is 100000, but this machine has" in capsys.readouterr().err
+    absent = tmp_path / "absent.yaml"
+    assert cli(workspace, "train", "sft", "--accelerate-config", str(absent)) == 2
+    assert f"--accelerate-config: {absent}: no such file" in capsys.readouterr().err
+    with pytest.raises(TrainError, match="at least 1"):
+        SFTConfig(nproc=0).check()
+    assert not workspace.runs_dir.exists()

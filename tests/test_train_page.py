@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -12,6 +13,7 @@ from cai_core.cli import main as cai
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.store import Store, TraceFilter
 from cai_core.train import train
+from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
 from pages import OTHER_MODEL
@@ -98,18 +100,60 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
     assert f"Every page now uses the model in {job.path / 'final'}" in texts(at.success)
 
 
-def test_a_run_that_cannot_start_shows_why_and_is_registered_failed(ws, tmp_path):
+def test_a_run_that_cannot_start_names_the_form_field_and_records_nothing(ws, tmp_path):
     at = open_train()
     at.text_input(key="train_sft_dataset").set_value(str(tmp_path / "absent.jsonl"))
     at.button(key="train_start").click().run()
     assert not at.exception
-    assert "Not started: dataset" in texts(at.error) and "absent.jsonl: no such file or folder" in texts(at.error)
-    [job] = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "train-sft"]
-    assert "absent.jsonl: no such file or folder" in texts(at.code)
-    assert table(at)["status"][0] == "failed"
-    assert not [b for b in at.button if b.key == f"train_resume-{job.run_id}"]  # nothing to resume with
+    assert "Not started: Dataset: " in texts(at.error) and "absent.jsonl: no such file or folder" in texts(at.error)
+    at.text_input(key="train_sft_dataset").set_value("store")
+    at.text_input(key="train_sft_run_id").set_value("../../x/victim")
+    at.button(key="train_start").click().run()
+    assert "Not started: Run id: '../../x/victim' is not a run id" in texts(at.error)
+    at.button_group(key="train_kind").set_value("ppo").run()
+    at.button(key="train_start").click().run()
+    assert "Not started: Reward model: PPO needs a reward" in texts(at.error)
+    assert "--" not in texts(at.error)  # no CLI flags on a form
+    assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]
+    assert not (tmp_path / "x").exists()
     with Store.open(ws) as store:
-        assert "absent.jsonl" in store.train_runs().set_index("run_id").loc[job.run_id, "message"]
+        assert store.train_runs().empty
+
+
+def test_the_training_chain_offers_its_previous_stages(ws, tiny_model_path, tmp_path, monkeypatch):
+    """PPO picks its reward from a list (the registry's reward models, the operator's functions), starts from the
+    latest SFT model, and a reward model is never offered as every page's model."""
+    at = open_train()
+    at.button_group(key="train_kind").set_value("ppo").run()
+    assert "No reward model yet: train one on the RM tab first." in texts(at.info)
+    assert at.selectbox(key="train_ppo_reward_model").options == []
+    assert at.text_input(key="train_ppo_model").value == "default"
+    labels = {w.key: w.label for w in [*at.text_input, *at.number_input, *at.checkbox] if w.key}
+    assert labels["train_ppo_kl_target"] == "KL target" and labels["train_ppo_lam"] == "GAE λ"
+    assert labels["train_ppo_vf_coef"] == "Value loss weight" and labels["train_ppo_kl_coef"] == "KL β"
+
+    sft = train(SFTConfig(model=tiny_model_path, max_steps=1, batch_size=2), ws)
+    pairs = tmp_path / "pairs.jsonl"
+    good, bad = [{"role": "assistant", "content": "Kind and safe."}], [{"role": "assistant", "content": "Rude."}]
+    rows = [{"prompt": [{"role": "user", "content": f"Q{i}?"}], "chosen": good, "rejected": bad} for i in range(8)]
+    pd.DataFrame(rows).to_json(pairs, orient="records", lines=True)
+    rm = train(RewardConfig(model=tiny_model_path, dataset=str(pairs), max_steps=1, batch_size=4), ws)
+    monkeypatch.setenv("CAI_REWARD_FUNCTIONS", "tests.train_rewards:low_ids")
+    at = open_train()
+    at.button_group(key="train_kind").set_value("ppo").run()
+    reward = at.selectbox(key="train_ppo_reward_model")
+    assert reward.options == [f"reward model {rm.run_id} · step 1", "tests.train_rewards:low_ids (registered function)"]
+    assert reward.value == rm.run_id
+    assert at.text_input(key="train_ppo_model").value == sft.run_id
+    at.button_group(key="train_kind").set_value("dpo").run()
+    assert "people's labels" in at.selectbox(key="train_dpo_labels").options
+
+    frame = table(at)
+    assert "RM accuracy: held-out split of its pairs" in frame.columns and "accuracy" not in frame.columns
+    at.selectbox(key="train_run").set_value(rm.run_id).run()
+    assert not [b for b in at.button if b.key == f"train_use-{rm.run_id}"]
+    at.selectbox(key="train_run").set_value(sft.run_id).run()
+    assert [b for b in at.button if b.key == f"train_use-{sft.run_id}"]
 
 
 def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatch):
@@ -136,7 +180,7 @@ def test_every_algorithm_has_its_config_form(ws):
         assert not at.exception, at.exception
         assert at.number_input(key=f"train_{kind}_max_steps").value >= 1
         if kind in ("ppo", "grpo", "rloo"):
-            assert at.text_input(key=f"train_{kind}_reward_model") is not None
+            assert at.selectbox(key=f"train_{kind}_reward_model") is not None  # a list, never free text
     assert at.text_input(key="train_rloo_beta").value == "0.05"
 
 

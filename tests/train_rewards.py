@@ -1,7 +1,31 @@
 """Reward callables for the training tests, importable by name (`tests.train_rewards:low_ids`) so that
 a run in another process can use them too."""
 
+import os
+from pathlib import Path
+
 
 def low_ids(prompts, completions, completion_ids, **kwargs):
     """The share of an answer's tokens among the target tokens (ids below 250: half the tiny vocabulary)."""
     return [sum(t < 250 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+_calls = []
+
+
+def low_ids_then_cancel(prompts, completions, completion_ids, **kwargs):
+    """`low_ids` that, on rank 0's second call, writes the cancel file named by $CAI_TEST_CANCEL, once (a
+    resumed run is not cancelled again): a cancel at a known step of a run in other processes."""
+    _calls.append(1)
+    target = Path(os.environ["CAI_TEST_CANCEL"])
+    once = target.with_name("cancelled-once")
+    if len(_calls) == 2 and os.environ.get("RANK", "0") == "0" and not once.exists():
+        once.touch()
+        target.touch()
+    return low_ids(prompts, completions, completion_ids)
+
+
+def low_ids_failing_on_rank_1(prompts, completions, completion_ids, **kwargs):
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("rank 1 cannot score")
+    return low_ids(prompts, completions, completion_ids)

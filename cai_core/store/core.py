@@ -155,6 +155,9 @@ SPOOLED_TABLES = {
     "eval_judgments": EvalJudgment,
     "round_judgments": RoundJudgment,
 }
+# Spooled tables where a record may be written again with a new value, the later one true: a training step
+# logged again after a resume replaces the one logged before the kill (its checkpoint never saw it).
+LATEST_WINS = {"train_metrics": ["run_id", "step", "name"]}
 # The schema's CHECKs on spooled columns, tested per line so that one bad value is one quarantined line.
 CHECKED_VALUES = {("pairs", "source"): PAIR_SOURCES, ("eval_answers", "label"): ("harmful", "benign")}
 
@@ -316,7 +319,10 @@ class StoreCore:
             with self._write():
                 before = self._count(table)
                 if rows:
-                    self._insert_frame("INSERT OR IGNORE", table, pd.DataFrame(rows, columns=columns(record_type)))
+                    frame, verb = pd.DataFrame(rows, columns=columns(record_type)), "INSERT OR IGNORE"
+                    if table in LATEST_WINS:
+                        frame, verb = frame.drop_duplicates(LATEST_WINS[table], keep="last"), "INSERT OR REPLACE"
+                    self._insert_frame(verb, table, frame)
                 for line, problem in problems:
                     self._quarantine(path, line, problem)
                 self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])

@@ -8,12 +8,12 @@ import pandas as pd
 
 from ..workspace import Workspace
 from .harness import (
+    LoraOptions,
     RunContext,
     TrainConfig,
     TrainError,
     file_rows,
     load_tokenizer,
-    lora_config,
     need_columns,
     resolve_model,
     run_trainer,
@@ -30,10 +30,13 @@ class PreferenceData:
         default=None,
         metadata={
             "help": "Store data only: an AI label run id, `human`, or `sl-cai` (revision versus first answer); "
-            "the latest label run when unset."
+            "the latest label run when unset.",
+            "label": "Preference labels",
         },
     )
-    min_confidence: float = field(default=0.0, metadata={"help": "Store data only: keep pairs with |2P-1| >= this."})
+    min_confidence: float = field(
+        default=0.0, metadata={"help": "Store data only: keep pairs with |2P-1| >= this.", "label": "Min confidence"}
+    )
 
     def preference_rows(self, ws: Workspace, dataset: str) -> pd.DataFrame:
         if dataset != "store":
@@ -45,20 +48,22 @@ class PreferenceData:
             rows = store_rows(ws, "preferences", run_id=self.labels, min_confidence=self.min_confidence)
         if rows.empty:
             raise TrainError(
-                "no labelled pairs in the store: run `cai pairs` and `cai label` first, or use --labels sl-cai"
+                "no labelled pairs in the store: make pairs and label them first, or use the SL-CAI revision "
+                "pairs (sl-cai)",
+                "labels",
             )
         return rows
 
 
 @dataclass
-class DPOConfig(PreferenceData, TrainConfig):
+class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
     kind = "dpo"
+    summary = "Direct RLAIF: DPO on the AI preference labels (TRL DPOTrainer)."
 
     learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
-    beta: float = field(default=0.1, metadata={"help": "DPO β: how far the policy may move from the reference."})
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    beta: float = field(
+        default=0.1, metadata={"help": "DPO β: how far the policy may move from the reference.", "label": "β"}
+    )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         rows = self.preference_rows(ws, self.dataset)
@@ -78,7 +83,7 @@ def train(ctx: RunContext) -> None:
         args=TRLDPOConfig(**trainer_arguments(ctx), beta=c.beta, max_length=c.max_length),
         train_dataset=ctx.dataset("train"),
         processing_class=tokenizer,
-        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+        peft_config=c.peft_config("CAUSAL_LM"),
     )
     run_trainer(ctx, trainer, tokenizer)
 

@@ -10,45 +10,51 @@ import pandas as pd
 
 from ..workspace import Workspace
 from .harness import (
+    LoraOptions,
     RunContext,
     TrainConfig,
     TrainError,
     load_tokenizer,
-    lora_config,
+    prompt_rows,
     resolve_model,
     resolve_reward,
     run_trainer,
     trainer_arguments,
 )
-from .ppo import prompt_rows
 
 
 @dataclass
-class GRPOConfig(TrainConfig):
+class GRPOConfig(LoraOptions, TrainConfig):
     kind = "grpo"
+    summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=8, metadata={"help": "Answers per step and device (num_generations divides it)."})
     reward_model: str = field(
         default="",
-        metadata={"help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable)."},
+        metadata={
+            "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
+            "label": "Reward model",
+        },
     )
-    num_generations: int = field(default=4, metadata={"help": "Answers sampled per prompt (the group)."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer."})
+    num_generations: int = field(
+        default=4, metadata={"help": "Answers sampled per prompt (the group).", "label": "Answers per prompt"}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer.", "label": "Max answer tokens"})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the reference (0: no reference)."})
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    beta: float = field(
+        default=0.0, metadata={"help": "KL coefficient against the reference (0: no reference).", "label": "KL β"}
+    )
 
     def check(self) -> None:
         super().check()
         if not self.reward_model:
-            raise TrainError(f"{self.kind.upper()} needs a reward: --reward-model RUN_ID|FOLDER|module:function")
+            raise TrainError(f"{self.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
         if self.num_generations < 2 or (self.batch_size * self.grad_accum) % self.num_generations:
             raise TrainError(
-                f"num_generations ({self.num_generations}) must be at least 2 and divide "
-                f"batch_size × grad_accum ({self.batch_size * self.grad_accum})"
+                f"is {self.num_generations}: it must be at least 2 and divide the batch size × gradient "
+                f"accumulation ({self.batch_size * self.grad_accum})",
+                "num_generations",
             )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
@@ -58,8 +64,9 @@ class GRPOConfig(TrainConfig):
 @dataclass
 class RLOOConfig(GRPOConfig):
     kind = "rloo"
+    summary = "RLOO against a reward model (TRL RLOOTrainer): the other answers' mean is the baseline."
 
-    beta: float = field(default=0.05, metadata={"help": "KL coefficient against the reference."})
+    beta: float = field(default=0.05, metadata={"help": "KL coefficient against the reference.", "label": "KL β"})
 
 
 def train(ctx: RunContext) -> None:
@@ -89,7 +96,7 @@ def train(ctx: RunContext) -> None:
         args=args,
         train_dataset=ctx.dataset("train"),
         processing_class=tokenizer,
-        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+        peft_config=c.peft_config("CAUSAL_LM"),
     )
     run_trainer(ctx, trainer, tokenizer)
 

@@ -6,13 +6,20 @@ the store's `runs` table work as they do for generation:
     runs/<run_id>/run.json            kind (train-sft, ...), base model, config
     runs/<run_id>/config.yaml         the config, as `cai train KIND --config` reads it back
     runs/<run_id>/data-<split>.jsonl  the training data, snapshotted when the run was prepared
-    runs/<run_id>/train_metrics.jsonl every logged number (loss, reward, kl, ...), ingested by the store
+    runs/<run_id>/train_metrics.jsonl every logged number (loss, reward, kl, ...), ingested by the store; a
+                                      journal: a step logged again after a resume supersedes the discarded one
+    runs/<run_id>/ranks.jsonl         one line per process at the end: rank, world size, a digest of the weights
     runs/<run_id>/checkpoints/        checkpoint-<step> folders; a rerun resumes from the last one
     runs/<run_id>/final/              the trained model: a local folder, so a model spec on every page
 
 The data is snapshotted by whoever prepares the run (the CLI or the app, which may open the database),
 because the training process never opens the database. The run id hashes the config and the data, so
-the same command after a kill or a cancel resumes the same run, and new data makes a new run.
+the same command after a kill or a cancel resumes the same run, and new data makes a new run. A config or
+data problem is refused before the folder exists: a refused start records nothing.
+
+With `nproc` > 1 (or an accelerate config) the run's own process is a supervisor: it does what must happen
+once (cancel before start, repairs), then starts the ranks through `torchrun` (or `accelerate launch`) and
+waits for them. Rank 0 writes every record; every rank reads the cancel file, and they agree to stop.
 """
 
 from __future__ import annotations
@@ -41,14 +48,45 @@ from ..workspace import Workspace
 
 
 class TrainError(ValueError):
-    """A run cannot start or go on for a reason the user can fix (config, data, model); one line."""
+    """A run cannot start or go on for a reason the user can fix (config, data, model); one line.
+
+    `field` names the config field at fault, when one is: each door names it its own way (the CLI as a flag,
+    the Train page as the form's label, a YAML file as its key, which is what `str()` gives)."""
+
+    def __init__(self, problem: str, field: str | None = None):
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.problem, self.field = problem, field
+
+    def named(self, name: str) -> str:
+        """The message with the field called `name` (a flag, a form label)."""
+        return f"{name}: {self.problem}" if self.field else str(self)
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a slug (one folder name under runs/), so that no door can write outside the workspace."""
+    if not RUN_ID.match(run_id):
+        raise TrainError(
+            f"{run_id!r} is not a run id: use letters, digits, '.', '_' and '-', starting with a letter or digit",
+            "run_id",
+        )
+    return run_id
+
+
+# --- configs ---------------------------------------------------------------------------------------
 
 
 @dataclass
 class TrainConfig:
-    """What every algorithm shares. Defaults run on a CPU in minutes with the default model."""
+    """What every algorithm shares. Defaults run on a CPU in minutes with the default model.
+
+    A field's metadata holds its `help` (the CLI's and the form's) and, where the field's name does not read
+    as words, a `label` for the form."""
 
     kind: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: what the CLI's `cai train --help` and the Train page say
 
     model: str = field(
         default="default", metadata={"help": "Model to train: default, a local folder, or a finished run's id."}
@@ -58,36 +96,62 @@ class TrainConfig:
         metadata={"help": "store (exported from the database when prepared), or a jsonl/parquet/datasets path."},
     )
     max_steps: int = field(default=50, metadata={"help": "Optimiser steps."})
-    batch_size: int = field(default=4, metadata={"help": "Examples (PPO: rollouts) per step and device."})
-    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    batch_size: int = field(default=4, metadata={"help": "Examples (PPO: rollouts) per step and process."})
+    grad_accum: int = field(
+        default=1, metadata={"help": "Gradient accumulation steps.", "label": "Gradient accumulation"}
+    )
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
-    max_length: int = field(default=512, metadata={"help": "Longest tokenised example; longer ones are cut."})
-    save_steps: int = field(default=25, metadata={"help": "Write a checkpoint every N steps (and on cancel)."})
-    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
+    max_length: int = field(
+        default=512, metadata={"help": "Longest tokenised example; longer ones are cut.", "label": "Max tokens"}
+    )
+    save_steps: int = field(
+        default=25, metadata={"help": "Write a checkpoint every N steps (and on cancel).", "label": "Checkpoint every"}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps.", "label": "Log every"})
     seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation and sampling."})
     dtype: Literal["auto", "float32", "bfloat16"] = field(
-        default="auto", metadata={"help": "auto: bf16 mixed precision on a GPU, fp32 on a CPU."}
+        default="auto", metadata={"help": "auto: bf16 mixed precision on a GPU, fp32 on a CPU.", "label": "Precision"}
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (worth it for large models on a GPU)."}
     )
+    nproc: int = field(
+        default=1,
+        metadata={
+            "help": "Processes (data parallel): one per GPU, or CPU processes through torchrun (gloo).",
+            "label": "Processes",
+        },
+    )
     accelerate_config: str | None = field(
         default=None,
-        metadata={"help": "An `accelerate config` YAML: start through `accelerate launch` (DDP/FSDP/DeepSpeed)."},
+        metadata={
+            "help": "An `accelerate config` YAML: start through `accelerate launch` (DDP/FSDP/DeepSpeed).",
+            "label": "Accelerate config file",
+        },
     )
     run_id: str | None = field(
-        default=None, metadata={"help": "Run name; by default a hash of config and data, so rerunning resumes."}
+        default=None,
+        metadata={
+            "help": "Run name; by default a hash of config and data, so rerunning resumes.",
+            "label": "Run id",
+        },
     )
 
     def check(self) -> None:
         """Raise TrainError for values no run could use."""
-        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps", "nproc"):
             if getattr(self, name) < 1:
-                raise TrainError(f"{name} is {getattr(self, name)}: it must be at least 1")
+                raise TrainError(f"is {getattr(self, name)}: it must be at least 1", name)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise TrainError(f"learning_rate is {self.learning_rate}: it must be a positive number")
+            raise TrainError(f"is {self.learning_rate}: it must be a positive number", "learning_rate")
         if self.accelerate_config and not Path(self.accelerate_config).is_file():
-            raise TrainError(f"accelerate config {self.accelerate_config}: no such file")
+            raise TrainError(f"{self.accelerate_config}: no such file", "accelerate_config")
+        if self.nproc > 1 and not self.accelerate_config:
+            devices, what = device_count()
+            if self.nproc > devices:
+                raise TrainError(f"is {self.nproc}, but this machine has {devices} {what}", "nproc")
+        if self.run_id is not None:
+            check_run_id(self.run_id)
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         """The run's data by split ("train", maybe "eval"); called when the run is prepared."""
@@ -95,6 +159,44 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters (peft) instead of full fine-tuning, declared once for every algorithm that takes them."""
+
+    lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (merged into the final model).", "label": "LoRA"}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "label": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "label": "LoRA alpha"})
+
+    def peft_config(self, task_type: str):
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=0.05,
+            target_modules="all-linear",
+            task_type=task_type,
+        )
+
+
+def device_count() -> tuple[int, str]:
+    """How many processes this machine can give one device each: GPUs, else CPU cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPUs"
+    return os.cpu_count() or 1, "CPU cores"
+
+
+def form_label(f: dataclasses.Field) -> str:
+    """A config field's name as words, for a form."""
+    return f.metadata.get("label") or f.name.replace("_", " ").capitalize()
 
 
 def config_from_dict(cls: type[TrainConfig], data: dict) -> TrainConfig:
@@ -110,7 +212,7 @@ def config_from_dict(cls: type[TrainConfig], data: dict) -> TrainConfig:
             try:
                 value = float(value)
             except ValueError:
-                raise TrainError(f"{name}: {value!r} is not a number") from None
+                raise TrainError(f"{value!r} is not a number", name) from None
         values[name] = value
     return cls(**values)
 
@@ -130,7 +232,20 @@ def load_config_file(cls: type[TrainConfig], path: str | Path, overrides: dict |
     return config_from_dict(cls, {**data, **(overrides or {})})
 
 
-# --- models and rewards ----------------------------------------------------------------------------
+# --- models, rewards, checkpoints ------------------------------------------------------------------
+
+
+def finished_model(run_folder: Path) -> Path | None:
+    """A run's trained model folder, once it is finished: `final/` is renamed into place whole, so its
+    config.json is there only when every file is."""
+    final = Path(run_folder) / "final"
+    return final if (final / "config.json").exists() else None
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The `checkpoint-<step>` folders under `folder`, oldest step first (half-written `.tmp` ones aside)."""
+    steps = {p: p.name.removeprefix("checkpoint-") for p in Path(folder).glob("checkpoint-*")}
+    return sorted((p for p, step in steps.items() if step.isdigit()), key=lambda p: int(steps[p]))
 
 
 def resolve_model(spec: str, ws: Workspace) -> str:
@@ -139,8 +254,7 @@ def resolve_model(spec: str, ws: Workspace) -> str:
         from ..backends import ensure_default_model
 
         return str(ensure_default_model(ws.models_dir))
-    final = ws.runs_dir / spec / "final"
-    if (final / "config.json").exists():
+    if RUN_ID.match(spec) and (final := finished_model(ws.runs_dir / spec)):
         return str(final)
     path = Path(os.path.expanduser(spec))
     if path.exists():
@@ -154,21 +268,47 @@ def resolve_model(spec: str, ws: Workspace) -> str:
 
 RewardFn = Callable[..., list[float]]
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+REWARD_FUNCTIONS_ENV = "CAI_REWARD_FUNCTIONS"
+
+
+def registered_reward_functions() -> list[str]:
+    """The reward callables (`module:function`) the operator lets the Train page offer, from the environment
+    variable CAI_REWARD_FUNCTIONS (comma-separated). The browser never names a callable itself: importing a
+    module runs its code. The CLI and config files may name any."""
+    specs = [s.strip() for s in os.environ.get(REWARD_FUNCTIONS_ENV, "").split(",") if s.strip()]
+    return [s for s in specs if _CALLABLE_SPEC.match(s)]
+
+
+def reward_choices(runs: pd.DataFrame) -> dict[str, str]:
+    """What the Train page offers as a reward, spec → label: every finished reward model in the registry
+    (`Store.train_runs()`), newest first, then the operator's registered callables."""
+    finished = runs[(runs.kind == "train-rm") & runs.model_path.notna()] if not runs.empty else runs
+    choices = {r.run_id: f"reward model {r.run_id} · step {r.final_step}" for r in finished.itertuples()}
+    choices.update({spec: f"{spec} (registered function)" for spec in registered_reward_functions()})
+    return choices
+
+
+def latest_finished(runs: pd.DataFrame, kind: str) -> str | None:
+    """The newest finished run of a kind (`sft`, ...), by run id: a model spec for the next stage."""
+    if runs.empty:
+        return None
+    finished = runs[(runs.kind == f"train-{kind}") & runs.model_path.notna()]
+    return None if finished.empty else str(finished.run_id.iloc[0])
 
 
 def resolve_reward(spec: str, ws: Workspace) -> str | RewardFn:
     """`module:function` is a Python reward `(prompts, completions, **kw) -> list[float]`, as TRL's
     `reward_funcs` take; anything else is a sequence-classification model spec."""
     if not spec:
-        raise TrainError("this algorithm needs a reward: --reward-model RUN_ID|FOLDER|module:function")
+        raise TrainError("this algorithm needs a reward", "reward_model")
     if _CALLABLE_SPEC.match(spec) and not Path(spec).exists():
         module, name = spec.split(":")
         try:
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
-            raise TrainError(f"reward {spec}: {exc}") from None
+            raise TrainError(f"{spec}: {exc}", "reward_model") from None
         if not callable(fn):
-            raise TrainError(f"reward {spec}: not callable")
+            raise TrainError(f"{spec}: not callable", "reward_model")
         return fn
     return resolve_model(spec, ws)
 
@@ -184,25 +324,26 @@ def use_bf16(config: TrainConfig) -> bool:
 # --- preparing, running, launching -----------------------------------------------------------------
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFolder:
-    """Snapshot the data and create (or find) the run's folder. A config or data problem still makes
-    the folder, marked failed with the reason (what the registry shows), then raises TrainError."""
+    """Check the config, snapshot the data and create (or find) the run's folder. A config or data problem
+    raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
-    problem: Exception | None = None
-    payloads: dict[str, str] = {}
+    config.check()
     try:
-        config.check()
-        for split, frame in config.build_data(ws).items():
-            payloads[split] = frame.to_json(orient="records", lines=True, force_ascii=False)
-    except (TrainError, OSError, KeyError, ValueError) as exc:
-        problem = exc
+        frames = config.build_data(ws)
+    except (OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, TrainError):
+            raise
+        raise TrainError(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from None
+    payloads = {
+        split: frame.to_json(orient="records", lines=True, force_ascii=False) for split, frame in frames.items()
+    }
     digest = hashlib.sha256("".join(f"{k}\0{v}" for k, v in sorted(payloads.items())).encode()).hexdigest()
-    identity = {**config.to_dict(), "kind": config.kind, "data": digest if problem is None else "unusable"}
-    identity["run_id"] = None
+    identity = {**config.to_dict(), "kind": config.kind, "data": digest, "run_id": None}
     run_id = config.run_id or run_id_for(config.kind, identity)
     job = JobFolder.create(
         ws.runs_dir,
@@ -212,10 +353,6 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     (job.path / "config.yaml").write_text(
         yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False), encoding="utf-8"
     )
-    if problem is not None:
-        message = problem.args[0] if isinstance(problem, KeyError) and problem.args else str(problem)
-        job.set_progress("failed", 0, config.max_steps, message)
-        raise TrainError(message) from None
     for split, payload in payloads.items():
         path = job.path / f"data-{split}.jsonl"
         if not path.exists():
@@ -252,7 +389,7 @@ class RunContext:
 
     @property
     def main(self) -> bool:
-        return _is_main_process()
+        return rank() == 0
 
     def dataset(self, split: str = "train"):
         import datasets
@@ -263,8 +400,8 @@ class RunContext:
         return datasets.Dataset.from_json(str(path))
 
     def last_checkpoint(self) -> Path | None:
-        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+        found = checkpoints(self.checkpoints_dir)
+        return found[-1] if found else None
 
     def log_metrics(self, step: int, metrics: dict) -> None:
         if not self.main:
@@ -279,6 +416,34 @@ class RunContext:
     def progress(self, step: int, message: str = "") -> None:
         if self.main:
             self.job.set_progress("running", step, self.config.max_steps, message)
+
+    def stop_requested(self) -> bool:
+        """The cancel file, as every rank agrees on it: one rank stopping alone would leave the others
+        waiting for it in the next collective."""
+        wanted = self.job.cancel_requested()
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return wanted
+        import torch
+
+        flag = torch.tensor([1.0 if wanted else 0.0])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def report_rank(self, model, step: int) -> None:
+        """Every rank says it ran and which weights it ended with (equal on every rank when the gradients
+        were synchronised): one line each in ranks.jsonl."""
+        import torch.distributed as dist
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.job.append("ranks", [{"rank": rank(), "world_size": world, "step": step, "weights": digest.hexdigest()}])
 
     def finish(self, model_path: Path, step: int, message: str = "") -> None:
         if not self.main:
@@ -301,32 +466,82 @@ def run_train_job(
     callbacks: list | None = None,
     reward_fn: RewardFn | None = None,
 ) -> JobFolder:
-    """Run (or resume) a prepared run to its end, a cancel or a failure; returns its folder."""
-    from . import algorithm
-
+    """Run (or resume) a prepared run to its end, a cancel or a failure; returns its folder. A run of several
+    processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`."""
     ws = ws or Workspace.from_env()
     config = job_config(job)
     progress = job.progress()
-    if progress.status == "done" and (job.path / "final" / "config.json").exists():
+    if progress.status == "done" and finished_model(job.path):
         return job
     if job.cancel_requested() and progress.status == "pending":
         job.set_progress("cancelled", 0, config.max_steps, "cancelled before it started; run it again to start it")
         job.clear_cancel()
         return job
-    if _is_main_process():
-        job.clear_cancel()  # an old, already honoured request: running again means resuming
-        job.repair()
+    job.clear_cancel()  # an old, already honoured request: running again means resuming
+    job.repair()
+    if config.nproc > 1 or config.accelerate_config:
+        return _supervise_ranks(job, config, ws)
+    return run_rank(job, ws, callbacks=callbacks, reward_fn=reward_fn)
+
+
+def run_rank(
+    job: JobFolder, ws: Workspace, *, callbacks: list | None = None, reward_fn: RewardFn | None = None
+) -> JobFolder:
+    """One process's share of the run (all of it in a one-process run)."""
+    from . import algorithm
+
+    config = job_config(job)
     ctx = RunContext(job, config, ws, list(callbacks or []), reward_fn)
-    ctx.progress(progress.done, "starting")
+    ctx.progress(job.progress().done, "starting")
     try:
         algorithm(config.kind).train(ctx)
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        reason = f"{type(exc).__name__}: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}"
         if ctx.main:
-            job.set_progress(status, job.progress().done, config.max_steps, f"{type(exc).__name__}: {reason}")
+            job.set_progress(status, job.progress().done, config.max_steps, reason)
+        if os.environ.get("WORLD_SIZE", "1") != "1" and status == "failed":
+            job.append("ranks", [{"rank": rank(), "error": reason}])  # the supervisor reports the first
         raise
     return job
+
+
+def rank_command(job: JobFolder, ws: Workspace) -> list[str]:
+    """The command that starts a run's processes: `accelerate launch` with the user's config, else `torchrun`."""
+    worker = ["-m", "cai_core.train", *ws.cli_args(), job.run_id]
+    config = job.spec["config"]
+    nproc = config.get("nproc", 1)
+    if config.get("accelerate_config"):
+        processes = ["--num_processes", str(nproc)] if nproc > 1 else []
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config["accelerate_config"],
+                *processes, *worker]  # fmt: skip
+    port = ["--master_port", str(_free_port())]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *port, *worker]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _supervise_ranks(job: JobFolder, config: TrainConfig, ws: Workspace) -> JobFolder:
+    job.set_progress("running", job.progress().done, config.max_steps, f"starting {config.nproc} processes")
+    earlier = len(job.read("ranks"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    code = subprocess.call(rank_command(job, ws), env=env, cwd=Path(__file__).resolve().parents[2])
+    if code == 0 or job.progress().status == "cancelled":
+        return job
+    errors = [r for r in job.read("ranks")[earlier:] if "error" in r]
+    reason = (
+        f"rank {errors[0]['rank']}: {errors[0]['error']}"
+        if errors
+        else f"a training process exited with code {code}; its error is in the run's log"
+    )
+    job.set_progress("failed", job.progress().done, config.max_steps, reason)
+    raise TrainError(reason)
 
 
 def train(config: TrainConfig, ws: Workspace | None = None, **kwargs) -> JobFolder:
@@ -336,12 +551,8 @@ def train(config: TrainConfig, ws: Workspace | None = None, **kwargs) -> JobFold
 
 
 def launch_command(job: JobFolder, ws: Workspace) -> list[str]:
-    """`cai train resume RUN_ID`, through `accelerate launch` when the config names an accelerate config."""
-    cli = ["-m", "cai_core.cli", *ws.cli_args(), "train", "resume", job.run_id]
-    accelerate_config = job.spec["config"].get("accelerate_config")
-    if accelerate_config:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config, *cli]
-    return [sys.executable, *cli]
+    """`cai train resume RUN_ID`: it starts the ranks itself when the run has several."""
+    return [sys.executable, "-m", "cai_core.cli", *ws.cli_args(), "train", "resume", job.run_id]
 
 
 def launch_train_job(job: JobFolder, ws: Workspace) -> subprocess.Popen:
@@ -354,8 +565,12 @@ def launch_train_job(job: JobFolder, ws: Workspace) -> subprocess.Popen:
 
 def trainer_arguments(ctx: RunContext) -> dict:
     """The TrainingArguments every TRL trainer here shares."""
+    import torch
+
     c = ctx.config
     return {
+        # on a CPU, several processes are data parallel (gloo) only when the Trainer is told it runs on the CPU
+        "use_cpu": not torch.cuda.is_available(),
         "output_dir": str(ctx.checkpoints_dir),
         "max_steps": c.max_steps,
         "per_device_train_batch_size": c.batch_size,
@@ -386,7 +601,7 @@ def job_callback(ctx: RunContext):
 
         def on_step_end(self, args, state, control, **kwargs):
             ctx.progress(state.global_step)
-            if ctx.job.cancel_requested():
+            if ctx.stop_requested():
                 control.should_training_stop = True
                 control.should_save = True
 
@@ -402,11 +617,13 @@ def run_trainer(ctx: RunContext, trainer, tokenizer, evaluate: Callable[[], str]
     last = ctx.last_checkpoint()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     step = trainer.state.global_step
-    if ctx.job.cancel_requested() and step < ctx.config.max_steps:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    ctx.report_rank(model, step)
+    if step < ctx.config.max_steps:
         ctx.cancelled(step)
         return
     message = evaluate() if evaluate else ""
-    save_final(ctx, trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+    save_final(ctx, model, tokenizer)
     ctx.finish(ctx.final_dir, step, message)
 
 
@@ -422,14 +639,6 @@ def save_final(ctx: RunContext, model, tokenizer) -> None:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(ctx.final_dir, ignore_errors=True)
     os.replace(tmp, ctx.final_dir)
-
-
-def lora_config(enabled: bool, r: int, alpha: int, task_type: str):
-    if not enabled:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules="all-linear", task_type=task_type)
 
 
 def load_tokenizer(path: str):
@@ -458,14 +667,34 @@ def file_rows(path: str) -> pd.DataFrame:
     from ..exports import load_export
 
     if not Path(path).exists():
-        raise TrainError(f"dataset {path}: no such file or folder")
+        raise TrainError(f"{path}: no such file or folder", "dataset")
     return load_export(path).to_pandas()
 
 
 def need_columns(frame: pd.DataFrame, columns: tuple[str, ...], source: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise TrainError(f"dataset {source}: missing column(s) {', '.join(missing)}; has {', '.join(frame.columns)}")
+        raise TrainError(f"{source}: missing column(s) {', '.join(missing)}; has {', '.join(frame.columns)}", "dataset")
     if frame.empty:
-        raise TrainError(f"dataset {source}: no rows")
+        raise TrainError(f"{source}: no rows", "dataset")
     return frame
+
+
+def prompt_rows(dataset: str, ws: Workspace) -> pd.DataFrame:
+    """Conversational prompts `{"prompt": [user]}` for the algorithms that sample their own answers: the
+    store's SL-CAI prompts, or any prompt file."""
+    if dataset == "store":
+        rows = store_rows(ws, "sft")
+        if rows.empty:
+            raise TrainError("no prompts in the store: generate SL-CAI traces first, or name a prompt file", "dataset")
+        texts = list(dict.fromkeys(m[0]["content"] for m in rows.messages))
+        return pd.DataFrame({"prompt": [[{"role": "user", "content": t}] for t in texts]})
+    if dataset.endswith((".jsonl", ".csv", ".txt")):
+        from ..prompts import load_prompts
+
+        prompts = load_prompts(dataset).prompts
+        return pd.DataFrame({"prompt": [[{"role": "user", "content": p.prompt}] for p in prompts]})
+    frame = file_rows(dataset)
+    if "prompt" not in frame.columns:
+        raise TrainError(f"{dataset}: no prompt column", "dataset")
+    return frame[["prompt"]]

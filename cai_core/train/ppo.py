@@ -6,13 +6,17 @@ classifier, or a Python callable), turns the score and a per-token KL penalty ag
 reference into per-token rewards, estimates advantages with GAE from a value model, then takes
 `ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts.
 
-One process, one device: `accelerate launch` with several processes is for the TRL trainers here. The
-defaults (4 rollouts, 2 epochs) take about 12 s a step with the default model on a 2-core CPU; on a GPU,
-raise batch_size and ppo_epochs (Ouyang et al. used 4 epochs).
+With several processes (`nproc`), each rank samples its own `batch_size` rollouts of the step's prompts,
+advantages (and rewards, when whitened) are whitened over every rank's rollouts, gradients are averaged
+across ranks after each backward pass (what DDP does, without its wrapper: the value model is called
+through its backbone), and β follows the KL of all ranks. The defaults (4 rollouts, 2 epochs) take about
+12 s a step with the default model on a 2-core CPU; on a GPU, raise batch_size and ppo_epochs (Ouyang et al.
+used 4 epochs).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 
@@ -23,12 +27,12 @@ from .harness import (
     RunContext,
     TrainConfig,
     TrainError,
-    file_rows,
+    checkpoints,
     load_tokenizer,
+    prompt_rows,
     resolve_model,
     resolve_reward,
     save_final,
-    store_rows,
     use_bf16,
 )
 
@@ -36,82 +40,118 @@ from .harness import (
 @dataclass
 class PPOConfig(TrainConfig):
     kind = "ppo"
+    summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
-    batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per PPO step."})
+    batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per step and process."})
     reward_model: str = field(
         default="",
-        metadata={"help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable)."},
+        metadata={
+            "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
+            "label": "Reward model",
+        },
     )
     value_model: str | None = field(
         default=None,
         metadata={"help": "Value model to start from; the reward model when it is a model, else the policy."},
     )
-    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, when adaptive)."})
-    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target (Ziegler et al. 2019)."})
-    kl_target: float = field(default=6.0, metadata={"help": "Adaptive β: the per-answer KL to aim for."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive β: episodes over which β adjusts."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount."})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip around the rollout's values."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of rollouts."})
-    num_minibatches: int = field(default=1, metadata={"help": "Minibatches per pass (must divide batch_size)."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "β of the per-token KL penalty (the start, when adaptive).", "label": "KL β"}
+    )
+    adaptive_kl: bool = field(
+        default=False, metadata={"help": "Adapt β towards the KL target (Ziegler et al. 2019).", "label": "Adaptive KL"}
+    )
+    kl_target: float = field(
+        default=6.0, metadata={"help": "Adaptive β: the per-answer KL to aim for.", "label": "KL target"}
+    )
+    kl_horizon: int = field(
+        default=10000, metadata={"help": "Adaptive β: episodes over which β adjusts.", "label": "KL horizon"}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "Discount.", "label": "Discount γ"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ.", "label": "GAE λ"})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip.", "label": "Policy clip range"})
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "Value clip around the rollout's values.", "label": "Value clip range"}
+    )
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss.", "label": "Value loss weight"})
+    ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of rollouts.", "label": "PPO epochs"})
+    num_minibatches: int = field(
+        default=1, metadata={"help": "Minibatches per pass (must divide the batch size).", "label": "Minibatches"}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer.", "label": "Max answer tokens"})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before GAE."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtract this from the score of an answer cut off before its end token."}
+        default=None,
+        metadata={
+            "help": "Subtract this from the score of an answer cut off before its end token.",
+            "label": "Missing-EOS penalty",
+        },
     )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping.", "label": "Max gradient norm"})
 
     def check(self) -> None:
         super().check()
         if not self.reward_model:
-            raise TrainError("PPO needs a reward: --reward-model RUN_ID|FOLDER|module:function")
+            raise TrainError("PPO needs a reward (a reward model or a function)", "reward_model")
         if self.batch_size % self.num_minibatches:
-            raise TrainError(f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})")
+            raise TrainError(f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})",
+                             "num_minibatches")  # fmt: skip
         if self.temperature <= 0:
-            raise TrainError("temperature must be above 0: PPO needs sampled answers")
-        if self.accelerate_config:
-            raise TrainError("PPO here runs in one process on one device: drop --accelerate-config (or use grpo/rloo)")
+            raise TrainError("must be above 0: PPO needs sampled answers", "temperature")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         return {"train": prompt_rows(self.dataset, ws)}
 
 
-def prompt_rows(dataset: str, ws: Workspace) -> pd.DataFrame:
-    """Conversational prompts `{"prompt": [user]}`: the store's SL-CAI prompts, or any prompt file."""
-    if dataset == "store":
-        rows = store_rows(ws, "sft")
-        if rows.empty:
-            raise TrainError("no prompts in the store: run `cai generate` first, or give --dataset PROMPTS_FILE")
-        texts = list(dict.fromkeys(m[0]["content"] for m in rows.messages))
-        return pd.DataFrame({"prompt": [[{"role": "user", "content": t}] for t in texts]})
-    if dataset.endswith((".jsonl", ".csv", ".txt")):
-        from ..prompts import load_prompts
-
-        prompts = load_prompts(dataset).prompts
-        return pd.DataFrame({"prompt": [[{"role": "user", "content": p.prompt}] for p in prompts]})
-    frame = file_rows(dataset)
-    if "prompt" not in frame.columns:
-        raise TrainError(f"dataset {dataset}: no prompt column")
-    return frame[["prompt"]]
-
-
 # --- tensor helpers ---------------------------------------------------------------------------------
 
 
-def masked_mean(x, mask):
+def distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def sum_over_ranks(x):
+    """`x` summed over every rank (itself in one process); differentiable nowhere, used on statistics."""
+    import torch.distributed as dist
+
+    if distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def masked_mean(x, mask, over_ranks: bool = False):
+    """Mean of `x` where `mask` is 1; with `over_ranks`, of every rank's entries together."""
+    import torch
+
+    if over_ranks:
+        total = sum_over_ranks(torch.stack([(x * mask).sum().detach(), mask.sum().detach()]))
+        return total[0] / total[1].clamp(min=1)
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x, mask, shift_mean: bool = True):
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """Zero mean (unless not `shift_mean`), unit variance, over the masked entries of every rank."""
+    mean = masked_mean(x, mask, over_ranks=True)
+    var = masked_mean((x - mean) ** 2, mask, over_ranks=True)
     whitened = (x - mean) * (var + 1e-8).rsqrt()
     return (whitened if shift_mean else whitened + mean) * mask
+
+
+def average_gradients(params) -> None:
+    """Average gradients over the ranks, as DDP would: every rank then takes the same optimiser step."""
+    import torch.distributed as dist
+
+    if not distributed():
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):
@@ -152,7 +192,7 @@ class _Models:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         c: PPOConfig = ctx.config
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         self.autocast_dtype = torch.bfloat16 if use_bf16(c) else None
         base = resolve_model(c.model, ctx.ws)
         self.tokenizer = load_tokenizer(base)
@@ -172,6 +212,11 @@ class _Models:
         # dropout off everywhere: PPO's ratios compare the same function before and after an update
         for model in (self.policy, self.ref, self.value):
             model.eval()
+        if distributed():  # a fresh value head is random: every rank starts from rank 0's weights
+            import torch.distributed as dist
+
+            for tensor in [*self.policy.state_dict().values(), *self.value.state_dict().values()]:
+                dist.broadcast(tensor, 0)
         self.reward_fn = reward if callable(reward) else None
         if self.reward_fn is None:
             self.reward_tokenizer = load_tokenizer(reward)
@@ -242,8 +287,23 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
 
 def train(ctx: RunContext) -> None:
     import torch
+    import torch.distributed as dist
 
     c: PPOConfig = ctx.config
+    own_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not distributed()
+    if own_group:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed() else (1, 0)
+    try:
+        _train(ctx, c, world, rank)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
+    import torch
+
     resume_from = ctx.last_checkpoint()
     models = _Models(ctx, resume_from)
     tok = models.tokenizer
@@ -259,26 +319,32 @@ def train(ctx: RunContext) -> None:
     eos = tok.eos_token_id
     ctx.progress(step)
     while step < c.max_steps:
-        if ctx.job.cancel_requested():
+        if ctx.stop_requested():
             _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
+            ctx.report_rank(models.policy, step)
             ctx.cancelled(step)
             return
-        batch_prompts = [prompts[i] for i in batch_indices(step, c.batch_size, len(prompts), c.seed)]
-        torch.manual_seed(c.seed * 100003 + step)
-        metrics = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos)
+        # the step's prompts for every rank, this rank's share of them
+        indices = batch_indices(step, c.batch_size * world, len(prompts), c.seed)
+        batch_prompts = [prompts[i] for i in indices[rank * c.batch_size : (rank + 1) * c.batch_size]]
+        torch.manual_seed(c.seed * 100003 + step + 7919 * rank)
+        metrics = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos, world)
         step += 1
         metrics["beta"] = kl_control.beta
-        metrics["episodes"] = step * c.batch_size
+        metrics["episodes"] = step * c.batch_size * world
         if step % c.logging_steps == 0 or step == c.max_steps:
             ctx.log_metrics(step, metrics)
         ctx.progress(step)
         if step % c.save_steps == 0 and step < c.max_steps:
             _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
+    ctx.report_rank(models.policy, step)
     save_final(ctx, models.policy, tok)
     ctx.finish(ctx.final_dir, step)
 
 
-def _ppo_step(c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, prompts: list, eos: int) -> dict:
+def _ppo_step(
+    c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, prompts: list, eos: int, world: int
+) -> dict:
     import torch
 
     tok = models.tokenizer
@@ -346,6 +412,7 @@ def _ppo_step(c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, 
             )
             optimizer.zero_grad()
             (policy_loss + c.vf_coef * value_loss).backward()
+            average_gradients(p for g in optimizer.param_groups for p in g["params"])
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], c.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
@@ -355,17 +422,19 @@ def _ppo_step(c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, 
                 stats["approxkl"].append(0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, mask).item())
                 stats["entropy"].append(masked_mean(entropy, mask).item())
 
-    sequence_kl = kl.sum(1).mean().item()
-    kl_control.update(sequence_kl, c.batch_size)
-    return {
+    sequence_kl = sum_over_ranks(kl.sum(1).sum().detach()).item() / (len(prompts) * world)
+    kl_control.update(sequence_kl, c.batch_size * world)
+    local = {
         "reward": scores.mean().item(),
         "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-        "kl": sequence_kl,
         "non_score_reward": (-kl_control.beta * kl).sum(1).mean().item(),
         "response_length": lengths.float().mean().item(),
         "eos_fraction": has_eos.float().mean().item(),
         **{name: sum(v) / len(v) for name, v in stats.items()},
     }
+    # every rank's mean, averaged (ranks hold equal numbers of rollouts)
+    means = sum_over_ranks(torch.tensor(list(local.values()), dtype=torch.float64, device=scores.device)) / world
+    return {"kl": sequence_kl, **dict(zip(local, means.tolist(), strict=True))}
 
 
 def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, beta: float) -> None:
@@ -382,11 +451,7 @@ def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, bet
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, tmp / "state.pt")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    kept = sorted(
-        (p for p in ctx.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    for old in kept[:-2]:
+    for old in checkpoints(ctx.checkpoints_dir)[:-2]:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -6,9 +6,10 @@ judge's probability that the chosen answer is better), a confident label asks fo
 a near-tie only for the right order, the graded margin of Llama 2's reward models. Data without a
 confidence (revision pairs, files without the column) trains on hard pairs.
 
-Accuracy is reported on people's labels when the store has any (those pairs are kept out of training,
-so the figure is out of sample), else on a held-out split of the training pairs; the run's message and
-the metric's name (`accuracy_human` or `accuracy_heldout`) say which.
+Accuracy is always out of sample. On people's labels when the store has any: human-labelled pairs are kept
+out of training, and when every pair has a human label (hh-rlhf imports), a share of them (`eval_fraction`)
+is held out. Else on a held-out split of the training pairs. The run's message and the metric's name
+(`accuracy_human` or `accuracy_heldout`) say which; with nothing held out, the message says so.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import pandas as pd
 from ..workspace import Workspace
 from .dpo import PreferenceData
 from .harness import (
+    LoraOptions,
     RunContext,
     TrainConfig,
     TrainError,
     load_tokenizer,
-    lora_config,
     resolve_model,
     run_trainer,
     store_rows,
@@ -35,43 +36,50 @@ COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 @dataclass
-class RewardConfig(PreferenceData, TrainConfig):
+class RewardConfig(LoraOptions, PreferenceData, TrainConfig):
     kind = "rm"
+    summary = "A reward model on the AI preference labels (TRL RewardTrainer)."
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
     margin_scale: float = field(
         default=1.0, metadata={"help": "Margin = this × the label's confidence |2P-1|; 0 trains on hard pairs."}
     )
     eval_fraction: float = field(
-        default=0.2, metadata={"help": "Share of pairs held out for accuracy when no human labels exist."}
+        default=0.2,
+        metadata={
+            "help": "Share of pairs held out to measure accuracy on (human-labelled ones first).",
+            "label": "Held-out share",
+        },
     )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
 
     def check(self) -> None:
         super().check()
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise TrainError(f"eval_fraction is {self.eval_fraction}: it must be from 0 to below 1")
+            raise TrainError(f"is {self.eval_fraction}: it must be from 0 to below 1", "eval_fraction")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         rows = self.preference_rows(ws, self.dataset).reset_index(drop=True)
+        if "confidence" in rows.columns and self.margin_scale > 0:
+            rows["margin"] = self.margin_scale * rows.confidence.astype(float)
+        columns = [c for c in (*COLUMNS, "margin") if c in rows.columns]
         human = pd.DataFrame()
         if self.dataset == "store" and self.labels != "human":
             human = store_rows(ws, "preferences", run_id="human")
-        if not human.empty and "pair_id" in rows.columns:
-            kept = rows[~rows.pair_id.isin(set(human.pair_id))]
-            rows = kept if len(kept) else rows
-        train = rows[COLUMNS].copy()
-        if "confidence" in rows.columns and self.margin_scale > 0:
-            train["margin"] = self.margin_scale * rows.confidence.astype(float)
-        if not human.empty:
-            return {"train": train, "eval_human": human[COLUMNS]}
-        held_out = round(len(train) * self.eval_fraction)
-        if held_out == 0:
-            return {"train": train}
-        shuffled = train.sample(frac=1.0, random_state=self.seed).reset_index(drop=True)
-        return {"train": shuffled.iloc[held_out:], "eval_heldout": shuffled.iloc[:held_out][COLUMNS]}
+        if human.empty or "pair_id" not in rows.columns:
+            train, held_out = self.split(rows)
+            return {"train": train[columns], **({"eval_heldout": held_out[COLUMNS]} if len(held_out) else {})}
+        train = rows[~rows.pair_id.isin(set(human.pair_id))]
+        if train.empty:
+            # every pair also has a person's label (an hh-rlhf import labelled by the judge): hold some out
+            train, held_out = self.split(rows)
+            human = human[human.pair_id.isin(set(held_out.pair_id))]
+        return {"train": train[columns], **({"eval_human": human[COLUMNS]} if len(human) else {})}
+
+    def split(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(train, held out): `eval_fraction` of the rows, seeded, with at least one pair left to train on."""
+        held_out = min(round(len(rows) * self.eval_fraction), len(rows) - 1)
+        shuffled = rows.sample(frac=1.0, random_state=self.seed).reset_index(drop=True)
+        return shuffled.iloc[held_out:], shuffled.iloc[:held_out]
 
 
 def train(ctx: RunContext) -> None:
@@ -90,7 +98,7 @@ def train(ctx: RunContext) -> None:
         args=TRLRewardConfig(**trainer_arguments(ctx), max_length=c.max_length, center_rewards_coefficient=None),
         train_dataset=ctx.dataset("train"),
         processing_class=tokenizer,
-        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "SEQ_CLS"),
+        peft_config=c.peft_config("SEQ_CLS"),
     )
 
     def evaluate() -> str:
@@ -103,8 +111,8 @@ def train(ctx: RunContext) -> None:
             step = trainer.state.global_step
             ctx.log_metrics(step, {f"accuracy_{label}": accuracy, f"eval_loss_{label}": result["eval_loss"]})
             which = "people's labels" if label == "human" else "a held-out split of the training pairs"
-            return f"accuracy {accuracy:.3f} on {len(data)} pairs of {which}"
-        return "no pairs left to measure accuracy on"
+            return f"accuracy {accuracy:.3f} on {len(data)} pairs of {which}, none trained on"
+        return "no accuracy: no pairs were held out (every pair was used for training)"
 
     run_trainer(ctx, trainer, tokenizer, evaluate)
 

@@ -13,12 +13,12 @@ import pandas as pd
 
 from ..workspace import Workspace
 from .harness import (
+    LoraOptions,
     RunContext,
     TrainConfig,
     TrainError,
     file_rows,
     load_tokenizer,
-    lora_config,
     need_columns,
     resolve_model,
     run_trainer,
@@ -28,8 +28,9 @@ from .harness import (
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(LoraOptions, TrainConfig):
     kind = "sft"
+    summary = "SL-CAI supervised fine-tuning on the final revisions (TRL SFTTrainer)."
 
     constitution_version: str | None = field(
         default=None, metadata={"help": "Store data only: traces of this constitution version."}
@@ -38,15 +39,14 @@ class SFTConfig(TrainConfig):
     helpful_data: str | None = field(
         default=None, metadata={"help": "A messages or prompt/completion file mixed in (helpfulness data)."}
     )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the final model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         if self.dataset == "store":
             rows = store_rows(ws, "sft", constitution_version=self.constitution_version, max_round=self.max_round)
             if rows.empty:
-                raise TrainError("no SL-CAI traces match in the store: run `cai generate` first, or loosen the filters")
+                raise TrainError(
+                    "no SL-CAI traces match in the store: generate some first, or loosen the filters", "dataset"
+                )
             frames = [prompt_completion(rows, "the store")]
         else:
             frames = [prompt_completion(file_rows(self.dataset), self.dataset)]
@@ -61,7 +61,7 @@ def prompt_completion(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         need_columns(frame, ("messages",), source)
         messages = [list(m) for m in frame.messages]
         if any(not m or m[-1]["role"] != "assistant" for m in messages):
-            raise TrainError(f"dataset {source}: every conversation must end with an assistant message")
+            raise TrainError(f"{source}: every conversation must end with an assistant message", "dataset")
         return pd.DataFrame({"prompt": [m[:-1] for m in messages], "completion": [m[-1:] for m in messages]})
     need_columns(frame, ("prompt", "completion"), source)
     return frame[["prompt", "completion"]].reset_index(drop=True)
@@ -81,7 +81,7 @@ def train(ctx: RunContext) -> None:
         args=args,
         train_dataset=ctx.dataset("train"),
         processing_class=tokenizer,
-        peft_config=lora_config(c.lora, c.lora_r, c.lora_alpha, "CAUSAL_LM"),
+        peft_config=c.peft_config("CAUSAL_LM"),
     )
     run_trainer(ctx, trainer, tokenizer)
 
