@@ -48,7 +48,7 @@ def verdict_form(store, trace_id: str, round_: int, annotator: str) -> None:
     prefix = hashlib.sha256(f"{trace_id}\0{round_}\0{annotator}".encode()).hexdigest()[:12]
     revision_options, critique_options = [UNRATED, *REVISION_VERDICTS], [UNRATED, *CRITIQUE_VERDICTS]
     with st.form("verdict_form"):
-        st.caption(md_escape(f"Saved as {annotator}"))
+        st.text(f"Saved as {annotator}")
         revision_verdict = st.radio(
             "The revision, against the answer before it, is",
             revision_options,
@@ -210,13 +210,11 @@ with connect(ws) as store:
     step, before = by_round.get(round_), by_round.get(round_ - 1)
     if round_ > 0:
         name = principle_names.get(step.principle_id, "principle not found in that constitution version")
-        st.markdown(f"**Round {round_} principle:** {md_escape(name)} ({md_escape(step.principle_id or '')})")
+        st.text(f"Round {round_} principle: {name} ({step.principle_id or ''})")
     if kind == "prompt":
         st.markdown("**Prompt**")
         show_text(trace.prompt)
-        st.caption(
-            md_escape(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
-        )
+        st.text(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
     elif kind == "answer":
         st.markdown("**Initial answer**")
         show_text(step.response)

@@ -95,8 +95,7 @@ with st.expander("Guidelines"):
         else:
             for principle in constitution.principles:
                 if principle.enabled:
-                    st.markdown(f"**{md_escape(principle.name)}**")
-                    st.text(principle.preference_question)
+                    st.text(f"{principle.name}: {principle.preference_question}")
 
 if not annotator:
     st.info("Type your name to start: your labels and your queue are kept under it.")
@@ -170,7 +169,7 @@ with connect(ws) as store:
         st.stop()
     if previous:
         st.info(f"Editing your label ({CHOICES[as_shown(previous.choice, previous.shown_swapped)]}) on this pair.")
-    st.caption(md_escape(f"Pair {item.pair_id}"))
+    st.text(f"Pair {item.pair_id}")
     st.markdown("**Conversation**")
     show_text(item.prompt, height=300)
     left, right = st.columns(2)

@@ -224,13 +224,11 @@ def listed(column: str) -> str:
     return ", ".join(str(v) for v in sorted(selected[column].dropna().astype(str).unique()))
 
 
-st.subheader(md_escape(f"Run {selected.run_id.iloc[0]}" if len(selected) == 1 else f"{len(selected)} label runs"))
-st.caption(
-    md_escape(
-        f"Judge {listed('judge_model')} · constitution version {listed('constitution_version')} · "
-        f"strategy {listed('strategy')} · principles {', '.join(principles) or 'all'} · "
-        f"{int(selected.pairs.sum())} labelled pairs, {int(selected.failed.sum())} failed"
-    )
+st.subheader("One label run" if len(selected) == 1 else f"{len(selected)} label runs")
+st.text(
+    f"Run {listed('run_id')} · judge {listed('judge_model')} · constitution version "
+    f"{listed('constitution_version')} · strategy {listed('strategy')} · principles {', '.join(principles) or 'all'} · "
+    f"{int(selected.pairs.sum())} labelled pairs, {int(selected.failed.sum())} failed"
 )
 metrics = [
     ("Agreement (no ties)", overall.get("agreement"), f"{int(overall.get('labels_no_ties', 0))} labels"),
@@ -316,11 +314,7 @@ else:
     cols[2].metric("P(a better)", shown(case.p_a))
     cols[3].metric("P(A), a shown first", shown(case.p_order1))
     cols[4].metric("P(A), b shown first", shown(case.p_order2))
-    st.caption(
-        md_escape(
-            f"Annotator {case.annotator} · run {case.run_id} · principle(s) {case.principles} · pair {case.pair_id}"
-        )
-    )
+    st.text(f"Annotator {case.annotator} · run {case.run_id} · principle(s) {case.principles} · pair {case.pair_id}")
     st.markdown("**Conversation**")
     show_text(case.prompt, height=300)
     left, right = st.columns(2)

@@ -289,13 +289,14 @@ if not summary.answers.empty:
         key="drill_prompt",
         format_func=lambda k: f"{k} · {prompts.loc[k, 'label']} · {prompts.loc[k, 'prompt'][:80]}",
     )
-    st.caption(f"Sent to the models ({prompts.loc[key, 'label']}, {prompts.loc[key, 'category'] or 'no category'}):")
+    st.caption("Sent to the models:")
+    st.text(f"{prompts.loc[key, 'label']} · category {prompts.loc[key, 'category'] or '(none)'}")
     show_text(prompts.loc[key, "sent"])
     rows = shown[shown["prompt_key"] == key]
     cols = st.columns(len(rows))
     for col, row in zip(cols, rows.itertuples(), strict=True):
         with col:
-            st.markdown(f"**{md_escape(row.model)}** · {'refused' if row.refused else 'answered'}")
+            st.text(f"{row.model} · {'refused' if row.refused else 'answered'}")
             show_text(row.answer)
     judged = summary.judgments
     judged = judged[(judged["prompt_key"] == key) & (judged["wrapper"] == wrapper)]

@@ -3,10 +3,12 @@
 Streamlit lists every `pages/*.py` file as a page except `__init__.py`, so the pages' common code lives here
 and each page starts with `settings = setup(...)`.
 
-Safety: prompts and model outputs are red-team material. They are shown with `st.code` / `st.text`, which
-render text literally (no markdown, no HTML). The one place that builds HTML is the word diff, where every
-piece of text goes through `html.escape` and the result goes to `st.html`, which runs no script and, unlike
-`st.markdown`, never reads the text as markdown (an escaped `![x](http://...)` stays text, not a remote image).
+Safety: prompts and model outputs are red-team material, and every other piece of user data (names, ids,
+categories, messages) may be hostile too. They are shown with `st.code` / `st.text`, which render text
+literally (no markdown, no HTML, no links), or, where only markdown will do (alerts, labels), `md_escape`d.
+The one place that builds HTML is the word diff, where every piece of text goes through `html.escape` and the
+result goes to `st.html`, which runs no script and, unlike `st.markdown`, never reads the text as markdown (an
+escaped `![x](http://...)` stays text, not a remote image).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def setup(title: str) -> Settings:
         refuse(f"Model: {exc}")
     if user:
         with st.sidebar:
-            st.caption(md_escape(f"Logged in as {user}"))
+            st.text(f"Logged in as {user}")
             st.button("Log out", key="logout", on_click=ss.pop, args=("identity", None))
     return Settings(workspace, model, user, endpoints)
 
@@ -255,14 +257,14 @@ def job_status(job: JobFolder, progress: Progress, *, details: str, progress_tex
     """The job's name, kind and status, a line of details, its progress bar, and its last message: a failure's
     reason in full as literal text, anything else (where a cancelled job stopped, a score) as a caption."""
     icon = STATUS_ICONS.get(progress.status, "")
-    st.markdown(f"**{md_escape(job.run_id)}** · {md_escape(job.spec['kind'])} · {icon} {progress.status}")
-    st.text(details)
+    st.markdown(f"{icon} **{progress.status}**")
+    st.text(f"{job.run_id} · {job.spec['kind']} · {details}")
     st.progress(progress.fraction, text=progress_text)
     if progress.status == "failed":
         st.error("This run failed:", icon=":material/error:")
         st.code(progress.message, language=None, wrap_lines=True)
     elif progress.message and show_message:
-        st.caption(md_escape(progress.message))
+        st.text(progress.message)
 
 
 def job_buttons(job: JobFolder, progress: Progress, start: Starter, *, resumable: bool = True) -> None:
@@ -307,7 +309,10 @@ def show_text(text: str | None, *, height: int | str = "content") -> None:
 
 
 def md_escape(text: str) -> str:
-    """Text for places that read markdown (widget labels, expander titles), shown as typed."""
+    """Text for places that read markdown (alerts, widget labels, expander titles), shown as typed. Escaping
+    leaves bare URLs, www. names and e-mail addresses to become links (GFM finds them in the raw text), so a
+    zero-width space breaks each; text with no such place goes to `st.text` or `show_text` instead."""
+    text = re.sub(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", "\u200b", text)
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
 
 

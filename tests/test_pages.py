@@ -367,7 +367,7 @@ def test_stepping_through_a_four_round_trace(ws):
         at.button(key="step_next").click().run()
     assert at.radio(key="trace_step").value == 9 and at.button(key="step_next").disabled
     principle, _, revision = DOG_ROUNDS[4]
-    assert f"({principle})" in texts(at.markdown)
+    assert f"({principle})" in texts(at.text)
     [diff] = at.get("html")
     assert "<ins" in diff.value and "Earplugs" in diff.value
     assert revision in texts(at.code)
@@ -485,7 +485,7 @@ def test_diff_html_escapes_every_piece():
 
 def test_runs_show_progress_and_stored_traces(ws):
     at = open_page(GENERATE)
-    assert "seed-run" in texts(at.markdown)
+    assert "seed-run" in texts(at.text)
     assert any("7/7 steps · 2 traces stored" in str(p.proto.text) for p in at.get("progress"))
 
 
