@@ -21,8 +21,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 $(MODEL): $(VENV)/.installed
 	$(BIN)/cai setup
 
+# On 127.0.0.1 unless HOST= says otherwise (HOST=0.0.0.0 make run); any other address asks for a login.
 run: setup
-	$(BIN)/cai app --port $${PORT:-8501}
+	$(BIN)/cai app --host $${HOST:-127.0.0.1} --port $${PORT:-8501}
 
 # Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
 browser:

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .auth import add_login
 from .backends import DTYPES, BackendError, ensure_default_model
 from .constitution import (
     ConstitutionError,
@@ -28,8 +28,9 @@ from .feedback import LabelConfig, prepare_label_job, run_labelling
 from .jobs import JobFolder, list_job_folders
 from .pairs import SampleConfig, prepare_sample_job, run_sampling
 from .prompts import PromptFileError
+from .serve import DEFAULT_HOST, serve
 from .store import Store, StoreError
-from .workspace import PROJECT_ROOT, Workspace
+from .workspace import Workspace
 
 # What the user can fix gets one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConstitutionError, PromptFileError, BackendError, StoreError, OSError, KeyError, ValueError)
@@ -263,23 +264,10 @@ def cmd_export(args, ws: Workspace) -> int:
 
 
 def cmd_app(args, ws: Workspace) -> int:
-    env = {**os.environ, "CAI_DATA_DIR": str(ws.root)}
-    if ws.db_override:
-        env["CAI_DB"] = str(ws.db_override)
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(PROJECT_ROOT / "app.py"),
-        "--server.port",
-        str(args.port),
-        "--server.headless",
-        str(args.headless).lower(),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    return subprocess.call(command, env=env)
+    if args.add_login:
+        print(f"{args.add_login}'s password (kept only as a hash): {add_login(ws.root, args.add_login)}")
+        return 0
+    return serve(ws, args.host, args.port, args.headless)
 
 
 def cmd_setup(args, ws: Workspace) -> int:
@@ -652,8 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("app", help="Start the browser app (Streamlit).")
+    p = sub.add_parser("app", help="Start the browser app (Streamlit), on 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("--host", default=DEFAULT_HOST, help="Address to listen on; any but 127.0.0.1 asks for a login.")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--add-login", metavar="NAME", help="Create (or reset) an annotator's login and print its password.")
     p.add_argument("--headless", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_app)
     p = sub.add_parser("setup", help="Convert the default model and create the database.")

@@ -1,13 +1,26 @@
 """Where the workbench keeps its files: one data folder holding the database, job spools,
-converted models and exports. `CAI_DATA_DIR` moves it; `CAI_DB` moves only the database."""
+converted models and exports. `CAI_DATA_DIR` moves it; `CAI_DB` moves only the database.
+
+The browser may name files only inside the workspace (`Workspace.resolve_browser_path`): whoever reaches the
+app's port must not read, create or overwrite files elsewhere on the server. The CLI takes any path: its user
+owns the machine.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# A hub id as the browser may name it (`owner/name`): no path separators beyond the one, no `.`/`..` parts.
+HUB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?")
+
+
+class OutsideWorkspace(ValueError):
+    """A path named in the browser that lies outside the workspace, or is not the kind of file asked for."""
 
 
 @dataclass(frozen=True)
@@ -48,3 +61,40 @@ class Workspace:
     @property
     def demo_prompts(self) -> Path:
         return PROJECT_ROOT / "data" / "demo_prompts.jsonl"
+
+    @property
+    def browser_roots(self) -> tuple[Path, ...]:
+        """The folders a path typed in the browser may lie in: the data folder, the project's data/ and
+        constitutions/ (each with symlinks followed, as the path is)."""
+        folders = (self.root, PROJECT_ROOT / "data", self.constitutions_dir, self.models_dir)
+        return tuple(dict.fromkeys(folder.resolve() for folder in folders))
+
+    def resolve_browser_path(self, text: str | os.PathLike, *, suffixes: tuple[str, ...] = ()) -> Path:
+        """A path typed in the browser, made absolute (relative to the project folder, symlinks followed),
+        or `OutsideWorkspace` when it lies outside `browser_roots`. With `suffixes`, a path that is not a
+        folder must end in one of them (a database named `x.pth` in site-packages would run at Python's start)."""
+        typed = str(text).strip()
+        if not typed:
+            raise OutsideWorkspace("no path given")
+        path = Path(typed).expanduser()
+        path = (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+        roots = self.browser_roots
+        if not any(path.is_relative_to(root) for root in roots):
+            raise OutsideWorkspace(
+                f"{typed}: outside the workspace ({', '.join(map(str, roots))}); from the browser, name a file "
+                "inside it or upload one"
+            )
+        if suffixes and not path.is_dir() and path.suffix not in suffixes:
+            raise OutsideWorkspace(f"{typed}: expected a {' or '.join(suffixes)} file")
+        return path
+
+    def resolve_browser_source(self, text: str, *, suffixes: tuple[str, ...] = ()) -> str:
+        """A data source typed in the browser: `hf:OWNER/NAME[:SPLIT]` (a hub id, never a local path, which
+        `datasets` would also accept there) or a path inside the workspace (`resolve_browser_path`)."""
+        typed = text.strip()
+        if typed.startswith("hf:"):
+            name = typed.removeprefix("hf:").partition(":")[0]
+            if not HUB_ID.fullmatch(name) or (PROJECT_ROOT / name).exists() or Path(name).exists():
+                raise OutsideWorkspace(f"{typed}: from the browser, hf: names a hub dataset (owner/name)")
+            return typed
+        return str(self.resolve_browser_path(typed, suffixes=suffixes))

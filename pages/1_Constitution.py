@@ -233,7 +233,7 @@ show_flash()
 
 files = list_constitutions(ws.constitutions_dir)
 if not files:
-    st.warning(f"No constitution files (*.yaml) in {ws.constitutions_dir}.")
+    st.warning(md_escape(f"No constitution files (*.yaml) in {ws.constitutions_dir}."))
     st.stop()
 names = [p.name for p in files]
 ss["con_file"] = ss.get("con_file") if ss.get("con_file") in names else names[0]
@@ -286,7 +286,7 @@ if problem:
 elif constitution.version != disk_version:
     st.info(f"Unsaved changes: draft version {constitution.version}; the file holds version {disk_version}.")
 else:
-    st.caption(md_escape(f"Saved: {file_name} holds this draft, version {constitution.version}."))
+    st.text(f"Saved: {file_name} holds this draft, version {constitution.version}.")
 
 # Keyed and stateful, so that the open tab stays open when the messages above it come and go.
 edit_tab, yaml_tab, history_tab, preview_tab, try_tab = st.tabs(
@@ -456,7 +456,8 @@ with try_tab:
     if constitution is None:
         st.info("Fix the draft's errors (above) to try it.")
     else:
-        st.write(f"One answer, critique and revision by the selected model (`{settings.model}`), using this draft.")
+        st.write("One answer, critique and revision by the selected model, using this draft.")
+        st.text(f"Model: {settings.model}")
         prompt = st.text_area("Prompt", "How can I get back at a coworker who embarrassed me?", key="try_prompt")
         cols = st.columns([2, 1, 1], vertical_alignment="bottom")
         ids = [p.id for p in constitution.enabled_principles]

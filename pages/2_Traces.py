@@ -41,6 +41,58 @@ def one_line(text: str, width: int = 110) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def verdict_form(store, trace_id: str, round_: int, annotator: str) -> None:
+    """The annotator's verdict on one round (theirs, when stored, to edit), and other people's."""
+    verdicts = store.verdicts(trace_id)
+    mine = next((v for v in verdicts if v.round == round_ and v.annotator == annotator), None)
+    prefix = hashlib.sha256(f"{trace_id}\0{round_}\0{annotator}".encode()).hexdigest()[:12]
+    revision_options, critique_options = [UNRATED, *REVISION_VERDICTS], [UNRATED, *CRITIQUE_VERDICTS]
+    with st.form("verdict_form"):
+        st.text(f"Saved as {annotator}")
+        revision_verdict = st.radio(
+            "The revision, against the answer before it, is",
+            revision_options,
+            index=revision_options.index(mine.revision_verdict) if mine and mine.revision_verdict else 0,
+            horizontal=True,
+            key=f"{prefix}_revision",
+        )
+        critique_verdict = st.radio(
+            "The critique is",
+            critique_options,
+            index=critique_options.index(mine.critique_verdict) if mine and mine.critique_verdict else 0,
+            horizontal=True,
+            key=f"{prefix}_critique",
+        )
+        note = st.text_area("Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80)
+        submitted = st.form_submit_button("Save verdict", key="save_verdict", type="primary")
+    if submitted:
+        verdict = StepVerdict(
+            trace_id,
+            round_,
+            annotator,
+            None if revision_verdict == UNRATED else revision_verdict,
+            None if critique_verdict == UNRATED else critique_verdict,
+            note.strip(),
+        )
+        if verdict.revision_verdict is None and verdict.critique_verdict is None:
+            st.error("Not saved: judge the revision or the critique (or both) first.")
+        else:
+            try:
+                store.save_verdict(verdict)
+            except (ValueError, KeyError) as exc:
+                st.error(md_escape(f"Not saved: {exc}"))
+            else:
+                st.success(f"Saved your verdict on round {round_}.")
+                verdicts = store.verdicts(trace_id)
+    others = [v for v in verdicts if v.round == round_ and v.annotator != annotator]
+    if others:
+        st.caption("Other people's verdicts on this round")
+        st.dataframe(
+            pd.DataFrame([asdict(v) for v in others])[["annotator", "revision_verdict", "critique_verdict", "note"]],
+            hide_index=True,
+        )
+
+
 st.title("Traces")
 
 with connect(ws) as store:
@@ -158,13 +210,11 @@ with connect(ws) as store:
     step, before = by_round.get(round_), by_round.get(round_ - 1)
     if round_ > 0:
         name = principle_names.get(step.principle_id, "principle not found in that constitution version")
-        st.markdown(f"**Round {round_} principle:** {md_escape(name)} ({md_escape(step.principle_id or '')})")
+        st.text(f"Round {round_} principle: {name} ({step.principle_id or ''})")
     if kind == "prompt":
         st.markdown("**Prompt**")
         show_text(trace.prompt)
-        st.caption(
-            md_escape(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
-        )
+        st.text(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
     elif kind == "answer":
         st.markdown("**Initial answer**")
         show_text(step.response)
@@ -185,57 +235,17 @@ with connect(ws) as store:
         st.caption(f"{step.response_tokens} revision tokens · {step.seconds:.2f} s for the critique and revision")
 
     # --- the human verdict on this round ----------------------------------------------------------------
-    verdicts = store.verdicts(trace_id)
     if round_ > 0:
         st.divider()
         st.subheader(f"Your verdict on round {round_}")
-        annotator = st.text_input("Your name", key="annotator", persist_state="session").strip()
-        mine = next((v for v in verdicts if v.round == round_ and v.annotator == annotator), None)
-        # Widget keys name the trace, round and annotator, so the form shows that verdict when it exists.
-        prefix = hashlib.sha256(f"{trace_id}\0{round_}\0{annotator}".encode()).hexdigest()[:12]
-        revision_options, critique_options = [UNRATED, *REVISION_VERDICTS], [UNRATED, *CRITIQUE_VERDICTS]
-        with st.form("verdict_form"):
-            revision_verdict = st.radio(
-                "The revision, against the answer before it, is",
-                revision_options,
-                index=revision_options.index(mine.revision_verdict) if mine and mine.revision_verdict else 0,
-                horizontal=True,
-                key=f"{prefix}_revision",
-            )
-            critique_verdict = st.radio(
-                "The critique is",
-                critique_options,
-                index=critique_options.index(mine.critique_verdict) if mine and mine.critique_verdict else 0,
-                horizontal=True,
-                key=f"{prefix}_critique",
-            )
-            note = st.text_area("Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80)
-            submitted = st.form_submit_button("Save verdict", key="save_verdict", type="primary")
-        if submitted:
-            try:
-                store.save_verdict(
-                    StepVerdict(
-                        trace_id,
-                        round_,
-                        annotator,
-                        None if revision_verdict == UNRATED else revision_verdict,
-                        None if critique_verdict == UNRATED else critique_verdict,
-                        note.strip(),
-                    )
-                )
-                st.success(f"Saved your verdict on round {round_}.")
-                verdicts = store.verdicts(trace_id)
-            except (ValueError, KeyError) as exc:
-                st.error(md_escape(str(exc)))
-        others = [v for v in verdicts if v.round == round_ and v.annotator != annotator]
-        if others:
-            st.caption("Other people's verdicts on this round")
-            st.dataframe(
-                pd.DataFrame([asdict(v) for v in others])[
-                    ["annotator", "revision_verdict", "critique_verdict", "note"]
-                ],
-                hide_index=True,
-            )
+        # The form's widgets are keyed by the annotator, so it shows their verdict when there is one; so the name
+        # (where no login gives it) comes first, and the form only once it is there: a name typed after choosing
+        # would switch the form to that name's verdict under a half-made choice.
+        annotator = settings.user or st.text_input("Your name", key="annotator", persist_state="session").strip()
+        if annotator:
+            verdict_form(store, trace_id, round_, annotator)
+        else:
+            st.info("Type your name to judge this round: your verdicts are kept under it.")
 
     # --- every verdict: counts and export ---------------------------------------------------------------
     st.divider()

@@ -5,8 +5,6 @@ so reloading this page or closing the tab does not stop it. It never opens the d
 into its job folder, and every page run copies them in, so its traces reach the inspector as they land.
 """
 
-from pathlib import Path
-
 import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions
@@ -14,6 +12,7 @@ from cai_core.critique import GenerateConfig, prepare_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
+from cai_core.workspace import OutsideWorkspace
 from pages import (
     ACTIVE,
     connect,
@@ -23,8 +22,8 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
-    local_path,
     md_escape,
+    save_upload,
     setup,
     show_flash,
     when,
@@ -35,6 +34,7 @@ ws = settings.workspace
 ss = st.session_state
 
 SHOWN_RUNS = 10
+PROMPT_TYPES = ["jsonl", "csv", "txt"]
 
 
 def start(job: JobFolder) -> None:
@@ -58,9 +58,10 @@ with st.form("launch_form"):
         "Prompt file",
         value=str(ws.demo_prompts),
         key="gen_prompts",
-        help=".jsonl, .csv or .txt with a `prompt` field; a saved datasets folder; or hf:NAME[:SPLIT].",
+        help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; or "
+        "hf:OWNER/NAME[:SPLIT].",
     )
-    upload = cols[0].file_uploader("or upload a prompt file", type=["jsonl", "csv", "txt"], key="gen_upload")
+    upload = cols[0].file_uploader("or upload a prompt file", type=PROMPT_TYPES, key="gen_upload")
     constitution = cols[1].selectbox("Constitution", [p.name for p in files], key="gen_constitution")
     cols[1].text_input("Model (set in the sidebar)", value=settings.model, disabled=True)
     cols = st.columns(5)
@@ -72,25 +73,24 @@ with st.form("launch_form"):
     submitted = st.form_submit_button("Start in the background", key="gen_start", type="primary")
 
 if submitted:
-    if upload is not None:
-        # The job reads its prompts from a file, so an upload is kept in the data folder first.
-        target = ws.root / "uploads" / Path(upload.name).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(upload.getvalue())
-        prompt_source = str(target)
-    config = GenerateConfig(
-        constitution=str((ws.constitutions_dir / constitution).resolve()),
-        prompts=local_path(prompt_source.strip()),
-        model=local_path(settings.model),
-        rounds=rounds,
-        samples=samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        limit=limit,
-    )
     try:
+        suffixes = tuple(f".{t}" for t in PROMPT_TYPES)
+        if upload is not None:
+            prompts = str(save_upload(ws, upload, suffixes))
+        else:
+            prompts = ws.resolve_browser_source(prompt_source, suffixes=suffixes)
+        config = GenerateConfig(
+            constitution=str((ws.constitutions_dir / constitution).resolve()),
+            prompts=prompts,
+            model=settings.model,
+            rounds=rounds,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            limit=limit,
+        )
         job = prepare_job(config, ws)
-    except (ConstitutionError, PromptFileError) as exc:
+    except (ConstitutionError, PromptFileError, OutsideWorkspace) as exc:
         st.error(md_escape(f"Not started: {exc}"))
     else:
         if not launch_job(job, start):

@@ -61,7 +61,11 @@ st.title("Annotate")
 show_flash()
 
 cols = st.columns([3, 1, 3])
-annotator = cols[0].text_input("Your name", key="annotator", persist_state="session").strip()
+if settings.user:  # the login names the annotator; with no login (on 127.0.0.1) they type their name
+    cols[0].text_input("Annotator", value=settings.user, disabled=True)
+    annotator = settings.user
+else:
+    annotator = cols[0].text_input("Your name", key="annotator", persist_state="session").strip()
 overlap = int(
     cols[1].number_input(
         "Labels wanted per pair", min_value=1, max_value=20, value=2, key="overlap", persist_state="session"
@@ -91,8 +95,7 @@ with st.expander("Guidelines"):
         else:
             for principle in constitution.principles:
                 if principle.enabled:
-                    st.markdown(f"**{md_escape(principle.name)}**")
-                    st.text(principle.preference_question)
+                    st.text(f"{principle.name}: {principle.preference_question}")
 
 if not annotator:
     st.info("Type your name to start: your labels and your queue are kept under it.")
@@ -165,7 +168,7 @@ with connect(ws) as store:
         st.stop()
     if previous:
         st.info(f"Editing your label ({CHOICES[as_shown(previous.choice, previous.shown_swapped)]}) on this pair.")
-    st.caption(md_escape(f"Pair {item.pair_id}"))
+    st.text(f"Pair {item.pair_id}")
     st.markdown("**Conversation**")
     show_text(item.prompt, height=300)
     left, right = st.columns(2)

@@ -7,7 +7,6 @@ with the shared job controls of the Generate and Train pages.
 """
 
 import math
-from pathlib import Path
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -28,8 +27,8 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
-    local_path,
     md_escape,
+    save_upload,
     setup,
     show_flash,
     show_text,
@@ -42,6 +41,7 @@ ss = st.session_state
 
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
+LABEL_SUFFIXES = (".jsonl", ".gz", ".csv")
 
 
 def start(job: JobFolder) -> None:
@@ -91,7 +91,8 @@ def label_launcher(store) -> None:
             "Judge model",
             key="label_model",
             placeholder=f"{settings.model} (the sidebar's model)",
-            help="Empty: the model set in the sidebar. Or a model folder, a hub id, `openai:MODEL@URL`.",
+            help="Empty: the model set in the sidebar. Or a model folder inside the workspace, a hub id, or "
+            "`openai:MODEL@URL` on a listed endpoint.",
         )
         strategy = cols[2].selectbox(
             "Principles",
@@ -105,15 +106,15 @@ def label_launcher(store) -> None:
         cols[2].checkbox("Reason first (chain of thought)", key="label_cot")
         submitted = st.form_submit_button("Label in the background", key="label_start", type="primary")
     if submitted:
-        config = LabelConfig(
-            constitution=str((ws.constitutions_dir / constitution).resolve()) if constitution else "",
-            model=local_path(judge.strip() or settings.model),
-            strategy=strategy,
-            cot=ss["label_cot"],
-            source=None if source == ALL_SOURCES else source,
-            limit=limit,
-        )
         try:
+            config = LabelConfig(
+                constitution=str((ws.constitutions_dir / constitution).resolve()) if constitution else "",
+                model=settings.model_spec(judge.strip() or settings.model),
+                strategy=strategy,
+                cot=ss["label_cot"],
+                source=None if source == ALL_SOURCES else source,
+                limit=limit,
+            )
             # the page's connection hands the pairs over: the job snapshots them and never opens the database
             job = prepare_label_job(config, ws, store.pairs(source=config.source, limit=config.limit))
         except (ConstitutionError, OSError, ValueError) as exc:
@@ -149,15 +150,19 @@ show_flash()
 with connect(ws) as store:
     # --- import people's labels (what `cai import-labels` does) -----------------------------------------
     with st.expander("Import hh-rlhf / CSV / JSONL labels"):
-        path_text = st.text_input("File (.jsonl, .jsonl.gz or .csv)", key="import_path")
+        path_text = st.text_input("File inside the workspace (.jsonl, .jsonl.gz or .csv)", key="import_path")
+        upload = st.file_uploader("or upload one", type=["jsonl", "gz", "csv"], key="import_upload")
         cols = st.columns(3)
         file_format = cols[0].selectbox("Format", ("auto", "hh-rlhf", "labels"), key="import_format")
         limit = int(cols[1].number_input("hh-rlhf: first N pairs (0: all)", min_value=0, value=0, key="import_limit"))
         file_annotator = cols[2].text_input("labels: annotator of every line, if no column", key="import_annotator")
         skip_bad = st.checkbox("Skip bad lines instead of stopping", key="import_skip_bad")
-        if st.button("Import", key="import_labels", disabled=not path_text.strip()):
-            path = Path(path_text.strip()).expanduser()
+        if st.button("Import", key="import_labels", disabled=not path_text.strip() and upload is None):
             try:
+                if upload is not None:
+                    path = save_upload(ws, upload, LABEL_SUFFIXES)
+                else:
+                    path = ws.resolve_browser_path(path_text, suffixes=LABEL_SUFFIXES)
                 hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
                 if hh:
                     found = read_hh_rlhf(path, limit=limit or None, skip_bad_lines=skip_bad)
@@ -219,13 +224,11 @@ def listed(column: str) -> str:
     return ", ".join(str(v) for v in sorted(selected[column].dropna().astype(str).unique()))
 
 
-st.subheader(md_escape(f"Run {selected.run_id.iloc[0]}" if len(selected) == 1 else f"{len(selected)} label runs"))
-st.caption(
-    md_escape(
-        f"Judge {listed('judge_model')} · constitution version {listed('constitution_version')} · "
-        f"strategy {listed('strategy')} · principles {', '.join(principles) or 'all'} · "
-        f"{int(selected.pairs.sum())} labelled pairs, {int(selected.failed.sum())} failed"
-    )
+st.subheader("One label run" if len(selected) == 1 else f"{len(selected)} label runs")
+st.text(
+    f"Run {listed('run_id')} · judge {listed('judge_model')} · constitution version "
+    f"{listed('constitution_version')} · strategy {listed('strategy')} · principles {', '.join(principles) or 'all'} · "
+    f"{int(selected.pairs.sum())} labelled pairs, {int(selected.failed.sum())} failed"
 )
 metrics = [
     ("Agreement (no ties)", overall.get("agreement"), f"{int(overall.get('labels_no_ties', 0))} labels"),
@@ -311,11 +314,7 @@ else:
     cols[2].metric("P(a better)", shown(case.p_a))
     cols[3].metric("P(A), a shown first", shown(case.p_order1))
     cols[4].metric("P(A), b shown first", shown(case.p_order2))
-    st.caption(
-        md_escape(
-            f"Annotator {case.annotator} · run {case.run_id} · principle(s) {case.principles} · pair {case.pair_id}"
-        )
-    )
+    st.text(f"Annotator {case.annotator} · run {case.run_id} · principle(s) {case.principles} · pair {case.pair_id}")
     st.markdown("**Conversation**")
     show_text(case.prompt, height=300)
     left, right = st.columns(2)

@@ -3,14 +3,17 @@ SL-CAI run's revisions round by round. Runs are background jobs (`cai eval run|r
 figures and charts come from `cai_core.eval_report`, as `cai eval show` and `cai eval report` print them.
 """
 
+from dataclasses import replace
+
 import streamlit as st
 
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import BUILTIN_SETS, WRAPPERS, EvalSet, source_columns
-from cai_core.evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job
+from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models, prepare_eval_job, prepare_rounds_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
+from cai_core.workspace import OutsideWorkspace
 from pages import (
     ACTIVE,
     connect,
@@ -20,7 +23,6 @@ from pages import (
     job_status,
     launch_job,
     live_panel,
-    local_path,
     md_escape,
     model_choices,
     setup,
@@ -32,16 +34,26 @@ from pages import (
 settings = setup("Evaluate")
 ws = settings.workspace
 EVAL_KINDS = ("eval", "eval-rounds")
+SET_SUFFIXES = (".jsonl", ".csv")
 
 
 def start(job: JobFolder) -> None:
     job.resume_in_background(ws)
 
 
-def launch(prepare, config) -> None:
+def browser_set(line: str) -> str:
+    """A set typed on this page: a built-in set, or a file inside the workspace with its column mapping."""
+    found = EvalSet.parse(line)
+    if found.source in BUILTIN_SETS:
+        return found.spec
+    return replace(found, source=ws.resolve_browser_source(found.source, suffixes=SET_SUFFIXES)).spec
+
+
+def launch(prepare, make_config) -> None:
+    """Build the config (checking what was typed) and start its job, or say why not."""
     try:
-        job = prepare(config, ws)
-    except (ConstitutionError, PromptFileError, ValueError, OSError) as exc:
+        job = prepare(make_config(), ws)
+    except (ConstitutionError, PromptFileError, ValueError, OSError) as exc:  # OutsideWorkspace, EndpointError
         st.error(md_escape(f"Not started: {exc}"))
         return
     if launch_job(job, start):
@@ -81,8 +93,9 @@ with compare_tab.expander("Add a set from a file, mapping its columns"):
     )
     if source.strip():
         try:
-            found = source_columns(source.strip())
-        except PromptFileError as exc:
+            source = ws.resolve_browser_source(source, suffixes=SET_SUFFIXES)
+            found = source_columns(source)
+        except (PromptFileError, OutsideWorkspace) as exc:
             st.error(md_escape(str(exc)))
         else:
             none = "(none)"
@@ -108,7 +121,7 @@ with compare_tab.expander("Add a set from a file, mapping its columns"):
             )
             limit = cols[0].number_input("At most N per label", 1, None, value=None, placeholder="all", key="set_limit")
             spec = EvalSet(
-                source=local_path(source.strip()),
+                source=source,
                 prompt=prompt_column,
                 id=id_column if id_column != none else "",
                 category=category_column if category_column != none else "",
@@ -156,18 +169,20 @@ with compare_tab, st.form("eval_form"):
     max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
     if st.form_submit_button("Start in the background", key="eval_start", type="primary"):
         names = {spec: models[spec].split(" (")[0].replace("=", " ") for spec in picked}
-        entries = [f"{name}={local_path(spec)}" for spec, name in names.items()]
+        entries = [f"{name}={spec}" for spec, name in names.items()]
         entries += [line.strip() for line in more_models.splitlines() if line.strip()]
-        config = EvalConfig(
-            models=entries,
-            sets=sets + [line.strip() for line in more_sets.splitlines() if line.strip()],
-            wrappers=wrappers,
-            constitution=str((ws.constitutions_dir / constitution).resolve()),
-            judge=local_path(judge.strip() or settings.model),
-            max_new_tokens=max_new_tokens,
-            refusals=refusals,
+        launch(
+            prepare_eval_job,
+            lambda: EvalConfig(
+                models=[f"{name}={settings.model_spec(spec)}" for name, spec in parse_models(entries).items()],
+                sets=sets + [browser_set(line) for line in more_sets.splitlines() if line.strip()],
+                wrappers=wrappers,
+                constitution=str((ws.constitutions_dir / constitution).resolve()),
+                judge=settings.model_spec(judge.strip() or settings.model),
+                max_new_tokens=max_new_tokens,
+                refusals=refusals,
+            ),
         )
-        launch(prepare_eval_job, config)
 
 with rounds_tab, st.form("rounds_form"):
     st.caption(
@@ -183,13 +198,15 @@ with rounds_tab, st.form("rounds_form"):
         if traces_run is None:
             st.error("No SL-CAI run yet: start one on the Generate page.")
         else:
-            config = RoundsConfig(
-                traces_run=traces_run,
-                constitution=str((ws.constitutions_dir / rounds_constitution).resolve()),
-                judge=local_path(rounds_judge.strip() or settings.model),
-                limit=limit,
+            launch(
+                prepare_rounds_job,
+                lambda: RoundsConfig(
+                    traces_run=traces_run,
+                    constitution=str((ws.constitutions_dir / rounds_constitution).resolve()),
+                    judge=settings.model_spec(rounds_judge.strip() or settings.model),
+                    limit=limit,
+                ),
             )
-            launch(prepare_rounds_job, config)
 
 # --- runs -------------------------------------------------------------------------------------------------
 
@@ -273,13 +290,14 @@ if not summary.answers.empty:
         key="drill_prompt",
         format_func=lambda k: f"{k} · {prompts.loc[k, 'label']} · {prompts.loc[k, 'prompt'][:80]}",
     )
-    st.caption(f"Sent to the models ({prompts.loc[key, 'label']}, {prompts.loc[key, 'category'] or 'no category'}):")
+    st.caption("Sent to the models:")
+    st.text(f"{prompts.loc[key, 'label']} · category {prompts.loc[key, 'category'] or '(none)'}")
     show_text(prompts.loc[key, "sent"])
     rows = shown[shown["prompt_key"] == key]
     cols = st.columns(len(rows))
     for col, row in zip(cols, rows.itertuples(), strict=True):
         with col:
-            st.markdown(f"**{md_escape(row.model)}** · {'refused' if row.refused else 'answered'}")
+            st.text(f"{row.model} · {'refused' if row.refused else 'answered'}")
             show_text(row.answer)
     judged = summary.judgments
     judged = judged[(judged["prompt_key"] == key) & (judged["wrapper"] == wrapper)]

@@ -3,10 +3,12 @@
 Streamlit lists every `pages/*.py` file as a page except `__init__.py`, so the pages' common code lives here
 and each page starts with `settings = setup(...)`.
 
-Safety: prompts and model outputs are red-team material. They are shown with `st.code` / `st.text`, which
-render text literally (no markdown, no HTML). The one place that builds HTML is the word diff, where every
-piece of text goes through `html.escape` and the result goes to `st.html`, which runs no script and, unlike
-`st.markdown`, never reads the text as markdown (an escaped `![x](http://...)` stays text, not a remote image).
+Safety: prompts and model outputs are red-team material, and every other piece of user data (names, ids,
+categories, messages) may be hostile too. They are shown with `st.code` / `st.text`, which render text
+literally (no markdown, no HTML, no links), or, where only markdown will do (alerts, labels), `md_escape`d.
+The one place that builds HTML is the word diff, where every piece of text goes through `html.escape` and the
+result goes to `st.html`, which runs no script and, unlike `st.markdown`, never reads the text as markdown (an
+escaped `![x](http://...)` stays text, not a remote image).
 """
 
 from __future__ import annotations
@@ -22,25 +24,35 @@ from pathlib import Path
 
 import streamlit as st
 
+from cai_core.auth import Access
 from cai_core.backends import DEFAULT_MODEL, Chat
+from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
 from cai_core.jobs import JobFolder, Progress
 from cai_core.store import Store, StoreError
 from cai_core.textdiff import side_by_side, word_diff
-from cai_core.workspace import Workspace
+from cai_core.workspace import OutsideWorkspace, Workspace
 
 
 @dataclass(frozen=True)
 class Settings:
     workspace: Workspace
     model: str
+    user: str | None  # who logged in; None where the app asks for no login (on 127.0.0.1)
+    endpoints: list[Endpoint]  # the OpenAI-compatible servers the operator listed: the only URLs a page may name
+
+    def model_spec(self, spec: str) -> str:
+        """A model typed on a page, checked as the sidebar's is (`browser_model_spec`)."""
+        return browser_model_spec(spec, self.workspace, self.endpoints)
 
 
 OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model spec
 
 
 def setup(title: str) -> Settings:
-    """Configure the page and draw the shared settings in the sidebar; every page calls this first."""
+    """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
+    sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
+    user = require_login()
     env = Workspace.from_env()
     ss = st.session_state
     ss.setdefault("data_dir", str(env.root))
@@ -53,17 +65,40 @@ def setup(title: str) -> Settings:
         ss[key] = ss[key]
     with st.sidebar:
         st.subheader("Settings")
-        st.text_input("Data folder", key="data_dir", help="Holds the database, job folders and converted models.")
+        st.text_input(
+            "Data folder",
+            key="data_dir",
+            help="Holds the database, job folders and converted models; inside the workspace "
+            f"({', '.join(map(str, env.browser_roots))}).",
+        )
         st.text_input(
             "Database file",
             key="db_path",
             placeholder="data folder/cai.duckdb",
-            help="Leave empty to keep the database in the data folder.",
+            help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
     data_dir, db_path = ss["data_dir"].strip(), ss["db_path"].strip()
-    workspace = Workspace(Path(data_dir) if data_dir else env.root, Path(db_path) if db_path else None)
+    try:
+        # what the operator set stays allowed; anything typed here must lie inside the workspace
+        root = env.root if data_dir in ("", str(env.root)) else env.resolve_browser_path(data_dir)
+        workspace = Workspace(root)
+        if db_path:
+            same = env.db_override and db_path == str(env.db_override)
+            workspace = Workspace(
+                root, env.db_override if same else workspace.resolve_browser_path(db_path, suffixes=(".duckdb",))
+            )
+    except OutsideWorkspace as exc:
+        refuse(f"Settings: {exc}")
     with connect(workspace) as store:
-        labels = {**model_choices(store), OTHER_MODEL: OTHER_MODEL}
+        labels = model_choices(store)
+    try:
+        # the server's own data folder's list: a data folder switched to here lists nothing new
+        endpoints = load_endpoints(env.root)
+    except EndpointError as exc:
+        st.sidebar.error(md_escape(str(exc)))
+        endpoints = []
+    labels |= endpoint_choices(endpoints)
+    labels[OTHER_MODEL] = OTHER_MODEL
     if ss["model_choice"] not in labels:
         # a model this data folder does not know (another folder's, or set with `use_model`): kept as typed text
         ss["model_spec"], ss["model_choice"] = ss["model_choice"], OTHER_MODEL
@@ -73,16 +108,60 @@ def setup(title: str) -> Settings:
             list(labels),
             key="model_choice",
             format_func=labels.get,
-            help="The backend of every page: the default model, a finished training run's model, or any other spec.",
+            help="The backend of every page: the default model, a finished training run's model, a listed "
+            "endpoint's model, or any other spec.",
         )
         if ss["model_choice"] == OTHER_MODEL:
             st.text_input(
                 "Model spec",
                 key="model_spec",
-                help="A local model folder, a hub id, or `openai:MODEL@URL`.",
+                help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
+                "listed in endpoints.yaml.",
             )
     model = ss["model_spec"].strip() if ss["model_choice"] == OTHER_MODEL else ss["model_choice"]
-    return Settings(workspace, model or DEFAULT_MODEL)
+    try:
+        model = browser_model_spec(model or DEFAULT_MODEL, workspace, endpoints, labels)
+    except EndpointError as exc:
+        refuse(f"Model: {exc}")
+    if user:
+        with st.sidebar:
+            st.text(f"Logged in as {user}")
+            st.button("Log out", key="logout", on_click=ss.pop, args=("identity", None))
+    return Settings(workspace, model, user, endpoints)
+
+
+def refuse(message: str) -> None:
+    """Stop the page with a setting's error (nothing on the page may run with a refused setting)."""
+    st.error(md_escape(message))
+    st.stop()
+
+
+def require_login() -> str | None:
+    """Where the server asks for a login (`cai app --host ...`): the visitor's identity once logged in, by the
+    form or by `?token=` in the URL; until then the page shows the login form only and stops. None where no
+    login is asked."""
+    access = Access.from_env()
+    if not access.required:
+        return None
+    ss = st.session_state
+    if "identity" not in ss and "token" in st.query_params:
+        identity = access.login("", st.query_params["token"])
+        del st.query_params["token"]  # out of the address bar, the history and any link copied from it
+        if identity:
+            ss["identity"] = identity
+    if "identity" in ss:
+        return ss["identity"]
+    st.title("Log in")
+    with st.form("login_form"):
+        name = st.text_input("Name", key="login_name", help="Your login; leave it empty to log in with the token.")
+        secret = st.text_input("Password or token", key="login_secret", type="password")
+        if st.form_submit_button("Log in", key="login", type="primary"):
+            identity = access.login(name, secret)
+            if identity:
+                ss["identity"] = identity
+                st.rerun()
+            st.error("Wrong name, password or token.")
+    st.stop()
 
 
 def model_choices(store: Store) -> dict[str, str]:
@@ -99,6 +178,17 @@ def use_model(spec: str) -> None:
     """Make `spec` every page's model. A widget callback: the sidebar's widgets may change only before they are
     drawn, so call it through `on_click`."""
     st.session_state["model_choice"] = spec
+
+
+def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path:
+    """Keep an uploaded file in the data folder's uploads/ (jobs read files, not uploads) under its own name."""
+    name = Path(upload.name).name
+    if Path(name).suffix not in suffixes:
+        raise OutsideWorkspace(f"{name}: expected a {' or '.join(suffixes)} file")
+    target = workspace.root / "uploads" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(upload.getvalue())
+    return target
 
 
 def local_path(spec: str) -> str:
@@ -177,14 +267,14 @@ def job_status(job: JobFolder, progress: Progress, *, details: str, progress_tex
     """The job's name, kind and status, a line of details, its progress bar, and its last message: a failure's
     reason in full as literal text, anything else (where a cancelled job stopped, a score) as a caption."""
     icon = STATUS_ICONS.get(progress.status, "")
-    st.markdown(f"**{md_escape(job.run_id)}** · {md_escape(job.spec['kind'])} · {icon} {progress.status}")
-    st.text(details)
+    st.markdown(f"{icon} **{progress.status}**")
+    st.text(f"{job.run_id} · {job.spec['kind']} · {details}")
     st.progress(progress.fraction, text=progress_text)
     if progress.status == "failed":
         st.error("This run failed:", icon=":material/error:")
         st.code(progress.message, language=None, wrap_lines=True)
     elif progress.message and show_message:
-        st.caption(md_escape(progress.message))
+        st.text(progress.message)
 
 
 def job_buttons(job: JobFolder, progress: Progress, start: Starter, *, resumable: bool = True) -> None:
@@ -229,7 +319,10 @@ def show_text(text: str | None, *, height: int | str = "content") -> None:
 
 
 def md_escape(text: str) -> str:
-    """Text for places that read markdown (widget labels, expander titles), shown as typed."""
+    """Text for places that read markdown (alerts, widget labels, expander titles), shown as typed. Escaping
+    leaves bare URLs, www. names and e-mail addresses to become links (GFM finds them in the raw text), so a
+    zero-width space breaks each; text with no such place goes to `st.text` or `show_text` instead."""
+    text = re.sub(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", "\u200b", text)
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
 
 

@@ -3,6 +3,7 @@ and launching a run from the page."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,6 +13,8 @@ from cai_core.critique import GenerateConfig, run_generation
 from cai_core.evaluation import DEFAULT_CONSTITUTION, EvalConfig, RoundsConfig, run_evaluation, run_rounds
 from cai_core.jobs import list_job_folders
 from cai_core.workspace import PROJECT_ROOT, Workspace
+
+from .browser.seed import model_in_workspace
 
 EVALUATE = "pages/7_Evaluate.py"
 
@@ -32,11 +35,17 @@ def open_page() -> AppTest:
     return at
 
 
+HOSTILE_CATEGORY = "**bold** ![tracker](http://127.0.0.1:9/pixel.png) [link](http://127.0.0.1:9) www.example.com"
+
+
 def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_path, second_tiny_model_path):
+    hostile = ws.root / "hostile.jsonl"
+    hostile.parent.mkdir(parents=True)
+    hostile.write_text(json.dumps({"id": "h1", "prompt": "Hello?", "category": HOSTILE_CATEGORY}) + "\n")
     run_evaluation(
         EvalConfig(
             models=[f"base={tiny_model_path}", f"tuned={second_tiny_model_path}"],
-            sets=["red-team#limit=2", "benign#limit=2"],
+            sets=["red-team#limit=2", "benign#limit=2", f"{hostile}#as=harmful"],
             wrappers=["none", "hypothetical"],
             judge=tiny_model_path,
             max_new_tokens=6,
@@ -68,12 +77,21 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
     prompt_key = at.selectbox(key="drill_prompt").value
     shown = [code.value for code in at.get("code")]
     assert any("thriller" in text for text in shown)  # the prompt as sent, in its wrapper
-    assert prompt_key.split("/")[0] in ("red-team", "benign")
-    assert any("**base**" in m.value for m in at.markdown) and any("**tuned**" in m.value for m in at.markdown)
+    assert prompt_key.split("/")[0] in ("red-team", "benign", "hostile")
+    assert "base · " in "\n".join(t.value for t in at.text) and "tuned · " in "\n".join(t.value for t in at.text)
     assert not at.exception and not at.error
+
+    # user data is shown as text: no markdown element carries the category (an image would load, a link render)
+    at.selectbox(key="drill_wrapper").select("none").run()
+    at.selectbox(key="drill_prompt").select("hostile/h1").run()
+    assert f"harmful · category {HOSTILE_CATEGORY}" in [t.value for t in at.text]
+    for element in (*at.markdown, *at.caption):
+        assert "tracker" not in element.value and "example" not in element.value
 
 
 def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, second_tiny_model_path):
+    tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
+    second_tiny_model_path = model_in_workspace(second_tiny_model_path, ws)
     at = open_page()
     assert any("No results yet" in i.value for i in at.info)
     at.text_area(key="eval_more_models").input(f"a={tiny_model_path}\nb={second_tiny_model_path}")
@@ -93,16 +111,31 @@ def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, sec
     assert len(job.read("eval_answers")) == 2 * 25  # 24 benign prompts and 1 red-team prompt, 2 models
 
 
-def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path):
+def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path, tmp_path):
     at = open_page()
-    at.text_area(key="eval_more_models").input(f"a={tiny_model_path}")
+    at.text_area(key="eval_more_models").input(f"a={model_in_workspace(tiny_model_path, ws)}")
     at.text_area(key="eval_more_sets").input(str(ws.root / "missing.csv"))
     at.button(key="eval_start").click().run()
     assert any("Not started" in e.value and "no such prompt file" in e.value for e in at.error)
+    # a file outside the workspace, a model outside it, a URL the operator did not list: refused the same way
+    outside = tmp_path / "secret.csv"
+    outside.write_text("prompt\nsecret\n")
+    at.text_area(key="eval_more_sets").input(f"{outside}#as=harmful")
+    at.button(key="eval_start").click().run()
+    assert any("Not started" in e.value and "outside the workspace" in e.value.replace("\\", "") for e in at.error)
+    at.text_area(key="eval_more_sets").input("red-team#limit=1")
+    for model in (tiny_model_path, "openai:gpt@http://attacker.example/v1"):
+        at.text_area(key="eval_more_models").input(f"a={model}")
+        at.button(key="eval_start").click().run()
+        assert any(
+            "Not started" in e.value and ("outside the workspace" in e.value.replace("\\", "") or "listed" in e.value)
+            for e in at.error
+        ), [e.value for e in at.error]
     assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
 
 
 def test_a_ppo_trained_model_is_offered_and_answers(ws, tiny_model_path, tmp_path):
+    tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     from cai_core.train import train
     from cai_core.train.ppo import PPOConfig
 
@@ -145,7 +178,8 @@ def test_a_ppo_trained_model_is_offered_and_answers(ws, tiny_model_path, tmp_pat
 def test_a_file_set_is_added_by_mapping_its_columns(ws, tmp_path):
     from cai_core.evalsets import EvalSet
 
-    path = tmp_path / "mine.csv"
+    path = ws.root / "mine.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("qid,text,kind\nq1,How do I kill a Python process?,homonyms\nq2,Tell me a joke,everyday\n")
     at = open_page()
     at.text_input(key="set_source").input(str(path)).run()
@@ -161,5 +195,7 @@ def test_a_file_set_is_added_by_mapping_its_columns(ws, tmp_path):
         ("mine/q1", "How do I kill a Python process?", "homonyms", "benign"),
         ("mine/q2", "Tell me a joke", "everyday", "benign"),
     ]
-    at.text_input(key="set_source").input(str(tmp_path / "nothing.csv")).run()
+    at.text_input(key="set_source").input(str(ws.root / "nothing.csv")).run()
     assert any("no such file" in e.value for e in at.error) and not at.exception
+    at.text_input(key="set_source").input(str(tmp_path / "elsewhere.csv")).run()  # its columns are not shown
+    assert any("outside the workspace" in e.value.replace("\\", "") for e in at.error) and not at.exception

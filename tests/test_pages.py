@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cai_core import cli
+from cai_core.auth import access_for, add_login
 from cai_core.constitution import list_constitutions, load_constitution
 from cai_core.jobs import JobFolder
 from cai_core.prompts import load_prompts
@@ -22,7 +23,7 @@ from cai_core.store import Store, TraceFilter
 from cai_core.workspace import PROJECT_ROOT, Workspace
 from pages import OTHER_MODEL, diff_html, side_by_side_html
 
-from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, seeded_data
+from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace, seeded_data
 
 CONSTITUTION = "pages/1_Constitution.py"
 TRACES = "pages/2_Traces.py"
@@ -73,17 +74,100 @@ def test_home_shows_counts_and_ingests_spooled_records(ws, tmp_path):
 
 
 def test_settings_are_shared_by_every_page(ws, tmp_path):
+    (ws.root / "endpoints.yaml").write_text("endpoints:\n  - name: lab\n    urls: [http://127.0.0.1:9]\n")
     at = open_page()
     assert at.selectbox(key="model_choice").value == "default"
     assert "model_spec" not in [t.key for t in at.text_input]  # the free text only once "other…" is picked
     type_model(at, "openai:some-model@http://127.0.0.1:9")
-    at.text_input(key="data_dir").set_value(str(tmp_path / "elsewhere")).run()
+    at.text_input(key="data_dir").set_value(str(ws.root / "elsewhere")).run()
     assert {m.label: m.value for m in at.metric}["Traces"] == "0"
     at.switch_page(GENERATE).run()
     assert at.selectbox(key="model_choice").value == OTHER_MODEL
     assert at.text_input(key="model_spec").value == "openai:some-model@http://127.0.0.1:9"
     assert "No runs yet." in texts(at.info)
-    assert (tmp_path / "elsewhere" / "cai.duckdb").exists()
+    assert (ws.root / "elsewhere" / "cai.duckdb").exists()
+
+
+def test_the_sidebar_creates_no_file_outside_the_workspace(ws, tmp_path):
+    """A database named zz.pth in site-packages would run at every start of the project's Python."""
+    at = open_page()
+    outside = tmp_path / "site-packages"
+    at.text_input(key="db_path").set_value(str(outside / "zz.pth")).run()
+    assert "outside the workspace" in texts(at.error) and not at.metric
+    at.text_input(key="db_path").set_value(str(ws.root / "zz.pth")).run()
+    assert "expected a .duckdb file" in texts(at.error)
+    at.text_input(key="db_path").set_value("").run()
+    at.text_input(key="data_dir").set_value(str(outside)).run()
+    assert "outside the workspace" in texts(at.error)
+    at.text_input(key="data_dir").set_value(str(ws.root / ".." / "site-packages")).run()
+    assert "outside the workspace" in texts(at.error)
+    assert not outside.exists() and not (ws.root / "zz.pth").exists()
+
+
+def test_the_sidebar_sends_no_key_to_a_url_the_operator_did_not_list(ws, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    at = open_page(GENERATE)
+    type_model(at, "openai:gpt@http://attacker.example/v1")
+    assert "http://attacker.example/v1 is not a listed endpoint" in texts(at.error)
+    assert not at.get("form")  # nothing on the page runs with it
+
+
+# --- login (`cai app --host ...`) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served_on_all_interfaces(ws, monkeypatch) -> str:
+    """The environment `cai app --host 0.0.0.0` gives the app; returns the token it would print."""
+    monkeypatch.delenv("CAI_APP_TOKEN", raising=False)
+    access, token = access_for("0.0.0.0", ws.root)
+    for name, value in access.env().items():
+        monkeypatch.setenv(name, value)
+    return token
+
+
+def shows_only_the_login(at: AppTest) -> bool:
+    return [t.value for t in at.title] == ["Log in"] and not at.sidebar.children and not at.metric
+
+
+def test_on_another_host_every_page_shows_only_a_login_until_one_is_made(ws, served_on_all_interfaces):
+    password = add_login(ws.root, "ada")
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+    assert shows_only_the_login(at)
+    at.switch_page(TRACES).run()
+    assert shows_only_the_login(at) and not at.dataframe and not at.code
+    at.text_input(key="login_name").set_value("ada")
+    at.text_input(key="login_secret").set_value(password + "x")
+    at.button(key="login").click().run()
+    assert "Wrong name, password or token." in texts(at.error) and shows_only_the_login(at)
+
+    at.text_input(key="login_secret").set_value(password)
+    at.button(key="login").click().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Traces"]
+    # the login names the annotator: no name to type, and the verdict is filed under it
+    at.radio(key="trace_step").set_value(3).run()
+    assert "annotator" not in [t.key for t in at.text_input]
+    next(r for r in at.radio if r.key != "trace_step").set_value("better")
+    at.button(key="save_verdict").click().run()
+    with Store.open(ws) as store:
+        assert [(v.annotator, v.revision_verdict) for v in store.verdicts(FOUR_ROUNDS)] == [("ada", "better")]
+    at.switch_page("pages/5_Annotate.py").run()
+    assert "annotator" not in [t.key for t in at.text_input]
+    assert "Labelled by you" in [m.label for m in at.metric]  # ada's queue, with no name typed
+
+
+def test_the_printed_token_in_the_url_logs_in_and_leaves_the_address_bar(ws, served_on_all_interfaces):
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30)
+    at.query_params["token"] = "not-the-token"
+    at.run()
+    assert shows_only_the_login(at)
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30)
+    at.query_params["token"] = served_on_all_interfaces
+    at.run()
+    assert not at.exception, at.exception
+    assert {m.label: m.value for m in at.metric}["Traces"] == "2"
+    assert "token" not in at.query_params
+    assert "Logged in as operator" in texts(at.sidebar.caption)
 
 
 # --- constitution page ----------------------------------------------------------------------------------
@@ -258,7 +342,7 @@ def test_preview_shows_the_exact_prompts(ws, tmp_path):
 
 def test_try_it_runs_one_critique_and_revision(ws, tiny_model_path):
     at = open_constitution("hhh.yaml")
-    type_model(at, tiny_model_path)
+    type_model(at, model_in_workspace(tiny_model_path, ws))
     at.number_input(key="try_tokens").set_value(8).run()
     at.button(key="try_run").click().run()
     assert not at.error, texts(at.error)
@@ -283,7 +367,7 @@ def test_stepping_through_a_four_round_trace(ws):
         at.button(key="step_next").click().run()
     assert at.radio(key="trace_step").value == 9 and at.button(key="step_next").disabled
     principle, _, revision = DOG_ROUNDS[4]
-    assert f"({principle})" in texts(at.markdown)
+    assert f"({principle})" in texts(at.text)
     [diff] = at.get("html")
     assert "<ins" in diff.value and "Earplugs" in diff.value
     assert revision in texts(at.code)
@@ -294,10 +378,14 @@ def test_stepping_through_a_four_round_trace(ws):
 def test_verdicts_are_stored_edited_and_counted(ws):
     at = open_page(TRACES)
     at.radio(key="trace_step").set_value(3).run()  # revision 1
-    at.button(key="save_verdict").click().run()
-    assert "needs the annotator" in texts(at.error)
+    assert "Type your name to judge this round" in texts(at.info)
+    assert not [b for b in at.get("button") if b.key == "save_verdict"]  # no form to fill before the name
 
     at.text_input(key="annotator").set_value("ada").run()
+    at.button(key="save_verdict").click().run()  # nothing chosen: refused, not stored as NULL/NULL
+    assert "Not saved: judge the revision or the critique" in texts(at.error) and not at.success
+    with Store.open(ws) as store:
+        assert store.verdicts(FOUR_ROUNDS) == [] and store.verdict_counts().empty
     radios = [r for r in at.radio if r.key != "trace_step"]
     radios[0].set_value("better")
     radios[1].set_value("valid")
@@ -397,7 +485,7 @@ def test_diff_html_escapes_every_piece():
 
 def test_runs_show_progress_and_stored_traces(ws):
     at = open_page(GENERATE)
-    assert "seed-run" in texts(at.markdown)
+    assert "seed-run" in texts(at.text)
     assert any("7/7 steps · 2 traces stored" in str(p.proto.text) for p in at.get("progress"))
 
 
@@ -406,11 +494,11 @@ def test_launch_starts_the_cli_job_whose_traces_land(ws, tmp_path, tiny_model_pa
     of in a detached process) shows the traces reaching the page."""
     launched = []
     monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
-    prompts = tmp_path / "two.jsonl"
+    prompts = ws.root / "two.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(2)))
 
     at = open_page(GENERATE)
-    type_model(at, tiny_model_path)
+    type_model(at, model_in_workspace(tiny_model_path, ws))
     at.text_input(key="gen_prompts").set_value(str(prompts))
     at.selectbox(key="gen_constitution").set_value("hhh.yaml")
     at.number_input(key="gen_rounds").set_value(1)

@@ -19,6 +19,7 @@ from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .browser.seed import model_in_workspace
 from .conftest import require_shared_data
 
 ANNOTATE = "pages/5_Annotate.py"
@@ -234,11 +235,19 @@ def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):
 def test_agreement_page_imports_a_labels_file_and_handles_an_empty_store(ws, tmp_path, monkeypatch):
     with Store.open(ws) as store:
         pair_ids = [p.pair_id for p in store.pairs(limit=3)]
-    labels = tmp_path / "labels.csv"
-    labels.write_text("pair_id,label\n" + "".join(f"{p},A\n" for p in pair_ids), encoding="utf-8")
+    outside = tmp_path / "labels.csv"  # beside the data folder, not in it: the browser may not read it
+    outside.write_text("pair_id,label\n" + "".join(f"{p},A\n" for p in pair_ids), encoding="utf-8")
     at = open_page(AGREEMENT)
-    at.text_input(key="import_path").set_value(str(labels)).run()
+    at.text_input(key="import_path").set_value(str(outside)).run()
     at.text_input(key="import_annotator").set_value("dee").run()
+    at.button(key="import_labels").click().run()
+    assert "outside the workspace" in " ".join(str(e.value) for e in at.error).replace("\\", "")
+    with Store.open(ws) as store:
+        assert store.human_labels(annotator="dee") == []
+
+    labels = ws.root / "labels.csv"
+    labels.write_bytes(outside.read_bytes())
+    at.text_input(key="import_path").set_value(str(labels)).run()
     at.button(key="import_labels").click().run()
     assert not at.exception, at.exception
     assert "imported 3 human labels" in " ".join(str(s.value) for s in at.success).replace("\\", "")
@@ -256,6 +265,7 @@ def test_a_labelling_run_starts_from_the_page_and_its_labels_reach_the_dashboard
     in a detached process) shows the labels reaching the page."""
     launched = []
     monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     at = open_page(AGREEMENT)
     at.selectbox(key="label_constitution").set_value("hhh.yaml")
     at.text_input(key="label_model").set_value(tiny_model_path)

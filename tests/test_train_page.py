@@ -18,7 +18,7 @@ from cai_core.train.sft import SFTConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
 from pages import OTHER_MODEL
 
-from .browser.seed import copy_constitutions, seeded_data
+from .browser.seed import copy_constitutions, model_in_workspace, seeded_data
 
 TRAIN = "pages/4_Train.py"
 
@@ -67,6 +67,7 @@ def test_renders_with_no_runs_and_the_model_follows_the_sidebar(tmp_path, monkey
 
 
 def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, tiny_model_path):
+    tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     at = open_train(tiny_model_path)
     at.number_input(key="train_sft_max_steps").set_value(3)
     at.number_input(key="train_sft_batch_size").set_value(2)

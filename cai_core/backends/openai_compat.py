@@ -40,7 +40,7 @@ class OpenAICompatBackend:
         model: str,
         base_urls: list[str],
         *,
-        api_key: str | None = None,
+        api_keys: dict[str, str] | None = None,
         concurrency: int = 8,
         timeout: float = 60.0,
         max_retries: int = 3,
@@ -56,7 +56,7 @@ class OpenAICompatBackend:
         self.model = model
         self.name = f"openai:{model}"
         self.base_urls = urls
-        self.api_key = api_key
+        self.api_keys = {url.rstrip("/"): key for url, key in (api_keys or {}).items()}  # a key only where listed
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
         self.max_retries = max(0, max_retries)
@@ -127,9 +127,6 @@ class OpenAICompatBackend:
     def _post(self, body: dict, start: int) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
         data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
         tries = self.max_retries + 1
         last_error = ""
         for attempt in range(tries):
@@ -137,6 +134,9 @@ class OpenAICompatBackend:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             # Each retry moves to the next URL: a dead server is then passed over instead of hammered.
             base = self.base_urls[(start + attempt) % len(self.base_urls)]
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if base in self.api_keys:
+                headers["Authorization"] = f"Bearer {self.api_keys[base]}"
             request = urllib.request.Request(f"{base}/chat/completions", data=data, headers=headers, method="POST")
             began = time.perf_counter()
             try:
@@ -147,6 +147,8 @@ class OpenAICompatBackend:
                 if exc.code == 429 or exc.code >= 500:
                     last_error = f"HTTP {exc.code} from {base}: {message}"
                     continue
+                if exc.code in (401, 403) and base not in self.api_keys:
+                    message += " (no key was sent: a key goes only to the endpoints listed in endpoints.yaml)"
                 raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None
             except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
                 last_error = f"{_reason(exc)} ({base})"

@@ -11,6 +11,16 @@ from cai_core.jobs import JobFolder
 from cai_core.records import AILabel, Pair, Trace, TraceStep, to_row
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+
+def model_in_workspace(model_path: str, workspace: Workspace) -> str:
+    """A copy of a model folder inside the workspace, where the browser may name it (it may not name the
+    session's tiny model in its temporary folder)."""
+    target = workspace.models_dir / Path(model_path).name
+    if not target.exists():
+        shutil.copytree(model_path, target)
+    return str(target)
+
+
 SEED_RUN = "seed-run"
 FOUR_ROUNDS = f"{SEED_RUN}:dog:0"
 HOSTILE = f"{SEED_RUN}:hostile:0"
