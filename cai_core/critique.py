@@ -209,10 +209,14 @@ def run_generation(
     report()
     with ending_on_failure(report):
         if backends is None:
-            policy = load_backend(config.model, workspace, config.dtype)
-            critic = load_backend(config.critic_model, workspace, config.dtype) if config.critic_model else policy
+            calls = len(items) * (2 * rounds + 1)  # answers, critiques and revisions: the auto engine's rule
+            policy = load_backend(config.model, workspace, config.dtype, calls=calls)
+            critic = policy
+            if config.critic_model:
+                critic = load_backend(config.critic_model, workspace, config.dtype, calls=calls)
         else:
             policy, critic = backends
+        job.record_engines(policy=policy, critic=critic)
         run_id = job.run_id
         for chunk_start in range(0, len(items), config.chunk_size):
             chunk = items[chunk_start : chunk_start + config.chunk_size]

@@ -33,7 +33,7 @@ import pandas as pd
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
-from .feedback import OPTIONS, Judge, combine_orders, option_logprobs, soft_label
+from .feedback import OPTIONS, Judge, combine_orders, soft_label
 from .jobs import JobFolder, ending_on_failure, run_id_for
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
@@ -183,20 +183,23 @@ def run_evaluation(
     with ending_on_failure(report):
         for name, spec in models.items():
             todo = [(p, w) for p, w in cells if (p["key"], w, name) not in answers]
-            backend = load_backend(spec, workspace) if todo else None
+            backend = load_backend(spec, workspace, calls=len(todo)) if todo else None
+            if backend:
+                job.record_engines(**{name: backend})
             for start in range(0, len(todo), config.batch_size):
                 if job.cancel_requested():
                     report("cancelled", "cancelled by request; run again to resume")
                     return job
                 new = _answer(job.run_id, name, backend, todo[start : start + config.batch_size], config)
                 if config.refusals == "judge":
-                    new = _judge_refusals(load_backend(config.judge, workspace), new)
+                    new = _judge_refusals(load_backend(config.judge, workspace, calls=2 * len(todo)), new)
                 job.append("eval_answers", [to_row(a) for a in new])
                 answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
                 report()
         todo = [c for c in comparisons if (c[0]["key"], c[1], c[2], c[3]) not in judged]
         if todo:
-            judge = Judge(load_backend(config.judge, workspace), constitution)
+            judge = Judge(load_backend(config.judge, workspace, calls=2 * len(todo)), constitution)
+            job.record_engines(judge=judge.backend)
         for start in range(0, len(todo), config.batch_size):
             if job.cancel_requested():
                 report("cancelled", "cancelled by request; run again to resume")
@@ -241,7 +244,7 @@ def _answer(run_id: str, name: str, backend: Backend, cells, config: EvalConfig)
 def _judge_refusals(judge: Backend, answers: list[EvalAnswer]) -> list[EvalAnswer]:
     """The answers with `refused` read by the judge: P(refusal) from the option letters, both orders."""
     chats = [chat for a in answers for chat in refusal_chats(a.sent, a.answer)]
-    probabilities = [soft_label(*lp) for lp in option_logprobs(judge, chats, OPTIONS)]
+    probabilities = [soft_label(*lp) for lp in judge.score_options(chats, list(OPTIONS))]
     judged = []
     for answer, p_first, p_second in zip(answers, probabilities[0::2], probabilities[1::2], strict=True):
         p = combine_orders(p_first, p_second, None)  # refusal as (A), then as (B)
@@ -354,7 +357,9 @@ def run_rounds(
 
     report()
     with ending_on_failure(report):
-        judge = Judge(load_backend(config.judge, workspace), constitution) if todo else None
+        judge = Judge(load_backend(config.judge, workspace, calls=2 * len(todo)), constitution) if todo else None
+        if judge:
+            job.record_engines(judge=judge.backend)
         for start in range(0, len(todo), config.batch_size):
             if job.cancel_requested():
                 report("cancelled", "cancelled by request; run again to resume")

@@ -25,9 +25,8 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -119,63 +118,6 @@ def parse_strict(text: str) -> float | None:
     return {"A": 1.0, "B": 0.0}.get(text.strip())
 
 
-def option_logprobs(backend: Backend, chats: list[Chat], options: Sequence[str]) -> list[list[float]]:
-    """log P(option | chat) for each chat; chats come in pairs (a question in both orders).
-
-    On a local model with single-token options this reads every option from one next-token
-    distribution, and computes the part the two orders share (instructions, conversation, question:
-    about 60% of an hh-rlhf question) once for both; the backend's general scorer runs one full pass
-    per chat and option. Other backends (HTTP) use their own scorer."""
-    # Look the module up instead of importing it: importing it loads torch, which an HTTP judge never needs.
-    hf = sys.modules.get("cai_core.backends.hf")
-    if hf is not None and isinstance(backend, hf.HFBackend):
-        ids = [backend.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
-        if all(len(i) == 1 for i in ids) and len(chats) % 2 == 0:
-            return _shared_prefix_logprobs(backend, chats, [i[0] for i in ids])
-    return backend.score_options(chats, list(options))
-
-
-def _shared_length(a: list[int], b: list[int]) -> int:
-    """Tokens the two orders share at the start, leaving each at least one of its own (its last position
-    gives the answer's logits) and the prefix at least one (the chat template's start always agrees)."""
-    n = 0
-    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
-        n += 1
-    return max(n, 1)
-
-
-def _shared_prefix_logprobs(backend, chats: list[Chat], token_ids: list[int]) -> list[list[float]]:
-    """One pair at a time: its shared prefix in one pass, then both tails on a copy each of its cache.
-    Batching pairs would pad every prefix and tail to the longest in the batch; on hh-rlhf that wastes
-    more than sharing saves (32 pairs, 2 cores: 18 s one pair at a time, 35 s sixteen at a time, 26 s
-    for full chats batched by 16 without sharing)."""
-    import torch
-
-    encoded = backend._encode(chats)
-    out: list[list[float]] = []
-    with torch.inference_mode():
-        for first, second in zip(encoded[0::2], encoded[1::2], strict=True):
-            shared = _shared_length(first, second)
-            prefix = backend.model(
-                input_ids=torch.tensor([first[:shared]], device=backend.device), use_cache=True, logits_to_keep=1
-            )
-            cache = prefix.cache
-            cache.batch_repeat_interleave(2)  # one copy of the shared prefix per order
-            tail_ids, tail_mask = backend._pad_left([first[shared:], second[shared:]])
-            # The shorter tail's padding sits between prefix and tail: the mask hides it, positions skip it.
-            mask = torch.cat([torch.ones(2, shared, dtype=tail_mask.dtype, device=tail_mask.device), tail_mask], 1)
-            logits = backend.model(
-                input_ids=tail_ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1)[:, shared:],
-                cache=cache,
-                logits_to_keep=1,
-            ).logits
-            picked = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, token_ids]
-            out += picked.tolist()
-    return out
-
-
 @dataclass(frozen=True)
 class Verdict:
     """What the judge said about one (pair, principle): the per-order probabilities and their combination."""
@@ -250,7 +192,7 @@ class Judge:
         if self.method != "strict":
             chats = self._final_chats(items, reasoning, ANSWER_INSTRUCTION, COT_ANSWER_REQUEST)
             try:
-                return [soft_label(*lp) for lp in option_logprobs(self.backend, chats, OPTIONS)], "logprob"
+                return [soft_label(*lp) for lp in self.backend.score_options(chats, list(OPTIONS))], "logprob"
             except BackendError:
                 if self.method == "logprob":
                     raise
@@ -367,7 +309,8 @@ def run_labelling(
 
     report()
     with ending_on_failure(report):
-        backend = backend or load_backend(config.model, workspace)
+        backend = backend or load_backend(config.model, workspace, calls=2 * len(todo))
+        job.record_engines(judge=backend)
         judge = Judge(
             backend,
             constitution,

@@ -128,6 +128,18 @@ class JobFolder:
                 with open(path, "r+b") as f:
                     f.truncate(end)
 
+    def record_engines(self, **backends) -> None:
+        """Note which engine runs each of the job's models (`policy=backend, ...`) in run.json, as
+        `engines: {role: [engine, ...]}`: a job resumed on another engine adds that engine to the list."""
+        spec = self.spec
+        engines = {role: list(seen) for role, seen in spec.get("engines", {}).items()}
+        for role, backend in backends.items():
+            seen = engines.setdefault(role, [])
+            if not seen or seen[-1] != backend.engine:
+                seen.append(backend.engine)
+        if engines != spec.get("engines"):
+            write_json_atomic(self.path / "run.json", {**spec, "engines": engines})
+
     # --- progress and control ----------------------------------------------------------------
 
     def set_progress(self, status: str, done: int, total: int, message: str = "") -> None:

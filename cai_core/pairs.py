@@ -344,7 +344,8 @@ def run_sampling(
     with ending_on_failure(report):
         todo = [(i, p) for i, p in enumerate(prompts) if p.id not in samples]
         if todo:
-            backend = backend or load_backend(config.model, workspace)
+            backend = backend or load_backend(config.model, workspace, calls=len(todo) * config.k)
+            job.record_engines(policy=backend)
         for start in range(0, len(todo), config.chunk_size):
             if job.cancel_requested():
                 report("cancelled", "cancelled by request; run again to resume")

@@ -59,6 +59,23 @@ def test_option_scores_equal_a_direct_log_probability(backend):
             assert score == pytest.approx(direct, abs=1e-4)
 
 
+def test_single_token_options_share_each_pairs_start_and_agree_with_one_pass_per_option(backend):
+    question = "Which response is more helpful?\n(A) {}\n(B) {}\n\nAnswer with the letter of the better option."
+    both_orders = [
+        [{"role": "user", "content": question.format(a, b)}]
+        for x, y in [("Bake it.", "No."), ("Sure, here is how.", "I will not.")]
+        for a, b in [(x, y), (y, x)]
+    ]
+    uneven = [[{"role": "user", "content": "Same start. Short."}], [{"role": "user", "content": "Same start. " * 9}]]
+    options = ["A", "B"]
+    single = [backend.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    assert all(len(ids) == 1 for ids in single)  # so score_options takes the shared-start path
+    for chats in (both_orders, both_orders[:3], uneven):  # pairs, an odd one out, tails of different lengths
+        per_option = backend._score_sequences(backend._encode(chats), single)
+        shared = backend.score_options(chats, options)
+        assert torch.allclose(torch.tensor(shared), torch.tensor(per_option), atol=1e-4)
+
+
 def test_a_missing_model_path_is_named(tmp_path):
     with pytest.raises(BackendError, match="does not exist"):
         HFBackend(str(tmp_path / "no-such-model"))

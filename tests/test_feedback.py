@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,7 +22,6 @@ from cai_core.feedback import (
     choose_principle,
     comparison_chat,
     few_shot_chat,
-    option_logprobs,
     parse_strict,
     run_labelling,
 )
@@ -80,17 +78,6 @@ def test_the_soft_label_equals_a_direct_log_prob_computation_in_both_orders(tiny
         assert v.p_a == pytest.approx((first + 1 - second) / 2, abs=1e-5)
         assert v.method == "logprob" and not v.failed
     assert len({round(v.p_order1, 6) for v in verdicts}) > 1  # really different prompts, not one constant
-
-
-def test_the_shared_prefix_scorer_agrees_with_the_backends_own_scorer(tiny):
-    c = load_constitution(HHH)
-    chats = [chat for p in map(pair, range(5)) for chat in Judge(tiny, c).chats(p, c.principles[0], "Answer.")]
-    fast = option_logprobs(tiny, chats, OPTIONS)
-    assert np.allclose(fast, tiny.score_options(chats, list(OPTIONS)), atol=1e-4)
-    assert np.allclose(option_logprobs(tiny, chats[:3], OPTIONS), fast[:3], atol=1e-4)  # unpaired: no sharing
-    # tails of different lengths: the shorter one is padded between the shared prefix and itself
-    uneven = [[{"role": "user", "content": "Same start. Short."}], [{"role": "user", "content": "Same start. " * 9}]]
-    assert np.allclose(option_logprobs(tiny, uneven, OPTIONS), tiny.score_options(uneven, list(OPTIONS)), atol=1e-4)
 
 
 class Scripted:

@@ -6,12 +6,20 @@ A model is named by a spec string, the same on every door (page, CLI, Python):
 - `openai:MODEL@URL[,URL...]`: an OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI);
   several URLs spread the requests over a fleet. A key goes only to the URLs the operator listed
   (`cai_core.endpoints`).
+
+A local model runs on an engine, named by a prefix: `hf:SPEC` (transformers), `vllm:SPEC` (vLLM), or no
+prefix for `auto`. The rule of `auto`: vLLM when it is installed and the caller announces at least
+`AUTO_VLLM_MIN_CALLS` model calls (a job: its answers, critiques, revisions or judgments), since its
+start-up (tens of seconds on a CPU) must be repaid; transformers otherwise, and for calls that announce
+nothing (the Constitution page's "try it", tests). When vLLM is missing or fails to start, `auto` says so
+once and runs on transformers. The engine is not part of a job's identity: a job resumes on either.
 """
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+import sys
+from functools import cache, lru_cache
 from pathlib import Path
 
 from ..workspace import Workspace
@@ -31,6 +39,9 @@ __all__ = [
     "DTYPES",
     "ensure_default_model",
     "parse_openai_spec",
+    "split_engine",
+    "ENGINES",
+    "AUTO_VLLM_MIN_CALLS",
 ]
 
 
@@ -43,32 +54,87 @@ def parse_openai_spec(spec: str) -> tuple[str, list[str]]:
 
 
 DTYPES = ("auto", "float32", "bfloat16")
+ENGINES = ("auto", "hf", "vllm")
+AUTO_VLLM_MIN_CALLS = 64  # about where vLLM's start-up is repaid on a CPU (see the README's engine section)
 
 
-def load_backend(spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, dtype: str = "auto") -> Backend:
-    """Load a backend once per process: a second call with the same spec returns the same object.
+def split_engine(spec: str) -> tuple[str, str]:
+    """`vllm:default` -> ("vllm", "default"); a spec without an engine prefix -> ("auto", spec)."""
+    engine, sep, rest = spec.partition(":")
+    if sep and engine in ENGINES and rest:
+        return engine, rest
+    return "auto", spec
+
+
+def load_backend(
+    spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, dtype: str = "auto", *, calls: int | None = None
+) -> Backend:
+    """Load a backend once per process: a second call for the same model on the same engine returns the same
+    object, so every stage of a job shares one engine.
 
     `dtype` applies to local models: `auto` is bf16 on a GPU and fp32 on a CPU (exact log-probs for
-    the judge); `bfloat16` is several times faster on CPUs with bf16 matrix units (AVX512-BF16, AMX)."""
+    the judge); `bfloat16` is several times faster on CPUs with bf16 matrix units (AVX512-BF16, AMX).
+    `calls`: how many model calls the caller expects to make, for the `auto` engine's rule."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     workspace = workspace or Workspace.from_env()
-    return _load(spec, str(workspace.models_dir), dtype)
+    engine, model = split_engine(spec)
+    if model.startswith("openai:"):
+        if engine != "auto":
+            raise BackendError(f"bad model spec {spec!r}: an openai: server runs its own engine; drop {engine}:")
+        return _load("openai", model, "", dtype)
+    if engine == "auto":
+        engine = _auto_engine(calls)
+    models_dir = str(workspace.models_dir)
+    if engine == "vllm" and spec != model:  # asked for by name: a failure is the caller's to see
+        return _load("vllm", model, models_dir, dtype)
+    if engine == "vllm" and (model, dtype) not in _vllm_failed:
+        try:
+            return _load("vllm", model, models_dir, dtype)
+        except BackendError as exc:
+            _vllm_failed.add((model, dtype))  # tried once per process: a start-up costs tens of seconds
+            _say_once(f"engine auto: {exc}. Running on transformers instead.")
+    return _load("hf", model, models_dir, dtype)
+
+
+_vllm_failed: set[tuple[str, str]] = set()
+
+
+def _auto_engine(calls: int | None) -> str:
+    if calls is None or calls < AUTO_VLLM_MIN_CALLS:
+        return "hf"
+    from .vllm import INSTALL_HINT, vllm_missing
+
+    missing = vllm_missing()
+    if missing:
+        _say_once(f"engine auto: vLLM is not installed here ({missing}), so jobs run on transformers; {INSTALL_HINT}")
+        return "hf"
+    return "vllm"
+
+
+@cache
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 @lru_cache(maxsize=4)
-def _load(spec: str, models_dir: str, dtype: str) -> Backend:
-    if spec.startswith("openai:"):
+def _load(engine: str, spec: str, models_dir: str, dtype: str) -> Backend:
+    if engine == "openai":
         from ..endpoints import api_keys
         from .openai_compat import OpenAICompatBackend
 
         model, urls = parse_openai_spec(spec)
         return OpenAICompatBackend(model, urls, api_keys=api_keys(urls, Path(models_dir).parent))
-    from .hf import HFBackend
-
+    path = str(ensure_default_model(Path(models_dir))) if spec == DEFAULT_MODEL else os.path.expanduser(spec)
     torch_dtype = None if dtype == "auto" else dtype
+    if engine == "vllm":
+        from .vllm import VLLMBackend
+
+        backend = VLLMBackend(path, dtype=torch_dtype)
+    else:
+        from .hf import HFBackend
+
+        backend = HFBackend(path, dtype=torch_dtype)
     if spec == DEFAULT_MODEL:
-        backend = HFBackend(str(ensure_default_model(Path(models_dir))), dtype=torch_dtype)
         backend.name = "SmolLM2-135M-Instruct"
-        return backend
-    return HFBackend(os.path.expanduser(spec), dtype=torch_dtype)
+    return backend

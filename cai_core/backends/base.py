@@ -33,11 +33,17 @@ class Generation:
 
 class Backend(Protocol):
     name: str  # the model as records should name it
+    engine: str  # what runs it, as records should name it: "hf", "vllm" or "openai"
+    dtype: str | None  # the precision its weights run in ("float32", "bfloat16"); None when remote
+    parameters: int | None  # its parameter count; None when remote
 
     def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
         """Answer every chat (each ending with a user turn); one Generation per chat, in order."""
         ...
 
     def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
-        """Log-probability of each option as the start of the assistant's reply to each chat."""
+        """Log-probability of each option as the start of the assistant's reply to each chat.
+
+        Callers put chats that share a long start next to each other (a judgment's two orders, one after
+        the other): a backend may compute what neighbours share once (a shared pass, a prefix cache)."""
         ...

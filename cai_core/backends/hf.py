@@ -14,6 +14,8 @@ class HFBackend:
     """One loaded model. Chats are sorted by prompt length and cut into batches so that a batch
     holds prompts of similar length: left padding then wastes few positions."""
 
+    engine = "hf"
+
     def __init__(
         self,
         model_path: str,
@@ -36,10 +38,12 @@ class HFBackend:
         except (OSError, ValueError) as exc:
             raise BackendError(_explain_load_failure(model_path, exc)) from None
         self.model.eval()
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.parameters = sum(p.numel() for p in self.model.parameters())
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._stop_ids = _stop_token_ids(self.tokenizer, self.model)
+        self._stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
 
     # --- generation --------------------------------------------------------------------------
 
@@ -93,19 +97,26 @@ class HFBackend:
 
     # --- scoring -----------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         """Sum of log P(option tokens | chat + assistant prefix) for each chat and option.
 
-        Sequences are left-padded so that every option ends at the last position; only the last
-        few positions go through the output head, which keeps memory at batch x options x vocab
-        instead of batch x length x vocab."""
-        prefixes = self._encode(chats)
+        Single-token options (the judge's "A"/"B") are read from one next-token distribution per chat,
+        and two neighbouring chats (a question in both orders) share one pass over their common start."""
         option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
         if any(not ids for ids in option_ids):
             raise ValueError("every option must encode to at least one token")
-        rows = [(c, o) for c in range(len(chats)) for o in range(len(options))]
-        scores = [[0.0] * len(options) for _ in chats]
+        prefixes = self._encode(chats)
+        if all(len(ids) == 1 for ids in option_ids):
+            return self._score_next_token(prefixes, [ids[0] for ids in option_ids])
+        return self._score_sequences(prefixes, option_ids)
+
+    @torch.inference_mode()
+    def _score_sequences(self, prefixes: list[list[int]], option_ids: list[list[int]]) -> list[list[float]]:
+        """One pass per chat and option. Sequences are left-padded so that every option ends at the last
+        position; only the last few positions go through the output head, which keeps memory at
+        batch x options x vocab instead of batch x length x vocab."""
+        rows = [(c, o) for c in range(len(prefixes)) for o in range(len(option_ids))]
+        scores = [[0.0] * len(option_ids) for _ in prefixes]
         rows.sort(key=lambda co: len(prefixes[co[0]]) + len(option_ids[co[1]]))
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
@@ -125,9 +136,48 @@ class HFBackend:
                 scores[c][o] = float(picked.sum())
         return scores
 
+    @torch.inference_mode()
+    def _score_next_token(self, prefixes: list[list[int]], token_ids: list[int]) -> list[list[float]]:
+        """Two neighbouring chats at a time: their shared start in one pass, then both tails on a copy each
+        of its cache (an odd last chat is paired with itself). Batching pairs would pad every prefix and
+        tail to the longest in the batch; on hh-rlhf that wastes more than sharing saves (32 pairs, 2 cores:
+        18 s one pair at a time, 35 s sixteen at a time, 26 s for full chats batched by 16 without sharing)."""
+        out: list[list[float]] = []
+        for start in range(0, len(prefixes), 2):
+            first, second = prefixes[start], prefixes[min(start + 1, len(prefixes) - 1)]
+            shared = _shared_length(first, second)
+            prefix = self.model(
+                input_ids=torch.tensor([first[:shared]], device=self.device), use_cache=True, logits_to_keep=1
+            )
+            cache = prefix.cache
+            cache.batch_repeat_interleave(2)  # one copy of the shared start per chat
+            tail_ids, tail_mask = self._pad_left([first[shared:], second[shared:]])
+            # The shorter tail's padding sits between prefix and tail: the mask hides it, positions skip it.
+            mask = torch.cat([torch.ones(2, shared, dtype=tail_mask.dtype, device=tail_mask.device), tail_mask], 1)
+            logits = self.model(
+                input_ids=tail_ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1)[:, shared:],
+                cache=cache,
+                logits_to_keep=1,
+            ).logits
+            picked = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, token_ids]
+            out += picked.tolist()[: len(prefixes) - start]
+        return out
 
-def _stop_token_ids(tokenizer, model) -> list[int]:
-    ids = model.generation_config.eos_token_id
+
+def _shared_length(a: list[int], b: list[int]) -> int:
+    """Tokens two chats share at the start, leaving each at least one of its own (its last position
+    gives the answer's logits) and the prefix at least one (the chat template's start always agrees)."""
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return max(n, 1)
+
+
+def stop_token_ids(tokenizer, generation_config) -> list[int]:
+    """Where an answer ends: the model's generation config's end tokens and the tokenizer's."""
+    ids = generation_config.eos_token_id if generation_config else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)

@@ -35,6 +35,10 @@ TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 class OpenAICompatBackend:
     """A model behind one or more OpenAI-compatible servers (`base_urls` like http://host:8000/v1)."""
 
+    engine = "openai"
+    dtype = None  # the server's business
+    parameters = None
+
     def __init__(
         self,
         model: str,
