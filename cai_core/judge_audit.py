@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from .evaluation import wilson_interval
+
 Grade = Literal["good", "weak", "poor", "unknown"]
 VerdictName = Literal["trustworthy", "weak", "unreliable", "not enough data"]
 Z95 = 1.959964
@@ -43,13 +45,11 @@ class Estimate:
 
 
 def wilson(successes: float, n: int) -> Estimate | None:
-    """A proportion with its Wilson score interval, which stays inside [0, 1] for small n."""
+    """A proportion with its Wilson score interval (`evaluation.wilson_interval`), which stays inside [0, 1]."""
     if n <= 0:
         return None
-    p = successes / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    low, high = wilson_interval(successes, n)
+    return Estimate(successes / n, max(0.0, low), min(1.0, high), n)
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------
