@@ -31,7 +31,7 @@ import yaml
 
 from .jobs import JobFolder, ending_on_failure, run_id_for
 from .records import now
-from .workspace import Workspace
+from .workspace import PROJECT_ROOT, Workspace
 
 ARMS = ("cai", "sft-baseline", "rlhf")
 RL_KINDS = ("ppo", "dpo", "grpo", "rloo")
@@ -77,14 +77,41 @@ class RecipeConfig:
             raise RecipeError("arms: rlhf compares RL stages, which an SFT-only recipe (stop_after: sft) has none of")
         if self.rl not in RL_KINDS:
             raise RecipeError(f"rl is {self.rl!r}: choose one of {', '.join(RL_KINDS)}")
+        for section, cls in self.stage_configs().items():
+            known = {f.name for f in dataclasses.fields(cls)} - {"run_id"}
+            if unknown := sorted(set(getattr(self, section)) - known):
+                fields = ", ".join(sorted(known))
+                raise RecipeError(f"{section}: unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {fields}")
+
+    def stage_configs(self) -> dict[str, type]:
+        """Each settings section and the config class whose fields it holds."""
+        from .critique import GenerateConfig
+        from .evaluation import EvalConfig
+        from .feedback import LabelConfig
+        from .pairs import SampleConfig
+        from .train import config_class
+
+        return {
+            "generate": GenerateConfig,
+            "sft": config_class("sft"),
+            "pairs": SampleConfig,
+            "label": LabelConfig,
+            "reward": config_class("rm"),
+            "rl_config": config_class(self.rl),
+            "eval": EvalConfig,
+        }
 
     @property
     def recipe_id(self) -> str:
         return run_id_for("recipe", dataclasses.asdict(self))
 
 
+PATH_FIELDS = ("constitution", "red_team_prompts", "helpful_prompts")
+
+
 def load_recipe(path: str | Path) -> RecipeConfig:
-    """A recipe YAML file as a config; unknown fields are refused with their names."""
+    """A recipe YAML file as a config; unknown fields are refused with their names. Relative paths in it are read
+    from the project folder, as the shipped recipes are written, wherever the command runs."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -94,6 +121,9 @@ def load_recipe(path: str | Path) -> RecipeConfig:
     known = {f.name for f in dataclasses.fields(RecipeConfig)}
     if unknown := sorted(set(data) - known):
         raise RecipeError(f"{path}: unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name in PATH_FIELDS:
+        if data.get(name) and not Path(data[name]).is_absolute():
+            data[name] = str(PROJECT_ROOT / data[name])
     recipe = RecipeConfig(**data)
     recipe.check()
     return recipe

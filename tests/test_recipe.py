@@ -57,6 +57,15 @@ def test_bad_recipes_name_the_field(tmp_path):
     path.write_text("policy: default\nsteps: 3\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="unknown recipe field.*steps"):
         load_recipe(path)
+    with pytest.raises(RecipeError, match="rl_config: unknown PPOConfig field.*kl_coeff"):
+        RecipeConfig(rl_config={"kl_coeff": 0.1}).check()
+
+
+@pytest.mark.parametrize("name", ["cpu-demo.yaml", "gpu-7b.yaml"])
+def test_the_shipped_recipes_load(name):
+    recipe = load_recipe(PROJECT_ROOT / "recipes" / name)
+    assert Path(recipe.constitution).is_file() and Path(recipe.red_team_prompts).is_file()
+    assert plan(recipe)
 
 
 def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, workspace):
