@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -23,6 +24,7 @@ class EvalSummary:
     refusals: pd.DataFrame
     principles: pd.DataFrame
     rounds: pd.DataFrame
+    settings: dict[str, dict] = field(default_factory=dict)  # run id -> what the run was asked to do
 
     def tables(self) -> list[tuple[str, pd.DataFrame]]:
         """The figures behind the charts, titled, leaving out those with no data."""
@@ -43,6 +45,12 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
     round_judgments = store.eval_table("round_judgments", rounds_run_id) if rounds_run_id else empty
     has_judgments = not judgments.empty and judgments["p_a"].notna().any()
     has_rounds = not round_judgments.empty
+    runs = store.eval_runs()
+    settings = {
+        row.run_id: {**json.loads(row.config), "constitution version": row.constitution_version}
+        for row in runs.itertuples()
+        if row.run_id in (run_id, rounds_run_id)
+    }
     return EvalSummary(
         run_id=run_id,
         rounds_run_id=rounds_run_id,
@@ -53,6 +61,7 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
         refusals=refusal_rates(answers) if not answers.empty else empty,
         principles=principle_effects(round_judgments) if has_rounds else empty,
         rounds=quality_by_round(round_judgments) if has_rounds else empty,
+        settings=settings,
     )
 
 
@@ -109,11 +118,13 @@ def refusal_chart(summary: EvalSummary) -> go.Figure:
             text=group["wrapper"],
             textposition="top center",
             marker={"size": 12},
+            cliponaxis=False,  # a wrapper's name next to a point at 0 or 1 stays readable
         )
     figure.update_layout(
         title="Refusal on harmful prompts against over-refusal on benign prompts",
         xaxis={"range": [-0.05, 1.05], "title": "over-refusal rate (benign prompts)"},
-        yaxis={"range": [-0.05, 1.05], "title": "refusal rate (harmful prompts)"},
+        yaxis={"range": [-0.05, 1.12], "title": "refusal rate (harmful prompts)"},
+        margin={"t": 80},
     )
     return figure
 
@@ -172,11 +183,30 @@ def charts(summary: EvalSummary) -> dict[str, go.Figure]:
     return out
 
 
+REPORT_TEMPLATE = "plotly_white"
+"""The report's own chart template. Under Streamlit, plotly's default template is Streamlit's, whose colours are
+placeholders the app fills in: a report saved from the page would come out black without this."""
+
+
+def _settings_html(settings: dict[str, dict]) -> str:
+    rows = []
+    for run_id, config in settings.items():
+        for key, value in config.items():
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            rows.append(
+                f"<tr><td>{html.escape(run_id)}</td><td>{html.escape(key)}</td><td>{html.escape(shown)}</td></tr>"
+            )
+    if not rows:
+        return ""
+    return "<h2>Settings</h2><table><tr><th>run</th><th>setting</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
 def report_html(summary: EvalSummary) -> str:
-    """One self-contained HTML file: plotly.js inlined once, every chart, and the tables behind them.
-    Works offline; all text from the data is escaped."""
-    parts, first = [], True
+    """One self-contained HTML file: the runs' settings, plotly.js inlined once, every chart, and the tables behind
+    them. Works offline; all text from the data is escaped."""
+    parts, first = [_settings_html(summary.settings)], True
     for figure in charts(summary).values():
+        figure.update_layout(template=REPORT_TEMPLATE)
         parts.append(figure.to_html(full_html=False, include_plotlyjs=first))
         first = False
     for title, frame in summary.tables():

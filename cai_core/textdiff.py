@@ -26,6 +26,14 @@ def word_diff(old: str, new: str) -> list[tuple[Op, str]]:
     return pieces
 
 
+def share_little(old: str, new: str, below: float = 0.25) -> bool:
+    """True when under a quarter of the longer text survives the word diff unchanged (whitespace aside): a word
+    diff of two unrelated texts is a wall of red and green, so show them side by side instead."""
+    kept = sum(len(text.strip()) for op, text in word_diff(old, new) if op == "equal")
+    longest = max(len(old.strip()), len(new.strip()))
+    return longest > 0 and kept / longest < below
+
+
 class LineRow(NamedTuple):
     """One row of a two-column diff; a side is None where the other side has a line the first lacks."""
 

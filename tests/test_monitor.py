@@ -1,0 +1,57 @@
+"""The reward-hacking monitor's signals and rules on hand-made answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cai_core.train.monitor import HackingMonitor, Rule
+
+
+def test_rules_parse_and_bad_ones_are_refused():
+    rule = Rule.parse("length_ratio>2.5:stop")
+    assert (rule.signal, rule.above, rule.threshold, rule.action) == ("length_ratio", True, 2.5, "stop")
+    assert rule.fires(3.0) and not rule.fires(2.0)
+    with pytest.raises(ValueError, match="unknown signal"):
+        Rule.parse("lenght>2:warn")
+    with pytest.raises(ValueError, match="expected SIGNAL"):
+        Rule.parse("length_ratio>>2")
+
+
+def test_length_repetition_and_stock_phrases_are_read_against_the_first_step():
+    monitor = HackingMonitor(rules=[Rule.parse("length_ratio>2:warn"), Rule.parse("distinct_ratio<0.5:stop")])
+    first = monitor.observe(1, ["A short, plain answer about locks.", "Call a locksmith who can help."], [0.1], 0.0)
+    assert first["monitor/length_ratio"] == pytest.approx(1.0) and not monitor.alerts
+    looping = ["I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry."] * 2
+    later = monitor.observe(2, looping, [0.9], 0.4)
+    assert later["monitor/length_ratio"] > 2 and later["monitor/distinct_ratio"] < 0.5
+    assert later["monitor/stock_share"] == 1.0 and later["monitor/kl"] == 0.4
+    assert {a.rule.signal for a in monitor.fired(2)} == {"length_ratio", "distinct_ratio"}
+    assert monitor.should_stop(2).rule.signal == "distinct_ratio"
+    assert later["monitor/alert/length_ratio"] == 1.0
+
+
+def test_hacking_is_reward_rising_while_the_judged_win_rate_falls():
+    # a judge that prefers answers no longer than the starting policy's, and a policy whose answers grow
+    def judge(prompts, now, start):
+        return [1 / (1 + math.exp((len(a) - len(b)) / 20)) for a, b in zip(now, start, strict=True)]
+
+    words = {"n": 4}
+
+    def generate(prompts):
+        return ["word " * words["n"] for _ in prompts]
+
+    monitor = HackingMonitor(judge=judge, held_out=["p1", "p2"], every=1, window=3)
+    monitor.start(generate)
+    first = monitor.observe(1, generate(["x"]), [0.1], 0.0, generate)
+    assert first["monitor/win_rate"] == pytest.approx(0.5) and first["monitor/hacking"] == 0.0  # one point: no trend
+    steady = monitor.observe(2, generate(["x"]), [0.1], 0.0, generate)
+    assert steady["monitor/hacking"] == 0.0  # neither rose nor fell
+    signals = []
+    for step, reward in [(3, 0.3), (4, 0.6), (5, 0.9)]:
+        words["n"] += 6
+        signals.append(monitor.observe(step, generate(["x"]), [reward], 0.1, generate))
+    assert [s["monitor/win_rate"] for s in signals] == sorted((s["monitor/win_rate"] for s in signals), reverse=True)
+    assert signals[-1]["monitor/hacking"] == 1.0
+    assert any(a.rule.signal == "hacking" for a in monitor.fired(5))

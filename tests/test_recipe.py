@@ -1,0 +1,139 @@
+"""The CAI recipe on the tiny model: every stage an ordinary job, resumable, with its lineage in its run id."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cai_core.jobs import JobFolder
+from cai_core.recipe import RecipeConfig, RecipeError, load_recipe, plan, run_recipe, stage_table
+from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT
+
+TINY_SETTINGS = {
+    "red_team_prompts": str(PROJECT_ROOT / "data" / "demo_prompts.jsonl"),
+    "constitution": str(PROJECT_ROOT / "constitutions" / "red_team.yaml"),
+    "generate": {"limit": 3, "rounds": 1, "max_new_tokens": 8, "dtype": "float32"},
+    "sft": {"max_steps": 2, "batch_size": 2},
+    "pairs": {"limit": 3, "max_new_tokens": 8},
+    "label": {"batch_size": 4},
+    "reward": {"max_steps": 2, "batch_size": 2},
+    "rl_config": {"max_steps": 1, "batch_size": 2, "max_new_tokens": 8},
+    "eval": {"sets": ["red-team#limit=2", "benign#limit=2"], "max_new_tokens": 8, "batch_size": 4},
+}
+
+
+def tiny_recipe(model: str, **overrides) -> RecipeConfig:
+    return RecipeConfig(**{"policy": model, "critic": model, "judge": model, **TINY_SETTINGS, **overrides})
+
+
+def test_the_plan_alternates_sl_and_rl_and_adds_the_arms():
+    steps = [
+        (s.iteration, s.arm, s.step) for s in plan(RecipeConfig(iterations=2, arms=["cai", "sft-baseline", "rlhf"]))
+    ]
+    first = [s for s in steps if s[0] == 1]
+    assert [s[2] for s in first if s[1] == "cai"] == ["generate", "sft", "pairs", "label", "rm", "rl", "eval"]
+    assert (1, "sft-baseline", "sft") in first and (1, "rlhf", "rm") in first and (1, "rlhf", "rl") in first
+    assert steps.index((2, "cai", "generate")) > steps.index((1, "cai", "eval"))
+    sft_only = [s.step for s in plan(RecipeConfig(stop_after="sft"))]
+    assert sft_only == ["generate", "sft", "eval"]
+    assert [s.step for s in plan(RecipeConfig(rl="dpo"))] == ["generate", "sft", "pairs", "label", "rl", "eval"]
+
+
+def test_bad_recipes_name_the_field(tmp_path):
+    with pytest.raises(RecipeError, match="iterations"):
+        RecipeConfig(iterations=0).check()
+    with pytest.raises(RecipeError, match="arms"):
+        RecipeConfig(arms=["sft-baseline"]).check()
+    path = tmp_path / "r.yaml"
+    path.write_text("policy: default\nsteps: 3\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="unknown recipe field.*steps"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="rl_config: unknown PPOConfig field.*kl_coeff"):
+        RecipeConfig(rl_config={"kl_coeff": 0.1}).check()
+
+
+@pytest.mark.parametrize("name", ["cpu-demo.yaml", "gpu-7b.yaml"])
+def test_the_shipped_recipes_load(name):
+    recipe = load_recipe(PROJECT_ROOT / "recipes" / name)
+    assert Path(recipe.constitution).is_file() and Path(recipe.red_team_prompts).is_file()
+    assert plan(recipe)
+
+
+def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, workspace):
+    config = tiny_recipe(tiny_model_path, iterations=2, arms=["cai", "sft-baseline"])
+    job = run_recipe(config, workspace)
+    assert job.progress().status == "done", job.progress().message
+    table = stage_table(config, workspace)
+    assert all(row["status"] == "done" for row in table)
+    recipe_id = config.recipe_id
+    # every stage's run names the recipe, its iteration and its step
+    assert {row["run_id"] for row in table} >= {f"{recipe_id}-i2-rl", f"{recipe_id}-i1-sft-sft-baseline"}
+    # iteration 2 starts from iteration 1's RL model
+    generate_2 = JobFolder(workspace.runs_dir / f"{recipe_id}-i2-generate")
+    assert generate_2.spec["config"]["model"].endswith(f"{recipe_id}-i1-rl/final")
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        evaluated = set(store.eval_table("eval_answers", f"{recipe_id}-i2-eval")["model"])
+    assert evaluated == {"base", "previous", "cai", "sft-baseline"}
+    saved = yaml.safe_load((job.path / "recipe.yaml").read_text(encoding="utf-8"))
+    assert saved["iterations"] == 2
+    # a rerun of a finished recipe does nothing again
+    before = {row["run_id"]: JobFolder(workspace.runs_dir / row["run_id"]).progress().updated_at for row in table}
+    run_recipe(config, workspace)
+    after = {row["run_id"]: JobFolder(workspace.runs_dir / row["run_id"]).progress().updated_at for row in table}
+    assert before == after
+
+
+def test_a_killed_recipe_resumes_at_the_stage_where_it_stopped(tiny_model_path, workspace, tmp_path):
+    config = tiny_recipe(tiny_model_path)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(dataclasses.asdict(config)), encoding="utf-8")
+    script = (
+        "from pathlib import Path\n"
+        "from cai_core.recipe import load_recipe, run_recipe\n"
+        "from cai_core.workspace import Workspace\n"
+        f"run_recipe(load_recipe({str(recipe_file)!r}), Workspace(Path({str(workspace.root)!r})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    sft = JobFolder(workspace.runs_dir / f"{config.recipe_id}-i1-sft")
+    deadline = time.time() + 300
+    while not (sft.path / "run.json").exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.2)
+    assert child.poll() is None, "the recipe ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    generate = JobFolder(workspace.runs_dir / f"{config.recipe_id}-i1-generate")
+    assert generate.progress().status == "done"
+    steps_before = generate.records_path("trace_steps").read_bytes()
+    job = run_recipe(config, workspace)
+    assert job.progress().status == "done", job.progress().message
+    assert generate.records_path("trace_steps").read_bytes() == steps_before  # generation was not run again
+    stage_runs = [row["run_id"] for row in job.read("recipe_stages")]
+    assert len(stage_runs) == len(set(stage_runs))  # no stage recorded twice
+
+
+def test_a_cancelled_recipe_stops_its_running_stage_and_resumes(tiny_model_path, workspace):
+    config = tiny_recipe(tiny_model_path)
+    stopped = []
+
+    def cancel_during_sft(stage, status):
+        if stage.step == "sft" and status == "running":
+            JobFolder(workspace.runs_dir / config.recipe_id).request_cancel()
+            stopped.append(stage)
+
+    job = run_recipe(config, workspace, on_stage=cancel_during_sft)
+    assert stopped and job.progress().status == "cancelled"
+    assert "sft" in job.progress().message
+    resumed = run_recipe(config, workspace)
+    assert resumed.progress().status == "done"
+    assert Path(resumed.path / "recipe.yaml").exists()
