@@ -24,7 +24,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cai_core.auth import Access
+from cai_core.auth import LOCAL_HOSTS, Access
 from cai_core.backends import DEFAULT_MODEL, Chat
 from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
 from cai_core.jobs import JobFolder, Progress
@@ -142,6 +142,9 @@ def require_login() -> str | None:
     login is asked."""
     access = Access.from_env()
     if not access.required:
+        address = st.get_option("server.address")
+        if address and address not in LOCAL_HOSTS:  # started by hand (`streamlit run`), not by `cai app --host`
+            refuse(f"This server listens on {address} with no login: start it with `cai app --host {address}`.")
         return None
     ss = st.session_state
     if "identity" not in ss and "token" in st.query_params:

@@ -171,6 +171,18 @@ def test_the_printed_token_in_the_url_logs_in_and_leaves_the_address_bar(ws, ser
     assert "Logged in as operator" in texts(at.sidebar.text)
 
 
+def test_a_server_started_by_hand_on_all_interfaces_shows_nothing(ws):
+    """`streamlit run app.py --server.address 0.0.0.0` bypasses `cai app`'s login: the pages refuse to draw."""
+    from streamlit import config
+
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+    finally:
+        config.set_option("server.address", None)
+    assert "start it with `cai app --host 0.0.0.0`" in texts(at.error) and not at.metric and not at.sidebar.children
+
+
 # --- constitution page ----------------------------------------------------------------------------------
 
 
