@@ -21,7 +21,8 @@ from cai_core.prompts import load_prompts
 from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store, TraceFilter
 from cai_core.workspace import PROJECT_ROOT, Workspace
-from pages import OTHER_MODEL, diff_html, side_by_side_html
+from ui.settings import OTHER_MODEL
+from ui.text import diff_html, side_by_side_html
 
 from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace, seeded_data
 
