@@ -12,7 +12,7 @@ import streamlit as st
 from cai_core.constitution import list_constitutions
 from cai_core.jobs import list_job_folders
 from cai_core.prompts import PromptFileError, load_prompts
-from pages import connect, setup
+from ui.settings import connect, setup
 
 settings = setup("Home")
 ws = settings.workspace

@@ -25,13 +25,12 @@ from cai_core.constitution import (
 )
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
-from pages import (
+from ui.settings import connect, setup
+from ui.text import (
     chat_transcript,
-    connect,
     count,
     flash,
     md_escape,
-    setup,
     show_flash,
     show_text,
     show_word_diff,

@@ -15,7 +15,8 @@ import streamlit as st
 from cai_core.constitution import ConstitutionError, parse_constitution
 from cai_core.records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, columns
 from cai_core.store import TraceFilter
-from pages import connect, count, md_escape, setup, show_text, show_word_diff, when
+from ui.settings import connect, setup
+from ui.text import count, md_escape, show_text, show_word_diff, when
 
 settings = setup("Traces")
 ws = settings.workspace

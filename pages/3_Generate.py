@@ -13,21 +13,9 @@ from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
 from cai_core.workspace import OutsideWorkspace
-from pages import (
-    ACTIVE,
-    connect,
-    count,
-    job_buttons,
-    job_log,
-    job_status,
-    launch_job,
-    live_panel,
-    md_escape,
-    save_upload,
-    setup,
-    show_flash,
-    when,
-)
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import connect, save_upload, setup
+from ui.text import count, md_escape, show_flash, when
 
 settings = setup("Generate")
 ws = settings.workspace

@@ -19,22 +19,9 @@ import streamlit as st
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
 from cai_core.train.harness import config_from_dict, finished_model, form_label, latest_finished, reward_choices
-from pages import (
-    ACTIVE,
-    connect,
-    flash,
-    job_buttons,
-    job_log,
-    job_status,
-    launch_job,
-    live_panel,
-    local_path,
-    md_escape,
-    setup,
-    show_flash,
-    use_model,
-    when,
-)
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import connect, local_path, setup, use_model
+from ui.text import flash, md_escape, show_flash, when
 
 settings = setup("Train")
 ws = settings.workspace

@@ -14,7 +14,8 @@ import streamlit as st
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
 from cai_core.records import AnnotationItem, shown_swapped
 from cai_core.store import Store, StoreError
-from pages import connect, count, flash, md_escape, setup, show_flash, show_text, when
+from ui.settings import connect, setup
+from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Annotate")
 ws = settings.workspace

@@ -17,23 +17,9 @@ from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import PairFileError, looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
-from pages import (
-    ACTIVE,
-    connect,
-    count,
-    flash,
-    job_buttons,
-    job_log,
-    job_status,
-    launch_job,
-    live_panel,
-    md_escape,
-    save_upload,
-    setup,
-    show_flash,
-    show_text,
-    when,
-)
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import connect, save_upload, setup
+from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Agreement")
 ws = settings.workspace

@@ -14,22 +14,9 @@ from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models, prepare_
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
-from pages import (
-    ACTIVE,
-    connect,
-    count,
-    job_buttons,
-    job_log,
-    job_status,
-    launch_job,
-    live_panel,
-    md_escape,
-    model_choices,
-    setup,
-    show_flash,
-    show_text,
-    when,
-)
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import connect, model_choices, setup
+from ui.text import count, md_escape, show_flash, show_text, when
 
 settings = setup("Evaluate")
 ws = settings.workspace

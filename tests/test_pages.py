@@ -21,7 +21,8 @@ from cai_core.prompts import load_prompts
 from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store, TraceFilter
 from cai_core.workspace import PROJECT_ROOT, Workspace
-from pages import OTHER_MODEL, diff_html, side_by_side_html
+from ui.settings import OTHER_MODEL
+from ui.text import diff_html, side_by_side_html
 
 from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace, seeded_data
 
@@ -48,8 +49,9 @@ def open_page(page: str | None = None) -> AppTest:
 
 
 def texts(elements) -> str:
-    """The elements' text as the user reads it (messages escape markdown with backslashes)."""
-    return "\n".join(str(e.value) for e in elements).replace("\\", "")
+    """The elements' text as the user reads it (messages escape markdown with backslashes, and break links
+    with zero-width spaces)."""
+    return "\n".join(str(e.value) for e in elements).replace("\\", "").replace("\u200b", "")
 
 
 def type_model(at: AppTest, spec: str) -> None:
@@ -167,7 +169,19 @@ def test_the_printed_token_in_the_url_logs_in_and_leaves_the_address_bar(ws, ser
     assert not at.exception, at.exception
     assert {m.label: m.value for m in at.metric}["Traces"] == "2"
     assert "token" not in at.query_params
-    assert "Logged in as operator" in texts(at.sidebar.caption)
+    assert "Logged in as operator" in texts(at.sidebar.text)
+
+
+def test_a_server_started_by_hand_on_all_interfaces_shows_nothing(ws):
+    """`streamlit run app.py --server.address 0.0.0.0` bypasses `cai app`'s login: the pages refuse to draw."""
+    from streamlit import config
+
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+    finally:
+        config.set_option("server.address", None)
+    assert "start it with `cai app --host 0.0.0.0`" in texts(at.error) and not at.metric and not at.sidebar.children
 
 
 # --- constitution page ----------------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def test_model_choices_list_finished_generating_models_newest_first(workspace, t
     newer_ppo = finished("ppo-new", "train-ppo", 2.0)
     finished("rm-1", "train-rm", 3.0)  # scores, does not generate
     finished("dpo-gone", "train-dpo", 4.0, folder_exists=False)  # its folder was deleted
-    from pages import model_choices
+    from ui.settings import model_choices
 
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)

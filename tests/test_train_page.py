@@ -16,7 +16,7 @@ from cai_core.train import train
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
-from pages import OTHER_MODEL
+from ui.settings import OTHER_MODEL
 
 from .browser.seed import copy_constitutions, model_in_workspace, seeded_data
 

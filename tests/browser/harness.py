@@ -47,6 +47,8 @@ def running_app(data_dir: Path, constitutions_dir: Path, log_path: Path):
         "streamlit",
         "run",
         str(PROJECT_ROOT / "app.py"),
+        "--server.address",
+        "127.0.0.1",
         "--server.headless",
         "true",
         "--server.port",

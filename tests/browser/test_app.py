@@ -18,7 +18,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.store import Store, TraceFilter
 
 from .harness import settle, wait_for_app
-from .seed import FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT
+from .seed import FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -131,8 +131,10 @@ def test_hostile_trace_is_shown_literally_and_runs_nothing(page, app):
     assert remote == []
 
 
-def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_path, tmp_path):
-    prompts = tmp_path / "two.jsonl"
+def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_path):
+    # the browser names files inside the workspace only
+    tiny_model_path = model_in_workspace(tiny_model_path, app.workspace)
+    prompts = app.workspace.root / "two.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"Browser question {i}?"}) + "\n" for i in (1, 2)))
     runs_before = {job.run_id for job in list_job_folders(app.workspace.runs_dir)}
     open_page(page, app)  # the model is set once, on any page, and every page uses it

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from .conftest import App, app_launching_jobs
 from .harness import VIEWPORT, wait_for_app
+from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -35,6 +36,9 @@ def page(chromium, eval_app):
 def test_compare_two_models_read_the_charts_and_download_the_report(
     page, eval_app: App, tiny_model_path, second_tiny_model_path
 ):
+    # the browser names model folders inside the workspace only
+    tiny_model_path = model_in_workspace(tiny_model_path, eval_app.workspace)
+    second_tiny_model_path = model_in_workspace(second_tiny_model_path, eval_app.workspace)
     page.goto(f"{eval_app.url}/Evaluate")
     wait_for_app(page)
     expect(page.get_by_text("No results yet")).to_be_visible()

@@ -1,0 +1,97 @@
+"""The controls every page that launches background jobs shares: start once, cancel, resume, status with its
+progress and message, the log, and a panel that redraws itself while a job is active."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import streamlit as st
+
+from cai_core.jobs import JobFolder, Progress
+
+from .text import flash
+
+ACTIVE = ("pending", "running")
+REFRESH_SECONDS = 2
+STARTING_SECONDS = 60  # a launched job says "pending" until its process has imported torch and begun
+STATUS_ICONS = {
+    "pending": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/stop_circle:",
+}
+
+Starter = Callable[[JobFolder], object]
+"""Starts a job's process detached, e.g. `JobFolder.resume_in_background` or `cai_core.train.launch_train_job`."""
+
+
+def launch_job(job: JobFolder, start: Starter) -> bool:
+    """Start the job unless it is running, or this session launched it a moment ago and its process has not
+    begun reporting yet (starting it again would run it twice). True when it was started."""
+    status = job.progress().status
+    launched_at = st.session_state.get("launched_at", {}).get(job.run_id, 0)
+    if status == "running" or (status == "pending" and time.time() - launched_at < STARTING_SECONDS):
+        return False
+    start(job)
+    st.session_state.setdefault("launched_at", {})[job.run_id] = time.time()
+    return True
+
+
+def cancel_job(job: JobFolder) -> None:
+    job.request_cancel()
+    flash("info", f"Asked {job.run_id} to stop; what it has done so far is kept.")
+
+
+def resume_job(job: JobFolder, start: Starter) -> None:
+    start(job)
+    st.session_state.setdefault("launched_at", {})[job.run_id] = time.time()
+    flash("success", f"Resumed {job.run_id}; it continues where it stopped.")
+
+
+def job_status(job: JobFolder, progress: Progress, *, details: str, progress_text: str, show_message=True) -> None:
+    """The job's name, kind and status, a line of details, its progress bar, and its last message: a failure's
+    reason in full as literal text, anything else (where a cancelled job stopped, a score) as a caption."""
+    icon = STATUS_ICONS.get(progress.status, "")
+    st.markdown(f"{icon} **{progress.status}**")
+    st.text(f"{job.run_id} · {job.spec['kind']} · {details}")
+    st.progress(progress.fraction, text=progress_text)
+    if progress.status == "failed":
+        st.error("This run failed:", icon=":material/error:")
+        st.code(progress.message, language=None, wrap_lines=True)
+    elif progress.message and show_message:
+        st.text(progress.message)
+
+
+def job_buttons(job: JobFolder, progress: Progress, start: Starter, *, resumable: bool = True) -> None:
+    """Cancel while the job is active; Resume once it has failed or been cancelled (and `resumable`).
+
+    The action runs in the click's run and the whole page is then drawn again: inside a fragment a click
+    reruns only the fragment, and the flash message is drawn at the top of the page, outside it."""
+    if progress.status in ACTIVE and st.button("Cancel", key=f"cancel-{job.run_id}"):
+        cancel_job(job)
+        st.rerun()
+    elif progress.status in ("failed", "cancelled") and resumable and st.button("Resume", key=f"resume-{job.run_id}"):
+        resume_job(job, start)
+        st.rerun()
+
+
+def job_log(job: JobFolder, *, expanded: bool = False) -> None:
+    with st.expander("Log", expanded=expanded):
+        st.code(job.log_tail() or "(no output yet)", language=None)
+
+
+def live_panel(draw: Callable[[], bool], *, active: bool, refresh_key: str) -> None:
+    """Draw `draw()` (which returns whether any job is still active) and, while one is, redraw it every few
+    seconds. When the last one ends the whole page is redrawn once, which stops the redrawing; with none
+    active a Refresh button takes its place."""
+
+    @st.fragment(run_every=REFRESH_SECONDS if active else None)
+    def panel() -> None:
+        if not draw() and active:
+            st.rerun()
+
+    panel()
+    if not active:
+        st.button("Refresh", key=refresh_key)

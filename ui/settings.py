@@ -1,0 +1,205 @@
+"""What every page starts with: `settings = setup("Title")` configures the page, asks for a login where the
+server wants one (`cai app --host ...`), and draws the shared settings in the sidebar (data folder, database,
+model), each checked to stay inside the workspace; `connect` opens the store for one script run.
+
+These modules live outside `pages/`: Streamlit lists every file there as a page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from cai_core.auth import LOCAL_HOSTS, Access
+from cai_core.backends import DEFAULT_MODEL
+from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
+from cai_core.store import Store, StoreError
+from cai_core.workspace import OutsideWorkspace, Workspace
+
+from .text import md_escape
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Workspace
+    model: str
+    user: str | None  # who logged in; None where the app asks for no login (on 127.0.0.1)
+    endpoints: list[Endpoint]  # the OpenAI-compatible servers the operator listed: the only URLs a page may name
+
+    def model_spec(self, spec: str) -> str:
+        """A model typed on a page, checked as the sidebar's is (`browser_model_spec`)."""
+        return browser_model_spec(spec, self.workspace, self.endpoints)
+
+
+OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model spec
+
+
+def setup(title: str) -> Settings:
+    """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
+    sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
+    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
+    user = require_login()
+    env = Workspace.from_env()
+    ss = st.session_state
+    ss.setdefault("data_dir", str(env.root))
+    ss.setdefault("db_path", str(env.db_override or ""))
+    ss.setdefault("model_choice", DEFAULT_MODEL)
+    ss.setdefault("model_spec", "")
+    # Streamlit forgets a widget's value on a page that does not draw it; assigning the value to itself
+    # first makes these settings survive every page switch.
+    for key in ("data_dir", "db_path", "model_choice", "model_spec"):
+        ss[key] = ss[key]
+    with st.sidebar:
+        st.subheader("Settings")
+        st.text_input(
+            "Data folder",
+            key="data_dir",
+            help="Holds the database, job folders and converted models; inside the workspace "
+            f"({', '.join(map(str, env.browser_roots))}).",
+        )
+        st.text_input(
+            "Database file",
+            key="db_path",
+            placeholder="data folder/cai.duckdb",
+            help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
+        )
+    data_dir, db_path = ss["data_dir"].strip(), ss["db_path"].strip()
+    try:
+        # what the operator set stays allowed; anything typed here must lie inside the workspace
+        root = env.root if data_dir in ("", str(env.root)) else env.resolve_browser_path(data_dir)
+        workspace = Workspace(root)
+        if db_path:
+            same = env.db_override and db_path == str(env.db_override)
+            workspace = Workspace(
+                root, env.db_override if same else workspace.resolve_browser_path(db_path, suffixes=(".duckdb",))
+            )
+    except OutsideWorkspace as exc:
+        refuse(f"Settings: {exc}")
+    with connect(workspace) as store:
+        labels = model_choices(store)
+    try:
+        # the server's own data folder's list: a data folder switched to here lists nothing new
+        endpoints = load_endpoints(env.root)
+    except EndpointError as exc:
+        st.sidebar.error(md_escape(str(exc)))
+        endpoints = []
+    labels |= endpoint_choices(endpoints)
+    labels[OTHER_MODEL] = OTHER_MODEL
+    if ss["model_choice"] not in labels:
+        # a model this data folder does not know (another folder's, or set with `use_model`): kept as typed text
+        ss["model_spec"], ss["model_choice"] = ss["model_choice"], OTHER_MODEL
+    with st.sidebar:
+        st.selectbox(
+            "Model",
+            list(labels),
+            key="model_choice",
+            format_func=labels.get,
+            help="The backend of every page: the default model, a finished training run's model, a listed "
+            "endpoint's model, or any other spec.",
+        )
+        if ss["model_choice"] == OTHER_MODEL:
+            st.text_input(
+                "Model spec",
+                key="model_spec",
+                help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
+                "listed in endpoints.yaml.",
+            )
+    model = ss["model_spec"].strip() if ss["model_choice"] == OTHER_MODEL else ss["model_choice"]
+    try:
+        model = browser_model_spec(model or DEFAULT_MODEL, workspace, endpoints, labels)
+    except EndpointError as exc:
+        refuse(f"Model: {exc}")
+    if user:
+        with st.sidebar:
+            st.text(f"Logged in as {user}")
+            st.button("Log out", key="logout", on_click=ss.pop, args=("identity", None))
+    return Settings(workspace, model, user, endpoints)
+
+
+def refuse(message: str) -> None:
+    """Stop the page with a setting's error (nothing on the page may run with a refused setting)."""
+    st.error(md_escape(message))
+    st.stop()
+
+
+def require_login() -> str | None:
+    """Where the server asks for a login (`cai app --host ...`): the visitor's identity once logged in, by the
+    form or by `?token=` in the URL; until then the page shows the login form only and stops. None where no
+    login is asked."""
+    access = Access.from_env()
+    if not access.required:
+        address = st.get_option("server.address")
+        if address and address not in LOCAL_HOSTS:  # started by hand (`streamlit run`), not by `cai app --host`
+            refuse(f"This server listens on {address} with no login: start it with `cai app --host {address}`.")
+        return None
+    ss = st.session_state
+    if "identity" not in ss and "token" in st.query_params:
+        identity = access.login("", st.query_params["token"])
+        del st.query_params["token"]  # out of the address bar, the history and any link copied from it
+        if identity:
+            ss["identity"] = identity
+    if "identity" in ss:
+        return ss["identity"]
+    st.title("Log in")
+    with st.form("login_form"):
+        name = st.text_input("Name", key="login_name", help="Your login; leave it empty to log in with the token.")
+        secret = st.text_input("Password or token", key="login_secret", type="password")
+        if st.form_submit_button("Log in", key="login", type="primary"):
+            identity = access.login(name, secret)
+            if identity:
+                ss["identity"] = identity
+                st.rerun()
+            st.error("Wrong name, password or token.")
+    st.stop()
+
+
+def model_choices(store: Store) -> dict[str, str]:
+    """The models a page can pick as its backend, spec → label: `default`, then every finished trained model
+    whose folder still exists, newest first (reward models score; they do not generate or judge)."""
+    choices = {DEFAULT_MODEL: f"{DEFAULT_MODEL} (SmolLM2-135M-Instruct)"}
+    for model in store.trained_models(generating_only=True):
+        if Path(model.path).is_dir():
+            choices[model.path] = f"{model.kind.removeprefix('train-').upper()} · {model.run_id} · step {model.step}"
+    return choices
+
+
+def use_model(spec: str) -> None:
+    """Make `spec` every page's model. A widget callback: the sidebar's widgets may change only before they are
+    drawn, so call it through `on_click`."""
+    st.session_state["model_choice"] = spec
+
+
+def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path:
+    """Keep an uploaded file in the data folder's uploads/ (jobs read files, not uploads) under its own name."""
+    name = Path(upload.name).name
+    if Path(name).suffix not in suffixes:
+        raise OutsideWorkspace(f"{name}: expected a {' or '.join(suffixes)} file")
+    target = workspace.root / "uploads" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(upload.getvalue())
+    return target
+
+
+def local_path(spec: str) -> str:
+    """A path typed on a page, made absolute when it names something here: jobs run from the project
+    folder, which need not be where the app was started. Anything else (a hub id, `openai:...`) is kept.
+    Only the Train page still uses it: its paths are not yet held to the workspace, as the other pages' are
+    (`Workspace.resolve_browser_path`, `Settings.model_spec`)."""
+    return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+
+@contextmanager
+def connect(workspace: Workspace) -> Iterator[Store]:
+    """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
+    and the CLI need it too), after copying in whatever background jobs have spooled since the last run."""
+    try:
+        with Store.open(workspace) as store:
+            store.ingest(workspace.runs_dir)
+            yield store
+    except StoreError as exc:
+        st.error(md_escape(f"The database cannot be opened: {exc}"))
+        st.stop()
