@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import Self
 
 import duckdb
 import pandas as pd
@@ -177,7 +178,7 @@ class StoreCore:
 
     @classmethod
     @contextmanager
-    def open(cls, workspace: Workspace | str | Path, *, wait_seconds: float = 10.0) -> Iterator:
+    def open(cls, workspace: Workspace | str | Path, *, wait_seconds: float = 10.0) -> Iterator[Self]:
         path = workspace.db_path if isinstance(workspace, Workspace) else Path(workspace)
         con = _connect(path, wait_seconds)
         store = cls(con, path)
