@@ -1,6 +1,6 @@
 """Annotate: compare two responses to one prompt and say which is better, one pair at a time.
 
-Each annotator gets their own queue (`Store.annotation_queue`): never a pair they already labelled or
+Each annotator gets their own queue (`Store.next_annotation`): never a pair they already labelled or
 skipped, never one that already has the wanted number of labels. The sides are shuffled per annotator
 by the store, and the mapping back to the pair's own sides is recorded with the label, never shown.
 
@@ -150,8 +150,8 @@ with connect(ws) as store:
         previous = next(lb for lb in mine if lb.pair_id == reopened)
         item = shown_item(store, reopened, previous.shown_swapped)
     else:
-        # The pair on screen stays until this annotator labels it, even if others fill it meanwhile: taking
-        # the queue's head afresh on every rerun would swap it away under a half-made choice.
+        # The pair on screen stays until this annotator labels it (the store holds it for them meanwhile, so
+        # the overlap stays exact): taking the queue's head afresh would swap it away under a half-made choice.
         current = ss.get("current")
         item = None
         if current and current[0] == annotator and current[1] not in {lb.pair_id for lb in mine}:

@@ -8,10 +8,8 @@ import time
 from collections import Counter
 
 from cai_core.jobs import JobFolder
-from cai_core.records import Pair
+from cai_core.records import Pair, Trace, TraceStep, to_row
 from cai_core.store import Store
-
-from .test_store import spool_traces
 
 SESSIONS, LABELS_EACH, OVERLAP = 20, 50, 2
 
@@ -26,7 +24,10 @@ def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
     def background_job():
         batch = 0
         while not done.is_set():  # a generation job spooling traces and progress the whole time
-            spool_traces(JobFolder(job.path), 5, text=f"batch {batch}")
+            ids = [f"gen-busy:b{batch}:p{i}" for i in range(5)]
+            traces = [Trace(trace_id, "gen-busy", trace_id, "q", "", 0, "m", "C", "v1") for trace_id in ids]
+            job.append("traces", [to_row(t) for t in traces])
+            job.append("trace_steps", [to_row(TraceStep(t.trace_id, 0, None, None, "a", 1, 0, 1, 0.1)) for t in traces])
             job.set_progress("running", batch, 0)
             batch += 1
             time.sleep(0.1)
@@ -63,5 +64,6 @@ def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
         per_pair = Counter(label.pair_id for label in labels)
         assert max(per_pair.values()) == OVERLAP  # overlap exact: never a label more than wanted
         assert sum(n < OVERLAP for n in per_pair.values()) <= SESSIONS  # pairs are filled, not spread thin
-        assert store.count_traces() == len(JobFolder(job.path).read("traces"))  # the job lost nothing either
+        assert store.count_traces() == len(job.read("traces")) > 0  # the job lost nothing either
+        assert store.counts()["trace_steps"] == len(job.read("trace_steps"))
         assert store.ingest_problems() == []

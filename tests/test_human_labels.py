@@ -174,3 +174,24 @@ def test_simultaneous_edits_of_one_label_never_conflict(store_with_pairs, monkey
     with Store.open(store_with_pairs) as store:
         [final] = store.human_labels(pair_id="p00")
     assert final.rationale in {s.rationale for s in saved}
+
+
+def test_the_pair_on_an_annotators_screen_is_theirs_until_they_label_it(store_with_pairs, monkeypatch):
+    """Overlap 1: a pair handed to ann is not handed to bo meanwhile (before claims both got p00 and the pair
+    ended with two labels), stays ann's across reruns, and comes back to the queue if ann walks away."""
+    with Store.open(store_with_pairs) as store:
+        first = store.next_annotation("ann", overlap=1)
+        assert store.next_annotation("ann", overlap=1) == first  # a rerun shows the same pair
+        other = store.next_annotation("bo", overlap=1)
+        assert other.pair_id != first.pair_id
+        assert first.pair_id not in {i.pair_id for i in store.annotation_queue("cy", overlap=1, limit=20)}
+        assert store.annotation_progress("cy", overlap=1)["remaining"] == 18
+        store.save_human_label(first.label("ann", "a"))
+        following = store.next_annotation("ann", overlap=1)
+        assert following.pair_id not in (first.pair_id, other.pair_id)
+        assert store.undo_human_label("ann").pair_id == first.pair_id
+        assert store.next_annotation("ann", overlap=1).pair_id == first.pair_id  # the undone pair comes back
+        monkeypatch.setattr("cai_core.store.labels.CLAIM_SECONDS", -1.0)  # every claim has expired
+        assert store.annotation_queue("cy", overlap=1, limit=1)[0].pair_id == "p00"
+        store.save_human_label(other.label("bo", "b"))  # a label saved late is kept all the same
+        assert [label.annotator for label in store.human_labels(pair_id=other.pair_id)] == ["bo"]

@@ -15,6 +15,7 @@ COMMIT: writes are serialised, reads never wait, and a read inside `_write` is e
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import Self
 
 import duckdb
 import pandas as pd
@@ -179,7 +181,7 @@ class StoreCore:
 
     @classmethod
     @contextmanager
-    def open(cls, workspace: Workspace | str | Path, *, wait_seconds: float = 10.0) -> Iterator:
+    def open(cls, workspace: Workspace | str | Path, *, wait_seconds: float = 10.0) -> Iterator[Self]:
         path = workspace.db_path if isinstance(workspace, Workspace) else Path(workspace)
         con = _connect(path, wait_seconds)
         store = cls(con, path)
@@ -252,24 +254,37 @@ class StoreCore:
 
     def ingest(self, runs_dir: Path) -> int:
         """Copy every job's new records in; returns how many rows were new. Safe to call anytime, from any
-        number of sessions at once; what cannot be read is quarantined (see `ingest_problems`)."""
-        return sum(self.ingest_job(job) for job in list_job_folders(runs_dir))
+        number of sessions at once; what cannot be read is quarantined (see `ingest_problems`). With nothing
+        new it costs three queries and a stat per file, and writes nothing."""
+        runs = {row[0]: row for row in self.con.execute(f"SELECT {', '.join(columns(Run))} FROM runs").fetchall()}
+        offsets = dict(self.con.execute("SELECT path, bytes FROM ingest_offsets").fetchall())
+        job_problems = dict(  # what is known to be wrong with run.json and progress.json files
+            ((path, line), problem)
+            for path, line, problem in self.con.execute(
+                "SELECT path, line, problem FROM ingest_problems WHERE path LIKE '%.json'"
+            ).fetchall()
+        )
+        added = 0
+        for job in list_job_folders(runs_dir):
+            try:
+                run, constitution = _run_record(job)
+            except BadJobFile as exc:
+                if job_problems.get((str(exc.path.resolve()), exc.line)) != exc.problem:  # not written twice
+                    with self._write():
+                        self._quarantine(exc.path, exc.line, exc.problem)
+                continue
+            grown = [
+                (table, path)
+                for table in SPOOLED_TABLES
+                if (path := job.records_path(table)).exists()
+                and path.stat().st_size > offsets.get(str(path.resolve()), 0)
+            ]
+            if runs.get(run.run_id) != tuple(run.__dict__.values()):
+                self._store_run(job, run, constitution)
+            added += sum(self._ingest_file(path, table) for table, path in grown)
+        return added
 
-    def ingest_job(self, job: JobFolder) -> int:
-        try:
-            run, constitution = _run_record(job)
-        except BadJobFile as exc:
-            known = self._one(
-                "SELECT problem FROM ingest_problems WHERE path = ? AND line = ?", [str(exc.path.resolve()), exc.line]
-            )
-            if known is None or known[0] != exc.problem:  # a job still broken is not written again
-                with self._write():
-                    self._quarantine(exc.path, exc.line, exc.problem)
-            return 0
-        stored = self._one(f"SELECT {', '.join(columns(Run))} FROM runs WHERE run_id = ?", [run.run_id])
-        pending = [(table, path, offset) for table, path, offset in self._spooled_files(job) if offset is not None]
-        if stored == tuple(run.__dict__.values()) and not pending:
-            return 0  # nothing new: no write, no lock
+    def _store_run(self, job: JobFolder, run: Run, constitution: dict | None) -> None:
         with self._write():
             if constitution:
                 self._exec(
@@ -284,57 +299,51 @@ class StoreCore:
                 "DELETE FROM ingest_problems WHERE path IN (?, ?)",
                 [str((job.path / name).resolve()) for name in ("run.json", "progress.json")],
             )
-        return sum(self._ingest_file(path, table, offset) for table, path, offset in pending)
 
-    def _spooled_files(self, job: JobFolder) -> Iterator[tuple[str, Path, int | None]]:
-        """(table, file, offset read so far), the offset None when the file has nothing new."""
-        for table in SPOOLED_TABLES:
-            path = job.records_path(table)
-            if not path.exists():
-                continue
-            row = self._one("SELECT bytes FROM ingest_offsets WHERE path = ?", [str(path.resolve())])
-            offset = row[0] if row else 0
-            yield table, path, offset if path.stat().st_size > offset else None
-
-    def _ingest_file(self, path: Path, table: str, offset: int) -> int:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-        chunk = chunk[: chunk.rfind(b"\n") + 1]  # a torn last line waits for its writer
-        if not chunk:
-            return 0
-        record_type = SPOOLED_TABLES[table]
-        first_line = None  # the file's line number of the chunk's first line, counted only when needed
-        rows, problems = [], []
-        for n, line in enumerate(chunk.split(b"\n")[:-1]):
-            if not line.strip():
-                continue
-            try:
-                rows.append(_record_row(line, table, record_type))
-            except ValueError as exc:
-                first_line = first_line or _line_number(path, offset)
-                problems.append((first_line + n, str(exc)))
+    def _ingest_file(self, path: Path, table: str) -> int:
+        """Read a file's lines past its stored offset into its table. The offset is read under the write lock:
+        another session may have just read the same lines."""
         key = str(path.resolve())
-        try:
-            with self._write():
-                before = self._count(table)
-                if rows:
-                    frame, verb = pd.DataFrame(rows, columns=columns(record_type)), "INSERT OR IGNORE"
-                    if table in LATEST_WINS:
-                        frame, verb = frame.drop_duplicates(LATEST_WINS[table], keep="last"), "INSERT OR REPLACE"
-                    self._insert_frame(verb, table, frame)
-                for line, problem in problems:
-                    self._quarantine(path, line, problem)
-                self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
-                return self._count(table) - before
-        except (duckdb.ConstraintException, duckdb.ConversionException, duckdb.InvalidInputException) as exc:
-            # what the per-line checks did not foresee: keep the whole chunk out, named, and go on
-            first_line = first_line or _line_number(path, offset)
-            last_line = first_line + chunk.count(b"\n") - 1
-            with self._write():
-                self._quarantine(path, first_line, f"lines {first_line}-{last_line}: {str(exc).splitlines()[0]}")
-                self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
-            return 0
+        with self._lock:
+            row = self._one("SELECT bytes FROM ingest_offsets WHERE path = ?", [key])
+            offset = row[0] if row else 0
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # a torn last line waits for its writer
+            if not chunk:
+                return 0
+            record_type = SPOOLED_TABLES[table]
+            first_line = None  # the file's line number of the chunk's first line, counted only when needed
+            rows, problems = [], []
+            for n, line in enumerate(chunk.split(b"\n")[:-1]):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(_record_row(line, table, record_type))
+                except ValueError as exc:
+                    first_line = first_line or _line_number(path, offset)
+                    problems.append((first_line + n, str(exc)))
+            try:
+                with self._write():
+                    before = self._count(table)
+                    if rows:
+                        frame, verb = pd.DataFrame(rows, columns=columns(record_type)), "INSERT OR IGNORE"
+                        if table in LATEST_WINS:
+                            frame, verb = frame.drop_duplicates(LATEST_WINS[table], keep="last"), "INSERT OR REPLACE"
+                        self._insert_frame(verb, table, frame)
+                    for line, problem in problems:
+                        self._quarantine(path, line, problem)
+                    self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
+                    return self._count(table) - before
+            except (duckdb.ConstraintException, duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+                # what the per-line checks did not foresee: keep the whole chunk out, named, and go on
+                first_line = first_line or _line_number(path, offset)
+                last_line = first_line + chunk.count(b"\n") - 1
+                with self._write():
+                    self._quarantine(path, first_line, f"lines {first_line}-{last_line}: {str(exc).splitlines()[0]}")
+                    self._exec("INSERT OR REPLACE INTO ingest_offsets VALUES (?, ?)", [key, offset + len(chunk)])
+                return 0
 
     def _quarantine(self, path: Path, line: int, problem: str) -> None:
         self._exec(
@@ -404,6 +413,12 @@ def _run_record(job: JobFolder) -> tuple[Run, dict | None]:
 _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 
 
+@functools.cache
+def _field_types(record_type) -> dict[str, tuple[str, ...]]:
+    """Each field's type names as its annotation spells them: {"p_a": ("float", "None"), ...}."""
+    return {f.name: tuple(str(f.type).replace(" ", "").split("|")) for f in fields(record_type)}
+
+
 def _record_row(line: bytes, table: str, record_type) -> dict:
     """One spooled line as a row of its table, or ValueError saying what is wrong with it."""
     try:
@@ -412,18 +427,19 @@ def _record_row(line: bytes, table: str, record_type) -> dict:
         raise ValueError(f"not a JSON record: {exc}") from None
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, found {type(row).__name__}")
-    known = {f.name: f for f in fields(record_type)}
+    known = _field_types(record_type)
     unknown = sorted(set(row) - set(known))
     if unknown:
         raise ValueError(f"unknown field(s) for {table}: {', '.join(unknown)}")
-    for name, f in known.items():
+    for name, types_ in known.items():
         value = row.get(name)
-        types_ = str(f.type).replace(" ", "").split("|")
         if value is None:
             if "None" not in types_:
-                raise ValueError(f"field {name!r} is missing")
+                raise ValueError(f"field {name!r} is missing or null")
             continue
-        allowed = tuple(t for name_ in types_ for t in _JSON_TYPES.get(name_, ()))
+        if "int" in types_ and isinstance(value, float) and value.is_integer():
+            continue  # 3.0 for a step is a 3
+        allowed = tuple(t for type_ in types_ for t in _JSON_TYPES.get(type_, ()))
         if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
             raise ValueError(f"field {name!r}: expected {' or '.join(types_)}, found {type(value).__name__}")
         expected = CHECKED_VALUES.get((table, name))
