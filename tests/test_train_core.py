@@ -422,3 +422,31 @@ def test_the_browser_s_reward_choices_are_registry_models_and_registered_functio
     assert list(choices) == [rm.run_id, "tests.train_rewards:low_ids", "json:dumps"]
     assert choices[rm.run_id].startswith("reward model ") and latest_finished(runs, "rm") == rm.run_id
     assert latest_finished(runs, "sft") is None
+
+
+def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, workspace, tmp_path):
+    """Cross-entropy against P(chosen better): P = 0.9 learns the order, P = 0.5 (the judge cannot tell) keeps the
+    rewards level, where a hard loss would push them apart without end."""
+
+    def run(p, **kw):
+        rows = [{**r, "soft_label": p} for r in separable_pairs()]
+        data = write_jsonl(tmp_path / f"soft-{p}.jsonl", rows)
+        config = RewardConfig(model=tiny_model_path, dataset=data, loss="soft", max_steps=12, batch_size=8, **kw)
+        return train(config, workspace)
+
+    confident = run(0.9, learning_rate=3e-3)
+    assert list(metric(confident, "accuracy_heldout").values())[-1] > 0.8
+    assert "margin" not in json.loads((confident.path / "data-train.jsonl").read_text().splitlines()[0])
+    unsure = run(0.5, learning_rate=3e-3)
+    hard = train(
+        RewardConfig(model=tiny_model_path, dataset=write_jsonl(tmp_path / "hard.jsonl", separable_pairs()),
+                     margin_scale=0.0, max_steps=12, batch_size=8, learning_rate=3e-3),
+        workspace,
+    )  # fmt: skip
+    assert abs(metric(unsure, "margin")[12]) < 0.5 < abs(metric(hard, "margin")[12])
+
+    no_soft_labels = write_jsonl(tmp_path / "plain.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")}
+                                                             for r in separable_pairs()])  # fmt: skip
+    with pytest.raises(TrainError, match="soft loss needs soft labels") as refused:
+        prepare_train_job(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
+    assert refused.value.field == "loss"
