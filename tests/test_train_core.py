@@ -450,3 +450,62 @@ def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, w
     with pytest.raises(TrainError, match="soft loss needs soft labels") as refused:
         prepare_train_job(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
     assert refused.value.field == "loss"
+
+
+def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
+    tiny_model_path, workspace, prompts_file, sft_file
+):
+    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off."""
+    from tests.train_rewards import low_ids
+
+    config = PPOConfig(
+        model=tiny_model_path,
+        dataset=prompts_file,
+        reward_model="tests.train_rewards:low_ids",
+        max_steps=4,
+        batch_size=4,
+        grad_accum=2,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        learning_rate=1e-2,
+        save_steps=100,
+        lora=True,
+        lora_r=4,
+        lora_target_modules="q_proj,v_proj",
+        ptx_coef=0.5,
+        ptx_dataset=sft_file,
+    )
+    job = prepare_train_job(config, workspace)
+    assert len((job.path / "data-ptx.jsonl").read_text().splitlines()) == 16
+    calls = []
+
+    def cancel_on_the_second_step(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            job.request_cancel()
+        return low_ids(**kwargs)
+
+    run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
+    assert job.progress().status == "cancelled" and job.progress().done == 2
+    assert (job.path / "checkpoints" / "checkpoint-2" / "policy" / "adapter_config.json").exists()  # the adapter
+    run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
+    assert job.progress().status == "done", job.progress().message
+    kl, sft_loss = metric(job, "kl"), metric(job, "sft_loss")
+    assert sorted(sft_loss) == [1, 2, 3, 4] and all(v > 0 for v in sft_loss.values())
+    assert kl[1] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the identity: the policy is its reference
+    assert max(kl.values()) > 0
+    final = job.path / "final"
+    assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()  # merged
+
+
+def test_ppo_refuses_a_negative_alpha_and_lora_modules_the_model_lacks(tiny_model_path, workspace, prompts_file):
+    base = {"model": tiny_model_path, "dataset": prompts_file, "reward_model": "tests.train_rewards:low_ids"}
+    with pytest.raises(TrainError, match="0 or more") as refused:
+        prepare_train_job(PPOConfig(**base, ptx_coef=-0.1), workspace)
+    assert refused.value.field == "ptx_coef"
+    with pytest.raises(TrainError, match="c_attn: not linear modules of") as refused:
+        prepare_train_job(PPOConfig(**base, lora=True, lora_target_modules="q_proj,c_attn"), workspace)
+    assert refused.value.field == "lora_target_modules" and "q_proj" in str(refused.value)
+    with pytest.raises(TrainError, match="must divide the minibatch"):
+        prepare_train_job(PPOConfig(**base, batch_size=4, grad_accum=3), workspace)
+    assert not workspace.runs_dir.exists()

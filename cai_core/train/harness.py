@@ -170,6 +170,19 @@ class LoraOptions:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "label": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "label": "LoRA alpha"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={
+            "help": "The modules LoRA adapts: all-linear, or their names, comma-separated (q_proj,v_proj).",
+            "label": "LoRA modules",
+        },
+    )
+
+    @property
+    def lora_targets(self) -> str | list[str]:
+        if self.lora_target_modules == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
     def peft_config(self, task_type: str):
         if not self.lora:
@@ -180,9 +193,28 @@ class LoraOptions:
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=0.05,
-            target_modules="all-linear",
+            target_modules=self.lora_targets,
             task_type=task_type,
         )
+
+    def check_lora_targets(self, model_path: str) -> None:
+        """Refuse, before anything starts, LoRA modules the model does not have (built on the meta device: no
+        weights are read)."""
+        if not self.lora or self.lora_targets == "all-linear":
+            return
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = [t for t in self.lora_targets if t not in linear]
+        if missing or not self.lora_targets:
+            raise TrainError(
+                f"{', '.join(missing) or 'none given'}: not linear modules of {model_path}; it has "
+                f"{', '.join(sorted(linear))}",
+                "lora_target_modules",
+            )
 
 
 def device_count() -> tuple[int, str]:
@@ -333,6 +365,8 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
     config.check()
+    if isinstance(config, LoraOptions):
+        config.check_lora_targets(resolve_model(config.model, ws))
     try:
         frames = config.build_data(ws)
     except (OSError, KeyError, ValueError) as exc:
