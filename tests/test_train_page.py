@@ -92,7 +92,7 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
     assert not at.exception and not at.error, texts(at.error)
     frame = table(at)
     assert frame["status"][0] == "done" and frame["model folder or reason"][0] == str(job.path / "final")
-    assert frame["loss"].notna().all()
+    assert frame["loss (last step)"].notna().all()
     assert at.get("plotly_chart")
     assert str(job.path / "final") in texts(at.code)
     at.button(key=f"train_use-{job.run_id}").click().run()

@@ -197,11 +197,12 @@ class LoraOptions:
             task_type=task_type,
         )
 
-    def check_lora_targets(self, model_path: str) -> None:
+    def check_lora_targets(self, ws: Workspace) -> None:
         """Refuse, before anything starts, LoRA modules the model does not have (built on the meta device: no
         weights are read)."""
         if not self.lora or self.lora_targets == "all-linear":
             return
+        model_path = resolve_model(self.model, ws)
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -366,7 +367,7 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     ws = ws or Workspace.from_env()
     config.check()
     if isinstance(config, LoraOptions):
-        config.check_lora_targets(resolve_model(config.model, ws))
+        config.check_lora_targets(ws)
     try:
         frames = config.build_data(ws)
     except (OSError, KeyError, ValueError) as exc:
