@@ -2,6 +2,7 @@
 cancels, resumes and fails the way the registry expects."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -190,6 +191,7 @@ def test_dpo_runs_on_the_preference_export(tiny_model_path, labelled_store):
 def test_reward_model_accuracy_is_measured_on_human_labels(tiny_model_path, labelled_store):
     job = train(RewardConfig(model=tiny_model_path, max_steps=2, batch_size=8, learning_rate=1e-3), labelled_store)
     assert "people's labels" in job.progress().message and len(metric(job, "accuracy_human")) == 1
+    assert {"ece_human", "reward_long_human"} <= {r["name"] for r in job.read("train_metrics")}
     train_rows = [json.loads(line) for line in (job.path / "data-train.jsonl").read_text().splitlines()]
     assert len(train_rows) == 20  # the four human-labelled pairs are kept out of training
     assert {round(r["margin"], 3) for r in train_rows} == {0.8, 0.6}
@@ -509,3 +511,14 @@ def test_ppo_refuses_a_negative_alpha_and_lora_modules_the_model_lacks(tiny_mode
     with pytest.raises(TrainError, match="must divide the minibatch"):
         prepare_train_job(PPOConfig(**base, batch_size=4, grad_accum=3), workspace)
     assert not workspace.runs_dir.exists()
+
+
+def test_reward_model_evaluation_by_hand():
+    from cai_core.train.reward import evaluation
+
+    result = evaluation([2.0, 1.0, 0.0], [0.0, 2.0, 0.0], ([10, 20, 30], [40, 50, 60]))
+    assert result["accuracy"] == pytest.approx(1 / 3)  # a tie is not a win
+    confident, wrong = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1))
+    assert result["ece"] == pytest.approx(((1 - confident) + wrong + 0.5) / 3)
+    # answers by length: 10, 20 | 30, 40 | 50, 60 tokens, with rewards 2, 1 | 0, 0 | 2, 0
+    assert (result["reward_short"], result["reward_medium"], result["reward_long"]) == (1.5, 0.0, 1.0)

@@ -10,7 +10,10 @@ Two losses for the AI's soft labels (P, the judge's probability that the chosen 
 Accuracy is always out of sample. On people's labels when the store has any: human-labelled pairs are kept
 out of training, and when every pair has a human label (hh-rlhf imports), a share of them (`eval_fraction`)
 is held out. Else on a held-out split of the training pairs. The run's message and the metric's name
-(`accuracy_human` or `accuracy_heldout`) say which; with nothing held out, the message says so.
+(`accuracy_human` or `accuracy_heldout`) say which; with nothing held out, the message says so. Beside the
+accuracy: the calibration error of P(chosen better) = σ(r_chosen - r_rejected) (`ece_*`) and the mean reward
+of short, medium and long answers (`reward_short_*`, ...), since a reward that grows with length is the
+classic hack.
 """
 
 from __future__ import annotations
@@ -121,12 +124,14 @@ def train(ctx: RunContext) -> None:
             data = ctx.dataset(split)
             if data is None:
                 continue
-            result = trainer.evaluate(eval_dataset=data)
-            accuracy = result["eval_accuracy"]
-            step = trainer.state.global_step
-            ctx.log_metrics(step, {f"accuracy_{label}": accuracy, f"eval_loss_{label}": result["eval_loss"]})
+            chosen, rejected = pair_rewards(trainer.model, tokenizer, data, c.max_length)
+            result = evaluation(chosen, rejected, answer_lengths(tokenizer, data))
+            ctx.log_metrics(trainer.state.global_step, {f"{name}_{label}": v for name, v in result.items()})
             which = "people's labels" if label == "human" else "a held-out split of the training pairs"
-            return f"accuracy {accuracy:.3f} on {len(data)} pairs of {which}, none trained on"
+            return (
+                f"accuracy {result['accuracy']:.3f} on {len(data)} pairs of {which}, none trained on; "
+                f"calibration error {result['ece']:.3f}"
+            )
         return "no accuracy: no pairs were held out (every pair was used for training)"
 
     run_trainer(ctx, trainer, tokenizer, evaluate)
@@ -135,7 +140,7 @@ def train(ctx: RunContext) -> None:
 def soft_label_trainer():
     """TRL's RewardTrainer with the cross-entropy against P(chosen better): the `soft_label` column rides
     through TRL's collator beside its inputs, and the loss is recomputed from the same rewards (TRL's own
-    metrics, accuracy and margin, are kept). Evaluation pairs carry no soft label and keep TRL's loss."""
+    metrics, accuracy and margin, are kept)."""
     import torch
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -167,6 +172,71 @@ def soft_label_trainer():
             return (loss, outputs) if return_outputs else loss
 
     return SoftLabelRewardTrainer
+
+
+# --- the reward model's evaluation on held-out pairs --------------------------------------------------------
+
+
+def _chat(turns) -> list[dict]:
+    return list(turns) if not isinstance(turns, str) else [{"role": "user", "content": turns}]
+
+
+def _answer(turns) -> str:
+    return turns if isinstance(turns, str) else turns[-1]["content"]
+
+
+def pair_rewards(model, tokenizer, data, max_length: int, batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """The model's reward for each pair's chosen and for its rejected answer, scored as training saw them."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "right"  # the classifier reads the last token that is not padding
+    scores = {}
+    for side in ("chosen", "rejected"):
+        chats = [_chat(r["prompt"]) + [{"role": "assistant", "content": _answer(r[side])}] for r in data]
+        texts = tokenizer.apply_chat_template(chats, tokenize=False)
+        scores[side] = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length, add_special_tokens=False).to(device)  # fmt: skip
+            with torch.no_grad():
+                scores[side] += model(**batch).logits[:, 0].float().tolist()
+    return scores["chosen"], scores["rejected"]
+
+
+def answer_lengths(tokenizer, data) -> tuple[list[int], list[int]]:
+    return tuple(
+        [len(tokenizer(_answer(r[side]), add_special_tokens=False).input_ids) for r in data]
+        for side in ("chosen", "rejected")
+    )
+
+
+def evaluation(chosen: list[float], rejected: list[float], lengths: tuple[list[int], list[int]]) -> dict[str, float]:
+    """Accuracy (the chosen answer scored higher), expected calibration error of P(chosen better) = σ(Δ) over
+    10 confidence bins, and the mean reward of short, medium and long answers (terciles of length in
+    tokens): a reward that grows with length is the classic hack."""
+    import numpy as np
+
+    gap = np.array(chosen) - np.array(rejected)
+    p = 1 / (1 + np.exp(-gap))
+    correct = (gap > 0).astype(float)
+    confidence = np.maximum(p, 1 - p)
+    bins = np.minimum(((confidence - 0.5) * 20).astype(int), 9)
+    ece = sum(
+        (bins == b).mean() * abs(correct[bins == b].mean() - confidence[bins == b].mean())
+        for b in range(10)
+        if (bins == b).any()
+    )
+    rewards, tokens = np.array(chosen + rejected), np.array(lengths[0] + lengths[1])
+    edges = np.quantile(tokens, [1 / 3, 2 / 3])
+    tercile = np.searchsorted(edges, tokens, side="right")
+    by_length = {
+        f"reward_{name}": float(rewards[tercile == i].mean())
+        for i, name in enumerate(("short", "medium", "long"))
+        if (tercile == i).any()
+    }
+    return {"accuracy": float(correct.mean()), "ece": float(ece), **by_length}
 
 
 CONFIGS = (RewardConfig,)
