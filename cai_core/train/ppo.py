@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -115,6 +116,16 @@ class PPOConfig(LoraOptions, TrainConfig):
                              "num_minibatches")  # fmt: skip
         if self.temperature <= 0:
             raise TrainError("must be above 0: PPO needs sampled answers", "temperature")
+        if self.accelerate_config:
+            import yaml
+
+            launch = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")) or {}
+            if launch.get("distributed_type") in ("FSDP", "DEEPSPEED"):
+                raise TrainError(
+                    f"{self.accelerate_config} asks for {launch['distributed_type']}: PPO here is data parallel "
+                    "only (use a MULTI_GPU config, and --lora for large models)",
+                    "accelerate_config",
+                )
         if not self.ptx_coef >= 0:
             raise TrainError(f"is {self.ptx_coef}: it must be 0 or more", "ptx_coef")
         if (self.batch_size // self.num_minibatches) % self.grad_accum:
