@@ -413,10 +413,14 @@ def test_the_browser_s_reward_choices_are_registry_models_and_registered_functio
         assert reward_choices(store.train_runs()) == {}
     monkeypatch.setenv("CAI_REWARD_FUNCTIONS", "tests.train_rewards:low_ids, not a spec ,json:dumps")
     rm = train(
-        RewardConfig(model=tiny_model_path, dataset=write_jsonl(workspace.root / "p.jsonl", separable_pairs(8)),
-                     max_steps=1, batch_size=4),
+        RewardConfig(
+            model=tiny_model_path,
+            dataset=write_jsonl(workspace.root / "p.jsonl", separable_pairs(8)),
+            max_steps=1,
+            batch_size=4,
+        ),
         workspace,
-    )  # fmt: skip
+    )
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         runs = store.train_runs()
@@ -441,14 +445,21 @@ def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, w
     assert "margin" not in json.loads((confident.path / "data-train.jsonl").read_text().splitlines()[0])
     unsure = run(0.5, learning_rate=3e-3)
     hard = train(
-        RewardConfig(model=tiny_model_path, dataset=write_jsonl(tmp_path / "hard.jsonl", separable_pairs()),
-                     margin_scale=0.0, max_steps=12, batch_size=8, learning_rate=3e-3),
+        RewardConfig(
+            model=tiny_model_path,
+            dataset=write_jsonl(tmp_path / "hard.jsonl", separable_pairs()),
+            margin_scale=0.0,
+            max_steps=12,
+            batch_size=8,
+            learning_rate=3e-3,
+        ),
         workspace,
-    )  # fmt: skip
+    )
     assert abs(metric(unsure, "margin")[12]) < 0.5 < abs(metric(hard, "margin")[12])
 
-    no_soft_labels = write_jsonl(tmp_path / "plain.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")}
-                                                             for r in separable_pairs()])  # fmt: skip
+    no_soft_labels = write_jsonl(
+        tmp_path / "plain.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in separable_pairs()]
+    )
     with pytest.raises(TrainError, match="soft loss needs soft labels") as refused:
         prepare_train_job(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
     assert refused.value.field == "loss"

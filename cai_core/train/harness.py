@@ -547,9 +547,8 @@ def rank_command(job: JobFolder, ws: Workspace) -> list[str]:
     config = job.spec["config"]
     nproc = config.get("nproc", 1)
     if config.get("accelerate_config"):
-        processes = ["--num_processes", str(nproc)] if nproc > 1 else []
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config["accelerate_config"],
-                *processes, *worker]  # fmt: skip
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config["accelerate_config"]]
+        return [*launch, *(["--num_processes", str(nproc)] if nproc > 1 else []), *worker]
     port = ["--master_port", str(_free_port())]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *port, *worker]
 

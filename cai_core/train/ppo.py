@@ -112,8 +112,9 @@ class PPOConfig(LoraOptions, TrainConfig):
         if not self.reward_model:
             raise TrainError("PPO needs a reward (a reward model or a function)", "reward_model")
         if self.batch_size % self.num_minibatches:
-            raise TrainError(f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})",
-                             "num_minibatches")  # fmt: skip
+            raise TrainError(
+                f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})", "num_minibatches"
+            )
         if self.temperature <= 0:
             raise TrainError("must be above 0: PPO needs sampled answers", "temperature")
         if self.accelerate_config:

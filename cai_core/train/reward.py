@@ -198,8 +198,14 @@ def pair_rewards(model, tokenizer, data, max_length: int, batch_size: int = 16) 
         texts = tokenizer.apply_chat_template(chats, tokenize=False)
         scores[side] = []
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                              max_length=max_length, add_special_tokens=False).to(device)  # fmt: skip
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=False,
+            ).to(device)
             with torch.no_grad():
                 scores[side] += model(**batch).logits[:, 0].float().tolist()
     return scores["chosen"], scores["rejected"]
