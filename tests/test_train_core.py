@@ -506,7 +506,7 @@ def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
     kl, sft_loss = metric(job, "kl"), metric(job, "sft_loss")
     assert sorted(sft_loss) == [1, 2, 3, 4] and all(v > 0 for v in sft_loss.values())
     assert kl[1] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the identity: the policy is its reference
-    assert max(kl.values()) > 0
+    assert max(abs(v) for v in kl.values()) > 1e-3  # then it moves away (a sampled estimate: either sign)
     final = job.path / "final"
     assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()  # merged
 

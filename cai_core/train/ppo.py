@@ -354,6 +354,8 @@ def train(ctx: RunContext) -> None:
     c: PPOConfig = ctx.config
     own_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not distributed()
     if own_group:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL works on the current device
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed() else (1, 0)
     try:
