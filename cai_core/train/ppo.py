@@ -124,7 +124,7 @@ class PPOConfig(LoraOptions, TrainConfig):
             if launch.get("distributed_type") in ("FSDP", "DEEPSPEED"):
                 raise TrainError(
                     f"{self.accelerate_config} asks for {launch['distributed_type']}: PPO here is data parallel "
-                    "only (use a MULTI_GPU config, and --lora for large models)",
+                    "only (use a MULTI_GPU config, and LoRA for large models)",
                     "accelerate_config",
                 )
         if not self.ptx_coef >= 0:
