@@ -293,8 +293,7 @@ def runs_panel() -> bool:
             show_message=progress.message != f"model in {model}",  # the folder is shown below
         )
         with st.container(horizontal=True):
-            # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
-            job_buttons(job, progress, start, resumable=(job.path / "data-train.jsonl").exists())
+            job_buttons(job, progress, start)
             if (
                 model
                 and spec["kind"] != "train-rm"
