@@ -370,9 +370,9 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
         config.check_lora_targets(ws)
     try:
         frames = config.build_data(ws)
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, TrainError):
-            raise
+    except TrainError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:  # an unreadable file, a missing column: said in one line
         raise TrainError(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from None
     payloads = {
         split: frame.to_json(orient="records", lines=True, force_ascii=False) for split, frame in frames.items()
