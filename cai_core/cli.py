@@ -518,8 +518,10 @@ def cmd_train(args, ws: Workspace) -> int:
         from .train import launch_train_job
 
         launch_train_job(job, ws)
-        print(f"started {job.run_id} in the background; follow it with `cai train list`, stop it with "
-              f"`cai cancel {job.run_id}`")  # fmt: skip
+        print(
+            f"started {job.run_id} in the background; follow it with `cai train list`, stop it with "
+            f"`cai cancel {job.run_id}`"
+        )
         return 0
     return _train_in_foreground(job, ws)
 

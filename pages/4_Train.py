@@ -35,6 +35,7 @@ KEY_METRICS = {
     "kl": "KL to the reference",
     "accuracy_human": "RM accuracy: held-out people's labels",
     "accuracy_heldout": "RM accuracy: held-out split of its pairs",
+    "ece_human": "RM calibration error: held-out people's labels",
     "accuracy": "RM accuracy: last training batch",
     "rewards/accuracies": "DPO: chosen ranked first, last training batch",
     "rewards/margins": "DPO: reward margin, last training batch",
@@ -157,6 +158,20 @@ def registry_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def rm_evaluation_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """A reward model's evaluation on its held-out pairs (`cai_core.train.reward.evaluation`), one row a split."""
+    last = metrics.groupby("name")["value"].last()
+    rows = []
+    for label, title in (("human", "people's labels"), ("heldout", "held-out split of its pairs")):
+        if f"accuracy_{label}" in last:
+            row = {"held-out pairs": title, "accuracy": last[f"accuracy_{label}"]}
+            row["calibration error (ECE)"] = last.get(f"ece_{label}")
+            for size in ("short", "medium", "long"):
+                row[f"mean reward, {size} answers"] = last.get(f"reward_{size}_{label}")
+            rows.append(row)
+    return pd.DataFrame(rows).round(4)
+
+
 def metric_chart(frame: pd.DataFrame, name: str):
     fig = px.line(frame, x="step", y="value", markers=len(frame) <= 30, title=name)
     fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, showlegend=False, yaxis_title=None)
@@ -265,8 +280,7 @@ def runs_panel() -> bool:
             show_message=progress.message != f"model in {model}",  # the folder is shown below
         )
         with st.container(horizontal=True):
-            # a run that failed while being prepared has no data to resume with: fixing its config makes a new run
-            job_buttons(job, progress, start, resumable=(job.path / "data-train.jsonl").exists())
+            job_buttons(job, progress, start)
             if (
                 model
                 and spec["kind"] != "train-rm"
@@ -285,6 +299,9 @@ def runs_panel() -> bool:
             st.caption("Model folder (a model spec for every page):")
             st.code(model, language=None)
 
+        if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
+            st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")
+            st.dataframe(evaluation, hide_index=True, key="train_rm_evaluation")
         names = [n for n in dict.fromkeys(metrics["name"]) if n not in HIDDEN_METRICS and not n.startswith("train_")]
         if names:
             names = [n for n in KEY_METRICS if n in names] + [n for n in names if n not in KEY_METRICS]

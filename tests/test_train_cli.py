@@ -12,9 +12,11 @@ from safetensors import safe_open
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.cli import main
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.train import TrainError, launch_command, prepare_train_job
+from cai_core.train import TrainError, config_class, launch_command, load_config_file, prepare_train_job
 from cai_core.train.harness import rank_command
+from cai_core.train.ppo import PPOConfig
 from cai_core.train.sft import SFTConfig
+from cai_core.workspace import PROJECT_ROOT
 
 
 def sft_data(tmp_path):
@@ -223,4 +225,14 @@ def test_bad_process_counts_and_accelerate_configs_are_refused_before_anything_s
     assert f"--accelerate-config: {absent}: no such file" in capsys.readouterr().err
     with pytest.raises(TrainError, match="at least 1"):
         SFTConfig(nproc=0).check()
+    fsdp = str(PROJECT_ROOT / "examples" / "train" / "accelerate-fsdp.yaml")
+    with pytest.raises(TrainError, match="accelerate_config: .*FSDP"):
+        PPOConfig(reward_model="tests.train_rewards:low_ids", accelerate_config=fsdp).check()
+    SFTConfig(accelerate_config=fsdp).check()
     assert not workspace.runs_dir.exists()
+
+
+@pytest.mark.parametrize("kind", ["ppo", "sft"])
+def test_the_example_one_gpu_configs_load(kind):
+    config = load_config_file(config_class(kind), PROJECT_ROOT / "examples" / "train" / f"{kind}-one-gpu.yaml")
+    assert config.lora and config.dtype == "auto"

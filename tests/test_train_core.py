@@ -2,6 +2,7 @@
 cancels, resumes and fails the way the registry expects."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -190,6 +191,7 @@ def test_dpo_runs_on_the_preference_export(tiny_model_path, labelled_store):
 def test_reward_model_accuracy_is_measured_on_human_labels(tiny_model_path, labelled_store):
     job = train(RewardConfig(model=tiny_model_path, max_steps=2, batch_size=8, learning_rate=1e-3), labelled_store)
     assert "people's labels" in job.progress().message and len(metric(job, "accuracy_human")) == 1
+    assert {"ece_human", "reward_long_human"} <= {r["name"] for r in job.read("train_metrics")}
     train_rows = [json.loads(line) for line in (job.path / "data-train.jsonl").read_text().splitlines()]
     assert len(train_rows) == 20  # the four human-labelled pairs are kept out of training
     assert {round(r["margin"], 3) for r in train_rows} == {0.8, 0.6}
@@ -413,10 +415,14 @@ def test_the_browser_s_reward_choices_are_registry_models_and_registered_functio
         assert reward_choices(store.train_runs()) == {}
     monkeypatch.setenv("CAI_REWARD_FUNCTIONS", "tests.train_rewards:low_ids, not a spec ,json:dumps")
     rm = train(
-        RewardConfig(model=tiny_model_path, dataset=write_jsonl(workspace.root / "p.jsonl", separable_pairs(8)),
-                     max_steps=1, batch_size=4),
+        RewardConfig(
+            model=tiny_model_path,
+            dataset=write_jsonl(workspace.root / "p.jsonl", separable_pairs(8)),
+            max_steps=1,
+            batch_size=4,
+        ),
         workspace,
-    )  # fmt: skip
+    )
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         runs = store.train_runs()
@@ -424,3 +430,108 @@ def test_the_browser_s_reward_choices_are_registry_models_and_registered_functio
     assert list(choices) == [rm.run_id, "tests.train_rewards:low_ids", "json:dumps"]
     assert choices[rm.run_id].startswith("reward model ") and latest_finished(runs, "rm") == rm.run_id
     assert latest_finished(runs, "sft") is None
+
+
+def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, workspace, tmp_path):
+    """Cross-entropy against P(chosen better): P = 0.9 learns the order, P = 0.5 (the judge cannot tell) keeps the
+    rewards level, where a hard loss would push them apart without end."""
+
+    def run(p, **kw):
+        rows = [{**r, "soft_label": p} for r in separable_pairs()]
+        data = write_jsonl(tmp_path / f"soft-{p}.jsonl", rows)
+        config = RewardConfig(model=tiny_model_path, dataset=data, loss="soft", max_steps=12, batch_size=8, **kw)
+        return train(config, workspace)
+
+    confident = run(0.9, learning_rate=3e-3)
+    assert list(metric(confident, "accuracy_heldout").values())[-1] > 0.8
+    assert "margin" not in json.loads((confident.path / "data-train.jsonl").read_text().splitlines()[0])
+    unsure = run(0.5, learning_rate=3e-3)
+    hard = train(
+        RewardConfig(
+            model=tiny_model_path,
+            dataset=write_jsonl(tmp_path / "hard.jsonl", separable_pairs()),
+            margin_scale=0.0,
+            max_steps=12,
+            batch_size=8,
+            learning_rate=3e-3,
+        ),
+        workspace,
+    )
+    assert abs(metric(unsure, "margin")[12]) < 0.5 < abs(metric(hard, "margin")[12])
+
+    no_soft_labels = write_jsonl(
+        tmp_path / "plain.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in separable_pairs()]
+    )
+    with pytest.raises(TrainError, match="soft loss needs soft labels") as refused:
+        prepare_train_job(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
+    assert refused.value.field == "loss"
+
+
+def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
+    tiny_model_path, workspace, prompts_file, sft_file
+):
+    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off."""
+    from tests.train_rewards import low_ids
+
+    config = PPOConfig(
+        model=tiny_model_path,
+        dataset=prompts_file,
+        reward_model="tests.train_rewards:low_ids",
+        max_steps=4,
+        batch_size=4,
+        grad_accum=2,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        learning_rate=1e-2,
+        save_steps=100,
+        lora=True,
+        lora_r=4,
+        lora_target_modules="q_proj,v_proj",
+        ptx_coef=0.5,
+        ptx_dataset=sft_file,
+    )
+    job = prepare_train_job(config, workspace)
+    assert len((job.path / "data-ptx.jsonl").read_text().splitlines()) == 16
+    calls = []
+
+    def cancel_on_the_second_step(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            job.request_cancel()
+        return low_ids(**kwargs)
+
+    run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
+    assert job.progress().status == "cancelled" and job.progress().done == 2
+    assert (job.path / "checkpoints" / "checkpoint-2" / "policy" / "adapter_config.json").exists()  # the adapter
+    run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
+    assert job.progress().status == "done", job.progress().message
+    kl, sft_loss = metric(job, "kl"), metric(job, "sft_loss")
+    assert sorted(sft_loss) == [1, 2, 3, 4] and all(v > 0 for v in sft_loss.values())
+    assert kl[1] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the identity: the policy is its reference
+    assert max(abs(v) for v in kl.values()) > 1e-3  # then it moves away (a sampled estimate: either sign)
+    final = job.path / "final"
+    assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()  # merged
+
+
+def test_ppo_refuses_a_negative_alpha_and_lora_modules_the_model_lacks(tiny_model_path, workspace, prompts_file):
+    base = {"model": tiny_model_path, "dataset": prompts_file, "reward_model": "tests.train_rewards:low_ids"}
+    with pytest.raises(TrainError, match="0 or more") as refused:
+        prepare_train_job(PPOConfig(**base, ptx_coef=-0.1), workspace)
+    assert refused.value.field == "ptx_coef"
+    with pytest.raises(TrainError, match="c_attn: not linear modules of") as refused:
+        prepare_train_job(PPOConfig(**base, lora=True, lora_target_modules="q_proj,c_attn"), workspace)
+    assert refused.value.field == "lora_target_modules" and "q_proj" in str(refused.value)
+    with pytest.raises(TrainError, match="must divide the minibatch"):
+        prepare_train_job(PPOConfig(**base, batch_size=4, grad_accum=3), workspace)
+    assert not workspace.runs_dir.exists()
+
+
+def test_reward_model_evaluation_by_hand():
+    from cai_core.train.reward import evaluation
+
+    result = evaluation([2.0, 1.0, 0.0], [0.0, 2.0, 0.0], ([10, 20, 30], [40, 50, 60]))
+    assert result["accuracy"] == pytest.approx(1 / 3)  # a tie is not a win
+    confident, wrong = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1))
+    assert result["ece"] == pytest.approx(((1 - confident) + wrong + 0.5) / 3)
+    # answers by length: 10, 20 | 30, 40 | 50, 60 tokens, with rewards 2, 1 | 0, 0 | 2, 0
+    assert (result["reward_short"], result["reward_medium"], result["reward_long"]) == (1.5, 0.0, 1.0)

@@ -49,7 +49,7 @@ def texts(elements) -> str:
 
 
 def table(at: AppTest):
-    [frame] = [d.value for d in at.dataframe]
+    [frame] = [d.value for d in at.dataframe if "run" in d.value.columns]  # the registry
     return frame
 
 
@@ -93,7 +93,7 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
     assert not at.exception and not at.error, texts(at.error)
     frame = table(at)
     assert frame["status"][0] == "done" and frame["model folder or reason"][0] == str(job.path / "final")
-    assert frame["loss"].notna().all()
+    assert frame["loss (last step)"].notna().all()
     assert at.get("plotly_chart")
     assert str(job.path / "final") in texts(at.code)
     at.button(key=f"train_use-{job.run_id}").click().run()
@@ -153,6 +153,8 @@ def test_the_training_chain_offers_its_previous_stages(ws, tiny_model_path, tmp_
     assert "RM accuracy: held-out split of its pairs" in frame.columns and "accuracy" not in frame.columns
     at.selectbox(key="train_run").set_value(rm.run_id).run()
     assert not [b for b in at.button if b.key == f"train_use-{rm.run_id}"]
+    evaluations = [d.value for d in at.dataframe if "calibration error (ECE)" in d.value.columns]
+    assert evaluations and list(evaluations[0]["held-out pairs"]) == ["held-out split of its pairs"]
     at.selectbox(key="train_run").set_value(sft.run_id).run()
     assert [b for b in at.button if b.key == f"train_use-{sft.run_id}"]
 

@@ -170,6 +170,19 @@ class LoraOptions:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "label": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "label": "LoRA alpha"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={
+            "help": "The modules LoRA adapts: all-linear, or their names, comma-separated (q_proj,v_proj).",
+            "label": "LoRA modules",
+        },
+    )
+
+    @property
+    def lora_targets(self) -> str | list[str]:
+        if self.lora_target_modules == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
     def peft_config(self, task_type: str):
         if not self.lora:
@@ -180,9 +193,29 @@ class LoraOptions:
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=0.05,
-            target_modules="all-linear",
+            target_modules=self.lora_targets,
             task_type=task_type,
         )
+
+    def check_lora_targets(self, ws: Workspace) -> None:
+        """Refuse, before anything starts, LoRA modules the model does not have (built on the meta device: no
+        weights are read)."""
+        if not self.lora or self.lora_targets == "all-linear":
+            return
+        model_path = resolve_model(self.model, ws)
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = [t for t in self.lora_targets if t not in linear]
+        if missing or not self.lora_targets:
+            raise TrainError(
+                f"{', '.join(missing) or 'none given'}: not linear modules of {model_path}; it has "
+                f"{', '.join(sorted(linear))}",
+                "lora_target_modules",
+            )
 
 
 def device_count() -> tuple[int, str]:
@@ -333,11 +366,13 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
     config.check()
+    if isinstance(config, LoraOptions):
+        config.check_lora_targets(ws)
     try:
         frames = config.build_data(ws)
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, TrainError):
-            raise
+    except TrainError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:  # an unreadable file, a missing column: said in one line
         raise TrainError(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from None
     payloads = {
         split: frame.to_json(orient="records", lines=True, force_ascii=False) for split, frame in frames.items()
@@ -434,16 +469,24 @@ class RunContext:
         return bool(flag.item())
 
     def report_rank(self, model, step: int) -> None:
-        """Every rank says it ran and which weights it ended with (equal on every rank when the gradients
-        were synchronised): one line each in ranks.jsonl."""
+        """Every rank says it ran and which weights it ended with (equal on every rank when the gradients were
+        synchronised): one line each in ranks.jsonl. The fingerprint reads each tensor's first 4096 values and
+        its sum, not every byte (a 7B model's weights would be copied to the CPU); sharded weights (FSDP)
+        differ by rank by design and get none."""
+        import torch
         import torch.distributed as dist
 
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
+            if hasattr(tensor, "to_local"):
+                digest = None
+                break
             digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+            digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+            digest.update(str(torch.sum(tensor.detach(), dtype=torch.float64).item()).encode())
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.job.append("ranks", [{"rank": rank(), "world_size": world, "step": step, "weights": digest.hexdigest()}])
+        weights = digest.hexdigest() if digest else None
+        self.job.append("ranks", [{"rank": rank(), "world_size": world, "step": step, "weights": weights}])
 
     def finish(self, model_path: Path, step: int, message: str = "") -> None:
         if not self.main:
@@ -512,9 +555,8 @@ def rank_command(job: JobFolder, ws: Workspace) -> list[str]:
     config = job.spec["config"]
     nproc = config.get("nproc", 1)
     if config.get("accelerate_config"):
-        processes = ["--num_processes", str(nproc)] if nproc > 1 else []
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config["accelerate_config"],
-                *processes, *worker]  # fmt: skip
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config["accelerate_config"]]
+        return [*launch, *(["--num_processes", str(nproc)] if nproc > 1 else []), *worker]
     port = ["--master_port", str(_free_port())]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *port, *worker]
 

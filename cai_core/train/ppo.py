@@ -19,11 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from ..workspace import Workspace
 from .harness import (
+    LoraOptions,
     RunContext,
     TrainConfig,
     TrainError,
@@ -38,7 +40,7 @@ from .harness import (
 
 
 @dataclass
-class PPOConfig(TrainConfig):
+class PPOConfig(LoraOptions, TrainConfig):
     kind = "ppo"
     summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
 
@@ -89,19 +91,58 @@ class PPOConfig(TrainConfig):
         },
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping.", "label": "Max gradient norm"})
+    ptx_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "α of L = L_RL + α·L_SFT: the SL-CAI loss on the revisions added to each update (InstructGPT's "
+            "PPO-ptx); 0: none.",
+            "label": "SFT loss weight α",
+        },
+    )
+    ptx_dataset: str = field(
+        default="store",
+        metadata={
+            "help": "The SFT data for α: store (the SL-CAI revisions) or a messages or prompt/completion file.",
+            "label": "SFT data for α",
+        },
+    )
 
     def check(self) -> None:
         super().check()
         if not self.reward_model:
             raise TrainError("PPO needs a reward (a reward model or a function)", "reward_model")
         if self.batch_size % self.num_minibatches:
-            raise TrainError(f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})",
-                             "num_minibatches")  # fmt: skip
+            raise TrainError(
+                f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})", "num_minibatches"
+            )
         if self.temperature <= 0:
             raise TrainError("must be above 0: PPO needs sampled answers", "temperature")
+        if self.accelerate_config:
+            import yaml
+
+            launch = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")) or {}
+            if launch.get("distributed_type") in ("FSDP", "DEEPSPEED"):
+                raise TrainError(
+                    f"{self.accelerate_config} asks for {launch['distributed_type']}: PPO here is data parallel "
+                    "only (use a MULTI_GPU config, and LoRA for large models)",
+                    "accelerate_config",
+                )
+        if not self.ptx_coef >= 0:
+            raise TrainError(f"is {self.ptx_coef}: it must be 0 or more", "ptx_coef")
+        if (self.batch_size // self.num_minibatches) % self.grad_accum:
+            raise TrainError(
+                f"is {self.grad_accum}: it must divide the minibatch ({self.batch_size // self.num_minibatches} "
+                "rollouts)",
+                "grad_accum",
+            )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
-        return {"train": prompt_rows(self.dataset, ws)}
+        data = {"train": prompt_rows(self.dataset, ws)}
+        if self.ptx_coef > 0:
+            from .sft import SFTConfig
+
+            data["ptx"] = SFTConfig(dataset=self.ptx_dataset).build_data(ws)["train"]
+        return data
 
 
 # --- tensor helpers ---------------------------------------------------------------------------------
@@ -201,17 +242,30 @@ class _Models:
         value_start = (
             resolve_model(c.value_model, ctx.ws) if c.value_model else (reward if isinstance(reward, str) else base)
         )
-        policy_path = resume_from / "policy" if resume_from else base
         value_path = resume_from / "value" if resume_from else value_start
-        self.policy = AutoModelForCausalLM.from_pretrained(policy_path).to(self.device)
-        self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
+        if c.lora:
+            # the reference is the policy with its adapter switched off: one copy of the base weights
+            from peft import PeftModel, get_peft_model
+
+            self.policy = AutoModelForCausalLM.from_pretrained(base)
+            if resume_from:
+                self.policy = PeftModel.from_pretrained(self.policy, resume_from / "policy", is_trainable=True)
+            else:
+                self.policy = get_peft_model(self.policy, c.peft_config("CAUSAL_LM"))
+            self.policy.to(self.device)
+            self.ref = None
+        else:
+            policy_path = resume_from / "policy" if resume_from else base
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_path).to(self.device)
+            self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
         self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1).to(self.device)
         if c.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
             self.value.gradient_checkpointing_enable()
         # dropout off everywhere: PPO's ratios compare the same function before and after an update
         for model in (self.policy, self.ref, self.value):
-            model.eval()
+            if model is not None:
+                model.eval()
         if distributed():  # a fresh value head is random: every rank starts from rank 0's weights
             import torch.distributed as dist
 
@@ -232,7 +286,15 @@ class _Models:
 
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
+
+    def reference(self):
+        """The frozen reference model, as a context: the policy with its LoRA adapter off, or the copy."""
+        import contextlib
+
+        if self.ref is None:
+            return self.policy.disable_adapter()
+        return contextlib.nullcontext(self.ref)
 
 
 def _forward_policy(model, input_ids, attention_mask, context: int, temperature: float):
@@ -292,6 +354,8 @@ def train(ctx: RunContext) -> None:
     c: PPOConfig = ctx.config
     own_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not distributed()
     if own_group:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL works on the current device
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed() else (1, 0)
     try:
@@ -316,6 +380,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, kl_control.beta = state["step"], state["beta"]
     prompts = list(ctx.dataset("train")["prompt"])
+    ptx = SFTBatches(ctx.dataset("ptx"), tok, c.max_length) if c.ptx_coef > 0 else None
     eos = tok.eos_token_id
     ctx.progress(step)
     while step < c.max_steps:
@@ -328,7 +393,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
         indices = batch_indices(step, c.batch_size * world, len(prompts), c.seed)
         batch_prompts = [prompts[i] for i in indices[rank * c.batch_size : (rank + 1) * c.batch_size]]
         torch.manual_seed(c.seed * 100003 + step + 7919 * rank)
-        metrics = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos, world)
+        metrics = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos, world, ptx)
         step += 1
         metrics["beta"] = kl_control.beta
         metrics["episodes"] = step * c.batch_size * world
@@ -343,7 +408,14 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
 
 
 def _ppo_step(
-    c: PPOConfig, models: _Models, optimizer, kl_control: AdaptiveKL, prompts: list, eos: int, world: int
+    c: PPOConfig,
+    models: _Models,
+    optimizer,
+    kl_control: AdaptiveKL,
+    prompts: list,
+    eos: int,
+    world: int,
+    ptx: SFTBatches | None,
 ) -> dict:
     import torch
 
@@ -375,7 +447,8 @@ def _ppo_step(
 
     with torch.no_grad(), models.autocast():
         old_logprobs, _ = _forward_policy(models.policy, input_ids, attention, context, c.temperature)
-        ref_logprobs, _ = _forward_policy(models.ref, input_ids, attention, context, c.temperature)
+        with models.reference() as ref:
+            ref_logprobs, _ = _forward_policy(ref or models.policy, input_ids, attention, context, c.temperature)
         old_values = _forward_value(models.value, input_ids, attention, context)
     answer_ids = [a[:n].tolist() for a, n in zip(answers, lengths, strict=True)]
     answer_texts = tok.batch_decode(answer_ids, skip_special_tokens=True)
@@ -392,35 +465,46 @@ def _ppo_step(
     advantages, returns = gae(rewards, old_values, answer_mask, c.gamma, c.lam)
     advantages = masked_whiten(advantages, answer_mask)
 
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approxkl", "entropy")}
+    names = ("policy_loss", "value_loss", "clipfrac", "approxkl", "entropy") + (("sft_loss",) if ptx else ())
+    stats: dict[str, list[float]] = {k: [] for k in names}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     size = c.batch_size // c.num_minibatches
     for _ in range(c.ppo_epochs):
-        for idx in torch.randperm(c.batch_size).split(size):
-            mask = answer_mask[idx]
-            with models.autocast():
-                logprobs, entropy = _forward_policy(
-                    models.policy, input_ids[idx], attention[idx], context, c.temperature
-                )
-                values = _forward_value(models.value, input_ids[idx], attention[idx], context)
-            ratio = (logprobs - old_logprobs[idx]).exp()
-            pg_plain = -advantages[idx] * ratio
-            pg_clipped = -advantages[idx] * ratio.clamp(1 - c.cliprange, 1 + c.cliprange)
-            policy_loss = masked_mean(torch.max(pg_plain, pg_clipped), mask)
-            values_clipped = old_values[idx] + (values - old_values[idx]).clamp(-c.cliprange_value, c.cliprange_value)
-            value_loss = 0.5 * masked_mean(
-                torch.max((values - returns[idx]) ** 2, (values_clipped - returns[idx]) ** 2), mask
-            )
+        for minibatch in torch.randperm(c.batch_size).split(size):
             optimizer.zero_grad()
-            (policy_loss + c.vf_coef * value_loss).backward()
-            average_gradients(p for g in optimizer.param_groups for p in g["params"])
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], c.max_grad_norm)
+            # gradient accumulation: the minibatch's update, from grad_accum smaller passes
+            for idx in minibatch.split(size // c.grad_accum):
+                mask = answer_mask[idx]
+                with models.autocast():
+                    logprobs, entropy = _forward_policy(
+                        models.policy, input_ids[idx], attention[idx], context, c.temperature
+                    )
+                    values = _forward_value(models.value, input_ids[idx], attention[idx], context)
+                ratio = (logprobs - old_logprobs[idx]).exp()
+                pg_plain = -advantages[idx] * ratio
+                pg_clipped = -advantages[idx] * ratio.clamp(1 - c.cliprange, 1 + c.cliprange)
+                policy_loss = masked_mean(torch.max(pg_plain, pg_clipped), mask)
+                values_clipped = old_values[idx] + (values - old_values[idx]).clamp(
+                    -c.cliprange_value, c.cliprange_value
+                )
+                value_loss = 0.5 * masked_mean(
+                    torch.max((values - returns[idx]) ** 2, (values_clipped - returns[idx]) ** 2), mask
+                )
+                loss = policy_loss + c.vf_coef * value_loss
+                if ptx:
+                    sft_loss = _sft_loss(models, ptx.sample(len(idx)))
+                    loss = loss + c.ptx_coef * sft_loss
+                    stats["sft_loss"].append(sft_loss.item())
+                (loss / c.grad_accum).backward()
+                with torch.no_grad():
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["clipfrac"].append(masked_mean((pg_clipped > pg_plain).float(), mask).item())
+                    stats["approxkl"].append(0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, mask).item())
+                    stats["entropy"].append(masked_mean(entropy, mask).item())
+            average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["clipfrac"].append(masked_mean((pg_clipped > pg_plain).float(), mask).item())
-                stats["approxkl"].append(0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, mask).item())
-                stats["entropy"].append(masked_mean(entropy, mask).item())
 
     sequence_kl = sum_over_ranks(kl.sum(1).sum().detach()).item() / (len(prompts) * world)
     kl_control.update(sequence_kl, c.batch_size * world)
@@ -435,6 +519,41 @@ def _ppo_step(
     # every rank's mean, averaged (ranks hold equal numbers of rollouts)
     means = sum_over_ranks(torch.tensor(list(local.values()), dtype=torch.float64, device=scores.device)) / world
     return {"kl": sequence_kl, **dict(zip(local, means.tolist(), strict=True))}
+
+
+class SFTBatches:
+    """The supervised term's examples (prompt/completion conversations), tokenised once; batches are drawn with
+    torch's generator, which each step seeds, so that a resumed run draws what the killed one would have."""
+
+    def __init__(self, data, tok, max_length: int):
+        self.examples = []
+        for row in data:
+            prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+            prompt_len = len(tok(prompt, add_special_tokens=False).input_ids)
+            ids = tok(full, add_special_tokens=False).input_ids[:max_length]
+            self.examples.append((ids, min(prompt_len, len(ids))))
+        self.pad = tok.pad_token_id
+
+    def sample(self, n: int):
+        import torch
+
+        picked = [self.examples[i] for i in torch.randint(len(self.examples), (n,)).tolist()]
+        width = max(len(ids) for ids, _ in picked)
+        input_ids = torch.full((n, width), self.pad)
+        labels = torch.full((n, width), -100)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        for row, (ids, prompt_len) in enumerate(picked):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+            labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])  # the loss on the answer only
+        return input_ids, attention, labels
+
+
+def _sft_loss(models: _Models, batch):
+    input_ids, attention, labels = (t.to(models.device) for t in batch)
+    with models.autocast():
+        return models.policy(input_ids=input_ids, attention_mask=attention, labels=labels).loss.float()
 
 
 def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, beta: float) -> None:

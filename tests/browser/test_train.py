@@ -45,11 +45,24 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     selected = page.locator(".st-key-train_selected")
     # .first: when the run ends the page redraws itself whole, and the old panel lingers for a moment
     expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3").first).to_be_visible(timeout=60_000)
-    expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible()
-    expect(selected.locator(".main-svg").first).to_be_visible()  # plotly has drawn the curve
+    # the curves come with the redraw after the run ends: slow on a busy machine
+    expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=30_000)
+    expect(selected.locator(".main-svg").first).to_be_visible(timeout=30_000)  # plotly has drawn the curve
     [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
     assert job.progress().status == "done"
     expect(selected.get_by_text(str(job.path / "final"), exact=True).first).to_be_visible()
     # no error anywhere on the page, neither a message nor an exception
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+    # the chain goes on from here: PPO starts from this SFT model, and asks for a reward model from a list
+    page.locator(".st-key-train_kind").get_by_text("PPO", exact=True).click()
+    expect(page.locator(".st-key-train_ppo_model input")).to_have_value(job.run_id, timeout=30_000)
+    expect(page.get_by_text("No reward model yet: train one on the RM tab first.")).to_be_visible()
+    expect(page.locator(".st-key-train_ppo_reward_model input")).to_have_count(1)  # a select box, not a text box
+    expect(page.get_by_text("KL target", exact=True)).to_have_count(1)  # labels in words, in "All settings"
+    expect(page.get_by_text("Kl target", exact=True)).to_have_count(0)
+    page.locator(".st-key-train_start button").click()
+    expect(page.get_by_text("Not started: Reward model: PPO needs a reward")).to_be_visible(timeout=30_000)
+    kinds = [j.spec["kind"] for j in list_job_folders(train_app.workspace.runs_dir)]
+    assert [k for k in kinds if k.startswith("train-")] == ["train-sft"]  # the refused start recorded nothing
