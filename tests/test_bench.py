@@ -10,4 +10,4 @@ def test_bench_generate_runs_both_sides_on_the_same_token_budget(tiny_model_path
     assert result["speedup"] > 0 and result["roofline_tokens_per_s"] > 0
     fraction = result["pipeline_tokens_per_s"] / result["roofline_tokens_per_s"]
     assert result["pipeline_fraction_of_roofline"] == pytest.approx(fraction, abs=1e-3)
-    assert result["dtype"] == "torch.float32"
+    assert result["dtype"] == "float32" and result["engine"] == "hf"

@@ -68,6 +68,8 @@ class VLLMBackend:
                 dtype=self.dtype,
                 seed=0,
                 enable_prefix_caching=True,
+                # CAI_VLLM_EAGER=1 skips torch.compile: a start-up a minute shorter on a CPU, slower steps (tests)
+                enforce_eager=os.environ.get("CAI_VLLM_EAGER") == "1",
                 **(options if on_gpu else {}),
             )
         except Exception as exc:
