@@ -100,7 +100,7 @@ def check_engines(model: str, ws: Workspace) -> None:
         report("engines", note=f"vLLM is not installed ({vllm_missing()}): transformers only")
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
     pairs = [
-        Pair(f"p{i}", "Human: " + c[0]["content"], "Here is a careful, helpful answer.", "No.", "gpu-check")
+        Pair(f"p{i}", "Human: " + c[0]["content"], "Gladly: step by step.", "No.", "import", "gpu", i, "a", "b")
         for i, c in enumerate(CHATS * 8)
     ]
     items = [(p, constitution.enabled_principles[0]) for p in pairs]
@@ -164,7 +164,8 @@ def check_training(model: str, ws: Workspace, scratch: Path) -> None:
         )
     )
     prompts = scratch / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": c[0]["content"]}) + "\n" for c in CHATS * 4))
+    lines = [json.dumps({"id": f"p{i}", "prompt": c[0]["content"]}) for i, c in enumerate(CHATS * 4)]
+    prompts.write_text("\n".join(lines) + "\n")
     runs = {
         "sft": {"dataset": str(sft), "max_steps": 5},
         "dpo": {"dataset": str(prefs), "max_steps": 5},

@@ -225,7 +225,8 @@ def cmd_jobs(args, ws: Workspace) -> int:
         print(f"no runs under {ws.runs_dir}")
     for job in jobs:
         p = job.progress()
-        print(f"{job.run_id:<24} {job.spec['kind']:<10} {p.status:<10} {p.done:>6}/{p.total:<6} {p.message}")
+        kind, engines = job.spec["kind"], job.engines() or "-"
+        print(f"{job.run_id:<24} {kind:<10} {engines:<6} {p.status:<10} {p.done:>6}/{p.total:<6} {p.message}")
     return 0
 
 

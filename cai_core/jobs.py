@@ -140,6 +140,14 @@ class JobFolder:
         if engines != spec.get("engines"):
             write_json_atomic(self.path / "run.json", {**spec, "engines": engines})
 
+    def engines(self) -> str:
+        """Which engines ran the job's models, for display: "vllm", "vllm, then hf", or per model when they
+        differ ("policy vllm; judge hf"); "" before any model was loaded."""
+        engines = self.spec.get("engines", {})
+        if len({tuple(seen) for seen in engines.values()}) == 1:
+            return ", then ".join(next(iter(engines.values())))
+        return "; ".join(f"{role} {', then '.join(seen)}" for role, seen in engines.items())
+
     # --- progress and control ----------------------------------------------------------------
 
     def set_progress(self, status: str, done: int, total: int, message: str = "") -> None:

@@ -39,12 +39,12 @@ CHATS = [
 
 @pytest.fixture(scope="session")
 def hf(default_model_path):
-    return load_backend("hf:default", dtype="float32")
+    return load_backend(f"hf:{default_model_path}", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def vllm(default_model_path):
-    return load_backend("vllm:default", dtype="float32")
+    return load_backend(f"vllm:{default_model_path}", dtype="float32")
 
 
 def test_both_engines_give_the_same_greedy_text_in_fp32(hf, vllm):
@@ -53,7 +53,7 @@ def test_both_engines_give_the_same_greedy_text_in_fp32(hf, vllm):
     assert [g.text for g in theirs] == [g.text for g in ours]
     assert [g.prompt_tokens for g in theirs] == [g.prompt_tokens for g in ours]
     assert [g.completion_tokens for g in theirs] == [g.completion_tokens for g in ours]
-    assert vllm.engine == "vllm" and vllm.name == hf.name == "SmolLM2-135M-Instruct"
+    assert vllm.engine == "vllm" and vllm.name == hf.name
 
 
 def test_sampling_honours_seed_and_lengths(vllm):
@@ -85,7 +85,7 @@ def test_the_judges_p_a_agrees_between_engines_on_50_hh_rlhf_pairs(hf, vllm):
     assert len({round(v.p_a, 3) for v in theirs}) > 10  # real, varied judgments
 
 
-def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, workspace, tmp_path):
+def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, default_model_path, workspace, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": c[0]["content"]}) + "\n" for i, c in enumerate(CHATS))
@@ -93,7 +93,7 @@ def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, workspace, tmp_
     config = GenerateConfig(
         constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"),
         prompts=str(prompts),
-        model="vllm:default",
+        model=f"vllm:{default_model_path}",  # the session's engine
         rounds=1,
         max_new_tokens=8,
         temperature=0.0,
@@ -107,9 +107,10 @@ def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, workspace, tmp_
     assert len(steps) == 3 * len(CHATS)
     # as if killed after the answers: the rounds are redone on transformers, under the same run id
     job.records_path("trace_steps").write_text("".join(steps[: len(CHATS)]))
-    job = run_generation(GenerateConfig(**{**vars(config), "model": "hf:default"}), workspace)
+    job = run_generation(GenerateConfig(**{**vars(config), "model": f"hf:{default_model_path}"}), workspace)
     assert job.progress().status == "done" and len(job.read("trace_steps")) == 3 * len(CHATS)
     assert job.spec["engines"] == {"policy": ["vllm", "hf"], "critic": ["vllm", "hf"]}
+    assert job.engines() == "vllm, then hf"
 
 
 def test_a_folder_vllm_cannot_load_is_named_with_the_engine(tmp_path):

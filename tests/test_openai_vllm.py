@@ -40,7 +40,7 @@ def fleet(default_model_path):
 
 @pytest.fixture(scope="module")
 def hf(default_model_path):
-    return load_backend("hf:default", dtype="float32")
+    return load_backend(f"hf:{default_model_path}", dtype="float32")
 
 
 def test_generation_through_a_real_server_equals_the_local_engine(fleet, hf):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..workspace import Workspace
 from .base import Backend, BackendError, Chat, Generation, SamplingParams
-from .default_model import ensure_default_model
+from .default_model import FOLDER_NAME, ensure_default_model
 
 DEFAULT_MODEL = "default"
 
@@ -76,24 +76,27 @@ def load_backend(
     `calls`: how many model calls the caller expects to make, for the `auto` engine's rule."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    workspace = workspace or Workspace.from_env()
     engine, model = split_engine(spec)
     if model.startswith("openai:"):
         if engine != "auto":
             raise BackendError(f"bad model spec {spec!r}: an openai: server runs its own engine; drop {engine}:")
-        return _load("openai", model, "", dtype)
+        return _load("openai", model, dtype)
+    if model == DEFAULT_MODEL:
+        # the models folder matters only here: any other spec names one folder, whichever the workspace
+        model = str(ensure_default_model((workspace or Workspace.from_env()).models_dir))
+    else:
+        model = os.path.expanduser(model)
     if engine == "auto":
         engine = _auto_engine(calls)
-    models_dir = str(workspace.models_dir)
-    if engine == "vllm" and spec != model:  # asked for by name: a failure is the caller's to see
-        return _load("vllm", model, models_dir, dtype)
+    if engine == "vllm" and spec.startswith("vllm:"):  # asked for by name: a failure is the caller's to see
+        return _load("vllm", model, dtype)
     if engine == "vllm" and (model, dtype) not in _vllm_failed:
         try:
-            return _load("vllm", model, models_dir, dtype)
+            return _load("vllm", model, dtype)
         except BackendError as exc:
             _vllm_failed.add((model, dtype))  # tried once per process: a start-up costs tens of seconds
             _say_once(f"engine auto: {exc}. Running on transformers instead.")
-    return _load("hf", model, models_dir, dtype)
+    return _load("hf", model, dtype)
 
 
 _vllm_failed: set[tuple[str, str]] = set()
@@ -108,6 +111,7 @@ def _auto_engine(calls: int | None) -> str:
     if missing:
         _say_once(f"engine auto: vLLM is not installed here ({missing}), so jobs run on transformers; {INSTALL_HINT}")
         return "hf"
+    _say_once(f"engine auto: vLLM ({calls} model calls; transformers below {AUTO_VLLM_MIN_CALLS})")
     return "vllm"
 
 
@@ -117,22 +121,21 @@ def _say_once(message: str) -> None:
 
 
 @lru_cache(maxsize=4)
-def _load(engine: str, spec: str, models_dir: str, dtype: str) -> Backend:
+def _load(engine: str, model: str, dtype: str) -> Backend:
     if engine == "openai":
         from .openai_compat import OpenAICompatBackend
 
-        model, urls = parse_openai_spec(spec)
-        return OpenAICompatBackend(model, urls, api_key=os.environ.get("OPENAI_API_KEY"))
-    path = str(ensure_default_model(Path(models_dir))) if spec == DEFAULT_MODEL else os.path.expanduser(spec)
+        name, urls = parse_openai_spec(model)
+        return OpenAICompatBackend(name, urls, api_key=os.environ.get("OPENAI_API_KEY"))
     torch_dtype = None if dtype == "auto" else dtype
     if engine == "vllm":
         from .vllm import VLLMBackend
 
-        backend = VLLMBackend(path, dtype=torch_dtype)
+        backend = VLLMBackend(model, dtype=torch_dtype)
     else:
         from .hf import HFBackend
 
-        backend = HFBackend(path, dtype=torch_dtype)
-    if spec == DEFAULT_MODEL:
-        backend.name = "SmolLM2-135M-Instruct"
+        backend = HFBackend(model, dtype=torch_dtype)
+    if Path(model).name == FOLDER_NAME:  # records name the default model so, wherever it was converted
+        backend.name = FOLDER_NAME
     return backend

@@ -148,7 +148,9 @@ class VLLMBackend:
                     wanted.setdefault(tuple(prefix + ids[:k]), set()).add(token)
         contexts = list(wanted)
         params = [
-            vllm.SamplingParams(temperature=0.0, max_tokens=1, logprobs=0, logprob_token_ids=sorted(wanted[c]))
+            vllm.SamplingParams(
+                temperature=0.0, max_tokens=1, logprobs=len(wanted[c]), logprob_token_ids=sorted(wanted[c])
+            )
             for c in contexts
         ]
         outputs = self._run([list(c) for c in contexts], params)
