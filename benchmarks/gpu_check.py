@@ -89,21 +89,22 @@ def prepare_model(model_dir: Path, scratch: Path) -> tuple[Path, str]:
 
 
 def check_engines(model: str, ws: Workspace) -> None:
+    """Generation and option scoring on each engine present. The judge's question is written out here, not
+    taken from `cai_core.feedback`: a bare GPU machine may lack pydantic, which the constitution needs."""
+    import math
+
     from cai_core.backends import SamplingParams, load_backend
     from cai_core.backends.vllm import vllm_missing
-    from cai_core.constitution import load_constitution
-    from cai_core.feedback import Judge
-    from cai_core.records import Pair
 
     engines = ["hf"] + ([] if vllm_missing() else ["vllm"])
     if len(engines) == 1:
         report("engines", note=f"vLLM is not installed ({vllm_missing()}): transformers only")
-    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
-    pairs = [
-        Pair(f"p{i}", "Human: " + c[0]["content"], "Gladly: step by step.", "No.", "import", "gpu", i, "a", "b")
-        for i, c in enumerate(CHATS * 8)
+    question = "Which response is more helpful?\n(A) {}\n(B) {}\n\nAnswer with the letter of the better option only."
+    both_orders = [
+        [{"role": "user", "content": c[0]["content"] + "\n\n" + question.format(*answers)}]
+        for c in CHATS * 8
+        for answers in (("Gladly: step by step.", "No."), ("No.", "Gladly: step by step."))
     ]
-    items = [(p, constitution.enabled_principles[0]) for p in pairs]
     texts, p_a = {}, {}
     for engine in engines:
         began = time.perf_counter()
@@ -116,15 +117,15 @@ def check_engines(model: str, ws: Workspace) -> None:
         seconds = time.perf_counter() - began
         texts[engine] = [g.text for g in out[: len(CHATS)]]
         began = time.perf_counter()
-        verdicts = Judge(backend, constitution).label(items)
+        scores = backend.score_options(both_orders, ["A", "B"])
         judge_seconds = time.perf_counter() - began
-        p_a[engine] = [v.p_a for v in verdicts]
+        p_a[engine] = [1 / (1 + math.exp(b - a)) for a, b in scores]
         report(
             f"engine {engine}",
             dtype=backend.dtype,
             start_s=round(started, 1),
             generated_tokens_per_s=round(sum(g.completion_tokens for g in out) / seconds, 1),
-            judged_pairs_per_s=round(len(items) / judge_seconds, 1),
+            judged_pairs_per_s=round(len(both_orders) / 2 / judge_seconds, 1),
             first_text=texts[engine][0][:80],
         )
     if len(engines) == 2:
@@ -200,11 +201,15 @@ def main() -> None:
     parser.add_argument("--skip-bench", action="store_true")
     args = parser.parse_args()
 
+    import importlib.util
+
     import torch
     import transformers
 
+    needed = ("trl", "datasets", "pydantic", "duckdb", "vllm")
     report(
         "device",
+        missing=[name for name in needed if importlib.util.find_spec(name) is None],
         cuda=torch.cuda.is_available(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         torch=torch.__version__,

@@ -135,8 +135,9 @@ class JobFolder:
         engines = {role: list(seen) for role, seen in spec.get("engines", {}).items()}
         for role, backend in backends.items():
             seen = engines.setdefault(role, [])
-            if not seen or seen[-1] != backend.engine:
-                seen.append(backend.engine)
+            engine = getattr(backend, "engine", type(backend).__name__)  # a backend of the caller's own making
+            if not seen or seen[-1] != engine:
+                seen.append(engine)
         if engines != spec.get("engines"):
             write_json_atomic(self.path / "run.json", {**spec, "engines": engines})
 

@@ -4,6 +4,7 @@ These run everywhere: a missing vLLM is made real by blocking its import in a fr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,11 +32,13 @@ print(__import__("json").dumps({"engine": big.engine, "same": big is bigger, "as
 
 
 def test_auto_runs_on_transformers_and_says_so_once_where_vllm_is_missing(tiny_model_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CAI_AUTO_ENGINE"}  # the rule itself, not the tests'
     run = subprocess.run(
         [sys.executable, "-c", WITHOUT_VLLM, str(tmp_path), tiny_model_path],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
+        env=env,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]

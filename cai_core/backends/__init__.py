@@ -10,8 +10,9 @@ A local model runs on an engine, named by a prefix: `hf:SPEC` (transformers), `v
 prefix for `auto`. The rule of `auto`: vLLM when it is installed and the caller announces at least
 `AUTO_VLLM_MIN_CALLS` model calls (a job: its answers, critiques, revisions or judgments), since its
 start-up (tens of seconds on a CPU) must be repaid; transformers otherwise, and for calls that announce
-nothing (the Constitution page's "try it", tests). When vLLM is missing or fails to start, `auto` says so
-once and runs on transformers. The engine is not part of a job's identity: a job resumes on either.
+nothing (the Constitution page's "try it"). `CAI_AUTO_ENGINE=hf` or `=vllm` overrides the rule (the test
+suite runs with `hf`). When vLLM is missing or fails to start, `auto` says so once and runs on
+transformers. The engine is not part of a job's identity: a job resumes on either.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ _vllm_failed: set[tuple[str, str]] = set()
 
 
 def _auto_engine(calls: int | None) -> str:
-    if calls is None or calls < AUTO_VLLM_MIN_CALLS:
+    rule = os.environ.get("CAI_AUTO_ENGINE", "")  # hf or vllm: what auto picks, whatever the job's size
+    if rule == "hf" or (rule != "vllm" and (calls is None or calls < AUTO_VLLM_MIN_CALLS)):
         return "hf"
     from .vllm import INSTALL_HINT, vllm_missing
 
