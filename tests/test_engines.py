@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cai_core.backends import BackendError, load_backend, split_engine
+from cai_core.backends import BackendError, load_backend, split_engine, with_engine
 from cai_core.jobs import JobFolder
 from cai_core.workspace import PROJECT_ROOT
 
@@ -57,6 +57,8 @@ def test_small_calls_stay_on_transformers_and_prefixes_parse(tiny_model_path, wo
     assert split_engine("vllm:default") == ("vllm", "default")
     assert split_engine("openai:m@http://h:1/v1") == ("auto", "openai:m@http://h:1/v1")
     assert split_engine("./hf-model") == ("auto", "./hf-model")
+    assert with_engine("default", "vllm") == "vllm:default" and with_engine("vllm:default", "hf") == "hf:default"
+    assert with_engine("hf:default", "auto") == "default" and with_engine("openai:m@u", "vllm") == "openai:m@u"
     with pytest.raises(BackendError, match="runs its own engine"):
         load_backend("vllm:openai:m@http://127.0.0.1:1/v1", workspace)
 

@@ -40,6 +40,7 @@ __all__ = [
     "ensure_default_model",
     "parse_openai_spec",
     "split_engine",
+    "with_engine",
     "ENGINES",
     "AUTO_VLLM_MIN_CALLS",
 ]
@@ -64,6 +65,15 @@ def split_engine(spec: str) -> tuple[str, str]:
     if sep and engine in ENGINES and rest:
         return engine, rest
     return "auto", spec
+
+
+def with_engine(spec: str, engine: str) -> str:
+    """The spec on another engine: `with_engine("default", "vllm") == "vllm:default"`; `auto` drops the
+    prefix. What a page's engine control does to the model spec it holds."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    _, model = split_engine(spec)
+    return model if engine == "auto" or model.startswith("openai:") else f"{engine}:{model}"
 
 
 def load_backend(
