@@ -2,6 +2,7 @@
 reference code, on the same model and the same hh-rlhf pairs, measured in the same run.
 
     python benchmarks/bench_label.py [--model default] [--pairs 32] [--new-tokens 256] [--dtype bfloat16]
+                                     [--engines hf,vllm] [--no-reference]
 
 - judge: `cai_core.feedback.Judge`, both orders of every pair in one batched scoring pass, P(A) read
   from the option log-probabilities (no text generated).
@@ -9,7 +10,9 @@ reference code, on the same model and the same hh-rlhf pairs, measured in the sa
   why" (one order, as the reference code asked), and the letter is read out of that text.
 
 Prints pairs per second of both and their ratio, each one's agreement with the crowdworkers' labels
-on the same pairs, and how often the reference's answer could not be read at all.
+on the same pairs, and how often the reference's answer could not be read at all. With `--engines hf,vllm`
+the judge also runs on vLLM over the same pairs: its pairs per second, the ratio to the transformers judge,
+and the largest gap between the two engines' P(A).
 """
 
 from __future__ import annotations
@@ -54,23 +57,52 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256, help="Most tokens the reference style writes.")
     parser.add_argument("--data", default=str(HH_RLHF), help="An hh-rlhf file (the crowdworkers' labels).")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the model, on both sides.")
+    parser.add_argument("--engines", default="hf", help="Engines to run the judge on, comma-separated: hf,vllm.")
+    parser.add_argument("--no-reference", action="store_true", help="Time the judge only (the reference is slow).")
     args = parser.parse_args()
 
     if not Path(args.data).exists():
         sys.exit(f"{args.data} is absent: this benchmark needs the shared hh-rlhf data")
     found = read_hh_rlhf(args.data, limit=args.pairs)
     human = {label.pair_id: label.choice for label in found.labels}
-    backend = load_backend(args.model, Workspace.from_env(), dtype=args.dtype)
+    backend = load_backend(f"hf:{args.model}", Workspace.from_env(), dtype=args.dtype)
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
     items = [(pair, choose_principle(constitution, 0, pair.pair_id)) for pair in found.pairs]
 
-    def run_judge() -> tuple[list, float]:
+    def run_judge(judge_backend=backend) -> tuple[list, float]:
         began = time.perf_counter()
-        verdicts = Judge(backend, constitution).label(items)
+        verdicts = Judge(judge_backend, constitution).label(items)
         return verdicts, time.perf_counter() - began
 
     Judge(backend, constitution).label(items[:2])  # warm-up, so neither side pays for first-call set-up
     verdicts, judge_before = run_judge()
+    engines = {}
+    if "vllm" in args.engines.split(","):
+        vllm = load_backend(f"vllm:{args.model}", Workspace.from_env(), dtype=args.dtype)
+        Judge(vllm, constitution).label(items[:2])
+        vllm_verdicts, vllm_seconds = run_judge(vllm)
+        engines = {
+            "vllm_judge_pairs_per_s": round(len(items) / vllm_seconds, 3),
+            "vllm_vs_hf_judge": round(judge_before / vllm_seconds, 2),
+            "largest_p_a_gap_between_engines": round(
+                max(abs(a.p_a - b.p_a) for a, b in zip(verdicts, vllm_verdicts, strict=True)), 4
+            ),
+        }
+    if args.no_reference:
+        n = len(items)
+        print(
+            json.dumps(
+                {
+                    "model": backend.name,
+                    "dtype": args.dtype,
+                    "pairs": n,
+                    "hf_judge_pairs_per_s": round(n / judge_before, 3),
+                    **engines,
+                },
+                indent=1,
+            )
+        )
+        return
 
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
     began = time.perf_counter()
@@ -105,6 +137,7 @@ def main() -> None:
                 "dtype": args.dtype,
                 "pairs": n,
                 "judge_pairs_per_s": round(n / judge_seconds, 3),
+                **engines,
                 "judge_seconds_before_and_after": [round(judge_before, 1), round(judge_after, 1)],
                 "reference_pairs_per_s": round(n / reference_seconds, 3),
                 "speedup": round(reference_seconds / judge_seconds, 1),

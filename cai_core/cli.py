@@ -226,7 +226,8 @@ def cmd_jobs(args, ws: Workspace) -> int:
         print(f"no runs under {ws.runs_dir}")
     for job in jobs:
         p = job.progress()
-        print(f"{job.run_id:<24} {job.spec['kind']:<10} {p.status:<10} {p.done:>6}/{p.total:<6} {p.message}")
+        kind, engines = job.spec["kind"], job.engines() or "-"
+        print(f"{job.run_id:<24} {kind:<10} {engines:<6} {p.status:<10} {p.done:>6}/{p.total:<6} {p.message}")
     return 0
 
 
@@ -278,21 +279,31 @@ def cmd_setup(args, ws: Workspace) -> int:
 
 
 def cmd_bench_generate(args, ws: Workspace) -> int:
-    from .bench import bench_generate
+    from .bench import bench_generate, bench_workload
 
-    print(
-        json.dumps(
-            bench_generate(
-                args.model,
-                ws,
-                prompts=args.prompts,
-                rounds=args.rounds,
-                new_tokens=args.new_tokens,
-                few_shot=args.few_shot,
-            ),
-            indent=1,
+    if args.realistic:
+        result = bench_workload(
+            args.model,
+            ws,
+            prompts=args.prompts or 64,
+            rounds=args.rounds or 4,
+            new_tokens=args.new_tokens or 128,
+            reference_prompts=args.reference_prompts,
+            dtype=args.dtype,
+            engines=tuple(args.engines.split(",")),
+            on_result=lambda side, r: print(f"{side}: {json.dumps(r)}", file=sys.stderr, flush=True),
         )
-    )
+    else:
+        result = bench_generate(
+            args.model,
+            ws,
+            prompts=args.prompts or 32,
+            rounds=args.rounds or 3,
+            new_tokens=args.new_tokens or 32,
+            few_shot=args.few_shot,
+            dtype=args.dtype,
+        )
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -655,11 +666,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     p = bench_sub.add_parser("generate", help="Sequential reference loop versus the batched pipeline.")
     p.add_argument("--model", default="default")
-    p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompts", type=int, help="Demo prompts (cycled); 32, or 64 with --realistic.")
+    p.add_argument("--rounds", type=int, help="Critique-revision rounds; 3, or 4 with --realistic.")
+    p.add_argument("--new-tokens", type=int, help="Tokens per step (exactly); 32, or at most 128 with --realistic.")
     p.add_argument("--few-shot", action="store_true", help="Include the constitution's worked examples.")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the local model, on both sides.")
+    p.add_argument(
+        "--realistic",
+        action="store_true",
+        help="`cai generate`'s defaults (few-shot, sampling, natural stopping; early stop off): the reference "
+        "loop on a subsample, scaled, then the pipeline on each engine.",
+    )
+    p.add_argument("--reference-prompts", type=int, default=4, help="With --realistic: the reference's subsample.")
+    p.add_argument("--engines", default="hf,vllm", help="With --realistic: the pipeline's engines, comma-separated.")
     p.set_defaults(func=cmd_bench_generate)
     _add_rlaif_parsers(sub)
     _add_train_parsers(sub)

@@ -135,10 +135,19 @@ class JobFolder:
         engines = {role: list(seen) for role, seen in spec.get("engines", {}).items()}
         for role, backend in backends.items():
             seen = engines.setdefault(role, [])
-            if not seen or seen[-1] != backend.engine:
-                seen.append(backend.engine)
+            engine = getattr(backend, "engine", type(backend).__name__)  # a backend of the caller's own making
+            if not seen or seen[-1] != engine:
+                seen.append(engine)
         if engines != spec.get("engines"):
             write_json_atomic(self.path / "run.json", {**spec, "engines": engines})
+
+    def engines(self) -> str:
+        """Which engines ran the job's models, for display: "vllm", "vllm, then hf", or per model when they
+        differ ("policy vllm; judge hf"); "" before any model was loaded."""
+        engines = self.spec.get("engines", {})
+        if len({tuple(seen) for seen in engines.values()}) == 1:
+            return ", then ".join(next(iter(engines.values())))
+        return "; ".join(f"{role} {', then '.join(seen)}" for role, seen in engines.items())
 
     # --- progress and control ----------------------------------------------------------------
 

@@ -5,6 +5,9 @@ from pathlib import Path
 
 # Tests run offline, as the workbench does by default; set before huggingface_hub reads it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The auto engine stays on transformers: the tests that want vLLM ask for it by name (`vllm:`), and a big
+# test job would otherwise start a vLLM engine of its own.
+os.environ.setdefault("CAI_AUTO_ENGINE", "hf")
 
 import pytest
 

@@ -154,3 +154,67 @@ def dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600) -> Iterator[list[str]]:
+    """`count` real vLLM OpenAI servers (`python -m vllm.entrypoints.openai.api_server`) for `model_dir` on
+    free loopback ports, started together; yields their base URLs (ending in /v1). fp32 and no torch.compile,
+    as the in-process engine in the tests: the same numbers, a shorter start-up."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    urls = [dead_url() for _ in range(count)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in urls]
+        servers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
+                + ["--served-model-name", name, "--host", "127.0.0.1", "--port", url.split(":")[2].split("/")[0]]
+                + ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            for url, log in zip(urls, logs, strict=True)
+        ]
+        try:
+            deadline = time.monotonic() + timeout
+            for url, server, log in zip(urls, servers, logs, strict=True):
+                while not _healthy(url):
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(f"vLLM server at {url} did not start:\n{log.read().decode()[-3000:]}")
+                    time.sleep(1)
+            yield urls
+        finally:
+            for server in servers:
+                server.terminate()
+            for server in servers:
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def served_requests(url: str) -> int:
+    """Requests a vLLM server has finished, from its Prometheus metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=5).read().decode()
+    counts = [line.split()[-1] for line in text.splitlines() if line.startswith("vllm:request_success_total")]
+    return int(sum(float(c) for c in counts))

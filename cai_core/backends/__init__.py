@@ -11,8 +11,9 @@ A local model runs on an engine, named by a prefix: `hf:SPEC` (transformers), `v
 prefix for `auto`. The rule of `auto`: vLLM when it is installed and the caller announces at least
 `AUTO_VLLM_MIN_CALLS` model calls (a job: its answers, critiques, revisions or judgments), since its
 start-up (tens of seconds on a CPU) must be repaid; transformers otherwise, and for calls that announce
-nothing (the Constitution page's "try it", tests). When vLLM is missing or fails to start, `auto` says so
-once and runs on transformers. The engine is not part of a job's identity: a job resumes on either.
+nothing (the Constitution page's "try it"). `CAI_AUTO_ENGINE=hf` or `=vllm` overrides the rule (the test
+suite runs with `hf`). When vLLM is missing or fails to start, `auto` says so once and runs on
+transformers. The engine is not part of a job's identity: a job resumes on either.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from ..workspace import Workspace
 from .base import Backend, BackendError, Chat, Generation, SamplingParams
-from .default_model import ensure_default_model
+from .default_model import FOLDER_NAME, ensure_default_model
 
 DEFAULT_MODEL = "default"
 
@@ -40,6 +41,7 @@ __all__ = [
     "ensure_default_model",
     "parse_openai_spec",
     "split_engine",
+    "with_engine",
     "ENGINES",
     "AUTO_VLLM_MIN_CALLS",
 ]
@@ -66,6 +68,15 @@ def split_engine(spec: str) -> tuple[str, str]:
     return "auto", spec
 
 
+def with_engine(spec: str, engine: str) -> str:
+    """The spec on another engine: `with_engine("default", "vllm") == "vllm:default"`; `auto` drops the
+    prefix. What a page's engine control does to the model spec it holds."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    _, model = split_engine(spec)
+    return model if engine == "auto" or model.startswith("openai:") else f"{engine}:{model}"
+
+
 def load_backend(
     spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, dtype: str = "auto", *, calls: int | None = None
 ) -> Backend:
@@ -77,31 +88,35 @@ def load_backend(
     `calls`: how many model calls the caller expects to make, for the `auto` engine's rule."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    workspace = workspace or Workspace.from_env()
     engine, model = split_engine(spec)
     if model.startswith("openai:"):
         if engine != "auto":
             raise BackendError(f"bad model spec {spec!r}: an openai: server runs its own engine; drop {engine}:")
-        return _load("openai", model, "", dtype)
+        return _load_openai(model, str((workspace or Workspace.from_env()).root))
+    if model == DEFAULT_MODEL:
+        # the models folder matters only here: any other spec names one folder, whichever the workspace
+        model = str(ensure_default_model((workspace or Workspace.from_env()).models_dir))
+    else:
+        model = os.path.expanduser(model)
     if engine == "auto":
         engine = _auto_engine(calls)
-    models_dir = str(workspace.models_dir)
-    if engine == "vllm" and spec != model:  # asked for by name: a failure is the caller's to see
-        return _load("vllm", model, models_dir, dtype)
+    if engine == "vllm" and spec.startswith("vllm:"):  # asked for by name: a failure is the caller's to see
+        return _load("vllm", model, dtype)
     if engine == "vllm" and (model, dtype) not in _vllm_failed:
         try:
-            return _load("vllm", model, models_dir, dtype)
+            return _load("vllm", model, dtype)
         except BackendError as exc:
             _vllm_failed.add((model, dtype))  # tried once per process: a start-up costs tens of seconds
             _say_once(f"engine auto: {exc}. Running on transformers instead.")
-    return _load("hf", model, models_dir, dtype)
+    return _load("hf", model, dtype)
 
 
 _vllm_failed: set[tuple[str, str]] = set()
 
 
 def _auto_engine(calls: int | None) -> str:
-    if calls is None or calls < AUTO_VLLM_MIN_CALLS:
+    rule = os.environ.get("CAI_AUTO_ENGINE", "")  # hf or vllm: what auto picks, whatever the job's size
+    if rule == "hf" or (rule != "vllm" and (calls is None or calls < AUTO_VLLM_MIN_CALLS)):
         return "hf"
     from .vllm import INSTALL_HINT, vllm_missing
 
@@ -109,6 +124,7 @@ def _auto_engine(calls: int | None) -> str:
     if missing:
         _say_once(f"engine auto: vLLM is not installed here ({missing}), so jobs run on transformers; {INSTALL_HINT}")
         return "hf"
+    _say_once(f"engine auto: vLLM ({calls} model calls; transformers below {AUTO_VLLM_MIN_CALLS})")
     return "vllm"
 
 
@@ -118,23 +134,26 @@ def _say_once(message: str) -> None:
 
 
 @lru_cache(maxsize=4)
-def _load(engine: str, spec: str, models_dir: str, dtype: str) -> Backend:
-    if engine == "openai":
-        from ..endpoints import api_keys
-        from .openai_compat import OpenAICompatBackend
+def _load_openai(spec: str, data_dir: str) -> Backend:
+    """An OpenAI-compatible server, with the keys the operator listed for its URLs (`cai_core.endpoints`)."""
+    from ..endpoints import api_keys
+    from .openai_compat import OpenAICompatBackend
 
-        model, urls = parse_openai_spec(spec)
-        return OpenAICompatBackend(model, urls, api_keys=api_keys(urls, Path(models_dir).parent))
-    path = str(ensure_default_model(Path(models_dir))) if spec == DEFAULT_MODEL else os.path.expanduser(spec)
+    name, urls = parse_openai_spec(spec)
+    return OpenAICompatBackend(name, urls, api_keys=api_keys(urls, Path(data_dir)))
+
+
+@lru_cache(maxsize=4)
+def _load(engine: str, model: str, dtype: str) -> Backend:
     torch_dtype = None if dtype == "auto" else dtype
     if engine == "vllm":
         from .vllm import VLLMBackend
 
-        backend = VLLMBackend(path, dtype=torch_dtype)
+        backend = VLLMBackend(model, dtype=torch_dtype)
     else:
         from .hf import HFBackend
 
-        backend = HFBackend(path, dtype=torch_dtype)
-    if spec == DEFAULT_MODEL:
-        backend.name = "SmolLM2-135M-Instruct"
+        backend = HFBackend(model, dtype=torch_dtype)
+    if Path(model).name == FOLDER_NAME:  # records name the default model so, wherever it was converted
+        backend.name = FOLDER_NAME
     return backend

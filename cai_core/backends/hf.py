@@ -149,7 +149,7 @@ class HFBackend:
             prefix = self.model(
                 input_ids=torch.tensor([first[:shared]], device=self.device), use_cache=True, logits_to_keep=1
             )
-            cache = prefix.cache
+            cache = prefix.past_key_values
             cache.batch_repeat_interleave(2)  # one copy of the shared start per chat
             tail_ids, tail_mask = self._pad_left([first[shared:], second[shared:]])
             # The shorter tail's padding sits between prefix and tail: the mask hides it, positions skip it.
@@ -158,7 +158,7 @@ class HFBackend:
                 input_ids=tail_ids,
                 attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1)[:, shared:],
-                cache=cache,
+                past_key_values=cache,
                 logits_to_keep=1,
             ).logits
             picked = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, token_ids]

