@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from .critique import GenerateConfig, prepare_job, run_generation
 from .evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
 from .exports import FORMATS, KINDS, export_rows, write_export
 from .feedback import LabelConfig, prepare_label_job, run_labelling
-from .jobs import JobFolder, list_job_folders
+from .jobs import JobBusy, JobFolder, list_job_folders
 from .pairs import SampleConfig, prepare_sample_job, run_sampling
 from .prompts import PromptFileError
 from .store import Store, StoreError
@@ -174,11 +176,25 @@ def _run_job(kind: str, config, ws: Workspace) -> int:
         bar.n = done
         bar.refresh()
 
-    job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)
+    try:
+        job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)
+    except JobBusy as busy:
+        bar.close()
+        return _follow(JOB_KINDS[kind].prepare(config, ws), busy)
     bar.close()
     progress = job.progress()
     print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} {unit}s; records in {job.path}")
     _ingest_if_free(ws)
+    return 0 if progress.status == "done" else 1
+
+
+def _follow(job: JobFolder, busy: JobBusy) -> int:
+    """Another process is doing this job's work (a second start, a second `cai resume`): show its progress
+    until it ends instead of doing the work twice."""
+    print(f"{busy}; following it (Ctrl-C stops following, not the run)", flush=True)
+    while (progress := job.progress()).status in ("pending", "running"):
+        time.sleep(1)
+    print(f"{job.run_id}: {progress.status}, {progress.summary()}")
     return 0 if progress.status == "done" else 1
 
 
@@ -225,7 +241,7 @@ def cmd_jobs(args, ws: Workspace) -> int:
         print(f"no runs under {ws.runs_dir}")
     for job in jobs:
         p = job.progress()
-        print(f"{job.run_id:<24} {job.spec['kind']:<10} {p.status:<10} {p.done:>6}/{p.total:<6} {p.message}")
+        print(f"{job.run_id:<24} {job.spec['kind']:<11} {p.status:<10} {p.summary()}  {p.message}".rstrip())
     return 0
 
 
@@ -535,7 +551,13 @@ def cmd_train(args, ws: Workspace) -> int:
 def _train_in_foreground(job: JobFolder, ws: Workspace) -> int:
     from .train import run_train_job
 
-    run_train_job(job, ws)
+    # Under `accelerate launch` every rank runs this command; the main one holds the run's lock for them all.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        with job.exclusive() if main_rank else contextlib.nullcontext():
+            run_train_job(job, ws)
+    except JobBusy as busy:
+        return _follow(job, busy)
     progress = job.progress()
     print(f"{job.run_id}: {progress.status}, step {progress.done}/{progress.total}; {progress.message}")
     _ingest_if_free(ws)

@@ -131,6 +131,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE eval_answers ADD COLUMN refusal_p DOUBLE;
     """,
+    # 7: a trace says what went wrong on the way in (a prompt cut to fit the model's context)
+    """
+    ALTER TABLE traces ADD COLUMN warning TEXT;
+    """,
 ]
 
 # Tables a job may spool into, with the record type that fixes their columns.

@@ -33,6 +33,11 @@ class Generation:
 
 class Backend(Protocol):
     name: str  # the model as records should name it
+    context_length: int | None  # the most tokens a prompt and its answer may hold together; None: unknown
+
+    def count_tokens(self, chat: Chat) -> int:
+        """How many tokens the chat takes as a prompt (template included); needed only when context_length is known."""
+        ...
 
     def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
         """Answer every chat (each ending with a user turn); one Generation per chat, in order."""

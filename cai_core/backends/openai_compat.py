@@ -35,6 +35,11 @@ TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 class OpenAICompatBackend:
     """A model behind one or more OpenAI-compatible servers (`base_urls` like http://host:8000/v1)."""
 
+    context_length = None  # the server knows it and refuses a prompt that does not fit, with a message
+
+    def count_tokens(self, chat: Chat) -> int:
+        raise BackendError(f"{self.name}: an OpenAI-compatible server does not count tokens")
+
     def __init__(
         self,
         model: str,
