@@ -161,17 +161,34 @@ def run_evaluation(
     return run_job(job, lambda: EvalWork(job, config, workspace), on_progress=on_progress)
 
 
-class EvalWork:
+class _JudgedWork:
+    """What both evaluation jobs share: the constitution as the run was prepared with (the file may have changed
+    since), and a judge loaded when the first batch needs it."""
+
+    def __init__(self, job: JobFolder, config: EvalConfig | RoundsConfig, workspace: Workspace):
+        self.job, self.config, self.workspace = job, config, workspace
+        self.engine = ""
+        self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
+        self._judge: Judge | None = None
+
+    def backend(self, spec: str) -> Backend:
+        backend = load_backend(spec, self.workspace)
+        self.engine = engine_name(backend)
+        return backend
+
+    def judge(self) -> Judge:
+        self._judge = self._judge or Judge(self.backend(self.config.judge), self.constitution)
+        return self._judge
+
+
+class EvalWork(_JudgedWork):
     """A batch is `batch_size` prompts answered by one model (models in turn), then `batch_size` comparisons
     judged; `done` counts answers and comparisons."""
 
     unit = "step"
 
     def __init__(self, job: JobFolder, config: EvalConfig, workspace: Workspace):
-        self.job, self.config, self.workspace = job, config, workspace
-        self.engine = ""
-        self.judge: Judge | None = None
-        self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
+        super().__init__(job, config, workspace)
         self.models = parse_models(config.models)
         self.answers = {(a["prompt_key"], a["wrapper"], a["model"]): a for a in job.read("eval_answers")}
         self.judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in job.read("eval_judgments")}
@@ -194,23 +211,17 @@ class EvalWork:
         for start in range(0, len(todo), size):
             yield "judge", None, todo[start : start + size]
 
-    def _backend(self, spec: str) -> Backend:
-        backend = load_backend(spec, self.workspace)
-        self.engine = engine_name(backend)
-        return backend
-
     def step(self, batch) -> None:
         stage, name, items = batch
         if stage == "answer":
-            new = _answer(self.job.run_id, name, self._backend(self.models[name]), items, self.config)
+            new = _answer(self.job.run_id, name, self.backend(self.models[name]), items, self.config)
             if self.config.refusals == "judge":
                 self.job.stop_if_cancelled()
-                new = _judge_refusals(self._backend(self.config.judge), new)
+                new = _judge_refusals(self.backend(self.config.judge), new)
             self.job.append("eval_answers", [to_row(a) for a in new])
             self.answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
             return
-        self.judge = self.judge or Judge(self._backend(self.config.judge), self.constitution)
-        new = _compare(self.job.run_id, self.judge, items, self.answers, self.config.seed)
+        new = _compare(self.job.run_id, self.judge(), items, self.answers, self.config.seed)
         self.job.append("eval_judgments", [to_row(j) for j in new])
         self.judged.update((j.prompt_key, j.wrapper, j.model_a, j.model_b) for j in new)
 
@@ -344,16 +355,13 @@ def run_rounds(
     return run_job(job, lambda: RoundsWork(job, config, workspace), on_progress=on_progress)
 
 
-class RoundsWork:
+class RoundsWork(_JudgedWork):
     """The traces' revisions copied into the job, `batch_size` comparisons judged at a time."""
 
     unit = "comparison"
 
     def __init__(self, job: JobFolder, config: RoundsConfig, workspace: Workspace):
-        self.job, self.config, self.workspace = job, config, workspace
-        self.engine = ""
-        self.judge: Judge | None = None
-        self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
+        super().__init__(job, config, workspace)
         self.comparisons = round_comparisons(job.read_input(INPUT))
         self.judged = {(j["trace_id"], j["round"], j["versus_round"]) for j in job.read("round_judgments")}
 
@@ -371,11 +379,7 @@ class RoundsWork:
             yield todo[start : start + self.config.batch_size]
 
     def step(self, batch) -> None:
-        if self.judge is None:
-            backend = load_backend(self.config.judge, self.workspace)
-            self.engine = engine_name(backend)
-            self.judge = Judge(backend, self.constitution)
-        new = _judge_rounds(self.job.run_id, self.judge, batch, self.config.seed)
+        new = _judge_rounds(self.job.run_id, self.judge(), batch, self.config.seed)
         self.job.append("round_judgments", [to_row(j) for j in new])
         self.judged.update((j.trace_id, j.round, j.versus_round) for j in new)
 
