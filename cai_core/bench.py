@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Literal
 
 from .backends import SamplingParams, load_backend
 from .constitution import load_constitution
@@ -24,13 +24,29 @@ from .prompts import load_prompts
 from .workspace import Workspace
 
 
-def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+def matmul_flops_per_second(dtype, size: int = 2048, repeats: int = 10) -> float:
+    import torch  # here, not at the top: the CLI reads BenchConfig for its flags without loading torch
+
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
     begun = time.perf_counter()
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - begun)
+
+
+@dataclass
+class BenchConfig:
+    """`cai bench generate`'s settings; each field is a flag."""
+
+    model: str = field(default="default", metadata={"help": "Model spec, on both sides."})
+    prompts: int = field(default=32, metadata={"help": "Prompts (the demo set, repeated as needed)."})
+    rounds: int = field(default=3, metadata={"help": "Critique→revision rounds per prompt."})
+    new_tokens: int = field(default=32, metadata={"help": "Tokens generated per step, exactly."})
+    few_shot: bool = field(default=False, metadata={"help": "Include the constitution's worked examples."})
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto", metadata={"help": "Precision of the local model, on both sides."}
+    )
 
 
 def bench_generate(

@@ -181,6 +181,42 @@ def looks_like_hh_rlhf(path: str | Path) -> bool:
     return first is not None and isinstance(first[1], dict) and {"chosen", "rejected"} <= first[1].keys()
 
 
+LABEL_FORMATS = ("auto", "hh-rlhf", "labels")
+
+
+@dataclass(frozen=True)
+class LabelImport:
+    """What `import_labels` read and stored."""
+
+    found: Imported
+    hh_rlhf: bool  # the file was read as hh-rlhf (pairs with crowdworker labels), else as a labels file
+    pairs_added: int
+    labels_added: int
+
+
+def import_labels(
+    store,
+    path: str | Path,
+    *,
+    file_format: str = "auto",
+    limit: int | None = None,
+    annotator: str | None = None,
+    skip_bad_lines: bool = False,
+) -> LabelImport:
+    """Read people's labels from a file and store them with their pairs: an hh-rlhf file (`auto` tells one by
+    its first record) or a labels file (pair_id, label, annotator). What `cai import-labels` and the Agreement
+    page both call."""
+    if file_format not in LABEL_FORMATS:
+        raise ValueError(f"format {file_format!r}: expected one of {', '.join(LABEL_FORMATS)}")
+    hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
+    if hh:
+        found = read_hh_rlhf(path, limit=limit, skip_bad_lines=skip_bad_lines)
+    else:
+        found = read_labels_file(path, annotator=annotator, skip_bad_lines=skip_bad_lines)
+    added = store.add_pairs(found.pairs)
+    return LabelImport(found, hh, added, store.import_human_labels(found.labels))
+
+
 def _is_json_lines(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
 

@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.from_env(args.data_dir, args.db)
     try:
         return args.func(args, ws)
+    except BrokenPipeError:
+        # The reader went away (`cai jobs | head`): stop quietly, and keep Python's last flush from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(
+            f"error: {'; '.join(line.strip() for line in str(message).splitlines() if line.strip())}", file=sys.stderr
+        )
         return 2

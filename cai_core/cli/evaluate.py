@@ -45,9 +45,9 @@ def cmd_eval_report(args, ws: Workspace) -> int:
         summary = summarize(store, args.run_id, args.rounds_run_id)
     if summary.answers.empty and summary.rounds.empty:
         raise ValueError("nothing to report: the runs have no stored answers or judgments yet")
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.write_text(report_html(summary), encoding="utf-8")
-    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, one file, opens offline)")
+    print(f"wrote the report to {out} ({out.stat().st_size // 1024} KiB, one file, opens offline)")
     return 0
 
 

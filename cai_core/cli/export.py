@@ -21,12 +21,11 @@ def cmd_export(args, ws: Workspace) -> int:
             min_confidence=args.min_confidence,
         )
     if rows.empty:
-        print("nothing to export: no traces match (run `cai generate` first, or loosen the filters)")
-        return 1
+        raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
     suffix = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[args.format]
     out = Path(args.out) if args.out else ws.exports_dir / f"{args.kind}{suffix}"
     write_export(rows, out, args.format)
-    print(f"wrote {len(rows)} {args.kind} rows to {out}")
+    print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,19 +69,30 @@ def _run_job(kind: str, config, ws: Workspace) -> int:
         return follow(JOB_KINDS[kind].prepare(config, ws), busy)
     bar.close()
     progress = job.progress()
-    print(f"{job.run_id}: {progress.status}, {progress.done}/{progress.total} {unit}s; records in {job.path}")
-    ingest_if_free(ws)
-    return 0 if progress.status == "done" else 1
+    if progress.status == "done":
+        print(f"{job.run_id}: done, {progress.summary()}; records in {job.path}")
+        ingest_if_free(ws)
+    return ended(job)
+
+
+def ended(job: JobFolder) -> int:
+    """The exit code of a job run here: 0 when done, else 1 with one line on stderr saying how it ended."""
+    progress = job.progress()
+    if progress.status == "done":
+        return 0
+    print(f"{job.run_id}: {progress.status} at {progress.done}/{progress.total}; {progress.message}", file=sys.stderr)
+    return 1
 
 
 def follow(job: JobFolder, busy: JobBusy) -> int:
     """Another process is doing this job's work (a second start, a second `cai resume`): show its progress
     until it ends instead of doing the work twice."""
     print(f"{busy}; following it (Ctrl-C stops following, not the run)", flush=True)
-    while (progress := job.progress()).status in ("pending", "running"):
+    while job.progress().status in ("pending", "running"):
         time.sleep(1)
-    print(f"{job.run_id}: {progress.status}, {progress.summary()}")
-    return 0 if progress.status == "done" else 1
+    if job.progress().status == "done":
+        print(f"{job.run_id}: done, {job.progress().summary()}")
+    return ended(job)
 
 
 def _launch(job: JobFolder, ws: Workspace) -> int:
@@ -114,9 +126,10 @@ def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
     except JobBusy as busy:
         return follow(job, busy)
     progress = job.progress()
-    print(f"{job.run_id}: {progress.status}, step {progress.done}/{progress.total}; {progress.message}")
-    ingest_if_free(ws)
-    return 0 if progress.status == "done" else 1
+    if progress.status == "done":
+        print(f"{job.run_id}: done, step {progress.done}/{progress.total}; {progress.message}")
+        ingest_if_free(ws)
+    return ended(job)
 
 
 def ingest_if_free(ws: Workspace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..pairs import LABEL_FORMATS
 from ..store import Store
 from ..workspace import Workspace
 from .jobs import add_job_parser, start_job
@@ -39,20 +40,21 @@ def cmd_label(args, ws: Workspace) -> int:
 
 
 def cmd_import_labels(args, ws: Workspace) -> int:
-    from ..pairs import looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
+    from ..pairs import import_labels
 
-    hh = args.format == "hh-rlhf" or (args.format == "auto" and looks_like_hh_rlhf(args.file))
-    if hh:
-        found = read_hh_rlhf(args.file, limit=args.limit, skip_bad_lines=args.skip_bad_lines)
-    else:
-        found = read_labels_file(args.file, annotator=args.annotator, skip_bad_lines=args.skip_bad_lines)
     with Store.open(ws) as store:
-        added = store.add_pairs(found.pairs)
-        labels = store.import_human_labels(found.labels)
-    if hh:
-        print(f"read {len(found.pairs)} hh-rlhf pairs ({added} new) and their crowdworker labels")
-        print(f"{found.ties} pair(s) had identical responses and are labelled tie")
-    print(f"imported {labels} human label(s); skipped {len(found.problems)} bad line(s)")
+        result = import_labels(
+            store,
+            args.file,
+            file_format=args.format,
+            limit=args.limit,
+            annotator=args.annotator,
+            skip_bad_lines=args.skip_bad_lines,
+        )
+    if result.hh_rlhf:
+        print(f"read {len(result.found.pairs)} hh-rlhf pairs ({result.pairs_added} new) and their crowdworker labels")
+        print(f"{result.found.ties} pair(s) had identical responses and are labelled tie")
+    print(f"imported {result.labels_added} human label(s); skipped {len(result.found.problems)} bad line(s)")
     return 0
 
 
@@ -74,8 +76,7 @@ def cmd_agreement(args, ws: Workspace) -> int:
         )
     table = getattr(board, f"by_{args.by}")
     if table.empty:
-        print("no AI labels match: run `cai label` first, or loosen the filters")
-        return 1
+        raise ValueError("no AI labels match: run `cai label` first, or loosen the filters")
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.3f}".format):
         print(f"AI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
         print(table.to_string(index=False))
@@ -116,7 +117,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("import-labels", help="Import human labels: hh-rlhf files, or pair_id,label,annotator.")
     p.add_argument("file", help=".jsonl, .jsonl.gz or .csv")
-    p.add_argument("--format", choices=("auto", "hh-rlhf", "labels"), default="auto")
+    p.add_argument("--format", choices=LABEL_FORMATS, default="auto")
     p.add_argument("--limit", type=int, help="hh-rlhf: read only the first N pairs.")
     p.add_argument("--annotator", help="labels: the annotator of every line, when the file has no column.")
     p.add_argument("--skip-bad-lines", action="store_true", help="Skip bad lines instead of stopping.")
