@@ -68,20 +68,22 @@ def _run_job(kind: str, config, ws: Workspace) -> int:
         bar.close()
         return follow(JOB_KINDS[kind].prepare(config, ws), busy)
     bar.close()
+    return ended(job, ws)
+
+
+def ended(job: JobFolder, ws: Workspace | None = None) -> int:
+    """How a job run (or followed) here ended: done (its records ingested when `ws` is given and the database
+    is free) and 0, or 1 with one line on stderr saying why."""
     progress = job.progress()
-    if progress.status == "done":
-        print(f"{job.run_id}: done, {progress.summary()}; records in {job.path}")
+    if progress.status != "done":
+        print(
+            f"{job.run_id}: {progress.status} at {progress.done}/{progress.total}; {progress.message}", file=sys.stderr
+        )
+        return 1
+    print(f"{job.run_id}: done, {progress.summary()}; {progress.message or f'records in {job.path}'}")
+    if ws is not None:
         ingest_if_free(ws)
-    return ended(job)
-
-
-def ended(job: JobFolder) -> int:
-    """The exit code of a job run here: 0 when done, else 1 with one line on stderr saying how it ended."""
-    progress = job.progress()
-    if progress.status == "done":
-        return 0
-    print(f"{job.run_id}: {progress.status} at {progress.done}/{progress.total}; {progress.message}", file=sys.stderr)
-    return 1
+    return 0
 
 
 def follow(job: JobFolder, busy: JobBusy) -> int:
@@ -90,8 +92,6 @@ def follow(job: JobFolder, busy: JobBusy) -> int:
     print(f"{busy}; following it (Ctrl-C stops following, not the run)", flush=True)
     while job.progress().status in ("pending", "running"):
         time.sleep(1)
-    if job.progress().status == "done":
-        print(f"{job.run_id}: done, {job.progress().summary()}")
     return ended(job)
 
 
@@ -125,11 +125,7 @@ def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
             run_train_job(job, ws)
     except JobBusy as busy:
         return follow(job, busy)
-    progress = job.progress()
-    if progress.status == "done":
-        print(f"{job.run_id}: done, step {progress.done}/{progress.total}; {progress.message}")
-        ingest_if_free(ws)
-    return ended(job)
+    return ended(job, ws)
 
 
 def ingest_if_free(ws: Workspace) -> None:
