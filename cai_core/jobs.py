@@ -275,6 +275,14 @@ class JobFolder:
         finally:
             os.close(fd)  # releases the lock
 
+    def busy(self) -> bool:
+        """Whether a process is working on the job at this moment (holds its lock)."""
+        try:
+            with self.exclusive():
+                return False
+        except JobBusy:
+            return True
+
     def launch(self, argv: list[str]) -> subprocess.Popen:
         """Run `python -m cai_core.cli ARGV` detached: closing the page or the app does not stop it."""
         return self.start([sys.executable, "-m", "cai_core.cli", *argv])

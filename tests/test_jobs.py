@@ -306,17 +306,15 @@ def test_a_second_start_of_a_running_job_is_refused_and_does_no_work(workspace):
     assert job.progress().status == "done" and not refused  # the second start never built its work
 
 
+HOLD_LOCK = (
+    "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(float(sys.argv[2]))"
+)
+
+
 def test_a_second_process_waits_for_the_running_one_through_the_cli(tiny_model_path, workspace, capsys):
     """`cai resume` while the same job runs elsewhere follows that run instead of doing its work again."""
     job = prepare_job(_generate_config((tiny_model_path,), limit=2, rounds=1), workspace)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)",
-            str(job.path / "lock"),
-        ]
-    )
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(job.path / "lock"), "60"])
     try:
         time.sleep(0.5)
         threading.Timer(1.0, lambda: job.set_progress("done", 4, 4)).start()  # the other process finishes
@@ -326,6 +324,14 @@ def test_a_second_process_waits_for_the_running_one_through_the_cli(tiny_model_p
         holder.wait()
     assert "already running" in capsys.readouterr().out
     assert not job.read("trace_steps")  # this process did none of the work
+
+    # a holder that dies before it reports anything does not keep a follower waiting
+    job.set_progress("pending", 0, 4, "starting")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(job.path / "lock"), "1"])
+    time.sleep(0.5)
+    assert _cli(workspace, "resume", job.run_id) == 1
+    holder.wait()
+    assert "pending at 0/4" in capsys.readouterr().err
 
 
 def test_progress_records_rate_eta_elapsed_and_engine(tiny_model_path, workspace):

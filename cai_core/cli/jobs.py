@@ -90,7 +90,8 @@ def follow(job: JobFolder, busy: JobBusy) -> int:
     """Another process is doing this job's work (a second start, a second `cai resume`): show its progress
     until it ends instead of doing the work twice."""
     print(f"{busy}; following it (Ctrl-C stops following, not the run)", flush=True)
-    while job.progress().status in ("pending", "running"):
+    # until it ends, or its process dies: a job killed before it began would read pending for ever
+    while job.progress().status in ("pending", "running") and job.busy():
         time.sleep(1)
     return ended(job)
 
