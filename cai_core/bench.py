@@ -19,7 +19,9 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -28,6 +30,59 @@ from .constitution import load_constitution
 from .critique import GenerateConfig, choose_principle, critique_chat, revision_chat, run_generation
 from .prompts import load_prompts
 from .workspace import Workspace
+
+
+@dataclass
+class BenchConfig:
+    """`cai bench generate`'s settings; each field is a flag. Unset sizes take the mode's defaults: fixed lengths
+    (32 prompts, 3 rounds, exactly 32 tokens) or `--realistic` (64 prompts, 4 rounds, at most 128 tokens)."""
+
+    model: str = field(default="default", metadata={"help": "Model spec, on every side."})
+    realistic: bool = field(
+        default=False,
+        metadata={
+            "help": "`cai generate`'s defaults (few-shot, sampling, natural stopping; early stop off): the reference "
+            "loop on a subsample, scaled, then the pipeline on each engine."
+        },
+    )
+    prompts: int | None = field(default=None, metadata={"help": "Demo prompts (cycled); 32, or 64 with --realistic."})
+    rounds: int | None = field(default=None, metadata={"help": "Critique-revision rounds; 3, or 4 with --realistic."})
+    new_tokens: int | None = field(
+        default=None, metadata={"help": "Tokens per step (exactly); 32, or at most 128 with --realistic."}
+    )
+    few_shot: bool = field(default=False, metadata={"help": "Fixed lengths: include the constitution's examples."})
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto", metadata={"help": "Precision of the local model, on every side."}
+    )
+    reference_prompts: int = field(default=4, metadata={"help": "With --realistic: the reference's subsample."})
+    engines: str = field(
+        default="hf,vllm", metadata={"help": "With --realistic: the pipeline's engines, comma-separated."}
+    )
+
+
+def run_bench(config: BenchConfig, ws: Workspace, on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """The benchmark the config names, with each mode's defaults for the sizes it leaves unset."""
+    if config.realistic:
+        return bench_workload(
+            config.model,
+            ws,
+            prompts=config.prompts or 64,
+            rounds=config.rounds or 4,
+            new_tokens=config.new_tokens or 128,
+            reference_prompts=config.reference_prompts,
+            dtype=config.dtype,
+            engines=tuple(config.engines.split(",")),
+            on_result=on_result,
+        )
+    return bench_generate(
+        config.model,
+        ws,
+        prompts=config.prompts or 32,
+        rounds=config.rounds or 3,
+        new_tokens=config.new_tokens or 32,
+        few_shot=config.few_shot,
+        dtype=config.dtype,
+    )
 
 
 def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:

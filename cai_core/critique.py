@@ -18,7 +18,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution
-from .jobs import JobFolder, ending_on_failure, run_id_for
+from .jobs import JobFolder, engine_name, run_job
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
 from .workspace import Workspace
@@ -144,23 +144,16 @@ def critique_once(
     return SingleRound(prompt, response, principle.id, critique.text, revision.text)
 
 
+def _prompt_set(config: GenerateConfig):
+    return load_prompts(config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit)
+
+
 def prepare_job(config: GenerateConfig, workspace: Workspace) -> JobFolder:
     """Create (or find) the run's folder; the run id is derived from the config unless given."""
     constitution = load_constitution(config.constitution)
-    prompt_set = load_prompts(
-        config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
-    )
-    identity = {**asdict(config), "constitution": constitution.version, "prompts": prompt_set.digest, "run_id": None}
-    run_id = config.run_id or run_id_for("gen", identity)
-    return JobFolder.create(
-        workspace.runs_dir,
-        run_id,
-        {
-            "kind": "generate",
-            "model": config.model,
-            "config": {**asdict(config), "run_id": run_id},
-            "constitution": constitution.snapshot(),
-        },
+    identity = {"prompts": _prompt_set(config).digest}
+    return JobFolder.prepare(
+        workspace.runs_dir, "generate", config, identity, model=config.model, constitution=constitution, prefix="gen"
     )
 
 
@@ -175,154 +168,186 @@ def run_generation(
     and `Store.ingest` takes them in."""
     workspace = workspace or Workspace.from_env()
     job = prepare_job(config, workspace)
-    job.repair()
-    if job.cancel_requested() and job.progress().status == "pending":
-        # cancelled before its process got going: honour it rather than forget it
-        job.set_progress("cancelled", 0, 0, "cancelled before it started; run again to start it")
-        job.clear_cancel()
-        return job
-    job.clear_cancel()  # an old, already honoured request: running again means resuming
-    constitution = load_constitution(config.constitution)
-    prompt_set = load_prompts(
-        config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
-    )
-    rounds = config.rounds or constitution.generation.rounds
-    strategy = config.principle_sampling or constitution.generation.principle_sampling
-    stop_phrases = constitution.generation.stop_phrases if config.early_stop else []
-    items = [(p, s) for p in prompt_set.prompts for s in range(config.samples)]
-    total = len(items) * (rounds + 1)
+    return run_job(job, lambda: GenerateWork(job, config, workspace, backends), on_progress=on_progress)
 
-    traces = {t["trace_id"]: Trace(**t) for t in job.read("traces")}
-    steps: dict[str, list[TraceStep]] = {}
-    for row in job.read("trace_steps"):
-        steps.setdefault(row["trace_id"], []).append(TraceStep(**row))
 
-    def done_count() -> int:
+def fit_prompt(backend: Backend, prompt: str, chat_around: Callable[[str], Chat], new_tokens: int) -> str:
+    """The prompt, cut at its end so that `chat_around(prompt)` and `new_tokens` generated after it fit in the
+    model's context. A prompt longer than the context would otherwise cost memory and time quadratic in its
+    length, then fail."""
+    limit = backend.context_length
+    if limit is None:
+        return prompt
+    overhead = backend.count_tokens(chat_around(""))
+    budget = limit - new_tokens - overhead
+    if budget < 1:
+        raise ValueError(
+            f"max_new_tokens {new_tokens} leaves no room for a prompt in {backend.name}'s context of {limit} tokens"
+        )
+    text = prompt
+    while (used := backend.count_tokens(chat_around(text)) - overhead) > budget:
+        text = text[: int(len(text) * budget / used * 0.95)]
+    return text
+
+
+class GenerateWork:
+    """SL-CAI as the job runner sees it: a batch is one stage of one chunk of traces (their initial answers,
+    or one critique→revision round), and `done` counts trace steps."""
+
+    unit = "step"
+
+    def __init__(self, job: JobFolder, config: GenerateConfig, workspace: Workspace, backends=None):
+        self.job, self.config, self.workspace = job, config, workspace
+        self.engine = ""
+        self._backends = backends
+        self.constitution = load_constitution(config.constitution)
+        generation = self.constitution.generation
+        self.rounds = config.rounds or generation.rounds
+        self.strategy = config.principle_sampling or generation.principle_sampling
+        self.stop_phrases = generation.stop_phrases if config.early_stop else []
+        self.items = [(p, s) for p in _prompt_set(config).prompts for s in range(config.samples)]
+        self.traces = {t["trace_id"]: Trace(**t) for t in job.read("traces")}
+        self.steps: dict[str, list[TraceStep]] = {}
+        for row in job.read("trace_steps"):
+            self.steps.setdefault(row["trace_id"], []).append(TraceStep(**row))
+        self.states: list[_State] = []
+
+    def total(self) -> int:
+        return len(self.items) * (self.rounds + 1)
+
+    def done(self) -> int:
         # a stopped trace's remaining rounds count as done: they will never run
-        return sum((rounds + 1) if s and s[-1].stopped else len(s) for s in steps.values())
+        return sum((self.rounds + 1) if s and s[-1].stopped else len(s) for s in self.steps.values())
 
-    def report(status: str = "running", message: str = "") -> None:
-        job.set_progress(status, done_count(), total, message)
-        if on_progress:
-            on_progress(done_count(), total)
+    def batches(self):
+        for chunk_start in range(0, len(self.items), self.config.chunk_size):
+            for round_ in range(self.rounds + 1):
+                yield chunk_start, round_
 
-    report()
-    with ending_on_failure(report):
-        if backends is None:
-            calls = len(items) * (2 * rounds + 1)  # answers, critiques and revisions: the auto engine's rule
-            policy = load_backend(config.model, workspace, config.dtype, calls=calls)
+    def backends(self) -> tuple[Backend, Backend]:
+        if self._backends is None:
+            config = self.config
+            calls = len(self.items) * (2 * self.rounds + 1)  # answers, critiques and revisions: the auto engine's rule
+            policy = load_backend(config.model, self.workspace, config.dtype, calls=calls)
             critic = policy
             if config.critic_model:
-                critic = load_backend(config.critic_model, workspace, config.dtype, calls=calls)
-        else:
-            policy, critic = backends
-        job.record_engines(policy=policy, critic=critic)
-        run_id = job.run_id
-        for chunk_start in range(0, len(items), config.chunk_size):
-            chunk = items[chunk_start : chunk_start + config.chunk_size]
-            states = _run_initial(job, run_id, chunk, chunk_start, traces, steps, policy, config, constitution)
-            report()
-            for round_ in range(1, rounds + 1):
-                if job.cancel_requested():
-                    report("cancelled", "cancelled by request; run again to resume")
-                    return job
-                active = [s for s in states if not s.stopped and s.round == round_ - 1]
-                if not active:
-                    continue
-                _run_round(job, active, round_, steps, critic, config, constitution, strategy, stop_phrases)
-                report()
-        report("done")
-        return job
+                critic = load_backend(config.critic_model, self.workspace, config.dtype, calls=calls)
+            self._backends = policy, critic
+        if not self.engine:
+            self.job.record_engines(policy=self._backends[0], critic=self._backends[1])
+            self.engine = engine_name(self._backends[0])
+        return self._backends
 
+    def step(self, batch: tuple[int, int]) -> None:
+        chunk_start, round_ = batch
+        if round_ == 0:
+            chunk = self.items[chunk_start : chunk_start + self.config.chunk_size]
+            self.states = self._run_initial(chunk, chunk_start)
+            return
+        active = [s for s in self.states if not s.stopped and s.round == round_ - 1]
+        if active:
+            self._run_round(active, round_)
 
-def _run_initial(job, run_id, chunk, chunk_start, traces, steps, policy, config, constitution) -> list[_State]:
-    states, missing = [], []
-    for offset, (prompt, sample) in enumerate(chunk):
-        trace_id = f"{run_id}:{prompt.id}:{sample}"
-        if trace_id not in traces:
-            traces[trace_id] = Trace(
-                trace_id,
-                run_id,
-                prompt.id,
-                prompt.prompt,
-                prompt.category,
-                sample,
-                policy.name,
-                constitution.name,
-                constitution.version,
-            )
-        done = steps.get(trace_id, [])
-        state = _State(
-            traces[trace_id],
-            chunk_start + offset,
-            done[-1].response if done else "",
-            done[-1].round if done else -1,
-            bool(done) and done[-1].stopped,
+    def _new_trace(self, trace_id: str, prompt, sample: int, policy: Backend, critic: Backend) -> Trace:
+        """A trace whose prompt fits both models' contexts with everything that surrounds it in a round."""
+        c, config = self.constitution, self.config
+        text = fit_prompt(policy, prompt.prompt, lambda t: [{"role": "user", "content": t}], config.max_new_tokens)
+        if self.rounds:
+            longest = max(c.enabled_principles, key=lambda p: len(p.critique_request) + len(p.revision_request))
+
+            def revision(t: str) -> Chat:
+                return revision_chat(critique_chat(t, "", longest, c, config.few_shot), "", longest)
+
+            # the answer, the critique and the revision each take up to max_new_tokens
+            text = fit_prompt(critic, text, revision, 3 * config.max_new_tokens)
+        warning = ""
+        if text != prompt.prompt:
+            warning = f"prompt cut from {len(prompt.prompt):,} to {len(text):,} characters to fit the model's context"
+        return Trace(
+            trace_id,
+            self.job.run_id,
+            prompt.id,
+            text,
+            prompt.category,
+            sample,
+            policy.name,
+            c.name,
+            c.version,
+            warning=warning,
         )
-        states.append(state)
-        if not done:
-            missing.append(state)
-    if missing:
+
+    def _run_initial(self, chunk, chunk_start: int) -> list[_State]:
+        states, missing = [], []
+        for offset, (prompt, sample) in enumerate(chunk):
+            trace_id = f"{self.job.run_id}:{prompt.id}:{sample}"
+            done = self.steps.get(trace_id, [])
+            if not done and trace_id not in self.traces:
+                self.traces[trace_id] = self._new_trace(trace_id, prompt, sample, *self.backends())
+            state = _State(
+                self.traces[trace_id],
+                chunk_start + offset,
+                done[-1].response if done else "",
+                done[-1].round if done else -1,
+                bool(done) and done[-1].stopped,
+            )
+            states.append(state)
+            if not done:
+                missing.append(state)
+        if missing:
+            policy, _ = self.backends()
+            params = self.config.sampling()
+            params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
+            answers = policy.generate([[{"role": "user", "content": s.trace.prompt}] for s in missing], params)
+            new_steps = [
+                TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
+                for s, a in zip(missing, answers, strict=True)
+            ]
+            # traces before steps: a step on disk always has its trace on disk
+            self.job.append("traces", [to_row(s.trace) for s in missing])
+            self.job.append("trace_steps", [to_row(st) for st in new_steps])
+            for s, st in zip(missing, new_steps, strict=True):
+                self.steps[s.trace.trace_id] = [st]
+                s.response, s.round = st.response, 0
+        return states
+
+    def _run_round(self, active: list[_State], round_: int) -> None:
+        config, constitution = self.config, self.constitution
+        _, critic = self.backends()
         params = config.sampling()
-        params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
-        answers = policy.generate([[{"role": "user", "content": s.trace.prompt}] for s in missing], params)
-        new_steps = [
-            TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
-            for s, a in zip(missing, answers, strict=True)
+        principles = [
+            choose_principle(constitution, self.strategy, config.seed, s.trace.trace_id, s.index, round_)
+            for s in active
         ]
-        # traces before steps: a step on disk always has its trace on disk
-        job.append("traces", [to_row(s.trace) for s in missing])
-        job.append("trace_steps", [to_row(st) for st in new_steps])
-        for s, st in zip(missing, new_steps, strict=True):
-            steps[s.trace.trace_id] = [st]
-            s.response, s.round = st.response, 0
-    return states
-
-
-def _run_round(
-    job,
-    active: list[_State],
-    round_: int,
-    steps,
-    critic: Backend,
-    config: GenerateConfig,
-    constitution: Constitution,
-    strategy: str,
-    stop_phrases: list[str],
-) -> None:
-    params = config.sampling()
-    principles = [
-        choose_principle(constitution, strategy, config.seed, s.trace.trace_id, s.index, round_) for s in active
-    ]
-    critique_chats = [
-        critique_chat(s.trace.prompt, s.response, p, constitution, config.few_shot)
-        for s, p in zip(active, principles, strict=True)
-    ]
-    critiques = critic.generate(critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}))
-    revise = [i for i, c in enumerate(critiques) if not says_nothing_to_change(c.text, stop_phrases)]
-    revisions = critic.generate(
-        [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
-        SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
-    )
-    revision_of = dict(zip(revise, revisions, strict=True))
-    new_steps = []
-    for i, (state, principle, critique) in enumerate(zip(active, principles, critiques, strict=True)):
-        revision = revision_of.get(i)
-        new_steps.append(
-            TraceStep(
-                trace_id=state.trace.trace_id,
-                round=round_,
-                principle_id=principle.id,
-                critique=critique.text,
-                response=revision.text if revision else state.response,
-                prompt_tokens=critique.prompt_tokens,
-                critique_tokens=critique.completion_tokens,
-                response_tokens=revision.completion_tokens if revision else 0,
-                seconds=critique.seconds + (revision.seconds if revision else 0.0),
-                stopped=revision is None,
-            )
+        critique_chats = [
+            critique_chat(s.trace.prompt, s.response, p, constitution, config.few_shot)
+            for s, p in zip(active, principles, strict=True)
+        ]
+        critiques = critic.generate(critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}))
+        self.job.stop_if_cancelled()
+        revise = [i for i, c in enumerate(critiques) if not says_nothing_to_change(c.text, self.stop_phrases)]
+        revisions = critic.generate(
+            [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
+            SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
         )
-    job.append("trace_steps", [to_row(st) for st in new_steps])
-    for state, step in zip(active, new_steps, strict=True):
-        steps[state.trace.trace_id].append(step)
-        state.response, state.round, state.stopped = step.response, round_, step.stopped
+        revision_of = dict(zip(revise, revisions, strict=True))
+        new_steps = []
+        for i, (state, principle, critique) in enumerate(zip(active, principles, critiques, strict=True)):
+            revision = revision_of.get(i)
+            new_steps.append(
+                TraceStep(
+                    trace_id=state.trace.trace_id,
+                    round=round_,
+                    principle_id=principle.id,
+                    critique=critique.text,
+                    response=revision.text if revision else state.response,
+                    prompt_tokens=critique.prompt_tokens,
+                    critique_tokens=critique.completion_tokens,
+                    response_tokens=revision.completion_tokens if revision else 0,
+                    seconds=critique.seconds + (revision.seconds if revision else 0.0),
+                    stopped=revision is None,
+                )
+            )
+        self.job.append("trace_steps", [to_row(st) for st in new_steps])
+        for state, step in zip(active, new_steps, strict=True):
+            self.steps[state.trace.trace_id].append(step)
+            state.response, state.round, state.stopped = step.response, round_, step.stopped

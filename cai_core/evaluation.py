@@ -34,7 +34,7 @@ from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
-from .jobs import JobFolder, ending_on_failure, run_id_for
+from .jobs import JobFolder, engine_name, run_job
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
 
@@ -136,22 +136,17 @@ def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     constitution = load_constitution(config.constitution)
-    prompts = load_sets(config.sets)
-    digest = hashlib.sha256(json.dumps([asdict(p) for p in prompts]).encode()).hexdigest()[:12]
-    identity = {**asdict(config), "constitution": constitution.version, "sets": digest, "run_id": None}
-    run_id = config.run_id or run_id_for("eval", identity)
-    job = JobFolder.create(
+    prompts = [asdict(p) for p in load_sets(config.sets)]
+    digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]
+    return JobFolder.prepare(
         workspace.runs_dir,
-        run_id,
-        {
-            "kind": "eval",
-            "model": config.judge,
-            "config": {**asdict(config), "run_id": run_id},
-            "constitution": constitution.snapshot(),
-        },
+        "eval",
+        config,
+        {"sets": digest},
+        model=config.judge,
+        constitution=constitution,
+        inputs={INPUT: prompts},
     )
-    job.write_input(INPUT, [asdict(p) for p in prompts])
-    return job
 
 
 def run_evaluation(
@@ -163,54 +158,76 @@ def run_evaluation(
     """Run (or resume) a comparison to completion: answers model by model, then the judge."""
     workspace = workspace or Workspace.from_env()
     job = prepare_eval_job(config, workspace)
-    job.repair()
-    job.clear_cancel()
-    constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
-    models = parse_models(config.models)
-    prompts = job.read_input(INPUT)
-    answers = {(a["prompt_key"], a["wrapper"], a["model"]): a for a in job.read("eval_answers")}
-    judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in job.read("eval_judgments")}
-    cells = [(p, w) for p in prompts for w in config.wrappers]
-    comparisons = [(p, w, a, b) for p, w in cells for a, b in itertools.combinations(models, 2)]
-    total = len(cells) * len(models) + len(comparisons)
+    return run_job(job, lambda: EvalWork(job, config, workspace), on_progress=on_progress)
 
-    def report(status: str = "running", message: str = "") -> None:
-        job.set_progress(status, len(answers) + len(judged), total, message)
-        if on_progress:
-            on_progress(len(answers) + len(judged), total)
 
-    report()
-    with ending_on_failure(report):
-        for name, spec in models.items():
-            todo = [(p, w) for p, w in cells if (p["key"], w, name) not in answers]
-            backend = load_backend(spec, workspace, calls=len(todo)) if todo else None
-            if backend:
-                job.record_engines(**{name: backend})
-            for start in range(0, len(todo), config.batch_size):
-                if job.cancel_requested():
-                    report("cancelled", "cancelled by request; run again to resume")
-                    return job
-                new = _answer(job.run_id, name, backend, todo[start : start + config.batch_size], config)
-                if config.refusals == "judge":
-                    new = _judge_refusals(load_backend(config.judge, workspace, calls=2 * len(todo)), new)
-                job.append("eval_answers", [to_row(a) for a in new])
-                answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
-                report()
-        todo = [c for c in comparisons if (c[0]["key"], c[1], c[2], c[3]) not in judged]
-        if todo:
-            judge = Judge(load_backend(config.judge, workspace, calls=2 * len(todo)), constitution)
-            job.record_engines(judge=judge.backend)
-        for start in range(0, len(todo), config.batch_size):
-            if job.cancel_requested():
-                report("cancelled", "cancelled by request; run again to resume")
-                return job
-            batch = todo[start : start + config.batch_size]
-            new = _compare(job.run_id, judge, batch, answers, config.seed)
-            job.append("eval_judgments", [to_row(j) for j in new])
-            judged.update((j.prompt_key, j.wrapper, j.model_a, j.model_b) for j in new)
-            report()
-        report("done")
-        return job
+class _JudgedWork:
+    """What both evaluation jobs share: the constitution as the run was prepared with (the file may have changed
+    since), and a judge loaded when the first batch needs it."""
+
+    def __init__(self, job: JobFolder, config: EvalConfig | RoundsConfig, workspace: Workspace):
+        self.job, self.config, self.workspace = job, config, workspace
+        self.engine = ""
+        self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
+        self._judge: Judge | None = None
+
+    def backend(self, spec: str, role: str, calls: int) -> Backend:
+        """The model `spec` for `role` (a model's name, or judge), its engine noted in run.json; `calls` is how many
+        model calls the job expects to make with it, for the auto engine's rule."""
+        backend = load_backend(spec, self.workspace, calls=calls)
+        self.job.record_engines(**{role: backend})
+        self.engine = engine_name(backend)
+        return backend
+
+    def judge(self, calls: int) -> Judge:
+        self._judge = self._judge or Judge(self.backend(self.config.judge, "judge", calls), self.constitution)
+        return self._judge
+
+
+class EvalWork(_JudgedWork):
+    """A batch is `batch_size` prompts answered by one model (models in turn), then `batch_size` comparisons
+    judged; `done` counts answers and comparisons."""
+
+    unit = "step"
+
+    def __init__(self, job: JobFolder, config: EvalConfig, workspace: Workspace):
+        super().__init__(job, config, workspace)
+        self.models = parse_models(config.models)
+        self.answers = {(a["prompt_key"], a["wrapper"], a["model"]): a for a in job.read("eval_answers")}
+        self.judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in job.read("eval_judgments")}
+        self.cells = [(p, w) for p in job.read_input(INPUT) for w in config.wrappers]
+        self.comparisons = [(p, w, a, b) for p, w in self.cells for a, b in itertools.combinations(self.models, 2)]
+
+    def total(self) -> int:
+        return len(self.cells) * len(self.models) + len(self.comparisons)
+
+    def done(self) -> int:
+        return len(self.answers) + len(self.judged)
+
+    def batches(self):
+        size = self.config.batch_size
+        for name in self.models:
+            todo = [(p, w) for p, w in self.cells if (p["key"], w, name) not in self.answers]
+            for start in range(0, len(todo), size):
+                yield "answer", name, todo[start : start + size]
+        todo = [c for c in self.comparisons if (c[0]["key"], c[1], c[2], c[3]) not in self.judged]
+        for start in range(0, len(todo), size):
+            yield "judge", None, todo[start : start + size]
+
+    def step(self, batch) -> None:
+        stage, name, items = batch
+        if stage == "answer":
+            calls = len(self.cells) * len(self.models)
+            new = _answer(self.job.run_id, name, self.backend(self.models[name], name, calls), items, self.config)
+            if self.config.refusals == "judge":
+                self.job.stop_if_cancelled()
+                new = _judge_refusals(self.backend(self.config.judge, "judge", 2 * calls), new)
+            self.job.append("eval_answers", [to_row(a) for a in new])
+            self.answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
+            return
+        new = _compare(self.job.run_id, self.judge(2 * len(self.comparisons)), items, self.answers, self.config.seed)
+        self.job.append("eval_judgments", [to_row(j) for j in new])
+        self.judged.update((j.prompt_key, j.wrapper, j.model_a, j.model_b) for j in new)
 
 
 def _answer(run_id: str, name: str, backend: Backend, cells, config: EvalConfig) -> list[EvalAnswer]:
@@ -302,20 +319,16 @@ def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
         raise ValueError(f"SL-CAI run {config.traces_run!r} has no traces with a revision in {workspace.db_path}")
     rows = steps.to_dict("records")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    identity = {**asdict(config), "constitution": constitution.version, "traces": digest, "run_id": None}
-    run_id = config.run_id or run_id_for("rounds", identity)
-    job = JobFolder.create(
+    return JobFolder.prepare(
         workspace.runs_dir,
-        run_id,
-        {
-            "kind": "eval-rounds",
-            "model": config.judge,
-            "config": {**asdict(config), "run_id": run_id},
-            "constitution": constitution.snapshot(),
-        },
+        "eval-rounds",
+        config,
+        {"traces": digest},
+        model=config.judge,
+        constitution=constitution,
+        inputs={INPUT: rows},
+        prefix="rounds",
     )
-    job.write_input(INPUT, rows)
-    return job
 
 
 def round_comparisons(steps: list[dict]) -> list[tuple[dict, dict]]:
@@ -343,33 +356,36 @@ def run_rounds(
 ) -> JobFolder:
     workspace = workspace or Workspace.from_env()
     job = prepare_rounds_job(config, workspace)
-    job.repair()
-    job.clear_cancel()
-    constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
-    comparisons = round_comparisons(job.read_input(INPUT))
-    done = {(j["trace_id"], j["round"], j["versus_round"]) for j in job.read("round_judgments")}
-    todo = [(later, earlier) for later, earlier in comparisons if _round_key(later, earlier) not in done]
+    return run_job(job, lambda: RoundsWork(job, config, workspace), on_progress=on_progress)
 
-    def report(status: str = "running", message: str = "") -> None:
-        job.set_progress(status, len(done), len(comparisons), message)
-        if on_progress:
-            on_progress(len(done), len(comparisons))
 
-    report()
-    with ending_on_failure(report):
-        judge = Judge(load_backend(config.judge, workspace, calls=2 * len(todo)), constitution) if todo else None
-        if judge:
-            job.record_engines(judge=judge.backend)
-        for start in range(0, len(todo), config.batch_size):
-            if job.cancel_requested():
-                report("cancelled", "cancelled by request; run again to resume")
-                return job
-            new = _judge_rounds(job.run_id, judge, todo[start : start + config.batch_size], config.seed)
-            job.append("round_judgments", [to_row(j) for j in new])
-            done.update((j.trace_id, j.round, j.versus_round) for j in new)
-            report()
-        report("done")
-        return job
+class RoundsWork(_JudgedWork):
+    """The traces' revisions copied into the job, `batch_size` comparisons judged at a time."""
+
+    unit = "comparison"
+
+    def __init__(self, job: JobFolder, config: RoundsConfig, workspace: Workspace):
+        super().__init__(job, config, workspace)
+        self.comparisons = round_comparisons(job.read_input(INPUT))
+        self.judged = {(j["trace_id"], j["round"], j["versus_round"]) for j in job.read("round_judgments")}
+
+    def total(self) -> int:
+        return len(self.comparisons)
+
+    def done(self) -> int:
+        return len(self.judged)
+
+    def batches(self):
+        todo = [
+            (later, earlier) for later, earlier in self.comparisons if _round_key(later, earlier) not in self.judged
+        ]
+        for start in range(0, len(todo), self.config.batch_size):
+            yield todo[start : start + self.config.batch_size]
+
+    def step(self, batch) -> None:
+        new = _judge_rounds(self.job.run_id, self.judge(2 * len(self.comparisons)), batch, self.config.seed)
+        self.job.append("round_judgments", [to_row(j) for j in new])
+        self.judged.update((j.trace_id, j.round, j.versus_round) for j in new)
 
 
 def _round_key(later: dict, earlier: dict) -> tuple[str, int, int]:

@@ -27,12 +27,12 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder, ending_on_failure, run_id_for
+from .jobs import JobFolder, engine_name, run_job
 from .records import AILabel, Pair, to_row
 from .workspace import Workspace
 
@@ -260,20 +260,15 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
     if not pairs:
         raise ValueError("no pairs to label: make some with `cai pairs` or import them with `cai import-labels`")
     digest = hashlib.sha256("\n".join(p.pair_id for p in pairs).encode()).hexdigest()[:12]
-    identity = {**asdict(config), "constitution": constitution.version, "pairs": digest, "run_id": None}
-    run_id = config.run_id or run_id_for("label", identity)
-    job = JobFolder.create(
+    return JobFolder.prepare(
         workspace.runs_dir,
-        run_id,
-        {
-            "kind": "label",
-            "model": config.model,
-            "config": {**asdict(config), "run_id": run_id},
-            "constitution": constitution.snapshot(),
-        },
+        "label",
+        config,
+        {"pairs": digest},
+        model=config.model,
+        constitution=constitution,
+        inputs={INPUT: [to_row(p) for p in pairs]},
     )
-    job.write_input(INPUT, [to_row(p) for p in pairs])
-    return job
 
 
 def run_labelling(
@@ -287,70 +282,79 @@ def run_labelling(
     """Run (or resume) a labelling job to completion; returns its folder (`Store.ingest` takes the labels in)."""
     workspace = workspace or Workspace.from_env()
     job = prepare_label_job(config, workspace, pairs)
-    job.repair()
-    job.clear_cancel()
-    spec = job.spec
-    # The constitution as it was when the run was prepared: the file may have been edited since.
-    constitution = parse_constitution(spec["constitution"]["content"], f"run {job.run_id}")
-    pairs = [Pair(**row) for row in job.read_input(INPUT)]
-    if config.strategy == "ensemble":
-        items = [(pair, p) for pair in pairs for p in constitution.enabled_principles]
-    else:
-        items = [(pair, choose_principle(constitution, config.seed, pair.pair_id)) for pair in pairs]
-    done = {(row["pair_id"], row["principle_id"]) for row in job.read("ai_labels")}
-    todo = [(pair, p) for pair, p in items if (pair.pair_id, p.id) not in done]
-    # Batches of similar length waste little on padding; labels are keyed by pair, so order is free.
-    todo.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
+    return run_job(job, lambda: LabelWork(job, config, workspace, backend), on_progress=on_progress)
 
-    def report(status: str = "running", message: str = "") -> None:
-        job.set_progress(status, len(done), len(items), message)
-        if on_progress:
-            on_progress(len(done), len(items))
 
-    report()
-    with ending_on_failure(report):
-        backend = backend or load_backend(config.model, workspace, calls=2 * len(todo))
-        job.record_engines(judge=backend)
-        judge = Judge(
-            backend,
-            constitution,
-            method=config.method,
-            cot=config.cot,
-            cot_tokens=config.cot_tokens,
-            cot_band=(config.cot_min, config.cot_max),
-            few_shot=config.few_shot,
-        )
-        for start in range(0, len(todo), config.batch_size):
-            if job.cancel_requested():
-                report("cancelled", "cancelled by request; run again to resume")
-                return job
-            batch = todo[start : start + config.batch_size]
-            began = time.perf_counter()
-            verdicts = judge.label(batch)
-            seconds = (time.perf_counter() - began) / len(batch)
-            labels = [
-                AILabel(
-                    run_id=job.run_id,
-                    pair_id=pair.pair_id,
-                    principle_id=principle.id,
-                    judge_model=backend.name,
-                    constitution_version=constitution.version,
-                    strategy=config.strategy,
-                    method=v.method,
-                    cot=config.cot,
-                    few_shot=config.few_shot,
-                    p_order1=v.p_order1,
-                    p_order2=v.p_order2,
-                    p_a=v.p_a,
-                    failed=v.failed,
-                    reasoning_1=v.reasoning_1,
-                    reasoning_2=v.reasoning_2,
-                    seconds=seconds,
-                )
-                for (pair, principle), v in zip(batch, verdicts, strict=True)
-            ]
-            job.append("ai_labels", [to_row(label) for label in labels])
-            done.update((label.pair_id, label.principle_id) for label in labels)
-            report()
-        report("done")
-        return job
+class LabelWork:
+    """The pairs copied into the job, judged `batch_size` (pair, principle) items at a time; `done` counts labels."""
+
+    unit = "label"
+
+    def __init__(self, job: JobFolder, config: LabelConfig, workspace: Workspace, backend: Backend | None = None):
+        self.job, self.config, self.workspace, self.backend = job, config, workspace, backend
+        self.engine = ""
+        self.judge: Judge | None = None
+        # The constitution as it was when the run was prepared: the file may have been edited since.
+        self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
+        pairs = [Pair(**row) for row in job.read_input(INPUT)]
+        if config.strategy == "ensemble":
+            self.items = [(pair, p) for pair in pairs for p in self.constitution.enabled_principles]
+        else:
+            self.items = [(pair, choose_principle(self.constitution, config.seed, pair.pair_id)) for pair in pairs]
+        self.labelled = {(row["pair_id"], row["principle_id"]) for row in job.read("ai_labels")}
+
+    def total(self) -> int:
+        return len(self.items)
+
+    def done(self) -> int:
+        return len(self.labelled)
+
+    def batches(self):
+        todo = [(pair, p) for pair, p in self.items if (pair.pair_id, p.id) not in self.labelled]
+        # Batches of similar length waste little on padding; labels are keyed by pair, so order is free.
+        todo.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
+        for start in range(0, len(todo), self.config.batch_size):
+            yield todo[start : start + self.config.batch_size]
+
+    def step(self, batch: list[tuple[Pair, Principle]]) -> None:
+        config = self.config
+        if self.judge is None:
+            todo = len(self.items) - len(self.labelled)
+            self.backend = self.backend or load_backend(config.model, self.workspace, calls=2 * todo)
+            self.job.record_engines(judge=self.backend)
+            self.engine = engine_name(self.backend)
+            self.judge = Judge(
+                self.backend,
+                self.constitution,
+                method=config.method,
+                cot=config.cot,
+                cot_tokens=config.cot_tokens,
+                cot_band=(config.cot_min, config.cot_max),
+                few_shot=config.few_shot,
+            )
+        began = time.perf_counter()
+        verdicts = self.judge.label(batch)
+        seconds = (time.perf_counter() - began) / len(batch)
+        labels = [
+            AILabel(
+                run_id=self.job.run_id,
+                pair_id=pair.pair_id,
+                principle_id=principle.id,
+                judge_model=self.backend.name,
+                constitution_version=self.constitution.version,
+                strategy=config.strategy,
+                method=v.method,
+                cot=config.cot,
+                few_shot=config.few_shot,
+                p_order1=v.p_order1,
+                p_order2=v.p_order2,
+                p_a=v.p_a,
+                failed=v.failed,
+                reasoning_1=v.reasoning_1,
+                reasoning_2=v.reasoning_2,
+                seconds=seconds,
+            )
+            for (pair, principle), v in zip(batch, verdicts, strict=True)
+        ]
+        self.job.append("ai_labels", [to_row(label) for label in labels])
+        self.labelled.update((label.pair_id, label.principle_id) for label in labels)

@@ -8,23 +8,40 @@ in flight and never stores a step twice.
 
     runs/<run_id>/run.json         what the job is (kind, model, config, constitution)
     runs/<run_id>/<table>.jsonl    records, one JSON object a line
-    runs/<run_id>/progress.json    done / total / status, rewritten atomically
+    runs/<run_id>/progress.json    status, done / total, rate, ETA, engine; rewritten atomically
     runs/<run_id>/cancel           present when someone asked the job to stop
+    runs/<run_id>/lock             locked (flock) by the one process working on the job
     runs/<run_id>/log.txt          the job's own output when launched in the background
+
+`run_job` is the one runner of every non-training job (generate, pairs, label, eval, eval-rounds): a
+job module gives it only a `Work` (its state read back from the folder, its batches and a `step`),
+and the runner owns the rest: the lock, a cancel made before the start, the repair of torn records,
+progress with a rate and an ETA, the cancel check between batches and between model calls, and the
+closing status. Training keeps its own loop (`train/harness.py`, driven by the trainers' callbacks)
+over the same folder.
+
+The cancel rule: a cancel made while a job is pending (launched, not yet begun) or running wins; a
+cancel file found on a stopped run (done, failed, cancelled) is an old request, and an explicit
+resume clears it. Launching a job marks it pending first, so a cancel made in the moment between a
+click on Resume and the start of its process is not mistaken for an old one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .records import now
 from .workspace import Workspace
@@ -45,6 +62,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
+class Cancelled(Exception):
+    """Raised at a cancel point when someone asked the job to stop; the runner records the stop."""
+
+
+class JobBusy(RuntimeError):
+    """Another process is working on the job; the message names the run and that process."""
+
+
 @dataclass(frozen=True)
 class Progress:
     status: str
@@ -53,10 +78,40 @@ class Progress:
     message: str = ""
     pid: int | None = None
     updated_at: float = 0.0
+    unit: str = ""  # what done and total count: steps, labels, comparisons
+    rate: float | None = None  # units a second since this process began, when it has done some
+    eta: float | None = None  # seconds left at that rate
+    elapsed: float | None = None  # seconds since this process began the job
+    engine: str = ""  # the backend and model the job runs on, once loaded
 
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+    def summary(self) -> str:
+        """done/total, then the rate, elapsed time and ETA where known: what a page or `cai jobs` shows."""
+        parts = [f"{self.done}/{self.total} {self.unit}s" if self.unit else f"{self.done}/{self.total}"]
+        if self.rate:
+            parts.append(f"{self.rate:.2f} {self.unit or 'item'}s/s")
+        if self.elapsed is not None:
+            parts.append(f"{_duration(self.elapsed)} elapsed")
+        if self.eta is not None and self.status == "running":
+            parts.append(f"about {_duration(self.eta)} left")
+        if self.engine:
+            parts.append(self.engine)
+        return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+_PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
 
 
 class JobFolder:
@@ -73,6 +128,34 @@ class JobFolder:
         if not (folder.path / "run.json").exists():
             write_json_atomic(folder.path / "run.json", {"run_id": run_id, "created_at": now(), **spec})
             folder.set_progress("pending", 0, 0)
+        return folder
+
+    @classmethod
+    def prepare(
+        cls,
+        runs_dir: Path,
+        kind: str,
+        config,
+        identity: dict,
+        *,
+        model: str,
+        constitution=None,
+        inputs: dict[str, list[dict]] | None = None,
+        prefix: str | None = None,
+    ) -> JobFolder:
+        """Create (or find) a job's folder. Its id is the config's `run_id` or else `PREFIX-hash` of the config,
+        the constitution's version and `identity` (digests of the data it works on), so the same command
+        again finds the same run; `inputs` are copied in once (see `write_input`)."""
+        settings = dataclasses.asdict(config)
+        if constitution is not None:
+            identity = {"constitution": constitution.version, **identity}
+        run_id = settings.get("run_id") or run_id_for(prefix or kind, {**settings, **identity, "run_id": None})
+        spec = {"kind": kind, "model": model, "config": {**settings, "run_id": run_id}}
+        if constitution is not None:
+            spec["constitution"] = constitution.snapshot()
+        folder = cls.create(runs_dir, run_id, spec)
+        for name, rows in (inputs or {}).items():
+            folder.write_input(name, rows)
         return folder
 
     @property
@@ -151,8 +234,11 @@ class JobFolder:
 
     # --- progress and control ----------------------------------------------------------------
 
-    def set_progress(self, status: str, done: int, total: int, message: str = "") -> None:
+    def set_progress(self, status: str, done: int, total: int, message: str = "", **details) -> None:
+        """Rewrite progress.json; `details` are Progress's other fields (unit, rate, eta, elapsed, engine)."""
         assert status in STATUSES, status
+        unknown = set(details) - _PROGRESS_FIELDS
+        assert not unknown, unknown
         write_json_atomic(
             self.path / "progress.json",
             {
@@ -162,6 +248,7 @@ class JobFolder:
                 "message": message,
                 "pid": os.getpid(),
                 "updated_at": now(),
+                **details,
             },
         )
 
@@ -170,15 +257,10 @@ class JobFolder:
             data = json.loads((self.path / "progress.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             return Progress("pending", 0, 0)
-        progress = Progress(**data)
+        progress = Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
         if progress.status == "running" and progress.pid and not _alive(progress.pid):
-            return Progress(
-                "failed",
-                progress.done,
-                progress.total,
-                "the job's process died; run it again to resume",
-                progress.pid,
-                progress.updated_at,
+            return dataclasses.replace(
+                progress, status="failed", message="the job's process died; run it again to resume", eta=None
             )
         return progress
 
@@ -191,6 +273,37 @@ class JobFolder:
     def clear_cancel(self) -> None:
         (self.path / "cancel").unlink(missing_ok=True)
 
+    def stop_if_cancelled(self) -> None:
+        """A cancel point: raise Cancelled when a stop was asked for. Call it where stopping loses no
+        spooled work, e.g. between two model calls of a batch."""
+        if self.cancel_requested():
+            raise Cancelled
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the job's lock while working on it, so that a second start (a double click, two sessions,
+        `cai resume` twice) cannot do the same work again: it gets JobBusy. The lock is an flock, which the
+        system releases when its process ends, `kill -9` included, so a dead job never keeps its run locked."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.progress().pid
+            raise JobBusy(f"run {self.run_id} is already running (process {pid})") from None
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def busy(self) -> bool:
+        """Whether a process is working on the job at this moment (holds its lock)."""
+        try:
+            with self.exclusive():
+                return False
+        except JobBusy:
+            return True
+
     def launch(self, argv: list[str]) -> subprocess.Popen:
         """Run `python -m cai_core.cli ARGV` detached: closing the page or the app does not stop it."""
         return self.start([sys.executable, "-m", "cai_core.cli", *argv])
@@ -200,7 +313,11 @@ class JobFolder:
         return self.launch([*workspace.cli_args(), "resume", self.run_id])
 
     def start(self, command: list[str]) -> subprocess.Popen:
-        """Run any command detached, its output appended to the job's log."""
+        """Run any command detached, its output appended to the job's log. The job reads pending until its
+        process begins: a cancel made meanwhile is then a new request, which the process honours."""
+        progress = self.progress()
+        if progress.status != "running":
+            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit)
         log = open(self.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
         return subprocess.Popen(
             command,
@@ -235,6 +352,93 @@ def ending_on_failure(report: Callable[[str, str], object]) -> Iterator[None]:
     except BaseException as exc:
         report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
         raise
+
+
+class Work(Protocol):
+    """What a job module gives the runner: its state, read back from the job's folder when it is built, and
+    its work cut into batches. `step` does one batch and spools its records; a batch cut short by a kill is
+    done again on resume, so no batch may leave half its records behind without the other half being derivable.
+    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`."""
+
+    unit: str  # what done and total count
+    engine: str  # "BACKEND · MODEL" once a backend is loaded; "" before
+
+    def total(self) -> int: ...
+
+    def done(self) -> int: ...
+
+    def batches(self) -> Iterable: ...
+
+    def step(self, batch) -> None: ...
+
+
+class _Reporter:
+    """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began."""
+
+    def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
+        self.folder, self.on_progress = folder, on_progress
+        self.work: Work | None = None
+        self.began, self.done_at_start = time.monotonic(), 0
+        self.last = folder.progress()
+
+    def attach(self, work: Work) -> None:
+        self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
+
+    def __call__(self, status: str = "running", message: str = "") -> None:
+        work = self.work
+        done, total = (work.done(), work.total()) if work else (self.last.done, self.last.total)
+        elapsed = time.monotonic() - self.began
+        rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
+        eta = (total - done) / rate if rate else None
+        unit, engine = (work.unit, work.engine) if work else (self.last.unit, self.last.engine)
+        self.folder.set_progress(
+            status, done, total, message, unit=unit, rate=rate, eta=eta, elapsed=elapsed, engine=engine
+        )
+        if self.on_progress:
+            self.on_progress(done, total)
+
+
+CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
+CANCELLED = "cancelled by request; run it again to resume"
+
+
+def run_job(
+    folder: JobFolder, make_work: Callable[[], Work], *, on_progress: Callable[[int, int], None] | None = None
+) -> JobFolder:
+    """Run (or resume) a prepared job to its end, a cancel or a failure; returns its folder.
+
+    Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
+    status with its reason, then raised."""
+    with folder.exclusive():
+        before = folder.progress()
+        if before.status == "pending" and folder.cancel_requested():
+            folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
+            folder.clear_cancel()
+            return folder
+        if before.status != "pending":
+            folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
+        folder.repair()
+        report = _Reporter(folder, on_progress)
+        with ending_on_failure(report):
+            try:
+                work = make_work()
+                report.attach(work)
+                report()
+                for batch in work.batches():
+                    folder.stop_if_cancelled()
+                    work.step(batch)
+                    report()
+            except Cancelled:
+                folder.clear_cancel()
+                report("cancelled", CANCELLED)
+                return folder
+            report("done")
+    return folder
+
+
+def engine_name(backend) -> str:
+    """How progress names the engine and model a job runs on: "vllm · SmolLM2-135M-Instruct"."""
+    return f"{getattr(backend, 'engine', type(backend).__name__)} · {backend.name}"
 
 
 def list_job_folders(runs_dir: Path) -> list[JobFolder]:

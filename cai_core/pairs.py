@@ -22,12 +22,12 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
-from .jobs import JobFolder, ending_on_failure, run_id_for
+from .jobs import JobFolder, engine_name, run_job
 from .prompts import load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
@@ -181,6 +181,42 @@ def looks_like_hh_rlhf(path: str | Path) -> bool:
     return first is not None and isinstance(first[1], dict) and {"chosen", "rejected"} <= first[1].keys()
 
 
+LABEL_FORMATS = ("auto", "hh-rlhf", "labels")
+
+
+@dataclass(frozen=True)
+class LabelImport:
+    """What `import_labels` read and stored."""
+
+    found: Imported
+    hh_rlhf: bool  # the file was read as hh-rlhf (pairs with crowdworker labels), else as a labels file
+    pairs_added: int
+    labels_added: int
+
+
+def import_labels(
+    store,
+    path: str | Path,
+    *,
+    file_format: str = "auto",
+    limit: int | None = None,
+    annotator: str | None = None,
+    skip_bad_lines: bool = False,
+) -> LabelImport:
+    """Read people's labels from a file and store them with their pairs: an hh-rlhf file (`auto` tells one by
+    its first record) or a labels file (pair_id, label, annotator). What `cai import-labels` and the Agreement
+    page both call."""
+    if file_format not in LABEL_FORMATS:
+        raise ValueError(f"format {file_format!r}: expected one of {', '.join(LABEL_FORMATS)}")
+    hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
+    if hh:
+        found = read_hh_rlhf(path, limit=limit, skip_bad_lines=skip_bad_lines)
+    else:
+        found = read_labels_file(path, annotator=annotator, skip_bad_lines=skip_bad_lines)
+    added = store.add_pairs(found.pairs)
+    return LabelImport(found, hh, added, store.import_human_labels(found.labels))
+
+
 def _is_json_lines(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
 
@@ -293,19 +329,15 @@ def _pairs_of(config: SampleConfig, run_id: str, sample: dict) -> list[Pair]:
     ]
 
 
+def _prompts(config: SampleConfig):
+    return load_prompts(config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit)
+
+
 def prepare_sample_job(config: SampleConfig, workspace: Workspace) -> JobFolder:
     if config.k < 2:
         raise ValueError(f"k={config.k}: a pair needs at least 2 answers per prompt")
-    prompt_set = load_prompts(
-        config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
-    )
-    identity = {**asdict(config), "prompts": prompt_set.digest, "run_id": None}
-    run_id = config.run_id or run_id_for("pairs", identity)
-    return JobFolder.create(
-        workspace.runs_dir,
-        run_id,
-        {"kind": "pairs", "model": config.model, "config": {**asdict(config), "run_id": run_id}},
-    )
+    identity = {"prompts": _prompts(config).digest}
+    return JobFolder.prepare(workspace.runs_dir, "pairs", config, identity, model=config.model)
 
 
 def run_sampling(
@@ -315,59 +347,67 @@ def run_sampling(
     backend: Backend | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JobFolder:
-    """Sample K answers per prompt and spool the pairs among them; rerunning resumes.
+    """Sample K answers per prompt and spool the pairs among them; rerunning resumes."""
+    workspace = workspace or Workspace.from_env()
+    job = prepare_sample_job(config, workspace)
+    return run_job(job, lambda: SampleWork(job, config, workspace, backend), on_progress=on_progress)
+
+
+class SampleWork:
+    """K answers per prompt, a batch of `chunk_size` prompts at a time; `done` counts prompts.
 
     Each prompt's K answers are spooled as one line of `samples.jsonl` before its pairs: a kill between
     the two leaves answers whose pairs the next run derives again, identically, instead of sampling anew."""
-    workspace = workspace or Workspace.from_env()
-    job = prepare_sample_job(config, workspace)
-    job.repair()
-    job.clear_cancel()
-    prompts = load_prompts(
-        config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit
-    ).prompts
-    samples = {s["prompt_id"]: s for s in job.read("samples")}
-    stored = {p["pair_id"] for p in job.read("pairs")}
 
-    def spool_pairs(new_samples: list[dict]) -> None:
-        fresh = [p for s in new_samples for p in _pairs_of(config, job.run_id, s) if p.pair_id not in stored]
-        job.append("pairs", [to_row(p) for p in fresh])
-        stored.update(p.pair_id for p in fresh)
+    unit = "prompt"
 
-    def report(status: str = "running", message: str = "") -> None:
-        job.set_progress(status, len(samples), len(prompts), message)
-        if on_progress:
-            on_progress(len(samples), len(prompts))
+    def __init__(self, job: JobFolder, config: SampleConfig, workspace: Workspace, backend: Backend | None = None):
+        self.job, self.config, self.workspace, self.backend = job, config, workspace, backend
+        self.engine = ""
+        self.prompts = _prompts(config).prompts
+        self.samples = {s["prompt_id"]: s for s in job.read("samples")}
+        self.stored = {p["pair_id"] for p in job.read("pairs")}
+        self._spool_pairs(list(self.samples.values()))
 
-    spool_pairs(list(samples.values()))
-    report()
-    with ending_on_failure(report):
-        todo = [(i, p) for i, p in enumerate(prompts) if p.id not in samples]
-        if todo:
-            backend = backend or load_backend(config.model, workspace, calls=len(todo) * config.k)
-            job.record_engines(policy=backend)
-        for start in range(0, len(todo), config.chunk_size):
-            if job.cancel_requested():
-                report("cancelled", "cancelled by request; run again to resume")
-                return job
-            chunk = todo[start : start + config.chunk_size]
-            params = SamplingParams(
-                config.max_new_tokens, config.temperature, config.top_p, config.seed + 7919 * chunk[0][0]
-            )
-            chats = [[{"role": "user", "content": p.prompt}] for _, p in chunk for _ in range(config.k)]
-            answers = backend.generate(chats, params)
-            new = [
-                {
-                    "prompt_id": p.id,
-                    "index": i,
-                    "prompt": p.prompt,
-                    "responses": [a.text for a in answers[n * config.k : (n + 1) * config.k]],
-                }
-                for n, (i, p) in enumerate(chunk)
-            ]
-            job.append("samples", new)
-            samples.update((s["prompt_id"], s) for s in new)
-            spool_pairs(new)
-            report()
-        report("done")
-        return job
+    def total(self) -> int:
+        return len(self.prompts)
+
+    def done(self) -> int:
+        return len(self.samples)
+
+    def batches(self):
+        todo = [(i, p) for i, p in enumerate(self.prompts) if p.id not in self.samples]
+        for start in range(0, len(todo), self.config.chunk_size):
+            yield todo[start : start + self.config.chunk_size]
+
+    def step(self, chunk) -> None:
+        config = self.config
+        if not self.engine:
+            todo = len(self.prompts) - len(self.samples)
+            self.backend = self.backend or load_backend(config.model, self.workspace, calls=todo * config.k)
+            self.job.record_engines(policy=self.backend)
+            self.engine = engine_name(self.backend)
+        params = SamplingParams(
+            config.max_new_tokens, config.temperature, config.top_p, config.seed + 7919 * chunk[0][0]
+        )
+        chats = [[{"role": "user", "content": p.prompt}] for _, p in chunk for _ in range(config.k)]
+        answers = self.backend.generate(chats, params)
+        new = [
+            {
+                "prompt_id": p.id,
+                "index": i,
+                "prompt": p.prompt,
+                "responses": [a.text for a in answers[n * config.k : (n + 1) * config.k]],
+            }
+            for n, (i, p) in enumerate(chunk)
+        ]
+        self.job.append("samples", new)
+        self.samples.update((s["prompt_id"], s) for s in new)
+        self._spool_pairs(new)
+
+    def _spool_pairs(self, new_samples: list[dict]) -> None:
+        fresh = [
+            p for s in new_samples for p in _pairs_of(self.config, self.job.run_id, s) if p.pair_id not in self.stored
+        ]
+        self.job.append("pairs", [to_row(p) for p in fresh])
+        self.stored.update(p.pair_id for p in fresh)

@@ -25,6 +25,7 @@ class Trace:
     constitution_name: str
     constitution_version: str
     created_at: float = field(default_factory=now)
+    warning: str | None = None  # what went wrong on the way in, e.g. a prompt cut to fit the model's context
 
 
 @dataclass(frozen=True)

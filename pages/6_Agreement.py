@@ -16,7 +16,7 @@ from cai_core.agreement import dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.pairs import PairFileError, looks_like_hh_rlhf, read_hh_rlhf, read_labels_file
+from cai_core.pairs import LABEL_FORMATS, PairFileError, import_labels
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.settings import connect, save_upload, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
@@ -139,7 +139,7 @@ with connect(ws) as store:
         path_text = st.text_input("File inside the workspace (.jsonl, .jsonl.gz or .csv)", key="import_path")
         upload = st.file_uploader("or upload one", type=["jsonl", "gz", "csv"], key="import_upload")
         cols = st.columns(3)
-        file_format = cols[0].selectbox("Format", ("auto", "hh-rlhf", "labels"), key="import_format")
+        file_format = cols[0].selectbox("Format", LABEL_FORMATS, key="import_format")
         limit = int(cols[1].number_input("hh-rlhf: first N pairs (0: all)", min_value=0, value=0, key="import_limit"))
         file_annotator = cols[2].text_input("labels: annotator of every line, if no column", key="import_annotator")
         skip_bad = st.checkbox("Skip bad lines instead of stopping", key="import_skip_bad")
@@ -149,20 +149,21 @@ with connect(ws) as store:
                     path = save_upload(ws, upload, LABEL_SUFFIXES)
                 else:
                     path = ws.resolve_browser_path(path_text, suffixes=LABEL_SUFFIXES)
-                hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
-                if hh:
-                    found = read_hh_rlhf(path, limit=limit or None, skip_bad_lines=skip_bad)
-                else:
-                    found = read_labels_file(path, annotator=file_annotator.strip() or None, skip_bad_lines=skip_bad)
-                added = store.add_pairs(found.pairs)
-                labels = store.import_human_labels(found.labels)
+                result = import_labels(
+                    store,
+                    path,
+                    file_format=file_format,
+                    limit=limit or None,
+                    annotator=file_annotator.strip() or None,
+                    skip_bad_lines=skip_bad,
+                )
             except (OSError, PairFileError, KeyError, ValueError) as exc:
                 st.error(md_escape(str(exc)))
             else:
                 flash(
                     "success",
-                    f"Read {len(found.pairs)} pairs ({added} new) and imported {labels} human labels; "
-                    f"skipped {len(found.problems)} bad lines.",
+                    f"Read {len(result.found.pairs)} pairs ({result.pairs_added} new) and imported "
+                    f"{result.labels_added} human labels; skipped {len(result.found.problems)} bad lines.",
                 )
                 st.rerun()
 

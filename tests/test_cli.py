@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -10,10 +11,17 @@ from cai_core.workspace import PROJECT_ROOT
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 
 
-def cai(*args, data=None, stdin=None):
+def cai(*args, data=None, stdin=None, cwd=None):
     prefix = ["--data-dir", str(data)] if data else []
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}  # from another folder too (cwd), this tree's code
     return subprocess.run(
-        [sys.executable, "-m", "cai_core.cli", *prefix, *args], capture_output=True, text=True, input=stdin, timeout=300
+        [sys.executable, "-m", "cai_core.cli", *prefix, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+        cwd=cwd,
+        env=env,
     )
 
 
@@ -130,3 +138,45 @@ def test_user_errors_are_one_clear_line(args, message, tmp_path):
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_reader_that_goes_away_is_no_error(workspace):
+    """`cai jobs | head -1`: no "Broken pipe" complaint when head stops reading."""
+    from cai_core.jobs import JobFolder
+
+    for i in range(1500):  # more lines than a pipe holds, so the writer meets the closed pipe
+        JobFolder.create(workspace.runs_dir, f"run-{i:04d}", {"kind": "generate", "model": "m"})
+    command = f"{sys.executable} -m cai_core.cli --data-dir {workspace.root} jobs | head -1"
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert out.stdout.count("\n") == 1
+    assert out.stderr == ""
+
+
+def test_a_failing_command_says_why_in_one_line(tmp_path):
+    data = tmp_path / "data"
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q"}\nnot json\n{"prompt": "q", "response_a": "a"}\n')
+    bad = cai("pairs", "import", str(tmp_path / "bad.jsonl"), data=data)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1  # three bad lines, one line saying so
+    assert "3 bad line(s)" in bad.stderr and "bad.jsonl:2" in bad.stderr
+    nothing = cai("export", "--kind", "sft", data=data)
+    assert nothing.returncode == 2 and nothing.stderr.startswith("error: nothing to export")
+
+
+def test_bench_flags_come_from_its_config_and_all_reach_the_benchmark(tiny_model_path, tmp_path):
+    out = cai(
+        "bench",
+        "generate",
+        "--model",
+        tiny_model_path,
+        "--prompts",
+        "1",
+        "--rounds",
+        "1",
+        "--new-tokens",
+        "2",
+        "--dtype",
+        "bfloat16",
+        data=tmp_path / "data",
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["dtype"] == "torch.bfloat16"  # parsed and, before, never passed on

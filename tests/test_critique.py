@@ -91,8 +91,8 @@ def test_cancel_stops_between_batches_and_resume_finishes(tiny_model_path, works
     calls = collections.Counter()
     backend = HFBackend(tiny_model_path)
 
-    class CancelAfterFirstBatch:  # a real backend; only the cancel request is timed by the test
-        name = backend.name
+    class CancelDuringTheFirstCritique:  # a real backend; only the cancel request is timed by the test
+        name, context_length, count_tokens = backend.name, backend.context_length, backend.count_tokens
 
         def generate(self, chats, params):
             calls["generate"] += 1
@@ -101,9 +101,11 @@ def test_cancel_stops_between_batches_and_resume_finishes(tiny_model_path, works
             return backend.generate(chats, params)
 
     cfg = config(tiny_model_path, run_id="cancelled-run", rounds=3)
-    stopped = run_generation(cfg, workspace, backends=(CancelAfterFirstBatch(), CancelAfterFirstBatch()))
+    stopped = run_generation(cfg, workspace, backends=(CancelDuringTheFirstCritique(),) * 2)
     assert stopped.progress().status == "cancelled"
-    assert len(stopped.read("trace_steps")) == 4 * 2  # initial answers and round 1, nothing more
+    # checked between the critiques and the revisions: round 1's revisions were never asked for
+    assert calls["generate"] == 2
+    assert len(stopped.read("trace_steps")) == 4  # the initial answers, nothing more
     finished = run_generation(cfg, workspace)
     assert finished.progress().status == "done"
     assert len(finished.read("trace_steps")) == 4 * 4

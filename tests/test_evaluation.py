@@ -360,8 +360,9 @@ def test_cli_runs_shows_and_reports_an_evaluation(tiny_model_path, second_tiny_m
     assert "Win rates" in out.stdout and "Refusal rates" in out.stdout and "Bradley-Terry" in out.stdout
     run_id = re.search(r"^(eval-\w+): done", out.stdout, re.MULTILINE).group(1)
     report = tmp_path / "report.html"
-    out = cai("eval", "report", "--run-id", run_id, "--out", str(report), data=data)
+    out = cai("eval", "report", "--run-id", run_id, "--out", "report.html", data=data, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert f"wrote the report to {report}" in out.stdout  # the full path, wherever the command ran
     assert report.read_text().startswith("<!DOCTYPE html>") and "plotly" in report.read_text()
 
     bad = cai("eval", "run", "--models", tiny_model_path, "--wrappers", "dan", data=data)

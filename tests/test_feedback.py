@@ -335,7 +335,7 @@ def test_label_in_the_background_then_agreement_from_the_cli(tiny_model_path, tm
     first_words = {line.split()[0] for line in by_principle.stdout.splitlines() if line.strip()}
     assert picked in first_words and not first_words & (principles - {picked})  # one principle's labels only
     none = cai("agreement", "--judge-model", "no-such-judge", data=data)
-    assert none.returncode == 1 and "no AI labels match" in none.stdout
+    assert none.returncode == 2 and "no AI labels match" in none.stderr and none.stderr.count("\n") == 1
 
 
 def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny_model_path, workspace, tmp_path):

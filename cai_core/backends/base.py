@@ -36,6 +36,11 @@ class Backend(Protocol):
     engine: str  # what runs it, as records should name it: "hf", "vllm" or "openai"
     dtype: str | None  # the precision its weights run in ("float32", "bfloat16"); None when remote
     parameters: int | None  # its parameter count; None when remote
+    context_length: int | None  # the most tokens a prompt and its answer may hold together; None: unknown
+
+    def count_tokens(self, chat: Chat) -> int:
+        """How many tokens the chat takes as a prompt (template included); needed only when context_length is known."""
+        ...
 
     def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
         """Answer every chat (each ending with a user turn); one Generation per chat, in order."""

@@ -45,6 +45,13 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
 
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def count_tokens(self, chat: Chat) -> int:
+        return len(self._encode([chat])[0])
+
     # --- generation --------------------------------------------------------------------------
 
     def _encode(self, chats: list[Chat]) -> list[list[int]]:

@@ -38,6 +38,10 @@ class OpenAICompatBackend:
     engine = "openai"
     dtype = None  # the server's business
     parameters = None
+    context_length = None  # the server knows it and refuses a prompt that does not fit, with a message
+
+    def count_tokens(self, chat: Chat) -> int:
+        raise BackendError(f"{self.name}: an OpenAI-compatible server does not count tokens")
 
     def __init__(
         self,

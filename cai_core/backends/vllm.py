@@ -76,8 +76,11 @@ class VLLMBackend:
             raise BackendError(_explain_start_failure(model_path, exc)) from None
         self.tokenizer = self.llm.get_tokenizer()
         self.parameters = _parameter_count(Path(model_path))
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.context_length = self.llm.llm_engine.model_config.max_model_len
         self._stop_ids = stop_token_ids(self.tokenizer, _generation_config(Path(model_path)))
+
+    def count_tokens(self, chat: Chat) -> int:
+        return len(self._encode([chat])[0])
 
     def _encode(self, chats: list[Chat]) -> list[list[int]]:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
@@ -86,11 +89,11 @@ class VLLMBackend:
     def _run(self, prompts: list[list[int]], params: list) -> list:
         from vllm.inputs import TokensPrompt
 
-        too_long = [len(p) for p in prompts if len(p) >= self.max_model_len]
+        too_long = [len(p) for p in prompts if len(p) >= self.context_length]
         if too_long:
             raise BackendError(
                 f"engine vllm: a prompt of {max(too_long)} tokens does not fit the model's context of "
-                f"{self.max_model_len} tokens; shorten the input (fewer few-shot examples, shorter prompts)"
+                f"{self.context_length} tokens; shorten the input (fewer few-shot examples, shorter prompts)"
             )
         try:
             return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)

@@ -142,6 +142,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (path, line));
     CREATE TABLE annotation_claims (annotator TEXT PRIMARY KEY, pair_id TEXT NOT NULL, claimed_at DOUBLE NOT NULL);
     """,
+    # 8: a trace says what went wrong on the way in (a prompt cut to fit the model's context)
+    """
+    ALTER TABLE traces ADD COLUMN warning TEXT;
+    """,
 ]
 
 

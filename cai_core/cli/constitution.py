@@ -1,0 +1,104 @@
+"""`cai constitution validate|show|diff|save|history|restore`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..constitution import diff_constitutions, load_constitution, parse_constitution, save_constitution
+from ..store import Store
+from ..workspace import Workspace
+
+
+def cmd_constitution_validate(args, ws: Workspace) -> int:
+    for path in args.files:
+        c = load_constitution(path)
+        print(
+            f"{path}: ok: {c.name!r}, {len(c.principles)} principles "
+            f"({len(c.enabled_principles)} enabled), version {c.version}"
+        )
+    return 0
+
+
+def _constitution_at(ref: str, ws: Workspace):
+    """A file path, or a version hash kept in the store's history."""
+    if Path(ref).exists():
+        return load_constitution(ref)
+    with Store.open(ws) as store:
+        return parse_constitution(store.constitution_text(ref), f"version {ref}")
+
+
+def cmd_constitution_show(args, ws: Workspace) -> int:
+    c = _constitution_at(args.ref, ws)
+    print(f"# {c.name} (version {c.version})")
+    print(c.to_yaml(), end="")
+    return 0
+
+
+def cmd_constitution_diff(args, ws: Workspace) -> int:
+    old, new = _constitution_at(args.old, ws), _constitution_at(args.new, ws)
+    print(diff_constitutions(old, new, args.old, args.new) or "no differences", end="")
+    return 0
+
+
+def cmd_constitution_save(args, ws: Workspace) -> int:
+    """Validate, record the version in the store's history, then write the file."""
+    text = sys.stdin.read() if args.source == "-" else Path(args.source).read_text(encoding="utf-8")
+    c = parse_constitution(text, args.source)
+    with Store.open(ws) as store:
+        store.record_constitution(c, args.file, args.note)
+        save_constitution(c, args.file)
+    print(f"saved {args.file} as version {c.version}")
+    return 0
+
+
+def cmd_constitution_history(args, ws: Workspace) -> int:
+    with Store.open(ws) as store:
+        history = store.constitution_history(args.file)
+    if history.empty:
+        print(f"no saves of {args.file} recorded yet")
+    for row in history.itertuples():
+        print(f"{row.save_id:>4}  {row.version}  {_when(row.saved_at)}  {row.note}")
+    return 0
+
+
+def cmd_constitution_restore(args, ws: Workspace) -> int:
+    with Store.open(ws) as store:
+        c = parse_constitution(store.constitution_text(args.version), f"version {args.version}")
+        store.record_constitution(c, args.file, f"restored {args.version}")
+        save_constitution(c, args.file)
+    print(f"restored {args.file} to version {c.version}")
+    return 0
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def add_parsers(sub) -> None:
+    con = sub.add_parser("constitution", help="Validate, show, diff, save, and restore constitutions.")
+    con_sub = con.add_subparsers(dest="action", required=True)
+    p = con_sub.add_parser("validate", help="Check constitution files against the schema.")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_constitution_validate)
+    p = con_sub.add_parser("show", help="Print a constitution (a file, or a version hash from the history).")
+    p.add_argument("ref")
+    p.set_defaults(func=cmd_constitution_show)
+    p = con_sub.add_parser("diff", help="Diff two constitutions (files or version hashes).")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.set_defaults(func=cmd_constitution_diff)
+    p = con_sub.add_parser("save", help="Validate SOURCE (a file or - for stdin) and save it to FILE as a new version.")
+    p.add_argument("source")
+    p.add_argument("file")
+    p.add_argument("--note", default="")
+    p.set_defaults(func=cmd_constitution_save)
+    p = con_sub.add_parser("history", help="List the saved versions of a constitution file.")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_constitution_history)
+    p = con_sub.add_parser("restore", help="Write a past version back to FILE (recorded as a new save).")
+    p.add_argument("file")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_constitution_restore)

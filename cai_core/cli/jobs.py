@@ -1,0 +1,188 @@
+"""Running jobs from the command line: `cai generate`, `cai resume`, `cai jobs`, `cai cancel`, `cai ingest`, and
+what every job-starting command shares (prepare from flags, then run here with a progress bar or detach)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..critique import GenerateConfig, prepare_job, run_generation
+from ..evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
+from ..feedback import LabelConfig, prepare_label_job, run_labelling
+from ..jobs import JobBusy, JobFolder, list_job_folders
+from ..pairs import SampleConfig, prepare_sample_job, run_sampling
+from ..store import Store, StoreError
+from ..workspace import Workspace
+from .flags import add_dataclass_arguments, config_from_args
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What the CLI needs to start, run and resume one kind of (non-training) job."""
+
+    config: type
+    prepare: Callable
+    run: Callable
+    desc: str  # the progress bar's name
+    unit: str  # what it counts
+
+
+JOB_KINDS = {
+    "generate": JobKind(GenerateConfig, prepare_job, run_generation, "SL-CAI", "step"),
+    "pairs": JobKind(SampleConfig, prepare_sample_job, run_sampling, "sampling", "prompt"),
+    "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels", "label"),
+    "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation", "step"),
+    "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds", "comparison"),
+}
+
+
+def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
+    """Prepare a job from the command's flags (user errors surface here, before a progress bar is drawn), then
+    start it detached with --background or run it to the end here."""
+    config = config_from_args(JOB_KINDS[kind].config, args)
+    job = JOB_KINDS[kind].prepare(config, ws)
+    if args.background:
+        return _launch(job, ws), job
+    return _run_job(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
+
+
+def _run_job(kind: str, config, ws: Workspace) -> int:
+    from tqdm import tqdm
+
+    unit = JOB_KINDS[kind].unit
+    bar = tqdm(unit=unit, desc=JOB_KINDS[kind].desc, dynamic_ncols=True)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)
+    except JobBusy as busy:
+        bar.close()
+        return follow(JOB_KINDS[kind].prepare(config, ws), busy)
+    bar.close()
+    return ended(job, ws)
+
+
+def ended(job: JobFolder, ws: Workspace | None = None) -> int:
+    """How a job run (or followed) here ended: done (its records ingested when `ws` is given and the database
+    is free) and 0, or 1 with one line on stderr saying why."""
+    progress = job.progress()
+    if progress.status != "done":
+        print(
+            f"{job.run_id}: {progress.status} at {progress.done}/{progress.total}; {progress.message}", file=sys.stderr
+        )
+        return 1
+    print(f"{job.run_id}: done, {progress.summary()}; {progress.message or f'records in {job.path}'}")
+    if ws is not None:
+        ingest_if_free(ws)
+    return 0
+
+
+def follow(job: JobFolder, busy: JobBusy) -> int:
+    """Another process is doing this job's work (a second start, a second `cai resume`): show its progress
+    until it ends instead of doing the work twice."""
+    print(f"{busy}; following it (Ctrl-C stops following, not the run)", flush=True)
+    # until it ends, or its process dies: a job killed before it began would read pending for ever
+    while job.progress().status in ("pending", "running") and job.busy():
+        time.sleep(1)
+    return ended(job)
+
+
+def _launch(job: JobFolder, ws: Workspace) -> int:
+    job.resume_in_background(ws)
+    print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
+    return 0
+
+
+def cmd_generate(args, ws: Workspace) -> int:
+    return start_job("generate", args, ws)[0]
+
+
+def cmd_resume(args, ws: Workspace) -> int:
+    job = JobFolder(ws.runs_dir / args.run_id)
+    if not (job.path / "run.json").exists():
+        raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
+    kind = job.spec["kind"]
+    if kind.startswith("train-"):
+        return train_in_foreground(job, ws)
+    return _run_job(kind, JOB_KINDS[kind].config(**job.spec["config"]), ws)
+
+
+def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
+    from ..train import run_train_job
+
+    # Under `accelerate launch` every rank runs this command; the main one holds the run's lock for them all.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        with job.exclusive() if main_rank else contextlib.nullcontext():
+            run_train_job(job, ws)
+    except JobBusy as busy:
+        return follow(job, busy)
+    return ended(job, ws)
+
+
+def ingest_if_free(ws: Workspace) -> None:
+    try:
+        with Store.open(ws, wait_seconds=2) as store:
+            added = store.ingest(ws.runs_dir)
+        print(f"ingested {added} new records into {ws.db_path}")
+    except StoreError as exc:
+        print(f"{exc}\nthe records stay in the run folder; the app (or `cai ingest`) takes them in later")
+
+
+def cmd_ingest(args, ws: Workspace) -> int:
+    with Store.open(ws) as store:
+        added = store.ingest(ws.runs_dir)
+        counts = store.counts()
+    print(f"ingested {added} new records; the store holds {counts['traces']} traces, {counts['trace_steps']} steps")
+    return 0
+
+
+def cmd_jobs(args, ws: Workspace) -> int:
+    jobs = list_job_folders(ws.runs_dir)
+    if not jobs:
+        print(f"no runs under {ws.runs_dir}")
+    for job in jobs:
+        p = job.progress()
+        kind, engines = job.spec["kind"], job.engines() or "-"
+        print(f"{job.run_id:<24} {kind:<11} {engines:<6} {p.status:<10} {p.summary()}  {p.message}".rstrip())
+    return 0
+
+
+def cmd_cancel(args, ws: Workspace) -> int:
+    job = JobFolder(ws.runs_dir / args.run_id)
+    if not job.path.exists():
+        raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
+    job.request_cancel()
+    print(f"asked {args.run_id} to stop after its current batch")
+    return 0
+
+
+def add_job_parser(sub, name: str, kind: str, help_text: str, func) -> None:
+    """A command that starts a job: its config's flags, and --background."""
+    p = sub.add_parser(name, help=help_text)
+    add_dataclass_arguments(p, JOB_KINDS[kind].config)
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=func)
+
+
+def add_parsers(sub) -> None:
+    add_job_parser(sub, "generate", "generate", "Run SL-CAI: answers, then critique→revision rounds.", cmd_generate)
+    p = sub.add_parser("resume", help="Continue a run from where it stopped.")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("jobs", help="List runs and their progress.")
+    p.set_defaults(func=cmd_jobs)
+    p = sub.add_parser("cancel", help="Ask a running job to stop after its current batch.")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_cancel)
+    p = sub.add_parser("ingest", help="Take finished jobs' records into the database.")
+    p.set_defaults(func=cmd_ingest)

@@ -1,0 +1,81 @@
+"""`cai train sft|rm|ppo|dpo|grpo|rloo|resume|list`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..jobs import JobFolder, list_job_folders
+from ..workspace import Workspace
+from .flags import add_dataclass_arguments
+from .jobs import train_in_foreground
+
+
+def cmd_train(args, ws: Workspace) -> int:
+    from ..train import TrainError, config_class, load_config_file, prepare_train_job
+    from ..train.harness import config_from_args_given
+
+    cls = config_class(args.kind)
+    given = config_from_args_given(cls, args)
+    try:
+        config = load_config_file(cls, args.config, given) if args.config else cls(**given)
+        job = prepare_train_job(config, ws)
+    except TrainError as exc:
+        # a field at fault is named as the flag that sets it (the config file's key is the flag's name)
+        raise TrainError(exc.named("--" + exc.field.replace("_", "-")) if exc.field else str(exc)) from None
+    if args.background:
+        from ..train import launch_train_job
+
+        launch_train_job(job, ws)
+        print(
+            f"started {job.run_id} in the background; follow it with `cai train list`, stop it with "
+            f"`cai cancel {job.run_id}`"
+        )
+        return 0
+    return train_in_foreground(job, ws)
+
+
+def cmd_train_resume(args, ws: Workspace) -> int:
+    from ..train.harness import check_run_id
+
+    job = JobFolder(ws.runs_dir / check_run_id(args.run_id))
+    if not (job.path / "run.json").exists() or not job.spec["kind"].startswith("train-"):
+        raise FileNotFoundError(f"no training run {args.run_id!r} under {ws.runs_dir}")
+    return train_in_foreground(job, ws)
+
+
+def cmd_train_list(args, ws: Workspace) -> int:
+    from ..train.harness import finished_model
+
+    jobs = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]
+    if not jobs:
+        print(f"no training runs under {ws.runs_dir}")
+    for job in jobs:
+        p = job.progress()
+        where = finished_model(job.path) or p.message
+        print(f"{job.run_id:<18} {job.spec['kind']:<11} {p.status:<10} {p.done:>6}/{p.total:<6} {where}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from ..train import KINDS, config_class
+
+    train = sub.add_parser("train", help="Train: SL-CAI SFT, reward model, PPO, DPO, GRPO, RLOO; list runs.")
+    train_sub = train.add_subparsers(dest="action", required=True)
+    for kind in KINDS:
+        cls = config_class(kind)
+        p = train_sub.add_parser(kind, help=cls.summary)
+        p.add_argument("--config", help="A YAML file of the config's fields; flags given here override it.")
+        p.add_argument("--background", action="store_true", help="Start the run detached and return at once.")
+        add_dataclass_arguments(p, cls)
+        # flags the user did not give stay absent, so that a --config file's values are not overwritten
+        names = {f.name for f in dataclasses.fields(cls)}
+        for action in p._actions:
+            if action.dest in names:
+                action.default = argparse.SUPPRESS
+        p.set_defaults(func=cmd_train, kind=kind)
+    p = train_sub.add_parser("resume", help="Continue a training run from its last checkpoint.")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_train_resume)
+    p = train_sub.add_parser("list", help="List training runs: status, step, final model folder or reason.")
+    p.set_defaults(func=cmd_train_list)
