@@ -179,4 +179,4 @@ def test_bench_flags_come_from_its_config_and_all_reach_the_benchmark(tiny_model
         data=tmp_path / "data",
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["dtype"] == "torch.bfloat16"  # parsed and, before, never passed on
+    assert json.loads(out.stdout)["dtype"] == "bfloat16"  # parsed and, before, never passed on
