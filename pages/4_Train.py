@@ -16,11 +16,20 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from cai_core.endpoints import EndpointError
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
-from cai_core.train.harness import config_from_dict, finished_model, form_label, latest_finished, reward_choices
+from cai_core.train.harness import (
+    RUN_ID,
+    config_from_dict,
+    finished_model,
+    form_label,
+    latest_finished,
+    reward_choices,
+)
+from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
-from ui.settings import connect, local_path, setup, use_model
+from ui.settings import connect, setup, use_model
 from ui.text import flash, md_escape, show_flash, when
 
 settings = setup("Train")
@@ -103,9 +112,28 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
             if not value and optional:
                 value = None
             elif typ is str and f.name not in ("run_id", *choices):
-                value = local_path(value)
+                value = browser_value(f.name, value)
         values[f.name] = value
     return values
+
+
+MODEL_FIELDS = ("model", "value_model")  # model specs
+FILE_FIELDS = ("dataset", "helpful_data", "ptx_dataset", "accelerate_config")  # files; other text is not a path
+
+
+def browser_value(name: str, value: str) -> str:
+    """A model or file typed on the form, held to the workspace as every page's are (a run id of this data folder,
+    `default` and `store` stand as typed); a `TrainError` naming the field otherwise."""
+    if name not in (*MODEL_FIELDS, *FILE_FIELDS) or value in ("default", "store"):
+        return value
+    if RUN_ID.match(value) and (ws.runs_dir / value / "run.json").exists():
+        return value
+    try:
+        if name in MODEL_FIELDS:
+            return settings.model_spec(value)
+        return str(ws.resolve_browser_path(value))
+    except (OutsideWorkspace, EndpointError) as exc:
+        raise TrainError(str(exc), name) from None
 
 
 # --- runs ---------------------------------------------------------------------------------------------

@@ -103,10 +103,18 @@ def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, 
 
 def test_a_run_that_cannot_start_names_the_form_field_and_records_nothing(ws, tmp_path):
     at = open_train()
-    at.text_input(key="train_sft_dataset").set_value(str(tmp_path / "absent.jsonl"))
+    at.text_input(key="train_sft_dataset").set_value(str(ws.root / "absent.jsonl"))
     at.button(key="train_start").click().run()
     assert not at.exception
     assert "Not started: Dataset: " in texts(at.error) and "absent.jsonl: no such file or folder" in texts(at.error)
+    # a file that exists, outside the workspace: the browser may not name it (the CLI may)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"prompt": "p", "completion": "c"}\n', encoding="utf-8")
+    for field, typed in (("dataset", str(outside)), ("helpful_data", "../../../etc/hostname"), ("model", "/etc")):
+        at.text_input(key=f"train_sft_{field}").set_value(typed)
+        at.button(key="train_start").click().run()
+        assert "outside the workspace" in texts(at.error), field
+        at.text_input(key=f"train_sft_{field}").set_value({"dataset": "store", "model": "default"}.get(field, ""))
     at.text_input(key="train_sft_dataset").set_value("store")
     at.text_input(key="train_sft_run_id").set_value("../../x/victim")
     at.button(key="train_start").click().run()

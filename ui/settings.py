@@ -184,14 +184,6 @@ def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path
     return target
 
 
-def local_path(spec: str) -> str:
-    """A path typed on a page, made absolute when it names something here: jobs run from the project
-    folder, which need not be where the app was started. Anything else (a hub id, `openai:...`) is kept.
-    Only the Train page still uses it: its paths are not yet held to the workspace, as the other pages' are
-    (`Workspace.resolve_browser_path`, `Settings.model_spec`)."""
-    return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
-
-
 @contextmanager
 def connect(workspace: Workspace) -> Iterator[Store]:
     """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
