@@ -25,6 +25,10 @@ st.write(
 
 with connect(ws) as store:  # connecting also takes in what background jobs have written since
     counts = store.counts()
+    problems = store.ingest_problems()
+if problems:
+    st.warning(f"{len(problems)} spooled line(s) or job file(s) could not be read and were kept out; the rest is in:")
+    st.code("\n".join(map(str, problems)), language=None)
 try:
     demo_prompts = len(load_prompts(ws.demo_prompts).prompts)
 except PromptFileError:

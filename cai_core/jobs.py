@@ -441,11 +441,27 @@ def engine_name(backend) -> str:
     return f"{getattr(backend, 'engine', type(backend).__name__)} · {backend.name}"
 
 
-def list_job_folders(runs_dir: Path) -> list[JobFolder]:
+def _readable(run_json: Path) -> bool:
+    """A job folder whose run.json says what the job is. Any other is left out of listings: ingest quarantines
+    it with its reason (`Store.ingest_problems`), and the home page and `cai jobs` name it."""
+    try:
+        spec = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)
+
+
+def list_job_folders(runs_dir: Path, *, unreadable: bool = False) -> list[JobFolder]:
+    """Job folders, newest first; with `unreadable`, also those whose run.json cannot be read (for ingest, which
+    quarantines them)."""
     if not Path(runs_dir).exists():
         return []
     return sorted(
-        (JobFolder(p) for p in Path(runs_dir).iterdir() if (p / "run.json").exists()),
+        (
+            JobFolder(p)
+            for p in Path(runs_dir).iterdir()
+            if (p / "run.json").exists() and (unreadable or _readable(p / "run.json"))
+        ),
         key=lambda j: j.path.stat().st_mtime,
         reverse=True,
     )

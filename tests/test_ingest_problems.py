@@ -89,3 +89,16 @@ def test_a_broken_run_json_quarantines_that_job_only_until_it_is_fixed(workspace
     with Store.open(workspace) as store:
         assert store.ingest(workspace.runs_dir) == 1 + 3
         assert [p.path for p in store.ingest_problems()] == [str((kindless.path / "run.json").resolve())]
+
+
+def test_listings_leave_out_a_broken_job_and_cai_jobs_names_it(workspace):
+    from cai_core.cli import main as cai
+    from cai_core.jobs import list_job_folders
+
+    good = JobFolder.create(workspace.runs_dir, "good", {"kind": "generate", "model": "m", "config": {}})
+    broken = workspace.runs_dir / "broken"
+    broken.mkdir(parents=True)
+    (broken / "run.json").write_text('{"kind": "generate", "model": "m"} trailing', encoding="utf-8")
+    assert [j.run_id for j in list_job_folders(workspace.runs_dir)] == [good.run_id]
+    assert {j.run_id for j in list_job_folders(workspace.runs_dir, unreadable=True)} == {"good", "broken"}
+    assert cai(["--data-dir", str(workspace.root), "jobs"]) == 0  # no traceback on the broken one

@@ -55,8 +55,10 @@ def job_status(job: JobFolder, progress: Progress, *, details: str, progress_tex
     reason in full as literal text, anything else (where a cancelled job stopped, a score) as a caption."""
     icon = STATUS_ICONS.get(progress.status, "")
     st.markdown(f"{icon} **{progress.status}**")
-    st.text(f"{job.run_id} · {job.spec['kind']} · {details}")
+    engines = job.engines()
+    st.text(f"{job.run_id} · {job.spec['kind']} · {details}" + (f" · engine {engines}" if engines else ""))
     st.progress(progress.fraction, text=progress_text)
+    st.text(progress.summary())  # rate, elapsed time, ETA and the engine it runs on, as `cai jobs` shows them
     if progress.status == "failed":
         st.error("This run failed:", icon=":material/error:")
         st.code(progress.message, language=None, wrap_lines=True)

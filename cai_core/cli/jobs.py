@@ -154,6 +154,14 @@ def cmd_jobs(args, ws: Workspace) -> int:
         p = job.progress()
         kind, engines = job.spec["kind"], job.engines() or "-"
         print(f"{job.run_id:<24} {kind:<11} {engines:<6} {p.status:<10} {p.summary()}  {p.message}".rstrip())
+    try:
+        with Store.open(ws, wait_seconds=2) as store:
+            store.ingest(ws.runs_dir)
+            problems = store.ingest_problems()
+    except StoreError:
+        problems = []  # the app holds the database: its home page lists them
+    for problem in problems:
+        print(f"kept out: {problem}", file=sys.stderr)
     return 0
 
 

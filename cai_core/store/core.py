@@ -269,7 +269,7 @@ class StoreCore:
             ).fetchall()
         )
         added = 0
-        for job in list_job_folders(runs_dir):
+        for job in list_job_folders(runs_dir, unreadable=True):
             try:
                 run, constitution = _run_record(job)
             except BadJobFile as exc:

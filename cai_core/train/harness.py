@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -413,6 +414,7 @@ class RunContext:
     ws: Workspace
     callbacks: list = field(default_factory=list)
     reward_fn: RewardFn | None = None
+    started: tuple[float, int] | None = None  # (monotonic time, step) of this process's first progress report
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -449,8 +451,18 @@ class RunContext:
         self.job.append("train_metrics", rows)
 
     def progress(self, step: int, message: str = "") -> None:
-        if self.main:
-            self.job.set_progress("running", step, self.config.max_steps, message)
+        """Report the step, with the rate since this process began (a resumed run's earlier steps do not count)
+        and the ETA it gives."""
+        if not self.main:
+            return
+        now_ = time.monotonic()
+        self.started = self.started or (now_, step)
+        elapsed, steps = now_ - self.started[0], step - self.started[1]
+        rate = steps / elapsed if steps > 0 and elapsed > 0 else None
+        eta = (self.config.max_steps - step) / rate if rate else None
+        self.job.set_progress(
+            "running", step, self.config.max_steps, message, unit="step", rate=rate, eta=eta, elapsed=elapsed
+        )
 
     def stop_requested(self) -> bool:
         """The cancel file, as every rank agrees on it: one rank stopping alone would leave the others
