@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .judge_audit import JudgeFigures, Verdict, judge_verdict
 from .store import LabelFilter, Store
 
 GROUPINGS = {
@@ -79,6 +80,7 @@ class Dashboard:
     alpha: Alpha
     disagreements: pd.DataFrame
     overall: pd.Series  # every figure of TABLE_COLUMNS pooled over the selected labels (each run's pair labels)
+    verdict: Verdict  # is the judge, over these labels, an instrument to trust? (`judge_audit`)
 
 
 def _run_filter(run_id: str | None) -> LabelFilter:
@@ -169,6 +171,23 @@ def _metrics(cells: list[dict], bins: int) -> dict:
         out["kappa"] = cohen_kappa(_confusion(binary, 2))
     out["ece"] = _reliability(entries, bins).ece
     return out
+
+
+def judge_figures(cells: list[dict], bins: int) -> JudgeFigures:
+    """The counts a reliability verdict reads, from the same cells as the figures."""
+    entries = _long(cells)
+    binary = [e for e in entries if e[0] in ("a", "b") and e[2] is not None]
+    reliability = _reliability(entries, bins)
+    return JudgeFigures(
+        both_orders=int(sum(c["both_orders"] for c in cells)),
+        consistent=int(sum(c["consistent"] for c in cells)),
+        first_picks=int(sum(c["firsts"] or 0 for c in cells)),
+        agreeing=int(sum(e[4] for e in binary if e[0] == e[2])),
+        compared=int(sum(e[4] for e in binary)),
+        kappa=cohen_kappa(_confusion(binary, 2)) if binary else None,
+        ece=reliability.ece,
+        ece_labels=reliability.n,
+    )
 
 
 CELL_KEYS = {"run": "k_run", "model": "k_model", "version": "k_version", "principle": "k_principle"}
@@ -304,4 +323,5 @@ def dashboard(
             labels, disagreement_limit, _confidence_floor(pooled, bins, disagreement_limit)
         ),
         overall=pd.Series(_metrics(per_pair, bins), index=TABLE_COLUMNS, dtype=float),
+        verdict=judge_verdict(judge_figures(per_pair, bins)),
     )

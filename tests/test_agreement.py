@@ -375,3 +375,32 @@ def test_label_facets_list_what_the_filters_can_choose(workspace, three_runs):
         {"v1", "v2"} & {a.constitution_version for a in ai}
     )
     assert facets.principles == sorted({a.principle_id for a in ai})
+
+
+def test_the_verdict_reads_the_same_counts_as_the_figures_and_changes_with_labels(workspace):
+    pairs = make_pairs(40)
+    # a judge that always prefers whatever is shown first: no pair survives the swap
+    ai = [ai_label("run-1", p.pair_id, 0.9, 0.9) for p in pairs]
+    load(workspace, pairs, [], ai)
+    with Store.open(workspace) as store:
+        board = dashboard(store)
+    assert board.verdict.name == "unreliable"
+    swap = next(s for s in board.verdict.signals if s.name == "swap consistency")
+    assert swap.estimate.value == board.overall["position_consistency"] == 0.0 and swap.estimate.n == 40
+    assert next(s for s in board.verdict.signals if s.name == "agreement with people").grade == "unknown"
+
+    # a consistent judge whose every choice people share is trustworthy once people have labelled
+    workspace2 = workspace.__class__(workspace.root.parent / "data2")
+    good = [
+        ai_label("run-1", p.pair_id, 0.99, 0.01) if i % 2 else ai_label("run-1", p.pair_id, 0.01, 0.99)
+        for i, p in enumerate(pairs)
+    ]
+    humans = [HumanLabel(p.pair_id, "ann", "a" if i % 2 else "b", False) for i, p in enumerate(pairs)]
+    load(workspace2, pairs, [], good)
+    with Store.open(workspace2) as store:
+        assert dashboard(store).verdict.name == "weak"  # consistent, but nothing shows it agrees with people
+        store.import_human_labels(humans)
+        board = dashboard(store)
+    assert board.verdict.name == "trustworthy", board.verdict.reasons  # (at P = 0.9 it would be weak: ECE 0.1)
+    agreement = next(s for s in board.verdict.signals if s.name == "agreement with people")
+    assert agreement.estimate.value == board.overall["agreement"] == 1.0
