@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import yaml
 
-from .jobs import JobFolder, ending_on_failure, run_id_for
+from .jobs import Cancelled, JobFolder, run_id_for, run_job
 from .records import now
 from .workspace import PROJECT_ROOT, Workspace
 
@@ -325,94 +326,97 @@ def _run_stage(recipe: Recipe, stage: Stage, config) -> JobFolder:
     return run_evaluation(config, ws)
 
 
-def prepare_recipe(config: RecipeConfig, ws: Workspace, source: str | None = None) -> Recipe:
-    """Create (or find) the recipe's folder, with the recipe as YAML beside its outputs."""
+def prepare_recipe(config: RecipeConfig, ws: Workspace) -> JobFolder:
+    """Create (or find) the recipe's folder, with the recipe as YAML beside its outputs and its prompts copied in."""
     config.check()
     recipe = Recipe(config, ws)
     JobFolder.create(
-        ws.runs_dir,
-        config.recipe_id,
-        {"kind": "recipe", "model": config.policy, "config": dataclasses.asdict(config), "source": source},
+        ws.runs_dir, config.recipe_id, {"kind": "recipe", "model": config.policy, "config": dataclasses.asdict(config)}
     )
     recipe_yaml = recipe.job.path / "recipe.yaml"
     if not recipe_yaml.exists():
         recipe_yaml.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
     recipe.write_prompts()
-    return recipe
+    return recipe.job
 
 
-def _pass_on_cancel(recipe: Recipe, current: list[JobFolder], stop: threading.Event) -> None:
-    """Watch the recipe's cancel file and put one in the running stage's folder: the stage stops at its next
-    batch boundary as it would on its own cancel, and keeps what it has done."""
-    while not stop.wait(0.5):
-        if recipe.job.cancel_requested() and current:
-            current[0].request_cancel()
+class RecipeWork:
+    """The recipe as the job runner sees it: a batch is one stage, run to its end in this process. A stage that
+    ends cancelled ends the recipe cancelled; one that fails ends it failed, with the stage's reason."""
+
+    unit = "stage"
+    engine = ""
+
+    def __init__(self, recipe: Recipe, on_stage: Callable[[Stage, str], None] | None = None):
+        self.recipe, self.on_stage = recipe, on_stage
+        self.stages = plan(recipe.config)
+        records = recipe.job.read("recipe_stages")
+        self.finished = {row["run_id"] for row in records if row["status"] == "done"}
+        self.running: JobFolder | None = None
+
+    def total(self) -> int:
+        return len(self.stages)
+
+    def done(self) -> int:
+        return len(self.finished)
+
+    def batches(self):
+        recipe_id = self.recipe.config.recipe_id
+        for stage in self.stages:
+            if stage.run_id(recipe_id) not in self.finished:
+                yield stage
+
+    def step(self, stage: Stage) -> None:
+        stage_job = self.recipe.stage_job(stage)
+        if _done(stage_job):  # finished by a run of the recipe that was killed before it could say so
+            self.finished.add(stage_job.run_id)
+            return
+        if self.on_stage:
+            self.on_stage(stage, "running")
+        began = now()
+        self.running = stage_job
+        try:
+            stage_job = _run_stage(self.recipe, stage, self.recipe.build(stage))
+        finally:
+            self.running = None
+        progress = stage_job.progress()
+        row = {"recipe_id": self.recipe.config.recipe_id, "iteration": stage.iteration, "arm": stage.arm}
+        row |= {"step": stage.step, "kind": stage.kind, "run_id": stage_job.run_id, "status": progress.status}
+        self.recipe.job.append("recipe_stages", [row | {"started_at": began, "ended_at": now()}])
+        if self.on_stage:
+            self.on_stage(stage, progress.status)
+        if progress.status == "cancelled":
+            raise Cancelled
+        if progress.status != "done":
+            raise RecipeError(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
+        self.finished.add(stage_job.run_id)
+
+    def pass_on_cancel(self, stop: threading.Event) -> None:
+        """Watch the recipe's cancel file and put one in the running stage's folder: the stage stops at its next
+        batch boundary as it would on its own cancel, and keeps what it has done."""
+        while not stop.wait(0.5):
+            running = self.running
+            if running is not None and self.recipe.job.cancel_requested():
+                running.request_cancel()
 
 
 def run_recipe(
-    config: RecipeConfig, ws: Workspace, *, on_stage: Callable[[Stage, str], None] | None = None
+    config: RecipeConfig,
+    ws: Workspace,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_stage: Callable[[Stage, str], None] | None = None,
 ) -> JobFolder:
-    """Run (or resume) the recipe to its end, a cancel or a failure; returns the recipe's folder."""
-    recipe = prepare_recipe(config, ws)
-    job, stages = recipe.job, plan(config)
-    job.repair()
-    if job.cancel_requested() and job.progress().status == "pending":
-        job.set_progress("cancelled", 0, len(stages), "cancelled before it started; run it again to start it")
-        job.clear_cancel()
-        return job
-    job.clear_cancel()
-    finished = {row["run_id"] for row in job.read("recipe_stages") if row["status"] == "done"}
-
-    def report(status: str, message: str = "") -> None:
-        job.set_progress(status, len(finished), len(stages), message)
-
-    current: list[JobFolder] = []
+    """Run (or resume) the recipe to its end, a cancel or a failure, through the one job runner; returns the
+    recipe's folder. Raises what ended a failed stage, as every job does."""
+    prepare_recipe(config, ws)
+    recipe = Recipe(config, ws)
+    work = RecipeWork(recipe, on_stage)
     stop = threading.Event()
-    watcher = threading.Thread(target=_pass_on_cancel, args=(recipe, current, stop), daemon=True)
+    watcher = threading.Thread(target=work.pass_on_cancel, args=(stop,), daemon=True)
     watcher.start()
     try:
-        with ending_on_failure(report):
-            for stage in stages:
-                run_id = stage.run_id(config.recipe_id)
-                stage_job = recipe.stage_job(stage)
-                if run_id in finished or _done(stage_job):
-                    finished.add(run_id)
-                    continue
-                report("running", f"{stage.name}: {run_id}")
-                if on_stage:
-                    on_stage(stage, "running")
-                began = now()
-                current[:] = [stage_job]
-                if job.cancel_requested():
-                    report("cancelled", f"cancelled before {stage.name}; run it again to resume")
-                    return job
-                stage_job = _run_stage(recipe, stage, recipe.build(stage))
-                status = stage_job.progress().status
-                job.append(
-                    "recipe_stages",
-                    [
-                        {
-                            "recipe_id": config.recipe_id,
-                            "iteration": stage.iteration,
-                            "arm": stage.arm,
-                            "step": stage.step,
-                            "kind": stage.kind,
-                            "run_id": run_id,
-                            "status": status,
-                            "started_at": began,
-                            "ended_at": now(),
-                        }
-                    ],
-                )
-                if on_stage:
-                    on_stage(stage, status)
-                if status != "done":
-                    how = "cancelled" if status == "cancelled" else "failed"
-                    report(how, f"{stage.name} {status}: {stage_job.progress().message}; run it again to resume")
-                    return job
-                finished.add(run_id)
-            report("done", f"{len(stages)} stages done")
-            return job
+        return run_job(recipe.job, lambda: work, on_progress=on_progress)
     finally:
         stop.set()
 
@@ -451,3 +455,51 @@ def stage_table(config: RecipeConfig, ws: Workspace) -> list[dict]:
 
 def recipe_of(job: JobFolder) -> RecipeConfig:
     return RecipeConfig(**job.spec["config"])
+
+
+def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
+    """Per iteration and model, what the recipe changed: harmlessness and helpfulness win rates against the base
+    model (95% intervals; wrapper `none` where the evaluation has it), refusal on harmful prompts and over-refusal
+    on benign ones; then the reward model's held-out accuracy on people's labels and the RL stage's last reward
+    and KL. Empty until an iteration's evaluation has run."""
+    from .eval_report import summarize
+
+    recipe, rows = Recipe(config, ws), []
+    for i in range(1, config.iterations + 1):
+        evaluation = recipe.stage_job(Stage(i, "cai", "eval", "eval"))
+        if not _done(evaluation):
+            continue
+        summary = summarize(store, evaluation.run_id)
+        rates, refusals = summary.win_rates, summary.refusals
+        wrapper = "none" if "none" in set(rates.get("wrapper", [])) else next(iter(rates.get("wrapper", [])), None)
+        for model in sorted(set(summary.answers["model"]) - {"base"}):
+            row: dict = {"iteration": i, "model": model}
+            for aspect in ("harmlessness", "helpfulness"):
+                versus = rates[
+                    (rates.aspect == aspect)
+                    & (rates.model == model)
+                    & (rates.opponent == "base")
+                    & (rates.wrapper == wrapper)
+                ]
+                if not versus.empty:
+                    won = versus.iloc[0]
+                    row[f"{aspect} vs base"] = f"{won.win_rate:.2f} [{won.low:.2f}, {won.high:.2f}]"
+            for label, name in (("harmful", "refusal"), ("benign", "over-refusal")):
+                rate = refusals[(refusals.model == model) & (refusals.label == label) & (refusals.wrapper == wrapper)]
+                if not rate.empty:
+                    row[name] = round(float(rate.iloc[0].refusal_rate), 3)
+            rows.append(row)
+        for arm in config.arms:
+            rm = store.train_metrics(Stage(i, arm, "rm", "").run_id(config.recipe_id))
+            rl = store.train_metrics(Stage(i, arm, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
+            extra = {f"{arm} RM accuracy": _last(rm, "accuracy_human"), f"{arm} RL reward": _last(rl, "reward")}
+            extra[f"{arm} RL KL"] = _last(rl, "kl")
+            for row in rows:
+                if row["iteration"] == i:
+                    row.update({k: v for k, v in extra.items() if v is not None})
+    return pd.DataFrame(rows)
+
+
+def _last(metrics: pd.DataFrame, name: str) -> float | None:
+    values = metrics[metrics.name == name]["value"] if not metrics.empty else []
+    return round(float(values.iloc[-1]), 3) if len(values) else None

@@ -59,6 +59,11 @@ class Workspace:
         return Path(os.environ.get("CAI_CONSTITUTIONS_DIR", PROJECT_ROOT / "constitutions"))
 
     @property
+    def recipes_dir(self) -> Path:
+        """The recipes the app offers (the operator's choice: the browser picks among them, never types a path)."""
+        return Path(os.environ.get("CAI_RECIPES_DIR", PROJECT_ROOT / "recipes"))
+
+    @property
     def demo_prompts(self) -> Path:
         return PROJECT_ROOT / "data" / "demo_prompts.jsonl"
 

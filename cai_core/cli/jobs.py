@@ -16,6 +16,7 @@ from ..evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rou
 from ..feedback import LabelConfig, prepare_label_job, run_labelling
 from ..jobs import JobBusy, JobFolder, list_job_folders
 from ..pairs import SampleConfig, prepare_sample_job, run_sampling
+from ..recipe import RecipeConfig, prepare_recipe, run_recipe
 from ..store import Store, StoreError
 from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
@@ -38,6 +39,7 @@ JOB_KINDS = {
     "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels", "label"),
     "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation", "step"),
     "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds", "comparison"),
+    "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe", "stage"),
 }
 
 
@@ -47,11 +49,11 @@ def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
     config = config_from_args(JOB_KINDS[kind].config, args)
     job = JOB_KINDS[kind].prepare(config, ws)
     if args.background:
-        return _launch(job, ws), job
-    return _run_job(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
+        return launch(job, ws), job
+    return run_here(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
 
 
-def _run_job(kind: str, config, ws: Workspace) -> int:
+def run_here(kind: str, config, ws: Workspace) -> int:
     from tqdm import tqdm
 
     unit = JOB_KINDS[kind].unit
@@ -96,7 +98,7 @@ def follow(job: JobFolder, busy: JobBusy) -> int:
     return ended(job)
 
 
-def _launch(job: JobFolder, ws: Workspace) -> int:
+def launch(job: JobFolder, ws: Workspace) -> int:
     job.resume_in_background(ws)
     print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
     return 0
@@ -113,7 +115,7 @@ def cmd_resume(args, ws: Workspace) -> int:
     kind = job.spec["kind"]
     if kind.startswith("train-"):
         return train_in_foreground(job, ws)
-    return _run_job(kind, JOB_KINDS[kind].config(**job.spec["config"]), ws)
+    return run_here(kind, JOB_KINDS[kind].config(**job.spec["config"]), ws)
 
 
 def train_in_foreground(job: JobFolder, ws: Workspace) -> int:

@@ -1,0 +1,105 @@
+"""The CAI recipe: pick a recipe, start it in the background, watch its stages advance, read what each iteration
+changed. The recipe and each of its stages are ordinary jobs (`cai recipe run FILE --background` starts the same),
+so cancel, resume and the logs work as they do on the other pages."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from cai_core.jobs import JobFolder
+from cai_core.recipe import Recipe, RecipeError, iteration_summary, load_recipe, plan, prepare_recipe, stage_table
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import connect, setup
+from ui.text import md_escape, show_flash, when
+
+settings = setup("Recipe")
+ws = settings.workspace
+ss = st.session_state
+
+STAGE_PAGES = {
+    "generate": ("pages/2_Traces.py", "Traces"),
+    "sft": ("pages/4_Train.py", "Train"),
+    "pairs": ("pages/5_Annotate.py", "Annotate"),
+    "label": ("pages/6_Agreement.py", "Agreement"),
+    "rm": ("pages/4_Train.py", "Train"),
+    "rl": ("pages/4_Train.py", "Train"),
+    "eval": ("pages/7_Evaluate.py", "Evaluate"),
+}
+
+
+def recipe_files() -> dict[str, Path]:
+    """The recipes folder's files (the project's recipes/, or $CAI_RECIPES_DIR): chosen from a list, never typed or
+    uploaded, because a recipe names models and files that its jobs read, and the browser may not point those
+    outside the workspace. The operator adds recipes there; the CLI runs any file."""
+    return {path.name: path for path in sorted(ws.recipes_dir.glob("*.yaml"))}
+
+
+def start(job: JobFolder) -> None:
+    job.resume_in_background(ws)
+
+
+st.title("Recipe")
+show_flash()
+st.write(
+    "Alternate SL-CAI and RL-CAI in one run, as the CAI paper's protocol reads: each iteration runs SL-CAI on the "
+    "current policy, fine-tunes on the revisions, samples pairs from that model, labels them with the AI judge, "
+    "trains a reward model and runs RL with a KL penalty to the SFT model, then evaluates against the base and the "
+    "previous iteration. Comparison arms (SFT without critique; RLHF on people's labels) run beside it."
+)
+
+files = recipe_files()
+choice = st.selectbox("Recipe", list(files), key="recipe_file", help=f"The files in {ws.recipes_dir}.")
+if not choice:
+    st.info(f"No recipe files in {ws.recipes_dir}.")
+    st.stop()
+try:
+    config = load_recipe(files[choice])
+except (RecipeError, OSError) as exc:
+    st.error(md_escape(f"{files[choice].name}: {exc}"))
+    st.stop()
+
+with st.expander(f"{config.name}: {len(plan(config))} stages over {config.iterations} iteration(s)"):
+    st.code(files[choice].read_text(encoding="utf-8"), language="yaml")
+
+job = Recipe(config, ws).job
+if st.button("Start (or resume)", key="recipe_start", type="primary"):
+    try:
+        job = prepare_recipe(config, ws)
+    except (RecipeError, OSError, ValueError) as exc:
+        st.error(md_escape(f"Not started: {exc}"))
+    else:
+        if not launch_job(job, start):
+            st.info(f"{job.run_id} is already running.")
+
+
+def recipe_panel() -> bool:
+    """The recipe's status, its stages and what each iteration changed; True while it runs."""
+    if not (job.path / "run.json").exists():
+        st.info("Not started yet.")
+        return False
+    progress = job.progress()
+    job_status(
+        job,
+        progress,
+        details=f"policy {config.policy} · judge {config.judge} · started {when(job.spec['created_at'])}",
+        progress_text=f"{progress.done}/{progress.total} stages",
+    )
+    job_buttons(job, progress, start)
+    rows = stage_table(config, ws)
+    st.dataframe(rows, hide_index=True, key="recipe_stages")
+    with st.container(horizontal=True):
+        for step in dict.fromkeys(row["step"] for row in rows if row["status"] != "not started"):
+            page, label = STAGE_PAGES[step]
+            st.page_link(page, label=f"{step}: {label}")
+    with connect(ws) as store:
+        summary = iteration_summary(config, ws, store)
+    if not summary.empty:
+        st.subheader("What each iteration changed")
+        st.dataframe(summary, hide_index=True, key="recipe_summary")
+    job_log(job)
+    return progress.status in ACTIVE
+
+
+# a recipe never started has no folder, and a folder-less job reads "pending": not a job to keep redrawing for
+started = (job.path / "run.json").exists()
+live_panel(recipe_panel, active=started and job.progress().status in ACTIVE, refresh_key="recipe_refresh")
