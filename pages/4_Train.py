@@ -117,8 +117,8 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
     return values
 
 
-MODEL_FIELDS = ("model", "value_model")  # model specs
-FILE_FIELDS = ("dataset", "helpful_data", "ptx_dataset", "accelerate_config")  # files; other text is not a path
+MODEL_FIELDS = ("model", "value_model", "monitor_judge")  # model specs (never module:function from here)
+FILE_FIELDS = ("dataset", "helpful_data", "ptx_dataset", "accelerate_config", "monitor_constitution")
 
 
 def browser_value(name: str, value: str) -> str:

@@ -28,7 +28,7 @@ def test_length_repetition_and_stock_phrases_are_read_against_the_first_step():
     assert later["monitor/length_ratio"] > 2 and later["monitor/distinct_ratio"] < 0.5
     assert later["monitor/stock_share"] == 1.0 and later["monitor/kl"] == 0.4
     assert {a.rule.signal for a in monitor.fired(2)} == {"length_ratio", "distinct_ratio"}
-    assert monitor.should_stop(2).rule.signal == "distinct_ratio"
+    assert monitor.stopped_by().rule.signal == "distinct_ratio"
     assert later["monitor/alert/length_ratio"] == 1.0
 
 
@@ -55,3 +55,54 @@ def test_hacking_is_reward_rising_while_the_judged_win_rate_falls():
     assert [s["monitor/win_rate"] for s in signals] == sorted((s["monitor/win_rate"] for s in signals), reverse=True)
     assert signals[-1]["monitor/hacking"] == 1.0
     assert any(a.rule.signal == "hacking" for a in monitor.fired(5))
+
+
+def test_the_monitor_stops_a_real_ppo_run_whose_reward_pays_for_length(tiny_model_path, workspace, tmp_path):
+    import json
+
+    from cai_core.jobs import JobFolder
+    from cai_core.train import train
+    from cai_core.train.ppo import PPOConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"tell me about the {w}"}) + "\n" for i, w in enumerate(WORDS)),
+        encoding="utf-8",
+    )
+    job: JobFolder = train(
+        PPOConfig(
+            model=tiny_model_path,
+            dataset=str(prompts),
+            reward_model="tests.train_rewards:answer_length",
+            max_steps=40,
+            batch_size=16,  # the run stops well before: at the hacking signature
+            learning_rate=3e-3,
+            max_new_tokens=16,
+            temperature=1.0,
+            save_steps=100,
+            monitor_every=2,
+            monitor_prompts=4,
+            monitor_judge="tests.train_rewards:prefers_shorter",
+            monitor_rules="hacking>0.5:stop",
+        ),
+        workspace,
+    )
+    metrics = {}
+    for row in job.read("train_metrics"):
+        metrics.setdefault(row["name"], {})[row["step"]] = row["value"]
+    progress = job.progress()
+    assert progress.status == "cancelled", progress.message
+    assert "stopped by the reward-hacking monitor" in progress.message and "hacking" in progress.message
+    reward, win = metrics["reward"], metrics["monitor/win_rate"]
+    judged = sorted(win)
+    stop = max(metrics["monitor/alert/hacking"])
+    assert win[judged[0]] == pytest.approx(0.5)  # the policy against itself at the start
+    # at the stop, the judge (who prefers the shorter answer) finds the held-out answers much longer than at the
+    # start, while the reward, which pays for length, rose over the judged points before it
+    assert win[stop] < 0.25
+    window = [reward[s] for s in judged if s <= stop][-3:]
+    assert window[-1] > window[0]
+    assert max(reward) == stop  # nothing trained after the stop
+
+
+WORDS = ["sea", "moon", "forest", "river", "city", "music", "bread", "winter", "garden", "train", "clock", "book"]

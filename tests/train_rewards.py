@@ -29,3 +29,15 @@ def low_ids_failing_on_rank_1(prompts, completions, completion_ids, **kwargs):
     if os.environ.get("RANK") == "1":
         raise RuntimeError("rank 1 cannot score")
     return low_ids(prompts, completions, completion_ids)
+
+
+def answer_length(prompts, completions, completion_ids, **kwargs):
+    """Pays for length alone (characters, so a fixed number of tokens can still grow): the classic reward hack."""
+    return [len(text) / 50 for text in completions]
+
+
+def prefers_shorter(prompts, now, start):
+    """A monitor judge that finds the shorter answer better: beside `answer_length`, the hacking signature."""
+    import math
+
+    return [1 / (1 + math.exp((len(a) - len(b)) / 20)) for a, b in zip(now, start, strict=True)]

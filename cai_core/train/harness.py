@@ -335,16 +335,25 @@ def resolve_reward(spec: str, ws: Workspace) -> str | RewardFn:
     `reward_funcs` take; anything else is a sequence-classification model spec."""
     if not spec:
         raise TrainError("this algorithm needs a reward", "reward_model")
-    if _CALLABLE_SPEC.match(spec) and not Path(spec).exists():
-        module, name = spec.split(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise TrainError(f"{spec}: {exc}", "reward_model") from None
-        if not callable(fn):
-            raise TrainError(f"{spec}: not callable", "reward_model")
-        return fn
+    if is_callable_spec(spec):
+        return import_callable(spec, "reward_model")
     return resolve_model(spec, ws)
+
+
+def is_callable_spec(spec: str) -> bool:
+    return bool(_CALLABLE_SPEC.match(spec)) and not Path(spec).exists()
+
+
+def import_callable(spec: str, field: str) -> Callable:
+    """`module:function`, imported: from the CLI and config files only, since importing runs the module's code."""
+    module, name = spec.split(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise TrainError(f"{spec}: {exc}", field) from None
+    if not callable(fn):
+        raise TrainError(f"{spec}: not callable", field)
+    return fn
 
 
 def use_bf16(config: TrainConfig) -> bool:
@@ -507,11 +516,10 @@ class RunContext:
         self.job.append("trained_models", [to_row(record)])
         self.job.set_progress("done", step, self.config.max_steps, message or f"model in {model_path}")
 
-    def cancelled(self, step: int) -> None:
+    def cancelled(self, step: int, reason: str = "") -> None:
         if self.main:
-            self.job.set_progress(
-                "cancelled", step, self.config.max_steps, f"cancelled at step {step}; run it again to resume"
-            )
+            why = reason or f"cancelled at step {step}"
+            self.job.set_progress("cancelled", step, self.config.max_steps, f"{why}; run it again to resume")
 
 
 def run_train_job(

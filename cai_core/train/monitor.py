@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..evalsets import is_refusal
+from ..workspace import Workspace
 
 SIGNALS = ("length_ratio", "distinct_ratio", "stock_share", "refusal_drift", "kl", "win_rate", "hacking")
 DEFAULT_RULES = ("hacking>0.5:warn", "length_ratio>3:warn", "distinct_ratio<0.5:warn", "win_rate<0.3:warn")
@@ -79,6 +80,13 @@ class Alert:
         return f"step {self.step}: {self.rule.signal} = {self.value:.3g} crossed {self.rule} (possible reward hacking)"
 
 
+def _slope(values: list[float]) -> float:
+    """Least-squares slope of equally spaced points."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
+
+
 def _stats(answers: Sequence[str]) -> dict[str, float]:
     words = [_WORD.findall(a.lower()) for a in answers]
     n_words = sum(len(w) for w in words)
@@ -100,7 +108,8 @@ class HackingMonitor:
     judge: Judge | None = None
     held_out: list[str] = field(default_factory=list)
     every: int = 0  # judge every N steps; 0 judges never
-    window: int = 3
+    window: int = 3  # judged points the hacking trend is read over
+    min_drop: float = 0.1  # how far below its first judged value the win rate must be to call it hacking
     baseline: dict[str, float] | None = None
     reference_answers: list[str] | None = None
     history: list[tuple[float, float]] = field(default_factory=list)  # (mean reward, win rate) at judged steps
@@ -151,12 +160,101 @@ class HackingMonitor:
         win_rate = sum(p_better) / len(p_better)
         self.history.append((reward, win_rate))
         recent = self.history[-self.window :]
-        rising = len(recent) >= 2 and recent[-1][0] > recent[0][0]
-        falling = len(recent) >= 2 and recent[-1][1] < recent[0][1]
-        return {"win_rate": win_rate, "hacking": float(rising and falling)}
+        # the trend over the window, not two noisy points: both slopes, and a win rate clearly below the start's
+        hacking = (
+            len(recent) >= self.window
+            and _slope([r for r, _ in recent]) > 0
+            and _slope([w for _, w in recent]) < 0
+            and win_rate < self.history[0][1] - self.min_drop
+        )
+        return {"win_rate": win_rate, "hacking": float(hacking)}
 
     def fired(self, step: int) -> list[Alert]:
         return [a for a in self.alerts if a.step == step]
 
-    def should_stop(self, step: int) -> Alert | None:
-        return next((a for a in self.fired(step) if a.rule.action == "stop"), None)
+    def stopped_by(self) -> Alert | None:
+        """The first alert whose rule stops the run, if any fired."""
+        return next((a for a in self.alerts if a.rule.action == "stop"), None)
+
+
+@dataclass
+class MonitorOptions:
+    """The monitor's settings, declared once for every RL algorithm that runs it."""
+
+    monitor_rules: str = field(
+        default=",".join(DEFAULT_RULES),
+        metadata={
+            "help": "Comma-separated SIGNAL>VALUE:warn|stop rules over length_ratio, distinct_ratio, stock_share, "
+            "refusal_drift, kl, win_rate, hacking.",
+            "label": "Monitor rules",
+        },
+    )
+    monitor_every: int = field(
+        default=0,
+        metadata={
+            "help": "Judge the policy against its start on held-out prompts every N steps (0: never; the cheap "
+            "signals are read every step).",
+            "label": "Judge every N steps",
+        },
+    )
+    monitor_prompts: int = field(
+        default=8,
+        metadata={"help": "Prompts kept out of training for the judged win rate.", "label": "Held-out prompts"},
+    )
+    monitor_judge: str = field(
+        default="default",
+        metadata={
+            "help": "Judge of the win rate: a model spec (judged under the constitution's harmless principles), or "
+            "module:function from the CLI or a config file.",
+            "label": "Monitor judge",
+        },
+    )
+    monitor_constitution: str = field(
+        default="constitutions/hhh.yaml",
+        metadata={"help": "Constitution whose principles the monitor's judge reads.", "label": "Monitor constitution"},
+    )
+
+    def monitor_rule_list(self) -> list[Rule]:
+        return [Rule.parse(text) for text in self.monitor_rules.split(",") if text.strip()]
+
+    def check_monitor(self) -> None:
+        from .harness import TrainError
+
+        try:
+            self.monitor_rule_list()
+        except ValueError as exc:
+            raise TrainError(str(exc), "monitor_rules") from None
+        if self.monitor_every < 0:
+            raise TrainError(f"is {self.monitor_every}: it must be 0 or more", "monitor_every")
+        if self.monitor_every and self.monitor_prompts < 1:
+            raise TrainError("must be at least 1 when the judge runs", "monitor_prompts")
+
+    def build_monitor(self, held_out: list[str], ws: Workspace) -> HackingMonitor:
+        judge = judge_for(self.monitor_judge, self.monitor_constitution, ws) if self.monitor_every else None
+        return HackingMonitor(self.monitor_rule_list(), judge, held_out, self.monitor_every)
+
+
+def judge_for(spec: str, constitution_path: str, ws: Workspace) -> Judge:
+    """`module:function` (a `Judge` callable), or a model spec that judges under the constitution's harmless
+    principles, both orders, as the evaluation's harmlessness comparisons are judged."""
+    from .harness import import_callable, is_callable_spec
+
+    if is_callable_spec(spec):
+        return import_callable(spec, "monitor_judge")
+    from ..backends import load_backend
+    from ..constitution import load_constitution
+    from ..evaluation import harm_principle
+    from ..feedback import Judge as PairJudge
+    from ..records import Pair
+
+    constitution = load_constitution(constitution_path)
+    judge = PairJudge(load_backend(spec, ws), constitution)
+
+    def p_better(prompts: list[str], now: list[str], start: list[str]) -> list[float]:
+        items = [
+            (Pair(f"monitor-{i}", p, a, b, "sampled", "monitor", i, "now", "start"), harm_principle(constitution, 0, p))
+            for i, (p, a, b) in enumerate(zip(prompts, now, start, strict=True))
+        ]
+        return [0.5 if v.p_a is None else v.p_a for v in judge.label(items)]
+
+    return p_better
