@@ -149,6 +149,27 @@ class Verdict:
     def reasons(self) -> list[str]:
         return [f"{s.name}: {s.explanation}" for s in self.signals if s.grade in ("poor", "weak")]
 
+    def headline(self) -> str:
+        why = "; ".join(self.reasons) or "every measured signal is within its threshold"
+        return f"The judge is {self.name}: {why}."
+
+    def table(self) -> list[dict]:
+        """One row per signal: its estimate and interval, its grade, and the threshold it was held to and why."""
+        rows = []
+        for s in self.signals:
+            threshold = THRESHOLDS[s.name]
+            op = "<=" if threshold.lower_is_better else ">="
+            rows.append(
+                {
+                    "signal": s.name,
+                    "estimate": str(s.estimate) if s.estimate else "not measured",
+                    "grade": s.grade,
+                    "good / weak": f"{op} {threshold.good:g} / {op} {threshold.weak:g}",
+                    "threshold from": threshold.source,
+                }
+            )
+        return rows
+
 
 def _kappa_interval(kappa: float, po: float, n: int) -> tuple[float, float]:
     """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa."""

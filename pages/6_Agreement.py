@@ -204,6 +204,15 @@ with connect(ws) as store:
 
 selected, overall = board.by_run, board.overall
 
+# --- is the judge an instrument to trust? -------------------------------------------------------------
+verdict = board.verdict
+show = {"trustworthy": st.success, "weak": st.warning, "unreliable": st.error}.get(verdict.name, st.info)
+show(md_escape(verdict.headline()), icon=":material/gavel:")
+with st.expander("Why, against which thresholds, and what to do", expanded=verdict.name != "trustworthy"):
+    st.dataframe(verdict.table(), hide_index=True, key="verdict_table")
+    for advice in verdict.advice:
+        st.text(f"• {advice}")
+
 # --- headline figures ---------------------------------------------------------------------------------
 
 

@@ -176,6 +176,11 @@ def test_agreement_page_shows_the_library_figures(ws):
     assert not board.disagreements.empty
     assert at.selectbox(key="disagreement").value == 0
     assert len(at.get("plotly_chart")) == 4
+    # the verdict heads the page, with its reasons and each signal against its threshold
+    shown = [e.value for e in (*at.success, *at.warning, *at.error) if "The judge is" in str(e.value)]
+    assert len(shown) == 1 and board.verdict.name in shown[0].replace("\\", "")
+    [signals] = [d.value for d in at.dataframe if "signal" in d.value.columns]
+    assert list(signals["signal"]) == [s.name for s in board.verdict.signals]
 
 
 def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):

@@ -78,7 +78,11 @@ def cmd_agreement(args, ws: Workspace) -> int:
     if table.empty:
         raise ValueError("no AI labels match: run `cai label` first, or loosen the filters")
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.3f}".format):
-        print(f"AI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
+        print(board.verdict.headline())
+        print(pd.DataFrame(board.verdict.table()).drop(columns="threshold from").to_string(index=False))
+        for advice in board.verdict.advice:
+            print(f"- {advice}")
+        print(f"\nAI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
         print(table.to_string(index=False))
         alpha = board.alpha
         shown = "undefined" if alpha.alpha is None else f"{alpha.alpha:.3f}"
