@@ -13,8 +13,11 @@ import pandas as pd
 import streamlit as st
 
 from cai_core.constitution import ConstitutionError, parse_constitution
+from cai_core.jobs import JobFolder
 from cai_core.records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, columns
+from cai_core.step_flags import step_flags
 from cai_core.store import TraceFilter
+from cai_core.textdiff import share_little
 from ui.settings import connect, setup
 from ui.text import count, md_escape, show_text, show_word_diff, when
 
@@ -160,9 +163,28 @@ with connect(ws) as store:
     by_round = {step.round: step for step in steps}
     try:
         constitution = parse_constitution(store.constitution_text(trace.constitution_version))
-        principle_names = {p.id: p.name for p in constitution.principles}
+        principles = {p.id: p for p in constitution.principles}
     except (KeyError, ConstitutionError):
-        principle_names = {}
+        principles = {}
+    principle_names = {pid: p.name for pid, p in principles.items()}
+    run_folder = JobFolder(ws.runs_dir / trace.run_id)
+    spec = run_folder.spec if (run_folder.path / "run.json").exists() else {}
+    max_tokens = spec.get("config", {}).get("max_new_tokens") or 128  # what "truncated" is measured against
+
+    def show_flags(step, before) -> None:
+        """What went wrong in this step, if anything (`cai_core.step_flags`)."""
+        principle = principles.get(step.principle_id)
+        flags = step_flags(
+            step.response,
+            step.response_tokens,
+            max_tokens,
+            previous=before.response if step.round > 0 and before else None,
+            critique=step.critique,
+            revision_request=principle.revision_request if principle else None,
+        )
+        if flags:
+            st.warning(f"Flagged: {', '.join(flags)}", icon=":material/flag:")
+
     stops = [("Prompt", 0, "prompt"), ("Answer", 0, "answer")]
     for step in steps:
         if step.round > 0:
@@ -218,6 +240,7 @@ with connect(ws) as store:
         st.text(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
     elif kind == "answer":
         st.markdown("**Initial answer**")
+        show_flags(step, None)
         show_text(step.response)
         st.caption(f"{step.prompt_tokens} prompt tokens · {step.response_tokens} answer tokens · {step.seconds:.2f} s")
     elif kind == "critique":
@@ -229,10 +252,20 @@ with connect(ws) as store:
     elif step.stopped:
         st.info("The critique asked for no change, so this round has no revision and the trace ends here.")
     else:
-        st.markdown(f"**Revision {round_}**, against the answer before it (green: added, red: removed)")
-        show_word_diff(before.response if before else "", step.response)
-        with st.expander("The revision as plain text"):
-            show_text(step.response)
+        show_flags(step, before)
+        earlier = before.response if before else ""
+        if share_little(earlier, step.response):  # a rewrite, not an edit: a word diff of it would be noise
+            st.markdown(f"**Revision {round_}**, beside the answer before it (they share little)")
+            left, right = st.columns(2)
+            with left:
+                show_text(earlier)
+            with right:
+                show_text(step.response)
+        else:
+            st.markdown(f"**Revision {round_}**, against the answer before it (green: added, red: removed)")
+            show_word_diff(earlier, step.response)
+            with st.expander("The revision as plain text"):
+                show_text(step.response)
         st.caption(f"{step.response_tokens} revision tokens · {step.seconds:.2f} s for the critique and revision")
 
     # --- the human verdict on this round ----------------------------------------------------------------

@@ -377,6 +377,10 @@ def test_stepping_through_a_four_round_trace(ws):
     assert DOG_ROUNDS[0][2] not in texts(at.code)
     at.button(key="step_next").click().run()
     assert DOG_ROUNDS[0][2] in texts(at.code)
+    at.radio(key="trace_step").set_value(3).run()  # revision 1 rewrites the answer: side by side, not a word diff
+    assert not at.get("html") and DOG_ROUNDS[0][2] in texts(at.code) and DOG_ROUNDS[1][2] in texts(at.code)
+    assert not [w for w in at.warning if "Flagged" in str(w.value)]  # a healthy revision has no flags
+    at.radio(key="trace_step").set_value(1).run()
     for _ in range(8):
         at.button(key="step_next").click().run()
     assert at.radio(key="trace_step").value == 9 and at.button(key="step_next").disabled
