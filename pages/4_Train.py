@@ -111,8 +111,8 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
             value = value.strip()
             if not value and optional:
                 value = None
-            elif typ is str and f.name not in ("run_id", *choices):
-                value = browser_value(f.name, value)
+            elif typ is str and f.name not in ("run_id", *choices) and value != f.default:
+                value = browser_value(f.name, value)  # a default is the project's, not typed in the browser
         values[f.name] = value
     return values
 

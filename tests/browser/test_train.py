@@ -12,6 +12,7 @@ from cai_core.jobs import list_job_folders
 
 from .conftest import app_launching_jobs
 from .harness import VIEWPORT, wait_for_app
+from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +37,8 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     page.goto(f"{train_app.url}/Train")
     wait_for_app(page)
     expect(page.get_by_text("No training runs yet.")).to_be_visible()
-    page.locator(".st-key-train_sft_model input").fill(tiny_model_path)
+    # the browser names models inside the workspace only
+    page.locator(".st-key-train_sft_model input").fill(model_in_workspace(tiny_model_path, train_app.workspace))
     page.locator(".st-key-train_sft_max_steps input").fill("3")
     page.locator(".st-key-train_sft_learning_rate input").fill("1e-3")
     page.locator(".st-key-train_start button").click()
