@@ -206,8 +206,9 @@ selected, overall = board.by_run, board.overall
 
 # --- is the judge an instrument to trust? -------------------------------------------------------------
 verdict = board.verdict
-show = {"trustworthy": st.success, "weak": st.warning, "unreliable": st.error}.get(verdict.name, st.info)
-show(md_escape(verdict.headline()), icon=":material/gavel:")
+# a finding about the judge, not a failure of the page: a warning, never an error
+show = {"trustworthy": st.success, "weak": st.warning, "unreliable": st.warning}.get(verdict.name, st.info)
+show(md_escape(verdict.headline()), icon=":material/gavel:" if verdict.name != "unreliable" else ":material/block:")
 with st.expander("Why, against which thresholds, and what to do", expanded=verdict.name != "trustworthy"):
     st.dataframe(verdict.table(), hide_index=True, key="verdict_table")
     for advice in verdict.advice:
