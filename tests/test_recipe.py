@@ -138,3 +138,22 @@ def test_a_cancelled_recipe_stops_its_running_stage_and_resumes(tiny_model_path,
     resumed = run_recipe(config, workspace)
     assert resumed.progress().status == "done"
     assert Path(resumed.path / "recipe.yaml").exists()
+
+
+def test_the_cli_runs_a_recipe_file_and_reports_its_stages(tiny_model_path, workspace, tmp_path, capsys):
+    from cai_core.cli import main as cai
+
+    config = tiny_recipe(tiny_model_path, stop_after="sft", iterations=1)
+    recipe_file = tmp_path / "sft-only.yaml"
+    recipe_file.write_text(yaml.safe_dump(dataclasses.asdict(config)), encoding="utf-8")
+    data = ["--data-dir", str(workspace.root)]
+    assert cai([*data, "recipe", "status", str(recipe_file)]) == 0
+    assert capsys.readouterr().out.count("not started") == len(plan(config))
+    assert cai([*data, "recipe", "run", str(recipe_file)]) == 0
+    assert f"{config.recipe_id}: done, 3/3 stages" in capsys.readouterr().out
+    assert cai([*data, "recipe", "status", str(recipe_file)]) == 0
+    assert capsys.readouterr().out.count(" done ") == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("iterations: 0\n", encoding="utf-8")
+    assert cai([*data, "recipe", "run", str(bad)]) == 2
+    assert "iterations is 0" in capsys.readouterr().err
