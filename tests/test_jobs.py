@@ -344,7 +344,7 @@ def test_progress_records_rate_eta_elapsed_and_engine(tiny_model_path, workspace
     run_generation(_generate_config((tiny_model_path,), limit=4, rounds=1, chunk_size=1), workspace, on_progress=look)
     running = [p for p in seen if p.status == "running" and p.done]
     assert running and all(p.rate > 0 and p.eta is not None and p.elapsed > 0 for p in running)
-    assert all(p.unit == "step" and p.engine.startswith("HF · ") for p in running)
+    assert all(p.unit == "step" and p.engine.startswith("hf · ") for p in running)  # the engine, then the model
     final = json.loads((job.path / "progress.json").read_text())
     assert final["status"] == "done" and final["engine"] and final["elapsed"] > 0
     assert "steps" in job.progress().summary() and "elapsed" in job.progress().summary()
