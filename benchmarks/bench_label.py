@@ -88,20 +88,10 @@ def main() -> None:
                 max(abs(a.p_a - b.p_a) for a, b in zip(verdicts, vllm_verdicts, strict=True)), 4
             ),
         }
+    n = len(items)
+    result = {"model": backend.name, "dtype": args.dtype, "pairs": n, **engines}
     if args.no_reference:
-        n = len(items)
-        print(
-            json.dumps(
-                {
-                    "model": backend.name,
-                    "dtype": args.dtype,
-                    "pairs": n,
-                    "hf_judge_pairs_per_s": round(n / judge_before, 3),
-                    **engines,
-                },
-                indent=1,
-            )
-        )
+        print(json.dumps({**result, "hf_judge_pairs_per_s": round(n / judge_before, 3)}, indent=1))
         return
 
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
@@ -129,15 +119,11 @@ def main() -> None:
     reference_choices = [letter.lower() if letter else None for letter in letters]
     judge_agreement, judge_n = agreement(judge_choices)
     reference_agreement, reference_n = agreement(reference_choices)
-    n = len(items)
     print(
         json.dumps(
             {
-                "model": backend.name,
-                "dtype": args.dtype,
-                "pairs": n,
+                **result,
                 "judge_pairs_per_s": round(n / judge_seconds, 3),
-                **engines,
                 "judge_seconds_before_and_after": [round(judge_before, 1), round(judge_after, 1)],
                 "reference_pairs_per_s": round(n / reference_seconds, 3),
                 "speedup": round(reference_seconds / judge_seconds, 1),
