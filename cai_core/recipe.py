@@ -191,8 +191,11 @@ class Recipe:
         """The model an iteration starts from: the base, then the arm's last model of the iteration before."""
         if iteration == 1:
             return self.config.policy
-        last = "sft" if self.config.stop_after == "sft" or arm == "sft-baseline" else "rl"
-        return self.model_of(iteration - 1, arm, last)
+        return self.model_of(iteration - 1, arm, self.last_step(arm))
+
+    def last_step(self, arm: str) -> str:
+        """The step whose model ends an arm's iteration: SFT for an SFT-only recipe and the sft-baseline arm."""
+        return "sft" if self.config.stop_after == "sft" or arm == "sft-baseline" else "rl"
 
     @property
     def prompts_file(self) -> str:
@@ -257,13 +260,8 @@ class Recipe:
         if stage.step == "eval":
             from .evaluation import EvalConfig
 
-            last = "sft" if c.stop_after == "sft" else "rl"
             models = [f"base={c.policy}"] + ([f"previous={self.policy(i, 'cai')}"] if i > 1 else [])
-            models += [f"cai={self.model_of(i, 'cai', last)}"]
-            if "sft-baseline" in c.arms:
-                models.append(f"sft-baseline={self.model_of(i, 'sft-baseline', 'sft')}")
-            if "rlhf" in c.arms:
-                models.append(f"rlhf={self.model_of(i, 'rlhf', 'rl')}")
+            models += [f"{arm}={self.model_of(i, arm, self.last_step(arm))}" for arm in c.arms]
             return EvalConfig(
                 **{"models": models, "constitution": c.constitution, "judge": c.judge} | c.eval | {"run_id": run_id}
             )
