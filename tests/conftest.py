@@ -8,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The auto engine stays on transformers: the tests that want vLLM ask for it by name (`vllm:`), and a big
 # test job would otherwise start a vLLM engine of its own.
 os.environ.setdefault("CAI_AUTO_ENGINE", "hf")
+# Tests that ask for vLLM share one engine per session (`load_backend` keeps it): no torch.compile, a
+# start-up a minute shorter with the same numbers, and a quarter of the job default's KV cache.
+os.environ.setdefault("CAI_VLLM_EAGER", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import pytest
 

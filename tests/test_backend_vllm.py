@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import pytest
 
@@ -26,9 +25,6 @@ pytestmark = [
     ),
     pytest.mark.slow,
 ]
-
-os.environ.setdefault("CAI_VLLM_EAGER", "1")  # no torch.compile: a shorter start-up, the same numbers
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for these chats, a quarter of the default
 
 CHATS = [
     [{"role": "user", "content": "How do I bake bread?"}],
