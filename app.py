@@ -45,12 +45,12 @@ columns[3].metric("Traces", counts["traces"])
 columns[4].metric("Constitution versions", counts["constitution_versions"])
 
 st.subheader("How to start")
-columns = st.columns(3)
-for i, step in enumerate(STEPS):
-    with columns[i % 3], st.container(border=True):
-        st.markdown(f"**{i + 1}. {step.label}**")
-        st.write(step.purpose)
-        st.page_link(step.page, label=step.action, icon=step.icon)
+for row in range(0, len(STEPS), 3):  # a row of columns at a time: read in order, on screen and by a screen reader
+    for column, (i, step) in zip(st.columns(3), enumerate(STEPS[row : row + 3], start=row + 1), strict=False):
+        with column, st.container(border=True):
+            st.markdown(f"**{i}. {step.label}**")
+            st.write(step.purpose)
+            st.page_link(step.page, label=step.action, icon=step.icon)
 
 st.subheader("Where things are")
 st.code(

@@ -92,7 +92,7 @@ st.title("Data")
 show_flash()
 st.write(
     "Response pairs for the judge and for people to label, and the datasets the trainers read. Pairs made or "
-    "imported here reach the Annotate and Agreement pages; exports are what `cai export` writes."
+    "imported here reach the Annotate and Agreement pages; an export is the file the command line writes."
 )
 pairs_tab, import_tab, export_tab = st.tabs(["Pairs from your traces", "Import a file", "Export"])
 
