@@ -9,20 +9,31 @@ import ast
 import gzip
 import json
 
+import pytest
+
 from cai_core import cli
 from cai_core.exports import export_bytes, export_rows
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
-from cai_core.workspace import PROJECT_ROOT
+from cai_core.workspace import PROJECT_ROOT, Workspace
 from ui.navigation import HOME, STEPS
 
-from .browser.seed import FOUR_ROUNDS, SEED_RUN, model_in_workspace
-from .test_pages import CONSTITUTION, GENERATE, open_page, texts, type_model, ws  # noqa: F401 - ws is a fixture
+from .browser.seed import FOUR_ROUNDS, SEED_RUN, model_in_workspace, seeded_data
+from .test_pages import CONSTITUTION, GENERATE, open_page, texts, type_model
 
 DATA = "pages/9_Data.py"
 ANNOTATE = "pages/5_Annotate.py"
 AGREEMENT = "pages/6_Agreement.py"
 EVALUATE = "pages/7_Evaluate.py"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    workspace = seeded_data(tmp_path)
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return workspace
 
 
 def stored_pairs(ws, source: str) -> list:
@@ -101,13 +112,10 @@ def test_uploads_are_imported_from_the_workspace_and_a_path_outside_is_refused(w
     assert (ws.root / "uploads" / "mine.jsonl").read_text() == pairs  # jobs and imports read files in the workspace
     assert len(stored_pairs(ws, "import")) == 3
 
-    hh = "".join(
-        json.dumps({"chosen": f"\n\nHuman: hi {i}\n\nAssistant: kind {i}", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: rude"})
-        + "\n"
-        for i in range(2)
-    )
+    turns = [(f"\n\nHuman: hi {i}\n\nAssistant: kind {i}", f"\n\nHuman: hi {i}\n\nAssistant: rude") for i in range(2)]
+    hh = gzip.compress("".join(json.dumps({"chosen": c, "rejected": r}) + "\n" for c, r in turns).encode())
     at.radio(key="import_kind").set_value("auto")
-    at.file_uploader(key="import_file_upload").set_value(("hh.jsonl.gz", gzip.compress(hh.encode()), "application/gzip"))
+    at.file_uploader(key="import_file_upload").set_value(("hh.jsonl.gz", hh, "application/gzip"))
     at.button(key="import_start").click().run()
     assert "Read 2 pairs (2 new) and imported 2 human labels from hh.jsonl.gz" in texts(at.success)
 
@@ -152,7 +160,11 @@ def test_the_constitution_and_prompts_chosen_on_one_page_are_every_pages(ws):
     at = open_page(CONSTITUTION)
     assert at.selectbox(key="con_file").value == "customer_service.yaml"  # the first file, with no choice made
     at.selectbox(key="con_file").set_value("hhh.yaml").run()
-    for page, key in ((GENERATE, "gen_constitution"), (AGREEMENT, "label_constitution"), (EVALUATE, "eval_constitution")):
+    for page, key in (
+        (GENERATE, "gen_constitution"),
+        (AGREEMENT, "label_constitution"),
+        (EVALUATE, "rounds_constitution"),
+    ):
         at.switch_page(page).run()
         assert not at.exception, at.exception
         assert at.selectbox(key=key).value == "hhh.yaml", page
