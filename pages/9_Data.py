@@ -46,7 +46,6 @@ EXPORT_KINDS = {
     "pairs": "pairs: revision (chosen) over first answer (rejected)",
     "preferences": "preferences from labelled pairs (chosen, rejected, soft label)",
 }
-assert set(EXPORT_KINDS) == set(KINDS)
 LATEST_LABELS = ""  # `export_rows`' default: the latest AI label run
 
 
@@ -211,7 +210,7 @@ with connect(ws) as store:
     # --- export ---------------------------------------------------------------------------------------------
     with export_tab:
         cols = st.columns(2)
-        kind = cols[0].selectbox("What", KINDS, format_func=EXPORT_KINDS.get, key="export_kind")
+        kind = cols[0].selectbox("What", KINDS, format_func=lambda k: EXPORT_KINDS.get(k, k), key="export_kind")
         fmt = cols[1].selectbox(
             "Format",
             FORMATS,
