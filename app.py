@@ -2,10 +2,10 @@
 
 Start it with `cai app` (or `make run`). The sidebar lists this page ("Home") and the steps in `pages/` in
 the order `ui.navigation.STEPS` gives, the order the cards below follow; the settings drawn under that list
-(data folder, database, model) and the working context (the constitution and prompts last chosen) are shared
-by every page. (`st.navigation` could do the listing, but with a `pages/` folder present Streamlit serves a
-deep link such as /Evaluate the old way until the main script has run once, so the sidebar would change under
-the user.)
+(data folder, database, model) and the working context (the constitution, prompts and SL-CAI run last chosen)
+are shared by every page. (`st.navigation` could do the listing, but with a `pages/` folder present Streamlit
+serves a deep link such as /Evaluate the old way until the main script has run once, so the sidebar would
+change under the user.)
 """
 
 import streamlit as st

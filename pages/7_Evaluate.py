@@ -178,6 +178,7 @@ with rounds_tab, st.form("rounds_form"):
         "and with the initial answer (how harmlessness changes round by round), under the harm principles."
     )
     cols = st.columns(4)
+    follow_context("run", "rounds_run", list(generate_runs["run_id"]))
     traces_run = cols[0].selectbox("SL-CAI run", list(generate_runs["run_id"]), key="rounds_run")
     follow_context("constitution", "rounds_constitution", constitutions)
     rounds_constitution = cols[1].selectbox("Constitution", constitutions, key="rounds_constitution")

@@ -105,6 +105,7 @@ with connect(ws) as store:
         st.caption("Each trace's first answer against its last revision; an unchanged revision gives no pair.")
         with st.form("slcai_form"):
             cols = st.columns(3)
+            follow_context("run", "slcai_run", [ALL, *generation_runs])
             run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="slcai_run")
             version = cols[1].selectbox("Constitution version", [ALL, *versions], key="slcai_version")
             max_round = cols[2].number_input(
@@ -227,6 +228,7 @@ with connect(ws) as store:
             )
             filters = {"run_id": labels or None, "min_confidence": min_confidence}
         else:
+            follow_context("run", "export_run", [ALL, *generation_runs])
             run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="export_run")
             version = cols[1].selectbox("Constitution version", [ALL, *versions], key="export_version")
             max_round = cols[2].number_input(

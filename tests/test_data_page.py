@@ -156,7 +156,7 @@ def test_the_export_is_what_cai_export_writes_with_the_same_filters(ws, tmp_path
 # --- group 4: one working context ------------------------------------------------------------------------
 
 
-def test_the_constitution_and_prompts_chosen_on_one_page_are_every_pages(ws):
+def test_the_constitution_run_and_prompts_chosen_on_one_page_are_every_pages(ws):
     at = open_page(CONSTITUTION)
     assert at.selectbox(key="con_file").value == "customer_service.yaml"  # the first file, with no choice made
     at.selectbox(key="con_file").set_value("hhh.yaml").run()
@@ -172,6 +172,15 @@ def test_the_constitution_and_prompts_chosen_on_one_page_are_every_pages(ws):
     at.selectbox(key="annotate_constitution").set_value("red_team.yaml").run()
     at.switch_page(CONSTITUTION).run()
     assert at.selectbox(key="con_file").value == "red_team.yaml"
+
+    later = JobFolder.create(ws.runs_dir, "later-run", {"kind": "generate", "model": "m", "config": {}})
+    later.set_progress("done", 0, 0)  # an SL-CAI run with no traces, newer than the seeded one
+    at.switch_page(DATA).run()
+    at.selectbox(key="slcai_run").set_value(SEED_RUN)
+    at.button(key="slcai_make").click().run()
+    at.switch_page(EVALUATE).run()
+    assert at.selectbox(key="rounds_run").options[0] == "later-run"  # the page's own default
+    assert at.selectbox(key="rounds_run").value == SEED_RUN
 
     mine = str(ws.root / "mine.jsonl")
     at.switch_page(GENERATE).run()

@@ -1,8 +1,8 @@
 """What every page starts with: `settings = setup("Title")` configures the page, asks for a login where the
 server wants one (`cai app --host ...`), and draws the list of pages and the shared settings in the sidebar
 (data folder, database, model), each checked to stay inside the workspace; `connect` opens the store for one
-script run. `follow_context` carries the working context (the constitution and the prompts last chosen) from
-page to page.
+script run. `follow_context` carries the working context (the constitution, prompts and SL-CAI run last chosen)
+from page to page.
 
 These modules live outside `pages/`: Streamlit lists every file there as a page.
 """
@@ -129,9 +129,9 @@ CONTEXT = "working_context"  # not a widget's key: Streamlit keeps it on pages t
 
 def follow_context(name: str, key: str, options: Sequence[str] | None = None, default: str | None = None) -> None:
     """Call before drawing the widget `key` that picks the working context's `name` ("constitution": a file
-    name; "prompts": a prompt source). The widget starts at the context's value; a value picked in it since
-    its last draw becomes the context's, for every page. `options`: the values it offers (None: any text);
-    with no context yet it starts at `default`, or the first option.
+    name; "prompts": a prompt source; "run": an SL-CAI run). The widget starts at the context's value; a value
+    picked in it since its last draw becomes the context's, for every page. `options`: the values it offers
+    (None: any text); with no context yet it starts at `default`, or the first option.
 
     Streamlit forgets a widget's value on a page that does not draw it, so the context lives under a key of
     its own, and each widget's last shown value beside it (that is how a pick is told from a value left over)."""
