@@ -1,10 +1,11 @@
 """The workbench's home page: what the data folder holds and where to start.
 
-Start it with `cai app` (or `make run`). Streamlit adds one page per file in `pages/` to the sidebar, under
-this file's name ("app"); the settings drawn there (data folder, database, model) are shared by every page.
-(`st.navigation` could name it "Home", but with a `pages/` folder present Streamlit still serves a deep
-link such as /Evaluate the old way until the main script has run once, so the sidebar would change under
-the user.)
+Start it with `cai app` (or `make run`). The sidebar lists this page ("Home") and the steps in `pages/` in
+the order `ui.navigation.STEPS` gives, the order the cards below follow; the settings drawn under that list
+(data folder, database, model) and the working context (the constitution, prompts and SL-CAI run last chosen)
+are shared by every page. (`st.navigation` could do the listing, but with a `pages/` folder present Streamlit
+serves a deep link such as /Evaluate the old way until the main script has run once, so the sidebar would
+change under the user.)
 """
 
 import streamlit as st
@@ -12,6 +13,7 @@ import streamlit as st
 from cai_core.constitution import list_constitutions
 from cai_core.jobs import list_job_folders
 from cai_core.prompts import PromptFileError, load_prompts
+from ui.navigation import STEPS
 from ui.settings import connect, setup
 
 settings = setup("Home")
@@ -43,62 +45,12 @@ columns[3].metric("Traces", counts["traces"])
 columns[4].metric("Constitution versions", counts["constitution_versions"])
 
 st.subheader("How to start")
-STEPS = [
-    (
-        "1. Read and edit a constitution",
-        "Change principles, save them as versions, diff and restore versions, preview the exact prompts a "
-        "principle produces, and try one critique→revision with the model.",
-        "pages/1_Constitution.py",
-        "Open the constitution editor",
-        ":material/gavel:",
-    ),
-    (
-        "2. Generate traces",
-        "Start an SL-CAI run over the demo prompts (or your own). It runs in the background: closing the "
-        "tab does not stop it, and the page shows its progress.",
-        "pages/3_Generate.py",
-        "Start a generation run",
-        ":material/rocket_launch:",
-    ),
-    (
-        "3. Inspect and judge",
-        "Step through prompt → answer → critique → revision with word-level diffs, and record whether each "
-        "revision got better and each critique was valid.",
-        "pages/2_Traces.py",
-        "Open the trace inspector",
-        ":material/search:",
-    ),
-    (
-        "4. AI feedback against people's",
-        "Import or make response pairs, let the judge label them in both orders, label some yourself, and "
-        "see where the AI and people agree.",
-        "pages/6_Agreement.py",
-        "Open the agreement dashboard",
-        ":material/handshake:",
-    ),
-    (
-        "5. Train",
-        "SFT on the revisions, a reward model on the AI labels, PPO against it, or DPO straight from the "
-        "labels, with live curves; a finished model joins the sidebar's model list.",
-        "pages/4_Train.py",
-        "Start a training run",
-        ":material/model_training:",
-    ),
-    (
-        "6. Evaluate",
-        "Compare models on red-team and benign prompts, with jailbreak wrappers: win rates, ratings, "
-        "refusals and over-refusals, and which principles' revisions helped.",
-        "pages/7_Evaluate.py",
-        "Start an evaluation",
-        ":material/monitoring:",
-    ),
-]
-columns = st.columns(3)
-for i, (title, text, page, label, icon) in enumerate(STEPS):
-    with columns[i % 3], st.container(border=True):
-        st.markdown(f"**{title}**")
-        st.write(text)
-        st.page_link(page, label=label, icon=icon)
+for row in range(0, len(STEPS), 3):  # a row of columns at a time: read in order, on screen and by a screen reader
+    for column, (i, step) in zip(st.columns(3), enumerate(STEPS[row : row + 3], start=row + 1), strict=False):
+        with column, st.container(border=True):
+            st.markdown(f"**{i}. {step.label}**")
+            st.write(step.purpose)
+            st.page_link(step.page, label=step.action, icon=step.icon)
 
 st.subheader("Where things are")
 st.code(
@@ -109,4 +61,4 @@ st.code(
     f"Model:          {settings.model}",
     language=None,
 )
-st.caption("The same data is reachable from the command line: `cai --help`.")
+st.caption("Every step here is also a command (`cai --help`) and a call into `cai_core`.")

@@ -14,6 +14,7 @@ back to the text that produced it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -21,11 +22,13 @@ import pandas as pd
 
 from .pairs import transcript_messages
 from .store import Store
+from .workspace import Workspace
 
 ExportKind = Literal["sft", "prompt_completion", "pairs", "preferences"]
 ExportFormat = Literal["jsonl", "parquet", "hf"]
 KINDS: tuple[str, ...] = ("sft", "prompt_completion", "pairs", "preferences")
 FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
+SUFFIXES = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}  # "hf" is a folder
 
 
 def export_rows(
@@ -85,21 +88,38 @@ def preference_rows(store: Store, *, run_id: str | None = None, min_confidence: 
     )
 
 
+def export_path(workspace: Workspace, kind: ExportKind, fmt: ExportFormat) -> Path:
+    """Where an export goes unless told otherwise: DATA_DIR/exports/KIND(.jsonl|.parquet| a folder for hf)."""
+    return workspace.exports_dir / f"{kind}{SUFFIXES[fmt]}"
+
+
 def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Path:
     """Write rows as JSON lines, Parquet, or a `datasets` folder (`save_to_disk`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        rows.to_json(path, orient="records", lines=True, force_ascii=False)
-    elif fmt == "parquet":
-        rows.to_parquet(path, index=False)
-    elif fmt == "hf":
+    if fmt == "hf":
         import datasets
 
         datasets.Dataset.from_pandas(rows, preserve_index=False).save_to_disk(str(path))
     else:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        _write_file(rows, path, fmt)
     return path
+
+
+def export_bytes(rows: pd.DataFrame, fmt: ExportFormat) -> bytes:
+    """The file `write_export` would write, as bytes (a download); a `datasets` folder is no single file."""
+    buffer = io.BytesIO()
+    _write_file(rows, buffer, fmt)
+    return buffer.getvalue()
+
+
+def _write_file(rows: pd.DataFrame, target: Path | io.BytesIO, fmt: ExportFormat) -> None:
+    if fmt == "jsonl":
+        rows.to_json(target, orient="records", lines=True, force_ascii=False)
+    elif fmt == "parquet":
+        rows.to_parquet(target, index=False)
+    else:
+        raise ValueError(f"unknown export format {fmt!r} for one file; choose jsonl or parquet")
 
 
 def load_export(path: str | Path):

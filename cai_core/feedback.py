@@ -258,7 +258,7 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
             store.ingest(workspace.runs_dir)
             pairs = store.pairs(source=config.source, limit=config.limit)
     if not pairs:
-        raise ValueError("no pairs to label: make some with `cai pairs` or import them with `cai import-labels`")
+        raise ValueError("no pairs to label: make or import some first (Data page, `cai pairs`, `cai import-labels`)")
     digest = hashlib.sha256("\n".join(p.pair_id for p in pairs).encode()).hexdigest()[:12]
     return JobFolder.prepare(
         workspace.runs_dir,

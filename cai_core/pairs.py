@@ -259,7 +259,7 @@ def _require(row, names: tuple[str, ...]) -> dict[str, str]:
 def _stop_on_problems(problems: list[str], skip: bool, path: Path) -> None:
     if problems and not skip:
         shown = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise PairFileError(f"{len(problems)} bad line(s) in {path} (pass --skip-bad-lines to skip them):\n{shown}")
+        raise PairFileError(f"{len(problems)} bad line(s) in {path} (skip bad lines to go without them):\n{shown}")
 
 
 # --- SL-CAI: first answer versus final revision ----------------------------------------------------

@@ -78,7 +78,7 @@ def load_prompts(
             break
     if problems and on_bad_line == "stop":
         shown = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise PromptFileError(f"{len(problems)} bad line(s) in {source} (pass --skip-bad-lines to skip them):\n{shown}")
+        raise PromptFileError(f"{len(problems)} bad line(s) in {source} (skip bad lines to go without them):\n{shown}")
     if not prompts:
         raise PromptFileError(f"{source}: no prompts found")
     return PromptSet(source, prompts, problems)

@@ -25,7 +25,7 @@ from cai_core.constitution import (
 )
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
-from ui.settings import connect, setup
+from ui.settings import connect, follow_context, setup
 from ui.text import (
     chat_transcript,
     count,
@@ -235,7 +235,7 @@ if not files:
     st.warning(md_escape(f"No constitution files (*.yaml) in {ws.constitutions_dir}."))
     st.stop()
 names = [p.name for p in files]
-ss["con_file"] = ss.get("con_file") if ss.get("con_file") in names else names[0]
+follow_context("constitution", "con_file", names)
 
 top = st.columns([2, 3])
 file_name = top[0].selectbox("Constitution file", names, key="con_file", persist_state=KEEP)

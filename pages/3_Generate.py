@@ -14,7 +14,7 @@ from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
-from ui.settings import connect, save_upload, setup
+from ui.settings import browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
 settings = setup("Generate")
@@ -42,14 +42,16 @@ st.write(
 files = list_constitutions(ws.constitutions_dir)
 with st.form("launch_form"):
     cols = st.columns(2)
+    follow_context("prompts", "gen_prompts", default=str(ws.demo_prompts))
     prompt_source = cols[0].text_input(
         "Prompt file",
-        value=str(ws.demo_prompts),
         key="gen_prompts",
         help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; or "
         "hf:OWNER/NAME[:SPLIT].",
     )
     upload = cols[0].file_uploader("or upload a prompt file", type=PROMPT_TYPES, key="gen_upload")
+    skip_bad = cols[0].checkbox("Skip bad lines instead of stopping", key="gen_skip_bad")
+    follow_context("constitution", "gen_constitution", [p.name for p in files])
     constitution = cols[1].selectbox("Constitution", [p.name for p in files], key="gen_constitution")
     cols[1].text_input("Model (set in the sidebar)", value=settings.model, disabled=True)
     cols = st.columns(5)
@@ -62,11 +64,7 @@ with st.form("launch_form"):
 
 if submitted:
     try:
-        suffixes = tuple(f".{t}" for t in PROMPT_TYPES)
-        if upload is not None:
-            prompts = str(save_upload(ws, upload, suffixes))
-        else:
-            prompts = ws.resolve_browser_source(prompt_source, suffixes=suffixes)
+        prompts = browser_file(ws, prompt_source, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True)
         config = GenerateConfig(
             constitution=str((ws.constitutions_dir / constitution).resolve()),
             prompts=prompts,
@@ -76,6 +74,7 @@ if submitted:
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             limit=limit,
+            skip_bad_lines=skip_bad,
         )
         job = prepare_job(config, ws)
     except (ConstitutionError, PromptFileError, OutsideWorkspace) as exc:

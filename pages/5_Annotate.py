@@ -14,7 +14,7 @@ import streamlit as st
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
 from cai_core.records import AnnotationItem, shown_swapped
 from cai_core.store import Store, StoreError
-from ui.settings import connect, setup
+from ui.settings import connect, follow_context, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Annotate")
@@ -72,14 +72,10 @@ overlap = int(
         "Labels wanted per pair", min_value=1, max_value=20, value=2, key="overlap", persist_state="session"
     )
 )
-files = list_constitutions(ws.constitutions_dir)
-constitution_file = cols[2].selectbox(
-    "Guidelines from constitution",
-    files,
-    format_func=lambda p: p.name,
-    key="annotate_constitution",
-    persist_state="session",
-)
+names = [p.name for p in list_constitutions(ws.constitutions_dir)]
+follow_context("constitution", "annotate_constitution", names)
+name = cols[2].selectbox("Guidelines from constitution", names, key="annotate_constitution", persist_state="session")
+constitution_file = ws.constitutions_dir / name if name else None
 
 with st.expander("Guidelines"):
     st.write(

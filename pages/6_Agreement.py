@@ -18,7 +18,7 @@ from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import LABEL_FORMATS, PairFileError, import_labels
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
-from ui.settings import connect, save_upload, setup
+from ui.settings import connect, follow_context, save_upload, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Agreement")
@@ -72,6 +72,7 @@ def label_launcher(store) -> None:
     files = list_constitutions(ws.constitutions_dir)
     with st.form("label_form"):
         cols = st.columns(3)
+        follow_context("constitution", "label_constitution", [p.name for p in files])
         constitution = cols[0].selectbox("Constitution", [p.name for p in files], key="label_constitution")
         judge = cols[1].text_input(
             "Judge model",
@@ -178,7 +179,7 @@ with connect(ws) as store:
     bins = int(cols[5].number_input("Calibration bins", 1, 50, 10, key="bins"))
     facets = label_facets(store)
     if not facets.run_ids:
-        st.info("No AI labels yet: start a labelling run above (or `cai label`) first.")
+        st.info("No AI labels yet: start a labelling run above first.")
         st.stop()
     latest = store.latest_label_run()
     with cols[0]:

@@ -15,7 +15,7 @@ from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
-from ui.settings import connect, model_choices, setup
+from ui.settings import connect, follow_context, model_choices, setup
 from ui.text import count, md_escape, show_flash, show_text, when
 
 settings = setup("Evaluate")
@@ -151,6 +151,7 @@ with compare_tab, st.form("eval_form"):
         horizontal=True,
         help="phrases: a refusal phrase opens the answer (XSTest's string match); judge: the judge model is asked.",
     )
+    follow_context("constitution", "eval_constitution", constitutions)
     constitution = cols[1].selectbox("Constitution", constitutions, key="eval_constitution")
     judge = cols[2].text_input("Judge model", key="eval_judge", placeholder=f"the sidebar's: {settings.model}")
     max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
@@ -177,7 +178,9 @@ with rounds_tab, st.form("rounds_form"):
         "and with the initial answer (how harmlessness changes round by round), under the harm principles."
     )
     cols = st.columns(4)
+    follow_context("run", "rounds_run", list(generate_runs["run_id"]))
     traces_run = cols[0].selectbox("SL-CAI run", list(generate_runs["run_id"]), key="rounds_run")
+    follow_context("constitution", "rounds_constitution", constitutions)
     rounds_constitution = cols[1].selectbox("Constitution", constitutions, key="rounds_constitution")
     rounds_judge = cols[2].text_input("Judge model", key="rounds_judge", placeholder=f"the sidebar's: {settings.model}")
     limit = cols[3].number_input("Traces to score", 1, None, value=None, placeholder="all", key="rounds_limit")
@@ -245,7 +248,7 @@ with connect(ws) as store:
 
 figures = charts(summary)
 if not figures:
-    st.info("No results yet: start a run above, or from the command line with `cai eval run`.")
+    st.info("No results yet: start a run above.")
     st.stop()
 st.download_button(
     "Download the report (one HTML file)",

@@ -84,7 +84,7 @@ def test_bad_hh_rlhf_lines_are_reported_by_number_or_skipped(tmp_path):
     with pytest.raises(PairFileError) as error:
         read_hh_rlhf(path)
     message = str(error.value)
-    assert "4 bad line(s)" in message and "--skip-bad-lines" in message
+    assert "4 bad line(s)" in message and "skip bad lines" in message
     assert f"{path}:2: expected an object" in message and f"{path}:3: not valid JSON" in message
     assert f"{path}:4: 'chosen' and 'rejected' differ" in message and f"{path}:5: no 'Assistant:' turn" in message
     skipped = read_hh_rlhf(path, skip_bad_lines=True)

@@ -1,13 +1,15 @@
 """What every page starts with: `settings = setup("Title")` configures the page, asks for a login where the
-server wants one (`cai app --host ...`), and draws the shared settings in the sidebar (data folder, database,
-model), each checked to stay inside the workspace; `connect` opens the store for one script run.
+server wants one (`cai app --host ...`), and draws the list of pages and the shared settings in the sidebar
+(data folder, database, model), each checked to stay inside the workspace; `connect` opens the store for one
+script run. `follow_context` carries the working context (the constitution, prompts and SL-CAI run last chosen)
+from page to page.
 
 These modules live outside `pages/`: Streamlit lists every file there as a page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endp
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace
 
+from .navigation import sidebar_navigation
 from .text import md_escape
 
 
@@ -43,6 +46,7 @@ def setup(title: str) -> Settings:
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
     user = require_login()
+    sidebar_navigation()
     env = Workspace.from_env()
     ss = st.session_state
     ss.setdefault("data_dir", str(env.root))
@@ -120,6 +124,37 @@ def setup(title: str) -> Settings:
     return Settings(workspace, model, user, endpoints)
 
 
+CONTEXT = "working_context"  # not a widget's key: Streamlit keeps it on pages that do not draw the widgets
+
+
+def follow_context(name: str, key: str, options: Sequence[str] | None = None, default: str | None = None) -> None:
+    """Call before drawing the widget `key` that picks the working context's `name` ("constitution": a file
+    name; "prompts": a prompt source; "run": an SL-CAI run). The widget starts at the context's value; a value
+    picked in it since its last draw becomes the context's, for every page. `options`: the values it offers
+    (None: any text); with no context yet it starts at `default`, or the first option.
+
+    Streamlit forgets a widget's value on a page that does not draw it, so the context lives under a key of
+    its own, and each widget's last shown value beside it (that is how a pick is told from a value left over)."""
+    ss = st.session_state
+    context = ss.setdefault(CONTEXT, {})
+    shown_key = f"{CONTEXT}:{key}"
+
+    def offered(value) -> bool:
+        return value is not None and (options is None or value in options)
+
+    current = ss.get(key)
+    if offered(current) and current != ss.get(shown_key):  # picked on this page since its last draw
+        choice = current
+    elif offered(context.get(name)):
+        choice = context[name]
+    elif offered(current):
+        choice = current
+    else:
+        choice = default if default is not None else next(iter(options or ()), None)
+    if choice is not None:
+        ss[key] = ss[shown_key] = context[name] = choice
+
+
 def refuse(message: str) -> None:
     """Stop the page with a setting's error (nothing on the page may run with a refused setting)."""
     st.error(md_escape(message))
@@ -182,6 +217,16 @@ def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(upload.getvalue())
     return target
+
+
+def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, ...], *, source: bool = False) -> str:
+    """The file a form names: its upload, kept in the workspace (`save_upload`), else the path typed, held to the
+    workspace (`OutsideWorkspace` otherwise). `source`: a prompt source, which may also be `hf:OWNER/NAME`."""
+    if upload is not None:
+        return str(save_upload(workspace, upload, suffixes))
+    if source:
+        return workspace.resolve_browser_source(typed, suffixes=suffixes)
+    return str(workspace.resolve_browser_path(typed, suffixes=suffixes))
 
 
 @contextmanager

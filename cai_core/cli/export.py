@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..exports import FORMATS, KINDS, export_rows, write_export
+from ..exports import FORMATS, KINDS, export_path, export_rows, write_export
 from ..store import Store
 from ..workspace import Workspace
 
@@ -22,8 +22,7 @@ def cmd_export(args, ws: Workspace) -> int:
         )
     if rows.empty:
         raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
-    suffix = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[args.format]
-    out = Path(args.out) if args.out else ws.exports_dir / f"{args.kind}{suffix}"
+    out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
     return 0

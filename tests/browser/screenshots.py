@@ -39,7 +39,7 @@ def shoot(page, out: Path, name: str, anchor: str | None = None) -> None:
 
 def go(page, name: str) -> None:
     """Follow the sidebar link: unlike loading the URL, it keeps the session and so the settings."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name=name).click()
     page.wait_for_url(f"**/{name}")
     settle(page)
 

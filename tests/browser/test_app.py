@@ -142,7 +142,7 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     sidebar.get_by_label("Model", exact=True).click()
     page.get_by_role("option", name="other…").click()
     type_into(sidebar.get_by_label("Model spec", exact=True), tiny_model_path)
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Generate").click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Generate").click()
     expect(page.get_by_label("Model (set in the sidebar)")).to_have_value(tiny_model_path)
     page.get_by_label("Prompt file", exact=True).fill(str(prompts))
     page.get_by_label("Rounds", exact=True).fill("1")

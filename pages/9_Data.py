@@ -1,0 +1,262 @@
+"""Data: make response pairs from your own traces, import files, export datasets, all without the CLI.
+
+- pairs: each trace's first answer against its final revision (`cai pairs sl-cai`), or K answers sampled per
+  prompt (`cai pairs sample --background`: a background job on the one job runner, with the shared controls);
+- import: a pairs file, an hh-rlhf file or a file of people's labels, uploaded or named inside the workspace
+  (`cai pairs import`, `cai import-labels`);
+- export: SFT data, pairs and preferences with `cai export`'s filters, through the same `export_rows`, as a
+  download or into the data folder's exports/ (`export_path`, where `cai export` writes by default).
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from cai_core.exports import FORMATS, KINDS, export_bytes, export_path, export_rows, write_export
+from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.pairs import (
+    PairFileError,
+    SampleConfig,
+    import_labels,
+    prepare_sample_job,
+    read_pairs_file,
+    sl_cai_pairs,
+)
+from cai_core.prompts import PromptFileError
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.settings import browser_file, connect, follow_context, setup
+from ui.text import count, md_escape, show_flash, when
+
+settings = setup("Data")
+ws = settings.workspace
+
+ALL = "all"  # a filter left open
+SHOWN_SAMPLE_RUNS = 5
+PROMPT_SUFFIXES = (".jsonl", ".csv", ".txt")
+IMPORT_SUFFIXES = (".jsonl", ".gz", ".csv")
+IMPORT_KINDS = {
+    "pairs": "pairs: prompt, response_a, response_b",
+    "auto": "people's labels: hh-rlhf or pair_id, label, annotator (told by the first line)",
+    "hh-rlhf": "people's labels: hh-rlhf (chosen and rejected transcripts)",
+    "labels": "people's labels: pair_id, label, annotator",
+}
+EXPORT_KINDS = {
+    "sft": "SFT: prompt and final revision (messages)",
+    "prompt_completion": "SFT: prompt and completion",
+    "pairs": "pairs: revision (chosen) over first answer (rejected)",
+    "preferences": "preferences from labelled pairs (chosen, rejected, soft label)",
+}
+LATEST_LABELS = ""  # `export_rows`' default: the latest AI label run
+
+
+def picked(value: str | None) -> str | None:
+    """A filter's choice as `cai_core` takes it: None where it is left open."""
+    return None if value in (None, ALL) else value
+
+
+def start(job: JobFolder) -> None:
+    """Start (or resume) the sampling run detached, as `cai pairs sample --background` does."""
+    job.resume_in_background(ws)
+
+
+def sample_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"][:SHOWN_SAMPLE_RUNS]
+
+
+def sample_runs_panel() -> bool:
+    """Progress, controls and log of the latest sampling runs; True while one is active."""
+    jobs = sample_jobs()
+    if not jobs:
+        st.caption("No sampling runs yet.")
+        return False
+    active = False
+    for job in jobs:
+        progress, spec = job.progress(), job.spec
+        config = spec.get("config") or {}
+        active |= progress.status in ACTIVE
+        with st.container(border=True, key=f"sample-run-{job.run_id}"):
+            job_status(
+                job,
+                progress,
+                details=f"model {spec.get('model')} · K {config.get('k', '?')} · started {when(spec['created_at'])}",
+                progress_text=f"{progress.done}/{count(progress.total, 'prompt')}",
+            )
+            with st.container(horizontal=True):
+                job_buttons(job, progress, start)
+            job_log(job)
+    return active
+
+
+st.title("Data")
+show_flash()
+st.write(
+    "Response pairs for the judge and for people to label, and the datasets the trainers read. Pairs made or "
+    "imported here reach the Annotate and Agreement pages; an export is the file the command line writes."
+)
+pairs_tab, import_tab, export_tab = st.tabs(["Pairs from your traces", "Import a file", "Export"])
+
+with connect(ws) as store:
+    generation_runs = store.distinct("run_id")
+    versions = store.distinct("constitution_version")
+
+    # --- pairs from traces ----------------------------------------------------------------------------------
+    with pairs_tab:
+        st.subheader("First answer against revision")
+        st.caption("Each trace's first answer against its last revision; an unchanged revision gives no pair.")
+        with st.form("slcai_form"):
+            cols = st.columns(3)
+            follow_context("run", "slcai_run", [ALL, *generation_runs])
+            run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="slcai_run")
+            version = cols[1].selectbox("Constitution version", [ALL, *versions], key="slcai_version")
+            max_round = cols[2].number_input(
+                "Revision of round at most", 1, None, value=None, placeholder="the last", key="slcai_max_round"
+            )
+            made = st.form_submit_button("Make pairs", key="slcai_make", type="primary")
+        if made:
+            pairs = sl_cai_pairs(store, run_id=picked(run), constitution_version=picked(version), max_round=max_round)
+            added = store.add_pairs(pairs)
+            if pairs:
+                st.success(f"{count(len(pairs), 'pair')} of first answer and revision, {added} new.")
+            else:
+                st.info("No pair: no trace matches, or every revision left its answer unchanged.")
+
+        st.subheader("K sampled answers per prompt")
+        st.caption("The sidebar's model answers each prompt K times; every two different answers make a pair.")
+        with st.form("sample_form"):
+            cols = st.columns(2)
+            follow_context("prompts", "sample_prompts", default=str(ws.demo_prompts))
+            prompt_source = cols[0].text_input(
+                "Prompt file",
+                key="sample_prompts",
+                help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; "
+                "or hf:OWNER/NAME[:SPLIT].",
+            )
+            upload = cols[0].file_uploader("or upload a prompt file", type=["jsonl", "csv", "txt"], key="sample_upload")
+            cols[1].text_input("Model (set in the sidebar)", value=settings.model, disabled=True)
+            skip_bad_prompts = cols[1].checkbox("Skip bad lines instead of stopping", key="sample_skip_bad")
+            cols = st.columns(5)
+            k = cols[0].number_input("Answers per prompt (K)", 2, 16, value=2, key="sample_k")
+            pairing = cols[1].selectbox(
+                "Pairing",
+                ("all", "adjacent"),
+                format_func={"all": "every two answers", "adjacent": "answer i with i+1"}.get,
+                key="sample_pairing",
+            )
+            limit = cols[2].number_input("Prompts to use", 1, None, value=None, placeholder="all", key="sample_limit")
+            max_new_tokens = cols[3].number_input("Max new tokens", 1, 4096, value=128, step=16, key="sample_tokens")
+            temperature = cols[4].number_input("Temperature", 0.05, 2.0, value=1.0, step=0.1, key="sample_temperature")
+            sample = st.form_submit_button("Sample in the background", key="sample_start", type="primary")
+        if sample:
+            try:
+                config = SampleConfig(
+                    prompts=browser_file(ws, prompt_source, upload, PROMPT_SUFFIXES, source=True),
+                    model=settings.model,
+                    k=k,
+                    pairing=pairing,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    limit=limit,
+                    skip_bad_lines=skip_bad_prompts,
+                )
+                job = prepare_sample_job(config, ws)
+            except (PromptFileError, OSError, ValueError) as exc:  # OutsideWorkspace is a ValueError
+                st.error(md_escape(f"Not started: {exc}"))
+            else:
+                if launch_job(job, start):
+                    st.success(f"Started {job.run_id}. Its pairs join the store as they land.")
+                else:
+                    st.info(f"{job.run_id} is already running: the same settings make the same run.")
+        live_panel(
+            sample_runs_panel,
+            active=any(job.progress().status in ACTIVE for job in sample_jobs()),
+            refresh_key="refresh_sample_runs",
+        )
+
+    # --- import ---------------------------------------------------------------------------------------------
+    with import_tab, st.form("import_form"):
+        what = st.radio("The file holds", list(IMPORT_KINDS), format_func=IMPORT_KINDS.get, key="import_kind")
+        cols = st.columns(2)
+        path_text = cols[0].text_input("File inside the workspace (.jsonl, .jsonl.gz or .csv)", key="import_file")
+        upload = cols[1].file_uploader("or upload one", type=["jsonl", "gz", "csv"], key="import_file_upload")
+        cols = st.columns(3)
+        first_n = cols[0].number_input("hh-rlhf: first N pairs", 1, None, value=None, placeholder="all", key="import_n")
+        annotator = cols[1].text_input("Labels: annotator of every line, if no column", key="import_who")
+        skip_bad = cols[2].checkbox("Skip bad lines instead of stopping", key="import_skip")
+        if st.form_submit_button("Import", key="import_start", type="primary"):
+            try:
+                path = browser_file(ws, path_text, upload, IMPORT_SUFFIXES)
+                if what == "pairs":
+                    found = read_pairs_file(path, skip_bad_lines=skip_bad)
+                    added = store.add_pairs(found.pairs)
+                    message = f"Read {count(len(found.pairs), 'pair')} from {Path(path).name}, {added} new"
+                else:
+                    result = import_labels(
+                        store,
+                        path,
+                        file_format=what,
+                        limit=first_n,
+                        annotator=annotator.strip() or None,
+                        skip_bad_lines=skip_bad,
+                    )
+                    found = result.found
+                    message = (
+                        f"Read {count(len(found.pairs), 'pair')} ({result.pairs_added} new) and imported "
+                        f"{count(result.labels_added, 'human label')} from {Path(path).name}"
+                    )
+            except (OSError, PairFileError, ValueError) as exc:  # OutsideWorkspace is a ValueError
+                st.error(md_escape(str(exc)))
+            else:
+                st.success(md_escape(f"{message}; skipped {count(len(found.problems), 'bad line')}."))
+
+    # --- export ---------------------------------------------------------------------------------------------
+    with export_tab:
+        cols = st.columns(2)
+        kind = cols[0].selectbox("What", KINDS, format_func=lambda k: EXPORT_KINDS.get(k, k), key="export_kind")
+        fmt = cols[1].selectbox(
+            "Format",
+            FORMATS,
+            format_func={"jsonl": "JSON lines", "parquet": "Parquet", "hf": "datasets folder (save_to_disk)"}.get,
+            key="export_format",
+        )
+        cols = st.columns(3)
+        if kind == "preferences":
+            label_runs = [LATEST_LABELS, *store.runs("label").run_id, "human"]
+            names = {LATEST_LABELS: "the latest AI label run", "human": "people's labels"}
+            labels = cols[0].selectbox("Labels", label_runs, format_func=lambda r: names.get(r, r), key="export_labels")
+            min_confidence = cols[1].number_input(
+                "Min confidence |2P - 1|", 0.0, 1.0, value=0.0, step=0.05, key="export_min_confidence"
+            )
+            filters = {"run_id": labels or None, "min_confidence": min_confidence}
+        else:
+            follow_context("run", "export_run", [ALL, *generation_runs])
+            run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="export_run")
+            version = cols[1].selectbox("Constitution version", [ALL, *versions], key="export_version")
+            max_round = cols[2].number_input(
+                "Revision of round at most", 1, None, value=None, placeholder="the last", key="export_max_round"
+            )
+            filters = {"run_id": picked(run), "constitution_version": picked(version), "max_round": max_round}
+        rows = export_rows(store, kind, **filters)
+
+    if rows.empty:
+        source = "labelled pairs (Agreement or Annotate page)" if kind == "preferences" else "traces (Generate page)"
+        export_tab.info(f"Nothing to export: no rows match. Make {source} first, or loosen the filters.")
+    else:
+        target = export_path(ws, kind, fmt)
+        export_tab.text(f"{count(len(rows), 'row')} match.")
+        with export_tab.container(horizontal=True):
+            if fmt != "hf":
+                st.download_button(
+                    "Download",
+                    data=lambda: export_bytes(rows, fmt),  # made when clicked, not at every redraw
+                    file_name=target.name,
+                    mime="application/jsonl" if fmt == "jsonl" else "application/vnd.apache.parquet",
+                    key="export_download",
+                    on_click="ignore",
+                    icon=":material/download:",
+                )
+            write = st.button(f"Write to {target}", key="export_write", icon=":material/save:")
+        if write:
+            write_export(rows, target, fmt)
+            export_tab.success(md_escape(f"Wrote {count(len(rows), f'{kind} row')} to {target}."))
+        if fmt == "hf":
+            export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")
