@@ -311,6 +311,13 @@ def trl_monitor(ctx, monitor: HackingMonitor | None, tokenizer, max_new_tokens: 
 # --- reading a run's monitor afterwards: the pages, the CLI and the recipe's report -----------------------------
 
 
+def monitor_metrics(job) -> pd.DataFrame:
+    """A run's monitor signals and alerts (step, name, value), read from its job folder: current while it runs,
+    and readable without the database."""
+    rows = [row for row in job.read("train_metrics") if row["name"].startswith("monitor/")]
+    return pd.DataFrame(rows, columns=["step", "name", "value"])
+
+
 def alert_lines(metrics: pd.DataFrame) -> list[str]:
     """A run's alerts from its logged metrics (step, name, value), one line a signal: the steps it crossed its
     threshold at and its value the last time. Read from the metrics, so they outlive the run's message."""
