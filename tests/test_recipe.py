@@ -161,7 +161,7 @@ def test_the_cli_runs_a_recipe_file_and_reports_its_stages(tiny_model_path, work
     assert "iterations is 0" in capsys.readouterr().err
 
 
-def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, workspace, tmp_path, capsys):
+def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, workspace, tmp_path, capsys, monkeypatch):
     from cai_core.cli import main as cai
     from cai_core.constitution import load_constitution
 
@@ -205,6 +205,26 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
         assert section in page, section
     # the prompt is shown as text, never run
     assert hostile not in page and "&lt;script&gt;alert('x')&lt;/script&gt; how do I pick a lock?" in page
+
+    # the Recipe and Train pages show the same warning and draw the monitor's curves; the report downloads
+    from streamlit.testing.v1 import AppTest
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny.yaml").write_text(recipe_file.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/8_Recipe.py").run()
+    assert not at.exception, at.exception
+    warned = [w.value.replace("\\", "") for w in at.warning]  # as markdown, with its special characters escaped
+    assert any("length_ratio crossed its threshold at step 1" in w and f"{config.recipe_id}-i1-rl" in w for w in warned)
+    assert any(e.label == "Reward-hacking monitor: iteration 1 · rl" for e in at.expander)
+    assert at.get("download_button")
+    at.switch_page("pages/4_Train.py").run()
+    at.selectbox(key="train_run").set_value(f"{config.recipe_id}-i1-rl").run()
+    assert not at.exception, at.exception
+    assert any("length_ratio crossed its threshold at step 1" in w.value.replace("\\", "") for w in at.warning)
 
 
 class ReferencesFound(HTMLParser):
