@@ -109,7 +109,7 @@ WORDS = ["sea", "moon", "forest", "river", "city", "music", "bread", "winter", "
 
 
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
-def test_the_monitor_warns_and_stops_a_real_trl_run(tiny_model_path, workspace, tmp_path, kind):
+def test_the_monitor_warns_and_stops_a_real_trl_run(tiny_model_path, workspace, tmp_path, kind, capsys):
     """GRPO and RLOO (TRL's trainers) feed the same monitor through a callback: the judged win rate on held-out
     prompts is logged and warns, and a stop rule on the KL to the reference ends the run with a checkpoint."""
     import json
@@ -156,3 +156,11 @@ def test_the_monitor_warns_and_stops_a_real_trl_run(tiny_model_path, workspace, 
     # the held-out prompts were kept out of training
     trained = [json.loads(line)["prompt"][0]["content"] for line in (job.path / "data-train.jsonl").open()]
     assert len(trained) == len(WORDS) - 3 and "tell me about the book" not in trained
+    # the CLI's list of runs says what the monitor saw, after the run's message has moved on
+    from cai_core.cli import main as cai
+
+    capsys.readouterr()
+    assert cai(["--data-dir", str(workspace.root), "train", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"warning: reward-hacking monitor: kl crossed its threshold at step {stop}" in listed
+    assert "win_rate crossed its threshold at step 2" in listed

@@ -265,9 +265,9 @@ def report_alerts(ctx, monitor: HackingMonitor, step: int) -> None:
     and they stop together, keeping a checkpoint) and its reason."""
     for alert in monitor.fired(step):
         ctx.warning = f"warning: {alert}"
-        if alert.rule.action == "stop" and not ctx.stop_reason:
-            ctx.stop_reason = f"stopped by the reward-hacking monitor at {alert}"
-            ctx.job.request_cancel()
+    if (stop := monitor.stopped_by()) and not ctx.stop_reason:
+        ctx.stop_reason = f"stopped by the reward-hacking monitor at {stop}"
+        ctx.job.request_cancel()
 
 
 def trl_monitor(ctx, monitor: HackingMonitor | None, tokenizer, max_new_tokens: int):
