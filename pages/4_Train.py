@@ -334,7 +334,8 @@ def runs_panel() -> bool:
         names = [
             n
             for n in dict.fromkeys(metrics["name"])
-            if n not in HIDDEN_METRICS and not n.startswith(("train_", "monitor/"))  # the monitor's are drawn below
+            # the monitor's signals are drawn below; its answer reader's zero reward (GRPO, RLOO) is no curve
+            if n not in HIDDEN_METRICS and not n.startswith(("train_", "monitor/", "rewards/monitor_answers/"))
         ]
         if names:
             names = [n for n in KEY_METRICS if n in names] + [n for n in names if n not in KEY_METRICS]
