@@ -471,15 +471,9 @@ class RunContext:
         elapsed, steps = now_ - self.started[0], step - self.started[1]
         rate = steps / elapsed if steps > 0 and elapsed > 0 else None
         eta = (self.config.max_steps - step) / rate if rate else None
+        message = message or self.warning
         self.job.set_progress(
-            "running",
-            step,
-            self.config.max_steps,
-            message or self.warning,
-            unit="step",
-            rate=rate,
-            eta=eta,
-            elapsed=elapsed,
+            "running", step, self.config.max_steps, message, unit="step", rate=rate, eta=eta, elapsed=elapsed
         )
 
     def stop_requested(self) -> bool:
