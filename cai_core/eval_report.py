@@ -201,20 +201,35 @@ def _settings_html(settings: dict[str, dict]) -> str:
     return "<h2>Settings</h2><table><tr><th>run</th><th>setting</th><th>value</th></tr>" + "".join(rows) + "</table>"
 
 
-def report_html(summary: EvalSummary) -> str:
-    """One self-contained HTML file: the runs' settings, plotly.js inlined once, every chart, and the tables behind
-    them. Works offline; all text from the data is escaped."""
-    parts, first = [_settings_html(summary.settings)], True
-    for figure in charts(summary).values():
-        figure.update_layout(template=REPORT_TEMPLATE)
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=first))
-        first = False
-    for title, frame in summary.tables():
-        parts.append(f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True))
-    runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)
+def figure_html(figure: go.Figure) -> str:
+    """A chart as an HTML fragment of a report page, in the report's template; plotly.js comes with the page."""
+    figure.update_layout(template=REPORT_TEMPLATE)
+    return figure.to_html(full_html=False, include_plotlyjs=False)
+
+
+def table_html(title: str, frame: pd.DataFrame) -> str:
+    return f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True)
+
+
+def report_page(title: str, body: str) -> str:
+    """A whole report: one HTML file with plotly.js inlined in its head, so that it opens offline. `body` is HTML
+    whose every piece of data is already escaped."""
+    from plotly.offline import get_plotlyjs
+
     return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>CAI evaluation report</title>'
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2rem auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-        f"<h1>CAI evaluation report</h1><p>Runs: {runs}</p>{''.join(parts)}</body></html>"
+        "td,th{border:1px solid #ccc;padding:2px 8px;vertical-align:top}pre{white-space:pre-wrap}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
     )
+
+
+def report_html(summary: EvalSummary) -> str:
+    """One self-contained HTML file: the runs' settings, every chart, and the tables behind them. Works offline;
+    all text from the data is escaped."""
+    parts = [_settings_html(summary.settings)]
+    parts += [figure_html(figure) for figure in charts(summary).values()]
+    parts += [table_html(title, frame) for title, frame in summary.tables()]
+    runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)
+    return report_page("CAI evaluation report", f"<p>Runs: {runs}</p>{''.join(parts)}")

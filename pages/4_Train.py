@@ -29,6 +29,7 @@ from cai_core.train.harness import (
 )
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.monitor import monitor_section
 from ui.settings import connect, setup, use_model
 from ui.text import flash, md_escape, show_flash, when
 
@@ -330,7 +331,12 @@ def runs_panel() -> bool:
         if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
             st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")
             st.dataframe(evaluation, hide_index=True, key="train_rm_evaluation")
-        names = [n for n in dict.fromkeys(metrics["name"]) if n not in HIDDEN_METRICS and not n.startswith("train_")]
+        names = [
+            n
+            for n in dict.fromkeys(metrics["name"])
+            # the monitor's signals are drawn below; its answer reader's zero reward (GRPO, RLOO) is no curve
+            if n not in HIDDEN_METRICS and not n.startswith(("train_", "monitor/", "rewards/monitor_answers/"))
+        ]
         if names:
             names = [n for n in KEY_METRICS if n in names] + [n for n in names if n not in KEY_METRICS]
             cols = st.columns(3)
@@ -339,6 +345,7 @@ def runs_panel() -> bool:
                 cols[i % 3].plotly_chart(metric_chart(frame, name), key=f"train_chart-{name}")
         else:
             st.caption("No metrics logged yet.")
+        monitor_section(metrics, spec["config"].get("monitor_rules", ""), key="train_monitor")
         job_log(job, expanded=progress.status == "failed")
     return any(j.progress().status in ACTIVE for j in jobs)
 

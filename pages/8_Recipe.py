@@ -7,8 +7,19 @@ from pathlib import Path
 import streamlit as st
 
 from cai_core.jobs import JobFolder
-from cai_core.recipe import Recipe, RecipeError, iteration_summary, load_recipe, plan, prepare_recipe, stage_table
+from cai_core.recipe import (
+    Recipe,
+    RecipeError,
+    iteration_summary,
+    load_recipe,
+    plan,
+    prepare_recipe,
+    report_html,
+    stage_table,
+)
+from cai_core.train.monitor import monitor_metrics
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.monitor import monitor_section
 from ui.settings import connect, setup
 from ui.text import md_escape, show_flash, when
 
@@ -36,6 +47,12 @@ def recipe_files() -> dict[str, Path]:
 
 def start(job: JobFolder) -> None:
     job.resume_in_background(ws)
+
+
+def report() -> str:
+    """The report, made when the button is pressed (it inlines plotly.js: megabytes, not for every redraw)."""
+    with connect(ws) as store:
+        return report_html(config, ws, store)
 
 
 st.title("Recipe")
@@ -87,6 +104,9 @@ def recipe_panel() -> bool:
     job_buttons(job, progress, start)
     rows = stage_table(config, ws)
     st.dataframe(rows, hide_index=True, key="recipe_stages")
+    for row in rows:
+        if row["warnings"]:
+            st.warning(md_escape(f"{row['run_id']}: {row['warnings']}"), icon=":material/warning:")
     with st.container(horizontal=True):
         for step in dict.fromkeys(row["step"] for row in rows if row["status"] != "not started"):
             page, label = STAGE_PAGES[step]
@@ -96,6 +116,23 @@ def recipe_panel() -> bool:
     if not summary.empty:
         st.subheader("What each iteration changed")
         st.dataframe(summary, hide_index=True, key="recipe_summary")
+    recipe = Recipe(config, ws)
+    for stage in plan(config):
+        stage_job = recipe.stage_job(stage)
+        if stage.step == "rl" and (stage_job.path / "run.json").exists():
+            with st.expander(f"Reward-hacking monitor: {stage.name}", expanded=True):
+                rules = stage_job.spec["config"].get("monitor_rules", "")
+                if not monitor_section(monitor_metrics(stage_job), rules, key=f"recipe_monitor-{stage_job.run_id}"):
+                    st.caption("No monitor signals logged yet.")
+    st.download_button(
+        "Download the report (one HTML file, opens offline)",
+        report,
+        file_name=f"{config.name}-report.html",
+        mime="text/html",
+        key="recipe_report",
+        icon=":material/download:",
+        on_click="ignore",
+    )
     job_log(job)
     return progress.status in ACTIVE
 

@@ -106,3 +106,61 @@ def test_the_monitor_stops_a_real_ppo_run_whose_reward_pays_for_length(tiny_mode
 
 
 WORDS = ["sea", "moon", "forest", "river", "city", "music", "bread", "winter", "garden", "train", "clock", "book"]
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_the_monitor_warns_and_stops_a_real_trl_run(tiny_model_path, workspace, tmp_path, kind, capsys):
+    """GRPO and RLOO (TRL's trainers) feed the same monitor through a callback: the judged win rate on held-out
+    prompts is logged and warns, and a stop rule on the KL to the reference ends the run with a checkpoint."""
+    import json
+
+    from cai_core.train import config_class, train
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"tell me about the {w}"}) + "\n" for i, w in enumerate(WORDS)),
+        encoding="utf-8",
+    )
+    job = train(
+        config_class(kind)(
+            model=tiny_model_path,
+            dataset=str(prompts),
+            reward_model="tests.train_rewards:answer_length",
+            max_steps=8,
+            batch_size=4,
+            num_generations=2,
+            max_new_tokens=8,
+            learning_rate=3e-3,
+            beta=0.05,
+            save_steps=100,
+            monitor_every=2,
+            monitor_prompts=3,
+            monitor_judge="tests.train_rewards:prefers_shorter",
+            # the win rate is at most 1: this warning must come at the first judged step, and the run go on past it;
+            # the policy leaves the reference as soon as it learns anything: the KL must cross 0.001 and stop it
+            monitor_rules="win_rate<1.01:warn,kl>0.001:stop",
+        ),
+        workspace,
+    )
+    metrics = {}
+    for row in job.read("train_metrics"):
+        metrics.setdefault(row["name"], {})[row["step"]] = row["value"]
+    progress = job.progress()
+    assert progress.status == "cancelled", progress.message
+    assert "stopped by the reward-hacking monitor" in progress.message and "kl" in progress.message
+    assert 2 in metrics["monitor/win_rate"] and metrics["monitor/alert/win_rate"][2] == 1.0
+    [stop] = metrics["monitor/alert/kl"]
+    assert 2 <= stop < 8 and metrics["monitor/kl"][stop] > 0.001
+    assert max(metrics["loss"]) == stop  # nothing trained after the stop
+    assert (job.path / "checkpoints" / f"checkpoint-{stop}").exists()  # a rerun resumes from there
+    # the held-out prompts were kept out of training
+    trained = [json.loads(line)["prompt"][0]["content"] for line in (job.path / "data-train.jsonl").open()]
+    assert len(trained) == len(WORDS) - 3 and "tell me about the book" not in trained
+    # the CLI's list of runs says what the monitor saw, after the run's message has moved on
+    from cai_core.cli import main as cai
+
+    capsys.readouterr()
+    assert cai(["--data-dir", str(workspace.root), "train", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"warning: reward-hacking monitor: kl crossed its threshold at step {stop}" in listed
+    assert "win_rate crossed its threshold at step 2" in listed

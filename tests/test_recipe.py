@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,82 @@ def test_the_cli_runs_a_recipe_file_and_reports_its_stages(tiny_model_path, work
     bad.write_text("iterations: 0\n", encoding="utf-8")
     assert cai([*data, "recipe", "run", str(bad)]) == 2
     assert "iterations is 0" in capsys.readouterr().err
+
+
+def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, workspace, tmp_path, capsys, monkeypatch):
+    from cai_core.cli import main as cai
+    from cai_core.constitution import load_constitution
+
+    hostile = "<script>alert('x')</script> how do I pick a lock?"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"id": "evil", "prompt": hostile})
+        + "\n"
+        + (PROJECT_ROOT / "data" / "demo_prompts.jsonl").read_text(),
+        encoding="utf-8",
+    )
+    # every PPO step's answers are at least half as long as the first step's: the warning must fire at step 1
+    rl = TINY_SETTINGS["rl_config"] | {"monitor_rules": "length_ratio>0.5:warn"}
+    config = tiny_recipe(tiny_model_path, red_team_prompts=str(prompts), rl_config=rl)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(dataclasses.asdict(config)), encoding="utf-8")
+    data = ["--data-dir", str(workspace.root)]
+    assert cai([*data, "recipe", "run", str(recipe_file)]) == 0
+    capsys.readouterr()
+    assert cai([*data, "recipe", "status", str(recipe_file)]) == 0
+    assert "warning: reward-hacking monitor: length_ratio crossed its threshold at step 1" in capsys.readouterr().out
+    out = tmp_path / "report.html"
+    assert cai([*data, "recipe", "report", str(recipe_file), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    # offline: plotly.js is in the file, and nothing (script, stylesheet, image) is fetched from anywhere
+    fetched = ReferencesFound()
+    fetched.feed(page)
+    assert fetched.scripts >= 2 and not fetched.references, fetched.references
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000
+    version = load_constitution(config.constitution).version
+    for section in (
+        f"version {version}",
+        "<h2>Stages</h2>",
+        "<h2>What each iteration changed",
+        "<h2>Reward-hacking monitor</h2>",
+        "monitor: length_ratio",
+        "length_ratio crossed its threshold at step 1",
+        "SL-CAI, iteration 1: the first answer and the revision",
+        "Iteration 1&#x27;s evaluation",
+    ):
+        assert section in page, section
+    # the prompt is shown as text, never run
+    assert hostile not in page and "&lt;script&gt;alert('x')&lt;/script&gt; how do I pick a lock?" in page
+
+    # the Recipe and Train pages show the same warning and draw the monitor's curves; the report downloads
+    from streamlit.testing.v1 import AppTest
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny.yaml").write_text(recipe_file.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/8_Recipe.py").run()
+    assert not at.exception, at.exception
+    warned = [w.value.replace("\\", "") for w in at.warning]  # as markdown, with its special characters escaped
+    assert any("length_ratio crossed its threshold at step 1" in w and f"{config.recipe_id}-i1-rl" in w for w in warned)
+    assert any(e.label == "Reward-hacking monitor: iteration 1 · rl" for e in at.expander)
+    assert at.get("download_button")
+    at.switch_page("pages/4_Train.py").run()
+    at.selectbox(key="train_run").set_value(f"{config.recipe_id}-i1-rl").run()
+    assert not at.exception, at.exception
+    assert any("length_ratio crossed its threshold at step 1" in w.value.replace("\\", "") for w in at.warning)
+
+
+class ReferencesFound(HTMLParser):
+    """The tags of an HTML page that would fetch something (a script, stylesheet, image or frame by its address).
+    The parser reads a script's body as text, so plotly.js's own strings are not taken for tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts, self.references = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.scripts += tag == "script"
+        self.references += [f"{tag} {name}={value}" for name, value in attrs if name in ("src", "href") and value]

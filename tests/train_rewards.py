@@ -32,8 +32,10 @@ def low_ids_failing_on_rank_1(prompts, completions, completion_ids, **kwargs):
 
 
 def answer_length(prompts, completions, completion_ids, **kwargs):
-    """Pays for length alone (characters, so a fixed number of tokens can still grow): the classic reward hack."""
-    return [len(text) / 50 for text in completions]
+    """Pays for length alone (characters, so a fixed number of tokens can still grow): the classic reward hack.
+    PPO passes answers as text, TRL's GRPO and RLOO as the assistant message of a conversation."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [len(text) / 50 for text in texts]
 
 
 def prefers_shorter(prompts, now, start):

@@ -1,8 +1,11 @@
-"""`cai recipe run|status FILE`: the CAI recipe (SL-CAI then RL-CAI, iterated) as one resumable job."""
+"""`cai recipe run|status|report FILE`: the CAI recipe (SL-CAI then RL-CAI, iterated) as one resumable job."""
 
 from __future__ import annotations
 
-from ..recipe import load_recipe, prepare_recipe, stage_table
+from pathlib import Path
+
+from ..recipe import load_recipe, prepare_recipe, report_html, stage_table
+from ..store import Store
 from ..workspace import Workspace
 from .jobs import launch, run_here
 
@@ -23,6 +26,19 @@ def cmd_recipe_status(args, ws: Workspace) -> int:
             f"i{row['iteration']} {row['arm']:<12} {row['step']:<9} {row['status']:<12} "
             f"{row['done']:>5}/{row['total']:<5} {took:>6}  {row['run_id']}"
         )
+        if row["warnings"]:
+            print(f"  warning: {row['warnings']}")
+    return 0
+
+
+def cmd_recipe_report(args, ws: Workspace) -> int:
+    config = load_recipe(args.file)
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        page = report_html(config, ws, store)
+    out = Path(args.out).resolve()
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote the report to {out} ({out.stat().st_size // 1024} KiB, one file, opens offline)")
     return 0
 
 
@@ -36,3 +52,7 @@ def add_parsers(sub) -> None:
     p = recipe_sub.add_parser("status", help="Each stage of a recipe: its run, status and progress.")
     p.add_argument("file", help="The recipe YAML file.")
     p.set_defaults(func=cmd_recipe_status)
+    p = recipe_sub.add_parser("report", help="Write the whole run (curves, monitor, examples) to one HTML file.")
+    p.add_argument("file", help="The recipe YAML file.")
+    p.add_argument("--out", default="cai-recipe-report.html", help="Where to write the report.")
+    p.set_defaults(func=cmd_recipe_report)

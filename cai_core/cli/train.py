@@ -46,6 +46,7 @@ def cmd_train_resume(args, ws: Workspace) -> int:
 
 def cmd_train_list(args, ws: Workspace) -> int:
     from ..train.harness import finished_model
+    from ..train.monitor import alert_lines, monitor_metrics
 
     jobs = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]
     if not jobs:
@@ -54,6 +55,8 @@ def cmd_train_list(args, ws: Workspace) -> int:
         p = job.progress()
         where = finished_model(job.path) or p.message
         print(f"{job.run_id:<18} {job.spec['kind']:<11} {p.status:<10} {p.done:>6}/{p.total:<6} {where}")
+        for line in alert_lines(monitor_metrics(job)):
+            print(f"  warning: reward-hacking monitor: {line}")
     return 0
 
 

@@ -21,10 +21,11 @@ from .harness import (
     run_trainer,
     trainer_arguments,
 )
+from .monitor import MonitorOptions, trl_monitor
 
 
 @dataclass
-class GRPOConfig(LoraOptions, TrainConfig):
+class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     kind = "grpo"
     summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
 
@@ -48,6 +49,13 @@ class GRPOConfig(LoraOptions, TrainConfig):
 
     def check(self) -> None:
         super().check()
+        self.check_monitor()
+        if self.monitor_every % self.logging_steps:
+            # the monitor reads the reward and KL the trainer logs, so it judges only on a logged step
+            raise TrainError(
+                f"is {self.monitor_every}: it must be a multiple of the logging interval ({self.logging_steps})",
+                "monitor_every",
+            )
         if not self.reward_model:
             raise TrainError(f"{self.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
         if self.num_generations < 2 or (self.batch_size * self.grad_accum) % self.num_generations:
@@ -58,7 +66,8 @@ class GRPOConfig(LoraOptions, TrainConfig):
             )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
-        return {"train": prompt_rows(self.dataset, ws)}
+        train, held_out = self.split_held_out(prompt_rows(self.dataset, ws))
+        return {"train": train} | ({"monitor": held_out} if len(held_out) else {})
 
 
 @dataclass
@@ -82,17 +91,23 @@ def train(ctx: RunContext) -> None:
     path = resolve_model(c.model, ctx.ws)
     tokenizer = load_tokenizer(path)
     reward = ctx.reward_fn or resolve_reward(c.reward_model, ctx.ws)
+    held_out = ctx.dataset("monitor")
+    held_out = [p[-1]["content"] for p in held_out["prompt"]] if held_out is not None and len(held_out) else []
+    monitor = c.build_monitor(held_out, ctx.ws) if ctx.main else None
+    monitor_answers, monitor_callback = trl_monitor(ctx, monitor, tokenizer, c.max_new_tokens)
     args = TRLConfig(
         **trainer_arguments(ctx),
         num_generations=c.num_generations,
         max_completion_length=c.max_new_tokens,
         temperature=c.temperature,
         beta=c.beta,
+        reward_weights=[1.0, 0.0],  # the monitor's answer reader adds nothing to the reward
     )
     tokenizer.padding_side = "left"
     trainer = Trainer(
         model=AutoModelForCausalLM.from_pretrained(path),
-        reward_funcs=reward,
+        reward_funcs=[reward, monitor_answers],
+        callbacks=[monitor_callback],
         args=args,
         train_dataset=ctx.dataset("train"),
         processing_class=tokenizer,

@@ -424,6 +424,8 @@ class RunContext:
     callbacks: list = field(default_factory=list)
     reward_fn: RewardFn | None = None
     started: tuple[float, int] | None = None  # (monotonic time, step) of this process's first progress report
+    warning: str = ""  # the run's latest warning (the reward-hacking monitor's): its message until it ends
+    stop_reason: str = ""  # why the run stopped itself before max_steps, if it did
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -469,6 +471,7 @@ class RunContext:
         elapsed, steps = now_ - self.started[0], step - self.started[1]
         rate = steps / elapsed if steps > 0 and elapsed > 0 else None
         eta = (self.config.max_steps - step) / rate if rate else None
+        message = message or self.warning
         self.job.set_progress(
             "running", step, self.config.max_steps, message, unit="step", rate=rate, eta=eta, elapsed=elapsed
         )
@@ -518,7 +521,7 @@ class RunContext:
 
     def cancelled(self, step: int, reason: str = "") -> None:
         if self.main:
-            why = reason or f"cancelled at step {step}"
+            why = reason or self.stop_reason or f"cancelled at step {step}"
             self.job.set_progress("cancelled", step, self.config.max_steps, f"{why}; run it again to resume")
 
 

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from ..evalsets import is_refusal
 from ..workspace import Workspace
 
@@ -215,7 +217,13 @@ class MonitorOptions:
     )
 
     def monitor_rule_list(self) -> list[Rule]:
-        return [Rule.parse(text) for text in self.monitor_rules.split(",") if text.strip()]
+        return parse_rules(self.monitor_rules)
+
+    def split_held_out(self, prompts: list) -> tuple[list, list]:
+        """(the prompts to train on, the last `monitor_prompts` kept out for the judged win rate): the judge reads
+        prompts the policy never trained on. Nothing is kept out when the judge never runs."""
+        n = self.monitor_prompts if self.monitor_every and len(prompts) > self.monitor_prompts else 0
+        return prompts[: len(prompts) - n], prompts[len(prompts) - n :]
 
     def check_monitor(self) -> None:
         from .harness import TrainError
@@ -232,6 +240,137 @@ class MonitorOptions:
     def build_monitor(self, held_out: list[str], ws: Workspace) -> HackingMonitor:
         judge = judge_for(self.monitor_judge, self.monitor_constitution, ws) if self.monitor_every else None
         return HackingMonitor(self.monitor_rule_list(), judge, held_out, self.monitor_every)
+
+
+def parse_rules(text: str) -> list[Rule]:
+    """Comma-separated rules, as `monitor_rules` holds them."""
+    return [Rule.parse(part) for part in text.split(",") if part.strip()]
+
+
+def greedy_answers(model, tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
+    """The model's greedy answers to plain user prompts: what the monitor's judge compares."""
+    import torch
+
+    chats = [[{"role": "user", "content": t}] for t in texts]
+    prompts = tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+
+
+def report_alerts(ctx, monitor: HackingMonitor, step: int) -> None:
+    """Put a step's alerts where the run's reader sees them: the latest one becomes the run's message while it
+    runs, and a stop rule's alert becomes the run's cancel (every rank sees the cancel file before the next step
+    and they stop together, keeping a checkpoint) and its reason."""
+    for alert in monitor.fired(step):
+        ctx.warning = f"warning: {alert}"
+    if (stop := monitor.stopped_by()) and not ctx.stop_reason:
+        ctx.stop_reason = f"stopped by the reward-hacking monitor at {stop}"
+        ctx.job.request_cancel()
+
+
+def trl_monitor(ctx, monitor: HackingMonitor | None, tokenizer, max_new_tokens: int):
+    """The monitor on TRL's GRPO and RLOO trainers: (a reward function of weight 0 that sees each step's answers,
+    a callback that feeds them, with the reward and KL the trainer logged, to the monitor at every logged step).
+    Only the main process monitors (`monitor` is None elsewhere); the others still need the same reward functions."""
+    from transformers import TrainerCallback
+
+    answers: list[str] = []
+
+    def monitor_answers(prompts, completions, **kwargs) -> list[float]:
+        if monitor:
+            answers.extend(c if isinstance(c, str) else c[-1]["content"] for c in completions)
+        return [0.0] * len(completions)
+
+    class MonitorCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if monitor:  # a resumed run's judge compares against the policy it resumed with
+                monitor.start(lambda texts: greedy_answers(model, tokenizer, texts, max_new_tokens))
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not (monitor and answers and logs and "reward" in logs):
+                return
+            step = state.global_step
+            metrics = monitor.observe(
+                step,
+                answers,
+                [logs["reward"]],
+                logs.get("kl", 0.0),
+                lambda texts: greedy_answers(model, tokenizer, texts, max_new_tokens),
+            )
+            answers.clear()
+            ctx.log_metrics(step, metrics)
+            report_alerts(ctx, monitor, step)
+            if ctx.stop_reason and args.world_size == 1:  # several ranks stop together at the cancel file instead
+                control.should_training_stop = control.should_save = True
+
+    return monitor_answers, MonitorCallback()
+
+
+# --- reading a run's monitor afterwards: the pages, the CLI and the recipe's report -----------------------------
+
+
+def monitor_metrics(job) -> pd.DataFrame:
+    """A run's monitor signals and alerts (step, name, value), read from its job folder: current while it runs,
+    and readable without the database."""
+    rows = [row for row in job.read("train_metrics") if row["name"].startswith("monitor/")]
+    return pd.DataFrame(rows, columns=["step", "name", "value"])
+
+
+def alert_lines(metrics: pd.DataFrame) -> list[str]:
+    """A run's alerts from its logged metrics (step, name, value), one line a signal: the steps it crossed its
+    threshold at and its value the last time. Read from the metrics, so they outlive the run's message."""
+    if metrics.empty:
+        return []
+    lines = []
+    alerts = metrics[metrics["name"].str.startswith("monitor/alert/")]
+    for name, group in alerts.groupby("name", sort=False):
+        signal = name.removeprefix("monitor/alert/")
+        steps = sorted(int(s) for s in group["step"])
+        values = metrics[(metrics["name"] == f"monitor/{signal}") & metrics["step"].isin(steps)]["value"]
+        shown = ", ".join(map(str, steps[:5])) + (f" and {len(steps) - 5} more" if len(steps) > 5 else "")
+        last = f" (last {values.iloc[-1]:.3g})" if len(values) else ""
+        lines.append(f"{signal} crossed its threshold at step {shown}{last}")
+    return lines
+
+
+def monitor_charts(metrics: pd.DataFrame, rules: str | list[Rule] = "") -> dict:
+    """One plotly figure per monitor signal a run logged, in `SIGNALS` order: its curve, each rule's threshold as a
+    dashed line (red for a stop rule) and the steps it fired at as red marks. What the Train and Recipe pages and
+    the recipe's report draw."""
+    import plotly.graph_objects as go
+
+    rules = parse_rules(rules) if isinstance(rules, str) else rules
+    figures = {}
+    for signal in SIGNALS:
+        curve = metrics[metrics["name"] == f"monitor/{signal}"] if not metrics.empty else metrics
+        if curve.empty:
+            continue
+        figure = go.Figure()
+        figure.add_scatter(x=curve["step"], y=curve["value"], mode="lines+markers", name=signal)
+        fired = metrics[metrics["name"] == f"monitor/alert/{signal}"]["step"]
+        if len(fired):
+            hits = curve[curve["step"].isin(fired)]
+            figure.add_scatter(
+                x=hits["step"], y=hits["value"], mode="markers", name="alert", marker={"color": "red", "size": 11}
+            )
+        for rule in (r for r in rules if r.signal == signal):
+            figure.add_hline(
+                y=rule.threshold,
+                line_dash="dash",
+                line_color="red" if rule.action == "stop" else "orange",
+                annotation_text=str(rule),
+            )
+        figure.update_layout(
+            title=f"monitor: {signal}",
+            height=260,
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            showlegend=False,
+            xaxis_title="step",
+        )
+        figures[signal] = figure
+    return figures
 
 
 def judge_for(spec: str, constitution_path: str, ws: Workspace) -> Judge:

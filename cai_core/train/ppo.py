@@ -37,7 +37,7 @@ from .harness import (
     save_final,
     use_bf16,
 )
-from .monitor import MonitorOptions
+from .monitor import MonitorOptions, greedy_answers, report_alerts
 
 
 @dataclass
@@ -382,22 +382,19 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, kl_control.beta = state["step"], state["beta"]
     prompts = list(ctx.dataset("train")["prompt"])
-    held_out = prompts[-c.monitor_prompts :] if c.monitor_every and len(prompts) > c.monitor_prompts else []
-    prompts = prompts[: len(prompts) - len(held_out)]  # the judged win rate reads prompts the policy never trained on
+    prompts, held_out = c.split_held_out(prompts)
     ptx = SFTBatches(ctx.dataset("ptx"), tok, c.max_length) if c.ptx_coef > 0 else None
     eos = tok.eos_token_id
     monitor = c.build_monitor([p[-1]["content"] for p in held_out], ctx.ws) if rank == 0 else None
     if monitor:
         with models.reference() as ref:
-            monitor.start(lambda texts: _greedy_answers(ref or models.policy, tok, texts, c.max_new_tokens))
-    warning = ""
+            monitor.start(lambda texts: greedy_answers(ref or models.policy, tok, texts, c.max_new_tokens))
     ctx.progress(step)
     while step < c.max_steps:
         if ctx.stop_requested():
             _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
             ctx.report_rank(models.policy, step)
-            stopped_by = monitor.stopped_by() if monitor else None
-            ctx.cancelled(step, f"stopped by the reward-hacking monitor at {stopped_by}" if stopped_by else "")
+            ctx.cancelled(step)
             return
         # the step's prompts for every rank, this rank's share of them
         indices = batch_indices(step, c.batch_size * world, len(prompts), c.seed)
@@ -413,15 +410,12 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
                 answers,
                 scores,
                 metrics["kl"],
-                lambda texts: _greedy_answers(models.policy, tok, texts, c.max_new_tokens),
+                lambda texts: greedy_answers(models.policy, tok, texts, c.max_new_tokens),
             )
-            for alert in monitor.fired(step):
-                warning = f"warning: {alert}"
-                if alert.rule.action == "stop":
-                    ctx.job.request_cancel()  # every rank sees it before the next step, and they stop together
+            report_alerts(ctx, monitor, step)
         if step % c.logging_steps == 0 or step == c.max_steps:
             ctx.log_metrics(step, metrics)
-        ctx.progress(step, warning)
+        ctx.progress(step)
         if step % c.save_steps == 0 and step < c.max_steps:
             _save_checkpoint(ctx, models, optimizer, step, kl_control.beta)
     ctx.report_rank(models.policy, step)
@@ -542,18 +536,6 @@ def _ppo_step(
     # every rank's mean, averaged (ranks hold equal numbers of rollouts)
     means = sum_over_ranks(torch.tensor(list(local.values()), dtype=torch.float64, device=scores.device)) / world
     return {"kl": sequence_kl, **dict(zip(local, means.tolist(), strict=True))}, answer_texts, scores.tolist()
-
-
-def _greedy_answers(model, tok, texts: list[str], max_new_tokens: int) -> list[str]:
-    """The model's greedy answers to plain user prompts: what the monitor's judge compares."""
-    import torch
-
-    chats = [[{"role": "user", "content": t}] for t in texts]
-    prompts = tok.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    return tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
 
 
 class SFTBatches:
