@@ -109,7 +109,7 @@ def trace_flags(
     return flags
 
 
-def revision_requests(store: Store, version: str) -> dict[str, str]:
+def stored_revision_requests(store: Store, version: str) -> dict[str, str]:
     """Principle id -> revision request in one stored constitution version; empty when it is not stored."""
     try:
         return {p.id: p.revision_request for p in parse_constitution(store.constitution_text(version)).principles}
@@ -125,7 +125,7 @@ def flagged_traces(store: Store, flags: Iterable[str], where: TraceFilter) -> tu
         raise ValueError(f"unknown flag {', '.join(sorted(unknown))}; choose from {', '.join(FLAGS)}")
     steps = store.steps_to_flag(where)
     steps = steps.astype(object).where(steps.notna(), None)  # a missing critique or limit is None, not NaN
-    requests = {version: revision_requests(store, version) for version in steps["constitution_version"].unique()}
+    requests = {version: stored_revision_requests(store, version) for version in steps["constitution_version"].unique()}
     kept = []
     for trace_id, rows in steps.groupby("trace_id", sort=False):
         first = rows.iloc[0]

@@ -133,6 +133,7 @@ with connect(ws) as store:
     verdict = cols[1].selectbox(
         "Verdict",
         [ANY, *REVISION_VERDICTS, *CRITIQUE_VERDICTS],
+        format_func=lambda v: v if v == ANY else f"{'revision' if v in REVISION_VERDICTS else 'critique'} {v}",
         key="filter_verdict",
         persist_state="session",
         help="Traces where someone judged a revision better, same or worse, or a critique valid or invalid.",

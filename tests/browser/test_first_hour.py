@@ -95,11 +95,12 @@ def test_try_it_shows_elapsed_time_and_the_words_as_they_come(page, hour_app: Ap
 
     # at the end: the three parts, no spinner left, no error
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=180_000)
+    panel = page.get_by_role("tabpanel", name="Try it")
     for heading in ("Answer", "Revision", "What the revision changed"):
-        expect(page.get_by_text(heading, exact=True)).to_be_visible()
-    expect(page.get_by_text(re.compile(r"Critique \(\S+\)"))).to_be_visible()
+        expect(panel.get_by_text(heading, exact=True)).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"Critique \(\S+\)"))).to_be_visible()
     expect(spinner).to_have_count(0)
-    expect(page.get_by_text("(writing…)")).to_have_count(0)
+    expect(panel.get_by_text("(writing…)", exact=False)).to_have_count(0)
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
 
 
@@ -127,9 +128,9 @@ def test_traces_filtered_by_flag_and_by_verdict(page, hour_app: App):
 
     page.locator(".st-key-filter_flags [aria-label='Clear all']").first.click()
     settle(page)
-    choose(page, "Verdict", "worse")
+    choose(page, "Verdict", "revision worse")
     expect(page.get_by_text("1 trace match", exact=False)).to_be_visible()
     expect(page.get_by_text(f"Trace {FOUR_ROUNDS}", exact=False)).to_be_visible()
-    choose(page, "Verdict", "invalid")
+    choose(page, "Verdict", "critique invalid")
     expect(page.get_by_text("No traces match", exact=False)).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
