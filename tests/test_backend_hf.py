@@ -105,7 +105,7 @@ def test_a_streamed_answer_comes_in_pieces_that_join_into_generates_text(backend
 
 
 def test_an_engine_without_streaming_gives_its_answer_as_one_piece(backend):
-    class NoStreaming:  # the shape of the vLLM and OpenAI-compatible backends: generate only
+    class NoStreaming:  # the shape of the vLLM backend: generate only
         def generate(self, chats, params):
             return backend.generate(chats, params)
 

@@ -57,8 +57,8 @@ class Backend(Protocol):
 
 def stream(backend: Backend, chat: Chat, params: SamplingParams) -> Iterator[str]:
     """The answer to one chat in pieces as the engine produces them; joined, the pieces are the text `generate`
-    gives. An engine that can stream has a `stream` method of the same signature (transformers does); one that
-    cannot (vLLM's offline engine, the OpenAI-compatible client) gives its whole answer as one piece."""
+    gives. An engine that can stream has a `stream` method of the same signature (transformers and OpenAI-compatible
+    servers do); one that cannot (vLLM's in-process engine) gives its whole answer as one piece."""
     own = getattr(backend, "stream", None)
     if own is not None:
         yield from own(chat, params)
