@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend
+from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
 from .constitution import Constitution, Principle, load_constitution
 from .jobs import JobFolder, engine_name, run_job
 from .prompts import load_prompts
@@ -132,16 +132,28 @@ def critique_once(
     response: str | None = None,
     params: SamplingParams = TRY_IT_PARAMS,
     few_shot: bool = True,
+    on_text: Callable[[str, str], None] | None = None,
 ) -> SingleRound:
-    """Answer `prompt` (unless a response is given), then critique and revise it under one principle."""
+    """Answer `prompt` (unless a response is given), then critique and revise it under one principle.
+
+    `on_text(part, text so far)` is called as each part ("response", "critique", "revision") streams in, where
+    the engine streams (`backends.stream`), so that a reader sees the words come instead of waiting minutes."""
     principle = constitution.principle(principle_id)
+
+    def answer(part: str, chat: Chat) -> str:
+        text = ""
+        for piece in stream(backend, chat, params):
+            text += piece
+            if on_text:
+                on_text(part, text)
+        return text
+
     if response is None:
-        [answer] = backend.generate([[{"role": "user", "content": prompt}]], params)
-        response = answer.text
+        response = answer("response", [{"role": "user", "content": prompt}])
     chat = critique_chat(prompt, response, principle, constitution, few_shot)
-    [critique] = backend.generate([chat], params)
-    [revision] = backend.generate([revision_chat(chat, critique.text, principle)], params)
-    return SingleRound(prompt, response, principle.id, critique.text, revision.text)
+    critique = answer("critique", chat)
+    revision = answer("revision", revision_chat(chat, critique, principle))
+    return SingleRound(prompt, response, principle.id, critique, revision)
 
 
 def _prompt_set(config: GenerateConfig):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from .evaluation import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
 from .store import Store
@@ -100,31 +101,49 @@ def ratings_chart(summary: EvalSummary) -> go.Figure:
     return figure
 
 
+WRAPPER_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+
+
 def refusal_chart(summary: EvalSummary) -> go.Figure:
     """Refusal on harmful prompts against over-refusal on benign ones: the helpful-harmless trade-off.
-    Up is safer, left is more helpful."""
+    Up is safer, left is more helpful.
+
+    A point's model is its colour and its wrapper its shape, named in the legend below the chart, rather than text
+    beside the point: models that score alike share a point (a weak model refuses nothing, under every wrapper),
+    and their labels would print over each other and past the plot's edge at 0 and 1."""
     frame = summary.refusals
     wide = frame.pivot_table(index=["model", "wrapper"], columns="label", values="refusal_rate").reset_index()
     for label in ("harmful", "benign"):
         if label not in wide:
             wide[label] = float("nan")
+    colours = pio.templates[REPORT_TEMPLATE].layout.colorway
+    models = list(dict.fromkeys(wide["model"]))
+    wrappers = list(dict.fromkeys(wide["wrapper"]))
     figure = go.Figure()
-    for model, group in wide.groupby("model", sort=False):
+    for row in wide.itertuples():
         figure.add_scatter(
-            x=group["benign"],
-            y=group["harmful"],
-            mode="markers+text",
-            name=model,
-            text=group["wrapper"],
-            textposition="top center",
-            marker={"size": 12},
-            cliponaxis=False,  # a wrapper's name next to a point at 0 or 1 stays readable
+            x=[row.benign],
+            y=[row.harmful],
+            mode="markers",
+            name=f"{row.model} · {row.wrapper}",
+            marker={
+                "size": 13,
+                "color": colours[models.index(row.model) % len(colours)],
+                "symbol": WRAPPER_SYMBOLS[wrappers.index(row.wrapper) % len(WRAPPER_SYMBOLS)],
+                "line": {"width": 1, "color": "white"},
+            },
+            cliponaxis=False,  # a point at 0 or 1 is drawn whole
+            hovertemplate="over-refusal %{x:.2f}<br>refusal %{y:.2f}",
         )
     figure.update_layout(
-        title="Refusal on harmful prompts against over-refusal on benign prompts",
+        title={
+            "text": "Refusal against over-refusal<br><sup>up: refuses more harmful prompts; left: refuses fewer "
+            "benign ones</sup>"
+        },
         xaxis={"range": [-0.05, 1.05], "title": "over-refusal rate (benign prompts)"},
-        yaxis={"range": [-0.05, 1.12], "title": "refusal rate (harmful prompts)"},
-        margin={"t": 80},
+        yaxis={"range": [-0.05, 1.05], "title": "refusal rate (harmful prompts)"},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+        margin={"t": 80, "b": 40},
     )
     return figure
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder, engine_name, run_job
+from .jobs import JobFolder, batched, engine_name, run_job
 from .records import AILabel, Pair, to_row
 from .workspace import Workspace
 
@@ -313,8 +313,7 @@ class LabelWork:
         todo = [(pair, p) for pair, p in self.items if (pair.pair_id, p.id) not in self.labelled]
         # Batches of similar length waste little on padding; labels are keyed by pair, so order is free.
         todo.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
-        for start in range(0, len(todo), self.config.batch_size):
-            yield todo[start : start + self.config.batch_size]
+        yield from batched(todo, self.config.batch_size)  # judgments are greedy: batching changes no label
 
     def step(self, batch: list[tuple[Pair, Principle]]) -> None:
         config = self.config

@@ -372,6 +372,18 @@ class Work(Protocol):
     def step(self, batch) -> None: ...
 
 
+PROGRESS_STEPS = 10  # a job small enough to fit one batch still reports this many times before its end
+
+
+def batched(items: list, batch_size: int) -> Iterator[list]:
+    """`items` in batches of at most `batch_size`, and in at least `PROGRESS_STEPS` batches where there are that
+    many items: a job of 20 items with batches of 32 would otherwise show 0/20 until it ends. Only for work whose
+    results do not depend on how it is batched."""
+    size = max(1, min(batch_size, -(-len(items) // PROGRESS_STEPS)))
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 class _Reporter:
     """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began."""
 

@@ -25,6 +25,7 @@ from cai_core.constitution import (
 )
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
+from cai_core.jobs import engine_name
 from ui.settings import connect, follow_context, setup
 from ui.text import (
     chat_transcript,
@@ -462,24 +463,47 @@ with try_tab:
         ids = [p.id for p in constitution.enabled_principles]
         pid = cols[0].selectbox("Principle", ids, format_func=lambda i: constitution.principle(i).name, key="try_pid")
         max_tokens = cols[1].number_input("Max new tokens", 8, 512, 128, step=8, key="try_tokens")
-        if cols[2].button("Run critique → revision", key="try_run", type="primary", width="stretch"):
-            with st.spinner(f"Running {settings.model} (the first run loads the model)..."):
+        run = cols[2].button("Run critique → revision", key="try_run", type="primary", width="stretch")
+        parts = {"response": "Answer", "critique": "Critique", "revision": "Revision"}
+        status = st.container()  # the spinners, the engine and any failure, above the three parts
+        boxes = dict(zip(parts, st.columns(3), strict=True))
+        if run:
+            ss.pop("try_result", None)
+            slots = {part: box.empty() for part, box in boxes.items()}
+
+            def show_growing(part: str, text: str) -> None:
+                """A part's words as they come (where the engine streams), shown as text."""
+                with slots[part].container():
+                    st.markdown(f"**{parts[part]}** (writing…)")
+                    show_text(text)
+
+            with status:
                 try:
-                    backend = load_backend(settings.model, ws)
-                    params = SamplingParams(max_new_tokens=int(max_tokens))
-                    ss["try_result"] = critique_once(backend, constitution, pid, prompt, params=params)
+                    with st.spinner(f"Loading {settings.model} (once per server)...", show_time=True):
+                        backend = load_backend(settings.model, ws)
+                    st.caption(f"Running on {engine_name(backend)}")
+                    with st.spinner("Answering, critiquing, revising...", show_time=True):
+                        ss["try_result"] = critique_once(
+                            backend,
+                            constitution,
+                            pid,
+                            prompt,
+                            params=SamplingParams(max_new_tokens=int(max_tokens)),
+                            on_text=show_growing,
+                        )
                 except Exception as exc:  # a model that will not load or answer: say why and keep the page
                     st.error(md_escape(f"The model failed: {type(exc).__name__}: {exc}"))
+            for slot in slots.values():
+                slot.empty()
         result = ss.get("try_result")
         if result is not None:
-            cols = st.columns(3)
-            with cols[0]:
+            with boxes["response"]:
                 st.markdown("**Answer**")
                 show_text(result.response)
-            with cols[1]:
+            with boxes["critique"]:
                 st.markdown(f"**Critique** ({result.principle_id})")
                 show_text(result.critique)
-            with cols[2]:
+            with boxes["revision"]:
                 st.markdown("**Revision**")
                 show_text(result.revision)
             st.markdown("**What the revision changed**")

@@ -7,15 +7,15 @@ traces are stored.
 
 import hashlib
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 import streamlit as st
 
-from cai_core.constitution import ConstitutionError, parse_constitution
+from cai_core.constitution import ConstitutionError, Principle, parse_constitution
 from cai_core.jobs import JobFolder
 from cai_core.records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, columns
-from cai_core.step_flags import step_flags
+from cai_core.step_flags import FLAGS, flagged_traces, trace_flags
 from cai_core.store import TraceFilter
 from cai_core.textdiff import share_little
 from ui.settings import connect, setup
@@ -34,6 +34,13 @@ FILTERS = {
     "principle_id": "Principle",
     "model": "Model",
 }
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def principles_in(constitution_text: str) -> dict[str, Principle]:
+    """A stored constitution version's principles by id. Parsing one is most of a redraw's time (0.5 s of 1 s on
+    this page, with the YAML read twice, once for its line numbers), and a version's text never changes."""
+    return {p.id: p for p in parse_constitution(constitution_text).principles}
 
 
 def step_by(delta: int, steps: int) -> None:
@@ -113,7 +120,31 @@ with connect(ws) as store:
     text = cols[4].text_input(
         "Search", key="filter_text", placeholder="words in prompts, answers, critiques", persist_state="session"
     )
-    trace_filter = TraceFilter(**chosen, text=text.strip() or None)
+    cols = st.columns([3, 2, 6])
+    flags = cols[0].multiselect(
+        "Flagged",
+        FLAGS,
+        key="filter_flags",
+        placeholder="any or none",
+        persist_state="session",
+        help="Traces with a step flagged so (any of those chosen): an empty or truncated answer, a repetition loop, "
+        "a revision that echoes the critique or the revision request, or one identical to the answer before it.",
+    )
+    verdict = cols[1].selectbox(
+        "Verdict",
+        [ANY, *REVISION_VERDICTS, *CRITIQUE_VERDICTS],
+        format_func=lambda v: v if v == ANY else f"{'revision' if v in REVISION_VERDICTS else 'critique'} {v}",
+        key="filter_verdict",
+        persist_state="session",
+        help="Traces where someone judged a revision better, same or worse, or a critique valid or invalid.",
+    )
+    trace_filter = TraceFilter(**chosen, text=text.strip() or None, verdict=None if verdict == ANY else verdict)
+    if flags:
+        # Flags are computed from the steps' text (`cai_core.step_flags`): kept until the filter or the steps change.
+        asked = (trace_filter, tuple(flags), store.counts()["trace_steps"])
+        if ss.get("flagged_for") != asked:
+            ss["flagged_for"], ss["flagged"] = asked, flagged_traces(store, flags, trace_filter)
+        trace_filter = replace(trace_filter, trace_ids=ss["flagged"])
 
     total = store.count_traces(trace_filter)
     pages = max(1, math.ceil(total / PAGE_SIZE))
@@ -162,28 +193,22 @@ with connect(ws) as store:
         st.stop()
     by_round = {step.round: step for step in steps}
     try:
-        constitution = parse_constitution(store.constitution_text(trace.constitution_version))
-        principles = {p.id: p for p in constitution.principles}
+        principles = principles_in(store.constitution_text(trace.constitution_version))
     except (KeyError, ConstitutionError):
         principles = {}
     principle_names = {pid: p.name for pid, p in principles.items()}
     run_folder = JobFolder(ws.runs_dir / trace.run_id)
     spec = run_folder.spec if (run_folder.path / "run.json").exists() else {}
-    max_tokens = spec.get("config", {}).get("max_new_tokens") or 128  # what "truncated" is measured against
+    flags_by_round = trace_flags(
+        steps,
+        spec.get("config", {}).get("max_new_tokens"),
+        {pid: p.revision_request for pid, p in principles.items()},
+    )
 
-    def show_flags(step, before) -> None:
+    def show_flags(step) -> None:
         """What went wrong in this step, if anything (`cai_core.step_flags`)."""
-        principle = principles.get(step.principle_id)
-        flags = step_flags(
-            step.response,
-            step.response_tokens,
-            max_tokens,
-            previous=before.response if step.round > 0 and before else None,
-            critique=step.critique,
-            revision_request=principle.revision_request if principle else None,
-        )
-        if flags:
-            st.warning(f"Flagged: {', '.join(flags)}", icon=":material/flag:")
+        if flags_by_round.get(step.round):
+            st.warning(f"Flagged: {', '.join(flags_by_round[step.round])}", icon=":material/flag:")
 
     stops = [("Prompt", 0, "prompt"), ("Answer", 0, "answer")]
     for step in steps:
@@ -240,7 +265,7 @@ with connect(ws) as store:
         st.text(f"Prompt {trace.prompt_id}, category {trace.category or 'none'}, sample {trace.sample_index}")
     elif kind == "answer":
         st.markdown("**Initial answer**")
-        show_flags(step, None)
+        show_flags(step)
         show_text(step.response)
         st.caption(f"{step.prompt_tokens} prompt tokens · {step.response_tokens} answer tokens · {step.seconds:.2f} s")
     elif kind == "critique":
@@ -252,7 +277,7 @@ with connect(ws) as store:
     elif step.stopped:
         st.info("The critique asked for no change, so this round has no revision and the trace ends here.")
     else:
-        show_flags(step, before)
+        show_flags(step)
         earlier = before.response if before else ""
         if share_little(earlier, step.response):  # a rewrite, not an edit: a word diff of it would be noise
             st.markdown(f"**Revision {round_}**, beside the answer before it (they share little)")

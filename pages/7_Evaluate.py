@@ -36,6 +36,12 @@ def browser_set(line: str) -> str:
     return replace(found, source=ws.resolve_browser_source(found.source, suffixes=SET_SUFFIXES)).spec
 
 
+def limited(spec: str, limit: int | None) -> str:
+    """A set's spec holding at most `limit` prompts of each label, unless its line names its own limit."""
+    found = EvalSet.parse(spec)
+    return replace(found, limit=limit).spec if limit and found.limit is None else spec
+
+
 def launch(prepare, make_config) -> None:
     """Build the config (checking what was typed) and start its job, or say why not."""
     try:
@@ -135,6 +141,16 @@ with compare_tab, st.form("eval_form"):
         placeholder="name=path/to/model or openai:MODEL@URL",
     )
     sets = cols[1].multiselect("Sets", list(BUILTIN_SETS), default=list(BUILTIN_SETS), key="eval_sets")
+    set_limit = cols[1].number_input(
+        "Prompts per set",
+        1,
+        None,
+        value=None,
+        placeholder="all",
+        key="eval_set_limit",
+        help="At most this many prompts of each label (harmful, benign) from each set: a quick first run. "
+        "A set line below with its own limit=N keeps its own.",
+    )
     more_sets = cols[1].text_area(
         "More sets, one per line",
         key="eval_more_sets",
@@ -163,7 +179,10 @@ with compare_tab, st.form("eval_form"):
             prepare_eval_job,
             lambda: EvalConfig(
                 models=[f"{name}={settings.model_spec(spec)}" for name, spec in parse_models(entries).items()],
-                sets=sets + [browser_set(line) for line in more_sets.splitlines() if line.strip()],
+                sets=[
+                    limited(spec, set_limit)
+                    for spec in sets + [browser_set(line) for line in more_sets.splitlines() if line.strip()]
+                ],
                 wrappers=wrappers,
                 constitution=str((ws.constitutions_dir / constitution).resolve()),
                 judge=settings.model_spec(judge.strip() or settings.model),

@@ -78,6 +78,21 @@ def _make_handler(backend, handle: ServerHandle):
             self.end_headers()
             self.wfile.write(raw)
 
+        def _stream(self, messages: list[dict], params: SamplingParams) -> None:
+            """Server-sent events as vLLM sends them: a chunk per piece of text, then [DONE]; the connection
+            closes at the end (no length is known in advance)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            with _MODEL_LOCK:
+                for piece in backend.stream(messages, params):
+                    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+
         def _error(self, status: int, message: str) -> None:
             self._reply(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
 
@@ -98,6 +113,8 @@ def _make_handler(backend, handle: ServerHandle):
                 seed=int(body.get("seed") or 0),
                 min_new_tokens=int(body.get("min_tokens") or 0),
             )
+            if body.get("stream"):
+                return self._stream(messages, params)
             with _MODEL_LOCK:
                 generation = backend.generate([messages], params)[0]
             choice = {

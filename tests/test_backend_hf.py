@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from cai_core.backends import BackendError, SamplingParams, load_backend
+from cai_core.backends.base import stream, stripped
 from cai_core.backends.hf import HFBackend
 
 CHATS = [
@@ -93,3 +94,33 @@ def test_an_unknown_hub_id_says_the_hub_is_unreachable():
 
 def test_one_loaded_copy_per_process(tiny_model_path, workspace):
     assert load_backend(tiny_model_path, workspace) is load_backend(tiny_model_path, workspace)
+
+
+def test_a_streamed_answer_comes_in_pieces_that_join_into_generates_text(backend):
+    params = SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=1.0, seed=5)
+    for chat in CHATS:
+        pieces = list(backend.stream(chat, params))
+        assert len(pieces) > 1  # token by token, not the whole answer at the end
+        assert "".join(pieces) == backend.generate([chat], params)[0].text
+
+
+def test_an_engine_without_streaming_gives_its_answer_as_one_piece(backend):
+    class NoStreaming:  # the shape of the vLLM backend: generate only
+        def generate(self, chats, params):
+            return backend.generate(chats, params)
+
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    assert list(stream(NoStreaming(), CHATS[0], params)) == [backend.generate([CHATS[0]], params)[0].text]
+
+
+def test_stream_failure_is_raised_in_the_callers_thread(backend):
+    with pytest.raises(ValueError):
+        list(backend.stream(CHATS[0], SamplingParams(max_new_tokens=4, temperature=1.0, top_p=-1.0)))
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text"),
+    [(["  Hel", "lo ", " ", "world  ", "\n"], "Hello  world"), (["", " "], ""), (["a"], "a")],
+)
+def test_streamed_pieces_are_stripped_as_a_generations_text(pieces, text):
+    assert "".join(stripped(pieces)) == text

@@ -65,6 +65,8 @@ def test_generate_export_diff_and_history_round_trip(tiny_model_path, tmp_path):
     )
     assert gen.returncode == 0, gen.stderr
     assert "done, 6/6 steps" in gen.stdout and "ingested 9 new records" in gen.stdout
+    # the progress bar shows the job's own figures, as the pages and `cai jobs` do: count, elapsed, engine and model
+    assert "6/6 steps · " in gen.stderr and " elapsed · hf · " in gen.stderr, gen.stderr
     exported = cai("export", "--kind", "pairs", "--format", "jsonl", "--out", str(tmp_path / "p.jsonl"), data=data)
     assert exported.returncode == 0, exported.stderr
     assert all(

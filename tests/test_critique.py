@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from cai_core.backends import SamplingParams
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution, save_constitution
-from cai_core.critique import GenerateConfig, choose_principle, critique_chat, run_generation
+from cai_core.critique import GenerateConfig, choose_principle, critique_chat, critique_once, run_generation
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
@@ -195,3 +196,17 @@ def test_a_cancel_before_the_job_starts_is_honoured_then_a_rerun_runs(tiny_model
     assert run_generation(cfg, workspace).progress().status == "cancelled"
     finished = run_generation(cfg, workspace)
     assert finished.progress().status == "done" and len(finished.read("trace_steps")) == 4 * 2
+
+
+def test_try_it_streams_each_part_as_it_comes(tiny_model_path):
+    backend, constitution = HFBackend(tiny_model_path), load_constitution(HHH)
+    pid = constitution.enabled_principles[0].id
+    params = SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=1.0, seed=5)
+    seen = []
+    result = critique_once(backend, constitution, pid, "hi", params=params, on_text=lambda *a: seen.append(a))
+    parts = [part for part, _ in seen]
+    assert parts == sorted(parts, key=["response", "critique", "revision"].index)  # in order, each several times
+    assert all(parts.count(part) > 1 for part in ("response", "critique", "revision")), seen
+    last = {part: text for part, text in seen}
+    assert last == {"response": result.response, "critique": result.critique, "revision": result.revision}
+    assert result == critique_once(backend, constitution, pid, "hi", params=params)  # the same round unwatched

@@ -98,6 +98,7 @@ def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, sec
     at.multiselect(key="eval_models").set_value([])
     at.multiselect(key="eval_sets").set_value(["benign"])
     at.text_area(key="eval_more_sets").input("red-team#limit=1,name=one")
+    at.number_input(key="eval_set_limit").set_value(3)  # for each set, unless its line names its own
     at.text_input(key="eval_judge").input(tiny_model_path)
     at.number_input(key="eval_tokens").set_value(4)
     at.button(key="eval_start").click().run()
@@ -108,7 +109,8 @@ def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, sec
     while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
         time.sleep(1)
     assert job.progress().status == "done", job.log_tail()
-    assert len(job.read("eval_answers")) == 2 * 25  # 24 benign prompts and 1 red-team prompt, 2 models
+    assert job.spec["config"]["sets"] == ["benign#limit=3", "red-team#name=one,limit=1"]
+    assert len(job.read("eval_answers")) == 2 * 4  # 3 benign prompts and 1 red-team prompt, 2 models
 
 
 def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path, tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pandas as pd
 import plotly.io as pio
 
-from cai_core.eval_report import EvalSummary, report_html
+from cai_core.eval_report import EvalSummary, refusal_chart, report_html
+from cai_core.evalsets import LABELS
 
 
 def _summary() -> EvalSummary:
@@ -35,3 +39,18 @@ def test_report_keeps_plotly_colours_under_streamlit_and_lists_the_settings(monk
     assert "#636efa" in page  # plotly_white's first colour
     assert "<h2>Settings</h2>" in page and "constitution version" in page and "base=default" in page
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_refusal_chart_names_each_point_in_its_legend_not_beside_it():
+    # two models under two wrappers that all refuse nothing: four points on one spot, as weak models give
+    cells = [(m, w, label) for m in ("base", "tuned") for w in ("none", "refusal-suppression") for label in LABELS]
+    refusals = pd.DataFrame(cells, columns=["model", "wrapper", "label"]).assign(refusal_rate=0.0, low=0.0, high=0.2)
+    figure = refusal_chart(replace(_summary(), refusals=refusals))
+    assert all(trace.mode == "markers" for trace in figure.data)  # no text that would print over its neighbours
+    points = {trace.name: trace.marker for trace in figure.data}
+    assert set(points) == {f"{m} · {w}" for m, w, _ in cells}
+    assert points["base · none"].color == points["base · refusal-suppression"].color != points["tuned · none"].color
+    assert points["base · none"].symbol == points["tuned · none"].symbol != points["tuned · refusal-suppression"].symbol
+    assert figure.layout.legend.orientation == "h"
+    # the title's lines fit a chart half the page wide
+    assert all(len(re.sub("<[^>]+>", "", line)) <= 80 for line in figure.layout.title.text.split("<br>"))

@@ -248,12 +248,25 @@ def test_cancel_stops_between_batches_and_rerunning_finishes(tiny, workspace):
             job.request_cancel()
             return tiny.score_options(chats, options)
 
-    pairs = [pair(i) for i in range(10)]
+    pairs = [pair(i) for i in range(40)]  # enough for batches of the full 4 (`jobs.batched`)
     cfg = config(tiny.name, run_id="cancel-me")
     stopped = run_labelling(cfg, workspace, pairs=pairs, backend=CancelAfterFirstBatch())
     assert stopped.progress().status == "cancelled" and len(stopped.read("ai_labels")) == 4
     finished = run_labelling(cfg, workspace, pairs=pairs, backend=tiny)
-    assert finished.progress().status == "done" and len(finished.read("ai_labels")) == 10
+    assert finished.progress().status == "done" and len(finished.read("ai_labels")) == 40
+
+
+def test_a_run_smaller_than_one_batch_still_reports_labels_before_its_end(tiny, workspace):
+    seen = []
+    run_labelling(
+        config(tiny.name, batch_size=32),
+        workspace,
+        pairs=[pair(i) for i in range(20)],
+        backend=tiny,
+        on_progress=lambda done, total: seen.append(done),
+    )
+    assert seen[0] == 0 and seen[-1] == 20
+    assert len([done for done in seen if 0 < done < 20]) >= 5  # the count moves as labels come, not at the end
 
 
 def cai(*args, data):

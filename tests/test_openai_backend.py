@@ -108,3 +108,13 @@ def test_score_options_over_http_matches_the_local_model(local):
 def test_server_without_logprobs_is_a_clear_error(local):
     with serve(local, logprobs=False) as server, pytest.raises(BackendError, match="log-probabilities"):
         client(server.url).score_options(CHATS[:1], ["A", "B"])
+
+
+def test_an_answer_streams_over_http_piece_by_piece_into_generates_text(local):
+    params = SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=1.0, seed=3)
+    with serve(local) as server:
+        server.fail_next(1)  # a failure before the answer starts is retried, as any request is
+        pieces = list(client(server.url).stream(CHATS[1], params))
+        assert server.requests == 2
+    assert len(pieces) > 1
+    assert "".join(pieces) == local.generate([CHATS[1]], params)[0].text

@@ -24,7 +24,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from ..workspace import Workspace
-from .base import Backend, BackendError, Chat, Generation, SamplingParams
+from .base import Backend, BackendError, Chat, Generation, SamplingParams, stream
 from .default_model import FOLDER_NAME, ensure_default_model
 
 DEFAULT_MODEL = "default"
@@ -35,6 +35,7 @@ __all__ = [
     "Chat",
     "Generation",
     "SamplingParams",
+    "stream",
     "DEFAULT_MODEL",
     "load_backend",
     "DTYPES",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,3 +53,30 @@ class Backend(Protocol):
         Callers put chats that share a long start next to each other (a judgment's two orders, one after
         the other): a backend may compute what neighbours share once (a shared pass, a prefix cache)."""
         ...
+
+
+def stream(backend: Backend, chat: Chat, params: SamplingParams) -> Iterator[str]:
+    """The answer to one chat in pieces as the engine produces them; joined, the pieces are the text `generate`
+    gives. An engine that can stream has a `stream` method of the same signature (transformers and OpenAI-compatible
+    servers do); one that cannot (vLLM's in-process engine) gives its whole answer as one piece."""
+    own = getattr(backend, "stream", None)
+    if own is not None:
+        yield from own(chat, params)
+    else:
+        yield backend.generate([chat], params)[0].text
+
+
+def stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """Pieces of a text without its leading and trailing whitespace, as `Generation.text` is stripped: trailing
+    whitespace is held back until something follows it."""
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        body = piece.rstrip()
+        if body:
+            yield held + body
+            held = piece[len(body) :]
+        else:
+            held += piece

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .base import BackendError, Chat, Generation, SamplingParams
+from .base import BackendError, Chat, Generation, SamplingParams, stripped
 
 
 class HFBackend:
@@ -78,18 +80,7 @@ class HFBackend:
             # Seed per batch position so that a resumed job draws the same way as a fresh one.
             torch.manual_seed(params.seed + start)
             begun = time.perf_counter()
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=params.max_new_tokens,
-                min_new_tokens=params.min_new_tokens or None,
-                do_sample=params.temperature > 0,
-                temperature=params.temperature if params.temperature > 0 else None,
-                top_p=params.top_p if params.temperature > 0 else None,
-                top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self._stop_ids,
-            )
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generation_options(params))
             seconds = (time.perf_counter() - begun) / len(batch)
             for row, i in enumerate(batch):
                 new = out[row, ids.shape[1] :].tolist()
@@ -101,6 +92,48 @@ class HFBackend:
                     seconds=seconds,
                 )
         return results  # type: ignore[return-value]
+
+    def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
+        """One chat's answer piece by piece (`base.stream`): `generate` runs in a thread and hands each decoded
+        piece over as it comes. Seeded as `generate` seeds a one-chat call, so the pieces join into its text."""
+        from transformers import TextIteratorStreamer
+
+        [encoded] = self._encode([chat])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        torch.manual_seed(params.seed)
+        failure: list[BaseException] = []
+
+        @torch.inference_mode()
+        def run() -> None:
+            try:
+                self.model.generate(
+                    input_ids=torch.tensor([encoded], device=self.device),
+                    attention_mask=torch.ones(1, len(encoded), dtype=torch.long, device=self.device),
+                    streamer=streamer,
+                    **self._generation_options(params),
+                )
+            except BaseException as exc:  # raised again in the caller's thread, after the streamer ends
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from stripped(streamer)
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    def _generation_options(self, params: SamplingParams) -> dict:
+        return {
+            "max_new_tokens": params.max_new_tokens,
+            "min_new_tokens": params.min_new_tokens or None,
+            "do_sample": params.temperature > 0,
+            "temperature": params.temperature if params.temperature > 0 else None,
+            "top_p": params.top_p if params.temperature > 0 else None,
+            "top_k": None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self._stop_ids,
+        }
 
     # --- scoring -----------------------------------------------------------------------------
 

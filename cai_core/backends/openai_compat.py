@@ -24,10 +24,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import BackendError, Chat, Generation, SamplingParams
+from .base import BackendError, Chat, Generation, SamplingParams, stripped
 
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 
@@ -75,22 +76,32 @@ class OpenAICompatBackend:
 
     # --- generation --------------------------------------------------------------------------
 
+    def _chat_body(self, chat: Chat, params: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+        }
+        if params.min_new_tokens:
+            # A vLLM extension; sent only when asked for, since OpenAI itself rejects unknown fields.
+            body["min_tokens"] = params.min_new_tokens
+        return body
+
     def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
-        bodies = []
-        for chat in chats:
-            body: dict[str, Any] = {
-                "model": self.model,
-                "messages": chat,
-                "max_tokens": params.max_new_tokens,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "seed": params.seed,
-            }
-            if params.min_new_tokens:
-                # A vLLM extension; sent only when asked for, since OpenAI itself rejects unknown fields.
-                body["min_tokens"] = params.min_new_tokens
-            bodies.append(body)
+        bodies = [self._chat_body(chat, params) for chat in chats]
         return [_to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies)]
+
+    def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
+        """One chat's answer piece by piece (`base.stream`), from the server's event stream (`"stream": true`):
+        each event's `delta.content`. A failure before the answer starts is retried as any request is."""
+        with self._turn_lock:
+            start = next(self._turn)
+        response, base, _ = self._send({**self._chat_body(chat, params), "stream": True}, start, stream=True)
+        with response:
+            yield from stripped(_stream_pieces(response, base))
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -134,6 +145,16 @@ class OpenAICompatBackend:
 
     def _post(self, body: dict, start: int) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
+        payload, base, began = self._send(body, start)
+        seconds = time.perf_counter() - began
+        try:
+            return json.loads(payload), base, seconds
+        except ValueError:
+            raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
+
+    def _send(self, body: dict, start: int, *, stream: bool = False) -> tuple[Any, str, float]:
+        """One request, with retries; returns the response's body (with `stream`: the open response, to read as
+        it comes), the base URL that answered and when the answering try began (`time.perf_counter`)."""
         data = json.dumps(body).encode()
         tries = self.max_retries + 1
         last_error = ""
@@ -142,14 +163,18 @@ class OpenAICompatBackend:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             # Each retry moves to the next URL: a dead server is then passed over instead of hammered.
             base = self.base_urls[(start + attempt) % len(self.base_urls)]
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            accept = "text/event-stream" if stream else "application/json"
+            headers = {"Content-Type": "application/json", "Accept": accept}
             if base in self.api_keys:
                 headers["Authorization"] = f"Bearer {self.api_keys[base]}"
             request = urllib.request.Request(f"{base}/chat/completions", data=data, headers=headers, method="POST")
             began = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = response.read()
+                response = urllib.request.urlopen(request, timeout=self.timeout)
+                if stream:
+                    return response, base, began
+                with response:
+                    return response.read(), base, began
             except urllib.error.HTTPError as exc:
                 message = _server_message(exc)
                 if exc.code == 429 or exc.code >= 500:
@@ -161,14 +186,27 @@ class OpenAICompatBackend:
             except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
                 last_error = f"{_reason(exc)} ({base})"
                 continue
-            seconds = time.perf_counter() - began
-            try:
-                return json.loads(payload), base, seconds
-            except ValueError:
-                raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
         raise BackendError(
             f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
         )
+
+
+def _stream_pieces(response, url: str) -> Iterator[str]:
+    """The text pieces of a chat completion's server-sent events (`data: {...}` lines, then `data: [DONE]`)."""
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue  # blank lines between events, comments (": keep-alive")
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        try:
+            choices = json.loads(data).get("choices") or [{}]
+        except (ValueError, AttributeError):
+            raise BackendError(f"{url} sent an event that is not a chat completion chunk: {data[:200]!r}") from None
+        piece = (choices[0].get("delta") or {}).get("content")
+        if piece:
+            yield piece
 
 
 def _to_generation(data: dict, url: str, seconds: float) -> Generation:

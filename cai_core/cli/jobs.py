@@ -30,16 +30,15 @@ class JobKind:
     prepare: Callable
     run: Callable
     desc: str  # the progress bar's name
-    unit: str  # what it counts
 
 
 JOB_KINDS = {
-    "generate": JobKind(GenerateConfig, prepare_job, run_generation, "SL-CAI", "step"),
-    "pairs": JobKind(SampleConfig, prepare_sample_job, run_sampling, "sampling", "prompt"),
-    "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels", "label"),
-    "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation", "step"),
-    "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds", "comparison"),
-    "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe", "stage"),
+    "generate": JobKind(GenerateConfig, prepare_job, run_generation, "SL-CAI"),
+    "pairs": JobKind(SampleConfig, prepare_sample_job, run_sampling, "sampling"),
+    "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels"),
+    "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation"),
+    "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds"),
+    "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe"),
 }
 
 
@@ -56,13 +55,14 @@ def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
 def run_here(kind: str, config, ws: Workspace) -> int:
     from tqdm import tqdm
 
-    unit = JOB_KINDS[kind].unit
-    bar = tqdm(unit=unit, desc=JOB_KINDS[kind].desc, dynamic_ncols=True)
+    folder = JOB_KINDS[kind].prepare(config, ws)  # found again, not made twice: its progress.json is read below
+    # The bar shows the job's own figures (rate and ETA since this process began, elapsed, engine and model), as
+    # the pages and `cai jobs` do, not tqdm's: a resumed job's earlier work is not this process's rate.
+    bar = tqdm(dynamic_ncols=True, bar_format=JOB_KINDS[kind].desc + ": {percentage:3.0f}%|{bar}| {desc}")
 
     def on_progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.total, bar.n = total, done
+        bar.set_description_str(folder.progress().summary())  # refreshes the bar
 
     try:
         job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)

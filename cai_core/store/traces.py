@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..records import StepVerdict, Trace, TraceStep, columns, to_row
+from ..records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, Trace, TraceStep, columns, to_row
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,8 @@ class TraceFilter:
     principle_id: str | None = None
     model: str | None = None
     text: str | None = None
+    verdict: str | None = None  # "better", "same", "worse", "valid", "invalid": someone gave it to a round
+    trace_ids: tuple[str, ...] | None = None  # only these (what `step_flags.flagged_traces` kept)
 
 
 class TraceQueries:
@@ -34,6 +36,17 @@ class TraceQueries:
                 "AND (s.response ILIKE ? OR s.critique ILIKE ?)))"
             )
             params += [f"%{f.text}%"] * 3
+        if f.verdict:
+            if f.verdict not in REVISION_VERDICTS + CRITIQUE_VERDICTS:
+                raise ValueError(
+                    f"unknown verdict {f.verdict!r}; choose one of {', '.join(REVISION_VERDICTS + CRITIQUE_VERDICTS)}"
+                )
+            column = "revision_verdict" if f.verdict in REVISION_VERDICTS else "critique_verdict"
+            clauses.append(f"EXISTS (SELECT 1 FROM step_verdicts v WHERE v.trace_id = t.trace_id AND v.{column} = ?)")
+            params.append(f.verdict)
+        if f.trace_ids is not None:
+            clauses.append("list_contains(?, t.trace_id)")
+            params.append(list(f.trace_ids))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def count_traces(self, f: TraceFilter = TraceFilter()) -> int:
@@ -47,6 +60,19 @@ class TraceQueries:
             f"""SELECT t.*, (SELECT max(round) FROM trace_steps s WHERE s.trace_id = t.trace_id) AS rounds
                 FROM traces t{where} ORDER BY t.created_at DESC, t.trace_id LIMIT ? OFFSET ?""",
             [*params, limit, offset],
+        ).df()
+
+    def steps_to_flag(self, f: TraceFilter = TraceFilter()) -> pd.DataFrame:
+        """Every step of the traces that match, in order, with what `step_flags` judges them by: the run's token
+        limit (`max_new_tokens`, null when the run did not record one) and the trace's constitution version."""
+        where, params = self._trace_where(f)
+        return self.con.execute(
+            f"""SELECT s.trace_id, s.round, s.principle_id, s.critique, s.response, s.response_tokens, s.stopped,
+                       t.constitution_version,
+                       TRY_CAST(json_extract_string(r.config, '$.max_new_tokens') AS INTEGER) AS max_new_tokens
+                FROM traces t JOIN trace_steps s USING (trace_id) LEFT JOIN runs r ON r.run_id = t.run_id
+                {where} ORDER BY s.trace_id, s.round""",
+            params,
         ).df()
 
     def trace(self, trace_id: str) -> tuple[Trace, list[TraceStep]]:

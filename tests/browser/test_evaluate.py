@@ -55,6 +55,7 @@ def test_compare_two_models_read_the_charts_and_download_the_report(
 
     page.locator(".st-key-eval_more_models textarea").fill(f"base={tiny_model_path}\ntuned={second_tiny_model_path}")
     page.locator(".st-key-eval_more_sets textarea").fill("red-team#limit=4,name=rt")
+    page.locator(".st-key-eval_set_limit input").fill("2")  # each built-in set: its first 2 prompts of each label
     page.locator(".st-key-eval_tokens input").fill("4")
     page.locator(".st-key-eval_start button").click()
     started = page.get_by_text(re.compile(r"Started eval-[0-9a-f]+"))
@@ -76,6 +77,8 @@ def test_compare_two_models_read_the_charts_and_download_the_report(
         page.get_by_role("button", name="Download the report (one HTML file)").click()
     report = download.value.path().read_text()
     assert report.startswith("<!DOCTYPE html>") and run_id in report and "Refusal rates" in report
+    # its settings say what was run: the sets with their limits (the line's own limit stands), the wrappers
+    assert "red-team#limit=2, benign#limit=2, red-team#name=rt,limit=4" in report and "<td>wrappers</td>" in report
     # nothing went wrong on the way: no error message, no exception
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
