@@ -12,6 +12,7 @@ small models lose the thread in long contexts, and the trace still records every
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -211,6 +212,8 @@ class GenerateWork:
     def __init__(self, job: JobFolder, config: GenerateConfig, workspace: Workspace, backends=None):
         self.job, self.config, self.workspace = job, config, workspace
         self.engine = ""
+        self.in_batch = 0.0  # steps of the running batch done so far (`jobs.Work`): answers, half-rounds
+        self._counting = threading.Lock()  # an OpenAI-compatible backend calls back from its threads
         self._backends = backends
         self.constitution = load_constitution(config.constitution)
         generation = self.constitution.generation
@@ -249,6 +252,13 @@ class GenerateWork:
             self.job.record_engines(policy=self._backends[0], critic=self._backends[1])
             self.engine = engine_name(self._backends[0])
         return self._backends
+
+    def _count(self, steps_per_chat: float) -> Callable[[int], None]:
+        def on_done(chats: int) -> None:
+            with self._counting:
+                self.in_batch += steps_per_chat * chats
+
+        return on_done
 
     def step(self, batch: tuple[int, int]) -> None:
         chunk_start, round_ = batch
@@ -309,7 +319,8 @@ class GenerateWork:
             policy, _ = self.backends()
             params = self.config.sampling()
             params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
-            answers = policy.generate([[{"role": "user", "content": s.trace.prompt}] for s in missing], params)
+            chats = [[{"role": "user", "content": s.trace.prompt}] for s in missing]
+            answers = policy.generate(chats, params, on_done=self._count(1.0))
             new_steps = [
                 TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
                 for s, a in zip(missing, answers, strict=True)
@@ -334,12 +345,16 @@ class GenerateWork:
             critique_chat(s.trace.prompt, s.response, p, constitution, config.few_shot)
             for s, p in zip(active, principles, strict=True)
         ]
-        critiques = critic.generate(critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}))
+        # a round is one step of each trace: its critique the first half, its revision the second
+        critiques = critic.generate(
+            critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}), on_done=self._count(0.5)
+        )
         self.job.stop_if_cancelled()
         revise = [i for i, c in enumerate(critiques) if not says_nothing_to_change(c.text, self.stop_phrases)]
         revisions = critic.generate(
             [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
             SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
+            on_done=self._count(0.5),
         )
         revision_of = dict(zip(revise, revisions, strict=True))
         new_steps = []

@@ -36,9 +36,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -358,10 +359,13 @@ class Work(Protocol):
     """What a job module gives the runner: its state, read back from the job's folder when it is built, and
     its work cut into batches. `step` does one batch and spools its records; a batch cut short by a kill is
     done again on resume, so no batch may leave half its records behind without the other half being derivable.
-    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`."""
+    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`. A work whose batches are
+    long may count the units its running batch has finished so far in `in_batch` (from a backend's `on_done`):
+    the runner shows them every few seconds, and zeroes the count at each batch's end."""
 
     unit: str  # what done and total count
     engine: str  # "BACKEND · MODEL" once a backend is loaded; "" before
+    in_batch: float  # optional: units of the running batch finished so far
 
     def total(self) -> int: ...
 
@@ -384,21 +388,57 @@ def batched(items: list, batch_size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+TICK_SECONDS = 2.0  # how often a running batch's own count, the elapsed time and the ETA are rewritten
+
+
 class _Reporter:
-    """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began."""
+    """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began:
+    at each batch's end, and every TICK_SECONDS inside a batch (`ticking`)."""
 
     def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
         self.folder, self.on_progress = folder, on_progress
         self.work: Work | None = None
         self.began, self.done_at_start = time.monotonic(), 0
         self.last = folder.progress()
+        self.lock = threading.Lock()  # the batch's end and a tick write one at a time
+        self.done_so_far = self.last.done  # work.done() at the last batch's end
 
     def attach(self, work: Work) -> None:
         self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
 
     def __call__(self, status: str = "running", message: str = "") -> None:
+        with self.lock:
+            if self.work:
+                self.done_so_far = self.work.done()
+                self.work.in_batch = 0  # now part of done()
+            self._write(status, message, self.done_so_far)
+
+    def tick(self) -> None:
+        with self.lock:
+            self._write("running", "", self.done_so_far + int(getattr(self.work, "in_batch", 0)))
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Tick in a thread while the batches run; stopped before the job's last status is written."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(TICK_SECONDS):
+                # a full disk, say: the batch's own write at its end raises it where it counts
+                with suppress(OSError):
+                    self.tick()
+
+        thread = threading.Thread(target=run, name=f"progress {self.folder.run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _write(self, status: str, message: str, done: int) -> None:
         work = self.work
-        done, total = (work.done(), work.total()) if work else (self.last.done, self.last.total)
+        total = work.total() if work else self.last.total
         elapsed = time.monotonic() - self.began
         rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
         eta = (total - done) / rate if rate else None
@@ -436,10 +476,11 @@ def run_job(
                 work = make_work()
                 report.attach(work)
                 report()
-                for batch in work.batches():
-                    folder.stop_if_cancelled()
-                    work.step(batch)
-                    report()
+                with report.ticking():
+                    for batch in work.batches():
+                        folder.stop_if_cancelled()
+                        work.step(batch)
+                        report()
             except Cancelled:
                 folder.clear_cancel()
                 report("cancelled", CANCELLED)

@@ -53,6 +53,12 @@ def test_both_engines_give_the_same_greedy_text_in_fp32(hf, vllm):
     assert vllm.engine == "vllm" and vllm.name == hf.name
 
 
+def test_the_engine_counts_each_chat_as_it_finishes(vllm):
+    finished: list[int] = []
+    vllm.generate(CHATS, SamplingParams(max_new_tokens=8, temperature=0.0), on_done=finished.append)
+    assert sum(finished) == len(CHATS) and all(n >= 1 for n in finished)
+
+
 def test_sampling_honours_seed_and_lengths(vllm):
     params = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=1.0, top_p=0.9, seed=5)
     first = vllm.generate(CHATS, params)

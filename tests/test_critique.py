@@ -95,11 +95,11 @@ def test_cancel_stops_between_batches_and_resume_finishes(tiny_model_path, works
     class CancelDuringTheFirstCritique:  # a real backend; only the cancel request is timed by the test
         name, context_length, count_tokens = backend.name, backend.context_length, backend.count_tokens
 
-        def generate(self, chats, params):
+        def generate(self, chats, params, on_done=None):
             calls["generate"] += 1
             if calls["generate"] == 2:
                 job.request_cancel()
-            return backend.generate(chats, params)
+            return backend.generate(chats, params, on_done)
 
     cfg = config(tiny_model_path, run_id="cancelled-run", rounds=3)
     stopped = run_generation(cfg, workspace, backends=(CancelDuringTheFirstCritique(),) * 2)
@@ -210,3 +210,17 @@ def test_try_it_streams_each_part_as_it_comes(tiny_model_path):
     last = {part: text for part, text in seen}
     assert last == {"response": result.response, "critique": result.critique, "revision": result.revision}
     assert result == critique_once(backend, constitution, pid, "hi", params=params)  # the same round unwatched
+
+
+def test_progress_moves_inside_a_batch_as_each_answer_comes(tiny_model_path, workspace, monkeypatch):
+    from cai_core import jobs
+
+    monkeypatch.setattr(jobs, "TICK_SECONDS", 0.01)
+    backend = HFBackend(tiny_model_path, batch_size=1)  # the engine says "done" after each chat
+    seen: list[int] = []
+    cfg = config(tiny_model_path, limit=8, rounds=1, max_new_tokens=24, min_new_tokens=24)
+    job = run_generation(cfg, workspace, backends=(backend, backend), on_progress=lambda done, total: seen.append(done))
+    assert job.progress().status == "done" and job.progress().done == 16
+    # one batch is the 8 answers, the next the 8 critique→revision rounds: counts between them came mid-batch
+    assert set(seen) - {0, 8, 16}, seen
+    assert seen == sorted(seen)  # and never went back

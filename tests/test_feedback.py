@@ -101,7 +101,7 @@ class Scripted:
             out.append([(1.0 if a_good else -1.0) + self.lean, 0.0])
         return out
 
-    def generate(self, chats, params):
+    def generate(self, chats, params, on_done=None):
         self.calls.append(("generate", len(chats)))
         return [Generation(self.text if self.text is not None else "thinking", 1, 1, 0.0) for _ in chats]
 

@@ -32,9 +32,11 @@ def client(*urls: str, model: str = "tiny", **kwargs) -> OpenAICompatBackend:
 
 
 def test_generate_returns_one_text_per_chat_in_order(local):
+    answered: list[int] = []
     with serve(local) as server:
-        out = client(server.url + "/").generate(CHATS, PARAMS)
+        out = client(server.url + "/").generate(CHATS, PARAMS, on_done=answered.append)
         assert server.requests == len(CHATS)
+    assert answered == [1] * len(CHATS)  # each reply counted as it came, for a job's progress
     assert all(g.text for g in out)
     # The prompts differ in length, so the relayed token counts show which answer went where.
     assert [g.prompt_tokens for g in out] == [len(ids) for ids in local._encode(CHATS)]

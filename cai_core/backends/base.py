@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,8 +43,11 @@ class Backend(Protocol):
         """How many tokens the chat takes as a prompt (template included); needed only when context_length is known."""
         ...
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
-        """Answer every chat (each ending with a user turn); one Generation per chat, in order."""
+    def generate(
+        self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+    ) -> list[Generation]:
+        """Answer every chat (each ending with a user turn); one Generation per chat, in order. `on_done(k)` is
+        called as k more chats are answered, so that a job can show progress inside one long call."""
         ...
 
     def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -68,7 +68,9 @@ class HFBackend:
         return ids, mask
 
     @torch.inference_mode()
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+    ) -> list[Generation]:
         if not chats:
             return []
         encoded = self._encode(chats)
@@ -91,6 +93,8 @@ class HFBackend:
                     completion_tokens=n,
                     seconds=seconds,
                 )
+            if on_done:
+                on_done(len(batch))
         return results  # type: ignore[return-value]
 
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:

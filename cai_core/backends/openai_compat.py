@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -90,9 +90,11 @@ class OpenAICompatBackend:
             body["min_tokens"] = params.min_new_tokens
         return body
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+    ) -> list[Generation]:
         bodies = [self._chat_body(chat, params) for chat in chats]
-        return [_to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies)]
+        return [_to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies, on_done)]
 
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
         """One chat's answer piece by piece (`base.stream`), from the server's event stream (`"stream": true`):
@@ -132,16 +134,25 @@ class OpenAICompatBackend:
 
     # --- transport ---------------------------------------------------------------------------
 
-    def _post_all(self, bodies: list[dict]) -> list[tuple[dict, str, float]]:
+    def _post_all(
+        self, bodies: list[dict], on_done: Callable[[int], object] | None = None
+    ) -> list[tuple[dict, str, float]]:
         if not bodies:
             return []
         with self._turn_lock:
             starts = [next(self._turn) for _ in bodies]
+
+        def post(body: dict, start: int) -> tuple[dict, str, float]:
+            answer = self._post(body, start)
+            if on_done:
+                on_done(1)
+            return answer
+
         if len(bodies) == 1:
-            return [self._post(bodies[0], starts[0])]
+            return [post(bodies[0], starts[0])]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
             # map keeps input order and re-raises the first failure in that order.
-            return list(pool.map(self._post, bodies, starts))
+            return list(pool.map(post, bodies, starts))
 
     def _post(self, body: dict, start: int) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""

@@ -12,9 +12,14 @@ it) serves every stage of a job. Training stays on transformers/TRL.
 
 from __future__ import annotations
 
+import io
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+
+from tqdm import tqdm
 
 from .base import BackendError, Chat, Generation, SamplingParams
 from .hf import stop_token_ids
@@ -86,7 +91,7 @@ class VLLMBackend:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _run(self, prompts: list[list[int]], params: list) -> list:
+    def _run(self, prompts: list[list[int]], params: list, on_done: Callable[[int], object] | None = None) -> list:
         from vllm.inputs import TokensPrompt
 
         too_long = [len(p) for p in prompts if len(p) >= self.context_length]
@@ -96,11 +101,18 @@ class VLLMBackend:
                 f"{self.context_length} tokens; shorten the input (fewer few-shot examples, shorter prompts)"
             )
         try:
-            return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            return self.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts],
+                params,
+                # vLLM tells a progress bar each request it finishes: the only per-request hook of its offline API
+                use_tqdm=partial(_CountingBar, on_done=on_done) if on_done else False,
+            )
         except Exception as exc:
             raise BackendError(f"engine vllm failed mid-job ({type(exc).__name__}: {exc}); {RESUME_HINT}") from None
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+    ) -> list[Generation]:
         if not chats:
             return []
         import vllm
@@ -121,7 +133,7 @@ class VLLMBackend:
             for i in range(len(chats))
         ]
         begun = time.perf_counter()
-        outputs = self._run(prompts, per_chat)
+        outputs = self._run(prompts, per_chat, on_done)
         seconds = (time.perf_counter() - begun) / len(chats)
         results = []
         for prompt, output in zip(prompts, outputs, strict=True):
@@ -225,3 +237,15 @@ def _parameter_count(model_dir: Path) -> int | None:
                     count *= size
                 total += count
     return total or None
+
+
+class _CountingBar(tqdm):
+    """The progress bar vLLM's `LLM.generate` is given (`use_tqdm`): draws nowhere and passes on each count."""
+
+    def __init__(self, *args, on_done: Callable[[int], object], **kwargs):
+        self._on_done = on_done
+        super().__init__(*args, file=io.StringIO(), **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        self._on_done(int(n or 0))
+        return super().update(n)
