@@ -467,10 +467,13 @@ def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, w
     assert refused.value.field == "loss"
 
 
-def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
+def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_trains_only_adapters_and_resumes(
     tiny_model_path, workspace, prompts_file, sft_file
 ):
-    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off."""
+    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off;
+    the value model has its own adapter, and only the adapters and the value head are trained."""
+    from safetensors.torch import load_file
+
     from tests.train_rewards import low_ids
 
     config = PPOConfig(
@@ -502,7 +505,13 @@ def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
 
     run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
     assert job.progress().status == "cancelled" and job.progress().done == 2
-    assert (job.path / "checkpoints" / "checkpoint-2" / "policy" / "adapter_config.json").exists()  # the adapter
+    checkpoint = job.path / "checkpoints" / "checkpoint-2"
+    adapters = [load_file(checkpoint / model / "adapter_model.safetensors") for model in ("policy", "value")]
+    assert any("score" in name for name in adapters[1])  # the value head is trained and saved with its adapter
+    assert all("lora_" in name or "score" in name for adapter in adapters for name in adapter)
+    optimizer = torch.load(checkpoint / "state.pt", weights_only=False)["optimizer"]
+    trained = sum(state["exp_avg"].numel() for state in optimizer["state"].values())
+    assert trained == sum(t.numel() for adapter in adapters for t in adapter.values())  # nothing else moved
     run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
     assert job.progress().status == "done", job.progress().message
     kl, sft_loss = metric(job, "kl"), metric(job, "sft_loss")

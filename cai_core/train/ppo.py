@@ -4,7 +4,9 @@ Bai et al. 2022. TRL 1.16 no longer ships a PPO trainer, so this is ours.
 Each step samples one rollout per prompt from the policy, scores it with the reward (a sequence
 classifier, or a Python callable), turns the score and a per-token KL penalty against the frozen
 reference into per-token rewards, estimates advantages with GAE from a value model, then takes
-`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts.
+`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts. With LoRA the
+policy and the value model each train an adapter (and the value its head), and the reference is the policy
+with its adapter off.
 
 With several processes (`nproc`), each rank samples its own `batch_size` rollouts of the step's prompts,
 advantages (and rewards, when whitened) are whitened over every rank's rollouts, gradients are averaged
@@ -244,23 +246,27 @@ class _Models:
         value_start = (
             resolve_model(c.value_model, ctx.ws) if c.value_model else (reward if isinstance(reward, str) else base)
         )
-        value_path = resume_from / "value" if resume_from else value_start
         if c.lora:
-            # the reference is the policy with its adapter switched off: one copy of the base weights
-            from peft import PeftModel, get_peft_model
-
-            self.policy = AutoModelForCausalLM.from_pretrained(base)
-            if resume_from:
-                self.policy = PeftModel.from_pretrained(self.policy, resume_from / "policy", is_trainable=True)
-            else:
-                self.policy = get_peft_model(self.policy, c.peft_config("CAUSAL_LM"))
-            self.policy.to(self.device)
+            # the reference is the policy with its adapter switched off: one copy of the policy's base weights.
+            # The value model is a LoRA-wrapped copy of its start (the reward model by default), not a head on
+            # the policy's adapted backbone: it keeps InstructGPT's start from the reward model (a head on the
+            # policy's backbone would start from nothing, its first advantages noise), and the value loss stays
+            # out of the policy's adapter (a shared one would be pulled by both losses, weighed by vf_coef). It
+            # costs one more frozen copy of base weights; the optimiser's state is the adapters' and the head's.
+            saved = (resume_from / "policy", resume_from / "value") if resume_from else (None, None)
+            self.policy = _adapted(AutoModelForCausalLM.from_pretrained(base), c, "CAUSAL_LM", saved[0])
+            self.value = _adapted(
+                AutoModelForSequenceClassification.from_pretrained(value_start, num_labels=1), c, "SEQ_CLS", saved[1]
+            )
             self.ref = None
         else:
             policy_path = resume_from / "policy" if resume_from else base
-            self.policy = AutoModelForCausalLM.from_pretrained(policy_path).to(self.device)
+            value_path = resume_from / "value" if resume_from else value_start
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_path)
+            self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
             self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
-        self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1).to(self.device)
+        self.policy.to(self.device)
+        self.value.to(self.device)
         if c.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
             self.value.gradient_checkpointing_enable()
@@ -299,6 +305,16 @@ class _Models:
         return contextlib.nullcontext(self.ref)
 
 
+def _adapted(model, c: PPOConfig, task_type: str, saved: Path | None):
+    """`model` with a trainable LoRA adapter: the one saved at `saved` (a resumed run), else a fresh one. For a
+    sequence classifier peft also trains (and saves) the `score` head."""
+    from peft import PeftModel, get_peft_model
+
+    if saved:
+        return PeftModel.from_pretrained(model, saved, is_trainable=True)
+    return get_peft_model(model, c.peft_config(task_type))
+
+
 def _forward_policy(model, input_ids, attention_mask, context: int, temperature: float):
     """Log-probabilities of the answer tokens and the entropy at each answer position."""
     import torch
@@ -319,6 +335,8 @@ def _forward_policy(model, input_ids, attention_mask, context: int, temperature:
 
 def _forward_value(model, input_ids, attention_mask, context: int):
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if hasattr(model, "get_base_model"):  # peft: the adapters live inside the base model's layers
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
     return model.score(hidden[:, context - 1 : -1]).squeeze(-1).float()
@@ -373,7 +391,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
     resume_from = ctx.last_checkpoint()
     models = _Models(ctx, resume_from)
     tok = models.tokenizer
-    params = [p for p in models.policy.parameters() if p.requires_grad] + list(models.value.parameters())
+    params = [p for model in (models.policy, models.value) for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=1e-5)
     kl_control = AdaptiveKL(c.kl_coef, c.kl_target, c.kl_horizon, c.adaptive_kl)
     step = 0
