@@ -251,8 +251,9 @@ class _Models:
             # The value model is a LoRA-wrapped copy of its start (the reward model by default), not a head on
             # the policy's adapted backbone: it keeps InstructGPT's start from the reward model (a head on the
             # policy's backbone would start from nothing, its first advantages noise), and the value loss stays
-            # out of the policy's adapter (a shared one would be pulled by both losses, weighed by vf_coef). It
-            # costs one more frozen copy of base weights; the optimiser's state is the adapters' and the head's.
+            # out of the policy's adapter (a shared one would be pulled by both losses, weighed by vf_coef). The
+            # reward model is then that copy with its adapter off, so LoRA PPO holds two copies of base weights
+            # (policy, value) instead of four, and the optimiser's state is the adapters' and the value head's.
             saved = (resume_from / "policy", resume_from / "value") if resume_from else (None, None)
             self.policy = _adapted(AutoModelForCausalLM.from_pretrained(base), c, "CAUSAL_LM", saved[0])
             self.value = _adapted(
@@ -280,12 +281,14 @@ class _Models:
             for tensor in [*self.policy.state_dict().values(), *self.value.state_dict().values()]:
                 dist.broadcast(tensor, 0)
         self.reward_fn = reward if callable(reward) else None
+        self.reward = None
         if self.reward_fn is None:
             self.reward_tokenizer = load_tokenizer(reward)
             self.reward_tokenizer.padding_side = "right"
-            self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
-            self.reward.config.pad_token_id = self.reward_tokenizer.pad_token_id
-            self.reward.eval().requires_grad_(False)
+            if not (c.lora and value_start == reward):
+                self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
+                self.reward.eval().requires_grad_(False)
+            (self.reward or self.value).config.pad_token_id = self.reward_tokenizer.pad_token_id
 
     def autocast(self):
         import contextlib
@@ -303,6 +306,14 @@ class _Models:
         if self.ref is None:
             return self.policy.disable_adapter()
         return contextlib.nullcontext(self.ref)
+
+    def reward_model(self):
+        """The frozen reward model, as a context: the value model with its LoRA adapter off, or the copy."""
+        import contextlib
+
+        if self.reward is None:
+            return self.value.disable_adapter()
+        return contextlib.nullcontext(self.reward)
 
 
 def _adapted(model, c: PPOConfig, task_type: str, saved: Path | None):
@@ -353,8 +364,8 @@ def _scores(models: _Models, prompts: list, answers: list[str], answer_ids: list
     chats = [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
     texts = tok.apply_chat_template(chats, tokenize=False)
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
-    with torch.no_grad(), models.autocast():
-        return models.reward(**batch).logits[:, 0].float()
+    with torch.no_grad(), models.autocast(), models.reward_model() as reward:
+        return (reward or models.value)(**batch).logits[:, 0].float()
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
