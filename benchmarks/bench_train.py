@@ -1,6 +1,6 @@
 """PPO episodes/s on a fixed tiny configuration, with the reward gain, and SFT tokens/s, in 1 and 2 processes.
 
-    python benchmarks/bench_train.py [--model default] [--threads 1] [--nproc 1 2]
+    python benchmarks/bench_train.py [--model default] [--threads 1] [--nproc 1 2] [--trl-python PATH]
 
 Fixed configuration: the tests' tiny Llama (2 layers, 64 wide), 16 prompts, PPO with 16 rollouts of 8
 tokens per step, 2 epochs, 30 steps, the reward being the share of answer tokens among half the
@@ -14,7 +14,10 @@ is not a project dependency: PATH is a Python that has it, e.g. `python -m venv 
 /tmp/trl112/bin/pip install torch==2.13.0 "trl==1.12.*"`), one process each, same policy, prompts and settings.
 TRL's PPOTrainer takes a reward model, not a function, so both sides of this comparison score with the same
 reward model: the policy's weights under a seeded random one-output head (`benchmarks/trl_ppo.py` is TRL's
-side, run in that Python). Times include starting the process on both sides.
+side, run in that Python). Each side runs twice, in the order ours, TRL, TRL, ours, so that a load drifting
+on a shared machine weighs on both alike; times include starting the process on both sides. The reward
+model reads different text on each side: ours the conversation in the chat template (as our reward models
+are trained), TRL the prompt and answer tokens as generated; so compare the gains, not the reward levels.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def main() -> None:
         "seed": 0,
     }
 
-    def our_ppo(reward_model: str, nproc: int) -> tuple[float, list[float]]:
+    def our_ppo(reward_model: str, nproc: int, run_id: str | None = None) -> tuple[float, list[float]]:
         config = PPOConfig(
             model=model,
             dataset=str(prompts),
@@ -94,6 +97,7 @@ def main() -> None:
             batch_size=batch // nproc,
             save_steps=10_000,
             nproc=nproc,
+            run_id=run_id,  # a second run of one config needs its own id, or it would find the first one done
             **ppo,
         )
         start = time.perf_counter()
@@ -132,7 +136,6 @@ def main() -> None:
         return
 
     reward_model = build_reward_model(model, tmp / "reward")
-    ours_seconds, ours_rewards = our_ppo(str(reward_model), 1)
     spec = tmp / "trl-spec.json"
     spec.write_text(
         json.dumps(
@@ -148,18 +151,23 @@ def main() -> None:
         ),
         encoding="utf-8",
     )
-    start = time.perf_counter()
-    trl_side = subprocess.run(
-        [args.trl_python, str(Path(__file__).with_name("trl_ppo.py")), str(spec)], capture_output=True, text=True
-    )
-    trl_seconds = time.perf_counter() - start
-    if trl_side.returncode:
-        sys.exit(f"TRL's side failed ({args.trl_python}):\n{trl_side.stderr[-3000:]}")
-    trl = json.loads(trl_side.stdout.strip().splitlines()[-1])
-    comparison = {
-        "ours": {"seconds_incl_start": ours_seconds, "rewards": ours_rewards},
-        f"trl {trl['trl']} PPOTrainer": {"seconds_incl_start": trl_seconds, "rewards": trl["rewards"]},
-    }
+
+    def trl_ppo() -> tuple[float, list[float], dict]:
+        start = time.perf_counter()
+        side = subprocess.run(
+            [args.trl_python, str(Path(__file__).with_name("trl_ppo.py")), str(spec)], capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+        if side.returncode:
+            sys.exit(f"TRL's side failed ({args.trl_python}):\n{side.stderr[-3000:]}")
+        result = json.loads(side.stdout.strip().splitlines()[-1])
+        return seconds, result["rewards"], result
+
+    # ours, TRL, TRL, ours: a load that drifts during the run weighs on both sides alike
+    ours = [our_ppo(str(reward_model), 1, run_id="ppo-vs-trl-1")]
+    trl = [trl_ppo(), trl_ppo()]
+    ours.append(our_ppo(str(reward_model), 1, run_id="ppo-vs-trl-2"))
+    sides = {"ours": ours, f"trl {trl[0][2]['trl']} PPOTrainer": [run[:2] for run in trl]}
     print(
         json.dumps(
             {
@@ -168,14 +176,14 @@ def main() -> None:
                 "episodes": steps * batch,
                 **{
                     side: {
-                        "seconds_incl_start": round(r["seconds_incl_start"], 2),
-                        "episodes_per_s": round(steps * batch / r["seconds_incl_start"], 2),
-                        "steps_logged": len(r["rewards"]),
-                        **reward_gain(r["rewards"]),
+                        "seconds_incl_start": [round(seconds, 1) for seconds, _ in runs],
+                        "episodes_per_s": round(2 * steps * batch / sum(seconds for seconds, _ in runs), 2),
+                        "steps_logged": len(runs[0][1]),
+                        **reward_gain(runs[0][1]),
                     }
-                    for side, r in comparison.items()
+                    for side, runs in sides.items()
                 },
-                "trl_train_seconds": round(trl["train_seconds"], 2),
+                "trl_train_seconds": [round(run[2]["train_seconds"], 1) for run in trl],
             },
             indent=1,
         )
