@@ -18,6 +18,8 @@ labels of the same pairs, each scored on held-back human-labelled hh-rlhf pairs.
    95% interval, and the paired difference soft - margin with a bootstrap 95% interval; also the judge's own
    agreement with the crowdworkers on the training pairs, since a reward model learns what its labels say.
 
+The defaults (64 + 128 pairs of at most 192 tokens, 8 steps per model, SmolLM2-135M) are sized for about 15
+minutes on a quiet 2-core CPU; at that size every model is expected at chance (README, training section).
 Every run is an ordinary training run of the workspace (a fresh temporary one unless `--workspace`), so
 running it again with the same workspace resumes where it stopped.
 """
