@@ -1,6 +1,6 @@
 """PPO episodes/s on a fixed tiny configuration, with the reward gain, and SFT tokens/s, in 1 and 2 processes.
 
-    python benchmarks/bench_train.py [--model default] [--threads 1] [--nproc 1 2]
+    python benchmarks/bench_train.py [--model default] [--threads 1] [--nproc 1 2] [--trl-python PATH]
 
 Fixed configuration: the tests' tiny Llama (2 layers, 64 wide), 16 prompts, PPO with 16 rollouts of 8
 tokens per step, 2 epochs, 30 steps, the reward being the share of answer tokens among half the
@@ -8,6 +8,16 @@ vocabulary; SFT 20 steps of 4 conversations. With N processes each takes 1/N of 
 the work is the same; the times include starting the processes (torchrun on a CPU, one per GPU).
 `--model default` runs the same loops on SmolLM2-135M (fewer steps). Figures are printed, not asserted:
 compare them only with a run on the same machine.
+
+`--trl-python PATH` also puts our PPO against TRL 1.12's experimental PPOTrainer (TRL removed it in 1.13, so it
+is not a project dependency: PATH is a Python that has it, e.g. `python -m venv /tmp/trl112 &&
+/tmp/trl112/bin/pip install torch==2.13.0 "trl==1.12.*"`), one process each, same policy, prompts and settings.
+TRL's PPOTrainer takes a reward model, not a function, so both sides of this comparison score with the same
+reward model: the policy's weights under a seeded random one-output head (`benchmarks/trl_ppo.py` is TRL's
+side, run in that Python). Each side runs twice, in the order ours, TRL, TRL, ours, so that a load drifting
+on a shared machine weighs on both alike; times include starting the process on both sides. The reward
+model reads different text on each side: ours the conversation in the chat template (as our reward models
+are trained), TRL the prompt and answer tokens as generated; so compare the gains, not the reward levels.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cai_core.train import train  # noqa: E402
+from cai_core.train.harness import resolve_model  # noqa: E402
 from cai_core.train.ppo import PPOConfig  # noqa: E402
 from cai_core.train.sft import SFTConfig  # noqa: E402
 from cai_core.workspace import Workspace  # noqa: E402
@@ -37,6 +49,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny (built here) or any model spec, e.g. default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to compare")
+    parser.add_argument("--trl-python", help="a Python with TRL 1.12, to run its PPOTrainer beside ours")
     args = parser.parse_args()
     import torch
 
@@ -44,7 +57,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ws = Workspace(tmp / "data")
-    model = str(build_tiny_model(tmp / "tiny")) if args.model == "tiny" else args.model
+    # a folder, which TRL's side can load too (and the default model is not converted again)
+    model = (
+        str(build_tiny_model(tmp / "tiny")) if args.model == "tiny" else resolve_model(args.model, Workspace.from_env())
+    )
     tiny = args.model == "tiny"
     prompts = tmp / "prompts.jsonl"
     pd.DataFrame({"prompt": [f"How do I bake bread {i}?" for i in range(16)]}).to_json(
@@ -63,28 +79,36 @@ def main() -> None:
 
     steps, batch = (30, 16) if tiny else (6, 8)
     sft_steps = 20 if tiny else 5
-    results = []
-    for nproc in args.nproc:
+    ppo = {
+        "max_steps": steps,
+        "learning_rate": 3e-3 if tiny else 1e-5,
+        "ppo_epochs": 2,
+        "max_new_tokens": 8 if tiny else 32,
+        "temperature": 1.0,
+        "kl_coef": 0.05,
+        "seed": 0,
+    }
+
+    def our_ppo(reward_model: str, nproc: int, run_id: str | None = None) -> tuple[float, list[float]]:
         config = PPOConfig(
             model=model,
             dataset=str(prompts),
-            reward_model="tests.train_rewards:low_ids",
-            max_steps=steps,
+            reward_model=reward_model,
             batch_size=batch // nproc,
-            learning_rate=3e-3 if tiny else 1e-5,
-            ppo_epochs=2,
-            max_new_tokens=8 if tiny else 32,
-            temperature=1.0,
             save_steps=10_000,
             nproc=nproc,
+            run_id=run_id,  # a second run of one config needs its own id, or it would find the first one done
+            **ppo,
         )
         start = time.perf_counter()
         job = train(config, ws)
-        ppo_seconds = time.perf_counter() - start
-        rows = [r for r in job.read("train_metrics") if r["name"] == "reward"]
-        rewards = [r["value"] for r in sorted(rows, key=lambda r: r["step"])]
-        window = max(1, len(rewards) // 6)
+        seconds = time.perf_counter() - start
+        rows = sorted((r for r in job.read("train_metrics") if r["name"] == "reward"), key=lambda r: r["step"])
+        return seconds, [r["value"] for r in rows]
 
+    results = []
+    for nproc in args.nproc:
+        ppo_seconds, rewards = our_ppo("tests.train_rewards:low_ids", nproc)
         start = time.perf_counter()
         sft_config = SFTConfig(
             model=model, dataset=str(sft), max_steps=sft_steps, batch_size=4 // nproc, save_steps=10_000, nproc=nproc
@@ -100,14 +124,96 @@ def main() -> None:
                 "ppo_episodes": steps * batch,
                 "ppo_seconds_incl_start": round(ppo_seconds, 2),
                 "ppo_episodes_per_s": round(steps * batch / ppo_seconds, 2),
-                "reward_first": round(sum(rewards[:window]) / window, 3),
-                "reward_last": round(sum(rewards[-window:]) / window, 3),
+                **reward_gain(rewards),
                 "sft_tokens": int(tokens),
                 "sft_seconds_incl_start": round(sft_seconds, 2),
                 "sft_tokens_per_s": round(tokens / sft_seconds, 1),
             }
         )
     print(json.dumps(results, indent=1))
+    if not args.trl_python:
+        print("TRL 1.12's PPOTrainer: skipped (give --trl-python, a Python that has TRL 1.12)")
+        return
+
+    reward_model = build_reward_model(model, tmp / "reward")
+    spec = tmp / "trl-spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                **ppo,
+                "model": model,
+                "reward_model": str(reward_model),
+                "prompts": list(pd.read_json(prompts, lines=True).prompt),
+                "steps": steps,
+                "batch_size": batch,
+                "threads": args.threads,
+            }
+        ),
+        encoding="utf-8",
+    )
+
+    def trl_ppo() -> tuple[float, list[float], dict]:
+        start = time.perf_counter()
+        side = subprocess.run(
+            [args.trl_python, str(Path(__file__).with_name("trl_ppo.py")), str(spec)], capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+        if side.returncode:
+            sys.exit(f"TRL's side failed ({args.trl_python}):\n{side.stderr[-3000:]}")
+        result = json.loads(side.stdout.strip().splitlines()[-1])
+        return seconds, result["rewards"], result
+
+    # ours, TRL, TRL, ours: a load that drifts during the run weighs on both sides alike
+    ours = [our_ppo(str(reward_model), 1, run_id="ppo-vs-trl-1")]
+    trl = [trl_ppo(), trl_ppo()]
+    ours.append(our_ppo(str(reward_model), 1, run_id="ppo-vs-trl-2"))
+    sides = {"ours": ours, f"trl {trl[0][2]['trl']} PPOTrainer": [run[:2] for run in trl]}
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "reward": "the policy's weights under a seeded random one-output head",
+                "episodes": steps * batch,
+                **{
+                    side: {
+                        "seconds_incl_start": [round(seconds, 1) for seconds, _ in runs],
+                        "episodes_per_s": round(2 * steps * batch / sum(seconds for seconds, _ in runs), 2),
+                        "steps_logged": len(runs[0][1]),
+                        **reward_gain(runs[0][1]),
+                    }
+                    for side, runs in sides.items()
+                },
+                "trl_train_seconds": [round(run[2]["train_seconds"], 1) for run in trl],
+            },
+            indent=1,
+        )
+    )
+
+
+def reward_gain(rewards: list[float]) -> dict[str, float]:
+    """Mean reward of the first and of the last sixth of the steps."""
+    window = max(1, len(rewards) // 6)
+    return {
+        "reward_first": round(sum(rewards[:window]) / window, 3),
+        "reward_last": round(sum(rewards[-window:]) / window, 3),
+    }
+
+
+def build_reward_model(model: str, path: Path) -> Path:
+    """A reward model both PPOs can load: `model`'s weights under a seeded random one-output head, scaled so
+    that rewards spread over about one unit."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    reward = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    with torch.no_grad():
+        reward.score.weight.normal_(std=reward.config.hidden_size**-0.5)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 if __name__ == "__main__":

@@ -467,10 +467,13 @@ def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, w
     assert refused.value.field == "loss"
 
 
-def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
+def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_trains_only_adapters_and_resumes(
     tiny_model_path, workspace, prompts_file, sft_file
 ):
-    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off."""
+    """The full CAI objective L_RL + α·L_SFT on a LoRA policy whose reference is the same model, adapter off;
+    the value model has its own adapter, and only the adapters and the value head are trained."""
+    from safetensors.torch import load_file
+
     from tests.train_rewards import low_ids
 
     config = PPOConfig(
@@ -502,7 +505,13 @@ def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_and_resumes(
 
     run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
     assert job.progress().status == "cancelled" and job.progress().done == 2
-    assert (job.path / "checkpoints" / "checkpoint-2" / "policy" / "adapter_config.json").exists()  # the adapter
+    checkpoint = job.path / "checkpoints" / "checkpoint-2"
+    adapters = [load_file(checkpoint / model / "adapter_model.safetensors") for model in ("policy", "value")]
+    assert any("score" in name for name in adapters[1])  # the value head is trained and saved with its adapter
+    assert all("lora_" in name or "score" in name for adapter in adapters for name in adapter)
+    optimizer = torch.load(checkpoint / "state.pt", weights_only=False)["optimizer"]
+    trained = sum(state["exp_avg"].numel() for state in optimizer["state"].values())
+    assert trained == sum(t.numel() for adapter in adapters for t in adapter.values())  # nothing else moved
     run_train_job(job, workspace, reward_fn=cancel_on_the_second_step)
     assert job.progress().status == "done", job.progress().message
     kl, sft_loss = metric(job, "kl"), metric(job, "sft_loss")
@@ -535,3 +544,41 @@ def test_reward_model_evaluation_by_hand():
     assert result["ece"] == pytest.approx(((1 - confident) + wrong + 0.5) / 3)
     # answers by length: 10, 20 | 30, 40 | 50, 60 tokens, with rewards 2, 1 | 0, 0 | 2, 0
     assert (result["reward_short"], result["reward_medium"], result["reward_long"]) == (1.5, 0.0, 1.0)
+
+
+def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_model_path, workspace, tmp_path):
+    """With LoRA the value model starts as a copy of the reward model, so the reward is that copy with its adapter
+    off (no third model in memory), and it scores as the reward model itself does, also after the adapter moved."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cai_core.train.ppo import _Models, _scores
+
+    torch.manual_seed(0)
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(tmp_path / "reward")
+    tokenizer.save_pretrained(tmp_path / "reward")
+    config = PPOConfig(model=tiny_model_path, reward_model=str(tmp_path / "reward"), lora=True, lora_r=4)
+    models = _Models(SimpleNamespace(config=config, ws=workspace, reward_fn=None), None)
+    assert models.reward is None
+    with torch.no_grad():  # move the value model's adapter and head, as training would
+        for p in models.value.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
+    answers = ["Mix flour and water.", "Knead the dough, let it rest, then bake it slowly."]
+    got = _scores(models, prompts, answers, [[], []])
+    chats = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
+    batch = tokenizer(
+        tokenizer.apply_chat_template(chats, tokenize=False),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    with torch.no_grad():
+        expected = reward.eval()(**batch).logits[:, 0]
+    assert got.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert got[0] != pytest.approx(got[1].item())  # two answers, two rewards: the head is the reward model's

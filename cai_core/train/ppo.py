@@ -4,7 +4,9 @@ Bai et al. 2022. TRL 1.16 no longer ships a PPO trainer, so this is ours.
 Each step samples one rollout per prompt from the policy, scores it with the reward (a sequence
 classifier, or a Python callable), turns the score and a per-token KL penalty against the frozen
 reference into per-token rewards, estimates advantages with GAE from a value model, then takes
-`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts.
+`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollouts. With LoRA the
+policy and the value model each train an adapter (and the value its head), and the reference is the policy
+with its adapter off.
 
 With several processes (`nproc`), each rank samples its own `batch_size` rollouts of the step's prompts,
 advantages (and rewards, when whitened) are whitened over every rank's rollouts, gradients are averaged
@@ -244,23 +246,28 @@ class _Models:
         value_start = (
             resolve_model(c.value_model, ctx.ws) if c.value_model else (reward if isinstance(reward, str) else base)
         )
-        value_path = resume_from / "value" if resume_from else value_start
         if c.lora:
-            # the reference is the policy with its adapter switched off: one copy of the base weights
-            from peft import PeftModel, get_peft_model
-
-            self.policy = AutoModelForCausalLM.from_pretrained(base)
-            if resume_from:
-                self.policy = PeftModel.from_pretrained(self.policy, resume_from / "policy", is_trainable=True)
-            else:
-                self.policy = get_peft_model(self.policy, c.peft_config("CAUSAL_LM"))
-            self.policy.to(self.device)
+            # the reference is the policy with its adapter switched off: one copy of the policy's base weights.
+            # The value model is a LoRA-wrapped copy of its start (the reward model by default), not a head on
+            # the policy's adapted backbone: it keeps InstructGPT's start from the reward model (a head on the
+            # policy's backbone would start from nothing, its first advantages noise), and the value loss stays
+            # out of the policy's adapter (a shared one would be pulled by both losses, weighed by vf_coef). The
+            # reward model is then that copy with its adapter off, so LoRA PPO holds two copies of base weights
+            # (policy, value) instead of four, and the optimiser's state is the adapters' and the value head's.
+            saved = (resume_from / "policy", resume_from / "value") if resume_from else (None, None)
+            self.policy = _adapted(AutoModelForCausalLM.from_pretrained(base), c, "CAUSAL_LM", saved[0])
+            self.value = _adapted(
+                AutoModelForSequenceClassification.from_pretrained(value_start, num_labels=1), c, "SEQ_CLS", saved[1]
+            )
             self.ref = None
         else:
             policy_path = resume_from / "policy" if resume_from else base
-            self.policy = AutoModelForCausalLM.from_pretrained(policy_path).to(self.device)
+            value_path = resume_from / "value" if resume_from else value_start
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_path)
+            self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
             self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
-        self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1).to(self.device)
+        self.policy.to(self.device)
+        self.value.to(self.device)
         if c.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
             self.value.gradient_checkpointing_enable()
@@ -274,12 +281,14 @@ class _Models:
             for tensor in [*self.policy.state_dict().values(), *self.value.state_dict().values()]:
                 dist.broadcast(tensor, 0)
         self.reward_fn = reward if callable(reward) else None
+        self.reward = None
         if self.reward_fn is None:
             self.reward_tokenizer = load_tokenizer(reward)
             self.reward_tokenizer.padding_side = "right"
-            self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
-            self.reward.config.pad_token_id = self.reward_tokenizer.pad_token_id
-            self.reward.eval().requires_grad_(False)
+            if not (c.lora and value_start == reward):
+                self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
+                self.reward.eval().requires_grad_(False)
+            (self.reward or self.value).config.pad_token_id = self.reward_tokenizer.pad_token_id
 
     def autocast(self):
         import contextlib
@@ -297,6 +306,24 @@ class _Models:
         if self.ref is None:
             return self.policy.disable_adapter()
         return contextlib.nullcontext(self.ref)
+
+    def reward_model(self):
+        """The frozen reward model, as a context: the value model with its LoRA adapter off, or the copy."""
+        import contextlib
+
+        if self.reward is None:
+            return self.value.disable_adapter()
+        return contextlib.nullcontext(self.reward)
+
+
+def _adapted(model, c: PPOConfig, task_type: str, saved: Path | None):
+    """`model` with a trainable LoRA adapter: the one saved at `saved` (a resumed run), else a fresh one. For a
+    sequence classifier peft also trains (and saves) the `score` head."""
+    from peft import PeftModel, get_peft_model
+
+    if saved:
+        return PeftModel.from_pretrained(model, saved, is_trainable=True)
+    return get_peft_model(model, c.peft_config(task_type))
 
 
 def _forward_policy(model, input_ids, attention_mask, context: int, temperature: float):
@@ -319,6 +346,8 @@ def _forward_policy(model, input_ids, attention_mask, context: int, temperature:
 
 def _forward_value(model, input_ids, attention_mask, context: int):
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if hasattr(model, "get_base_model"):  # peft: the adapters live inside the base model's layers
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
     return model.score(hidden[:, context - 1 : -1]).squeeze(-1).float()
@@ -335,8 +364,8 @@ def _scores(models: _Models, prompts: list, answers: list[str], answer_ids: list
     chats = [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
     texts = tok.apply_chat_template(chats, tokenize=False)
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
-    with torch.no_grad(), models.autocast():
-        return models.reward(**batch).logits[:, 0].float()
+    with torch.no_grad(), models.autocast(), models.reward_model() as reward:
+        return (reward or models.value)(**batch).logits[:, 0].float()
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -373,7 +402,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
     resume_from = ctx.last_checkpoint()
     models = _Models(ctx, resume_from)
     tok = models.tokenizer
-    params = [p for p in models.policy.parameters() if p.requires_grad] + list(models.value.parameters())
+    params = [p for model in (models.policy, models.value) for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=1e-5)
     kl_control = AdaptiveKL(c.kl_coef, c.kl_target, c.kl_horizon, c.adaptive_kl)
     step = 0
