@@ -1,0 +1,176 @@
+"""Constitution A/B on the tiny model: two saved versions of the red-team constitution, SL-CAI under each on the same
+prompts and seeds, judged by a neutral question or a third constitution; paired figures, resumable like every job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cai_core.ab import DIFFERENCE, ABConfig, ABError, ab_prompt, ab_result, ab_runs, prepare_ab_job, run_ab
+from cai_core.constitution import load_constitution, save_constitution
+from cai_core.jobs import JobFolder
+from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT
+
+RED_TEAM = PROJECT_ROOT / "constitutions" / "red_team.yaml"
+
+
+@pytest.fixture
+def two_versions(workspace, tmp_path) -> tuple[str, str]:
+    """The red-team constitution as shipped, then saved again with its first principle's critique reworded:
+    two versions in the store's history of one file."""
+    path = tmp_path / "red_team.yaml"
+    first = load_constitution(RED_TEAM)
+    principles = [p.model_copy() for p in first.principles]
+    principles[0] = principles[0].model_copy(
+        update={"critique_request": "Say plainly what in the answer could hurt someone."}
+    )
+    second = first.model_copy(update={"principles": principles})
+    with Store.open(workspace) as store:
+        for c, note in ((first, "as shipped"), (second, "plainer critique")):
+            save_constitution(c, path)
+            store.record_constitution(c, path, note)
+    return first.version, second.version
+
+
+def tiny_ab(model: str, a: str, b: str, **overrides) -> ABConfig:
+    settings = {"limit": 1, "rounds": 1, "max_new_tokens": 8, "judge": model, "model": model, "batch_size": 4}
+    return ABConfig(constitution_a=a, constitution_b=b, **settings | overrides)
+
+
+def test_an_ab_of_two_versions_runs_end_to_end(tiny_model_path, workspace, two_versions):
+    a, b = two_versions
+    job = run_ab(tiny_ab(tiny_model_path, a, b), workspace)
+    assert job.progress().status == "done", job.progress().message
+    assert [row["step"] + row["side"] for row in job.read("ab_stages")] == ["generatea", "generateb", "judge"]
+
+    result = ab_result(workspace, job.run_id)
+    assert result.versions["a"] == a and result.versions["b"] == b and result.names["judge"] == "neutral judge"
+    # one red-team and one benign prompt, three comparisons each, under the one neutral question
+    judge = JobFolder(workspace.runs_dir / f"{job.run_id}-judge")
+    assert len(judge.read("ab_judgments")) == 2 * 3
+    rates = result.win_rates.set_index("comparison")
+    assert list(rates.index) == ["A vs B", "A vs initial", "B vs initial", DIFFERENCE]
+    assert (rates["n"] == 2).all() and (
+        (rates["low"] <= rates["win_rate"]) & (rates["win_rate"] <= rates["high"])
+    ).all()
+    # paired: the difference is taken prompt by prompt, so its mean is the difference of the two means
+    assert rates.loc[DIFFERENCE, "win_rate"] == pytest.approx(
+        rates.loc["A vs initial", "win_rate"] - rates.loc["B vs initial", "win_rate"]
+    )
+    assert set(result.by_principle["principle_id"]) == {"neutral"}
+    assert set(result.by_category["label"]) == {"harmful", "benign"}
+    over = result.over_refusal
+    assert set(over["answers"]) == {"A final", "B final", "initial"} and (over["n"] == 1).all()
+
+    # the drill-down: both traces of a prompt, round by round, and what the judge said
+    key = result.prompts["key"].iloc[0]
+    found = ab_prompt(workspace, job.run_id, key)
+    assert [s["round"] for s in found.traces["a"]] == [0, 1] and [s["round"] for s in found.traces["b"]] == [0, 1]
+    assert found.traces["a"][1]["principle_id"] and set(found.judgments["comparison"]) == {
+        "A vs B",
+        "A vs initial",
+        "B vs initial",
+    }
+    # the same seeds: both generations start from the same initial answer
+    assert found.traces["a"][0]["response"] == found.traces["b"][0]["response"]
+    # the generations are ordinary SL-CAI runs: their traces are in the store under the A/B's name
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        assert {f"{job.run_id}-gen-a", f"{job.run_id}-gen-b"} <= set(store.runs(kind="generate")["run_id"])
+    assert [j.run_id for j in ab_runs(workspace, {a})] == [job.run_id]
+    # the same A/B again is the same run, already done: nothing runs twice
+    assert run_ab(tiny_ab(tiny_model_path, a, b), workspace).run_id == job.run_id
+    assert len(judge.read("ab_judgments")) == 2 * 3
+
+
+def test_a_third_constitution_judges_per_principle_and_no_version_judges_itself(
+    tiny_model_path, workspace, two_versions
+):
+    a, b = two_versions
+    with pytest.raises(ABError, match="constitution A: it would judge itself"):
+        prepare_ab_job(tiny_ab(tiny_model_path, a, b, judge_constitution=a), workspace)
+    with pytest.raises(ABError, match="same version"):
+        prepare_ab_job(tiny_ab(tiny_model_path, a, a), workspace)
+    with pytest.raises(KeyError, match="no constitution version 'nope'"):
+        prepare_ab_job(tiny_ab(tiny_model_path, a, "nope"), workspace)
+    hhh = PROJECT_ROOT / "constitutions" / "hhh.yaml"
+    job = run_ab(tiny_ab(tiny_model_path, a, b, judge_constitution=str(hhh), sets=["red-team"]), workspace)
+    assert job.progress().status == "done", job.progress().message
+    result = ab_result(workspace, job.run_id)
+    judges = {p.id for p in load_constitution(hhh).enabled_principles}
+    assert set(result.by_principle["principle_id"]) == judges
+    assert result.over_refusal.empty  # no benign prompts were asked
+
+
+def test_a_killed_ab_resumes_without_doing_anything_twice(tiny_model_path, workspace, two_versions):
+    a, b = two_versions
+    config = tiny_ab(tiny_model_path, a, b)
+    job = prepare_ab_job(config, workspace)
+    script = (
+        "from pathlib import Path\n"
+        "from cai_core.ab import ABConfig, run_ab\n"
+        "from cai_core.workspace import Workspace\n"
+        f"run_ab(ABConfig(**{config.__dict__!r}), Workspace(Path({str(workspace.root)!r})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    gen_b = JobFolder(workspace.runs_dir / f"{job.run_id}-gen-b")
+    deadline = time.time() + 300
+    while not (gen_b.path / "run.json").exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.1)
+    assert child.poll() is None, "the A/B ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    gen_a = JobFolder(workspace.runs_dir / f"{job.run_id}-gen-a")
+    assert gen_a.progress().status == "done"
+    steps_before = gen_a.records_path("trace_steps").read_bytes()
+    assert run_ab(config, workspace).progress().status == "done"
+    assert gen_a.records_path("trace_steps").read_bytes() == steps_before  # A's generation did not run again
+    judged = [
+        (j["pair_id"], j["principle_id"])
+        for j in JobFolder(job.path.parent / f"{job.run_id}-judge").read("ab_judgments")
+    ]
+    assert len(judged) == len(set(judged)) == 2 * 3
+    stages = [row["run_id"] for row in job.read("ab_stages")]
+    assert len(stages) == len(set(stages)) == 3
+
+
+def test_a_cancelled_ab_stops_its_running_stage_and_resumes(tiny_model_path, workspace, two_versions):
+    a, b = two_versions
+    config = tiny_ab(tiny_model_path, a, b)
+
+    def cancel_during_b(stage, status):
+        if stage.side == "b" and status == "running":
+            JobFolder(workspace.runs_dir / prepare_ab_job(config, workspace).run_id).request_cancel()
+
+    job = run_ab(config, workspace, on_stage=cancel_during_b)
+    assert job.progress().status == "cancelled"
+    assert not (workspace.runs_dir / f"{job.run_id}-judge").exists()  # nothing after B's generation ran
+    assert run_ab(config, workspace).progress().status == "done"
+
+
+def test_the_cli_runs_an_ab_of_two_files_and_prints_its_paired_result(tiny_model_path, workspace, tmp_path, capsys):
+    from cai_core.cli import main as cai
+
+    first = load_constitution(RED_TEAM)
+    second = first.model_copy(update={"principles": first.principles[:1]})
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    save_constitution(first, a)
+    save_constitution(second, b)
+    data = ["--data-dir", str(workspace.root)]
+    flags = ["--limit", "1", "--rounds", "1", "--max-new-tokens", "8", "--model", tiny_model_path]
+    assert cai([*data, "constitution", "ab", str(a), str(b), *flags, "--judge", tiny_model_path]) == 0
+    out = capsys.readouterr().out
+    assert "paired win rates" in out and "A vs initial" in out and DIFFERENCE in out and "over-refusal" in out
+    [job] = ab_runs(workspace)
+    assert cai([*data, "constitution", "ab-show", job.run_id, "--prompt", "benign/benign-01"]) == 0
+    out = capsys.readouterr().out
+    assert "## constitution A" in out and "## constitution B" in out and "A vs B" in out
+    assert cai([*data, "constitution", "ab", str(a), str(a), *flags]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
