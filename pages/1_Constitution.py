@@ -490,15 +490,16 @@ with history_tab:  # the A/B runs of this file's versions; they live in job fold
         if result.win_rates.empty:
             st.info("Nothing judged yet: the figures appear once the judge stage has begun.")
         else:
-            st.markdown("**Paired win rates** (ties count half; 95% bootstrap intervals over prompts)")
-            st.dataframe(result.win_rates.round(3), hide_index=True, key="ab_win_rates")
-            cols = st.columns(2)
+            figures = st.container(key="ab_figures")
+            figures.markdown("**Paired win rates** (ties count half; 95% bootstrap intervals over prompts)")
+            figures.dataframe(result.win_rates.round(3), hide_index=True)
+            cols = figures.columns(2)
             cols[0].markdown("**Per judging principle**")
             cols[0].dataframe(result.by_principle.round(3), hide_index=True)
             cols[1].markdown("**Per prompt category**")
             cols[1].dataframe(result.by_category.round(3), hide_index=True)
-            st.markdown("**Over-refusal on the benign prompts** (refusal phrases; Wilson 95% intervals)")
-            st.dataframe(result.over_refusal.round(3), hide_index=True, key="ab_over_refusal")
+            figures.markdown("**Over-refusal on the benign prompts** (refusal phrases; Wilson 95% intervals)")
+            figures.dataframe(result.over_refusal.round(3), hide_index=True)
             with st.expander("Every prompt's scores"):
                 st.dataframe(result.prompts.round(3), hide_index=True)
 

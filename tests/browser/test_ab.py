@@ -73,8 +73,9 @@ def test_an_ab_launched_from_the_history_shows_its_paired_result(page, ab_app: A
     # the job is a separate process: the panel follows it, then the page shows the paired figures
     expect(page.get_by_text("Paired win rates")).to_be_visible(timeout=240_000)
     expect(page.get_by_text(f"{run_id} · ab")).to_be_visible()
-    expect(page.locator(".st-key-ab_win_rates")).to_be_visible()
-    expect(page.locator(".st-key-ab_over_refusal")).to_be_visible()
+    # win rates, per principle, per category, over-refusal
+    expect(page.locator(".st-key-ab_figures [data-testid=stDataFrame]")).to_have_count(4)
+    expect(page.get_by_text("Over-refusal on the benign prompts")).to_be_visible()
     expect(page.get_by_text("Constitution A", exact=True)).to_be_visible()
     expect(page.get_by_text("Constitution B", exact=True)).to_be_visible()
     expect(page.get_by_text(f"A: {shipped.name} · version {shipped.version}")).to_be_visible()
