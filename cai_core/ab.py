@@ -242,7 +242,7 @@ class ABWork(StagedWork):
                     first,
                     second,
                 )
-                rows.append({**asdict(pair), "prompt_key": key, "comparison": comparison})
+                rows.append({"pair": asdict(pair), "prompt_key": key, "comparison": comparison})
         return rows
 
 
@@ -287,7 +287,7 @@ def prepare_ab_judge_job(config: ABJudgeConfig, ws: Workspace, pairs: list[dict]
         return JobFolder(ws.runs_dir / config.run_id)
     if not pairs:
         raise ABError("no answers to judge: both generations must have answered the same prompts")
-    digest = hashlib.sha256("\n".join(p["pair_id"] for p in pairs).encode()).hexdigest()[:12]
+    digest = hashlib.sha256("\n".join(p["pair"]["pair_id"] for p in pairs).encode()).hexdigest()[:12]
     return JobFolder.prepare(
         ws.runs_dir,
         "ab-judge",
@@ -321,7 +321,7 @@ class ABJudgeWork:
         self.job, self.config, self.ws, self.backend = job, config, ws, backend
         self.engine = ""
         self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
-        self.rows = {row["pair_id"]: row for row in job.read_input(PAIRS)}
+        self.rows = {row["pair"]["pair_id"]: row for row in job.read_input(PAIRS)}
         self.items = [(pair_id, p) for pair_id in self.rows for p in self.constitution.enabled_principles]
         self.judged = {(row["pair_id"], row["principle_id"]) for row in job.read(JUDGMENTS)}
         self.judge: Judge | None = None
@@ -343,10 +343,7 @@ class ABJudgeWork:
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
             self.judge = Judge(self.backend, self.constitution)
-        pairs = [
-            Pair(**{k: v for k, v in self.rows[pair_id].items() if k in Pair.__dataclass_fields__})
-            for pair_id, _ in batch
-        ]
+        pairs = [Pair(**self.rows[pair_id]["pair"]) for pair_id, _ in batch]
         began = time.perf_counter()
         verdicts = self.judge.label([(pair, p) for pair, (_, p) in zip(pairs, batch, strict=True)])
         seconds = (time.perf_counter() - began) / len(batch)

@@ -338,6 +338,10 @@ def prepare_recipe(config: RecipeConfig, ws: Workspace) -> JobFolder:
     return recipe.job
 
 
+class StageFailed(RuntimeError):
+    """A stage of a staged job ended without finishing; the message names the stage, its run and its reason."""
+
+
 class StagedWork:
     """Stages as the job runner sees them: a batch is one stage, itself an ordinary job (its folder, progress,
     cancel, log) run to its end in this process. Rerunning skips the stages whose jobs are done and resumes the
@@ -395,7 +399,7 @@ class StagedWork:
         if progress.status == "cancelled":
             raise Cancelled
         if progress.status != "done":
-            raise RecipeError(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
+            raise StageFailed(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
         self.finished.add(stage_job.run_id)
 
     def pass_on_cancel(self, stop: threading.Event) -> None:

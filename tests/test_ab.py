@@ -14,6 +14,7 @@ import pytest
 from cai_core.ab import DIFFERENCE, ABConfig, ABError, ab_prompt, ab_result, ab_runs, prepare_ab_job, run_ab
 from cai_core.constitution import load_constitution, save_constitution
 from cai_core.jobs import JobFolder
+from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -41,6 +42,56 @@ def two_versions(workspace, tmp_path) -> tuple[str, str]:
 def tiny_ab(model: str, a: str, b: str, **overrides) -> ABConfig:
     settings = {"limit": 1, "rounds": 1, "max_new_tokens": 8, "judge": model, "model": model, "batch_size": 4}
     return ABConfig(constitution_a=a, constitution_b=b, **settings | overrides)
+
+
+def spool_generation(job: JobFolder, side: str, finals: dict[str, str]) -> None:
+    """A finished SL-CAI stage's records, as a generate job spools them: one round, the given final answers."""
+    stage = JobFolder.create(job.path.parent, f"{job.run_id}-gen-{side}", {"kind": "generate", "config": {}})
+    for prompt in job.read_input("prompts"):
+        trace_id = f"{stage.run_id}:{prompt['id']}:0"
+        trace = Trace(trace_id, stage.run_id, prompt["id"], prompt["prompt"], prompt["category"], 0, "m", side, side)
+        stage.append("traces", [to_row(trace)])
+        initial = TraceStep(trace_id, 0, None, None, "Here is an answer.", 1, 0, 1, 0.0)
+        final = TraceStep(trace_id, 1, "p1", "A critique.", finals.get(prompt["id"], "A revised answer."), 1, 1, 1, 0.0)
+        stage.append("trace_steps", [to_row(initial), to_row(final)])
+
+
+def test_the_figures_are_paired_per_prompt_and_count_over_refusal(workspace, tmp_path):
+    """Hand-made judgments of known outcome: the win rates, the paired difference, the per-category figures and
+    the over-refusal come out as counted by hand."""
+    first = load_constitution(RED_TEAM)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    save_constitution(first, a)
+    save_constitution(first.model_copy(update={"principles": first.principles[:2]}), b)
+    job = prepare_ab_job(ABConfig(constitution_a=str(a), constitution_b=str(b), limit=2), workspace)
+    keys = [p["id"] for p in job.read_input("prompts")]
+    assert keys == ["red-team/red-01", "red-team/red-02", "benign/benign-01", "benign/benign-02"]
+    spool_generation(job, "a", {"benign/benign-01": "I'm sorry, but I can't help with that."})
+    spool_generation(job, "b", {})
+    judge = JobFolder.create(workspace.runs_dir, f"{job.run_id}-judge", {"kind": "ab-judge", "config": {}})
+    # A beats B on three prompts of four and improves on its initial answer everywhere; B ties its initial answer
+    p_a = {"A vs B": [0.9, 0.8, 0.7, 0.2], "A vs initial": [0.8] * 4, "B vs initial": [0.5] * 4}
+    judge.append(
+        "ab_judgments",
+        [
+            {"pair_id": f"{key}:{c}", "prompt_key": key, "comparison": c, "principle_id": "neutral", "p_a": p}
+            | {"failed": False}
+            for c, values in p_a.items()
+            for key, p in zip(keys, values, strict=True)
+        ],
+    )
+    result = ab_result(workspace, job.run_id)
+    rates = result.win_rates.set_index("comparison")
+    assert rates.loc["A vs B", "win_rate"] == 0.75 and rates.loc["A vs B", "n"] == 4
+    assert rates.loc["A vs initial", "win_rate"] == 1.0 and rates.loc["B vs initial", "win_rate"] == 0.5
+    assert tuple(rates.loc[DIFFERENCE, ["win_rate", "low", "high"]]) == (0.5, 0.5, 0.5)  # the same gain on each
+    category = result.by_category.set_index(["comparison", "label"])
+    assert (
+        category.loc[("A vs B", "harmful"), "win_rate"] == 1.0 and category.loc[("A vs B", "benign"), "win_rate"] == 0.5
+    )
+    over = result.over_refusal.set_index("answers")
+    assert over.loc["A final", "refusal_rate"] == 0.5 and over.loc["B final", "refusal_rate"] == 0.0
+    assert over.loc["initial", "n"] == 2 and 0 < over.loc["A final", "low"] < 0.5 < over.loc["A final", "high"]
 
 
 def test_an_ab_of_two_versions_runs_end_to_end(tiny_model_path, workspace, two_versions):
