@@ -407,7 +407,8 @@ class StagedWork:
         batch boundary as it would on its own cancel, and keeps what it has done."""
         while not stop.wait(0.5):
             running = self.running
-            if running is not None and self.job.cancel_requested():
+            # a stage's folder is made as it starts: until then there is nowhere to ask it to stop
+            if running is not None and running.path.is_dir() and self.job.cancel_requested():
                 running.request_cancel()
 
     def run(self, on_progress: Callable[[int, int], None] | None = None) -> JobFolder:

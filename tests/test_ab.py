@@ -11,7 +11,18 @@ import time
 
 import pytest
 
-from cai_core.ab import DIFFERENCE, ABConfig, ABError, ab_prompt, ab_result, ab_runs, prepare_ab_job, run_ab
+from cai_core.ab import (
+    DIFFERENCE,
+    STAGES,
+    ABConfig,
+    ABError,
+    ABWork,
+    ab_prompt,
+    ab_result,
+    ab_runs,
+    prepare_ab_job,
+    run_ab,
+)
 from cai_core.constitution import load_constitution, save_constitution
 from cai_core.jobs import JobFolder
 from cai_core.records import Trace, TraceStep, to_row
@@ -204,6 +215,28 @@ def test_a_cancelled_ab_stops_its_running_stage_and_resumes(tiny_model_path, wor
     assert job.progress().status == "cancelled"
     assert not (workspace.runs_dir / f"{job.run_id}-judge").exists()  # nothing after B's generation ran
     assert run_ab(config, workspace).progress().status == "done"
+
+
+def test_a_cancel_waits_for_the_running_stage_to_have_a_folder(workspace, two_versions):
+    """A cancel made before the running stage has made its folder is passed on once the folder exists; the watcher
+    does not die on the missing folder (it did: a later cancel then never reached the stage)."""
+    import threading
+
+    job = prepare_ab_job(ABConfig(constitution_a=two_versions[0], constitution_b=two_versions[1]), workspace)
+    work = ABWork(job, ABConfig(**job.spec["config"]), workspace)
+    work.running = stage = work.stage_job(STAGES[0])
+    job.request_cancel()
+    stop = threading.Event()
+    watcher = threading.Thread(target=work.pass_on_cancel, args=(stop,), daemon=True)
+    watcher.start()
+    time.sleep(1.2)
+    assert watcher.is_alive() and not stage.path.exists()
+    stage.path.mkdir()
+    deadline = time.time() + 5
+    while not stage.cancel_requested() and time.time() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    assert stage.cancel_requested()
 
 
 def test_the_cli_runs_an_ab_of_two_files_and_prints_its_paired_result(tiny_model_path, workspace, tmp_path, capsys):
