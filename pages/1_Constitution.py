@@ -491,7 +491,10 @@ with history_tab:  # the A/B runs of this file's versions; they live in job fold
             st.info("Nothing judged yet: the figures appear once the judge stage has begun.")
         else:
             figures = st.container(key="ab_figures")
-            figures.markdown("**Paired win rates** (ties count half; 95% bootstrap intervals over prompts)")
+            figures.markdown(
+                "**Paired win rates** (ties count half; 95% bootstrap intervals over prompts). The last row is A's "
+                "gain over its initial answer minus B's, prompt by prompt (from -1 to 1)."
+            )
             figures.dataframe(result.win_rates.round(3), hide_index=True)
             cols = figures.columns(2)
             cols[0].markdown("**Per judging principle**")

@@ -111,7 +111,8 @@ def _print_result(ws: Workspace, run_id: str) -> None:
     for side in ("a", "b", "judge"):
         print(f"{side:>5}: {result.names[side]} (version {result.versions[side]})")
     sections = {
-        "paired win rates (ties count half; 95% bootstrap intervals over prompts)": result.win_rates,
+        "paired win rates (ties count half; 95% bootstrap intervals over prompts; the last row: A's gain over its "
+        "initial answer minus B's, prompt by prompt, from -1 to 1)": result.win_rates,
         "per judging principle": result.by_principle,
         "per prompt category": result.by_category,
         "refusals by phrase (benign: over-refusal; Wilson 95% intervals)": result.refusals,
