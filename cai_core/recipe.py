@@ -338,19 +338,34 @@ def prepare_recipe(config: RecipeConfig, ws: Workspace) -> JobFolder:
     return recipe.job
 
 
-class RecipeWork:
-    """The recipe as the job runner sees it: a batch is one stage, run to its end in this process. A stage that
-    ends cancelled ends the recipe cancelled; one that fails ends it failed, with the stage's reason."""
+class StageFailed(RuntimeError):
+    """A stage of a staged job ended without finishing; the message names the stage, its run and its reason."""
+
+
+class StagedWork:
+    """Stages as the job runner sees them: a batch is one stage, itself an ordinary job (its folder, progress,
+    cancel, log) run to its end in this process. Rerunning skips the stages whose jobs are done and resumes the
+    one that stopped; a stage that ends cancelled ends the whole job cancelled, one that fails ends it failed with
+    the stage's reason. The recipe is one; the constitution A/B (`ab.py`) another. A subclass gives `stage_job`,
+    `run_stage` and `stage_record` (the fields its spooled record of a finished stage adds)."""
 
     unit = "stage"
     engine = ""
+    table = "stages"  # where each finished stage is recorded, in the staged job's own folder
 
-    def __init__(self, recipe: Recipe, on_stage: Callable[[Stage, str], None] | None = None):
-        self.recipe, self.on_stage = recipe, on_stage
-        self.stages = plan(recipe.config)
-        records = recipe.job.read("recipe_stages")
-        self.finished = {row["run_id"] for row in records if row["status"] == "done"}
+    def __init__(self, job: JobFolder, stages: list, on_stage: Callable[[object, str], None] | None = None):
+        self.job, self.stages, self.on_stage = job, stages, on_stage
+        self.finished = {row["run_id"] for row in job.read(self.table) if row["status"] == "done"}
         self.running: JobFolder | None = None
+
+    def stage_job(self, stage) -> JobFolder:
+        raise NotImplementedError
+
+    def run_stage(self, stage) -> JobFolder:
+        raise NotImplementedError
+
+    def stage_record(self, stage) -> dict:
+        return {}
 
     def total(self) -> int:
         return len(self.stages)
@@ -359,14 +374,13 @@ class RecipeWork:
         return len(self.finished)
 
     def batches(self):
-        recipe_id = self.recipe.config.recipe_id
         for stage in self.stages:
-            if stage.run_id(recipe_id) not in self.finished:
+            if self.stage_job(stage).run_id not in self.finished:
                 yield stage
 
-    def step(self, stage: Stage) -> None:
-        stage_job = self.recipe.stage_job(stage)
-        if _done(stage_job):  # finished by a run of the recipe that was killed before it could say so
+    def step(self, stage) -> None:
+        stage_job = self.stage_job(stage)
+        if _done(stage_job):  # finished by a run that was killed before it could say so
             self.finished.add(stage_job.run_id)
             return
         if self.on_stage:
@@ -374,28 +388,58 @@ class RecipeWork:
         began = now()
         self.running = stage_job
         try:
-            stage_job = _run_stage(self.recipe, stage, self.recipe.build(stage))
+            stage_job = self.run_stage(stage)
         finally:
             self.running = None
         progress = stage_job.progress()
-        row = {"recipe_id": self.recipe.config.recipe_id, "iteration": stage.iteration, "arm": stage.arm}
-        row |= {"step": stage.step, "kind": stage.kind, "run_id": stage_job.run_id, "status": progress.status}
-        self.recipe.job.append("recipe_stages", [row | {"started_at": began, "ended_at": now()}])
+        row = self.stage_record(stage) | {"run_id": stage_job.run_id, "status": progress.status}
+        self.job.append(self.table, [row | {"started_at": began, "ended_at": now()}])
         if self.on_stage:
             self.on_stage(stage, progress.status)
         if progress.status == "cancelled":
             raise Cancelled
         if progress.status != "done":
-            raise RecipeError(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
+            raise StageFailed(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
         self.finished.add(stage_job.run_id)
 
     def pass_on_cancel(self, stop: threading.Event) -> None:
-        """Watch the recipe's cancel file and put one in the running stage's folder: the stage stops at its next
+        """Watch the job's cancel file and put one in the running stage's folder: the stage stops at its next
         batch boundary as it would on its own cancel, and keeps what it has done."""
         while not stop.wait(0.5):
             running = self.running
-            if running is not None and self.recipe.job.cancel_requested():
+            # a stage's folder is made as it starts: until then there is nowhere to ask it to stop
+            if running is not None and running.path.is_dir() and self.job.cancel_requested():
                 running.request_cancel()
+
+    def run(self, on_progress: Callable[[int, int], None] | None = None) -> JobFolder:
+        """Run (or resume) every stage through the one job runner, passing a cancel on to the running stage."""
+        stop = threading.Event()
+        watcher = threading.Thread(target=self.pass_on_cancel, args=(stop,), daemon=True)
+        watcher.start()
+        try:
+            return run_job(self.job, lambda: self, on_progress=on_progress)
+        finally:
+            stop.set()
+
+
+class RecipeWork(StagedWork):
+    """The recipe's stages, in the order `plan` gives them."""
+
+    table = "recipe_stages"
+
+    def __init__(self, recipe: Recipe, on_stage: Callable[[Stage, str], None] | None = None):
+        self.recipe = recipe
+        super().__init__(recipe.job, plan(recipe.config), on_stage)
+
+    def stage_job(self, stage: Stage) -> JobFolder:
+        return self.recipe.stage_job(stage)
+
+    def run_stage(self, stage: Stage) -> JobFolder:
+        return _run_stage(self.recipe, stage, self.recipe.build(stage))
+
+    def stage_record(self, stage: Stage) -> dict:
+        row = {"recipe_id": self.recipe.config.recipe_id, "iteration": stage.iteration, "arm": stage.arm}
+        return row | {"step": stage.step, "kind": stage.kind}
 
 
 def run_recipe(
@@ -408,15 +452,7 @@ def run_recipe(
     """Run (or resume) the recipe to its end, a cancel or a failure, through the one job runner; returns the
     recipe's folder. Raises what ended a failed stage, as every job does."""
     prepare_recipe(config, ws)
-    recipe = Recipe(config, ws)
-    work = RecipeWork(recipe, on_stage)
-    stop = threading.Event()
-    watcher = threading.Thread(target=work.pass_on_cancel, args=(stop,), daemon=True)
-    watcher.start()
-    try:
-        return run_job(recipe.job, lambda: work, on_progress=on_progress)
-    finally:
-        stop.set()
+    return RecipeWork(Recipe(config, ws), on_stage).run(on_progress)
 
 
 def _done(job: JobFolder) -> bool:

@@ -1,13 +1,16 @@
-"""`cai constitution validate|show|diff|save|history|restore`."""
+"""`cai constitution validate|show|diff|save|history|restore|ab|ab-show`."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
+from ..ab import ABConfig, ab_prompt, ab_result, prepare_ab_job
 from ..constitution import diff_constitutions, load_constitution, parse_constitution, save_constitution
 from ..store import Store
 from ..workspace import Workspace
+from .flags import add_dataclass_arguments, config_from_args
 
 
 def cmd_constitution_validate(args, ws: Workspace) -> int:
@@ -71,6 +74,54 @@ def cmd_constitution_restore(args, ws: Workspace) -> int:
     return 0
 
 
+def cmd_constitution_ab(args, ws: Workspace) -> int:
+    """Run an A/B of two constitutions (files or version hashes) here, or detached with --background; then its
+    figures."""
+    from .jobs import launch, run_here
+
+    config = config_from_args(ABConfig, args)
+    job = prepare_ab_job(config, ws)
+    if args.background:
+        return launch(job, ws)
+    code = run_here("ab", dataclasses.replace(config, run_id=job.run_id), ws)
+    if code == 0:
+        _print_result(ws, job.run_id)
+    return code
+
+
+def cmd_constitution_ab_show(args, ws: Workspace) -> int:
+    if args.prompt:
+        found = ab_prompt(ws, args.run_id, args.prompt)
+        print(f"# {found.key} ({found.label}, {found.category})\n{found.prompt}")
+        for side, steps in found.traces.items():
+            print(f"\n## constitution {side.upper()}")
+            for step in steps:
+                if step["round"]:
+                    print(f"-- round {step['round']} · {step['principle_id']}\ncritique: {step['critique']}")
+                print(f"{'initial' if step['round'] == 0 else 'revision'}: {step['response']}")
+        print()
+        print(found.judgments.to_string(index=False) if not found.judgments.empty else "not judged yet")
+        return 0
+    _print_result(ws, args.run_id)
+    return 0
+
+
+def _print_result(ws: Workspace, run_id: str) -> None:
+    result = ab_result(ws, run_id)
+    for side in ("a", "b", "judge"):
+        print(f"{side:>5}: {result.names[side]} (version {result.versions[side]})")
+    sections = {
+        "paired win rates (ties count half; 95% bootstrap intervals over prompts; the last row: A's gain over its "
+        "initial answer minus B's, prompt by prompt, from -1 to 1)": result.win_rates,
+        "per judging principle": result.by_principle,
+        "per prompt category": result.by_category,
+        "refusals by phrase (benign: over-refusal; Wilson 95% intervals)": result.refusals,
+    }
+    for title, frame in sections.items():
+        print(f"\n{title}")
+        print(frame.round(3).to_string(index=False) if not frame.empty else "  (nothing judged yet)")
+
+
 def _when(timestamp: float) -> str:
     import datetime
 
@@ -102,3 +153,17 @@ def add_parsers(sub) -> None:
     p.add_argument("file")
     p.add_argument("version")
     p.set_defaults(func=cmd_constitution_restore)
+    p = con_sub.add_parser(
+        "ab",
+        help="A/B: SL-CAI under two constitutions (files or version hashes) on the same prompts and seeds, judged "
+        "by a neutral question or a third constitution; paired win rates, per principle and category, refusals.",
+    )
+    p.add_argument("constitution_a", help="Constitution A: a file, or a version hash from `cai constitution history`.")
+    p.add_argument("constitution_b", help="Constitution B: a file, or a version hash.")
+    add_dataclass_arguments(p, ABConfig, skip=("constitution_a", "constitution_b"))
+    p.add_argument("--background", action="store_true", help="Start it detached and return at once.")
+    p.set_defaults(func=cmd_constitution_ab)
+    p = con_sub.add_parser("ab-show", help="An A/B's figures, or with --prompt KEY both traces of one prompt.")
+    p.add_argument("run_id")
+    p.add_argument("--prompt", help="A prompt key (e.g. red-team/rt-01): both traces and the judgments.")
+    p.set_defaults(func=cmd_constitution_ab_show)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..ab import ABConfig, ABJudgeConfig, prepare_ab_job, prepare_ab_judge_job, run_ab, run_ab_judging
 from ..critique import GenerateConfig, prepare_job, run_generation
 from ..evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
 from ..feedback import LabelConfig, prepare_label_job, run_labelling
@@ -39,6 +40,8 @@ JOB_KINDS = {
     "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation"),
     "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds"),
     "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe"),
+    "ab": JobKind(ABConfig, prepare_ab_job, run_ab, "constitution A/B"),
+    "ab-judge": JobKind(ABJudgeConfig, prepare_ab_judge_job, run_ab_judging, "A/B judge"),
 }
 
 
