@@ -308,7 +308,7 @@ def dashboard(
         found = stored[stored.calibration_id == calibration]
         if found.empty:
             raise ValueError(f"no calibration {calibration!r}: fit one with `cai calibrate --run-id RUN`")
-        judge_models, constitution_versions = found.judge_model.iloc[:1], found.constitution_version.iloc[:1]
+        judge_models, constitution_versions = [found.judge_model.iloc[0]], [found.constitution_version.iloc[0]]
     labels = LabelFilter(
         run_ids=(run_id,) if run_id is not None else tuple(run_ids or ()),
         principles=tuple(principles or ()),

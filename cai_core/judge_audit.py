@@ -489,7 +489,7 @@ def principle_audit(by_principle, revision_steps):
         if agree is not None and agree.high < 0.5 + 1e-9:
             findings.append("people read it the other way")
         elif agree is not None and THRESHOLDS["agreement with people"].grade(agree.low) == "poor":
-            findings.append("no better than chance with people")
+            findings.append("agreement with people not shown above chance")
         if effect is not None and effect.high < 0.5:
             findings.append("its revisions made answers worse")
         rows.append(

@@ -365,8 +365,20 @@ else:
         "The queue serves contested pairs first, so the plain mean of its labels over-represents hard pairs. The "
         "estimate weighs each labelled pair by 1/π, π being its chance to be among the first n served (sequential "
         "Poisson sampling on frozen contest scores, every pair with a floor weight), which makes it unbiased for "
-        "the whole pool (the Hajek estimator; interval from its linearised variance)."
+        "the whole pool (the Hajek estimator; interval from its linearised variance). The figures above count every "
+        "label alike, the queue's included."
     )
+    latest_estimate = tightening.iloc[-1]
+    cols = st.columns(3)
+    cols[0].metric(
+        "Queue agreement, reweighted",
+        shown(latest_estimate.estimate),
+        f"95% [{latest_estimate.low:.2f}, {latest_estimate.high:.2f}]",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    cols[1].metric("Plain mean (biased)", shown(latest_estimate.plain_mean))
+    cols[2].metric("Pairs labelled from the queue", int(latest_estimate.labelled_pairs))
     chart = go.Figure()
     chart.add_trace(
         go.Scatter(

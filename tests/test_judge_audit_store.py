@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cai_core import cli
 from cai_core.agreement import dashboard
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution
@@ -17,7 +18,9 @@ from cai_core.exports import preference_rows
 from cai_core.feedback import Judge, LabelConfig, run_labelling
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import (
-    CONTENT_FREE,
+    CALIBRATION_STAGES,
+    JudgeCalibration,
+    PlattScaling,
     calibrate_run,
     contest_score,
     measure_priors,
@@ -63,7 +66,6 @@ def test_a_calibration_is_fitted_with_the_real_judge_stored_and_applied_by_the_d
         direct = measure_priors(Judge(tiny, constitution), constitution.enabled_principles)
         assert calibration.priors == pytest.approx(direct)
         assert set(calibration.priors) == {p.id for p in constitution.enabled_principles}
-        assert len(CONTENT_FREE) ** 2 * len(constitution.enabled_principles) > 0
         report = calibration.report
         assert report["n_fit"] + report["n_held_out"] == 40 * len(constitution.enabled_principles)
         assert set(report["before"]) == {"agreement", "ece", "swap_consistency"}
@@ -213,3 +215,50 @@ def test_the_principle_audit_reads_agreement_position_flips_and_revision_effects
     assert audit.loc["harm", "finding"] == "fine"
     for finding in ("flips under swap", "favours a position", "people read it the other way", "made answers worse"):
         assert finding in audit.loc["tone", "finding"]
+
+
+def test_a_stored_calibration_reads_the_same_in_sql_as_in_python_on_every_door(workspace, capsys):
+    rng = np.random.default_rng(5)
+    probabilities = [(float(a), float(b)) for a, b in rng.uniform(0.05, 0.95, (30, 2))]
+    load_label_run(workspace, "run-s", probabilities[:15], "harm")
+    rows = [
+        to_row(
+            AILabel(
+                "run-s", f"p{i:03d}", "tone", "j", "v1", "sample", "logprob", False, 0, a, b, (a + 1 - b) / 2, False
+            )
+        )
+        for i, (a, b) in enumerate(probabilities)
+        if i >= 15
+    ]
+    JobFolder(workspace.runs_dir / "run-s").append("ai_labels", rows)
+    calibration = JudgeCalibration({"harm": (0.8, 0.7)}, PlattScaling(0.6, -0.2), {})  # "tone": no prior measured
+    report = {s: {"agreement": 0.5, "ece": 0.1, "swap_consistency": 0.2} for s in CALIBRATION_STAGES}
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs(30))
+        store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "ab"[i % 2], False, "") for i in range(30)])
+        store.ingest(workspace.runs_dir)
+        store.save_calibration(
+            "cal-hand",
+            run_id="run-s",
+            judge_model="j",
+            constitution_version="v1",
+            slope=0.6,
+            bias=-0.2,
+            report=report | {"n_fit": 20, "n_held_out": 10},
+            priors=calibration.priors,
+        )
+        exported = store.pair_preferences("run-s", calibration_id="cal-hand").set_index("pair_id")
+    p1, p2 = np.array(probabilities).T
+    q1, q2 = calibration.apply(p1, p2, ["harm"] * 15 + ["tone"] * 15)
+    expected = (q1 + 1 - q2) / 2
+    assert exported.loc[[f"p{i:03d}" for i in range(30)], "p"].to_numpy() == pytest.approx(expected, abs=1e-9)
+
+    assert cli.main(["--data-dir", str(workspace.root), "calibrate", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "cal-hand  judge j" in listed and "contextual" in listed and "10 held-out" in listed
+    assert (
+        cli.main(["--data-dir", str(workspace.root), "agreement", "--calibration", "cal-hand", "--by", "principle"])
+        == 0
+    )
+    shown = capsys.readouterr().out
+    assert "through calibration cal-hand" in shown and "per-principle audit" in shown and "tone" in shown

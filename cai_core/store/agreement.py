@@ -56,8 +56,9 @@ def _literal(value: str) -> str:
 
 
 def _logit(p: str) -> str:
-    clipped = f"greatest(least({p}, 1 - 1e-6), 1e-6)"
-    return f"ln({clipped} / (1 - {clipped}))"
+    # greatest and least skip NULLs: a failed label's missing probability must stay missing
+    clipped = f"CASE WHEN {p} IS NOT NULL THEN greatest(least({p}, 1 - 1e-6), 1e-6) END"
+    return f"ln(({clipped}) / (1 - ({clipped})))"
 
 
 def ai_labels_table(calibration_id: str | None) -> str:
@@ -68,7 +69,7 @@ def ai_labels_table(calibration_id: str | None) -> str:
         return "ai_labels"
     fixed = {
         order: f"1 / (1 + exp(-(k.slope * ({_logit(f'l.p_order{order}')} - "
-        f"coalesce({_logit(f'c.prior_order{order}')}, 0)) + k.bias)))"
+        f"{_logit(f'coalesce(c.prior_order{order}, 0.5)')}) + k.bias)))"
         for order in (1, 2)
     }
     return f"""(SELECT l.* REPLACE ({fixed[1]} AS p_order1, {fixed[2]} AS p_order2,
