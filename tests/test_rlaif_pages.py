@@ -337,20 +337,21 @@ def test_disagreement_first_mode_serves_contested_pairs_first_and_the_agreement_
     at.text_input(key="annotator").set_value("ann").run()
     at.radio(key="queue_mode").set_value("contested").run()
     assert not at.exception and at.selectbox(key="queue_run").value == "run-1"
+    on_screen = current_pair(at)  # drawn in order when the name was typed: it stays until labelled
     with Store.open(ws) as store:
         full = {lb.pair_id for lb in store.human_labels(annotator="bo")}  # two labels already: not wanted again
-        expected = [p for p in store.queue_scores("run-1").pair_id if p not in full]
+        expected = [p for p in store.queue_scores("run-1").pair_id if p not in full | {on_screen}]
     served = []
-    for choice in ("a", "b", "a", "a", "b"):
+    for choice in ("a", "b", "a", "a", "b", "a"):
         served.append(current_pair(at))
         label_shown_pair(at, choice)
-    assert served == expected[:5]
+    assert served == [on_screen, *expected[:5]]
 
     at = open_page(AGREEMENT)
     assert any("1/π" in str(c.value) for c in at.caption)  # the reweighted estimate, and how it is reweighted
     assert len(at.get("plotly_chart")) == 5  # the four of the dashboard and the queue's estimate
     with Store.open(ws) as store:
-        assert list(queue_tightening(store, "run-1").labelled_pairs) == [1, 2, 3, 4, 5]
+        assert list(queue_tightening(store, "run-1").labelled_pairs) == [1, 2, 3, 4, 5]  # the five it served
 
 
 def test_a_calibration_is_fitted_from_the_page_and_its_before_and_after_shown(ws, tiny_model_path):
