@@ -16,6 +16,8 @@ Conventions:
 - Position: in each order the judge picks the first-shown option when its P("A") > 0.5. It is
   consistent when it picks the same response in both orders; the first-position rate is how often it
   picks whichever was shown first (0.5 is unbiased).
+- With a calibration (`judge_audit.calibrate_run`), every figure reads the labels through it, and only the
+  labels of the judge model and constitution version it was fitted for are selected.
 - Tables hold NaN where a figure is undefined (nothing to compare; kappa when both raters used a
   single class; alpha when no pair has two labels or everyone used one class).
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .judge_audit import JudgeFigures, Verdict, judge_verdict
+from .judge_audit import JudgeFigures, Verdict, judge_verdict, principle_audit
 from .store import LabelFilter, Store
 
 GROUPINGS = {
@@ -81,6 +83,7 @@ class Dashboard:
     disagreements: pd.DataFrame
     overall: pd.Series  # every figure of TABLE_COLUMNS pooled over the selected labels (each run's pair labels)
     verdict: Verdict  # is the judge, over these labels, an instrument to trust? (`judge_audit`)
+    principle_audit: pd.DataFrame  # per principle: agreement, position bias, flips, revision effect, finding
 
 
 def _run_filter(run_id: str | None) -> LabelFilter:
@@ -287,22 +290,31 @@ def dashboard(
     tie_band: float = 0.05,
     bins: int = 10,
     disagreement_limit: int = 50,
+    calibration: str | None = None,
 ) -> Dashboard:
     """Every figure, over the AI labels the filters select (all by default; `run_id` is `run_ids=[run_id]`).
     Each filter keeps the labels with any of its values, and an empty one keeps all. Confusion, reliability
     and `overall` pool whatever is selected: select one run to read one judge's calibration rather than a
-    mixture."""
+    mixture. `calibration`: a stored calibration's id, to read the labels through it (its judge model and
+    constitution version only)."""
     if not 0.0 <= tie_band < 0.5:
         raise ValueError(f"tie band {tie_band}: expected 0 <= band < 0.5")
     if bins < 1:
         raise ValueError(f"bins {bins}: expected at least 1")
     if run_id is not None and run_ids is not None:
         raise ValueError("pass run_id or run_ids, not both")
+    if calibration is not None:
+        stored = store.calibrations()
+        found = stored[stored.calibration_id == calibration]
+        if found.empty:
+            raise ValueError(f"no calibration {calibration!r}: fit one with `cai calibrate --run-id RUN`")
+        judge_models, constitution_versions = [found.judge_model.iloc[0]], [found.constitution_version.iloc[0]]
     labels = LabelFilter(
         run_ids=(run_id,) if run_id is not None else tuple(run_ids or ()),
         principles=tuple(principles or ()),
         judge_models=tuple(judge_models or ()),
         constitution_versions=tuple(constitution_versions or ()),
+        calibration_id=calibration,
     )
     store.count_human_labels()
     cells = store.agreement_cells(labels, tie_band, bins)
@@ -324,4 +336,5 @@ def dashboard(
         ),
         overall=pd.Series(_metrics(per_pair, bins), index=TABLE_COLUMNS, dtype=float),
         verdict=judge_verdict(judge_figures(per_pair, bins)),
+        principle_audit=principle_audit(tables["principle"], store.revision_steps()),
     )

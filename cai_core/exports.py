@@ -39,9 +39,10 @@ def export_rows(
     max_round: int | None = None,
     run_id: str | None = None,
     min_confidence: float = 0.0,
+    calibration: str | None = None,
 ) -> pd.DataFrame:
     if kind == "preferences":
-        return preference_rows(store, run_id=run_id, min_confidence=min_confidence)
+        return preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration)
     steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
     if kind == "pairs":
         # a revision identical to the first answer teaches a preference model nothing
@@ -64,16 +65,19 @@ def export_rows(
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
 
 
-def preference_rows(store: Store, *, run_id: str | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
+def preference_rows(
+    store: Store, *, run_id: str | None = None, min_confidence: float = 0.0, calibration: str | None = None
+) -> pd.DataFrame:
     """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
     or from people's labels (`run_id="human"`: P(a better) is the share of a among a/b labels). A pair
-    whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out."""
+    whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out. `calibration`: a
+    stored calibration's id (`cai calibrate`) to read the judge's labels through."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
     run_id = run_id or store.latest_label_run()
     if run_id is None:
         return pd.DataFrame(columns=["prompt", "chosen", "rejected", "soft_label", "confidence", "pair_id", "labels"])
-    rows = store.pair_preferences(run_id, min_confidence)
+    rows = store.pair_preferences(run_id, min_confidence, calibration)
     a_wins = rows.p > 0.5
     return pd.DataFrame(
         {

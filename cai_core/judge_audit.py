@@ -1,7 +1,8 @@
 """Is the AI judge an instrument worth trusting? A verdict, calibration, and where a person's label teaches most.
 
-The agreement dashboard measures the judge; this module judges the measurements. Everything here is arithmetic
-on arrays the store returns (one row per AI-labelled pair), so the page, the CLI and the tests share it.
+The agreement dashboard measures the judge; this module judges the measurements. Most of it is arithmetic on
+arrays the store returns (one row per AI-labelled pair), so the page, the CLI and the tests share it; the last
+section ties it to the store and the judge (`calibrate_run`, `score_queue`, `queue_estimates`).
 
 Probabilities follow `feedback.py`: in order 1 response a is shown first and `p1` = P("A"); in order 2 response b
 is shown first and `p2` = P("A"), the first-shown option again; the pair's label is p_a = (p1 + 1 - p2) / 2.
@@ -11,10 +12,13 @@ Three tools:
   people, Cohen's kappa and ECE, each with a 95% interval, the threshold it was held to and where that comes from.
 - Calibration: contextual calibration (Zhao et al. 2021) divides out the judge's prior for the first-shown
   option, measured per principle and order on content-free pairs; Platt scaling (a logistic fit on logit P)
-  is fitted on human-labelled pairs and reported on a held-out split.
+  is then fitted on human-labelled pairs; both are reported before and after on a held-out split, and stored
+  together as one calibration of a label run's judge and constitution version.
 - Disagreement-first annotation: pairs ordered by how contested their label is, drawn by sequential Poisson
   sampling so that the agreement measured on any prefix of the queue can be reweighted into an unbiased
   estimate (Hajek weights 1/pi), although the queue deliberately over-samples hard pairs.
+- `principle_audit`: per principle, agreement with people, position bias, flip rate and how much its SL-CAI
+  revisions lowered the judged harm, with what to rewrite.
 """
 
 from __future__ import annotations
@@ -297,17 +301,6 @@ def held_out(pair_ids: list[str], fraction: float = 0.3, salt: str = "calibratio
     return np.array([int(hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()[:8], 16) < cut for p in pair_ids])
 
 
-@dataclass(frozen=True)
-class CalibrationReport:
-    """Figures on the held-out human-labelled pairs, before and after a calibration."""
-
-    method: str
-    n_fit: int
-    n_held_out: int
-    before: dict[str, float | None]
-    after: dict[str, float | None]
-
-
 def ece(p_a: np.ndarray, people_chose_a: np.ndarray, bins: int = 10) -> float | None:
     p, y = np.asarray(p_a, dtype=float), np.asarray(people_chose_a, dtype=float)
     if not len(p):
@@ -335,42 +328,51 @@ def judge_figures(p1: np.ndarray, p2: np.ndarray, people_chose_a: np.ndarray) ->
     }
 
 
+CALIBRATION_STAGES = ("before", "contextual", "after")  # raw, priors divided out, then Platt on top
+
+
+@dataclass(frozen=True)
+class JudgeCalibration:
+    """The judge's prior for the first-shown option per principle (order 1, order 2), divided out first, then a
+    Platt fit; `report` holds each stage's figures (`judge_figures`) on the held-out pairs, and the split's sizes."""
+
+    priors: dict[str, tuple[float, float]]
+    platt: PlattScaling
+    report: dict
+
+    def apply(self, p1: np.ndarray, p2: np.ndarray, principle_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-order probabilities as this calibration reads them (a principle without a prior is not shifted)."""
+        prior1, prior2 = (np.array([self.priors.get(p, (0.5, 0.5))[k] for p in principle_ids]) for k in (0, 1))
+        return (
+            self.platt.apply(contextual_correction(p1, prior1)),
+            self.platt.apply(contextual_correction(p2, prior2)),
+        )
+
+
 def calibrate(
-    method: Literal["contextual", "platt"],
     pair_ids: list[str],
+    principle_ids: list[str],
     p1: np.ndarray,
     p2: np.ndarray,
     people_chose_a: np.ndarray,
-    *,
-    prior_order1: np.ndarray | None = None,
-    prior_order2: np.ndarray | None = None,
-) -> tuple[CalibrationReport, PlattScaling | None]:
-    """Fit (Platt) on the pairs `held_out` leaves in, then report before and after on the held-out ones.
-
-    Contextual calibration is fitted on content-free pairs instead (its priors, per pair's principle and order),
-    so it needs no human labels to fit; it is still reported on the held-out pairs, as Platt is. Platt is fitted on
-    each order's P(first shown), so that a bias for the first position is corrected in each order."""
+    priors: dict[str, tuple[float, float]],
+) -> JudgeCalibration:
+    """Divide out the priors (measured on content-free pairs, so fitted without human labels), fit Platt on the
+    pairs `held_out` leaves in, and report every stage on the held-out ones. Platt is fitted on each order's
+    P(first shown), so that what is left of a first-position bias is corrected in each order."""
     p1, p2, y = np.asarray(p1, float), np.asarray(p2, float), np.asarray(people_chose_a, float)
     test = held_out(pair_ids)
-    fitted: PlattScaling | None = None
-    if method == "contextual":
-        if prior_order1 is None or prior_order2 is None:
-            raise ValueError("contextual calibration needs the judge's priors on content-free pairs, per order")
-        new1 = contextual_correction(p1, prior_order1)
-        new2 = contextual_correction(p2, prior_order2)
-    else:
-        fit = ~test
-        # order 1 shows a first, so P(first) should predict "a"; order 2 shows b first, so it predicts "b"
-        fitted = PlattScaling.fit(np.concatenate([p1[fit], p2[fit]]), np.concatenate([y[fit], 1 - y[fit]]))
-        new1, new2 = fitted.apply(p1), fitted.apply(p2)
-    report = CalibrationReport(
-        method,
-        int((~test).sum()),
-        int(test.sum()),
-        judge_figures(p1[test], p2[test], y[test]),
-        judge_figures(new1[test], new2[test], y[test]),
-    )
-    return report, fitted
+    if not test.any() or test.all():
+        raise ValueError(f"{len(set(pair_ids))} human-labelled pair(s) are too few to keep some out for the report")
+    unfitted = JudgeCalibration(priors, PlattScaling(1.0, 0.0), {})
+    c1, c2 = unfitted.apply(p1, p2, principle_ids)
+    fit = ~test
+    # order 1 shows a first, so P(first) should predict "a"; order 2 shows b first, so it predicts "b"
+    platt = PlattScaling.fit(np.concatenate([c1[fit], c2[fit]]), np.concatenate([y[fit], 1 - y[fit]]))
+    stages = {"before": (p1, p2), "contextual": (c1, c2), "after": (platt.apply(c1), platt.apply(c2))}
+    report = {stage: judge_figures(q1[test], q2[test], y[test]) for stage, (q1, q2) in stages.items()}
+    report |= {"n_fit": int(fit.sum()), "n_held_out": int(test.sum())}
+    return JudgeCalibration(priors, platt, report)
 
 
 # --- disagreement-first annotation ---------------------------------------------------------------------------
@@ -402,13 +404,19 @@ def contest_score(
     return np.where(np.isnan(p_a), 1.0, np.clip(score, 0.0, 1.0))
 
 
-def queue_order(pair_ids: list[str], scores: np.ndarray, seed: str = "queue") -> list[str]:
+def queue_keys(pair_ids: list[str], scores: np.ndarray, seed: str = "queue") -> np.ndarray:
     """Sequential Poisson sampling (Ohlsson 1998): pair i gets a fixed uniform u_i (a hash of its id) and the
-    queue serves pairs by u_i / w_i, w_i = FLOOR + score. The first n served are then a sample of size n drawn
-    with inclusion probability pi_i ~= min(1, n w_i / sum w): contested pairs come first, yet every pair can."""
+    queue serves pairs by the key u_i / w_i, w_i = FLOOR + score. The first n served are then a sample of size n
+    drawn with inclusion probability pi_i ~= min(1, n w_i / sum w): contested pairs come first, yet every pair
+    can."""
     weights = FLOOR + np.asarray(scores, float)
     u = np.array([(int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:12], 16) + 0.5) / 16**12 for p in pair_ids])
-    return [pair_ids[i] for i in np.argsort(u / weights, kind="stable")]
+    return u / weights
+
+
+def queue_order(pair_ids: list[str], scores: np.ndarray, seed: str = "queue") -> list[str]:
+    """The pairs in the order the disagreement-first queue serves them (`queue_keys`, smallest first)."""
+    return [pair_ids[i] for i in np.argsort(queue_keys(pair_ids, scores, seed), kind="stable")]
 
 
 def inclusion_probabilities(weights: np.ndarray, n: int) -> np.ndarray:
@@ -440,3 +448,197 @@ def reweighted_agreement(agrees: np.ndarray, labelled: np.ndarray, scores: np.nd
     estimate = float((agrees * inv).sum() / inv.sum())
     se = math.sqrt(float((((agrees - estimate) * inv) ** 2).sum())) / inv.sum()
     return Estimate(estimate, max(0.0, estimate - Z95 * se), min(1.0, estimate + Z95 * se), len(agrees))
+
+
+def queue_estimates(agrees: np.ndarray, labelled: np.ndarray, scores: np.ndarray) -> list[Estimate]:
+    """How the reweighted estimate tightens as labels come in: the estimate after the first k labelled pairs,
+    for every k, in the order they were served."""
+    agrees, labelled = np.asarray(agrees, float), np.asarray(labelled)
+    return [reweighted_agreement(agrees[:k], labelled[:k], scores) for k in range(1, len(agrees) + 1)]
+
+
+# --- per-principle audit -------------------------------------------------------------------------------------
+
+
+def principle_audit(by_principle, revision_steps):
+    """Per principle: agreement with people (with its Wilson interval), position bias (the first-position rate's
+    distance from 0.5), flip rate (how often its choice changes when the answers swap places), and how much its
+    SL-CAI revisions lowered the judged harm (mean P(revision better than the answer before it), from `cai eval
+    rounds`; 0.5 is no change). `finding` names the worst of these against the verdict's thresholds: the
+    principles to rewrite first."""
+    import pandas as pd
+
+    from .evaluation import principle_effects
+
+    effects = principle_effects(revision_steps, resamples=200) if len(revision_steps) else None
+    rows = []
+    for row in by_principle.itertuples(index=False):
+        n = 0 if pd.isna(row.labels_no_ties) else int(row.labels_no_ties)
+        agree = wilson(round(row.agreement * n), n) if n and not pd.isna(row.agreement) else None
+        first = None if pd.isna(row.first_position_rate) else float(row.first_position_rate)
+        flips = None if pd.isna(row.position_consistency) else 1.0 - float(row.position_consistency)
+        effect = None
+        if effects is not None:
+            match = effects[effects.principle_id == row.principle_id]
+            effect = match.iloc[0] if len(match) else None
+        findings = []
+        if flips is not None and THRESHOLDS["swap consistency"].grade(1 - flips) == "poor":
+            findings.append("flips under swap")
+        if first is not None and THRESHOLDS["first-position bias"].grade(abs(first - 0.5)) == "poor":
+            findings.append("favours a position")
+        if agree is not None and agree.high < 0.5 + 1e-9:
+            findings.append("people read it the other way")
+        elif agree is not None and THRESHOLDS["agreement with people"].grade(agree.low) == "poor":
+            findings.append("agreement with people not shown above chance")
+        if effect is not None and effect.high < 0.5:
+            findings.append("its revisions made answers worse")
+        rows.append(
+            {
+                "principle_id": row.principle_id,
+                "labels": int(row.pairs),
+                "human_labels": n,
+                "agreement": agree.value if agree else None,
+                "agreement_low": agree.low if agree else None,
+                "agreement_high": agree.high if agree else None,
+                "first_position_rate": first,
+                "position_bias": None if first is None else abs(first - 0.5),
+                "flip_rate": flips,
+                "revision_p_better": None if effect is None else float(effect.p_better),
+                "revisions_judged": 0 if effect is None else int(effect.n),
+                "finding": "; ".join(findings) or ("fine" if agree is not None else "no human labels"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --- over the store and the judge ----------------------------------------------------------------------------
+
+# Zhao et al. 2021's content-free inputs, as a conversation and both responses: nothing in them to prefer, so
+# what the judge prefers is where the option stands. The set is symmetric, so the priors of the two orders differ
+# only by what the few-shot examples or reasoning add.
+CONTENT_FREE = ("N/A", "[MASK]", "")
+
+
+def measure_priors(judge, principles) -> dict[str, tuple[float, float]]:
+    """The judge's P(first shown) on content-free pairs, per principle and order (mean over the pairs)."""
+    from .records import Pair
+
+    pairs = [
+        Pair(f"content-free-{i}-{j}", a or " ", a, b, "import", "content-free", 0, "", "")
+        for i, a in enumerate(CONTENT_FREE)
+        for j, b in enumerate(CONTENT_FREE)
+    ]
+    verdicts = judge.label([(pair, principle) for principle in principles for pair in pairs])
+    priors = {}
+    for k, principle in enumerate(principles):
+        mine = verdicts[k * len(pairs) : (k + 1) * len(pairs)]
+        p1 = [v.p_order1 for v in mine if v.p_order1 is not None]
+        p2 = [v.p_order2 for v in mine if v.p_order2 is not None]
+        if p1 and p2:
+            priors[principle.id] = (float(np.mean(p1)), float(np.mean(p2)))
+    return priors
+
+
+def calibrate_run(store, workspace, run_id: str, *, backend=None) -> tuple[str, JudgeCalibration]:
+    """Calibrate a label run's judge: its priors measured afresh with the run's judge, constitution (as the run
+    recorded it), few-shot and reasoning settings; Platt fitted on the run's labels of human-labelled pairs.
+    Stored under an id that names the run and the labels it was fitted on; returns the id and the calibration."""
+    from .backends import load_backend
+    from .constitution import parse_constitution
+    from .feedback import Judge
+    from .jobs import JobFolder
+    from .store import LabelFilter
+
+    facets = store.label_facet_rows()
+    mine = facets[facets.run_id == run_id]
+    if mine.empty:
+        raise ValueError(f"label run {run_id!r} has no AI labels: run `cai label` first (or pick another run)")
+    job = JobFolder(workspace.runs_dir / run_id)
+    if not (job.path / "run.json").exists():
+        raise ValueError(f"label run {run_id!r}: its folder {job.path} is gone, so its judge cannot be asked again")
+    spec = job.spec
+    store.count_human_labels()
+    rows = store.calibration_rows(LabelFilter(run_ids=(run_id,)))
+    if rows.empty:
+        raise ValueError(f"label run {run_id!r}: no pair it judged in both orders has a person's a or b label")
+    expanded = rows.loc[rows.index.repeat(rows.na + rows.nb)]
+    people_chose_a = np.concatenate([[1.0] * int(r.na) + [0.0] * int(r.nb) for r in rows.itertuples()])
+
+    constitution = parse_constitution(spec["constitution"]["content"], f"run {run_id}")
+    config = spec.get("config") or {}
+    judge = Judge(
+        backend or load_backend(spec["model"], workspace),
+        constitution,
+        method=config.get("method", "auto"),
+        cot=config.get("cot", False),
+        cot_tokens=config.get("cot_tokens", 128),
+        cot_band=(config.get("cot_min", 0.4), config.get("cot_max", 0.6)),
+        few_shot=config.get("few_shot", 0),
+    )
+    principles = [p for p in constitution.principles if p.id in set(mine.principle_id)]
+    calibration = calibrate(
+        list(expanded.pair_id),
+        list(expanded.principle_id),
+        expanded.p_order1.to_numpy(),
+        expanded.p_order2.to_numpy(),
+        people_chose_a,
+        measure_priors(judge, principles),
+    )
+    fitted_on = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:8]
+    calibration_id = f"cal-{run_id}-{fitted_on}"
+    store.save_calibration(
+        calibration_id,
+        run_id=run_id,
+        judge_model=str(mine.judge_model.iloc[0]),
+        constitution_version=str(mine.constitution_version.iloc[0]),
+        slope=calibration.platt.slope,
+        bias=calibration.platt.bias,
+        report=calibration.report,
+        priors=calibration.priors,
+    )
+    return calibration_id, calibration
+
+
+def score_queue(store, run_id: str) -> int:
+    """Freeze contest scores and queue keys for the pairs a label run judged (those not scored before): flips
+    under swap, P near 0.5, principles' spread, and people's split as it stands now. Returns how many pairs were
+    newly scored."""
+    import pandas as pd
+
+    inputs = store.queue_score_inputs(run_id)
+    if inputs.empty:
+        return 0
+    labelled = (inputs.na + inputs.nb).to_numpy(float)
+    split = np.where(labelled >= 2, 2 * np.minimum(inputs.na, inputs.nb) / np.maximum(labelled, 1), 0.0)
+    scores = contest_score(inputs.p1.to_numpy(float), inputs.p2.to_numpy(float), inputs.spread.to_numpy(float), split)
+    ids = list(inputs.pair_id)
+    frame = pd.DataFrame({"pair_id": ids, "score": scores, "queue_key": queue_keys(ids, scores, seed=run_id)})
+    return store.save_queue_scores(run_id, frame)
+
+
+def queue_tightening(store, run_id: str):
+    """The disagreement-first queue's labels so far, as a table of how the agreement estimate tightens: per
+    number of labelled pairs k (in serving order), the reweighted estimate with its interval, and the plain mean
+    of those pairs' agreement (biased towards the hard pairs the queue serves first)."""
+    import pandas as pd
+
+    columns = ["labelled_pairs", "estimate", "low", "high", "plain_mean"]
+    scores, served = store.queue_scores(run_id), store.queue_served_labels(run_id)
+    inputs = store.queue_score_inputs(run_id)
+    if scores.empty or served.empty:
+        return pd.DataFrame(columns=columns)
+    p_a = dict(zip(inputs.pair_id, (inputs.p1 + 1 - inputs.p2) / 2, strict=True))
+    served = served[served.pair_id.map(lambda p: p in p_a and p_a[p] != 0.5)]
+    served = served.assign(
+        agrees=[(p_a[p] > 0.5) == (c == "a") for p, c in zip(served.pair_id, served.choice, strict=True)]
+    )
+    per_pair = served.groupby("pair_id", sort=False).agg(agrees=("agrees", "mean"), first=("served_at", "min"))
+    per_pair = per_pair.sort_values("first")
+    index = {p: i for i, p in enumerate(scores.pair_id)}
+    per_pair = per_pair[per_pair.index.map(lambda p: p in index)]
+    agrees = per_pair.agrees.to_numpy(float)
+    estimates = queue_estimates(agrees, np.array([index[p] for p in per_pair.index]), scores.score.to_numpy(float))
+    return pd.DataFrame(
+        [(k, e.value, e.low, e.high, float(agrees[:k].mean())) for k, e in enumerate(estimates, start=1)],
+        columns=columns,
+    )

@@ -4,6 +4,10 @@ Each annotator gets their own queue (`Store.next_annotation`): never a pair they
 skipped, never one that already has the wanted number of labels. The sides are shuffled per annotator
 by the store, and the mapping back to the pair's own sides is recorded with the label, never shown.
 
+The queue serves pairs in their origin's order, or disagreement-first: the pairs a label run's judge flips on
+under swap, is least sure of, or whose principles or annotators disagree on come first (`judge_audit.score_queue`
+freezes those scores; the Agreement page reweights the agreement measured on these labels).
+
 Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
 saves. Streamlit's own button shortcuts do it, and they ignore keys typed into the rationale box.
 """
@@ -11,7 +15,9 @@ saves. Streamlit's own button shortcuts do it, and they ignore keys typed into t
 import pandas as pd
 import streamlit as st
 
+from cai_core.agreement import label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
+from cai_core.judge_audit import score_queue
 from cai_core.records import AnnotationItem, shown_swapped
 from cai_core.store import Store, StoreError
 from ui.settings import connect, follow_context, setup
@@ -24,6 +30,7 @@ ss = st.session_state
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
 SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 NONE = "(none)"
+QUEUE_MODES = {"order": "In order", "contested": "Disagreement first"}
 
 
 def as_shown(choice: str, swapped: bool) -> str:
@@ -102,6 +109,24 @@ if ss.pop("reset_reopen", False):
     ss["reopen"] = NONE
 
 with connect(ws) as store:
+    label_runs = label_facets(store).run_ids
+    cols = st.columns([1, 2])
+    mode = cols[0].radio(
+        "Queue",
+        list(QUEUE_MODES),
+        format_func=QUEUE_MODES.get,
+        key="queue_mode",
+        horizontal=True,
+        help="Disagreement first: the pairs where the judge flips when the answers swap places, is near 50/50, "
+        "or where principles or annotators disagree come first, so each label teaches the most.",
+    )
+    contested_run = None
+    if mode == "contested":
+        if not label_runs:
+            cols[1].caption("No AI label run yet: the queue stays in order until one exists.")
+        else:
+            contested_run = cols[1].selectbox("Contested by label run", label_runs, key="queue_run")
+            score_queue(store, contested_run)  # scores new pairs only: a pair keeps the score it was drawn under
     progress = store.annotation_progress(annotator, overlap=overlap)
     cols = st.columns(3)
     cols[0].metric("Labelled by you", progress["labelled"])
@@ -156,7 +181,7 @@ with connect(ws) as store:
             except KeyError:  # the pair is gone (another data folder): take the queue's next
                 item = None
         if item is None:
-            item = store.next_annotation(annotator, overlap=overlap)
+            item = store.next_annotation(annotator, overlap=overlap, contested_run=contested_run)
         ss["current"] = (annotator, item.pair_id) if item else None
 
     st.divider()

@@ -1,6 +1,10 @@
 """Agreement: do the AI judge's labels agree with people's? Every figure comes from
 `cai_core.agreement.dashboard`, as `cai agreement` prints them; this page only draws them.
 
+It also audits the judge (`cai_core.judge_audit`): the verdict, calibrations (fit one with the label run's own
+judge, read every figure through one), the per-principle audit, and how the reweighted agreement of the
+disagreement-first annotation queue tightens as its labels come in.
+
 It also starts AI labelling runs: `prepare_label_job` snapshots the pairs and the constitution into a job
 folder and the run goes on in its own process (`cai resume RUN`, as `cai label --background` starts it),
 with the shared job controls of the Generate and Train pages.
@@ -16,7 +20,9 @@ from cai_core.agreement import dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
 from cai_core.pairs import LABEL_FORMATS, PairFileError, import_labels
+from cai_core.store import StoreError
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.settings import connect, follow_context, save_upload, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
@@ -190,6 +196,30 @@ with connect(ws) as store:
         versions = pick_many("Constitution versions", facets.constitution_versions, "filter_versions")
     with cols[3]:
         principles = pick_many("Principles", facets.principles, "filter_principles")
+    calibrations = store.calibrations()
+    NO_CALIBRATION = "none: the judge's own probabilities"
+    if "fitted_calibration" in ss:  # a widget's value can only be set before it is drawn
+        ss["calibration"] = ss.pop("fitted_calibration")
+    cols = st.columns([3, 2])
+    calibration = cols[0].selectbox(
+        "Read the labels through a calibration",
+        [NO_CALIBRATION, *calibrations.calibration_id],
+        key="calibration",
+        help="A calibration divides out the judge's prior for the first-shown answer and applies a Platt fit; "
+        "it keeps the labels of its own judge model and constitution version only.",
+    )
+    calibration = None if calibration == NO_CALIBRATION else calibration
+    fit_run = cols[1].selectbox("Label run to calibrate", facets.run_ids, key="calibrate_run")
+    if cols[1].button("Fit a calibration", key="fit_calibration", help="As `cai calibrate --run-id RUN`."):
+        try:
+            with st.spinner(f"Asking {fit_run}'s judge for its prior on content-free pairs, then fitting Platt…"):
+                fitted, _ = calibrate_run(store, ws, fit_run)
+        except (StoreError, OSError, ValueError, KeyError) as exc:
+            st.error(md_escape(f"Not calibrated: {exc}"))
+        else:
+            ss["fitted_calibration"] = fitted
+            flash("success", f"Stored calibration {fitted}; every figure below now reads the labels through it.")
+            st.rerun()
     board = dashboard(
         store,
         run_ids=run_ids,
@@ -198,10 +228,13 @@ with connect(ws) as store:
         principles=principles,
         tie_band=tie_band,
         bins=bins,
+        calibration=calibration,
     )
     if board.by_run.empty:
         st.info("No AI label matches these filters.")
         st.stop()
+    queue_run = run_ids[0] if len(run_ids) == 1 else latest
+    tightening = queue_tightening(store, queue_run)
 
 selected, overall = board.by_run, board.overall
 
@@ -214,6 +247,31 @@ with st.expander("Why, against which thresholds, and what to do", expanded=verdi
     st.dataframe(verdict.table(), hide_index=True, key="verdict_table")
     for advice in verdict.advice:
         st.text(f"• {advice}")
+
+# --- calibration: before and after, on held-out human labels -----------------------------------------
+if calibration is not None:
+    chosen = calibrations[calibrations.calibration_id == calibration].iloc[0]
+    report = chosen.report
+    st.subheader("Calibration")
+    st.caption(
+        f"{calibration}: judge {chosen.judge_model} · constitution version {chosen.constitution_version} · fitted "
+        f"on {report['n_fit']} human labels of run {chosen.run_id}; the figures below are on the "
+        f"{report['n_held_out']} held out (a hash of the pair id keeps them out of the fit). Every other figure on "
+        "this page now reads the labels through it, the fitted pairs included."
+    )
+    st.dataframe(
+        [{"stage": stage, **report[stage]} for stage in CALIBRATION_STAGES],
+        hide_index=True,
+        key="calibration_report",
+        column_config={
+            "stage": st.column_config.TextColumn(help="before; contextual: prior divided out; after: then Platt")
+        },
+    )
+    st.text(
+        "Prior P(first shown) on content-free pairs, order 1 / order 2: "
+        + ", ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in sorted(chosen.priors.items()))
+        + f" · Platt: sigmoid({chosen.slope:.3f} logit P + {chosen.bias:.3f})"
+    )
 
 # --- headline figures ---------------------------------------------------------------------------------
 
@@ -285,6 +343,64 @@ cols[1].plotly_chart(
     ),
     key="chart_confusion",
 )
+
+st.subheader("Per-principle audit: which principles to rewrite")
+st.caption(
+    "Flip rate: how often its choice changes when the answers swap places. Position bias: the first-position "
+    "rate's distance from 0.5. Revision P(better): how often its SL-CAI revisions beat the answer before them, "
+    "as judged by `cai eval rounds` (0.5: no change). Finding: what fails the verdict's thresholds."
+)
+if board.principle_audit.empty:
+    st.caption("No per-principle labels to audit.")
+else:
+    st.dataframe(board.principle_audit, hide_index=True, key="principle_audit")
+
+st.subheader("Disagreement-first annotation")
+if tightening.empty:
+    st.caption(
+        f"No labels yet from the disagreement-first queue of {queue_run}: choose that mode on the Annotate page. "
+        "It serves first the pairs where the judge flips under swap, P is near 0.5, principles or people disagree."
+    )
+else:
+    st.caption(
+        "The queue serves contested pairs first, so the plain mean of its labels over-represents hard pairs. The "
+        "estimate weighs each labelled pair by 1/π, π being its chance to be among the first n served (sequential "
+        "Poisson sampling on frozen contest scores, every pair with a floor weight), which makes it unbiased for "
+        "the whole pool (the Hajek estimator; interval from its linearised variance). The figures above count every "
+        "label alike, the queue's included."
+    )
+    latest_estimate = tightening.iloc[-1]
+    cols = st.columns(3)
+    cols[0].metric(
+        "Queue agreement, reweighted",
+        shown(latest_estimate.estimate),
+        f"95% [{latest_estimate.low:.2f}, {latest_estimate.high:.2f}]",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    cols[1].metric("Plain mean (biased)", shown(latest_estimate.plain_mean))
+    cols[2].metric("Pairs labelled from the queue", int(latest_estimate.labelled_pairs))
+    chart = go.Figure()
+    chart.add_trace(
+        go.Scatter(
+            x=list(tightening.labelled_pairs) + list(tightening.labelled_pairs[::-1]),
+            y=list(tightening.high) + list(tightening.low[::-1]),
+            fill="toself",
+            line={"width": 0},
+            name="95% interval",
+        )
+    )
+    chart.add_trace(go.Scatter(x=tightening.labelled_pairs, y=tightening.estimate, name="reweighted estimate"))
+    chart.add_trace(
+        go.Scatter(x=tightening.labelled_pairs, y=tightening.plain_mean, name="plain mean", line={"dash": "dot"})
+    )
+    chart.update_layout(
+        title=f"Agreement of {queue_run} as disagreement-first labels come in",
+        xaxis_title="pairs labelled from the queue",
+        yaxis_title="agreement with people",
+        yaxis_range=[0, 1],
+    )
+    st.plotly_chart(chart, key="chart_queue")
 
 with st.expander("Each run, judge model and constitution version in the selection"):
     st.dataframe(selected, hide_index=True)

@@ -90,22 +90,37 @@ def test_contextual_calibration_recovers_the_bias_and_improves_ece_and_swap_cons
     # content-free pairs: nothing to prefer, so the judge's P(first) there is its prior
     prior = _sigmoid(_logit(np.full(20, 0.5)) + bias).mean()
     assert prior == pytest.approx(_sigmoid(bias))
-    report, _ = calibrate(
-        "contextual", ids, p1, p2, y, prior_order1=np.full(3000, prior), prior_order2=np.full(3000, prior)
-    )
-    assert report.n_held_out > 500
-    assert report.after["ece"] < report.before["ece"] / 2
-    assert report.after["swap_consistency"] > report.before["swap_consistency"] + 0.2
+    calibration = calibrate(ids, ["harm"] * 3000, p1, p2, y, {"harm": (prior, prior)})
+    report = calibration.report
+    assert report["n_held_out"] > 500
+    assert report["contextual"]["ece"] < report["before"]["ece"] / 2
+    assert report["contextual"]["swap_consistency"] > report["before"]["swap_consistency"] + 0.2
+    # with the bias divided out, nothing is left for Platt to undo
+    assert calibration.platt.bias == pytest.approx(0.0, abs=0.3)
+    assert calibration.platt.slope == pytest.approx(1.0, abs=0.25)
 
 
 def test_platt_scaling_fitted_on_human_labels_undoes_the_bias_on_held_out_pairs():
     bias = 1.5
     ids, p1, p2, y = _biased_judge(3000, bias, seed=1)
-    report, platt = calibrate("platt", ids, p1, p2, y)
-    assert platt.bias == pytest.approx(-bias, abs=0.35)
-    assert platt.slope == pytest.approx(1.0, abs=0.25)
-    assert report.after["ece"] < report.before["ece"]
-    assert report.after["swap_consistency"] > report.before["swap_consistency"]
+    calibration = calibrate(ids, ["harm"] * 3000, p1, p2, y, {})  # no prior measured: Platt alone
+    assert calibration.platt.bias == pytest.approx(-bias, abs=0.35)
+    assert calibration.platt.slope == pytest.approx(1.0, abs=0.25)
+    report = calibration.report
+    assert report["contextual"] == report["before"]
+    assert report["after"]["ece"] < report["before"]["ece"]
+    assert report["after"]["swap_consistency"] > report["before"]["swap_consistency"]
+
+
+def test_priors_are_per_principle():
+    # two principles with opposite position biases: one prior each divides out each one's bias
+    ids, p1, p2, y = _biased_judge(2000, 1.0, seed=2)
+    _, q1, q2, _ = _biased_judge(2000, -1.0, seed=2)
+    principles = ["first"] * 1000 + ["second"] * 1000
+    p1, p2 = np.concatenate([p1[:1000], q1[1000:]]), np.concatenate([p2[:1000], q2[1000:]])
+    priors = {"first": (_sigmoid(1.0), _sigmoid(1.0)), "second": (_sigmoid(-1.0), _sigmoid(-1.0))}
+    report = calibrate(ids, principles, p1, p2, y, priors).report
+    assert report["contextual"]["swap_consistency"] > report["before"]["swap_consistency"] + 0.15
 
 
 def test_platt_needs_both_kinds_of_label():

@@ -13,7 +13,9 @@ from cai_core import cli
 from cai_core.agreement import dashboard
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.constitution import load_constitution
+from cai_core.feedback import LabelConfig, run_labelling
 from cai_core.jobs import JobFolder
+from cai_core.judge_audit import queue_tightening
 from cai_core.pairs import read_hh_rlhf
 from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
 from cai_core.store import Store
@@ -22,6 +24,7 @@ from cai_core.workspace import PROJECT_ROOT, Workspace
 from .browser.seed import model_in_workspace
 from .conftest import require_shared_data
 
+HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 ANNOTATE = "pages/5_Annotate.py"
 AGREEMENT = "pages/6_Agreement.py"
 PAIRS = 20
@@ -327,3 +330,44 @@ def test_the_judge_defaults_to_the_sidebar_model_and_label_runs_cancel_and_resum
     at.button(key="resume-label-broken").click().run()
     assert launched[1] == ["--data-dir", str(ws.root), "resume", "label-broken"]
     assert not at.exception, at.exception
+
+
+def test_disagreement_first_mode_serves_contested_pairs_first_and_the_agreement_page_reweights(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("ann").run()
+    at.radio(key="queue_mode").set_value("contested").run()
+    assert not at.exception and at.selectbox(key="queue_run").value == "run-1"
+    on_screen = current_pair(at)  # drawn in order when the name was typed: it stays until labelled
+    with Store.open(ws) as store:
+        full = {lb.pair_id for lb in store.human_labels(annotator="bo")}  # two labels already: not wanted again
+        expected = [p for p in store.queue_scores("run-1").pair_id if p not in full | {on_screen}]
+    served = []
+    for choice in ("a", "b", "a", "a", "b", "a"):
+        served.append(current_pair(at))
+        label_shown_pair(at, choice)
+    assert served == [on_screen, *expected[:5]]
+
+    at = open_page(AGREEMENT)
+    assert any("1/π" in str(c.value) for c in at.caption)  # the reweighted estimate, and how it is reweighted
+    assert len(at.get("plotly_chart")) == 5  # the four of the dashboard and the queue's estimate
+    with Store.open(ws) as store:
+        assert list(queue_tightening(store, "run-1").labelled_pairs) == [1, 2, 3, 4, 5]  # the five it served
+
+
+def test_a_calibration_is_fitted_from_the_page_and_its_before_and_after_shown(ws, tiny_model_path):
+    tiny = model_in_workspace(tiny_model_path, ws)
+    job = run_labelling(LabelConfig(constitution=HHH, model=tiny, source="import"), ws)
+    at = open_page(AGREEMENT)
+    at.selectbox(key="calibrate_run").set_value(job.run_id)
+    at.button(key="fit_calibration").click().run()
+    assert not at.exception and not at.error, at.error
+    with Store.open(ws) as store:
+        [calibration_id] = store.calibrations().calibration_id
+    assert at.selectbox(key="calibration").value == calibration_id
+    [report] = [d.value for d in at.dataframe if "stage" in d.value.columns]
+    assert list(report["stage"]) == ["before", "contextual", "after"]
+    assert {"agreement", "ece", "swap_consistency"} <= set(report.columns)
+    with Store.open(ws) as store:
+        calibrated = dashboard(store, run_id=job.run_id, calibration=calibration_id)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Position consistency"] == f"{calibrated.overall['position_consistency']:.3f}"

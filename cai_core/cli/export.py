@@ -19,6 +19,7 @@ def cmd_export(args, ws: Workspace) -> int:
             max_round=args.max_round,
             run_id=args.run_id,
             min_confidence=args.min_confidence,
+            calibration=args.calibration,
         )
     if rows.empty:
         raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
@@ -39,4 +40,5 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--min-confidence", type=float, default=0.0, help="Preferences only: keep pairs with |2 P - 1| at least this."
     )
+    p.add_argument("--calibration", help="Preferences only: read the judge's labels through this `cai calibrate` id.")
     p.set_defaults(func=cmd_export)

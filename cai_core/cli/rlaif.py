@@ -1,4 +1,5 @@
-"""RLAIF from the command line: `cai pairs sample|sl-cai|import`, `cai label`, `cai import-labels`, `cai agreement`."""
+"""RLAIF from the command line: `cai pairs sample|sl-cai|import`, `cai label`, `cai import-labels`, `cai agreement`,
+`cai calibrate`."""
 
 from __future__ import annotations
 
@@ -58,10 +59,54 @@ def cmd_import_labels(args, ws: Workspace) -> int:
     return 0
 
 
+def print_calibration_report(report: dict) -> None:
+    """A calibration's figures on its held-out human-labelled pairs, one row per stage."""
+    import pandas as pd
+
+    from ..judge_audit import CALIBRATION_STAGES
+
+    print(f"on {report['n_held_out']} held-out human labels (fitted on {report['n_fit']}):")
+    frame = pd.DataFrame([{"stage": s, **report[s]} for s in CALIBRATION_STAGES])
+    print(frame.to_string(index=False, float_format="{:.3f}".format))
+
+
+def cmd_calibrate(args, ws: Workspace) -> int:
+    from ..judge_audit import calibrate_run
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        if args.list:
+            found = store.calibrations()
+            if found.empty:
+                print("no calibrations yet: `cai calibrate --run-id RUN`")
+            for row in found.itertuples():
+                print(
+                    f"{row.calibration_id}  judge {row.judge_model} · constitution version {row.constitution_version}"
+                )
+                print_calibration_report(row.report)
+            return 0
+        if not args.run_id:
+            raise ValueError("name the label run to calibrate: --run-id RUN (or --list)")
+        backend = None
+        if args.model:
+            from ..backends import load_backend
+
+            backend = load_backend(args.model, ws)
+        calibration_id, calibration = calibrate_run(store, ws, args.run_id, backend=backend)
+    priors = ", ".join(f"{p} {a:.3f}/{b:.3f}" for p, (a, b) in sorted(calibration.priors.items()))
+    print(f"stored calibration {calibration_id}")
+    print(f"prior P(first shown) on content-free pairs, order 1/order 2: {priors}")
+    print(f"Platt: P' = sigmoid({calibration.platt.slope:.3f} logit(P) + {calibration.platt.bias:.3f})")
+    print_calibration_report(calibration.report)
+    print(f"apply it: cai agreement --calibration {calibration_id}; cai export --kind preferences --calibration ...")
+    return 0
+
+
 def cmd_agreement(args, ws: Workspace) -> int:
     import pandas as pd
 
     from ..agreement import dashboard
+    from ..judge_audit import queue_tightening
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
@@ -73,17 +118,28 @@ def cmd_agreement(args, ws: Workspace) -> int:
             constitution_versions=args.constitution_version,
             tie_band=args.tie_band,
             bins=args.bins,
+            calibration=args.calibration,
         )
+        tightening = queue_tightening(store, args.queue) if args.queue else None
     table = getattr(board, f"by_{args.by}")
     if table.empty:
         raise ValueError("no AI labels match: run `cai label` first, or loosen the filters")
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.3f}".format):
+        if args.calibration:
+            print(f"(every figure reads the labels through calibration {args.calibration})")
         print(board.verdict.headline())
         print(pd.DataFrame(board.verdict.table()).drop(columns="threshold from").to_string(index=False))
         for advice in board.verdict.advice:
             print(f"- {advice}")
         print(f"\nAI versus human agreement by {args.by} (tie band ±{args.tie_band}; NaN: nothing to compare)")
         print(table.to_string(index=False))
+        if args.by == "principle":
+            print("\nper-principle audit (flip rate: choice changes under swap; revision_p_better: P(its SL-CAI")
+            print("revision beats the answer before it), from `cai eval rounds`; 0.5 is no change)")
+            print(board.principle_audit.to_string(index=False))
+        if tightening is not None:
+            print(f"\ndisagreement-first queue of {args.queue}: agreement reweighted by 1/P(served), as labels came in")
+            print("(no labels from that queue yet)" if tightening.empty else tightening.to_string(index=False))
         alpha = board.alpha
         shown = "undefined" if alpha.alpha is None else f"{alpha.alpha:.3f}"
         print(f"\ninter-human Krippendorff's alpha (nominal): {shown} over {alpha.pairs} pairs with 2+ labels")
@@ -139,4 +195,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--tie-band", type=float, default=0.05, help="The AI says tie when |P - 0.5| <= this.")
     p.add_argument("--bins", type=int, default=10, help="Reliability diagram bins.")
     p.add_argument("--disagreements", type=int, default=10, help="List this many disagreements (0: none).")
+    p.add_argument("--calibration", help="Read the labels through this stored calibration (`cai calibrate`).")
+    p.add_argument(
+        "--queue",
+        metavar="RUN",
+        help="Also show how the reweighted agreement of RUN's disagreement-first queue tightens.",
+    )
     p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="Calibrate a label run's judge: its prior on content-free pairs and a Platt fit on human labels.",
+    )
+    p.add_argument("--run-id", help="The label run (its judge, constitution and settings are asked again).")
+    p.add_argument("--model", help="Ask this judge model for the priors instead of the run's (e.g. another engine).")
+    p.add_argument("--list", action="store_true", help="List the stored calibrations and their reports.")
+    p.set_defaults(func=cmd_calibrate)

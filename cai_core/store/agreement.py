@@ -1,5 +1,9 @@
 """The counting queries of the agreement dashboard (`cai_core.agreement` turns their cells into figures).
 
+A calibration (`judge_audit`) is applied here, in the query, when the figures ask for one: every AI label's
+per-order probability is shifted by its principle's prior and scaled by the Platt fit (`ai_labels_table`), so every
+figure, the disagreements and the exported preferences read the calibrated labels.
+
 People's labels are first counted per pair (`count_human_labels`, a temp table of this connection), so that
 one pass joins them to the AI's labels and the same counts give Krippendorff's alpha. The database returns
 a few hundred count cells, which keeps a million labels within a fraction of a second.
@@ -7,9 +11,12 @@ a few hundred count cells, which keeps a million labels within a fraction of a s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
+
+from ..records import now
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,7 @@ class LabelFilter:
     principles: tuple[str, ...] = ()
     judge_models: tuple[str, ...] = ()
     constitution_versions: tuple[str, ...] = ()
+    calibration_id: str | None = None  # read the labels through this stored calibration
 
     @property
     def selects_all(self) -> bool:
@@ -47,18 +55,42 @@ def _literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _ai_pairs_sql(where: str) -> str:
+def _logit(p: str) -> str:
+    # greatest and least skip NULLs: a failed label's missing probability must stay missing
+    clipped = f"CASE WHEN {p} IS NOT NULL THEN greatest(least({p}, 1 - 1e-6), 1e-6) END"
+    return f"ln(({clipped}) / (1 - ({clipped})))"
+
+
+def ai_labels_table(calibration_id: str | None) -> str:
+    """ai_labels, or ai_labels read through a stored calibration: per order, P' = sigmoid(slope * (logit P -
+    logit prior) + bias), the prior being the label's principle's in that order (no shift for a principle whose
+    prior was not measured), and p_a recombined from the two (a chain-of-thought band is not applied again)."""
+    if calibration_id is None:
+        return "ai_labels"
+    fixed = {
+        order: f"1 / (1 + exp(-(k.slope * ({_logit(f'l.p_order{order}')} - "
+        f"{_logit(f'coalesce(c.prior_order{order}, 0.5)')}) + k.bias)))"
+        for order in (1, 2)
+    }
+    return f"""(SELECT l.* REPLACE ({fixed[1]} AS p_order1, {fixed[2]} AS p_order2,
+                                   ({fixed[1]} + 1 - {fixed[2]}) / 2 AS p_a)
+                FROM ai_labels l JOIN judge_calibrations k ON k.calibration_id = {_literal(calibration_id)}
+                LEFT JOIN calibration_priors c ON c.calibration_id = k.calibration_id
+                                              AND c.principle_id = l.principle_id)"""
+
+
+def _ai_pairs_sql(where: str, source: str = "ai_labels") -> str:
     """The AI's label per (run, pair) among the labels WHERE selects. One label per pair needs no grouping:
     only ensemble runs have several (one per principle) to average, and grouping a million single rows
     would cost more than every figure."""
     return f"""
         SELECT run_id, pair_id, judge_model, constitution_version, p_a, p_order1 AS p1, p_order2 AS p2,
                failed::INT AS failures, principle_id AS principles
-        FROM ai_labels WHERE {where} AND strategy <> 'ensemble'
+        FROM {source} WHERE {where} AND strategy <> 'ensemble'
         UNION ALL
         SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), avg(p_a), avg(p_order1),
                avg(p_order2), count(*) FILTER (WHERE failed), 'ensemble'
-        FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id"""
+        FROM {source} WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id"""
 
 
 class AgreementQueries:
@@ -77,17 +109,17 @@ class AgreementQueries:
         pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
         P(a better) over them. Groups by principle read each label; the others read the per-pair label
         (the same row, except in ensemble runs, whose per-pair means are added as rows of their own)."""
-        where, band = _where(labels), float(tie_band)
+        where, band, source = _where(labels), float(tie_band), ai_labels_table(labels.calibration_id)
         result = self.con.execute(
             f"""WITH labels AS (
                     SELECT run_id, pair_id, judge_model, constitution_version, strategy, cot, principle_id, p_a,
                            p_order1 AS p1, p_order2 AS p2, failed::INT AS failures, TRUE AS single
-                    FROM ai_labels WHERE {where}
+                    FROM {source} WHERE {where}
                     UNION ALL
                     SELECT run_id, pair_id, any_value(judge_model), any_value(constitution_version), 'ensemble',
                            bool_or(cot), NULL, avg(p_a), avg(p_order1), avg(p_order2), count(*) FILTER (WHERE failed),
                            FALSE
-                    FROM ai_labels WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id),
+                    FROM {source} WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id),
                 ai AS (
                     SELECT *, CASE WHEN single THEN principle_id END AS k_principle,
                            NOT single OR strategy <> 'ensemble' AS per_pair,
@@ -131,7 +163,7 @@ class AgreementQueries:
         those at least `confidence_floor` from 0.5), with both responses, the labels and the per-order
         probabilities. Finds the disagreeing (run, pair)s from the counts first, then fetches their texts."""
         return self.con.execute(
-            f"""WITH ai AS ({_ai_pairs_sql(_where(labels))}),
+            f"""WITH ai AS ({_ai_pairs_sql(_where(labels), ai_labels_table(labels.calibration_id))}),
                 top AS (SELECT ai.* FROM ai JOIN _human_counts h USING (pair_id)
                         WHERE abs(ai.p_a - 0.5) >= {float(confidence_floor)}
                           AND ((ai.p_a > 0.5 AND h.nb > 0) OR (ai.p_a < 0.5 AND h.na > 0))
@@ -150,4 +182,67 @@ class AgreementQueries:
         return self.con.execute(
             """SELECT run_id, judge_model, constitution_version, principle_id, max(created_at) AS latest
                FROM ai_labels GROUP BY ALL"""
+        ).df()
+
+    # --- the judge audit: calibrations, per-principle revision effects ---------------------------------------
+
+    def calibration_rows(self, labels: LabelFilter) -> pd.DataFrame:
+        """What a calibration is fitted and reported on: each selected AI label judged in both orders (each
+        principle's own, in an ensemble run) on a pair people labelled a or b, with the pair's counts of a and b
+        (`count_human_labels` first)."""
+        return self.con.execute(
+            f"""SELECT l.pair_id, l.principle_id, l.p_order1, l.p_order2, h.na, h.nb
+                FROM ai_labels l JOIN _human_counts h USING (pair_id)
+                WHERE {_where(labels)} AND l.p_order1 IS NOT NULL AND l.p_order2 IS NOT NULL AND h.na + h.nb > 0
+                ORDER BY l.pair_id, l.principle_id, l.run_id"""
+        ).df()
+
+    def save_calibration(
+        self,
+        calibration_id: str,
+        *,
+        run_id: str,
+        judge_model: str,
+        constitution_version: str,
+        slope: float,
+        bias: float,
+        report: dict,
+        priors: dict[str, tuple[float, float]],
+    ) -> None:
+        """Store a calibration and its per-principle priors (per order); the same id replaces the old one."""
+        with self._write():
+            self._exec("DELETE FROM calibration_priors WHERE calibration_id = ?", [calibration_id])
+            self._exec(
+                "INSERT OR REPLACE INTO judge_calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [calibration_id, run_id, judge_model, constitution_version, slope, bias, json.dumps(report), now()],
+            )
+            for principle_id, (prior1, prior2) in sorted(priors.items()):
+                self._exec(
+                    "INSERT INTO calibration_priors VALUES (?, ?, ?, ?)", [calibration_id, principle_id, prior1, prior2]
+                )
+
+    def calibrations(self) -> pd.DataFrame:
+        """Every stored calibration, newest first: id, run, judge model, constitution version, Platt fit, report
+        (a dict) and its priors (principle id: (order 1, order 2))."""
+        frame = self.con.execute(
+            """SELECT k.*, coalesce(list(c.principle_id ORDER BY c.principle_id) FILTER (c.principle_id IS NOT NULL),
+                                    []) AS principles,
+                      coalesce(list([c.prior_order1, c.prior_order2] ORDER BY c.principle_id)
+                               FILTER (c.principle_id IS NOT NULL), []) AS prior_pairs
+               FROM judge_calibrations k LEFT JOIN calibration_priors c USING (calibration_id)
+               GROUP BY ALL ORDER BY k.created_at DESC, k.calibration_id"""
+        ).df()
+        frame["report"] = [json.loads(r) for r in frame["report"]]
+        frame["priors"] = [
+            {p: tuple(v) for p, v in zip(names, values, strict=True)}
+            for names, values in zip(frame.pop("principles"), frame.pop("prior_pairs"), strict=True)
+        ]
+        return frame
+
+    def revision_steps(self) -> pd.DataFrame:
+        """Every judged SL-CAI revision against the answer before it (`cai eval rounds`), from every run:
+        round, versus_round, revision_principle_id and p_later, P(the revision is better)."""
+        return self.con.execute(
+            """SELECT round, versus_round, revision_principle_id, p_later FROM round_judgments
+               WHERE versus_round = round - 1 AND p_later IS NOT NULL"""
         ).df()

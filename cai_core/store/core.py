@@ -146,6 +146,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE traces ADD COLUMN warning TEXT;
     """,
+    # 9: the judge audit: calibrations of a judge (its priors per principle and order, a Platt fit, the
+    # before/after report), the frozen contest scores of a disagreement-first queue, and what it served
+    """
+    CREATE TABLE judge_calibrations (
+        calibration_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, judge_model TEXT NOT NULL,
+        constitution_version TEXT NOT NULL, slope DOUBLE NOT NULL, bias DOUBLE NOT NULL, report TEXT NOT NULL,
+        created_at DOUBLE NOT NULL);
+    CREATE TABLE calibration_priors (
+        calibration_id TEXT NOT NULL, principle_id TEXT NOT NULL, prior_order1 DOUBLE NOT NULL,
+        prior_order2 DOUBLE NOT NULL, PRIMARY KEY (calibration_id, principle_id));
+    CREATE TABLE queue_scores (
+        run_id TEXT NOT NULL, pair_id TEXT NOT NULL, score DOUBLE NOT NULL, queue_key DOUBLE NOT NULL,
+        scored_at DOUBLE NOT NULL, PRIMARY KEY (run_id, pair_id));
+    CREATE TABLE queue_served (
+        run_id TEXT NOT NULL, pair_id TEXT NOT NULL, annotator TEXT NOT NULL, served_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, pair_id, annotator));
+    """,
 ]
 
 

@@ -5,6 +5,11 @@ Overlap stays exact with many annotators at once: the pair on an annotator's scr
 label does, so nobody else is handed it meanwhile. Handing out a pair and saving a label each happen
 under the write lock, so the counts they read are exact. A claim expires after CLAIM_SECONDS (a closed
 tab gives its pair back); a label saved on a pair filled meanwhile is still kept, never dropped.
+
+The queue serves pairs in their origin's order, or disagreement-first: by the queue keys of a label run's frozen
+contest scores (`queue_scores`, written by `judge_audit.score_queue`), recording each pair it hands out
+(`queue_served`) so that the agreement measured on those labels can be reweighted by how likely each pair was
+to be served. The order changes nothing else: the same claims, under the same lock.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, columns, now, to_row
+from .agreement import ai_labels_table
 
 CLAIM_SECONDS = 30 * 60
 
@@ -117,7 +123,9 @@ class LabelQueries:
 
     # --- the annotation queue -------------------------------------------------------------------
 
-    def _queue_sql(self, columns_: str, annotator: str, overlap: int, source: str | None) -> tuple[str, list]:
+    def _queue_sql(
+        self, columns_: str, annotator: str, overlap: int, source: str | None, contested_run: str | None = None
+    ) -> tuple[str, list]:
         # A skip keeps the pair from that annotator but does not count towards the labels a pair wants; another
         # annotator's live claim does count. `taken` is both.
         return (
@@ -127,30 +135,46 @@ class LabelQueries:
                 LEFT JOIN (
                     SELECT pair_id, count(*) AS held FROM annotation_claims WHERE annotator <> ? AND claimed_at > ?
                     GROUP BY pair_id) c USING (pair_id)
+                LEFT JOIN (SELECT pair_id, queue_key FROM queue_scores WHERE run_id = ?) q USING (pair_id)
                 WHERE NOT coalesce(h.mine, false) AND coalesce(h.n, 0) + coalesce(c.held, 0) < ?
                   AND (? IS NULL OR p.source = ?)""",
-            [annotator, annotator, now() - CLAIM_SECONDS, overlap, source, source],
+            [annotator, annotator, now() - CLAIM_SECONDS, contested_run, overlap, source, source],
         )
 
     def annotation_queue(
-        self, annotator: str, *, overlap: int = 2, limit: int = 1, source: str | None = None
+        self,
+        annotator: str,
+        *,
+        overlap: int = 2,
+        limit: int = 1,
+        source: str | None = None,
+        contested_run: str | None = None,
     ) -> list[AnnotationItem]:
         """The next pairs for this annotator: never one they labelled (or skipped), never one that already
         has `overlap` labels or claims. Pairs closest to their overlap come first, so that finished pairs
-        accumulate (what inter-annotator agreement needs), then in their origin's order. Claims nothing:
-        `next_annotation` hands a pair out."""
-        sql, params = self._queue_sql(f"{', '.join('p.' + c for c in columns(Pair))}", annotator, overlap, source)
+        accumulate (what inter-annotator agreement needs), then in their origin's order. With `contested_run`,
+        disagreement-first instead: by that label run's queue keys (the most contested pairs first, see
+        `judge_audit.queue_order`), pairs it did not score last. Claims nothing: `next_annotation` hands a
+        pair out."""
+        sql, params = self._queue_sql(
+            f"{', '.join('p.' + c for c in columns(Pair))}", annotator, overlap, source, contested_run
+        )
+        fill_first = "" if contested_run else "coalesce(h.n, 0) + coalesce(c.held, 0) DESC,"
         rows = self.con.execute(
             sql
-            + """ ORDER BY coalesce(h.n, 0) + coalesce(c.held, 0) DESC, p.source, p.origin, p.origin_index, p.pair_id
-                  LIMIT ?""",
+            + f""" ORDER BY q.queue_key ASC NULLS LAST, {fill_first} p.source, p.origin, p.origin_index, p.pair_id
+                   LIMIT ?""",
             [*params, limit],
         ).fetchall()
         return [AnnotationItem.for_annotator(Pair(*r), annotator) for r in rows]
 
-    def next_annotation(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> AnnotationItem | None:
+    def next_annotation(
+        self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
+    ) -> AnnotationItem | None:
         """The pair this annotator should label now, claimed for them: the one they already hold (until they
-        label it or the claim expires), else the head of their queue. None when their queue is empty."""
+        label it or the claim expires), else the head of their queue (disagreement-first by `contested_run`'s
+        scores, when given: the pair handed out is then recorded as served by that queue). None when their
+        queue is empty."""
         if not annotator.strip():
             raise ValueError("an annotator needs a name")
         with self._write():
@@ -162,14 +186,61 @@ class LabelQueries:
             if held:
                 item = AnnotationItem.for_annotator(self.pair(held[0]), annotator)
             else:
-                queue = self.annotation_queue(annotator, overlap=overlap, limit=1, source=source)
+                queue = self.annotation_queue(
+                    annotator, overlap=overlap, limit=1, source=source, contested_run=contested_run
+                )
                 item = queue[0] if queue else None
+                if item is not None and contested_run:
+                    self._exec(
+                        "INSERT OR IGNORE INTO queue_served VALUES (?, ?, ?, ?)",
+                        [contested_run, item.pair_id, annotator, now()],
+                    )
             if item is None:
                 self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
             else:
                 claim = [annotator, item.pair_id, now()]
                 self._exec("INSERT OR REPLACE INTO annotation_claims VALUES (?, ?, ?)", claim)
             return item
+
+    def queue_score_inputs(self, run_id: str) -> pd.DataFrame:
+        """Per pair a label run judged: its per-order probabilities (mean over principles), the spread of its
+        principles' P(a better) (0 unless ensemble), and people's a and b labels on it so far."""
+        return self.con.execute(
+            """SELECT l.pair_id, avg(l.p_order1) AS p1, avg(l.p_order2) AS p2, max(l.p_a) - min(l.p_a) AS spread,
+                      coalesce(any_value(h.na), 0) AS na, coalesce(any_value(h.nb), 0) AS nb
+               FROM ai_labels l LEFT JOIN (
+                   SELECT pair_id, count(*) FILTER (WHERE choice = 'a') AS na,
+                          count(*) FILTER (WHERE choice = 'b') AS nb
+                   FROM human_labels GROUP BY pair_id) h USING (pair_id)
+               WHERE l.run_id = ? GROUP BY l.pair_id ORDER BY l.pair_id""",
+            [run_id],
+        ).df()
+
+    def save_queue_scores(self, run_id: str, scores: pd.DataFrame) -> int:
+        """Freeze contest scores and queue keys (pair_id, score, queue_key) for a label run's queue; a pair
+        scored before keeps its score (the reweighting needs the design the pair was drawn under). Returns how
+        many pairs were new."""
+        frame = scores.assign(run_id=run_id, scored_at=now())[["run_id", "pair_id", "score", "queue_key", "scored_at"]]
+        with self._write():
+            before = self._count("queue_scores")
+            self._insert_frame("INSERT OR IGNORE", "queue_scores", frame)
+            return self._count("queue_scores") - before
+
+    def queue_scores(self, run_id: str) -> pd.DataFrame:
+        """pair_id, score and queue_key of every pair a label run's queue scored, in queue order."""
+        return self.con.execute(
+            "SELECT pair_id, score, queue_key FROM queue_scores WHERE run_id = ? ORDER BY queue_key, pair_id", [run_id]
+        ).df()
+
+    def queue_served_labels(self, run_id: str) -> pd.DataFrame:
+        """The a/b labels people saved on pairs the run's disagreement-first queue served them, in the order the
+        pairs were served: pair_id, annotator, choice, served_at."""
+        return self.con.execute(
+            """SELECT s.pair_id, s.annotator, h.choice, s.served_at FROM queue_served s
+               JOIN human_labels h ON h.pair_id = s.pair_id AND h.annotator = s.annotator
+               WHERE s.run_id = ? AND h.choice IN ('a', 'b') ORDER BY s.served_at, s.pair_id, s.annotator""",
+            [run_id],
+        ).df()
 
     def annotation_progress(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> dict[str, int]:
         sql, params = self._queue_sql("count(*)", annotator, overlap, source)
@@ -186,17 +257,20 @@ class LabelQueries:
         row = self._one("SELECT run_id FROM ai_labels ORDER BY created_at DESC LIMIT 1")
         return row[0] if row else None
 
-    def pair_preferences(self, run_id: str, min_confidence: float = 0.0) -> pd.DataFrame:
+    def pair_preferences(
+        self, run_id: str, min_confidence: float = 0.0, calibration_id: str | None = None
+    ) -> pd.DataFrame:
         """Per pair: prompt, response_a, response_b and p, the probability that a is better, from a judge
-        run's labels (mean over principles) or, for run_id "human", the share of a among people's a/b
-        labels. Pairs with p = 0.5 or confidence |2p - 1| below `min_confidence` are left out."""
+        run's labels (mean over principles; read through a stored calibration when given) or, for run_id
+        "human", the share of a among people's a/b labels. Pairs with p = 0.5 or confidence |2p - 1| below
+        `min_confidence` are left out."""
         if run_id == "human":
             labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p FROM human_labels WHERE choice IN ('a', 'b')
                         GROUP BY pair_id"""
             params = [min_confidence]
         else:
-            labels = """SELECT pair_id, avg(p_a) AS p FROM ai_labels WHERE run_id = ? AND p_a IS NOT NULL
-                        GROUP BY pair_id"""
+            labels = f"""SELECT pair_id, avg(p_a) AS p FROM {ai_labels_table(calibration_id)}
+                         WHERE run_id = ? AND p_a IS NOT NULL GROUP BY pair_id"""
             params = [run_id, min_confidence]
         return self.con.execute(
             f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id

@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from cai_core.agreement import dashboard
+from cai_core.records import HumanLabel
 from cai_core.store import Store
 
 from .conftest import App
@@ -183,3 +184,31 @@ def test_two_annotators_at_the_same_time_lose_no_label(rlaif_app, new_page):
         assert sorted(stored_labels(rlaif_app, annotator)) == sorted(submitted[annotator])
         no_error_on(page)
     assert set(submitted["con-ann"]) & set(submitted["con-bo"]), "they should have labelled some pairs in common"
+
+
+def verdict_headline(page):
+    return page.get_by_text(re.compile(r"^The judge is "))
+
+
+def test_the_verdict_shows_and_changes_when_labels_change(rlaif_app, new_page):
+    page = new_page()
+    page.goto(f"{rlaif_app.url}/Agreement")
+    wait_for_app(page)
+    with Store.open(rlaif_app.workspace) as store:
+        before = dashboard(store, run_id=SEED_LABEL_RUN).verdict
+        judged = store.con.execute("SELECT pair_id, p_a FROM ai_labels WHERE run_id = ?", [SEED_LABEL_RUN]).fetchall()
+    expect(verdict_headline(page)).to_have_text(before.headline())
+
+    # a person contradicts the judge on every pair it judged: its agreement with people collapses
+    contradicting = [HumanLabel(pair_id, "verdict-contrarian", "b" if p_a > 0.5 else "a") for pair_id, p_a in judged]
+    with Store.open(rlaif_app.workspace) as store:
+        store.import_human_labels(contradicting)
+        after = dashboard(store, run_id=SEED_LABEL_RUN).verdict
+    assert after.headline() != before.headline()
+    assert next(s for s in after.signals if s.name == "agreement with people").grade == "poor"
+
+    page.reload()
+    wait_for_app(page)
+    expect(verdict_headline(page)).to_have_text(after.headline())
+    assert after.name == "unreliable"
+    no_error_on(page)
