@@ -444,7 +444,7 @@ with history_tab, connect(ws) as store:
             "SL-CAI under each version with the sidebar's model, on the same red-team and benign prompts and seeds; "
             "then the judge compares, per prompt, A's final revision with B's and each with its initial answer, in "
             "both orders, under a neutral question or a third constitution's principles (neither version judges "
-            "itself). `cai constitution ab` runs the same from the command line."
+            "itself)."
         )
         cols = st.columns(2)
         ab_a = cols[0].selectbox(

@@ -23,7 +23,7 @@ from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
 from cai_core.pairs import LABEL_FORMATS, PairFileError, import_labels
 from cai_core.store import StoreError
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import ACTIVE, job_cards, launch_job
 from ui.settings import connect, follow_context, save_upload, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
@@ -45,32 +45,14 @@ def label_jobs() -> list[JobFolder]:
     return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"][:SHOWN_LABEL_RUNS]
 
 
-def label_runs_panel() -> bool:
-    """Progress, controls and log of the latest labelling runs; True while one is active."""
-    jobs = label_jobs()
-    if not jobs:
-        st.caption("No labelling runs yet.")
-        return False
-    active = False
-    for job in jobs:
-        progress, spec = job.progress(), job.spec
-        config = spec.get("config") or {}
-        active |= progress.status in ACTIVE
-        with st.container(border=True, key=f"label-run-{job.run_id}"):
-            constitution_name = (spec.get("constitution") or {}).get("name", "none")
-            job_status(
-                job,
-                progress,
-                details=(
-                    f"judge {spec.get('model')} · constitution {constitution_name} · "
-                    f"strategy {config.get('strategy', '?')} · started {when(spec['created_at'])}"
-                ),
-                progress_text=f"{progress.done}/{count(progress.total, 'label')}",
-            )
-            with st.container(horizontal=True):
-                job_buttons(job, progress, start)
-            job_log(job)
-    return active
+def describe_labelling(job: JobFolder, progress) -> tuple[str, str]:
+    spec, config = job.spec, job.spec.get("config") or {}
+    constitution_name = (spec.get("constitution") or {}).get("name", "none")
+    return (
+        f"judge {spec.get('model')} · constitution {constitution_name} · "
+        f"strategy {config.get('strategy', '?')} · started {when(spec['created_at'])}",
+        f"{progress.done}/{count(progress.total, 'label')}",
+    )
 
 
 def label_launcher(store) -> None:
@@ -117,11 +99,7 @@ def label_launcher(store) -> None:
                 st.success(md_escape(f"Started {job.run_id}. Its labels join the dashboard as they land."))
             else:
                 st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
-    live_panel(
-        label_runs_panel,
-        active=any(job.progress().status in ACTIVE for job in label_jobs()),
-        refresh_key="refresh_label_runs",
-    )
+    job_cards(label_jobs, start, describe_labelling, empty="No labelling runs yet.", refresh_key="refresh_label_runs")
 
 
 def shown(value) -> str:
@@ -347,8 +325,8 @@ cols[1].plotly_chart(
 st.subheader("Per-principle audit: which principles to rewrite")
 st.caption(
     "Flip rate: how often its choice changes when the answers swap places. Position bias: the first-position "
-    "rate's distance from 0.5. Revision P(better): how often its SL-CAI revisions beat the answer before them, "
-    "as judged by `cai eval rounds` (0.5: no change). Finding: what fails the verdict's thresholds."
+    "rate's distance from 0.5. Revision P(better): how often its SL-CAI revisions beat the answer before them, as "
+    "judged by a rounds evaluation (the Evaluate page; 0.5: no change). Finding: what fails the verdict's thresholds."
 )
 if board.principle_audit.empty:
     st.caption("No per-principle labels to audit.")

@@ -14,7 +14,7 @@ from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models, prepare_
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import job_cards, launch_job
 from ui.settings import connect, follow_context, model_choices, setup
 from ui.text import count, md_escape, show_flash, show_text, when
 
@@ -226,28 +226,16 @@ def eval_jobs() -> list[JobFolder]:
     return [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] in EVAL_KINDS][:10]
 
 
-def runs_panel() -> bool:
-    jobs = eval_jobs()
-    if not jobs:
-        st.info("No evaluation runs yet.")
-        return False
-    active = False
-    for job in jobs:
-        progress, spec = job.progress(), job.spec
-        active |= progress.status in ACTIVE
-        with st.container(border=True, key=f"run-{job.run_id}"):
-            job_status(
-                job,
-                progress,
-                details=f"judge {spec['model']} · started {when(spec['created_at'])}",
-                progress_text=f"{progress.done}/{progress.total} answers and comparisons",
-            )
-            job_buttons(job, progress, start)
-            job_log(job)
-    return active
-
-
-live_panel(runs_panel, active=any(job.progress().status in ACTIVE for job in eval_jobs()), refresh_key="refresh_evals")
+job_cards(
+    eval_jobs,
+    start,
+    lambda job, progress: (
+        f"judge {job.spec['model']} · started {when(job.spec['created_at'])}",
+        f"{progress.done}/{progress.total} answers and comparisons",
+    ),
+    empty="No evaluation runs yet.",
+    refresh_key="refresh_evals",
+)
 
 # --- results ----------------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from cai_core.pairs import (
     sl_cai_pairs,
 )
 from cai_core.prompts import PromptFileError
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import job_cards, launch_job
 from ui.settings import browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
@@ -63,28 +63,12 @@ def sample_jobs() -> list[JobFolder]:
     return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"][:SHOWN_SAMPLE_RUNS]
 
 
-def sample_runs_panel() -> bool:
-    """Progress, controls and log of the latest sampling runs; True while one is active."""
-    jobs = sample_jobs()
-    if not jobs:
-        st.caption("No sampling runs yet.")
-        return False
-    active = False
-    for job in jobs:
-        progress, spec = job.progress(), job.spec
-        config = spec.get("config") or {}
-        active |= progress.status in ACTIVE
-        with st.container(border=True, key=f"sample-run-{job.run_id}"):
-            job_status(
-                job,
-                progress,
-                details=f"model {spec.get('model')} · K {config.get('k', '?')} · started {when(spec['created_at'])}",
-                progress_text=f"{progress.done}/{count(progress.total, 'prompt')}",
-            )
-            with st.container(horizontal=True):
-                job_buttons(job, progress, start)
-            job_log(job)
-    return active
+def describe_sampling(job: JobFolder, progress) -> tuple[str, str]:
+    spec, config = job.spec, job.spec.get("config") or {}
+    return (
+        f"model {spec.get('model')} · K {config.get('k', '?')} · started {when(spec['created_at'])}",
+        f"{progress.done}/{count(progress.total, 'prompt')}",
+    )
 
 
 st.title("Data")
@@ -166,10 +150,8 @@ with connect(ws) as store:
                     st.success(f"Started {job.run_id}. Its pairs join the store as they land.")
                 else:
                     st.info(f"{job.run_id} is already running: the same settings make the same run.")
-        live_panel(
-            sample_runs_panel,
-            active=any(job.progress().status in ACTIVE for job in sample_jobs()),
-            refresh_key="refresh_sample_runs",
+        job_cards(
+            sample_jobs, start, describe_sampling, empty="No sampling runs yet.", refresh_key="refresh_sample_runs"
         )
 
     # --- import ---------------------------------------------------------------------------------------------

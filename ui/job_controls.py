@@ -97,3 +97,41 @@ def live_panel(draw: Callable[[], bool], *, active: bool, refresh_key: str) -> N
     panel()
     if not active:
         st.button("Refresh", key=refresh_key)
+
+
+Describe = Callable[[JobFolder, Progress], tuple[str, str]]
+"""A card's details line and progress text for a job, e.g. ("judge X · started Y", "3/10 labels")."""
+
+
+def job_cards(
+    jobs: Callable[[], list[JobFolder]],
+    start: Starter,
+    describe: Describe,
+    *,
+    empty: str,
+    refresh_key: str,
+    resumable: Callable[[JobFolder], bool] = lambda job: True,
+    more_buttons: Callable[[JobFolder], None] | None = None,
+) -> None:
+    """The latest runs a page launched, one card each (status, details, progress, Cancel or Resume, the log),
+    redrawn live while any is active; `jobs` is called at each redraw so that new runs appear."""
+
+    def draw() -> bool:
+        shown = jobs()
+        if not shown:
+            st.caption(empty)
+        active = False
+        for job in shown:
+            progress = job.progress()
+            active |= progress.status in ACTIVE
+            with st.container(border=True, key=f"run-{job.run_id}"):
+                details, progress_text = describe(job, progress)
+                job_status(job, progress, details=details, progress_text=progress_text)
+                with st.container(horizontal=True):
+                    job_buttons(job, progress, start, resumable=resumable(job))
+                    if more_buttons:
+                        more_buttons(job)
+                job_log(job)
+        return active
+
+    live_panel(draw, active=any(job.progress().status in ACTIVE for job in jobs()), refresh_key=refresh_key)
