@@ -124,6 +124,16 @@ def recipe_panel() -> bool:
                 rules = stage_job.spec["config"].get("monitor_rules", "")
                 if not monitor_section(monitor_metrics(stage_job), rules, key=f"recipe_monitor-{stage_job.run_id}"):
                     st.caption("No monitor signals logged yet.")
+    job_log(job)
+    return progress.status in ACTIVE
+
+
+# a recipe never started has no folder, and a folder-less job reads "pending": not a job to keep redrawing for
+started = (job.path / "run.json").exists()
+live_panel(recipe_panel, active=started and job.progress().status in ACTIVE, refresh_key="recipe_refresh")
+if started:
+    # outside the panel: a report made on the click is registered at each redraw, and the panel redraws every
+    # few seconds while the recipe runs, which would drop the one a click had just asked for
     st.download_button(
         "Download the report (one HTML file, opens offline)",
         report,
@@ -133,10 +143,3 @@ def recipe_panel() -> bool:
         icon=":material/download:",
         on_click="ignore",
     )
-    job_log(job)
-    return progress.status in ACTIVE
-
-
-# a recipe never started has no folder, and a folder-less job reads "pending": not a job to keep redrawing for
-started = (job.path / "run.json").exists()
-live_panel(recipe_panel, active=started and job.progress().status in ACTIVE, refresh_key="recipe_refresh")
