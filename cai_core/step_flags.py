@@ -117,19 +117,29 @@ def stored_revision_requests(store: Store, version: str) -> dict[str, str]:
         return {}
 
 
+def flags_by_trace(store: Store, where: TraceFilter) -> dict[str, dict[int, list[str]]]:
+    """Each matching trace's flags by round, judged by its run's token limit and its constitution version's
+    revision requests, as the store hands them over (`Store.steps_to_flag`)."""
+    steps = store.steps_to_flag(where)
+    steps = steps.astype(object).where(steps.notna(), None)  # a missing critique or limit is None, not NaN
+    requests = {version: stored_revision_requests(store, version) for version in steps["constitution_version"].unique()}
+    found = {}
+    for trace_id, rows in steps.groupby("trace_id", sort=False):
+        first = rows.iloc[0]
+        found[trace_id] = trace_flags(
+            rows.itertuples(), first["max_new_tokens"], requests[first["constitution_version"]]
+        )
+    return found
+
+
 def flagged_traces(store: Store, flags: Iterable[str], where: TraceFilter) -> tuple[str, ...]:
     """The ids of the traces matching `where` that have a step with any of `flags`."""
     wanted = set(flags)
     unknown = wanted - set(FLAGS)
     if unknown:
         raise ValueError(f"unknown flag {', '.join(sorted(unknown))}; choose from {', '.join(FLAGS)}")
-    steps = store.steps_to_flag(where)
-    steps = steps.astype(object).where(steps.notna(), None)  # a missing critique or limit is None, not NaN
-    requests = {version: stored_revision_requests(store, version) for version in steps["constitution_version"].unique()}
-    kept = []
-    for trace_id, rows in steps.groupby("trace_id", sort=False):
-        first = rows.iloc[0]
-        found = trace_flags(rows.itertuples(), first["max_new_tokens"], requests[first["constitution_version"]])
-        if any(wanted.intersection(step) for step in found.values()):
-            kept.append(trace_id)
-    return tuple(kept)
+    return tuple(
+        trace_id
+        for trace_id, by_round in flags_by_trace(store, where).items()
+        if any(wanted.intersection(step) for step in by_round.values())
+    )

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from cai_core import cli
 from cai_core.constitution import load_constitution
 from cai_core.jobs import JobFolder
 from cai_core.records import StepVerdict, Trace, TraceStep, to_row
@@ -129,3 +130,23 @@ def test_traces_are_filtered_by_the_verdicts_people_gave(workspace):
         assert store.count_traces(TraceFilter(verdict="same", run_id="another-run")) == 0
         with pytest.raises(ValueError, match="unknown verdict 'great'"):
             store.count_traces(TraceFilter(verdict="great"))
+
+
+def test_the_cli_lists_traces_by_flag_and_verdict_and_shows_one(workspace, capsys):
+    with store_traces(workspace) as store:
+        store.save_verdict(StepVerdict("healthy", 1, "ada", "better", "valid", ""))
+
+    def cai(*argv: str) -> str:
+        assert cli.main(["--data-dir", str(workspace.root), "traces", *argv]) == 0
+        return capsys.readouterr().out
+
+    listed = cai("list", "--flag", "unchanged", "--flag", "repetition")
+    assert listed.startswith("2 traces match")
+    assert {line.split()[0] for line in listed.splitlines()[1:]} == {"unchanged", "looping"}
+    assert "healthy" not in listed
+    assert cai("list", "--verdict", "better").splitlines()[1].split()[:4] == ["healthy", "1", "rounds", "-"]
+    shown = cai("show", "looping")
+    assert "REVISION 1  [flagged: repetition]" in shown and "ANSWER\n" in shown  # the answer itself is healthy
+    assert "verdict by ada" in cai("show", "healthy")
+    assert cli.main(["--data-dir", str(workspace.root), "traces", "show", "nowhere"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no trace 'nowhere'"
