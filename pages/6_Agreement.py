@@ -21,10 +21,9 @@ from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
-from cai_core.pairs import LABEL_FORMATS, PairFileError, import_labels
 from cai_core.store import StoreError
 from ui.job_controls import ACTIVE, job_cards, launch_job
-from ui.settings import connect, follow_context, save_upload, setup
+from ui.settings import connect, follow_context, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Agreement")
@@ -33,7 +32,6 @@ ss = st.session_state
 
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
-LABEL_SUFFIXES = (".jsonl", ".gz", ".csv")
 
 
 def start(job: JobFolder) -> None:
@@ -119,38 +117,12 @@ st.title("Agreement")
 show_flash()
 
 with connect(ws) as store:
-    # --- import people's labels (what `cai import-labels` does) -----------------------------------------
-    with st.expander("Import hh-rlhf / CSV / JSONL labels"):
-        path_text = st.text_input("File inside the workspace (.jsonl, .jsonl.gz or .csv)", key="import_path")
-        upload = st.file_uploader("or upload one", type=["jsonl", "gz", "csv"], key="import_upload")
-        cols = st.columns(3)
-        file_format = cols[0].selectbox("Format", LABEL_FORMATS, key="import_format")
-        limit = int(cols[1].number_input("hh-rlhf: first N pairs (0: all)", min_value=0, value=0, key="import_limit"))
-        file_annotator = cols[2].text_input("labels: annotator of every line, if no column", key="import_annotator")
-        skip_bad = st.checkbox("Skip bad lines instead of stopping", key="import_skip_bad")
-        if st.button("Import", key="import_labels", disabled=not path_text.strip() and upload is None):
-            try:
-                if upload is not None:
-                    path = save_upload(ws, upload, LABEL_SUFFIXES)
-                else:
-                    path = ws.resolve_browser_path(path_text, suffixes=LABEL_SUFFIXES)
-                result = import_labels(
-                    store,
-                    path,
-                    file_format=file_format,
-                    limit=limit or None,
-                    annotator=file_annotator.strip() or None,
-                    skip_bad_lines=skip_bad,
-                )
-            except (OSError, PairFileError, KeyError, ValueError) as exc:
-                st.error(md_escape(str(exc)))
-            else:
-                flash(
-                    "success",
-                    f"Read {len(result.found.pairs)} pairs ({result.pairs_added} new) and imported "
-                    f"{result.labels_added} human labels; skipped {len(result.found.problems)} bad lines.",
-                )
-                st.rerun()
+    # People's labels come in on the Annotate page, or from a file on the Data page: one import, one owner.
+    st.page_link(
+        "pages/9_Data.py",
+        label="Import people's labels from a file (hh-rlhf, CSV, JSONL) on the Data page",
+        icon=":material/upload:",
+    )
 
     # --- AI labelling runs (what `cai label --background` does) -------------------------------------------
     labelling = any(job.progress().status in ACTIVE for job in label_jobs())

@@ -127,6 +127,17 @@ def test_uploads_are_imported_from_the_workspace_and_a_path_outside_is_refused(w
     at.button(key="import_start").click().run()
     assert "outside the workspace" in texts(at.error)
 
+    # people's labels on stored pairs: pair_id,label lines, one annotator for the whole file
+    pair_ids = [p.pair_id for p in stored_pairs(ws, "import")]
+    (ws.root / "labels.csv").write_text("pair_id,label\n" + "".join(f"{p},A\n" for p in pair_ids))
+    at.radio(key="import_kind").set_value("labels")
+    at.text_input(key="import_file").set_value(str(ws.root / "labels.csv"))
+    at.text_input(key="import_who").set_value("dee")
+    at.button(key="import_start").click().run()
+    assert f"imported {len(pair_ids)} human labels" in texts(at.success)
+    with Store.open(ws) as store:
+        assert {label.pair_id for label in store.human_labels(annotator="dee")} == set(pair_ids)
+
 
 def test_the_export_is_what_cai_export_writes_with_the_same_filters(ws, tmp_path):
     at = open_page(DATA)

@@ -240,27 +240,11 @@ def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):
     assert "No AI label matches these filters." in [i.value for i in at.info]
 
 
-def test_agreement_page_imports_a_labels_file_and_handles_an_empty_store(ws, tmp_path, monkeypatch):
-    with Store.open(ws) as store:
-        pair_ids = [p.pair_id for p in store.pairs(limit=3)]
-    outside = tmp_path / "labels.csv"  # beside the data folder, not in it: the browser may not read it
-    outside.write_text("pair_id,label\n" + "".join(f"{p},A\n" for p in pair_ids), encoding="utf-8")
+def test_agreement_page_sends_label_files_to_the_data_page_and_handles_an_empty_store(ws, tmp_path, monkeypatch):
     at = open_page(AGREEMENT)
-    at.text_input(key="import_path").set_value(str(outside)).run()
-    at.text_input(key="import_annotator").set_value("dee").run()
-    at.button(key="import_labels").click().run()
-    assert "outside the workspace" in " ".join(str(e.value) for e in at.error).replace("\\", "")
-    with Store.open(ws) as store:
-        assert store.human_labels(annotator="dee") == []
-
-    labels = ws.root / "labels.csv"
-    labels.write_bytes(outside.read_bytes())
-    at.text_input(key="import_path").set_value(str(labels)).run()
-    at.button(key="import_labels").click().run()
-    assert not at.exception, at.exception
-    assert "imported 3 human labels" in " ".join(str(s.value) for s in at.success).replace("\\", "")
-    with Store.open(ws) as store:
-        assert {lb.pair_id for lb in store.human_labels(annotator="dee")} == set(pair_ids)
+    links = {link.proto.label: link.proto.page for link in at.get("page_link")}
+    assert "Data" in links["Import people's labels from a file (hh-rlhf, CSV, JSONL) on the Data page"]
+    assert not at.get("file_uploader")  # one import of people's labels, on the Data page
 
     monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "empty"))
     for page in (AGREEMENT, ANNOTATE):
