@@ -79,10 +79,11 @@ def share_compiled_scripts() -> None:
     """AppTest compiles the scripts again on every run (a fresh ScriptCache each time); the server compiles each
     once. One cache for every run here, so that a redraw costs what it costs on the server."""
     from streamlit.runtime.scriptrunner.script_cache import ScriptCache
-    from streamlit.testing.v1 import local_script_runner
+    from streamlit.testing.v1 import app_test, local_script_runner
 
     shared = ScriptCache()
-    local_script_runner.ScriptCache = lambda: shared
+    # both make their own: the runner for the main script, AppTest (its pages manager) for the page it runs
+    local_script_runner.ScriptCache = app_test.ScriptCache = lambda: shared
 
 
 def time_page(page: str | None, repeats: int) -> tuple[float, list[float], list[float]]:

@@ -9,7 +9,6 @@ import hashlib
 
 import streamlit as st
 
-from cai_core.ab import ABConfig, ABError, ab_prompt, ab_result, ab_runs, prepare_ab_job
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.constitution import (
     ConstitutionError,
@@ -27,7 +26,7 @@ from cai_core.constitution import (
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
 from cai_core.jobs import engine_name
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.constitution_ab import ab_form, ab_runs_section
 from ui.settings import connect, follow_context, setup
 from ui.text import (
     chat_transcript,
@@ -360,33 +359,6 @@ with yaml_tab:
     st.text_area("YAML", value=text, key=yaml_key, height=520, label_visibility="collapsed")
     st.button("Apply YAML to the editor", key="apply_yaml", on_click=apply_yaml, args=(yaml_key, file_name))
 
-NEUTRAL_JUDGE = "a neutral question"
-
-
-def start_ab(version_a: str, version_b: str) -> None:
-    """Prepare an A/B of two saved versions and start it in the background (a callback: it opens the store itself)."""
-    judge = ss["ab_judge"]
-    try:
-        config = ABConfig(
-            constitution_a=version_a,
-            constitution_b=version_b,
-            limit=int(ss["ab_limit"]),
-            rounds=int(ss["ab_rounds"]),
-            model=settings.model_spec(settings.model),
-            judge=settings.model_spec(settings.model),
-            judge_constitution=None if judge == NEUTRAL_JUDGE else str(ws.constitutions_dir / judge),
-        )
-        job = prepare_ab_job(config, ws)
-    except (ABError, ConstitutionError, KeyError, ValueError, OSError) as exc:
-        flash("error", f"The A/B was not started: {exc}")
-        return
-    ss["ab_run"] = job.run_id
-    if launch_job(job, lambda j: j.resume_in_background(ws)):
-        flash("success", f"Started the A/B {job.run_id} in the background; its result appears below as it comes.")
-    else:
-        flash("info", f"{job.run_id} is already running: the same two versions and settings make the same A/B.")
-
-
 # --- history: versions, diff, restore -------------------------------------------------------------------
 
 with history_tab, connect(ws) as store:
@@ -439,96 +411,11 @@ with history_tab, connect(ws) as store:
         )
         st.caption("Restoring writes that version to the file and records it as a new save; nothing is lost.")
 
-        st.subheader("Compare these two versions on prompts (A/B)")
-        st.caption(
-            "SL-CAI under each version with the sidebar's model, on the same red-team and benign prompts and seeds; "
-            "then the judge compares, per prompt, A's final revision with B's and each with its initial answer, in "
-            "both orders, under a neutral question or a third constitution's principles (neither version judges "
-            "itself)."
-        )
-        cols = st.columns(2)
-        ab_a = cols[0].selectbox(
-            "Version A", restorable, index=min(1, len(restorable) - 1), format_func=labels.get, key="ab_a"
-        )
-        ab_b = cols[1].selectbox("Version B", restorable, index=0, format_func=labels.get, key="ab_b")
-        cols = st.columns([1, 1, 2, 2], vertical_alignment="bottom")
-        cols[0].number_input(
-            "Prompts per set", 1, 24, 4, key="ab_limit", help="Of the red-team set and the benign set."
-        )
-        cols[1].number_input("Rounds", 1, 8, 1, key="ab_rounds")
         others = [p.name for p in files if p.name != file_name]
-        cols[2].selectbox("Judged by", [NEUTRAL_JUDGE, *others], key="ab_judge")
-        cols[3].button(
-            "Compare on prompts",
-            key="ab_start",
-            type="primary",
-            on_click=start_ab,
-            args=(versions[ab_a], versions[ab_b]),
-            disabled=versions[ab_a] == versions[ab_b],
-            width="stretch",
-        )
+        ab_form(settings, {key: labels[key] for key in restorable}, versions, others)
 
 with history_tab:  # the A/B runs of this file's versions; they live in job folders, so the store is closed here
-    ab_jobs = ab_runs(ws, set(history["version"]))
-    if ab_jobs:
-        choices = [job.run_id for job in ab_jobs]
-        ss["ab_run"] = ss.get("ab_run") if ss.get("ab_run") in choices else choices[0]
-        ab_job = ab_jobs[choices.index(st.selectbox("A/B run", choices, key="ab_run"))]
-
-        def ab_panel() -> bool:
-            progress = ab_job.progress()
-            job_status(
-                ab_job, progress, details=f"model {ab_job.spec['model']}", progress_text=f"{progress.done}/3 stages"
-            )
-            job_buttons(ab_job, progress, lambda j: j.resume_in_background(ws))
-            job_log(ab_job)
-            return progress.status in ACTIVE
-
-        live_panel(ab_panel, active=ab_job.progress().status in ACTIVE, refresh_key="ab_refresh")
-        result = ab_result(ws, ab_job.run_id)
-        for side in ("a", "b", "judge"):
-            st.text(f"{side.upper():>5}: {result.names[side]} · version {result.versions[side]}")
-        if result.win_rates.empty:
-            st.info("Nothing judged yet: the figures appear once the judge stage has begun.")
-        else:
-            figures = st.container(key="ab_figures")
-            figures.markdown(
-                "**Paired win rates** (ties count half; 95% bootstrap intervals over prompts). The last row is A's "
-                "gain over its initial answer minus B's, prompt by prompt (from -1 to 1)."
-            )
-            figures.dataframe(result.win_rates.round(3), hide_index=True)
-            cols = figures.columns(2)
-            cols[0].markdown("**Per judging principle**")
-            cols[0].dataframe(result.by_principle.round(3), hide_index=True)
-            cols[1].markdown("**Per prompt category**")
-            cols[1].dataframe(result.by_category.round(3), hide_index=True)
-            figures.markdown("**Over-refusal on the benign prompts** (refusal phrases; Wilson 95% intervals)")
-            figures.dataframe(result.over_refusal.round(3), hide_index=True)
-            with st.expander("Every prompt's scores"):
-                st.dataframe(result.prompts.round(3), hide_index=True)
-
-            prompts = result.prompts.set_index("key")
-            key = st.selectbox(
-                "Prompt",
-                list(prompts.index),
-                key="ab_prompt",
-                format_func=lambda k: f"{k} · {prompts.loc[k, 'label']} · {prompts.loc[k, 'prompt'][:80]}",
-            )
-            found = ab_prompt(ws, ab_job.run_id, key)
-            st.text(f"{found.label} · category {found.category or '(none)'}")
-            show_text(found.prompt)
-            cols = st.columns(2)
-            for col, side in zip(cols, ("a", "b"), strict=True):
-                with col:
-                    st.markdown(f"**Constitution {side.upper()}**")
-                    for step in found.traces[side]:
-                        if step["round"]:
-                            st.text(f"Round {step['round']} · {step['principle_id']} · critique")
-                            show_text(step["critique"])
-                        st.text("Initial answer" if step["round"] == 0 else f"Round {step['round']} · revision")
-                        show_text(step["response"])
-            st.caption("The judge (p_a: P(the first-named answer is better), both orders):")
-            st.dataframe(found.judgments, hide_index=True)
+    ab_runs_section(settings, set(history["version"]))
 
 # --- preview: the exact prompts -------------------------------------------------------------------------
 

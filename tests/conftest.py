@@ -17,6 +17,7 @@ import pytest
 
 from cai_core.workspace import Workspace
 
+from .browser.seed import seeded_data
 from .tiny_model import build_tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,6 +37,17 @@ def second_tiny_model_path(tmp_path_factory) -> str:
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     return Workspace(tmp_path / "data")
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    """The seeded data folder (a finished SL-CAI run, a copy of the shipped constitutions; tests/browser/seed.py)
+    as the app's: pages under AppTest and the `cai` command read it through the environment, as `cai app` does."""
+    workspace = seeded_data(tmp_path)
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return workspace
 
 
 @pytest.fixture(scope="session")

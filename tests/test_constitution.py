@@ -1,7 +1,11 @@
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+import cai_core.constitution
 from cai_core.constitution import (
     ConstitutionError,
     diff_constitutions,
@@ -178,6 +182,52 @@ def test_a_constitution_over_the_size_limit_is_refused_before_it_is_read(tmp_pat
         load_constitution(big)
     with pytest.raises(ConstitutionError, match="at most"):
         parse_constitution(big.read_text(), "pasted")
+
+
+# --- one parse a load ---------------------------------------------------------------------------------
+
+
+def test_a_constitution_is_read_in_one_pass_with_its_lines_and_refusals(monkeypatch):
+    """The line index for error messages, the alias and duplicate-key refusals and the data come from one parse
+    (they took three: events, a composed tree, then safe_load, ten times the time of one parse under libyaml)."""
+    for name in ("parse", "compose", "safe_load", "load"):
+        monkeypatch.setattr(yaml, name, lambda *a, name=name, **kw: pytest.fail(f"a second pass: yaml.{name}"))
+    assert load_constitution(SHIPPED / "hhh.yaml").name
+    with pytest.raises(ConstitutionError, match="bad.yaml, line 9: principle 1 \\('harm'\\), field 'tagz'"):
+        parse_constitution(VALID.replace("    tags: [harmless]", "    tagz: [harmless]"), "bad.yaml")
+    with pytest.raises(ConstitutionError, match=r"line 3: duplicate key 'name' \(first at line 1\)"):
+        parse_constitution(VALID.replace("description: two principles", "description: two principles\nname: Again"))
+
+
+@pytest.fixture
+def without_libyaml(monkeypatch):
+    """cai_core.constitution as it loads where PyYAML was built without libyaml: a copy of the module, which
+    parses with PyYAML's own parser."""
+    monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # `from yaml._yaml import ...` raises ImportError
+    spec = importlib.util.spec_from_file_location("constitution_without_libyaml", cai_core.constitution.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_libyaml_the_same_data_lines_and_refusals(without_libyaml):
+    assert without_libyaml._Parser.__module__ == "constitution_without_libyaml"  # PyYAML's parser, not libyaml's
+    for path in list_constitutions(SHIPPED):
+        assert without_libyaml.load_constitution(path).canonical_json() == load_constitution(path).canonical_json()
+    bad = {
+        "bomb.yaml": "name: x\n" + BILLION_LAUGHS.replace("a: &a", "description: &a", 1),
+        "dup.yaml": VALID.replace("description: two principles", "description: two principles\nname: Again"),
+        "field.yaml": VALID.replace("    tags: [harmless]", "    tagz: [harmless]"),
+        "broken.yaml": "name: x\nprinciples: [\n  - bad",
+    }
+    for source, text in bad.items():
+        with pytest.raises(without_libyaml.ConstitutionError) as pure:
+            without_libyaml.parse_constitution(text, source)
+        with pytest.raises(ConstitutionError) as fast:
+            parse_constitution(text, source)
+        # the same words, but a malformed file's problem is worded by each parser its own way
+        assert str(pure.value).partition("YAML: ")[0] == str(fast.value).partition("YAML: ")[0], source
 
 
 # --- the file stays its author's: saving changes only what changed ------------------------------------

@@ -9,31 +9,20 @@ import ast
 import gzip
 import json
 
-import pytest
-
 from cai_core import cli
 from cai_core.exports import export_bytes, export_rows
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import PROJECT_ROOT
 from ui.navigation import HOME, STEPS
 
-from .browser.seed import FOUR_ROUNDS, SEED_RUN, model_in_workspace, seeded_data
+from .browser.seed import FOUR_ROUNDS, SEED_RUN, model_in_workspace
 from .test_pages import CONSTITUTION, GENERATE, open_page, texts, type_model
 
 DATA = "pages/9_Data.py"
 ANNOTATE = "pages/5_Annotate.py"
 AGREEMENT = "pages/6_Agreement.py"
 EVALUATE = "pages/7_Evaluate.py"
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    workspace = seeded_data(tmp_path)
-    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
-    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
-    monkeypatch.delenv("CAI_DB", raising=False)
-    return workspace
 
 
 def stored_pairs(ws, source: str) -> list:

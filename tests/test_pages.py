@@ -20,24 +20,15 @@ from cai_core.jobs import JobFolder
 from cai_core.prompts import load_prompts
 from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store, TraceFilter
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import PROJECT_ROOT
 from ui.settings import OTHER_MODEL
 from ui.text import diff_html, side_by_side_html
 
-from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace, seeded_data
+from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 CONSTITUTION = "pages/1_Constitution.py"
 TRACES = "pages/2_Traces.py"
 GENERATE = "pages/3_Generate.py"
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    workspace = seeded_data(tmp_path)
-    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
-    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
-    monkeypatch.delenv("CAI_DB", raising=False)
-    return workspace
 
 
 def open_page(page: str | None = None) -> AppTest:

@@ -15,23 +15,19 @@ from cai_core.store import Store, TraceFilter
 from cai_core.train import train
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import PROJECT_ROOT
 from ui.settings import OTHER_MODEL
 
-from .browser.seed import copy_constitutions, model_in_workspace, seeded_data
+from .browser.seed import copy_constitutions, model_in_workspace
 
 TRAIN = "pages/4_Train.py"
 
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    workspace = seeded_data(tmp_path)
-    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
-    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
-    monkeypatch.delenv("CAI_DB", raising=False)
-    # tiny matrices on a shared 2-core machine: a second thread only waits
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """The training runs this page launches inherit it: tiny matrices on a shared 2-core machine, where a
+    second thread only waits."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return workspace
 
 
 def open_train(model: str | None = None) -> AppTest:

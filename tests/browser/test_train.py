@@ -1,6 +1,9 @@
-"""The training page in a real browser: launch a tiny SFT run and watch it finish with its curves drawn.
+"""The training page in a real browser: launch a tiny SFT run and watch it finish with its curves drawn; the
+training chain offers a registered reward model from a list, starts PPO from the latest SFT model, and never
+offers a reward model as every page's model.
 
-It has its own app server (`app_launching_jobs`), whose jobs run single-threaded.
+Each scenario has its own app server: `app_launching_jobs` (whose jobs run single-threaded) for the launch, and
+one on a workspace whose SFT model and reward model were trained before the server started.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ import pytest
 from playwright.sync_api import expect
 
 from cai_core.jobs import list_job_folders
+from cai_core.train import train
+from cai_core.train.reward import RewardConfig
+from cai_core.train.sft import SFTConfig
 
-from .conftest import app_launching_jobs
-from .harness import VIEWPORT, wait_for_app
-from .seed import model_in_workspace
+from .conftest import App, app_launching_jobs
+from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .seed import model_in_workspace, seed_pairs, seeded_data
 
 pytestmark = pytest.mark.browser
 
@@ -23,8 +29,22 @@ def train_app(chromium, tmp_path_factory):
         yield app
 
 
+@pytest.fixture(scope="module")
+def trained_app(chromium, tmp_path_factory, tiny_model_path):
+    """An app on a workspace with one finished SFT run (on the seeded traces) and one finished reward model
+    (on the seeded AI labels), trained here before the server opens the data folder."""
+    root = tmp_path_factory.mktemp("browser-train-chain")
+    workspace = seeded_data(root)
+    seed_pairs(workspace, root / "constitutions" / "hhh.yaml")
+    sft = train(SFTConfig(model=tiny_model_path, max_steps=1, batch_size=2), workspace)
+    rm = train(RewardConfig(model=tiny_model_path, max_steps=1, batch_size=4), workspace)
+    assert sft.progress().status == rm.progress().status == "done"
+    with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+        yield App(url, workspace, root / "constitutions"), sft.run_id, rm.run_id
+
+
 @pytest.fixture
-def train_page(chromium, train_app):
+def train_page(chromium):
     context = chromium.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -68,3 +88,37 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     expect(page.get_by_text("Not started: Reward model: PPO needs a reward")).to_be_visible(timeout=30_000)
     kinds = [j.spec["kind"] for j in list_job_folders(train_app.workspace.runs_dir)]
     assert [k for k in kinds if k.startswith("train-")] == ["train-sft"]  # the refused start recorded nothing
+
+
+def test_ppo_offers_the_registered_reward_model_and_starts_from_the_latest_sft_model(train_page, trained_app):
+    page = train_page
+    app, sft_run, rm_run = trained_app
+    page.goto(f"{app.url}/Train")
+    wait_for_app(page)
+    page.locator(".st-key-train_kind").get_by_text("PPO", exact=True).click()
+    settle(page)
+    expect(page.locator(".st-key-train_ppo_model input")).to_have_value(sft_run)
+    expect(page.get_by_text(f"The policy starts from the latest SFT model, run {sft_run}")).to_be_visible()
+    reward = page.locator(".st-key-train_ppo_reward_model")
+    expect(reward.get_by_role("combobox")).to_have_value(f"reward model {rm_run} · step 1")  # picked by default
+    reward.locator("input").click()  # the list opens with the registry's reward models in it
+    expect(page.get_by_role("option", name=f"reward model {rm_run} · step 1")).to_have_count(1)
+    page.keyboard.press("Escape")
+    expect(page.get_by_text("train one on the RM tab first")).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_use_this_model_is_offered_for_the_sft_model_and_never_for_the_reward_model(train_page, trained_app):
+    page = train_page
+    app, sft_run, rm_run = trained_app
+    page.goto(f"{app.url}/Train")
+    wait_for_app(page)
+    selected = page.locator(".st-key-train_selected")
+    for run_id, offered in ((sft_run, 1), (rm_run, 0), (sft_run, 1)):
+        page.locator(".st-key-train_run input").click()
+        page.get_by_role("option", name=run_id, exact=True).click()
+        settle(page)
+        # the selected run's panel is drawn (a reward model's folder is shown too: a spec to score with)
+        expect(selected.get_by_text(str(app.workspace.runs_dir / run_id / "final"), exact=True)).to_be_visible()
+        expect(page.locator(f".st-key-train_use-{run_id}")).to_have_count(offered)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
