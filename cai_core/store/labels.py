@@ -105,7 +105,8 @@ class LabelQueries:
             # claimed before the pairs they already hold, so that it is the first of them shown
             self._exec(
                 """INSERT OR REPLACE INTO annotation_claims
-                   SELECT ?, ?, least(?, coalesce(min(claimed_at), ?)) - 1e-3 FROM annotation_claims WHERE annotator = ?""",
+                   SELECT ?, ?, least(?, coalesce(min(claimed_at), ?)) - 1e-3 FROM annotation_claims
+                   WHERE annotator = ?""",
                 [annotator, pair_id, now(), now(), annotator],
             )
         return latest[0]
