@@ -213,3 +213,6 @@ def test_an_annotator_holds_a_look_ahead_of_pairs_in_the_order_they_were_handed_
         assert store.undo_human_label("ann").pair_id == ahead[0]
         assert [item.pair_id for item in store.claim_annotations("ann", 4, overlap=1)] == [ahead[0], *after]
         assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 4
+        store.release_claims("ann", keep=1)  # the queue's order changed: only the pair on screen is kept
+        assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 1
+        assert [item.pair_id for item in store.claim_annotations("ann", 1, overlap=1)] == [ahead[0]]

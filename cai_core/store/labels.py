@@ -226,6 +226,17 @@ class LabelQueries:
             self._insert_frame("INSERT", "annotation_claims", claims)
             return items[:count]
 
+    def release_claims(self, annotator: str, *, keep: int = 0) -> None:
+        """Give back the pairs this annotator holds, all but the first KEEP handed out (the one on their
+        screen): when the order of their queue changes, a look-ahead drawn in the old order goes back."""
+        with self._write():
+            self._exec(
+                """DELETE FROM annotation_claims WHERE annotator = ? AND pair_id NOT IN (
+                       SELECT pair_id FROM annotation_claims WHERE annotator = ?
+                       ORDER BY claimed_at, pair_id LIMIT ?)""",
+                [annotator, annotator, keep],
+            )
+
     def next_annotation(
         self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
     ) -> AnnotationItem | None:

@@ -1,0 +1,119 @@
+// The Annotate page's labelling panel, run in the browser (see ui/label_keys.py).
+//
+// The server hands over a few pairs it has already claimed for this annotator (data.pairs, in the order to
+// show them). A label is made here: the next pair shows at once from that look-ahead, and the label goes to
+// the server in the "labels" state value, which lists every label the server has not yet acknowledged
+// (data.recorded names those it has). Resending is harmless: the server records each event once.
+//
+// Pair text is user data: it only ever goes into textContent, never into markup.
+
+const panels = new WeakMap(); // parentElement -> what this panel remembers between the server's redraws
+
+// Streamlit calls the exported function again with each redraw's data, but runs the cleanup it returns only
+// when the panel goes away: so one key listener per panel, which hands each key to the latest redraw's handler.
+function remembered(parentElement) {
+  if (!panels.has(parentElement)) {
+    const panel = { unacknowledged: [], shownPair: null, chosen: null, onKey: () => {} };
+    panel.listener = (event) => panel.onKey(event);
+    document.addEventListener("keydown", panel.listener, true);
+    panels.set(parentElement, panel);
+  }
+  return panels.get(parentElement);
+}
+
+function typingInto(event) {
+  const target = event.composedPath()[0];
+  return target instanceof HTMLElement && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+}
+
+export default function ({ data, parentElement, setStateValue }) {
+  const panel = remembered(parentElement);
+  const root = parentElement.querySelector(".label-keys");
+  const part = (name) => root.querySelector(`[data-part="${name}"]`);
+  const recorded = new Set(data.recorded);
+  panel.unacknowledged = panel.unacknowledged.filter((label) => !recorded.has(label.event));
+
+  const choiceButtons = part("choices");
+  if (!choiceButtons.childElementCount) {
+    for (const [choice, title, key] of data.choices) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.choice = choice;
+      button.textContent = title;
+      button.title = `key ${key}`;
+      choiceButtons.appendChild(button);
+    }
+  }
+  // This function runs again on every redraw with new data: the handlers are this run's, so set them anew.
+  for (const button of choiceButtons.children) button.onclick = () => choose(button.dataset.choice);
+  part("submit").onclick = () => save();
+
+  function queue() {
+    const sent = new Set(panel.unacknowledged.map((label) => label.pair));
+    return data.pairs.filter((pair) => !sent.has(pair.id));
+  }
+
+  function draw() {
+    const [pair] = queue();
+    if (!pair || pair.id !== panel.shownPair) {
+      panel.chosen = null; // a choice never carries over to another pair
+      part("rationale").value = "";
+    }
+    panel.shownPair = pair ? pair.id : null;
+    part("pair").hidden = !pair;
+    // The look-ahead ran out before the server refilled it: say so rather than show a pair already labelled.
+    part("loading").hidden = Boolean(pair) || !panel.unacknowledged.length;
+    if (pair) {
+      part("pair-id").textContent = `Pair ${pair.id}`;
+      part("prompt").textContent = pair.prompt;
+      part("left").textContent = pair.left;
+      part("right").textContent = pair.right;
+    }
+    for (const button of choiceButtons.children) {
+      const on = button.dataset.choice === panel.chosen;
+      button.classList.toggle("chosen", on);
+      button.setAttribute("aria-pressed", String(on));
+    }
+    part("submit").disabled = !panel.chosen;
+    const titles = Object.fromEntries(data.choices.map(([choice, title]) => [choice, title]));
+    part("hint").textContent = panel.chosen ? `Your choice: ${titles[panel.chosen]}. Enter saves it.` : data.hint;
+    const waiting = panel.unacknowledged.length;
+    part("status").textContent = waiting ? `Saving ${waiting} label${waiting === 1 ? "" : "s"}…` : "";
+  }
+
+  function choose(choice) {
+    if (!panel.shownPair) return;
+    panel.chosen = choice;
+    draw();
+  }
+
+  function save() {
+    if (!panel.shownPair || !panel.chosen) return;
+    panel.unacknowledged.push({
+      // unique within the server's session, across remounts of this panel too (its memory starts afresh)
+      event: `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`,
+      pair: panel.shownPair,
+      choice: panel.chosen,
+      rationale: part("rationale").value.trim(),
+    });
+    draw(); // the next pair, before the server has heard of this label
+    setStateValue("labels", panel.unacknowledged);
+  }
+
+  function onKey(event) {
+    if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || typingInto(event)) return;
+    const choice = data.choices.find(([, , key]) => key === event.key);
+    if (choice) choose(choice[0]);
+    else if (event.key === "Enter") save();
+    else return;
+    event.preventDefault();
+    event.stopPropagation();
+  }
+
+  panel.onKey = onKey;
+  draw();
+  return () => {
+    document.removeEventListener("keydown", panel.listener, true);
+    panels.delete(parentElement);
+  };
+}
