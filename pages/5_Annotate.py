@@ -106,7 +106,7 @@ if ss.pop("reset_reopen", False):
 
 with connect(ws) as store:
     # what the panel sent first, so that the counts below include it
-    recorded = record_labels(store, annotator)
+    recorded = record_labels(store)
     for line in recorded.refused:
         st.error(md_escape(line))
     if recorded.saved:
@@ -183,7 +183,7 @@ with connect(ws) as store:
         if not ahead:
             st.success(f"Your queue is empty: every pair has {count(overlap, 'label')} or a label from you.")
             st.stop()
-        label_panel(ahead, CHOICES, SHORTCUTS, HINT)
+        label_panel(ahead, annotator, CHOICES, SHORTCUTS, HINT)
         st.stop()
 
     # --- editing a label already saved ----------------------------------------------------------------

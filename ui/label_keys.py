@@ -83,11 +83,12 @@ class Recorded:
     refused: list[str]  # one line per label that was not stored, saying why
 
 
-def record_labels(store: Store, annotator: str) -> Recorded:
+def record_labels(store: Store) -> Recorded:
     """Store the labels the panel sent that this session has not recorded yet, each once. A label names the
-    pair and the choice as shown (left = "a"); the sides are the store's for this annotator, never the
-    browser's word, and only a pair this session handed to the panel can be labelled."""
-    recorded, handed = _session_sets()
+    pair and the choice as shown (left = "a"); the annotator is the one the pair was handed to and the sides
+    are the store's for them, never the browser's word, and only a pair this session handed to the panel can
+    be labelled."""
+    recorded, handed = _session()
     saved, refused = [], []
     for label in _sent_labels():
         event = str(label.get("event", ""))
@@ -97,6 +98,7 @@ def record_labels(store: Store, annotator: str) -> Recorded:
         try:
             if pair_id not in handed:
                 raise ValueError("that pair was not handed to this page")
+            annotator = handed[pair_id]
             item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
             saved.append(store.save_human_label(item.label(annotator, choice, str(label.get("rationale", "")))))
         except StoreError as exc:  # unacknowledged, the label comes back with the next one sent
@@ -108,10 +110,12 @@ def record_labels(store: Store, annotator: str) -> Recorded:
     return Recorded(saved, refused)
 
 
-def label_panel(items: list[AnnotationItem], choices: dict[str, str], shortcuts: dict[str, str], hint: str) -> None:
-    """Mount the panel on ITEMS (the claimed look-ahead, in the order to show them)."""
-    recorded, handed = _session_sets()
-    handed.update(item.pair_id for item in items)
+def label_panel(
+    items: list[AnnotationItem], annotator: str, choices: dict[str, str], shortcuts: dict[str, str], hint: str
+) -> None:
+    """Mount the panel on ITEMS, the look-ahead claimed for ANNOTATOR, in the order to show them."""
+    recorded, handed = _session()
+    handed.update((item.pair_id, annotator) for item in items)
     data = {
         "pairs": [{"id": i.pair_id, "prompt": i.prompt, "left": i.left, "right": i.right} for i in items],
         "recorded": [str(label.get("event")) for label in _sent_labels() if str(label.get("event")) in recorded],
@@ -126,8 +130,8 @@ def _sent_labels() -> list[dict]:
     return [label for label in sent if isinstance(label, dict)] if isinstance(sent, list) else []
 
 
-def _session_sets() -> tuple[set[str], set[str]]:
-    """The events this session recorded, and the pairs it handed to the panel."""
+def _session() -> tuple[set[str], dict[str, str]]:
+    """The label events this session recorded, and the annotator each pair it handed to the panel was for."""
     return st.session_state.setdefault("label_keys_recorded", set()), st.session_state.setdefault(
-        "label_keys_handed", set()
+        "label_keys_handed", {}
     )

@@ -107,6 +107,16 @@ def test_pair_text_is_shown_as_text_and_runs_nothing(keys_app, page):
     assert page.locator(".label-keys img, .label-keys b, .label-keys pre script").count() == 0
     assert page.evaluate("window.__pwned") is None
 
+    # the panel's buttons, for a mouse: choose, then submit
+    page.get_by_role("button", name="B is better").click()
+    expect(part(page, "hint")).to_have_text("Your choice: B is better. Enter saves it.")
+    page.get_by_role("button", name="Submit").click()
+    expect(part(page, "pair-id")).not_to_have_text(f"Pair {HOSTILE.pair_id}")
+    expect(part(page, "status")).to_have_text("")
+    [label] = stored(keys_app, "reader").values()
+    assert (label.pair_id, label.choice) == (HOSTILE.pair_id, "a" if swapped else "b")
+    assert page.evaluate("window.__pwned") is None
+
 
 def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(keys_app, page):
     socket = HeldSocket(page)
