@@ -101,8 +101,8 @@ def record_labels(store: Store) -> Recorded:
             annotator = handed[pair_id]
             item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
             saved.append(store.save_human_label(item.label(annotator, choice, str(label.get("rationale", "")))))
-        except StoreError as exc:  # unacknowledged, the label comes back with the next one sent
-            refused.append(f"Not saved yet (pair {pair_id}): {exc}. It is sent again with your next label.")
+        except StoreError as exc:  # left unacknowledged: the browser keeps sending it, and the next run retries
+            refused.append(f"Not saved yet (pair {pair_id}): {exc}. It is tried again on the next redraw.")
             continue
         except (ValueError, KeyError) as exc:
             refused.append(f"Not saved (pair {pair_id}): {exc}")
