@@ -17,7 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from cai_core.records import AnnotationItem, HumanLabel
-from cai_core.store import Store, StoreError
+from cai_core.store import Store
 
 KEY = "label_keys"
 LOOK_AHEAD = 5  # pairs claimed ahead: enough for a quick hand to run on while the server catches up
@@ -87,7 +87,7 @@ def record_labels(store: Store) -> Recorded:
     """Store the labels the panel sent that this session has not recorded yet, each once. A label names the
     pair and the choice as shown (left = "a"); the annotator is the one the pair was handed to and the sides
     are the store's for them, never the browser's word, and only a pair this session handed to the panel can
-    be labelled."""
+    be labelled. A label that fails otherwise stays unrecorded: the browser keeps sending it until it is."""
     recorded, handed = _session()
     saved, refused = [], []
     for label in _sent_labels():
@@ -101,9 +101,6 @@ def record_labels(store: Store) -> Recorded:
             annotator = handed[pair_id]
             item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
             saved.append(store.save_human_label(item.label(annotator, choice, str(label.get("rationale", "")))))
-        except StoreError as exc:  # left unacknowledged: the browser keeps sending it, and the next run retries
-            refused.append(f"Not saved yet (pair {pair_id}): {exc}. It is tried again on the next redraw.")
-            continue
         except (ValueError, KeyError) as exc:
             refused.append(f"Not saved (pair {pair_id}): {exc}")
         recorded.add(event)
