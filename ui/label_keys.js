@@ -59,17 +59,18 @@ export default function ({ data, parentElement, setStateValue }) {
     if (!pair || pair.id !== panel.shownPair) {
       panel.chosen = null; // a choice never carries over to another pair
       part("rationale").value = "";
+      if (pair) {
+        // written only when the pair changes: a choice's redraw keeps where the reader had scrolled to
+        part("pair-id").textContent = `Pair ${pair.id}`;
+        part("prompt").textContent = pair.prompt;
+        part("left").textContent = pair.left;
+        part("right").textContent = pair.right;
+      }
     }
     panel.shownPair = pair ? pair.id : null;
     part("pair").hidden = !pair;
     // The look-ahead ran out before the server refilled it: say so rather than show a pair already labelled.
     part("loading").hidden = Boolean(pair) || !panel.unacknowledged.length;
-    if (pair) {
-      part("pair-id").textContent = `Pair ${pair.id}`;
-      part("prompt").textContent = pair.prompt;
-      part("left").textContent = pair.left;
-      part("right").textContent = pair.right;
-    }
     for (const button of choiceButtons.children) {
       const on = button.dataset.choice === panel.chosen;
       button.classList.toggle("chosen", on);
