@@ -97,15 +97,11 @@ with st.expander("Guidelines"):
                 if principle.enabled:
                     st.text(f"{principle.name}: {principle.preference_question}")
 
-if not annotator:
-    st.info("Type your name to start: your labels and your queue are kept under it.")
-    st.stop()
-
 if ss.pop("reset_reopen", False):
     ss["reopen"] = NONE
 
 with connect(ws) as store:
-    # what the panel sent first, so that the counts below include it
+    # what the panel sent first: before anything can stop this run, and so that the counts below include it
     recorded = record_labels(store)
     for line in recorded.refused:
         st.error(md_escape(line))
@@ -117,6 +113,9 @@ with connect(ws) as store:
                 + (f" ({len(recorded.saved)} labels just now.)" if len(recorded.saved) > 1 else "")
             )
         )
+    if not annotator:
+        st.info("Type your name to start: your labels and your queue are kept under it.")
+        st.stop()
     label_runs = label_facets(store).run_ids
     cols = st.columns([1, 2])
     mode = cols[0].radio(

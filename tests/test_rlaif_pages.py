@@ -445,11 +445,15 @@ def test_a_calibration_is_fitted_from_the_page_and_its_before_and_after_shown(ws
 def test_a_label_sent_as_the_name_changes_is_filed_under_the_annotator_it_was_handed_to(ws):
     at = open_page(ANNOTATE)
     at.text_input(key="annotator").set_value("nia").run()
-    head = current_pair(at)
+    head, following = (pair["id"] for pair in panel_data(at)["pairs"][:2])
     at.text_input(key="annotator").set_value("ola")
     send_labels(at, [label_event(head, "a")])  # one rerun carries both: the new name and nia's label
     assert not at.exception, at.exception
+    at.text_input(key="annotator").set_value("")
+    send_labels(at, [label_event(following, "b")])  # a run that stops for want of a name still records first
+    assert not at.exception, at.exception
     with Store.open(ws) as store:
+        assert [lb.pair_id for lb in store.human_labels(annotator="nia")] == sorted([head, following])
         assert [
             (lb.annotator, lb.pair_id) for lb in store.human_labels(pair_id=head) if lb.annotator in {"nia", "ola"}
         ] == [("nia", head)]

@@ -9,11 +9,34 @@
 
 const panels = new WeakMap(); // parentElement -> what this panel remembers between the server's redraws
 
+// The labels not acknowledged yet also live in the tab's sessionStorage: a panel that goes away before the
+// server has them (a redraw without it, a reload, a lost connection) sends them again when it comes back.
+const UNACKNOWLEDGED = "cai-label-keys-unacknowledged";
+
+function restored() {
+  try {
+    const labels = JSON.parse(sessionStorage.getItem(UNACKNOWLEDGED) || "[]");
+    return Array.isArray(labels) ? labels : [];
+  } catch {
+    return [];
+  }
+}
+
+function keep(labels) {
+  try {
+    sessionStorage.setItem(UNACKNOWLEDGED, JSON.stringify(labels));
+  } catch {
+    // no storage (a private window's quota): the labels are still sent, only not kept across a reload
+  }
+}
+
 // Streamlit calls the exported function again with each redraw's data, but runs the cleanup it returns only
 // when the panel goes away: so one key listener per panel, which hands each key to the latest redraw's handler.
 function remembered(parentElement) {
   if (!panels.has(parentElement)) {
-    const panel = { unacknowledged: [], shownPair: null, chosen: null, onKey: () => {} };
+    const unacknowledged = restored();
+    const panel = { unacknowledged, resend: unacknowledged.length > 0, shownPair: null, chosen: null };
+    panel.onKey = () => {};
     panel.listener = (event) => panel.onKey(event);
     document.addEventListener("keydown", panel.listener, true);
     panels.set(parentElement, panel);
@@ -33,6 +56,7 @@ export default function ({ data, parentElement, setStateValue }) {
   const part = (name) => root.querySelector(`[data-part="${name}"]`);
   const recorded = new Set(data.recorded);
   panel.unacknowledged = panel.unacknowledged.filter((label) => !recorded.has(label.event));
+  keep(panel.unacknowledged);
 
   const choiceButtons = part("choices");
   if (!choiceButtons.childElementCount) {
@@ -98,6 +122,7 @@ export default function ({ data, parentElement, setStateValue }) {
       choice: panel.chosen,
       rationale: part("rationale").value.trim(),
     });
+    keep(panel.unacknowledged);
     draw(); // the next pair, before the server has heard of this label
     setStateValue("labels", panel.unacknowledged);
   }
@@ -114,6 +139,10 @@ export default function ({ data, parentElement, setStateValue }) {
 
   panel.onKey = onKey;
   draw();
+  if (panel.resend) {
+    panel.resend = false;
+    setStateValue("labels", panel.unacknowledged);
+  }
   return () => {
     document.removeEventListener("keydown", panel.listener, true);
     panels.delete(parentElement);

@@ -97,7 +97,7 @@ def record_labels(store: Store) -> Recorded:
         pair_id, choice = str(label.get("pair", "")), str(label.get("choice", ""))
         try:
             if pair_id not in handed:
-                raise ValueError("that pair was not handed to this page")
+                raise ValueError("that pair was not handed to this page (labelled already, or its claim expired)")
             annotator = handed[pair_id]
             item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
             saved.append(store.save_human_label(item.label(annotator, choice, str(label.get("rationale", "")))))

@@ -187,3 +187,27 @@ def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(ke
             expected,
             "typed 1 and 2 here: text, not choices" if pair_id == HOSTILE.pair_id else "",
         )
+
+
+def test_labels_the_server_never_heard_of_are_sent_again_after_a_reload(keys_app, page):
+    socket = HeldSocket(page)
+    open_annotate(page, keys_app, "reloader")
+    socket.hold = True
+    labelled = {}
+    for key, choice in (("1", "a"), ("2", "b")):
+        labelled[part(page, "pair-id").inner_text().removeprefix("Pair ")] = choice
+        page.keyboard.press(key)
+        page.keyboard.press("Enter")
+    expect(part(page, "status")).to_have_text("Saving 2 labels…")
+    socket.held.clear()  # the messages that carried them are lost with the connection
+    socket.hold = False
+    page.reload()
+    open_annotate(page, keys_app, "reloader")  # a reload is a new session: the name is asked again
+    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    labels = stored(keys_app, "reloader")
+    assert labels.keys() == labelled.keys()
+    for pair_id, choice in labelled.items():
+        label = labels[pair_id]
+        assert label.choice == ({"a": "b", "b": "a"}[choice] if label.shown_swapped else choice)
+    expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
