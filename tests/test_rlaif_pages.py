@@ -87,15 +87,23 @@ def send_labels(at: AppTest, labels: list[dict]) -> None:
     at._run(states)
 
 
-def label_event(pair_id: str, choice: str, rationale: str = "") -> dict:
-    return {"event": uuid.uuid4().hex, "pair": pair_id, "choice": choice, "rationale": rationale}
+def label_event(at: AppTest, pair_id: str, choice: str, rationale: str = "", annotator: str | None = None) -> dict:
+    """A label as the panel makes it: under the annotator the page last drew it for, unless ANNOTATOR says."""
+    annotator = annotator or panel_data(at)["annotator"]
+    return {
+        "event": uuid.uuid4().hex,
+        "pair": pair_id,
+        "choice": choice,
+        "rationale": rationale,
+        "annotator": annotator,
+    }
 
 
 def label_shown_pair(at: AppTest, choice: str) -> None:
     """Label the pair on screen: in the queue through the panel (its 1-5 and Enter keys), in an edit with
     the Streamlit buttons (choose, then save)."""
     if panel_data(at) is not None:
-        send_labels(at, [label_event(current_pair(at), choice)])
+        send_labels(at, [label_event(at, current_pair(at), choice)])
         return
     at.button(key=f"choose_{choice}").click().run()
     at.button(key="submit").click().run()
@@ -169,7 +177,7 @@ def test_a_label_is_saved_on_the_pair_it_names_even_when_others_fill_it_and_a_re
         assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", overlap=2, limit=100)]
         # the look-ahead is eve's: nobody else is handed those pairs meanwhile
         assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", overlap=1, limit=100)}
-    first = label_event(pair_id, "b", "B answers the question")
+    first = label_event(at, pair_id, "b", "B answers the question")
     send_labels(at, [first])
     assert not at.exception, at.exception
     with Store.open(ws) as store:
@@ -184,7 +192,7 @@ def test_a_label_is_saved_on_the_pair_it_names_even_when_others_fill_it_and_a_re
     at.selectbox(key="reopen").set_value(pair_id).run()
     at.button(key="choose_tie").click().run()
     at.button(key="submit").click().run()
-    second = label_event(ahead[1], "a")
+    second = label_event(at, ahead[1], "a")
     send_labels(at, [first, second])
     assert not at.exception, at.exception
     with Store.open(ws) as store:
@@ -201,14 +209,16 @@ def test_a_label_the_page_did_not_hand_out_or_with_an_unknown_choice_is_refused_
         elsewhere = next(
             p.pair_id for p in store.pairs(limit=PAIRS) if p.pair_id not in {x["id"] for x in panel_data(at)["pairs"]}
         )
-    forged, unknown = label_event(elsewhere, "a"), label_event(head, "best")
-    send_labels(at, [forged, unknown])
+    forged, unknown = label_event(at, elsewhere, "a"), label_event(at, head, "best")
+    misplaced = label_event(at, head, "a", annotator="someone-else")  # kept from another annotator's session
+    send_labels(at, [forged, unknown, misplaced])
     errors = " ".join(str(e.value) for e in at.error).replace("\\", "")
     assert f"pair {elsewhere}" in errors and "not handed to this page" in errors
     assert f"pair {head}" in errors and "best" in errors
+    assert "made by 'someone-else', but the pair was handed to 'mal'" in errors
     with Store.open(ws) as store:
         assert store.human_labels(annotator="mal") == []
-    assert sorted(panel_data(at)["recorded"]) == sorted([forged["event"], unknown["event"]])  # not sent again
+    assert sorted(panel_data(at)["recorded"]) == sorted(e["event"] for e in (forged, unknown, misplaced))  # not resent
 
 
 def test_an_annotator_never_sees_a_pair_twice(ws):
@@ -447,10 +457,11 @@ def test_a_label_sent_as_the_name_changes_is_filed_under_the_annotator_it_was_ha
     at.text_input(key="annotator").set_value("nia").run()
     head, following = (pair["id"] for pair in panel_data(at)["pairs"][:2])
     at.text_input(key="annotator").set_value("ola")
-    send_labels(at, [label_event(head, "a")])  # one rerun carries both: the new name and nia's label
+    send_labels(at, [label_event(at, head, "a")])  # one rerun carries both: the new name and nia's label
     assert not at.exception, at.exception
     at.text_input(key="annotator").set_value("")
-    send_labels(at, [label_event(following, "b")])  # a run that stops for want of a name still records first
+    # nia's panel made it; the run that brings it stops for want of a name, but records it first
+    send_labels(at, [label_event(at, following, "b", annotator="nia")])
     assert not at.exception, at.exception
     with Store.open(ws) as store:
         assert [lb.pair_id for lb in store.human_labels(annotator="nia")] == sorted([head, following])

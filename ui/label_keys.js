@@ -52,6 +52,10 @@ function typingInto(event) {
 
 export default function ({ data, parentElement, setStateValue }) {
   const panel = remembered(parentElement);
+  if (panel.resend) {
+    // kept from before a reload: only this annotator's (the tab may have changed hands since)
+    panel.unacknowledged = panel.unacknowledged.filter((label) => label.annotator === data.annotator);
+  }
   const root = parentElement.querySelector(".label-keys");
   const part = (name) => root.querySelector(`[data-part="${name}"]`);
   const recorded = new Set(data.recorded);
@@ -118,6 +122,7 @@ export default function ({ data, parentElement, setStateValue }) {
     panel.unacknowledged.push({
       // unique within the server's session, across remounts of this panel too (its memory starts afresh)
       event: `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`,
+      annotator: data.annotator,
       pair: panel.shownPair,
       choice: panel.chosen,
       rationale: part("rationale").value.trim(),
@@ -141,7 +146,7 @@ export default function ({ data, parentElement, setStateValue }) {
   draw();
   if (panel.resend) {
     panel.resend = false;
-    setStateValue("labels", panel.unacknowledged);
+    if (panel.unacknowledged.length) setStateValue("labels", panel.unacknowledged);
   }
   return () => {
     document.removeEventListener("keydown", panel.listener, true);

@@ -99,6 +99,8 @@ def record_labels(store: Store) -> Recorded:
             if pair_id not in handed:
                 raise ValueError("that pair was not handed to this page (labelled already, or its claim expired)")
             annotator = handed[pair_id]
+            if label.get("annotator") != annotator:  # the browser's word can refuse a label, never place one
+                raise ValueError(f"made by {label.get('annotator')!r}, but the pair was handed to {annotator!r}")
             item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
             saved.append(store.save_human_label(item.label(annotator, choice, str(label.get("rationale", "")))))
         except (ValueError, KeyError) as exc:
@@ -118,6 +120,7 @@ def label_panel(
         "recorded": [str(label.get("event")) for label in _sent_labels() if str(label.get("event")) in recorded],
         "choices": [[choice, title, shortcuts[choice]] for choice, title in choices.items()],
         "hint": hint,
+        "annotator": annotator,
     }
     _panel(key=KEY, data=data)
 
