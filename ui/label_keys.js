@@ -50,6 +50,12 @@ function typingInto(event) {
   return target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName);
 }
 
+// Enter on another of the page's controls (Undo, a link, an expander's title) belongs to that control.
+function onAnotherControl(event, root) {
+  const target = event.composedPath()[0];
+  return target instanceof Element && Boolean(target.closest("button, a, summary")) && !root.contains(target);
+}
+
 export default function ({ data, parentElement, setStateValue }) {
   const panel = remembered(parentElement);
   if (panel.resend) {
@@ -136,7 +142,7 @@ export default function ({ data, parentElement, setStateValue }) {
     if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || typingInto(event)) return;
     const choice = data.choices.find(([, , key]) => key === event.key);
     if (choice) choose(choice[0]);
-    else if (event.key === "Enter") save();
+    else if (event.key === "Enter" && !onAnotherControl(event, root)) save();
     else return;
     event.preventDefault();
     event.stopPropagation();

@@ -119,6 +119,14 @@ def test_pair_text_is_shown_as_text_and_runs_nothing(keys_app, page):
     assert page.locator(".label-keys img, .label-keys b, .label-keys pre script").count() == 0
     assert page.evaluate("window.__pwned") is None
 
+    # Enter on another control of the page is that control's, not a save
+    page.keyboard.press("1")
+    page.locator("summary").filter(has_text="Your labels").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Re-open one of your labels to change it")).to_be_visible()
+    expect(part(page, "pair-id")).to_have_text(f"Pair {HOSTILE.pair_id}")
+    expect(part(page, "hint")).to_have_text("Your choice: A is better. Enter saves it.")
+
     # the panel's buttons, for a mouse: choose, then submit
     page.get_by_role("button", name="B is better").click()
     expect(part(page, "hint")).to_have_text("Your choice: B is better. Enter saves it.")
