@@ -1,6 +1,6 @@
 """Annotate: compare two responses to one prompt and say which is better, one pair at a time.
 
-Each annotator gets their own queue (`Store.next_annotation`): never a pair they already labelled or
+Each annotator gets their own queue (`Store.claim_annotations`): never a pair they already labelled or
 skipped, never one that already has the wanted number of labels. The sides are shuffled per annotator
 by the store, and the mapping back to the pair's own sides is recorded with the label, never shown.
 
@@ -9,7 +9,9 @@ under swap, is least sure of, or whose principles or annotators disagree on come
 freezes those scores; the Agreement page reweights the agreement measured on these labels).
 
 Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
-saves. Streamlit's own button shortcuts do it, and they ignore keys typed into the rationale box.
+saves. In the queue the labelling panel (`ui.label_keys`) does it in the browser: the next pair shows at once
+from the pairs the store claimed ahead for this annotator, and the label reaches the server after. Editing a
+label already saved uses Streamlit's own buttons and shortcuts. Keys typed into a text box are never choices.
 """
 
 import pandas as pd
@@ -18,8 +20,9 @@ import streamlit as st
 from cai_core.agreement import label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
 from cai_core.judge_audit import score_queue
-from cai_core.records import AnnotationItem, shown_swapped
+from cai_core.records import AnnotationItem
 from cai_core.store import Store, StoreError
+from ui.label_keys import LOOK_AHEAD, label_panel, record_labels
 from ui.settings import connect, follow_context, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
@@ -29,6 +32,7 @@ ss = st.session_state
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
 SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4", "skip": "5"}
+HINT = "Choose with 1 (A better), 2 (B better), 3 (tie), 4 (both bad) or 5 (skip), then press Enter."
 NONE = "(none)"
 QUEUE_MODES = {"order": "In order", "contested": "Disagreement first"}
 
@@ -38,21 +42,13 @@ def as_shown(choice: str, swapped: bool) -> str:
     return {"a": "b", "b": "a"}.get(choice, choice) if swapped else choice
 
 
-def shown_item(store: Store, pair_id: str, swapped: bool) -> AnnotationItem:
-    pair = store.pair(pair_id)
-    left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
-    return AnnotationItem(pair.pair_id, pair.prompt, left, right, swapped)
-
-
 def choose(pair_id: str, choice: str) -> None:
-    """Remember the choice for this pair until it is saved; a choice never carries over to another pair."""
+    """Remember the choice for the label being edited until it is saved; it never carries over to another pair."""
     ss["chosen"] = (pair_id, choice)
 
 
 def submit(annotator: str, item: AnnotationItem, choice: str) -> None:
-    """Save the label on the pair the annotator was looking at. A callback gets that pair as it was drawn;
-    the rerun that follows a click may draw another (someone else may have filled this one meanwhile), and
-    reading the click there would file the label under a pair the annotator never saw."""
+    """Save the edited label on the pair the annotator was looking at (a callback gets that pair as drawn)."""
     label = item.label(annotator, choice, ss.get(f"rationale_{item.pair_id}", "").strip())
     try:
         with Store.open(ws) as store:
@@ -101,14 +97,25 @@ with st.expander("Guidelines"):
                 if principle.enabled:
                     st.text(f"{principle.name}: {principle.preference_question}")
 
-if not annotator:
-    st.info("Type your name to start: your labels and your queue are kept under it.")
-    st.stop()
-
 if ss.pop("reset_reopen", False):
     ss["reopen"] = NONE
 
 with connect(ws) as store:
+    # what the panel sent first: before anything can stop this run, and so that the counts below include it
+    recorded = record_labels(store)
+    for line in recorded.refused:
+        st.error(md_escape(line))
+    if recorded.saved:
+        last = recorded.saved[-1]
+        st.success(
+            md_escape(
+                f"Saved: {CHOICES[as_shown(last.choice, last.shown_swapped)]} on pair {last.pair_id}."
+                + (f" ({len(recorded.saved)} labels just now.)" if len(recorded.saved) > 1 else "")
+            )
+        )
+    if not annotator:
+        st.info("Type your name to start: your labels and your queue are kept under it.")
+        st.stop()
     label_runs = label_facets(store).run_ids
     cols = st.columns([1, 2])
     mode = cols[0].radio(
@@ -127,6 +134,10 @@ with connect(ws) as store:
         else:
             contested_run = cols[1].selectbox("Contested by label run", label_runs, key="queue_run")
             score_queue(store, contested_run)  # scores new pairs only: a pair keeps the score it was drawn under
+    queue_settings = (annotator, overlap, mode, contested_run)
+    if ss.get("queue_settings", queue_settings) != queue_settings:
+        store.release_claims(annotator, keep=1)  # the pair on screen stays; the look-ahead follows the new order
+    ss["queue_settings"] = queue_settings
     progress = store.annotation_progress(annotator, overlap=overlap)
     cols = st.columns(3)
     cols[0].metric("Labelled by you", progress["labelled"])
@@ -157,39 +168,27 @@ with connect(ws) as store:
         st.selectbox("Re-open one of your labels to change it", options, key="reopen")
         undo = st.button("Undo my last label", key="undo", disabled=not mine)
     if undo:
-        undone = store.undo_human_label(annotator)
+        undone = store.undo_human_label(annotator)  # the pair is claimed first: it is the next one shown
         ss["reset_reopen"] = True
         if undone:
-            ss["current"] = (annotator, undone.pair_id)  # show the undone pair next, to label it again
             flash("info", f"Removed your label on pair {undone.pair_id}; it is back in your queue.")
         st.rerun()
 
-    # --- the pair to judge --------------------------------------------------------------------------
-    reopened = ss["reopen"] if ss["reopen"] != NONE else None
-    previous = None
-    if reopened:
-        previous = next(lb for lb in mine if lb.pair_id == reopened)
-        item = shown_item(store, reopened, previous.shown_swapped)
-    else:
-        # The pair on screen stays until this annotator labels it (the store holds it for them meanwhile, so
-        # the overlap stays exact): taking the queue's head afresh would swap it away under a half-made choice.
-        current = ss.get("current")
-        item = None
-        if current and current[0] == annotator and current[1] not in {lb.pair_id for lb in mine}:
-            try:
-                item = shown_item(store, current[1], shown_swapped(annotator, current[1]))
-            except KeyError:  # the pair is gone (another data folder): take the queue's next
-                item = None
-        if item is None:
-            item = store.next_annotation(annotator, overlap=overlap, contested_run=contested_run)
-        ss["current"] = (annotator, item.pair_id) if item else None
-
+    # --- the pairs to judge ---------------------------------------------------------------------------
     st.divider()
-    if item is None:
-        st.success(f"Your queue is empty: every pair has {count(overlap, 'label')} or a label from you.")
+    reopened = ss["reopen"] if ss["reopen"] != NONE else None
+    if not reopened:
+        ahead = store.claim_annotations(annotator, LOOK_AHEAD, overlap=overlap, contested_run=contested_run)
+        if not ahead:
+            st.success(f"Your queue is empty: every pair has {count(overlap, 'label')} or a label from you.")
+            st.stop()
+        label_panel(ahead, annotator, CHOICES, SHORTCUTS, HINT)
         st.stop()
-    if previous:
-        st.info(f"Editing your label ({CHOICES[as_shown(previous.choice, previous.shown_swapped)]}) on this pair.")
+
+    # --- editing a label already saved ----------------------------------------------------------------
+    previous = next(lb for lb in mine if lb.pair_id == reopened)
+    item = AnnotationItem.for_annotator(store.pair(reopened), annotator, previous.shown_swapped)
+    st.info(f"Editing your label ({CHOICES[as_shown(previous.choice, previous.shown_swapped)]}) on this pair.")
     st.text(f"Pair {item.pair_id}")
     st.markdown("**Conversation**")
     show_text(item.prompt, height=300)
@@ -200,14 +199,9 @@ with connect(ws) as store:
     with right, st.container(key="response_right"):
         st.markdown("**Response B**")
         show_text(item.right)
-    rationale = st.text_area(
-        "Why (optional)", value=previous.rationale if previous else "", key=f"rationale_{item.pair_id}", height=80
-    )
+    st.text_area("Why (optional)", value=previous.rationale, key=f"rationale_{item.pair_id}", height=80)
     chosen = ss.get("chosen", (None, None))
-    if chosen[0] == item.pair_id:
-        choice = chosen[1]
-    else:  # an edit starts from the label being edited, a new pair from nothing
-        choice = as_shown(previous.choice, previous.shown_swapped) if previous else None
+    choice = chosen[1] if chosen[0] == item.pair_id else as_shown(previous.choice, previous.shown_swapped)
     with st.container(horizontal=True, key="choices"):
         for option, label in CHOICES.items():
             st.button(
@@ -220,20 +214,10 @@ with connect(ws) as store:
             )
     with st.container(horizontal=True, key="submit_row"):
         st.button(
-            "Save" if previous else "Submit",
-            key="submit",
-            type="primary",
-            shortcut="Enter",
-            disabled=choice is None,
-            on_click=submit,
-            args=(annotator, item, choice),
+            "Save", key="submit", type="primary", shortcut="Enter", on_click=submit, args=(annotator, item, choice)
         )
-        cancel_edit = bool(previous) and st.button("Cancel edit", key="cancel_edit")
-        st.caption(
-            f"Your choice: {CHOICES[choice]}. Enter saves it."
-            if choice
-            else "Choose with 1 (A better), 2 (B better), 3 (tie), 4 (both bad) or 5 (skip), then press Enter."
-        )
+        cancel_edit = st.button("Cancel edit", key="cancel_edit")
+        st.caption(f"Your choice: {CHOICES[choice]}. Enter saves it.")
     if cancel_edit:
         ss["reset_reopen"] = True
         st.rerun()

@@ -195,3 +195,24 @@ def test_the_pair_on_an_annotators_screen_is_theirs_until_they_label_it(store_wi
         assert store.annotation_queue("cy", overlap=1, limit=1)[0].pair_id == "p00"
         store.save_human_label(other.label("bo", "b"))  # a label saved late is kept all the same
         assert [label.annotator for label in store.human_labels(pair_id=other.pair_id)] == ["bo"]
+
+
+def test_an_annotator_holds_a_look_ahead_of_pairs_in_the_order_they_were_handed_out(store_with_pairs):
+    """The Annotate page claims the next few pairs so that it can show them without a round trip: nobody else
+    is handed them meanwhile (overlap 1), a rerun gets the same pairs in the same order, a label frees its
+    slot for the queue's next pair, and an undone pair comes first."""
+    with Store.open(store_with_pairs) as store:
+        ahead = [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)]
+        assert len(set(ahead)) == 3
+        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("bo", overlap=1, limit=20)}
+        assert [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)] == ahead
+        assert store.next_annotation("ann", overlap=1).pair_id == ahead[0]
+        store.save_human_label(store.claim_annotations("ann", 3, overlap=1)[0].label("ann", "a"))
+        after = [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)]
+        assert after[:2] == ahead[1:] and after[2] not in ahead
+        assert store.undo_human_label("ann").pair_id == ahead[0]
+        assert [item.pair_id for item in store.claim_annotations("ann", 4, overlap=1)] == [ahead[0], *after]
+        assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 4
+        store.release_claims("ann", keep=1)  # the queue's order changed: only the pair on screen is kept
+        assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 1
+        assert [item.pair_id for item in store.claim_annotations("ann", 1, overlap=1)] == [ahead[0]]

@@ -3,8 +3,10 @@ second annotator and one AI label run seeded through the library."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import uuid
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -64,13 +66,54 @@ def open_page(page: str) -> AppTest:
     return at
 
 
+def panel_data(at: AppTest) -> dict | None:
+    """What the page handed the labelling panel (ui/label_keys.py), or None when it drew no panel."""
+    panels = at.get("bidi_component")
+    if not panels:
+        return None
+    proto = panels[0].proto
+    return json.loads(proto.mixed.json if proto.WhichOneof("data") == "mixed" else proto.json)
+
+
+def send_labels(at: AppTest, labels: list[dict]) -> None:
+    """What the panel's JavaScript does on Enter: set its "labels" state to every label the server has not
+    acknowledged, which reruns the page. AppTest runs no JavaScript and cannot set a component's state, so
+    this hands the script run the widget state the browser would send."""
+    [panel] = at.get("bidi_component")
+    states = at._tree.get_widget_states()
+    widget = states.widgets.add()
+    widget.id = panel.proto.id
+    widget.json_value = json.dumps({"labels": labels})
+    at._run(states)
+
+
+def label_event(at: AppTest, pair_id: str, choice: str, rationale: str = "", annotator: str | None = None) -> dict:
+    """A label as the panel makes it: under the annotator the page last drew it for, unless ANNOTATOR says."""
+    annotator = annotator or panel_data(at)["annotator"]
+    return {
+        "event": uuid.uuid4().hex,
+        "pair": pair_id,
+        "choice": choice,
+        "rationale": rationale,
+        "annotator": annotator,
+    }
+
+
 def label_shown_pair(at: AppTest, choice: str) -> None:
-    """Choose, then submit: the two steps the 1-5 and Enter keys take."""
+    """Label the pair on screen: in the queue through the panel (its 1-5 and Enter keys), in an edit with
+    the Streamlit buttons (choose, then save)."""
+    if panel_data(at) is not None:
+        send_labels(at, [label_event(at, current_pair(at), choice)])
+        return
     at.button(key=f"choose_{choice}").click().run()
     at.button(key="submit").click().run()
 
 
 def current_pair(at: AppTest) -> str | None:
+    """The pair on screen: the panel's first (no label of this session is waiting), or the one being edited."""
+    data = panel_data(at)
+    if data is not None:
+        return data["pairs"][0]["id"]
     shown = [t.value for t in at.text if str(t.value).startswith("Pair ")]
     return shown[0].removeprefix("Pair ") if shown else None
 
@@ -85,9 +128,11 @@ def test_annotating_five_pairs_stores_them_with_the_hidden_side_mapping(ws):
         with Store.open(ws) as store:
             pair = store.pair(pair_id)
         swapped = shown_swapped("ann", pair_id)
-        codes = [c.value for c in at.code]
-        left, right = (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
-        assert codes.index(left) < codes.index(right)  # response A on the left is what the store put there
+        shown = panel_data(at)["pairs"][0]
+        # response A on the left is what the store put there
+        assert (shown["left"], shown["right"]) == (
+            (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
+        )
         seen[pair_id] = swapped
         label_shown_pair(at, "a")
         assert not at.exception, at.exception
@@ -116,30 +161,64 @@ def test_annotating_five_pairs_stores_them_with_the_hidden_side_mapping(ws):
     assert current_pair(at) == undone
 
 
-def test_a_choice_waits_for_submit_and_is_saved_on_the_pair_shown_even_when_others_fill_it(ws):
+def test_a_label_is_saved_on_the_pair_it_names_even_when_others_fill_it_and_a_resend_stores_nothing_twice(ws):
     at = open_page(ANNOTATE)
     at.text_input(key="annotator").set_value("eve").run()
-    pair_id = current_pair(at)
-    assert at.button(key="submit").disabled  # nothing chosen yet: Enter must not save anything
-    at.button(key="choose_b").click().run()
+    ahead = [pair["id"] for pair in panel_data(at)["pairs"]]
+    assert len(ahead) == 5  # the look-ahead the panel labels from without a round trip
+    pair_id = ahead[0]
     with Store.open(ws) as store:
-        assert store.human_labels(annotator="eve") == []  # choosing alone saves nothing
+        assert store.human_labels(annotator="eve") == []
         # meanwhile others give the pair the labels it wants, which takes it out of eve's queue
         missing = at.number_input(key="overlap").value - len(store.human_labels(pair_id=pair_id))
         assert missing >= 1
         for n in range(missing):
             store.save_human_label(HumanLabel(pair_id, f"someone-else-{n}", "a"))
         assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", overlap=2, limit=100)]
-    at.text_area(key=f"rationale_{pair_id}").set_value("B answers the question").run()
-    assert current_pair(at) == pair_id and not at.button(key="submit").disabled
-    at.button(key="submit").click().run()
+        # the look-ahead is eve's: nobody else is handed those pairs meanwhile
+        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", overlap=1, limit=100)}
+    first = label_event(at, pair_id, "b", "B answers the question")
+    send_labels(at, [first])
     assert not at.exception, at.exception
     with Store.open(ws) as store:
         [label] = store.human_labels(annotator="eve")
     assert label.pair_id == pair_id and label.rationale == "B answers the question"
     assert label.choice == ("a" if label.shown_swapped else "b")
-    assert current_pair(at) != pair_id
-    assert at.button(key="submit").disabled  # the choice does not carry over to the next pair
+    data = panel_data(at)
+    assert data["recorded"] == [first["event"]]  # acknowledged: the browser drops it from what it resends
+    assert [pair["id"] for pair in data["pairs"]] == [*ahead[1:], data["pairs"][-1]["id"]]  # refilled behind
+
+    # eve edits that label; then the browser resends it (a reconnect, or before it saw the acknowledgement)
+    at.selectbox(key="reopen").set_value(pair_id).run()
+    at.button(key="choose_tie").click().run()
+    at.button(key="submit").click().run()
+    second = label_event(at, ahead[1], "a")
+    send_labels(at, [first, second])
+    assert not at.exception, at.exception
+    with Store.open(ws) as store:
+        labels = {lb.pair_id: lb.choice for lb in store.human_labels(annotator="eve")}
+    assert labels.keys() == {pair_id, ahead[1]} and labels[pair_id] == "tie"  # once each; the edit stands
+    assert sorted(panel_data(at)["recorded"]) == sorted([first["event"], second["event"]])
+
+
+def test_a_label_the_page_did_not_hand_out_or_with_an_unknown_choice_is_refused_by_name(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("mal").run()
+    head = current_pair(at)
+    with Store.open(ws) as store:
+        elsewhere = next(
+            p.pair_id for p in store.pairs(limit=PAIRS) if p.pair_id not in {x["id"] for x in panel_data(at)["pairs"]}
+        )
+    forged, unknown = label_event(at, elsewhere, "a"), label_event(at, head, "best")
+    misplaced = label_event(at, head, "a", annotator="someone-else")  # kept from another annotator's session
+    send_labels(at, [forged, unknown, misplaced])
+    errors = " ".join(str(e.value) for e in at.error).replace("\\", "")
+    assert f"pair {elsewhere}" in errors and "not handed to this page" in errors
+    assert f"pair {head}" in errors and "best" in errors
+    assert "made by 'someone-else', but the pair was handed to 'mal'" in errors
+    with Store.open(ws) as store:
+        assert store.human_labels(annotator="mal") == []
+    assert sorted(panel_data(at)["recorded"]) == sorted(e["event"] for e in (forged, unknown, misplaced))  # not resent
 
 
 def test_an_annotator_never_sees_a_pair_twice(ws):
@@ -355,3 +434,21 @@ def test_a_calibration_is_fitted_from_the_page_and_its_before_and_after_shown(ws
         calibrated = dashboard(store, run_id=job.run_id, calibration=calibration_id)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Position consistency"] == f"{calibrated.overall['position_consistency']:.3f}"
+
+
+def test_a_label_sent_as_the_name_changes_is_filed_under_the_annotator_it_was_handed_to(ws):
+    at = open_page(ANNOTATE)
+    at.text_input(key="annotator").set_value("nia").run()
+    head, following = (pair["id"] for pair in panel_data(at)["pairs"][:2])
+    at.text_input(key="annotator").set_value("ola")
+    send_labels(at, [label_event(at, head, "a")])  # one rerun carries both: the new name and nia's label
+    assert not at.exception, at.exception
+    at.text_input(key="annotator").set_value("")
+    # nia's panel made it; the run that brings it stops for want of a name, but records it first
+    send_labels(at, [label_event(at, following, "b", annotator="nia")])
+    assert not at.exception, at.exception
+    with Store.open(ws) as store:
+        assert [lb.pair_id for lb in store.human_labels(annotator="nia")] == sorted([head, following])
+        assert [
+            (lb.annotator, lb.pair_id) for lb in store.human_labels(pair_id=head) if lb.annotator in {"nia", "ola"}
+        ] == [("nia", head)]

@@ -163,6 +163,14 @@ MIGRATIONS: list[str] = [
         run_id TEXT NOT NULL, pair_id TEXT NOT NULL, annotator TEXT NOT NULL, served_at DOUBLE NOT NULL,
         PRIMARY KEY (run_id, pair_id, annotator));
     """,
+    # 10: an annotator holds a few pairs at once (the Annotate page shows the next ones without a round trip)
+    """
+    CREATE TABLE annotation_claims_held (
+        annotator TEXT NOT NULL, pair_id TEXT NOT NULL, claimed_at DOUBLE NOT NULL, PRIMARY KEY (annotator, pair_id));
+    INSERT INTO annotation_claims_held SELECT annotator, pair_id, claimed_at FROM annotation_claims;
+    DROP TABLE annotation_claims;
+    ALTER TABLE annotation_claims_held RENAME TO annotation_claims;
+    """,
 ]
 
 

@@ -1,7 +1,7 @@
 """Pairs, the AI judges' labels over them, and people's labels: saving, undoing, and the annotation queue.
 
-Overlap stays exact with many annotators at once: the pair on an annotator's screen is claimed for them
-(`annotation_claims`, one claim per annotator), and a claim counts towards the pair's wanted labels as a
+Overlap stays exact with many annotators at once: the pairs on an annotator's screen and in their page's
+look-ahead are claimed for them (`annotation_claims`), and a claim counts towards the pair's wanted labels as a
 label does, so nobody else is handed it meanwhile. Handing out a pair and saving a label each happen
 under the write lock, so the counts they read are exact. A claim expires after CLAIM_SECONDS (a closed
 tab gives its pair back); a label saved on a pair filled meanwhile is still kept, never dropped.
@@ -102,7 +102,13 @@ class LabelQueries:
                 return None
             pair_id = latest[0].pair_id
             self._exec("DELETE FROM human_labels WHERE pair_id = ? AND annotator = ?", [pair_id, annotator])
-            self._exec("INSERT OR REPLACE INTO annotation_claims VALUES (?, ?, ?)", [annotator, pair_id, now()])
+            # claimed before the pairs they already hold, so that it is the first of them shown
+            self._exec(
+                """INSERT OR REPLACE INTO annotation_claims
+                   SELECT ?, ?, least(?, coalesce(min(claimed_at), ?)) - 1e-3 FROM annotation_claims
+                   WHERE annotator = ?""",
+                [annotator, pair_id, now(), now(), annotator],
+            )
         return latest[0]
 
     def human_labels(
@@ -168,39 +174,76 @@ class LabelQueries:
         ).fetchall()
         return [AnnotationItem.for_annotator(Pair(*r), annotator) for r in rows]
 
-    def next_annotation(
-        self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
-    ) -> AnnotationItem | None:
-        """The pair this annotator should label now, claimed for them: the one they already hold (until they
-        label it or the claim expires), else the head of their queue (disagreement-first by `contested_run`'s
-        scores, when given: the pair handed out is then recorded as served by that queue). None when their
-        queue is empty."""
+    def claim_annotations(
+        self,
+        annotator: str,
+        count: int = 1,
+        *,
+        overlap: int = 2,
+        source: str | None = None,
+        contested_run: str | None = None,
+    ) -> list[AnnotationItem]:
+        """Up to `count` pairs this annotator should label next, claimed for them, in the order to show them:
+        the ones they already hold (until they label them or the claims expire), in the order they were handed
+        out, then the head of their queue (disagreement-first by `contested_run`'s scores, when given: each
+        pair handed out is then recorded as served by that queue). Every claim of theirs is renewed. Empty
+        when their queue is empty."""
         if not annotator.strip():
             raise ValueError("an annotator needs a name")
         with self._write():
-            held = self._one(
-                """SELECT c.pair_id FROM annotation_claims c WHERE c.annotator = ? AND c.claimed_at > ?
-                   AND NOT EXISTS (SELECT 1 FROM human_labels h WHERE h.pair_id = c.pair_id AND h.annotator = ?)""",
-                [annotator, now() - CLAIM_SECONDS, annotator],
-            )
-            if held:
-                item = AnnotationItem.for_annotator(self.pair(held[0]), annotator)
-            else:
+            started = now()
+            held = [
+                row[0]
+                for row in self.con.execute(
+                    """SELECT c.pair_id FROM annotation_claims c WHERE c.annotator = ? AND c.claimed_at > ?
+                       AND NOT EXISTS (SELECT 1 FROM human_labels h WHERE h.pair_id = c.pair_id AND h.annotator = ?)
+                       ORDER BY c.claimed_at, c.pair_id""",
+                    [annotator, started - CLAIM_SECONDS, annotator],
+                ).fetchall()
+            ]
+            items = [AnnotationItem.for_annotator(self.pair(pair_id), annotator) for pair_id in held]
+            if len(items) < count:
                 queue = self.annotation_queue(
-                    annotator, overlap=overlap, limit=1, source=source, contested_run=contested_run
+                    annotator, overlap=overlap, limit=count, source=source, contested_run=contested_run
                 )
-                item = queue[0] if queue else None
-                if item is not None and contested_run:
-                    self._exec(
-                        "INSERT OR IGNORE INTO queue_served VALUES (?, ?, ?, ?)",
-                        [contested_run, item.pair_id, annotator, now()],
-                    )
-            if item is None:
-                self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
-            else:
-                claim = [annotator, item.pair_id, now()]
-                self._exec("INSERT OR REPLACE INTO annotation_claims VALUES (?, ?, ?)", claim)
-            return item
+                fresh = [item for item in queue if item.pair_id not in held][: count - len(items)]
+                if contested_run:
+                    for item in fresh:
+                        self._exec(
+                            "INSERT OR IGNORE INTO queue_served VALUES (?, ?, ?, ?)",
+                            [contested_run, item.pair_id, annotator, started],
+                        )
+                items += fresh
+            # Renewing rewrites them all, a microsecond apart: the claim times keep the order they were handed out.
+            self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
+            claims = pd.DataFrame(
+                {
+                    "annotator": annotator,
+                    "pair_id": [item.pair_id for item in items],
+                    "claimed_at": [started + n * 1e-6 for n in range(len(items))],
+                }
+            )
+            self._insert_frame("INSERT", "annotation_claims", claims)
+            return items[:count]
+
+    def release_claims(self, annotator: str, *, keep: int = 0) -> None:
+        """Give back the pairs this annotator holds, all but the first KEEP handed out (the one on their
+        screen): when the order of their queue changes, a look-ahead drawn in the old order goes back."""
+        with self._write():
+            self._exec(
+                """DELETE FROM annotation_claims WHERE annotator = ? AND pair_id NOT IN (
+                       SELECT pair_id FROM annotation_claims WHERE annotator = ?
+                       ORDER BY claimed_at, pair_id LIMIT ?)""",
+                [annotator, annotator, keep],
+            )
+
+    def next_annotation(
+        self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
+    ) -> AnnotationItem | None:
+        """The one pair this annotator should label now, claimed for them (see `claim_annotations`); None when
+        their queue is empty."""
+        items = self.claim_annotations(annotator, overlap=overlap, source=source, contested_run=contested_run)
+        return items[0] if items else None
 
     def queue_score_inputs(self, run_id: str) -> pd.DataFrame:
         """Per pair a label run judged: its per-order probabilities (mean over principles), the spread of its

@@ -66,14 +66,14 @@ def open_annotate(page, app: App, annotator: str, overlap: int | None = None) ->
         field.fill(value)
         field.press("Enter")
         settle(page)
-    expect(page.locator(".st-key-response_left code")).to_be_visible()
+    expect(page.locator('[data-part="left"]')).to_be_visible()
     # keys typed into a text box are text, not shortcuts: move the focus off the name field
     page.get_by_role("heading", name="Annotate").click()
 
 
 def shown(page) -> Shown:
     caption = page.get_by_text(re.compile(r"^Pair seed-pair-\d+$"))
-    return Shown(caption.inner_text().removeprefix("Pair "), page.locator(".st-key-response_left code").inner_text())
+    return Shown(caption.inner_text().removeprefix("Pair "), page.locator('[data-part="left"]').inner_text())
 
 
 def press(page, key: str) -> None:

@@ -1,0 +1,221 @@
+"""The Annotate page's key press in a real browser: the next pair shows without a server round trip.
+
+The test holds every message the page sends the server (Playwright's WebSocket routing), so nothing the page
+shows after a key press can have come from a rerun: the labelling panel (ui/label_keys.py) must draw the next
+pair from the look-ahead the server handed it. Released, the messages reach the server, which stores each
+label exactly once. The first pair's text is hostile markup, which must show as text and run nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from cai_core.records import Pair, shown_swapped
+from cai_core.store import Store
+
+from .conftest import App
+from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .seed import seed_pair_texts, seeded_data
+
+pytestmark = pytest.mark.browser
+
+HOSTILE = Pair(
+    "hostile-pair",
+    "<img src=x onerror=\"window.__pwned = 'img'\"> <script>window.__pwned = 'script'</script> **not bold**",
+    "<b>not bold</b> <img src=x onerror=\"window.__pwned = 'left'\">",
+    "<script>window.__pwned = 'right'</script>",
+    "import",
+    "a-hostile-file",  # sorts before the seeded pairs: the queue's first pair
+    0,
+    "chosen",
+    "rejected",
+)
+
+
+@pytest.fixture(scope="module")
+def keys_app(chromium, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-annotate-keys")
+    workspace = seeded_data(root)
+    with Store.open(workspace) as store:
+        store.add_pairs([HOSTILE, *seed_pair_texts(20)])
+    with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:
+        yield App(url, workspace, root / "constitutions")
+
+
+# In the page: each time the pair on screen changes, its caption and the ms since the last Enter was pressed.
+TIME_ENTER = """() => {
+  window.__shownAfterEnter = [];
+  let pressed = null;
+  window.addEventListener("keydown", (event) => { if (event.key === "Enter") pressed = performance.now(); }, true);
+  const panel = document.querySelector('[data-testid="stBidiComponentIsolated"]').shadowRoot;
+  const caption = panel.querySelector('[data-part="pair-id"]');
+  new MutationObserver(() => {
+    window.__shownAfterEnter.push([caption.textContent, performance.now() - pressed]);
+  }).observe(caption, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+class HeldSocket:
+    """Routes the page's WebSocket to the server, holding what the page sends while `hold` is on."""
+
+    def __init__(self, page):
+        self.hold = False
+        self.held: list = []
+        self.server = None
+        page.route_web_socket(re.compile(r"/_stcore/stream"), self._route)
+
+    def _route(self, socket) -> None:
+        self.server = socket.connect_to_server()
+        socket.on_message(lambda message: self.held.append(message) if self.hold else self.server.send(message))
+
+    def release(self) -> None:
+        self.hold = False
+        for message in self.held:
+            self.server.send(message)
+        self.held.clear()
+
+
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def part(page, name: str):
+    return page.locator(f'[data-part="{name}"]')
+
+
+def open_annotate(page, app: App, annotator: str) -> None:
+    page.goto(f"{app.url}/Annotate")
+    wait_for_app(page)
+    name = page.get_by_label("Your name")
+    name.fill(annotator)
+    name.press("Enter")
+    settle(page)
+    expect(part(page, "pair-id")).to_be_visible()
+    # keys typed into a text box are text, not shortcuts: move the focus off the name field
+    page.get_by_role("heading", name="Annotate").click()
+
+
+def stored(app: App, annotator: str) -> dict:
+    with Store.open(app.workspace) as store:
+        return {label.pair_id: label for label in store.human_labels(annotator=annotator)}
+
+
+def test_pair_text_is_shown_as_text_and_runs_nothing(keys_app, page):
+    open_annotate(page, keys_app, "reader")
+    expect(part(page, "pair-id")).to_have_text(f"Pair {HOSTILE.pair_id}")
+    swapped = shown_swapped("reader", HOSTILE.pair_id)
+    left, right = (HOSTILE.response_b, HOSTILE.response_a) if swapped else (HOSTILE.response_a, HOSTILE.response_b)
+    expect(part(page, "prompt")).to_have_text(HOSTILE.prompt)
+    expect(part(page, "left")).to_have_text(left)
+    expect(part(page, "right")).to_have_text(right)
+    assert page.locator(".label-keys img, .label-keys b, .label-keys pre script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+    # Enter on another control of the page is that control's, not a save
+    page.keyboard.press("1")
+    page.locator("summary").filter(has_text="Your labels").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Re-open one of your labels to change it")).to_be_visible()
+    expect(part(page, "pair-id")).to_have_text(f"Pair {HOSTILE.pair_id}")
+    expect(part(page, "hint")).to_have_text("Your choice: A is better. Enter saves it.")
+
+    # the panel's buttons, for a mouse: choose, then submit
+    page.get_by_role("button", name="B is better").click()
+    expect(part(page, "hint")).to_have_text("Your choice: B is better. Enter saves it.")
+    page.get_by_role("button", name="Submit").click()
+    expect(part(page, "pair-id")).not_to_have_text(f"Pair {HOSTILE.pair_id}")
+    expect(part(page, "status")).to_have_text("")
+    [label] = stored(keys_app, "reader").values()
+    assert (label.pair_id, label.choice) == (HOSTILE.pair_id, "a" if swapped else "b")
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(keys_app, page):
+    socket = HeldSocket(page)
+    open_annotate(page, keys_app, "quick")
+    part(page, "rationale").press_sequentially("typed 1 and 2 here: text, not choices")
+    expect(part(page, "hint")).to_contain_text("Choose with 1")  # the keys typed into the box chose nothing
+    page.get_by_role("heading", name="Annotate").click()
+    page.evaluate(TIME_ENTER)
+    socket.hold = True  # from here the server hears nothing until released
+    labelled = {}
+    for key, choice in (("1", "a"), ("2", "b"), ("3", "tie")):
+        on_screen = part(page, "pair-id").inner_text().removeprefix("Pair ")
+        page.keyboard.press(key)
+        expect(part(page, "hint")).to_contain_text("Enter saves it.")
+        page.keyboard.press("Enter")
+        now_shown = part(page, "pair-id").inner_text()  # read at once: no waiting for a change
+        assert now_shown != f"Pair {on_screen}" and part(page, "pair-id").is_visible()
+        labelled[on_screen] = choice
+    page.wait_for_function("window.__shownAfterEnter.length >= 3")
+    shown_after = page.evaluate("window.__shownAfterEnter")
+    assert [text for text, _ in shown_after] == [f"Pair {p}" for p in [*labelled][1:]] + [now_shown]
+    assert max(ms for _, ms in shown_after) < 100, shown_after  # the next pair, well before any rerun could end
+    assert socket.held, "the labels should be waiting in the held messages"
+    assert stored(keys_app, "quick") == {}  # nothing reached the server
+    expect(part(page, "status")).to_have_text("Saving 3 labels…")
+
+    # two more run the look-ahead (5 pairs) out: the panel says it is loading rather than show a stale pair
+    for _ in range(2):
+        labelled[part(page, "pair-id").inner_text().removeprefix("Pair ")] = "a"
+        page.keyboard.press("1")
+        page.keyboard.press("Enter")
+    expect(part(page, "loading")).to_be_visible()
+    expect(part(page, "pair")).to_be_hidden()
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")  # with no pair on screen, keys label nothing
+
+    socket.release()
+    expect(part(page, "status")).to_have_text("", timeout=20_000)  # every label acknowledged
+    expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
+    # the keys still work after the server's redraws (each redraw hands the panel new data)
+    on_screen = part(page, "pair-id").inner_text().removeprefix("Pair ")
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    assert part(page, "pair-id").inner_text() != f"Pair {on_screen}"
+    labelled[on_screen] = "b"
+    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    page.reload()
+    wait_for_app(page)
+    labels = stored(keys_app, "quick")
+    assert labels.keys() == labelled.keys()  # exactly these, once each
+    for pair_id, choice in labelled.items():
+        label = labels[pair_id]
+        # 1 is the left side, 2 the right: in the pair's own terms, flipped where this annotator saw it swapped
+        expected = {"a": "b", "b": "a"}.get(choice, choice) if label.shown_swapped else choice
+        assert (label.choice, label.rationale) == (
+            expected,
+            "typed 1 and 2 here: text, not choices" if pair_id == HOSTILE.pair_id else "",
+        )
+
+
+def test_labels_the_server_never_heard_of_are_sent_again_after_a_reload(keys_app, page):
+    socket = HeldSocket(page)
+    open_annotate(page, keys_app, "reloader")
+    socket.hold = True
+    labelled = {}
+    for key, choice in (("1", "a"), ("2", "b")):
+        labelled[part(page, "pair-id").inner_text().removeprefix("Pair ")] = choice
+        page.keyboard.press(key)
+        page.keyboard.press("Enter")
+    expect(part(page, "status")).to_have_text("Saving 2 labels…")
+    socket.held.clear()  # the messages that carried them are lost with the connection
+    socket.hold = False
+    page.reload()
+    open_annotate(page, keys_app, "reloader")  # a reload is a new session: the name is asked again
+    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    labels = stored(keys_app, "reloader")
+    assert labels.keys() == labelled.keys()
+    for pair_id, choice in labelled.items():
+        label = labels[pair_id]
+        assert label.choice == ({"a": "b", "b": "a"}[choice] if label.shown_swapped else choice)
+    expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
