@@ -44,7 +44,7 @@ OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model 
 def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
-    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=":material/balance:", layout="wide")
+    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon="⚖️", layout="wide")
     user = require_login()
     sidebar_navigation()
     env = Workspace.from_env()

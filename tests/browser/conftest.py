@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -57,10 +58,18 @@ def app_launching_jobs(tmp_path_factory, name: str) -> Iterator[App]:
             yield App(url, workspace, root / "constitutions")
 
 
+def reaches_outside(url: str) -> bool:
+    """A request that leaves this machine: the app must work offline and never send the browser elsewhere."""
+    return not url.startswith(("data:", "blob:")) and urlsplit(url).hostname not in ("127.0.0.1", "localhost")
+
+
 @pytest.fixture
 def page(chromium, app):
     context = chromium.new_context(viewport=VIEWPORT)
+    outside: list[str] = []
+    context.on("request", lambda request: outside.append(request.url) if reaches_outside(request.url) else None)
     page = context.new_page()
     page.set_default_timeout(20_000)
     yield page
     context.close()
+    assert outside == [], f"the page asked for something outside this machine: {outside}"

@@ -45,15 +45,14 @@ def keys_app(chromium, tmp_path_factory):
         yield App(url, workspace, root / "constitutions")
 
 
-# In the page: each time the pair on screen changes, its caption and the ms since the last Enter was pressed.
-TIME_ENTER = """() => {
-  window.__shownAfterEnter = [];
-  let pressed = null;
-  window.addEventListener("keydown", (event) => { if (event.key === "Enter") pressed = performance.now(); }, true);
+# In the page: each pair's caption, as the pair on screen changes. With the socket held, every change is the
+# browser's own doing: that is the proof of no round trip, without timing anything on a busy machine.
+WATCH_PAIRS = """() => {
+  window.__shown = [];
   const panel = document.querySelector('[data-testid="stBidiComponentIsolated"]').shadowRoot;
   const caption = panel.querySelector('[data-part="pair-id"]');
   new MutationObserver(() => {
-    window.__shownAfterEnter.push([caption.textContent, performance.now() - pressed]);
+    window.__shown.push(caption.textContent);
   }).observe(caption, { childList: true, characterData: true, subtree: true });
 }"""
 
@@ -144,7 +143,7 @@ def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(ke
     part(page, "rationale").press_sequentially("typed 1 and 2 here: text, not choices")
     expect(part(page, "hint")).to_contain_text("Choose with 1")  # the keys typed into the box chose nothing
     page.get_by_role("heading", name="Annotate").click()
-    page.evaluate(TIME_ENTER)
+    page.evaluate(WATCH_PAIRS)
     socket.hold = True  # from here the server hears nothing until released
     labelled = {}
     for key, choice in (("1", "a"), ("2", "b"), ("3", "tie")):
@@ -155,10 +154,8 @@ def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(ke
         now_shown = part(page, "pair-id").inner_text()  # read at once: no waiting for a change
         assert now_shown != f"Pair {on_screen}" and part(page, "pair-id").is_visible()
         labelled[on_screen] = choice
-    page.wait_for_function("window.__shownAfterEnter.length >= 3")
-    shown_after = page.evaluate("window.__shownAfterEnter")
-    assert [text for text, _ in shown_after] == [f"Pair {p}" for p in [*labelled][1:]] + [now_shown]
-    assert max(ms for _, ms in shown_after) < 100, shown_after  # the next pair, well before any rerun could end
+    page.wait_for_function("window.__shown.length >= 3")
+    assert page.evaluate("window.__shown") == [f"Pair {p}" for p in [*labelled][1:]] + [now_shown]
     assert socket.held, "the labels should be waiting in the held messages"
     assert stored(keys_app, "quick") == {}  # nothing reached the server
     expect(part(page, "status")).to_have_text("Saving 3 labels…")
