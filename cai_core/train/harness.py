@@ -518,8 +518,9 @@ class RunContext:
         record = TrainedModel(self.job.run_id, self.job.spec["kind"], str(model_path), self.config.model, step)
         self.job.append("trained_models", [to_row(record)])
         # the rate and elapsed time stay on the finished run's card, as `run_job`'s jobs keep theirs
-        timing = self.timing(step)
-        self.job.set_progress("done", step, self.config.max_steps, message or f"model in {model_path}", **timing)
+        self.job.set_progress(
+            "done", step, self.config.max_steps, message or f"model in {model_path}", **self.timing(step)
+        )
 
     def cancelled(self, step: int, reason: str = "") -> None:
         if self.main:
