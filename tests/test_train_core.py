@@ -74,7 +74,10 @@ def test_sft_loss_falls_and_the_final_model_is_a_model_spec(tiny_model_path, wor
     job = train(
         SFTConfig(model=tiny_model_path, dataset=sft_file, max_steps=8, learning_rate=3e-3, save_steps=4), workspace
     )
-    assert job.progress().status == "done"
+    progress = job.progress()
+    # the finished run keeps its rate and time taken, for the Train page's card and `cai jobs`
+    assert progress.status == "done" and progress.rate > 0 and progress.elapsed > 0
+    assert " steps/s · " in progress.summary() and "left" not in progress.summary()
     loss = metric(job, "loss")
     assert sorted(loss) == list(range(1, 9)) and loss[8] < loss[1] - 0.5
     final = job.path / "final"

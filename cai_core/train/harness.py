@@ -464,17 +464,17 @@ class RunContext:
     def progress(self, step: int, message: str = "") -> None:
         """Report the step, with the rate since this process began (a resumed run's earlier steps do not count)
         and the ETA it gives."""
-        if not self.main:
-            return
+        if self.main:
+            self.job.set_progress("running", step, self.config.max_steps, message or self.warning, **self.timing(step))
+
+    def timing(self, step: int) -> dict:
+        """Progress's unit, rate, ETA and elapsed time at STEP, counted from this process's first report."""
         now_ = time.monotonic()
         self.started = self.started or (now_, step)
         elapsed, steps = now_ - self.started[0], step - self.started[1]
         rate = steps / elapsed if steps > 0 and elapsed > 0 else None
         eta = (self.config.max_steps - step) / rate if rate else None
-        message = message or self.warning
-        self.job.set_progress(
-            "running", step, self.config.max_steps, message, unit="step", rate=rate, eta=eta, elapsed=elapsed
-        )
+        return {"unit": "step", "rate": rate, "eta": eta, "elapsed": elapsed}
 
     def stop_requested(self) -> bool:
         """The cancel file, as every rank agrees on it: one rank stopping alone would leave the others
@@ -517,7 +517,10 @@ class RunContext:
             return
         record = TrainedModel(self.job.run_id, self.job.spec["kind"], str(model_path), self.config.model, step)
         self.job.append("trained_models", [to_row(record)])
-        self.job.set_progress("done", step, self.config.max_steps, message or f"model in {model_path}")
+        # the rate and elapsed time stay on the finished run's card, as `run_job`'s jobs keep theirs
+        self.job.set_progress(
+            "done", step, self.config.max_steps, message or f"model in {model_path}", **self.timing(step)
+        )
 
     def cancelled(self, step: int, reason: str = "") -> None:
         if self.main:

@@ -14,7 +14,7 @@ import pytest
 from cai_core.workspace import Workspace
 
 from .harness import CHROMIUM, VIEWPORT, launch_chromium, running_app
-from .seed import seeded_data
+from .seed import copy_constitutions, seeded_data
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,16 @@ def app(chromium, tmp_path_factory) -> App:
 
 
 @contextmanager
-def app_launching_jobs(tmp_path_factory, name: str) -> Iterator[App]:
-    """An app server of its own, on its own seeded data, for tests that launch jobs from the page. It runs
-    with OMP_NUM_THREADS=1 so that the jobs it starts (which inherit its environment) do not fight
-    themselves for this 2-core machine's cores."""
+def app_launching_jobs(tmp_path_factory, name: str, seeded: bool = True) -> Iterator[App]:
+    """An app server of its own, on its own seeded data (or, not `seeded`, an empty data folder), for tests
+    that launch jobs from the page. It runs with OMP_NUM_THREADS=1 so that the jobs it starts (which inherit
+    its environment) do not fight themselves for this 2-core machine's cores."""
     root = tmp_path_factory.mktemp(name)
-    workspace = seeded_data(root)
+    if seeded:
+        workspace = seeded_data(root)
+    else:
+        copy_constitutions(root / "constitutions")
+        workspace = Workspace(root / "data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         with running_app(workspace.root, root / "constitutions", root / "streamlit.log") as url:

@@ -1,0 +1,179 @@
+"""Issue 13's "done when", in a real browser: a new user's first hour, from an empty data folder, by clicks and
+typing only. SL-CAI → pairs from those traces → 5 labels by hand → AI labels → SFT → reward model → PPO (the
+reward model picked from a list, the policy the SFT model) → evaluation → the HTML report downloaded.
+
+Every long step is a background job whose card must show a rate (and, while it runs, an ETA) and end `done`;
+every step checks that nothing went wrong on the page: no exception, no error, no `cai ...` command suggested.
+The tiny test model plays every part (policy, judge), with the smallest settings the forms allow.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from cai_core.jobs import list_job_folders
+from cai_core.store import Store
+
+from .conftest import App, app_launching_jobs
+from .harness import VIEWPORT, settle, wait_for_app
+from .seed import model_in_workspace
+
+pytestmark = pytest.mark.browser
+
+PROMPTS = 6  # SL-CAI traces, so pairs: enough to label 5 by hand
+# the card's progress line (`Progress.summary`), "12/12 steps · 2.94 steps/s · 4s elapsed · ...", not a log line
+RATE = re.compile(r"^\d+/\d+ \w+ · \d+\.\d\d \w+/s · ")
+JOB_SECONDS = 90_000  # ms a tiny job may take on a busy 2-core machine, its process start included
+
+
+@pytest.fixture(scope="module")
+def empty_app(chromium, tmp_path_factory):
+    with app_launching_jobs(tmp_path_factory, "browser-first-hour-chain", seeded=False) as app:
+        yield app
+
+
+@pytest.fixture
+def page(chromium, empty_app):
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def go_to(page, label: str) -> None:
+    """Follow the sidebar's link, as a user does: the session (the sidebar's model) carries over."""
+    page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True).click()
+    wait_for_app(page)
+
+
+def nothing_wrong(page) -> None:
+    """What must not happen on any page of the walk: an exception, an error, a command line to type."""
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    expect(page.get_by_test_id("stMain").get_by_text(re.compile(r"`?cai [a-z]"))).to_have_count(0)
+
+
+def started_run(page) -> str:
+    started = page.get_by_text(re.compile(r"^Started [\w.-]+"))
+    expect(started).to_be_visible(timeout=30_000)
+    return re.match(r"Started ([\w.-]+?)\.? ", started.inner_text()).group(1)
+
+
+def wait_until_done(page, card) -> None:
+    """The job's card ends `done`, showing its rate (a run that fails, fails here with its card's text, the reason
+    included); then the page's one redraw at a job's end, which puts the Refresh button back: a click made before
+    it would be lost. Attached rather than visible: the Agreement page folds its runs away once none is labelling.
+    """
+    ended = card.get_by_text(re.compile(r"^(done|failed|cancelled)$")).first
+    expect(ended).to_be_attached(timeout=JOB_SECONDS)
+    assert ended.text_content() == "done", card.text_content()
+    expect(card.get_by_text(RATE).first).to_be_attached()
+    expect(page.get_by_role("button", name="Refresh", include_hidden=True)).to_be_attached(timeout=30_000)
+    settle(page)
+
+
+def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_app: App, tiny_model_path):
+    model = model_in_workspace(tiny_model_path, empty_app.workspace)  # the browser names models inside it
+    page.goto(empty_app.url)
+    wait_for_app(page)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="other…").click()
+    spec = sidebar.get_by_label("Model spec", exact=True)
+    spec.fill(model)
+    spec.press("Enter")
+    settle(page)
+
+    # 1. SL-CAI: a few prompts, one round; the card shows the rate (and the ETA while it runs)
+    go_to(page, "Generate")
+    expect(page.get_by_text("No runs yet.")).to_be_visible()
+    page.locator(".st-key-gen_rounds input").fill("1")
+    page.locator(".st-key-gen_limit input").fill(str(PROMPTS))
+    page.locator(".st-key-gen_tokens input").fill("8")
+    page.locator(".st-key-gen_start button").click()
+    generation = started_run(page)
+    wait_until_done(page, page.locator(f".st-key-run-{generation}"))
+    nothing_wrong(page)
+
+    # 2. pairs from those traces: first answer against revision
+    go_to(page, "Data")
+    page.get_by_role("button", name="Make pairs").click()
+    made = page.get_by_text(re.compile(r"^\d+ pairs of first answer and revision, \d+ new\."))
+    expect(made).to_be_visible()
+    assert int(made.inner_text().split()[0]) >= 5
+    nothing_wrong(page)
+
+    # 3. five labels by hand, with the page's buttons
+    go_to(page, "Annotate")
+    name = page.get_by_label("Your name")
+    name.fill("newcomer")
+    name.press("Enter")
+    settle(page)
+    for _ in range(5):
+        pair = page.get_by_text(re.compile(r"^Pair \S+$")).inner_text().removeprefix("Pair ")
+        page.locator(".st-key-choose_a button").click()
+        settle(page)
+        page.locator(".st-key-submit button").click()
+        settle(page)
+        expect(page.get_by_text(f"on pair {pair}.")).to_be_visible()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Labelled by you")).to_contain_text("5")
+    nothing_wrong(page)
+
+    # 4. AI labels on those pairs, the sidebar's model as the judge
+    go_to(page, "Agreement")
+    page.locator(".st-key-label_start button").click()
+    labelling = started_run(page)
+    wait_until_done(page, page.locator(f".st-key-run-{labelling}"))
+    nothing_wrong(page)
+
+    # 5. SFT on the revisions, a reward model on the AI labels, PPO against it
+    go_to(page, "Train")
+    selected = page.locator(".st-key-train_selected")
+    trained = {}
+    for kind, settings in (
+        ("SFT", {"max_steps": "2"}),
+        ("RM", {"max_steps": "2"}),
+        ("PPO", {"max_steps": "1", "batch_size": "2"}),
+    ):
+        page.locator(".st-key-train_kind").get_by_text(kind, exact=True).click()
+        settle(page)
+        if kind == "PPO":
+            # the policy starts from the SFT model; the reward model is picked from the registry's list
+            expect(page.locator(".st-key-train_ppo_model input")).to_have_value(trained["SFT"])
+            page.locator(".st-key-train_ppo_reward_model").get_by_role("combobox").click()
+            page.get_by_role("option", name=re.compile(f"^reward model {trained['RM']} · step ")).click()
+        for field, value in settings.items():
+            page.locator(f".st-key-train_{kind.lower()}_{field} input").fill(value)
+        page.locator(".st-key-train_start button").click()
+        trained[kind] = started_run(page)
+        expect(selected.get_by_text(f"{trained[kind]} · train-", exact=False).first).to_be_visible()
+        wait_until_done(page, selected)
+        nothing_wrong(page)
+
+    # 6. evaluate the PPO model against the model it came from, then download the report
+    go_to(page, "Evaluate")
+    expect(page.get_by_text("No results yet")).to_be_visible()
+    page.get_by_label("Models", exact=True).click()
+    page.get_by_role("option", name=re.compile(f"PPO · {trained['PPO']}")).click()
+    page.keyboard.press("Escape")
+    page.locator(".st-key-eval_more_models textarea").fill(f"base={model}")
+    page.locator(".st-key-eval_set_limit input").fill("1")
+    page.locator(".st-key-eval_tokens input").fill("4")
+    page.locator(".st-key-eval_start button").click()
+    evaluation = started_run(page)
+    wait_until_done(page, page.locator(f".st-key-run-{evaluation}"))
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the report (one HTML file)").click()
+    report = download.value.path().read_text()
+    assert report.startswith("<!DOCTYPE html>") and evaluation in report and trained["PPO"] in report
+    nothing_wrong(page)
+
+    # every run the walk started finished, and the labels it made are stored
+    runs = {job.run_id: job.progress().status for job in list_job_folders(empty_app.workspace.runs_dir)}
+    assert runs == dict.fromkeys([generation, labelling, *trained.values(), evaluation], "done")
+    with Store.open(empty_app.workspace) as store:
+        assert len(store.human_labels(annotator="newcomer")) == 5
