@@ -113,12 +113,10 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     name.fill("newcomer")
     name.press("Enter")
     settle(page)
-    for _ in range(5):
-        pair = page.get_by_text(re.compile(r"^Pair \S+$")).inner_text().removeprefix("Pair ")
-        page.locator(".st-key-choose_a button").click()
-        settle(page)
-        page.locator(".st-key-submit button").click()
-        settle(page)
+    for _ in range(5):  # the labelling panel's buttons, as a mouse user clicks them
+        pair = page.locator('[data-part="pair-id"]').inner_text().removeprefix("Pair ")
+        page.get_by_role("button", name="A is better").click()
+        page.get_by_role("button", name="Submit").click()
         expect(page.get_by_text(f"on pair {pair}.")).to_be_visible()
     expect(page.get_by_test_id("stMetric").filter(has_text="Labelled by you")).to_contain_text("5")
     nothing_wrong(page)
