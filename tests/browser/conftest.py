@@ -67,13 +67,23 @@ def reaches_outside(url: str) -> bool:
     return not url.startswith(("data:", "blob:")) and urlsplit(url).hostname not in ("127.0.0.1", "localhost")
 
 
-@pytest.fixture
-def page(chromium, app):
-    context = chromium.new_context(viewport=VIEWPORT)
+@contextmanager
+def browser_page(chromium, **context_options) -> Iterator:
+    """A page in a fresh browser context (so a fresh Streamlit session). Every browser test opens its pages
+    here, so every one of them fails if a page asked for anything outside this machine."""
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True, **context_options)
     outside: list[str] = []
     context.on("request", lambda request: outside.append(request.url) if reaches_outside(request.url) else None)
     page = context.new_page()
     page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
     assert outside == [], f"the page asked for something outside this machine: {outside}"
+
+
+@pytest.fixture
+def page(chromium, app):
+    with browser_page(chromium) as page:
+        yield page

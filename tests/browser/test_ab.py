@@ -13,8 +13,8 @@ from playwright.sync_api import expect
 from cai_core.constitution import load_constitution, save_constitution
 from cai_core.store import Store
 
-from .conftest import App, app_launching_jobs
-from .harness import VIEWPORT, settle, wait_for_app
+from .conftest import App, app_launching_jobs, browser_page
+from .harness import settle, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -28,11 +28,8 @@ def ab_app(chromium, tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, ab_app):
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def test_an_ab_launched_from_the_history_shows_its_paired_result(page, ab_app: App, tiny_model_path):

@@ -16,8 +16,8 @@ from playwright.sync_api import expect
 from cai_core.records import Pair, shown_swapped
 from cai_core.store import Store
 
-from .conftest import App
-from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .conftest import App, browser_page
+from .harness import running_app, settle, wait_for_app
 from .seed import seed_pair_texts, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -79,11 +79,8 @@ class HeldSocket:
 
 @pytest.fixture
 def page(chromium):
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def part(page, name: str):

@@ -11,8 +11,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import App, app_launching_jobs
-from .harness import VIEWPORT, wait_for_app
+from .conftest import App, app_launching_jobs, browser_page
+from .harness import wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -26,11 +26,8 @@ def eval_app(chromium, tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, eval_app):
-    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def test_compare_two_models_read_the_charts_and_download_the_report(

@@ -15,8 +15,8 @@ from cai_core.jobs import JobFolder
 from cai_core.records import StepVerdict, Trace, TraceStep, to_row
 from cai_core.store import Store
 
-from .conftest import App, app_launching_jobs
-from .harness import VIEWPORT, settle, wait_for_app
+from .conftest import App, app_launching_jobs, browser_page
+from .harness import settle, wait_for_app
 from .seed import FOUR_ROUNDS, model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -57,11 +57,8 @@ def add_flagged_trace(app: App) -> None:
 
 @pytest.fixture
 def page(chromium, hour_app):
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def choose(page, label: str, option: str) -> None:

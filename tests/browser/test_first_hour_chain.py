@@ -2,8 +2,10 @@
 typing only. SL-CAI → pairs from those traces → 5 labels by hand → AI labels → SFT → reward model → PPO (the
 reward model picked from a list, the policy the SFT model) → evaluation → the HTML report downloaded.
 
-Every long step is a background job whose card must show a rate (and, while it runs, an ETA) and end `done`;
-every step checks that nothing went wrong on the page: no exception, no error, no `cai ...` command suggested.
+Every long step is a background job whose card must show a rate and end `done`. The ETA shows only while a job
+runs, and a tiny job can end between two redraws of its card, so the walk does not wait for one: every job's
+progress records its ETA while it runs (tests/test_jobs.py) and the card prints that progress line.
+Every step checks that nothing went wrong on the page: no exception, no error, no `cai ...` command suggested.
 The tiny test model plays every part (policy, judge), with the smallest settings the forms allow.
 """
 
@@ -17,8 +19,8 @@ from playwright.sync_api import expect
 from cai_core.jobs import list_job_folders
 from cai_core.store import Store
 
-from .conftest import App, app_launching_jobs
-from .harness import VIEWPORT, settle, wait_for_app
+from .conftest import App, app_launching_jobs, browser_page
+from .harness import settle, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -37,11 +39,8 @@ def empty_app(chromium, tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, empty_app):
-    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def go_to(page, label: str) -> None:
@@ -114,7 +113,9 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     name.press("Enter")
     settle(page)
     for _ in range(5):  # the labelling panel's buttons, as a mouse user clicks them
-        pair = page.locator('[data-part="pair-id"]').inner_text().removeprefix("Pair ")
+        shown = page.locator('[data-part="pair-id"]')
+        expect(shown).to_have_text(re.compile(r"^Pair \S+$"))  # the panel has drawn its pair
+        pair = shown.inner_text().removeprefix("Pair ")
         page.get_by_role("button", name="A is better").click()
         page.get_by_role("button", name="Submit").click()
         expect(page.get_by_text(f"on pair {pair}.")).to_be_visible()

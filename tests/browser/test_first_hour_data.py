@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 from cai_core.store import Store
 from ui.navigation import STEPS
 
-from .conftest import App
-from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .conftest import App, browser_page
+from .harness import running_app, settle, wait_for_app
 from .seed import DOG_PROMPT, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -32,41 +32,40 @@ def data_app(chromium, tmp_path_factory):
 
 
 def test_pairs_from_my_traces_an_uploaded_file_and_an_export_download_without_the_cli(chromium, data_app, tmp_path):
-    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(f"{data_app.url}/Data")
-    wait_for_app(page)
+    with browser_page(chromium) as page:
+        page.goto(f"{data_app.url}/Data")
+        wait_for_app(page)
 
-    page.get_by_role("button", name="Make pairs").click()
-    expect(page.get_by_text("2 pairs of first answer and revision, 2 new.")).to_be_visible()
+        page.get_by_role("button", name="Make pairs").click()
+        expect(page.get_by_text("2 pairs of first answer and revision, 2 new.")).to_be_visible()
 
-    mine = tmp_path / "mine.jsonl"  # outside the workspace: the upload is how it comes in
-    mine.write_text(
-        "".join(json.dumps({"prompt": f"Q{i}?", "response_a": "yes", "response_b": f"no {i}"}) + "\n" for i in range(3))
-    )
-    page.get_by_role("tab", name="Import a file").click()
-    page.locator(".st-key-import_file_upload").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(mine)
-    expect(page.get_by_text("mine.jsonl")).to_be_visible()
-    page.get_by_role("button", name="Import").click()
-    expect(page.get_by_text("Read 3 pairs from mine.jsonl, 3 new; skipped 0 bad lines.")).to_be_visible()
+        mine = tmp_path / "mine.jsonl"  # outside the workspace: the upload is how it comes in
+        mine.write_text(
+            "".join(
+                json.dumps({"prompt": f"Q{i}?", "response_a": "yes", "response_b": f"no {i}"}) + "\n" for i in range(3)
+            )
+        )
+        page.get_by_role("tab", name="Import a file").click()
+        page.locator(".st-key-import_file_upload").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(mine)
+        expect(page.get_by_text("mine.jsonl")).to_be_visible()
+        page.get_by_role("button", name="Import").click()
+        expect(page.get_by_text("Read 3 pairs from mine.jsonl, 3 new; skipped 0 bad lines.")).to_be_visible()
 
-    page.get_by_role("tab", name="Export").click()
-    expect(page.get_by_text("2 rows match.")).to_be_visible()
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download").click()
-    assert download.value.suggested_filename == "sft.jsonl"
-    rows = [json.loads(line) for line in download.value.path().read_text().splitlines()]
-    assert DOG_PROMPT in [row["messages"][0]["content"] for row in rows] and len(rows) == 2
+        page.get_by_role("tab", name="Export").click()
+        expect(page.get_by_text("2 rows match.")).to_be_visible()
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download").click()
+        assert download.value.suggested_filename == "sft.jsonl"
+        rows = [json.loads(line) for line in download.value.path().read_text().splitlines()]
+        assert DOG_PROMPT in [row["messages"][0]["content"] for row in rows] and len(rows) == 2
 
-    with Store.open(data_app.workspace) as store:
-        assert {source: len(store.pairs(source=source)) for source in ("sl-cai", "import")} == {
-            "sl-cai": 2,
-            "import": 3,
-        }
-    # what must not happen: a page that sends its user to the command line
-    expect(page.get_by_test_id("stMain").get_by_text(re.compile(r"`?cai (pairs|export|import)"))).to_have_count(0)
-    context.close()
+        with Store.open(data_app.workspace) as store:
+            assert {source: len(store.pairs(source=source)) for source in ("sl-cai", "import")} == {
+                "sl-cai": 2,
+                "import": 3,
+            }
+        # what must not happen: a page that sends its user to the command line
+        expect(page.get_by_test_id("stMain").get_by_text(re.compile(r"`?cai (pairs|export|import)"))).to_have_count(0)
 
 
 def test_one_list_of_pages_and_the_constitution_carried_from_page_to_page(page, app):

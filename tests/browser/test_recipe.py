@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 from cai_core.jobs import JobFolder
 
 from ..test_recipe import tiny_recipe
-from .conftest import app_launching_jobs
-from .harness import VIEWPORT, settle, wait_for_app
+from .conftest import app_launching_jobs, browser_page
+from .harness import settle, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -34,10 +34,7 @@ def test_start_a_tiny_recipe_watch_its_stages_and_download_its_report(chromium, 
 
 
 def _scenario(chromium, app, config):
-    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    try:
+    with browser_page(chromium) as page:
         page.goto(f"{app.url}/Recipe")
         wait_for_app(page)
         expect(page.get_by_text("Not started yet.")).to_be_visible()
@@ -66,8 +63,6 @@ def _scenario(chromium, app, config):
         page.get_by_role("link", name="sft: Train").first.click()
         wait_for_app(page)
         expect(page.get_by_role("heading", name="Train")).to_be_visible()
-    finally:
-        context.close()
 
 
 class ScriptSources(HTMLParser):

@@ -8,6 +8,7 @@ that server, so each uses its own annotator names and compares figures before an
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
@@ -17,8 +18,8 @@ from cai_core.agreement import dashboard
 from cai_core.records import HumanLabel
 from cai_core.store import Store
 
-from .conftest import App
-from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .conftest import App, browser_page
+from .harness import running_app, settle, wait_for_app
 from .seed import SEED_LABEL_RUN, seed_pairs, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -36,18 +37,8 @@ def rlaif_app(chromium, tmp_path_factory):
 @pytest.fixture
 def new_page(chromium):
     """Pages in fresh browser contexts: each its own Streamlit session, as two people's browsers are."""
-    contexts = []
-
-    def open_context():
-        context = chromium.new_context(viewport=VIEWPORT)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        return page
-
-    yield open_context
-    for context in contexts:
-        context.close()
+    with ExitStack() as pages:
+        yield lambda: pages.enter_context(browser_page(chromium))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from cai_core.train import train
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
 
-from .conftest import App, app_launching_jobs
-from .harness import VIEWPORT, running_app, settle, wait_for_app
+from .conftest import App, app_launching_jobs, browser_page
+from .harness import running_app, settle, wait_for_app
 from .seed import model_in_workspace, seed_pairs, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -45,11 +45,8 @@ def trained_app(chromium, tmp_path_factory, tiny_model_path):
 
 @pytest.fixture
 def train_page(chromium):
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train_app, tiny_model_path):
