@@ -13,7 +13,7 @@ from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
 from cai_core.workspace import OutsideWorkspace
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import job_cards, launch_job
 from ui.settings import browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
@@ -90,35 +90,35 @@ if submitted:
 st.subheader("Runs")
 
 
-def runs_panel() -> bool:
-    """Progress, controls and log tail of the latest runs, and the traces stored so far; True while one is active."""
-    jobs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
-    if not jobs:
-        st.info("No runs yet.")
-        return False
+stored: dict[str, int] = {}  # traces stored per run, counted in one store connection per redraw
+
+
+def latest_runs() -> list[JobFolder]:
+    runs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
     with connect(ws) as store:  # also takes in the records the runs have written since the last redraw
-        stored = {job.run_id: store.count_traces(TraceFilter(run_id=job.run_id)) for job in jobs}
-    active = False
-    for job in jobs:
-        progress, spec = job.progress(), job.spec
-        active |= progress.status in ACTIVE
-        with st.container(border=True, key=f"run-{job.run_id}"):
-            constitution_name = (spec.get("constitution") or {}).get("name", "none")
-            started = when(spec["created_at"])
-            job_status(
-                job,
-                progress,
-                details=f"model {spec['model']} · constitution {constitution_name} · started {started}",
-                progress_text=f"{progress.done}/{progress.total} steps · {count(stored[job.run_id], 'trace')} stored",
-            )
-            with st.container(horizontal=True):
-                job_buttons(job, progress, start, resumable=spec["kind"] == "generate")
-                if stored[job.run_id] and st.button("Open its traces", key=f"open-{job.run_id}"):
-                    ss["filter_run_id"] = job.run_id
-                    st.switch_page("pages/2_Traces.py")
-            job_log(job)
-    return active
+        stored.update({job.run_id: store.count_traces(TraceFilter(run_id=job.run_id)) for job in runs})
+    return runs
 
 
-jobs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
-live_panel(runs_panel, active=any(job.progress().status in ACTIVE for job in jobs), refresh_key="refresh_runs")
+def describe(job: JobFolder, progress) -> tuple[str, str]:
+    spec = job.spec
+    constitution_name = (spec.get("constitution") or {}).get("name", "none")
+    details = f"model {spec['model']} · constitution {constitution_name} · started {when(spec['created_at'])}"
+    return details, f"{progress.done}/{progress.total} steps · {count(stored[job.run_id], 'trace')} stored"
+
+
+def open_traces(job: JobFolder) -> None:
+    if stored[job.run_id] and st.button("Open its traces", key=f"open-{job.run_id}"):
+        ss["filter_run_id"] = job.run_id
+        st.switch_page("pages/2_Traces.py")
+
+
+job_cards(
+    latest_runs,
+    start,
+    describe,
+    empty="No runs yet.",
+    refresh_key="refresh_runs",
+    resumable=lambda job: job.spec["kind"] == "generate",
+    more_buttons=open_traces,
+)

@@ -76,7 +76,7 @@ def test_settings_are_shared_by_every_page(ws, tmp_path):
     at.switch_page(GENERATE).run()
     assert at.selectbox(key="model_choice").value == OTHER_MODEL
     assert at.text_input(key="model_spec").value == "openai:some-model@http://127.0.0.1:9"
-    assert "No runs yet." in texts(at.info)
+    assert "No runs yet." in texts(at.caption)
     assert (ws.root / "elsewhere" / "cai.duckdb").exists()
 
 
