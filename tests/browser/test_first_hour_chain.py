@@ -3,8 +3,9 @@ typing only. SL-CAI → pairs from those traces → 5 labels by hand → AI labe
 reward model picked from a list, the policy the SFT model) → evaluation → the HTML report downloaded.
 
 Every long step is a background job whose card must show a rate and end `done`. The ETA shows only while a job
-runs, and a tiny job can end between two redraws of its card, so the walk does not wait for one: every job's
-progress records its ETA while it runs (tests/test_jobs.py) and the card prints that progress line.
+runs: on the default model every step must have shown one; a tiny job can end between two redraws of its card,
+so on the tiny model the walk only reports the ETAs it saw (each job's progress records its ETA while it runs:
+tests/test_jobs.py).
 Every step checks that nothing went wrong on the page: no exception, no error, no `cai ...` command suggested.
 The tiny test model plays every part (policy, judge), with the smallest settings the forms allow. With
 CAI_FIRST_HOUR_MODEL=default the real default model plays them instead, as a newcomer's sidebar has it: minutes
@@ -69,6 +70,22 @@ def started_run(page) -> str:
     return re.match(r"Started ([\w.-]+?)\.? ", started.inner_text()).group(1)
 
 
+# In the page: every progress line with an ETA ("6/12 steps · 1.49 steps/s · 4s elapsed · about 4s left") that
+# shows, however briefly, so a step's ETA is looked for all the while its job runs.
+WATCH_ETAS = """() => {
+  window.__etas = [];
+  setInterval(() => {
+    const line = document.body.innerText.match(/\\d+\\/\\d+ [^\\n]* · about [^\\n]+ left/);
+    if (line && window.__etas.at(-1) !== line[0]) window.__etas.push(line[0]);
+  }, 100);
+}"""
+
+
+def etas_seen(page) -> list[str]:
+    """The ETAs shown since the last call."""
+    return page.evaluate("window.__etas.splice(0)")
+
+
 def wait_until_done(page, card) -> None:
     """The job's card ends `done`, showing its rate (a run that fails, fails here with its card's text, the reason
     included); then the page's one redraw at a job's end, which puts the Refresh button back: a click made before
@@ -98,6 +115,8 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
         spec.fill(model)  # the browser names models inside the workspace
         spec.press("Enter")
         settle(page)
+    page.evaluate(WATCH_ETAS)
+    etas = {}
 
     # 1. SL-CAI: a few prompts, one round; the card shows the rate (and the ETA while it runs)
     go_to(page, "Generate")
@@ -108,6 +127,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     page.locator(".st-key-gen_start button").click()
     generation = started_run(page)
     wait_until_done(page, page.locator(f".st-key-run-{generation}"))
+    etas["SL-CAI"] = etas_seen(page)
     nothing_wrong(page)
 
     # 2. pairs from those traces: first answer against revision
@@ -139,6 +159,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     page.locator(".st-key-label_start button").click()
     labelling = started_run(page)
     wait_until_done(page, page.locator(f".st-key-run-{labelling}"))
+    etas["AI labels"] = etas_seen(page)
     nothing_wrong(page)
 
     # 5. SFT on the revisions, a reward model on the AI labels, PPO against it
@@ -163,6 +184,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
         trained[kind] = started_run(page)
         expect(selected.get_by_text(f"{trained[kind]} · train-", exact=False).first).to_be_visible()
         wait_until_done(page, selected)
+        etas[kind] = etas_seen(page)
         nothing_wrong(page)
 
     # 6. evaluate the PPO model against the model it came from, then download the report
@@ -177,6 +199,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     page.locator(".st-key-eval_start button").click()
     evaluation = started_run(page)
     wait_until_done(page, page.locator(f".st-key-run-{evaluation}"))
+    etas["evaluation"] = etas_seen(page)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download the report (one HTML file)").click()
     report = download.value.path().read_text()
@@ -188,3 +211,6 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     assert runs == dict.fromkeys([generation, labelling, *trained.values(), evaluation], "done")
     with Store.open(empty_app.workspace) as store:
         assert len(store.human_labels(annotator="newcomer")) == 5
+    print(f"ETAs seen on the {WALK_MODEL} model:", etas)
+    if WALK_MODEL == "default":  # jobs of minutes: every one must have shown how long it had left
+        assert all(etas.values()), etas
