@@ -53,21 +53,24 @@ def setup(title: str) -> Settings:
     ss.setdefault("db_path", str(env.db_override or ""))
     ss.setdefault("model_choice", DEFAULT_MODEL)
     ss.setdefault("model_spec", "")
-    # Streamlit forgets a widget's value on a page that does not draw it; assigning the value to itself
-    # first makes these settings survive every page switch.
-    for key in ("data_dir", "db_path", "model_choice", "model_spec"):
-        ss[key] = ss[key]
+    # Each setting's widget is drawn with persist_state="session": Streamlit then keeps its value for the whole
+    # session, on pages and in reruns that do not draw it. The old way (assigning each value to itself before
+    # drawing it) lost them all when a job panel's timed fragment rerun fired after the browser had left its
+    # page: such a run dropped every widget it had not drawn (streamlit/streamlit#10805, PR #14064), and the next
+    # page showed the defaults (the model `default`, so the next job ran on it).
     with st.sidebar:
         st.subheader("Settings")
         st.text_input(
             "Data folder",
             key="data_dir",
+            persist_state="session",
             help="Holds the database, job folders and converted models; inside the workspace "
             f"({', '.join(map(str, env.browser_roots))}).",
         )
         st.text_input(
             "Database file",
             key="db_path",
+            persist_state="session",
             placeholder="data folder/cai.duckdb",
             help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
@@ -101,6 +104,7 @@ def setup(title: str) -> Settings:
             "Model",
             list(labels),
             key="model_choice",
+            persist_state="session",
             format_func=labels.get,
             help="The backend of every page: the default model, a finished training run's model, a listed "
             "endpoint's model, or any other spec.",
@@ -109,6 +113,7 @@ def setup(title: str) -> Settings:
             st.text_input(
                 "Model spec",
                 key="model_spec",
+                persist_state="session",
                 help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
                 "listed in endpoints.yaml.",
             )

@@ -28,7 +28,8 @@ CHOSEN = "someone/chosen-model"  # a hub id: the sidebar takes it as typed, and 
 # a job that runs (a live process reports it running) for SECONDS, then ends
 RUNNING_JOB = (
     "import sys, time; from pathlib import Path; from cai_core.jobs import JobFolder; "
-    "job = JobFolder.create(Path(sys.argv[1]), sys.argv[2], {'kind': 'generate', 'model': 'someone/other', 'config': {}}); "
+    "spec = {'kind': 'generate', 'model': 'someone/other', 'config': {}}; "
+    "job = JobFolder.create(Path(sys.argv[1]), sys.argv[2], spec); "
     "job.set_progress('running', 0, 1); time.sleep(float(sys.argv[3])); job.set_progress('done', 1, 1)"
 )
 # ms after the panel's first tick at which a sidebar link is followed: before, around and after the next
