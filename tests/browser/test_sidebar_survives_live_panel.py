@@ -3,9 +3,10 @@
 A job panel (`ui.job_controls.live_panel`) is a fragment that reruns every few seconds while a job is active.
 A fragment-only rerun that fires after the browser has switched pages dropped every sidebar widget's value on
 Streamlit 1.67 (streamlit/streamlit#10805), so the next page drew the sidebar at its defaults: the Model went
-back to `default` and the next job ran on the wrong model, silently. Here a real process keeps a job running
-(its progress says so and its pid is alive), the Generate page's panel ticks, and the sidebar's links are
-followed at several moments of a tick.
+back to `default` and the next job ran on the wrong model, silently (`ui.settings` now keeps the settings
+under a plain session key). Here a real process keeps a job running (its progress says so and its pid is
+alive), the Generate page's panel ticks, and the sidebar's link to another page is followed at several moments
+of a tick. Before the fix the model was lost at every one of them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .harness import settle, wait_for_app
 pytestmark = pytest.mark.browser
 
 CHOSEN = "someone/chosen-model"  # a hub id: the sidebar takes it as typed, and nothing here loads it
-# a job that runs (a live process reports it running) for SECONDS, then ends
+# a job whose live process reports it running for argv[3] seconds (longer than an attempt: it is killed)
 RUNNING_JOB = (
     "import sys, time; from pathlib import Path; from cai_core.jobs import JobFolder; "
     "spec = {'kind': 'generate', 'model': 'someone/other', 'config': {}}; "
@@ -74,6 +75,7 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
             try:
                 folder = JobFolder(ticking_app.workspace.runs_dir / run_id)
                 while folder.progress().status != "running":
+                    assert job.poll() is None, "the job's process ended before it reported running"
                     page.wait_for_timeout(100)
                 card = page.locator(f".st-key-run-{run_id}")
                 page.locator(".st-key-refresh_runs button").click()  # the page sees the job: its panel ticks
