@@ -39,6 +39,22 @@ class Settings:
 
 
 OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model spec
+# The sidebar's settings (data_dir, db_path, model_choice, model_spec), kept under a key that is no widget's.
+# Streamlit drops a widget's value on a page that does not draw it, and a job panel's timed fragment rerun that
+# fires after the browser has left its page drops every widget it did not draw, values assigned to themselves
+# included (streamlit/streamlit#10805, PR #14064): the next page showed the defaults and the next job ran on
+# the default model. A plain key is never dropped; each full run draws the widgets from it.
+SETTINGS = "sidebar_settings"
+
+
+def set_setting(key: str, value: str) -> None:
+    """Set a sidebar setting and its widget's value (before the widget is drawn: in a callback, or in `setup`)."""
+    st.session_state[SETTINGS][key] = st.session_state[key] = value
+
+
+def keep_setting(key: str) -> None:
+    """A setting's widget callback: what the visitor chose becomes the setting."""
+    st.session_state[SETTINGS][key] = st.session_state[key]
 
 
 def setup(title: str) -> Settings:
@@ -49,25 +65,30 @@ def setup(title: str) -> Settings:
     sidebar_navigation()
     env = Workspace.from_env()
     ss = st.session_state
-    ss.setdefault("data_dir", str(env.root))
-    ss.setdefault("db_path", str(env.db_override or ""))
-    ss.setdefault("model_choice", DEFAULT_MODEL)
-    ss.setdefault("model_spec", "")
-    # Streamlit forgets a widget's value on a page that does not draw it; assigning the value to itself
-    # first makes these settings survive every page switch.
-    for key in ("data_dir", "db_path", "model_choice", "model_spec"):
-        ss[key] = ss[key]
+    kept = ss.setdefault(SETTINGS, {})
+    defaults = {
+        "data_dir": str(env.root),
+        "db_path": str(env.db_override or ""),
+        "model_choice": DEFAULT_MODEL,
+        "model_spec": "",
+    }
+    for key, default in defaults.items():  # each widget starts at its setting
+        ss[key] = kept.setdefault(key, default)
     with st.sidebar:
         st.subheader("Settings")
         st.text_input(
             "Data folder",
             key="data_dir",
+            on_change=keep_setting,
+            args=("data_dir",),
             help="Holds the database, job folders and converted models; inside the workspace "
             f"({', '.join(map(str, env.browser_roots))}).",
         )
         st.text_input(
             "Database file",
             key="db_path",
+            on_change=keep_setting,
+            args=("db_path",),
             placeholder="data folder/cai.duckdb",
             help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
@@ -95,12 +116,15 @@ def setup(title: str) -> Settings:
     labels[OTHER_MODEL] = OTHER_MODEL
     if ss["model_choice"] not in labels:
         # a model this data folder does not know (another folder's, or set with `use_model`): kept as typed text
-        ss["model_spec"], ss["model_choice"] = ss["model_choice"], OTHER_MODEL
+        set_setting("model_spec", ss["model_choice"])
+        set_setting("model_choice", OTHER_MODEL)
     with st.sidebar:
         st.selectbox(
             "Model",
             list(labels),
             key="model_choice",
+            on_change=keep_setting,
+            args=("model_choice",),
             format_func=labels.get,
             help="The backend of every page: the default model, a finished training run's model, a listed "
             "endpoint's model, or any other spec.",
@@ -109,6 +133,8 @@ def setup(title: str) -> Settings:
             st.text_input(
                 "Model spec",
                 key="model_spec",
+                on_change=keep_setting,
+                args=("model_spec",),
                 help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
                 "listed in endpoints.yaml.",
             )
@@ -205,7 +231,7 @@ def model_choices(store: Store) -> dict[str, str]:
 def use_model(spec: str) -> None:
     """Make `spec` every page's model. A widget callback: the sidebar's widgets may change only before they are
     drawn, so call it through `on_click`."""
-    st.session_state["model_choice"] = spec
+    set_setting("model_choice", spec)
 
 
 def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path:
