@@ -76,6 +76,8 @@ def test_compare_two_models_read_the_charts_and_download_the_report(
     assert report.startswith("<!DOCTYPE html>") and run_id in report and "Refusal rates" in report
     # its settings say what was run: the sets with their limits (the line's own limit stands), the wrappers
     assert "red-team#limit=2, benign#limit=2, red-team#name=rt,limit=4" in report and "<td>wrappers</td>" in report
+    # its charts keep plotly's colours, not the placeholder colours of the Streamlit template the app server uses
+    assert "#636efa" in report and "#000001" not in report
     # nothing went wrong on the way: no error message, no exception
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
