@@ -18,7 +18,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.store import Store, TraceFilter
 
 from .harness import settle, wait_for_app
-from .seed import FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
+from .seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -111,6 +111,17 @@ def test_step_through_four_rounds_and_record_a_verdict(page, app):
         page.get_by_role("button", name="Download verdicts (CSV)").click()
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert {"trace_id": FOUR_ROUNDS, "round": "4", "annotator": "grace"}.items() <= rows[-1].items()
+
+
+def test_a_rewrite_shows_beside_its_answer_and_an_edit_as_a_word_diff(page, app):
+    search_traces(page, app, "barks all night")
+    page.get_by_text("Revision 1", exact=True).click()  # rewrites the answer: a word diff of it would be noise
+    expect(page.get_by_text("beside the answer before it (they share little)")).to_be_visible()
+    expect(page.get_by_test_id("stMain").get_by_text(DOG_ROUNDS[1][2])).to_be_visible()
+    expect(page.locator(".word-diff")).to_have_count(0)
+    page.get_by_text("Revision 4", exact=True).click()  # an edit of the revision before it
+    expect(page.locator(".word-diff ins")).to_contain_text("Earplugs help meanwhile")
+    expect(page.get_by_text("they share little")).to_have_count(0)
 
 
 def test_hostile_trace_is_shown_literally_and_runs_nothing(page, app):
