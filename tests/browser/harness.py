@@ -92,3 +92,14 @@ def settle(page, timeout: float = 20_000) -> None:
     """After an action that reruns the script: give the rerun a moment to start, then wait for its end."""
     page.wait_for_timeout(250)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def choose_model(page, spec: str) -> None:
+    """Name a model in the sidebar as a user does for one its list does not hold: "other…", then the spec."""
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="other…").click()
+    field = sidebar.get_by_label("Model spec", exact=True)
+    field.fill(spec)
+    field.press("Enter")
+    settle(page)

@@ -19,7 +19,7 @@ from playwright.sync_api import expect, sync_playwright
 from cai_core.critique import GenerateConfig, run_generation
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
-from .harness import VIEWPORT, launch_chromium, running_app, settle, wait_for_app
+from .harness import VIEWPORT, choose_model, launch_chromium, running_app, settle, wait_for_app
 from .seed import seeded_data
 
 DEFAULT_MODEL_DIR = Workspace.from_env().models_dir / "SmolLM2-135M-Instruct"
@@ -81,10 +81,7 @@ def main(out: Path, runs_from: Path | None) -> None:
             wait_for_app(page)
             shoot(page, out, "home")
             if model:
-                sidebar = page.get_by_test_id("stSidebar")
-                sidebar.get_by_label("Model", exact=True).click()
-                page.get_by_role("option", name="other…").click()
-                type_into(page, sidebar.get_by_label("Model spec", exact=True), model)
+                choose_model(page, model)
 
             go(page, "Constitution")
             page.get_by_label("Constitution file").click()

@@ -14,7 +14,7 @@ from cai_core.constitution import load_constitution, save_constitution
 from cai_core.store import Store
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import settle, wait_for_app
+from .harness import choose_model, settle, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -46,13 +46,7 @@ def test_an_ab_launched_from_the_history_shows_its_paired_result(page, ab_app: A
     tiny_model_path = model_in_workspace(tiny_model_path, ab_app.workspace)
     page.goto(f"{ab_app.url}/Constitution")
     wait_for_app(page, 60_000)  # the first visit to a fresh server imports the page's modules
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("Model", exact=True).click()
-    page.get_by_role("option", name="other…").click()
-    spec = sidebar.get_by_label("Model spec", exact=True)
-    spec.fill(tiny_model_path)
-    spec.press("Enter")
-    settle(page)
+    choose_model(page, tiny_model_path)
     page.get_by_label("Constitution file").click()
     page.get_by_role("option", name="red_team.yaml").click()
     settle(page)

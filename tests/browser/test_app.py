@@ -17,7 +17,7 @@ from cai_core.constitution import load_constitution
 from cai_core.jobs import list_job_folders
 from cai_core.store import Store, TraceFilter
 
-from .harness import settle, wait_for_app
+from .harness import choose_model, settle, wait_for_app
 from .seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -149,10 +149,7 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     prompts.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"Browser question {i}?"}) + "\n" for i in (1, 2)))
     runs_before = {job.run_id for job in list_job_folders(app.workspace.runs_dir)}
     open_page(page, app)  # the model is set once, on any page, and every page uses it
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("Model", exact=True).click()
-    page.get_by_role("option", name="other…").click()
-    type_into(sidebar.get_by_label("Model spec", exact=True), tiny_model_path)
+    choose_model(page, tiny_model_path)
     page.get_by_test_id("stSidebar").get_by_role("link", name="Generate").click()
     expect(page.get_by_label("Model (set in the sidebar)")).to_have_value(tiny_model_path)
     page.get_by_label("Prompt file", exact=True).fill(str(prompts))

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import wait_for_app
+from .harness import choose_model, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -39,12 +39,7 @@ def test_compare_two_models_read_the_charts_and_download_the_report(
     page.goto(f"{eval_app.url}/Evaluate")
     wait_for_app(page)
     expect(page.get_by_text("No results yet")).to_be_visible()
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("Model", exact=True).click()
-    page.get_by_role("option", name="other…").click()
-    spec = sidebar.get_by_label("Model spec", exact=True)
-    spec.fill(tiny_model_path)
-    spec.press("Enter")
+    choose_model(page, tiny_model_path)
     # an empty judge field means the sidebar's model
     expect(page.locator(".st-key-eval_judge input")).to_have_attribute(
         "placeholder", f"the sidebar's: {tiny_model_path}"

@@ -16,7 +16,7 @@ from cai_core.records import StepVerdict, Trace, TraceStep, to_row
 from cai_core.store import Store
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import settle, wait_for_app
+from .harness import choose_model, settle, wait_for_app
 from .seed import FOUR_ROUNDS, model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -71,13 +71,7 @@ def test_try_it_shows_elapsed_time_and_the_words_as_they_come(page, hour_app: Ap
     model = model_in_workspace(tiny_model_path, hour_app.workspace)
     page.goto(f"{hour_app.url}/Constitution")
     wait_for_app(page)
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("Model", exact=True).click()
-    page.get_by_role("option", name="other…").click()
-    spec = sidebar.get_by_label("Model spec", exact=True)
-    spec.fill(model)
-    spec.press("Enter")
-    settle(page)
+    choose_model(page, model)
     page.get_by_role("tab", name="Try it").click()
     page.locator(".st-key-try_tokens input").fill("512")  # long enough to watch it being written
     page.locator(".st-key-try_tokens input").press("Enter")

@@ -26,7 +26,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.store import Store
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import settle, wait_for_app
+from .harness import choose_model, settle, wait_for_app
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -108,13 +108,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
         (empty_app.workspace.models_dir / FOLDER_NAME).symlink_to(request.getfixturevalue("default_model_path"))
     else:
         model = model_in_workspace(request.getfixturevalue("tiny_model_path"), empty_app.workspace)
-        sidebar = page.get_by_test_id("stSidebar")
-        sidebar.get_by_label("Model", exact=True).click()
-        page.get_by_role("option", name="other…").click()
-        spec = sidebar.get_by_label("Model spec", exact=True)
-        spec.fill(model)  # the browser names models inside the workspace
-        spec.press("Enter")
-        settle(page)
+        choose_model(page, model)  # the browser names models inside the workspace
     page.evaluate(WATCH_ETAS)
     etas = {}
 

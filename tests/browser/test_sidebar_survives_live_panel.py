@@ -21,7 +21,7 @@ from cai_core.jobs import JobFolder
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import settle, wait_for_app
+from .harness import choose_model, settle, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -54,14 +54,9 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
     with browser_page(chromium) as page:
         page.goto(ticking_app.url)
         wait_for_app(page)
-        sidebar = page.get_by_test_id("stSidebar")
-        sidebar.get_by_label("Model", exact=True).click()
-        page.get_by_role("option", name="other…").click()
-        spec = sidebar.get_by_label("Model spec", exact=True)
-        spec.fill(CHOSEN)
-        spec.press("Enter")
-        settle(page)
+        choose_model(page, CHOSEN)
         assert sidebar_model(page) == CHOSEN
+        sidebar = page.get_by_test_id("stSidebar")
 
         lost = []
         for attempt, delay in enumerate(CLICK_DELAYS):
@@ -89,11 +84,7 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
                 settle(page)
                 if sidebar_model(page) != CHOSEN:
                     lost.append((delay, sidebar_model(page)))
-                    sidebar.get_by_label("Model", exact=True).click()  # chosen again for the next attempt
-                    page.get_by_role("option", name="other…").click()
-                    spec.fill(CHOSEN)
-                    spec.press("Enter")
-                    settle(page)
+                    choose_model(page, CHOSEN)  # chosen again for the next attempt
             finally:
                 job.kill()
                 job.wait()
