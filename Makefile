@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL := data/models/SmolLM2-135M-Instruct/config.json
 
-.PHONY: setup run test lint bench browser gpu-check
+.PHONY: setup run test test-fast lint bench browser gpu-check
 
 setup: $(VENV)/.installed $(MODEL)
 
@@ -41,8 +41,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every test, as CI runs it; --durations keeps the slowest in CI's log.
 test: setup browser lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=25
+
+# The edit loop: unit and AppTest tests only (no real default model, no vLLM engine, no Chromium).
+test-fast: setup lint
+	$(BIN)/python -m pytest -q -ra -m "not slow and not browser" --durations=10
 
 bench: setup
 	$(BIN)/cai bench generate
