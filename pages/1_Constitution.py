@@ -26,6 +26,7 @@ from cai_core.constitution import (
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
 from cai_core.jobs import engine_name
+from cai_core.records import MAX_NOTE_CHARS
 from ui.constitution_ab import ab_form, ab_runs_section
 from ui.settings import connect, follow_context, setup
 from ui.text import (
@@ -269,7 +270,9 @@ except ConstitutionError:  # broken on disk since the draft was loaded (edited e
     disk_version = None
 
 save_row = st.columns([4, 1, 1], vertical_alignment="bottom")
-save_row[0].text_input("Note for this version (optional)", key="save_note", placeholder="what changed and why")
+save_row[0].text_input(
+    "Note for this version (optional)", key="save_note", placeholder="what changed and why", max_chars=MAX_NOTE_CHARS
+)
 save_row[1].button("Save", key="save", type="primary", on_click=save_draft, args=(path,), width="stretch")
 save_row[2].button(
     "Discard changes",

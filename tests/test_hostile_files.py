@@ -10,8 +10,11 @@ import pytest
 
 from cai_core.pairs import PairFileError, read_hh_rlhf
 from cai_core.prompts import MAX_FIELD_CHARS, MAX_FILE_BYTES, PromptFileError, load_prompts, read_text
+from cai_core.records import MAX_NOTE_CHARS, HumanLabel, Pair, StepVerdict
+from cai_core.store import Store
 
-from .test_pages import GENERATE, open_page, texts
+from .browser.seed import FOUR_ROUNDS
+from .test_pages import CONSTITUTION, GENERATE, open_page, texts
 
 # --- a gzip bomb --------------------------------------------------------------------------------------------------
 
@@ -72,3 +75,36 @@ def test_the_generate_page_names_the_line_of_an_oversized_csv_field(ws):
     at.button(key="gen_start").click().run()
     assert not at.exception, at.exception
     assert "huge.csv, line 3: not readable as CSV" in texts(at.error)
+
+
+# --- a rationale or note of a megabyte ----------------------------------------------------------------------------
+
+MEGABYTE_NOTE = "why " * 250_000
+
+
+def test_a_megabyte_rationale_is_refused_naming_the_field_and_the_limit_and_nothing_is_stored(workspace):
+    pair = Pair("p1", "prompt", "left", "right", "import", "f", 1, "a", "b")
+    with Store.open(workspace) as store:
+        store.add_pairs([pair])
+        with pytest.raises(ValueError, match=r"the rationale holds 1,000,000 characters; it may hold 10,000"):
+            store.save_human_label(HumanLabel("p1", "ann", "a", False, MEGABYTE_NOTE))
+        with pytest.raises(ValueError, match=r"label by 'crowd' on pair 'p1': the rationale holds 1,000,000"):
+            store.import_human_labels([HumanLabel("p1", "crowd", "a", False, MEGABYTE_NOTE)])
+        assert store.human_labels() == []
+        store.save_human_label(HumanLabel("p1", "ann", "a", False, "x" * MAX_NOTE_CHARS))
+        assert len(store.human_labels()) == 1
+
+
+def test_a_megabyte_verdict_note_is_refused(ws):
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        with pytest.raises(ValueError, match=r"round 1: the note holds 1,000,000 characters; it may hold 10,000"):
+            store.save_verdict(StepVerdict(FOUR_ROUNDS, 1, "ann", "better", None, MEGABYTE_NOTE))
+        assert store.verdicts(FOUR_ROUNDS) == []
+        store.save_verdict(StepVerdict(FOUR_ROUNDS, 1, "ann", "better", None, "kinder"))
+        assert [v.note for v in store.verdicts(FOUR_ROUNDS)] == ["kinder"]
+
+
+def test_the_pages_note_fields_stop_at_the_same_limit(ws):
+    at = open_page(CONSTITUTION)
+    assert at.text_input(key="save_note").proto.max_chars == MAX_NOTE_CHARS
