@@ -8,13 +8,16 @@ import json
 
 import pytest
 
+from cai_core.constitution import ConstitutionError, load_constitution, save_constitution
 from cai_core.pairs import PairFileError, read_hh_rlhf
 from cai_core.prompts import MAX_FIELD_CHARS, MAX_FILE_BYTES, PromptFileError, load_prompts, read_text
+from cai_core.recipe import RecipeError, load_recipe
 from cai_core.records import MAX_NOTE_CHARS, HumanLabel, Pair, StepVerdict
 from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT
 
 from .browser.seed import FOUR_ROUNDS
-from .test_pages import CONSTITUTION, GENERATE, open_page, texts
+from .test_pages import CONSTITUTION, GENERATE, open_constitution, open_page, principle_key, texts
 
 # --- a gzip bomb --------------------------------------------------------------------------------------------------
 
@@ -108,3 +111,71 @@ def test_a_megabyte_verdict_note_is_refused(ws):
 def test_the_pages_note_fields_stop_at_the_same_limit(ws):
     at = open_page(CONSTITUTION)
     assert at.text_input(key="save_note").proto.max_chars == MAX_NOTE_CHARS
+
+
+# --- a constitution draft over the loader's limit -------------------------------------------------------------------
+
+
+def test_a_draft_its_loader_would_refuse_is_not_saved_and_the_file_stays(ws, tmp_path):
+    path = tmp_path / "constitutions" / "hhh.yaml"
+    before = path.read_bytes()
+    at = open_constitution("hhh.yaml")
+    at.text_area(key=principle_key(at, 0, "critique_request")).set_value("Is it harmful? " * 80_000).run()
+    at.button(key="save").click().run()
+    assert not at.exception, at.exception
+    assert "a constitution may hold at most 1,000,000 bytes" in texts(at.error)
+    assert path.read_bytes() == before
+    assert load_constitution(path).version  # the file still loads
+
+
+def test_a_file_that_does_not_load_still_offers_its_history_to_restore(ws, tmp_path):
+    path = tmp_path / "constitutions" / "hhh.yaml"
+    original = load_constitution(path)
+    with Store.open(ws) as store:
+        store.record_constitution(original, path, "first")
+    path.write_text(path.read_text() + "principles: again\n")  # broken elsewhere: a duplicate key
+    at = open_constitution("hhh.yaml")
+    assert "hhh.yaml does not load" in texts(at.error)
+    at.button(key="restore").click().run()
+    assert not at.exception, at.exception
+    assert load_constitution(path).version == original.version
+    assert f"Restored hhh.yaml to version {original.version}" in texts(at.success)
+
+
+# --- a recipe of aliases or duplicate keys --------------------------------------------------------------------------
+
+RECIPE_LAUGHS = "name:\n  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  - &{chr(98 + n)} [{', '.join(['*' + chr(97 + n)] * 9)}]\n" for n in range(8)
+)
+"""Nine lines, all of them the recipe's name: a billion strings once the page titles itself with it."""
+
+
+def test_a_billion_laughs_recipe_is_refused_at_its_first_alias(tmp_path):
+    (tmp_path / "laughs.yaml").write_text(RECIPE_LAUGHS)
+    with pytest.raises(RecipeError, match=r"laughs\.yaml, line 3: YAML aliases \(\*a\) are not allowed in a recipe"):
+        load_recipe(tmp_path / "laughs.yaml")
+
+
+def test_a_recipe_with_a_duplicate_key_is_refused_naming_both_lines(tmp_path):
+    (tmp_path / "twice.yaml").write_text("name: one\niterations: 1\nname: two\n")
+    with pytest.raises(RecipeError, match=r"twice\.yaml, line 3: duplicate key 'name' \(first at line 1\)"):
+        load_recipe(tmp_path / "twice.yaml")
+
+
+def test_the_recipe_page_shows_the_refusal_of_a_billion_laughs(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "laughs.yaml").write_text(RECIPE_LAUGHS)
+    monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
+    at = open_page("pages/8_Recipe.py")
+    assert not at.exception, at.exception
+    assert "YAML aliases (*a) are not allowed in a recipe" in texts(at.error)
+
+
+def test_save_constitution_never_writes_what_load_constitution_refuses(tmp_path):
+    shipped = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    huge = shipped.model_copy(update={"description": "long " * 250_000})
+    with pytest.raises(ConstitutionError, match=r"big\.yaml: 1,2\d\d,\d\d\d bytes; a constitution may hold at most"):
+        save_constitution(huge, tmp_path / "big.yaml")
+    assert not (tmp_path / "big.yaml").exists()
