@@ -4,19 +4,23 @@ megabyte, a recipe of YAML aliases, a constitution draft its loader would refuse
 from __future__ import annotations
 
 import gzip
+import html
 import json
 
+import pandas as pd
 import pytest
 
 from cai_core.constitution import ConstitutionError, load_constitution, save_constitution
+from cai_core.eval_report import EvalSummary, charts
+from cai_core.jobs import JobFolder
 from cai_core.pairs import PairFileError, read_hh_rlhf
 from cai_core.prompts import MAX_FIELD_CHARS, MAX_FILE_BYTES, PromptFileError, load_prompts, read_text
 from cai_core.recipe import RecipeError, load_recipe
-from cai_core.records import MAX_NOTE_CHARS, HumanLabel, Pair, StepVerdict
+from cai_core.records import MAX_NOTE_CHARS, AILabel, HumanLabel, Pair, StepVerdict, to_row
 from cai_core.store import Store
-from cai_core.workspace import PROJECT_ROOT
+from cai_core.workspace import PROJECT_ROOT, Workspace
 
-from .browser.seed import FOUR_ROUNDS
+from .browser.seed import FOUR_ROUNDS, seed_pair_texts
 from .test_pages import CONSTITUTION, GENERATE, open_constitution, open_page, principle_key, texts
 
 # --- a gzip bomb --------------------------------------------------------------------------------------------------
@@ -179,3 +183,52 @@ def test_save_constitution_never_writes_what_load_constitution_refuses(tmp_path)
     with pytest.raises(ConstitutionError, match=r"big\.yaml: 1,2\d\d,\d\d\d bytes; a constitution may hold at most"):
         save_constitution(huge, tmp_path / "big.yaml")
     assert not (tmp_path / "big.yaml").exists()
+
+
+# --- names that plotly would read as markup ---------------------------------------------------------------------------
+
+MARKUP = "<b>BOLD</b><br><i>it</i>"
+WRAPPER = "<i>wrap</i> & co"
+
+
+def hostile_summary() -> EvalSummary:
+    """Two models under two wrappers, so that every chart has a legend; one model and one wrapper are markup."""
+    empty = pd.DataFrame()
+    pairs = {"model": [MARKUP, MARKUP, "base", "base"], "wrapper": [WRAPPER, "none", WRAPPER, "none"]}
+    interval = {"low": [0.2] * 4, "high": [0.8] * 4}
+    win_rates = pd.DataFrame({"aspect": "harmless", "opponent": "all", **pairs, "win_rate": 0.5, **interval})
+    ratings = pd.DataFrame({"aspect": "harmless", "model": [MARKUP, "base"], "rating": 1000, "low": 980, "high": 1020})
+    refusals = pd.DataFrame({**pairs, "label": "harmful", "refusal_rate": [0.5, 0.4, 0.3, 0.2], "n": 4, **interval})
+    refusals = pd.concat([refusals, refusals.assign(label="benign")], ignore_index=True)
+    return EvalSummary("eval-1", None, empty, empty, win_rates, ratings, refusals, empty, empty)
+
+
+def test_every_chart_gives_plotly_names_as_entities():
+    for name, figure in charts(hostile_summary()).items():
+        shown = [str(v) for trace in figure.data for v in [trace.name, *(trace.x if trace.x is not None else [])]]
+        assert not [text for text in shown if "<" in text], name
+
+
+def test_the_agreement_pages_charts_give_plotly_a_judge_name_as_entities(tmp_path, monkeypatch):
+    workspace = Workspace(tmp_path / "data")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    pairs = seed_pair_texts(12)
+    people = [HumanLabel(p.pair_id, who, "ab"[(i + n) % 2]) for i, p in enumerate(pairs) for n, who in enumerate("xy")]
+    judge = [
+        AILabel("run-1", p.pair_id, "harm", MARKUP, "v1", "sample", "logprob", False, 0, 0.8, 0.3, 0.75, False)
+        for p in pairs
+    ]
+    run = JobFolder.create(workspace.runs_dir, "run-1", {"kind": "label", "model": MARKUP})
+    run.append("ai_labels", [to_row(label) for label in judge])
+    run.set_progress("done", len(judge), len(judge))
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs)
+        store.import_human_labels(people)
+    at = open_page("pages/6_Agreement.py")
+    assert not at.exception, at.exception
+    figures = {
+        json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in at.get("plotly_chart")
+    }
+    [by_model] = figures["Agreement by judge model"]["data"]
+    assert by_model["x"] == [html.escape(MARKUP, quote=False)]
