@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml import YAMLError as RoundTripError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
+
+from .workspace import write_file_atomically
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 MAX_BYTES = 1_000_000  # the shipped ones hold 6-30 kB; parsing and validating 50 MB took 45 s
@@ -189,16 +190,7 @@ def save_constitution(constitution: Constitution | str, path: str | os.PathLike)
         text = _edited_file(path, constitution) or constitution.to_yaml()
         _check_size(len(text.encode("utf-8")), str(path))  # what load_constitution would refuse is never written
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, lambda out: out.write(text.encode("utf-8")))
     return constitution
 
 

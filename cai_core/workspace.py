@@ -138,12 +138,15 @@ def _packaged(name: str) -> bool:
 
 
 def write_file_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Write a file through a temporary one created beside it (O_EXCL, O_NOFOLLOW), then renamed over it: a
-    symbolic link planted at `path` is replaced, never written through, and nobody reads half a file."""
+    """Write a file through a temporary one created beside it (O_EXCL, O_NOFOLLOW), synced, then renamed over it:
+    a symbolic link planted at `path` is replaced, never written through, and nobody reads half a file, even after
+    a crash."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
