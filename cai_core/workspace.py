@@ -105,14 +105,15 @@ class Workspace:
         `OutsideWorkspace` when that folder, or one between it and the data folder, is a symbolic link: a write
         from the browser never follows one out. Write it with `write_file_atomically` (or `replace_folder`),
         which replace a link planted at `path` itself instead of following it."""
+        folder = self.root
+        for part in path.parent.absolute().relative_to(self.root.absolute()).parts:
+            folder = folder / part
+            if folder.is_symlink():  # a dangling one too: mkdir would fail on it, or a later link follow it
+                raise OutsideWorkspace(
+                    f"{folder}: a symbolic link (to {os.readlink(folder)}); the app writes only into real folders "
+                    f"of {self.root}"
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
-        root = self.root.resolve()
-        lexical = root / path.parent.absolute().relative_to(self.root.absolute())
-        if path.parent.resolve() != lexical:
-            raise OutsideWorkspace(
-                f"{path.parent}: a symbolic link (to {path.parent.resolve()}); the app writes only into real folders "
-                f"of {root}"
-            )
         return path
 
     def resolve_browser_source(self, text: str, *, suffixes: tuple[str, ...] = ()) -> str:

@@ -169,3 +169,11 @@ def test_the_evaluate_pages_add_a_set_refuses_hf_text_and_reads_nothing(ws, monk
     assert "hf:text: from the browser, hf: names a hub dataset as OWNER/NAME" in texts(at.error)
     assert loads == []
     assert not [s for s in at.selectbox if s.key == "set_prompt"]
+
+
+def test_a_dangling_link_in_place_of_uploads_is_refused_and_nothing_is_created(workspace, tmp_path):
+    workspace.root.mkdir(parents=True)
+    (workspace.root / "uploads").symlink_to(tmp_path / "not-yet")
+    with pytest.raises(OutsideWorkspace, match=r"uploads: a symbolic link \(to .*not-yet\)"):
+        workspace.browser_write_path(workspace.root / "uploads" / "mine.jsonl")
+    assert not (tmp_path / "not-yet").exists()
