@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml import YAMLError as RoundTripError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
+
+from .workspace import write_file_atomically
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 MAX_BYTES = 1_000_000  # the shipped ones hold 6-30 kB; parsing and validating 50 MB took 45 s
@@ -124,14 +125,7 @@ class Constitution(_Strict):
 
 def parse_constitution(text: str, source: str = "<text>") -> Constitution:
     """Parse and validate YAML text; `source` names the file in error messages."""
-    _check_size(len(text.encode("utf-8")), source)
-    try:
-        data, lines = _parse_yaml(text, source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}, line {mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConstitutionError(f"{where}: malformed YAML: {problem}") from None
+    data, lines = strict_yaml(text, source)
     if data is None:
         raise ConstitutionError(f"{source}: the file is empty")
     if not isinstance(data, dict):
@@ -142,21 +136,42 @@ def parse_constitution(text: str, source: str = "<text>") -> Constitution:
         raise ConstitutionError("\n".join(_describe(err, data, lines, source) for err in exc.errors())) from None
 
 
-def _check_size(size: int, source: str) -> None:
+def strict_yaml(text: str, source: str, what: str = "constitution") -> tuple[object, dict[tuple, int]]:
+    """YAML text as a constitution is read (at most MAX_BYTES, no aliases, no duplicate keys), with its line
+    index (`_parse_yaml`); anything else raises ConstitutionError naming `source`, the line and the `what`."""
+    _check_size(len(text.encode("utf-8")), source, what)
+    try:
+        return _parse_yaml(text, source, what)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConstitutionError(f"{where}: malformed YAML: {problem}") from None
+
+
+def read_strict_yaml(path: str | os.PathLike, what: str) -> object:
+    """A YAML file's data, read as a constitution file is (`strict_yaml`)."""
+    return strict_yaml(_read_yaml_text(Path(path), what), str(path), what)[0]
+
+
+def _read_yaml_text(path: Path, what: str) -> str:
+    """The file's text, its size checked before it is read."""
+    try:
+        _check_size(path.stat().st_size, str(path), what)
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConstitutionError(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError as exc:
+        raise ConstitutionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _check_size(size: int, source: str, what: str = "constitution") -> None:
     if size > MAX_BYTES:
-        raise ConstitutionError(f"{source}: {size:,} bytes; a constitution may hold at most {MAX_BYTES:,} bytes")
+        raise ConstitutionError(f"{source}: {size:,} bytes; a {what} may hold at most {MAX_BYTES:,} bytes")
 
 
 def load_constitution(path: str | os.PathLike) -> Constitution:
-    path = Path(path)
-    try:
-        _check_size(path.stat().st_size, str(path))
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConstitutionError(f"{path}: no such constitution file") from None
-    except UnicodeDecodeError as exc:
-        raise ConstitutionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_constitution(text, str(path))
+    return parse_constitution(_read_yaml_text(Path(path), "constitution"), str(path))
 
 
 def save_constitution(constitution: Constitution | str, path: str | os.PathLike) -> Constitution:
@@ -173,17 +188,9 @@ def save_constitution(constitution: Constitution | str, path: str | os.PathLike)
     else:
         constitution = Constitution.model_validate(constitution.model_dump())
         text = _edited_file(path, constitution) or constitution.to_yaml()
+        _check_size(len(text.encode("utf-8")), str(path))  # what load_constitution would refuse is never written
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, lambda out: out.write(text.encode("utf-8")))
     return constitution
 
 
@@ -281,28 +288,29 @@ class _Loader(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.res
     meets one, naming its line, before anything could expand it: a walk through aliases is what expands a
     billion laughs."""
 
-    def __init__(self, text: str, source: str) -> None:
+    def __init__(self, text: str, source: str, what: str) -> None:
         _Parser.__init__(self, text)
         yaml.composer.Composer.__init__(self)
         yaml.constructor.SafeConstructor.__init__(self)
         yaml.resolver.Resolver.__init__(self)
         self.source = source
+        self.what = what
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ConstitutionError(
                 f"{self.source}, line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
-                "in a constitution; write the text out in full"
+                f"in a {self.what}; write the text out in full"
             )
         return super().compose_node(parent, index)
 
 
-def _parse_yaml(text: str, source: str = "<text>") -> tuple[object, dict[tuple, int]]:
+def _parse_yaml(text: str, source: str = "<text>", what: str = "constitution") -> tuple[object, dict[tuple, int]]:
     """The YAML's data and its line index, from one parse. The index maps each YAML path (tuple of keys /
     indices) to its 1-based line, for error messages. Refuses aliases and duplicate keys (naming both lines)
     with ConstitutionError; malformed YAML raises yaml.YAMLError."""
-    loader = _Loader(text, source)
+    loader = _Loader(text, source, what)
     try:
         root = loader.get_single_node()
         lines: dict[tuple, int] = {}
@@ -356,11 +364,14 @@ def _describe(err: dict, data: dict, lines: dict[tuple, int], source: str) -> st
 
 
 def constitution_from_data(data: dict, source: str = "<editor>") -> Constitution:
-    """Validate plain data as an editor's form holds it; the errors read like parse_constitution's."""
+    """Validate plain data as an editor's form holds it; the errors read like parse_constitution's. A draft whose
+    file would be more than the loader reads back is refused here, while it is edited."""
     try:
-        return Constitution.model_validate(data)
+        constitution = Constitution.model_validate(data)
     except ValidationError as exc:
         raise ConstitutionError("\n".join(_describe(err, data, {}, source) for err in exc.errors())) from None
+    _check_size(len(constitution.to_yaml().encode("utf-8")), source)
+    return constitution
 
 
 def draft_yaml(data: dict) -> str:

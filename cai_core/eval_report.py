@@ -66,6 +66,15 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
     )
 
 
+def chart_text(values):
+    """User text (a model's, wrapper's, principle's or run's name) as a plotly chart must be given it: plotly reads
+    `<b>`, `<i>`, `<br>`, `<a>` and more as markup in every label, tick, legend entry and hover box, and shows the
+    entities `&lt;`, `&gt;`, `&amp;` as the characters. A string, or a Series of values."""
+    if isinstance(values, str):
+        return html.escape(values, quote=False)
+    return values.astype(str).map(lambda value: html.escape(value, quote=False))
+
+
 def _errors(frame: pd.DataFrame, value: str) -> dict:
     return {
         "type": "data",
@@ -81,7 +90,12 @@ def win_rate_chart(summary: EvalSummary, aspect: str) -> go.Figure:
     frame = frame[(frame["aspect"] == aspect) & (frame["opponent"] == "all")]
     figure = go.Figure()
     for wrapper, group in frame.groupby("wrapper", sort=False):
-        figure.add_bar(x=group["model"], y=group["win_rate"], name=wrapper, error_y=_errors(group, "win_rate"))
+        figure.add_bar(
+            x=chart_text(group["model"]),
+            y=group["win_rate"],
+            name=chart_text(wrapper),
+            error_y=_errors(group, "win_rate"),
+        )
     figure.add_hline(y=0.5, line_dash="dot", line_color="gray")
     figure.update_layout(
         title=f"{aspect.capitalize()} win rate against the other models (95% CI)",
@@ -95,7 +109,9 @@ def win_rate_chart(summary: EvalSummary, aspect: str) -> go.Figure:
 def ratings_chart(summary: EvalSummary) -> go.Figure:
     figure = go.Figure()
     for aspect, group in summary.ratings.groupby("aspect", sort=True):
-        figure.add_bar(x=group["model"], y=group["rating"], name=aspect, error_y=_errors(group, "rating"))
+        figure.add_bar(
+            x=chart_text(group["model"]), y=group["rating"], name=chart_text(aspect), error_y=_errors(group, "rating")
+        )
     figure.add_hline(y=1000, line_dash="dot", line_color="gray")
     figure.update_layout(title="Bradley-Terry ratings, Elo scale (95% CI)", yaxis_title="rating", barmode="group")
     return figure
@@ -125,7 +141,7 @@ def refusal_chart(summary: EvalSummary) -> go.Figure:
             x=[row.benign],
             y=[row.harmful],
             mode="markers",
-            name=f"{row.model} · {row.wrapper}",
+            name=chart_text(f"{row.model} · {row.wrapper}"),
             marker={
                 "size": 13,
                 "color": colours[models.index(row.model) % len(colours)],
@@ -153,7 +169,7 @@ def principle_chart(summary: EvalSummary) -> go.Figure:
     figure = go.Figure(
         go.Bar(
             x=frame["p_better"],
-            y=frame["principle_id"],
+            y=chart_text(frame["principle_id"]),
             orientation="h",
             error_x=_errors(frame, "p_better"),
             text=frame["n"].map(lambda n: f"n={n}"),

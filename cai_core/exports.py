@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import pandas as pd
 
 from .pairs import transcript_messages
 from .store import Store
-from .workspace import Workspace
+from .workspace import Workspace, replace_folder, write_file_atomically
 
 ExportKind = Literal["sft", "prompt_completion", "pairs", "preferences"]
 ExportFormat = Literal["jsonl", "parquet", "hf"]
@@ -98,16 +98,16 @@ def export_path(workspace: Workspace, kind: ExportKind, fmt: ExportFormat) -> Pa
 
 
 def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Path:
-    """Write rows as JSON lines, Parquet, or a `datasets` folder (`save_to_disk`)."""
+    """Write rows as JSON lines, Parquet, or a `datasets` folder (`save_to_disk`), whole or not at all, replacing
+    (not following) a symbolic link at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "hf":
         import datasets
 
-        datasets.Dataset.from_pandas(rows, preserve_index=False).save_to_disk(str(path))
-    else:
-        _write_file(rows, path, fmt)
-    return path
+        dataset = datasets.Dataset.from_pandas(rows, preserve_index=False)
+        return replace_folder(path, lambda folder: dataset.save_to_disk(str(folder)))
+    return write_file_atomically(path, lambda out: _write_file(rows, out, fmt))
 
 
 def export_bytes(rows: pd.DataFrame, fmt: ExportFormat) -> bytes:
@@ -117,7 +117,7 @@ def export_bytes(rows: pd.DataFrame, fmt: ExportFormat) -> bytes:
     return buffer.getvalue()
 
 
-def _write_file(rows: pd.DataFrame, target: Path | io.BytesIO, fmt: ExportFormat) -> None:
+def _write_file(rows: pd.DataFrame, target: BinaryIO, fmt: ExportFormat) -> None:
     if fmt == "jsonl":
         rows.to_json(target, orient="records", lines=True, force_ascii=False)
     elif fmt == "parquet":

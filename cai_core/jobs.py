@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,22 +44,13 @@ from pathlib import Path
 from typing import Protocol
 
 from .records import now
-from .workspace import Workspace
+from .workspace import Workspace, write_file_atomically
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, lambda out: out.write(json.dumps(data, ensure_ascii=False, indent=1).encode()))
 
 
 class Cancelled(Exception):

@@ -15,9 +15,7 @@ that "a" is not always the right answer.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
 import re
@@ -28,7 +26,7 @@ from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .jobs import JobFolder, engine_name, run_job
-from .prompts import load_prompts, read_text
+from .prompts import csv_rows, load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
 
@@ -227,9 +225,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     if _is_json_lines(path):
         yield from _json_lines(path)
     elif path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path, PairFileError), newline=""))
-        for row in reader:
-            yield reader.line_num, row
+        yield from csv_rows(path, PairFileError)
     else:
         raise PairFileError(f"{path}: unknown format {path.suffix!r} (use .jsonl, .jsonl.gz or .csv)")
 

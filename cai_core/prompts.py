@@ -7,9 +7,21 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+MAX_FILE_BYTES = 256 * 2**20
+"""The most a user's file may hold once decompressed: 100k long prompts fit, while a 3 MB gzip bomb unpacks to
+1 GiB (and took 307 s and 3.7 GB of memory to refuse line by line)."""
+
+MAX_FIELD_CHARS = 1_000_000
+"""The longest CSV field read (Python's csv module stops at 131,072 characters): a long prompt or response fits,
+and a file that is one runaway quoted field is refused naming its line."""
+
+csv.field_size_limit(MAX_FIELD_CHARS)
 
 
 class PromptFileError(ValueError):
@@ -62,7 +74,7 @@ def load_prompts(
         elif path.suffix == ".jsonl":
             rows = _jsonl_rows(path)
         elif path.suffix == ".csv":
-            rows = _csv_rows(path)
+            rows = csv_rows(path)
         elif path.suffix == ".txt":
             rows = _txt_rows(path, prompt_field)
         else:
@@ -84,12 +96,22 @@ def load_prompts(
     return PromptSet(source, prompts, problems)
 
 
-def read_text(path: Path, error: type[ValueError] = PromptFileError) -> str:
+def read_text(path: Path, error: type[ValueError] = PromptFileError, *, max_bytes: int = MAX_FILE_BYTES) -> str:
     """A user's text file (gzip-compressed when its name ends in .gz), decoded as UTF-8 (a byte-order mark is
-    allowed). Anything else raises `error` naming the file, the line and column, and the byte that is not UTF-8."""
-    data = Path(path).read_bytes()
-    if path.suffix == ".gz":
-        data = gzip.decompress(data)
+    allowed). Anything else raises `error` naming the file, the line and column, and the byte that is not UTF-8.
+    A file over `max_bytes` (decompressed) raises `error` once that much is read: a gzip bomb is never unpacked
+    whole."""
+    path = Path(path)
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as stream:
+            data = stream.read(max_bytes + 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise error(f"{path}: not a whole gzip file ({exc})") from None
+    if len(data) > max_bytes:
+        raise error(
+            f"{path}: holds more than {max_bytes:,} bytes{' once decompressed' if path.suffix == '.gz' else ''}; "
+            "split it into smaller files"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -127,9 +149,17 @@ def _jsonl_rows(path: Path):
                 yield n, PromptFileError(f"not valid JSON ({exc.msg})")
 
 
-def _csv_rows(path: Path):
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    for row in reader:
+def csv_rows(path: Path, error: type[ValueError] = PromptFileError) -> Iterator[tuple[int, dict]]:
+    """A CSV file's rows as dicts keyed by its header, each with the line it ends on; a row the csv module cannot
+    read (a field over MAX_FIELD_CHARS, a stray NUL) raises `error` naming the file and the line."""
+    reader = csv.DictReader(io.StringIO(read_text(path, error), newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # DictReader's own line_num moves only after a good row; its reader's is current
+            raise error(f"{path}, line {reader.reader.line_num}: not readable as CSV ({exc})") from None
         yield reader.line_num, row
 
 

@@ -30,6 +30,7 @@ from typing import Literal
 import pandas as pd
 import yaml
 
+from .constitution import ConstitutionError, read_strict_yaml
 from .jobs import Cancelled, JobFolder, run_id_for, run_job
 from .records import now
 from .workspace import PROJECT_ROOT, Workspace
@@ -114,9 +115,10 @@ def load_recipe(path: str | Path) -> RecipeConfig:
     """A recipe YAML file as a config; unknown fields are refused with their names. Relative paths in it are read
     from the project folder, as the shipped recipes are written, wherever the command runs."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        # Read as a constitution is: a few lines of aliases expand into gigabytes wherever the value is shown.
+        data = read_strict_yaml(path, "recipe") or {}
+    except ConstitutionError as exc:
+        raise RecipeError(str(exc)) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe fields")
     known = {f.name for f in dataclasses.fields(RecipeConfig)}

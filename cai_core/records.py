@@ -74,6 +74,17 @@ class StepVerdict:
     updated_at: float = field(default_factory=now)
 
 
+MAX_NOTE_CHARS = 10_000
+"""The longest note or rationale a person may attach (a verdict's note, a label's rationale, a saved version's
+note): a page of text, while a stored megabyte would be shown, exported and copied with every label."""
+
+
+def check_note(field_name: str, text: str, where: str) -> None:
+    """Refuse a note over MAX_NOTE_CHARS, naming `where` it was written and the field."""
+    if len(text) > MAX_NOTE_CHARS:
+        raise ValueError(f"{where}: the {field_name} holds {len(text):,} characters; it may hold {MAX_NOTE_CHARS:,}")
+
+
 REVISION_VERDICTS = ("better", "same", "worse")
 CRITIQUE_VERDICTS = ("valid", "invalid")
 

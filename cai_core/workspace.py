@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # A hub id as the browser may name it (`owner/name`): no path separators beyond the one, no `.`/`..` parts.
 HUB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?")
+# A hub dataset must name its owner: a bare name may be one of `datasets`' packaged builders (text, json, csv,
+# parquet, ...), which read whatever files lie in the server's working folder.
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class OutsideWorkspace(ValueError):
@@ -93,13 +100,76 @@ class Workspace:
             raise OutsideWorkspace(f"{typed}: expected a {' or '.join(suffixes)} file")
         return path
 
+    def browser_write_path(self, path: Path) -> Path:
+        """`path`, a file or folder the browser writes inside the data folder, once its folder exists, or
+        `OutsideWorkspace` when that folder, or one between it and the data folder, is a symbolic link: a write
+        from the browser never follows one out. Write it with `write_file_atomically` (or `replace_folder`),
+        which replace a link planted at `path` itself instead of following it."""
+        folder = self.root
+        for part in path.parent.absolute().relative_to(self.root.absolute()).parts:
+            folder = folder / part
+            if folder.is_symlink():  # a dangling one too: mkdir would fail on it, or a later link follow it
+                raise OutsideWorkspace(
+                    f"{folder}: a symbolic link (to {os.readlink(folder)}); the app writes only into real folders "
+                    f"of {self.root}"
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def resolve_browser_source(self, text: str, *, suffixes: tuple[str, ...] = ()) -> str:
         """A data source typed in the browser: `hf:OWNER/NAME[:SPLIT]` (a hub id, never a local path, which
         `datasets` would also accept there) or a path inside the workspace (`resolve_browser_path`)."""
         typed = text.strip()
         if typed.startswith("hf:"):
             name = typed.removeprefix("hf:").partition(":")[0]
-            if not HUB_ID.fullmatch(name) or (PROJECT_ROOT / name).exists() or Path(name).exists():
-                raise OutsideWorkspace(f"{typed}: from the browser, hf: names a hub dataset (owner/name)")
+            if not HUB_DATASET_ID.fullmatch(name) or (PROJECT_ROOT / name).exists() or Path(name).exists():
+                builder = " (a `datasets` builder that reads the server's own files)" if _packaged(name) else ""
+                raise OutsideWorkspace(
+                    f"{typed}: from the browser, hf: names a hub dataset as OWNER/NAME, e.g. hf:allenai/xstest; "
+                    f"{name!r} is not one{builder}"
+                )
             return typed
         return str(self.resolve_browser_path(typed, suffixes=suffixes))
+
+
+def _packaged(name: str) -> bool:
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return name in _PACKAGED_DATASETS_MODULES
+
+
+def write_file_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file through a temporary one created beside it (O_EXCL, O_NOFOLLOW), synced, then renamed over it:
+    a symbolic link planted at `path` is replaced, never written through, and nobody reads half a file, even after
+    a crash."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def replace_folder(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write_file_atomically` for a folder: filled as a new one beside `path`, then put in its place (a link
+    there is removed, never followed; a folder there is removed once the new one stands)."""
+    fresh = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(fresh)
+    except BaseException:
+        shutil.rmtree(fresh)
+        raise
+    old = None
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        old = path.rename(path.with_name(f"{fresh.name}.old"))
+    os.replace(fresh, path)
+    if old is not None:
+        shutil.rmtree(old)
+    return path

@@ -26,6 +26,7 @@ from cai_core.constitution import (
 from cai_core.critique import critique_chat, critique_once, revision_chat
 from cai_core.feedback import comparison_chat
 from cai_core.jobs import engine_name
+from cai_core.records import MAX_NOTE_CHARS
 from ui.constitution_ab import ab_form, ab_runs_section
 from ui.settings import connect, follow_context, setup
 from ui.text import (
@@ -143,7 +144,11 @@ def save_draft(path) -> None:
         return
     with connect(ws) as store:
         remember_file_version(store, path)
-        save_constitution(constitution, path)
+        try:
+            save_constitution(constitution, path)
+        except ConstitutionError as exc:  # valid, but more than the loader reads back
+            flash("error", f"Not saved, the file is unchanged:\n{exc}")
+            return
         store.record_constitution(constitution, path, ss["save_note"].strip())
     ss["save_note"] = ""
     load_draft(path.name, constitution.model_dump(mode="json"))
@@ -227,6 +232,71 @@ def delete_example(uid: str) -> None:
     ss["draft_examples"].remove(uid)
 
 
+# --- history: versions, diff, restore -------------------------------------------------------------------
+
+
+def history_section(path, draft) -> None:
+    """The file's saved versions, a diff of any two (`draft`, the editor's valid draft, among them) and a restore:
+    shown also when the file on disk does not load, since restoring a version is how to repair it."""
+    with connect(ws) as store:
+        history = store.constitution_history(path)
+        texts = {version: store.constitution_text(version) for version in history["version"].unique()}
+        if history.empty:
+            st.info("No versions of this file are recorded yet. Saving records one (and the file as it was before).")
+        else:
+            table = history.assign(saved_at=history["saved_at"].map(when))
+            st.dataframe(
+                table[["save_id", "saved_at", "version", "note"]],
+                hide_index=True,
+                column_config={"save_id": "#", "saved_at": "saved", "version": "version", "note": "note"},
+            )
+            labels = {
+                str(row.save_id): f"#{row.save_id} · {row.version} · {when(row.saved_at)}"
+                for row in history.itertuples()
+            }
+            versions = dict(zip(labels, history["version"], strict=True))
+            if draft is not None:
+                labels["draft"], texts["draft"], versions["draft"] = "the current draft", draft.to_yaml(), "draft"
+
+            st.subheader("Compare two versions")
+            choices = list(labels)
+            cols = st.columns(2)
+            old = cols[0].selectbox(
+                "From", choices, index=min(1, len(choices) - 1), format_func=labels.get, key="diff_old"
+            )
+            new = cols[1].selectbox("To", choices, index=0, format_func=labels.get, key="diff_new")
+            old_text, new_text = texts[versions[old]], texts[versions[new]]
+            if old_text == new_text:
+                st.info("These two versions are identical.")
+            else:
+                st.html(side_by_side_html(old_text, new_text))
+                with st.expander("Unified diff"):
+                    st.code(
+                        diff_constitutions(
+                            parse_constitution(old_text), parse_constitution(new_text), labels[old], labels[new]
+                        ),
+                        language="diff",
+                    )
+
+            st.subheader("Restore a version")
+            restorable = [key for key in labels if key != "draft"]
+            cols = st.columns([3, 1], vertical_alignment="bottom")
+            chosen = cols[0].selectbox("Version", restorable, format_func=labels.get, key="restore_choice")
+            cols[1].button(
+                "Restore this version",
+                key="restore",
+                on_click=restore_version,
+                args=(path, versions[chosen]),
+                width="stretch",
+            )
+            st.caption("Restoring writes that version to the file and records it as a new save; nothing is lost.")
+
+            others = [p.name for p in files if p.name != path.name]
+            ab_form(settings, {key: labels[key] for key in restorable}, versions, others)
+    # the A/B runs of this file's versions; they live in job folders, so the store is closed here
+    ab_runs_section(settings, set(history["version"]))
+
+
 # --- which file ---------------------------------------------------------------------------------------
 
 st.title("Constitution")
@@ -253,8 +323,10 @@ if ss.get("draft_file") != file_name or not draft_is_whole():
     try:
         load_draft(file_name, load_constitution(path).model_dump(mode="json"))
     except ConstitutionError as exc:
-        st.error(md_escape(f"{file_name} does not load, so it cannot be edited here:"))
+        st.error(md_escape(f"{file_name} does not load, so it cannot be edited here; restore a saved version:"))
         st.code(str(exc), language=None, wrap_lines=True)
+        st.subheader("History")
+        history_section(path, None)
         st.stop()
 
 # --- validation and saving ------------------------------------------------------------------------------
@@ -269,7 +341,9 @@ except ConstitutionError:  # broken on disk since the draft was loaded (edited e
     disk_version = None
 
 save_row = st.columns([4, 1, 1], vertical_alignment="bottom")
-save_row[0].text_input("Note for this version (optional)", key="save_note", placeholder="what changed and why")
+save_row[0].text_input(
+    "Note for this version (optional)", key="save_note", placeholder="what changed and why", max_chars=MAX_NOTE_CHARS
+)
 save_row[1].button("Save", key="save", type="primary", on_click=save_draft, args=(path,), width="stretch")
 save_row[2].button(
     "Discard changes",
@@ -359,63 +433,8 @@ with yaml_tab:
     st.text_area("YAML", value=text, key=yaml_key, height=520, label_visibility="collapsed")
     st.button("Apply YAML to the editor", key="apply_yaml", on_click=apply_yaml, args=(yaml_key, file_name))
 
-# --- history: versions, diff, restore -------------------------------------------------------------------
-
-with history_tab, connect(ws) as store:
-    history = store.constitution_history(path)
-    texts = {version: store.constitution_text(version) for version in history["version"].unique()}
-    if history.empty:
-        st.info("No versions of this file are recorded yet. Saving records one (and the file as it was before).")
-    else:
-        table = history.assign(saved_at=history["saved_at"].map(when))
-        st.dataframe(
-            table[["save_id", "saved_at", "version", "note"]],
-            hide_index=True,
-            column_config={"save_id": "#", "saved_at": "saved", "version": "version", "note": "note"},
-        )
-        labels = {
-            str(row.save_id): f"#{row.save_id} · {row.version} · {when(row.saved_at)}" for row in history.itertuples()
-        }
-        versions = dict(zip(labels, history["version"], strict=True))
-        if constitution is not None:
-            labels["draft"], texts["draft"], versions["draft"] = "the current draft", constitution.to_yaml(), "draft"
-
-        st.subheader("Compare two versions")
-        choices = list(labels)
-        cols = st.columns(2)
-        old = cols[0].selectbox("From", choices, index=min(1, len(choices) - 1), format_func=labels.get, key="diff_old")
-        new = cols[1].selectbox("To", choices, index=0, format_func=labels.get, key="diff_new")
-        old_text, new_text = texts[versions[old]], texts[versions[new]]
-        if old_text == new_text:
-            st.info("These two versions are identical.")
-        else:
-            st.html(side_by_side_html(old_text, new_text))
-            with st.expander("Unified diff"):
-                st.code(
-                    diff_constitutions(
-                        parse_constitution(old_text), parse_constitution(new_text), labels[old], labels[new]
-                    ),
-                    language="diff",
-                )
-
-        st.subheader("Restore a version")
-        restorable = [key for key in labels if key != "draft"]
-        cols = st.columns([3, 1], vertical_alignment="bottom")
-        chosen = cols[0].selectbox("Version", restorable, format_func=labels.get, key="restore_choice")
-        cols[1].button(
-            "Restore this version",
-            key="restore",
-            on_click=restore_version,
-            args=(path, versions[chosen]),
-            width="stretch",
-        )
-        st.caption("Restoring writes that version to the file and records it as a new save; nothing is lost.")
-
-        others = [p.name for p in files if p.name != file_name]
-        ab_form(settings, {key: labels[key] for key in restorable}, versions, others)
-
-with history_tab:  # the A/B runs of this file's versions; they live in job folders, so the store is closed here
-    ab_runs_section(settings, set(history["version"]))
+with history_tab:
+    history_section(path, constitution)
 
 # --- preview: the exact prompts -------------------------------------------------------------------------
 

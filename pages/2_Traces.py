@@ -14,7 +14,7 @@ import streamlit as st
 
 from cai_core.constitution import ConstitutionError, Principle, parse_constitution
 from cai_core.jobs import JobFolder
-from cai_core.records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, columns
+from cai_core.records import CRITIQUE_VERDICTS, MAX_NOTE_CHARS, REVISION_VERDICTS, StepVerdict, columns
 from cai_core.step_flags import FLAGS, flagged_traces, trace_flags
 from cai_core.store import TraceFilter
 from cai_core.textdiff import share_little
@@ -74,7 +74,9 @@ def verdict_form(store, trace_id: str, round_: int, annotator: str) -> None:
             horizontal=True,
             key=f"{prefix}_critique",
         )
-        note = st.text_area("Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80)
+        note = st.text_area(
+            "Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80, max_chars=MAX_NOTE_CHARS
+        )
         submitted = st.form_submit_button("Save verdict", key="save_verdict", type="primary")
     if submitted:
         verdict = StepVerdict(

@@ -20,7 +20,7 @@ import streamlit as st
 from cai_core.agreement import label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
 from cai_core.judge_audit import score_queue
-from cai_core.records import AnnotationItem
+from cai_core.records import MAX_NOTE_CHARS, AnnotationItem
 from cai_core.store import Store, StoreError
 from ui.label_keys import LOOK_AHEAD, label_panel, record_labels
 from ui.settings import connect, follow_context, setup
@@ -199,7 +199,13 @@ with connect(ws) as store:
     with right, st.container(key="response_right"):
         st.markdown("**Response B**")
         show_text(item.right)
-    st.text_area("Why (optional)", value=previous.rationale, key=f"rationale_{item.pair_id}", height=80)
+    st.text_area(
+        "Why (optional)",
+        value=previous.rationale,
+        key=f"rationale_{item.pair_id}",
+        height=80,
+        max_chars=MAX_NOTE_CHARS,
+    )
     chosen = ss.get("chosen", (None, None))
     choice = chosen[1] if chosen[0] == item.pair_id else as_shown(previous.choice, previous.shown_swapped)
     with st.container(horizontal=True, key="choices"):

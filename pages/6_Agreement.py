@@ -18,6 +18,7 @@ import streamlit as st
 
 from cai_core.agreement import dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
+from cai_core.eval_report import chart_text
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
@@ -259,7 +260,13 @@ if by_principle.empty:
     cols[0].caption("No per-principle agreement to show.")
 else:
     cols[0].plotly_chart(
-        px.bar(by_principle, x="principle_id", y="agreement", range_y=[0, 1], title="Agreement by principle"),
+        px.bar(
+            by_principle.assign(principle_id=chart_text(by_principle["principle_id"])),
+            x="principle_id",
+            y="agreement",
+            range_y=[0, 1],
+            title="Agreement by principle",
+        ),
         key="chart_principle",
     )
 by_model = board.by_model.dropna(subset=["agreement"])
@@ -267,7 +274,13 @@ if by_model.empty:
     cols[1].caption("No per-model agreement to show.")
 else:
     cols[1].plotly_chart(
-        px.bar(by_model, x="judge_model", y="agreement", range_y=[0, 1], title="Agreement by judge model"),
+        px.bar(
+            by_model.assign(judge_model=chart_text(by_model["judge_model"])),
+            x="judge_model",
+            y="agreement",
+            range_y=[0, 1],
+            title="Agreement by judge model",
+        ),
         key="chart_model",
     )
 

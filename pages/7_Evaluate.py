@@ -82,7 +82,7 @@ with compare_tab.expander("Add a set from a file, mapping its columns"):
         "File or dataset",
         key="set_source",
         placeholder="../shared/data/xstest/xstest_prompts.csv",
-        help=".jsonl, .csv, a saved datasets folder, or hf:NAME[:SPLIT].",
+        help=".jsonl, .csv, a saved datasets folder, or hf:OWNER/NAME[:SPLIT].",
     )
     if source.strip():
         try:
@@ -156,7 +156,7 @@ with compare_tab, st.form("eval_form"):
         key="eval_more_sets",
         placeholder="../shared/data/xstest/xstest_prompts.csv#category=type,limit=10",
         help="FILE[#prompt=COLUMN,id=COLUMN,category=COLUMN,label=COLUMN,as=harmful|benign,limit=N,name=NAME] "
-        "for .jsonl, .csv, a datasets folder or hf:NAME[:SPLIT]. limit keeps the first N prompts of each label.",
+        "for .jsonl, .csv, a datasets folder or hf:OWNER/NAME[:SPLIT]. limit keeps the first N prompts of each label.",
     )
     cols = st.columns(5)
     wrappers = cols[0].multiselect("Jailbreak wrappers", list(WRAPPERS), default=["none"], key="eval_wrappers")

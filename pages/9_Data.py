@@ -23,6 +23,7 @@ from cai_core.pairs import (
     sl_cai_pairs,
 )
 from cai_core.prompts import PromptFileError
+from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import job_cards, launch_job
 from ui.settings import browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
@@ -238,7 +239,11 @@ with connect(ws) as store:
                 )
             write = st.button(f"Write to {target}", key="export_write", icon=":material/save:")
         if write:
-            write_export(rows, target, fmt)
-            export_tab.success(md_escape(f"Wrote {count(len(rows), f'{kind} row')} to {target}."))
+            try:
+                write_export(rows, ws.browser_write_path(target), fmt)
+            except OutsideWorkspace as exc:
+                export_tab.error(md_escape(f"Not written: {exc}"))
+            else:
+                export_tab.success(md_escape(f"Wrote {count(len(rows), f'{kind} row')} to {target}."))
         if fmt == "hf":
             export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")

@@ -199,9 +199,11 @@ def test_a_constitution_is_read_in_one_pass_with_its_lines_and_refusals(monkeypa
 @pytest.fixture
 def without_libyaml(monkeypatch):
     """cai_core.constitution as it loads where PyYAML was built without libyaml: a copy of the module, which
-    parses with PyYAML's own parser."""
+    parses with PyYAML's own parser (in the package, for its relative imports)."""
     monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # `from yaml._yaml import ...` raises ImportError
-    spec = importlib.util.spec_from_file_location("constitution_without_libyaml", cai_core.constitution.__file__)
+    spec = importlib.util.spec_from_file_location(
+        "cai_core.constitution_without_libyaml", cai_core.constitution.__file__
+    )
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
@@ -209,7 +211,9 @@ def without_libyaml(monkeypatch):
 
 
 def test_without_libyaml_the_same_data_lines_and_refusals(without_libyaml):
-    assert without_libyaml._Parser.__module__ == "constitution_without_libyaml"  # PyYAML's parser, not libyaml's
+    assert (
+        without_libyaml._Parser.__module__ == "cai_core.constitution_without_libyaml"
+    )  # PyYAML's parser, not libyaml's
     for path in list_constitutions(SHIPPED):
         assert without_libyaml.load_constitution(path).canonical_json() == load_constitution(path).canonical_json()
     bad = {

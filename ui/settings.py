@@ -20,7 +20,7 @@ from cai_core.auth import LOCAL_HOSTS, Access
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
 from cai_core.store import Store, StoreError
-from cai_core.workspace import OutsideWorkspace, Workspace
+from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
 from .navigation import sidebar_navigation
 from .text import md_escape
@@ -239,10 +239,8 @@ def save_upload(workspace: Workspace, upload, suffixes: tuple[str, ...]) -> Path
     name = Path(upload.name).name
     if Path(name).suffix not in suffixes:
         raise OutsideWorkspace(f"{name}: expected a {' or '.join(suffixes)} file")
-    target = workspace.root / "uploads" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(upload.getvalue())
-    return target
+    target = workspace.browser_write_path(workspace.root / "uploads" / name)
+    return write_file_atomically(target, lambda out: out.write(upload.getvalue()))
 
 
 def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, ...], *, source: bool = False) -> str:

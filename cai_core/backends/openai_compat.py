@@ -23,6 +23,7 @@ import math
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,23 @@ from typing import Any
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
 
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A listed server that redirects would have urllib resend the request, its key included, to a host nobody
+    listed: the redirect is refused, naming where it pointed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        raise BackendError(
+            f"{req.full_url} answered HTTP {code}, a redirect to {target.scheme}://{target.netloc}{target.path}; "
+            "redirects are not followed (the request and its key go only where listed): name the URL it "
+            "redirects to instead"
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 class OpenAICompatBackend:
@@ -181,7 +199,7 @@ class OpenAICompatBackend:
             request = urllib.request.Request(f"{base}/chat/completions", data=data, headers=headers, method="POST")
             began = time.perf_counter()
             try:
-                response = urllib.request.urlopen(request, timeout=self.timeout)
+                response = _OPENER.open(request, timeout=self.timeout)
                 if stream:
                     return response, base, began
                 with response:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import now
+from ..records import check_note, now
 
 
 class ConstitutionQueries:
     def record_constitution(self, constitution, path: str | Path | None = None, note: str = "") -> str:
         """Remember a version's text; with a path, also log it as a save of that file."""
+        check_note("note", note, f"save of {Path(path).name if path else constitution.name}")
         version = constitution.version
         with self._write():
             self._exec(

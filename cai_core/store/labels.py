@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, columns, now, to_row
+from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, check_note, columns, now, to_row
 from .agreement import ai_labels_table
 
 CLAIM_SECONDS = 30 * 60
@@ -64,6 +64,8 @@ class LabelQueries:
 
     def import_human_labels(self, labels: list[HumanLabel]) -> int:
         """Bulk insert or replace (an imported label overwrites that annotator's label on that pair)."""
+        for label in labels:
+            check_note("rationale", label.rationale, f"label by {label.annotator!r} on pair {label.pair_id!r}")
         unknown = sorted({lb.pair_id for lb in labels} - self.existing_pair_ids([lb.pair_id for lb in labels]))
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -78,6 +80,7 @@ class LabelQueries:
             raise ValueError("a label needs the annotator's name")
         if label.choice not in HUMAN_CHOICES:
             raise ValueError(f"choice {label.choice!r}: expected one of {', '.join(HUMAN_CHOICES)}")
+        check_note("rationale", label.rationale, f"label by {label.annotator!r} on pair {label.pair_id!r}")
         self.pair(label.pair_id)
         row = to_row(label)
         with self._write():

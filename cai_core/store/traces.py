@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, Trace, TraceStep, columns, to_row
+from ..records import CRITIQUE_VERDICTS, REVISION_VERDICTS, StepVerdict, Trace, TraceStep, check_note, columns, to_row
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class TraceQueries:
     def save_verdict(self, verdict: StepVerdict) -> None:
         if not verdict.annotator.strip():
             raise ValueError("a verdict needs the annotator's name")
+        check_note("note", verdict.note, f"verdict on trace {verdict.trace_id!r}, round {verdict.round}")
         if (
             self._one("SELECT 1 FROM trace_steps WHERE trace_id = ? AND round = ?", [verdict.trace_id, verdict.round])
             is None
