@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,9 +142,14 @@ def _packaged(name: str) -> bool:
 def write_file_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write a file through a temporary one created beside it (O_EXCL, O_NOFOLLOW), synced, then renamed over it:
     a symbolic link planted at `path` is replaced, never written through, and nobody reads half a file, even after
-    a crash."""
+    a crash. The file keeps the mode of the one it replaces (a new one is 0644), not mkstemp's 0600."""
+    try:
+        mode = stat.S_IMODE(os.lstat(path).st_mode) if not path.is_symlink() else 0o644
+    except FileNotFoundError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             write(out)
             out.flush()

@@ -177,3 +177,14 @@ def test_a_dangling_link_in_place_of_uploads_is_refused_and_nothing_is_created(w
     with pytest.raises(OutsideWorkspace, match=r"uploads: a symbolic link \(to .*not-yet\)"):
         workspace.browser_write_path(workspace.root / "uploads" / "mine.jsonl")
     assert not (tmp_path / "not-yet").exists()
+
+
+def test_an_atomic_write_keeps_the_replaced_files_mode_and_makes_new_files_readable(tmp_path):
+    from cai_core.workspace import write_file_atomically
+
+    new = write_file_atomically(tmp_path / "new.txt", lambda out: out.write(b"x"))
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    secret.chmod(0o600)
+    write_file_atomically(secret, lambda out: out.write(b"{}"))
+    assert (new.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o644, 0o600)
