@@ -178,7 +178,8 @@ def setup(title: str) -> Settings:
             st.text(f"Logged in as {actor.name} ({actor.role})")
             if not operator:
                 st.caption(OPERATORS_ONLY)
-            st.link_button("Log out", LOGOUT_PATH)
+            # a link in this tab (`st.link_button` opens another): the front door forgets the login and its cookie
+            st.markdown(f'<a href="{LOGOUT_PATH}" target="_self">Log out</a>', unsafe_allow_html=True)
     return Settings(workspace, model, actor, endpoints)
 
 
