@@ -135,6 +135,8 @@ class FrontDoor:
         self.cookie_key = secrets.token_bytes(32)  # logins live in this process; a restart logs everyone out
         self.logins: dict[str, Login] = {}
         self.failures = FailedLogins(self.limits)
+        # scrypt takes 16 MB and ~50 ms of a core per check: a flood of parallel tries queues here instead
+        self.checking = asyncio.Semaphore(2)
         self.client: httpx2.AsyncClient | None = None
 
     # --- logins ------------------------------------------------------------------------------------------
@@ -174,7 +176,8 @@ class FrontDoor:
         wait = self.failures.wait_s(address)
         if wait > 0:
             return wait
-        actor = await asyncio.to_thread(self.access.login, name, secret)  # scrypt: off the event loop
+        async with self.checking:
+            actor = await asyncio.to_thread(self.access.login, name, secret)  # scrypt: off the event loop
         if actor is None:
             self.failures.failed(address)
         else:
@@ -318,7 +321,7 @@ class FrontDoor:
         has_body = request.method not in ("GET", "HEAD", "OPTIONS")
         upstream_request = self.client.build_request(
             request.method,
-            request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            _raw_target(request.scope),
             headers=self.upstream_headers(request.headers, login),
             content=body() if has_body else None,
         )
@@ -350,10 +353,9 @@ class FrontDoor:
             return
         offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         headers = [(k, v) for k, v in self.upstream_headers(websocket.headers, login) if k.lower() in _WS_HEADERS]
-        path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
         try:
             upstream = await connect_websocket(
-                f"ws://{self.upstream}{path}",
+                f"ws://{self.upstream}{_raw_target(websocket.scope)}",
                 subprotocols=offered or None,
                 additional_headers=headers,
                 proxy=None,
@@ -418,6 +420,13 @@ def _cookies(headers) -> dict[str, str]:
         except CookieError:  # a malformed cookie header forwards nothing
             continue
     return {k: m.value for k, m in jar.items()}
+
+
+def _raw_target(scope) -> str:
+    """The path and query as the client sent them (still percent-encoded), to pass on unchanged."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
 
 
 def _here(request: Request) -> str:

@@ -6,17 +6,20 @@ One real server for the module (`python -m cai_core.cli app`); figures are print
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
 import time
 import urllib.parse
 from pathlib import Path
 
+import httpx2
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from cai_core.auth import add_login
+from cai_core.auth import Access, Actor, add_login
+from cai_core.frontdoor import FrontDoor, Limits
 
 from .test_serve import cai_app
 
@@ -163,3 +166,23 @@ def test_failed_logins_slow_down_and_a_known_name_refuses_as_fast_as_an_unknown_
     status, headers, cookie = log_in(port, "", TOKEN, client="127.0.0.2")
     assert status == 429 and int(headers["retry-after"]) >= 1 and cookie is None  # not even checked
     assert log_in(port, "", TOKEN)[0] == 303  # another address is not slowed
+
+
+def test_a_login_may_have_only_a_few_uploads_in_flight():
+    """In-process (the ASGI app, no server): a third upload while two are under way is refused at once."""
+    from starlette.responses import Response
+
+    front = FrontDoor(Access(False), upstream_port=9, identity_key="k", limits=Limits(uploads_in_flight=2))
+    response = Response()
+    front.start_login(Actor("ada", "annotator"), response)
+    cookie = response.headers["set-cookie"].split(";")[0]
+    (login,) = front.logins.values()
+    login.uploads = 2  # two under way
+
+    async def put() -> httpx2.Response:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(front), base_url="http://door") as client:
+            return await client.put("/_stcore/upload_file/s/f", content=b"x", headers={"Cookie": cookie})
+
+    answer = asyncio.run(put())
+    assert answer.status_code == 429 and "at most 2 per login" in answer.text
+    assert login.uploads == 2
