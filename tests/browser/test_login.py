@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from cai_core.auth import add_login
+from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import browser_page
@@ -54,7 +55,7 @@ def exposed_app(chromium, tmp_path_factory):
             except OSError:
                 assert app.poll() is None and time.monotonic() < deadline, (root / "app.log").read_text()
                 time.sleep(0.2)
-        yield url, password, root / "constitutions"
+        yield url, password, root / "constitutions", workspace
     finally:
         app.send_signal(signal.SIGTERM)  # `cai app` stops its server with it
         app.wait(timeout=20)
@@ -67,7 +68,7 @@ def log_in(page, name: str, secret: str) -> None:
 
 
 def test_every_page_asks_for_a_login_and_shows_nothing_else(chromium, exposed_app):
-    url, _, _ = exposed_app
+    url, *_ = exposed_app
     with browser_page(chromium) as page:
         for path in ("", "Traces", "Annotate"):
             page.goto(f"{url}/{path}")
@@ -86,7 +87,7 @@ def test_every_page_asks_for_a_login_and_shows_nothing_else(chromium, exposed_ap
 
 
 def test_the_token_url_leaves_no_history_entry_to_log_in_again_with(chromium, exposed_app):
-    url, _, _ = exposed_app
+    url, *_ = exposed_app
     with browser_page(chromium) as page:
         page.goto(f"{url}/_cai/login")
         entries = page.evaluate("history.length")
@@ -100,7 +101,7 @@ def test_the_token_url_leaves_no_history_entry_to_log_in_again_with(chromium, ex
 
 
 def test_an_annotator_is_offered_no_operator_action_and_logging_out_ends_the_login(chromium, exposed_app):
-    url, password, constitutions = exposed_app
+    url, password, constitutions, _ = exposed_app
     before = {path.name: path.read_bytes() for path in constitutions.iterdir()}
     with browser_page(chromium) as page:
         page.goto(f"{url}/Constitution")
@@ -124,3 +125,32 @@ def test_an_annotator_is_offered_no_operator_action_and_logging_out_ends_the_log
         page.goto(f"{url}/Annotate")
         expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
     assert {path.name: path.read_bytes() for path in constitutions.iterdir()} == before
+
+
+def test_an_upload_passes_the_door_and_the_import_names_the_login_not_a_typed_name(chromium, exposed_app, tmp_path):
+    url, *_ = exposed_app
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("pair_id,prompt,response_a,response_b\ndoor-pair,Q?,yes,no\n")
+    labels = tmp_path / "labels.csv"  # no annotator column: every line is whoever imports it
+    labels.write_text("pair_id,label\ndoor-pair,a\n")
+    with browser_page(chromium) as page:
+        page.goto(f"{url}/Data?token={TOKEN}")
+        wait_for_app(page)
+        page.get_by_role("tab", name="Import a file").click()
+        expect(page.get_by_role("textbox", name="Labels: annotator of lines with none")).to_be_disabled()
+        steps = (
+            ("pairs: prompt, response_a, response_b", pairs, "Read 1 pair from pairs.csv, 1 new"),
+            ("people's labels: pair_id, label, annotator", labels, "imported 1 human label"),
+        )
+        for kind, upload, done in steps:
+            page.get_by_text(kind, exact=True).click()
+            dropzone = page.locator(".st-key-import_file_upload").get_by_test_id("stFileUploaderDropzoneInput")
+            dropzone.set_input_files(upload)  # a PUT to /_stcore/upload_file through the door, with its cookie
+            expect(page.get_by_text(upload.name)).to_be_visible()
+            page.get_by_role("button", name="Import").click()
+            expect(page.get_by_text(done, exact=False)).to_be_visible()
+            page.locator(".st-key-import_file_upload").get_by_role("button", name="Remove").click()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+    with Store.open(exposed_app[3]) as store:
+        (label,) = store.human_labels(pair_id="door-pair")
+    assert (label.annotator, label.imported_by, label.choice) == ("operator", "operator", "a")
