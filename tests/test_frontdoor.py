@@ -186,3 +186,40 @@ def test_a_login_may_have_only_a_few_uploads_in_flight():
     answer = asyncio.run(put())
     assert answer.status_code == 429 and "at most 2 per login" in answer.text
     assert login.uploads == 2
+
+
+def app_run(stream) -> tuple[str, str]:
+    """Ask the app over its stream for a run of the home page, as the browser does; returns the session id it
+    names and every element it drew (protobuf text), once the run has ended."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    ask = BackMsg()
+    ask.rerun_script.query_string = ""
+    stream.send(ask.SerializeToString())
+    session_id, drawn = "", []
+    while True:
+        message = ForwardMsg()
+        message.ParseFromString(stream.recv(timeout=60))
+        kind = message.WhichOneof("type")
+        if kind == "new_session":
+            session_id = message.new_session.initialize.session_id
+        elif kind == "delta":
+            drawn.append(str(message.delta))
+        elif kind == "script_finished":
+            return session_id, "\n".join(drawn)
+
+
+def test_resuming_someone_else_s_session_gives_only_one_s_own_identity(door):
+    """The operator's session id, resumed within Streamlit's 120 s by a browser logged in as ada: the pages
+    read the identity of the connection that asks, never the session's (before: the operator's pages)."""
+    port, _, passwords = door
+    operator = log_in(port)[2]
+    with open_stream(port, operator) as stream:
+        session_id, drawn = app_run(stream)
+    assert session_id and "Logged in as operator (operator)" in drawn
+    ada = log_in(port, "ada", passwords["ada"])[2]
+    with open_stream(port, ada, session_id) as stream:
+        resumed, drawn = app_run(stream)
+    assert resumed == session_id  # Streamlit did resume it
+    assert "Logged in as ada (annotator)" in drawn and "Logged in as operator" not in drawn
