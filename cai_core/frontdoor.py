@@ -135,8 +135,9 @@ class FrontDoor:
         self.cookie_key = secrets.token_bytes(32)  # logins live in this process; a restart logs everyone out
         self.logins: dict[str, Login] = {}
         self.failures = FailedLogins(self.limits)
-        # scrypt takes 16 MB and ~50 ms of a core per check: a flood of parallel tries queues here instead
-        self.checking = asyncio.Semaphore(2)
+        # One check at a time: scrypt takes 16 MB and ~50 ms of a core, so a flood of parallel tries queues
+        # instead of filling memory, and each try sees the waits the ones before it earned.
+        self.checking = asyncio.Lock()
         self.client: httpx2.AsyncClient | None = None
 
     # --- logins ------------------------------------------------------------------------------------------
@@ -173,16 +174,16 @@ class FrontDoor:
     async def check(self, request: Request, name: str, secret: str) -> Actor | None | float:
         """The actor NAME and SECRET log in as; None when wrong; or the seconds to wait before trying."""
         address = request.client.host if request.client else "?"
-        wait = self.failures.wait_s(address)
-        if wait > 0:
-            return wait
-        async with self.checking:
+        async with self.checking:  # the wait is read here, so that tries sent in parallel count one by one
+            wait = self.failures.wait_s(address)
+            if wait > 0:
+                return wait
             actor = await asyncio.to_thread(self.access.login, name, secret)  # scrypt: off the event loop
-        if actor is None:
-            self.failures.failed(address)
-        else:
-            self.failures.succeeded(address)
-        return actor
+            if actor is None:
+                self.failures.failed(address)
+            else:
+                self.failures.succeeded(address)
+            return actor
 
     # --- the ASGI entry point ----------------------------------------------------------------------------
 
