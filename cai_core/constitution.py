@@ -30,6 +30,7 @@ from ruamel.yaml import YAMLError as RoundTripError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
 
+from .auth import require_operator
 from .workspace import write_file_atomically
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -179,8 +180,9 @@ def save_constitution(constitution: Constitution | str, path: str | os.PathLike)
 
     Accepts raw YAML text (as typed in an editor), written as it is, or a Constitution (as an editor's form
     holds it), written into the existing file's own layout (see the module docstring). Invalid content
-    raises ConstitutionError and the file on disk is not touched.
+    raises ConstitutionError and the file on disk is not touched. Operators only (`NotAllowed`).
     """
+    require_operator("save a constitution")
     path = Path(path)
     if isinstance(constitution, str):
         text = constitution if constitution.endswith("\n") else constitution + "\n"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
 from .constitution import Constitution, Principle, load_constitution
 from .jobs import JobFolder, engine_name, run_job
@@ -138,7 +139,9 @@ def critique_once(
     """Answer `prompt` (unless a response is given), then critique and revise it under one principle.
 
     `on_text(part, text so far)` is called as each part ("response", "critique", "revision") streams in, where
-    the engine streams (`backends.stream`), so that a reader sees the words come instead of waiting minutes."""
+    the engine streams (`backends.stream`), so that a reader sees the words come instead of waiting minutes.
+    Operators only (the Constitution page's try-it runs the model in the app's process)."""
+    require_operator("run the model")
     principle = constitution.principle(principle_id)
 
     def answer(part: str, chat: Chat) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from .auth import require_operator
 from .workspace import HUB_ID, PROJECT_ROOT, OutsideWorkspace, Workspace
 
 ENDPOINTS_ENV = "CAI_ENDPOINTS"
@@ -99,9 +100,13 @@ def browser_model_spec(
 ) -> str:
     """A model spec typed in the browser, as a job should receive it, or `EndpointError` saying why not:
     `default` or one of `choices` (the sidebar's list); `openai:MODEL@URL` on the `endpoints`' URLs only; a
-    model folder inside the workspace (made absolute); a hub id (`owner/name`) that is no local path."""
+    model folder inside the workspace (made absolute); a hub id (`owner/name`) that is no local path. Any but
+    the default model is the operator's choice (`NotAllowed` otherwise)."""
     spec = spec.strip()
-    if spec in (choices or {}) or spec == "default":
+    if spec == "default":
+        return spec
+    require_operator("choose the model")
+    if spec in (choices or {}):
         return spec
     if spec.startswith("openai:"):
         from .backends import BackendError, parse_openai_spec

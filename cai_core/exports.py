@@ -20,6 +20,7 @@ from typing import BinaryIO, Literal
 
 import pandas as pd
 
+from .auth import require_operator
 from .pairs import transcript_messages
 from .store import Store
 from .workspace import Workspace, replace_folder, write_file_atomically
@@ -99,7 +100,8 @@ def export_path(workspace: Workspace, kind: ExportKind, fmt: ExportFormat) -> Pa
 
 def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Path:
     """Write rows as JSON lines, Parquet, or a `datasets` folder (`save_to_disk`), whole or not at all, replacing
-    (not following) a symbolic link at `path`."""
+    (not following) a symbolic link at `path`. Operators only."""
+    require_operator("export data")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "hf":
@@ -111,7 +113,9 @@ def write_export(rows: pd.DataFrame, path: str | Path, fmt: ExportFormat) -> Pat
 
 
 def export_bytes(rows: pd.DataFrame, fmt: ExportFormat) -> bytes:
-    """The file `write_export` would write, as bytes (a download); a `datasets` folder is no single file."""
+    """The file `write_export` would write, as bytes (a download); a `datasets` folder is no single file.
+    Operators only."""
+    require_operator("export data")
     buffer = io.BytesIO()
     _write_file(rows, buffer, fmt)
     return buffer.getvalue()

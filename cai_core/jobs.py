@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .auth import child_environment, require_operator
 from .records import now
 from .workspace import Workspace, write_file_atomically
 
@@ -256,6 +257,7 @@ class JobFolder:
         return progress
 
     def request_cancel(self) -> None:
+        require_operator(f"cancel {self.run_id}")
         (self.path / "cancel").touch()
 
     def cancel_requested(self) -> bool:
@@ -305,7 +307,9 @@ class JobFolder:
 
     def start(self, command: list[str]) -> subprocess.Popen:
         """Run any command detached, its output appended to the job's log. The job reads pending until its
-        process begins: a cancel made meanwhile is then a new request, which the process honours."""
+        process begins: a cancel made meanwhile is then a new request, which the process honours. Operators
+        only; the job runs as the command line does, with none of the app's login settings."""
+        require_operator(f"start {self.run_id}")
         progress = self.progress()
         if progress.status != "running":
             self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit)
@@ -317,6 +321,7 @@ class JobFolder:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=Path(__file__).resolve().parent.parent,
+            env=child_environment(dict(os.environ)),
         )
 
     def log_tail(self, max_bytes: int = 4000) -> str:

@@ -542,12 +542,16 @@ def measure_priors(judge, principles) -> dict[str, tuple[float, float]]:
 def calibrate_run(store, workspace, run_id: str, *, backend=None) -> tuple[str, JudgeCalibration]:
     """Calibrate a label run's judge: its priors measured afresh with the run's judge, constitution (as the run
     recorded it), few-shot and reasoning settings; Platt fitted on the run's labels of human-labelled pairs.
-    Stored under an id that names the run and the labels it was fitted on; returns the id and the calibration."""
+    Stored under an id that names the run and the labels it was fitted on; returns the id and the calibration.
+    Operators only: it runs the judge in this process."""
+    from .auth import require_operator
     from .backends import load_backend
     from .constitution import parse_constitution
     from .feedback import Judge
     from .jobs import JobFolder
     from .store import LabelFilter
+
+    require_operator("fit a calibration")
 
     facets = store.label_facet_rows()
     mine = facets[facets.run_id == run_id]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .jobs import JobFolder, engine_name, run_job
 from .prompts import csv_rows, load_prompts, read_text
@@ -132,7 +133,9 @@ def read_hh_rlhf(path: str | Path, *, limit: int | None = None, skip_bad_lines: 
 
 
 def read_pairs_file(path: str | Path, *, skip_bad_lines: bool = False) -> Imported:
-    """Pairs from JSON lines or CSV with `prompt`, `response_a`, `response_b` (and an optional `pair_id`)."""
+    """Pairs from JSON lines or CSV with `prompt`, `response_a`, `response_b` (and an optional `pair_id`), to
+    import: operators only."""
+    require_operator("import pairs")
     path = Path(path)
     pairs, problems = [], []
     for line, row in _rows(path):
@@ -190,6 +193,7 @@ class LabelImport:
     hh_rlhf: bool  # the file was read as hh-rlhf (pairs with crowdworker labels), else as a labels file
     pairs_added: int
     labels_added: int
+    labels_kept: int  # labels the file gave for a (pair, annotator) that someone had already labelled: kept
 
 
 def import_labels(
@@ -200,10 +204,13 @@ def import_labels(
     limit: int | None = None,
     annotator: str | None = None,
     skip_bad_lines: bool = False,
+    importer: str,
 ) -> LabelImport:
     """Read people's labels from a file and store them with their pairs: an hh-rlhf file (`auto` tells one by
-    its first record) or a labels file (pair_id, label, annotator). What `cai import-labels` and the Agreement
-    page both call."""
+    its first record) or a labels file (pair_id, label, annotator). What `cai import-labels` and the Data page
+    both call. Operators only; IMPORTER (the login importing) is recorded with every label, which never
+    replaces a label someone saved in the app or another importer's (`Store.import_human_labels`)."""
+    require_operator("import labels")
     if file_format not in LABEL_FORMATS:
         raise ValueError(f"format {file_format!r}: expected one of {', '.join(LABEL_FORMATS)}")
     hh = file_format == "hh-rlhf" or (file_format == "auto" and looks_like_hh_rlhf(path))
@@ -212,7 +219,8 @@ def import_labels(
     else:
         found = read_labels_file(path, annotator=annotator, skip_bad_lines=skip_bad_lines)
     added = store.add_pairs(found.pairs)
-    return LabelImport(found, hh, added, store.import_human_labels(found.labels))
+    stored = store.import_human_labels(found.labels, importer)
+    return LabelImport(found, hh, added, stored, len(found.labels) - stored)
 
 
 def _is_json_lines(path: Path) -> bool:
@@ -265,7 +273,8 @@ def sl_cai_pairs(
     store, *, run_id: str | None = None, constitution_version: str | None = None, max_round: int | None = None
 ) -> list[Pair]:
     """Each trace's first answer against its last revision (up to `max_round`); traces whose revision
-    is the first answer unchanged give no pair."""
+    is the first answer unchanged give no pair. Operators only (pairs are what a judge or trainer reads)."""
+    require_operator("make pairs")
     steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
     pairs = []
     for row in steps.itertuples():

@@ -147,6 +147,7 @@ class HumanLabel:
     rationale: str = ""
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
+    imported_by: str = ""  # the login that imported it; "" where the annotator saved it in the app
 
 
 def shown_swapped(annotator: str, pair_id: str) -> bool:

@@ -288,6 +288,7 @@ def history_section(path, draft) -> None:
                 on_click=restore_version,
                 args=(path, versions[chosen]),
                 width="stretch",
+                disabled=settings.read_only,
             )
             st.caption("Restoring writes that version to the file and records it as a new save; nothing is lost.")
 
@@ -317,7 +318,7 @@ with top[1].expander("New constitution from a template"):
     cols[0].selectbox("Template", names, key="new_template")
     cols[1].text_input("File name", key="new_stem", placeholder="my-constitution")
     cols[2].text_input("Display name (optional)", key="new_name")
-    st.button("Create", key="create", on_click=create_from_template)
+    st.button("Create", key="create", on_click=create_from_template, disabled=settings.read_only)
 
 if ss.get("draft_file") != file_name or not draft_is_whole():
     try:
@@ -344,7 +345,9 @@ save_row = st.columns([4, 1, 1], vertical_alignment="bottom")
 save_row[0].text_input(
     "Note for this version (optional)", key="save_note", placeholder="what changed and why", max_chars=MAX_NOTE_CHARS
 )
-save_row[1].button("Save", key="save", type="primary", on_click=save_draft, args=(path,), width="stretch")
+save_row[1].button(
+    "Save", key="save", type="primary", on_click=save_draft, args=(path,), width="stretch", disabled=settings.read_only
+)
 save_row[2].button(
     "Discard changes",
     key="discard",
@@ -489,7 +492,9 @@ with try_tab:
         ids = [p.id for p in constitution.enabled_principles]
         pid = cols[0].selectbox("Principle", ids, format_func=lambda i: constitution.principle(i).name, key="try_pid")
         max_tokens = cols[1].number_input("Max new tokens", 8, 512, 128, step=8, key="try_tokens")
-        run = cols[2].button("Run critique → revision", key="try_run", type="primary", width="stretch")
+        run = cols[2].button(
+            "Run critique → revision", key="try_run", type="primary", width="stretch", disabled=settings.read_only
+        )
         parts = {"response": "Answer", "critique": "Critique", "revision": "Revision"}
         status = st.container()  # the spinners, the engine and any failure, above the three parts
         boxes = dict(zip(parts, st.columns(3), strict=True))

@@ -60,7 +60,9 @@ with st.form("launch_form"):
     max_new_tokens = cols[2].number_input("Max new tokens", 1, 4096, value=128, step=16, key="gen_tokens")
     limit = cols[3].number_input("Prompts to use", 1, None, value=None, placeholder="all", key="gen_limit")
     temperature = cols[4].number_input("Temperature", 0.0, 2.0, value=0.7, step=0.1, key="gen_temperature")
-    submitted = st.form_submit_button("Start in the background", key="gen_start", type="primary")
+    submitted = st.form_submit_button(
+        "Start in the background", key="gen_start", type="primary", disabled=settings.read_only
+    )
 
 if submitted:
     try:

@@ -256,7 +256,9 @@ with st.form(f"train_form_{kind}"):
         cols = st.columns(3)
         for i, f in enumerate(rest):
             config_widget(kind, f, hints[f.name], cols[i % 3], choices.get(f.name))
-    submitted = st.form_submit_button("Start in the background", key="train_start", type="primary")
+    submitted = st.form_submit_button(
+        "Start in the background", key="train_start", type="primary", disabled=settings.read_only
+    )
 
 if submitted:
     try:

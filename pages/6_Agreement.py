@@ -78,7 +78,9 @@ def label_launcher(store) -> None:
         source = cols[0].selectbox("Pairs from", (ALL_SOURCES, "import", "sampled", "sl-cai"), key="label_source")
         limit = cols[1].number_input("Pairs to label", 1, None, value=None, placeholder="all", key="label_limit")
         cols[2].checkbox("Reason first (chain of thought)", key="label_cot")
-        submitted = st.form_submit_button("Label in the background", key="label_start", type="primary")
+        submitted = st.form_submit_button(
+            "Label in the background", key="label_start", type="primary", disabled=settings.read_only
+        )
     if submitted:
         try:
             config = LabelConfig(
@@ -161,7 +163,9 @@ with connect(ws) as store:
     )
     calibration = None if calibration == NO_CALIBRATION else calibration
     fit_run = cols[1].selectbox("Label run to calibrate", facets.run_ids, key="calibrate_run")
-    if cols[1].button("Fit a calibration", key="fit_calibration", help="As `cai calibrate --run-id RUN`."):
+    if cols[1].button(
+        "Fit a calibration", key="fit_calibration", help="As `cai calibrate --run-id RUN`.", disabled=settings.read_only
+    ):
         try:
             with st.spinner(f"Asking {fit_run}'s judge for its prior on content-free pairs, then fitting Platt…"):
                 fitted, _ = calibrate_run(store, ws, fit_run)

@@ -171,7 +171,7 @@ with compare_tab, st.form("eval_form"):
     constitution = cols[1].selectbox("Constitution", constitutions, key="eval_constitution")
     judge = cols[2].text_input("Judge model", key="eval_judge", placeholder=f"the sidebar's: {settings.model}")
     max_new_tokens = cols[3].number_input("Max new tokens", 1, 2048, value=96, step=16, key="eval_tokens")
-    if st.form_submit_button("Start in the background", key="eval_start", type="primary"):
+    if st.form_submit_button("Start in the background", key="eval_start", type="primary", disabled=settings.read_only):
         names = {spec: models[spec].split(" (")[0].replace("=", " ") for spec in picked}
         entries = [f"{name}={spec}" for spec, name in names.items()]
         entries += [line.strip() for line in more_models.splitlines() if line.strip()]
@@ -203,7 +203,9 @@ with rounds_tab, st.form("rounds_form"):
     rounds_constitution = cols[1].selectbox("Constitution", constitutions, key="rounds_constitution")
     rounds_judge = cols[2].text_input("Judge model", key="rounds_judge", placeholder=f"the sidebar's: {settings.model}")
     limit = cols[3].number_input("Traces to score", 1, None, value=None, placeholder="all", key="rounds_limit")
-    if st.form_submit_button("Start in the background", key="rounds_start", type="primary"):
+    if st.form_submit_button(
+        "Start in the background", key="rounds_start", type="primary", disabled=settings.read_only
+    ):
         if traces_run is None:
             st.error("No SL-CAI run yet: start one on the Generate page.")
         else:

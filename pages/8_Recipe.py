@@ -79,7 +79,7 @@ with st.expander(f"{config.name}: {len(plan(config))} stages over {config.iterat
     st.code(files[choice].read_text(encoding="utf-8"), language="yaml")
 
 job = Recipe(config, ws).job
-if st.button("Start (or resume)", key="recipe_start", type="primary"):
+if st.button("Start (or resume)", key="recipe_start", type="primary", disabled=settings.read_only):
     try:
         job = prepare_recipe(config, ws)
     except (RecipeError, OSError, ValueError) as exc:

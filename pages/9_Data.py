@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from cai_core.auth import OPERATOR
 from cai_core.exports import FORMATS, KINDS, export_bytes, export_path, export_rows, write_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
@@ -25,11 +26,15 @@ from cai_core.pairs import (
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import job_cards, launch_job
-from ui.settings import browser_file, connect, follow_context, setup
+from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
 settings = setup("Data")
 ws = settings.workspace
+if settings.read_only:  # every part of this page makes, imports or exports data
+    st.title("Data")
+    st.info(OPERATORS_ONLY)
+    st.stop()
 
 ALL = "all"  # a filter left open
 SHOWN_SAMPLE_RUNS = 5
@@ -163,7 +168,10 @@ with connect(ws) as store:
         upload = cols[1].file_uploader("or upload one", type=["jsonl", "gz", "csv"], key="import_file_upload")
         cols = st.columns(3)
         first_n = cols[0].number_input("hh-rlhf: first N pairs", 1, None, value=None, placeholder="all", key="import_n")
-        annotator = cols[1].text_input("Labels: annotator of every line, if no column", key="import_who")
+        if settings.user:  # a login names whoever imports, and the lines that name nobody: no name is typed
+            annotator = cols[1].text_input("Labels: annotator of lines with none", value=settings.user, disabled=True)
+        else:
+            annotator = cols[1].text_input("Labels: annotator of every line, if no column", key="import_who")
         skip_bad = cols[2].checkbox("Skip bad lines instead of stopping", key="import_skip")
         if st.form_submit_button("Import", key="import_start", type="primary"):
             try:
@@ -180,11 +188,13 @@ with connect(ws) as store:
                         limit=first_n,
                         annotator=annotator.strip() or None,
                         skip_bad_lines=skip_bad,
+                        importer=settings.user or OPERATOR,
                     )
                     found = result.found
                     message = (
                         f"Read {count(len(found.pairs), 'pair')} ({result.pairs_added} new) and imported "
                         f"{count(result.labels_added, 'human label')} from {Path(path).name}"
+                        + (f"; kept {result.labels_kept} that people had already given" if result.labels_kept else "")
                     )
             except (OSError, PairFileError, ValueError) as exc:  # OutsideWorkspace is a ValueError
                 st.error(md_escape(str(exc)))

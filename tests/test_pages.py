@@ -13,14 +13,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cai_core import cli
-from cai_core.auth import access_for, add_login
+from cai_core.auth import IDENTITY_HEADER, IDENTITY_KEY_ENV, Actor, sign_identity
 from cai_core.constitution import list_constitutions, load_constitution
 from cai_core.jobs import JobFolder
 from cai_core.prompts import load_prompts
 from cai_core.records import Trace, TraceStep, to_row
 from cai_core.store import Store, TraceFilter
 from cai_core.workspace import PROJECT_ROOT
-from ui.settings import OTHER_MODEL
+from ui.settings import OTHER_MODEL, SETTINGS
 from ui.text import diff_html, side_by_side_html
 
 from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
@@ -108,34 +108,42 @@ def test_the_sidebar_sends_no_key_to_a_url_the_operator_did_not_list(ws, monkeyp
 
 
 @pytest.fixture
-def served_on_all_interfaces(ws, monkeypatch) -> str:
-    """The environment `cai app --host 0.0.0.0` gives the app; returns the token it would print."""
-    monkeypatch.delenv("CAI_APP_TOKEN", raising=False)
-    access, token = access_for("0.0.0.0", ws.root)
-    for name, value in access.env().items():
-        monkeypatch.setenv(name, value)
-    return token
+def behind_the_front_door(monkeypatch):
+    """The environment `cai app --host 0.0.0.0` gives the pages, and `as_visitor(actor)` to choose whose signed
+    identity the front door put in the request's headers (None: a request that did not pass it)."""
+    monkeypatch.setenv(IDENTITY_KEY_ENV, "pages-test-key")
+    headers: dict[str, str] = {}
+    monkeypatch.setattr("ui.settings.request_headers", lambda: headers)
+
+    def as_visitor(actor: Actor | None, key: str = "pages-test-key") -> None:
+        headers.clear()
+        if actor:
+            headers[IDENTITY_HEADER] = sign_identity(actor, key)
+
+    return as_visitor
 
 
-def shows_only_the_login(at: AppTest) -> bool:
-    return [t.value for t in at.title] == ["Log in"] and not at.sidebar.children and not at.metric
+def shows_nothing(at: AppTest) -> bool:
+    return "Not logged in" in texts(at.error) and not at.sidebar.children and not at.metric and not at.title
 
 
-def test_on_another_host_every_page_shows_only_a_login_until_one_is_made(ws, served_on_all_interfaces):
-    password = add_login(ws.root, "ada")
+def test_behind_the_front_door_a_page_shows_nothing_without_a_signed_identity(ws, behind_the_front_door):
+    behind_the_front_door(None)  # Streamlit reached directly, on its internal port
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-    assert shows_only_the_login(at)
+    assert shows_nothing(at)
+    behind_the_front_door(Actor("olive", "operator"), key="a forged key")
     at.switch_page(TRACES).run()
-    assert shows_only_the_login(at) and not at.dataframe and not at.code
-    at.text_input(key="login_name").set_value("ada")
-    at.text_input(key="login_secret").set_value(password + "x")
-    at.button(key="login").click().run()
-    assert "Wrong name, password or token." in texts(at.error) and shows_only_the_login(at)
+    assert shows_nothing(at) and not at.dataframe and not at.code
 
-    at.text_input(key="login_secret").set_value(password)
-    at.button(key="login").click().run()
+
+def test_the_login_names_the_annotator_and_an_annotator_may_not_switch_the_data_folder(ws, behind_the_front_door):
+    behind_the_front_door(Actor("ada", "annotator"))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+    at.switch_page(TRACES).run()
     assert not at.exception, at.exception
     assert [t.value for t in at.title] == ["Traces"]
+    assert "Logged in as ada (annotator)" in texts(at.sidebar.text)
+    assert at.sidebar.text_input(key="data_dir").disabled
     # the login names the annotator: no name to type, and the verdict is filed under it
     at.radio(key="trace_step").set_value(3).run()
     assert "annotator" not in [t.key for t in at.text_input]
@@ -146,20 +154,13 @@ def test_on_another_host_every_page_shows_only_a_login_until_one_is_made(ws, ser
     at.switch_page("pages/5_Annotate.py").run()
     assert "annotator" not in [t.key for t in at.text_input]
     assert "Labelled by you" in [m.label for m in at.metric]  # ada's queue, with no name typed
-
-
-def test_the_printed_token_in_the_url_logs_in_and_leaves_the_address_bar(ws, served_on_all_interfaces):
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30)
-    at.query_params["token"] = "not-the-token"
+    other = ws.root / "elsewhere"
+    other.mkdir()
+    # past the disabled widget, as a hand-made message on the stream could
+    at.session_state[SETTINGS] = {**at.session_state[SETTINGS], "data_dir": str(other)}
     at.run()
-    assert shows_only_the_login(at)
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30)
-    at.query_params["token"] = served_on_all_interfaces
-    at.run()
-    assert not at.exception, at.exception
-    assert {m.label: m.value for m in at.metric}["Traces"] == "2"
-    assert "token" not in at.query_params
-    assert "Logged in as operator" in texts(at.sidebar.text)
+    assert "switch the data folder or database: operators only" in texts(at.error)
+    assert not (other / "cai.duckdb").exists()
 
 
 def test_a_server_started_by_hand_on_all_interfaces_shows_nothing(ws):

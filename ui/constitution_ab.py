@@ -64,7 +64,7 @@ def ab_form(settings: Settings, labels: dict[str, str], versions: dict[str, str]
         type="primary",
         on_click=start_ab,
         args=(settings, versions[ab_a], versions[ab_b]),
-        disabled=versions[ab_a] == versions[ab_b],
+        disabled=versions[ab_a] == versions[ab_b] or settings.read_only,
         width="stretch",
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from cai_core.auth import current_actor
 from cai_core.jobs import JobFolder, Progress
 
 from .text import flash
@@ -71,6 +72,9 @@ def job_buttons(job: JobFolder, progress: Progress, start: Starter, *, resumable
 
     The action runs in the click's run and the whole page is then drawn again: inside a fragment a click
     reruns only the fragment, and the flash message is drawn at the top of the page, outside it."""
+    actor = current_actor()
+    if actor is None or not actor.is_operator:  # operators only: the job runner refuses anyone else anyway
+        return
     if progress.status in ACTIVE and st.button("Cancel", key=f"cancel-{job.run_id}"):
         cancel_job(job)
         st.rerun()

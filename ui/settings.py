@@ -1,14 +1,15 @@
-"""What every page starts with: `settings = setup("Title")` configures the page, asks for a login where the
-server wants one (`cai app --host ...`), and draws the list of pages and the shared settings in the sidebar
-(data folder, database, model), each checked to stay inside the workspace; `connect` opens the store for one
-script run. `follow_context` carries the working context (the constitution, prompts and SL-CAI run last chosen)
-from page to page.
+"""What every page starts with: `settings = setup("Title")` configures the page, reads who is logged in where
+the server asks for logins (`cai app --host ...`: its front door logs people in), and draws the list of pages
+and the shared settings in the sidebar (data folder, database, model), each checked to stay inside the
+workspace; `connect` opens the store for one script run. `follow_context` carries the working context (the
+constitution, prompts and SL-CAI run last chosen) from page to page.
 
 These modules live outside `pages/`: Streamlit lists every file there as a page.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,9 +17,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from cai_core.auth import LOCAL_HOSTS, Access
+from cai_core.auth import (
+    IDENTITY_HEADER,
+    IDENTITY_KEY_ENV,
+    LOCAL_HOSTS,
+    Actor,
+    NotAllowed,
+    login_required,
+    require_operator,
+    set_actor_resolver,
+    verify_identity,
+)
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
+from cai_core.frontdoor import LOGOUT_PATH
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
@@ -30,14 +42,25 @@ from .text import md_escape
 class Settings:
     workspace: Workspace
     model: str
-    user: str | None  # who logged in; None where the app asks for no login (on 127.0.0.1)
+    actor: Actor | None  # who logged in; None where the app asks for no login (on 127.0.0.1)
     endpoints: list[Endpoint]  # the OpenAI-compatible servers the operator listed: the only URLs a page may name
+
+    @property
+    def user(self) -> str | None:
+        return self.actor.name if self.actor else None
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the visitor may not do operator-only things: a page disables them (the sidebar says
+        "operators only"); the library refuses them either way."""
+        return self.actor is not None and not self.actor.is_operator
 
     def model_spec(self, spec: str) -> str:
         """A model typed on a page, checked as the sidebar's is (`browser_model_spec`)."""
         return browser_model_spec(spec, self.workspace, self.endpoints)
 
 
+OPERATORS_ONLY = "Operators only: starting runs, imports, exports, settings and constitution edits."
 OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model spec
 # The sidebar's settings (data_dir, db_path, model_choice, model_spec), kept under a key that is no widget's.
 # Streamlit drops a widget's value on a page that does not draw it, and a job panel's timed fragment rerun that
@@ -61,7 +84,8 @@ def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon="⚖️", layout="wide")
-    user = require_login()
+    actor = require_login()
+    operator = actor is None or actor.is_operator
     sidebar_navigation()
     env = Workspace.from_env()
     ss = st.session_state
@@ -81,6 +105,7 @@ def setup(title: str) -> Settings:
             key="data_dir",
             on_change=keep_setting,
             args=("data_dir",),
+            disabled=not operator,
             help="Holds the database, job folders and converted models; inside the workspace "
             f"({', '.join(map(str, env.browser_roots))}).",
         )
@@ -89,6 +114,7 @@ def setup(title: str) -> Settings:
             key="db_path",
             on_change=keep_setting,
             args=("db_path",),
+            disabled=not operator,
             placeholder="data folder/cai.duckdb",
             help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
@@ -102,7 +128,9 @@ def setup(title: str) -> Settings:
             workspace = Workspace(
                 root, env.db_override if same else workspace.resolve_browser_path(db_path, suffixes=(".duckdb",))
             )
-    except OutsideWorkspace as exc:
+        if workspace != env:
+            require_operator("switch the data folder or database")
+    except (OutsideWorkspace, NotAllowed) as exc:
         refuse(f"Settings: {exc}")
     with connect(workspace) as store:
         labels = model_choices(store)
@@ -126,6 +154,7 @@ def setup(title: str) -> Settings:
             on_change=keep_setting,
             args=("model_choice",),
             format_func=labels.get,
+            disabled=not operator,
             help="The backend of every page: the default model, a finished training run's model, a listed "
             "endpoint's model, or any other spec.",
         )
@@ -135,19 +164,23 @@ def setup(title: str) -> Settings:
                 key="model_spec",
                 on_change=keep_setting,
                 args=("model_spec",),
+                disabled=not operator,
                 help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
                 "listed in endpoints.yaml.",
             )
     model = ss["model_spec"].strip() if ss["model_choice"] == OTHER_MODEL else ss["model_choice"]
     try:
         model = browser_model_spec(model or DEFAULT_MODEL, workspace, endpoints, labels)
-    except EndpointError as exc:
+    except (EndpointError, NotAllowed) as exc:
         refuse(f"Model: {exc}")
-    if user:
+    if actor:
         with st.sidebar:
-            st.text(f"Logged in as {user}")
-            st.button("Log out", key="logout", on_click=ss.pop, args=("identity", None))
-    return Settings(workspace, model, user, endpoints)
+            st.text(f"Logged in as {actor.name} ({actor.role})")
+            if not operator:
+                st.caption(OPERATORS_ONLY)
+            # a link in this tab (`st.link_button` opens another): the front door forgets the login and its cookie
+            st.markdown(f'<a href="{LOGOUT_PATH}" target="_self">Log out</a>', unsafe_allow_html=True)
+    return Settings(workspace, model, actor, endpoints)
 
 
 CONTEXT = "working_context"  # not a widget's key: Streamlit keeps it on pages that do not draw the widgets
@@ -187,35 +220,35 @@ def refuse(message: str) -> None:
     st.stop()
 
 
-def require_login() -> str | None:
-    """Where the server asks for a login (`cai app --host ...`): the visitor's identity once logged in, by the
-    form or by `?token=` in the URL; until then the page shows the login form only and stops. None where no
-    login is asked."""
-    access = Access.from_env()
-    if not access.required:
+def logged_in_actor() -> Actor | None:
+    """Who made this script run's request: the identity the front door signed into the stream's headers. Read
+    afresh every run, never kept in the session: a browser that resumes someone else's session id brings its
+    own headers, and so its own identity."""
+    key = os.environ.get(IDENTITY_KEY_ENV)
+    return verify_identity(request_headers().get(IDENTITY_HEADER), key) if key else None
+
+
+def request_headers():
+    """The headers of the request that opened this session's stream (as the front door sent them)."""
+    return st.context.headers
+
+
+set_actor_resolver(logged_in_actor)  # what `cai_core.auth.require_operator` asks in this process
+
+
+def require_login() -> Actor | None:
+    """Where the server asks for logins (`cai app --host ...`): the visitor, whom the front door logged in;
+    a request that did not come through it has no valid identity and gets nothing. None where no login is
+    asked."""
+    if not login_required():
         address = st.get_option("server.address")
         if address and address not in LOCAL_HOSTS:  # started by hand (`streamlit run`), not by `cai app --host`
             refuse(f"This server listens on {address} with no login: start it with `cai app --host {address}`.")
         return None
-    ss = st.session_state
-    if "identity" not in ss and "token" in st.query_params:
-        identity = access.login("", st.query_params["token"])
-        del st.query_params["token"]  # out of the address bar, the history and any link copied from it
-        if identity:
-            ss["identity"] = identity
-    if "identity" in ss:
-        return ss["identity"]
-    st.title("Log in")
-    with st.form("login_form"):
-        name = st.text_input("Name", key="login_name", help="Your login; leave it empty to log in with the token.")
-        secret = st.text_input("Password or token", key="login_secret", type="password")
-        if st.form_submit_button("Log in", key="login", type="primary"):
-            identity = access.login(name, secret)
-            if identity:
-                ss["identity"] = identity
-                st.rerun()
-            st.error("Wrong name, password or token.")
-    st.stop()
+    actor = logged_in_actor()
+    if actor is None:
+        refuse("Not logged in: open the address `cai app` printed, and log in there.")
+    return actor
 
 
 def model_choices(store: Store) -> dict[str, str]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..auth import current_actor
 from ..pairs import LABEL_FORMATS
 from ..store import Store
 from ..workspace import Workspace
@@ -51,11 +52,14 @@ def cmd_import_labels(args, ws: Workspace) -> int:
             limit=args.limit,
             annotator=args.annotator,
             skip_bad_lines=args.skip_bad_lines,
+            importer=current_actor().name,
         )
     if result.hh_rlhf:
         print(f"read {len(result.found.pairs)} hh-rlhf pairs ({result.pairs_added} new) and their crowdworker labels")
         print(f"{result.found.ties} pair(s) had identical responses and are labelled tie")
     print(f"imported {result.labels_added} human label(s); skipped {len(result.found.problems)} bad line(s)")
+    if result.labels_kept:
+        print(f"kept {result.labels_kept} label(s) already given for the same pair and annotator")
     return 0
 
 

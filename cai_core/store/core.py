@@ -171,6 +171,11 @@ MIGRATIONS: list[str] = [
     DROP TABLE annotation_claims;
     ALTER TABLE annotation_claims_held RENAME TO annotation_claims;
     """,
+    # 11: who imported a person's label ('' where the person saved it in the app): an import corrects its own
+    # labels only, never one someone saved or another importer's
+    """
+    ALTER TABLE human_labels ADD COLUMN imported_by TEXT DEFAULT '';
+    """,
 ]
 
 

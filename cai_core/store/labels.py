@@ -14,6 +14,8 @@ to be served. The order changes nothing else: the same claims, under the same lo
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, check_note, columns, now, to_row
@@ -62,16 +64,39 @@ class LabelQueries:
         finally:
             self.con.unregister("wanted")
 
-    def import_human_labels(self, labels: list[HumanLabel]) -> int:
-        """Bulk insert or replace (an imported label overwrites that annotator's label on that pair)."""
+    def import_human_labels(self, labels: list[HumanLabel], importer: str = "operator") -> int:
+        """Bulk insert labels IMPORTER imports (by default the command line's operator); returns how many were
+        stored. A label corrects IMPORTER's earlier import of that (pair, annotator); it never replaces a label
+        the annotator saved in the app, nor another importer's: those are kept, and the imported one dropped."""
         for label in labels:
             check_note("rationale", label.rationale, f"label by {label.annotator!r} on pair {label.pair_id!r}")
         unknown = sorted({lb.pair_id for lb in labels} - self.existing_pair_ids([lb.pair_id for lb in labels]))
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise KeyError(f"{len(unknown)} label(s) name pairs that are not stored: {shown}")
-        self._insert_records("human_labels", HumanLabel, labels, "INSERT OR REPLACE")
-        return len(labels)
+        if not labels:
+            return 0
+        rows = [to_row(dataclasses.replace(label, imported_by=importer)) for label in labels]
+        frame = pd.DataFrame(rows, columns=columns(HumanLabel))
+        cols = ", ".join(frame.columns)
+        self.con.register("incoming", frame)
+        try:
+            with self._write():
+                kept = self._one(
+                    """SELECT count(*) FROM incoming i JOIN human_labels h USING (pair_id, annotator)
+                       WHERE coalesce(h.imported_by, '') = '' OR h.imported_by <> i.imported_by"""
+                )[0]
+                self._exec(
+                    f"""INSERT INTO human_labels ({cols}) SELECT {cols} FROM incoming
+                        ON CONFLICT (pair_id, annotator) DO UPDATE SET choice = excluded.choice,
+                        shown_swapped = excluded.shown_swapped, rationale = excluded.rationale,
+                        updated_at = excluded.updated_at
+                        WHERE coalesce(human_labels.imported_by, '') <> ''
+                          AND human_labels.imported_by = excluded.imported_by"""
+                )
+        finally:
+            self.con.unregister("incoming")
+        return len(labels) - kept
 
     def save_human_label(self, label: HumanLabel) -> HumanLabel:
         """Save or edit one label (created_at of a first save is kept), and give back the annotator's claim
@@ -88,7 +113,7 @@ class LabelQueries:
                 f"""INSERT INTO human_labels ({", ".join(row)}) VALUES ({", ".join("?" * len(row))})
                     ON CONFLICT (pair_id, annotator) DO UPDATE SET choice = excluded.choice,
                     shown_swapped = excluded.shown_swapped, rationale = excluded.rationale,
-                    updated_at = excluded.updated_at""",
+                    updated_at = excluded.updated_at, imported_by = excluded.imported_by""",
                 list(row.values()),
             )
             self._exec(
