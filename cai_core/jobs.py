@@ -48,6 +48,7 @@ from .records import now
 from .workspace import Workspace
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
+DISK_LOW_BYTES = 64 * 1024  # less free space than this where a job died: the disk filled up under it
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -113,6 +114,19 @@ def _duration(seconds: float) -> str:
 
 
 _PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
+_PROGRESS_REQUIRED = {"status": str, "done": int, "total": int}
+
+
+def _progress_record(path: Path, data) -> Progress:
+    """progress.json's object as a Progress, or ValueError naming the file and what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    for name, kind in _PROGRESS_REQUIRED.items():
+        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+            raise ValueError(f"{path}: {name!r} is missing or not a{' text' if kind is str else 'n integer'}")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"{path}: status {data['status']!r} is not one of {', '.join(STATUSES)}")
+    return Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
 
 
 class JobFolder:
@@ -128,7 +142,7 @@ class JobFolder:
         folder.path.mkdir(parents=True, exist_ok=True)
         if not (folder.path / "run.json").exists():
             write_json_atomic(folder.path / "run.json", {"run_id": run_id, "created_at": now(), **spec})
-            folder.set_progress("pending", 0, 0)
+            folder.set_progress("pending", 0, 0, pid=None)  # no process runs it yet: see `start`
         return folder
 
     @classmethod
@@ -249,21 +263,37 @@ class JobFolder:
                 "message": message,
                 "pid": os.getpid(),
                 "updated_at": now(),
-                **details,
+                **details,  # a pid here: the process that will write next (a job being started)
             },
         )
 
     def progress(self) -> Progress:
+        """The job's progress; ValueError naming the file and the field where progress.json cannot be read
+        (listings leave such a job out, and ingest quarantines it, as for run.json)."""
+        path = self.path / "progress.json"
         try:
-            data = json.loads((self.path / "progress.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return Progress("pending", 0, 0)
-        progress = Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
-        if progress.status == "running" and progress.pid and not _alive(progress.pid):
-            return dataclasses.replace(
-                progress, status="failed", message="the job's process died; run it again to resume", eta=None
-            )
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not readable as JSON: {exc}") from None
+        progress = _progress_record(path, data)
+        if progress.status in ("pending", "running") and progress.pid and not _alive(progress.pid):
+            return dataclasses.replace(progress, status="failed", message=self._death(), eta=None)
         return progress
+
+    def _death(self) -> str:
+        """Why the job's process ended without saying so: a full disk leaves it no room to write its status
+        (and often none for its log either), so the log's last words and the disk's free space are read."""
+        full = "No space left on device" in self.log_tail() or "[Errno 28]" in self.log_tail()
+        try:
+            stats = os.statvfs(self.path)
+            full = full or stats.f_bavail * stats.f_frsize < DISK_LOW_BYTES
+        except OSError:
+            pass
+        if full:
+            return f"No space left on device ({self.path}): free some space, then run it again to resume"
+        return "the job's process died; run it again to resume"
 
     def request_cancel(self) -> None:
         (self.path / "cancel").touch()
@@ -318,9 +348,9 @@ class JobFolder:
         process begins: a cancel made meanwhile is then a new request, which the process honours."""
         progress = self.progress()
         if progress.status != "running":
-            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit)
+            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=None)
         log = open(self.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
-        return subprocess.Popen(
+        process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -328,6 +358,11 @@ class JobFolder:
             start_new_session=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
+        if progress.status != "running":
+            # pending now names the process that will run the job: if it dies before it reports (a full disk
+            # leaves it no room to), the job reads failed, not pending forever
+            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=process.pid)
+        return process
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         path = self.path / "log.txt"
@@ -495,10 +530,12 @@ def engine_name(backend) -> str:
 
 
 def _readable(run_json: Path) -> bool:
-    """A job folder whose run.json says what the job is. Any other is left out of listings: ingest quarantines
-    it with its reason (`Store.ingest_problems`), and the home page and `cai jobs` name it."""
+    """A job folder whose run.json says what the job is and whose progress.json can be read. Any other is left
+    out of listings: ingest quarantines it with its reason (`Store.ingest_problems`), and the home page and
+    `cai jobs` name it."""
     try:
         spec = json.loads(run_json.read_text(encoding="utf-8"))
+        JobFolder(run_json.parent).progress()
     except (OSError, ValueError):
         return False
     return isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)
