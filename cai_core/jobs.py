@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -457,8 +458,13 @@ class _Reporter:
         """Tick in a thread while the batches run; stopped before the job's last status is written."""
         stop = threading.Event()
 
+        interrupt = _interruptible()
+
         def run() -> None:
             while not stop.wait(TICK_SECONDS):
+                if interrupt and self.folder.cancel_requested():
+                    os.kill(os.getpid(), CANCEL_SIGNAL)  # see `_interruptible`
+                    return
                 # a full disk, say: the batch's own write at its end raises it where it counts
                 with suppress(OSError):
                     self.tick()
@@ -485,6 +491,38 @@ class _Reporter:
             self.on_progress(done, total)
 
 
+CANCEL_SIGNAL = signal.SIGUSR1
+_cancel_armed = threading.local()
+
+
+def _interruptible() -> bool:
+    """Whether a cancel can interrupt this thread's job inside a step: only a job run on its process's main
+    thread (`cai resume`, the job's own process), where `_cancel_interrupts` catches the signal."""
+    return getattr(_cancel_armed, "on", False)
+
+
+@contextmanager
+def _cancel_interrupts() -> Iterator[None]:
+    """A cancel is honoured inside a long step too (a model load, a batch of long generations), not only
+    between batches: the progress tick signals the job's main thread, which raises Cancelled where it is.
+    What the step had not spooled is done again on resume, as after a kill."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame) -> None:
+        if _cancel_armed.on:  # a signal handled after the job left its steps is stale
+            raise Cancelled
+
+    previous = signal.signal(CANCEL_SIGNAL, on_signal)
+    _cancel_armed.on = True
+    try:
+        yield
+    finally:
+        _cancel_armed.on = False
+        signal.signal(CANCEL_SIGNAL, previous)
+
+
 CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
 CANCELLED = "cancelled by request; run it again to resume"
 
@@ -508,10 +546,10 @@ def run_job(
         report = _Reporter(folder, on_progress)
         with ending_on_failure(report):
             try:
-                work = make_work()
-                report.attach(work)
-                report()
-                with report.ticking():
+                with _cancel_interrupts(), report.ticking():
+                    work = make_work()
+                    report.attach(work)
+                    report()
                     for batch in work.batches():
                         folder.stop_if_cancelled()
                         work.step(batch)

@@ -394,3 +394,30 @@ def test_a_job_whose_process_dies_of_a_full_disk_says_so_on_its_card(tmp_path):
 def test_a_created_job_no_process_has_started_stays_pending(tmp_path):
     job = JobFolder.create(tmp_path / "runs", "gen-later", {"kind": "generate", "model": "m", "config": {}})
     assert job.progress().status == "pending"
+
+
+def test_a_cancel_stops_a_long_step_without_waiting_for_its_end(tmp_path):
+    """The Cancel a person clicks while one step of the job runs for minutes (a model load, a long batch)."""
+    job = JobFolder.create(tmp_path / "runs", "gen-slow", {"kind": "generate", "model": "m", "config": {}})
+    finished = []
+
+    class SlowWork:
+        unit, engine, in_batch = "step", "", 0
+
+        def total(self):
+            return 1
+
+        def done(self):
+            return len(finished)
+
+        def batches(self):
+            return [0]
+
+        def step(self, batch):
+            job.request_cancel()  # clicked while the step runs
+            time.sleep(120)
+            finished.append(batch)
+
+    run_job(job, SlowWork)
+    assert finished == [] and job.progress().status == "cancelled"
+    assert not job.cancel_requested()
