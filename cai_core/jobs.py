@@ -269,8 +269,16 @@ class JobFolder:
         )
 
     def progress(self) -> Progress:
-        """The job's progress; ValueError naming the file and the field where progress.json cannot be read
-        (listings leave such a job out, and ingest quarantines it, as for run.json)."""
+        """The job's progress as a page shows it: a job whose process died before it could say so reads failed.
+        ValueError naming the file and the field where progress.json cannot be read (listings leave such a job
+        out, and ingest quarantines it, as for run.json)."""
+        progress = self.recorded_progress()
+        if progress.status in ("pending", "running") and progress.pid and not _alive(progress.pid):
+            return dataclasses.replace(progress, status="failed", message=self._death(), eta=None)
+        return progress
+
+    def recorded_progress(self) -> Progress:
+        """progress.json as written: what the process that takes the job's lock goes on from."""
         path = self.path / "progress.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -278,10 +286,7 @@ class JobFolder:
             return Progress("pending", 0, 0)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not readable as JSON: {exc}") from None
-        progress = _progress_record(path, data)
-        if progress.status in ("pending", "running") and progress.pid and not _alive(progress.pid):
-            return dataclasses.replace(progress, status="failed", message=self._death(), eta=None)
-        return progress
+        return _progress_record(path, data)
 
     def _death(self) -> str:
         """Why the job's process ended without saying so: a full disk leaves it no room to write its status
@@ -535,7 +540,7 @@ def run_job(
     Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
     status with its reason, then raised."""
     with folder.exclusive():
-        before = folder.progress()
+        before = folder.recorded_progress()
         if before.status == "pending" and folder.cancel_requested():
             folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
             folder.clear_cancel()
