@@ -50,10 +50,12 @@ function typingInto(event) {
   return target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName);
 }
 
-// Enter on another of the page's controls (Undo, a link, an expander's title) belongs to that control.
+// Enter on another of the page's controls (Undo, a link, an expander's title, the panel's Discard) belongs to
+// that control.
 function onAnotherControl(event, root) {
   const target = event.composedPath()[0];
-  return target instanceof Element && Boolean(target.closest("button, a, summary")) && !root.contains(target);
+  const control = target instanceof Element && target.closest("button, a, summary");
+  return Boolean(control) && (!root.contains(control) || control.dataset.part === "discard");
 }
 
 export default function ({ data, parentElement, setStateValue }) {
