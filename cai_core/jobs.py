@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ from .records import now
 from .workspace import Workspace, write_file_atomically
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
+DISK_LOW_BYTES = 64 * 1024  # less free space than this where a job died: the disk filled up under it
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -104,6 +106,19 @@ def _duration(seconds: float) -> str:
 
 
 _PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
+_PROGRESS_REQUIRED = {"status": str, "done": int, "total": int}
+
+
+def _progress_record(path: Path, data) -> Progress:
+    """progress.json's object as a Progress, or ValueError naming the file and what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    for name, kind in _PROGRESS_REQUIRED.items():
+        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+            raise ValueError(f"{path}: {name!r} is missing or not a{' text' if kind is str else 'n integer'}")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"{path}: status {data['status']!r} is not one of {', '.join(STATUSES)}")
+    return Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
 
 
 class JobFolder:
@@ -119,7 +134,7 @@ class JobFolder:
         folder.path.mkdir(parents=True, exist_ok=True)
         if not (folder.path / "run.json").exists():
             write_json_atomic(folder.path / "run.json", {"run_id": run_id, "created_at": now(), **spec})
-            folder.set_progress("pending", 0, 0)
+            folder.set_progress("pending", 0, 0, pid=None)  # no process runs it yet: see `start`
         return folder
 
     @classmethod
@@ -240,21 +255,42 @@ class JobFolder:
                 "message": message,
                 "pid": os.getpid(),
                 "updated_at": now(),
-                **details,
+                **details,  # a pid here: the process that will write next (a job being started)
             },
         )
 
     def progress(self) -> Progress:
-        try:
-            data = json.loads((self.path / "progress.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return Progress("pending", 0, 0)
-        progress = Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
-        if progress.status == "running" and progress.pid and not _alive(progress.pid):
-            return dataclasses.replace(
-                progress, status="failed", message="the job's process died; run it again to resume", eta=None
-            )
+        """The job's progress as a page shows it: a job whose process died before it could say so reads failed.
+        ValueError naming the file and the field where progress.json cannot be read (listings leave such a job
+        out, and ingest quarantines it, as for run.json)."""
+        progress = self.recorded_progress()
+        if progress.status in ("pending", "running") and progress.pid and not _alive(progress.pid):
+            return dataclasses.replace(progress, status="failed", message=self._death(), eta=None)
         return progress
+
+    def recorded_progress(self) -> Progress:
+        """progress.json as written: what the process that takes the job's lock goes on from."""
+        path = self.path / "progress.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Progress("pending", 0, 0)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not readable as JSON: {exc}") from None
+        return _progress_record(path, data)
+
+    def _death(self) -> str:
+        """Why the job's process ended without saying so: a full disk leaves it no room to write its status
+        (and often none for its log either), so the log's last words and the disk's free space are read."""
+        full = "No space left on device" in self.log_tail() or "[Errno 28]" in self.log_tail()
+        try:
+            stats = os.statvfs(self.path)
+            full = full or stats.f_bavail * stats.f_frsize < DISK_LOW_BYTES
+        except OSError:
+            pass
+        if full:
+            return f"No space left on device ({self.path}): free some space, then run it again to resume"
+        return "the job's process died; run it again to resume"
 
     def request_cancel(self) -> None:
         require_operator(f"cancel {self.run_id}")
@@ -312,9 +348,9 @@ class JobFolder:
         require_operator(f"start {self.run_id}")
         progress = self.progress()
         if progress.status != "running":
-            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit)
+            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=None)
         log = open(self.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
-        return subprocess.Popen(
+        process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -323,6 +359,11 @@ class JobFolder:
             cwd=Path(__file__).resolve().parent.parent,
             env=child_environment(dict(os.environ)),
         )
+        if progress.status != "running":
+            # pending now names the process that will run the job: if it dies before it reports (a full disk
+            # leaves it no room to), the job reads failed, not pending forever
+            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=process.pid)
+        return process
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         path = self.path / "log.txt"
@@ -417,8 +458,13 @@ class _Reporter:
         """Tick in a thread while the batches run; stopped before the job's last status is written."""
         stop = threading.Event()
 
+        interrupt = _interruptible()
+
         def run() -> None:
             while not stop.wait(TICK_SECONDS):
+                if interrupt and self.folder.cancel_requested():
+                    os.kill(os.getpid(), CANCEL_SIGNAL)  # see `_interruptible`
+                    return
                 # a full disk, say: the batch's own write at its end raises it where it counts
                 with suppress(OSError):
                     self.tick()
@@ -445,6 +491,38 @@ class _Reporter:
             self.on_progress(done, total)
 
 
+CANCEL_SIGNAL = signal.SIGUSR1
+_cancel_armed = threading.local()
+
+
+def _interruptible() -> bool:
+    """Whether a cancel can interrupt this thread's job inside a step: only a job run on its process's main
+    thread (`cai resume`, the job's own process), where `_cancel_interrupts` catches the signal."""
+    return getattr(_cancel_armed, "on", False)
+
+
+@contextmanager
+def _cancel_interrupts() -> Iterator[None]:
+    """A cancel is honoured inside a long step too (a model load, a batch of long generations), not only
+    between batches: the progress tick signals the job's main thread, which raises Cancelled where it is.
+    What the step had not spooled is done again on resume, as after a kill."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame) -> None:
+        if _cancel_armed.on:  # a signal handled after the job left its steps is stale
+            raise Cancelled
+
+    previous = signal.signal(CANCEL_SIGNAL, on_signal)
+    _cancel_armed.on = True
+    try:
+        yield
+    finally:
+        _cancel_armed.on = False
+        signal.signal(CANCEL_SIGNAL, previous)
+
+
 CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
 CANCELLED = "cancelled by request; run it again to resume"
 
@@ -457,7 +535,7 @@ def run_job(
     Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
     status with its reason, then raised."""
     with folder.exclusive():
-        before = folder.progress()
+        before = folder.recorded_progress()
         if before.status == "pending" and folder.cancel_requested():
             folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
             folder.clear_cancel()
@@ -468,10 +546,10 @@ def run_job(
         report = _Reporter(folder, on_progress)
         with ending_on_failure(report):
             try:
-                work = make_work()
-                report.attach(work)
-                report()
-                with report.ticking():
+                with _cancel_interrupts(), report.ticking():
+                    work = make_work()
+                    report.attach(work)
+                    report()
                     for batch in work.batches():
                         folder.stop_if_cancelled()
                         work.step(batch)
@@ -490,10 +568,12 @@ def engine_name(backend) -> str:
 
 
 def _readable(run_json: Path) -> bool:
-    """A job folder whose run.json says what the job is. Any other is left out of listings: ingest quarantines
-    it with its reason (`Store.ingest_problems`), and the home page and `cai jobs` name it."""
+    """A job folder whose run.json says what the job is and whose progress.json can be read. Any other is left
+    out of listings: ingest quarantines it with its reason (`Store.ingest_problems`), and the home page and
+    `cai jobs` name it."""
     try:
         spec = json.loads(run_json.read_text(encoding="utf-8"))
+        JobFolder(run_json.parent).progress()
     except (OSError, ValueError):
         return False
     return isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)

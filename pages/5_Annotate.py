@@ -69,7 +69,8 @@ if settings.user:  # the login names the annotator; with no login (on 127.0.0.1)
     cols[0].text_input("Annotator", value=settings.user, disabled=True)
     annotator = settings.user
 else:
-    annotator = cols[0].text_input("Your name", key="annotator", persist_state="session").strip()
+    follow_context("annotator", "annotator")  # a page switch drops the widget's value, never the name
+    annotator = cols[0].text_input("Your name", key="annotator").strip()
 overlap = int(
     cols[1].number_input(
         "Labels wanted per pair", min_value=1, max_value=20, value=2, key="overlap", persist_state="session"

@@ -3,12 +3,13 @@
 Each session works as a page does (`pages.connect`): every script run opens its own connection, ingests
 what jobs spooled, and reads; a save opens another. A background job appends records meanwhile."""
 
+import multiprocessing
 import threading
 import time
 from collections import Counter
 
 from cai_core.jobs import JobFolder
-from cai_core.records import Pair, Trace, TraceStep, to_row
+from cai_core.records import HumanLabel, Pair, Trace, TraceStep, to_row
 from cai_core.store import Store
 
 SESSIONS, LABELS_EACH, OVERLAP = 20, 50, 2
@@ -67,3 +68,41 @@ def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
         assert store.count_traces() == len(job.read("traces")) > 0  # the job lost nothing either
         assert store.counts()["trace_steps"] == len(job.read("trace_steps"))
         assert store.ingest_problems() == []
+
+
+PROCESSES, SAVES_EACH = 6, 30
+
+
+def _save_and_read_back(db: str, annotator: str, pair_ids: list[str], lost) -> None:
+    """One process: each label saved on a connection of its own, then read back on the next (as the Annotate
+    page's save and its next claim do). A save that returned and is not read back is lost."""
+    for pair_id in pair_ids:
+        with Store.open(db, wait_seconds=120) as store:
+            store.save_human_label(HumanLabel(pair_id, annotator, "a"))
+        with Store.open(db, wait_seconds=120) as store:
+            if not store.human_labels(annotator=annotator, pair_id=pair_id):
+                lost.append((annotator, pair_id))
+
+
+def test_a_save_that_returned_is_stored_with_many_processes_on_one_file(workspace):
+    with Store.open(workspace) as store:
+        store.add_pairs([Pair(f"p{i:04d}", "q", "a", "b", "import", "f", i, "a", "b") for i in range(SAVES_EACH)])
+    context = multiprocessing.get_context("fork")
+    lost = context.Manager().list()
+    processes = [
+        context.Process(
+            target=_save_and_read_back,
+            args=(str(workspace.db_path), f"annotator-{n}", [f"p{i:04d}" for i in range(SAVES_EACH)], lost),
+        )
+        for n in range(PROCESSES)
+    ]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    print(f"{PROCESSES} processes x {SAVES_EACH} saves: {time.perf_counter() - started:.1f} s, {len(lost)} lost")
+    assert [process.exitcode for process in processes] == [0] * PROCESSES
+    assert list(lost) == []
+    with Store.open(workspace) as store:
+        assert len(store.human_labels()) == PROCESSES * SAVES_EACH

@@ -102,3 +102,23 @@ def test_listings_leave_out_a_broken_job_and_cai_jobs_names_it(workspace):
     assert [j.run_id for j in list_job_folders(workspace.runs_dir)] == [good.run_id]
     assert {j.run_id for j in list_job_folders(workspace.runs_dir, unreadable=True)} == {"good", "broken"}
     assert cai(["--data-dir", str(workspace.root), "jobs"]) == 0  # no traceback on the broken one
+
+
+def test_a_progress_json_without_a_field_quarantines_its_job_and_every_page_still_draws(ws):
+    from streamlit.testing.v1 import AppTest
+
+    from cai_core.jobs import list_job_folders
+    from cai_core.workspace import PROJECT_ROOT
+
+    broken = JobFolder.create(ws.runs_dir, "gen-fieldless", {"kind": "generate", "model": "m", "config": {}})
+    (broken.path / "progress.json").write_text('{"status": "running", "done": 3}', encoding="utf-8")
+    assert broken.run_id not in [j.run_id for j in list_job_folders(ws.runs_dir)]
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        problems = {p.path: p.problem for p in store.ingest_problems()}
+        assert "'total' is missing" in problems[str((broken.path / "progress.json").resolve())]
+    for page in (None, "pages/3_Generate.py", "pages/9_Data.py"):
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+        if page:
+            at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)

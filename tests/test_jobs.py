@@ -374,3 +374,50 @@ def test_a_huge_prompt_is_cut_to_the_context_with_a_warning_on_the_trace(tiny_mo
     assert not next(t for k, t in traces.items() if k != "huge")["warning"]
     steps = [s for s in job.read("trace_steps") if s["trace_id"] == cut["trace_id"]]
     assert all(s["prompt_tokens"] <= 4096 for s in steps) and len(steps) == 2
+
+
+def test_a_job_whose_process_dies_of_a_full_disk_says_so_on_its_card(tmp_path):
+    from .test_store import fill_disk, tmpfs
+
+    with tmpfs(tmp_path / "small", "size=1m") as small:
+        job = JobFolder.create(small / "runs", "gen-full", {"kind": "generate", "model": "m", "config": {}})
+        fill_disk(small, 8 * 1024)
+        # the job's process: the disk fills under it before it can report anything
+        spool = job.path / "spool.jsonl"
+        process = job.start([sys.executable, "-c", f"open({str(spool)!r}, 'wb').write(bytes(10**7))"])
+        assert process.wait(timeout=60) != 0
+        progress = job.progress()
+        assert progress.status == "failed"
+        assert "No space left on device" in progress.message
+
+
+def test_a_created_job_no_process_has_started_stays_pending(tmp_path):
+    job = JobFolder.create(tmp_path / "runs", "gen-later", {"kind": "generate", "model": "m", "config": {}})
+    assert job.progress().status == "pending"
+
+
+def test_a_cancel_stops_a_long_step_without_waiting_for_its_end(tmp_path):
+    """The Cancel a person clicks while one step of the job runs for minutes (a model load, a long batch)."""
+    job = JobFolder.create(tmp_path / "runs", "gen-slow", {"kind": "generate", "model": "m", "config": {}})
+    finished = []
+
+    class SlowWork:
+        unit, engine, in_batch = "step", "", 0
+
+        def total(self):
+            return 1
+
+        def done(self):
+            return len(finished)
+
+        def batches(self):
+            return [0]
+
+        def step(self, batch):
+            job.request_cancel()  # clicked while the step runs
+            time.sleep(120)
+            finished.append(batch)
+
+    run_job(job, SlowWork)
+    assert finished == [] and job.progress().status == "cancelled"
+    assert not job.cancel_requested()

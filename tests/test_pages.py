@@ -547,3 +547,24 @@ def test_cancel_and_resume_buttons(ws, monkeypatch):
     assert launched == [["--data-dir", str(ws.root), "resume", "broken"]]
     assert "BackendError: out of memory" in [c.value for c in at.code]  # the reason in full, as text
     assert "This run failed" in texts(at.error)
+
+
+def test_cancel_says_cancelling_at_once_and_cannot_be_clicked_twice(ws):
+    job = JobFolder.create(ws.runs_dir, "gen-long", {"kind": "generate", "model": "m", "config": {}})
+    job.set_progress("running", 1, 10, unit="step")  # this process stands for the job's: alive, in a long step
+    at = open_page(GENERATE)
+    at.button(key="cancel-gen-long").click().run()
+    assert job.cancel_requested()
+    card = texts(at.markdown)
+    assert "**cancelling…**" in card and "**running**" not in card
+    assert at.button(key="cancel-gen-long").disabled
+
+
+def test_the_annotators_name_survives_a_visit_to_another_page(ws):
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").set_value("alice").run()
+    at.switch_page("pages/9_Data.py").run()
+    at.switch_page("pages/5_Annotate.py").run()
+    assert not at.exception, at.exception
+    assert at.text_input(key="annotator").value == "alice"
+    assert "Type your name to start" not in texts(at.info)

@@ -1,4 +1,5 @@
 import contextlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -6,7 +7,7 @@ import textwrap
 import pytest
 
 from cai_core.jobs import JobFolder
-from cai_core.records import StepVerdict, Trace, TraceStep, to_row
+from cai_core.records import HumanLabel, Pair, StepVerdict, Trace, TraceStep, to_row
 from cai_core.store import MIGRATIONS, Store, StoreError, TraceFilter
 from cai_core.workspace import PROJECT_ROOT
 
@@ -198,3 +199,56 @@ def test_a_full_disk_is_a_clear_error_and_the_spooled_records_survive(workspace,
             f.write(b"\0" * 1_000_000)  # fill the disk to the last byte
         store.ingest(workspace.runs_dir)
     assert job.records_path("trace_steps").read_bytes() == spooled
+
+
+def fill_disk(folder, leave: int) -> None:
+    """Fill FOLDER's file system until LEAVE bytes are free."""
+    ballast = folder / "ballast"
+    ballast.unlink(missing_ok=True)
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with contextlib.suppress(OSError), open(ballast, "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def test_a_first_open_on_a_full_disk_leaves_no_file_that_cannot_be_opened(tmp_path):
+    with tmpfs(tmp_path / "full", "size=4m") as full:
+        fill_disk(full, 0)
+        with pytest.raises(StoreError, match="No space left on device"):
+            Store.open(full / "cai.duckdb").__enter__()
+        assert not (full / "cai.duckdb").exists()
+        (full / "ballast").unlink()  # space comes back: the app and the CLI open it as if nothing had happened
+        with Store.open(full / "cai.duckdb") as store:
+            assert store.schema_version == len(MIGRATIONS)
+
+
+def test_an_empty_database_file_left_by_a_failed_first_open_is_made_anew(workspace):
+    workspace.db_path.parent.mkdir(parents=True)
+    workspace.db_path.touch()  # what a first open on a full disk left before databases were made under another name
+    with Store.open(workspace) as store:
+        assert store.schema_version == len(MIGRATIONS)
+
+
+def test_no_full_disk_moment_during_a_label_save_loses_the_label(tmp_path):
+    """At every amount of space left, from none to more than a checkpoint needs, a label save either fails (the
+    caller still holds the label: the Annotate panel keeps it and sends it again) or is stored."""
+    pairs = [Pair(f"p{i:02d}", "q", "a", "b", "import", "f", i, "a", "b") for i in range(40)]
+    outcomes = {}
+    with tmpfs(tmp_path / "full", "size=8m") as full:
+        db = full / "cai.duckdb"
+        with Store.open(db) as store:
+            store.add_pairs(pairs)
+        for pair, leave in zip(pairs, [0, 1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 300, 400, 600, 1024], strict=False):
+            fill_disk(full, leave * 1024)
+            label = HumanLabel(pair.pair_id, "ann", "a", False, f"left {leave} KiB")
+            try:
+                with Store.open(db) as store:
+                    store.save_human_label(label)
+                outcomes[pair.pair_id] = "returned"
+            except StoreError:
+                outcomes[pair.pair_id] = "failed"
+        (full / "ballast").unlink()
+        with Store.open(db) as store:
+            stored = {label.pair_id for label in store.human_labels()}
+    returned = {pair_id for pair_id, outcome in outcomes.items() if outcome == "returned"}
+    assert returned - stored == set()  # a save that returned is stored
+    assert "failed" in outcomes.values() and returned  # the disk was full for some, not for all

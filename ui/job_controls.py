@@ -45,6 +45,11 @@ def cancel_job(job: JobFolder) -> None:
     flash("info", f"Asked {job.run_id} to stop; what it has done so far is kept.")
 
 
+def stopping(job: JobFolder, progress: Progress) -> bool:
+    """Asked to stop and not stopped yet (a cancel file on a stopped run is an old request)."""
+    return progress.status in ACTIVE and job.cancel_requested()
+
+
 def resume_job(job: JobFolder, start: Starter) -> None:
     start(job)
     st.session_state.setdefault("launched_at", {})[job.run_id] = time.time()
@@ -54,8 +59,10 @@ def resume_job(job: JobFolder, start: Starter) -> None:
 def job_status(job: JobFolder, progress: Progress, *, details: str, progress_text: str, show_message=True) -> None:
     """The job's name, kind and status, a line of details, its progress bar, and its last message: a failure's
     reason in full as literal text, anything else (where a cancelled job stopped, a score) as a caption."""
-    icon = STATUS_ICONS.get(progress.status, "")
-    st.markdown(f"{icon} **{progress.status}**")
+    if stopping(job, progress):  # the job reads the request at its next tick or batch: until then, say it was heard
+        st.markdown(f"{STATUS_ICONS['cancelled']} **cancelling…**")
+    else:
+        st.markdown(f"{STATUS_ICONS.get(progress.status, '')} **{progress.status}**")
     engines = job.engines()
     st.text(f"{job.run_id} · {job.spec['kind']} · {details}" + (f" · engine {engines}" if engines else ""))
     st.progress(progress.fraction, text=progress_text)
@@ -75,7 +82,7 @@ def job_buttons(job: JobFolder, progress: Progress, start: Starter, *, resumable
     actor = current_actor()
     if actor is None or not actor.is_operator:  # operators only: the job runner refuses anyone else anyway
         return
-    if progress.status in ACTIVE and st.button("Cancel", key=f"cancel-{job.run_id}"):
+    if progress.status in ACTIVE and st.button("Cancel", key=f"cancel-{job.run_id}", disabled=stopping(job, progress)):
         cancel_job(job)
         st.rerun()
     elif progress.status in ("failed", "cancelled") and resumable and st.button("Resume", key=f"resume-{job.run_id}"):

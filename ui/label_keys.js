@@ -34,8 +34,8 @@ function keep(labels) {
 // when the panel goes away: so one key listener per panel, which hands each key to the latest redraw's handler.
 function remembered(parentElement) {
   if (!panels.has(parentElement)) {
-    const unacknowledged = restored();
-    const panel = { unacknowledged, resend: unacknowledged.length > 0, shownPair: null, chosen: null };
+    // sent: the events of the labels last handed to the server (a new panel has sent none: it sends them again)
+    const panel = { unacknowledged: restored(), sent: new Set(), shownPair: null, chosen: null };
     panel.onKey = () => {};
     panel.listener = (event) => panel.onKey(event);
     document.addEventListener("keydown", panel.listener, true);
@@ -50,18 +50,16 @@ function typingInto(event) {
   return target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName);
 }
 
-// Enter on another of the page's controls (Undo, a link, an expander's title) belongs to that control.
+// Enter on another of the page's controls (Undo, a link, an expander's title, the panel's Discard) belongs to
+// that control.
 function onAnotherControl(event, root) {
   const target = event.composedPath()[0];
-  return target instanceof Element && Boolean(target.closest("button, a, summary")) && !root.contains(target);
+  const control = target instanceof Element && target.closest("button, a, summary");
+  return Boolean(control) && (!root.contains(control) || control.dataset.part === "discard");
 }
 
 export default function ({ data, parentElement, setStateValue }) {
   const panel = remembered(parentElement);
-  if (panel.resend) {
-    // kept from before a reload: only this annotator's (the tab may have changed hands since)
-    panel.unacknowledged = panel.unacknowledged.filter((label) => label.annotator === data.annotator);
-  }
   const root = parentElement.querySelector(".label-keys");
   const part = (name) => root.querySelector(`[data-part="${name}"]`);
   const recorded = new Set(data.recorded);
@@ -82,9 +80,35 @@ export default function ({ data, parentElement, setStateValue }) {
   // This function runs again on every redraw with new data: the handlers are this run's, so set them anew.
   for (const button of choiceButtons.children) button.onclick = () => choose(button.dataset.choice);
   part("submit").onclick = () => save();
+  part("discard").onclick = () => discardOthers();
+
+  // The labels to send: this name's, and those already on their way. A label made under another name (the tab
+  // changed hands, or the name was changed before the server had it) waits here until the name is set back or
+  // the person discards it: the server would refuse it, and dropping it unasked loses someone's work.
+  function sendable() {
+    return panel.unacknowledged.filter((label) => label.annotator === data.annotator || panel.sent.has(label.event));
+  }
+
+  function othersWaiting() {
+    const mine = new Set(sendable());
+    return panel.unacknowledged.filter((label) => !mine.has(label));
+  }
+
+  function send() {
+    const labels = sendable();
+    panel.sent = new Set(labels.map((label) => label.event));
+    setStateValue("labels", labels);
+  }
+
+  function discardOthers() {
+    const others = new Set(othersWaiting());
+    panel.unacknowledged = panel.unacknowledged.filter((label) => !others.has(label));
+    keep(panel.unacknowledged);
+    draw();
+  }
 
   function queue() {
-    const sent = new Set(panel.unacknowledged.map((label) => label.pair));
+    const sent = new Set(sendable().map((label) => label.pair));
     return data.pairs.filter((pair) => !sent.has(pair.id));
   }
 
@@ -104,7 +128,7 @@ export default function ({ data, parentElement, setStateValue }) {
     panel.shownPair = pair ? pair.id : null;
     part("pair").hidden = !pair;
     // The look-ahead ran out before the server refilled it: say so rather than show a pair already labelled.
-    part("loading").hidden = Boolean(pair) || !panel.unacknowledged.length;
+    part("loading").hidden = Boolean(pair) || !sendable().length;
     for (const button of choiceButtons.children) {
       const on = button.dataset.choice === panel.chosen;
       button.classList.toggle("chosen", on);
@@ -113,8 +137,18 @@ export default function ({ data, parentElement, setStateValue }) {
     part("submit").disabled = !panel.chosen;
     const titles = Object.fromEntries(data.choices.map(([choice, title]) => [choice, title]));
     part("hint").textContent = panel.chosen ? `Your choice: ${titles[panel.chosen]}. Enter saves it.` : data.hint;
-    const waiting = panel.unacknowledged.length;
-    part("status").textContent = waiting ? `Saving ${waiting} label${waiting === 1 ? "" : "s"}…` : "";
+    const saving = sendable().length;
+    part("status").textContent = saving ? `Saving ${saving} label${saving === 1 ? "" : "s"}…` : "";
+    const others = othersWaiting();
+    part("waiting").hidden = !others.length;
+    if (others.length) {
+      const names = [...new Set(others.map((label) => label.annotator))];
+      const count = others.length === 1 ? "1 label" : `${others.length} labels`;
+      part("waiting-text").textContent =
+        `${count} made as ${names.map((name) => JSON.stringify(name)).join(", ")} ` +
+        `${others.length === 1 ? "has" : "have"} not reached the server: ` +
+        `set the name back to ${names.length === 1 ? JSON.stringify(names[0]) : "it"} to send them, or`;
+    }
   }
 
   function choose(choice) {
@@ -135,7 +169,7 @@ export default function ({ data, parentElement, setStateValue }) {
     });
     keep(panel.unacknowledged);
     draw(); // the next pair, before the server has heard of this label
-    setStateValue("labels", panel.unacknowledged);
+    send();
   }
 
   function onKey(event) {
@@ -150,10 +184,8 @@ export default function ({ data, parentElement, setStateValue }) {
 
   panel.onKey = onKey;
   draw();
-  if (panel.resend) {
-    panel.resend = false;
-    if (panel.unacknowledged.length) setStateValue("labels", panel.unacknowledged);
-  }
+  // kept from before a reload or a restart, or this name's again after a change of name: send them
+  if (sendable().some((label) => !panel.sent.has(label.event))) send();
   return () => {
     document.removeEventListener("keydown", panel.listener, true);
     panels.delete(parentElement);

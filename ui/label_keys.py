@@ -6,7 +6,9 @@ the annotator: a label is made in the browser, the next pair shows from the look
 the server as the component's "labels" state, which lists every label the server has not acknowledged yet.
 Each label carries an event id; the server records an event once (`record_labels`), acknowledges it in the
 next draw, and refills the look-ahead. A rerun or a resend stores nothing twice, and the store keeps one
-label per pair and annotator whatever happens.
+label per pair and annotator whatever happens. Labels made under another name than the page's (the name was
+changed before the server had them, across a restart say) are kept in the tab, unsent, until the name is set
+back or the person discards them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ HTML = """
   </div>
   <p data-part="loading" class="caption" hidden>Loading the next pairs…</p>
   <p data-part="status" class="caption"></p>
+  <p data-part="waiting" class="caption" hidden><span data-part="waiting-text"></span>
+    <button type="button" data-part="discard">Discard them</button></p>
 </div>
 """
 

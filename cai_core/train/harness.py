@@ -539,7 +539,7 @@ def run_train_job(
     processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`."""
     ws = ws or Workspace.from_env()
     config = job_config(job)
-    progress = job.progress()
+    progress = job.recorded_progress()
     if progress.status == "done" and finished_model(job.path):
         return job
     if job.cancel_requested() and progress.status == "pending":

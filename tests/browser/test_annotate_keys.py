@@ -13,6 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from cai_core.jobs import JobFolder
 from cai_core.records import Pair, shown_swapped
 from cai_core.store import Store
 
@@ -213,3 +214,51 @@ def test_labels_the_server_never_heard_of_are_sent_again_after_a_reload(keys_app
         assert label.choice == ({"a": "b", "b": "a"}[choice] if label.shown_swapped else choice)
     expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+
+
+def test_labels_made_under_another_name_wait_in_the_tab_until_the_name_is_set_back(keys_app, page):
+    socket = HeldSocket(page)
+    open_annotate(page, keys_app, "before")
+    socket.hold = True
+    labelled = []
+    for key in ("1", "2", "3"):
+        labelled.append(part(page, "pair-id").inner_text().removeprefix("Pair "))
+        page.keyboard.press(key)
+        page.keyboard.press("Enter")
+    expect(part(page, "status")).to_have_text("Saving 3 labels…")
+    socket.held.clear()  # lost with the connection: the server restarts, the tab comes back
+    socket.hold = False
+    page.reload()
+    open_annotate(page, keys_app, "after")  # under another name
+    expect(part(page, "waiting")).to_contain_text('3 labels made as "before" have not reached the server')
+    expect(part(page, "status")).to_have_text("")  # nothing is sent under the new name
+    assert stored(keys_app, "before") == {} and stored(keys_app, "after") == {}
+
+    name = page.get_by_label("Your name")  # set back: the three are sent, and stored under it
+    name.fill("before")
+    name.press("Enter")
+    settle(page)
+    expect(part(page, "waiting")).to_be_hidden()
+    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    assert sorted(stored(keys_app, "before")) == sorted(labelled)
+
+
+def test_the_annotators_name_survives_a_visit_to_another_page(keys_app, page):
+    # a job running on the page visited: its panel redraws itself on a timer (a fragment rerun)
+    job = JobFolder.create(keys_app.workspace.runs_dir, "pairs-busy", {"kind": "pairs", "model": "m", "config": {}})
+    job.set_progress("running", 1, 10)  # this process stands for the job's: alive
+    open_annotate(page, keys_app, "traveller")
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("link", name="Data", exact=True).click()
+    wait_for_app(page)
+    expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
+    expect(page.get_by_text("pairs-busy")).to_be_visible()
+    page.wait_for_timeout(5_000)  # the panel redraws itself twice
+    sidebar.get_by_role("link", name="Train", exact=True).click()  # and on, to a page with no job running
+    wait_for_app(page)
+    sidebar.get_by_role("link", name="Annotate", exact=True).click()
+    wait_for_app(page)
+    expect(page.get_by_label("Your name")).to_have_value("traveller")
+    expect(part(page, "pair-id")).to_be_visible()
+    expect(page.get_by_text("Type your name to start")).to_have_count(0)
+    job.set_progress("done", 10, 10)
