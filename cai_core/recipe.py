@@ -45,11 +45,16 @@ class RecipeError(ValueError):
 @dataclass
 class RecipeConfig:
     name: str = field(default="cai-recipe", metadata={"help": "What the recipe is called in lists and reports."})
-    policy: str = field(default="default", metadata={"help": "The base model the first iteration starts from."})
-    critic: str | None = field(
-        default=None, metadata={"help": "Model that critiques and revises; the current policy when unset."}
+    policy: str = field(
+        default="default", metadata={"help": "The base model the first iteration starts from.", "model_spec": True}
     )
-    judge: str = field(default="default", metadata={"help": "Model that labels pairs and judges the evaluation."})
+    critic: str | None = field(
+        default=None,
+        metadata={"help": "Model that critiques and revises; the current policy when unset.", "model_spec": True},
+    )
+    judge: str = field(
+        default="default", metadata={"help": "Model that labels pairs and judges the evaluation.", "model_spec": True}
+    )
     constitution: str = field(default="constitutions/hhh.yaml", metadata={"help": "The constitution YAML."})
     red_team_prompts: str = field(default="data/demo_prompts.jsonl", metadata={"help": "Harmful prompts."})
     helpful_prompts: str | None = field(default=None, metadata={"help": "Helpful prompts mixed in, if any."})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..backends import MODEL_SPEC_HELP
 from ..pairs import LABEL_FORMATS
 from ..store import Store
 from ..workspace import Workspace
@@ -208,6 +209,9 @@ def add_parsers(sub) -> None:
         help="Calibrate a label run's judge: its prior on content-free pairs and a Platt fit on human labels.",
     )
     p.add_argument("--run-id", help="The label run (its judge, constitution and settings are asked again).")
-    p.add_argument("--model", help="Ask this judge model for the priors instead of the run's (e.g. another engine).")
+    p.add_argument(
+        "--model",
+        help=f"Ask this judge model for the priors instead of the run's (e.g. another engine). {MODEL_SPEC_HELP}",
+    )
     p.add_argument("--list", action="store_true", help="List the stored calibrations and their reports.")
     p.set_defaults(func=cmd_calibrate)
