@@ -11,6 +11,7 @@ with the shared job controls of the Generate and Train pages.
 """
 
 import math
+import time
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -32,6 +33,7 @@ ss = st.session_state
 
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
+DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for labels that have landed
 
 
 def start(job: JobFolder) -> None:
@@ -41,6 +43,21 @@ def start(job: JobFolder) -> None:
 
 def label_jobs() -> list[JobFolder]:
     return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"][:SHOWN_LABEL_RUNS]
+
+
+def labels_spooled() -> int:
+    """How many labels the shown label runs have written so far (their progress counts what they spooled)."""
+    return sum(job.progress().done for job in label_jobs())
+
+
+def labels_landed() -> bool:
+    """Whether the label runs have written labels since the dashboard was drawn, and it is time to draw it again:
+    the whole page is then redrawn, which takes them in (`connect` ingests them). At most every
+    DASHBOARD_SECONDS, so that a fast run does not keep the whole page busy redrawing."""
+    return (
+        labels_spooled() > ss.get("labels_drawn", 0)
+        and time.monotonic() - ss.get("dashboard_drawn_at", 0.0) >= DASHBOARD_SECONDS
+    )
 
 
 def describe_labelling(job: JobFolder, progress) -> tuple[str, str]:
@@ -97,7 +114,14 @@ def label_launcher(store) -> None:
                 st.success(md_escape(f"Started {job.run_id}. Its labels join the dashboard as they land."))
             else:
                 st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
-    job_cards(label_jobs, start, describe_labelling, empty="No labelling runs yet.", refresh_key="refresh_label_runs")
+    job_cards(
+        label_jobs,
+        start,
+        describe_labelling,
+        empty="No labelling runs yet.",
+        refresh_key="refresh_label_runs",
+        redraw_page=labels_landed,
+    )
 
 
 def shown(value) -> str:
@@ -116,6 +140,8 @@ def pick_many(label: str, options: list[str], key: str, default: list[str] | Non
 st.title("Agreement")
 show_flash()
 
+# counted before `connect` ingests: a label spooled in between is taken in now and redraws the page once more
+ss["labels_drawn"], ss["dashboard_drawn_at"] = labels_spooled(), time.monotonic()
 with connect(ws) as store:
     # People's labels come in on the Annotate page, or from a file on the Data page: one import, one owner.
     st.page_link(
