@@ -181,15 +181,17 @@ def judge_figures(cells: list[dict], bins: int) -> JudgeFigures:
     entries = _long(cells)
     binary = [e for e in entries if e[0] in ("a", "b") and e[2] is not None]
     reliability = _reliability(entries, bins)
+    confusion = _confusion(binary, 2).to_numpy()
     return JudgeFigures(
         both_orders=int(sum(c["both_orders"] for c in cells)),
         consistent=int(sum(c["consistent"] for c in cells)),
         first_picks=int(sum(c["firsts"] or 0 for c in cells)),
         agreeing=int(sum(e[4] for e in binary if e[0] == e[2])),
         compared=int(sum(e[4] for e in binary)),
-        kappa=cohen_kappa(_confusion(binary, 2)) if binary else None,
+        kappa=cohen_kappa(confusion) if binary else None,
         ece=reliability.ece,
         ece_labels=reliability.n,
+        kappa_one_sided=bool(binary) and min((confusion.sum(0) > 0).sum(), (confusion.sum(1) > 0).sum()) < 2,
     )
 
 

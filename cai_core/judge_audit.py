@@ -40,12 +40,13 @@ Z95 = 1.959964
 @dataclass(frozen=True)
 class Estimate:
     value: float
-    low: float
-    high: float
+    low: float | None  # None, with high, where no interval is defined
+    high: float | None
     n: int
 
     def __str__(self) -> str:
-        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
+        interval = "interval undefined" if self.low is None or self.high is None else f"{self.low:.2f}, {self.high:.2f}"
+        return f"{self.value:.2f} [{interval}] (n={self.n})"
 
 
 def wilson(successes: float, n: int) -> Estimate | None:
@@ -133,6 +134,8 @@ class JudgeFigures:
     kappa: float | None
     ece: float | None
     ece_labels: int
+    # the judge, or the people, gave one verdict (a or b) throughout: kappa is then 0 whatever the agreement
+    kappa_one_sided: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,10 +179,11 @@ class Verdict:
 
 
 def _kappa_interval(kappa: float, po: float, n: int) -> tuple[float, float]:
-    """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa."""
+    """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa, held
+    to [-1, 1], where kappa lives: on a few labels the normal approximation reaches past both ends."""
     pe = (po - kappa) / (1 - kappa) if kappa < 1 else po
     se = math.sqrt(max(po * (1 - po), 0.0) / n) / max(1 - pe, 1e-9)
-    return kappa - Z95 * se, kappa + Z95 * se
+    return max(-1.0, kappa - Z95 * se), min(1.0, kappa + Z95 * se)
 
 
 def judge_verdict(f: JudgeFigures) -> Verdict:
@@ -216,7 +220,13 @@ def judge_verdict(f: JudgeFigures) -> Verdict:
         agree.low if agree else None,
         f"{agree} of human a/b labels match the judge" if agree else "no pair has both an AI and a human label",
     )
-    if f.kappa is not None and agree is not None:
+    if f.kappa is not None and agree is not None and f.kappa_one_sided:
+        # po = pe exactly, so kappa is 0 by construction and its standard error divides by 1 - pe, near 0: it
+        # measures nothing here, and grading it would judge the judge on an artefact
+        kappa = Estimate(f.kappa, None, None, agree.n)
+        explanation = f"{kappa}: the judge or the people gave one verdict throughout, so kappa is 0 whatever they agree"
+        signals.append(Signal("Cohen's kappa", kappa, "unknown", "undefined: " + explanation))
+    elif f.kappa is not None and agree is not None:
         low, high = _kappa_interval(f.kappa, agree.value, agree.n)
         kappa = Estimate(f.kappa, low, high, agree.n)
         add("Cohen's kappa", kappa, kappa.value, f"{kappa} beyond chance")

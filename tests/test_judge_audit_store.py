@@ -270,3 +270,28 @@ def test_a_stored_calibration_reads_the_same_in_sql_as_in_python_on_every_door(w
     )
     shown = capsys.readouterr().out
     assert "through calibration cal-hand" in shown and "per-principle audit" in shown and "tone" in shown
+
+
+def kappa_signal(board):
+    return next(row for row in board.verdict.table() if row["signal"] == "Cohen's kappa")
+
+
+def test_kappa_of_a_judge_that_always_says_a_has_no_interval_and_none_leaves_minus_one_to_one(workspace):
+    # the judge picks a on all five pairs, people a on four: kappa is 0 whatever it agrees, as the issue saw it
+    load_label_run(workspace, "run-one-sided", [(0.9, 0.1)] * 5)
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs(5))
+        store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "a" if i else "b", False, "") for i in range(5)])
+        store.ingest(workspace.runs_dir)
+        board = dashboard(store, run_id="run-one-sided")
+    assert board.overall["kappa"] == 0
+    estimate = kappa_signal(board)["estimate"]
+    assert "undefined" in estimate and "1.75" not in estimate, estimate
+
+    # a judge that uses both verdicts on few pairs: the interval is Cohen's, held inside [-1, 1]
+    load_label_run(workspace, "run-few", [(0.9, 0.1), (0.1, 0.9), (0.9, 0.1), (0.9, 0.1), (0.1, 0.9)])
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        board = dashboard(store, run_id="run-few")
+    signal = next(s for s in board.verdict.signals if s.name == "Cohen's kappa")
+    assert -1 <= signal.estimate.low <= signal.estimate.value <= signal.estimate.high <= 1, signal.estimate
