@@ -281,6 +281,14 @@ def disagreements(store: Store, *, run_id: str | None = None, limit: int = 50) -
     return store.disagreements(_run_filter(run_id), limit)
 
 
+def judge_model_verdict(store: Store, judge_model: str, tie_band: float = 0.05, bins: int = 10) -> Verdict:
+    """The verdict on a judge model over every AI label it gave (all its runs): how far to trust what else it
+    judged, such as an evaluation's win rates. The dashboard's verdict, for one judge model's labels."""
+    store.count_human_labels()
+    cells = store.agreement_cells(LabelFilter(judge_models=(judge_model,)), tie_band, bins)
+    return judge_verdict(judge_figures([c for c in cells if c["k_run"] is not None], bins))
+
+
 def dashboard(
     store: Store,
     *,
