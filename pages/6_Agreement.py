@@ -17,7 +17,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cai_core.agreement import dashboard, label_facets
+from cai_core.agreement import COLUMN_WORDS, dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
@@ -131,6 +131,22 @@ def shown(value) -> str:
     return f"{float(value):.3f}"
 
 
+def table(rows, **kwargs) -> None:
+    """A dashboard table (a frame, or rows as dicts) without its index, its columns named in words, each with its
+    meaning on hover (`COLUMN_WORDS`)."""
+    columns = rows.columns if hasattr(rows, "columns") else list(rows[0]) if rows else []
+    words = {
+        column: st.column_config.Column(label, help=meaning)
+        for column in columns
+        if column in COLUMN_WORDS
+        for label, meaning in [COLUMN_WORDS[column]]
+    }
+    st.dataframe(rows, hide_index=True, column_config=words, **kwargs)
+
+
+CHART_WORDS = {column: label for column, (label, _) in COLUMN_WORDS.items()}
+
+
 def pick_many(label: str, options: list[str], key: str, default: list[str] | None = None) -> list[str]:
     """A filter: none chosen keeps everything. Choices no longer on offer (another data folder) are dropped."""
     ss[key] = [v for v in ss.get(key, default or []) if v in options]
@@ -220,7 +236,7 @@ verdict = board.verdict
 show = {"trustworthy": st.success, "weak": st.warning, "unreliable": st.warning}.get(verdict.name, st.info)
 show(md_escape(verdict.headline()), icon=":material/gavel:" if verdict.name != "unreliable" else ":material/block:")
 with st.expander("Why, against which thresholds, and what to do", expanded=verdict.name != "trustworthy"):
-    st.dataframe(verdict.table(), hide_index=True, key="verdict_table")
+    table(verdict.table(), key="verdict_table")
     for advice in verdict.advice:
         st.text(f"• {advice}")
 
@@ -235,14 +251,7 @@ if calibration is not None:
         f"{report['n_held_out']} held out (a hash of the pair id keeps them out of the fit). Every other figure on "
         "this page now reads the labels through it, the fitted pairs included."
     )
-    st.dataframe(
-        [{"stage": stage, **report[stage]} for stage in CALIBRATION_STAGES],
-        hide_index=True,
-        key="calibration_report",
-        column_config={
-            "stage": st.column_config.TextColumn(help="before; contextual: prior divided out; after: then Platt")
-        },
-    )
+    table([{"stage": stage, **report[stage]} for stage in CALIBRATION_STAGES], key="calibration_report")
     st.text(
         "Prior P(first shown) on content-free pairs, order 1 / order 2: "
         + ", ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in sorted(chosen.priors.items()))
@@ -285,7 +294,14 @@ if by_principle.empty:
     cols[0].caption("No per-principle agreement to show.")
 else:
     cols[0].plotly_chart(
-        px.bar(by_principle, x="principle_id", y="agreement", range_y=[0, 1], title="Agreement by principle"),
+        px.bar(
+            by_principle,
+            x="principle_id",
+            y="agreement",
+            range_y=[0, 1],
+            title="Agreement by principle",
+            labels=CHART_WORDS,
+        ),
         key="chart_principle",
     )
 by_model = board.by_model.dropna(subset=["agreement"])
@@ -293,7 +309,14 @@ if by_model.empty:
     cols[1].caption("No per-model agreement to show.")
 else:
     cols[1].plotly_chart(
-        px.bar(by_model, x="judge_model", y="agreement", range_y=[0, 1], title="Agreement by judge model"),
+        px.bar(
+            by_model,
+            x="judge_model",
+            y="agreement",
+            range_y=[0, 1],
+            title="Agreement by judge model",
+            labels=CHART_WORDS,
+        ),
         key="chart_model",
     )
 
@@ -329,7 +352,7 @@ st.caption(
 if board.principle_audit.empty:
     st.caption("No per-principle labels to audit.")
 else:
-    st.dataframe(board.principle_audit, hide_index=True, key="principle_audit")
+    table(board.principle_audit, key="principle_audit")
 
 st.subheader("Disagreement-first annotation")
 if tightening.empty:
@@ -379,8 +402,8 @@ else:
     st.plotly_chart(chart, key="chart_queue")
 
 with st.expander("Each run, judge model and constitution version in the selection"):
-    st.dataframe(selected, hide_index=True)
-    st.dataframe(board.by_version, hide_index=True)
+    table(selected)
+    table(board.by_version)
 
 # --- disagreements ------------------------------------------------------------------------------------
 st.subheader("Disagreements")

@@ -452,3 +452,32 @@ def test_a_label_sent_as_the_name_changes_is_filed_under_the_annotator_it_was_ha
         assert [
             (lb.annotator, lb.pair_id) for lb in store.human_labels(pair_id=head) if lb.annotator in {"nia", "ola"}
         ] == [("nia", head)]
+
+
+@pytest.fixture
+def seeded_ws(tmp_path, monkeypatch) -> Workspace:
+    """The browser tests' seed (30 pairs and a finished AI label run over them) and a person's label on each."""
+    from .browser.seed import seed_pairs, seeded_data
+
+    workspace = seeded_data(tmp_path)
+    found = seed_pairs(workspace, tmp_path / "constitutions" / "hhh.yaml")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        store.import_human_labels([HumanLabel(p.pair_id, "ann", "ab"[i % 2]) for i, p in enumerate(found)])
+    return workspace
+
+
+def test_the_agreement_tables_name_their_columns_in_words_with_help(seeded_ws):
+    at = open_page(AGREEMENT)
+    shown = {}
+    for table in at.dataframe:
+        config = json.loads(table.proto.columns or "{}")
+        for column in table.value.columns:
+            shown[column] = config.get(column, {})
+    assert {"principle_id", "agreement_low", "first_position_rate", "flip_rate", "run_id"} <= set(shown)
+    raw = {column: c for column, c in shown.items() if "_" in c.get("label", column) or not c.get("help")}
+    assert raw == {}, raw
+    assert shown["flip_rate"]["label"] == "Flip rate"
