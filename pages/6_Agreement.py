@@ -21,11 +21,10 @@ from cai_core.agreement import COLUMN_WORDS, dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
-from cai_core.store import StoreError
+from cai_core.judge_audit import CALIBRATION_STAGES, CalibrateConfig, prepare_calibration_job, queue_tightening
 from ui.job_controls import ACTIVE, job_cards, launch_job
 from ui.settings import connect, follow_context, setup
-from ui.text import count, flash, md_escape, show_flash, show_text, when
+from ui.text import count, md_escape, show_flash, show_text, when
 
 settings = setup("Agreement")
 ws = settings.workspace
@@ -57,6 +56,18 @@ def labels_landed() -> bool:
     return (
         labels_spooled() > ss.get("labels_drawn", 0)
         and time.monotonic() - ss.get("dashboard_drawn_at", 0.0) >= DASHBOARD_SECONDS
+    )
+
+
+def calibration_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "calibrate"][:SHOWN_LABEL_RUNS]
+
+
+def describe_calibration(job: JobFolder, progress) -> tuple[str, str]:
+    return (
+        f"label run {job.spec['config']['label_run']} · judge {job.spec['model']} · started "
+        f"{when(job.spec['created_at'])}",
+        f"{progress.done}/{progress.total} steps: each principle's prior, then the fit",
     )
 
 
@@ -190,8 +201,10 @@ with connect(ws) as store:
         principles = pick_many("Principles", facets.principles, "filter_principles")
     calibrations = store.calibrations()
     NO_CALIBRATION = "none: the judge's own probabilities"
-    if "fitted_calibration" in ss:  # a widget's value can only be set before it is drawn
-        ss["calibration"] = ss.pop("fitted_calibration")
+    if ss.get("calibrating") in set(
+        calibrations.calibration_id
+    ):  # its job has ended and the store has taken it in: show it
+        ss["calibration"] = ss.pop("calibrating")  # a widget's value can only be set before it is drawn
     cols = st.columns([3, 2])
     calibration = cols[0].selectbox(
         "Read the labels through a calibration",
@@ -202,16 +215,25 @@ with connect(ws) as store:
     )
     calibration = None if calibration == NO_CALIBRATION else calibration
     fit_run = cols[1].selectbox("Label run to calibrate", facets.run_ids, key="calibrate_run")
-    if cols[1].button("Fit a calibration", key="fit_calibration", help="As `cai calibrate --run-id RUN`."):
+    if cols[1].button(
+        "Fit a calibration",
+        key="fit_calibration",
+        help="As `cai calibrate --run-id RUN --background`: asks the run's judge for its prior on content-free "
+        "pairs, one principle at a time, then fits Platt. It runs as a job: its card shows its progress.",
+    ):
         try:
-            with st.spinner(f"Asking {fit_run}'s judge for its prior on content-free pairs, then fitting Platt…"):
-                fitted, _ = calibrate_run(store, ws, fit_run)
-        except (StoreError, OSError, ValueError, KeyError) as exc:
+            job = prepare_calibration_job(CalibrateConfig(label_run=fit_run), ws, store)
+        except (OSError, ValueError) as exc:
             st.error(md_escape(f"Not calibrated: {exc}"))
         else:
-            ss["fitted_calibration"] = fitted
-            flash("success", f"Stored calibration {fitted}; every figure below now reads the labels through it.")
-            st.rerun()
+            ss["calibrating"] = job.run_id
+            if job.run_id in set(calibrations.calibration_id):
+                st.info(md_escape(f"{job.run_id} is fitted already on these labels: choose it above."))
+            elif not launch_job(job, start):
+                st.info(md_escape(f"{job.run_id} is already running."))
+    if calibration_jobs():
+        with st.expander("Calibration runs", expanded=any(j.progress().status in ACTIVE for j in calibration_jobs())):
+            job_cards(calibration_jobs, start, describe_calibration, empty="", refresh_key="refresh_calibrations")
     board = dashboard(
         store,
         run_ids=run_ids,

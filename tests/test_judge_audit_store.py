@@ -4,6 +4,7 @@ per-principle audit with the revision effects of SL-CAI traces."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -29,7 +30,7 @@ from cai_core.judge_audit import (
     queue_tightening,
     score_queue,
 )
-from cai_core.records import AILabel, HumanLabel, Pair, RoundJudgment, to_row
+from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJudgment, StoredCalibration, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -241,20 +242,17 @@ def test_a_stored_calibration_reads_the_same_in_sql_as_in_python_on_every_door(w
     JobFolder(workspace.runs_dir / "run-s").append("ai_labels", rows)
     calibration = JudgeCalibration({"harm": (0.8, 0.7)}, PlattScaling(0.6, -0.2), {})  # "tone": no prior measured
     report = {s: {"agreement": 0.5, "ece": 0.1, "swap_consistency": 0.2} for s in CALIBRATION_STAGES}
+    # spooled as a calibration job spools them
+    fitted = JobFolder.create(workspace.runs_dir, "cal-hand", {"kind": "calibrate", "model": "j", "config": {}})
+    fitted.append("calibration_priors", [to_row(CalibrationPrior("cal-hand", "harm", 0.8, 0.7))])
+    stored = StoredCalibration(
+        "cal-hand", "run-s", "j", "v1", 0.6, -0.2, json.dumps(report | {"n_fit": 20, "n_held_out": 10})
+    )
+    fitted.append("judge_calibrations", [to_row(stored)])
     with Store.open(workspace) as store:
         store.add_pairs(pairs(30))
         store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "ab"[i % 2], False, "") for i in range(30)])
         store.ingest(workspace.runs_dir)
-        store.save_calibration(
-            "cal-hand",
-            run_id="run-s",
-            judge_model="j",
-            constitution_version="v1",
-            slope=0.6,
-            bias=-0.2,
-            report=report | {"n_fit": 20, "n_held_out": 10},
-            priors=calibration.priors,
-        )
         exported = store.pair_preferences("run-s", calibration_id="cal-hand").set_index("pair_id")
     p1, p2 = np.array(probabilities).T
     q1, q2 = calibration.apply(p1, p2, ["harm"] * 15 + ["tone"] * 15)
