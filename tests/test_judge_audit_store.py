@@ -293,3 +293,38 @@ def test_kappa_of_a_judge_that_always_says_a_has_no_interval_and_none_leaves_min
         board = dashboard(store, run_id="run-few")
     signal = next(s for s in board.verdict.signals if s.name == "Cohen's kappa")
     assert -1 <= signal.estimate.low <= signal.estimate.value <= signal.estimate.high <= 1, signal.estimate
+
+
+def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_where_it_stopped(workspace, tiny):
+    from cai_core.judge_audit import CalibrateConfig, prepare_calibration_job, run_calibration
+
+    found = pairs(12)
+    with Store.open(workspace) as store:
+        store.add_pairs(found)
+        store.import_human_labels([HumanLabel(p.pair_id, "ann", "ab"[i % 2], False, "") for i, p in enumerate(found)])
+    labels = run_labelling(
+        LabelConfig(constitution=FIVE_PRINCIPLES, model="tiny", strategy="ensemble"), workspace, backend=tiny
+    )
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        job = prepare_calibration_job(CalibrateConfig(label_run=labels.run_id), workspace, store)
+    seen = []
+
+    def cancel_after_the_first_principle(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 1:
+            job.request_cancel()
+
+    config = CalibrateConfig(**job.spec["config"])
+    run_calibration(config, workspace, backend=tiny, on_progress=cancel_after_the_first_principle)
+    stopped = job.progress()
+    principles = len(load_constitution(FIVE_PRINCIPLES).enabled_principles)
+    assert (stopped.status, stopped.done, stopped.total, stopped.unit) == ("cancelled", 1, principles + 1, "step")
+    assert stopped.rate and stopped.elapsed is not None  # the card's rate and elapsed time
+    assert len(job.read("calibration_priors")) == 1 and not job.records_path("judge_calibrations").exists()
+
+    run_calibration(config, workspace, backend=tiny)  # resumed: the other principles, then the fit
+    assert job.progress().status == "done" and len(job.read("calibration_priors")) == principles
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        assert list(store.calibrations().calibration_id) == [job.run_id]
