@@ -602,6 +602,10 @@ def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
     if rows.empty:
         raise ValueError(f"label run {run_id!r}: no pair it judged in both orders has a person's a or b label")
     spec = label_job.spec
+    if "constitution" not in spec:
+        raise ValueError(
+            f"label run {run_id!r}: its run.json holds no constitution, so its judge cannot be asked again"
+        )
     fitted_on = hashlib.sha256((rows.to_csv(index=False) + (config.model or "")).encode()).hexdigest()[:8]
     calibrated = {
         "label_run": run_id,

@@ -201,10 +201,10 @@ with connect(ws) as store:
         principles = pick_many("Principles", facets.principles, "filter_principles")
     calibrations = store.calibrations()
     NO_CALIBRATION = "none: the judge's own probabilities"
-    if ss.get("calibrating") in set(
-        calibrations.calibration_id
-    ):  # its job has ended and the store has taken it in: show it
-        ss["calibration"] = ss.pop("calibrating")  # a widget's value can only be set before it is drawn
+    # the calibration this session started, once its job has ended and the store has taken it in: show it (a
+    # widget's value can only be set before it is drawn)
+    if ss.get("calibrating") in set(calibrations.calibration_id):
+        ss["calibration"] = ss.pop("calibrating")
     cols = st.columns([3, 2])
     calibration = cols[0].selectbox(
         "Read the labels through a calibration",

@@ -328,3 +328,13 @@ def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_wher
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         assert list(store.calibrations().calibration_id) == [job.run_id]
+
+
+def test_calibrating_a_run_whose_folder_keeps_no_constitution_says_so(workspace):
+    load_label_run(workspace, "run-bare", [(0.8, 0.3)] * 4)
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs(4))
+        store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "a", False, "") for i in range(4)])
+        store.ingest(workspace.runs_dir)
+        with pytest.raises(ValueError, match="'run-bare': its run.json holds no constitution"):
+            calibrate_run(store, workspace, "run-bare")
