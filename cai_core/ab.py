@@ -75,14 +75,16 @@ class ABConfig:
         metadata={"help": "Evaluation sets (red-team, benign, or FILE#options): their categories and labels."},
     )
     limit: int | None = field(default=None, metadata={"help": "Use the first N prompts of each set and label."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "The model that answers, critiques and revises."})
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "The model that answers, critiques and revises.", "model_spec": True}
+    )
     rounds: int | None = field(
         default=None, metadata={"help": "Critique→revision rounds for both; each constitution's default when unset."}
     )
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer, critique or revision."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the same seeds for both)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and principle choice, the same for both."})
-    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     judge_constitution: str | None = field(
         default=None,
         metadata={
@@ -100,7 +102,7 @@ class ABJudgeConfig:
     """The judge stage of an A/B: its pairs are copied into its folder when the A/B prepares it."""
 
     constitution: str = field(metadata={"help": "The judging constitution's YAML (the neutral one or a third)."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
     run_id: str | None = field(default=None, metadata={"help": "The stage's run id (the A/B's id + '-judge')."})
 

@@ -54,6 +54,56 @@ TABLE_COLUMNS = [
     "ece",
 ]
 
+# What the dashboard's tables call each column in words, and what it means: (label, help). The tables keep their
+# names (the CLI prints them, and code reads them); a page shows these.
+COLUMN_WORDS = {
+    "run_id": ("Label run", "The AI labelling run (its folder under runs/)."),
+    "judge_model": ("Judge model", "The model that gave the AI labels."),
+    "constitution_version": ("Constitution version", "The version (a hash) of the constitution the judge read."),
+    "strategy": ("Principles asked", "sample: one principle per pair; ensemble: every enabled one, averaged."),
+    "cot": ("Reasoned first", "Whether the judge reasoned before its verdict (chain of thought)."),
+    "principle_id": ("Principle", "The constitution's principle the judge was asked under."),
+    "pairs": ("AI labels", "Labels the judge gave: one per pair, or one per pair and principle in the principle rows."),
+    "labels": ("AI labels", "Labels the judge gave under this principle."),
+    "failed": ("Failed", "Labels for which the judge gave no readable answer."),
+    "labels_no_ties": ("Compared (no ties)", "People's a/b labels on pairs the judge decided, ties left out."),
+    "human_labels": ("People's labels", "People's a/b labels on the pairs the judge labelled under it."),
+    "agreement": ("Agreement", "Share of people's a/b labels the judge's verdict matches, ties left out; 0.5: chance."),
+    "agreement_low": ("Agreement, 95% low", "Lower end of the agreement's Wilson 95% interval."),
+    "agreement_high": ("Agreement, 95% high", "Upper end of the agreement's Wilson 95% interval."),
+    "kappa": ("Cohen's kappa", "Agreement beyond chance, ties left out: 0 is chance, 1 perfect."),
+    "labels_with_ties": ("Compared (with ties)", "People's labels of every kind (tie and both bad count as tie)."),
+    "agreement_with_ties": (
+        "Agreement (with ties)",
+        "As agreement, with the judge's tie band and people's ties counted as a third verdict.",
+    ),
+    "kappa_with_ties": ("Kappa (with ties)", "Cohen's kappa over the three verdicts a, b and tie."),
+    "position_consistency": ("Swap consistency", "Share of pairs whose winner survives swapping the answers' places."),
+    "swap_consistency": ("Swap consistency", "Share of pairs whose winner survives swapping the answers' places."),
+    "first_position_rate": (
+        "First-position rate",
+        "How often the judge picks whichever answer is shown first; 0.5 is unbiased.",
+    ),
+    "position_bias": ("Position bias", "The first-position rate's distance from 0.5."),
+    "flip_rate": ("Flip rate", "How often its choice changes when the answers swap places."),
+    "ece": (
+        "Calibration error",
+        "Expected calibration error (ECE): how far P(a better) is from how often people chose a.",
+    ),
+    "revision_p_better": (
+        "Revision P(better)",
+        "How often its SL-CAI revisions beat the answer before them, as a rounds evaluation judged; 0.5: no change.",
+    ),
+    "revisions_judged": ("Revisions judged", "SL-CAI revisions under it that a rounds evaluation judged."),
+    "finding": ("Finding", "What fails the verdict's thresholds: the principles to rewrite first."),
+    "stage": ("Stage", "before: the judge's own; contextual: its prior divided out; after: then Platt scaling."),
+    "signal": ("Signal", "What the verdict measures of the judge."),
+    "estimate": ("Estimate", "The measured value, its 95% interval and how many labels it rests on."),
+    "grade": ("Grade", "good, weak or poor against the thresholds; unknown where not measured."),
+    "good / weak": ("Good / weak", "The thresholds: at or beyond the first is good, the second weak, else poor."),
+    "threshold from": ("Threshold from", "Where the thresholds come from."),
+}
+
 
 @dataclass(frozen=True)
 class Alpha:
@@ -181,15 +231,17 @@ def judge_figures(cells: list[dict], bins: int) -> JudgeFigures:
     entries = _long(cells)
     binary = [e for e in entries if e[0] in ("a", "b") and e[2] is not None]
     reliability = _reliability(entries, bins)
+    confusion = _confusion(binary, 2).to_numpy()
     return JudgeFigures(
         both_orders=int(sum(c["both_orders"] for c in cells)),
         consistent=int(sum(c["consistent"] for c in cells)),
         first_picks=int(sum(c["firsts"] or 0 for c in cells)),
         agreeing=int(sum(e[4] for e in binary if e[0] == e[2])),
         compared=int(sum(e[4] for e in binary)),
-        kappa=cohen_kappa(_confusion(binary, 2)) if binary else None,
+        kappa=cohen_kappa(confusion) if binary else None,
         ece=reliability.ece,
         ece_labels=reliability.n,
+        kappa_one_sided=bool(binary) and min((confusion.sum(0) > 0).sum(), (confusion.sum(1) > 0).sum()) < 2,
     )
 
 
@@ -277,6 +329,14 @@ def disagreements(store: Store, *, run_id: str | None = None, limit: int = 50) -
     with both responses, the labels and the judge's per-order probabilities."""
     store.count_human_labels()
     return store.disagreements(_run_filter(run_id), limit)
+
+
+def judge_model_verdict(store: Store, judge_model: str, tie_band: float = 0.05, bins: int = 10) -> Verdict:
+    """The verdict on a judge model over every AI label it gave (all its runs): how far to trust what else it
+    judged, such as an evaluation's win rates. The dashboard's verdict, for one judge model's labels."""
+    store.count_human_labels()
+    cells = store.agreement_cells(LabelFilter(judge_models=(judge_model,)), tie_band, bins)
+    return judge_verdict(judge_figures([c for c in cells if c["k_run"] is not None], bins))
 
 
 def dashboard(

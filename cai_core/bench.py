@@ -37,7 +37,7 @@ class BenchConfig:
     """`cai bench generate`'s settings; each field is a flag. Unset sizes take the mode's defaults: fixed lengths
     (32 prompts, 3 rounds, exactly 32 tokens) or `--realistic` (64 prompts, 4 rounds, at most 128 tokens)."""
 
-    model: str = field(default="default", metadata={"help": "Model spec, on every side."})
+    model: str = field(default="default", metadata={"help": "Model spec, on every side.", "model_spec": True})
     realistic: bool = field(
         default=False,
         metadata={

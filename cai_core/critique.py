@@ -30,12 +30,15 @@ from .workspace import Workspace
 class GenerateConfig:
     constitution: str = field(metadata={"help": "Path of the constitution YAML."})
     prompts: str = field(metadata={"help": "Prompt source: .jsonl/.csv/.txt, a datasets folder, or hf:NAME[:SPLIT]."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Policy model spec (answers the prompts)."})
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Policy model spec (answers the prompts).", "model_spec": True}
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = field(
         default="auto", metadata={"help": "Local models' precision; auto: bf16 on a GPU, fp32 on a CPU."}
     )
     critic_model: str | None = field(
-        default=None, metadata={"help": "Model that critiques and revises; the policy model when unset."}
+        default=None,
+        metadata={"help": "Model that critiques and revises; the policy model when unset.", "model_spec": True},
     )
     rounds: int | None = field(default=None, metadata={"help": "Critique→revision rounds; constitution default."})
     samples: int = field(default=1, metadata={"help": "Independent traces per prompt."})

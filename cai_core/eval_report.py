@@ -10,7 +10,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from .agreement import judge_model_verdict
 from .evaluation import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
+from .judge_audit import Verdict
 from .store import Store
 
 
@@ -26,6 +28,17 @@ class EvalSummary:
     principles: pd.DataFrame
     rounds: pd.DataFrame
     settings: dict[str, dict] = field(default_factory=dict)  # run id -> what the run was asked to do
+    judge_verdicts: dict[str, Verdict] = field(default_factory=dict)  # judge model -> its audit's verdict
+
+    def caveats(self) -> list[str]:
+        """What to say beside the judged figures: one line for each judge whose audit finds it unreliable."""
+        return [
+            f"The judge {judge} is unreliable by its audit on the Agreement page (poor: "
+            f"{', '.join(s.name for s in verdict.signals if s.grade == 'poor')}), so the win rates and other judged "
+            "figures here may tell more about the judge than about the models."
+            for judge, verdict in self.judge_verdicts.items()
+            if verdict.name == "unreliable"
+        ]
 
     def tables(self) -> list[tuple[str, pd.DataFrame]]:
         """The figures behind the charts, titled, leaving out those with no data."""
@@ -52,6 +65,7 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
         for row in runs.itertuples()
         if row.run_id in (run_id, rounds_run_id)
     }
+    judges = sorted({*_judges(judgments), *_judges(round_judgments)})
     return EvalSummary(
         run_id=run_id,
         rounds_run_id=rounds_run_id,
@@ -63,6 +77,7 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
         principles=principle_effects(round_judgments) if has_rounds else empty,
         rounds=quality_by_round(round_judgments) if has_rounds else empty,
         settings=settings,
+        judge_verdicts={judge: judge_model_verdict(store, judge) for judge in judges},
     )
 
 
@@ -73,6 +88,10 @@ def chart_text(values):
     if isinstance(values, str):
         return html.escape(values, quote=False)
     return values.astype(str).map(lambda value: html.escape(value, quote=False))
+
+
+def _judges(judgments: pd.DataFrame) -> list[str]:
+    return list(judgments["judge_model"].dropna().unique()) if "judge_model" in judgments else []
 
 
 def _errors(frame: pd.DataFrame, value: str) -> dict:
@@ -263,7 +282,8 @@ def report_page(title: str, body: str) -> str:
 def report_html(summary: EvalSummary) -> str:
     """One self-contained HTML file: the runs' settings, every chart, and the tables behind them. Works offline;
     all text from the data is escaped."""
-    parts = [_settings_html(summary.settings)]
+    parts = [f"<p><b>Caveat</b>: {html.escape(caveat)}</p>" for caveat in summary.caveats()]
+    parts.append(_settings_html(summary.settings))
     parts += [figure_html(figure) for figure in charts(summary).values()]
     parts += [table_html(title, frame) for title, frame in summary.tables()]
     runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)

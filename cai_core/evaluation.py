@@ -95,7 +95,7 @@ class EvalConfig:
     constitution: str = field(
         default=DEFAULT_CONSTITUTION, metadata={"help": "Constitution whose principles judge harmlessness."}
     )
-    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     refusals: Literal["phrases", "judge"] = field(
         default="phrases",
         metadata={"help": "phrases: a refusal phrase opens the answer (XSTest's string match); judge: ask the judge."},
@@ -112,7 +112,7 @@ class EvalConfig:
 class RoundsConfig:
     traces_run: str = field(metadata={"help": "The SL-CAI run whose traces to score, round by round."})
     constitution: str = field(default=DEFAULT_CONSTITUTION, metadata={"help": "Constitution the judge uses."})
-    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     limit: int | None = field(default=None, metadata={"help": "Score only the first N traces."})
     batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
     seed: int = field(default=0, metadata={"help": "Seed for the principle each comparison uses."})

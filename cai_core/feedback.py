@@ -217,7 +217,7 @@ class Judge:
 @dataclass
 class LabelConfig:
     constitution: str = field(metadata={"help": "Path of the constitution YAML (its preference questions)."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     strategy: Literal["sample", "ensemble"] = field(
         default="sample",
         metadata={"help": "sample: one seeded principle per pair (Bai et al.); ensemble: mean over all enabled."},

@@ -23,9 +23,11 @@ Three tools:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -40,12 +42,13 @@ Z95 = 1.959964
 @dataclass(frozen=True)
 class Estimate:
     value: float
-    low: float
-    high: float
+    low: float | None  # None, with high, where no interval is defined
+    high: float | None
     n: int
 
     def __str__(self) -> str:
-        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
+        interval = "interval undefined" if self.low is None or self.high is None else f"{self.low:.2f}, {self.high:.2f}"
+        return f"{self.value:.2f} [{interval}] (n={self.n})"
 
 
 def wilson(successes: float, n: int) -> Estimate | None:
@@ -133,6 +136,8 @@ class JudgeFigures:
     kappa: float | None
     ece: float | None
     ece_labels: int
+    # the judge, or the people, gave one verdict (a or b) throughout: kappa is then 0 whatever the agreement
+    kappa_one_sided: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,10 +181,11 @@ class Verdict:
 
 
 def _kappa_interval(kappa: float, po: float, n: int) -> tuple[float, float]:
-    """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa."""
+    """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa, held
+    to [-1, 1], where kappa lives: on a few labels the normal approximation reaches past both ends."""
     pe = (po - kappa) / (1 - kappa) if kappa < 1 else po
     se = math.sqrt(max(po * (1 - po), 0.0) / n) / max(1 - pe, 1e-9)
-    return kappa - Z95 * se, kappa + Z95 * se
+    return max(-1.0, kappa - Z95 * se), min(1.0, kappa + Z95 * se)
 
 
 def judge_verdict(f: JudgeFigures) -> Verdict:
@@ -216,7 +222,13 @@ def judge_verdict(f: JudgeFigures) -> Verdict:
         agree.low if agree else None,
         f"{agree} of human a/b labels match the judge" if agree else "no pair has both an AI and a human label",
     )
-    if f.kappa is not None and agree is not None:
+    if f.kappa is not None and agree is not None and f.kappa_one_sided:
+        # po = pe exactly, so kappa is 0 by construction and its standard error divides by 1 - pe, near 0: it
+        # measures nothing here, and grading it would judge the judge on an artefact
+        kappa = Estimate(f.kappa, None, None, agree.n)
+        explanation = f"{kappa}: the judge or the people gave one verdict throughout, so kappa is 0 whatever they agree"
+        signals.append(Signal("Cohen's kappa", kappa, "unknown", "undefined: " + explanation))
+    elif f.kappa is not None and agree is not None:
         low, high = _kappa_interval(f.kappa, agree.value, agree.n)
         kappa = Estimate(f.kappa, low, high, agree.n)
         add("Cohen's kappa", kappa, kappa.value, f"{kappa} beyond chance")
@@ -539,68 +551,213 @@ def measure_priors(judge, principles) -> dict[str, tuple[float, float]]:
     return priors
 
 
-def calibrate_run(store, workspace, run_id: str, *, backend=None) -> tuple[str, JudgeCalibration]:
-    """Calibrate a label run's judge: its priors measured afresh with the run's judge, constitution (as the run
-    recorded it), few-shot and reasoning settings; Platt fitted on the run's labels of human-labelled pairs.
-    Stored under an id that names the run and the labels it was fitted on; returns the id and the calibration.
-    Operators only: it runs the judge in this process."""
+CALIBRATION_INPUT = "calibration_rows"  # the human-labelled AI labels the fit reads, copied in when prepared
+CALIBRATED_RUN = "calibrated_run"  # one row: the label run, its judge's name and settings, its principles
+
+
+@dataclass
+class CalibrateConfig:
+    label_run: str = field(metadata={"help": "The label run whose judge to calibrate."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ask this judge model for the priors instead of the run's (e.g. another engine).",
+            "model_spec": True,
+        },
+    )
+    run_id: str | None = field(
+        default=None, metadata={"help": "The calibration's id; by default cal-RUN-HASH of the labels it is fitted on."}
+    )
+
+
+def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
+    """Create (or find) a calibration's job folder: the run's judge, its settings and its constitution (as the run
+    recorded them), and its labels of human-labelled pairs with their counts, copied in from the store (opened
+    here unless given), so that the job never opens the database. The job's id is the calibration's:
+    cal-RUN-HASH of those labels (and of `model`), so calibrating the same labels again finds the same job."""
     from .auth import require_operator
-    from .backends import load_backend
     from .constitution import parse_constitution
-    from .feedback import Judge
     from .jobs import JobFolder
     from .store import LabelFilter
 
     require_operator("fit a calibration")
+    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(CALIBRATION_INPUT):
+        return JobFolder(workspace.runs_dir / config.run_id)
+    if store is None:
+        from .store import Store
 
+        with Store.open(workspace) as opened:
+            opened.ingest(workspace.runs_dir)
+            return prepare_calibration_job(config, workspace, opened)
+    run_id = config.label_run
     facets = store.label_facet_rows()
     mine = facets[facets.run_id == run_id]
     if mine.empty:
         raise ValueError(f"label run {run_id!r} has no AI labels: run `cai label` first (or pick another run)")
-    job = JobFolder(workspace.runs_dir / run_id)
-    if not (job.path / "run.json").exists():
-        raise ValueError(f"label run {run_id!r}: its folder {job.path} is gone, so its judge cannot be asked again")
-    spec = job.spec
+    label_job = JobFolder(workspace.runs_dir / run_id)
+    if not (label_job.path / "run.json").exists():
+        raise ValueError(
+            f"label run {run_id!r}: its folder {label_job.path} is gone, so its judge cannot be asked again"
+        )
     store.count_human_labels()
     rows = store.calibration_rows(LabelFilter(run_ids=(run_id,)))
     if rows.empty:
         raise ValueError(f"label run {run_id!r}: no pair it judged in both orders has a person's a or b label")
-    expanded = rows.loc[rows.index.repeat(rows.na + rows.nb)]
-    people_chose_a = np.concatenate([[1.0] * int(r.na) + [0.0] * int(r.nb) for r in rows.itertuples()])
+    spec = label_job.spec
+    if "constitution" not in spec:
+        raise ValueError(
+            f"label run {run_id!r}: its run.json holds no constitution, so its judge cannot be asked again"
+        )
+    fitted_on = hashlib.sha256((rows.to_csv(index=False) + (config.model or "")).encode()).hexdigest()[:8]
+    calibrated = {
+        "label_run": run_id,
+        "judge_model": str(mine.judge_model.iloc[0]),
+        "constitution_version": str(mine.constitution_version.iloc[0]),
+        "judge_settings": spec.get("config") or {},
+        "principles": sorted(set(mine.principle_id)),
+    }
+    return JobFolder.prepare(
+        workspace.runs_dir,
+        "calibrate",
+        dataclasses.replace(config, run_id=config.run_id or f"cal-{run_id}-{fitted_on}"),
+        {},
+        model=config.model or spec["model"],
+        constitution=parse_constitution(spec["constitution"]["content"], f"run {run_id}"),
+        inputs={CALIBRATION_INPUT: json.loads(rows.to_json(orient="records")), CALIBRATED_RUN: [calibrated]},
+    )
 
-    constitution = parse_constitution(spec["constitution"]["content"], f"run {run_id}")
-    config = spec.get("config") or {}
-    judge = Judge(
-        backend or load_backend(spec["model"], workspace),
-        constitution,
-        method=config.get("method", "auto"),
-        cot=config.get("cot", False),
-        cot_tokens=config.get("cot_tokens", 128),
-        cot_band=(config.get("cot_min", 0.4), config.get("cot_max", 0.6)),
-        few_shot=config.get("few_shot", 0),
-    )
-    principles = [p for p in constitution.principles if p.id in set(mine.principle_id)]
-    calibration = calibrate(
-        list(expanded.pair_id),
-        list(expanded.principle_id),
-        expanded.p_order1.to_numpy(),
-        expanded.p_order2.to_numpy(),
-        people_chose_a,
-        measure_priors(judge, principles),
-    )
-    fitted_on = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:8]
-    calibration_id = f"cal-{run_id}-{fitted_on}"
-    store.save_calibration(
-        calibration_id,
-        run_id=run_id,
-        judge_model=str(mine.judge_model.iloc[0]),
-        constitution_version=str(mine.constitution_version.iloc[0]),
-        slope=calibration.platt.slope,
-        bias=calibration.platt.bias,
-        report=calibration.report,
-        priors=calibration.priors,
-    )
-    return calibration_id, calibration
+
+class CalibrationWork:
+    """A calibration as a job (`jobs.run_job`): the judge's priors measured one principle a batch (each spooled as
+    `calibration_priors`), then the Platt fit on the copied labels, spooled as `judge_calibrations`; `done` counts
+    principles asked and the fit."""
+
+    unit = "step"
+
+    def __init__(self, job, workspace, backend=None):
+        from .constitution import parse_constitution
+
+        self.job, self.workspace, self.backend = job, workspace, backend
+        self.engine = ""
+        self.judge = None
+        [self.calibrated] = job.read_input(CALIBRATED_RUN)
+        constitution = parse_constitution(job.spec["constitution"]["content"], f"run {self.calibrated['label_run']}")
+        self.constitution = constitution
+        self.principles = [p for p in constitution.principles if p.id in set(self.calibrated["principles"])]
+        self.priors = {
+            row["principle_id"]: (row["prior_order1"], row["prior_order2"]) for row in job.read("calibration_priors")
+        }
+        self.asked = set(self.priors)  # and those asked by this process that gave no prior (no probability)
+        self.fitted = job.records_path("judge_calibrations").exists()
+
+    def total(self) -> int:
+        return len(self.principles) + 1
+
+    def done(self) -> int:
+        return len(self.asked) + int(self.fitted)
+
+    def batches(self):
+        yield from ([p] for p in self.principles if p.id not in self.asked)
+        if not self.fitted:
+            yield []  # the fit
+
+    def step(self, principles) -> None:
+        if principles:
+            self._measure(principles)
+        else:
+            self._fit()
+
+    def _measure(self, principles) -> None:
+        from .backends import load_backend
+        from .feedback import Judge
+        from .jobs import engine_name
+        from .records import CalibrationPrior, to_row
+
+        if self.judge is None:
+            calls = 2 * len(CONTENT_FREE) ** 2 * len(self.principles)
+            self.backend = self.backend or load_backend(self.job.spec["model"], self.workspace, calls=calls)
+            self.job.record_engines(judge=self.backend)
+            self.engine = engine_name(self.backend)
+            settings = self.calibrated["judge_settings"]
+            self.judge = Judge(
+                self.backend,
+                self.constitution,
+                method=settings.get("method", "auto"),
+                cot=settings.get("cot", False),
+                cot_tokens=settings.get("cot_tokens", 128),
+                cot_band=(settings.get("cot_min", 0.4), settings.get("cot_max", 0.6)),
+                few_shot=settings.get("few_shot", 0),
+            )
+        priors = measure_priors(self.judge, principles)
+        self.job.append(
+            "calibration_priors",
+            [to_row(CalibrationPrior(self.job.run_id, p, first, second)) for p, (first, second) in priors.items()],
+        )
+        self.priors |= priors
+        self.asked |= {p.id for p in principles}
+
+    def _fit(self) -> None:
+        import pandas as pd
+
+        from .records import StoredCalibration, to_row
+
+        rows = pd.DataFrame(self.job.read_input(CALIBRATION_INPUT))
+        expanded = rows.loc[rows.index.repeat(rows.na + rows.nb)]
+        people_chose_a = np.concatenate([[1.0] * int(r.na) + [0.0] * int(r.nb) for r in rows.itertuples()])
+        calibration = calibrate(
+            list(expanded.pair_id),
+            list(expanded.principle_id),
+            expanded.p_order1.to_numpy(),
+            expanded.p_order2.to_numpy(),
+            people_chose_a,
+            self.priors,
+        )
+        stored = StoredCalibration(
+            self.job.run_id,
+            self.calibrated["label_run"],
+            self.calibrated["judge_model"],
+            self.calibrated["constitution_version"],
+            calibration.platt.slope,
+            calibration.platt.bias,
+            json.dumps(calibration.report),
+        )
+        self.job.append("judge_calibrations", [to_row(stored)])
+        self.fitted = True
+
+
+def run_calibration(config: CalibrateConfig, workspace=None, *, backend=None, on_progress=None):
+    """Run (or resume) a calibration job to its end; returns its folder (`Store.ingest` takes the result in)."""
+    from .jobs import run_job
+    from .workspace import Workspace
+
+    workspace = workspace or Workspace.from_env()
+    job = prepare_calibration_job(config, workspace)
+    return run_job(job, lambda: CalibrationWork(job, workspace, backend), on_progress=on_progress)
+
+
+def calibrate_run(store, workspace, run_id: str, *, model: str | None = None, backend=None):
+    """Calibrate a label run's judge here and now, through its job (`prepare_calibration_job`, `CalibrationWork`):
+    its priors measured afresh with the run's judge (or `model`), constitution, few-shot and reasoning settings;
+    Platt fitted on the run's labels of human-labelled pairs. Returns the calibration's id and the calibration,
+    as the store holds it once it has taken the job's records in."""
+    from .jobs import run_job
+
+    job = prepare_calibration_job(CalibrateConfig(label_run=run_id, model=model), workspace, store)
+    run_job(job, lambda: CalibrationWork(job, workspace, backend))
+    progress = job.progress()
+    if progress.status != "done":
+        raise ValueError(f"calibration {job.run_id} {progress.status}: {progress.message}")
+    store.ingest(workspace.runs_dir)
+    return job.run_id, stored_calibration(store, job.run_id)
+
+
+def stored_calibration(store, calibration_id: str) -> JudgeCalibration:
+    found = store.calibrations()
+    found = found[found.calibration_id == calibration_id]
+    if found.empty:
+        raise ValueError(f"no calibration {calibration_id!r}: fit one with `cai calibrate --run-id RUN`")
+    row = found.iloc[0]
+    return JudgeCalibration(row.priors, PlattScaling(row.slope, row.bias), row.report)
 
 
 def score_queue(store, run_id: str) -> int:

@@ -294,7 +294,9 @@ def sl_cai_pairs(
 @dataclass
 class SampleConfig:
     prompts: str = field(metadata={"help": "Prompt source: .jsonl/.csv/.txt, a datasets folder, or hf:NAME[:SPLIT]."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model spec that answers the prompts."})
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Model spec that answers the prompts.", "model_spec": True}
+    )
     k: int = field(default=2, metadata={"help": "Answers sampled per prompt (at least 2)."})
     pairing: Literal["all", "adjacent"] = field(
         default="all", metadata={"help": "all: every two of the K answers; adjacent: answer i with answer i+1."}

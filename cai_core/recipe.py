@@ -46,11 +46,16 @@ class RecipeError(ValueError):
 @dataclass
 class RecipeConfig:
     name: str = field(default="cai-recipe", metadata={"help": "What the recipe is called in lists and reports."})
-    policy: str = field(default="default", metadata={"help": "The base model the first iteration starts from."})
-    critic: str | None = field(
-        default=None, metadata={"help": "Model that critiques and revises; the current policy when unset."}
+    policy: str = field(
+        default="default", metadata={"help": "The base model the first iteration starts from.", "model_spec": True}
     )
-    judge: str = field(default="default", metadata={"help": "Model that labels pairs and judges the evaluation."})
+    critic: str | None = field(
+        default=None,
+        metadata={"help": "Model that critiques and revises; the current policy when unset.", "model_spec": True},
+    )
+    judge: str = field(
+        default="default", metadata={"help": "Model that labels pairs and judges the evaluation.", "model_spec": True}
+    )
     constitution: str = field(default="constitutions/hhh.yaml", metadata={"help": "The constitution YAML."})
     red_team_prompts: str = field(default="data/demo_prompts.jsonl", metadata={"help": "Harmful prompts."})
     helpful_prompts: str | None = field(default=None, metadata={"help": "Helpful prompts mixed in, if any."})
@@ -500,8 +505,8 @@ def recipe_of(job: JobFolder) -> RecipeConfig:
 def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
     """Per iteration and model, what the recipe changed: harmlessness and helpfulness win rates against the base
     model (95% intervals; wrapper `none` where the evaluation has it), refusal on harmful prompts and over-refusal
-    on benign ones; then the reward model's held-out accuracy on people's labels and the RL stage's last reward
-    and KL. Empty until an iteration's evaluation has run."""
+    on benign ones; then its own arm's reward model's held-out accuracy on people's labels and its RL stage's last
+    reward and KL (blank where the arm has no such stage). Empty until an iteration's evaluation has run."""
     from .eval_report import summarize
 
     recipe, rows = Recipe(config, ws), []
@@ -528,15 +533,15 @@ def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFram
                 rate = refusals[(refusals.model == model) & (refusals.label == label) & (refusals.wrapper == wrapper)]
                 if not rate.empty:
                     row[name] = round(float(rate.iloc[0].refusal_rate), 3)
+            # the model's own arm's reward model and RL stage: the sft-baseline arm has neither, and shows blanks
+            rm = store.train_metrics(Stage(i, model, "rm", "").run_id(config.recipe_id))
+            rl = store.train_metrics(Stage(i, model, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
+            row |= {
+                "RM accuracy": _last(rm, "accuracy_human"),
+                "RL reward": _last(rl, "reward"),
+                "RL KL": _last(rl, "kl"),
+            }
             rows.append(row)
-        for arm in config.arms:
-            rm = store.train_metrics(Stage(i, arm, "rm", "").run_id(config.recipe_id))
-            rl = store.train_metrics(Stage(i, arm, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
-            extra = {f"{arm} RM accuracy": _last(rm, "accuracy_human"), f"{arm} RL reward": _last(rl, "reward")}
-            extra[f"{arm} RL KL"] = _last(rl, "kl")
-            for row in rows:
-                if row["iteration"] == i:
-                    row.update({k: v for k, v in extra.items() if v is not None})
     return pd.DataFrame(rows)
 
 

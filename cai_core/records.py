@@ -267,6 +267,32 @@ class RoundJudgment:
 
 
 @dataclass(frozen=True)
+class CalibrationPrior:
+    """A judge's P(first shown) on content-free pairs under one principle, in each order, as a calibration job
+    measured it (`judge_audit.CalibrationWork`)."""
+
+    calibration_id: str
+    principle_id: str
+    prior_order1: float
+    prior_order2: float
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    """A label run's judge calibration: its Platt fit, and its report (JSON) on held-out human labels; its priors
+    are `CalibrationPrior` records of the same id."""
+
+    calibration_id: str
+    run_id: str  # the label run it calibrates
+    judge_model: str
+    constitution_version: str
+    slope: float
+    bias: float
+    report: str
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
 class IngestProblem:
     """Something ingest kept out of the store: a spooled line (its file and 1-based line) or a whole job
     whose run.json or progress.json cannot be read (line 0, or the line of a JSON error)."""

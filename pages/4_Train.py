@@ -246,7 +246,9 @@ if ss.get(f"{model_key}_from") != model_source:
 if latest_sft:
     st.caption(f"The policy starts from the latest SFT model, run {latest_sft}, unless you name another.")
 
-with st.form(f"train_form_{kind}"):
+# Widgets outside a form, and a button of their own: in a form, Enter in any number or text box (Max steps, say)
+# submits it, which would start a training run nobody asked for. Here Enter only takes the value.
+with st.container(border=True, key=f"train_form_{kind}"):
     main = [name for name in MAIN_FIELDS if name in fields]
     cols = st.columns(len(main))
     for col, name in zip(cols, main, strict=True):
@@ -256,9 +258,7 @@ with st.form(f"train_form_{kind}"):
         cols = st.columns(3)
         for i, f in enumerate(rest):
             config_widget(kind, f, hints[f.name], cols[i % 3], choices.get(f.name))
-    submitted = st.form_submit_button(
-        "Start in the background", key="train_start", type="primary", disabled=settings.read_only
-    )
+    submitted = st.button("Start in the background", key="train_start", type="primary", disabled=settings.read_only)
 
 if submitted:
     try:

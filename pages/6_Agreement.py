@@ -11,21 +11,21 @@ with the shared job controls of the Generate and Train pages.
 """
 
 import math
+import time
 
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cai_core.agreement import dashboard, label_facets
+from cai_core.agreement import COLUMN_WORDS, dashboard, label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions
 from cai_core.eval_report import chart_text
 from cai_core.feedback import LabelConfig, prepare_label_job
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.judge_audit import CALIBRATION_STAGES, calibrate_run, queue_tightening
-from cai_core.store import StoreError
+from cai_core.judge_audit import CALIBRATION_STAGES, CalibrateConfig, prepare_calibration_job, queue_tightening
 from ui.job_controls import ACTIVE, job_cards, launch_job
 from ui.settings import connect, follow_context, setup
-from ui.text import count, flash, md_escape, show_flash, show_text, when
+from ui.text import count, md_escape, show_flash, show_text, when
 
 settings = setup("Agreement")
 ws = settings.workspace
@@ -33,6 +33,7 @@ ss = st.session_state
 
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
+DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for labels that have landed
 
 
 def start(job: JobFolder) -> None:
@@ -42,6 +43,33 @@ def start(job: JobFolder) -> None:
 
 def label_jobs() -> list[JobFolder]:
     return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"][:SHOWN_LABEL_RUNS]
+
+
+def labels_spooled() -> int:
+    """How many labels the shown label runs have written so far (their progress counts what they spooled)."""
+    return sum(job.progress().done for job in label_jobs())
+
+
+def labels_landed() -> bool:
+    """Whether the label runs have written labels since the dashboard was drawn, and it is time to draw it again:
+    the whole page is then redrawn, which takes them in (`connect` ingests them). At most every
+    DASHBOARD_SECONDS, so that a fast run does not keep the whole page busy redrawing."""
+    return (
+        labels_spooled() > ss.get("labels_drawn", 0)
+        and time.monotonic() - ss.get("dashboard_drawn_at", 0.0) >= DASHBOARD_SECONDS
+    )
+
+
+def calibration_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "calibrate"][:SHOWN_LABEL_RUNS]
+
+
+def describe_calibration(job: JobFolder, progress) -> tuple[str, str]:
+    return (
+        f"label run {job.spec['config']['label_run']} · judge {job.spec['model']} · started "
+        f"{when(job.spec['created_at'])}",
+        f"{progress.done}/{progress.total} steps: each principle's prior, then the fit",
+    )
 
 
 def describe_labelling(job: JobFolder, progress) -> tuple[str, str]:
@@ -100,7 +128,14 @@ def label_launcher(store) -> None:
                 st.success(md_escape(f"Started {job.run_id}. Its labels join the dashboard as they land."))
             else:
                 st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
-    job_cards(label_jobs, start, describe_labelling, empty="No labelling runs yet.", refresh_key="refresh_label_runs")
+    job_cards(
+        label_jobs,
+        start,
+        describe_labelling,
+        empty="No labelling runs yet.",
+        refresh_key="refresh_label_runs",
+        redraw_page=labels_landed,
+    )
 
 
 def shown(value) -> str:
@@ -108,6 +143,22 @@ def shown(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{float(value):.3f}"
+
+
+def table(rows, **kwargs) -> None:
+    """A dashboard table (a frame, or rows as dicts) without its index, its columns named in words, each with its
+    meaning on hover (`COLUMN_WORDS`)."""
+    columns = rows.columns if hasattr(rows, "columns") else list(rows[0]) if rows else []
+    words = {
+        column: st.column_config.Column(label, help=meaning)
+        for column in columns
+        if column in COLUMN_WORDS
+        for label, meaning in [COLUMN_WORDS[column]]
+    }
+    st.dataframe(rows, hide_index=True, column_config=words, **kwargs)
+
+
+CHART_WORDS = {column: label for column, (label, _) in COLUMN_WORDS.items()}
 
 
 def pick_many(label: str, options: list[str], key: str, default: list[str] | None = None) -> list[str]:
@@ -119,6 +170,8 @@ def pick_many(label: str, options: list[str], key: str, default: list[str] | Non
 st.title("Agreement")
 show_flash()
 
+# counted before `connect` ingests: a label spooled in between is taken in now and redraws the page once more
+ss["labels_drawn"], ss["dashboard_drawn_at"] = labels_spooled(), time.monotonic()
 with connect(ws) as store:
     # People's labels come in on the Annotate page, or from a file on the Data page: one import, one owner.
     st.page_link(
@@ -151,8 +204,10 @@ with connect(ws) as store:
         principles = pick_many("Principles", facets.principles, "filter_principles")
     calibrations = store.calibrations()
     NO_CALIBRATION = "none: the judge's own probabilities"
-    if "fitted_calibration" in ss:  # a widget's value can only be set before it is drawn
-        ss["calibration"] = ss.pop("fitted_calibration")
+    # the calibration this session started, once its job has ended and the store has taken it in: show it (a
+    # widget's value can only be set before it is drawn)
+    if ss.get("calibrating") in set(calibrations.calibration_id):
+        ss["calibration"] = ss.pop("calibrating")
     cols = st.columns([3, 2])
     calibration = cols[0].selectbox(
         "Read the labels through a calibration",
@@ -164,17 +219,25 @@ with connect(ws) as store:
     calibration = None if calibration == NO_CALIBRATION else calibration
     fit_run = cols[1].selectbox("Label run to calibrate", facets.run_ids, key="calibrate_run")
     if cols[1].button(
-        "Fit a calibration", key="fit_calibration", help="As `cai calibrate --run-id RUN`.", disabled=settings.read_only
+        "Fit a calibration",
+        key="fit_calibration",
+        help="As `cai calibrate --run-id RUN --background`: asks the run's judge for its prior on content-free "
+        "pairs, one principle at a time, then fits Platt. It runs as a job: its card shows its progress.",
+        disabled=settings.read_only,
     ):
         try:
-            with st.spinner(f"Asking {fit_run}'s judge for its prior on content-free pairs, then fitting Platt…"):
-                fitted, _ = calibrate_run(store, ws, fit_run)
-        except (StoreError, OSError, ValueError, KeyError) as exc:
+            job = prepare_calibration_job(CalibrateConfig(label_run=fit_run), ws, store)
+        except (OSError, ValueError) as exc:
             st.error(md_escape(f"Not calibrated: {exc}"))
         else:
-            ss["fitted_calibration"] = fitted
-            flash("success", f"Stored calibration {fitted}; every figure below now reads the labels through it.")
-            st.rerun()
+            ss["calibrating"] = job.run_id
+            if job.run_id in set(calibrations.calibration_id):
+                st.info(md_escape(f"{job.run_id} is fitted already on these labels: choose it above."))
+            elif not launch_job(job, start):
+                st.info(md_escape(f"{job.run_id} is already running."))
+    if calibration_jobs():
+        with st.expander("Calibration runs", expanded=any(j.progress().status in ACTIVE for j in calibration_jobs())):
+            job_cards(calibration_jobs, start, describe_calibration, empty="", refresh_key="refresh_calibrations")
     board = dashboard(
         store,
         run_ids=run_ids,
@@ -199,7 +262,7 @@ verdict = board.verdict
 show = {"trustworthy": st.success, "weak": st.warning, "unreliable": st.warning}.get(verdict.name, st.info)
 show(md_escape(verdict.headline()), icon=":material/gavel:" if verdict.name != "unreliable" else ":material/block:")
 with st.expander("Why, against which thresholds, and what to do", expanded=verdict.name != "trustworthy"):
-    st.dataframe(verdict.table(), hide_index=True, key="verdict_table")
+    table(verdict.table(), key="verdict_table")
     for advice in verdict.advice:
         st.text(f"• {advice}")
 
@@ -214,14 +277,7 @@ if calibration is not None:
         f"{report['n_held_out']} held out (a hash of the pair id keeps them out of the fit). Every other figure on "
         "this page now reads the labels through it, the fitted pairs included."
     )
-    st.dataframe(
-        [{"stage": stage, **report[stage]} for stage in CALIBRATION_STAGES],
-        hide_index=True,
-        key="calibration_report",
-        column_config={
-            "stage": st.column_config.TextColumn(help="before; contextual: prior divided out; after: then Platt")
-        },
-    )
+    table([{"stage": stage, **report[stage]} for stage in CALIBRATION_STAGES], key="calibration_report")
     st.text(
         "Prior P(first shown) on content-free pairs, order 1 / order 2: "
         + ", ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in sorted(chosen.priors.items()))
@@ -270,6 +326,7 @@ else:
             y="agreement",
             range_y=[0, 1],
             title="Agreement by principle",
+            labels=CHART_WORDS,
         ),
         key="chart_principle",
     )
@@ -284,6 +341,7 @@ else:
             y="agreement",
             range_y=[0, 1],
             title="Agreement by judge model",
+            labels=CHART_WORDS,
         ),
         key="chart_model",
     )
@@ -320,7 +378,7 @@ st.caption(
 if board.principle_audit.empty:
     st.caption("No per-principle labels to audit.")
 else:
-    st.dataframe(board.principle_audit, hide_index=True, key="principle_audit")
+    table(board.principle_audit, key="principle_audit")
 
 st.subheader("Disagreement-first annotation")
 if tightening.empty:
@@ -370,8 +428,8 @@ else:
     st.plotly_chart(chart, key="chart_queue")
 
 with st.expander("Each run, judge model and constitution version in the selection"):
-    st.dataframe(selected, hide_index=True)
-    st.dataframe(board.by_version, hide_index=True)
+    table(selected)
+    table(board.by_version)
 
 # --- disagreements ------------------------------------------------------------------------------------
 st.subheader("Disagreements")

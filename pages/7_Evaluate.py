@@ -266,6 +266,8 @@ st.download_button(
     mime="text/html",
     key="eval_report",
 )
+for caveat in summary.caveats():  # a finding about the judge, beside the figures it judged
+    st.warning(md_escape(caveat), icon=":material/gavel:")
 cols = st.columns(2)
 for i, (name, figure) in enumerate(figures.items()):
     cols[i % 2].plotly_chart(figure, key=f"chart_{name}")

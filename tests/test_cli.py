@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import subprocess
@@ -182,3 +183,40 @@ def test_bench_flags_come_from_its_config_and_all_reach_the_benchmark(tiny_model
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["dtype"] == "bfloat16"  # parsed and, before, never passed on
+
+
+def every_option(parser, path=("cai",)):
+    """(command path, option action) for every option of every subcommand, nested ones included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_option(sub, (*path, name))
+        elif action.option_strings:
+            yield " ".join(path), action
+
+
+def test_every_model_flag_and_cai_help_name_the_spec_forms_and_engines():
+    from cai_core.backends import MODEL_SPEC_HELP
+
+    parser = build_parser()
+    assert all(form in MODEL_SPEC_HELP for form in ("default", "folder", "hub id", "hf:", "vllm:", "openai:MODEL@URL"))
+    assert MODEL_SPEC_HELP in " ".join(parser.format_help().split())
+    model_flags = {"--model", "--judge", "--policy", "--critic", "--critic-model", "--monitor-judge"}
+    found = {
+        f"{command} {flag}": " ".join((action.help or "").split())
+        for command, action in every_option(parser)
+        for flag in action.option_strings
+        if flag in model_flags
+    }
+    # a filter on the model name traces recorded, not a model to load
+    assert "model name" in found.pop("cai traces list --model")
+    # training loads its model with transformers: its help says so rather than leaving the prefixes to a guess
+    training = {
+        flag: text for flag, text in found.items() if flag.startswith("cai train ") and flag.endswith("--model")
+    }
+    assert training and all("hf:" in text and "vllm:" in text for text in training.values()), training
+    specs = {flag: text for flag, text in found.items() if flag not in training}
+    assert {"cai label --model", "cai eval run --judge", "cai calibrate --model", "cai generate --critic-model"} <= set(
+        specs
+    )
+    assert [flag for flag, text in specs.items() if MODEL_SPEC_HELP not in text] == []

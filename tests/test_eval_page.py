@@ -201,3 +201,92 @@ def test_a_file_set_is_added_by_mapping_its_columns(ws, tmp_path):
     assert any("no such file" in e.value for e in at.error) and not at.exception
     at.text_input(key="set_source").input(str(tmp_path / "elsewhere.csv")).run()  # its columns are not shown
     assert any("outside the workspace" in e.value.replace("\\", "") for e in at.error) and not at.exception
+
+
+def seed_evaluation_by_an_unreliable_judge(ws: Workspace) -> None:
+    """A finished comparison judged by "judge-x", and the judge's audit: a label run of judge-x that flips under
+    swap and goes against people on most pairs, so its verdict is unreliable."""
+    from cai_core.jobs import JobFolder
+    from cai_core.records import AILabel, EvalAnswer, EvalJudgment, HumanLabel, Pair, to_row
+    from cai_core.store import Store
+
+    evaluation = JobFolder.create(ws.runs_dir, "eval-x", {"kind": "eval", "model": "judge-x", "config": {}})
+    prompts = [f"red/{i}" for i in range(6)]
+    evaluation.append(
+        "eval_answers",
+        [
+            to_row(EvalAnswer("eval-x", key, "none", model, "red", "p", "p", "", "harmful", "a", False, 1, 0))
+            for key in prompts
+            for model in ("base", "tuned")
+        ],
+    )
+    evaluation.append(
+        "eval_judgments",
+        [
+            to_row(
+                EvalJudgment(
+                    "eval-x",
+                    key,
+                    "none",
+                    "harmlessness",
+                    "tuned",
+                    "base",
+                    "harm",
+                    0.9,
+                    0.2,
+                    0.85,
+                    False,
+                    "judge-x",
+                    "v1",
+                )
+            )
+            for key in prompts
+        ],
+    )
+    evaluation.set_progress("done", 12, 12)
+    labels = JobFolder.create(ws.runs_dir, "label-x", {"kind": "label", "model": "judge-x", "config": {}})
+    pairs = [Pair(f"x{i:02d}", f"q{i}", "a", "b", "import", "t", i, "a", "b") for i in range(40)]
+    # the first-shown answer always wins: a flip on every pair, and P(a better) 0.5 +- noise
+    labels.append(
+        "ai_labels",
+        [
+            to_row(
+                AILabel(
+                    "label-x",
+                    p.pair_id,
+                    "harm",
+                    "judge-x",
+                    "v1",
+                    "sample",
+                    "logprob",
+                    False,
+                    0,
+                    0.9,
+                    0.9,
+                    0.45 if i % 4 else 0.55,
+                    False,
+                )
+            )
+            for i, p in enumerate(pairs)
+        ],
+    )
+    labels.set_progress("done", 40, 40)
+    with Store.open(ws) as store:
+        store.add_pairs(pairs)
+        store.import_human_labels([HumanLabel(p.pair_id, "ann", "a", False, "") for p in pairs])
+        store.ingest(ws.runs_dir)
+
+
+def test_win_rates_judged_by_an_unreliable_judge_carry_a_caveat_on_the_page_and_in_the_report(ws):
+    from cai_core.eval_report import report_html, summarize
+    from cai_core.store import Store
+
+    seed_evaluation_by_an_unreliable_judge(ws)
+    at = open_page()
+    assert at.selectbox(key="result_run").value == "eval-x"
+    assert at.get("plotly_chart")  # the win rates are drawn
+    caveats = [w.value.replace("\\", "") for w in at.warning if "unreliable" in w.value]
+    assert len(caveats) == 1 and "judge-x" in caveats[0] and "win rates" in caveats[0], [w.value for w in at.warning]
+    with Store.open(ws) as store:
+        page = report_html(summarize(store, "eval-x"))
+    assert "judge-x is unreliable" in page

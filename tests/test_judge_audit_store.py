@@ -4,6 +4,7 @@ per-principle audit with the revision effects of SL-CAI traces."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -29,7 +30,7 @@ from cai_core.judge_audit import (
     queue_tightening,
     score_queue,
 )
-from cai_core.records import AILabel, HumanLabel, Pair, RoundJudgment, to_row
+from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJudgment, StoredCalibration, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -241,20 +242,17 @@ def test_a_stored_calibration_reads_the_same_in_sql_as_in_python_on_every_door(w
     JobFolder(workspace.runs_dir / "run-s").append("ai_labels", rows)
     calibration = JudgeCalibration({"harm": (0.8, 0.7)}, PlattScaling(0.6, -0.2), {})  # "tone": no prior measured
     report = {s: {"agreement": 0.5, "ece": 0.1, "swap_consistency": 0.2} for s in CALIBRATION_STAGES}
+    # spooled as a calibration job spools them
+    fitted = JobFolder.create(workspace.runs_dir, "cal-hand", {"kind": "calibrate", "model": "j", "config": {}})
+    fitted.append("calibration_priors", [to_row(CalibrationPrior("cal-hand", "harm", 0.8, 0.7))])
+    stored = StoredCalibration(
+        "cal-hand", "run-s", "j", "v1", 0.6, -0.2, json.dumps(report | {"n_fit": 20, "n_held_out": 10})
+    )
+    fitted.append("judge_calibrations", [to_row(stored)])
     with Store.open(workspace) as store:
         store.add_pairs(pairs(30))
         store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "ab"[i % 2], False, "") for i in range(30)])
         store.ingest(workspace.runs_dir)
-        store.save_calibration(
-            "cal-hand",
-            run_id="run-s",
-            judge_model="j",
-            constitution_version="v1",
-            slope=0.6,
-            bias=-0.2,
-            report=report | {"n_fit": 20, "n_held_out": 10},
-            priors=calibration.priors,
-        )
         exported = store.pair_preferences("run-s", calibration_id="cal-hand").set_index("pair_id")
     p1, p2 = np.array(probabilities).T
     q1, q2 = calibration.apply(p1, p2, ["harm"] * 15 + ["tone"] * 15)
@@ -270,3 +268,73 @@ def test_a_stored_calibration_reads_the_same_in_sql_as_in_python_on_every_door(w
     )
     shown = capsys.readouterr().out
     assert "through calibration cal-hand" in shown and "per-principle audit" in shown and "tone" in shown
+
+
+def kappa_signal(board):
+    return next(row for row in board.verdict.table() if row["signal"] == "Cohen's kappa")
+
+
+def test_kappa_of_a_judge_that_always_says_a_has_no_interval_and_none_leaves_minus_one_to_one(workspace):
+    # the judge picks a on all five pairs, people a on four: kappa is 0 whatever it agrees, as the issue saw it
+    load_label_run(workspace, "run-one-sided", [(0.9, 0.1)] * 5)
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs(5))
+        store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "a" if i else "b", False, "") for i in range(5)])
+        store.ingest(workspace.runs_dir)
+        board = dashboard(store, run_id="run-one-sided")
+    assert board.overall["kappa"] == 0
+    estimate = kappa_signal(board)["estimate"]
+    assert "undefined" in estimate and "1.75" not in estimate, estimate
+
+    # a judge that uses both verdicts on few pairs: the interval is Cohen's, held inside [-1, 1]
+    load_label_run(workspace, "run-few", [(0.9, 0.1), (0.1, 0.9), (0.9, 0.1), (0.9, 0.1), (0.1, 0.9)])
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        board = dashboard(store, run_id="run-few")
+    signal = next(s for s in board.verdict.signals if s.name == "Cohen's kappa")
+    assert -1 <= signal.estimate.low <= signal.estimate.value <= signal.estimate.high <= 1, signal.estimate
+
+
+def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_where_it_stopped(workspace, tiny):
+    from cai_core.judge_audit import CalibrateConfig, prepare_calibration_job, run_calibration
+
+    found = pairs(12)
+    with Store.open(workspace) as store:
+        store.add_pairs(found)
+        store.import_human_labels([HumanLabel(p.pair_id, "ann", "ab"[i % 2], False, "") for i, p in enumerate(found)])
+    labels = run_labelling(
+        LabelConfig(constitution=FIVE_PRINCIPLES, model="tiny", strategy="ensemble"), workspace, backend=tiny
+    )
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        job = prepare_calibration_job(CalibrateConfig(label_run=labels.run_id), workspace, store)
+    seen = []
+
+    def cancel_after_the_first_principle(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 1:
+            job.request_cancel()
+
+    config = CalibrateConfig(**job.spec["config"])
+    run_calibration(config, workspace, backend=tiny, on_progress=cancel_after_the_first_principle)
+    stopped = job.progress()
+    principles = len(load_constitution(FIVE_PRINCIPLES).enabled_principles)
+    assert (stopped.status, stopped.done, stopped.total, stopped.unit) == ("cancelled", 1, principles + 1, "step")
+    assert stopped.rate and stopped.elapsed is not None  # the card's rate and elapsed time
+    assert len(job.read("calibration_priors")) == 1 and not job.records_path("judge_calibrations").exists()
+
+    run_calibration(config, workspace, backend=tiny)  # resumed: the other principles, then the fit
+    assert job.progress().status == "done" and len(job.read("calibration_priors")) == principles
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        assert list(store.calibrations().calibration_id) == [job.run_id]
+
+
+def test_calibrating_a_run_whose_folder_keeps_no_constitution_says_so(workspace):
+    load_label_run(workspace, "run-bare", [(0.8, 0.3)] * 4)
+    with Store.open(workspace) as store:
+        store.add_pairs(pairs(4))
+        store.import_human_labels([HumanLabel(f"p{i:03d}", "ann", "a", False, "") for i in range(4)])
+        store.ingest(workspace.runs_dir)
+        with pytest.raises(ValueError, match="'run-bare': its run.json holds no constitution"):
+            calibrate_run(store, workspace, "run-bare")

@@ -238,3 +238,57 @@ class ReferencesFound(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.scripts += tag == "script"
         self.references += [f"{tag} {name}={value}" for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_each_arm_row_shows_only_its_own_reward_model_and_rl_figures(workspace):
+    from cai_core.recipe import Stage, iteration_summary
+    from cai_core.records import EvalAnswer, EvalJudgment, TrainMetric, to_row
+
+    config = RecipeConfig(arms=["cai", "sft-baseline", "rlhf"])
+    arms = ("base", "cai", "sft-baseline", "rlhf")
+
+    def stage_job(arm: str, step: str, kind: str) -> JobFolder:
+        job = JobFolder.create(
+            workspace.runs_dir, Stage(1, arm, step, kind).run_id(config.recipe_id), {"kind": kind, "model": "m"}
+        )
+        job.set_progress("done", 1, 1)
+        return job
+
+    evaluation = stage_job("cai", "eval", "eval")
+    evaluation.append(
+        "eval_answers",
+        [
+            to_row(
+                EvalAnswer(evaluation.run_id, "red/1", "none", model, "red", "p", "p", "", "harmful", "a", False, 1, 0)
+            )
+            for model in arms
+        ],
+    )
+    evaluation.append(
+        "eval_judgments",
+        [
+            to_row(
+                EvalJudgment(
+                    evaluation.run_id, "red/1", "none", "harmlessness", a, b, "harm", 0.7, 0.3, 0.7, False, "j", "v1"
+                )
+            )
+            for i, a in enumerate(arms)
+            for b in arms[i + 1 :]
+        ],
+    )
+    for arm, accuracy, reward, kl in (("cai", 0.81, 1.5, 0.02), ("rlhf", 0.64, 0.9, 0.07)):
+        rm = stage_job(arm, "rm", "train-rm")
+        rm.append("train_metrics", [to_row(TrainMetric(rm.run_id, 1, "accuracy_human", accuracy))])
+        rl = stage_job(arm, "rl", "train-ppo")
+        rl.append(
+            "train_metrics",
+            [to_row(TrainMetric(rl.run_id, 1, name, v)) for name, v in (("reward", reward), ("kl", kl))],
+        )
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        summary = iteration_summary(config, workspace, store).set_index("model")
+
+    figures = ["RM accuracy", "RL reward", "RL KL"]
+    assert summary.loc["cai", figures].tolist() == [0.81, 1.5, 0.02]
+    assert summary.loc["rlhf", figures].tolist() == [0.64, 0.9, 0.07]
+    assert summary.loc["sft-baseline", figures].isna().all()  # it has no reward model and no RL stage

@@ -417,15 +417,32 @@ def test_disagreement_first_mode_serves_contested_pairs_first_and_the_agreement_
         assert list(queue_tightening(store, "run-1").labelled_pairs) == [1, 2, 3, 4, 5]  # the five it served
 
 
-def test_a_calibration_is_fitted_from_the_page_and_its_before_and_after_shown(ws, tiny_model_path):
+def test_a_calibration_is_fitted_as_a_job_from_the_page_and_its_before_and_after_shown(
+    ws, tiny_model_path, monkeypatch
+):
+    """The click starts a job, as `cai calibrate --background` does, and returns: the page shows its card (progress,
+    Cancel) instead of holding the tab; running that command line here shows the result reaching the page."""
+    launched = []
+    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
     tiny = model_in_workspace(tiny_model_path, ws)
     job = run_labelling(LabelConfig(constitution=HHH, model=tiny, source="import"), ws)
     at = open_page(AGREEMENT)
     at.selectbox(key="calibrate_run").set_value(job.run_id)
     at.button(key="fit_calibration").click().run()
     assert not at.exception and not at.error, at.error
+    [argv] = launched
+    assert argv[:2] == ["--data-dir", str(ws.root)] and argv[2] == "resume"
+    calibration_id = argv[3]
+    assert JobFolder(ws.runs_dir / calibration_id).spec["kind"] == "calibrate"
+    assert at.button(key=f"cancel-{calibration_id}")  # its card, with its Cancel, while it is pending
     with Store.open(ws) as store:
-        [calibration_id] = store.calibrations().calibration_id
+        assert store.calibrations().empty  # nothing fitted in the page's own run
+
+    assert cli.main(argv) == 0
+    at.run()
+    assert not at.exception, at.exception
+    with Store.open(ws) as store:
+        assert list(store.calibrations().calibration_id) == [calibration_id]
     assert at.selectbox(key="calibration").value == calibration_id
     [report] = [d.value for d in at.dataframe if "stage" in d.value.columns]
     assert list(report["stage"]) == ["before", "contextual", "after"]
@@ -452,3 +469,32 @@ def test_a_label_sent_as_the_name_changes_is_filed_under_the_annotator_it_was_ha
         assert [
             (lb.annotator, lb.pair_id) for lb in store.human_labels(pair_id=head) if lb.annotator in {"nia", "ola"}
         ] == [("nia", head)]
+
+
+@pytest.fixture
+def seeded_ws(tmp_path, monkeypatch) -> Workspace:
+    """The browser tests' seed (30 pairs and a finished AI label run over them) and a person's label on each."""
+    from .browser.seed import seed_pairs, seeded_data
+
+    workspace = seeded_data(tmp_path)
+    found = seed_pairs(workspace, tmp_path / "constitutions" / "hhh.yaml")
+    monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        store.import_human_labels([HumanLabel(p.pair_id, "ann", "ab"[i % 2]) for i, p in enumerate(found)])
+    return workspace
+
+
+def test_the_agreement_tables_name_their_columns_in_words_with_help(seeded_ws):
+    at = open_page(AGREEMENT)
+    shown = {}
+    for table in at.dataframe:
+        config = json.loads(table.proto.columns or "{}")
+        for column in table.value.columns:
+            shown[column] = config.get(column, {})
+    assert {"principle_id", "agreement_low", "first_position_rate", "flip_rate", "run_id"} <= set(shown)
+    raw = {column: c for column, c in shown.items() if "_" in c.get("label", column) or not c.get("help")}
+    assert raw == {}, raw
+    assert shown["flip_rate"]["label"] == "Flip rate"

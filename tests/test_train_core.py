@@ -585,3 +585,21 @@ def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_m
         expected = reward.eval()(**batch).logits[:, 0]
     assert got.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     assert got[0] != pytest.approx(got[1].item())  # two answers, two rewards: the head is the reward model's
+
+
+def test_the_reported_kl_is_never_negative_and_estimates_the_kl():
+    from cai_core.train.ppo import sequence_kl
+
+    # sampled tokens the policy finds less likely than the reference does: the plain log-ratio sums to -1.3
+    logprobs, ref_logprobs = torch.tensor([[-2.0, -1.5, -0.3]]), torch.tensor([[-1.0, -1.2, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the last token is padding
+    assert (logprobs - ref_logprobs)[:, :2].sum() < 0
+    assert sequence_kl(logprobs, ref_logprobs, mask).item() > 0
+
+    # over answers sampled from the policy, its mean is KL(policy || reference)
+    generator = torch.Generator().manual_seed(0)
+    policy, reference = torch.tensor([0.5, 0.3, 0.15, 0.05]), torch.tensor([0.25, 0.25, 0.25, 0.25])
+    tokens = torch.multinomial(policy, 200_000, replacement=True, generator=generator).view(-1, 1)
+    per_answer = sequence_kl(policy.log()[tokens], reference.log()[tokens], torch.ones_like(tokens, dtype=torch.float))
+    exact = float((policy * (policy / reference).log()).sum())
+    assert (per_answer >= 0).all() and per_answer.mean().item() == pytest.approx(exact, rel=0.02)

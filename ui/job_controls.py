@@ -95,14 +95,17 @@ def job_log(job: JobFolder, *, expanded: bool = False) -> None:
         st.code(job.log_tail() or "(no output yet)", language=None)
 
 
-def live_panel(draw: Callable[[], bool], *, active: bool, refresh_key: str) -> None:
+def live_panel(
+    draw: Callable[[], bool], *, active: bool, refresh_key: str, redraw_page: Callable[[], bool] | None = None
+) -> None:
     """Draw `draw()` (which returns whether any job is still active) and, while one is, redraw it every few
     seconds. When the last one ends the whole page is redrawn once, which stops the redrawing; with none
-    active a Refresh button takes its place."""
+    active a Refresh button takes its place. `redraw_page`, asked at each redraw, redraws the whole page when
+    True: what the rest of the page shows has grown (a running job's records have landed)."""
 
     @st.fragment(run_every=REFRESH_SECONDS if active else None)
     def panel() -> None:
-        if not draw() and active:
+        if (not draw() and active) or (redraw_page is not None and redraw_page()):
             st.rerun()
 
     panel()
@@ -123,9 +126,11 @@ def job_cards(
     refresh_key: str,
     resumable: Callable[[JobFolder], bool] = lambda job: True,
     more_buttons: Callable[[JobFolder], None] | None = None,
+    redraw_page: Callable[[], bool] | None = None,
 ) -> None:
     """The latest runs a page launched, one card each (status, details, progress, Cancel or Resume, the log),
-    redrawn live while any is active; `jobs` is called at each redraw so that new runs appear."""
+    redrawn live while any is active; `jobs` is called at each redraw so that new runs appear. `redraw_page`:
+    as `live_panel`'s."""
 
     def draw() -> bool:
         shown = jobs()
@@ -145,4 +150,9 @@ def job_cards(
                 job_log(job)
         return active
 
-    live_panel(draw, active=any(job.progress().status in ACTIVE for job in jobs()), refresh_key=refresh_key)
+    live_panel(
+        draw,
+        active=any(job.progress().status in ACTIVE for job in jobs()),
+        refresh_key=refresh_key,
+        redraw_page=redraw_page,
+    )

@@ -28,6 +28,11 @@ from .base import Backend, BackendError, Chat, Generation, SamplingParams, strea
 from .default_model import FOLDER_NAME, ensure_default_model
 
 DEFAULT_MODEL = "default"
+# what every door's model flag and field says a spec may be (the CLI appends it to each `model_spec` field's help)
+MODEL_SPEC_HELP = (
+    "A model spec: default (SmolLM2-135M-Instruct), a model folder, a hub id, or openai:MODEL@URL[,URL...]; "
+    "prefix a local one with hf: (transformers) or vllm: (vLLM) to pick its engine, or leave it to auto."
+)
 
 __all__ = [
     "Backend",
@@ -37,6 +42,7 @@ __all__ = [
     "SamplingParams",
     "stream",
     "DEFAULT_MODEL",
+    "MODEL_SPEC_HELP",
     "load_backend",
     "DTYPES",
     "ensure_default_model",

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ..backends import BackendError
+from ..backends import MODEL_SPEC_HELP, BackendError
 from ..constitution import ConstitutionError
 from ..prompts import PromptFileError
 from ..store import StoreError
@@ -24,7 +24,7 @@ COMMANDS = (constitution, jobs, traces, export, app, bench, rlaif, train, evalua
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cai", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cai", description=f"{__doc__.splitlines()[0]} Models: {MODEL_SPEC_HELP}")
     parser.add_argument(
         "--data-dir", help="Data folder (database, runs, models). Default: the project's data/ or $CAI_DATA_DIR."
     )

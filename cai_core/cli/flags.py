@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import typing
 
+from ..backends import MODEL_SPEC_HELP
+
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per config field, its help from the field's metadata (as TRL's configs do)."""
@@ -18,6 +20,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
         kind = hints[f.name]
         default = None if f.default is dataclasses.MISSING else f.default
         help_text = f.metadata.get("help", "")
+        if f.metadata.get("model_spec"):
+            help_text = f"{help_text} {MODEL_SPEC_HELP}"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue

@@ -16,6 +16,7 @@ from ..critique import GenerateConfig, prepare_job, run_generation
 from ..evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
 from ..feedback import LabelConfig, prepare_label_job, run_labelling
 from ..jobs import JobBusy, JobFolder, list_job_folders
+from ..judge_audit import CalibrateConfig, prepare_calibration_job, run_calibration
 from ..pairs import SampleConfig, prepare_sample_job, run_sampling
 from ..recipe import RecipeConfig, prepare_recipe, run_recipe
 from ..store import Store, StoreError
@@ -42,6 +43,7 @@ JOB_KINDS = {
     "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe"),
     "ab": JobKind(ABConfig, prepare_ab_job, run_ab, "constitution A/B"),
     "ab-judge": JobKind(ABJudgeConfig, prepare_ab_judge_job, run_ab_judging, "A/B judge"),
+    "calibrate": JobKind(CalibrateConfig, prepare_calibration_job, run_calibration, "calibration"),
 }
 
 

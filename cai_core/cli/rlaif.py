@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from ..auth import current_actor
+from ..backends import MODEL_SPEC_HELP
 from ..pairs import LABEL_FORMATS
 from ..store import Store
 from ..workspace import Workspace
-from .jobs import add_job_parser, start_job
+from .jobs import add_job_parser, launch, start_job
 
 
 def cmd_pairs_sample(args, ws: Workspace) -> int:
@@ -75,7 +76,7 @@ def print_calibration_report(report: dict) -> None:
 
 
 def cmd_calibrate(args, ws: Workspace) -> int:
-    from ..judge_audit import calibrate_run
+    from ..judge_audit import CalibrateConfig, calibrate_run, prepare_calibration_job
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
@@ -91,12 +92,10 @@ def cmd_calibrate(args, ws: Workspace) -> int:
             return 0
         if not args.run_id:
             raise ValueError("name the label run to calibrate: --run-id RUN (or --list)")
-        backend = None
-        if args.model:
-            from ..backends import load_backend
-
-            backend = load_backend(args.model, ws)
-        calibration_id, calibration = calibrate_run(store, ws, args.run_id, backend=backend)
+        if args.background:
+            job = prepare_calibration_job(CalibrateConfig(label_run=args.run_id, model=args.model), ws, store)
+            return launch(job, ws)
+        calibration_id, calibration = calibrate_run(store, ws, args.run_id, model=args.model)
     priors = ", ".join(f"{p} {a:.3f}/{b:.3f}" for p, (a, b) in sorted(calibration.priors.items()))
     print(f"stored calibration {calibration_id}")
     print(f"prior P(first shown) on content-free pairs, order 1/order 2: {priors}")
@@ -212,6 +211,14 @@ def add_parsers(sub) -> None:
         help="Calibrate a label run's judge: its prior on content-free pairs and a Platt fit on human labels.",
     )
     p.add_argument("--run-id", help="The label run (its judge, constitution and settings are asked again).")
-    p.add_argument("--model", help="Ask this judge model for the priors instead of the run's (e.g. another engine).")
+    p.add_argument(
+        "--model",
+        help=f"Ask this judge model for the priors instead of the run's (e.g. another engine). {MODEL_SPEC_HELP}",
+    )
     p.add_argument("--list", action="store_true", help="List the stored calibrations and their reports.")
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="Start the calibration as a job, detached (follow it with `cai jobs`), and return at once.",
+    )
     p.set_defaults(func=cmd_calibrate)

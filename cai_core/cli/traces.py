@@ -69,7 +69,9 @@ def add_parsers(sub) -> None:
     q.add_argument("--run-id")
     q.add_argument("--constitution-version")
     q.add_argument("--principle", help="Traces with a round critiqued under this principle id.")
-    q.add_argument("--model")
+    q.add_argument(
+        "--model", help="Traces answered by the model of this name (the model name the traces recorded, not a spec)."
+    )
     q.add_argument("--text", help="Words in the prompt, an answer or a critique.")
     q.add_argument(
         "--flag",

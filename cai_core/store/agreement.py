@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..records import now
-
 
 @dataclass(frozen=True)
 class LabelFilter:
@@ -197,33 +195,9 @@ class AgreementQueries:
                 ORDER BY l.pair_id, l.principle_id, l.run_id"""
         ).df()
 
-    def save_calibration(
-        self,
-        calibration_id: str,
-        *,
-        run_id: str,
-        judge_model: str,
-        constitution_version: str,
-        slope: float,
-        bias: float,
-        report: dict,
-        priors: dict[str, tuple[float, float]],
-    ) -> None:
-        """Store a calibration and its per-principle priors (per order); the same id replaces the old one."""
-        with self._write():
-            self._exec("DELETE FROM calibration_priors WHERE calibration_id = ?", [calibration_id])
-            self._exec(
-                "INSERT OR REPLACE INTO judge_calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [calibration_id, run_id, judge_model, constitution_version, slope, bias, json.dumps(report), now()],
-            )
-            for principle_id, (prior1, prior2) in sorted(priors.items()):
-                self._exec(
-                    "INSERT INTO calibration_priors VALUES (?, ?, ?, ?)", [calibration_id, principle_id, prior1, prior2]
-                )
-
     def calibrations(self) -> pd.DataFrame:
-        """Every stored calibration, newest first: id, run, judge model, constitution version, Platt fit, report
-        (a dict) and its priors (principle id: (order 1, order 2))."""
+        """Every stored calibration (as calibration jobs spool them), newest first: id, run, judge model,
+        constitution version, Platt fit, report (a dict) and its priors (principle id: (order 1, order 2))."""
         frame = self.con.execute(
             """SELECT k.*, coalesce(list(c.principle_id ORDER BY c.principle_id) FILTER (c.principle_id IS NOT NULL),
                                     []) AS principles,

@@ -42,12 +42,14 @@ from ..jobs import JobFolder, list_job_folders
 from ..records import (
     PAIR_SOURCES,
     AILabel,
+    CalibrationPrior,
     EvalAnswer,
     EvalJudgment,
     IngestProblem,
     Pair,
     RoundJudgment,
     Run,
+    StoredCalibration,
     Trace,
     TraceStep,
     TrainedModel,
@@ -200,10 +202,17 @@ SPOOLED_TABLES = {
     "eval_answers": EvalAnswer,
     "eval_judgments": EvalJudgment,
     "round_judgments": RoundJudgment,
+    "judge_calibrations": StoredCalibration,
+    "calibration_priors": CalibrationPrior,
 }
 # Spooled tables where a record may be written again with a new value, the later one true: a training step
 # logged again after a resume replaces the one logged before the kill (its checkpoint never saw it).
-LATEST_WINS = {"train_metrics": ["run_id", "step", "name"]}
+LATEST_WINS = {
+    "train_metrics": ["run_id", "step", "name"],
+    # a calibration run again (its job's folder removed, say) measures its priors afresh: the new ones hold
+    "judge_calibrations": ["calibration_id"],
+    "calibration_priors": ["calibration_id", "principle_id"],
+}
 # The schema's CHECKs on spooled columns, tested per line so that one bad value is one quarantined line.
 CHECKED_VALUES = {("pairs", "source"): PAIR_SOURCES, ("eval_answers", "label"): ("harmful", "benign")}
 

@@ -90,7 +90,11 @@ class TrainConfig:
     summary: ClassVar[str] = ""  # one line: what the CLI's `cai train --help` and the Train page say
 
     model: str = field(
-        default="default", metadata={"help": "Model to train: default, a local folder, or a finished run's id."}
+        default="default",
+        metadata={
+            "help": "Model to train: default, a local folder, a hub id, or a finished run's id. Training always runs "
+            "on transformers, so it takes no hf: or vllm: engine prefix."
+        },
     )
     dataset: str = field(
         default="store",

@@ -209,6 +209,7 @@ class MonitorOptions:
             "help": "Judge of the win rate: a model spec (judged under the constitution's harmless principles), or "
             "module:function from the CLI or a config file.",
             "label": "Monitor judge",
+            "model_spec": True,
         },
     )
     monitor_constitution: str = field(

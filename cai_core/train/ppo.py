@@ -199,6 +199,18 @@ def average_gradients(params) -> None:
             p.grad /= world
 
 
+def sequence_kl(logprobs, ref_logprobs, mask):
+    """Each answer's KL to the reference, summed over its tokens, as the run reports it and β follows it.
+
+    Per token it is k3 = (r - 1) - log r with r = π_ref / π at the sampled token (Schulman's "Approximating KL
+    divergence"): unbiased for KL(π || π_ref) over tokens sampled from π, like the plain log-ratio log π - log π_ref
+    that the reward's penalty uses, but never negative (log r <= r - 1) and of lower variance. The log-ratio of
+    one batch goes negative whenever its answers happen to be likelier under the reference, which the card and
+    the curve then showed as a negative KL: a reading no KL can have."""
+    log_ratio = ref_logprobs - logprobs
+    return ((log_ratio.exp() - 1 - log_ratio) * mask).sum(1)
+
+
 def gae(rewards, values, mask, gamma: float, lam: float):
     """Generalised advantage estimates and returns; positions past an answer's end carry nothing."""
     import torch
@@ -552,8 +564,9 @@ def _ppo_step(
             torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             optimizer.step()
 
-    sequence_kl = sum_over_ranks(kl.sum(1).sum().detach()).item() / (len(prompts) * world)
-    kl_control.update(sequence_kl, c.batch_size * world)
+    kl_sum = sum_over_ranks(sequence_kl(old_logprobs, ref_logprobs, answer_mask).sum()).item()
+    mean_kl = kl_sum / (len(prompts) * world)
+    kl_control.update(mean_kl, c.batch_size * world)
     local = {
         "reward": scores.mean().item(),
         "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
@@ -564,7 +577,7 @@ def _ppo_step(
     }
     # every rank's mean, averaged (ranks hold equal numbers of rollouts)
     means = sum_over_ranks(torch.tensor(list(local.values()), dtype=torch.float64, device=scores.device)) / world
-    return {"kl": sequence_kl, **dict(zip(local, means.tolist(), strict=True))}, answer_texts, scores.tolist()
+    return {"kl": mean_kl, **dict(zip(local, means.tolist(), strict=True))}, answer_texts, scores.tolist()
 
 
 class SFTBatches:

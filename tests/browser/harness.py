@@ -53,8 +53,6 @@ def running_app(data_dir: Path, constitutions_dir: Path, log_path: Path):
         "true",
         "--server.port",
         str(port),
-        "--server.fileWatcherType",
-        "none",
         "--browser.gatherUsageStats",
         "false",
     ]

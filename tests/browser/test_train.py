@@ -49,6 +49,22 @@ def train_page(chromium):
         yield page
 
 
+def test_enter_in_max_steps_keeps_the_value_and_starts_nothing(train_page, train_app, tiny_model_path):
+    page = train_page
+    page.goto(f"{train_app.url}/Train")
+    wait_for_app(page)
+    before = [job.run_id for job in list_job_folders(train_app.workspace.runs_dir)]
+    page.locator(".st-key-train_sft_model input").fill(model_in_workspace(tiny_model_path, train_app.workspace))
+    steps = page.locator(".st-key-train_sft_max_steps input")
+    steps.fill("2")
+    steps.press("Enter")
+    settle(page)
+    expect(steps).to_have_value("2")  # the value is taken
+    expect(page.get_by_text("Started sft-")).to_have_count(0)  # and no run started: Start alone starts one
+    assert [job.run_id for job in list_job_folders(train_app.workspace.runs_dir)] == before
+    expect(page.locator(".st-key-train_start button")).to_be_enabled()
+
+
 def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train_app, tiny_model_path):
     page = train_page
     page.goto(f"{train_app.url}/Train")
