@@ -85,13 +85,23 @@ def run_bench(config: BenchConfig, ws: Workspace, on_result: Callable[[str, dict
     )
 
 
-def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    begun = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - begun)
+def matmul_flops_per_second(dtype: torch.dtype, max_size: int = 2048, budget_s: float = 0.25) -> float:
+    """The CPU's matrix-product rate in DTYPE, for a roofline. The size doubles from 256 only while one product
+    is quick, then products repeat for about BUDGET_S: a CPU without bf16 units multiplies bf16 at ~1 GFLOP/s
+    (measured here), so the fixed 11 products of 2048 that fp32 does in 1 s took over 3 minutes in bf16."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, dtype=dtype)
+        begun = time.perf_counter()
+        a @ a  # also the warm-up
+        if time.perf_counter() - begun > 0.02 or size >= max_size:
+            break
+        size *= 2
+    repeats, begun = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - begun) < budget_s or repeats == 0:
+        a @ a
+        repeats += 1
+    return 2 * size**3 * repeats / elapsed
 
 
 def reference_loop(backend, constitution, prompts, rounds: int, few_shot: bool, params: SamplingParams) -> int:
