@@ -11,6 +11,7 @@ import http.client
 import re
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
@@ -183,7 +184,9 @@ def test_a_login_may_have_only_a_few_uploads_in_flight():
         async with httpx2.AsyncClient(transport=httpx2.ASGITransport(front), base_url="http://door") as client:
             return await client.put("/_stcore/upload_file/s/f", content=b"x", headers={"Cookie": cookie})
 
-    answer = asyncio.run(put())
+    # on a thread of its own: in a full run, Playwright's sync API keeps an event loop running on this one
+    with ThreadPoolExecutor(1) as thread:
+        answer = thread.submit(asyncio.run, put()).result()
     assert answer.status_code == 429 and "at most 2 per login" in answer.text
     assert login.uploads == 2
 

@@ -3,7 +3,9 @@ its curves, a run that could not start and one that failed while running, each w
 
 from __future__ import annotations
 
+import os
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -165,7 +167,11 @@ def test_the_training_chain_offers_its_previous_stages(ws, tiny_model_path, tmp_
 
 def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatch):
     launched = []
-    monkeypatch.setattr("cai_core.train.harness.subprocess.Popen", lambda argv, **kw: launched.append(argv))
+    # the launch is recorded, not run; its process is this one (the runner records the pid it started)
+    monkeypatch.setattr(
+        "cai_core.train.harness.subprocess.Popen",
+        lambda argv, **kw: launched.append(argv) or SimpleNamespace(pid=os.getpid()),
+    )
     job = JobFolder.create(ws.runs_dir, "sft-oom", {"kind": "train-sft", "model": "m", "config": {"max_steps": 9}})
     (job.path / "data-train.jsonl").write_text("{}\n")
     reason = "OutOfMemoryError: CUDA out of memory. Tried to allocate **2.00 GiB** <b>x</b>"
