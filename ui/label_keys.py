@@ -101,6 +101,9 @@ def record_labels(store: Store) -> Recorded:
         pair_id, choice = str(label.get("pair", "")), str(label.get("choice", ""))
         try:
             if pair_id not in handed:
+                if _stored_already(store, label):
+                    recorded.add(event)
+                    continue
                 raise ValueError("that pair was not handed to this page (labelled already, or its claim expired)")
             annotator = handed[pair_id]
             if label.get("annotator") != annotator:  # the browser's word can refuse a label, never place one
@@ -111,6 +114,18 @@ def record_labels(store: Store) -> Recorded:
             refused.append(f"Not saved (pair {pair_id}): {exc}")
         recorded.add(event)
     return Recorded(saved, refused)
+
+
+def _stored_already(store: Store, label: dict) -> bool:
+    """Whether the store holds LABEL as sent: the tab resends a label its last session stored but could not
+    acknowledge (a reload between the two), and this session, which never handed that pair, acknowledges it
+    instead of refusing it. It places nothing, so the browser's word is enough here."""
+    annotator, pair_id = str(label.get("annotator", "")), str(label.get("pair", ""))
+    stored = store.human_labels(annotator=annotator, pair_id=pair_id, limit=1)
+    if not stored:
+        return False
+    item = AnnotationItem.for_annotator(store.pair(pair_id), annotator)
+    return item.label(annotator, str(label.get("choice", "")), "").choice == stored[0].choice
 
 
 def label_panel(

@@ -213,7 +213,8 @@ def test_labels_the_server_never_heard_of_are_sent_again_after_a_reload(keys_app
         label = labels[pair_id]
         assert label.choice == ({"a": "b", "b": "a"}[choice] if label.shown_swapped else choice)
     expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
-    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    errors = page.get_by_test_id("stAlertContentError")
+    assert errors.count() == 0, errors.all_inner_texts()
 
 
 def test_labels_made_under_another_name_wait_in_the_tab_until_the_name_is_set_back(keys_app, page):
