@@ -39,6 +39,8 @@ TOKEN_ENV = "CAI_APP_TOKEN"  # the operator's token, read by `cai app` only
 # and by its presence the sign that this process serves logins (so that no actor means no operator).
 IDENTITY_KEY_ENV = "CAI_APP_IDENTITY_KEY"
 IDENTITY_HEADER = "X-CAI-Identity"
+# The front door's own pages; the app links to the logout one
+LOGIN_PATH, LOGOUT_PATH = "/_cai/login", "/_cai/logout"
 LOGINS_FILE = "app_logins.json"
 SCRYPT_N = 2**14  # about 50 ms a check: slow for guessing, quick for one login
 

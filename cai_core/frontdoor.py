@@ -46,10 +46,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect as connect_websocket
 from websockets.exceptions import ConnectionClosed
 
-from .auth import IDENTITY_HEADER, Access, Actor, sign_identity
+from .auth import IDENTITY_HEADER, LOGIN_PATH, LOGOUT_PATH, Access, Actor, sign_identity
 from .serve import MAX_UPLOAD_MB
 
-LOGIN_PATH, LOGOUT_PATH = "/_cai/login", "/_cai/logout"
 COOKIE = "cai_login"
 UPLOAD_PREFIX = "/_stcore/upload_file/"
 OPEN_PATHS = ("/_stcore/health",)  # says only whether the server is up

@@ -21,6 +21,7 @@ from cai_core.auth import (
     IDENTITY_HEADER,
     IDENTITY_KEY_ENV,
     LOCAL_HOSTS,
+    LOGOUT_PATH,
     Actor,
     NotAllowed,
     login_required,
@@ -30,7 +31,6 @@ from cai_core.auth import (
 )
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
-from cai_core.frontdoor import LOGOUT_PATH
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
