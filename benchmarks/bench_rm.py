@@ -7,7 +7,7 @@ labels of the same pairs, each scored on held-back human-labelled hh-rlhf pairs.
 1. Pairs: the shared hh-rlhf file's pairs whose chat fits `--max-length` tokens on both sides (so no answer is
    cut off), ties apart, shuffled with a seed; the first `--train-pairs` are trained on, the next `--eval-pairs`
    are held back (never labelled, never trained on).
-2. AI labels: the training pairs labelled by the default judge (`cai_core.feedback.run_labelling`, the hhh
+2. AI labels: the training pairs labelled by the default judge (`cai_core.jobs.run("label", ...)`, the hhh
    constitution, one sampled principle per pair, both orders); `--label-run RUN` reuses a finished label run of
    the workspace instead (its pairs that are held back here are dropped). Pairs the judge calls an exact tie
    leave the AI-labelled sets.
@@ -40,8 +40,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from cai_core import jobs  # noqa: E402
 from cai_core.evaluation import wilson_interval  # noqa: E402
-from cai_core.feedback import LabelConfig, run_labelling  # noqa: E402
+from cai_core.feedback import LabelConfig  # noqa: E402
 from cai_core.jobs import JobFolder  # noqa: E402
 from cai_core.pairs import read_hh_rlhf, transcript_messages  # noqa: E402
 from cai_core.train import train  # noqa: E402
@@ -142,7 +143,8 @@ def main() -> None:
         if not train_pairs:
             sys.exit(f"label run {args.label_run} labelled none of these hh-rlhf pairs outside the held-back ones")
     else:
-        label_job = run_labelling(
+        label_job = jobs.run(
+            "label",
             LabelConfig(constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"), model=args.judge),
             ws,
             pairs=train_pairs,

@@ -1,7 +1,7 @@
 """Constitution A/B: which of two constitutions (two saved versions of one, or two files) makes the better
 SL-CAI revisions, on the same prompts and seeds?
 
-One staged job (see `recipe.StagedWork`), whose stages are ordinary jobs named after it (`ab-ab12cd3456-gen-a`):
+One staged job (see `jobs.StagedWork`), whose stages are ordinary jobs named after it (`ab-ab12cd3456-gen-a`):
 
     gen-a   SL-CAI under constitution A        (a generate job: its traces land in the store like any other)
     gen-b   SL-CAI under constitution B        (the same model, prompts, seed and settings)
@@ -22,22 +22,16 @@ stage's folder (they are not human-comparable labels, so they stay out of the Ag
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from . import jobs
 from .backends import DEFAULT_MODEL, Backend, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution, save_constitution
-from .evalsets import is_refusal, load_sets
-from .evaluation import bootstrap_interval, outcome, refusal_rates
+from .evalsets import load_sets
 from .feedback import Judge
-from .jobs import JobFolder, engine_name, list_job_folders, run_job
-from .recipe import StagedWork
+from .jobs import JobFolder, JobKind, Plan, StagedWork, engine_name
 from .records import Pair
 from .workspace import Workspace
 
@@ -137,11 +131,9 @@ def _limited(prompts, limit: int | None) -> list[dict]:
     return kept
 
 
-def prepare_ab_job(config: ABConfig, ws: Workspace, *, store=None) -> JobFolder:
-    """Check the A/B, then create (or find) its folder with both constitutions, the judge's and the prompts
-    copied in. Version hashes are looked up in `store` (or a store opened here)."""
-    if config.run_id and JobFolder(ws.runs_dir / config.run_id).has_input(PROMPTS):
-        return JobFolder(ws.runs_dir / config.run_id)
+def _plan_ab(config: ABConfig, ws: Workspace, store=None) -> Plan:
+    """Check the A/B; its prompts are copied into its folder, and both constitutions and the judge's written
+    beside them. Version hashes are looked up in `store` (or a store opened here)."""
     if config.limit is not None and config.limit < 1:
         raise ABError(f"limit {config.limit}: expected at least 1")
     if config.batch_size < 1:
@@ -161,13 +153,14 @@ def prepare_ab_job(config: ABConfig, ws: Workspace, *, store=None) -> JobFolder:
     prompts = _limited(load_sets(config.sets), config.limit)
     if not prompts:
         raise ABError(f"sets {config.sets}: no prompts")
-    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:12]
-    identity = {"a": a.version, "b": b.version, "judge": judge.version, "prompts": digest}
-    job = JobFolder.prepare(ws.runs_dir, "ab", config, identity, model=config.model, inputs={PROMPTS: prompts})
-    for name, constitution in (("a", a), ("b", b), ("judge", judge)):
-        if not (path := job.path / f"constitution-{name}.yaml").exists():
-            save_constitution(constitution, path)
-    return job
+    identity = {"a": a.version, "b": b.version, "judge": judge.version}
+
+    def write_constitutions(job: JobFolder) -> None:
+        for name, constitution in (("a", a), ("b", b), ("judge", judge)):
+            if not (path := job.path / f"constitution-{name}.yaml").exists():
+                save_constitution(constitution, path)
+
+    return Plan(config.model, identity, inputs={PROMPTS: prompts}, then=write_constitutions)
 
 
 # --- the stages ----------------------------------------------------------------------------------------------
@@ -208,7 +201,7 @@ class ABWork(StagedWork):
     def run_stage(self, stage: ABStage) -> JobFolder:
         c, run_id = self.config, self.stage_job(stage).run_id
         if stage.step == "generate":
-            from .critique import GenerateConfig, run_generation
+            from .critique import GenerateConfig
 
             settings = {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "seed": c.seed}
             generate = GenerateConfig(
@@ -219,13 +212,13 @@ class ABWork(StagedWork):
                 run_id=run_id,
                 **settings,
             )
-            return run_generation(generate, self.ws)
+            return jobs.run("generate", generate, self.ws)
         judge = ABJudgeConfig(str(self.job.path / "constitution-judge.yaml"), c.judge, c.batch_size, run_id)
-        return run_ab_judging(judge, self.ws, pairs=self.pairs())
+        return jobs.run("ab-judge", judge, self.ws, pairs=self.pairs())
 
     def pairs(self) -> list[dict]:
         """Per prompt, the three comparisons of `COMPARISONS`, from both generations' records."""
-        answers = {side: _answers(self.stage_job(ABStage("generate", side))) for side in ("a", "b")}
+        answers = {side: answers_of(self.stage_job(ABStage("generate", side))) for side in ("a", "b")}
         rows = []
         for index, prompt in enumerate(self.job.read_input(PROMPTS)):
             key = prompt["id"]
@@ -248,7 +241,7 @@ class ABWork(StagedWork):
         return rows
 
 
-def _answers(generation: JobFolder) -> dict[str, dict]:
+def answers_of(generation: JobFolder) -> dict[str, dict]:
     """Per prompt key (first sample), the trace's prompt, initial answer, final answer and its steps."""
     traces = {t["trace_id"]: t for t in generation.read("traces") if t["sample_index"] == 0}
     steps: dict[str, list[dict]] = {}
@@ -268,50 +261,13 @@ def _answers(generation: JobFolder) -> dict[str, dict]:
     return out
 
 
-def run_ab(
-    config: ABConfig,
-    ws: Workspace | None = None,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    on_stage: Callable[[ABStage, str], None] | None = None,
-) -> JobFolder:
-    """Run (or resume) an A/B to its end, a cancel or a failure; returns its folder."""
-    ws = ws or Workspace.from_env()
-    job = prepare_ab_job(config, ws)
-    return ABWork(job, ABConfig(**job.spec["config"]), ws, on_stage).run(on_progress)
-
-
 # --- the judge stage -----------------------------------------------------------------------------------------
 
 
-def prepare_ab_judge_job(config: ABJudgeConfig, ws: Workspace, pairs: list[dict] | None = None) -> JobFolder:
-    if config.run_id and JobFolder(ws.runs_dir / config.run_id).has_input(PAIRS):
-        return JobFolder(ws.runs_dir / config.run_id)
+def _plan_judging(config: ABJudgeConfig, ws: Workspace, pairs: list[dict] | None = None) -> Plan:
     if not pairs:
         raise ABError("no answers to judge: both generations must have answered the same prompts")
-    digest = hashlib.sha256("\n".join(p["pair"]["pair_id"] for p in pairs).encode()).hexdigest()[:12]
-    return JobFolder.prepare(
-        ws.runs_dir,
-        "ab-judge",
-        config,
-        {"pairs": digest},
-        model=config.model,
-        constitution=load_constitution(config.constitution),
-        inputs={PAIRS: pairs},
-    )
-
-
-def run_ab_judging(
-    config: ABJudgeConfig,
-    ws: Workspace | None = None,
-    *,
-    pairs: list[dict] | None = None,
-    backend: Backend | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> JobFolder:
-    ws = ws or Workspace.from_env()
-    job = prepare_ab_judge_job(config, ws, pairs)
-    return run_job(job, lambda: ABJudgeWork(job, config, ws, backend), on_progress=on_progress)
+    return Plan(config.model, constitution=load_constitution(config.constitution), inputs={PAIRS: pairs})
 
 
 class ABJudgeWork:
@@ -368,152 +324,9 @@ class ABJudgeWork:
         self.judged.update((r["pair_id"], r["principle_id"]) for r in records)
 
 
-# --- the result ----------------------------------------------------------------------------------------------
+def _ab_work(job: JobFolder, config: ABConfig, ws: Workspace, on_stage=None) -> ABWork:
+    return ABWork(job, ABConfig(**job.spec["config"]), ws, on_stage)  # named as it was prepared
 
 
-@dataclass(frozen=True)
-class ABResult:
-    """What an A/B found; every frame is empty until the judge has judged something."""
-
-    run_id: str
-    versions: dict[str, str]  # a, b, judge -> version (the judge's is "neutral"'s version when neutral)
-    names: dict[str, str]  # a, b, judge -> the constitution's name
-    win_rates: pd.DataFrame  # comparison, win_rate, low, high, n (prompts); plus the paired difference
-    by_principle: pd.DataFrame  # comparison, principle_id, win_rate, low, high, n
-    by_category: pd.DataFrame  # comparison, label, category, win_rate, low, high, n
-    refusals: pd.DataFrame  # answers (A final, B final, initial), label, refusal_rate, low, high, n
-    prompts: pd.DataFrame  # per prompt: key, set, label, category, prompt, and each comparison's score
-
-    @property
-    def over_refusal(self) -> pd.DataFrame:
-        """Refusals on the benign prompts: lower is better."""
-        return self.refusals[self.refusals["label"] == "benign"].reset_index(drop=True)
-
-
-DIFFERENCE = "A − B (each vs its initial)"
-
-
-def _rate_rows(scores: pd.DataFrame, keys: list[str], resamples: int, seed: int) -> pd.DataFrame:
-    """Win rate (the mean per-prompt score; ties half), a 95% bootstrap interval over prompts, and the count."""
-    rows = []
-    for group, frame in scores.groupby(keys, sort=True):
-        values = frame["score"].to_numpy()
-        low, high = bootstrap_interval(values, resamples=resamples, seed=seed)
-        rows.append((*(group if isinstance(group, tuple) else (group,)), float(values.mean()), low, high, len(values)))
-    return pd.DataFrame(rows, columns=[*keys, "win_rate", "low", "high", "n"])
-
-
-def ab_result(ws: Workspace, run_id: str, *, resamples: int = 2000, seed: int = 0) -> ABResult:
-    """Read an A/B's judgments and traces back from its folders and compute its figures."""
-    job = JobFolder(ws.runs_dir / run_id)
-    if not (job.path / "run.json").exists() or job.spec.get("kind") != "ab":
-        raise ABError(f"no A/B run {run_id!r} under {ws.runs_dir}")
-    constitutions = {side: load_constitution(job.path / f"constitution-{side}.yaml") for side in ("a", "b", "judge")}
-    prompts = pd.DataFrame(job.read_input(PROMPTS)).rename(columns={"id": "key"})
-    judge = JobFolder(ws.runs_dir / f"{run_id}-judge")
-    judged = pd.DataFrame(judge.read(JUDGMENTS) if judge.path.exists() else [])
-    if not judged.empty:
-        judged = judged[~judged["failed"].astype(bool) & judged["p_a"].notna()]
-    score_columns = ["comparison", "prompt_key", "principle_id", "score"]
-    scores = (
-        judged.assign(score=judged["p_a"].map(outcome))[score_columns]
-        if not judged.empty
-        else pd.DataFrame(columns=score_columns)
-    )
-    # Per prompt and comparison, the mean over the judging principles: the unit the bootstrap resamples.
-    per_prompt = scores.groupby(["comparison", "prompt_key"], as_index=False)["score"].mean()
-    per_prompt = per_prompt.merge(prompts[["key", "label", "category"]], left_on="prompt_key", right_on="key")
-    win_rates = _rate_rows(per_prompt, ["comparison"], resamples, seed)
-    wide = per_prompt.pivot(index="prompt_key", columns="comparison", values="score") if not per_prompt.empty else None
-    if wide is not None and {"A vs initial", "B vs initial"} <= set(wide.columns):
-        # Paired: the same prompt's two improvements over their initial answers, A's minus B's.
-        difference = (
-            (wide["A vs initial"] - wide["B vs initial"]).dropna().to_frame("score").assign(comparison=DIFFERENCE)
-        )
-        win_rates = pd.concat([win_rates, _rate_rows(difference, ["comparison"], resamples, seed)], ignore_index=True)
-    by_principle = _rate_rows(
-        scores.groupby(["comparison", "principle_id", "prompt_key"], as_index=False)["score"].mean(),
-        ["comparison", "principle_id"],
-        resamples,
-        seed,
-    )
-    by_category = _rate_rows(per_prompt, ["comparison", "label", "category"], resamples, seed)
-    table = prompts[["key", "set", "label", "category", "prompt"]]
-    if wide is not None:
-        table = table.merge(wide.reset_index().rename(columns={"prompt_key": "key"}), on="key", how="left")
-    return ABResult(
-        run_id,
-        {side: c.version for side, c in constitutions.items()},
-        {side: c.name for side, c in constitutions.items()},
-        win_rates,
-        by_principle,
-        by_category,
-        _refusals(ws, run_id, prompts),
-        table,
-    )
-
-
-def _refusals(ws: Workspace, run_id: str, prompts: pd.DataFrame) -> pd.DataFrame:
-    """Refusal rates by phrase of A's and B's final answers and of the initial answers, per label, with Wilson
-    intervals (`evaluation.refusal_rates`): on the benign prompts, over-refusal."""
-    labels = dict(zip(prompts["key"], prompts["label"], strict=True))
-    rows = []
-    for side in ("a", "b"):
-        answers = _answers(JobFolder(ws.runs_dir / f"{run_id}-gen-{side}"))
-        for key, answer in answers.items():
-            rows.append(
-                {"model": f"{side.upper()} final", "label": labels.get(key), "refused": is_refusal(answer["final"])}
-            )
-            if side == "a":  # both generations start from the same seeds: A's initial answers stand for both
-                rows.append({"model": "initial", "label": labels.get(key), "refused": is_refusal(answer["initial"])})
-    if not rows:
-        return pd.DataFrame(columns=["answers", "label", "refusal_rate", "low", "high", "n"])
-    rates = refusal_rates(pd.DataFrame(rows).assign(wrapper="none"))
-    return rates.drop(columns="wrapper").rename(columns={"model": "answers"})
-
-
-@dataclass(frozen=True)
-class ABPrompt:
-    """One prompt of an A/B: both traces, round by round, and what the judge said."""
-
-    key: str
-    prompt: str
-    label: str
-    category: str
-    traces: dict[str, list[dict]]  # a, b -> steps (round, principle_id, critique, response)
-    judgments: pd.DataFrame  # comparison, principle_id, p_order1, p_order2, p_a
-
-
-def ab_prompt(ws: Workspace, run_id: str, key: str) -> ABPrompt:
-    job = JobFolder(ws.runs_dir / run_id)
-    prompt = next((p for p in job.read_input(PROMPTS) if p["id"] == key), None)
-    if prompt is None:
-        raise ABError(f"A/B {run_id} has no prompt {key!r}")
-    traces = {}
-    for side in ("a", "b"):
-        answers = _answers(JobFolder(ws.runs_dir / f"{run_id}-gen-{side}"))
-        traces[side] = answers[key]["steps"] if key in answers else []
-    judge = JobFolder(ws.runs_dir / f"{run_id}-judge")
-    judged = pd.DataFrame([j for j in judge.read(JUDGMENTS) if j["prompt_key"] == key] if judge.path.exists() else [])
-    columns = ["comparison", "principle_id", "p_order1", "p_order2", "p_a"]
-    return ABPrompt(
-        key,
-        prompt["prompt"],
-        prompt["label"],
-        prompt["category"],
-        traces,
-        judged[columns] if not judged.empty else pd.DataFrame(columns=columns),
-    )
-
-
-def ab_runs(ws: Workspace, versions: set[str] | None = None) -> list[JobFolder]:
-    """The A/B runs, newest first; with `versions`, only those that compare one of them."""
-    runs = [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] == "ab"]
-    if versions is None:
-        return runs
-    return [job for job in runs if {_version(job, "a"), _version(job, "b")} & versions]
-
-
-def _version(job: JobFolder, side: str) -> str | None:
-    path = job.path / f"constitution-{side}.yaml"
-    return load_constitution(path).version if path.exists() else None
+AB = JobKind("ab", ABConfig, _plan_ab, _ab_work, "constitution A/B", input=PROMPTS, sources=("store",))
+AB_JUDGE = JobKind("ab-judge", ABJudgeConfig, _plan_judging, ABJudgeWork, "A/B judge", input=PAIRS, sources=("pairs",))

@@ -25,9 +25,10 @@ from typing import Literal
 
 import torch
 
+from . import jobs
 from .backends import SamplingParams, load_backend
 from .constitution import load_constitution
-from .critique import GenerateConfig, choose_principle, critique_chat, revision_chat, run_generation
+from .critique import GenerateConfig, choose_principle, critique_chat, revision_chat
 from .prompts import load_prompts
 from .workspace import Workspace
 
@@ -130,7 +131,7 @@ def run_pipeline(config: GenerateConfig, prompts, backend=None) -> tuple[float, 
         )
         config = dataclasses.replace(config, prompts=str(prompt_file))
         begun = time.perf_counter()
-        job = run_generation(config, Workspace(Path(tmp)), backends=(backend, backend) if backend else None)
+        job = jobs.run("generate", config, Workspace(Path(tmp)), backends=(backend, backend) if backend else None)
         seconds = time.perf_counter() - begun
         steps = job.read("trace_steps")
         return seconds, sum(s["critique_tokens"] + s["response_tokens"] for s in steps)

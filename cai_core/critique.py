@@ -20,7 +20,7 @@ from typing import Literal
 from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
 from .constitution import Constitution, Principle, load_constitution
-from .jobs import JobFolder, engine_name, run_job
+from .jobs import JobFolder, JobKind, Plan, engine_name
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
 from .workspace import Workspace
@@ -167,27 +167,9 @@ def _prompt_set(config: GenerateConfig):
     return load_prompts(config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit)
 
 
-def prepare_job(config: GenerateConfig, workspace: Workspace) -> JobFolder:
-    """Create (or find) the run's folder; the run id is derived from the config unless given."""
+def _plan(config: GenerateConfig, workspace: Workspace) -> Plan:
     constitution = load_constitution(config.constitution)
-    identity = {"prompts": _prompt_set(config).digest}
-    return JobFolder.prepare(
-        workspace.runs_dir, "generate", config, identity, model=config.model, constitution=constitution, prefix="gen"
-    )
-
-
-def run_generation(
-    config: GenerateConfig,
-    workspace: Workspace | None = None,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    backends: tuple[Backend, Backend] | None = None,
-) -> JobFolder:
-    """Run (or resume) an SL-CAI job to completion; returns its folder. Records are spooled there,
-    and `Store.ingest` takes them in."""
-    workspace = workspace or Workspace.from_env()
-    job = prepare_job(config, workspace)
-    return run_job(job, lambda: GenerateWork(job, config, workspace, backends), on_progress=on_progress)
+    return Plan(config.model, {"prompts": _prompt_set(config).digest}, constitution=constitution)
 
 
 def fit_prompt(backend: Backend, prompt: str, chat_around: Callable[[str], Chat], new_tokens: int) -> str:
@@ -384,3 +366,6 @@ class GenerateWork:
         for state, step in zip(active, new_steps, strict=True):
             self.steps[state.trace.trace_id].append(step)
             state.response, state.round, state.stopped = step.response, round_, step.stopped
+
+
+GENERATE = JobKind("generate", GenerateConfig, _plan, GenerateWork, "SL-CAI", prefix="gen")

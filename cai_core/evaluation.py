@@ -17,13 +17,10 @@ the Elo scale, refusal rates with Wilson intervals, per-principle and per-round 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -34,7 +31,7 @@ from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
-from .jobs import JobFolder, engine_name, run_job
+from .jobs import JobFolder, JobKind, Plan, engine_name
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
 from .workspace import PROJECT_ROOT, Workspace
 
@@ -124,10 +121,8 @@ class RoundsConfig:
 # --- compare models ------------------------------------------------------------------------------
 
 
-def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
-    """Check the config, then create (or find) the run's folder with its prompts copied in."""
-    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
-        return JobFolder(workspace.runs_dir / config.run_id)
+def _plan_eval(config: EvalConfig, workspace: Workspace) -> Plan:
+    """Check the config; the prompts are copied into the job."""
     parse_models(config.models)
     for wrapper in config.wrappers:
         wrap(wrapper, "")
@@ -137,28 +132,7 @@ def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     constitution = load_constitution(config.constitution)
     prompts = [asdict(p) for p in load_sets(config.sets)]
-    digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]
-    return JobFolder.prepare(
-        workspace.runs_dir,
-        "eval",
-        config,
-        {"sets": digest},
-        model=config.judge,
-        constitution=constitution,
-        inputs={INPUT: prompts},
-    )
-
-
-def run_evaluation(
-    config: EvalConfig,
-    workspace: Workspace | None = None,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> JobFolder:
-    """Run (or resume) a comparison to completion: answers model by model, then the judge."""
-    workspace = workspace or Workspace.from_env()
-    job = prepare_eval_job(config, workspace)
-    return run_job(job, lambda: EvalWork(job, config, workspace), on_progress=on_progress)
+    return Plan(config.judge, constitution=constitution, inputs={INPUT: prompts})
 
 
 class _JudgedWork:
@@ -303,10 +277,8 @@ def _compare(run_id: str, judge: Judge, batch, answers: dict, seed: int) -> list
 # --- SL-CAI rounds -------------------------------------------------------------------------------
 
 
-def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
-    """Create (or find) the run's folder with the traces' answers copied in from the store."""
-    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
-        return JobFolder(workspace.runs_dir / config.run_id)
+def _plan_rounds(config: RoundsConfig, workspace: Workspace) -> Plan:
+    """The traces' answers, copied into the job from the store."""
     if config.batch_size < 1:
         raise ValueError(f"batch size {config.batch_size}: expected at least 1")
     constitution = load_constitution(config.constitution)
@@ -317,18 +289,7 @@ def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
         steps = store.trace_answers(config.traces_run, limit=config.limit)
     if steps.empty:
         raise ValueError(f"SL-CAI run {config.traces_run!r} has no traces with a revision in {workspace.db_path}")
-    rows = steps.to_dict("records")
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return JobFolder.prepare(
-        workspace.runs_dir,
-        "eval-rounds",
-        config,
-        {"traces": digest},
-        model=config.judge,
-        constitution=constitution,
-        inputs={INPUT: rows},
-        prefix="rounds",
-    )
+    return Plan(config.judge, constitution=constitution, inputs={INPUT: steps.to_dict("records")})
 
 
 def round_comparisons(steps: list[dict]) -> list[tuple[dict, dict]]:
@@ -346,17 +307,6 @@ def round_comparisons(steps: list[dict]) -> list[tuple[dict, dict]]:
             if r > 1 and 0 in rounds:
                 out.append((rounds[r], rounds[0]))
     return out
-
-
-def run_rounds(
-    config: RoundsConfig,
-    workspace: Workspace | None = None,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> JobFolder:
-    workspace = workspace or Workspace.from_env()
-    job = prepare_rounds_job(config, workspace)
-    return run_job(job, lambda: RoundsWork(job, config, workspace), on_progress=on_progress)
 
 
 class RoundsWork(_JudgedWork):
@@ -599,3 +549,7 @@ def quality_by_round(round_judgments: pd.DataFrame, *, resamples: int = 2000, se
         low, high = bootstrap_interval(p, resamples=resamples, seed=seed)
         rows.append((int(rnd), float(p.mean()), low, high, len(p)))
     return pd.DataFrame(rows, columns=["round", "p_better_than_initial", "low", "high", "n"])
+
+
+EVAL = JobKind("eval", EvalConfig, _plan_eval, EvalWork, "evaluation", input=INPUT)
+ROUNDS = JobKind("eval-rounds", RoundsConfig, _plan_rounds, RoundsWork, "rounds", prefix="rounds", input=INPUT)

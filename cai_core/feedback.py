@@ -22,17 +22,15 @@ rerunning the same configuration resumes it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder, batched, engine_name, run_job
+from .jobs import JobFolder, JobKind, Plan, batched, engine_name
 from .records import AILabel, Pair, to_row
 from .workspace import Workspace
 
@@ -143,6 +141,9 @@ def check_settings(constitution: Constitution, few_shot: int, cot_band: tuple[fl
     few_shot_chat(constitution, constitution.enabled_principles[0], few_shot)
 
 
+COT_BAND = (0.4, 0.6)  # with chain-of-thought, P(a better) is clamped to this band unless set
+
+
 class Judge:
     """Labels (pair, principle) items in batches: every order of every item in one call per stage."""
 
@@ -154,7 +155,7 @@ class Judge:
         method: Literal["auto", "logprob", "strict"] = "auto",
         cot: bool = False,
         cot_tokens: int = 128,
-        cot_band: tuple[float, float] = (0.4, 0.6),
+        cot_band: tuple[float, float] = COT_BAND,
         few_shot: int = 0,
     ):
         check_settings(constitution, few_shot, cot_band)
@@ -165,6 +166,14 @@ class Judge:
         self.cot_tokens = cot_tokens
         self.cot_band = cot_band
         self.few_shot = few_shot
+
+    @classmethod
+    def from_label_settings(cls, backend: Backend, constitution: Constitution, settings: dict) -> Judge:
+        """The judge a label run's settings describe (`LabelConfig`'s fields, as its run.json records them): the
+        label job's own, and the one a calibration of that run asks again. What the record lacks keeps its default."""
+        options = {name: settings[name] for name in ("method", "cot", "cot_tokens", "few_shot") if name in settings}
+        cot_band = (settings.get("cot_min", COT_BAND[0]), settings.get("cot_max", COT_BAND[1]))
+        return cls(backend, constitution, cot_band=cot_band, **options)
 
     def chats(self, pair: Pair, principle: Principle, instruction: str) -> tuple[Chat, Chat]:
         """The question in order 1 (response_a as (A)) and order 2 (response_b as (A))."""
@@ -228,8 +237,8 @@ class LabelConfig:
     )
     cot: bool = field(default=False, metadata={"help": "Let the judge reason before the options are scored."})
     cot_tokens: int = field(default=128, metadata={"help": "Most tokens of chain-of-thought reasoning."})
-    cot_min: float = field(default=0.4, metadata={"help": "With --cot, clamp P(a better) to at least this."})
-    cot_max: float = field(default=0.6, metadata={"help": "With --cot, clamp P(a better) to at most this."})
+    cot_min: float = field(default=COT_BAND[0], metadata={"help": "With --cot, clamp P(a better) to at least this."})
+    cot_max: float = field(default=COT_BAND[1], metadata={"help": "With --cot, clamp P(a better) to at most this."})
     few_shot: int = field(default=0, metadata={"help": "Worked comparisons shown first (from the constitution)."})
     source: Literal["sampled", "sl-cai", "import"] | None = field(
         default=None, metadata={"help": "Label only pairs from this source; all pairs when unset."}
@@ -242,11 +251,9 @@ class LabelConfig:
     )
 
 
-def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None) -> JobFolder:
-    """Create (or find) the run's folder and copy the pairs to label into it; the background job reads
-    them from there. Pairs come from the store unless given."""
-    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
-        return JobFolder(workspace.runs_dir / config.run_id)
+def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None) -> Plan:
+    """The pairs to label (from the store unless given), copied into the job: the background job reads them
+    from there."""
     constitution = load_constitution(config.constitution)
     check_settings(constitution, config.few_shot, (config.cot_min, config.cot_max))
     if config.batch_size < 1:
@@ -259,30 +266,7 @@ def prepare_label_job(config: LabelConfig, workspace: Workspace, pairs: list[Pai
             pairs = store.pairs(source=config.source, limit=config.limit)
     if not pairs:
         raise ValueError("no pairs to label: make or import some first (Data page, `cai pairs`, `cai import-labels`)")
-    digest = hashlib.sha256("\n".join(p.pair_id for p in pairs).encode()).hexdigest()[:12]
-    return JobFolder.prepare(
-        workspace.runs_dir,
-        "label",
-        config,
-        {"pairs": digest},
-        model=config.model,
-        constitution=constitution,
-        inputs={INPUT: [to_row(p) for p in pairs]},
-    )
-
-
-def run_labelling(
-    config: LabelConfig,
-    workspace: Workspace | None = None,
-    *,
-    pairs: list[Pair] | None = None,
-    backend: Backend | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> JobFolder:
-    """Run (or resume) a labelling job to completion; returns its folder (`Store.ingest` takes the labels in)."""
-    workspace = workspace or Workspace.from_env()
-    job = prepare_label_job(config, workspace, pairs)
-    return run_job(job, lambda: LabelWork(job, config, workspace, backend), on_progress=on_progress)
+    return Plan(config.model, constitution=constitution, inputs={INPUT: [to_row(p) for p in pairs]})
 
 
 class LabelWork:
@@ -322,15 +306,7 @@ class LabelWork:
             self.backend = self.backend or load_backend(config.model, self.workspace, calls=2 * todo)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
-            self.judge = Judge(
-                self.backend,
-                self.constitution,
-                method=config.method,
-                cot=config.cot,
-                cot_tokens=config.cot_tokens,
-                cot_band=(config.cot_min, config.cot_max),
-                few_shot=config.few_shot,
-            )
+            self.judge = Judge.from_label_settings(self.backend, self.constitution, asdict(config))
         began = time.perf_counter()
         verdicts = self.judge.label(batch)
         seconds = (time.perf_counter() - began) / len(batch)
@@ -357,3 +333,6 @@ class LabelWork:
         ]
         self.job.append("ai_labels", [to_row(label) for label in labels])
         self.labelled.update((label.pair_id, label.principle_id) for label in labels)
+
+
+LABEL = JobKind("label", LabelConfig, _plan, LabelWork, "AI labels", input=INPUT, sources=("pairs",))

@@ -1,610 +1,148 @@
-"""Long work in the background: a job's folder is its whole state.
+"""Long work in the background: the job kinds, and how any of them is prepared, run and launched.
 
-DuckDB lets one process hold a database file, and the app holds ours. So a job never opens it:
-it appends its records to JSON-lines files in its own folder (flushed and fsynced per batch) and
-the store ingests them later, idempotently (see `Store.ingest`). The same files tell a restarted
-job what is already done, so a kill at any moment, `kill -9` included, loses at most the batch
-in flight and never stores a step twice.
-
-    runs/<run_id>/run.json         what the job is (kind, model, config, constitution)
-    runs/<run_id>/<table>.jsonl    records, one JSON object a line
-    runs/<run_id>/progress.json    status, done / total, rate, ETA, engine; rewritten atomically
-    runs/<run_id>/cancel           present when someone asked the job to stop
-    runs/<run_id>/lock             locked (flock) by the one process working on the job
-    runs/<run_id>/log.txt          the job's own output when launched in the background
-
-`run_job` is the one runner of every non-training job (generate, pairs, label, eval, eval-rounds): a
-job module gives it only a `Work` (its state read back from the folder, its batches and a `step`),
-and the runner owns the rest: the lock, a cancel made before the start, the repair of torn records,
-progress with a rate and an ETA, the cancel check between batches and between model calls, and the
-closing status. Training keeps its own loop (`train/harness.py`, driven by the trainers' callbacks)
-over the same folder.
-
-The cancel rule: a cancel made while a job is pending (launched, not yet begun) or running wins; a
-cancel file found on a stopped run (done, failed, cancelled) is an old request, and an explicit
-resume clears it. Launching a job marks it pending first, so a cancel made in the moment between a
-click on Resume and the start of its process is not mistaken for an old one.
+Every non-training job (generate, pairs, label, eval, eval-rounds, calibrate, ab, ab-judge, recipe) is one
+`JobKind`, defined in its own module and registered in `KINDS` by one line. The CLI's job commands, `cai resume`,
+the pages, the recipe's stages and the A/B's stages all start a job through `prepare`, `run` and `launch` here;
+a kind gives only what is its own:
+- its config class (a dataclass with a `run_id` field);
+- `plan(config, workspace, **sources)`: check the config and read what the job works on, returned as a `Plan`
+  (the model, the inputs to copy into the folder, the facts that define the run besides its config);
+- `work(job, config, workspace, **options)`: the `Work` the runner drives (`job_runner.run_job`).
+The framework owns the rest: finding a named run prepared already, the run id (a digest of the config, the
+plan's identity and its inputs), the folder (`job_folder.JobFolder`), the run to its end, the detached launch.
+Training keeps its own launcher and loop (`train/harness.py`) over the same folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import hashlib
-import json
-import os
-import signal
-import subprocess
+import importlib
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from subprocess import Popen
 
-from .auth import child_environment, require_operator
-from .records import now
-from .workspace import Workspace, write_file_atomically
+from .job_folder import (
+    STATUSES,
+    Cancelled,
+    JobBusy,
+    JobFolder,
+    Progress,
+    digest,
+    list_job_folders,
+    run_id_for,
+    write_json_atomic,
+)
+from .job_runner import StagedWork, StageFailed, Work, batched, engine_name, is_done, run_job
+from .workspace import Workspace
 
-STATUSES = ("pending", "running", "done", "failed", "cancelled")
-DISK_LOW_BYTES = 64 * 1024  # less free space than this where a job died: the disk filled up under it
+__all__ = [
+    "STATUSES",
+    "Cancelled",
+    "JobBusy",
+    "JobFolder",
+    "Progress",
+    "StageFailed",
+    "StagedWork",
+    "Work",
+    "batched",
+    "digest",
+    "engine_name",
+    "is_done",
+    "list_job_folders",
+    "run_id_for",
+    "run_job",
+    "write_json_atomic",
+]
 
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_file_atomically(path, lambda out: out.write(json.dumps(data, ensure_ascii=False, indent=1).encode()))
-
-
-class Cancelled(Exception):
-    """Raised at a cancel point when someone asked the job to stop; the runner records the stop."""
-
-
-class JobBusy(RuntimeError):
-    """Another process is working on the job; the message names the run and that process."""
+# Each kind's name, and the module (with the name it has there) that defines it: imported when the kind is first
+# asked for, so that a command or a page loads only the kinds it uses.
+KINDS = {
+    "generate": "critique:GENERATE",
+    "pairs": "pairs:SAMPLE",
+    "label": "feedback:LABEL",
+    "eval": "evaluation:EVAL",
+    "eval-rounds": "evaluation:ROUNDS",
+    "calibrate": "judge_audit:CALIBRATE",
+    "ab": "ab:AB",
+    "ab-judge": "ab:AB_JUDGE",
+    "recipe": "recipe.stages:RECIPE",
+}
 
 
 @dataclass(frozen=True)
-class Progress:
-    status: str
-    done: int
-    total: int
-    message: str = ""
-    pid: int | None = None
-    updated_at: float = 0.0
-    unit: str = ""  # what done and total count: steps, labels, comparisons
-    rate: float | None = None  # units a second since this process began, when it has done some
-    eta: float | None = None  # seconds left at that rate
-    elapsed: float | None = None  # seconds since this process began the job
-    engine: str = ""  # the backend and model the job runs on, once loaded
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
-    def summary(self) -> str:
-        """done/total, then the rate, elapsed time and ETA where known: what a page or `cai jobs` shows."""
-        parts = [f"{self.done}/{self.total} {self.unit}s" if self.unit else f"{self.done}/{self.total}"]
-        if self.rate:
-            parts.append(f"{self.rate:.2f} {self.unit or 'item'}s/s")
-        if self.elapsed is not None:
-            parts.append(f"{_duration(self.elapsed)} elapsed")
-        if self.eta is not None and self.status == "running":
-            parts.append(f"about {_duration(self.eta)} left")
-        if self.engine:
-            parts.append(self.engine)
-        return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-
-
-_PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
-_PROGRESS_REQUIRED = {"status": str, "done": int, "total": int}
-
-
-def _progress_record(path: Path, data) -> Progress:
-    """progress.json's object as a Progress, or ValueError naming the file and what is wrong."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    for name, kind in _PROGRESS_REQUIRED.items():
-        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
-            raise ValueError(f"{path}: {name!r} is missing or not a{' text' if kind is str else 'n integer'}")
-    if data["status"] not in STATUSES:
-        raise ValueError(f"{path}: status {data['status']!r} is not one of {', '.join(STATUSES)}")
-    return Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
-
-
-class JobFolder:
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.run_id = self.path.name
-
-    # --- identity ----------------------------------------------------------------------------
-
-    @classmethod
-    def create(cls, runs_dir: Path, run_id: str, spec: dict) -> JobFolder:
-        folder = cls(Path(runs_dir) / run_id)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        if not (folder.path / "run.json").exists():
-            write_json_atomic(folder.path / "run.json", {"run_id": run_id, "created_at": now(), **spec})
-            folder.set_progress("pending", 0, 0, pid=None)  # no process runs it yet: see `start`
-        return folder
-
-    @classmethod
-    def prepare(
-        cls,
-        runs_dir: Path,
-        kind: str,
-        config,
-        identity: dict,
-        *,
-        model: str,
-        constitution=None,
-        inputs: dict[str, list[dict]] | None = None,
-        prefix: str | None = None,
-    ) -> JobFolder:
-        """Create (or find) a job's folder. Its id is the config's `run_id` or else `PREFIX-hash` of the config,
-        the constitution's version and `identity` (digests of the data it works on), so the same command
-        again finds the same run; `inputs` are copied in once (see `write_input`)."""
-        settings = dataclasses.asdict(config)
-        if constitution is not None:
-            identity = {"constitution": constitution.version, **identity}
-        run_id = settings.get("run_id") or run_id_for(prefix or kind, {**settings, **identity, "run_id": None})
-        spec = {"kind": kind, "model": model, "config": {**settings, "run_id": run_id}}
-        if constitution is not None:
-            spec["constitution"] = constitution.snapshot()
-        folder = cls.create(runs_dir, run_id, spec)
-        for name, rows in (inputs or {}).items():
-            folder.write_input(name, rows)
-        return folder
-
-    @property
-    def spec(self) -> dict:
-        return json.loads((self.path / "run.json").read_text(encoding="utf-8"))
-
-    # --- records -----------------------------------------------------------------------------
-
-    def records_path(self, table: str) -> Path:
-        return self.path / f"{table}.jsonl"
-
-    def append(self, table: str, rows: list[dict]) -> None:
-        if not rows:
-            return
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(self.records_path(table), "a", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read(self, table: str) -> list[dict]:
-        """Every complete record; a line cut short by a kill is not a record."""
-        path = self.records_path(table)
-        if not path.exists():
-            return []
-        data = path.read_bytes()
-        data = data[: data.rfind(b"\n") + 1]
-        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
-
-    def has_input(self, name: str) -> bool:
-        return (self.path / f"{name}.jsonl").exists()
-
-    def write_input(self, name: str, rows: list[dict]) -> None:
-        """Copy a job's input into its folder once, when it is prepared, so that a resumed job works through
-        the same items even if their source has changed since. Written whole or not at all. Not a spooled
-        table: the store never ingests it."""
-        if self.has_input(name):
-            return
-        staging = self.path / f".{name}.jsonl.tmp"
-        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        staging.replace(self.path / f"{name}.jsonl")
-
-    def read_input(self, name: str) -> list[dict]:
-        text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line]
-
-    def repair(self) -> None:
-        """Cut a torn last line (a kill mid-write) so that appends start on a fresh line."""
-        for path in self.path.glob("*.jsonl"):
-            data = path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end != len(data):
-                with open(path, "r+b") as f:
-                    f.truncate(end)
-
-    def record_engines(self, **backends) -> None:
-        """Note which engine runs each of the job's models (`policy=backend, ...`) in run.json, as
-        `engines: {role: [engine, ...]}`: a job resumed on another engine adds that engine to the list."""
-        spec = self.spec
-        engines = {role: list(seen) for role, seen in spec.get("engines", {}).items()}
-        for role, backend in backends.items():
-            seen = engines.setdefault(role, [])
-            engine = getattr(backend, "engine", type(backend).__name__)  # a backend of the caller's own making
-            if not seen or seen[-1] != engine:
-                seen.append(engine)
-        if engines != spec.get("engines"):
-            write_json_atomic(self.path / "run.json", {**spec, "engines": engines})
-
-    def engines(self) -> str:
-        """Which engines ran the job's models, for display: "vllm", "vllm, then hf", or per model when they
-        differ ("policy vllm; judge hf"); "" before any model was loaded."""
-        engines = self.spec.get("engines", {})
-        if len({tuple(seen) for seen in engines.values()}) == 1:
-            return ", then ".join(next(iter(engines.values())))
-        return "; ".join(f"{role} {', then '.join(seen)}" for role, seen in engines.items())
-
-    # --- progress and control ----------------------------------------------------------------
-
-    def set_progress(self, status: str, done: int, total: int, message: str = "", **details) -> None:
-        """Rewrite progress.json; `details` are Progress's other fields (unit, rate, eta, elapsed, engine)."""
-        assert status in STATUSES, status
-        unknown = set(details) - _PROGRESS_FIELDS
-        assert not unknown, unknown
-        write_json_atomic(
-            self.path / "progress.json",
-            {
-                "status": status,
-                "done": done,
-                "total": total,
-                "message": message,
-                "pid": os.getpid(),
-                "updated_at": now(),
-                **details,  # a pid here: the process that will write next (a job being started)
-            },
-        )
-
-    def progress(self) -> Progress:
-        """The job's progress as a page shows it: a job whose process died before it could say so reads failed.
-        ValueError naming the file and the field where progress.json cannot be read (listings leave such a job
-        out, and ingest quarantines it, as for run.json)."""
-        progress = self.recorded_progress()
-        if progress.status in ("pending", "running") and progress.pid and not _alive(progress.pid):
-            return dataclasses.replace(progress, status="failed", message=self._death(), eta=None)
-        return progress
-
-    def recorded_progress(self) -> Progress:
-        """progress.json as written: what the process that takes the job's lock goes on from."""
-        path = self.path / "progress.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return Progress("pending", 0, 0)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not readable as JSON: {exc}") from None
-        return _progress_record(path, data)
-
-    def _death(self) -> str:
-        """Why the job's process ended without saying so: a full disk leaves it no room to write its status
-        (and often none for its log either), so the log's last words and the disk's free space are read."""
-        full = "No space left on device" in self.log_tail() or "[Errno 28]" in self.log_tail()
-        try:
-            stats = os.statvfs(self.path)
-            full = full or stats.f_bavail * stats.f_frsize < DISK_LOW_BYTES
-        except OSError:
-            pass
-        if full:
-            return f"No space left on device ({self.path}): free some space, then run it again to resume"
-        return "the job's process died; run it again to resume"
-
-    def request_cancel(self) -> None:
-        require_operator(f"cancel {self.run_id}")
-        (self.path / "cancel").touch()
-
-    def cancel_requested(self) -> bool:
-        return (self.path / "cancel").exists()
-
-    def clear_cancel(self) -> None:
-        (self.path / "cancel").unlink(missing_ok=True)
-
-    def stop_if_cancelled(self) -> None:
-        """A cancel point: raise Cancelled when a stop was asked for. Call it where stopping loses no
-        spooled work, e.g. between two model calls of a batch."""
-        if self.cancel_requested():
-            raise Cancelled
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the job's lock while working on it, so that a second start (a double click, two sessions,
-        `cai resume` twice) cannot do the same work again: it gets JobBusy. The lock is an flock, which the
-        system releases when its process ends, `kill -9` included, so a dead job never keeps its run locked."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = self.progress().pid
-            raise JobBusy(f"run {self.run_id} is already running (process {pid})") from None
-        try:
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def busy(self) -> bool:
-        """Whether a process is working on the job at this moment (holds its lock)."""
-        try:
-            with self.exclusive():
-                return False
-        except JobBusy:
-            return True
-
-    def launch(self, argv: list[str]) -> subprocess.Popen:
-        """Run `python -m cai_core.cli ARGV` detached: closing the page or the app does not stop it."""
-        return self.start([sys.executable, "-m", "cai_core.cli", *argv])
-
-    def resume_in_background(self, workspace: Workspace) -> subprocess.Popen:
-        """`cai resume RUN_ID` detached: a new job starts, a stopped one continues."""
-        return self.launch([*workspace.cli_args(), "resume", self.run_id])
-
-    def start(self, command: list[str]) -> subprocess.Popen:
-        """Run any command detached, its output appended to the job's log. The job reads pending until its
-        process begins: a cancel made meanwhile is then a new request, which the process honours. Operators
-        only; the job runs as the command line does, with none of the app's login settings."""
-        require_operator(f"start {self.run_id}")
-        progress = self.progress()
-        if progress.status != "running":
-            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=None)
-        log = open(self.path / "log.txt", "ab")  # noqa: SIM115 - handed to the child, which outlives us
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-            env=child_environment(dict(os.environ)),
-        )
-        if progress.status != "running":
-            # pending now names the process that will run the job: if it dies before it reports (a full disk
-            # leaves it no room to), the job reads failed, not pending forever
-            self.set_progress("pending", progress.done, progress.total, "starting", unit=progress.unit, pid=process.pid)
-        return process
-
-    def log_tail(self, max_bytes: int = 4000) -> str:
-        path = self.path / "log.txt"
-        if not path.exists():
-            return ""
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - max_bytes))
-            return f.read().decode("utf-8", errors="replace")
-
-
-def run_id_for(prefix: str, identity: dict) -> str:
-    """A run's default id: a hash of everything that defines it, so the same command again finds (and
-    resumes) the same run."""
-    return f"{prefix}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-
-
-@contextmanager
-def ending_on_failure(report: Callable[[str, str], object]) -> Iterator[None]:
-    """Let an exception that ends a job write its last status (failed; cancelled for Ctrl-C) with the reason,
-    then go on: the job folder says why it stopped, and the caller still sees the error."""
-    try:
-        yield
-    except BaseException as exc:
-        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
-        raise
-
-
-class Work(Protocol):
-    """What a job module gives the runner: its state, read back from the job's folder when it is built, and
-    its work cut into batches. `step` does one batch and spools its records; a batch cut short by a kill is
-    done again on resume, so no batch may leave half its records behind without the other half being derivable.
-    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`. A work whose batches are
-    long may count the units its running batch has finished so far in `in_batch` (from a backend's `on_done`):
-    the runner shows them every few seconds, and zeroes the count at each batch's end."""
-
-    unit: str  # what done and total count
-    engine: str  # "BACKEND · MODEL" once a backend is loaded; "" before
-    in_batch: float  # optional: units of the running batch finished so far
-
-    def total(self) -> int: ...
-
-    def done(self) -> int: ...
-
-    def batches(self) -> Iterable: ...
-
-    def step(self, batch) -> None: ...
-
-
-PROGRESS_STEPS = 10  # a job small enough to fit one batch still reports this many times before its end
-
-
-def batched(items: list, batch_size: int) -> Iterator[list]:
-    """`items` in batches of at most `batch_size`, and in at least `PROGRESS_STEPS` batches where there are that
-    many items: a job of 20 items with batches of 32 would otherwise show 0/20 until it ends. Only for work whose
-    results do not depend on how it is batched."""
-    size = max(1, min(batch_size, -(-len(items) // PROGRESS_STEPS)))
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-TICK_SECONDS = 2.0  # how often a running batch's own count, the elapsed time and the ETA are rewritten
-
-
-class _Reporter:
-    """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began:
-    at each batch's end, and every TICK_SECONDS inside a batch (`ticking`)."""
-
-    def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
-        self.folder, self.on_progress = folder, on_progress
-        self.work: Work | None = None
-        self.began, self.done_at_start = time.monotonic(), 0
-        self.last = folder.progress()
-        self.lock = threading.Lock()  # the batch's end and a tick write one at a time
-        self.done_so_far = self.last.done  # work.done() at the last batch's end
-
-    def attach(self, work: Work) -> None:
-        self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
-
-    def __call__(self, status: str = "running", message: str = "") -> None:
-        with self.lock:
-            if self.work:
-                self.done_so_far = self.work.done()
-                self.work.in_batch = 0  # now part of done()
-            self._write(status, message, self.done_so_far)
-
-    def tick(self) -> None:
-        with self.lock:
-            self._write("running", "", self.done_so_far + int(getattr(self.work, "in_batch", 0)))
-
-    @contextmanager
-    def ticking(self) -> Iterator[None]:
-        """Tick in a thread while the batches run; stopped before the job's last status is written."""
-        stop = threading.Event()
-
-        interrupt = _interruptible()
-
-        def run() -> None:
-            while not stop.wait(TICK_SECONDS):
-                if interrupt and self.folder.cancel_requested():
-                    os.kill(os.getpid(), CANCEL_SIGNAL)  # see `_interruptible`
-                    return
-                # a full disk, say: the batch's own write at its end raises it where it counts
-                with suppress(OSError):
-                    self.tick()
-
-        thread = threading.Thread(target=run, name=f"progress {self.folder.run_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def _write(self, status: str, message: str, done: int) -> None:
-        work = self.work
-        total = work.total() if work else self.last.total
-        elapsed = time.monotonic() - self.began
-        rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
-        eta = (total - done) / rate if rate else None
-        unit, engine = (work.unit, work.engine) if work else (self.last.unit, self.last.engine)
-        self.folder.set_progress(
-            status, done, total, message, unit=unit, rate=rate, eta=eta, elapsed=elapsed, engine=engine
-        )
-        if self.on_progress:
-            self.on_progress(done, total)
-
-
-CANCEL_SIGNAL = signal.SIGUSR1
-_cancel_armed = threading.local()
-
-
-def _interruptible() -> bool:
-    """Whether a cancel can interrupt this thread's job inside a step: only a job run on its process's main
-    thread (`cai resume`, the job's own process), where `_cancel_interrupts` catches the signal."""
-    return getattr(_cancel_armed, "on", False)
-
-
-@contextmanager
-def _cancel_interrupts() -> Iterator[None]:
-    """A cancel is honoured inside a long step too (a model load, a batch of long generations), not only
-    between batches: the progress tick signals the job's main thread, which raises Cancelled where it is.
-    What the step had not spooled is done again on resume, as after a kill."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(signum, frame) -> None:
-        if _cancel_armed.on:  # a signal handled after the job left its steps is stale
-            raise Cancelled
-
-    previous = signal.signal(CANCEL_SIGNAL, on_signal)
-    _cancel_armed.on = True
-    try:
-        yield
-    finally:
-        _cancel_armed.on = False
-        signal.signal(CANCEL_SIGNAL, previous)
-
-
-CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
-CANCELLED = "cancelled by request; run it again to resume"
-
-
-def run_job(
-    folder: JobFolder, make_work: Callable[[], Work], *, on_progress: Callable[[int, int], None] | None = None
-) -> JobFolder:
-    """Run (or resume) a prepared job to its end, a cancel or a failure; returns its folder.
-
-    Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
-    status with its reason, then raised."""
-    with folder.exclusive():
-        before = folder.recorded_progress()
-        if before.status == "pending" and folder.cancel_requested():
-            folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
-            folder.clear_cancel()
-            return folder
-        if before.status != "pending":
-            folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
-        folder.repair()
-        report = _Reporter(folder, on_progress)
-        with ending_on_failure(report):
-            try:
-                with _cancel_interrupts(), report.ticking():
-                    work = make_work()
-                    report.attach(work)
-                    report()
-                    for batch in work.batches():
-                        folder.stop_if_cancelled()
-                        work.step(batch)
-                        report()
-            except Cancelled:
-                folder.clear_cancel()
-                report("cancelled", CANCELLED)
-                return folder
-            report("done")
-    return folder
-
-
-def engine_name(backend) -> str:
-    """How progress names the engine and model a job runs on: "vllm · SmolLM2-135M-Instruct"."""
-    return f"{getattr(backend, 'engine', type(backend).__name__)} · {backend.name}"
-
-
-def _readable(run_json: Path) -> bool:
-    """A job folder whose run.json says what the job is and whose progress.json can be read. Any other is left
-    out of listings: ingest quarantines it with its reason (`Store.ingest_problems`), and the home page and
-    `cai jobs` name it."""
-    try:
-        spec = json.loads(run_json.read_text(encoding="utf-8"))
-        JobFolder(run_json.parent).progress()
-    except (OSError, ValueError):
-        return False
-    return isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)
-
-
-def list_job_folders(runs_dir: Path, *, unreadable: bool = False) -> list[JobFolder]:
-    """Job folders, newest first; with `unreadable`, also those whose run.json cannot be read (for ingest, which
-    quarantines them)."""
-    if not Path(runs_dir).exists():
-        return []
-    return sorted(
-        (
-            JobFolder(p)
-            for p in Path(runs_dir).iterdir()
-            if (p / "run.json").exists() and (unreadable or _readable(p / "run.json"))
-        ),
-        key=lambda j: j.path.stat().st_mtime,
-        reverse=True,
+class Plan:
+    """What a kind's `plan` found: the framework makes the job's folder from it."""
+
+    model: str  # the model the job runs (run.json's `model`)
+    identity: dict = field(default_factory=dict)  # what defines the run besides its config and inputs
+    inputs: dict[str, list[dict]] = field(default_factory=dict)  # copied into the folder once; part of the identity
+    constitution: object | None = None  # a Constitution, snapshotted into run.json; its version is in the identity
+    config: object | None = None  # the config as the job keeps it, where the plan names the run itself
+    then: Callable[[JobFolder], None] | None = None  # what else the kind writes into its new folder
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str  # run.json's kind, and the CLI command that starts it
+    config: type
+    plan: Callable[..., Plan | JobFolder]  # a kind whose run id is not a digest makes its folder itself
+    work: Callable[..., Work]
+    desc: str  # the name on the CLI's progress bar
+    prefix: str | None = None  # the run id's prefix; the kind's name by default
+    input: str | None = None  # the input whose presence in a named run's folder means it is prepared already
+    sources: tuple[str, ...] = ()  # the keyword arguments of `run` that go to `plan`; the others go to `work`
+
+
+def job_kind(name: str) -> JobKind:
+    if name not in KINDS:
+        raise ValueError(f"unknown job kind {name!r}; known: {', '.join(KINDS)}")
+    module, attribute = KINDS[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+
+
+def prepare(name: str, config, workspace: Workspace, **sources) -> JobFolder:
+    """Create (or find) a job's folder: the same config and inputs again find the same run."""
+    kind = job_kind(name)
+    named = getattr(config, "run_id", None)
+    if named and kind.input and (existing := JobFolder(workspace.runs_dir / named)).has_input(kind.input):
+        return existing  # its inputs are what it works through, whatever its sources hold now
+    plan = kind.plan(config, workspace, **sources)
+    if isinstance(plan, JobFolder):
+        return plan
+    identity = plan.identity | {input_name: digest(rows) for input_name, rows in plan.inputs.items()}
+    job = JobFolder.prepare(
+        workspace.runs_dir,
+        kind.name,
+        plan.config or config,
+        identity,
+        model=plan.model,
+        constitution=plan.constitution,
+        inputs=plan.inputs,
+        prefix=kind.prefix,
     )
+    if plan.then:
+        plan.then(job)
+    return job
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own finished child, not yet reaped) is not running either.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def run(
+    name: str,
+    config,
+    workspace: Workspace | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    **given,
+) -> JobFolder:
+    """Prepare the job, then run (or resume) it here to its end, a cancel or a failure; returns its folder.
+    `given` holds the kind's sources (for `plan`) and options (for `work`: a backend already loaded, say)."""
+    kind = job_kind(name)
+    workspace = workspace or Workspace.from_env()
+    job = prepare(name, config, workspace, **{k: v for k, v in given.items() if k in kind.sources})
+    options = {k: v for k, v in given.items() if k not in kind.sources}
+    return run_job(job, lambda: kind.work(job, config, workspace, **options), on_progress=on_progress)
+
+
+def launch(job: JobFolder, workspace: Workspace) -> Popen:
+    """`cai resume RUN_ID` detached, as `--background` and the pages start a job: closing the page or the app
+    does not stop it; a new job starts, a stopped one continues."""
+    return job.start([sys.executable, "-m", "cai_core.cli", *workspace.cli_args(), "resume", job.run_id])

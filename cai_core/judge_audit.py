@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from .evaluation import wilson_interval
+from .jobs import JobFolder, JobKind, Plan, digest
 
 Grade = Literal["good", "weak", "poor", "unknown"]
 VerdictName = Literal["trustworthy", "weak", "unreliable", "not enough data"]
@@ -570,25 +571,22 @@ class CalibrateConfig:
     )
 
 
-def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
-    """Create (or find) a calibration's job folder: the run's judge, its settings and its constitution (as the run
-    recorded them), and its labels of human-labelled pairs with their counts, copied in from the store (opened
-    here unless given), so that the job never opens the database. The job's id is the calibration's:
-    cal-RUN-HASH of those labels (and of `model`), so calibrating the same labels again finds the same job."""
+def _plan(config: CalibrateConfig, workspace, store=None):
+    """A calibration's job: the run's judge, its settings and its constitution (as the run recorded them), and its
+    labels of human-labelled pairs with their counts, copied in from the store (opened here unless given), so that
+    the job never opens the database. The job's id is the calibration's: cal-RUN-HASH of those labels (and of
+    `model`), so calibrating the same labels again finds the same job."""
     from .auth import require_operator
     from .constitution import parse_constitution
-    from .jobs import JobFolder
     from .store import LabelFilter
 
     require_operator("fit a calibration")
-    if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(CALIBRATION_INPUT):
-        return JobFolder(workspace.runs_dir / config.run_id)
     if store is None:
         from .store import Store
 
         with Store.open(workspace) as opened:
             opened.ingest(workspace.runs_dir)
-            return prepare_calibration_job(config, workspace, opened)
+            return _plan(config, workspace, opened)
     run_id = config.label_run
     facets = store.label_facet_rows()
     mine = facets[facets.run_id == run_id]
@@ -608,7 +606,8 @@ def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
         raise ValueError(
             f"label run {run_id!r}: its run.json holds no constitution, so its judge cannot be asked again"
         )
-    fitted_on = hashlib.sha256((rows.to_csv(index=False) + (config.model or "")).encode()).hexdigest()[:8]
+    labels = json.loads(rows.to_json(orient="records"))
+    fitted_on = digest([labels, config.model], 8)
     calibrated = {
         "label_run": run_id,
         "judge_model": str(mine.judge_model.iloc[0]),
@@ -616,14 +615,11 @@ def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
         "judge_settings": spec.get("config") or {},
         "principles": sorted(set(mine.principle_id)),
     }
-    return JobFolder.prepare(
-        workspace.runs_dir,
-        "calibrate",
-        dataclasses.replace(config, run_id=config.run_id or f"cal-{run_id}-{fitted_on}"),
-        {},
-        model=config.model or spec["model"],
+    return Plan(
+        config.model or spec["model"],
         constitution=parse_constitution(spec["constitution"]["content"], f"run {run_id}"),
-        inputs={CALIBRATION_INPUT: json.loads(rows.to_json(orient="records")), CALIBRATED_RUN: [calibrated]},
+        inputs={CALIBRATION_INPUT: labels, CALIBRATED_RUN: [calibrated]},
+        config=dataclasses.replace(config, run_id=config.run_id or f"cal-{run_id}-{fitted_on}"),
     )
 
 
@@ -678,16 +674,7 @@ class CalibrationWork:
             self.backend = self.backend or load_backend(self.job.spec["model"], self.workspace, calls=calls)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
-            settings = self.calibrated["judge_settings"]
-            self.judge = Judge(
-                self.backend,
-                self.constitution,
-                method=settings.get("method", "auto"),
-                cot=settings.get("cot", False),
-                cot_tokens=settings.get("cot_tokens", 128),
-                cot_band=(settings.get("cot_min", 0.4), settings.get("cot_max", 0.6)),
-                few_shot=settings.get("few_shot", 0),
-            )
+            self.judge = Judge.from_label_settings(self.backend, self.constitution, self.calibrated["judge_settings"])
         priors = measure_priors(self.judge, principles)
         self.job.append(
             "calibration_priors",
@@ -725,25 +712,14 @@ class CalibrationWork:
         self.fitted = True
 
 
-def run_calibration(config: CalibrateConfig, workspace=None, *, backend=None, on_progress=None):
-    """Run (or resume) a calibration job to its end; returns its folder (`Store.ingest` takes the result in)."""
-    from .jobs import run_job
-    from .workspace import Workspace
-
-    workspace = workspace or Workspace.from_env()
-    job = prepare_calibration_job(config, workspace)
-    return run_job(job, lambda: CalibrationWork(job, workspace, backend), on_progress=on_progress)
-
-
 def calibrate_run(store, workspace, run_id: str, *, model: str | None = None, backend=None):
-    """Calibrate a label run's judge here and now, through its job (`prepare_calibration_job`, `CalibrationWork`):
+    """Calibrate a label run's judge here and now, through its job (`CALIBRATE`):
     its priors measured afresh with the run's judge (or `model`), constitution, few-shot and reasoning settings;
     Platt fitted on the run's labels of human-labelled pairs. Returns the calibration's id and the calibration,
     as the store holds it once it has taken the job's records in."""
-    from .jobs import run_job
+    from .jobs import run
 
-    job = prepare_calibration_job(CalibrateConfig(label_run=run_id, model=model), workspace, store)
-    run_job(job, lambda: CalibrationWork(job, workspace, backend))
+    job = run("calibrate", CalibrateConfig(label_run=run_id, model=model), workspace, store=store, backend=backend)
     progress = job.progress()
     if progress.status != "done":
         raise ValueError(f"calibration {job.run_id} {progress.status}: {progress.message}")
@@ -803,3 +779,12 @@ def queue_tightening(store, run_id: str):
         [(k, e.value, e.low, e.high, float(agrees[:k].mean())) for k, e in enumerate(estimates, start=1)],
         columns=columns,
     )
+
+
+def _calibration_work(job, config: CalibrateConfig, workspace, backend=None) -> CalibrationWork:
+    return CalibrationWork(job, workspace, backend)
+
+
+CALIBRATE = JobKind(
+    "calibrate", CalibrateConfig, _plan, _calibration_work, "calibration", input=CALIBRATION_INPUT, sources=("store",)
+)

@@ -19,14 +19,14 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
-from .jobs import JobFolder, engine_name, run_job
+from .jobs import JobFolder, JobKind, Plan, engine_name
 from .prompts import csv_rows, load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
 from .workspace import Workspace
@@ -340,24 +340,10 @@ def _prompts(config: SampleConfig):
     return load_prompts(config.prompts, on_bad_line="skip" if config.skip_bad_lines else "stop", limit=config.limit)
 
 
-def prepare_sample_job(config: SampleConfig, workspace: Workspace) -> JobFolder:
+def _plan(config: SampleConfig, workspace: Workspace) -> Plan:
     if config.k < 2:
         raise ValueError(f"k={config.k}: a pair needs at least 2 answers per prompt")
-    identity = {"prompts": _prompts(config).digest}
-    return JobFolder.prepare(workspace.runs_dir, "pairs", config, identity, model=config.model)
-
-
-def run_sampling(
-    config: SampleConfig,
-    workspace: Workspace | None = None,
-    *,
-    backend: Backend | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> JobFolder:
-    """Sample K answers per prompt and spool the pairs among them; rerunning resumes."""
-    workspace = workspace or Workspace.from_env()
-    job = prepare_sample_job(config, workspace)
-    return run_job(job, lambda: SampleWork(job, config, workspace, backend), on_progress=on_progress)
+    return Plan(config.model, {"prompts": _prompts(config).digest})
 
 
 class SampleWork:
@@ -418,3 +404,6 @@ class SampleWork:
         ]
         self.job.append("pairs", [to_row(p) for p in fresh])
         self.stored.update(p.pair_id for p in fresh)
+
+
+SAMPLE = JobKind("pairs", SampleConfig, _plan, SampleWork, "sampling")

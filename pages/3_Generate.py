@@ -7,15 +7,13 @@ into its job folder, and every page run copies them in, so its traces reach the 
 
 import streamlit as st
 
-from cai_core.constitution import ConstitutionError, list_constitutions
-from cai_core.critique import GenerateConfig, prepare_job
+from cai_core.constitution import list_constitutions
+from cai_core.critique import GenerateConfig
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.prompts import PromptFileError
 from cai_core.store import TraceFilter
-from cai_core.workspace import OutsideWorkspace
-from ui.job_controls import job_cards, launch_job
+from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import browser_file, connect, follow_context, setup
-from ui.text import count, md_escape, show_flash, when
+from ui.text import count, show_flash, when
 
 settings = setup("Generate")
 ws = settings.workspace
@@ -23,11 +21,6 @@ ss = st.session_state
 
 SHOWN_RUNS = 10
 PROMPT_TYPES = ["jsonl", "csv", "txt"]
-
-
-def start(job: JobFolder) -> None:
-    """Start (or resume) the job detached, with the same command line as `cai generate --background`."""
-    job.resume_in_background(ws)
 
 
 st.title("Generate")
@@ -65,11 +58,12 @@ with st.form("launch_form"):
     )
 
 if submitted:
-    try:
-        prompts = browser_file(ws, prompt_source, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True)
-        config = GenerateConfig(
+    start_from_form(
+        ws,
+        "generate",
+        lambda: GenerateConfig(
             constitution=str((ws.constitutions_dir / constitution).resolve()),
-            prompts=prompts,
+            prompts=browser_file(ws, prompt_source, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True),
             model=settings.model,
             rounds=rounds,
             samples=samples,
@@ -77,15 +71,9 @@ if submitted:
             temperature=temperature,
             limit=limit,
             skip_bad_lines=skip_bad,
-        )
-        job = prepare_job(config, ws)
-    except (ConstitutionError, PromptFileError, OutsideWorkspace) as exc:
-        st.error(md_escape(f"Not started: {exc}"))
-    else:
-        if not launch_job(job, start):
-            st.info(f"{job.run_id} is already running: the same settings make the same run.")
-        else:
-            st.success(f"Started {job.run_id}. Its progress is below; its traces appear in the inspector.")
+        ),
+        "Its progress is below; its traces appear in the inspector.",
+    )
 
 # --- runs and their progress ----------------------------------------------------------------------------
 
@@ -117,7 +105,7 @@ def open_traces(job: JobFolder) -> None:
 
 job_cards(
     latest_runs,
-    start,
+    starter(ws),
     describe,
     empty="No runs yet.",
     refresh_key="refresh_runs",

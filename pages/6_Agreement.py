@@ -5,7 +5,7 @@ It also audits the judge (`cai_core.judge_audit`): the verdict, calibrations (fi
 judge, read every figure through one), the per-principle audit, and how the reweighted agreement of the
 disagreement-first annotation queue tightens as its labels come in.
 
-It also starts AI labelling runs: `prepare_label_job` snapshots the pairs and the constitution into a job
+It also starts AI labelling runs: the label job (`feedback.LABEL`) snapshots the pairs and the constitution into a job
 folder and the run goes on in its own process (`cai resume RUN`, as `cai label --background` starts it),
 with the shared job controls of the Generate and Train pages.
 """
@@ -17,13 +17,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cai_core import jobs
 from cai_core.agreement import COLUMN_WORDS, dashboard, label_facets
-from cai_core.constitution import ConstitutionError, list_constitutions
+from cai_core.constitution import list_constitutions
 from cai_core.eval_report import chart_text
-from cai_core.feedback import LabelConfig, prepare_label_job
+from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.judge_audit import CALIBRATION_STAGES, CalibrateConfig, prepare_calibration_job, queue_tightening
-from ui.job_controls import ACTIVE, job_cards, launch_job
+from cai_core.judge_audit import CALIBRATION_STAGES, CalibrateConfig, queue_tightening
+from ui.job_controls import ACTIVE, job_cards, launch_job, start_from_form, starter
 from ui.settings import connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, show_text, when
 
@@ -34,11 +35,6 @@ ss = st.session_state
 ALL_SOURCES = "all"
 SHOWN_LABEL_RUNS = 5
 DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for labels that have landed
-
-
-def start(job: JobFolder) -> None:
-    """Start (or resume) the labelling run detached, as `cai label --background` does."""
-    job.resume_in_background(ws)
 
 
 def label_jobs() -> list[JobFolder]:
@@ -110,27 +106,24 @@ def label_launcher(store) -> None:
             "Label in the background", key="label_start", type="primary", disabled=settings.read_only
         )
     if submitted:
-        try:
-            config = LabelConfig(
+        start_from_form(
+            ws,
+            "label",
+            lambda: LabelConfig(
                 constitution=str((ws.constitutions_dir / constitution).resolve()) if constitution else "",
                 model=settings.model_spec(judge.strip() or settings.model),
                 strategy=strategy,
                 cot=ss["label_cot"],
                 source=None if source == ALL_SOURCES else source,
                 limit=limit,
-            )
+            ),
+            "Its labels join the dashboard as they land.",
             # the page's connection hands the pairs over: the job snapshots them and never opens the database
-            job = prepare_label_job(config, ws, store.pairs(source=config.source, limit=config.limit))
-        except (ConstitutionError, OSError, ValueError) as exc:
-            st.error(md_escape(f"Not started: {exc}"))
-        else:
-            if launch_job(job, start):
-                st.success(md_escape(f"Started {job.run_id}. Its labels join the dashboard as they land."))
-            else:
-                st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
+            lambda config: {"pairs": store.pairs(source=config.source, limit=config.limit)},
+        )
     job_cards(
         label_jobs,
-        start,
+        starter(ws),
         describe_labelling,
         empty="No labelling runs yet.",
         refresh_key="refresh_label_runs",
@@ -226,18 +219,18 @@ with connect(ws) as store:
         disabled=settings.read_only,
     ):
         try:
-            job = prepare_calibration_job(CalibrateConfig(label_run=fit_run), ws, store)
+            job = jobs.prepare("calibrate", CalibrateConfig(label_run=fit_run), ws, store=store)
         except (OSError, ValueError) as exc:
             st.error(md_escape(f"Not calibrated: {exc}"))
         else:
             ss["calibrating"] = job.run_id
             if job.run_id in set(calibrations.calibration_id):
                 st.info(md_escape(f"{job.run_id} is fitted already on these labels: choose it above."))
-            elif not launch_job(job, start):
+            elif not launch_job(job, starter(ws)):
                 st.info(md_escape(f"{job.run_id} is already running."))
     if calibration_jobs():
         with st.expander("Calibration runs", expanded=any(j.progress().status in ACTIVE for j in calibration_jobs())):
-            job_cards(calibration_jobs, start, describe_calibration, empty="", refresh_key="refresh_calibrations")
+            job_cards(calibration_jobs, starter(ws), describe_calibration, empty="", refresh_key="refresh_calibrations")
     board = dashboard(
         store,
         run_ids=run_ids,

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import streamlit as st
 
-from cai_core.constitution import ConstitutionError, list_constitutions
+from cai_core.constitution import list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import BUILTIN_SETS, WRAPPERS, EvalSet, source_columns
-from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models, prepare_eval_job, prepare_rounds_job
+from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
-from ui.job_controls import job_cards, launch_job
+from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import connect, follow_context, model_choices, setup
 from ui.text import count, md_escape, show_flash, show_text, when
 
@@ -22,10 +22,7 @@ settings = setup("Evaluate")
 ws = settings.workspace
 EVAL_KINDS = ("eval", "eval-rounds")
 SET_SUFFIXES = (".jsonl", ".csv")
-
-
-def start(job: JobFolder) -> None:
-    job.resume_in_background(ws)
+STARTED = "Its progress is below; its charts appear when it is done."
 
 
 def browser_set(line: str) -> str:
@@ -40,19 +37,6 @@ def limited(spec: str, limit: int | None) -> str:
     """A set's spec holding at most `limit` prompts of each label, unless its line names its own limit."""
     found = EvalSet.parse(spec)
     return replace(found, limit=limit).spec if limit and found.limit is None else spec
-
-
-def launch(prepare, make_config) -> None:
-    """Build the config (checking what was typed) and start its job, or say why not."""
-    try:
-        job = prepare(make_config(), ws)
-    except (ConstitutionError, PromptFileError, ValueError, OSError) as exc:  # OutsideWorkspace, EndpointError
-        st.error(md_escape(f"Not started: {exc}"))
-        return
-    if launch_job(job, start):
-        st.success(f"Started {job.run_id}. Its progress is below; its charts appear when it is done.")
-    else:
-        st.info(f"{job.run_id} is already running: the same settings make the same run.")
 
 
 st.title("Evaluate")
@@ -175,8 +159,9 @@ with compare_tab, st.form("eval_form"):
         names = {spec: models[spec].split(" (")[0].replace("=", " ") for spec in picked}
         entries = [f"{name}={spec}" for spec, name in names.items()]
         entries += [line.strip() for line in more_models.splitlines() if line.strip()]
-        launch(
-            prepare_eval_job,
+        start_from_form(
+            ws,
+            "eval",
             lambda: EvalConfig(
                 models=[f"{name}={settings.model_spec(spec)}" for name, spec in parse_models(entries).items()],
                 sets=[
@@ -189,6 +174,7 @@ with compare_tab, st.form("eval_form"):
                 max_new_tokens=max_new_tokens,
                 refusals=refusals,
             ),
+            STARTED,
         )
 
 with rounds_tab, st.form("rounds_form"):
@@ -209,14 +195,16 @@ with rounds_tab, st.form("rounds_form"):
         if traces_run is None:
             st.error("No SL-CAI run yet: start one on the Generate page.")
         else:
-            launch(
-                prepare_rounds_job,
+            start_from_form(
+                ws,
+                "eval-rounds",
                 lambda: RoundsConfig(
                     traces_run=traces_run,
                     constitution=str((ws.constitutions_dir / rounds_constitution).resolve()),
                     judge=settings.model_spec(rounds_judge.strip() or settings.model),
                     limit=limit,
                 ),
+                STARTED,
             )
 
 # --- runs -------------------------------------------------------------------------------------------------
@@ -230,7 +218,7 @@ def eval_jobs() -> list[JobFolder]:
 
 job_cards(
     eval_jobs,
-    start,
+    starter(ws),
     lambda job, progress: (
         f"judge {job.spec['model']} · started {when(job.spec['created_at'])}",
         f"{progress.done}/{progress.total} answers and comparisons",

@@ -6,19 +6,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from cai_core.jobs import JobFolder
 from cai_core.recipe import (
     Recipe,
     RecipeError,
     iteration_summary,
     load_recipe,
     plan,
-    prepare_recipe,
     report_html,
     stage_table,
 )
 from cai_core.train.monitor import monitor_metrics
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, live_panel, start_from_form, starter
 from ui.monitor import monitor_section
 from ui.settings import connect, setup
 from ui.text import md_escape, show_flash, when
@@ -43,10 +41,6 @@ def recipe_files() -> dict[str, Path]:
     uploaded, because a recipe names models and files that its jobs read, and the browser may not point those
     outside the workspace. The operator adds recipes there; the CLI runs any file."""
     return {path.name: path for path in sorted(ws.recipes_dir.glob("*.yaml"))}
-
-
-def start(job: JobFolder) -> None:
-    job.resume_in_background(ws)
 
 
 def report() -> str:
@@ -80,13 +74,7 @@ with st.expander(f"{config.name}: {len(plan(config))} stages over {config.iterat
 
 job = Recipe(config, ws).job
 if st.button("Start (or resume)", key="recipe_start", type="primary", disabled=settings.read_only):
-    try:
-        job = prepare_recipe(config, ws)
-    except (RecipeError, OSError, ValueError) as exc:
-        st.error(md_escape(f"Not started: {exc}"))
-    else:
-        if not launch_job(job, start):
-            st.info(f"{job.run_id} is already running.")
+    job = start_from_form(ws, "recipe", lambda: config, "") or job
 
 
 def recipe_panel() -> bool:
@@ -101,7 +89,7 @@ def recipe_panel() -> bool:
         details=f"policy {config.policy} · judge {config.judge} · started {when(job.spec['created_at'])}",
         progress_text=f"{progress.done}/{progress.total} stages",
     )
-    job_buttons(job, progress, start)
+    job_buttons(job, progress, starter(ws))
     rows = stage_table(config, ws)
     st.dataframe(rows, hide_index=True, key="recipe_stages")
     for row in rows:

@@ -19,13 +19,11 @@ from cai_core.pairs import (
     PairFileError,
     SampleConfig,
     import_labels,
-    prepare_sample_job,
     read_pairs_file,
     sl_cai_pairs,
 )
-from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
-from ui.job_controls import job_cards, launch_job
+from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
@@ -58,11 +56,6 @@ LATEST_LABELS = ""  # `export_rows`' default: the latest AI label run
 def picked(value: str | None) -> str | None:
     """A filter's choice as `cai_core` takes it: None where it is left open."""
     return None if value in (None, ALL) else value
-
-
-def start(job: JobFolder) -> None:
-    """Start (or resume) the sampling run detached, as `cai pairs sample --background` does."""
-    job.resume_in_background(ws)
 
 
 def sample_jobs() -> list[JobFolder]:
@@ -137,8 +130,10 @@ with connect(ws) as store:
             temperature = cols[4].number_input("Temperature", 0.05, 2.0, value=1.0, step=0.1, key="sample_temperature")
             sample = st.form_submit_button("Sample in the background", key="sample_start", type="primary")
         if sample:
-            try:
-                config = SampleConfig(
+            start_from_form(
+                ws,
+                "pairs",
+                lambda: SampleConfig(
                     prompts=browser_file(ws, prompt_source, upload, PROMPT_SUFFIXES, source=True),
                     model=settings.model,
                     k=k,
@@ -147,17 +142,15 @@ with connect(ws) as store:
                     temperature=temperature,
                     limit=limit,
                     skip_bad_lines=skip_bad_prompts,
-                )
-                job = prepare_sample_job(config, ws)
-            except (PromptFileError, OSError, ValueError) as exc:  # OutsideWorkspace is a ValueError
-                st.error(md_escape(f"Not started: {exc}"))
-            else:
-                if launch_job(job, start):
-                    st.success(f"Started {job.run_id}. Its pairs join the store as they land.")
-                else:
-                    st.info(f"{job.run_id} is already running: the same settings make the same run.")
+                ),
+                "Its pairs join the store as they land.",
+            )
         job_cards(
-            sample_jobs, start, describe_sampling, empty="No sampling runs yet.", refresh_key="refresh_sample_runs"
+            sample_jobs,
+            starter(ws),
+            describe_sampling,
+            empty="No sampling runs yet.",
+            refresh_key="refresh_sample_runs",
         )
 
     # --- import ---------------------------------------------------------------------------------------------

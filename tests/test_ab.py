@@ -11,18 +11,9 @@ import time
 
 import pytest
 
-from cai_core.ab import (
-    DIFFERENCE,
-    STAGES,
-    ABConfig,
-    ABError,
-    ABWork,
-    ab_prompt,
-    ab_result,
-    ab_runs,
-    prepare_ab_job,
-    run_ab,
-)
+from cai_core import jobs
+from cai_core.ab import STAGES, ABConfig, ABError, ABWork
+from cai_core.ab_result import DIFFERENCE, ab_prompt, ab_result, ab_runs
 from cai_core.constitution import load_constitution, save_constitution
 from cai_core.jobs import JobFolder
 from cai_core.records import Trace, TraceStep, to_row
@@ -74,7 +65,7 @@ def test_the_figures_are_paired_per_prompt_and_count_over_refusal(workspace, tmp
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     save_constitution(first, a)
     save_constitution(first.model_copy(update={"principles": first.principles[:2]}), b)
-    job = prepare_ab_job(ABConfig(constitution_a=str(a), constitution_b=str(b), limit=2), workspace)
+    job = jobs.prepare("ab", ABConfig(constitution_a=str(a), constitution_b=str(b), limit=2), workspace)
     keys = [p["id"] for p in job.read_input("prompts")]
     assert keys == ["red-team/red-01", "red-team/red-02", "benign/benign-01", "benign/benign-02"]
     spool_generation(job, "a", {"benign/benign-01": "I'm sorry, but I can't help with that."})
@@ -107,7 +98,7 @@ def test_the_figures_are_paired_per_prompt_and_count_over_refusal(workspace, tmp
 
 def test_an_ab_of_two_versions_runs_end_to_end(tiny_model_path, workspace, two_versions):
     a, b = two_versions
-    job = run_ab(tiny_ab(tiny_model_path, a, b), workspace)
+    job = jobs.run("ab", tiny_ab(tiny_model_path, a, b), workspace)
     assert job.progress().status == "done", job.progress().message
     assert [row["step"] + row["side"] for row in job.read("ab_stages")] == ["generatea", "generateb", "judge"]
 
@@ -147,7 +138,7 @@ def test_an_ab_of_two_versions_runs_end_to_end(tiny_model_path, workspace, two_v
         assert {f"{job.run_id}-gen-a", f"{job.run_id}-gen-b"} <= set(store.runs(kind="generate")["run_id"])
     assert [j.run_id for j in ab_runs(workspace, {a})] == [job.run_id]
     # the same A/B again is the same run, already done: nothing runs twice
-    assert run_ab(tiny_ab(tiny_model_path, a, b), workspace).run_id == job.run_id
+    assert jobs.run("ab", tiny_ab(tiny_model_path, a, b), workspace).run_id == job.run_id
     assert len(judge.read("ab_judgments")) == 2 * 3
 
 
@@ -156,13 +147,13 @@ def test_a_third_constitution_judges_per_principle_and_no_version_judges_itself(
 ):
     a, b = two_versions
     with pytest.raises(ABError, match="constitution A: it would judge itself"):
-        prepare_ab_job(tiny_ab(tiny_model_path, a, b, judge_constitution=a), workspace)
+        jobs.prepare("ab", tiny_ab(tiny_model_path, a, b, judge_constitution=a), workspace)
     with pytest.raises(ABError, match="same version"):
-        prepare_ab_job(tiny_ab(tiny_model_path, a, a), workspace)
+        jobs.prepare("ab", tiny_ab(tiny_model_path, a, a), workspace)
     with pytest.raises(KeyError, match="no constitution version 'nope'"):
-        prepare_ab_job(tiny_ab(tiny_model_path, a, "nope"), workspace)
+        jobs.prepare("ab", tiny_ab(tiny_model_path, a, "nope"), workspace)
     hhh = PROJECT_ROOT / "constitutions" / "hhh.yaml"
-    job = run_ab(tiny_ab(tiny_model_path, a, b, judge_constitution=str(hhh), sets=["red-team"]), workspace)
+    job = jobs.run("ab", tiny_ab(tiny_model_path, a, b, judge_constitution=str(hhh), sets=["red-team"]), workspace)
     assert job.progress().status == "done", job.progress().message
     result = ab_result(workspace, job.run_id)
     judges = {p.id for p in load_constitution(hhh).enabled_principles}
@@ -173,12 +164,13 @@ def test_a_third_constitution_judges_per_principle_and_no_version_judges_itself(
 def test_a_killed_ab_resumes_without_doing_anything_twice(tiny_model_path, workspace, two_versions):
     a, b = two_versions
     config = tiny_ab(tiny_model_path, a, b)
-    job = prepare_ab_job(config, workspace)
+    job = jobs.prepare("ab", config, workspace)
     script = (
         "from pathlib import Path\n"
-        "from cai_core.ab import ABConfig, run_ab\n"
+        "from cai_core import jobs\n"
+        "from cai_core.ab import ABConfig\n"
         "from cai_core.workspace import Workspace\n"
-        f"run_ab(ABConfig(**{config.__dict__!r}), Workspace(Path({str(workspace.root)!r})))\n"
+        f"jobs.run('ab', ABConfig(**{config.__dict__!r}), Workspace(Path({str(workspace.root)!r})))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
@@ -192,7 +184,7 @@ def test_a_killed_ab_resumes_without_doing_anything_twice(tiny_model_path, works
     gen_a = JobFolder(workspace.runs_dir / f"{job.run_id}-gen-a")
     assert gen_a.progress().status == "done"
     steps_before = gen_a.records_path("trace_steps").read_bytes()
-    assert run_ab(config, workspace).progress().status == "done"
+    assert jobs.run("ab", config, workspace).progress().status == "done"
     assert gen_a.records_path("trace_steps").read_bytes() == steps_before  # A's generation did not run again
     judged = [
         (j["pair_id"], j["principle_id"])
@@ -209,12 +201,12 @@ def test_a_cancelled_ab_stops_its_running_stage_and_resumes(tiny_model_path, wor
 
     def cancel_during_b(stage, status):
         if stage.side == "b" and status == "running":
-            JobFolder(workspace.runs_dir / prepare_ab_job(config, workspace).run_id).request_cancel()
+            JobFolder(workspace.runs_dir / jobs.prepare("ab", config, workspace).run_id).request_cancel()
 
-    job = run_ab(config, workspace, on_stage=cancel_during_b)
+    job = jobs.run("ab", config, workspace, on_stage=cancel_during_b)
     assert job.progress().status == "cancelled"
     assert not (workspace.runs_dir / f"{job.run_id}-judge").exists()  # nothing after B's generation ran
-    assert run_ab(config, workspace).progress().status == "done"
+    assert jobs.run("ab", config, workspace).progress().status == "done"
 
 
 def test_a_cancel_waits_for_the_running_stage_to_have_a_folder(workspace, two_versions):
@@ -222,7 +214,7 @@ def test_a_cancel_waits_for_the_running_stage_to_have_a_folder(workspace, two_ve
     does not die on the missing folder (it did: a later cancel then never reached the stage)."""
     import threading
 
-    job = prepare_ab_job(ABConfig(constitution_a=two_versions[0], constitution_b=two_versions[1]), workspace)
+    job = jobs.prepare("ab", ABConfig(constitution_a=two_versions[0], constitution_b=two_versions[1]), workspace)
     work = ABWork(job, ABConfig(**job.spec["config"]), workspace)
     work.running = stage = work.stage_job(STAGES[0])
     job.request_cancel()

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from cai_core import auth
+from cai_core import auth, jobs
 from cai_core.auth import (
     ANNOTATOR,
     IDENTITY_KEY_ENV,
@@ -60,7 +60,7 @@ def test_an_annotator_may_take_no_operator_action_in_the_library(acting, tmp_pat
     with Store.open(Workspace(tmp_path)) as store:
         refused = {
             "save a constitution": lambda: save_constitution(constitution, constitution_file),
-            "start r1": lambda: job.launch(["--help"]),
+            "start r1": lambda: jobs.launch(job, Workspace(tmp_path)),
             "cancel r1": job.request_cancel,
             "import labels": lambda: import_labels(store, labels_file, importer="ada"),
             "export data": lambda: export_bytes(pd.DataFrame(), "jsonl"),

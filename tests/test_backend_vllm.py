@@ -10,9 +10,10 @@ import json
 
 import pytest
 
+from cai_core import jobs
 from cai_core.backends import BackendError, SamplingParams, load_backend
 from cai_core.constitution import load_constitution
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core.critique import GenerateConfig
 from cai_core.feedback import Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
@@ -104,13 +105,13 @@ def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, default_model_p
         dtype="float32",
         run_id="both-engines",
     )
-    job = run_generation(config, workspace)
+    job = jobs.run("generate", config, workspace)
     assert job.spec["engines"] == {"policy": ["vllm"], "critic": ["vllm"]}
     steps = job.records_path("trace_steps").read_text().splitlines(keepends=True)
     assert len(steps) == 2 * len(CHATS)  # one step per round: the answer, then critique and revision
     # as if killed after the answers: the rounds are redone on transformers, under the same run id
     job.records_path("trace_steps").write_text("".join(steps[: len(CHATS)]))
-    job = run_generation(GenerateConfig(**{**vars(config), "model": f"hf:{default_model_path}"}), workspace)
+    job = jobs.run("generate", GenerateConfig(**{**vars(config), "model": f"hf:{default_model_path}"}), workspace)
     assert job.progress().status == "done" and len(job.read("trace_steps")) == 2 * len(CHATS)
     assert job.spec["engines"] == {"policy": ["vllm", "hf"], "critic": ["vllm", "hf"]}
     assert job.engines() == "vllm, then hf"

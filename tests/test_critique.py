@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from cai_core import jobs
 from cai_core.backends import SamplingParams
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution, save_constitution
-from cai_core.critique import GenerateConfig, choose_principle, critique_chat, critique_once, run_generation
+from cai_core.critique import GenerateConfig, choose_principle, critique_chat, critique_once
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
@@ -26,7 +27,7 @@ def config(model, **overrides):
 
 
 def test_every_step_is_recorded_with_its_principle_and_constitution_version(tiny_model_path, workspace):
-    job = run_generation(config(tiny_model_path, samples=2), workspace)
+    job = jobs.run("generate", config(tiny_model_path, samples=2), workspace)
     assert job.progress().status == "done"
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
@@ -66,13 +67,16 @@ def test_a_critique_with_a_stop_phrase_ends_the_trace(tiny_model_path, workspace
     backend = HFBackend(tiny_model_path)
     c = load_constitution(HHH)
     sampled = dict(temperature=1.0, min_new_tokens=6, principle_sampling="round_robin", limit=1)
-    first = run_generation(config(tiny_model_path, rounds=1, early_stop=False, **sampled), workspace)
+    first = jobs.run("generate", config(tiny_model_path, rounds=1, early_stop=False, **sampled), workspace)
     critique = first.read("trace_steps")[1]["critique"]
     assert critique.strip()
     stopping = c.model_copy(update={"generation": c.generation.model_copy(update={"stop_phrases": [critique[:12]]})})
     path = save_constitution(stopping, tmp_path / "stopping.yaml") and tmp_path / "stopping.yaml"
-    job = run_generation(
-        config(tiny_model_path, constitution=str(path), rounds=3, **sampled), workspace, backends=(backend, backend)
+    job = jobs.run(
+        "generate",
+        config(tiny_model_path, constitution=str(path), rounds=3, **sampled),
+        workspace,
+        backends=(backend, backend),
     )
     steps = job.read("trace_steps")
     assert [s["round"] for s in steps] == [0, 1]  # rounds 2 and 3 never ran
@@ -81,8 +85,8 @@ def test_a_critique_with_a_stop_phrase_ends_the_trace(tiny_model_path, workspace
 
 
 def test_rerunning_the_same_config_resumes_instead_of_duplicating(tiny_model_path, workspace):
-    first = run_generation(config(tiny_model_path), workspace)
-    second = run_generation(config(tiny_model_path), workspace)
+    first = jobs.run("generate", config(tiny_model_path), workspace)
+    second = jobs.run("generate", config(tiny_model_path), workspace)
     assert first.run_id == second.run_id
     assert len(second.read("trace_steps")) == 4 * 3
 
@@ -102,12 +106,12 @@ def test_cancel_stops_between_batches_and_resume_finishes(tiny_model_path, works
             return backend.generate(chats, params, on_done)
 
     cfg = config(tiny_model_path, run_id="cancelled-run", rounds=3)
-    stopped = run_generation(cfg, workspace, backends=(CancelDuringTheFirstCritique(),) * 2)
+    stopped = jobs.run("generate", cfg, workspace, backends=(CancelDuringTheFirstCritique(),) * 2)
     assert stopped.progress().status == "cancelled"
     # checked between the critiques and the revisions: round 1's revisions were never asked for
     assert calls["generate"] == 2
     assert len(stopped.read("trace_steps")) == 4  # the initial answers, nothing more
-    finished = run_generation(cfg, workspace)
+    finished = jobs.run("generate", cfg, workspace)
     assert finished.progress().status == "done"
     assert len(finished.read("trace_steps")) == 4 * 4
 
@@ -171,7 +175,7 @@ def test_kill_minus_nine_then_rerun_loses_and_duplicates_nothing(tiny_model_path
 
 def test_progress_is_readable_while_the_job_runs(tiny_model_path, workspace):
     seen = []
-    run_generation(config(tiny_model_path), workspace, on_progress=lambda done, total: seen.append((done, total)))
+    jobs.run("generate", config(tiny_model_path), workspace, on_progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, 12) and seen[-1] == (12, 12)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     progress_file = json.loads((next(workspace.runs_dir.iterdir()) / "progress.json").read_text())
@@ -184,17 +188,15 @@ def test_bad_prompt_files_fail_before_any_model_loads(bad, tmp_path, workspace):
     from cai_core.prompts import PromptFileError
 
     with pytest.raises(PromptFileError, match=r"bad.jsonl(:2)?|no such prompt file"):
-        run_generation(config("/no/such/model", prompts=str(tmp_path / bad)), workspace)
+        jobs.run("generate", config("/no/such/model", prompts=str(tmp_path / bad)), workspace)
     assert not workspace.runs_dir.exists()
 
 
 def test_a_cancel_before_the_job_starts_is_honoured_then_a_rerun_runs(tiny_model_path, workspace):
-    from cai_core.critique import prepare_job
-
     cfg = config(tiny_model_path, rounds=1)
-    prepare_job(cfg, workspace).request_cancel()
-    assert run_generation(cfg, workspace).progress().status == "cancelled"
-    finished = run_generation(cfg, workspace)
+    jobs.prepare("generate", cfg, workspace).request_cancel()
+    assert jobs.run("generate", cfg, workspace).progress().status == "cancelled"
+    finished = jobs.run("generate", cfg, workspace)
     assert finished.progress().status == "done" and len(finished.read("trace_steps")) == 4 * 2
 
 
@@ -219,7 +221,9 @@ def test_progress_moves_inside_a_batch_as_each_answer_comes(tiny_model_path, wor
     backend = HFBackend(tiny_model_path, batch_size=1)  # the engine says "done" after each chat
     seen: list[int] = []
     cfg = config(tiny_model_path, limit=8, rounds=1, max_new_tokens=24, min_new_tokens=24)
-    job = run_generation(cfg, workspace, backends=(backend, backend), on_progress=lambda done, total: seen.append(done))
+    job = jobs.run(
+        "generate", cfg, workspace, backends=(backend, backend), on_progress=lambda done, total: seen.append(done)
+    )
     assert job.progress().status == "done" and job.progress().done == 16
     # one batch is the 8 answers, the next the 8 critique→revision rounds: counts between them came mid-batch
     assert set(seen) - {0, 8, 16}, seen

@@ -2,8 +2,9 @@
 
 import pytest
 
+from cai_core import jobs
 from cai_core.backends import load_backend
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core.critique import GenerateConfig
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -12,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def test_the_default_model_writes_a_real_trace(default_model_path, workspace):
     backend = load_backend(default_model_path, workspace)
-    job = run_generation(
+    job = jobs.run(
+        "generate",
         GenerateConfig(
             constitution=str(PROJECT_ROOT / "constitutions" / "red_team.yaml"),
             prompts=str(PROJECT_ROOT / "data" / "demo_prompts.jsonl"),

@@ -9,8 +9,9 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cai_core.critique import GenerateConfig, run_generation
-from cai_core.evaluation import DEFAULT_CONSTITUTION, EvalConfig, RoundsConfig, run_evaluation, run_rounds
+from cai_core import jobs
+from cai_core.critique import GenerateConfig
+from cai_core.evaluation import DEFAULT_CONSTITUTION, EvalConfig, RoundsConfig
 from cai_core.jobs import list_job_folders
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
@@ -42,7 +43,8 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
     hostile = ws.root / "hostile.jsonl"
     hostile.parent.mkdir(parents=True)
     hostile.write_text(json.dumps({"id": "h1", "prompt": "Hello?", "category": HOSTILE_CATEGORY}) + "\n")
-    run_evaluation(
+    jobs.run(
+        "eval",
         EvalConfig(
             models=[f"base={tiny_model_path}", f"tuned={second_tiny_model_path}"],
             sets=["red-team#limit=2", "benign#limit=2", f"{hostile}#as=harmful"],
@@ -52,7 +54,8 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
         ),
         ws,
     )
-    traces = run_generation(
+    traces = jobs.run(
+        "generate",
         GenerateConfig(
             DEFAULT_CONSTITUTION,
             str(ws.demo_prompts),
@@ -64,7 +67,7 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
         ),
         ws,
     )
-    run_rounds(RoundsConfig(traces_run=traces.run_id, judge=tiny_model_path), ws)
+    jobs.run("eval-rounds", RoundsConfig(traces_run=traces.run_id, judge=tiny_model_path), ws)
 
     at = open_page()
     assert at.selectbox(key="result_run").value.startswith("eval-")

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cai_core import jobs
 from cai_core.constitution import load_constitution
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core.critique import GenerateConfig
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import WRAPPERS, EvalSet, is_refusal, load_sets, source_columns, wrap
 from cai_core.evaluation import (
@@ -24,8 +25,6 @@ from cai_core.evaluation import (
     principle_effects,
     quality_by_round,
     round_comparisons,
-    run_evaluation,
-    run_rounds,
     wilson_interval,
     win_rates,
 )
@@ -255,12 +254,10 @@ def test_comparison_resumes_after_a_cancel_and_reports(tiny_model_path, second_t
         if len(seen) == 3:
             job.request_cancel()
 
-    from cai_core.evaluation import prepare_eval_job
-
-    job = prepare_eval_job(config, workspace)
-    run_evaluation(config, workspace, on_progress=cancel_after_two_batches)
+    job = jobs.prepare("eval", config, workspace)
+    jobs.run("eval", config, workspace, on_progress=cancel_after_two_batches)
     assert job.progress().status == "cancelled" and 0 < job.progress().done < job.progress().total
-    run_evaluation(config, workspace)
+    jobs.run("eval", config, workspace)
     progress = job.progress()
     assert progress.status == "done" and progress.done == progress.total == 6 * 2 * 2 + 6 * 2
 
@@ -291,7 +288,8 @@ def test_comparison_resumes_after_a_cancel_and_reports(tiny_model_path, second_t
 
 
 def test_rounds_job_scores_each_revision(tiny_model_path, workspace):
-    generation = run_generation(
+    generation = jobs.run(
+        "generate",
         GenerateConfig(
             prompts=str(workspace.demo_prompts),
             constitution=DEFAULT_CONSTITUTION,
@@ -304,12 +302,12 @@ def test_rounds_job_scores_each_revision(tiny_model_path, workspace):
         workspace,
     )
     config = RoundsConfig(traces_run=generation.run_id, judge=tiny_model_path, batch_size=4)
-    job = run_rounds(config, workspace)
+    job = jobs.run("eval-rounds", config, workspace)
     assert job.progress().status == "done"
     judged = job.read("round_judgments")
     assert {(j["round"], j["versus_round"]) for j in judged} <= {(1, 0), (2, 1), (2, 0)}
     assert all(j["p_later"] is not None and 0 < j["p_later"] < 1 for j in judged)
-    assert run_rounds(config, workspace).read("round_judgments") == judged  # resuming adds nothing
+    assert jobs.run("eval-rounds", config, workspace).read("round_judgments") == judged  # resuming adds nothing
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         summary = summarize(store, None, job.run_id)
@@ -320,7 +318,7 @@ def test_rounds_job_scores_each_revision(tiny_model_path, workspace):
 
 def test_a_run_with_no_traces_is_refused(workspace):
     with pytest.raises(ValueError, match="no traces with a revision"):
-        run_rounds(RoundsConfig(traces_run="nope"), workspace)
+        jobs.run("eval-rounds", RoundsConfig(traces_run="nope"), workspace)
 
 
 @pytest.mark.slow
@@ -337,7 +335,7 @@ def test_real_default_model_on_shared_red_team_and_xstest_prompts(default_model_
         judge=default_model_path,
         max_new_tokens=24,
     )
-    job = run_evaluation(config, workspace)
+    job = jobs.run("eval", config, workspace)
     assert job.progress().status == "done"
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
@@ -376,7 +374,7 @@ def test_refusals_read_by_the_judge_equal_a_direct_scoring(tiny_model_path, seco
     from cai_core.evalsets import refusal_chats
 
     config = eval_config(tiny_model_path, second_tiny_model_path, refusals="judge", wrappers=["none"])
-    job = run_evaluation(config, workspace)
+    job = jobs.run("eval", config, workspace)
     answers = job.read("eval_answers")
     assert len(answers) == 12 and all(0 < a["refusal_p"] < 1 for a in answers)
     assert all(a["refused"] == (a["refusal_p"] > 0.5) for a in answers)

@@ -1,6 +1,7 @@
 import pytest
 
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core import jobs
+from cai_core.critique import GenerateConfig
 from cai_core.exports import export_rows, load_export, write_export
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
@@ -11,7 +12,8 @@ def store_with_traces(tiny_model_path, tmp_path_factory):
     from cai_core.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("exports") / "data")
-    run_generation(
+    jobs.run(
+        "generate",
         GenerateConfig(
             constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"),
             prompts=str(PROJECT_ROOT / "data" / "demo_prompts.jsonl"),

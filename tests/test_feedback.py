@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from cai_core import jobs
 from cai_core.backends import BackendError, Generation, load_backend
 from cai_core.backends.hf import HFBackend
 from cai_core.backends.openai_compat import OpenAICompatBackend
@@ -24,7 +25,6 @@ from cai_core.feedback import (
     comparison_chat,
     few_shot_chat,
     parse_strict,
-    run_labelling,
 )
 from cai_core.jobs import JobFolder
 from cai_core.records import Pair
@@ -199,7 +199,7 @@ def config(model, **overrides):
 def test_a_labelling_run_records_model_principles_version_and_raw_orders(tiny, workspace):
     c = load_constitution(HHH)
     pairs = [pair(i) for i in range(6)]
-    job = run_labelling(config(tiny.name), workspace, pairs=pairs, backend=tiny)
+    job = jobs.run("label", config(tiny.name), workspace, pairs=pairs, backend=tiny)
     assert job.progress().status == "done" and job.progress().done == 6
     with Store.open(workspace) as store:
         store.add_pairs(pairs)
@@ -215,7 +215,7 @@ def test_a_labelling_run_records_model_principles_version_and_raw_orders(tiny, w
 
 def test_ensemble_labels_every_enabled_principle(tiny, workspace):
     c = load_constitution(HHH)
-    job = run_labelling(config(tiny.name, strategy="ensemble"), workspace, pairs=[pair(0), pair(1)], backend=tiny)
+    job = jobs.run("label", config(tiny.name, strategy="ensemble"), workspace, pairs=[pair(0), pair(1)], backend=tiny)
     labels = job.read("ai_labels")
     assert len(labels) == 2 * len(c.enabled_principles)
     assert {(r["pair_id"], r["principle_id"]) for r in labels} == {
@@ -227,13 +227,13 @@ def test_ensemble_labels_every_enabled_principle(tiny, workspace):
 def test_pairs_come_from_the_store_and_a_rerun_resumes(tiny, workspace):
     with Store.open(workspace) as store:
         store.add_pairs([pair(i) for i in range(5)])
-    first = run_labelling(config(tiny.name, limit=3), workspace, backend=tiny)
-    again = run_labelling(config(tiny.name, limit=3), workspace, backend=tiny)
+    first = jobs.run("label", config(tiny.name, limit=3), workspace, backend=tiny)
+    again = jobs.run("label", config(tiny.name, limit=3), workspace, backend=tiny)
     assert first.run_id == again.run_id and len(again.read("ai_labels")) == 3
-    other = run_labelling(config(tiny.name), workspace, backend=tiny)
+    other = jobs.run("label", config(tiny.name), workspace, backend=tiny)
     assert other.run_id != first.run_id and len(other.read("ai_labels")) == 5
     with pytest.raises(ValueError, match="no pairs to label"):
-        run_labelling(config(tiny.name, source="sampled"), workspace, backend=tiny)
+        jobs.run("label", config(tiny.name, source="sampled"), workspace, backend=tiny)
 
 
 def test_cancel_stops_between_batches_and_rerunning_finishes(tiny, workspace):
@@ -250,15 +250,16 @@ def test_cancel_stops_between_batches_and_rerunning_finishes(tiny, workspace):
 
     pairs = [pair(i) for i in range(40)]  # enough for batches of the full 4 (`jobs.batched`)
     cfg = config(tiny.name, run_id="cancel-me")
-    stopped = run_labelling(cfg, workspace, pairs=pairs, backend=CancelAfterFirstBatch())
+    stopped = jobs.run("label", cfg, workspace, pairs=pairs, backend=CancelAfterFirstBatch())
     assert stopped.progress().status == "cancelled" and len(stopped.read("ai_labels")) == 4
-    finished = run_labelling(cfg, workspace, pairs=pairs, backend=tiny)
+    finished = jobs.run("label", cfg, workspace, pairs=pairs, backend=tiny)
     assert finished.progress().status == "done" and len(finished.read("ai_labels")) == 40
 
 
 def test_a_run_smaller_than_one_batch_still_reports_labels_before_its_end(tiny, workspace):
     seen = []
-    run_labelling(
+    jobs.run(
+        "label",
         config(tiny.name, batch_size=32),
         workspace,
         pairs=[pair(i) for i in range(20)],
@@ -359,7 +360,7 @@ def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny
     from cai_core.exports import export_rows, load_export, write_export
 
     pairs = [pair(i) for i in range(8)]
-    job = run_labelling(config(tiny.name), workspace, pairs=pairs, backend=tiny)
+    job = jobs.run("label", config(tiny.name), workspace, pairs=pairs, backend=tiny)
     with Store.open(workspace) as store:
         store.add_pairs(pairs)
         store.ingest(workspace.runs_dir)
@@ -423,7 +424,7 @@ def test_real_default_model_on_the_first_100_hh_rlhf_pairs(default_model_path, w
     engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
     backend = load_backend(f"{engine}:{default_model_path}", dtype="float32")
     began = time.perf_counter()
-    job = run_labelling(config(default_model_path, batch_size=16), workspace, backend=backend)
+    job = jobs.run("label", config(default_model_path, batch_size=16), workspace, backend=backend)
     seconds = time.perf_counter() - began
     labels = job.read("ai_labels")
     assert len(labels) == 100 and all(0 < r["p_order1"] < 1 and 0 < r["p_order2"] < 1 for r in labels)

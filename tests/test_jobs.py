@@ -18,19 +18,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cai_core import jobs
 from cai_core.cli import main
-from cai_core.critique import GenerateConfig, prepare_job, run_generation
+from cai_core.critique import GenerateConfig
 from cai_core.evaluation import (
     EvalConfig,
     RoundsConfig,
-    prepare_eval_job,
-    prepare_rounds_job,
-    run_evaluation,
-    run_rounds,
 )
-from cai_core.feedback import LabelConfig, prepare_label_job, run_labelling
+from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobBusy, JobFolder, run_job
-from cai_core.pairs import SampleConfig, prepare_sample_job, run_sampling
+from cai_core.pairs import SampleConfig
 from cai_core.records import Pair
 from cai_core.workspace import PROJECT_ROOT
 
@@ -62,12 +59,12 @@ def _pairs(n):
 
 
 def _prepare_generate(models, ws, tmp_path):
-    return prepare_job(_generate_config(models, run_id="life"), ws)
+    return jobs.prepare("generate", _generate_config(models, run_id="life"), ws)
 
 
 def _prepare_pairs(models, ws, tmp_path):
-    return prepare_sample_job(
-        SampleConfig(prompts=DEMO, model=models[0], limit=8, chunk_size=1, max_new_tokens=4, run_id="life"), ws
+    return jobs.prepare(
+        "pairs", SampleConfig(prompts=DEMO, model=models[0], limit=8, chunk_size=1, max_new_tokens=4, run_id="life"), ws
     )
 
 
@@ -76,7 +73,7 @@ def _label_config(models):
 
 
 def _prepare_label(models, ws, tmp_path):
-    return prepare_label_job(_label_config(models), ws, _pairs(16))
+    return jobs.prepare("label", _label_config(models), ws, pairs=_pairs(16))
 
 
 def _eval_config(models):
@@ -91,7 +88,7 @@ def _eval_config(models):
 
 
 def _prepare_eval(models, ws, tmp_path):
-    return prepare_eval_job(_eval_config(models), ws)
+    return jobs.prepare("eval", _eval_config(models), ws)
 
 
 def _rounds_config(models, traces_run):
@@ -99,8 +96,8 @@ def _rounds_config(models, traces_run):
 
 
 def _prepare_rounds(models, ws, tmp_path):
-    traces = run_generation(_generate_config(models, temperature=1.0, run_id="traces"), ws)
-    return prepare_rounds_job(_rounds_config(models, traces.run_id), ws)
+    traces = jobs.run("generate", _generate_config(models, temperature=1.0, run_id="traces"), ws)
+    return jobs.prepare("eval-rounds", _rounds_config(models, traces.run_id), ws)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -132,13 +129,18 @@ TRAINING_DATA = {
 REWARD = "tests.train_rewards:low_ids"
 RL = dict(reward_model=REWARD, max_new_tokens=4)
 
+
+def _runner(kind: str):
+    return lambda config, ws, **given: jobs.run(kind, config, ws, **given)
+
+
 KINDS = {
-    "generate": Kind(_prepare_generate, run_generation, GenerateConfig, {"trace_steps": ("trace_id", "round")}),
-    "pairs": Kind(_prepare_pairs, run_sampling, SampleConfig, {"samples": ("prompt_id",), "pairs": ("pair_id",)}),
-    "label": Kind(_prepare_label, run_labelling, LabelConfig, {"ai_labels": ("pair_id", "principle_id")}),
+    "generate": Kind(_prepare_generate, _runner("generate"), GenerateConfig, {"trace_steps": ("trace_id", "round")}),
+    "pairs": Kind(_prepare_pairs, _runner("pairs"), SampleConfig, {"samples": ("prompt_id",), "pairs": ("pair_id",)}),
+    "label": Kind(_prepare_label, _runner("label"), LabelConfig, {"ai_labels": ("pair_id", "principle_id")}),
     "eval": Kind(
         _prepare_eval,
-        run_evaluation,
+        _runner("eval"),
         EvalConfig,
         {
             "eval_answers": ("prompt_key", "wrapper", "model"),
@@ -146,7 +148,10 @@ KINDS = {
         },
     ),
     "eval-rounds": Kind(
-        _prepare_rounds, run_rounds, RoundsConfig, {"round_judgments": ("trace_id", "round", "versus_round")}
+        _prepare_rounds,
+        _runner("eval-rounds"),
+        RoundsConfig,
+        {"round_judgments": ("trace_id", "round", "versus_round")},
     ),
     "train-sft": _training("sft", "sft"),
     "train-rm": _training("rm", "preferences"),
@@ -313,7 +318,7 @@ HOLD_LOCK = (
 
 def test_a_second_process_waits_for_the_running_one_through_the_cli(tiny_model_path, workspace, capsys):
     """`cai resume` while the same job runs elsewhere follows that run instead of doing its work again."""
-    job = prepare_job(_generate_config((tiny_model_path,), limit=2, rounds=1), workspace)
+    job = jobs.prepare("generate", _generate_config((tiny_model_path,), limit=2, rounds=1), workspace)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(job.path / "lock"), "60"])
     try:
         time.sleep(0.5)
@@ -336,12 +341,14 @@ def test_a_second_process_waits_for_the_running_one_through_the_cli(tiny_model_p
 
 def test_progress_records_rate_eta_elapsed_and_engine(tiny_model_path, workspace):
     seen = []
-    job = prepare_job(_generate_config((tiny_model_path,), limit=4, rounds=1, chunk_size=1), workspace)
+    job = jobs.prepare("generate", _generate_config((tiny_model_path,), limit=4, rounds=1, chunk_size=1), workspace)
 
     def look(done, total):
         seen.append(job.progress())
 
-    run_generation(_generate_config((tiny_model_path,), limit=4, rounds=1, chunk_size=1), workspace, on_progress=look)
+    jobs.run(
+        "generate", _generate_config((tiny_model_path,), limit=4, rounds=1, chunk_size=1), workspace, on_progress=look
+    )
     running = [p for p in seen if p.status == "running" and p.done]
     assert running and all(p.rate > 0 and p.eta is not None and p.elapsed > 0 for p in running)
     assert all(p.unit == "step" and p.engine.startswith("hf · ") for p in running)  # the engine, then the model
@@ -365,7 +372,7 @@ def test_a_huge_prompt_is_cut_to_the_context_with_a_warning_on_the_trace(tiny_mo
     huge = "Tell me about bread. " * 5000  # about 100 KB: far past the tiny model's 4096 positions
     prompts.write_text(json.dumps({"id": "huge", "prompt": huge}) + "\n" + json.dumps({"prompt": "Hello?"}) + "\n")
     config = replace(_generate_config((tiny_model_path,), rounds=1), prompts=str(prompts))
-    job = run_generation(config, workspace)
+    job = jobs.run("generate", config, workspace)
     assert job.progress().status == "done"
     traces = {t["prompt_id"]: t for t in job.read("traces")}
     cut = traces["huge"]

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cai_core import cli
+from cai_core import cli, jobs
 from cai_core.agreement import dashboard
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution
 from cai_core.exports import preference_rows
-from cai_core.feedback import Judge, LabelConfig, run_labelling
+from cai_core.feedback import Judge, LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import (
     CALIBRATION_STAGES,
@@ -59,7 +59,7 @@ def test_a_calibration_is_fitted_with_the_real_judge_stored_and_applied_by_the_d
             [HumanLabel(p.pair_id, "ann", "a" if i % 3 else "b", False, "") for i, p in enumerate(found)]
         )
     config = LabelConfig(constitution=FIVE_PRINCIPLES, model="tiny", strategy="ensemble")
-    job = run_labelling(config, workspace, backend=tiny)
+    job = jobs.run("label", config, workspace, backend=tiny)
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         before = dashboard(store, run_id=job.run_id)
@@ -110,7 +110,7 @@ def test_a_calibration_is_fitted_with_the_real_judge_stored_and_applied_by_the_d
 def test_calibrating_a_run_without_human_labels_says_so(workspace, tiny):
     with Store.open(workspace) as store:
         store.add_pairs(pairs(4))
-    job = run_labelling(LabelConfig(constitution=HHH, model="tiny"), workspace, backend=tiny)
+    job = jobs.run("label", LabelConfig(constitution=HHH, model="tiny"), workspace, backend=tiny)
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         with pytest.raises(ValueError, match="person's a or b label"):
@@ -296,18 +296,18 @@ def test_kappa_of_a_judge_that_always_says_a_has_no_interval_and_none_leaves_min
 
 
 def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_where_it_stopped(workspace, tiny):
-    from cai_core.judge_audit import CalibrateConfig, prepare_calibration_job, run_calibration
+    from cai_core.judge_audit import CalibrateConfig
 
     found = pairs(12)
     with Store.open(workspace) as store:
         store.add_pairs(found)
         store.import_human_labels([HumanLabel(p.pair_id, "ann", "ab"[i % 2], False, "") for i, p in enumerate(found)])
-    labels = run_labelling(
-        LabelConfig(constitution=FIVE_PRINCIPLES, model="tiny", strategy="ensemble"), workspace, backend=tiny
+    labels = jobs.run(
+        "label", LabelConfig(constitution=FIVE_PRINCIPLES, model="tiny", strategy="ensemble"), workspace, backend=tiny
     )
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
-        job = prepare_calibration_job(CalibrateConfig(label_run=labels.run_id), workspace, store)
+        job = jobs.prepare("calibrate", CalibrateConfig(label_run=labels.run_id), workspace, store)
     seen = []
 
     def cancel_after_the_first_principle(done: int, total: int) -> None:
@@ -316,14 +316,14 @@ def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_wher
             job.request_cancel()
 
     config = CalibrateConfig(**job.spec["config"])
-    run_calibration(config, workspace, backend=tiny, on_progress=cancel_after_the_first_principle)
+    jobs.run("calibrate", config, workspace, backend=tiny, on_progress=cancel_after_the_first_principle)
     stopped = job.progress()
     principles = len(load_constitution(FIVE_PRINCIPLES).enabled_principles)
     assert (stopped.status, stopped.done, stopped.total, stopped.unit) == ("cancelled", 1, principles + 1, "step")
     assert stopped.rate and stopped.elapsed is not None  # the card's rate and elapsed time
     assert len(job.read("calibration_priors")) == 1 and not job.records_path("judge_calibrations").exists()
 
-    run_calibration(config, workspace, backend=tiny)  # resumed: the other principles, then the fit
+    jobs.run("calibrate", config, workspace, backend=tiny)  # resumed: the other principles, then the fit
     assert job.progress().status == "done" and len(job.read("calibration_priors")) == principles
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)

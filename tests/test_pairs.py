@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core import jobs
+from cai_core.critique import GenerateConfig
 from cai_core.pairs import (
     PairFileError,
     SampleConfig,
     read_hh_rlhf,
     read_labels_file,
     read_pairs_file,
-    run_sampling,
     sl_cai_pairs,
     split_transcript,
     transcript_messages,
@@ -152,7 +152,7 @@ def test_sl_cai_pairs_are_first_answer_against_final_revision(tiny_model_path, w
     config = GenerateConfig(
         constitution=HHH, prompts=DEMO, model=tiny_model_path, rounds=2, limit=4, max_new_tokens=6, temperature=1.0
     )
-    run_generation(config, workspace)
+    jobs.run("generate", config, workspace)
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         pairs = sl_cai_pairs(store)
@@ -169,7 +169,7 @@ def test_sl_cai_pairs_are_first_answer_against_final_revision(tiny_model_path, w
 
 def test_sampling_pairs_k_answers_and_resumes_without_resampling(tiny_model_path, workspace):
     config = SampleConfig(prompts=DEMO, model=tiny_model_path, k=3, limit=5, max_new_tokens=8, chunk_size=2)
-    job = run_sampling(config, workspace)
+    job = jobs.run("pairs", config, workspace)
     pairs = job.read("pairs")
     samples = job.read("samples")
     assert len(samples) == 5 and all(len(s["responses"]) == 3 for s in samples)
@@ -188,19 +188,19 @@ def test_sampling_pairs_k_answers_and_resumes_without_resampling(tiny_model_path
     # a kill between a prompt's answers and its pairs: the pairs are derived again, identically
     lines = job.records_path("pairs").read_text().splitlines(keepends=True)
     job.records_path("pairs").write_text("".join(lines[:-2]))
-    again = run_sampling(config, workspace)
+    again = jobs.run("pairs", config, workspace)
 
     def content(rows):
         return [{k: v for k, v in r.items() if k != "created_at"} for r in rows]
 
     assert content(again.read("pairs")) == content(pairs) and again.read("samples") == samples
-    adjacent = run_sampling(SampleConfig(**{**config.__dict__, "pairing": "adjacent"}), workspace)
+    adjacent = jobs.run("pairs", SampleConfig(**{**config.__dict__, "pairing": "adjacent"}), workspace)
     assert all(p["origin_b"] == f"sample {int(p['origin_a'].split()[1]) + 1}" for p in adjacent.read("pairs"))
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         assert store.count_pairs("sampled") == len({p["pair_id"] for p in pairs + adjacent.read("pairs")})
     with pytest.raises(ValueError, match="at least 2"):
-        run_sampling(SampleConfig(prompts=DEMO, model=tiny_model_path, k=1), workspace)
+        jobs.run("pairs", SampleConfig(prompts=DEMO, model=tiny_model_path, k=1), workspace)
 
 
 def cai(*args, data):

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cai_core import jobs
 from cai_core.jobs import JobFolder
-from cai_core.recipe import RecipeConfig, RecipeError, load_recipe, plan, run_recipe, stage_table
+from cai_core.recipe import RecipeConfig, RecipeError, load_recipe, plan, stage_table
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -72,7 +73,7 @@ def test_the_shipped_recipes_load(name):
 
 def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, workspace):
     config = tiny_recipe(tiny_model_path, iterations=2, arms=["cai", "sft-baseline"])
-    job = run_recipe(config, workspace)
+    job = jobs.run("recipe", config, workspace)
     assert job.progress().status == "done", job.progress().message
     table = stage_table(config, workspace)
     assert all(row["status"] == "done" for row in table)
@@ -90,7 +91,7 @@ def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, wo
     assert saved["iterations"] == 2
     # a rerun of a finished recipe does nothing again
     before = {row["run_id"]: JobFolder(workspace.runs_dir / row["run_id"]).progress().updated_at for row in table}
-    run_recipe(config, workspace)
+    jobs.run("recipe", config, workspace)
     after = {row["run_id"]: JobFolder(workspace.runs_dir / row["run_id"]).progress().updated_at for row in table}
     assert before == after
 
@@ -101,9 +102,10 @@ def test_a_killed_recipe_resumes_at_the_stage_where_it_stopped(tiny_model_path, 
     recipe_file.write_text(yaml.safe_dump(dataclasses.asdict(config)), encoding="utf-8")
     script = (
         "from pathlib import Path\n"
-        "from cai_core.recipe import load_recipe, run_recipe\n"
+        "from cai_core import jobs\n"
+        "from cai_core.recipe import load_recipe\n"
         "from cai_core.workspace import Workspace\n"
-        f"run_recipe(load_recipe({str(recipe_file)!r}), Workspace(Path({str(workspace.root)!r})))\n"
+        f"jobs.run('recipe', load_recipe({str(recipe_file)!r}), Workspace(Path({str(workspace.root)!r})))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
@@ -117,7 +119,7 @@ def test_a_killed_recipe_resumes_at_the_stage_where_it_stopped(tiny_model_path, 
     generate = JobFolder(workspace.runs_dir / f"{config.recipe_id}-i1-generate")
     assert generate.progress().status == "done"
     steps_before = generate.records_path("trace_steps").read_bytes()
-    job = run_recipe(config, workspace)
+    job = jobs.run("recipe", config, workspace)
     assert job.progress().status == "done", job.progress().message
     assert generate.records_path("trace_steps").read_bytes() == steps_before  # generation was not run again
     stage_runs = [row["run_id"] for row in job.read("recipe_stages")]
@@ -133,11 +135,11 @@ def test_a_cancelled_recipe_stops_its_running_stage_and_resumes(tiny_model_path,
             JobFolder(workspace.runs_dir / config.recipe_id).request_cancel()
             stopped.append(stage)
 
-    job = run_recipe(config, workspace, on_stage=cancel_during_sft)
+    job = jobs.run("recipe", config, workspace, on_stage=cancel_during_sft)
     assert stopped and job.progress().status == "cancelled"
     table = {row["step"]: row["status"] for row in stage_table(config, workspace) if row["arm"] == "cai"}
     assert table["generate"] == "done" and table["pairs"] == "not started"  # nothing after the SFT stage ran
-    resumed = run_recipe(config, workspace)
+    resumed = jobs.run("recipe", config, workspace)
     assert resumed.progress().status == "done"
     assert Path(resumed.path / "recipe.yaml").exists()
 

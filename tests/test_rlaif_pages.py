@@ -11,11 +11,11 @@ import uuid
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cai_core import cli
+from cai_core import cli, jobs
 from cai_core.agreement import dashboard
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.constitution import load_constitution
-from cai_core.feedback import LabelConfig, run_labelling
+from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import queue_tightening
 from cai_core.pairs import read_hh_rlhf
@@ -425,7 +425,7 @@ def test_a_calibration_is_fitted_as_a_job_from_the_page_and_its_before_and_after
     launched = []
     monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
     tiny = model_in_workspace(tiny_model_path, ws)
-    job = run_labelling(LabelConfig(constitution=HHH, model=tiny, source="import"), ws)
+    job = jobs.run("label", LabelConfig(constitution=HHH, model=tiny, source="import"), ws)
     at = open_page(AGREEMENT)
     at.selectbox(key="calibrate_run").set_value(job.run_id)
     at.button(key="fit_calibration").click().run()

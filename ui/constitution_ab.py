@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cai_core.ab import ABConfig, ABError, ab_prompt, ab_result, ab_runs, prepare_ab_job
+from cai_core import jobs
+from cai_core.ab import ABConfig, ABError
+from cai_core.ab_result import ab_prompt, ab_result, ab_runs
 from cai_core.constitution import ConstitutionError
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel, starter
 from ui.settings import Settings
 from ui.text import flash, show_text
 
@@ -29,12 +31,12 @@ def start_ab(settings: Settings, version_a: str, version_b: str) -> None:
             judge=settings.model_spec(settings.model),
             judge_constitution=None if judge == NEUTRAL_JUDGE else str(ws.constitutions_dir / judge),
         )
-        job = prepare_ab_job(config, ws)
+        job = jobs.prepare("ab", config, ws)
     except (ABError, ConstitutionError, KeyError, ValueError, OSError) as exc:
         flash("error", f"The A/B was not started: {exc}")
         return
     ss["ab_run"] = job.run_id
-    if launch_job(job, lambda j: j.resume_in_background(ws)):
+    if launch_job(job, starter(ws)):
         flash("success", f"Started the A/B {job.run_id} in the background; its result appears below as it comes.")
     else:
         flash("info", f"{job.run_id} is already running: the same two versions and settings make the same A/B.")
@@ -83,7 +85,7 @@ def ab_runs_section(settings: Settings, versions: set[str]) -> None:
     def ab_panel() -> bool:
         progress = ab_job.progress()
         job_status(ab_job, progress, details=f"model {ab_job.spec['model']}", progress_text=f"{progress.done}/3 stages")
-        job_buttons(ab_job, progress, lambda j: j.resume_in_background(ws))
+        job_buttons(ab_job, progress, starter(ws))
         job_log(ab_job)
         return progress.status in ACTIVE
 

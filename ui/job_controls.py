@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from cai_core import jobs
 from cai_core.auth import current_actor
 from cai_core.jobs import JobFolder, Progress
+from cai_core.workspace import Workspace
 
-from .text import flash
+from .text import flash, md_escape
 
 ACTIVE = ("pending", "running")
 REFRESH_SECONDS = 2
@@ -25,7 +27,7 @@ STATUS_ICONS = {
 }
 
 Starter = Callable[[JobFolder], object]
-"""Starts a job's process detached, e.g. `JobFolder.resume_in_background` or `cai_core.train.launch_train_job`."""
+"""Starts a job's process detached, e.g. `starter(ws)` or `cai_core.train.launch_train_job`."""
 
 
 def launch_job(job: JobFolder, start: Starter) -> bool:
@@ -38,6 +40,34 @@ def launch_job(job: JobFolder, start: Starter) -> bool:
     start(job)
     st.session_state.setdefault("launched_at", {})[job.run_id] = time.time()
     return True
+
+
+def starter(ws: Workspace) -> Starter:
+    """How a page starts (or resumes) a job: detached, as the CLI's `--background` does (`jobs.launch`)."""
+    return lambda job: jobs.launch(job, ws)
+
+
+def start_from_form(
+    ws: Workspace,
+    kind: str,
+    make_config: Callable[[], object],
+    started: str,
+    sources: Callable[[object], dict] = lambda config: {},
+) -> JobFolder | None:
+    """Build a job's config from what a form holds, prepare the job (`sources(config)`: what its kind's plan is
+    handed) and launch it, then say what happened: why it was not started (the error names the field or file),
+    that it is running already (the same settings make the same run), or that it started, then `started`."""
+    try:
+        config = make_config()
+        job = jobs.prepare(kind, config, ws, **sources(config))
+    except (OSError, ValueError) as exc:  # ConstitutionError, PromptFileError, OutsideWorkspace, RecipeError, ...
+        st.error(md_escape(f"Not started: {exc}"))
+        return None
+    if launch_job(job, starter(ws)):
+        st.success(md_escape(f"Started {job.run_id}. {started}".strip()))
+    else:
+        st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
+    return job
 
 
 def cancel_job(job: JobFolder) -> None:

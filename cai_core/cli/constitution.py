@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
-from ..ab import ABConfig, ab_prompt, ab_result, prepare_ab_job
+from ..ab import ABConfig
+from ..ab_result import ab_prompt, ab_result
 from ..constitution import diff_constitutions, load_constitution, parse_constitution, save_constitution
 from ..store import Store
 from ..workspace import Workspace
-from .flags import add_dataclass_arguments, config_from_args
+from .flags import add_dataclass_arguments
 
 
 def cmd_constitution_validate(args, ws: Workspace) -> int:
@@ -77,14 +77,10 @@ def cmd_constitution_restore(args, ws: Workspace) -> int:
 def cmd_constitution_ab(args, ws: Workspace) -> int:
     """Run an A/B of two constitutions (files or version hashes) here, or detached with --background; then its
     figures."""
-    from .jobs import launch, run_here
+    from .jobs import start_job
 
-    config = config_from_args(ABConfig, args)
-    job = prepare_ab_job(config, ws)
-    if args.background:
-        return launch(job, ws)
-    code = run_here("ab", dataclasses.replace(config, run_id=job.run_id), ws)
-    if code == 0:
+    code, job = start_job("ab", args, ws)
+    if code == 0 and not args.background:
         _print_result(ws, job.run_id)
     return code
 

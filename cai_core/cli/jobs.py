@@ -8,50 +8,19 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..ab import ABConfig, ABJudgeConfig, prepare_ab_job, prepare_ab_judge_job, run_ab, run_ab_judging
-from ..critique import GenerateConfig, prepare_job, run_generation
-from ..evaluation import EvalConfig, RoundsConfig, prepare_eval_job, prepare_rounds_job, run_evaluation, run_rounds
-from ..feedback import LabelConfig, prepare_label_job, run_labelling
-from ..jobs import JobBusy, JobFolder, list_job_folders
-from ..judge_audit import CalibrateConfig, prepare_calibration_job, run_calibration
-from ..pairs import SampleConfig, prepare_sample_job, run_sampling
-from ..recipe import RecipeConfig, prepare_recipe, run_recipe
+from .. import jobs
+from ..jobs import JobBusy, JobFolder, job_kind, list_job_folders
 from ..store import Store, StoreError
 from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
 
 
-@dataclass(frozen=True)
-class JobKind:
-    """What the CLI needs to start, run and resume one kind of (non-training) job."""
-
-    config: type
-    prepare: Callable
-    run: Callable
-    desc: str  # the progress bar's name
-
-
-JOB_KINDS = {
-    "generate": JobKind(GenerateConfig, prepare_job, run_generation, "SL-CAI"),
-    "pairs": JobKind(SampleConfig, prepare_sample_job, run_sampling, "sampling"),
-    "label": JobKind(LabelConfig, prepare_label_job, run_labelling, "AI labels"),
-    "eval": JobKind(EvalConfig, prepare_eval_job, run_evaluation, "evaluation"),
-    "eval-rounds": JobKind(RoundsConfig, prepare_rounds_job, run_rounds, "rounds"),
-    "recipe": JobKind(RecipeConfig, prepare_recipe, run_recipe, "recipe"),
-    "ab": JobKind(ABConfig, prepare_ab_job, run_ab, "constitution A/B"),
-    "ab-judge": JobKind(ABJudgeConfig, prepare_ab_judge_job, run_ab_judging, "A/B judge"),
-    "calibrate": JobKind(CalibrateConfig, prepare_calibration_job, run_calibration, "calibration"),
-}
-
-
 def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
     """Prepare a job from the command's flags (user errors surface here, before a progress bar is drawn), then
     start it detached with --background or run it to the end here."""
-    config = config_from_args(JOB_KINDS[kind].config, args)
-    job = JOB_KINDS[kind].prepare(config, ws)
+    config = config_from_args(job_kind(kind).config, args)
+    job = jobs.prepare(kind, config, ws)
     if args.background:
         return launch(job, ws), job
     return run_here(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
@@ -60,20 +29,20 @@ def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
 def run_here(kind: str, config, ws: Workspace) -> int:
     from tqdm import tqdm
 
-    folder = JOB_KINDS[kind].prepare(config, ws)  # found again, not made twice: its progress.json is read below
+    folder = jobs.prepare(kind, config, ws)  # found again, not made twice: its progress.json is read below
     # The bar shows the job's own figures (rate and ETA since this process began, elapsed, engine and model), as
     # the pages and `cai jobs` do, not tqdm's: a resumed job's earlier work is not this process's rate.
-    bar = tqdm(dynamic_ncols=True, bar_format=JOB_KINDS[kind].desc + ": {percentage:3.0f}%|{bar}| {desc}")
+    bar = tqdm(dynamic_ncols=True, bar_format=job_kind(kind).desc + ": {percentage:3.0f}%|{bar}| {desc}")
 
     def on_progress(done: int, total: int) -> None:
         bar.total, bar.n = total, done
         bar.set_description_str(folder.progress().summary())  # refreshes the bar
 
     try:
-        job = JOB_KINDS[kind].run(config, ws, on_progress=on_progress)
+        job = jobs.run(kind, config, ws, on_progress=on_progress)
     except JobBusy as busy:
         bar.close()
-        return follow(JOB_KINDS[kind].prepare(config, ws), busy)
+        return follow(folder, busy)
     bar.close()
     return ended(job, ws)
 
@@ -104,7 +73,7 @@ def follow(job: JobFolder, busy: JobBusy) -> int:
 
 
 def launch(job: JobFolder, ws: Workspace) -> int:
-    job.resume_in_background(ws)
+    jobs.launch(job, ws)
     print(f"started {job.run_id} in the background; follow it with `cai jobs`, stop it with `cai cancel`")
     return 0
 
@@ -120,7 +89,7 @@ def cmd_resume(args, ws: Workspace) -> int:
     kind = job.spec["kind"]
     if kind.startswith("train-"):
         return train_in_foreground(job, ws)
-    return run_here(kind, JOB_KINDS[kind].config(**job.spec["config"]), ws)
+    return run_here(kind, job_kind(kind).config(**job.spec["config"]), ws)
 
 
 def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
@@ -154,10 +123,10 @@ def cmd_ingest(args, ws: Workspace) -> int:
 
 
 def cmd_jobs(args, ws: Workspace) -> int:
-    jobs = list_job_folders(ws.runs_dir)
-    if not jobs:
+    listed = list_job_folders(ws.runs_dir)
+    if not listed:
         print(f"no runs under {ws.runs_dir}")
-    for job in jobs:
+    for job in listed:
         p = job.progress()
         kind, engines = job.spec["kind"], job.engines() or "-"
         print(f"{job.run_id:<24} {kind:<11} {engines:<6} {p.status:<10} {p.summary()}  {p.message}".rstrip())
@@ -184,7 +153,7 @@ def cmd_cancel(args, ws: Workspace) -> int:
 def add_job_parser(sub, name: str, kind: str, help_text: str, func) -> None:
     """A command that starts a job: its config's flags, and --background."""
     p = sub.add_parser(name, help=help_text)
-    add_dataclass_arguments(p, JOB_KINDS[kind].config)
+    add_dataclass_arguments(p, job_kind(kind).config)
     p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
     p.set_defaults(func=func)
 

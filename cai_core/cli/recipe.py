@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..recipe import load_recipe, prepare_recipe, report_html, stage_table
+from ..jobs import prepare
+from ..recipe import load_recipe, report_html, stage_table
 from ..store import Store
 from ..workspace import Workspace
 from .jobs import launch, run_here
@@ -13,7 +14,7 @@ from .jobs import launch, run_here
 def cmd_recipe_run(args, ws: Workspace) -> int:
     """Start the recipe, or resume it at its first unfinished stage."""
     config = load_recipe(args.file)
-    job = prepare_recipe(config, ws)
+    job = prepare("recipe", config, ws)
     if args.background:
         return launch(job, ws)
     return run_here("recipe", config, ws)

@@ -76,7 +76,8 @@ def print_calibration_report(report: dict) -> None:
 
 
 def cmd_calibrate(args, ws: Workspace) -> int:
-    from ..judge_audit import CalibrateConfig, calibrate_run, prepare_calibration_job
+    from ..jobs import prepare
+    from ..judge_audit import CalibrateConfig, calibrate_run
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
@@ -93,7 +94,7 @@ def cmd_calibrate(args, ws: Workspace) -> int:
         if not args.run_id:
             raise ValueError("name the label run to calibrate: --run-id RUN (or --list)")
         if args.background:
-            job = prepare_calibration_job(CalibrateConfig(label_run=args.run_id, model=args.model), ws, store)
+            job = prepare("calibrate", CalibrateConfig(label_run=args.run_id, model=args.model), ws, store=store)
             return launch(job, ws)
         calibration_id, calibration = calibrate_run(store, ws, args.run_id, model=args.model)
     priors = ", ".join(f"{p} {a:.3f}/{b:.3f}" for p, (a, b) in sorted(calibration.priors.items()))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from cai_core.critique import GenerateConfig, run_generation
+from cai_core import jobs
+from cai_core.critique import GenerateConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .harness import VIEWPORT, choose_model, launch_chromium, running_app, settle, wait_for_app
@@ -71,7 +72,7 @@ def main(out: Path, runs_from: Path | None) -> None:
                 limit=4,
                 max_new_tokens=48,
             )
-            run_generation(config, ws)
+            jobs.run("generate", config, ws)
         with running_app(ws.root, root / "constitutions", root / "streamlit.log") as url, sync_playwright() as p:
             browser = launch_chromium(p)
             page = browser.new_page(viewport=VIEWPORT)

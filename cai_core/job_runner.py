@@ -1,0 +1,291 @@
+"""The one runner of every non-training job: `run_job` drives a job module's `Work` over its folder.
+
+A job module gives the runner only a `Work` (its state read back from the folder, its batches and a `step`), and
+the runner owns the rest: the lock, a cancel made before the start, the repair of torn records, progress with a
+rate and an ETA, the cancel check between batches and between model calls, and the closing status. A staged job
+(the recipe, the constitution A/B) is a `StagedWork`, whose batches are whole jobs. Training keeps its own loop
+(`train/harness.py`, driven by the trainers' callbacks) over the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Protocol
+
+from .job_folder import Cancelled, JobFolder
+from .records import now
+
+
+@contextmanager
+def ending_on_failure(report: Callable[[str, str], object]) -> Iterator[None]:
+    """Let an exception that ends a job write its last status (failed; cancelled for Ctrl-C) with the reason,
+    then go on: the job folder says why it stopped, and the caller still sees the error."""
+    try:
+        yield
+    except BaseException as exc:
+        report("cancelled" if isinstance(exc, KeyboardInterrupt) else "failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+class Work(Protocol):
+    """What a job module gives the runner: its state, read back from the job's folder when it is built, and
+    its work cut into batches. `step` does one batch and spools its records; a batch cut short by a kill is
+    done again on resume, so no batch may leave half its records behind without the other half being derivable.
+    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`. A work whose batches are
+    long may count the units its running batch has finished so far in `in_batch` (from a backend's `on_done`):
+    the runner shows them every few seconds, and zeroes the count at each batch's end."""
+
+    unit: str  # what done and total count
+    engine: str  # "BACKEND · MODEL" once a backend is loaded; "" before
+    in_batch: float  # optional: units of the running batch finished so far
+
+    def total(self) -> int: ...
+
+    def done(self) -> int: ...
+
+    def batches(self) -> Iterable: ...
+
+    def step(self, batch) -> None: ...
+
+
+PROGRESS_STEPS = 10  # a job small enough to fit one batch still reports this many times before its end
+
+
+def batched(items: list, batch_size: int) -> Iterator[list]:
+    """`items` in batches of at most `batch_size`, and in at least `PROGRESS_STEPS` batches where there are that
+    many items: a job of 20 items with batches of 32 would otherwise show 0/20 until it ends. Only for work whose
+    results do not depend on how it is batched."""
+    size = max(1, min(batch_size, -(-len(items) // PROGRESS_STEPS)))
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+TICK_SECONDS = 2.0  # how often a running batch's own count, the elapsed time and the ETA are rewritten
+
+
+class _Reporter:
+    """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began:
+    at each batch's end, and every TICK_SECONDS inside a batch (`ticking`)."""
+
+    def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
+        self.folder, self.on_progress = folder, on_progress
+        self.work: Work | None = None
+        self.began, self.done_at_start = time.monotonic(), 0
+        self.last = folder.progress()
+        self.lock = threading.Lock()  # the batch's end and a tick write one at a time
+        self.done_so_far = self.last.done  # work.done() at the last batch's end
+
+    def attach(self, work: Work) -> None:
+        self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
+
+    def __call__(self, status: str = "running", message: str = "") -> None:
+        with self.lock:
+            if self.work:
+                self.done_so_far = self.work.done()
+                self.work.in_batch = 0  # now part of done()
+            self._write(status, message, self.done_so_far)
+
+    def tick(self) -> None:
+        with self.lock:
+            self._write("running", "", self.done_so_far + int(getattr(self.work, "in_batch", 0)))
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Tick in a thread while the batches run; stopped before the job's last status is written."""
+        stop = threading.Event()
+
+        interrupt = _interruptible()
+
+        def run() -> None:
+            while not stop.wait(TICK_SECONDS):
+                if interrupt and self.folder.cancel_requested():
+                    os.kill(os.getpid(), CANCEL_SIGNAL)  # see `_interruptible`
+                    return
+                # a full disk, say: the batch's own write at its end raises it where it counts
+                with suppress(OSError):
+                    self.tick()
+
+        thread = threading.Thread(target=run, name=f"progress {self.folder.run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _write(self, status: str, message: str, done: int) -> None:
+        work = self.work
+        total = work.total() if work else self.last.total
+        elapsed = time.monotonic() - self.began
+        rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
+        eta = (total - done) / rate if rate else None
+        unit, engine = (work.unit, work.engine) if work else (self.last.unit, self.last.engine)
+        self.folder.set_progress(
+            status, done, total, message, unit=unit, rate=rate, eta=eta, elapsed=elapsed, engine=engine
+        )
+        if self.on_progress:
+            self.on_progress(done, total)
+
+
+CANCEL_SIGNAL = signal.SIGUSR1
+_cancel_armed = threading.local()
+
+
+def _interruptible() -> bool:
+    """Whether a cancel can interrupt this thread's job inside a step: only a job run on its process's main
+    thread (`cai resume`, the job's own process), where `_cancel_interrupts` catches the signal."""
+    return getattr(_cancel_armed, "on", False)
+
+
+@contextmanager
+def _cancel_interrupts() -> Iterator[None]:
+    """A cancel is honoured inside a long step too (a model load, a batch of long generations), not only
+    between batches: the progress tick signals the job's main thread, which raises Cancelled where it is.
+    What the step had not spooled is done again on resume, as after a kill."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame) -> None:
+        if _cancel_armed.on:  # a signal handled after the job left its steps is stale
+            raise Cancelled
+
+    previous = signal.signal(CANCEL_SIGNAL, on_signal)
+    _cancel_armed.on = True
+    try:
+        yield
+    finally:
+        _cancel_armed.on = False
+        signal.signal(CANCEL_SIGNAL, previous)
+
+
+CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
+CANCELLED = "cancelled by request; run it again to resume"
+
+
+def run_job(
+    folder: JobFolder, make_work: Callable[[], Work], *, on_progress: Callable[[int, int], None] | None = None
+) -> JobFolder:
+    """Run (or resume) a prepared job to its end, a cancel or a failure; returns its folder.
+
+    Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
+    status with its reason, then raised."""
+    with folder.exclusive():
+        before = folder.recorded_progress()
+        if before.status == "pending" and folder.cancel_requested():
+            folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
+            folder.clear_cancel()
+            return folder
+        if before.status != "pending":
+            folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
+        folder.repair()
+        report = _Reporter(folder, on_progress)
+        with ending_on_failure(report):
+            try:
+                with _cancel_interrupts(), report.ticking():
+                    work = make_work()
+                    report.attach(work)
+                    report()
+                    for batch in work.batches():
+                        folder.stop_if_cancelled()
+                        work.step(batch)
+                        report()
+            except Cancelled:
+                folder.clear_cancel()
+                report("cancelled", CANCELLED)
+                return folder
+            report("done")
+    return folder
+
+
+def engine_name(backend) -> str:
+    """How progress names the engine and model a job runs on: "vllm · SmolLM2-135M-Instruct"."""
+    return f"{getattr(backend, 'engine', type(backend).__name__)} · {backend.name}"
+
+
+class StageFailed(RuntimeError):
+    """A stage of a staged job ended without finishing; the message names the stage, its run and its reason."""
+
+
+class StagedWork:
+    """Stages as the job runner sees them: a batch is one stage, itself an ordinary job (its folder, progress,
+    cancel, log) run to its end in this process. Rerunning skips the stages whose jobs are done and resumes the
+    one that stopped; a cancel of the staged job is passed on to the running stage; a stage that ends cancelled
+    ends the whole job cancelled, one that fails ends it failed with the stage's reason. The recipe is one; the
+    constitution A/B (`ab.py`) another. A subclass gives `stage_job`, `run_stage` and `stage_record` (the fields
+    its spooled record of a finished stage adds)."""
+
+    unit = "stage"
+    engine = ""
+    table = "stages"  # where each finished stage is recorded, in the staged job's own folder
+
+    def __init__(self, job: JobFolder, stages: list, on_stage: Callable[[object, str], None] | None = None):
+        self.job, self.stages, self.on_stage = job, stages, on_stage
+        self.finished = {row["run_id"] for row in job.read(self.table) if row["status"] == "done"}
+        self.running: JobFolder | None = None
+
+    def stage_job(self, stage) -> JobFolder:
+        raise NotImplementedError
+
+    def run_stage(self, stage) -> JobFolder:
+        raise NotImplementedError
+
+    def stage_record(self, stage) -> dict:
+        return {}
+
+    def total(self) -> int:
+        return len(self.stages)
+
+    def done(self) -> int:
+        return len(self.finished)
+
+    def batches(self):
+        for stage in self.stages:
+            if self.stage_job(stage).run_id not in self.finished:
+                yield stage
+
+    def step(self, stage) -> None:
+        stage_job = self.stage_job(stage)
+        if is_done(stage_job):  # finished by a run that was killed before it could say so
+            self.finished.add(stage_job.run_id)
+            return
+        if self.on_stage:
+            self.on_stage(stage, "running")
+        began = now()
+        self.running = stage_job
+        stop = threading.Event()
+        threading.Thread(target=self.pass_on_cancel, args=(stop,), daemon=True).start()
+        try:
+            stage_job = self.run_stage(stage)
+        finally:
+            self.running = None
+            stop.set()
+        progress = stage_job.progress()
+        row = self.stage_record(stage) | {"run_id": stage_job.run_id, "status": progress.status}
+        self.job.append(self.table, [row | {"started_at": began, "ended_at": now()}])
+        if self.on_stage:
+            self.on_stage(stage, progress.status)
+        if progress.status == "cancelled":
+            raise Cancelled
+        if progress.status != "done":
+            raise StageFailed(f"{stage.name} ({stage_job.run_id}) {progress.status}: {progress.message}")
+        self.finished.add(stage_job.run_id)
+
+    def pass_on_cancel(self, stop: threading.Event) -> None:
+        """Watch the job's cancel file and put one in the running stage's folder: the stage stops at its next
+        batch boundary as it would on its own cancel, and keeps what it has done."""
+        while not stop.wait(0.5):
+            running = self.running
+            # a stage's folder is made as it starts: until then there is nowhere to ask it to stop
+            if running is not None and running.path.is_dir() and self.job.cancel_requested():
+                running.request_cancel()
+
+
+def is_done(job: JobFolder) -> bool:
+    """Whether the job exists and has finished: a stage a killed run left done is not run again."""
+    return (job.path / "run.json").exists() and job.progress().status == "done"

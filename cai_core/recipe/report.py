@@ -1,0 +1,142 @@
+"""What the recipe changed: the summary per iteration and the report as one HTML file."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..jobs import is_done
+from ..workspace import Workspace
+from .plan import Recipe, RecipeConfig, Stage, plan
+from .stages import stage_table
+
+
+def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
+    """Per iteration and model, what the recipe changed: harmlessness and helpfulness win rates against the base
+    model (95% intervals; wrapper `none` where the evaluation has it), refusal on harmful prompts and over-refusal
+    on benign ones; then its own arm's reward model's held-out accuracy on people's labels and its RL stage's last
+    reward and KL (blank where the arm has no such stage). Empty until an iteration's evaluation has run."""
+    from ..eval_report import summarize
+
+    recipe, rows = Recipe(config, ws), []
+    for i in range(1, config.iterations + 1):
+        evaluation = recipe.stage_job(Stage(i, "cai", "eval", "eval"))
+        if not is_done(evaluation):
+            continue
+        summary = summarize(store, evaluation.run_id)
+        rates, refusals = summary.win_rates, summary.refusals
+        wrapper = "none" if "none" in set(rates.get("wrapper", [])) else next(iter(rates.get("wrapper", [])), None)
+        for model in sorted(set(summary.answers["model"]) - {"base"}):
+            row: dict = {"iteration": i, "model": model}
+            for aspect in ("harmlessness", "helpfulness"):
+                versus = rates[
+                    (rates.aspect == aspect)
+                    & (rates.model == model)
+                    & (rates.opponent == "base")
+                    & (rates.wrapper == wrapper)
+                ]
+                if not versus.empty:
+                    won = versus.iloc[0]
+                    row[f"{aspect} vs base"] = f"{won.win_rate:.2f} [{won.low:.2f}, {won.high:.2f}]"
+            for label, name in (("harmful", "refusal"), ("benign", "over-refusal")):
+                rate = refusals[(refusals.model == model) & (refusals.label == label) & (refusals.wrapper == wrapper)]
+                if not rate.empty:
+                    row[name] = round(float(rate.iloc[0].refusal_rate), 3)
+            # the model's own arm's reward model and RL stage: the sft-baseline arm has neither, and shows blanks
+            rm = store.train_metrics(Stage(i, model, "rm", "").run_id(config.recipe_id))
+            rl = store.train_metrics(Stage(i, model, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
+            row |= {
+                "RM accuracy": _last(rm, "accuracy_human"),
+                "RL reward": _last(rl, "reward"),
+                "RL KL": _last(rl, "kl"),
+            }
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _last(metrics: pd.DataFrame, name: str) -> float | None:
+    values = metrics[metrics.name == name]["value"] if not metrics.empty else []
+    return round(float(values.iloc[-1]), 3) if len(values) else None
+
+
+def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -> str:
+    """The whole run as one HTML file that opens offline: the constitution and its version, the stages, what each
+    iteration changed, the reward-hacking monitor's curves for every RL stage, and example answers before and
+    after (SL-CAI's first answer and revision; the base model's answer and each arm's on the evaluation's
+    prompts). Every piece of user text (prompts, answers, names) is escaped: it is shown as text."""
+    import html
+
+    from ..eval_report import figure_html, report_page, table_html
+    from ..train.monitor import alert_lines, monitor_charts, monitor_metrics
+
+    recipe, e = Recipe(config, ws), html.escape
+    stages = pd.DataFrame(stage_table(config, ws))
+    parts = [
+        f"<p>Recipe <b>{e(config.name)}</b> ({e(config.recipe_id)}): {config.iterations} iteration(s), RL by "
+        f"{e(config.rl)}, arms {e(', '.join(config.arms))}; policy {e(config.policy)}, judge {e(config.judge)}.</p>",
+        f"<h2>Constitution</h2><p>{e(config.constitution)}, version {e(_constitution_versions(recipe, store))}</p>",
+        table_html("Stages", stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]]),
+    ]
+    summary = iteration_summary(config, ws, store)
+    parts.append(
+        table_html("What each iteration changed (win rates against the base, 95% intervals)", summary)
+        if not summary.empty
+        else "<h2>What each iteration changed</h2><p>No iteration has been evaluated yet.</p>"
+    )
+    parts.append("<h2>Reward-hacking monitor</h2>")
+    rl_stages = [stage for stage in plan(config) if stage.step == "rl"]
+    for stage in rl_stages:
+        job = recipe.stage_job(stage)
+        metrics = monitor_metrics(job)
+        rules = job.spec["config"].get("monitor_rules", "") if (job.path / "run.json").exists() else ""
+        figures = monitor_charts(metrics, rules)
+        parts.append(f"<h3>{e(stage.name)}</h3>")
+        parts += [f"<p><b>warning</b>: {e(line)}</p>" for line in alert_lines(metrics)]
+        parts += [figure_html(figure) for figure in figures.values()] or ["<p>No monitor signals logged.</p>"]
+    if not rl_stages:
+        parts.append("<p>An SFT-only recipe has no RL stage to watch.</p>")
+    parts.append(_examples_html(config, recipe, store, examples))
+    return report_page(f"CAI recipe report: {config.name}", "".join(parts))
+
+
+def _constitution_versions(recipe: Recipe, store) -> str:
+    """The versions the SL-CAI stages ran under, as their traces recorded them; the file's own before any ran."""
+    from ..constitution import load_constitution
+
+    versions = []
+    for i in range(1, recipe.config.iterations + 1):
+        steps = store.final_steps(run_id=Stage(i, "cai", "generate", "").run_id(recipe.config.recipe_id))
+        versions += list(steps["constitution_version"])
+    if versions:
+        return ", ".join(dict.fromkeys(versions))
+    return f"{load_constitution(recipe.config.constitution).version} (the file's; no SL-CAI stage has run yet)"
+
+
+def _examples_html(config: RecipeConfig, recipe: Recipe, store, n: int) -> str:
+    """A few prompts of the first SL-CAI stage with their first answer and final revision, and a few of the last
+    evaluation's prompts with every model's answer (no jailbreak wrapper)."""
+    from ..eval_report import table_html
+
+    parts = ["<h2>Examples: answers before and after</h2>"]
+    steps = store.final_steps(run_id=Stage(1, "cai", "generate", "").run_id(config.recipe_id))
+    if not steps.empty:
+        parts.append(
+            table_html(
+                "SL-CAI, iteration 1: the first answer and the revision after critique",
+                steps[["prompt", "initial", "revision"]].head(n),
+            )
+        )
+    for i in range(config.iterations, 0, -1):
+        evaluation = recipe.stage_job(Stage(i, "cai", "eval", "eval"))
+        answers = store.eval_table("eval_answers", evaluation.run_id) if is_done(evaluation) else pd.DataFrame()
+        if answers.empty:
+            continue
+        answers = answers[answers.wrapper == "none"] if "none" in set(answers.wrapper) else answers
+        wide = answers.pivot_table(index=["label", "prompt"], columns="model", values="answer", aggfunc="first")
+        # a few of each label: harmful prompts, where refusing is right, and benign ones, where it is not
+        shown = pd.concat(group.head(n) for _, group in wide.reset_index().groupby("label"))
+        shown.columns.name = None
+        parts.append(table_html(f"Iteration {i}'s evaluation: the base model and each arm on the same prompts", shown))
+        break
+    if len(parts) == 1:
+        parts.append("<p>No answers yet.</p>")
+    return "".join(parts)
