@@ -1,6 +1,6 @@
 """Long work in the background: the job kinds, and how any of them is prepared, run and launched.
 
-Every non-training job (generate, pairs, label, eval, eval-rounds, calibrate, ab, ab-judge, recipe) is one
+Every non-training job (generate, pairs, label, eval, eval-rounds, calibrate, ab, ab-judge, recipe, export) is one
 `JobKind`, defined in its own module and registered in `KINDS` by one line. The CLI's job commands, `cai resume`,
 the pages, the recipe's stages and the A/B's stages all start a job through `prepare`, `run` and `launch` here;
 a kind gives only what is its own:
@@ -66,6 +66,7 @@ KINDS = {
     "ab": "ab:AB",
     "ab-judge": "ab:AB_JUDGE",
     "recipe": "recipe.stages:RECIPE",
+    "export": "export_job:EXPORT",
 }
 
 

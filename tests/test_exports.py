@@ -108,3 +108,26 @@ def test_dpo_trainer_takes_two_steps_on_the_pairs_export(store_with_traces, tiny
     )
     result = trainer.train()
     assert result.global_step == 2
+
+
+def test_export_runs_as_a_background_job_and_writes_what_export_would(store_with_traces, tmp_path):
+    """`cai export --background`: a job of its own (listed, resumable) whose file holds the rows `cai export`
+    writes; the same export again finds the same job instead of starting a second one."""
+    import time
+
+    from cai_core.cli import main
+    from cai_core.jobs import list_job_folders
+
+    ws, out = store_with_traces, tmp_path / "sft.parquet"
+    argv = ["--data-dir", str(ws.root), "export", "--kind", "sft", "--format", "parquet", "--out", str(out)]
+    assert main([*argv, "--background"]) == 0
+    [job] = [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] == "export"]
+    deadline = time.monotonic() + 120
+    while job.progress().status in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job.progress().status == "done", job.log_tail()
+    with Store.open(ws) as store:
+        expected = export_rows(store, "sft")
+    assert load_export(out)["trace_id"] == list(expected["trace_id"])
+    assert main([*argv, "--background"]) == 0
+    assert [j.run_id for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "export"] == [job.run_id]

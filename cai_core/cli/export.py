@@ -1,28 +1,26 @@
-"""`cai export`: SFT data, revision pairs and preferences in TRL's formats."""
+"""`cai export`: SFT data, revision pairs and preferences in TRL's formats, here or from a background job."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..exports import FORMATS, KINDS, export_path, export_rows, write_export
+from ..export_job import ExportConfig, matching_rows
+from ..exports import FORMATS, KINDS, export_path, write_export
+from ..jobs import prepare
 from ..store import Store
 from ..workspace import Workspace
+from .jobs import launch
 
 
 def cmd_export(args, ws: Workspace) -> int:
+    settings = {name: getattr(args, name) for name in ("kind", "format", "out", "constitution_version", "max_round")}
+    settings |= {"min_confidence": args.min_confidence, "calibration": args.calibration}
+    config = ExportConfig(**settings, source_run=args.run_id)
+    if args.background:  # the rows are read here, where the database is, and written by the job's process
+        return launch(prepare("export", config, ws), ws)
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
-        rows = export_rows(
-            store,
-            args.kind,
-            constitution_version=args.constitution_version,
-            max_round=args.max_round,
-            run_id=args.run_id,
-            min_confidence=args.min_confidence,
-            calibration=args.calibration,
-        )
-    if rows.empty:
-        raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
+        rows = matching_rows(store, config)
     out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
@@ -41,4 +39,5 @@ def add_parsers(sub) -> None:
         "--min-confidence", type=float, default=0.0, help="Preferences only: keep pairs with |2 P - 1| at least this."
     )
     p.add_argument("--calibration", help="Preferences only: read the judge's labels through this `cai calibrate` id.")
+    p.add_argument("--background", action="store_true", help="Write it from a job, detached; return at once.")
     p.set_defaults(func=cmd_export)
