@@ -16,7 +16,7 @@ Both constitutions, the judge's and the prompts are copied into the A/B's folder
 A/B runs what was asked even if the files or the history have changed since. Its judgments stay in the judge
 stage's folder (they are not human-comparable labels, so they stay out of the Agreement page's label runs);
 `ab_result` reads them back with the traces and computes paired win rates with bootstrap intervals over prompts
-(`evaluation.bootstrap_interval`), per judging principle and per prompt category, and refusals by phrase
+(`stats.bootstrap_interval`), per judging principle and per prompt category, and refusals by phrase
 (`evalsets.is_refusal`, Wilson intervals) on both sets: on the benign set that is over-refusal.
 """
 
@@ -34,11 +34,11 @@ import pandas as pd
 from .backends import DEFAULT_MODEL, Backend, load_backend
 from .constitution import Constitution, Principle, load_constitution, parse_constitution, save_constitution
 from .evalsets import is_refusal, load_sets
-from .evaluation import bootstrap_interval, outcome, refusal_rates
 from .feedback import Judge
 from .jobs import JobFolder, engine_name, list_job_folders, run_job
 from .recipe import StagedWork
 from .records import Pair
+from .stats import bootstrap_interval, outcome, refusal_rates
 from .workspace import Workspace
 
 PROMPTS = "prompts"  # the A/B's input: its prompts, with their set, category and label
@@ -455,7 +455,7 @@ def ab_result(ws: Workspace, run_id: str, *, resamples: int = 2000, seed: int = 
 
 def _refusals(ws: Workspace, run_id: str, prompts: pd.DataFrame) -> pd.DataFrame:
     """Refusal rates by phrase of A's and B's final answers and of the initial answers, per label, with Wilson
-    intervals (`evaluation.refusal_rates`): on the benign prompts, over-refusal."""
+    intervals (`stats.refusal_rates`): on the benign prompts, over-refusal."""
     labels = dict(zip(prompts["key"], prompts["label"], strict=True))
     rows = []
     for side in ("a", "b"):

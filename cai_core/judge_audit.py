@@ -32,31 +32,10 @@ from typing import Literal
 
 import numpy as np
 
-from .evaluation import wilson_interval
+from .stats import Z95, Estimate, ece, principle_effects, wilson
 
 Grade = Literal["good", "weak", "poor", "unknown"]
 VerdictName = Literal["trustworthy", "weak", "unreliable", "not enough data"]
-Z95 = 1.959964
-
-
-@dataclass(frozen=True)
-class Estimate:
-    value: float
-    low: float | None  # None, with high, where no interval is defined
-    high: float | None
-    n: int
-
-    def __str__(self) -> str:
-        interval = "interval undefined" if self.low is None or self.high is None else f"{self.low:.2f}, {self.high:.2f}"
-        return f"{self.value:.2f} [{interval}] (n={self.n})"
-
-
-def wilson(successes: float, n: int) -> Estimate | None:
-    """A proportion with its Wilson score interval (`evaluation.wilson_interval`), which stays inside [0, 1]."""
-    if n <= 0:
-        return None
-    low, high = wilson_interval(successes, n)
-    return Estimate(successes / n, max(0.0, low), min(1.0, high), n)
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------
@@ -313,19 +292,6 @@ def held_out(pair_ids: list[str], fraction: float = 0.3, salt: str = "calibratio
     return np.array([int(hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()[:8], 16) < cut for p in pair_ids])
 
 
-def ece(p_a: np.ndarray, people_chose_a: np.ndarray, bins: int = 10) -> float | None:
-    p, y = np.asarray(p_a, dtype=float), np.asarray(people_chose_a, dtype=float)
-    if not len(p):
-        return None
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() / len(p) * abs(p[mask].mean() - y[mask].mean())
-    return float(total)
-
-
 def judge_figures(p1: np.ndarray, p2: np.ndarray, people_chose_a: np.ndarray) -> dict[str, float | None]:
     """Agreement, ECE and swap consistency of per-order probabilities against human a/b labels."""
     p1, p2, y = np.asarray(p1, float), np.asarray(p2, float), np.asarray(people_chose_a, float)
@@ -479,8 +445,6 @@ def principle_audit(by_principle, revision_steps):
     rounds`; 0.5 is no change). `finding` names the worst of these against the verdict's thresholds: the
     principles to rewrite first."""
     import pandas as pd
-
-    from .evaluation import principle_effects
 
     effects = principle_effects(revision_steps, resamples=200) if len(revision_steps) else None
     rows = []

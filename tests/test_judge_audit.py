@@ -13,8 +13,8 @@ from cai_core.judge_audit import (
     judge_verdict,
     queue_order,
     reweighted_agreement,
-    wilson,
 )
+from cai_core.stats import wilson
 
 
 def _sigmoid(x):
