@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .agreement import judge_model_verdict
-from .judge_audit import Verdict
+from .judge_verdict import Verdict
 from .stats import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
 from .store import Store
 
