@@ -41,16 +41,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cai_core import jobs  # noqa: E402
-from cai_core.evaluation import wilson_interval  # noqa: E402
 from cai_core.feedback import LabelConfig  # noqa: E402
 from cai_core.jobs import JobFolder  # noqa: E402
 from cai_core.pairs import read_hh_rlhf, transcript_messages  # noqa: E402
+from cai_core.stats import wilson  # noqa: E402
 from cai_core.train import train  # noqa: E402
-from cai_core.train.harness import load_tokenizer, resolve_model  # noqa: E402
+from cai_core.train.models import load_tokenizer, resolve_model  # noqa: E402
 from cai_core.train.reward import RewardConfig, answer_lengths, evaluation, pair_rewards  # noqa: E402
 from cai_core.workspace import PROJECT_ROOT, Workspace  # noqa: E402
 
 HH_RLHF = PROJECT_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
+
+
+def interval_95(successes: int, n: int) -> list[float] | None:
+    """A proportion's Wilson 95% interval, rounded for the report; None with nothing counted."""
+    estimate = wilson(successes, n)
+    return [round(estimate.low, 3), round(estimate.high, 3)] if estimate else None
 
 
 def fitting_pairs(data: str, tokenizer, max_length: int, wanted: int, seed: int):
@@ -201,7 +207,7 @@ def main() -> None:
         results[name] = {
             "trained_pairs": len(frame),
             "accuracy": round(hits / n, 3),
-            "accuracy_95": [round(x, 3) for x in wilson_interval(hits, n)],
+            "accuracy_95": interval_95(hits, n),
             "ece": round(scores["ece"], 3),
             "train_seconds": round(train_seconds, 1),
             "run_id": job.run_id,
@@ -225,7 +231,7 @@ def main() -> None:
                 "learning_rate": args.lr,
                 "held_back_pairs": n,
                 "judge_agreement_on_training_pairs": round(judge_agrees / len(judged), 3) if judged else None,
-                "judge_agreement_95": [round(x, 3) for x in wilson_interval(judge_agrees, len(judged))],
+                "judge_agreement_95": interval_95(judge_agrees, len(judged)),
                 "judge_ties": len(train_pairs) - len(judged),
                 "label_seconds": round(label_seconds, 1),
                 "reward_models": results,

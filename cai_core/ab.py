@@ -16,7 +16,7 @@ Both constitutions, the judge's and the prompts are copied into the A/B's folder
 A/B runs what was asked even if the files or the history have changed since. Its judgments stay in the judge
 stage's folder (they are not human-comparable labels, so they stay out of the Agreement page's label runs);
 `ab_result` reads them back with the traces and computes paired win rates with bootstrap intervals over prompts
-(`evaluation.bootstrap_interval`), per judging principle and per prompt category, and refusals by phrase
+(`stats.bootstrap_interval`), per judging principle and per prompt category, and refusals by phrase
 (`evalsets.is_refusal`, Wilson intervals) on both sets: on the benign set that is over-refusal.
 """
 

@@ -10,8 +10,8 @@ import pandas as pd
 from .ab import JUDGMENTS, PROMPTS, ABError, answers_of
 from .constitution import load_constitution
 from .evalsets import is_refusal
-from .evaluation import bootstrap_interval, outcome, refusal_rates
 from .jobs import JobFolder, list_job_folders
+from .stats import bootstrap_interval, outcome, refusal_rates
 from .workspace import Workspace
 
 
@@ -99,7 +99,7 @@ def ab_result(ws: Workspace, run_id: str, *, resamples: int = 2000, seed: int = 
 
 def _refusals(ws: Workspace, run_id: str, prompts: pd.DataFrame) -> pd.DataFrame:
     """Refusal rates by phrase of A's and B's final answers and of the initial answers, per label, with Wilson
-    intervals (`evaluation.refusal_rates`): on the benign prompts, over-refusal."""
+    intervals (`stats.refusal_rates`): on the benign prompts, over-refusal."""
     labels = dict(zip(prompts["key"], prompts["label"], strict=True))
     rows = []
     for side in ("a", "b"):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .judge_audit import JudgeFigures, Verdict, judge_verdict, principle_audit
+from .judge_verdict import JudgeFigures, Verdict, judge_verdict, principle_audit
 from .store import LabelFilter, Store
 
 GROUPINGS = {
@@ -132,7 +132,7 @@ class Dashboard:
     alpha: Alpha
     disagreements: pd.DataFrame
     overall: pd.Series  # every figure of TABLE_COLUMNS pooled over the selected labels (each run's pair labels)
-    verdict: Verdict  # is the judge, over these labels, an instrument to trust? (`judge_audit`)
+    verdict: Verdict  # is the judge, over these labels, an instrument to trust? (`judge_verdict`)
     principle_audit: pd.DataFrame  # per principle: agreement, position bias, flips, revision effect, finding
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible servers the operator lists, with their keys, and the model specs the browser may name.
+"""The OpenAI-compatible servers the operator lists, with their keys (`browser_models` checks what the browser names).
 
 An API key is sent only to a URL the operator listed in the endpoints file (`DATA_DIR/endpoints.yaml`, or the
 file `$CAI_ENDPOINTS` names), whoever names the URL: the browser, the CLI or Python. `OPENAI_API_KEY` also
@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from .auth import require_operator
-from .workspace import HUB_ID, PROJECT_ROOT, OutsideWorkspace, Workspace
 
 ENDPOINTS_ENV = "CAI_ENDPOINTS"
 OPENAI_URL = "https://api.openai.com/v1"
@@ -93,39 +90,3 @@ def api_keys(urls: list[str], data_dir: Path) -> dict[str, str]:
 def endpoint_choices(endpoints: list[Endpoint]) -> dict[str, str]:
     """Spec → label of every model the endpoints offer, for the app's model list."""
     return {endpoint.spec(model): f"{model} · {endpoint.name}" for endpoint in endpoints for model in endpoint.models}
-
-
-def browser_model_spec(
-    spec: str, workspace: Workspace, endpoints: list[Endpoint], choices: dict[str, str] | None = None
-) -> str:
-    """A model spec typed in the browser, as a job should receive it, or `EndpointError` saying why not:
-    `default` or one of `choices` (the sidebar's list); `openai:MODEL@URL` on the `endpoints`' URLs only; a
-    model folder inside the workspace (made absolute); a hub id (`owner/name`) that is no local path. Any but
-    the default model is the operator's choice (`NotAllowed` otherwise)."""
-    spec = spec.strip()
-    if spec == "default":
-        return spec
-    require_operator("choose the model")
-    if spec in (choices or {}):
-        return spec
-    if spec.startswith("openai:"):
-        from .backends import BackendError, parse_openai_spec
-
-        try:
-            _, urls = parse_openai_spec(spec)
-        except BackendError as exc:
-            raise EndpointError(str(exc)) from None
-        listed = {url for endpoint in endpoints for url in endpoint.urls}
-        unlisted = [url for url in map(normalise_url, urls) if url not in listed]
-        if unlisted:
-            raise EndpointError(
-                f"{', '.join(unlisted)} is not a listed endpoint; the operator lists the servers the app may "
-                "use in endpoints.yaml"
-            )
-        return spec
-    if HUB_ID.fullmatch(spec) and not Path(spec).exists() and not (PROJECT_ROOT / spec).exists():
-        return spec
-    try:
-        return str(workspace.resolve_browser_path(spec))
-    except OutsideWorkspace as exc:
-        raise EndpointError(f"model {exc}") from None

@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .agreement import judge_model_verdict
-from .evaluation import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
-from .judge_audit import Verdict
+from .judge_verdict import Verdict
+from .stats import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
 from .store import Store
 
 

@@ -4,7 +4,7 @@ A job module gives the runner only a `Work` (its state read back from the folder
 the runner owns the rest: the lock, a cancel made before the start, the repair of torn records, progress with a
 rate and an ETA, the cancel check between batches and between model calls, and the closing status. A staged job
 (the recipe, the constitution A/B) is a `StagedWork`, whose batches are whole jobs. Training keeps its own loop
-(`train/harness.py`, driven by the trainers' callbacks) over the same folder.
+(`train/launch.py`, driven by the trainers' callbacks) over the same folder.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ a kind gives only what is its own:
 - `work(job, config, workspace, **options)`: the `Work` the runner drives (`job_runner.run_job`).
 The framework owns the rest: finding a named run prepared already, the run id (a digest of the config, the
 plan's identity and its inputs), the folder (`job_folder.JobFolder`), the run to its end, the detached launch.
-Training keeps its own launcher and loop (`train/harness.py`) over the same folder.
+Training keeps its own launcher and loop (`train/launch.py`) over the same folder.
 """
 
 from __future__ import annotations

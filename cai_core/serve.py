@@ -20,10 +20,10 @@ import sys
 
 from .auth import IDENTITY_KEY_ENV, TOKEN_ENV, access_for
 from .endpoints import ENDPOINTS_ENV, endpoints_file
+from .frontdoor_limits import MAX_UPLOAD_MB, Limits
 from .workspace import PROJECT_ROOT, Workspace
 
 DEFAULT_HOST = "127.0.0.1"
-MAX_UPLOAD_MB = 200  # Streamlit's own default for one file
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -102,7 +102,7 @@ def serve(
     )
     try:
         if access.required:
-            from .frontdoor import FrontDoor, Limits  # the web stack, loaded only where it serves
+            from .frontdoor import FrontDoor  # the web stack, loaded only where it serves
 
             door = FrontDoor(access, app_port, identity_key, Limits(max_upload_mb=max_upload_mb))
             return _serve_front_door(server, door, host, port)

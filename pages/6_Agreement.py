@@ -1,12 +1,12 @@
 """Agreement: do the AI judge's labels agree with people's? Every figure comes from
 `cai_core.agreement.dashboard`, as `cai agreement` prints them; this page only draws them.
 
-It also audits the judge (`cai_core.judge_audit`): the verdict, calibrations (fit one with the label run's own
-judge, read every figure through one), the per-principle audit, and how the reweighted agreement of the
-disagreement-first annotation queue tightens as its labels come in.
+It also audits the judge (`cai_core.judge_verdict`, `judge_audit`): the verdict, calibrations (fit one with
+the label run's own judge, read every figure through one), the per-principle audit, and how the reweighted
+agreement of the disagreement-first annotation queue tightens as its labels come in.
 
-It also starts AI labelling runs: the label job (`feedback.LABEL`) snapshots the pairs and the constitution into a job
-folder and the run goes on in its own process (`cai resume RUN`, as `cai label --background` starts it),
+It also starts AI labelling runs: the label job (`feedback.LABEL`) snapshots the pairs and the constitution into a
+job folder and the run goes on in its own process (`cai resume RUN`, as `cai label --background` starts it),
 with the shared job controls of the Generate and Train pages.
 """
 
@@ -23,7 +23,8 @@ from cai_core.constitution import list_constitutions
 from cai_core.eval_report import chart_text
 from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.judge_audit import CALIBRATION_STAGES, CalibrateConfig, queue_tightening
+from cai_core.judge_audit import CalibrateConfig, queue_tightening
+from cai_core.judge_calibration import CALIBRATION_STAGES
 from ui.job_controls import ACTIVE, job_cards, launch_job, start_from_form, starter
 from ui.settings import connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, show_text, when

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cai_core.backends import SamplingParams, load_backend
-from cai_core.endpoints import EndpointError, browser_model_spec, endpoint_choices, load_endpoints
+from cai_core.browser_models import browser_model_spec
+from cai_core.endpoints import EndpointError, endpoint_choices, load_endpoints
 from cai_core.workspace import Workspace
 
 

@@ -19,16 +19,11 @@ from cai_core.evaluation import (
     DEFAULT_CONSTITUTION,
     EvalConfig,
     RoundsConfig,
-    bootstrap_interval,
-    bradley_terry,
     harm_principle,
-    principle_effects,
-    quality_by_round,
     round_comparisons,
-    wilson_interval,
-    win_rates,
 )
 from cai_core.prompts import PromptFileError
+from cai_core.stats import bootstrap_interval, bradley_terry, principle_effects, quality_by_round, wilson, win_rates
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -188,9 +183,9 @@ def test_bradley_terry_needs_a_prior_when_a_model_never_wins():
 
 
 def test_wilson_interval_known_values():
-    low, high = wilson_interval(8, 10)
-    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
-    assert math.isnan(wilson_interval(0, 0)[0])
+    e = wilson(8, 10)
+    assert e.low == pytest.approx(0.4902, abs=1e-4) and e.high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 0) is None
 
 
 def test_principle_effects_and_rounds_from_hand_made_judgments():

@@ -20,7 +20,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from cai_core.auth import Access, Actor, add_login
-from cai_core.frontdoor import FrontDoor, Limits
+from cai_core.frontdoor import FrontDoor
+from cai_core.frontdoor_limits import Limits
 
 from .test_serve import cai_app
 

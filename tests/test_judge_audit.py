@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cai_core.judge_audit import (
-    JudgeFigures,
-    PlattScaling,
-    calibrate,
-    contest_score,
-    judge_verdict,
-    queue_order,
-    reweighted_agreement,
-    wilson,
-)
+from cai_core.judge_calibration import PlattScaling, calibrate
+from cai_core.judge_queue import contest_score, queue_order, reweighted_agreement
+from cai_core.judge_verdict import JudgeFigures, judge_verdict
+from cai_core.stats import wilson
 
 
 def _sigmoid(x):

@@ -19,17 +19,9 @@ from cai_core.constitution import load_constitution
 from cai_core.exports import preference_rows
 from cai_core.feedback import Judge, LabelConfig
 from cai_core.jobs import JobFolder
-from cai_core.judge_audit import (
-    CALIBRATION_STAGES,
-    JudgeCalibration,
-    PlattScaling,
-    calibrate_run,
-    contest_score,
-    measure_priors,
-    queue_order,
-    queue_tightening,
-    score_queue,
-)
+from cai_core.judge_audit import calibrate_run, measure_priors, queue_tightening, score_queue
+from cai_core.judge_calibration import CALIBRATION_STAGES, JudgeCalibration, PlattScaling
+from cai_core.judge_queue import contest_score, queue_order
 from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJudgment, StoredCalibration, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT

@@ -12,7 +12,8 @@ from cai_core.store import Store
 from cai_core.train import TrainError, config_class, load_config_file, prepare_train_job, run_train_job, train
 from cai_core.train.dpo import DPOConfig
 from cai_core.train.grpo import GRPOConfig, RLOOConfig
-from cai_core.train.ppo import PPOConfig, gae
+from cai_core.train.ppo import PPOConfig
+from cai_core.train.ppo_math import gae
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
 
@@ -412,7 +413,7 @@ def test_metrics_logged_after_a_resume_replace_those_of_the_discarded_steps(tiny
 def test_the_browser_s_reward_choices_are_registry_models_and_registered_functions(
     tiny_model_path, workspace, monkeypatch
 ):
-    from cai_core.train.harness import latest_finished, reward_choices
+    from cai_core.train.form import latest_finished, reward_choices
 
     with Store.open(workspace) as store:
         assert reward_choices(store.train_runs()) == {}
@@ -556,7 +557,7 @@ def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_m
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cai_core.train.ppo import _Models, _scores
+    from cai_core.train.ppo_models import PPOModels, reward_scores
 
     torch.manual_seed(0)
     reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1)
@@ -565,7 +566,7 @@ def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_m
     reward.save_pretrained(tmp_path / "reward")
     tokenizer.save_pretrained(tmp_path / "reward")
     config = PPOConfig(model=tiny_model_path, reward_model=str(tmp_path / "reward"), lora=True, lora_r=4)
-    models = _Models(SimpleNamespace(config=config, ws=workspace, reward_fn=None), None)
+    models = PPOModels(SimpleNamespace(config=config, ws=workspace, reward_fn=None), None)
     assert models.reward is None
     with torch.no_grad():  # move the value model's adapter and head, as training would
         for p in models.value.parameters():
@@ -573,7 +574,7 @@ def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_m
                 p.add_(0.5 * torch.randn_like(p))
     prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
     answers = ["Mix flour and water.", "Knead the dough, let it rest, then bake it slowly."]
-    got = _scores(models, prompts, answers, [[], []])
+    got = reward_scores(models, prompts, answers, [[], []])
     chats = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
     batch = tokenizer(
         tokenizer.apply_chat_template(chats, tokenize=False),
@@ -588,7 +589,7 @@ def test_ppo_with_lora_scores_with_the_value_model_s_adapter_switched_off(tiny_m
 
 
 def test_the_reported_kl_is_never_negative_and_estimates_the_kl():
-    from cai_core.train.ppo import sequence_kl
+    from cai_core.train.ppo_math import sequence_kl
 
     # sampled tokens the policy finds less likely than the reference does: the plain log-ratio sums to -1.3
     logprobs, ref_logprobs = torch.tensor([[-2.0, -1.5, -0.3]]), torch.tensor([[-1.0, -1.2, -0.1]])

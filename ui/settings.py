@@ -30,7 +30,8 @@ from cai_core.auth import (
     verify_identity,
 )
 from cai_core.backends import DEFAULT_MODEL
-from cai_core.endpoints import Endpoint, EndpointError, browser_model_spec, endpoint_choices, load_endpoints
+from cai_core.browser_models import browser_model_spec
+from cai_core.endpoints import Endpoint, EndpointError, endpoint_choices, load_endpoints
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 

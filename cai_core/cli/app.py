@@ -6,7 +6,8 @@ import argparse
 
 from ..auth import ANNOTATOR, ROLES, add_login
 from ..backends import ensure_default_model
-from ..serve import DEFAULT_HOST, MAX_UPLOAD_MB, serve
+from ..frontdoor_limits import MAX_UPLOAD_MB
+from ..serve import DEFAULT_HOST, serve
 from ..store import Store
 from ..workspace import Workspace
 

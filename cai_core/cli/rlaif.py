@@ -68,7 +68,7 @@ def print_calibration_report(report: dict) -> None:
     """A calibration's figures on its held-out human-labelled pairs, one row per stage."""
     import pandas as pd
 
-    from ..judge_audit import CALIBRATION_STAGES
+    from ..judge_calibration import CALIBRATION_STAGES
 
     print(f"on {report['n_held_out']} held-out human labels (fitted on {report['n_fit']}):")
     frame = pd.DataFrame([{"stage": s, **report[s]} for s in CALIBRATION_STAGES])

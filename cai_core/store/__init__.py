@@ -1,9 +1,10 @@
 """The DuckDB store: the only package that reads or writes SQL. It owns the schema and its migrations.
 
 One `Store` object holds one connection; each concern adds its methods to it from its own module:
-`core` (open, migrate, ingest), `constitutions`, `traces` (traces, their steps and people's verdicts),
-`labels` (pairs, AI and human labels, the annotation queue), `runs` (jobs, training registry, trained
-models, evaluation runs) and `agreement` (the counting queries of the agreement dashboard).
+`core` (open, migrate, the write lock), `schema` (the migrations), `ingest` (jobs' records in),
+`constitutions`, `traces` (traces, their steps and people's verdicts), `labels` (pairs, AI and human labels,
+the annotation queue), `runs` (jobs, training registry, trained models, evaluation runs) and `agreement` (the
+counting queries of the agreement dashboard).
 
 Connections are short-lived (`with Store.open(ws) as store:`): DuckDB lets one process hold a file, so
 nobody should hold it for long. Background jobs never open it at all; they spool records into their
@@ -15,13 +16,15 @@ from __future__ import annotations
 
 from .agreement import AgreementQueries, LabelFilter
 from .constitutions import ConstitutionQueries
-from .core import MIGRATIONS, SPOOLED_TABLES, StoreCore, StoreError
+from .core import StoreCore, StoreError
+from .ingest import SPOOLED_TABLES, IngestQueries
 from .labels import CLAIM_SECONDS, LabelQueries
 from .runs import RunQueries
+from .schema import MIGRATIONS
 from .traces import TraceFilter, TraceQueries
 
 
-class Store(StoreCore, ConstitutionQueries, TraceQueries, LabelQueries, RunQueries, AgreementQueries):
+class Store(StoreCore, IngestQueries, ConstitutionQueries, TraceQueries, LabelQueries, RunQueries, AgreementQueries):
     """Every query of the workbench over one connection (see the modules named in the package docstring)."""
 
 

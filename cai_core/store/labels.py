@@ -188,7 +188,7 @@ class LabelQueries:
         has `overlap` labels or claims. Pairs closest to their overlap come first, so that finished pairs
         accumulate (what inter-annotator agreement needs), then in their origin's order. With `contested_run`,
         disagreement-first instead: by that label run's queue keys (the most contested pairs first, see
-        `judge_audit.queue_order`), pairs it did not score last. Claims nothing: `next_annotation` hands a
+        `judge_queue.queue_order`), pairs it did not score last. Claims nothing: `next_annotation` hands a
         pair out."""
         sql, params = self._queue_sql(
             f"{', '.join('p.' + c for c in columns(Pair))}", annotator, overlap, source, contested_run

@@ -26,20 +26,22 @@ from pathlib import Path
 import pandas as pd
 
 from ..workspace import Workspace
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    checkpoints,
-    load_tokenizer,
-    prompt_rows,
-    resolve_model,
-    resolve_reward,
-    save_final,
-    use_bf16,
-)
+from .config import LoraOptions, TrainConfig, TrainError
+from .context import RunContext, save_final
+from .data import prompt_rows
+from .models import checkpoints
 from .monitor import MonitorOptions, greedy_answers, report_alerts
+from .ppo_math import (
+    AdaptiveKL,
+    average_gradients,
+    distributed,
+    gae,
+    masked_mean,
+    masked_whiten,
+    sequence_kl,
+    sum_over_ranks,
+)
+from .ppo_models import PPOModels, forward_policy, forward_value, reward_scores
 
 
 @dataclass
@@ -149,235 +151,7 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         return data
 
 
-# --- tensor helpers ---------------------------------------------------------------------------------
-
-
-def distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def sum_over_ranks(x):
-    """`x` summed over every rank (itself in one process); differentiable nowhere, used on statistics."""
-    import torch.distributed as dist
-
-    if distributed():
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
-
-
-def masked_mean(x, mask, over_ranks: bool = False):
-    """Mean of `x` where `mask` is 1; with `over_ranks`, of every rank's entries together."""
-    import torch
-
-    if over_ranks:
-        total = sum_over_ranks(torch.stack([(x * mask).sum().detach(), mask.sum().detach()]))
-        return total[0] / total[1].clamp(min=1)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x, mask, shift_mean: bool = True):
-    """Zero mean (unless not `shift_mean`), unit variance, over the masked entries of every rank."""
-    mean = masked_mean(x, mask, over_ranks=True)
-    var = masked_mean((x - mean) ** 2, mask, over_ranks=True)
-    whitened = (x - mean) * (var + 1e-8).rsqrt()
-    return (whitened if shift_mean else whitened + mean) * mask
-
-
-def average_gradients(params) -> None:
-    """Average gradients over the ranks, as DDP would: every rank then takes the same optimiser step."""
-    import torch.distributed as dist
-
-    if not distributed():
-        return
-    world = dist.get_world_size()
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
-
-
-def sequence_kl(logprobs, ref_logprobs, mask):
-    """Each answer's KL to the reference, summed over its tokens, as the run reports it and β follows it.
-
-    Per token it is k3 = (r - 1) - log r with r = π_ref / π at the sampled token (Schulman's "Approximating KL
-    divergence"): unbiased for KL(π || π_ref) over tokens sampled from π, like the plain log-ratio log π - log π_ref
-    that the reward's penalty uses, but never negative (log r <= r - 1) and of lower variance. The log-ratio of
-    one batch goes negative whenever its answers happen to be likelier under the reference, which the card and
-    the curve then showed as a negative KL: a reading no KL can have."""
-    log_ratio = ref_logprobs - logprobs
-    return ((log_ratio.exp() - 1 - log_ratio) * mask).sum(1)
-
-
-def gae(rewards, values, mask, gamma: float, lam: float):
-    """Generalised advantage estimates and returns; positions past an answer's end carry nothing."""
-    import torch
-
-    values = values * mask
-    last, advantages = 0.0, []
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * last
-        advantages.append(last)
-    advantages = torch.stack(advantages[::-1], dim=1) * mask
-    return advantages, (advantages + values) * mask
-
-
-class AdaptiveKL:
-    """β that follows a target KL (Ziegler et al. 2019): a proportional controller with a clipped error."""
-
-    def __init__(self, beta: float, target: float, horizon: int, adaptive: bool):
-        self.beta, self.target, self.horizon, self.adaptive = beta, target, horizon, adaptive
-
-    def update(self, kl: float, episodes: int) -> None:
-        if self.adaptive:
-            error = min(max(kl / self.target - 1, -0.2), 0.2)
-            self.beta *= 1 + error * episodes / self.horizon
-
-
 # --- the loop ---------------------------------------------------------------------------------------
-
-
-class _Models:
-    """Policy, frozen reference, value model and the reward, on one device."""
-
-    def __init__(self, ctx: RunContext, resume_from):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-        c: PPOConfig = ctx.config
-        self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-        self.autocast_dtype = torch.bfloat16 if use_bf16(c) else None
-        base = resolve_model(c.model, ctx.ws)
-        self.tokenizer = load_tokenizer(base)
-        self.tokenizer.padding_side = "left"
-        reward = ctx.reward_fn or resolve_reward(c.reward_model, ctx.ws)
-        value_start = (
-            resolve_model(c.value_model, ctx.ws) if c.value_model else (reward if isinstance(reward, str) else base)
-        )
-        if c.lora:
-            # the reference is the policy with its adapter switched off: one copy of the policy's base weights.
-            # The value model is a LoRA-wrapped copy of its start (the reward model by default), not a head on
-            # the policy's adapted backbone: it keeps InstructGPT's start from the reward model (a head on the
-            # policy's backbone would start from nothing, its first advantages noise), and the value loss stays
-            # out of the policy's adapter (a shared one would be pulled by both losses, weighed by vf_coef). The
-            # reward model is then that copy with its adapter off, so LoRA PPO holds two copies of base weights
-            # (policy, value) instead of four, and the optimiser's state is the adapters' and the value head's.
-            saved = (resume_from / "policy", resume_from / "value") if resume_from else (None, None)
-            self.policy = _adapted(AutoModelForCausalLM.from_pretrained(base), c, "CAUSAL_LM", saved[0])
-            self.value = _adapted(
-                AutoModelForSequenceClassification.from_pretrained(value_start, num_labels=1), c, "SEQ_CLS", saved[1]
-            )
-            self.ref = None
-        else:
-            policy_path = resume_from / "policy" if resume_from else base
-            value_path = resume_from / "value" if resume_from else value_start
-            self.policy = AutoModelForCausalLM.from_pretrained(policy_path)
-            self.value = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
-            self.ref = AutoModelForCausalLM.from_pretrained(base).to(self.device).requires_grad_(False)
-        self.policy.to(self.device)
-        self.value.to(self.device)
-        if c.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-            self.value.gradient_checkpointing_enable()
-        # dropout off everywhere: PPO's ratios compare the same function before and after an update
-        for model in (self.policy, self.ref, self.value):
-            if model is not None:
-                model.eval()
-        if distributed():  # a fresh value head is random: every rank starts from rank 0's weights
-            import torch.distributed as dist
-
-            for tensor in [*self.policy.state_dict().values(), *self.value.state_dict().values()]:
-                dist.broadcast(tensor, 0)
-        self.reward_fn = reward if callable(reward) else None
-        self.reward = None
-        if self.reward_fn is None:
-            self.reward_tokenizer = load_tokenizer(reward)
-            self.reward_tokenizer.padding_side = "right"
-            if not (c.lora and value_start == reward):
-                self.reward = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).to(self.device)
-                self.reward.eval().requires_grad_(False)
-            (self.reward or self.value).config.pad_token_id = self.reward_tokenizer.pad_token_id
-
-    def autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
-
-    def reference(self):
-        """The frozen reference model, as a context: the policy with its LoRA adapter off, or the copy."""
-        import contextlib
-
-        if self.ref is None:
-            return self.policy.disable_adapter()
-        return contextlib.nullcontext(self.ref)
-
-    def reward_model(self):
-        """The frozen reward model, as a context: the value model with its LoRA adapter off, or the copy."""
-        import contextlib
-
-        if self.reward is None:
-            return self.value.disable_adapter()
-        return contextlib.nullcontext(self.reward)
-
-
-def _adapted(model, c: PPOConfig, task_type: str, saved: Path | None):
-    """`model` with a trainable LoRA adapter: the one saved at `saved` (a resumed run), else a fresh one. For a
-    sequence classifier peft also trains (and saves) the `score` head."""
-    from peft import PeftModel, get_peft_model
-
-    if saved:
-        return PeftModel.from_pretrained(model, saved, is_trainable=True)
-    return get_peft_model(model, c.peft_config(task_type))
-
-
-def _forward_policy(model, input_ids, attention_mask, context: int, temperature: float):
-    """Log-probabilities of the answer tokens and the entropy at each answer position."""
-    import torch
-
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    answer_len = input_ids.shape[1] - context
-    logits = (
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=answer_len + 1)
-        .logits[:, :-1]
-        .float()
-        / temperature
-    )
-    logprobs_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logprobs_all.gather(-1, input_ids[:, context:, None]).squeeze(-1)
-    entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
-    return logprobs, entropy
-
-
-def _forward_value(model, input_ids, attention_mask, context: int):
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    if hasattr(model, "get_base_model"):  # peft: the adapters live inside the base model's layers
-        model = model.get_base_model()
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
-    return model.score(hidden[:, context - 1 : -1]).squeeze(-1).float()
-
-
-def _scores(models: _Models, prompts: list, answers: list[str], answer_ids: list[list[int]]):
-    import torch
-
-    if models.reward_fn is not None:
-        texts = [p[-1]["content"] for p in prompts]
-        values = models.reward_fn(prompts=texts, completions=answers, completion_ids=answer_ids)
-        return torch.tensor([float(v) for v in values], device=models.device)
-    tok = models.reward_tokenizer
-    chats = [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
-    texts = tok.apply_chat_template(chats, tokenize=False)
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
-    with torch.no_grad(), models.autocast(), models.reward_model() as reward:
-        return (reward or models.value)(**batch).logits[:, 0].float()
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -412,7 +186,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
     import torch
 
     resume_from = ctx.last_checkpoint()
-    models = _Models(ctx, resume_from)
+    models = PPOModels(ctx, resume_from)
     tok = models.tokenizer
     params = [p for model in (models.policy, models.value) for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=1e-5)
@@ -466,7 +240,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
 
 def _ppo_step(
     c: PPOConfig,
-    models: _Models,
+    models: PPOModels,
     optimizer,
     kl_control: AdaptiveKL,
     prompts: list,
@@ -504,13 +278,13 @@ def _ppo_step(
     attention = torch.cat([enc.attention_mask, answer_mask.long()], 1)
 
     with torch.no_grad(), models.autocast():
-        old_logprobs, _ = _forward_policy(models.policy, input_ids, attention, context, c.temperature)
+        old_logprobs, _ = forward_policy(models.policy, input_ids, attention, context, c.temperature)
         with models.reference() as ref:
-            ref_logprobs, _ = _forward_policy(ref or models.policy, input_ids, attention, context, c.temperature)
-        old_values = _forward_value(models.value, input_ids, attention, context)
+            ref_logprobs, _ = forward_policy(ref or models.policy, input_ids, attention, context, c.temperature)
+        old_values = forward_value(models.value, input_ids, attention, context)
     answer_ids = [a[:n].tolist() for a, n in zip(answers, lengths, strict=True)]
     answer_texts = tok.batch_decode(answer_ids, skip_special_tokens=True)
-    scores = _scores(models, prompts, answer_texts, answer_ids)
+    scores = reward_scores(models, prompts, answer_texts, answer_ids)
     if c.missing_eos_penalty is not None:
         scores = scores - c.missing_eos_penalty * (~has_eos).float()
 
@@ -534,10 +308,10 @@ def _ppo_step(
             for idx in minibatch.split(size // c.grad_accum):
                 mask = answer_mask[idx]
                 with models.autocast():
-                    logprobs, entropy = _forward_policy(
+                    logprobs, entropy = forward_policy(
                         models.policy, input_ids[idx], attention[idx], context, c.temperature
                     )
-                    values = _forward_value(models.value, input_ids[idx], attention[idx], context)
+                    values = forward_value(models.value, input_ids[idx], attention[idx], context)
                 ratio = (logprobs - old_logprobs[idx]).exp()
                 pg_plain = -advantages[idx] * ratio
                 pg_clipped = -advantages[idx] * ratio.clamp(1 - c.cliprange, 1 + c.cliprange)
@@ -609,13 +383,13 @@ class SFTBatches:
         return input_ids, attention, labels
 
 
-def _sft_loss(models: _Models, batch):
+def _sft_loss(models: PPOModels, batch):
     input_ids, attention, labels = (t.to(models.device) for t in batch)
     with models.autocast():
         return models.policy(input_ids=input_ids, attention_mask=attention, labels=labels).loss.float()
 
 
-def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, beta: float) -> None:
+def _save_checkpoint(ctx: RunContext, models: PPOModels, optimizer, step: int, beta: float) -> None:
     import torch
 
     if not ctx.main:

@@ -23,19 +23,14 @@ from typing import Literal
 
 import pandas as pd
 
+from ..stats import ece
 from ..workspace import Workspace
+from .config import LoraOptions, TrainConfig, TrainError
+from .context import RunContext
+from .data import store_rows
 from .dpo import PreferenceData
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    load_tokenizer,
-    resolve_model,
-    run_trainer,
-    store_rows,
-    trainer_arguments,
-)
+from .models import load_tokenizer, resolve_model
+from .trainer import run_trainer, trainer_arguments
 
 COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -228,12 +223,7 @@ def evaluation(chosen: list[float], rejected: list[float], lengths: tuple[list[i
     p = 1 / (1 + np.exp(-gap))
     correct = (gap > 0).astype(float)
     confidence = np.maximum(p, 1 - p)
-    bins = np.minimum(((confidence - 0.5) * 20).astype(int), 9)
-    ece = sum(
-        (bins == b).mean() * abs(correct[bins == b].mean() - confidence[bins == b].mean())
-        for b in range(10)
-        if (bins == b).any()
-    )
+    calibration_error = ece(confidence, correct, bins=10, low=0.5, high=1.0)
     rewards, tokens = np.array(chosen + rejected), np.array(lengths[0] + lengths[1])
     edges = np.quantile(tokens, [1 / 3, 2 / 3])
     tercile = np.searchsorted(edges, tokens, side="right")
@@ -242,7 +232,7 @@ def evaluation(chosen: list[float], rejected: list[float], lengths: tuple[list[i
         for i, name in enumerate(("short", "medium", "long"))
         if (tercile == i).any()
     }
-    return {"accuracy": float(correct.mean()), "ece": float(ece), **by_length}
+    return {"accuracy": float(correct.mean()), "ece": calibration_error, **by_length}
 
 
 CONFIGS = (RewardConfig,)
