@@ -53,7 +53,7 @@ def test_sampled_pairs_run_in_the_background_and_land(ws, tiny_model_path, monke
     """The page starts the job as `cai pairs sample --background` does; running that command line here (instead
     of in a detached process) shows its progress and its pairs reaching the store."""
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     prompts = ws.root / "three.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(3)))
     at = open_page(DATA)
