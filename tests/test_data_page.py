@@ -153,6 +153,29 @@ def test_the_export_is_what_cai_export_writes_with_the_same_filters(ws, tmp_path
     assert not at.get("download_button")
 
 
+def test_the_export_runs_in_the_background_as_cai_export_does(ws, monkeypatch):
+    """ "Write in the background" starts the export job as `cai export --background` does (the page writes
+    nothing itself); running that command line here writes what the page's "Write" would, and its card shows it."""
+    launched = []
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
+    at = open_page(DATA)
+    at.selectbox(key="export_kind").set_value("pairs")
+    at.selectbox(key="export_run").set_value(SEED_RUN)
+    at.number_input(key="export_max_round").set_value(1).run()
+    at.button(key="export_background").click().run()
+    assert not at.error, texts(at.error)
+    [argv] = launched
+    written = ws.exports_dir / "pairs.jsonl"
+    assert f"Started {argv[-1]}" in texts(at.success) and not written.exists()
+
+    assert cli.main(argv) == 0
+    with Store.open(ws) as store:
+        rows = export_rows(store, "pairs", run_id=SEED_RUN, max_round=1)
+    assert written.read_bytes() == export_bytes(rows, "jsonl")
+    at.run()
+    assert any("2/2 rows" in str(p.proto.text) for p in at.get("progress"))
+
+
 # --- group 4: one working context ------------------------------------------------------------------------
 
 
