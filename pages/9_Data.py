@@ -5,7 +5,8 @@
 - import: a pairs file, an hh-rlhf file or a file of people's labels, uploaded or named inside the workspace
   (`cai pairs import`, `cai import-labels`);
 - export: SFT data, pairs and preferences with `cai export`'s filters, through the same `export_rows`, as a
-  download or into the data folder's exports/ (`export_path`, where `cai export` writes by default).
+  download or into the data folder's exports/ (`export_path`, where `cai export` writes by default), there and
+  then or from a background job (`cai export --background`).
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from cai_core.auth import OPERATOR
+from cai_core.export_job import ExportConfig
 from cai_core.exports import FORMATS, KINDS, export_bytes, export_path, export_rows, write_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
@@ -56,6 +58,21 @@ LATEST_LABELS = ""  # `export_rows`' default: the latest AI label run
 def picked(value: str | None) -> str | None:
     """A filter's choice as `cai_core` takes it: None where it is left open."""
     return None if value in (None, ALL) else value
+
+
+def export_settings(filters: dict) -> dict:
+    """The page's export filters as `ExportConfig` fields: the run the rows come from is its `source_run`."""
+    return {("source_run" if name == "run_id" else name): value for name, value in filters.items()}
+
+
+def export_jobs() -> list[JobFolder]:
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "export"][:SHOWN_SAMPLE_RUNS]
+
+
+def describe_export(job: JobFolder, progress) -> tuple[str, str]:
+    config = job.spec["config"]
+    details = f"{config['kind']} → {config['out']} · started {when(job.spec['created_at'])}"
+    return details, f"{progress.done}/{count(progress.total, 'row')}"
 
 
 def sample_jobs() -> list[JobFolder]:
@@ -241,6 +258,7 @@ with connect(ws) as store:
                     icon=":material/download:",
                 )
             write = st.button(f"Write to {target}", key="export_write", icon=":material/save:")
+            in_background = st.button("Write in the background", key="export_background", icon=":material/schedule:")
         if write:
             try:
                 write_export(rows, ws.browser_write_path(target), fmt)
@@ -248,5 +266,16 @@ with connect(ws) as store:
                 export_tab.error(md_escape(f"Not written: {exc}"))
             else:
                 export_tab.success(md_escape(f"Wrote {count(len(rows), f'{kind} row')} to {target}."))
+        if in_background:  # as `cai export --background`: the rows are read here, written by the job's process
+            with export_tab:
+                start_from_form(
+                    ws,
+                    "export",
+                    lambda: ExportConfig(kind, fmt, str(ws.browser_write_path(target)), **export_settings(filters)),
+                    f"It writes {target}; its card is below.",
+                    lambda config: {"store": store},
+                )
         if fmt == "hf":
             export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")
+    with export_tab:
+        job_cards(export_jobs, starter(ws), describe_export, empty="", refresh_key="refresh_export_runs")

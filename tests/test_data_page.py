@@ -53,7 +53,7 @@ def test_sampled_pairs_run_in_the_background_and_land(ws, tiny_model_path, monke
     """The page starts the job as `cai pairs sample --background` does; running that command line here (instead
     of in a detached process) shows its progress and its pairs reaching the store."""
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     prompts = ws.root / "three.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(3)))
     at = open_page(DATA)
@@ -151,6 +151,29 @@ def test_the_export_is_what_cai_export_writes_with_the_same_filters(ws, tmp_path
     at.selectbox(key="export_kind").set_value("preferences").run()
     assert "Nothing to export" in texts(at.info) and "cai " not in texts(at.info)
     assert not at.get("download_button")
+
+
+def test_the_export_runs_in_the_background_as_cai_export_does(ws, monkeypatch):
+    """ "Write in the background" starts the export job as `cai export --background` does (the page writes
+    nothing itself); running that command line here writes what the page's "Write" would, and its card shows it."""
+    launched = []
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
+    at = open_page(DATA)
+    at.selectbox(key="export_kind").set_value("pairs")
+    at.selectbox(key="export_run").set_value(SEED_RUN)
+    at.number_input(key="export_max_round").set_value(1).run()
+    at.button(key="export_background").click().run()
+    assert not at.error, texts(at.error)
+    [argv] = launched
+    written = ws.exports_dir / "pairs.jsonl"
+    assert f"Started {argv[-1]}" in texts(at.success) and not written.exists()
+
+    assert cli.main(argv) == 0
+    with Store.open(ws) as store:
+        rows = export_rows(store, "pairs", run_id=SEED_RUN, max_round=1)
+    assert written.read_bytes() == export_bytes(rows, "jsonl")
+    at.run()
+    assert any("2/2 rows" in str(p.proto.text) for p in at.get("progress"))
 
 
 # --- group 4: one working context ------------------------------------------------------------------------

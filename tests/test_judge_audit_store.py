@@ -299,7 +299,7 @@ def test_a_calibration_job_reports_its_progress_stops_on_cancel_and_resumes_wher
     )
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
-        job = jobs.prepare("calibrate", CalibrateConfig(label_run=labels.run_id), workspace, store)
+        job = jobs.prepare("calibrate", CalibrateConfig(label_run=labels.run_id), workspace, store=store)
     seen = []
 
     def cancel_after_the_first_principle(done: int, total: int) -> None:

@@ -502,7 +502,7 @@ def test_launch_starts_the_cli_job_whose_traces_land(ws, tmp_path, tiny_model_pa
     """The page starts the job as `cai generate --background` does; running that command line here (instead
     of in a detached process) shows the traces reaching the page."""
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     prompts = ws.root / "two.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(2)))
 
@@ -532,7 +532,7 @@ def test_launch_starts_the_cli_job_whose_traces_land(ws, tmp_path, tiny_model_pa
 
 def test_cancel_and_resume_buttons(ws, monkeypatch):
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     running = JobFolder.create(ws.runs_dir, "busy", {"kind": "generate", "model": "m", "config": {}})
     running.set_progress("running", 1, 10)  # this process's pid, so it counts as alive
     failed = JobFolder.create(ws.runs_dir, "broken", {"kind": "generate", "model": "m", "config": {}})

@@ -335,7 +335,7 @@ def test_a_labelling_run_starts_from_the_page_and_its_labels_reach_the_dashboard
     """The page starts the job as `cai label --background` does; running that command line here (instead of
     in a detached process) shows the labels reaching the page."""
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     at = open_page(AGREEMENT)
     at.selectbox(key="label_constitution").set_value("hhh.yaml")
@@ -373,7 +373,7 @@ def test_a_labelling_run_starts_from_the_page_and_its_labels_reach_the_dashboard
 
 def test_the_judge_defaults_to_the_sidebar_model_and_label_runs_cancel_and_resume(ws, monkeypatch):
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     running = JobFolder.create(ws.runs_dir, "label-busy", {"kind": "label", "model": "m", "config": {}})
     running.set_progress("running", 1, 10)  # this process's pid, so it counts as alive
     failed = JobFolder.create(ws.runs_dir, "label-broken", {"kind": "label", "model": "m", "config": {}})
@@ -423,7 +423,7 @@ def test_a_calibration_is_fitted_as_a_job_from_the_page_and_its_before_and_after
     """The click starts a job, as `cai calibrate --background` does, and returns: the page shows its card (progress,
     Cancel) instead of holding the tab; running that command line here shows the result reaching the page."""
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
     tiny = model_in_workspace(tiny_model_path, ws)
     job = jobs.run("label", LabelConfig(constitution=HHH, model=tiny, source="import"), ws)
     at = open_page(AGREEMENT)

@@ -201,7 +201,7 @@ def test_a_finished_model_is_a_sidebar_choice_and_the_model_generate_launches_wi
     sft = train(SFTConfig(model=tiny_model_path, max_steps=2, batch_size=2, learning_rate=1e-3), ws)
     final = str(sft.path / "final")
     launched = []
-    monkeypatch.setattr(JobFolder, "launch", lambda job, argv: launched.append(argv))
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
 
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
     choice = at.selectbox(key="model_choice")

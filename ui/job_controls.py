@@ -63,10 +63,11 @@ def start_from_form(
     except (OSError, ValueError) as exc:  # ConstitutionError, PromptFileError, OutsideWorkspace, RecipeError, ...
         st.error(md_escape(f"Not started: {exc}"))
         return None
+    # a job started from a page is named by a hash of its settings, never by text typed there: shown as it is
     if launch_job(job, starter(ws)):
-        st.success(md_escape(f"Started {job.run_id}. {started}".strip()))
+        st.success(f"Started {job.run_id}. {started}".strip())
     else:
-        st.info(md_escape(f"{job.run_id} is already running: the same settings make the same run."))
+        st.info(f"{job.run_id} is already running: the same settings make the same run.")
     return job
 
 
