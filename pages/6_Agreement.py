@@ -10,7 +10,6 @@ job folder and the run goes on in its own process (`cai resume RUN`, as `cai lab
 with the shared job controls of the Generate and Train pages.
 """
 
-import math
 import time
 
 import plotly.express as px
@@ -18,13 +17,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cai_core import jobs
-from cai_core.agreement import COLUMN_WORDS, dashboard, label_facets
+from cai_core.agreement import dashboard, label_facets
 from cai_core.constitution import list_constitutions
-from cai_core.eval_report import chart_text
 from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.judge_audit import CalibrateConfig, queue_tightening
 from cai_core.judge_calibration import CALIBRATION_STAGES
+from ui.agreement import agreement_bars, pick_many, shown, table
 from ui.job_controls import ACTIVE, job_cards, launch_job, start_from_form, starter
 from ui.settings import connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, show_text, when
@@ -130,35 +129,6 @@ def label_launcher(store) -> None:
         refresh_key="refresh_label_runs",
         redraw_page=labels_landed,
     )
-
-
-def shown(value) -> str:
-    """A figure for st.metric: three decimals, or a dash where it is undefined."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{float(value):.3f}"
-
-
-def table(rows, **kwargs) -> None:
-    """A dashboard table (a frame, or rows as dicts) without its index, its columns named in words, each with its
-    meaning on hover (`COLUMN_WORDS`)."""
-    columns = rows.columns if hasattr(rows, "columns") else list(rows[0]) if rows else []
-    words = {
-        column: st.column_config.Column(label, help=meaning)
-        for column in columns
-        if column in COLUMN_WORDS
-        for label, meaning in [COLUMN_WORDS[column]]
-    }
-    st.dataframe(rows, hide_index=True, column_config=words, **kwargs)
-
-
-CHART_WORDS = {column: label for column, (label, _) in COLUMN_WORDS.items()}
-
-
-def pick_many(label: str, options: list[str], key: str, default: list[str] | None = None) -> list[str]:
-    """A filter: none chosen keeps everything. Choices no longer on offer (another data folder) are dropped."""
-    ss[key] = [v for v in ss.get(key, default or []) if v in options]
-    return st.multiselect(label, options, key=key, placeholder="all")
 
 
 st.title("Agreement")
@@ -309,36 +279,17 @@ for i in range(0, len(metrics), 4):
 # --- charts -------------------------------------------------------------------------------------------
 st.subheader("By principle and by judge model")
 cols = st.columns(2)
-by_principle = board.by_principle.dropna(subset=["agreement"])
-if by_principle.empty:
-    cols[0].caption("No per-principle agreement to show.")
-else:
-    cols[0].plotly_chart(
-        px.bar(
-            by_principle.assign(principle_id=chart_text(by_principle["principle_id"])),
-            x="principle_id",
-            y="agreement",
-            range_y=[0, 1],
-            title="Agreement by principle",
-            labels=CHART_WORDS,
-        ),
-        key="chart_principle",
-    )
-by_model = board.by_model.dropna(subset=["agreement"])
-if by_model.empty:
-    cols[1].caption("No per-model agreement to show.")
-else:
-    cols[1].plotly_chart(
-        px.bar(
-            by_model.assign(judge_model=chart_text(by_model["judge_model"])),
-            x="judge_model",
-            y="agreement",
-            range_y=[0, 1],
-            title="Agreement by judge model",
-            labels=CHART_WORDS,
-        ),
-        key="chart_model",
-    )
+agreement_bars(
+    cols[0],
+    board.by_principle,
+    "principle_id",
+    "Agreement by principle",
+    "chart_principle",
+    "No per-principle agreement to show.",
+)
+agreement_bars(
+    cols[1], board.by_model, "judge_model", "Agreement by judge model", "chart_model", "No per-model agreement to show."
+)
 
 cols = st.columns(2)
 bins_frame = board.reliability.bins.dropna(subset=["mean_p"])
