@@ -599,7 +599,6 @@ def prepare_calibration_job(config: CalibrateConfig, workspace, store=None):
         raise ValueError(
             f"label run {run_id!r}: its folder {label_job.path} is gone, so its judge cannot be asked again"
         )
-    store.count_human_labels()
     rows = store.calibration_rows(LabelFilter(run_ids=(run_id,)))
     if rows.empty:
         raise ValueError(f"label run {run_id!r}: no pair it judged in both orders has a person's a or b label")
