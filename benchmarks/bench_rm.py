@@ -45,7 +45,7 @@ from cai_core.feedback import LabelConfig, run_labelling  # noqa: E402
 from cai_core.jobs import JobFolder  # noqa: E402
 from cai_core.pairs import read_hh_rlhf, transcript_messages  # noqa: E402
 from cai_core.train import train  # noqa: E402
-from cai_core.train.harness import load_tokenizer, resolve_model  # noqa: E402
+from cai_core.train.models import load_tokenizer, resolve_model  # noqa: E402
 from cai_core.train.reward import RewardConfig, answer_lengths, evaluation, pair_rewards  # noqa: E402
 from cai_core.workspace import PROJECT_ROOT, Workspace  # noqa: E402
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cai_core.train import train  # noqa: E402
-from cai_core.train.harness import resolve_model  # noqa: E402
+from cai_core.train.models import resolve_model  # noqa: E402
 from cai_core.train.ppo import PPOConfig  # noqa: E402
 from cai_core.train.sft import SFTConfig  # noqa: E402
 from cai_core.workspace import Workspace  # noqa: E402

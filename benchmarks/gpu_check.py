@@ -141,7 +141,7 @@ def check_engines(model: str, ws: Workspace) -> None:
 
 def check_training(model: str, ws: Workspace, scratch: Path) -> None:
     from cai_core.train import config_class
-    from cai_core.train.harness import train
+    from cai_core.train.launch import train
 
     sft = scratch / "sft.jsonl"
     sft.write_text(

@@ -17,7 +17,7 @@ in flight and never stores a step twice.
 job module gives it only a `Work` (its state read back from the folder, its batches and a `step`),
 and the runner owns the rest: the lock, a cancel made before the start, the repair of torn records,
 progress with a rate and an ETA, the cancel check between batches and between model calls, and the
-closing status. Training keeps its own loop (`train/harness.py`, driven by the trainers' callbacks)
+closing status. Training keeps its own loop (`train/launch.py`, driven by the trainers' callbacks)
 over the same folder.
 
 The cancel rule: a cancel made while a job is pending (launched, not yet begun) or running wins; a

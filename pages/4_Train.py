@@ -19,14 +19,9 @@ import streamlit as st
 from cai_core.endpoints import EndpointError
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
-from cai_core.train.harness import (
-    RUN_ID,
-    config_from_dict,
-    finished_model,
-    form_label,
-    latest_finished,
-    reward_choices,
-)
+from cai_core.train.config import RUN_ID, config_from_dict
+from cai_core.train.form import form_label, latest_finished, reward_choices
+from cai_core.train.models import finished_model
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.monitor import monitor_section

@@ -13,7 +13,7 @@ from cai_core.backends import SamplingParams, load_backend
 from cai_core.cli import main
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.train import TrainError, config_class, launch_command, load_config_file, prepare_train_job
-from cai_core.train.harness import rank_command
+from cai_core.train.launch import rank_command
 from cai_core.train.ppo import PPOConfig
 from cai_core.train.sft import SFTConfig
 from cai_core.workspace import PROJECT_ROOT

@@ -412,7 +412,7 @@ def test_metrics_logged_after_a_resume_replace_those_of_the_discarded_steps(tiny
 def test_the_browser_s_reward_choices_are_registry_models_and_registered_functions(
     tiny_model_path, workspace, monkeypatch
 ):
-    from cai_core.train.harness import latest_finished, reward_choices
+    from cai_core.train.form import latest_finished, reward_choices
 
     with Store.open(workspace) as store:
         assert reward_choices(store.train_runs()) == {}

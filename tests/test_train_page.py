@@ -169,7 +169,7 @@ def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatc
     launched = []
     # the launch is recorded, not run; its process is this one (the runner records the pid it started)
     monkeypatch.setattr(
-        "cai_core.train.harness.subprocess.Popen",
+        "cai_core.train.launch.subprocess.Popen",
         lambda argv, **kw: launched.append(argv) or SimpleNamespace(pid=os.getpid()),
     )
     job = JobFolder.create(ws.runs_dir, "sft-oom", {"kind": "train-sft", "model": "m", "config": {"max_steps": 9}})

@@ -13,7 +13,7 @@ from .jobs import train_in_foreground
 
 def cmd_train(args, ws: Workspace) -> int:
     from ..train import TrainError, config_class, load_config_file, prepare_train_job
-    from ..train.harness import config_from_args_given
+    from ..train.config import config_from_args_given
 
     cls = config_class(args.kind)
     given = config_from_args_given(cls, args)
@@ -36,7 +36,7 @@ def cmd_train(args, ws: Workspace) -> int:
 
 
 def cmd_train_resume(args, ws: Workspace) -> int:
-    from ..train.harness import check_run_id
+    from ..train.config import check_run_id
 
     job = JobFolder(ws.runs_dir / check_run_id(args.run_id))
     if not (job.path / "run.json").exists() or not job.spec["kind"].startswith("train-"):
@@ -45,7 +45,7 @@ def cmd_train_resume(args, ws: Workspace) -> int:
 
 
 def cmd_train_list(args, ws: Workspace) -> int:
-    from ..train.harness import finished_model
+    from ..train.models import finished_model
     from ..train.monitor import alert_lines, monitor_metrics
 
     jobs = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]

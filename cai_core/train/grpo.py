@@ -9,19 +9,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..workspace import Workspace
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    load_tokenizer,
-    prompt_rows,
-    resolve_model,
-    resolve_reward,
-    run_trainer,
-    trainer_arguments,
-)
+from .config import LoraOptions, TrainConfig, TrainError
+from .context import RunContext
+from .data import prompt_rows
+from .models import load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, trl_monitor
+from .trainer import run_trainer, trainer_arguments
 
 
 @dataclass

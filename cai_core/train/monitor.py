@@ -227,7 +227,7 @@ class MonitorOptions:
         return prompts[: len(prompts) - n], prompts[len(prompts) - n :]
 
     def check_monitor(self) -> None:
-        from .harness import TrainError
+        from .config import TrainError
 
         try:
             self.monitor_rule_list()
@@ -377,7 +377,7 @@ def monitor_charts(metrics: pd.DataFrame, rules: str | list[Rule] = "") -> dict:
 def judge_for(spec: str, constitution_path: str, ws: Workspace) -> Judge:
     """`module:function` (a `Judge` callable), or a model spec that judges under the constitution's harmless
     principles, both orders, as the evaluation's harmlessness comparisons are judged."""
-    from .harness import import_callable, is_callable_spec
+    from .models import import_callable, is_callable_spec
 
     if is_callable_spec(spec):
         return import_callable(spec, "monitor_judge")

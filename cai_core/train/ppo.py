@@ -26,19 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..workspace import Workspace
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    checkpoints,
-    load_tokenizer,
-    prompt_rows,
-    resolve_model,
-    resolve_reward,
-    save_final,
-    use_bf16,
-)
+from .config import LoraOptions, TrainConfig, TrainError, use_bf16
+from .context import RunContext, save_final
+from .data import prompt_rows
+from .models import checkpoints, load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, greedy_answers, report_alerts
 
 

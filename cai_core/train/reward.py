@@ -24,18 +24,12 @@ from typing import Literal
 import pandas as pd
 
 from ..workspace import Workspace
+from .config import LoraOptions, TrainConfig, TrainError
+from .context import RunContext
+from .data import store_rows
 from .dpo import PreferenceData
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    load_tokenizer,
-    resolve_model,
-    run_trainer,
-    store_rows,
-    trainer_arguments,
-)
+from .models import load_tokenizer, resolve_model
+from .trainer import run_trainer, trainer_arguments
 
 COLUMNS = ["prompt", "chosen", "rejected"]
 

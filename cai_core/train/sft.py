@@ -12,19 +12,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..workspace import Workspace
-from .harness import (
-    LoraOptions,
-    RunContext,
-    TrainConfig,
-    TrainError,
-    file_rows,
-    load_tokenizer,
-    need_columns,
-    resolve_model,
-    run_trainer,
-    store_rows,
-    trainer_arguments,
-)
+from .config import LoraOptions, TrainConfig, TrainError
+from .context import RunContext
+from .data import file_rows, need_columns, store_rows
+from .models import load_tokenizer, resolve_model
+from .trainer import run_trainer, trainer_arguments
 
 
 @dataclass
