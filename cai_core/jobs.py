@@ -105,6 +105,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+class Pace:
+    """A job's rate and ETA measured since this process began: a resumed job's earlier work is not its rate."""
+
+    def __init__(self, done: int):
+        self.began, self.done_at_start = time.monotonic(), done
+
+    def at(self, done: int, total: int) -> dict:
+        """Progress's rate, eta and elapsed once DONE of TOTAL are done."""
+        elapsed = time.monotonic() - self.began
+        counted = done - self.done_at_start
+        rate = counted / elapsed if counted > 0 and elapsed > 0 else None
+        return {"rate": rate, "eta": (total - done) / rate if rate else None, "elapsed": elapsed}
+
+
 _PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
 _PROGRESS_REQUIRED = {"status": str, "done": int, "total": int}
 
@@ -201,9 +215,8 @@ class JobFolder:
         table: the store never ingests it."""
         if self.has_input(name):
             return
-        staging = self.path / f".{name}.jsonl.tmp"
-        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        staging.replace(self.path / f"{name}.jsonl")
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        write_file_atomically(self.path / f"{name}.jsonl", lambda out: out.write(text.encode("utf-8")))
 
     def read_input(self, name: str) -> list[dict]:
         text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
@@ -434,13 +447,13 @@ class _Reporter:
     def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
         self.folder, self.on_progress = folder, on_progress
         self.work: Work | None = None
-        self.began, self.done_at_start = time.monotonic(), 0
         self.last = folder.progress()
+        self.pace = Pace(self.last.done)
         self.lock = threading.Lock()  # the batch's end and a tick write one at a time
         self.done_so_far = self.last.done  # work.done() at the last batch's end
 
     def attach(self, work: Work) -> None:
-        self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
+        self.work, self.pace = work, Pace(work.done())
 
     def __call__(self, status: str = "running", message: str = "") -> None:
         with self.lock:
@@ -480,13 +493,8 @@ class _Reporter:
     def _write(self, status: str, message: str, done: int) -> None:
         work = self.work
         total = work.total() if work else self.last.total
-        elapsed = time.monotonic() - self.began
-        rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
-        eta = (total - done) / rate if rate else None
         unit, engine = (work.unit, work.engine) if work else (self.last.unit, self.last.engine)
-        self.folder.set_progress(
-            status, done, total, message, unit=unit, rate=rate, eta=eta, elapsed=elapsed, engine=engine
-        )
+        self.folder.set_progress(status, done, total, message, unit=unit, engine=engine, **self.pace.at(done, total))
         if self.on_progress:
             self.on_progress(done, total)
 
