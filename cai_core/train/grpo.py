@@ -21,6 +21,7 @@ from .trainer import run_trainer, trainer_arguments
 class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     kind = "grpo"
     summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
+    starts_from_sft = needs_reward_model = True
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=8, metadata={"help": "Answers per step and device (num_generations divides it)."})
@@ -29,6 +30,7 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
             "label": "Reward model",
+            "model": True,
         },
     )
     num_generations: int = field(

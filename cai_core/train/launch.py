@@ -41,10 +41,9 @@ from .models import RewardFn, check_lora_targets, finished_model
 
 
 def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFolder:
-    """Check the config, snapshot the data and create (or find) the run's folder. A config or data problem
-    raises TrainError before anything is written: a refused start leaves no run behind."""
+    """Snapshot the data and create (or find) the run's folder (the config checked itself when it was made). A
+    data problem raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
-    config.check()
     if isinstance(config, LoraOptions):
         check_lora_targets(config, ws)
     try:

@@ -37,6 +37,7 @@ from .monitor import MonitorOptions, greedy_answers, report_alerts
 class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     kind = "ppo"
     summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
+    starts_from_sft = needs_reward_model = True
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
     batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per step and process."})
@@ -45,11 +46,15 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
             "label": "Reward model",
+            "model": True,
         },
     )
     value_model: str | None = field(
         default=None,
-        metadata={"help": "Value model to start from; the reward model when it is a model, else the policy."},
+        metadata={
+            "help": "Value model to start from; the reward model when it is a model, else the policy.",
+            "model": True,
+        },
     )
     kl_coef: float = field(
         default=0.05, metadata={"help": "β of the per-token KL penalty (the start, when adaptive).", "label": "KL β"}
@@ -98,6 +103,7 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "The SFT data for α: store (the SL-CAI revisions) or a messages or prompt/completion file.",
             "label": "SFT data for α",
+            "path": True,
         },
     )
 
