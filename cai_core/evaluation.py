@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
+from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
@@ -80,7 +81,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(CheckedConfig):
     models: list[str] = field(
         metadata={"help": "Models to compare, each a spec or NAME=SPEC (e.g. base=default sl=data/runs/X/final)."}
     )
@@ -100,8 +101,10 @@ class EvalConfig:
         default="phrases",
         metadata={"help": "phrases: a refusal phrase opens the answer (XSTest's string match); judge: ask the judge."},
     )
-    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens per answer (greedy decoding)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts answered, or comparisons judged, per batch."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens per answer (greedy decoding).", "min": 1})
+    batch_size: int = field(
+        default=16, metadata={"help": "Prompts answered, or comparisons judged, per batch.", "min": 1}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each harmlessness comparison uses."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -109,12 +112,12 @@ class EvalConfig:
 
 
 @dataclass
-class RoundsConfig:
+class RoundsConfig(CheckedConfig):
     traces_run: str = field(metadata={"help": "The SL-CAI run whose traces to score, round by round."})
     constitution: str = field(default=DEFAULT_CONSTITUTION, metadata={"help": "Constitution the judge uses."})
     judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N traces."})
-    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N traces.", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch.", "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed for the principle each comparison uses."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -133,8 +136,6 @@ def prepare_eval_job(config: EvalConfig, workspace: Workspace) -> JobFolder:
         wrap(wrapper, "")
     if not config.wrappers:
         raise ValueError("no wrapper given: use none for the prompts as they are")
-    if config.max_new_tokens < 1 or config.batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be at least 1")
     constitution = load_constitution(config.constitution)
     prompts = [asdict(p) for p in load_sets(config.sets)]
     digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]
@@ -307,8 +308,6 @@ def prepare_rounds_job(config: RoundsConfig, workspace: Workspace) -> JobFolder:
     """Create (or find) the run's folder with the traces' answers copied in from the store."""
     if config.run_id and JobFolder(workspace.runs_dir / config.run_id).has_input(INPUT):
         return JobFolder(workspace.runs_dir / config.run_id)
-    if config.batch_size < 1:
-        raise ValueError(f"batch size {config.batch_size}: expected at least 1")
     constitution = load_constitution(config.constitution)
     from .store import Store
 

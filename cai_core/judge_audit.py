@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 
+from .config import CheckedConfig
 from .evaluation import wilson_interval
 
 Grade = Literal["good", "weak", "poor", "unknown"]
@@ -556,7 +557,7 @@ CALIBRATED_RUN = "calibrated_run"  # one row: the label run, its judge's name an
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(CheckedConfig):
     label_run: str = field(metadata={"help": "The label run whose judge to calibrate."})
     model: str | None = field(
         default=None,
