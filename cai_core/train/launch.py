@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ..jobs import JobFolder, run_id_for
-from ..workspace import Workspace
+from ..workspace import Workspace, write_file_atomically
 from .algorithms import algorithm, config_class
 from .config import LoraOptions, TrainConfig, TrainError, config_from_dict
 from .context import RunContext, rank
@@ -63,15 +63,12 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
         run_id,
         {"kind": f"train-{config.kind}", "model": config.model, "config": {**config.to_dict(), "run_id": run_id}},
     )
-    (job.path / "config.yaml").write_text(
-        yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False), encoding="utf-8"
-    )
+    config_text = yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False)
+    write_file_atomically(job.path / "config.yaml", lambda out: out.write(config_text.encode("utf-8")))
     for split, payload in payloads.items():
         path = job.path / f"data-{split}.jsonl"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(payload, encoding="utf-8")
-            os.replace(tmp, path)
+            write_file_atomically(path, lambda out, payload=payload: out.write(payload.encode("utf-8")))
     return job
 
 

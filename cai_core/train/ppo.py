@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..workspace import Workspace
+from ..workspace import Workspace, replace_folder
 from .config import LoraOptions, TrainConfig, TrainError, use_bf16
 from .context import RunContext, save_final
 from .data import prompt_rows
@@ -617,15 +617,14 @@ def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, bet
 
     if not ctx.main:
         return
-    target = ctx.checkpoints_dir / f"checkpoint-{step}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    models.policy.save_pretrained(tmp / "policy")
-    models.tokenizer.save_pretrained(tmp / "policy")
-    models.value.save_pretrained(tmp / "value")
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, tmp / "state.pt")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def write(folder: Path) -> None:
+        models.policy.save_pretrained(folder / "policy")
+        models.tokenizer.save_pretrained(folder / "policy")
+        models.value.save_pretrained(folder / "value")
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, folder / "state.pt")
+
+    replace_folder(ctx.checkpoints_dir / f"checkpoint-{step}", write)
     for old in checkpoints(ctx.checkpoints_dir)[:-2]:
         shutil.rmtree(old, ignore_errors=True)
 
