@@ -195,10 +195,5 @@ def config_from_dict(cls: type[TrainConfig], data: dict) -> TrainConfig:
     return config_from_mapping(cls, data, f"{cls.kind} config", TrainError)
 
 
-def config_from_args_given(cls: type[TrainConfig], args) -> dict:
-    """The config fields present on an argparse namespace (flags the user gave)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-
-
 def load_config_file(cls: type[TrainConfig], path: str | Path, overrides: dict | None = None) -> TrainConfig:
     return load_config(cls, path, f"{cls.kind} config", overrides, TrainError)
