@@ -113,13 +113,15 @@ def load_config_file(
     cls: type, path: str | Path, what: str, overrides: dict | None = None, error: type[ConfigError] = ConfigError
 ):
     """Config `cls` from a YAML file of its fields, `overrides` (the flags given) replacing the file's values; an
-    `error` naming the file for one that is no mapping of known fields."""
-    import yaml
+    `error` naming the file for one that is no mapping of known fields. The file is read as a constitution is
+    (`read_strict_yaml`: no aliases, no repeated keys, a size limit), since a few lines of aliases can expand into
+    gigabytes wherever a value is shown."""
+    from .constitution import ConstitutionError, read_strict_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = read_strict_yaml(path, what) or {}
+    except ConstitutionError as exc:
+        raise error(str(exc)) from None
     if not isinstance(data, dict):
         raise error(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
     return config_from_mapping(cls, {**data, **(overrides or {})}, what, error, source=path)

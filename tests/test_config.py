@@ -74,3 +74,17 @@ def test_a_job_config_with_a_bad_value_fails_when_it_is_made_naming_the_field(cl
     with pytest.raises(ConfigError, match=f"^{name}: is {bad}: it must be at least") as refused:
         cls(**given, **{name: bad})
     assert refused.value.field == name
+
+
+def test_a_config_file_is_read_strictly_and_its_unknown_fields_named(tmp_path):
+    from cai_core.train import TrainError, load_config_file
+
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: &m default\nhelpful_data: *m\n")
+    with pytest.raises(TrainError, match=r"sft.yaml, line 2: YAML aliases"):
+        load_config_file(config_class("sft"), path)
+    path.write_text("learning_rate: 1e-5\nmax_stepz: 3\n")
+    with pytest.raises(TrainError, match=r"sft.yaml: unknown sft config field\(s\): max_stepz; known: "):
+        load_config_file(config_class("sft"), path)
+    with pytest.raises(TrainError, match="no such sft config file"):
+        load_config_file(config_class("sft"), tmp_path / "absent.yaml")
