@@ -624,6 +624,7 @@ def _save_checkpoint(ctx: RunContext, models: _Models, optimizer, step: int, bet
         models.value.save_pretrained(folder / "value")
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, folder / "state.pt")
 
+    ctx.checkpoints_dir.mkdir(exist_ok=True)
     replace_folder(ctx.checkpoints_dir / f"checkpoint-{step}", write)
     for old in checkpoints(ctx.checkpoints_dir)[:-2]:
         shutil.rmtree(old, ignore_errors=True)
