@@ -51,8 +51,6 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
                 f"is {self.monitor_every}: it must be a multiple of the logging interval ({self.logging_steps})",
                 "monitor_every",
             )
-        if not self.reward_model:
-            raise TrainError(f"{self.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
         if self.num_generations < 2 or (self.batch_size * self.grad_accum) % self.num_generations:
             raise TrainError(
                 f"is {self.num_generations}: it must be at least 2 and divide the batch size × gradient "

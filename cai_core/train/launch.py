@@ -44,6 +44,9 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
     """Snapshot the data and create (or find) the run's folder (the config checked itself when it was made). A
     data problem raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
+    # what it starts from, not a value: a config file may leave the reward to the command's flag
+    if config.needs_reward_model and not config.reward_model:
+        raise TrainError(f"{config.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
     if isinstance(config, LoraOptions):
         check_lora_targets(config, ws)
     try:

@@ -109,8 +109,6 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
 
     def check(self) -> None:
         super().check()
-        if not self.reward_model:
-            raise TrainError("PPO needs a reward (a reward model or a function)", "reward_model")
         if self.batch_size % self.num_minibatches:
             raise TrainError(
                 f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})", "num_minibatches"
