@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import jobs
 from .backends import DEFAULT_MODEL, Backend, load_backend
+from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution, save_constitution
 from .evalsets import load_sets
 from .feedback import Judge
@@ -61,21 +62,26 @@ COMPARISONS = {
 
 
 @dataclass
-class ABConfig:
+class ABConfig(CheckedConfig):
     constitution_a: str = field(metadata={"help": "Constitution A: a YAML file, or a version hash from the history."})
     constitution_b: str = field(metadata={"help": "Constitution B: a YAML file, or a version hash from the history."})
     sets: list[str] = field(
         default_factory=lambda: ["red-team", "benign"],
         metadata={"help": "Evaluation sets (red-team, benign, or FILE#options): their categories and labels."},
     )
-    limit: int | None = field(default=None, metadata={"help": "Use the first N prompts of each set and label."})
+    limit: int | None = field(
+        default=None, metadata={"help": "Use the first N prompts of each set and label.", "min": 1}
+    )
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "The model that answers, critiques and revises.", "model_spec": True}
     )
     rounds: int | None = field(
-        default=None, metadata={"help": "Critique→revision rounds for both; each constitution's default when unset."}
+        default=None,
+        metadata={"help": "Critique→revision rounds for both; each constitution's default when unset.", "min": 0},
     )
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer, critique or revision."})
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens per answer, critique or revision.", "min": 1}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the same seeds for both)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and principle choice, the same for both."})
     judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
@@ -85,19 +91,19 @@ class ABConfig:
             "help": "A third constitution (file or version) whose principles judge; a neutral question if unset."
         },
     )
-    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
+    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch.", "min": 1})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )
 
 
 @dataclass
-class ABJudgeConfig:
+class ABJudgeConfig(CheckedConfig):
     """The judge stage of an A/B: its pairs are copied into its folder when the A/B prepares it."""
 
     constitution: str = field(metadata={"help": "The judging constitution's YAML (the neutral one or a third)."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
-    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
+    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch.", "min": 1})
     run_id: str | None = field(default=None, metadata={"help": "The stage's run id (the A/B's id + '-judge')."})
 
 
@@ -134,10 +140,6 @@ def _limited(prompts, limit: int | None) -> list[dict]:
 def _plan_ab(config: ABConfig, ws: Workspace, store=None) -> Plan:
     """Check the A/B; its prompts are copied into its folder, and both constitutions and the judge's written
     beside them. Version hashes are looked up in `store` (or a store opened here)."""
-    if config.limit is not None and config.limit < 1:
-        raise ABError(f"limit {config.limit}: expected at least 1")
-    if config.batch_size < 1:
-        raise ABError(f"batch_size {config.batch_size}: expected at least 1")
     a = resolve_constitution(config.constitution_a, ws, store)
     b = resolve_constitution(config.constitution_b, ws, store)
     if a.version == b.version:

@@ -320,21 +320,18 @@ def label_facets(store: Store) -> LabelFacets:
 def inter_human_alpha(store: Store, *, run_id: str | None = None) -> Alpha:
     """Nominal Krippendorff's alpha over people's labels (a, b, tie; both_bad counts as tie, skip as
     missing), on every pair or on the pairs a run labelled."""
-    store.count_human_labels()
     return _alpha(store, _run_filter(run_id))
 
 
 def disagreements(store: Store, *, run_id: str | None = None, limit: int = 50) -> pd.DataFrame:
     """Pairs where the AI's verdict and a person's label (a or b) differ, the most confident AI first,
     with both responses, the labels and the judge's per-order probabilities."""
-    store.count_human_labels()
     return store.disagreements(_run_filter(run_id), limit)
 
 
 def judge_model_verdict(store: Store, judge_model: str, tie_band: float = 0.05, bins: int = 10) -> Verdict:
     """The verdict on a judge model over every AI label it gave (all its runs): how far to trust what else it
     judged, such as an evaluation's win rates. The dashboard's verdict, for one judge model's labels."""
-    store.count_human_labels()
     cells = store.agreement_cells(LabelFilter(judge_models=(judge_model,)), tie_band, bins)
     return judge_verdict(judge_figures([c for c in cells if c["k_run"] is not None], bins))
 
@@ -376,7 +373,6 @@ def dashboard(
         constitution_versions=tuple(constitution_versions or ()),
         calibration_id=calibration,
     )
-    store.count_human_labels()
     cells = store.agreement_cells(labels, tie_band, bins)
     per_pair = [c for c in cells if c["k_run"] is not None]
     pooled = _long(per_pair)

@@ -31,6 +31,8 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from .workspace import write_file_atomically
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANNOTATOR, OPERATOR = "annotator", "operator"
 ROLES = (ANNOTATOR, OPERATOR)
@@ -118,10 +120,7 @@ def add_login(data_dir: Path, name: str, role: str = ANNOTATOR) -> str:
     password = secrets.token_urlsafe(12)
     logins[name] = {"hash": hash_secret(password), "role": role}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(logins, indent=1))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_file_atomically(path, lambda out: out.write(json.dumps(logins, indent=1).encode()), mode=0o600)
     return password
 
 

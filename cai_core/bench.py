@@ -27,6 +27,7 @@ import torch
 
 from . import jobs
 from .backends import SamplingParams, load_backend
+from .config import CheckedConfig
 from .constitution import load_constitution
 from .critique import GenerateConfig, choose_principle, critique_chat, revision_chat
 from .prompts import load_prompts
@@ -34,7 +35,7 @@ from .workspace import Workspace
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(CheckedConfig):
     """`cai bench generate`'s settings; each field is a flag. Unset sizes take the mode's defaults: fixed lengths
     (32 prompts, 3 rounds, exactly 32 tokens) or `--realistic` (64 prompts, 4 rounds, at most 128 tokens)."""
 
@@ -46,16 +47,22 @@ class BenchConfig:
             "loop on a subsample, scaled, then the pipeline on each engine."
         },
     )
-    prompts: int | None = field(default=None, metadata={"help": "Demo prompts (cycled); 32, or 64 with --realistic."})
-    rounds: int | None = field(default=None, metadata={"help": "Critique-revision rounds; 3, or 4 with --realistic."})
+    prompts: int | None = field(
+        default=None, metadata={"help": "Demo prompts (cycled); 32, or 64 with --realistic.", "min": 1}
+    )
+    rounds: int | None = field(
+        default=None, metadata={"help": "Critique-revision rounds; 3, or 4 with --realistic.", "min": 0}
+    )
     new_tokens: int | None = field(
-        default=None, metadata={"help": "Tokens per step (exactly); 32, or at most 128 with --realistic."}
+        default=None, metadata={"help": "Tokens per step (exactly); 32, or at most 128 with --realistic.", "min": 1}
     )
     few_shot: bool = field(default=False, metadata={"help": "Fixed lengths: include the constitution's examples."})
     dtype: Literal["auto", "float32", "bfloat16"] = field(
         default="auto", metadata={"help": "Precision of the local model, on every side."}
     )
-    reference_prompts: int = field(default=4, metadata={"help": "With --realistic: the reference's subsample."})
+    reference_prompts: int = field(
+        default=4, metadata={"help": "With --realistic: the reference's subsample.", "min": 1}
+    )
     engines: str = field(
         default="hf,vllm", metadata={"help": "With --realistic: the pipeline's engines, comma-separated."}
     )

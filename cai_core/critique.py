@@ -19,6 +19,7 @@ from typing import Literal
 
 from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
+from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution
 from .jobs import JobFolder, JobKind, Plan, engine_name
 from .prompts import load_prompts
@@ -27,7 +28,7 @@ from .workspace import Workspace
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(CheckedConfig):
     constitution: str = field(metadata={"help": "Path of the constitution YAML."})
     prompts: str = field(metadata={"help": "Prompt source: .jsonl/.csv/.txt, a datasets folder, or hf:NAME[:SPLIT]."})
     model: str = field(
@@ -40,20 +41,26 @@ class GenerateConfig:
         default=None,
         metadata={"help": "Model that critiques and revises; the policy model when unset.", "model_spec": True},
     )
-    rounds: int | None = field(default=None, metadata={"help": "Critique→revision rounds; constitution default."})
-    samples: int = field(default=1, metadata={"help": "Independent traces per prompt."})
+    rounds: int | None = field(
+        default=None, metadata={"help": "Critique→revision rounds; constitution default.", "min": 0}
+    )
+    samples: int = field(default=1, metadata={"help": "Independent traces per prompt.", "min": 1})
     principle_sampling: Literal["random", "round_robin"] | None = field(
         default=None, metadata={"help": "How each round's principle is chosen; constitution default."}
     )
     few_shot: bool = field(default=True, metadata={"help": "Show the constitution's worked examples first."})
     early_stop: bool = field(default=True, metadata={"help": "End a trace when its critique asks for no change."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer, critique or revision."})
-    min_new_tokens: int = field(default=0, metadata={"help": "At least this many tokens (benchmarks fix lengths)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 is greedy."})
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens per answer, critique or revision.", "min": 1}
+    )
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "At least this many tokens (benchmarks fix lengths).", "min": 0}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 is greedy.", "min": 0})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
     seed: int = field(default=0, metadata={"help": "Seed for principle choice and sampling."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    chunk_size: int = field(default=64, metadata={"help": "Traces carried through all rounds together."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts.", "min": 1})
+    chunk_size: int = field(default=64, metadata={"help": "Traces carried through all rounds together.", "min": 1})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip bad prompt lines instead of stopping."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
+from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
@@ -73,7 +74,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(CheckedConfig):
     models: list[str] = field(
         metadata={"help": "Models to compare, each a spec or NAME=SPEC (e.g. base=default sl=data/runs/X/final)."}
     )
@@ -93,8 +94,10 @@ class EvalConfig:
         default="phrases",
         metadata={"help": "phrases: a refusal phrase opens the answer (XSTest's string match); judge: ask the judge."},
     )
-    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens per answer (greedy decoding)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts answered, or comparisons judged, per batch."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens per answer (greedy decoding).", "min": 1})
+    batch_size: int = field(
+        default=16, metadata={"help": "Prompts answered, or comparisons judged, per batch.", "min": 1}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each harmlessness comparison uses."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -102,12 +105,12 @@ class EvalConfig:
 
 
 @dataclass
-class RoundsConfig:
+class RoundsConfig(CheckedConfig):
     traces_run: str = field(metadata={"help": "The SL-CAI run whose traces to score, round by round."})
     constitution: str = field(default=DEFAULT_CONSTITUTION, metadata={"help": "Constitution the judge uses."})
     judge: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N traces."})
-    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N traces.", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "Comparisons judged per batch.", "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed for the principle each comparison uses."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -124,8 +127,6 @@ def _plan_eval(config: EvalConfig, workspace: Workspace) -> Plan:
         wrap(wrapper, "")
     if not config.wrappers:
         raise ValueError("no wrapper given: use none for the prompts as they are")
-    if config.max_new_tokens < 1 or config.batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be at least 1")
     constitution = load_constitution(config.constitution)
     prompts = [asdict(p) for p in load_sets(config.sets)]
     return Plan(config.judge, constitution=constitution, inputs={INPUT: prompts})
@@ -275,8 +276,6 @@ def _compare(run_id: str, judge: Judge, batch, answers: dict, seed: int) -> list
 
 def _plan_rounds(config: RoundsConfig, workspace: Workspace) -> Plan:
     """The traces' answers, copied into the job from the store."""
-    if config.batch_size < 1:
-        raise ValueError(f"batch size {config.batch_size}: expected at least 1")
     constitution = load_constitution(config.constitution)
     from .store import Store
 

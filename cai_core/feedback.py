@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
+from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .jobs import JobFolder, JobKind, Plan, batched, engine_name
 from .records import AILabel, Pair, to_row
@@ -224,7 +225,7 @@ class Judge:
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(CheckedConfig):
     constitution: str = field(metadata={"help": "Path of the constitution YAML (its preference questions)."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Judge model spec.", "model_spec": True})
     strategy: Literal["sample", "ensemble"] = field(
@@ -236,15 +237,17 @@ class LabelConfig:
         metadata={"help": "logprob: option log-probabilities; strict: a generated letter; auto: strict if none."},
     )
     cot: bool = field(default=False, metadata={"help": "Let the judge reason before the options are scored."})
-    cot_tokens: int = field(default=128, metadata={"help": "Most tokens of chain-of-thought reasoning."})
+    cot_tokens: int = field(default=128, metadata={"help": "Most tokens of chain-of-thought reasoning.", "min": 1})
     cot_min: float = field(default=COT_BAND[0], metadata={"help": "With --cot, clamp P(a better) to at least this."})
     cot_max: float = field(default=COT_BAND[1], metadata={"help": "With --cot, clamp P(a better) to at most this."})
     few_shot: int = field(default=0, metadata={"help": "Worked comparisons shown first (from the constitution)."})
     source: Literal["sampled", "sl-cai", "import"] | None = field(
         default=None, metadata={"help": "Label only pairs from this source; all pairs when unset."}
     )
-    limit: int | None = field(default=None, metadata={"help": "Label only the first N pairs."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per batch (both orders of each go together)."})
+    limit: int | None = field(default=None, metadata={"help": "Label only the first N pairs.", "min": 1})
+    batch_size: int = field(
+        default=32, metadata={"help": "Pairs per batch (both orders of each go together).", "min": 1}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each pair is judged under."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -256,8 +259,6 @@ def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = 
     from there."""
     constitution = load_constitution(config.constitution)
     check_settings(constitution, config.few_shot, (config.cot_min, config.cot_max))
-    if config.batch_size < 1:
-        raise ValueError(f"batch size {config.batch_size}: expected at least 1")
     if pairs is None:
         from .store import Store
 

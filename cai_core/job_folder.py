@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,20 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m {seconds % 60:02d}s"
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+class Pace:
+    """A job's rate and ETA measured since this process began: a resumed job's earlier work is not its rate."""
+
+    def __init__(self, done: int):
+        self.began, self.done_at_start = time.monotonic(), done
+
+    def at(self, done: int, total: int) -> dict:
+        """Progress's rate, eta and elapsed once DONE of TOTAL are done."""
+        elapsed = time.monotonic() - self.began
+        counted = done - self.done_at_start
+        rate = counted / elapsed if counted > 0 and elapsed > 0 else None
+        return {"rate": rate, "eta": (total - done) / rate if rate else None, "elapsed": elapsed}
 
 
 _PROGRESS_FIELDS = {f.name for f in dataclasses.fields(Progress)}
@@ -189,9 +204,8 @@ class JobFolder:
         table: the store never ingests it."""
         if self.has_input(name):
             return
-        staging = self.path / f".{name}.jsonl.tmp"
-        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        staging.replace(self.path / f"{name}.jsonl")
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        write_file_atomically(self.path / f"{name}.jsonl", lambda out: out.write(text.encode("utf-8")))
 
     def read_input(self, name: str) -> list[dict]:
         text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")

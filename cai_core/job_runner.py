@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Protocol
 
-from .job_folder import Cancelled, JobFolder
+from .job_folder import Cancelled, JobFolder, Pace
 from .records import now
 
 
@@ -75,13 +74,13 @@ class _Reporter:
     def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
         self.folder, self.on_progress = folder, on_progress
         self.work: Work | None = None
-        self.began, self.done_at_start = time.monotonic(), 0
         self.last = folder.progress()
+        self.pace = Pace(self.last.done)
         self.lock = threading.Lock()  # the batch's end and a tick write one at a time
         self.done_so_far = self.last.done  # work.done() at the last batch's end
 
     def attach(self, work: Work) -> None:
-        self.work, self.began, self.done_at_start = work, time.monotonic(), work.done()
+        self.work, self.pace = work, Pace(work.done())
 
     def __call__(self, status: str = "running", message: str = "") -> None:
         with self.lock:
@@ -121,13 +120,8 @@ class _Reporter:
     def _write(self, status: str, message: str, done: int) -> None:
         work = self.work
         total = work.total() if work else self.last.total
-        elapsed = time.monotonic() - self.began
-        rate = (done - self.done_at_start) / elapsed if work and elapsed > 0 and done > self.done_at_start else None
-        eta = (total - done) / rate if rate else None
         unit, engine = (work.unit, work.engine) if work else (self.last.unit, self.last.engine)
-        self.folder.set_progress(
-            status, done, total, message, unit=unit, rate=rate, eta=eta, elapsed=elapsed, engine=engine
-        )
+        self.folder.set_progress(status, done, total, message, unit=unit, engine=engine, **self.pace.at(done, total))
         if self.on_progress:
             self.on_progress(done, total)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import CheckedConfig
 from .jobs import JobFolder, JobKind, Plan, digest
 from .judge_calibration import JudgeCalibration, PlattScaling, calibrate
 from .judge_queue import contest_score, queue_estimates, queue_keys
@@ -55,7 +56,7 @@ CALIBRATED_RUN = "calibrated_run"  # one row: the label run, its judge's name an
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(CheckedConfig):
     label_run: str = field(metadata={"help": "The label run whose judge to calibrate."})
     model: str | None = field(
         default=None,
@@ -95,7 +96,6 @@ def _plan(config: CalibrateConfig, workspace, store=None):
         raise ValueError(
             f"label run {run_id!r}: its folder {label_job.path} is gone, so its judge cannot be asked again"
         )
-    store.count_human_labels()
     rows = store.calibration_rows(LabelFilter(run_ids=(run_id,)))
     if rows.empty:
         raise ValueError(f"label run {run_id!r}: no pair it judged in both orders has a person's a or b label")

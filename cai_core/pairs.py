@@ -26,6 +26,7 @@ from typing import Literal
 
 from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, SamplingParams, load_backend
+from .config import CheckedConfig
 from .jobs import JobFolder, JobKind, Plan, engine_name
 from .prompts import csv_rows, load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
@@ -292,21 +293,21 @@ def sl_cai_pairs(
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(CheckedConfig):
     prompts: str = field(metadata={"help": "Prompt source: .jsonl/.csv/.txt, a datasets folder, or hf:NAME[:SPLIT]."})
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "Model spec that answers the prompts.", "model_spec": True}
     )
-    k: int = field(default=2, metadata={"help": "Answers sampled per prompt (at least 2)."})
+    k: int = field(default=2, metadata={"help": "Answers sampled per prompt (a pair needs 2).", "min": 2})
     pairing: Literal["all", "adjacent"] = field(
         default="all", metadata={"help": "all: every two of the K answers; adjacent: answer i with answer i+1."}
     )
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per answer.", "min": 1})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (above 0, or all K agree)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    chunk_size: int = field(default=16, metadata={"help": "Prompts sampled together (K answers each)."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts.", "min": 1})
+    chunk_size: int = field(default=16, metadata={"help": "Prompts sampled together (K answers each).", "min": 1})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip bad prompt lines instead of stopping."})
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
@@ -341,8 +342,6 @@ def _prompts(config: SampleConfig):
 
 
 def _plan(config: SampleConfig, workspace: Workspace) -> Plan:
-    if config.k < 2:
-        raise ValueError(f"k={config.k}: a pair needs at least 2 answers per prompt")
     return Plan(config.model, {"prompts": _prompts(config).digest})
 
 

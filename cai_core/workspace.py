@@ -139,14 +139,16 @@ def _packaged(name: str) -> bool:
     return name in _PACKAGED_DATASETS_MODULES
 
 
-def write_file_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+def write_file_atomically(path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> Path:
     """Write a file through a temporary one created beside it (O_EXCL, O_NOFOLLOW), synced, then renamed over it:
     a symbolic link planted at `path` is replaced, never written through, and nobody reads half a file, even after
-    a crash. The file keeps the mode of the one it replaces (a new one is 0644), not mkstemp's 0600."""
-    try:
-        mode = stat.S_IMODE(os.lstat(path).st_mode) if not path.is_symlink() else 0o644
-    except FileNotFoundError:
-        mode = 0o644
+    a crash. The file gets `mode`, else keeps the mode of the one it replaces (a new one is 0644), not mkstemp's
+    0600."""
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(os.lstat(path).st_mode) if not path.is_symlink() else 0o644
+        except FileNotFoundError:
+            mode = 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

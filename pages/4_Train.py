@@ -16,13 +16,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cai_core.endpoints import EndpointError
+from cai_core.config import ConfigError, browser_value
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.train import KINDS, TrainError, config_class, launch_train_job, prepare_train_job
-from cai_core.train.config import RUN_ID, config_from_dict
+from cai_core.train import KINDS, config_class, launch_train_job, prepare_train_job
+from cai_core.train.config import config_from_dict
 from cai_core.train.form import form_label, latest_finished, reward_choices
 from cai_core.train.models import finished_model
-from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.monitor import monitor_section
 from ui.settings import connect, setup, use_model
@@ -47,8 +46,6 @@ KEY_METRICS = {
 }
 # bookkeeping, not learning; and the trainer's end-of-run summary (train_loss, train_runtime, ...) is skipped too
 HIDDEN_METRICS = ("epoch", "learning_rate", "grad_norm", "num_tokens", "total_flos", "step_time")
-# algorithms that improve a policy: by default they start from the latest SFT model, as SL-CAI then RL-CAI does
-STARTS_FROM_SFT = ("ppo", "dpo", "grpo", "rloo")
 
 # --- the config form: one widget per dataclass field -----------------------------------------------------
 
@@ -107,29 +104,11 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
             value = value.strip()
             if not value and optional:
                 value = None
-            elif typ is str and f.name not in ("run_id", *choices) and value != f.default:
-                value = browser_value(f.name, value)  # a default is the project's, not typed in the browser
+            elif typ is str and f.name not in choices and value != f.default:
+                # a default is the project's, not typed in the browser
+                value = browser_value(cls, f.name, value, ws, settings.endpoints)
         values[f.name] = value
     return values
-
-
-MODEL_FIELDS = ("model", "value_model", "monitor_judge")  # model specs (never module:function from here)
-FILE_FIELDS = ("dataset", "helpful_data", "ptx_dataset", "accelerate_config", "monitor_constitution")
-
-
-def browser_value(name: str, value: str) -> str:
-    """A model or file typed on the form, held to the workspace as every page's are (a run id of this data folder,
-    `default` and `store` stand as typed); a `TrainError` naming the field otherwise."""
-    if name not in (*MODEL_FIELDS, *FILE_FIELDS) or value in ("default", "store"):
-        return value
-    if RUN_ID.match(value) and (ws.runs_dir / value / "run.json").exists():
-        return value
-    try:
-        if name in MODEL_FIELDS:
-            return settings.model_spec(value)
-        return str(ws.resolve_browser_path(value))
-    except (OutsideWorkspace, EndpointError) as exc:
-        raise TrainError(str(exc), name) from None
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -233,7 +212,7 @@ if "labels" in fields:
 
 # the model field follows the sidebar model (or, for RL and DPO, the latest SFT model) until edited here
 model_key = widget_key(kind, "model")
-latest_sft = latest_finished(registry, "sft") if kind in STARTS_FROM_SFT else None
+latest_sft = latest_finished(registry, "sft") if cls.starts_from_sft else None
 model_source = latest_sft or settings.model
 if ss.get(f"{model_key}_from") != model_source:
     ss[model_key] = model_source
@@ -259,7 +238,7 @@ if submitted:
     try:
         config = config_from_dict(cls, form_values(kind, cls, choices))
         job = prepare_train_job(config, ws)
-    except TrainError as exc:
+    except ConfigError as exc:  # a TrainError, or a value the browser may not give
         # the field at fault by its label on this form; a refused start leaves no run behind
         message = exc.named(form_label(fields[exc.field])) if exc.field in fields else str(exc)
         st.error(md_escape(f"Not started: {message}"))

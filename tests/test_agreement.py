@@ -13,6 +13,7 @@ from cai_core.agreement import dashboard, inter_human_alpha, label_facets
 from cai_core.jobs import JobFolder
 from cai_core.records import AILabel, HumanLabel, Pair, to_row
 from cai_core.store import Store
+from cai_core.store.agreement import LabelFilter
 
 CHOICES = ["a", "b", "tie", "both_bad", "skip"]
 
@@ -404,3 +405,23 @@ def test_the_verdict_reads_the_same_counts_as_the_figures_and_changes_with_label
     assert board.verdict.name == "trustworthy", board.verdict.reasons  # (at P = 0.9 it would be weak: ECE 0.1)
     agreement = next(s for s in board.verdict.signals if s.name == "agreement with people")
     assert agreement.estimate.value == board.overall["agreement"] == 1.0
+
+
+def test_the_store_queries_need_no_call_before_them_and_read_the_labels_as_they_are(workspace):
+    """Each query that reads people's label counts counts them itself: none needs another called first, on a
+    fresh connection, and a label added between two queries is in the second."""
+    pairs = make_pairs(3)
+    humans = [HumanLabel("p000", "ann", "b"), HumanLabel("p000", "bo", "b"), HumanLabel("p001", "ann", "a")]
+    ai = [ai_label("run-1", "p000", 0.9, 0.1), ai_label("run-1", "p001", 0.2, 0.8), ai_label("run-1", "p002", 1, 0)]
+    load(workspace, pairs, humans, ai)
+    run = LabelFilter(run_ids=("run-1",))
+    with Store.open(workspace) as store:
+        assert store.disagreements(run, 10).pair_id.tolist() == ["p000", "p000", "p001"]
+    with Store.open(workspace) as store:
+        assert store.alpha_counts(run)[0] == 1  # one pair with two people's labels
+    with Store.open(workspace) as store:
+        assert sorted(store.calibration_rows(run).pair_id) == ["p000", "p001"]
+    with Store.open(workspace) as store:
+        assert sum(cell["nb"] for cell in store.agreement_cells(run, 0.05, 10) if cell["k_run"]) == 2
+        store.import_human_labels([HumanLabel("p002", "ann", "b")])
+        assert sorted(store.calibration_rows(run).pair_id) == ["p000", "p001", "p002"]

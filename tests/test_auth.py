@@ -158,3 +158,19 @@ def test_an_import_records_its_importer_and_never_replaces_a_label_someone_saved
         store.save_human_label(HumanLabel(pair_id, "cy", "b"))  # cy edits it in the app: it is cy's now
         assert import_labels(store, labels, importer="olive").labels_kept == 1
         assert store.human_labels(pair_id=pair_id, annotator="cy")[0].choice == "b"
+
+
+def test_the_logins_file_is_written_owner_only_through_a_fresh_temporary_file(tmp_path):
+    """A link planted where the old write put its fixed `.tmp` file is not written through (the hashes would land
+    in the link's target), and the logins file is the owner's alone however it was before."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / LOGINS_FILE).with_suffix(".tmp").symlink_to(outside)
+    (data / LOGINS_FILE).write_text("{}")
+    (data / LOGINS_FILE).chmod(0o644)
+    add_login(data, "ada")
+    assert outside.read_text() == "untouched"
+    assert (data / LOGINS_FILE).stat().st_mode & 0o777 == 0o600
+    assert "ada" in json.loads((data / LOGINS_FILE).read_text())

@@ -126,6 +126,10 @@ def test_generate_export_diff_and_history_round_trip(tiny_model_path, tmp_path):
         ),
         (["constitution", "show", "0123456789ab"], "no constitution version '0123456789ab'"),
         (["resume", "no-such-run"], "no run 'no-such-run'"),
+        (
+            ["generate", "--constitution", HHH, "--prompts", "p.jsonl", "--chunk-size", "0"],
+            "error: --chunk-size: is 0: it must be at least 1",
+        ),
     ],
     ids=[
         "missing-prompts",
@@ -134,6 +138,7 @@ def test_generate_export_diff_and_history_round_trip(tiny_model_path, tmp_path):
         "unreachable-endpoint",
         "unknown-version",
         "unknown-run",
+        "chunk-size-0",
     ],
 )
 def test_user_errors_are_one_clear_line(args, message, tmp_path):

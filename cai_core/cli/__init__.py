@@ -11,6 +11,7 @@ import os
 import sys
 
 from ..backends import MODEL_SPEC_HELP, BackendError
+from ..config import ConfigError
 from ..constitution import ConstitutionError
 from ..prompts import PromptFileError
 from ..store import StoreError
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a command ended by SIGPIPE
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, ConfigError) and exc.field:
+            # a field at fault is named as the flag that sets it (a config file's key is the flag's name)
+            message = exc.named("--" + exc.field.replace("_", "-"))
         print(
             f"error: {'; '.join(line.strip() for line in str(message).splitlines() if line.strip())}", file=sys.stderr
         )

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-
 from ..jobs import JobFolder, list_job_folders
 from ..workspace import Workspace
-from .flags import add_dataclass_arguments
+from .flags import add_dataclass_arguments, config_from_args
 from .jobs import train_in_foreground
 
 
 def cmd_train(args, ws: Workspace) -> int:
-    from ..train import TrainError, config_class, load_config_file, prepare_train_job
-    from ..train.config import config_from_args_given
+    from ..train import TrainError, config_class, prepare_train_job
 
     cls = config_class(args.kind)
-    given = config_from_args_given(cls, args)
-    try:
-        config = load_config_file(cls, args.config, given) if args.config else cls(**given)
-        job = prepare_train_job(config, ws)
-    except TrainError as exc:
-        # a field at fault is named as the flag that sets it (the config file's key is the flag's name)
-        raise TrainError(exc.named("--" + exc.field.replace("_", "-")) if exc.field else str(exc)) from None
+    job = prepare_train_job(config_from_args(cls, args, f"{cls.kind} config", TrainError), ws)
     if args.background:
         from ..train import launch_train_job
 
@@ -68,14 +58,8 @@ def add_parsers(sub) -> None:
     for kind in KINDS:
         cls = config_class(kind)
         p = train_sub.add_parser(kind, help=cls.summary)
-        p.add_argument("--config", help="A YAML file of the config's fields; flags given here override it.")
         p.add_argument("--background", action="store_true", help="Start the run detached and return at once.")
-        add_dataclass_arguments(p, cls)
-        # flags the user did not give stay absent, so that a --config file's values are not overwritten
-        names = {f.name for f in dataclasses.fields(cls)}
-        for action in p._actions:
-            if action.dest in names:
-                action.default = argparse.SUPPRESS
+        add_dataclass_arguments(p, cls, config_file=True)
         p.set_defaults(func=cmd_train, kind=kind)
     p = train_sub.add_parser("resume", help="Continue a training run from its last checkpoint.")
     p.add_argument("run_id")

@@ -146,11 +146,11 @@ def plan(recipe: RecipeConfig) -> list[Stage]:
         if recipe.stop_after == "rl":
             stages.append(Stage(i, "cai", "pairs", "pairs"))
             stages.append(Stage(i, "cai", "label", "label"))
-            if recipe.rl != "dpo":
+            if recipe.stage_configs()["rl_config"].needs_reward_model:
                 stages.append(Stage(i, "cai", "rm", "train-rm"))
             stages.append(Stage(i, "cai", "rl", f"train-{recipe.rl}"))
             if "rlhf" in recipe.arms:
-                if recipe.rl != "dpo":
+                if recipe.stage_configs()["rl_config"].needs_reward_model:
                     stages.append(Stage(i, "rlhf", "rm", "train-rm"))
                 stages.append(Stage(i, "rlhf", "rl", f"train-{recipe.rl}"))
         stages.append(Stage(i, "cai", "eval", "eval"))
@@ -235,7 +235,7 @@ class Recipe:
             from ..train import config_class
 
             settings = {"model": sft_model} | c.rl_config | {"run_id": run_id}
-            if c.rl == "dpo":
+            if not config_class(c.rl).needs_reward_model:
                 settings["labels"] = labels
             else:
                 settings |= {"reward_model": Stage(i, stage.arm, "rm", "").run_id(c.recipe_id)}

@@ -4,8 +4,8 @@ A calibration (`judge_audit`) is applied here, in the query, when the figures as
 per-order probability is shifted by its principle's prior and scaled by the Platt fit (`ai_labels_table`), so every
 figure, the disagreements and the exported preferences read the calibrated labels.
 
-People's labels are first counted per pair (`count_human_labels`, a temp table of this connection), so that
-one pass joins them to the AI's labels and the same counts give Krippendorff's alpha. The database returns
+People's labels are counted per pair (`_HUMAN_COUNTS`, in each query that reads them), so that one pass joins
+them to the AI's labels and the same counts give Krippendorff's alpha. The database returns
 a few hundred count cells, which keeps a million labels within a fraction of a second.
 """
 
@@ -91,17 +91,15 @@ def _ai_pairs_sql(where: str, source: str = "ai_labels") -> str:
         FROM {source} WHERE {where} AND strategy = 'ensemble' GROUP BY run_id, pair_id"""
 
 
-class AgreementQueries:
-    def count_human_labels(self) -> None:
-        """Count people's labels per pair (a, b, tie; both_bad counts as tie, skip as none) into a temp table
-        that the other queries here read: call it first."""
-        self._exec(
-            """CREATE OR REPLACE TEMP TABLE _human_counts AS
-               SELECT pair_id, count(*) FILTER (WHERE choice = 'a') AS na, count(*) FILTER (WHERE choice = 'b') AS nb,
-                      count(*) FILTER (WHERE choice IN ('tie', 'both_bad')) AS nt
-               FROM human_labels WHERE choice <> 'skip' GROUP BY pair_id"""
-        )
+# People's labels counted per pair (a, b, tie; both_bad counts as tie, skip as none), as a CTE each query that
+# reads them starts with: counted in the query itself, they are never stale and need no call before it.
+_HUMAN_COUNTS = """_human_counts AS (
+    SELECT pair_id, count(*) FILTER (WHERE choice = 'a') AS na, count(*) FILTER (WHERE choice = 'b') AS nb,
+           count(*) FILTER (WHERE choice IN ('tie', 'both_bad')) AS nt
+    FROM human_labels WHERE choice <> 'skip' GROUP BY pair_id)"""
 
+
+class AgreementQueries:
     def agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
         """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
         pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
@@ -109,7 +107,8 @@ class AgreementQueries:
         (the same row, except in ensemble runs, whose per-pair means are added as rows of their own)."""
         where, band, source = _where(labels), float(tie_band), ai_labels_table(labels.calibration_id)
         result = self.con.execute(
-            f"""WITH labels AS (
+            f"""WITH {_HUMAN_COUNTS},
+                labels AS (
                     SELECT run_id, pair_id, judge_model, constitution_version, strategy, cot, principle_id, p_a,
                            p_order1 AS p1, p_order2 AS p2, failed::INT AS failures, TRUE AS single
                     FROM {source} WHERE {where}
@@ -150,7 +149,8 @@ class AgreementQueries:
             "" if labels.selects_all else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {_where(labels)})"
         )
         return self._one(
-            f"""SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
+            f"""WITH {_HUMAN_COUNTS}
+                SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
                        sum(na * (na - 1) / (na + nb + nt - 1)), sum(nb * (nb - 1) / (na + nb + nt - 1)),
                        sum(nt * (nt - 1) / (na + nb + nt - 1))
                 FROM _human_counts WHERE na + nb + nt >= 2 {restrict}"""
@@ -161,7 +161,8 @@ class AgreementQueries:
         those at least `confidence_floor` from 0.5), with both responses, the labels and the per-order
         probabilities. Finds the disagreeing (run, pair)s from the counts first, then fetches their texts."""
         return self.con.execute(
-            f"""WITH ai AS ({_ai_pairs_sql(_where(labels), ai_labels_table(labels.calibration_id))}),
+            f"""WITH {_HUMAN_COUNTS},
+                ai AS ({_ai_pairs_sql(_where(labels), ai_labels_table(labels.calibration_id))}),
                 top AS (SELECT ai.* FROM ai JOIN _human_counts h USING (pair_id)
                         WHERE abs(ai.p_a - 0.5) >= {float(confidence_floor)}
                           AND ((ai.p_a > 0.5 AND h.nb > 0) OR (ai.p_a < 0.5 AND h.na > 0))
@@ -186,10 +187,10 @@ class AgreementQueries:
 
     def calibration_rows(self, labels: LabelFilter) -> pd.DataFrame:
         """What a calibration is fitted and reported on: each selected AI label judged in both orders (each
-        principle's own, in an ensemble run) on a pair people labelled a or b, with the pair's counts of a and b
-        (`count_human_labels` first)."""
+        principle's own, in an ensemble run) on a pair people labelled a or b, with the pair's counts of a and b."""
         return self.con.execute(
-            f"""SELECT l.pair_id, l.principle_id, l.p_order1, l.p_order2, h.na, h.nb
+            f"""WITH {_HUMAN_COUNTS}
+                SELECT l.pair_id, l.principle_id, l.p_order1, l.p_order2, h.na, h.nb
                 FROM ai_labels l JOIN _human_counts h USING (pair_id)
                 WHERE {_where(labels)} AND l.p_order1 IS NOT NULL AND l.p_order2 IS NOT NULL AND h.na + h.nb > 0
                 ORDER BY l.pair_id, l.principle_id, l.run_id"""

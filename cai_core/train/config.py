@@ -7,12 +7,12 @@ import dataclasses
 import math
 import os
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import yaml
+from ..config import CheckedConfig, ConfigError, config_from_mapping
+from ..config import load_config_file as load_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,19 +20,9 @@ if TYPE_CHECKING:
     from ..workspace import Workspace
 
 
-class TrainError(ValueError):
-    """A run cannot start or go on for a reason the user can fix (config, data, model); one line.
-
-    `field` names the config field at fault, when one is: each door names it its own way (the CLI as a flag,
-    the Train page as the form's label, a YAML file as its key, which is what `str()` gives)."""
-
-    def __init__(self, problem: str, field: str | None = None):
-        super().__init__(f"{field}: {problem}" if field else problem)
-        self.problem, self.field = problem, field
-
-    def named(self, name: str) -> str:
-        """The message with the field called `name` (a flag, a form label)."""
-        return f"{name}: {self.problem}" if self.field else str(self)
+class TrainError(ConfigError):
+    """A run cannot start or go on for a reason the user can fix (config, data, model); one line, naming the config
+    field at fault when one is."""
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -49,7 +39,7 @@ def check_run_id(run_id: str) -> str:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """What every algorithm shares. Defaults run on a CPU in minutes with the default model.
 
     A field's metadata holds its `help` (the CLI's and the form's) and, where the field's name does not read
@@ -57,17 +47,25 @@ class TrainConfig:
 
     kind: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line: what the CLI's `cai train --help` and the Train page say
+    # improves a policy: by default it starts from the latest SFT model, as SL-CAI then RL-CAI does
+    starts_from_sft: ClassVar[bool] = False
+    # learns from a reward model's scores (a recipe trains one before it), not from the labelled pairs themselves
+    needs_reward_model: ClassVar[bool] = False
 
     model: str = field(
         default="default",
         metadata={
             "help": "Model to train: default, a local folder, a hub id, or a finished run's id. Training always runs "
-            "on transformers, so it takes no hf: or vllm: engine prefix."
+            "on transformers, so it takes no hf: or vllm: engine prefix.",
+            "model": True,
         },
     )
     dataset: str = field(
         default="store",
-        metadata={"help": "store (exported from the database when prepared), or a jsonl/parquet/datasets path."},
+        metadata={
+            "help": "store (exported from the database when prepared), or a jsonl/parquet/datasets path.",
+            "path": True,
+        },
     )
     max_steps: int = field(default=50, metadata={"help": "Optimiser steps."})
     batch_size: int = field(default=4, metadata={"help": "Examples (PPO: rollouts) per step and process."})
@@ -101,6 +99,7 @@ class TrainConfig:
         metadata={
             "help": "An `accelerate config` YAML: start through `accelerate launch` (DDP/FSDP/DeepSpeed).",
             "label": "Accelerate config file",
+            "path": True,
         },
     )
     run_id: str | None = field(
@@ -108,11 +107,13 @@ class TrainConfig:
         metadata={
             "help": "Run name; by default a hash of config and data, so rerunning resumes.",
             "label": "Run id",
+            "text": True,
         },
     )
 
     def check(self) -> None:
         """Raise TrainError for values no run could use."""
+        super().check()
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps", "nproc"):
             if getattr(self, name) < 1:
                 raise TrainError(f"is {getattr(self, name)}: it must be at least 1", name)
@@ -149,6 +150,7 @@ class LoraOptions:
         metadata={
             "help": "The modules LoRA adapts: all-linear, or their names, comma-separated (q_proj,v_proj).",
             "label": "LoRA modules",
+            "text": True,
         },
     )
 
@@ -190,33 +192,8 @@ def use_bf16(config: TrainConfig) -> bool:
 
 
 def config_from_dict(cls: type[TrainConfig], data: dict) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainError(f"unknown {cls.kind} config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        # YAML reads 1e-5 as a string; a typed field says what was meant
-        if isinstance(value, str) and float in (hints[name], *typing.get_args(hints[name])):
-            try:
-                value = float(value)
-            except ValueError:
-                raise TrainError(f"{value!r} is not a number", name) from None
-        values[name] = value
-    return cls(**values)
-
-
-def config_from_args_given(cls: type[TrainConfig], args) -> dict:
-    """The config fields present on an argparse namespace (flags the user gave)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return config_from_mapping(cls, data, f"{cls.kind} config", TrainError)
 
 
 def load_config_file(cls: type[TrainConfig], path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise TrainError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise TrainError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
-    return config_from_dict(cls, {**data, **(overrides or {})})
+    return load_config(cls, path, f"{cls.kind} config", overrides, TrainError)

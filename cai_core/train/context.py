@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jobs import JobFolder
+from ..job_folder import JobFolder, Pace
 from ..records import TrainedModel, TrainMetric, to_row
-from ..workspace import Workspace
+from ..workspace import Workspace, replace_folder
 from .config import TrainConfig
 from .models import RewardFn, checkpoints
 
@@ -30,7 +28,7 @@ class RunContext:
     ws: Workspace
     callbacks: list = field(default_factory=list)
     reward_fn: RewardFn | None = None
-    started: tuple[float, int] | None = None  # (monotonic time, step) of this process's first progress report
+    pace: Pace | None = None  # rate and ETA since this process's first progress report
     warning: str = ""  # the run's latest warning (the reward-hacking monitor's): its message until it ends
     stop_reason: str = ""  # why the run stopped itself before max_steps, if it did
 
@@ -76,12 +74,8 @@ class RunContext:
 
     def timing(self, step: int) -> dict:
         """Progress's unit, rate, ETA and elapsed time at STEP, counted from this process's first report."""
-        now_ = time.monotonic()
-        self.started = self.started or (now_, step)
-        elapsed, steps = now_ - self.started[0], step - self.started[1]
-        rate = steps / elapsed if steps > 0 and elapsed > 0 else None
-        eta = (self.config.max_steps - step) / rate if rate else None
-        return {"unit": "step", "rate": rate, "eta": eta, "elapsed": elapsed}
+        self.pace = self.pace or Pace(step)
+        return {"unit": "step", **self.pace.at(step, self.config.max_steps)}
 
     def stop_requested(self) -> bool:
         """The cancel file, as every rank agrees on it: one rank stopping alone would leave the others
@@ -141,9 +135,9 @@ def save_final(ctx: RunContext, model, tokenizer) -> None:
         return
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    tmp = ctx.final_dir.with_name("final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(ctx.final_dir, ignore_errors=True)
-    os.replace(tmp, ctx.final_dir)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    replace_folder(ctx.final_dir, write)

@@ -24,6 +24,7 @@ class PreferenceData:
             "help": "Store data only: an AI label run id, `human`, or `sl-cai` (revision versus first answer); "
             "the latest label run when unset.",
             "label": "Preference labels",
+            "text": True,
         },
     )
     min_confidence: float = field(
@@ -51,6 +52,7 @@ class PreferenceData:
 class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
     kind = "dpo"
     summary = "Direct RLAIF: DPO on the AI preference labels (TRL DPOTrainer)."
+    starts_from_sft = True
 
     learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
     beta: float = field(

@@ -21,6 +21,7 @@ from .trainer import run_trainer, trainer_arguments
 class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     kind = "grpo"
     summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
+    starts_from_sft = needs_reward_model = True
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=8, metadata={"help": "Answers per step and device (num_generations divides it)."})
@@ -29,6 +30,7 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
             "label": "Reward model",
+            "model": True,
         },
     )
     num_generations: int = field(
@@ -49,8 +51,6 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
                 f"is {self.monitor_every}: it must be a multiple of the logging interval ({self.logging_steps})",
                 "monitor_every",
             )
-        if not self.reward_model:
-            raise TrainError(f"{self.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
         if self.num_generations < 2 or (self.batch_size * self.grad_accum) % self.num_generations:
             raise TrainError(
                 f"is {self.num_generations}: it must be at least 2 and divide the batch size × gradient "

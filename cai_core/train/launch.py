@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ..jobs import JobFolder, run_id_for
-from ..workspace import Workspace
+from ..workspace import Workspace, write_file_atomically
 from .algorithms import algorithm, config_class
 from .config import LoraOptions, TrainConfig, TrainError, config_from_dict
 from .context import RunContext, rank
@@ -41,10 +41,12 @@ from .models import RewardFn, check_lora_targets, finished_model
 
 
 def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFolder:
-    """Check the config, snapshot the data and create (or find) the run's folder. A config or data problem
-    raises TrainError before anything is written: a refused start leaves no run behind."""
+    """Snapshot the data and create (or find) the run's folder (the config checked itself when it was made). A
+    data problem raises TrainError before anything is written: a refused start leaves no run behind."""
     ws = ws or Workspace.from_env()
-    config.check()
+    # what it starts from, not a value: a config file may leave the reward to the command's flag
+    if config.needs_reward_model and not config.reward_model:
+        raise TrainError(f"{config.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
     if isinstance(config, LoraOptions):
         check_lora_targets(config, ws)
     try:
@@ -64,15 +66,12 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
         run_id,
         {"kind": f"train-{config.kind}", "model": config.model, "config": {**config.to_dict(), "run_id": run_id}},
     )
-    (job.path / "config.yaml").write_text(
-        yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False), encoding="utf-8"
-    )
+    config_text = yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False)
+    write_file_atomically(job.path / "config.yaml", lambda out: out.write(config_text.encode("utf-8")))
     for split, payload in payloads.items():
         path = job.path / f"data-{split}.jsonl"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(payload, encoding="utf-8")
-            os.replace(tmp, path)
+            write_file_atomically(path, lambda out, payload=payload: out.write(payload.encode("utf-8")))
     return job
 
 

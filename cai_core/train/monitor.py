@@ -189,6 +189,7 @@ class MonitorOptions:
             "help": "Comma-separated SIGNAL>VALUE:warn|stop rules over length_ratio, distinct_ratio, stock_share, "
             "refusal_drift, kl, win_rate, hacking.",
             "label": "Monitor rules",
+            "text": True,
         },
     )
     monitor_every: int = field(
@@ -214,7 +215,11 @@ class MonitorOptions:
     )
     monitor_constitution: str = field(
         default="constitutions/hhh.yaml",
-        metadata={"help": "Constitution whose principles the monitor's judge reads.", "label": "Monitor constitution"},
+        metadata={
+            "help": "Constitution whose principles the monitor's judge reads.",
+            "label": "Monitor constitution",
+            "path": True,
+        },
     )
 
     def monitor_rule_list(self) -> list[Rule]:

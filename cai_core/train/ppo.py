@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..workspace import Workspace
+from ..workspace import Workspace, replace_folder
 from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext, save_final
 from .data import prompt_rows
@@ -48,6 +48,7 @@ from .ppo_models import PPOModels, forward_policy, forward_value, reward_scores
 class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     kind = "ppo"
     summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
+    starts_from_sft = needs_reward_model = True
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
     batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per step and process."})
@@ -56,11 +57,15 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
             "label": "Reward model",
+            "model": True,
         },
     )
     value_model: str | None = field(
         default=None,
-        metadata={"help": "Value model to start from; the reward model when it is a model, else the policy."},
+        metadata={
+            "help": "Value model to start from; the reward model when it is a model, else the policy.",
+            "model": True,
+        },
     )
     kl_coef: float = field(
         default=0.05, metadata={"help": "β of the per-token KL penalty (the start, when adaptive).", "label": "KL β"}
@@ -109,13 +114,12 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
         metadata={
             "help": "The SFT data for α: store (the SL-CAI revisions) or a messages or prompt/completion file.",
             "label": "SFT data for α",
+            "path": True,
         },
     )
 
     def check(self) -> None:
         super().check()
-        if not self.reward_model:
-            raise TrainError("PPO needs a reward (a reward model or a function)", "reward_model")
         if self.batch_size % self.num_minibatches:
             raise TrainError(
                 f"is {self.num_minibatches}: it must divide the batch size ({self.batch_size})", "num_minibatches"
@@ -394,15 +398,15 @@ def _save_checkpoint(ctx: RunContext, models: PPOModels, optimizer, step: int, b
 
     if not ctx.main:
         return
-    target = ctx.checkpoints_dir / f"checkpoint-{step}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    models.policy.save_pretrained(tmp / "policy")
-    models.tokenizer.save_pretrained(tmp / "policy")
-    models.value.save_pretrained(tmp / "value")
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, tmp / "state.pt")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def write(folder: Path) -> None:
+        models.policy.save_pretrained(folder / "policy")
+        models.tokenizer.save_pretrained(folder / "policy")
+        models.value.save_pretrained(folder / "value")
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "beta": beta}, folder / "state.pt")
+
+    ctx.checkpoints_dir.mkdir(exist_ok=True)
+    replace_folder(ctx.checkpoints_dir / f"checkpoint-{step}", write)
     for old in checkpoints(ctx.checkpoints_dir)[:-2]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -25,11 +25,12 @@ class SFTConfig(LoraOptions, TrainConfig):
     summary = "SL-CAI supervised fine-tuning on the final revisions (TRL SFTTrainer)."
 
     constitution_version: str | None = field(
-        default=None, metadata={"help": "Store data only: traces of this constitution version."}
+        default=None, metadata={"help": "Store data only: traces of this constitution version.", "text": True}
     )
     max_round: int | None = field(default=None, metadata={"help": "Store data only: the revision of round N at most."})
     helpful_data: str | None = field(
-        default=None, metadata={"help": "A messages or prompt/completion file mixed in (helpfulness data)."}
+        default=None,
+        metadata={"help": "A messages or prompt/completion file mixed in (helpfulness data).", "path": True},
     )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
