@@ -41,13 +41,18 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Tests run on one pytest-xdist worker per core (WORKERS=0 runs them in this process, for a debugger);
+# tests/conftest.py keeps the tests that share a server on one worker (README, Tests).
+WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(WORKERS) --dist loadgroup
+
 # Every test, as CI runs it; --durations keeps the slowest in CI's log.
 test: setup browser lint
-	$(BIN)/python -m pytest -q -ra --durations=25
+	$(PYTEST) --durations=25
 
 # The edit loop: unit and AppTest tests only (no real default model, no vLLM engine, no Chromium).
 test-fast: setup lint
-	$(BIN)/python -m pytest -q -ra -m "not slow and not browser" --durations=10
+	$(PYTEST) -m "not slow and not browser" --durations=10
 
 bench: setup
 	$(BIN)/cai bench generate

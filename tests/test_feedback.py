@@ -408,6 +408,7 @@ def test_human_preferences_export_follows_the_majority(workspace):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm  # where vLLM is installed: it labels on the engine the vLLM tests started
 def test_real_default_model_on_the_first_100_hh_rlhf_pairs(default_model_path, workspace):
     from cai_core.agreement import dashboard
     from cai_core.pairs import read_hh_rlhf

@@ -20,7 +20,7 @@ from pathlib import Path
 from cai_core.auth import LOCAL_OPERATOR, LOGINS_FILE, Access, Actor, access_for, add_login, matches
 from cai_core.workspace import PROJECT_ROOT
 
-from .browser.harness import free_port
+from .browser.harness import SERVER_START_S, free_port
 
 LISTEN = "0A"
 
@@ -55,7 +55,7 @@ def cai_app(tmp_path, *args: str, env: dict | None = None):
     with open(log, "wb") as out:
         app = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SERVER_START_S
         while not healthy(port):
             assert app.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

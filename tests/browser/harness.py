@@ -27,6 +27,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
+# How long a server started for a test may take to answer: a quiet machine needs seconds, but `make test` runs
+# two workers on 2 cores beside the jobs they start, and a start-up once took over 60 s at load 23.
+SERVER_START_S = 180
 
 
 def free_port() -> int:
@@ -60,7 +63,7 @@ def running_app(data_dir: Path, constitutions_dir: Path, log_path: Path):
         server = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":

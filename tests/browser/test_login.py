@@ -21,7 +21,7 @@ from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import browser_page
-from .harness import free_port, wait_for_app
+from .harness import SERVER_START_S, free_port, wait_for_app
 from .seed import DOG_PROMPT, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -48,7 +48,7 @@ def exposed_app(chromium, tmp_path_factory):
         app = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
