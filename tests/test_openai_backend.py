@@ -9,7 +9,7 @@ import pytest
 
 from cai_core.backends.base import BackendError, SamplingParams
 from cai_core.backends.hf import HFBackend
-from cai_core.backends.openai_compat import OpenAICompatBackend
+from cai_core.backends.openai_compat import TOP_20, OpenAICompatBackend
 
 from .openai_server import dead_url, serve
 
@@ -100,7 +100,9 @@ def test_score_options_over_http_matches_the_local_model(local):
     options = [*likely, unlikely]
 
     with serve(local) as server:
-        remote = client(server.url).score_options(chats, options)
+        backend = client(server.url)
+        remote = backend.score_options(chats, options)
+    assert backend.scoring == TOP_20  # this server has no /tokenize, as OpenAI's and llama.cpp's chat APIs
     expected = local.score_options(chats, likely)
     for got, want in zip(remote, expected, strict=True):
         assert got[:-1] == pytest.approx(want, abs=1e-4)

@@ -5,13 +5,13 @@ Skipped where vLLM is not installed (`make setup` installs it on Linux x86-64)."
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
 
 from cai_core.backends import SamplingParams, load_backend
+from cai_core.backends.openai_compat import EXACT
 from cai_core.constitution import load_constitution
-from cai_core.feedback import ANSWER_INSTRUCTION, OPTIONS, Judge, choose_principle
+from cai_core.feedback import Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import require_shared_data
@@ -53,22 +53,30 @@ def test_generation_through_a_real_server_equals_the_local_engine(fleet, hf):
     assert [g.prompt_tokens for g in remote] == [g.prompt_tokens for g in local]
 
 
-def test_log_prob_judging_through_a_real_server_agrees_with_the_local_judge(fleet, hf):
-    """Where both letters are among the server's top 20 first tokens (all an OpenAI API gives), the log-probs
-    are the local engine's; where one is not, the backend says -inf (so P is 0 or 1 for that order) rather
-    than guess, and the local judge, which sees the whole distribution, differs there."""
+def test_option_scores_through_a_real_server_are_the_local_engines(fleet, hf):
+    """Exact, as in-process: single letters and a multi-token option, none of them read from a top-20 list."""
+    options = ["A", "B", " I cannot help with that"]
+    server = load_backend(f"openai:smol@{fleet[0]}")
+    remote, local = server.score_options(CHATS, options), hf.score_options(CHATS, options)
+    assert server.scoring == EXACT
+    for row_remote, row_local in zip(remote, local, strict=True):
+        assert row_remote == pytest.approx(row_local, abs=2e-3)
+
+
+def test_the_judges_p_a_through_a_real_server_agrees_on_50_hh_rlhf_pairs(fleet, hf):
+    """Read from the top 20 first tokens, 2 of 12 pairs came out at exactly 0 or 1 (a letter outside the list);
+    scored exactly, all 50 are within 0.02 of the local judge (transformers in fp32, which the in-process vLLM
+    engine matches within 0.02 in test_backend_vllm.py), over both servers of the fleet."""
     from cai_core.pairs import read_hh_rlhf
 
-    pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=12).pairs
+    pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=50).pairs
     constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
-    judge = Judge(hf, constitution)
-    chats = [c for p in pairs for c in judge.chats(p, choose_principle(constitution, 0, p.pair_id), ANSWER_INSTRUCTION)]
-    remote = load_backend(f"openai:smol@{fleet[0]}").score_options(chats, list(OPTIONS))
-    local = hf.score_options(chats, list(OPTIONS))
-    readable = [(r, lo) for r, lo in zip(remote, local, strict=True) if all(map(math.isfinite, r))]
-    assert len(readable) >= len(chats) * 2 // 3, f"only {len(readable)} of {len(chats)} had both letters in the top 20"
-    for r, lo in readable:
-        assert r == pytest.approx(lo, abs=2e-3)
+    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
+    remote = Judge(load_backend(f"openai:smol@{','.join(fleet)}"), constitution).label(items)
+    local = Judge(hf, constitution).label(items)
+    gaps = [abs(a.p_a - b.p_a) for a, b in zip(remote, local, strict=True)]
+    assert len(gaps) == 50 and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
+    assert all(0 < label.p_a < 1 for label in remote)
 
 
 def test_two_servers_serve_as_one_fleet(fleet):

@@ -6,10 +6,12 @@ a fleet of base URLs. A request that fails in a way another try may fix (connect
 retry rather than the job. Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter)
 and fails at once with the server's own message.
 
-Scoring uses the `logprobs` / `top_logprobs` extension of chat completions: the server reports the 20 most likely
-first tokens of the reply and each option is looked up among them by its text. Over HTTP therefore only options
-that are a single token are supported ("A"/"B", "Yes"/"No"): a multi-token option, or one outside the top 20,
-scores -inf. The local transformers backend (`hf.py`) has no such limit.
+Scoring is exact where the server is vLLM: the chat is tokenized by the server's own template (`POST /tokenize`),
+and one completions request per chat asks for the log-probability of exactly the option tokens that follow each
+context (`logprob_token_ids`), as the in-process vLLM engine does, so multi-token options and unlikely letters score
+what they are. Elsewhere (OpenAI, llama.cpp, Ollama: no /tokenize) it falls back to the `top_logprobs` extension
+of chat completions: the 20 most likely first tokens of the reply, each option looked up by its text; there only
+single-token options are supported ("A"/"B"), and an option outside the top 20 scores -inf. `scoring` says which.
 
 Standard library only, so that pointing the workbench at a server needs no extra install.
 """
@@ -20,6 +22,7 @@ import http.client
 import itertools
 import json
 import math
+import re
 import threading
 import time
 import urllib.error
@@ -32,6 +35,8 @@ from typing import Any
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
 
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
+CHAT = "/v1/chat/completions"
+EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)"
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -91,6 +96,7 @@ class OpenAICompatBackend:
         # One counter across calls, so that a stream of one-chat calls still spreads over the fleet.
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
+        self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
 
     # --- generation --------------------------------------------------------------------------
 
@@ -126,8 +132,62 @@ class OpenAICompatBackend:
     # --- scoring -----------------------------------------------------------------------------
 
     def score_options(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
-        """Log-probability of each option as the first token of the reply; -inf where the server's top 20
-        first tokens do not include it (always so for options longer than one token)."""
+        """Sum of log P(option tokens | chat + assistant prefix) for each chat and option: exact on vLLM, else
+        read from the top 20 first tokens (-inf where an option is not among them)."""
+        if self.scoring != TOP_20:
+            option_ids = self._tokenized_options(options)
+            if option_ids is not None:
+                self.scoring = EXACT
+                return self._score_exactly(chats, option_ids)
+            self.scoring = TOP_20
+        return self._score_from_top_tokens(chats, options)
+
+    def _tokenized_options(self, options: list[str]) -> list[list[int]] | None:
+        """Each option's token ids by the server's tokenizer, or None where the server is not vLLM: no /tokenize
+        (OpenAI), or one that speaks another dialect (llama.cpp's takes `content` and names no `max_model_len`)."""
+        bodies = [{"model": self.model, "prompt": o, "add_special_tokens": False} for o in options]
+        try:
+            probe = self._post_all(bodies[:1], route="/tokenize")  # one request finds out, not one per option
+        except BackendError as exc:
+            if re.search(r"HTTP 4(?!01|03)\d\d", str(exc)):
+                return None
+            raise
+        if not isinstance(probe[0][0], dict) or "max_model_len" not in probe[0][0]:
+            return None
+        ids = [_token_ids(data, url) for data, url, _ in probe + self._post_all(bodies[1:], route="/tokenize")]
+        if any(not i for i in ids):
+            raise BackendError("every option must encode to at least one token")
+        return ids
+
+    def _score_exactly(self, chats: list[Chat], option_ids: list[list[int]]) -> list[list[float]]:
+        """One request per chat: its prompt tokens plus each proper prefix of each option are the contexts (a
+        single-token option needs only the chat's own), and each context asks for the log-probabilities of the
+        option tokens that may follow it. The contexts share their start in the server's prefix cache."""
+        tokenize = [{"model": self.model, "messages": chat, "add_generation_prompt": True} for chat in chats]
+        prefixes = [_token_ids(data, url) for data, url, _ in self._post_all(tokenize, route="/tokenize")]
+        steps = [(ids[:k], token) for ids in option_ids for k, token in enumerate(ids)]
+        starts = list(dict.fromkeys(tuple(start) for start, _ in steps))
+        wanted = sorted({token for _, token in steps})
+        bodies = [
+            {
+                "model": self.model,
+                "prompt": [prefix + list(start) for start in starts],
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": len(wanted),
+                "logprob_token_ids": wanted,
+                "return_tokens_as_token_ids": True,
+            }
+            for prefix in prefixes
+        ]
+        scores = []
+        for data, url, _ in self._post_all(bodies, route="/v1/completions"):
+            after = _next_token_logprobs(data, url, len(starts))
+            logprob = {(start, token): after[i][token] for i, start in enumerate(starts) for token in wanted}
+            scores.append([sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids])
+        return scores
+
+    def _score_from_top_tokens(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         bodies = [
             {
                 "model": self.model,
@@ -153,7 +213,7 @@ class OpenAICompatBackend:
     # --- transport ---------------------------------------------------------------------------
 
     def _post_all(
-        self, bodies: list[dict], on_done: Callable[[int], object] | None = None
+        self, bodies: list[dict], on_done: Callable[[int], object] | None = None, route: str = CHAT
     ) -> list[tuple[dict, str, float]]:
         if not bodies:
             return []
@@ -161,7 +221,7 @@ class OpenAICompatBackend:
             starts = [next(self._turn) for _ in bodies]
 
         def post(body: dict, start: int) -> tuple[dict, str, float]:
-            answer = self._post(body, start)
+            answer = self._post(body, start, route)
             if on_done:
                 on_done(1)
             return answer
@@ -172,16 +232,16 @@ class OpenAICompatBackend:
             # map keeps input order and re-raises the first failure in that order.
             return list(pool.map(post, bodies, starts))
 
-    def _post(self, body: dict, start: int) -> tuple[dict, str, float]:
+    def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
-        payload, base, began = self._send(body, start)
+        payload, base, began = self._send(body, start, route)
         seconds = time.perf_counter() - began
         try:
             return json.loads(payload), base, seconds
         except ValueError:
             raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
 
-    def _send(self, body: dict, start: int, *, stream: bool = False) -> tuple[Any, str, float]:
+    def _send(self, body: dict, start: int, route: str = CHAT, *, stream: bool = False) -> tuple[Any, str, float]:
         """One request, with retries; returns the response's body (with `stream`: the open response, to read as
         it comes), the base URL that answered and when the answering try began (`time.perf_counter`)."""
         data = json.dumps(body).encode()
@@ -196,7 +256,7 @@ class OpenAICompatBackend:
             headers = {"Content-Type": "application/json", "Accept": accept}
             if base in self.api_keys:
                 headers["Authorization"] = f"Bearer {self.api_keys[base]}"
-            request = urllib.request.Request(f"{base}/chat/completions", data=data, headers=headers, method="POST")
+            request = urllib.request.Request(_url(base, route), data=data, headers=headers, method="POST")
             began = time.perf_counter()
             try:
                 response = _OPENER.open(request, timeout=self.timeout)
@@ -251,6 +311,33 @@ def _to_generation(data: dict, url: str, seconds: float) -> Generation:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         seconds=seconds,
     )
+
+
+def _url(base: str, route: str) -> str:
+    """The OpenAI API lives under the listed base URL (which names its /v1); vLLM serves /tokenize at the root."""
+    if route.startswith("/v1/"):
+        return base + route.removeprefix("/v1")
+    return base.removesuffix("/v1") + route
+
+
+def _token_ids(data: dict, url: str) -> list[int]:
+    tokens = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise BackendError(f"{url} answered /tokenize without token ids: {json.dumps(data)[:200]}")
+    return tokens
+
+
+def _next_token_logprobs(data: dict, url: str, prompts: int) -> list[dict[int, float]]:
+    """{token id: logprob} after each prompt of a completions request, from its `token_id:N` top log-probs."""
+    try:
+        choices = sorted(data["choices"], key=lambda c: c["index"])
+        tops = [c["logprobs"]["top_logprobs"][0] for c in choices]
+        after = [{int(k.removeprefix("token_id:")): float(v) for k, v in top.items()} for top in tops]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise BackendError(f"{url} answered without the asked log-probabilities: {json.dumps(data)[:300]}") from None
+    if len(after) != prompts:
+        raise BackendError(f"{url} answered {len(after)} completions for {prompts} prompts")
+    return after
 
 
 def _first_token_top_logprobs(data: dict) -> list[tuple[str, float]] | None:
