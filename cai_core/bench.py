@@ -21,9 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from . import jobs
 from .backends import SamplingParams, load_backend
@@ -32,6 +30,9 @@ from .constitution import load_constitution
 from .critique import GenerateConfig, choose_principle, critique_chat, revision_chat
 from .prompts import load_prompts
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -97,6 +98,8 @@ def matmul_flops_per_second(dtype: torch.dtype, max_size: int = 2048, budget_s: 
     """The CPU's matrix-product rate in DTYPE, for a roofline. The size doubles from 256 only while one product
     is quick, then products repeat for about BUDGET_S: a CPU without bf16 units multiplies bf16 at ~1 GFLOP/s
     (measured here), so the fixed 11 products of 2048 that fp32 does in 1 s took over 3 minutes in bf16."""
+    import torch  # here, not at the top: every `cai` command imports this module for its flags
+
     size = 256
     while True:
         a = torch.randn(size, size, dtype=dtype)
@@ -179,6 +182,8 @@ def bench_generate(
     pipeline_seconds, _ = run_pipeline(config, chosen, backend)
 
     # the roofline of the precision the model runs in: bf16 units are several times faster than fp32
+    import torch
+
     flops = matmul_flops_per_second(getattr(torch, backend.dtype)) if backend.dtype else 0.0
     roofline = flops / (2 * backend.parameters) if backend.parameters else None
     pipeline_rate = tokens / pipeline_seconds
