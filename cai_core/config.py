@@ -66,7 +66,8 @@ def browser_value(cls: type, name: str, value: str, workspace: Workspace, endpoi
     id of this data folder, `default` and `store` stand as typed. A field whose metadata does not say what it
     holds is refused (fail-closed): a path field nobody marked would otherwise reach the server unchecked.
     `ConfigError` naming the field otherwise."""
-    from .endpoints import EndpointError, browser_model_spec
+    from .browser_models import browser_model_spec
+    from .endpoints import EndpointError
     from .train.config import RUN_ID
     from .workspace import OutsideWorkspace
 

@@ -215,9 +215,9 @@ def test_try_it_streams_each_part_as_it_comes(tiny_model_path):
 
 
 def test_progress_moves_inside_a_batch_as_each_answer_comes(tiny_model_path, workspace, monkeypatch):
-    from cai_core import jobs
+    from cai_core import job_runner
 
-    monkeypatch.setattr(jobs, "TICK_SECONDS", 0.01)
+    monkeypatch.setattr(job_runner, "TICK_SECONDS", 0.01)
     backend = HFBackend(tiny_model_path, batch_size=1)  # the engine says "done" after each chat
     seen: list[int] = []
     cfg = config(tiny_model_path, limit=8, rounds=1, max_new_tokens=24, min_new_tokens=24)
