@@ -174,6 +174,18 @@ class LoraOptions:
         )
 
 
+def reward_model_field():
+    """The reward an RL trainer (PPO, GRPO, RLOO) optimises, declared once for all of them."""
+    return field(
+        default="",
+        metadata={
+            "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
+            "label": "Reward model",
+            "model": True,
+        },
+    )
+
+
 def device_count() -> tuple[int, str]:
     """How many processes this machine can give one device each: GPUs, else CPU cores."""
     import torch

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..workspace import Workspace
-from .config import LoraOptions, TrainConfig, TrainError
+from .config import LoraOptions, TrainConfig, TrainError, reward_model_field
 from .context import RunContext
 from .data import prompt_rows
 from .models import load_tokenizer, resolve_model, resolve_reward
@@ -25,14 +25,7 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=8, metadata={"help": "Answers per step and device (num_generations divides it)."})
-    reward_model: str = field(
-        default="",
-        metadata={
-            "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
-            "label": "Reward model",
-            "model": True,
-        },
-    )
+    reward_model: str = reward_model_field()
     num_generations: int = field(
         default=4, metadata={"help": "Answers sampled per prompt (the group).", "label": "Answers per prompt"}
     )

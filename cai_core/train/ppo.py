@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..workspace import Workspace, replace_folder
-from .config import LoraOptions, TrainConfig, TrainError
+from .config import LoraOptions, TrainConfig, TrainError, reward_model_field
 from .context import RunContext, save_final
 from .data import prompt_rows
 from .models import checkpoints
@@ -52,14 +52,7 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
     batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per step and process."})
-    reward_model: str = field(
-        default="",
-        metadata={
-            "help": "Reward: a train-rm run id, a sequence-classifier folder, or module:function (a callable).",
-            "label": "Reward model",
-            "model": True,
-        },
-    )
+    reward_model: str = reward_model_field()
     value_model: str | None = field(
         default=None,
         metadata={
