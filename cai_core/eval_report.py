@@ -12,6 +12,7 @@ import plotly.io as pio
 
 from .agreement import judge_model_verdict
 from .judge_verdict import Verdict
+from .reports import REPORT_TEMPLATE, render_report
 from .stats import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
 from .store import Store
 
@@ -237,54 +238,20 @@ def charts(summary: EvalSummary) -> dict[str, go.Figure]:
     return out
 
 
-REPORT_TEMPLATE = "plotly_white"
-"""The report's own chart template. Under Streamlit, plotly's default template is Streamlit's, whose colours are
-placeholders the app fills in: a report saved from the page would come out black without this."""
-
-
-def _settings_html(settings: dict[str, dict]) -> str:
-    rows = []
-    for run_id, config in settings.items():
-        for key, value in config.items():
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-            rows.append(
-                f"<tr><td>{html.escape(run_id)}</td><td>{html.escape(key)}</td><td>{html.escape(shown)}</td></tr>"
-            )
-    if not rows:
-        return ""
-    return "<h2>Settings</h2><table><tr><th>run</th><th>setting</th><th>value</th></tr>" + "".join(rows) + "</table>"
-
-
-def figure_html(figure: go.Figure) -> str:
-    """A chart as an HTML fragment of a report page, in the report's template; plotly.js comes with the page."""
-    figure.update_layout(template=REPORT_TEMPLATE)
-    return figure.to_html(full_html=False, include_plotlyjs=False)
-
-
-def table_html(title: str, frame: pd.DataFrame) -> str:
-    return f"<h2>{html.escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True)
-
-
-def report_page(title: str, body: str) -> str:
-    """A whole report: one HTML file with plotly.js inlined in its head, so that it opens offline. `body` is HTML
-    whose every piece of data is already escaped."""
-    from plotly.offline import get_plotlyjs
-
-    return (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2rem auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;vertical-align:top}pre{white-space:pre-wrap}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-
-
 def report_html(summary: EvalSummary) -> str:
     """One self-contained HTML file: the runs' settings, every chart, and the tables behind them. Works offline;
-    all text from the data is escaped."""
-    parts = [f"<p><b>Caveat</b>: {html.escape(caveat)}</p>" for caveat in summary.caveats()]
-    parts.append(_settings_html(summary.settings))
-    parts += [figure_html(figure) for figure in charts(summary).values()]
-    parts += [table_html(title, frame) for title, frame in summary.tables()]
-    runs = ", ".join(html.escape(r) for r in (summary.run_id, summary.rounds_run_id) if r)
-    return report_page("CAI evaluation report", f"<p>Runs: {runs}</p>{''.join(parts)}")
+    the template escapes all text from the data."""
+    settings = [
+        (run_id, key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        for run_id, config in summary.settings.items()
+        for key, value in config.items()
+    ]
+    return render_report(
+        "eval_report.html.j2",
+        "CAI evaluation report",
+        runs=[run for run in (summary.run_id, summary.rounds_run_id) if run],
+        caveats=summary.caveats(),
+        settings=settings,
+        charts=list(charts(summary).values()),
+        tables=summary.tables(),
+    )

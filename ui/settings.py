@@ -35,7 +35,7 @@ from cai_core.endpoints import Endpoint, EndpointError, endpoint_choices, load_e
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
-from .navigation import sidebar_navigation
+from .navigation import sidebar_navigation, tab_icon
 from .text import md_escape
 
 
@@ -84,7 +84,7 @@ def keep_setting(key: str) -> None:
 def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
-    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon="⚖️", layout="wide")
+    st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=tab_icon(title), layout="wide")
     actor = require_login()
     operator = actor is None or actor.is_operator
     sidebar_navigation()

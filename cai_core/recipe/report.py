@@ -62,40 +62,36 @@ def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -
     """The whole run as one HTML file that opens offline: the constitution and its version, the stages, what each
     iteration changed, the reward-hacking monitor's curves for every RL stage, and example answers before and
     after (SL-CAI's first answer and revision; the base model's answer and each arm's on the evaluation's
-    prompts). Every piece of user text (prompts, answers, names) is escaped: it is shown as text."""
-    import html
-
-    from ..eval_report import figure_html, report_page, table_html
+    prompts). The template escapes every piece of user text (prompts, answers, names): it is shown as text."""
+    from ..reports import render_report
     from ..train.monitor import alert_lines, monitor_charts, monitor_metrics
 
-    recipe, e = Recipe(config, ws), html.escape
+    recipe = Recipe(config, ws)
     stages = pd.DataFrame(stage_table(config, ws))
-    parts = [
-        f"<p>Recipe <b>{e(config.name)}</b> ({e(config.recipe_id)}): {config.iterations} iteration(s), RL by "
-        f"{e(config.rl)}, arms {e(', '.join(config.arms))}; policy {e(config.policy)}, judge {e(config.judge)}.</p>",
-        f"<h2>Constitution</h2><p>{e(config.constitution)}, version {e(_constitution_versions(recipe, store))}</p>",
-        table_html("Stages", stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]]),
-    ]
-    summary = iteration_summary(config, ws, store)
-    parts.append(
-        table_html("What each iteration changed (win rates against the base, 95% intervals)", summary)
-        if not summary.empty
-        else "<h2>What each iteration changed</h2><p>No iteration has been evaluated yet.</p>"
-    )
-    parts.append("<h2>Reward-hacking monitor</h2>")
-    rl_stages = [stage for stage in plan(config) if stage.step == "rl"]
-    for stage in rl_stages:
+    rl_stages = []
+    for stage in plan(config):
+        if stage.step != "rl":
+            continue
         job = recipe.stage_job(stage)
         metrics = monitor_metrics(job)
         rules = job.spec["config"].get("monitor_rules", "") if (job.path / "run.json").exists() else ""
-        figures = monitor_charts(metrics, rules)
-        parts.append(f"<h3>{e(stage.name)}</h3>")
-        parts += [f"<p><b>warning</b>: {e(line)}</p>" for line in alert_lines(metrics)]
-        parts += [figure_html(figure) for figure in figures.values()] or ["<p>No monitor signals logged.</p>"]
-    if not rl_stages:
-        parts.append("<p>An SFT-only recipe has no RL stage to watch.</p>")
-    parts.append(_examples_html(config, recipe, store, examples))
-    return report_page(f"CAI recipe report: {config.name}", "".join(parts))
+        rl_stages.append(
+            {
+                "name": stage.name,
+                "warnings": alert_lines(metrics),
+                "charts": list(monitor_charts(metrics, rules).values()),
+            }
+        )
+    return render_report(
+        "recipe_report.html.j2",
+        f"CAI recipe report: {config.name}",
+        config=config,
+        constitution_version=_constitution_versions(recipe, store),
+        stages=stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]],
+        summary=iteration_summary(config, ws, store),
+        rl_stages=rl_stages,
+        examples=_examples(config, recipe, store, examples),
+    )
 
 
 def _constitution_versions(recipe: Recipe, store) -> str:
@@ -111,16 +107,14 @@ def _constitution_versions(recipe: Recipe, store) -> str:
     return f"{load_constitution(recipe.config.constitution).version} (the file's; no SL-CAI stage has run yet)"
 
 
-def _examples_html(config: RecipeConfig, recipe: Recipe, store, n: int) -> str:
+def _examples(config: RecipeConfig, recipe: Recipe, store, n: int) -> list[tuple[str, pd.DataFrame]]:
     """A few prompts of the first SL-CAI stage with their first answer and final revision, and a few of the last
-    evaluation's prompts with every model's answer (no jailbreak wrapper)."""
-    from ..eval_report import table_html
-
-    parts = ["<h2>Examples: answers before and after</h2>"]
+    evaluation's prompts with every model's answer (no jailbreak wrapper), each titled."""
+    tables = []
     steps = store.final_steps(run_id=Stage(1, "cai", "generate", "").run_id(config.recipe_id))
     if not steps.empty:
-        parts.append(
-            table_html(
+        tables.append(
+            (
                 "SL-CAI, iteration 1: the first answer and the revision after critique",
                 steps[["prompt", "initial", "revision"]].head(n),
             )
@@ -135,8 +129,6 @@ def _examples_html(config: RecipeConfig, recipe: Recipe, store, n: int) -> str:
         # a few of each label: harmful prompts, where refusing is right, and benign ones, where it is not
         shown = pd.concat(group.head(n) for _, group in wide.reset_index().groupby("label"))
         shown.columns.name = None
-        parts.append(table_html(f"Iteration {i}'s evaluation: the base model and each arm on the same prompts", shown))
+        tables.append((f"Iteration {i}'s evaluation: the base model and each arm on the same prompts", shown))
         break
-    if len(parts) == 1:
-        parts.append("<p>No answers yet.</p>")
-    return "".join(parts)
+    return tables
