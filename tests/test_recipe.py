@@ -53,16 +53,16 @@ def test_the_plan_alternates_sl_and_rl_and_adds_the_arms():
 
 
 def test_bad_recipes_name_the_field(tmp_path):
-    with pytest.raises(RecipeError, match="iterations"):
-        RecipeConfig(iterations=0).check()
+    with pytest.raises(RecipeError, match="iterations: is 0: it must be at least 1"):
+        RecipeConfig(iterations=0)
     with pytest.raises(RecipeError, match="arms"):
-        RecipeConfig(arms=["sft-baseline"]).check()
+        RecipeConfig(arms=["sft-baseline"])
     path = tmp_path / "r.yaml"
     path.write_text("policy: default\nsteps: 3\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="unknown recipe field.*steps"):
         load_recipe(path)
     with pytest.raises(RecipeError, match="rl_config: unknown PPOConfig field.*kl_coeff"):
-        RecipeConfig(rl_config={"kl_coeff": 0.1}).check()
+        RecipeConfig(rl_config={"kl_coeff": 0.1})
 
 
 @pytest.mark.parametrize("name", ["cpu-demo.yaml", "gpu-7b.yaml"])
@@ -161,7 +161,7 @@ def test_the_cli_runs_a_recipe_file_and_reports_its_stages(tiny_model_path, work
     bad = tmp_path / "bad.yaml"
     bad.write_text("iterations: 0\n", encoding="utf-8")
     assert cai([*data, "recipe", "run", str(bad)]) == 2
-    assert "iterations is 0" in capsys.readouterr().err
+    assert "--iterations: is 0: it must be at least 1" in capsys.readouterr().err  # named as the flag typed
 
 
 def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, workspace, tmp_path, capsys, monkeypatch):

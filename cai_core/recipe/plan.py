@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..constitution import ConstitutionError, read_strict_yaml
+from ..config import CheckedConfig, ConfigError, load_config_file
 from ..jobs import JobFolder, run_id_for
 from ..workspace import PROJECT_ROOT, Workspace
 
@@ -16,12 +16,12 @@ ARMS = ("cai", "sft-baseline", "rlhf")
 RL_KINDS = ("ppo", "dpo", "grpo", "rloo")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe that cannot run as written; the message names the field."""
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(CheckedConfig):
     name: str = field(default="cai-recipe", metadata={"help": "What the recipe is called in lists and reports."})
     policy: str = field(
         default="default", metadata={"help": "The base model the first iteration starts from.", "model_spec": True}
@@ -36,7 +36,7 @@ class RecipeConfig:
     constitution: str = field(default="constitutions/hhh.yaml", metadata={"help": "The constitution YAML."})
     red_team_prompts: str = field(default="data/demo_prompts.jsonl", metadata={"help": "Harmful prompts."})
     helpful_prompts: str | None = field(default=None, metadata={"help": "Helpful prompts mixed in, if any."})
-    iterations: int = field(default=1, metadata={"help": "SL-CAI then RL-CAI, this many times."})
+    iterations: int = field(default=1, metadata={"help": "SL-CAI then RL-CAI, this many times.", "min": 1})
     stop_after: Literal["sft", "rl"] = field(default="rl", metadata={"help": "sft: an SL-CAI-only recipe."})
     rl: Literal["ppo", "dpo", "grpo", "rloo"] = field(default="ppo", metadata={"help": "The RL-CAI algorithm."})
     arms: list[str] = field(
@@ -52,8 +52,10 @@ class RecipeConfig:
     eval: dict = field(default_factory=dict, metadata={"help": "EvalConfig fields for every evaluation."})
 
     def check(self) -> None:
-        if self.iterations < 1:
-            raise RecipeError(f"iterations is {self.iterations}: it must be at least 1")
+        try:
+            super().check()
+        except ConfigError as exc:
+            raise RecipeError(exc.problem, exc.field) from None
         unknown = sorted(set(self.arms) - set(ARMS))
         if unknown or "cai" not in self.arms:
             raise RecipeError(f"arms {self.arms}: choose from {', '.join(ARMS)}, cai included")
@@ -96,22 +98,11 @@ PATH_FIELDS = ("constitution", "red_team_prompts", "helpful_prompts")
 def load_recipe(path: str | Path) -> RecipeConfig:
     """A recipe YAML file as a config; unknown fields are refused with their names. Relative paths in it are read
     from the project folder, as the shipped recipes are written, wherever the command runs."""
-    try:
-        # Read as a constitution is: a few lines of aliases expand into gigabytes wherever the value is shown.
-        data = read_strict_yaml(path, "recipe") or {}
-    except ConstitutionError as exc:
-        raise RecipeError(str(exc)) from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping of recipe fields")
-    known = {f.name for f in dataclasses.fields(RecipeConfig)}
-    if unknown := sorted(set(data) - known):
-        raise RecipeError(f"{path}: unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for name in PATH_FIELDS:
-        if data.get(name) and not Path(data[name]).is_absolute():
-            data[name] = str(PROJECT_ROOT / data[name])
-    recipe = RecipeConfig(**data)
-    recipe.check()
-    return recipe
+    recipe = load_config_file(RecipeConfig, path, "recipe", error=RecipeError)
+    relative = {name: getattr(recipe, name) for name in PATH_FIELDS if getattr(recipe, name)}
+    return dataclasses.replace(
+        recipe, **{name: str(PROJECT_ROOT / value) for name, value in relative.items() if not Path(value).is_absolute()}
+    )
 
 
 # --- the plan ------------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ def _run_stage(recipe: Recipe, stage: Stage, config) -> JobFolder:
 def _make_folder(config: RecipeConfig, ws: Workspace) -> JobFolder:
     """Create (or find) the recipe's folder, named by its own id (`recipe_id`), with the recipe as YAML beside its
     outputs and its prompts copied in."""
-    config.check()
     recipe = Recipe(config, ws)
     JobFolder.create(
         ws.runs_dir, config.recipe_id, {"kind": "recipe", "model": config.policy, "config": dataclasses.asdict(config)}
