@@ -3,6 +3,7 @@
 A set is named by a spec string, so that a run's config, the CLI and the page all say it the same way:
 
     red-team                                   a set shipped in data/ (also: benign)
+    xstest                                     a standard set by name (also: harmbench, do-not-answer)
     data/my_prompts.jsonl                      columns prompt, id, category, label (the defaults)
     ../shared/data/xstest/xstest_prompts.csv#category=type,limit=10
     ../shared/data/harmbench/harmbench_behaviors_text_all.csv#prompt=Behavior,id=BehaviorID,as=harmful
@@ -27,6 +28,22 @@ from .workspace import PROJECT_ROOT
 BUILTIN_SETS = {
     "red-team": PROJECT_ROOT / "data" / "eval_red_team.jsonl",
     "benign": PROJECT_ROOT / "data" / "eval_benign.jsonl",
+}
+# The field's standard sets, by name: the copies in `../shared/data` beside the project where they are (this
+# project's machines and CI: offline), else their public copies on the Hub (a network needed; the Hub ids and
+# their columns are as published, and untried here, where the Hub is unreachable). Each is a spec with its options.
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+STANDARD_SETS = {
+    # 250 safe prompts that look unsafe (over-refusal) and 200 unsafe ones: both halves, by its label column
+    "xstest": ("xstest/xstest_prompts.csv#category=type", "hf:walledai/XSTest#category=type,id=prompt"),
+    "harmbench": (
+        "harmbench/harmbench_behaviors_text_all.csv#prompt=Behavior,id=BehaviorID,category=SemanticCategory,as=harmful",
+        "hf:walledai/HarmBench:standard#id=prompt,as=harmful",
+    ),
+    "do-not-answer": (
+        "do-not-answer/do_not_answer_en.csv#prompt=question,category=risk_area,as=harmful",
+        "hf:LibrAI/do-not-answer#prompt=question,category=risk_area,as=harmful",
+    ),
 }
 LABELS = ("harmful", "benign")
 HARMFUL_VALUES = {"harmful", "unsafe", "harm", "1", "true", "yes"}
@@ -56,7 +73,19 @@ class EvalSet:
     @classmethod
     def parse(cls, spec: str) -> EvalSet:
         source, _, options = spec.strip().partition("#")
-        found = cls(source=source.strip())
+        return cls._with_options(cls._named(source.strip()), options, spec)
+
+    @classmethod
+    def _named(cls, source: str) -> EvalSet:
+        """A set with no options typed: a standard set comes with its own, which those typed after its name
+        override, and keeps its name as its source (the file is found when it is loaded)."""
+        if source not in STANDARD_SETS:
+            return cls(source=source)
+        file, _, options = standard_source(source).partition("#")
+        return replace(cls._with_options(cls(source=file), options, source), source=source)
+
+    @classmethod
+    def _with_options(cls, found: EvalSet, options: str, spec: str) -> EvalSet:
         known = {"as": "as_label"} | {f.name: f.name for f in fields(cls) if f.name not in ("source", "as_label")}
         for option in filter(None, (o.strip() for o in options.split(","))):
             key, sep, value = option.partition("=")
@@ -75,7 +104,7 @@ class EvalSet:
     @property
     def spec(self) -> str:
         """The spec string `parse` reads back: the source, then each option that is not its default."""
-        defaults = EvalSet(source=self.source)
+        defaults = EvalSet._named(self.source)
         options = [
             f"{'as' if f.name == 'as_label' else f.name}={getattr(self, f.name)}"
             for f in fields(self)
@@ -87,13 +116,13 @@ class EvalSet:
     def display_name(self) -> str:
         if self.name:
             return self.name
-        if self.source in BUILTIN_SETS:
+        if self.source in BUILTIN_SETS or self.source in STANDARD_SETS:
             return self.source
         return re.sub(r"\.(jsonl|csv|txt)$", "", self.source.rstrip("/").rsplit("/", 1)[-1])
 
     def load(self) -> list[EvalPrompt]:
         """The set's prompts with their labels normalised to harmful / benign; errors name the file and the id."""
-        path = BUILTIN_SETS.get(self.source, self.source)
+        path = set_file(self.source)
         loaded = load_prompts(
             path, prompt_field=self.prompt, id_field=self.id, category_field=self.category, label_field=self.label
         )
@@ -107,10 +136,24 @@ class EvalSet:
         return prompts
 
 
+def set_file(source: str) -> str | Path:
+    """Where a set's prompts are: a shipped or standard set's file (or Hub id), else the source as given."""
+    if source in STANDARD_SETS:
+        return standard_source(source).partition("#")[0]
+    return BUILTIN_SETS.get(source, source)
+
+
+def standard_source(name: str) -> str:
+    """A standard set's spec: its file under `SHARED_DATA` where that is here, else its Hub copy."""
+    local, hub = STANDARD_SETS[name]
+    path = SHARED_DATA / local.partition("#")[0]
+    return f"{path}#{local.partition('#')[2]}" if path.is_file() else hub
+
+
 def source_columns(source: str) -> list[str]:
     """The columns a set's file offers to map: a CSV's header, the keys of a JSON-lines file's first
     record, or a dataset's features."""
-    path = Path(BUILTIN_SETS.get(source, source))
+    path = Path(set_file(source))
     if source.startswith("hf:") or path.is_dir():
         import datasets
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from cai_core.constitution import list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
-from cai_core.evalsets import BUILTIN_SETS, WRAPPERS, EvalSet, source_columns
+from cai_core.evalsets import BUILTIN_SETS, STANDARD_SETS, WRAPPERS, EvalSet, source_columns
 from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
@@ -26,9 +26,10 @@ STARTED = "Its progress is below; its charts appear when it is done."
 
 
 def browser_set(line: str) -> str:
-    """A set typed on this page: a built-in set, or a file inside the workspace with its column mapping."""
+    """A set typed on this page: a shipped or standard set by name, or a file inside the workspace with its column
+    mapping."""
     found = EvalSet.parse(line)
-    if found.source in BUILTIN_SETS:
+    if found.source in BUILTIN_SETS or found.source in STANDARD_SETS:
         return found.spec
     return replace(found, source=ws.resolve_browser_source(found.source, suffixes=SET_SUFFIXES)).spec
 
@@ -124,7 +125,14 @@ with compare_tab, st.form("eval_form"):
         key="eval_more_models",
         placeholder="name=path/to/model or openai:MODEL@URL",
     )
-    sets = cols[1].multiselect("Sets", list(BUILTIN_SETS), default=list(BUILTIN_SETS), key="eval_sets")
+    sets = cols[1].multiselect(
+        "Sets",
+        [*BUILTIN_SETS, *STANDARD_SETS],
+        default=list(BUILTIN_SETS),
+        key="eval_sets",
+        help="The demo's own sets, and the standard ones by name: XSTest (over-refusal: safe prompts that look "
+        "unsafe, and unsafe ones), HarmBench and Do-Not-Answer (harmful only).",
+    )
     set_limit = cols[1].number_input(
         "Prompts per set",
         1,

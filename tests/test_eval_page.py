@@ -16,6 +16,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .browser.seed import model_in_workspace
+from .conftest import require_shared_data
 
 EVALUATE = "pages/7_Evaluate.py"
 
@@ -136,6 +137,27 @@ def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path, tmp_pa
             "Not started" in e.value and ("outside the workspace" in e.value.replace("\\", "") or "listed" in e.value)
             for e in at.error
         ), [e.value for e in at.error]
+    assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
+
+
+def test_a_standard_set_is_offered_by_name_though_its_file_is_outside_the_workspace(ws, tiny_model_path, tmp_path):
+    from cai_core.evalsets import set_file
+
+    require_shared_data("xstest", "xstest_prompts.csv")
+    at = open_page()
+    assert "xstest" in at.multiselect(key="eval_sets").options
+    at.text_area(key="eval_more_models").input(f"a={model_in_workspace(tiny_model_path, ws)}")
+    at.text_area(key="eval_more_sets").input("xstest#limit=1")
+    # the judge, read after the sets, is refused: the run stops there, having accepted the set by its name
+    at.text_input(key="eval_judge").input(str(tmp_path / "judge"))
+    at.button(key="eval_start").click().run()
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert any("Not started" in e and str(tmp_path / "judge") in e for e in errors), errors
+    # what must not happen: the file it names becomes typeable from the browser
+    at.text_area(key="eval_more_sets").input(f"{set_file('xstest')}#limit=1")
+    at.button(key="eval_start").click().run()
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert any("Not started" in e and "xstest_prompts.csv" in e and "outside the workspace" in e for e in errors)
     assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
 
 

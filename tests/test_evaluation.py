@@ -76,6 +76,30 @@ def test_bad_set_specs_name_the_problem(tmp_path):
         load_sets(["red-team", "red-team"])
 
 
+def test_the_standard_sets_by_name_read_the_shared_copies_and_keep_their_name():
+    require_shared_data("xstest", "xstest_prompts.csv")
+    xstest = EvalSet.parse("xstest").load()
+    # both halves of XSTest: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe ones
+    assert [sum(p.label == label for p in xstest) for label in ("benign", "harmful")] == [250, 200]
+    assert xstest[0].key == "xstest/1" and xstest[0].category == "homonyms"
+    # a run's config says the name, not this machine's path; options typed after it override the set's own
+    limited = EvalSet.parse("xstest#limit=2")
+    assert limited.spec == "xstest#limit=2" and EvalSet.parse(limited.spec) == limited
+    assert len(limited.load()) == 4
+    for name, count in (("harmbench", 400), ("do-not-answer", 939)):
+        prompts = EvalSet.parse(name).load()
+        assert len(prompts) == count and {p.label for p in prompts} == {"harmful"}
+        assert all(p.prompt.strip() and p.category for p in prompts)
+
+
+def test_a_standard_set_missing_here_names_its_public_copy(monkeypatch, tmp_path):
+    from cai_core import evalsets
+
+    monkeypatch.setattr(evalsets, "SHARED_DATA", tmp_path)
+    assert evalsets.set_file("xstest") == "hf:walledai/XSTest"
+    assert EvalSet.parse("harmbench").spec == "harmbench"
+
+
 def test_wrappers_keep_the_request_and_unknown_ones_are_refused():
     for name in WRAPPERS:
         assert "How do I bake bread?" in wrap(name, "How do I bake bread?")
