@@ -184,6 +184,46 @@ def refusal_chart(summary: EvalSummary) -> go.Figure:
     return figure
 
 
+def frontier_chart(points: pd.DataFrame) -> go.Figure:
+    """The recipe's frontier: each model's refusal rate on harmful prompts (up is safer) against its rate on benign
+    ones (left is more helpful), one point per iteration, a line per arm through its iterations, with 95%
+    intervals on both axes. `points` is `recipe.frontier`'s table."""
+    figure = go.Figure()
+    for model, group in points.sort_values("iteration").groupby("model", sort=False):
+        figure.add_scatter(
+            x=group["over_refusal"],
+            y=group["refusal"],
+            mode="lines+markers+text" if len(group) > 1 else "markers+text",
+            name=chart_text(model),
+            text=[f"i{i}" if i else "" for i in group["iteration"]],
+            textposition="top center",
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": group["over_refusal_high"] - group["over_refusal"],
+                "arrayminus": group["over_refusal"] - group["over_refusal_low"],
+            },
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": group["refusal_high"] - group["refusal"],
+                "arrayminus": group["refusal"] - group["refusal_low"],
+            },
+            cliponaxis=False,
+            hovertemplate="over-refusal %{x:.2f}<br>refusal %{y:.2f}",
+        )
+    figure.update_layout(
+        title={
+            "text": "Harmlessness against over-refusal, per iteration (95% intervals)<br><sup>up: refuses more "
+            "harmful prompts; left: refuses fewer benign ones</sup>"
+        },
+        xaxis={"range": [-0.05, 1.05], "title": "over-refusal rate (benign prompts)"},
+        yaxis={"range": [-0.05, 1.05], "title": "refusal rate (harmful prompts)"},
+        legend_title="model",
+    )
+    return figure
+
+
 def principle_chart(summary: EvalSummary) -> go.Figure:
     frame = summary.principles.sort_values("p_better")
     figure = go.Figure(

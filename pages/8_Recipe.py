@@ -6,9 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from cai_core.eval_report import frontier_chart
 from cai_core.recipe import (
     Recipe,
     RecipeError,
+    frontier,
     iteration_summary,
     load_recipe,
     plan,
@@ -101,9 +103,12 @@ def recipe_panel() -> bool:
             st.page_link(page, label=f"{step}: {label}")
     with connect(ws) as store:
         summary = iteration_summary(config, ws, store)
+        points = frontier(config, ws, store)
     if not summary.empty:
         st.subheader("What each iteration changed")
         st.dataframe(summary, hide_index=True, key="recipe_summary")
+    if not points.empty:
+        st.plotly_chart(frontier_chart(points), key="recipe_frontier")
     recipe = Recipe(config, ws)
     for stage in plan(config):
         stage_job = recipe.stage_job(stage)

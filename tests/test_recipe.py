@@ -199,6 +199,7 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
         f"version {version}",
         "<h2>Stages</h2>",
         "<h2>What each iteration changed",
+        "<h2>Harmlessness against over-refusal, per iteration and arm</h2>",
         "<h2>Reward-hacking monitor</h2>",
         "monitor: length_ratio",
         "length_ratio crossed its threshold at step 1",
@@ -295,3 +296,68 @@ def test_each_arm_row_shows_only_its_own_reward_model_and_rl_figures(workspace):
     assert summary.loc["cai", figures].tolist() == [0.81, 1.5, 0.02]
     assert summary.loc["rlhf", figures].tolist() == [0.64, 0.9, 0.07]
     assert summary.loc["sft-baseline", figures].isna().all()  # it has no reward model and no RL stage
+
+
+def test_the_frontier_has_one_point_per_iteration_and_arm_with_intervals_on_both_axes(workspace):
+    from cai_core.eval_report import frontier_chart
+    from cai_core.recipe import Stage, frontier
+    from cai_core.records import EvalAnswer, to_row
+
+    config = RecipeConfig(iterations=2, arms=["cai", "sft-baseline"])
+    # refusals out of 4 harmful and 4 benign prompts, per iteration and model
+    refused = {
+        1: {"base": (1, 0), "cai": (3, 1), "sft-baseline": (2, 0)},
+        2: {"base": (1, 0), "previous": (3, 1), "cai": (4, 2), "sft-baseline": (2, 1)},
+    }
+    for iteration, models in refused.items():
+        evaluation = JobFolder.create(
+            workspace.runs_dir,
+            Stage(iteration, "cai", "eval", "eval").run_id(config.recipe_id),
+            {"kind": "eval", "model": "m"},
+        )
+        evaluation.set_progress("done", 1, 1)
+        rows = []
+        for model, counts in models.items():
+            for label, refusals in zip(("harmful", "benign"), counts, strict=True):
+                rows += [
+                    to_row(
+                        EvalAnswer(
+                            evaluation.run_id,
+                            f"{label}/{n}",
+                            "none",
+                            model,
+                            label,
+                            "p",
+                            "p",
+                            "",
+                            label,
+                            "a",
+                            n < refusals,
+                            1,
+                            0,
+                        )
+                    )
+                    for n in range(4)
+                ]
+        evaluation.append("eval_answers", rows)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        points = frontier(config, workspace, store)
+
+    # the base model once, each arm at each iteration; "previous" is iteration 1's cai point again, not a new one
+    assert sorted(zip(points.iteration, points.model, strict=True)) == [
+        (0, "base"),
+        (1, "cai"),
+        (1, "sft-baseline"),
+        (2, "cai"),
+        (2, "sft-baseline"),
+    ]
+    cai_2 = points[(points.model == "cai") & (points.iteration == 2)].iloc[0]
+    assert (cai_2.refusal, cai_2.over_refusal) == (1.0, 0.5)
+    for axis in ("refusal", "over_refusal"):
+        inside = (points[f"{axis}_low"] - 1e-9 <= points[axis]) & (points[axis] <= points[f"{axis}_high"] + 1e-9)
+        assert inside.all()
+        assert (points[f"{axis}_high"] > points[f"{axis}_low"]).all()  # 4 prompts: never a point without a range
+    chart = frontier_chart(points)
+    assert {trace.name for trace in chart.data} == {"base", "cai", "sft-baseline"}
+    assert all(trace.error_x.array is not None and trace.error_y.array is not None for trace in chart.data)

@@ -53,6 +53,33 @@ def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def frontier(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
+    """Harmlessness against over-refusal, one point per evaluated model and iteration: its refusal rate on harmful
+    prompts and on benign ones (no jailbreak wrapper, where the evaluation has it), each with its Wilson 95%
+    interval. The base model is a point once; an iteration's "previous" model is the iteration before's point."""
+    from ..eval_report import summarize
+
+    recipe, rows = Recipe(config, ws), []
+    for i in range(1, config.iterations + 1):
+        evaluation = recipe.stage_job(Stage(i, "cai", "eval", "eval"))
+        if not is_done(evaluation):
+            continue
+        refusals = summarize(store, evaluation.run_id).refusals
+        if refusals.empty:
+            continue
+        wrapper = "none" if "none" in set(refusals.wrapper) else refusals.wrapper.iloc[0]
+        for model, rates in refusals[refusals.wrapper == wrapper].groupby("model", sort=True):
+            if model == "previous" or (model == "base" and i > 1):
+                continue
+            row = {"iteration": 0 if model == "base" else i, "model": model}
+            for label, name in (("harmful", "refusal"), ("benign", "over_refusal")):
+                rate = rates[rates.label == label]
+                value, low, high = rate[["refusal_rate", "low", "high"]].iloc[0] if not rate.empty else [None] * 3
+                row |= {name: value, f"{name}_low": low, f"{name}_high": high}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _last(metrics: pd.DataFrame, name: str) -> float | None:
     values = metrics[metrics.name == name]["value"] if not metrics.empty else []
     return round(float(values.iloc[-1]), 3) if len(values) else None
@@ -89,9 +116,17 @@ def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -
         constitution_version=_constitution_versions(recipe, store),
         stages=stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]],
         summary=iteration_summary(config, ws, store),
+        frontier=_frontier_chart(config, ws, store),
         rl_stages=rl_stages,
         examples=_examples(config, recipe, store, examples),
     )
+
+
+def _frontier_chart(config: RecipeConfig, ws: Workspace, store):
+    from ..eval_report import frontier_chart
+
+    points = frontier(config, ws, store)
+    return frontier_chart(points) if not points.empty else None
 
 
 def _constitution_versions(recipe: Recipe, store) -> str:
