@@ -21,6 +21,8 @@ from typing import BinaryIO, Literal
 import pandas as pd
 
 from .auth import require_operator
+from .label_gate import GateRule
+from .label_gate import gate as label_gate
 from .pairs import transcript_messages
 from .store import Store
 from .workspace import Workspace, replace_folder, write_file_atomically
@@ -41,9 +43,10 @@ def export_rows(
     run_id: str | None = None,
     min_confidence: float = 0.0,
     calibration: str | None = None,
+    gate: GateRule | None = None,
 ) -> pd.DataFrame:
     if kind == "preferences":
-        return preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration)
+        return preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate)
     steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
     if kind == "pairs":
         # a revision identical to the first answer teaches a preference model nothing
@@ -67,18 +70,25 @@ def export_rows(
 
 
 def preference_rows(
-    store: Store, *, run_id: str | None = None, min_confidence: float = 0.0, calibration: str | None = None
+    store: Store,
+    *,
+    run_id: str | None = None,
+    min_confidence: float = 0.0,
+    calibration: str | None = None,
+    gate: GateRule | None = None,
 ) -> pd.DataFrame:
     """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
     or from people's labels (`run_id="human"`: P(a better) is the share of a among a/b labels). A pair
     whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out. `calibration`: a
-    stored calibration's id (`cai calibrate`) to read the judge's labels through."""
+    stored calibration's id (`cai calibrate`) to read the judge's labels through. `gate`: weigh each principle's
+    labels by its audit against people (`label_gate`); people's own labels are never gated."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
     run_id = run_id or store.latest_label_run()
     if run_id is None:
         return pd.DataFrame(columns=["prompt", "chosen", "rejected", "soft_label", "confidence", "pair_id", "labels"])
-    rows = store.pair_preferences(run_id, min_confidence, calibration)
+    weights = label_gate(store, run_id, gate).weights if gate is not None and run_id != "human" else None
+    rows = store.pair_preferences(run_id, min_confidence, calibration, weights)
     a_wins = rows.p > 0.5
     return pd.DataFrame(
         {

@@ -329,16 +329,28 @@ class LabelQueries:
         return row[0] if row else None
 
     def pair_preferences(
-        self, run_id: str, min_confidence: float = 0.0, calibration_id: str | None = None
+        self,
+        run_id: str,
+        min_confidence: float = 0.0,
+        calibration_id: str | None = None,
+        principle_weights: dict[str, float] | None = None,
     ) -> pd.DataFrame:
         """Per pair: prompt, response_a, response_b and p, the probability that a is better, from a judge
         run's labels (mean over principles; read through a stored calibration when given) or, for run_id
         "human", the share of a among people's a/b labels. Pairs with p = 0.5 or confidence |2p - 1| below
-        `min_confidence` are left out."""
+        `min_confidence` are left out. `principle_weights` (the label gate's): p is the weighted mean over the
+        principles it names, and a pair whose principles all weigh 0 is left out."""
         if run_id == "human":
             labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p FROM human_labels WHERE choice IN ('a', 'b')
                         GROUP BY pair_id"""
             params = [min_confidence]
+        elif principle_weights is not None:
+            labels = f"""SELECT pair_id, sum(w.weight * l.p_a) / sum(w.weight) AS p
+                         FROM {ai_labels_table(calibration_id)} l
+                         JOIN (SELECT unnest(?::VARCHAR[]) AS principle_id, unnest(?::DOUBLE[]) AS weight) w
+                           USING (principle_id)
+                         WHERE l.run_id = ? AND l.p_a IS NOT NULL GROUP BY pair_id HAVING sum(w.weight) > 0"""
+            params = [list(principle_weights), list(principle_weights.values()), run_id, min_confidence]
         else:
             labels = f"""SELECT pair_id, avg(p_a) AS p FROM {ai_labels_table(calibration_id)}
                          WHERE run_id = ? AND p_a IS NOT NULL GROUP BY pair_id"""
