@@ -26,21 +26,31 @@ class ExportConfig:
     source_run: str | None = field(default=None, metadata={"help": "The run the rows come from."})
     min_confidence: float = field(default=0.0, metadata={"help": "Preferences only: keep |2 P - 1| at least this."})
     calibration: str | None = field(default=None, metadata={"help": "Preferences only: a calibration's id."})
+    gate: bool = field(
+        default=False,
+        metadata={
+            "help": "Preferences only: weigh each principle's AI labels by its agreement with people, by the data "
+            "folder's label gate rule (`cai gate`)."
+        },
+    )
     run_id: str | None = field(default=None, metadata={"help": "The export job's id; by default a hash."})
 
-    def filters(self) -> dict:
+    def filters(self, ws: Workspace) -> dict:
         """`exports.export_rows`' filters."""
+        from .label_gate import load_rule
+
         chosen = {"constitution_version": self.constitution_version, "max_round": self.max_round}
         return chosen | {
             "run_id": self.source_run,
             "min_confidence": self.min_confidence,
             "calibration": self.calibration,
+            "gate": load_rule(ws) if self.gate else None,
         }
 
 
-def matching_rows(store, config: ExportConfig) -> pd.DataFrame:
+def matching_rows(store, config: ExportConfig, ws: Workspace) -> pd.DataFrame:
     """The rows the export writes, or ValueError where none match."""
-    rows = export_rows(store, config.kind, **config.filters())
+    rows = export_rows(store, config.kind, **config.filters(ws))
     if rows.empty:
         raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
     return rows
@@ -53,7 +63,7 @@ def _plan(config: ExportConfig, ws: Workspace, store=None) -> Plan:
         with Store.open(ws) as opened:
             opened.ingest(ws.runs_dir)
             return _plan(config, ws, opened)
-    rows = matching_rows(store, config)
+    rows = matching_rows(store, config, ws)
     out = config.out or str(export_path(ws, config.kind, config.format))
     return Plan("", inputs={ROWS: rows.to_dict("records")}, config=replace(config, out=out))
 

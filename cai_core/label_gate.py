@@ -19,12 +19,16 @@ dropped principle has no say, and a pair labelled only under dropped principles 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-from .config import CheckedConfig, ConfigError
+from .config import CheckedConfig, ConfigError, load_config_file
 from .store import Store
+from .workspace import Workspace, write_file_atomically
+
+RULE_FILE = "label_gate.yaml"  # in the data folder: the one rule every export, reward model and DPO run reads
 
 DECISIONS = ("keep", "down-weight", "drop", "unjudged")
 
@@ -39,7 +43,7 @@ class GateRule(CheckedConfig):
         default=0.7,
         metadata={
             "help": "Keep a principle's labels at full weight when its agreement with people is at least this, by "
-            "the low end of its 95% interval; between chance and this they are down-weighted.",
+            "the low end of its Wilson interval; between chance and this they are down-weighted.",
             "min": 0.5,
         },
     )
@@ -54,6 +58,21 @@ class GateRule(CheckedConfig):
             raise ConfigError(f"is {self.keep_agreement}: it must be at most 1", "keep_agreement")
         if self.unjudged not in ("keep", "drop"):
             raise ConfigError(f"is {self.unjudged!r}: choose keep or drop", "unjudged")
+
+
+def load_rule(ws: Workspace) -> GateRule:
+    """The data folder's rule (`label_gate.yaml`), or the defaults where it has none."""
+    path = ws.root / RULE_FILE
+    return load_config_file(GateRule, path, "label gate rule") if path.exists() else GateRule()
+
+
+def save_rule(ws: Workspace, rule: GateRule) -> Path:
+    import dataclasses
+
+    import yaml
+
+    text = yaml.safe_dump(dataclasses.asdict(rule), sort_keys=False).encode()
+    return write_file_atomically(ws.root / RULE_FILE, lambda f: f.write(text))
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,25 @@ def test_a_bad_rule_names_its_field():
         GateRule(keep_agreement=0.3)
     with pytest.raises(ConfigError, match="unjudged"):
         GateRule(unjudged="maybe")
+
+
+def test_the_cli_prints_the_decisions_saves_the_rule_and_exports_through_it(workspace, known_judge, tmp_path, capsys):
+    from cai_core.cli import main as cai
+    from cai_core.exports import load_export
+    from cai_core.label_gate import load_rule
+
+    data = ["--data-dir", str(workspace.root)]
+    assert cai([*data, "gate", "--run-id", RUN]) == 0
+    printed = capsys.readouterr().out
+    assert f"label gate for {RUN}: 1 keep, 1 down-weight, 2 drop, 1 unjudged" in printed
+    assert cai([*data, "gate", "--run-id", RUN, "--unjudged", "drop", "--save"]) == 0
+    assert load_rule(workspace).unjudged == "drop" and "1 unjudged" in capsys.readouterr().out
+    out, everything = tmp_path / "gated.jsonl", tmp_path / "all.jsonl"
+    assert cai([*data, "export", "--kind", "preferences", "--run-id", RUN, "--gate", "--out", str(out)]) == 0
+    assert cai([*data, "export", "--kind", "preferences", "--run-id", RUN, "--out", str(everything)]) == 0
+    gated = set(load_export(str(out))["pair_id"])
+    # the saved rule drops the unjudged principle: its pairs, which nobody labelled, leave the gated export
+    assert gated and gated <= set(known_judge) and set(load_export(str(everything))["pair_id"]) - set(known_judge)
+    # what must not happen: a rule no run could use saved
+    assert cai([*data, "gate", "--keep-agreement", "2", "--save"]) == 2
+    assert load_rule(workspace).keep_agreement == 0.7

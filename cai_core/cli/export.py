@@ -14,13 +14,13 @@ from .jobs import launch
 
 def cmd_export(args, ws: Workspace) -> int:
     settings = {name: getattr(args, name) for name in ("kind", "format", "out", "constitution_version", "max_round")}
-    settings |= {"min_confidence": args.min_confidence, "calibration": args.calibration}
+    settings |= {"min_confidence": args.min_confidence, "calibration": args.calibration, "gate": args.gate}
     config = ExportConfig(**settings, source_run=args.run_id)
     if args.background:  # the rows are read here, where the database is, and written by the job's process
         return launch(prepare("export", config, ws), ws)
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
-        rows = matching_rows(store, config)
+        rows = matching_rows(store, config, ws)
     out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
@@ -39,5 +39,10 @@ def add_parsers(sub) -> None:
         "--min-confidence", type=float, default=0.0, help="Preferences only: keep pairs with |2 P - 1| at least this."
     )
     p.add_argument("--calibration", help="Preferences only: read the judge's labels through this `cai calibrate` id.")
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        help="Preferences only: weigh each principle's AI labels by its agreement with people (see `cai gate`).",
+    )
     p.add_argument("--background", action="store_true", help="Write it from a job, detached; return at once.")
     p.set_defaults(func=cmd_export)

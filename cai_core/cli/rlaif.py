@@ -1,13 +1,17 @@
 """RLAIF from the command line: `cai pairs sample|sl-cai|import`, `cai label`, `cai import-labels`, `cai agreement`,
-`cai calibrate`."""
+`cai calibrate`, `cai gate`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..auth import current_actor
 from ..backends import MODEL_SPEC_HELP
+from ..label_gate import GateRule
 from ..pairs import LABEL_FORMATS
 from ..store import Store
 from ..workspace import Workspace
+from .flags import add_dataclass_arguments, config_from_args
 from .jobs import add_job_parser, launch, start_job
 
 
@@ -159,6 +163,30 @@ def cmd_agreement(args, ws: Workspace) -> int:
     return 0
 
 
+def cmd_gate(args, ws: Workspace) -> int:
+    import pandas as pd
+
+    from ..label_gate import gate, load_rule, save_rule
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(GateRule) if hasattr(args, f.name)}
+    if args.config:
+        rule = config_from_args(GateRule, args, "label gate rule")
+    else:
+        rule = dataclasses.replace(load_rule(ws), **given)
+    if args.save:
+        print(f"saved the rule to {save_rule(ws, rule)}: exports, reward models and DPO runs that gate read it")
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        run_id = args.run_id or store.latest_label_run()
+        if run_id is None:
+            raise ValueError("no label run: run `cai label` first")
+        decided = gate(store, run_id, rule)
+    print(f"label gate for {run_id}: {decided.summary()}")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 90, "display.float_format", "{:.3f}".format):
+        print(decided.table[["principle_id", "decision", "weight", "reason"]].to_string(index=False))
+    return 0
+
+
 def add_parsers(sub) -> None:
     pairs = sub.add_parser("pairs", help="Make response pairs to compare: sample K answers, SL-CAI, or a file.")
     pairs_sub = pairs.add_subparsers(dest="action", required=True)
@@ -186,6 +214,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--annotator", help="labels: the annotator of every line, when the file has no column.")
     p.add_argument("--skip-bad-lines", action="store_true", help="Skip bad lines instead of stopping.")
     p.set_defaults(func=cmd_import_labels)
+
+    p = sub.add_parser(
+        "gate",
+        help="Which principles' AI labels training keeps, down-weights or drops, by their agreement with people.",
+    )
+    p.add_argument("--run-id", help="The label run (the latest by default).")
+    # flags not given keep the data folder's rule (or the --config file's)
+    add_dataclass_arguments(p, GateRule, config_file=True)
+    p.add_argument("--save", action="store_true", help="Make these settings the data folder's rule.")
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("agreement", help="Print AI-versus-human agreement, kappa, alpha, position bias, ECE.")
     p.add_argument("--by", choices=("run", "model", "version", "principle"), default="run")
