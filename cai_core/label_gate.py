@@ -67,10 +67,14 @@ def load_rule(ws: Workspace) -> GateRule:
 
 
 def save_rule(ws: Workspace, rule: GateRule) -> Path:
+    """Make `rule` the data folder's (operators only: it changes what every later training run reads)."""
     import dataclasses
 
     import yaml
 
+    from .auth import require_operator
+
+    require_operator("change the label gate")
     text = yaml.safe_dump(dataclasses.asdict(rule), sort_keys=False).encode()
     return write_file_atomically(ws.root / RULE_FILE, lambda f: f.write(text))
 

@@ -10,6 +10,7 @@ job folder and the run goes on in its own process (`cai resume RUN`, as `cai lab
 with the shared job controls of the Generate and Train pages.
 """
 
+import dataclasses
 import time
 
 import plotly.express as px
@@ -23,6 +24,7 @@ from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.judge_audit import CalibrateConfig, queue_tightening
 from cai_core.judge_calibration import CALIBRATION_STAGES
+from cai_core.label_gate import GateRule, gate, load_rule, save_rule
 from ui.agreement import agreement_bars, pick_many, shown, table
 from ui.job_controls import ACTIVE, job_cards, launch_job, start_from_form, starter
 from ui.settings import connect, follow_context, setup
@@ -217,6 +219,8 @@ with connect(ws) as store:
         st.stop()
     queue_run = run_ids[0] if len(run_ids) == 1 else latest
     tightening = queue_tightening(store, queue_run)
+    gate_rule = load_rule(ws)
+    gated = gate(store, queue_run, gate_rule)
 
 selected, overall = board.by_run, board.overall
 
@@ -324,6 +328,39 @@ if board.principle_audit.empty:
     st.caption("No per-principle labels to audit.")
 else:
     table(board.principle_audit, key="principle_audit")
+
+st.subheader("Label gate: what reaches training")
+st.caption(
+    f"Run {queue_run}: each principle's AI labels are kept, down-weighted (by 2a - 1 for agreement a) or dropped by "
+    "its agreement with people, and a principle with too few human labels is marked unjudged. Exports, reward "
+    "models and DPO runs that gate read this rule (`cai gate` prints the same)."
+)
+st.write(md_escape(f"{gated.summary()}."))
+table(gated.table[["principle_id", "decision", "weight", "reason"]], key="label_gate")
+with st.form("gate_rule"):
+    cols = st.columns(3)
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(GateRule)}
+    min_human_labels = cols[0].number_input(
+        "Human labels needed",
+        1,
+        None,
+        gate_rule.min_human_labels,
+        key="gate_min_labels",
+        help=fields["min_human_labels"],
+    )
+    keep_agreement = cols[1].number_input(
+        "Keep at agreement", 0.5, 1.0, gate_rule.keep_agreement, 0.05, key="gate_keep", help=fields["keep_agreement"]
+    )
+    unjudged = cols[2].selectbox(
+        "Unjudged principles",
+        ("keep", "drop"),
+        ("keep", "drop").index(gate_rule.unjudged),
+        key="gate_unjudged",
+        help=fields["unjudged"],
+    )
+    if st.form_submit_button("Save the rule", key="gate_save", disabled=settings.read_only):
+        save_rule(ws, GateRule(int(min_human_labels), float(keep_agreement), unjudged))
+        st.rerun()
 
 st.subheader("Disagreement-first annotation")
 if tightening.empty:

@@ -265,6 +265,22 @@ def test_agreement_page_shows_the_library_figures(ws):
     assert list(signals["signal"]) == [s.name for s in board.verdict.signals]
 
 
+def test_the_agreement_page_shows_the_label_gate_and_saves_its_rule(ws):
+    from cai_core.label_gate import gate, load_rule
+
+    at = open_page(AGREEMENT)
+    folders = sorted(ws.runs_dir.iterdir())
+    with Store.open(ws) as store:
+        expected = gate(store, "run-1").table
+    [shown_gate] = [d.value for d in at.dataframe if "decision" in d.value.columns]
+    assert list(shown_gate.decision) == list(expected.decision) and list(shown_gate.reason) == list(expected.reason)
+    at.selectbox(key="gate_unjudged").set_value("drop")
+    at.button(key="gate_save").click().run()
+    assert not at.exception and load_rule(ws).unjudged == "drop"
+    # what must not happen: saving the rule starts a job or labels anything
+    assert sorted(ws.runs_dir.iterdir()) == folders
+
+
 def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):
     """A second run by another judge under another constitution version and two principles; the page's
     filters select across both runs, and the figures are the library's for the same filters."""
