@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+import pandas as pd
 import pytest
 
 from cai_core.config import ConfigError
@@ -103,3 +104,27 @@ def test_the_cli_prints_the_decisions_saves_the_rule_and_exports_through_it(work
     # what must not happen: a rule no run could use saved
     assert cai([*data, "gate", "--keep-agreement", "2", "--save"]) == 2
     assert load_rule(workspace).keep_agreement == 0.7
+
+
+def test_a_reward_model_and_dpo_run_read_the_gated_labels_and_keep_the_decisions(
+    workspace, known_judge, tiny_model_path
+):
+    from cai_core.train import prepare_train_job
+    from cai_core.train.dpo import DPOConfig
+    from cai_core.train.reward import RewardConfig
+
+    def snapshot(config) -> tuple[set, list[str]]:
+        job = prepare_train_job(config, workspace)
+        train = pd.read_json(job.path / "data-train.jsonl", lines=True)
+        decisions = job.path / "data-label_gate.jsonl"
+        recorded = list(pd.read_json(decisions, lines=True).decision) if decisions.exists() else []
+        return {turns[0]["content"] for turns in train.chosen}, recorded
+
+    common = {"model": tiny_model_path, "labels": RUN}
+    gated, decisions = snapshot(DPOConfig(**common))
+    ungated, none = snapshot(DPOConfig(**common, gate=False))
+    assert sorted(decisions) == ["down-weight", "drop", "drop", "keep", "unjudged"] and none == []
+    # the chosen answers differ where the dropped principles had outvoted the honest one
+    assert gated != ungated
+    _, rm_decisions = snapshot(RewardConfig(**common, eval_fraction=0.0))
+    assert rm_decisions == decisions

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..label_gate import load_rule
 from ..workspace import Workspace
 from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext
@@ -30,6 +31,14 @@ class PreferenceData:
     min_confidence: float = field(
         default=0.0, metadata={"help": "Store data only: keep pairs with |2P-1| >= this.", "label": "Min confidence"}
     )
+    gate: bool = field(
+        default=True,
+        metadata={
+            "help": "Store AI labels only: weigh each principle's labels by its agreement with people, by the data "
+            "folder's label gate rule (`cai gate`); the run keeps the decisions beside its data.",
+            "label": "Gate the labels by reliability",
+        },
+    )
 
     def preference_rows(self, ws: Workspace, dataset: str) -> pd.DataFrame:
         if dataset != "store":
@@ -38,7 +47,8 @@ class PreferenceData:
         if self.labels == "sl-cai":
             rows = store_rows(ws, "pairs")
         else:
-            rows = store_rows(ws, "preferences", run_id=self.labels, min_confidence=self.min_confidence)
+            rule = load_rule(ws) if self.gate else None
+            rows = store_rows(ws, "preferences", run_id=self.labels, min_confidence=self.min_confidence, gate=rule)
         if rows.empty:
             raise TrainError(
                 "no labelled pairs in the store: make pairs and label them first, or use the SL-CAI revision "
@@ -46,6 +56,19 @@ class PreferenceData:
                 "labels",
             )
         return rows
+
+    def gate_record(self, ws: Workspace, dataset: str) -> dict[str, pd.DataFrame]:
+        """The gate's decision per principle, kept with the run's data (`data-label_gate.jsonl`), where the labels
+        were gated: which principles were kept, down-weighted, dropped or unjudged, and why."""
+        if dataset != "store" or not self.gate or self.labels in ("sl-cai", "human"):
+            return {}
+        from ..label_gate import gate
+        from ..store import Store
+
+        with Store.open(ws) as store:
+            run_id = self.labels or store.latest_label_run()
+            decided = gate(store, run_id, load_rule(ws)) if run_id else None
+        return {"label_gate": decided.table} if decided is not None and not decided.table.empty else {}
 
 
 @dataclass
@@ -61,7 +84,10 @@ class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         rows = self.preference_rows(ws, self.dataset)
-        return {"train": rows[["prompt", "chosen", "rejected"]].reset_index(drop=True)}
+        return {
+            "train": rows[["prompt", "chosen", "rejected"]].reset_index(drop=True),
+            **self.gate_record(ws, self.dataset),
+        }
 
 
 def train(ctx: RunContext) -> None:

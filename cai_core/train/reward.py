@@ -80,13 +80,15 @@ class RewardConfig(LoraOptions, PreferenceData, TrainConfig):
             human = store_rows(ws, "preferences", run_id="human")
         if human.empty or "pair_id" not in rows.columns:
             train, held_out = self.split(rows)
-            return {"train": train[columns], **({"eval_heldout": held_out[COLUMNS]} if len(held_out) else {})}
+            held = {"eval_heldout": held_out[COLUMNS]} if len(held_out) else {}
+            return {"train": train[columns], **held, **self.gate_record(ws, self.dataset)}
         train = rows[~rows.pair_id.isin(set(human.pair_id))]
         if train.empty:
             # every pair also has a person's label (an hh-rlhf import labelled by the judge): hold some out
             train, held_out = self.split(rows)
             human = human[human.pair_id.isin(set(held_out.pair_id))]
-        return {"train": train[columns], **({"eval_human": human[COLUMNS]} if len(human) else {})}
+        held = {"eval_human": human[COLUMNS]} if len(human) else {}
+        return {"train": train[columns], **held, **self.gate_record(ws, self.dataset)}
 
     def split(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(train, held out): `eval_fraction` of the rows, seeded, with at least one pair left to train on."""
