@@ -31,8 +31,14 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     )
     max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer.", "label": "Max answer tokens"})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    # TRL's GRPO defaults to 0 (no KL); the objective here is max E[R] - β·KL to the start model, as in PPO and RLOO,
+    # so β is stated: 0.04, the value GRPO was published with (DeepSeekMath)
     beta: float = field(
-        default=0.0, metadata={"help": "KL coefficient against the reference (0: no reference).", "label": "KL β"}
+        default=0.04,
+        metadata={
+            "help": "KL coefficient against the start model (0: no KL term, no reference model).",
+            "label": "KL β",
+        },
     )
 
     def check(self) -> None:
@@ -99,7 +105,13 @@ def train(ctx: RunContext) -> None:
         processing_class=tokenizer,
         peft_config=c.peft_config("CAUSAL_LM"),
     )
-    run_trainer(ctx, trainer, tokenizer)
+    run_trainer(
+        ctx, trainer, tokenizer, evaluate=(lambda: f"model in {ctx.final_dir}; {NO_KL_NOTE}") if c.beta == 0 else None
+    )
+
+
+# what a finished run with β = 0 says on its card, as the objective it optimised differs from the seed's
+NO_KL_NOTE = "no KL term (β = 0): the reward was optimised with nothing pulling the policy to its start model"
 
 
 CONFIGS = (GRPOConfig, RLOOConfig)
