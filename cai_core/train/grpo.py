@@ -14,11 +14,12 @@ from .context import RunContext
 from .data import prompt_rows
 from .models import load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, trl_monitor
+from .rollouts import RolloutOptions
 from .trainer import run_trainer, trainer_arguments
 
 
 @dataclass
-class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
+class GRPOConfig(RolloutOptions, MonitorOptions, LoraOptions, TrainConfig):
     kind = "grpo"
     summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
     starts_from_sft = needs_reward_model = True
@@ -44,6 +45,7 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     def check(self) -> None:
         super().check()
         self.check_monitor()
+        self.check_rollouts()
         if self.monitor_every % self.logging_steps:
             # the monitor reads the reward and KL the trainer logs, so it judges only on a logged step
             raise TrainError(
@@ -87,8 +89,12 @@ def train(ctx: RunContext) -> None:
     held_out = [p[-1]["content"] for p in held_out["prompt"]] if held_out is not None and len(held_out) else []
     monitor = c.build_monitor(held_out, ctx.ws) if ctx.main else None
     monitor_answers, monitor_callback = trl_monitor(ctx, monitor, tokenizer, c.max_new_tokens)
+    engine = c.rollouts_on()
+    if ctx.main:
+        ctx.job.append("rollouts", [{"engine": engine, "rollout_engine": c.rollout_engine}])
     args = TRLConfig(
         **trainer_arguments(ctx),
+        **trl_vllm_arguments(engine),
         num_generations=c.num_generations,
         max_completion_length=c.max_new_tokens,
         temperature=c.temperature,
@@ -108,6 +114,14 @@ def train(ctx: RunContext) -> None:
     run_trainer(
         ctx, trainer, tokenizer, evaluate=(lambda: f"model in {ctx.final_dir}; {NO_KL_NOTE}") if c.beta == 0 else None
     )
+
+
+def trl_vllm_arguments(engine: str) -> dict:
+    """TRL's own vLLM mode for GRPO and RLOO: colocate, an engine inside each training process that TRL hands the
+    new weights after each update (one GPU, or several with one engine per process)."""
+    if engine != "vllm":
+        return {"use_vllm": False}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
 
 
 # what a finished run with β = 0 says on its card, as the objective it optimised differs from the seed's
