@@ -14,7 +14,7 @@ from .context import RunContext
 from .data import prompt_rows
 from .models import load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, trl_monitor
-from .rollouts import RolloutOptions
+from .rollouts import RolloutOptions, record_rollout_engine
 from .trainer import run_trainer, trainer_arguments
 
 
@@ -89,12 +89,9 @@ def train(ctx: RunContext) -> None:
     held_out = [p[-1]["content"] for p in held_out["prompt"]] if held_out is not None and len(held_out) else []
     monitor = c.build_monitor(held_out, ctx.ws) if ctx.main else None
     monitor_answers, monitor_callback = trl_monitor(ctx, monitor, tokenizer, c.max_new_tokens)
-    engine = c.rollouts_on()
-    if ctx.main:
-        ctx.job.append("rollouts", [{"engine": engine, "rollout_engine": c.rollout_engine}])
     args = TRLConfig(
         **trainer_arguments(ctx),
-        **trl_vllm_arguments(engine),
+        **trl_vllm_arguments(record_rollout_engine(ctx)),
         num_generations=c.num_generations,
         max_completion_length=c.max_new_tokens,
         temperature=c.temperature,

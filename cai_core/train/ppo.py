@@ -43,7 +43,7 @@ from .ppo_math import (
     sum_over_ranks,
 )
 from .ppo_models import PPOModels, forward_policy, forward_value, reward_scores
-from .rollouts import RolloutOptions, VLLMRollouts
+from .rollouts import RolloutOptions, VLLMRollouts, record_rollout_engine
 
 
 @dataclass
@@ -333,7 +333,9 @@ def _ppo_step(
             torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             optimizer.step()
     if rollouts:
+        begun = time.perf_counter()
         rollouts.sync(models.policy)
+        rollout_seconds += time.perf_counter() - begun  # the hand-over is part of what the engine costs
 
     kl_sum = sum_over_ranks(sequence_kl(old_logprobs, ref_logprobs, answer_mask).sum()).item()
     mean_kl = kl_sum / (len(prompts) * world)
@@ -383,14 +385,11 @@ def sample_answers(c: PPOConfig, models: PPOModels, enc, eos: int, rollouts: VLL
 
 
 def _start_rollouts(ctx: RunContext, c: PPOConfig, models: PPOModels) -> VLLMRollouts | None:
-    """The run's rollout engine (None: the policy's generate), recorded in the run at every start, since a
-    resumed run may pick another; the engine starts with the policy's current weights (a checkpoint's, LoRA's)."""
+    """The run's rollout engine (None: the policy's generate); the engine starts with the policy's current weights
+    (a checkpoint's, LoRA's)."""
     from .models import resolve_model
 
-    engine = c.rollouts_on()
-    if ctx.main:
-        ctx.job.append("rollouts", [{"engine": engine, "rollout_engine": c.rollout_engine}])
-    if engine == "hf":
+    if record_rollout_engine(ctx) == "hf":
         return None
     import torch
 

@@ -57,6 +57,15 @@ class RolloutOptions:
         return "vllm" if torch.cuda.is_available() and not vllm_missing() else "hf"
 
 
+def record_rollout_engine(ctx) -> str:
+    """The engine this start of the run samples on, appended to the run's `rollouts` records (a resumed run may
+    sample on another)."""
+    engine = ctx.config.rollouts_on()
+    if ctx.main:
+        ctx.job.append("rollouts", [{"engine": engine, "rollout_engine": ctx.config.rollout_engine}])
+    return engine
+
+
 class VLLMRollouts:
     """An in-process vLLM engine that samples token ids from chat-formatted prompt ids."""
 
@@ -78,7 +87,6 @@ class VLLMRollouts:
             vllm.SamplingParams(
                 temperature=0.0 if greedy else temperature,
                 top_p=1.0,
-                top_k=-1 if not greedy else 1,
                 seed=None if greedy else seed + i,
                 max_tokens=max_new_tokens,
                 stop_token_ids=[eos],
