@@ -6,9 +6,9 @@ policy being trained and not from the checkpoint it loaded. With LoRA the adapte
 unmerged after: the engine holds full weights (vLLM's per-request adapters would need the adapter saved to disk
 after every step).
 
-`auto` picks vLLM on a GPU where it is installed and transformers on a CPU: measured here
-(benchmarks/bench_train.py, README "Training"), RL rollouts are short, few and always new (no shared prefix for
-vLLM's cache to reuse), so the engine's gains on a CPU do not pay for its weight hand-over and start-up.
+`auto` picks vLLM on a GPU where it is installed and transformers on a CPU: measured on a 2-core CPU
+(`benchmarks/bench_train.py --rollouts`, README "RL rollouts: hf against vLLM"), a run of a few steps is slower
+on vLLM (its start-up), PPO's steps are no faster on it, and only GRPO's grouped rollouts gain per step.
 """
 
 from __future__ import annotations
