@@ -37,6 +37,7 @@ def greedy(policy, prompts, eos, new_tokens=12):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @needs_vllm
 def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vllm_tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,6 +67,7 @@ def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vll
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @needs_vllm
 @pytest.mark.parametrize("config_type", [PPOConfig, GRPOConfig])
 def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspace, tmp_path, config_type, monkeypatch):
