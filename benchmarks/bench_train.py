@@ -1,6 +1,15 @@
-"""PPO episodes/s on a fixed tiny configuration, with the reward gain, and SFT tokens/s, in 1 and 2 processes.
+"""PPO episodes/s on a fixed tiny configuration, with the reward gain, and SFT tokens/s, in 1 and 2 processes;
+or, with `--rollouts`, PPO and GRPO with their rollouts sampled by transformers against vLLM.
 
     python benchmarks/bench_train.py [--model default] [--threads 1] [--nproc 1 2] [--trl-python PATH]
+    python benchmarks/bench_train.py --rollouts [--model default] [--steps 4]
+
+`--rollouts`: PPO and GRPO, each on rollout engine hf then vllm, same config and seed, one process, in one run.
+For each: episodes/s over the whole run (vLLM's engine start-up included) and over the steps after the first
+(from the times the steps were logged), the share of a step spent sampling rollouts (PPO logs it; for GRPO
+TRL's `_generate` is timed here, which includes handing vLLM the new weights), and the load average (1 min)
+before and after, since figures on a shared machine move with it. `--model tiny` builds a tiny model with one
+64-wide head (vLLM's CPU attention refuses narrower ones).
 
 Fixed configuration: the tests' tiny Llama (2 layers, 64 wide), 16 prompts, PPO with 16 rollouts of 8
 tokens per step, 2 epochs, 30 steps, the reward being the share of answer tokens among half the
@@ -37,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cai_core.train import train  # noqa: E402
+from cai_core.train.grpo import GRPOConfig  # noqa: E402
 from cai_core.train.models import resolve_model  # noqa: E402
 from cai_core.train.ppo import PPOConfig  # noqa: E402
 from cai_core.train.sft import SFTConfig  # noqa: E402
@@ -50,6 +60,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     parser.add_argument("--trl-python", help="a Python with TRL 1.12, to run its PPOTrainer beside ours")
+    parser.add_argument("--rollouts", action="store_true", help="PPO and GRPO with rollouts on hf against vllm")
+    parser.add_argument("--steps", type=int, default=4, help="steps of each --rollouts run")
     args = parser.parse_args()
     import torch
 
@@ -57,6 +69,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ws = Workspace(tmp / "data")
+    if args.rollouts:
+        bench_rollouts(args.model, args.steps, tmp, ws)
+        return
     # a folder, which TRL's side can load too (and the default model is not converted again)
     model = (
         str(build_tiny_model(tmp / "tiny")) if args.model == "tiny" else resolve_model(args.model, Workspace.from_env())
@@ -188,6 +203,78 @@ def main() -> None:
             indent=1,
         )
     )
+
+
+def bench_rollouts(model_spec: str, steps: int, tmp: Path, ws: Workspace) -> None:
+    from trl import GRPOTrainer
+
+    model = (
+        str(build_tiny_model(tmp / "tiny", head_dim=64))
+        if model_spec == "tiny"
+        else resolve_model(model_spec, Workspace.from_env())
+    )
+    prompts = tmp / "prompts.jsonl"
+    questions = ["How do I bake bread?", "What is the capital of France?", "Write a haiku about the sea."]
+    pd.DataFrame({"prompt": [f"{q} ({i})" for i in range(16) for q in questions]}).to_json(
+        prompts, orient="records", lines=True
+    )
+    common = {
+        "model": model,
+        "dataset": str(prompts),
+        "reward_model": "tests.train_rewards:low_ids",
+        "max_steps": steps,
+        "batch_size": 8,
+        "max_new_tokens": 32,
+        "temperature": 1.0,
+        "learning_rate": 1e-5,
+        "seed": 0,
+        "save_steps": 10_000,
+    }
+    configs = {"ppo": (PPOConfig, {}), "grpo": (GRPOConfig, {"num_generations": 4})}
+
+    # GRPO's rollout time: TRL logs none, so its generation method is timed from outside (this script only)
+    generating = {"seconds": 0.0}
+    generate = GRPOTrainer._generate
+
+    def timed_generate(self, *a, **kw):
+        began = time.perf_counter()
+        try:
+            return generate(self, *a, **kw)
+        finally:
+            generating["seconds"] += time.perf_counter() - began
+
+    GRPOTrainer._generate = timed_generate
+    results = []
+    for kind, (config_type, extra) in configs.items():
+        for engine in ("hf", "vllm"):
+            generating["seconds"] = 0.0
+            load_before = os.getloadavg()[0]
+            config = config_type(**common, **extra, rollout_engine=engine, run_id=f"bench-{kind}-{engine}")
+            began = time.perf_counter()
+            job = train(config, ws)
+            seconds = time.perf_counter() - began
+            metrics = job.read("train_metrics")
+            logged = sorted({r["step"]: r["created_at"] for r in metrics}.items())
+            steady = logged[-1][1] - logged[0][1] if len(logged) > 1 else float("nan")
+            shares = [r["value"] for r in metrics if r["name"] == "rollout_share"]
+            results.append(
+                {
+                    "algorithm": kind,
+                    "rollouts": engine,
+                    "status": job.progress().status,
+                    "episodes": steps * 8,
+                    "seconds_incl_start": round(seconds, 1),
+                    "episodes_per_s": round(steps * 8 / seconds, 3),
+                    "episodes_per_s_after_step_1": round((len(logged) - 1) * 8 / steady, 3),
+                    "rollout_share": round(sum(shares) / len(shares), 3)
+                    if shares
+                    else round(generating["seconds"] / seconds, 3),
+                    "load_before": round(load_before, 1),
+                    "load_after": round(os.getloadavg()[0], 1),
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    print(json.dumps({"model": model_spec, "steps": steps, "runs": results}, indent=1))
 
 
 def reward_gain(rewards: list[float]) -> dict[str, float]:

@@ -9,7 +9,8 @@ It runs, and prints as one JSON line each, with what it measured:
    text: generations run to their length limit, so the benchmark measures a different workload. It says so;
 2. generation and judging on each engine present (vLLM when installed, transformers always), greedy texts
    and P(A) compared between them;
-3. bf16 SFT, DPO and PPO, a few steps each, through the project's trainers;
+3. bf16 SFT, DPO, GRPO and PPO, a few steps each, through the project's trainers, GRPO and PPO with their
+   rollouts on vLLM when it is installed (TRL's colocate mode for GRPO, our engine hand-over for PPO);
 4. the realistic benchmark (`cai bench generate --realistic`) on a reduced reference subsample.
 A failing stage is printed with its reason and the next one runs.
 """
@@ -140,8 +141,11 @@ def check_engines(model: str, ws: Workspace) -> None:
 
 
 def check_training(model: str, ws: Workspace, scratch: Path) -> None:
+    from cai_core.backends.vllm import vllm_missing
     from cai_core.train import config_class
     from cai_core.train.launch import train
+
+    rollouts = "hf" if vllm_missing() else "vllm"
 
     sft = scratch / "sft.jsonl"
     sft.write_text(
@@ -167,15 +171,18 @@ def check_training(model: str, ws: Workspace, scratch: Path) -> None:
     prompts = scratch / "prompts.jsonl"
     lines = [json.dumps({"id": f"p{i}", "prompt": c[0]["content"]}) for i, c in enumerate(CHATS * 4)]
     prompts.write_text("\n".join(lines) + "\n")
+    rl = {
+        "dataset": str(prompts),
+        "max_steps": 3,
+        "reward_model": "tests.train_rewards:low_ids",
+        "max_new_tokens": 16,
+        "rollout_engine": rollouts,
+    }
     runs = {
         "sft": {"dataset": str(sft), "max_steps": 5},
         "dpo": {"dataset": str(prefs), "max_steps": 5},
-        "ppo": {
-            "dataset": str(prompts),
-            "max_steps": 3,
-            "reward_model": "tests.train_rewards:low_ids",
-            "max_new_tokens": 16,
-        },
+        "grpo": rl | {"num_generations": 4},
+        "ppo": rl,
     }
     for kind, options in runs.items():
         try:
@@ -188,6 +195,7 @@ def check_training(model: str, ws: Workspace, scratch: Path) -> None:
                 status=job.progress().status,
                 seconds=round(time.perf_counter() - began, 1),
                 steps=options["max_steps"],
+                rollouts=[r["engine"] for r in job.read("rollouts")] or None,
                 last=metrics[-1] if metrics else None,
                 message=job.progress().message[-300:],
             )

@@ -65,6 +65,11 @@ def test_bad_recipes_name_the_field(tmp_path):
         RecipeConfig(rl_config={"kl_coeff": 0.1})
 
 
+def test_every_rl_stage_that_samples_has_a_kl_term_unless_the_recipe_turns_it_off():
+    for algorithm, coefficient in (("ppo", "kl_coef"), ("grpo", "beta"), ("rloo", "beta")):
+        assert getattr(RecipeConfig(rl=algorithm).stage_configs()["rl_config"](), coefficient) > 0, algorithm
+
+
 @pytest.mark.parametrize("name", ["cpu-demo.yaml", "gpu-7b.yaml"])
 def test_the_shipped_recipes_load(name):
     recipe = load_recipe(PROJECT_ROOT / "recipes" / name)

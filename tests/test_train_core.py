@@ -241,6 +241,26 @@ def test_grpo_and_rloo_run_with_the_same_reward(tiny_model_path, workspace, prom
     assert job.progress().status == "done" and len(metric(job, "loss")) == 2
 
 
+def test_grpo_pulls_towards_its_start_model_by_default_and_a_run_without_kl_says_so(
+    tiny_model_path, workspace, prompts_file
+):
+    settings = {
+        "model": tiny_model_path,
+        "dataset": prompts_file,
+        "reward_model": "tests.train_rewards:low_ids",
+        "max_steps": 1,
+        "batch_size": 2,
+        "num_generations": 2,
+        "max_new_tokens": 4,
+    }
+    with_kl = train(GRPOConfig(**settings), workspace)
+    assert GRPOConfig().beta > 0 and metric(with_kl, "kl")
+    assert "no KL term" not in with_kl.progress().message
+    without_kl = train(GRPOConfig(**settings, beta=0.0), workspace)
+    assert without_kl.progress().status == "done" and "no KL term" in without_kl.progress().message
+    assert not metric(without_kl, "kl")
+
+
 def test_cancel_then_resume_continues_from_the_checkpoint(tiny_model_path, workspace, sft_file):
     from transformers import TrainerCallback
 

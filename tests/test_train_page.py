@@ -194,6 +194,9 @@ def test_every_algorithm_has_its_config_form(ws):
         assert at.number_input(key=f"train_{kind}_max_steps").value >= 1
         if kind in ("ppo", "grpo", "rloo"):
             assert at.selectbox(key=f"train_{kind}_reward_model") is not None  # a list, never free text
+            assert at.selectbox(key=f"train_{kind}_rollout_engine").value == "auto"
+        if kind == "grpo":  # GRPO, too, keeps a KL term to its start model unless told not to
+            assert float(at.text_input(key="train_grpo_beta").value) > 0
     assert at.text_input(key="train_rloo_beta").value == "0.05"
 
 

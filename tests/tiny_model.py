@@ -24,7 +24,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """`head_dim` 64: one head, a shape vLLM's CPU attention runs (it refuses 16)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -48,8 +49,8 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=64 // head_dim,
+        num_key_value_heads=max(1, 32 // head_dim),
         max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

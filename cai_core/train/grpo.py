@@ -14,11 +14,12 @@ from .context import RunContext
 from .data import prompt_rows
 from .models import load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, trl_monitor
+from .rollouts import RolloutOptions, record_rollout_engine
 from .trainer import run_trainer, trainer_arguments
 
 
 @dataclass
-class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
+class GRPOConfig(RolloutOptions, MonitorOptions, LoraOptions, TrainConfig):
     kind = "grpo"
     summary = "GRPO against a reward model (TRL GRPOTrainer): the group of answers is the baseline."
     starts_from_sft = needs_reward_model = True
@@ -31,13 +32,20 @@ class GRPOConfig(MonitorOptions, LoraOptions, TrainConfig):
     )
     max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled answer.", "label": "Max answer tokens"})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    # TRL's GRPO defaults to 0 (no KL); the objective here is max E[R] - β·KL to the start model, as in PPO and RLOO,
+    # so β is stated: 0.04, the value GRPO was published with (DeepSeekMath)
     beta: float = field(
-        default=0.0, metadata={"help": "KL coefficient against the reference (0: no reference).", "label": "KL β"}
+        default=0.04,
+        metadata={
+            "help": "KL coefficient against the start model (0: no KL term, no reference model).",
+            "label": "KL β",
+        },
     )
 
     def check(self) -> None:
         super().check()
         self.check_monitor()
+        self.check_rollouts()
         if self.monitor_every % self.logging_steps:
             # the monitor reads the reward and KL the trainer logs, so it judges only on a logged step
             raise TrainError(
@@ -83,6 +91,7 @@ def train(ctx: RunContext) -> None:
     monitor_answers, monitor_callback = trl_monitor(ctx, monitor, tokenizer, c.max_new_tokens)
     args = TRLConfig(
         **trainer_arguments(ctx),
+        **trl_vllm_arguments(record_rollout_engine(ctx)),
         num_generations=c.num_generations,
         max_completion_length=c.max_new_tokens,
         temperature=c.temperature,
@@ -99,7 +108,21 @@ def train(ctx: RunContext) -> None:
         processing_class=tokenizer,
         peft_config=c.peft_config("CAUSAL_LM"),
     )
-    run_trainer(ctx, trainer, tokenizer)
+    run_trainer(
+        ctx, trainer, tokenizer, evaluate=(lambda: f"model in {ctx.final_dir}; {NO_KL_NOTE}") if c.beta == 0 else None
+    )
+
+
+def trl_vllm_arguments(engine: str) -> dict:
+    """TRL's own vLLM mode for GRPO and RLOO: colocate, an engine inside each training process that TRL hands the
+    new weights after each update (one GPU, or several with one engine per process)."""
+    if engine != "vllm":
+        return {"use_vllm": False}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
+
+
+# what a finished run with β = 0 says on its card, as the objective it optimised differs from the seed's
+NO_KL_NOTE = "no KL term (β = 0): the reward was optimised with nothing pulling the policy to its start model"
 
 
 CONFIGS = (GRPOConfig, RLOOConfig)

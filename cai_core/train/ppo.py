@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +43,11 @@ from .ppo_math import (
     sum_over_ranks,
 )
 from .ppo_models import PPOModels, forward_policy, forward_value, reward_scores
+from .rollouts import RolloutOptions, VLLMRollouts, record_rollout_engine
 
 
 @dataclass
-class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
+class PPOConfig(RolloutOptions, MonitorOptions, LoraOptions, TrainConfig):
     kind = "ppo"
     summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
     starts_from_sft = needs_reward_model = True
@@ -130,6 +132,7 @@ class PPOConfig(MonitorOptions, LoraOptions, TrainConfig):
                     "accelerate_config",
                 )
         self.check_monitor()
+        self.check_rollouts()
         if not self.ptx_coef >= 0:
             raise TrainError(f"is {self.ptx_coef}: it must be 0 or more", "ptx_coef")
         if (self.batch_size // self.num_minibatches) % self.grad_accum:
@@ -201,6 +204,7 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
     if monitor:
         with models.reference() as ref:
             monitor.start(lambda texts: greedy_answers(ref or models.policy, tok, texts, c.max_new_tokens))
+    rollouts = _start_rollouts(ctx, c, models)
     ctx.progress(step)
     while step < c.max_steps:
         if ctx.stop_requested():
@@ -212,7 +216,9 @@ def _train(ctx: RunContext, c: PPOConfig, world: int, rank: int) -> None:
         indices = batch_indices(step, c.batch_size * world, len(prompts), c.seed)
         batch_prompts = [prompts[i] for i in indices[rank * c.batch_size : (rank + 1) * c.batch_size]]
         torch.manual_seed(c.seed * 100003 + step + 7919 * rank)
-        metrics, answers, scores = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos, world, ptx)
+        begun = time.perf_counter()
+        metrics, answers, scores = _ppo_step(c, models, optimizer, kl_control, batch_prompts, eos, world, ptx, rollouts)
+        metrics["rollout_share"] = metrics.pop("rollout_seconds") / (time.perf_counter() - begun)
         step += 1
         metrics["beta"] = kl_control.beta
         metrics["episodes"] = step * c.batch_size * world
@@ -244,6 +250,7 @@ def _ppo_step(
     eos: int,
     world: int,
     ptx: SFTBatches | None,
+    rollouts: VLLMRollouts | None = None,
 ) -> tuple[dict, list[str], list[float]]:
     """One PPO step on this rank's prompts: (metrics averaged over ranks, this rank's answers, their scores)."""
     import torch
@@ -252,18 +259,9 @@ def _ppo_step(
     texts = tok.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(models.device)
     context = enc.input_ids.shape[1]
-    with torch.no_grad(), models.autocast():
-        out = models.policy.generate(
-            **enc,
-            do_sample=True,
-            temperature=c.temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=c.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=eos,
-        )
-    answers = out[:, context:]
+    begun = time.perf_counter()
+    answers = sample_answers(c, models, enc, eos, rollouts)
+    rollout_seconds = time.perf_counter() - begun
     # everything after the first end token is padding: the answer ends there
     is_eos = answers == eos
     after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
@@ -334,6 +332,10 @@ def _ppo_step(
             average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             optimizer.step()
+    if rollouts:
+        begun = time.perf_counter()
+        rollouts.sync(models.policy)
+        rollout_seconds += time.perf_counter() - begun  # the hand-over is part of what the engine costs
 
     kl_sum = sum_over_ranks(sequence_kl(old_logprobs, ref_logprobs, answer_mask).sum()).item()
     mean_kl = kl_sum / (len(prompts) * world)
@@ -348,7 +350,53 @@ def _ppo_step(
     }
     # every rank's mean, averaged (ranks hold equal numbers of rollouts)
     means = sum_over_ranks(torch.tensor(list(local.values()), dtype=torch.float64, device=scores.device)) / world
-    return {"kl": mean_kl, **dict(zip(local, means.tolist(), strict=True))}, answer_texts, scores.tolist()
+    metrics = {"kl": mean_kl, **dict(zip(local, means.tolist(), strict=True)), "rollout_seconds": rollout_seconds}
+    return metrics, answer_texts, scores.tolist()
+
+
+def sample_answers(c: PPOConfig, models: PPOModels, enc, eos: int, rollouts: VLLMRollouts | None):
+    """One sampled answer per prompt of the left-padded batch `enc`, as token ids padded on the right; from the
+    policy's `generate`, or from the vLLM engine that holds the policy's current weights."""
+    import torch
+
+    tok = models.tokenizer
+    if rollouts is None:
+        with torch.no_grad(), models.autocast():
+            out = models.policy.generate(
+                **enc,
+                do_sample=True,
+                temperature=c.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=c.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos,
+            )
+        return out[:, enc.input_ids.shape[1] :]
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(enc.input_ids, enc.attention_mask, strict=True)]
+    # the engine's seeds come from torch's generator, which each step seeds: a resumed run draws the same
+    seed = int(torch.randint(2**31 - 1, ()).item())
+    sampled = rollouts.sample(prompts, temperature=c.temperature, max_new_tokens=c.max_new_tokens, eos=eos, seed=seed)
+    width = max(1, *(len(a) for a in sampled))
+    answers = torch.full((len(sampled), width), tok.pad_token_id, dtype=torch.long)
+    for row, tokens in enumerate(sampled):
+        answers[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return answers.to(models.device)
+
+
+def _start_rollouts(ctx: RunContext, c: PPOConfig, models: PPOModels) -> VLLMRollouts | None:
+    """The run's rollout engine (None: the policy's generate); the engine starts with the policy's current weights
+    (a checkpoint's, LoRA's)."""
+    from .models import resolve_model
+
+    if record_rollout_engine(ctx) == "hf":
+        return None
+    import torch
+
+    dtype = "bfloat16" if models.autocast_dtype == torch.bfloat16 else "float32"
+    rollouts = VLLMRollouts(resolve_model(c.model, ctx.ws), dtype)
+    rollouts.sync(models.policy)
+    return rollouts
 
 
 class SFTBatches:
