@@ -21,15 +21,18 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import math
 import re
+import statistics
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
@@ -37,6 +40,11 @@ from .base import BackendError, Chat, Generation, SamplingParams, stripped
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 CHAT = "/v1/chat/completions"
 EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)"
+# A request still running once this share of its batch is in, and HEDGE_FACTOR times the batch's median request
+# (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
+HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 4.0, 1.0, 0.25
+
+log = logging.getLogger(__name__)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -89,7 +97,7 @@ class OpenAICompatBackend:
         self.name = f"openai:{model}"
         self.base_urls = urls
         self.api_keys = {url.rstrip("/"): key for url, key in (api_keys or {}).items()}  # a key only where listed
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency)  # requests in flight per server
         self.timeout = timeout
         self.max_retries = max(0, max_retries)
         self.backoff = backoff
@@ -97,6 +105,9 @@ class OpenAICompatBackend:
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
+        self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
+        self._servers = _Servers(urls, self.concurrency)
+        self._executor: ThreadPoolExecutor | None = None
 
     # --- generation --------------------------------------------------------------------------
 
@@ -212,25 +223,72 @@ class OpenAICompatBackend:
 
     # --- transport ---------------------------------------------------------------------------
 
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._turn_lock:
+            if self._executor is None:
+                # one worker per slot of the fleet: every server can be kept full, and no more is sent
+                self._executor = ThreadPoolExecutor(self.concurrency * len(self.base_urls), "openai")
+            return self._executor
+
     def _post_all(
         self, bodies: list[dict], on_done: Callable[[int], object] | None = None, route: str = CHAT
     ) -> list[tuple[dict, str, float]]:
-        if not bodies:
+        return self._run_all(bodies, lambda body, turn: self._post(body, turn, route), on_done)
+
+    def _run_all(self, items: list, task: Callable[[Any, int], Any], on_done: Callable[[int], object] | None = None):
+        """`task(item, turn)` for every item, over the fleet at once; the results in the items' order. The first
+        failure (one that outlived its retries) is raised. Once most of the batch is in, an item still running
+        far longer than the batch's typical one gets a second copy on another server and the first answer is
+        kept: a stalled request costs its batch a hedge, not the client's whole timeout."""
+        if not items:
             return []
         with self._turn_lock:
-            starts = [next(self._turn) for _ in bodies]
-
-        def post(body: dict, start: int) -> tuple[dict, str, float]:
-            answer = self._post(body, start, route)
+            turns = [next(self._turn) for _ in items]
+        if len(items) == 1:
+            result = task(items[0], turns[0])
             if on_done:
                 on_done(1)
-            return answer
+            return [result]
+        pool = self._pool()
+        started: dict[int, float] = {}
 
-        if len(bodies) == 1:
-            return [post(bodies[0], starts[0])]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
-            # map keeps input order and re-raises the first failure in that order.
-            return list(pool.map(post, bodies, starts))
+        def run(index: int, turn: int):
+            started.setdefault(index, time.monotonic())
+            return task(items[index], turn)
+
+        copies = {pool.submit(run, i, turn): i for i, turn in enumerate(turns)}
+        results: dict[int, Any] = {}
+        seconds: list[float] = []
+        hedged: set[int] = set()
+        pending = set(copies)
+        while len(results) < len(items):
+            finished, pending = wait(pending, timeout=HEDGE_CHECK_SECONDS, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = copies[future]
+                if index in results:
+                    continue  # its other copy answered first
+                if future.exception() is not None:
+                    if any(copies[f] == index for f in pending):
+                        continue  # the other copy may still answer
+                    for f in pending:
+                        f.cancel()
+                    raise future.exception()
+                results[index] = future.result()
+                seconds.append(time.monotonic() - started[index])
+                if on_done:
+                    on_done(1)
+            if len(results) >= HEDGE_AFTER_SHARE * len(items):
+                slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
+                now = time.monotonic()
+                for future in list(pending):
+                    index = copies[future]
+                    if index not in hedged and index not in results and now - started.get(index, now) > slow:
+                        hedged.add(index)
+                        self._incident("hedged", f"a request running {now - started[index]:.0f} s sent again")
+                        copy = pool.submit(run, index, turns[index] + 1)
+                        copies[copy] = index
+                        pending.add(copy)
+        return [results[i] for i in range(len(items))]
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
@@ -241,23 +299,30 @@ class OpenAICompatBackend:
         except ValueError:
             raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
 
+    def _incident(self, kind: str, detail: str) -> None:
+        """Count a failed, stalled or hedged request, and say so in the log (a job's log.txt while a job runs)."""
+        with self._turn_lock:
+            self.incidents[kind] += 1
+        log.warning("%s: %s: %s", self.name, kind, detail)
+
     def _send(self, body: dict, start: int, route: str = CHAT, *, stream: bool = False) -> tuple[Any, str, float]:
         """One request, with retries; returns the response's body (with `stream`: the open response, to read as
         it comes), the base URL that answered and when the answering try began (`time.perf_counter`)."""
         data = json.dumps(body).encode()
         tries = self.max_retries + 1
-        last_error = ""
+        last_error, failed_on = "", None
         for attempt in range(tries):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            # Each retry moves to the next URL: a dead server is then passed over instead of hammered.
-            base = self.base_urls[(start + attempt) % len(self.base_urls)]
+            # Each retry goes to another server than the one that just failed: a sick one is passed over.
+            base = self._servers.acquire(start + attempt, avoid=failed_on)
             accept = "text/event-stream" if stream else "application/json"
             headers = {"Content-Type": "application/json", "Accept": accept}
             if base in self.api_keys:
                 headers["Authorization"] = f"Bearer {self.api_keys[base]}"
             request = urllib.request.Request(_url(base, route), data=data, headers=headers, method="POST")
             began = time.perf_counter()
+            refused = False
             try:
                 response = _OPENER.open(request, timeout=self.timeout)
                 if stream:
@@ -268,16 +333,69 @@ class OpenAICompatBackend:
                 message = _server_message(exc)
                 if exc.code == 429 or exc.code >= 500:
                     last_error = f"HTTP {exc.code} from {base}: {message}"
+                    self._incident(f"HTTP {exc.code}", f"{base}: {message} (try {attempt + 1} of {tries})")
+                    failed_on = base
                     continue
                 if exc.code in (401, 403) and base not in self.api_keys:
                     message += " (no key was sent: a key goes only to the endpoints listed in endpoints.yaml)"
                 raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None
             except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
-                last_error = f"{_reason(exc)} ({base})"
+                reason = _reason(exc)
+                last_error = f"{reason} ({base})"
+                refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
+                kind = "refused" if refused else "timed out" if "timed out" in reason else "dropped"
+                self._incident(kind, f"{base}: {reason} (try {attempt + 1} of {tries})")
+                failed_on = base
                 continue
+            finally:
+                if self._servers.release(base, dead=refused):
+                    log.warning("%s: %s is down (connection refused): routed around it", self.name, base)
         raise BackendError(
             f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
         )
+
+
+class _Servers:
+    """Where each try goes: the live server with the fewest requests in flight, none holding more than
+    `per_server` at once (the rest wait here, not in a server's queue). A server that refuses connections is
+    down: routed around for a while that doubles with each refusal (up to a minute), then tried again."""
+
+    def __init__(self, urls: list[str], per_server: int):
+        self.urls, self.per_server = urls, per_server
+        self.in_flight = dict.fromkeys(urls, 0)
+        self.down_until = dict.fromkeys(urls, 0.0)
+        self.refusals = dict.fromkeys(urls, 0)
+        self.changed = threading.Condition()
+
+    def acquire(self, turn: int, avoid: str | None = None) -> str:
+        with self.changed:
+            while True:
+                now = time.monotonic()
+                live = [u for u in self.urls if self.down_until[u] <= now]
+                # every server down: try the one due back first rather than fail a job a restart would save
+                live = live or [min(self.urls, key=self.down_until.__getitem__)]
+                candidates = [u for u in live if u != avoid] or live
+                free = [u for u in candidates if self.in_flight[u] < self.per_server]
+                if free:
+                    # the turn breaks ties, so that a stream of single requests still spreads over the fleet
+                    url = min(free, key=lambda u: (self.in_flight[u], (self.urls.index(u) - turn) % len(self.urls)))
+                    self.in_flight[url] += 1
+                    return url
+                self.changed.wait(timeout=1.0)  # a release, or a down server's time being up
+
+    def release(self, url: str, *, dead: bool) -> bool:
+        """Free URL's slot; with `dead`, mark it down. True when that takes a live server out."""
+        with self.changed:
+            self.in_flight[url] -= 1
+            newly_down = False
+            if dead:
+                newly_down = self.down_until[url] <= time.monotonic()
+                self.refusals[url] += 1
+                self.down_until[url] = time.monotonic() + min(60.0, 2.0 ** self.refusals[url])
+            else:
+                self.refusals[url] = 0
+            self.changed.notify_all()
+            return newly_down
 
 
 def _stream_pieces(response, url: str) -> Iterator[str]:
