@@ -128,7 +128,7 @@ class SimServer:
         stats = self.stats
         if method == "GET":
             if path == "/stats":
-                return 200, {"url": self.url, **asdict(stats)}
+                return 200, {"url": self.url, **vars(stats)}
             return 200, {}  # /health
         fault = None
         if self.config.faults and self.random.random() < self.config.faults:

@@ -23,6 +23,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import queue
 import re
 import statistics
 import threading
@@ -32,7 +34,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
@@ -81,7 +83,7 @@ class OpenAICompatBackend:
         base_urls: list[str],
         *,
         api_keys: dict[str, str] | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff: float = 0.5,
@@ -97,7 +99,8 @@ class OpenAICompatBackend:
         self.name = f"openai:{model}"
         self.base_urls = urls
         self.api_keys = {url.rstrip("/"): key for url, key in (api_keys or {}).items()}  # a key only where listed
-        self.concurrency = max(1, concurrency)  # requests in flight per server
+        # requests in flight per server: a vLLM server batches many at once, and queues what it cannot take
+        self.concurrency = max(1, concurrency or int(os.environ.get("CAI_OPENAI_CONCURRENCY", "32")))
         self.timeout = timeout
         self.max_retries = max(0, max_retries)
         self.backoff = backoff
@@ -107,7 +110,7 @@ class OpenAICompatBackend:
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
         self._servers = _Servers(urls, self.concurrency)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _DaemonPool | None = None
 
     # --- generation --------------------------------------------------------------------------
 
@@ -223,11 +226,11 @@ class OpenAICompatBackend:
 
     # --- transport ---------------------------------------------------------------------------
 
-    def _pool(self) -> ThreadPoolExecutor:
+    def _pool(self) -> _DaemonPool:
         with self._turn_lock:
             if self._executor is None:
                 # one worker per slot of the fleet: every server can be kept full, and no more is sent
-                self._executor = ThreadPoolExecutor(self.concurrency * len(self.base_urls), "openai")
+                self._executor = _DaemonPool(self.concurrency * len(self.base_urls))
             return self._executor
 
     def _post_all(
@@ -353,6 +356,31 @@ class OpenAICompatBackend:
         raise BackendError(
             f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
         )
+
+
+class _DaemonPool:
+    """Worker threads that do not hold the process open at its exit, as ThreadPoolExecutor's do: a request a
+    hedge has answered may still be waiting on a stalled server, and nobody wants its answer any more."""
+
+    def __init__(self, workers: int):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        for n in range(workers):
+            threading.Thread(target=self._work, name=f"openai-{n}", daemon=True).start()
+
+    def submit(self, function: Callable, *args) -> Future:
+        future: Future = Future()
+        self.tasks.put((future, function, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, function, args = self.tasks.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
 
 
 class _Servers:
