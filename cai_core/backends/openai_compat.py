@@ -34,7 +34,6 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
@@ -44,7 +43,7 @@ CHAT = "/v1/chat/completions"
 EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)"
 # A request still running once this share of its batch is in, and HEDGE_FACTOR times the batch's median request
 # (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
-HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 4.0, 1.0, 0.25
+HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 2.0, 0.5, 0.1
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,7 @@ class OpenAICompatBackend:
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
         self._servers = _Servers(urls, self.concurrency)
         self._executor: _DaemonPool | None = None
+        self._option_ids: dict[tuple[str, ...], list[list[int]] | None] = {}
 
     # --- generation --------------------------------------------------------------------------
 
@@ -149,7 +149,10 @@ class OpenAICompatBackend:
         """Sum of log P(option tokens | chat + assistant prefix) for each chat and option: exact on vLLM, else
         read from the top 20 first tokens (-inf where an option is not among them)."""
         if self.scoring != TOP_20:
-            option_ids = self._tokenized_options(options)
+            key = tuple(options)
+            if key not in self._option_ids:  # the judge asks with the same options batch after batch
+                self._option_ids[key] = self._tokenized_options(options)
+            option_ids = self._option_ids[key]
             if option_ids is not None:
                 self.scoring = EXACT
                 return self._score_exactly(chats, option_ids)
@@ -174,16 +177,20 @@ class OpenAICompatBackend:
         return ids
 
     def _score_exactly(self, chats: list[Chat], option_ids: list[list[int]]) -> list[list[float]]:
-        """One request per chat: its prompt tokens plus each proper prefix of each option are the contexts (a
-        single-token option needs only the chat's own), and each context asks for the log-probabilities of the
-        option tokens that may follow it. The contexts share their start in the server's prefix cache."""
-        tokenize = [{"model": self.model, "messages": chat, "add_generation_prompt": True} for chat in chats]
-        prefixes = [_token_ids(data, url) for data, url, _ in self._post_all(tokenize, route="/tokenize")]
+        """Per chat, two requests in a row: its tokens by the server's template (/tokenize), then one completions
+        request whose contexts are those tokens plus each proper prefix of each option (a single-token option
+        needs only the chat's own), each asking the log-probabilities of the option tokens that may follow it.
+        The contexts share their start in the server's prefix cache; a chat's second request does not wait for
+        the other chats' first."""
         steps = [(ids[:k], token) for ids in option_ids for k, token in enumerate(ids)]
         starts = list(dict.fromkeys(tuple(start) for start, _ in steps))
         wanted = sorted({token for _, token in steps})
-        bodies = [
-            {
+
+        def score(chat: Chat, turn: int) -> list[float]:
+            tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
+            data, url, _ = self._post(tokenize, turn, "/tokenize")
+            prefix = _token_ids(data, url)
+            body = {
                 "model": self.model,
                 "prompt": [prefix + list(start) for start in starts],
                 "max_tokens": 1,
@@ -192,14 +199,12 @@ class OpenAICompatBackend:
                 "logprob_token_ids": wanted,
                 "return_tokens_as_token_ids": True,
             }
-            for prefix in prefixes
-        ]
-        scores = []
-        for data, url, _ in self._post_all(bodies, route="/v1/completions"):
+            data, url, _ = self._post(body, turn, "/v1/completions")
             after = _next_token_logprobs(data, url, len(starts))
             logprob = {(start, token): after[i][token] for i, start in enumerate(starts) for token in wanted}
-            scores.append([sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids])
-        return scores
+            return [sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids]
+
+        return self._run_all(chats, score)
 
     def _score_from_top_tokens(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         bodies = [
@@ -254,44 +259,49 @@ class OpenAICompatBackend:
             return [result]
         pool = self._pool()
         started: dict[int, float] = {}
+        answers: queue.SimpleQueue = queue.SimpleQueue()  # (index, result, error) as each copy ends
 
-        def run(index: int, turn: int):
+        def run(index: int, turn: int) -> None:
             started.setdefault(index, time.monotonic())
-            return task(items[index], turn)
+            try:
+                answers.put((index, task(items[index], turn), None))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below, unless another copy answers
+                answers.put((index, None, exc))
 
-        copies = {pool.submit(run, i, turn): i for i, turn in enumerate(turns)}
+        for index, turn in enumerate(turns):
+            pool.submit(run, index, turn)
         results: dict[int, Any] = {}
         seconds: list[float] = []
-        hedged: set[int] = set()
-        pending = set(copies)
+        copies = dict.fromkeys(range(len(items)), 1)  # copies of each item still running
         while len(results) < len(items):
-            finished, pending = wait(pending, timeout=HEDGE_CHECK_SECONDS, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = copies[future]
+            try:
+                index, result, error = answers.get(timeout=HEDGE_CHECK_SECONDS)
+            except queue.Empty:
+                index = None
+            if index is not None:
+                copies[index] -= 1
                 if index in results:
-                    continue  # its other copy answered first
-                if future.exception() is not None:
-                    if any(copies[f] == index for f in pending):
-                        continue  # the other copy may still answer
-                    for f in pending:
-                        f.cancel()
-                    raise future.exception()
-                results[index] = future.result()
-                seconds.append(time.monotonic() - started[index])
-                if on_done:
-                    on_done(1)
+                    pass  # its other copy answered first
+                elif error is None:
+                    results[index] = result
+                    seconds.append(time.monotonic() - started[index])
+                    if on_done:
+                        on_done(1)
+                elif not copies[index]:
+                    raise error  # every copy failed: the batch fails with the item's own reason
             if len(results) >= HEDGE_AFTER_SHARE * len(items):
-                slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
-                now = time.monotonic()
-                for future in list(pending):
-                    index = copies[future]
-                    if index not in hedged and index not in results and now - started.get(index, now) > slow:
-                        hedged.add(index)
-                        self._incident("hedged", f"a request running {now - started[index]:.0f} s sent again")
-                        copy = pool.submit(run, index, turns[index] + 1)
-                        copies[copy] = index
-                        pending.add(copy)
+                self._hedge(pool, run, turns, started, results, copies, seconds)
         return [results[i] for i in range(len(items))]
+
+    def _hedge(self, pool, run, turns, started, results, copies, seconds) -> None:
+        """A second copy of each item that has run HEDGE_FACTOR times the batch's median (and has only one copy)."""
+        slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
+        now = time.monotonic()
+        for index, began in list(started.items()):
+            if index not in results and copies[index] == 1 and now - began > slow:
+                copies[index] += 1
+                self._incident("hedged", f"a request running {now - began:.0f} s sent again")
+                pool.submit(run, index, turns[index] + 1)
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
@@ -315,8 +325,8 @@ class OpenAICompatBackend:
         tries = self.max_retries + 1
         last_error, failed_on = "", None
         for attempt in range(tries):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+            if attempt > 1:  # the first retry goes to another server at once; then the fleet gets time to recover
+                time.sleep(self.backoff * 2 ** (attempt - 2))
             # Each retry goes to another server than the one that just failed: a sick one is passed over.
             base = self._servers.acquire(start + attempt, avoid=failed_on)
             accept = "text/event-stream" if stream else "application/json"
@@ -367,20 +377,14 @@ class _DaemonPool:
         for n in range(workers):
             threading.Thread(target=self._work, name=f"openai-{n}", daemon=True).start()
 
-    def submit(self, function: Callable, *args) -> Future:
-        future: Future = Future()
-        self.tasks.put((future, function, args))
-        return future
+    def submit(self, function: Callable, *args) -> None:
+        """Run `function(*args)` on a free worker; it reports its own outcome (`_run_all`'s `run`)."""
+        self.tasks.put((function, args))
 
     def _work(self) -> None:
         while True:
-            future, function, args = self.tasks.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(function(*args))
-            except BaseException as exc:  # handed to whoever waits on the future
-                future.set_exception(exc)
+            function, args = self.tasks.get()
+            function(*args)
 
 
 class _Servers:
