@@ -369,22 +369,31 @@ class OpenAICompatBackend:
 
 
 class _DaemonPool:
-    """Worker threads that do not hold the process open at its exit, as ThreadPoolExecutor's do: a request a
-    hedge has answered may still be waiting on a stalled server, and nobody wants its answer any more."""
+    """Up to `limit` worker threads, started as the work needs them, that do not hold the process open at its
+    exit as ThreadPoolExecutor's do: a request that a hedge has answered may still be waiting on a stalled
+    server, and nobody wants its answer any more."""
 
-    def __init__(self, workers: int):
+    def __init__(self, limit: int):
+        self.limit, self.started, self.idle = limit, 0, 0
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        for n in range(workers):
-            threading.Thread(target=self._work, name=f"openai-{n}", daemon=True).start()
+        self.lock = threading.Lock()
 
     def submit(self, function: Callable, *args) -> None:
         """Run `function(*args)` on a free worker; it reports its own outcome (`_run_all`'s `run`)."""
-        self.tasks.put((function, args))
+        with self.lock:
+            if self.idle:
+                self.idle -= 1  # that worker's next task is this one
+            elif self.started < self.limit:
+                self.started += 1
+                threading.Thread(target=self._work, name=f"openai-{self.started}", daemon=True).start()
+            self.tasks.put((function, args))
 
     def _work(self) -> None:
         while True:
             function, args = self.tasks.get()
             function(*args)
+            with self.lock:
+                self.idle += 1
 
 
 class _Servers:
