@@ -140,29 +140,18 @@ def work_job(workspace: Workspace, run_id: str, kill_at: float | None = None) ->
     )
     job = jobs.JobFolder(workspace.runs_dir / run_id)
     killed = False
-    while child.poll() is None:
+    while True:
+        pid, _, usage = os.wait4(child.pid, os.WNOHANG)  # this child's own resource use, once it has ended
+        if pid:
+            break
         if kill_at is not None and not killed:
             progress = job.progress()
             if progress.total and progress.done >= kill_at * progress.total:
                 os.kill(child.pid, signal.SIGKILL)
                 killed = True
         time.sleep(0.1)
-    # poll() reaped it: its resource use is read from the children's totals, before and after
-    return time.monotonic() - began, *_child_usage(), killed
-
-
-_usage_seen = [0.0]
-
-
-def _child_usage() -> tuple[float, float]:
-    """CPU seconds of the last finished child (the difference in this process's children's totals) and the
-    children's peak RSS in MB (the largest any child reached; each size runs from small to large)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = usage.ru_utime + usage.ru_stime
-    cpu, _usage_seen[0] = total - _usage_seen[0], total
-    return cpu, usage.ru_maxrss / 1024
+    child.returncode = 0  # reaped above
+    return time.monotonic() - began, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, killed
 
 
 def count_records(job, table: str) -> tuple[int, int]:
@@ -188,8 +177,8 @@ def measure(kind: str, size: int, fleet: FleetProcess, workspace: Workspace, arg
     wall, cpu, rss, killed = work_job(workspace, job.run_id, kill_at)
     figures = Figures(kind, size, 0, expected, wall, cpu, rss, killed_at=kill_at if killed else None)
     if killed:
-        more_wall, more_cpu, rss, _ = work_job(workspace, job.run_id)
-        figures.wall, figures.cpu, figures.peak_rss_mb = wall + more_wall, cpu + more_cpu, rss
+        more_wall, more_cpu, more_rss, _ = work_job(workspace, job.run_id)
+        figures.wall, figures.cpu, figures.peak_rss_mb = wall + more_wall, cpu + more_cpu, max(rss, more_rss)
     after = fleet.totals()
     figures.requests = sum(after["requests"].values()) - sum(before["requests"].values())
     figures.ideal_requests = ideal

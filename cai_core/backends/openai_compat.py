@@ -301,7 +301,7 @@ class OpenAICompatBackend:
             if index not in results and copies[index] == 1 and now - began > slow:
                 copies[index] += 1
                 self._incident("hedged", f"a request running {now - began:.0f} s sent again")
-                pool.submit(run, index, turns[index] + 1)
+                pool.submit(run, index, turns[index] + 1, urgent=True)
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
@@ -371,29 +371,33 @@ class OpenAICompatBackend:
 class _DaemonPool:
     """Up to `limit` worker threads, started as the work needs them, that do not hold the process open at its
     exit as ThreadPoolExecutor's do: a request that a hedge has answered may still be waiting on a stalled
-    server, and nobody wants its answer any more."""
+    server, and nobody wants its answer any more. A hedge gets a worker beyond the limit (`urgent`), which ends
+    after its task: the workers held by stalled requests would otherwise leave it queued behind them."""
 
     def __init__(self, limit: int):
-        self.limit, self.started, self.idle = limit, 0, 0
+        self.limit, self.started, self.waiting = limit, 0, 0
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Lock()
 
-    def submit(self, function: Callable, *args) -> None:
+    def submit(self, function: Callable, *args, urgent: bool = False) -> None:
         """Run `function(*args)` on a free worker; it reports its own outcome (`_run_all`'s `run`)."""
         with self.lock:
-            if self.idle:
-                self.idle -= 1  # that worker's next task is this one
-            elif self.started < self.limit:
+            if self.tasks.qsize() >= self.waiting and (urgent or self.started < self.limit):
                 self.started += 1
                 threading.Thread(target=self._work, name=f"openai-{self.started}", daemon=True).start()
             self.tasks.put((function, args))
 
     def _work(self) -> None:
         while True:
-            function, args = self.tasks.get()
-            function(*args)
             with self.lock:
-                self.idle += 1
+                if self.started > self.limit:  # an urgent worker, or one over after the limit was reached
+                    self.started -= 1
+                    return
+                self.waiting += 1
+            function, args = self.tasks.get()
+            with self.lock:
+                self.waiting -= 1
+            function(*args)
 
 
 class _Servers:
