@@ -44,6 +44,7 @@ EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)
 # A request still running once this share of its batch is in, and HEDGE_FACTOR times the batch's median request
 # (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
 HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 2.0, 0.5, 0.1
+HEDGE_COPIES = 3
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +295,15 @@ class OpenAICompatBackend:
         return [results[i] for i in range(len(items))]
 
     def _hedge(self, pool, run, turns, started, results, copies, seconds) -> None:
-        """A second copy of each item that has run HEDGE_FACTOR times the batch's median (and has only one copy)."""
+        """Another copy of each item running longer than HEDGE_FACTOR times the batch's median per copy it has:
+        a hedge that stalls in its turn (one in a few hundred) gets its own, up to HEDGE_COPIES at once."""
         slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
         now = time.monotonic()
         for index, began in list(started.items()):
-            if index not in results and copies[index] == 1 and now - began > slow:
+            if index not in results and copies[index] < HEDGE_COPIES and now - began > slow * copies[index]:
                 copies[index] += 1
                 self._incident("hedged", f"a request running {now - began:.0f} s sent again")
-                pool.submit(run, index, turns[index] + 1, urgent=True)
+                pool.submit(run, index, turns[index] + copies[index], urgent=True)
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
