@@ -1,10 +1,13 @@
 """OpenAI-compatible HTTP backend: chat generation and option scoring against vLLM, llama.cpp, Ollama or OpenAI.
 
-Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel and are spread round-robin over
-a fleet of base URLs. A request that fails in a way another try may fix (connection refused, timeout, HTTP 429 or
-5xx) is retried with exponential backoff on the *next* URL, so one dead or overloaded server in the fleet costs a
-retry rather than the job. Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter)
-and fails at once with the server's own message.
+Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel over a fleet of base URLs, each
+to the live server with the fewest in flight, at most `concurrency` per server (`_Servers`). A request that fails
+in a way another try may fix (connection refused, timeout, dropped, HTTP 429 or 5xx) is retried at once on
+another server, then with exponential backoff; a server that refuses connections is routed around for a while.
+A request still running at its batch's end, long after the batch's median, is sent again to another server and
+the first answer kept (`_run_all`). Each of these is counted in `incidents` and logged (a job's log.txt while a
+job runs). Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter) and fails at
+once with the server's own message.
 
 Scoring is exact where the server is vLLM: the chat is tokenized by the server's own template (`POST /tokenize`),
 and one completions request per chat asks for the log-probability of exactly the option tokens that follow each
