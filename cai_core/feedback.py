@@ -311,13 +311,14 @@ class LabelWork:
         began = time.perf_counter()
         verdicts = self.judge.label(batch)
         seconds = (time.perf_counter() - began) / len(batch)
+        version = self.constitution.version  # a hash of the whole constitution: once a batch, not once a label
         labels = [
             AILabel(
                 run_id=self.job.run_id,
                 pair_id=pair.pair_id,
                 principle_id=principle.id,
                 judge_model=self.backend.name,
-                constitution_version=self.constitution.version,
+                constitution_version=version,
                 strategy=config.strategy,
                 method=v.method,
                 cot=config.cot,

@@ -9,6 +9,7 @@ rate and an ETA, the cancel check between batches and between model calls, and t
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -179,7 +180,7 @@ def run_job(
             folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
         folder.repair()
         report = _Reporter(folder, on_progress)
-        with ending_on_failure(report):
+        with ending_on_failure(report), _logging_to(folder):
             try:
                 with _cancel_interrupts(), report.ticking():
                     work = make_work()
@@ -195,6 +196,21 @@ def run_job(
                 return folder
             report("done")
     return folder
+
+
+@contextmanager
+def _logging_to(folder: JobFolder) -> Iterator[None]:
+    """What the library logs while the job runs (a model server's failed, stalled or rerouted requests) goes to
+    the job's log, so that the run itself says what it met on the way, however it was started."""
+    handler = logging.FileHandler(folder.path / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger(__package__)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def engine_name(backend) -> str:

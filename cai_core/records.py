@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 
 def now() -> float:
@@ -314,5 +315,12 @@ def columns(record_type) -> list[str]:
     return [f.name for f in fields(record_type)]
 
 
+@functools.cache
+def _field_names(record_type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(record_type))
+
+
 def to_row(record) -> dict:
-    return asdict(record)
+    # Every record's fields are plain values, so a shallow copy is the row: `asdict` deep-copies each value and
+    # cost a job about 1 ms a record, more than the rest of the workbench's own work on it.
+    return {name: getattr(record, name) for name in _field_names(type(record))}

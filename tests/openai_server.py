@@ -207,8 +207,11 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
                         log.seek(0)
                         raise RuntimeError(f"vLLM server at {url} did not start:\n{log.read().decode()[-3000:]}")
                     time.sleep(1)
+            _VLLM_PROCESSES.update(zip(urls, servers, strict=True))
             yield urls
         finally:
+            for url in urls:
+                _VLLM_PROCESSES.pop(url, None)
             for server in servers:
                 server.terminate()
             for server in servers:
@@ -216,6 +219,16 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
                     server.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     server.kill()
+
+
+_VLLM_PROCESSES: dict = {}  # base URL -> Popen of each server `vllm_servers` runs
+
+
+def kill_vllm_server(url: str) -> None:
+    """`kill -9` of the vLLM server at URL (one that `vllm_servers` started): a node of the fleet lost mid-job."""
+    process = _VLLM_PROCESSES[url]
+    process.kill()
+    process.wait(timeout=30)
 
 
 def _healthy(url: str) -> bool:

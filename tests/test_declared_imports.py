@@ -11,7 +11,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = {"cai_core", "ui", "pages", "tests", "app"}
+FIRST_PARTY = {"cai_core", "ui", "pages", "tests", "benchmarks", "app"}
 APP_CODE = ("cai_core", "pages", "ui", "app.py")
 
 

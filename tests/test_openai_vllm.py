@@ -15,7 +15,7 @@ from cai_core.feedback import Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
 from .conftest import require_shared_data
-from .openai_server import served_requests, vllm_servers
+from .openai_server import kill_vllm_server, served_requests, vllm_servers
 
 pytestmark = [
     pytest.mark.skipif(
@@ -85,3 +85,41 @@ def test_two_servers_serve_as_one_fleet(fleet):
     assert len(out) == 8 and all(g.completion_tokens > 0 for g in out)
     served = [served_requests(url) - b for url, b in zip(fleet, before, strict=True)]
     assert sum(served) == 8 and min(served) >= 2, served  # both servers took a share
+
+
+def test_a_job_on_two_servers_finishes_on_one_when_the_other_is_killed(fleet, tmp_path):
+    """Issue 26 item 4: a generation job spread over two real vLLM servers; one is `kill -9`ed once the job is a
+    third done, and the job finishes on the other with every trace step stored once, the loss in its log.
+    Last in this module: it kills one of the module's servers."""
+    from cai_core import jobs
+    from cai_core.critique import GenerateConfig
+    from cai_core.workspace import Workspace
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Name a fruit that is {c} in colour, case {i}.\n" for i, c in enumerate("ab" * 8)))
+    config = GenerateConfig(
+        constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"),
+        prompts=str(prompts),
+        model=f"openai:smol@{','.join(fleet)}",
+        rounds=1,
+        max_new_tokens=8,
+        chunk_size=4,
+        early_stop=False,
+    )
+    before = [served_requests(url) for url in fleet]
+    at_kill: list[int] = []
+
+    def kill_one_at_a_third(done: int, total: int) -> None:
+        if not at_kill and done >= total / 3:
+            at_kill.extend(served_requests(url) - b for url, b in zip(fleet, before, strict=True))
+            kill_vllm_server(fleet[1])
+
+    job = jobs.run("generate", config, Workspace(tmp_path / "data"), on_progress=kill_one_at_a_third)
+    progress = job.progress()
+    assert progress.status == "done" and progress.done == progress.total == 32, progress
+    assert min(at_kill) > 0, at_kill  # both servers had taken a share before one died
+    steps = [(row["trace_id"], row["round"]) for row in job.read("trace_steps")]
+    assert len(steps) == len(set(steps)) == 32  # nothing lost, nothing doubled
+    assert len(job.read("traces")) == 16
+    log = (job.path / "log.txt").read_text()
+    assert f"{fleet[1]} is down" in log, log

@@ -1,10 +1,13 @@
 """OpenAI-compatible HTTP backend: chat generation and option scoring against vLLM, llama.cpp, Ollama or OpenAI.
 
-Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel and are spread round-robin over
-a fleet of base URLs. A request that fails in a way another try may fix (connection refused, timeout, HTTP 429 or
-5xx) is retried with exponential backoff on the *next* URL, so one dead or overloaded server in the fleet costs a
-retry rather than the job. Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter)
-and fails at once with the server's own message.
+Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel over a fleet of base URLs, each
+to the live server with the fewest in flight, at most `concurrency` per server (`_Servers`). A request that fails
+in a way another try may fix (connection refused, timeout, dropped, HTTP 429 or 5xx) is retried at once on
+another server, then with exponential backoff; a server that refuses connections is routed around for a while.
+A request still running at its batch's end, long after the batch's median, is sent again to another server and
+the first answer kept (`_run_all`). Each of these is counted in `incidents` and logged (a job's log.txt while a
+job runs). Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter) and fails at
+once with the server's own message.
 
 Scoring is exact where the server is vLLM: the chat is tokenized by the server's own template (`POST /tokenize`),
 and one completions request per chat asks for the log-probability of exactly the option tokens that follow each
@@ -21,15 +24,19 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import math
+import os
+import queue
 import re
+import statistics
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
@@ -37,6 +44,12 @@ from .base import BackendError, Chat, Generation, SamplingParams, stripped
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 CHAT = "/v1/chat/completions"
 EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)"
+# A request still running once this share of its batch is in, and HEDGE_FACTOR times the batch's median request
+# (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
+HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 2.0, 0.5, 0.1
+HEDGE_COPIES = 3
+
+log = logging.getLogger(__name__)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -73,7 +86,7 @@ class OpenAICompatBackend:
         base_urls: list[str],
         *,
         api_keys: dict[str, str] | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff: float = 0.5,
@@ -89,7 +102,8 @@ class OpenAICompatBackend:
         self.name = f"openai:{model}"
         self.base_urls = urls
         self.api_keys = {url.rstrip("/"): key for url, key in (api_keys or {}).items()}  # a key only where listed
-        self.concurrency = max(1, concurrency)
+        # requests in flight per server: a vLLM server batches many at once, and queues what it cannot take
+        self.concurrency = max(1, concurrency or int(os.environ.get("CAI_OPENAI_CONCURRENCY", "32")))
         self.timeout = timeout
         self.max_retries = max(0, max_retries)
         self.backoff = backoff
@@ -97,6 +111,10 @@ class OpenAICompatBackend:
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
+        self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
+        self._servers = _Servers(urls, self.concurrency)
+        self._executor: _DaemonPool | None = None
+        self._option_ids: dict[tuple[str, ...], list[list[int]] | None] = {}
 
     # --- generation --------------------------------------------------------------------------
 
@@ -135,7 +153,10 @@ class OpenAICompatBackend:
         """Sum of log P(option tokens | chat + assistant prefix) for each chat and option: exact on vLLM, else
         read from the top 20 first tokens (-inf where an option is not among them)."""
         if self.scoring != TOP_20:
-            option_ids = self._tokenized_options(options)
+            key = tuple(options)
+            if key not in self._option_ids:  # the judge asks with the same options batch after batch
+                self._option_ids[key] = self._tokenized_options(options)
+            option_ids = self._option_ids[key]
             if option_ids is not None:
                 self.scoring = EXACT
                 return self._score_exactly(chats, option_ids)
@@ -160,16 +181,20 @@ class OpenAICompatBackend:
         return ids
 
     def _score_exactly(self, chats: list[Chat], option_ids: list[list[int]]) -> list[list[float]]:
-        """One request per chat: its prompt tokens plus each proper prefix of each option are the contexts (a
-        single-token option needs only the chat's own), and each context asks for the log-probabilities of the
-        option tokens that may follow it. The contexts share their start in the server's prefix cache."""
-        tokenize = [{"model": self.model, "messages": chat, "add_generation_prompt": True} for chat in chats]
-        prefixes = [_token_ids(data, url) for data, url, _ in self._post_all(tokenize, route="/tokenize")]
+        """Per chat, two requests in a row: its tokens by the server's template (/tokenize), then one completions
+        request whose contexts are those tokens plus each proper prefix of each option (a single-token option
+        needs only the chat's own), each asking the log-probabilities of the option tokens that may follow it.
+        The contexts share their start in the server's prefix cache; a chat's second request does not wait for
+        the other chats' first."""
         steps = [(ids[:k], token) for ids in option_ids for k, token in enumerate(ids)]
         starts = list(dict.fromkeys(tuple(start) for start, _ in steps))
         wanted = sorted({token for _, token in steps})
-        bodies = [
-            {
+
+        def score(chat: Chat, turn: int) -> list[float]:
+            tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
+            data, url, _ = self._post(tokenize, turn, "/tokenize")
+            prefix = _token_ids(data, url)
+            body = {
                 "model": self.model,
                 "prompt": [prefix + list(start) for start in starts],
                 "max_tokens": 1,
@@ -178,14 +203,12 @@ class OpenAICompatBackend:
                 "logprob_token_ids": wanted,
                 "return_tokens_as_token_ids": True,
             }
-            for prefix in prefixes
-        ]
-        scores = []
-        for data, url, _ in self._post_all(bodies, route="/v1/completions"):
+            data, url, _ = self._post(body, turn, "/v1/completions")
             after = _next_token_logprobs(data, url, len(starts))
             logprob = {(start, token): after[i][token] for i, start in enumerate(starts) for token in wanted}
-            scores.append([sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids])
-        return scores
+            return [sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids]
+
+        return self._run_all(chats, score)
 
     def _score_from_top_tokens(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         bodies = [
@@ -212,25 +235,78 @@ class OpenAICompatBackend:
 
     # --- transport ---------------------------------------------------------------------------
 
+    def _pool(self) -> _DaemonPool:
+        with self._turn_lock:
+            if self._executor is None:
+                # one worker per slot of the fleet: every server can be kept full, and no more is sent
+                self._executor = _DaemonPool(self.concurrency * len(self.base_urls))
+            return self._executor
+
     def _post_all(
         self, bodies: list[dict], on_done: Callable[[int], object] | None = None, route: str = CHAT
     ) -> list[tuple[dict, str, float]]:
-        if not bodies:
+        return self._run_all(bodies, lambda body, turn: self._post(body, turn, route), on_done)
+
+    def _run_all(self, items: list, task: Callable[[Any, int], Any], on_done: Callable[[int], object] | None = None):
+        """`task(item, turn)` for every item, over the fleet at once; the results in the items' order. The first
+        failure (one that outlived its retries) is raised. Once most of the batch is in, an item still running
+        far longer than the batch's typical one gets a second copy on another server and the first answer is
+        kept: a stalled request costs its batch a hedge, not the client's whole timeout."""
+        if not items:
             return []
         with self._turn_lock:
-            starts = [next(self._turn) for _ in bodies]
-
-        def post(body: dict, start: int) -> tuple[dict, str, float]:
-            answer = self._post(body, start, route)
+            turns = [next(self._turn) for _ in items]
+        if len(items) == 1:
+            result = task(items[0], turns[0])
             if on_done:
                 on_done(1)
-            return answer
+            return [result]
+        pool = self._pool()
+        started: dict[int, float] = {}
+        answers: queue.SimpleQueue = queue.SimpleQueue()  # (index, result, error) as each copy ends
 
-        if len(bodies) == 1:
-            return [post(bodies[0], starts[0])]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
-            # map keeps input order and re-raises the first failure in that order.
-            return list(pool.map(post, bodies, starts))
+        def run(index: int, turn: int) -> None:
+            started.setdefault(index, time.monotonic())
+            try:
+                answers.put((index, task(items[index], turn), None))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below, unless another copy answers
+                answers.put((index, None, exc))
+
+        for index, turn in enumerate(turns):
+            pool.submit(run, index, turn)
+        results: dict[int, Any] = {}
+        seconds: list[float] = []
+        copies = dict.fromkeys(range(len(items)), 1)  # copies of each item still running
+        while len(results) < len(items):
+            try:
+                index, result, error = answers.get(timeout=HEDGE_CHECK_SECONDS)
+            except queue.Empty:
+                index = None
+            if index is not None:
+                copies[index] -= 1
+                if index in results:
+                    pass  # its other copy answered first
+                elif error is None:
+                    results[index] = result
+                    seconds.append(time.monotonic() - started[index])
+                    if on_done:
+                        on_done(1)
+                elif not copies[index]:
+                    raise error  # every copy failed: the batch fails with the item's own reason
+            if len(results) >= HEDGE_AFTER_SHARE * len(items):
+                self._hedge(pool, run, turns, started, results, copies, seconds)
+        return [results[i] for i in range(len(items))]
+
+    def _hedge(self, pool, run, turns, started, results, copies, seconds) -> None:
+        """Another copy of each item running longer than HEDGE_FACTOR times the batch's median per copy it has:
+        a hedge that stalls in its turn (one in a few hundred) gets its own, up to HEDGE_COPIES at once."""
+        slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
+        now = time.monotonic()
+        for index, began in list(started.items()):
+            if index not in results and copies[index] < HEDGE_COPIES and now - began > slow * copies[index]:
+                copies[index] += 1
+                self._incident("hedged", f"a request running {now - began:.0f} s sent again")
+                pool.submit(run, index, turns[index] + copies[index], urgent=True)
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
@@ -241,23 +317,30 @@ class OpenAICompatBackend:
         except ValueError:
             raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
 
+    def _incident(self, kind: str, detail: str) -> None:
+        """Count a failed, stalled or hedged request, and say so in the log (a job's log.txt while a job runs)."""
+        with self._turn_lock:
+            self.incidents[kind] += 1
+        log.warning("%s: %s: %s", self.name, kind, detail)
+
     def _send(self, body: dict, start: int, route: str = CHAT, *, stream: bool = False) -> tuple[Any, str, float]:
         """One request, with retries; returns the response's body (with `stream`: the open response, to read as
         it comes), the base URL that answered and when the answering try began (`time.perf_counter`)."""
         data = json.dumps(body).encode()
         tries = self.max_retries + 1
-        last_error = ""
+        last_error, failed_on = "", None
         for attempt in range(tries):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            # Each retry moves to the next URL: a dead server is then passed over instead of hammered.
-            base = self.base_urls[(start + attempt) % len(self.base_urls)]
+            if attempt > 1:  # the first retry goes to another server at once; then the fleet gets time to recover
+                time.sleep(self.backoff * 2 ** (attempt - 2))
+            # Each retry goes to another server than the one that just failed: a sick one is passed over.
+            base = self._servers.acquire(start + attempt, avoid=failed_on)
             accept = "text/event-stream" if stream else "application/json"
             headers = {"Content-Type": "application/json", "Accept": accept}
             if base in self.api_keys:
                 headers["Authorization"] = f"Bearer {self.api_keys[base]}"
             request = urllib.request.Request(_url(base, route), data=data, headers=headers, method="POST")
             began = time.perf_counter()
+            refused = False
             try:
                 response = _OPENER.open(request, timeout=self.timeout)
                 if stream:
@@ -268,16 +351,101 @@ class OpenAICompatBackend:
                 message = _server_message(exc)
                 if exc.code == 429 or exc.code >= 500:
                     last_error = f"HTTP {exc.code} from {base}: {message}"
+                    self._incident(f"HTTP {exc.code}", f"{base}: {message} (try {attempt + 1} of {tries})")
+                    failed_on = base
                     continue
                 if exc.code in (401, 403) and base not in self.api_keys:
                     message += " (no key was sent: a key goes only to the endpoints listed in endpoints.yaml)"
                 raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None
             except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
-                last_error = f"{_reason(exc)} ({base})"
+                reason = _reason(exc)
+                last_error = f"{reason} ({base})"
+                refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
+                kind = "refused" if refused else "timed out" if "timed out" in reason else "dropped"
+                self._incident(kind, f"{base}: {reason} (try {attempt + 1} of {tries})")
+                failed_on = base
                 continue
+            finally:
+                if self._servers.release(base, dead=refused):
+                    log.warning("%s: %s is down (connection refused): routed around it", self.name, base)
         raise BackendError(
             f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
         )
+
+
+class _DaemonPool:
+    """Up to `limit` worker threads, started as the work needs them, that do not hold the process open at its
+    exit as ThreadPoolExecutor's do: a request that a hedge has answered may still be waiting on a stalled
+    server, and nobody wants its answer any more. A hedge gets a worker beyond the limit (`urgent`), which ends
+    after its task: the workers held by stalled requests would otherwise leave it queued behind them."""
+
+    def __init__(self, limit: int):
+        self.limit, self.started, self.waiting = limit, 0, 0
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+
+    def submit(self, function: Callable, *args, urgent: bool = False) -> None:
+        """Run `function(*args)` on a free worker; it reports its own outcome (`_run_all`'s `run`)."""
+        with self.lock:
+            if self.tasks.qsize() >= self.waiting and (urgent or self.started < self.limit):
+                self.started += 1
+                threading.Thread(target=self._work, name=f"openai-{self.started}", daemon=True).start()
+            self.tasks.put((function, args))
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                if self.started > self.limit:  # an urgent worker, or one over after the limit was reached
+                    self.started -= 1
+                    return
+                self.waiting += 1
+            function, args = self.tasks.get()
+            with self.lock:
+                self.waiting -= 1
+            function(*args)
+
+
+class _Servers:
+    """Where each try goes: the live server with the fewest requests in flight, none holding more than
+    `per_server` at once (the rest wait here, not in a server's queue). A server that refuses connections is
+    down: routed around for a while that doubles with each refusal (up to a minute), then tried again."""
+
+    def __init__(self, urls: list[str], per_server: int):
+        self.urls, self.per_server = urls, per_server
+        self.in_flight = dict.fromkeys(urls, 0)
+        self.down_until = dict.fromkeys(urls, 0.0)
+        self.refusals = dict.fromkeys(urls, 0)
+        self.changed = threading.Condition()
+
+    def acquire(self, turn: int, avoid: str | None = None) -> str:
+        with self.changed:
+            while True:
+                now = time.monotonic()
+                live = [u for u in self.urls if self.down_until[u] <= now]
+                # every server down: try the one due back first rather than fail a job a restart would save
+                live = live or [min(self.urls, key=self.down_until.__getitem__)]
+                candidates = [u for u in live if u != avoid] or live
+                free = [u for u in candidates if self.in_flight[u] < self.per_server]
+                if free:
+                    # the turn breaks ties, so that a stream of single requests still spreads over the fleet
+                    url = min(free, key=lambda u: (self.in_flight[u], (self.urls.index(u) - turn) % len(self.urls)))
+                    self.in_flight[url] += 1
+                    return url
+                self.changed.wait(timeout=1.0)  # a release, or a down server's time being up
+
+    def release(self, url: str, *, dead: bool) -> bool:
+        """Free URL's slot; with `dead`, mark it down. True when that takes a live server out."""
+        with self.changed:
+            self.in_flight[url] -= 1
+            newly_down = False
+            if dead:
+                newly_down = self.down_until[url] <= time.monotonic()
+                self.refusals[url] += 1
+                self.down_until[url] = time.monotonic() + min(60.0, 2.0 ** self.refusals[url])
+            else:
+                self.refusals[url] = 0
+            self.changed.notify_all()
+            return newly_down
 
 
 def _stream_pieces(response, url: str) -> Iterator[str]:

@@ -150,7 +150,10 @@ class StoreCore:
             self.con.unregister("incoming")
 
     def counts(self) -> dict[str, int]:
-        return {table: self._count(table) for table in ("constitution_versions", "runs", "traces", "trace_steps")}
+        return {
+            table: self._count(table)
+            for table in ("constitution_versions", "runs", "traces", "trace_steps", "ai_labels")
+        }
 
 
 def _check_folder(path: Path) -> None:
