@@ -95,6 +95,15 @@ class Gate:
         return ", ".join(f"{counts[d]} {d}" for d in DECISIONS if counts.get(d)) or "no principles"
 
 
+GATE_SPLIT = "label_gate"  # kept with a training run's data splits: the decisions its labels were gated by
+
+
+def recorded_decisions(run_folder: Path) -> pd.DataFrame:
+    """The gate's decisions a training run's data was read through; empty where it read no gated AI labels."""
+    path = run_folder / f"data-{GATE_SPLIT}.jsonl"
+    return pd.read_json(path, lines=True) if path.exists() else pd.DataFrame()
+
+
 def gate(store: Store, run_id: str, rule: GateRule | None = None) -> Gate:
     """The gate for label run `run_id`: each of its principles' decision under `rule` (the defaults if None)."""
     from .agreement import dashboard

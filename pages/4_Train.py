@@ -18,6 +18,7 @@ import streamlit as st
 
 from cai_core.config import ConfigError, browser_value
 from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.label_gate import recorded_decisions
 from cai_core.train import KINDS, config_class, launch_train_job, prepare_train_job
 from cai_core.train.config import config_from_dict
 from cai_core.train.form import form_label, latest_finished, reward_choices
@@ -307,6 +308,14 @@ def runs_panel() -> bool:
         if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
             st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")
             st.dataframe(evaluation, hide_index=True, key="train_rm_evaluation")
+        if not (decisions := recorded_decisions(job.path)).empty:
+            with st.expander(
+                f"Label gate: {', '.join(f'{n} {d}' for d, n in decisions.decision.value_counts().items())}"
+            ):
+                st.caption("Which principles' AI labels this run trained on, by their agreement with people.")
+                st.dataframe(
+                    decisions[["principle_id", "decision", "weight", "reason"]], hide_index=True, key="train_gate"
+                )
         names = [
             n
             for n in dict.fromkeys(metrics["name"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..label_gate import load_rule
+from ..label_gate import GATE_SPLIT, load_rule
 from ..workspace import Workspace
 from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext
@@ -68,7 +68,7 @@ class PreferenceData:
         with Store.open(ws) as store:
             run_id = self.labels or store.latest_label_run()
             decided = gate(store, run_id, load_rule(ws)) if run_id else None
-        return {"label_gate": decided.table} if decided is not None and not decided.table.empty else {}
+        return {GATE_SPLIT: decided.table} if decided is not None and not decided.table.empty else {}
 
 
 @dataclass
