@@ -55,8 +55,8 @@ def register_provider() -> None:
 
     @modelapi(name=PROVIDER)
     class WorkbenchModel(ModelAPI):
-        def __init__(self, model_name: str, base_url=None, api_key=None, config=GenerateConfig(), **model_args):
-            super().__init__(model_name, base_url, api_key, [], config)
+        def __init__(self, model_name: str, base_url=None, api_key=None, config=None, **model_args):
+            super().__init__(model_name, base_url, api_key, [], config or GenerateConfig())
             self.backend = load_backend(model_name, model_args.get("workspace"))
             # one local engine answers one batch at a time; a fleet takes its own concurrency
             self.local = self.backend.engine != "openai"
@@ -118,7 +118,8 @@ def xstest_task(path: Path = XSTEST):
 
         return score
 
-    return Task(name="xstest", dataset=MemoryDataset(samples, name="xstest"), solver=generate(), scorer=refusal_matches())
+    dataset = MemoryDataset(samples, name="xstest")
+    return Task(name="xstest", dataset=dataset, solver=generate(), scorer=refusal_matches())
 
 
 TASKS = {"xstest": xstest_task}
