@@ -69,3 +69,14 @@ def test_offline_or_tokenless_pushes_are_refused_before_any_request(hub, tmp_pat
     with pytest.raises(HubError, match="HF_HUB_OFFLINE=0"):
         push_export(write_export(tmp_path), "me/prefs", "preferences", token="hf_test")
     assert hub.requests == []
+
+
+def test_cai_push_model_pushes_a_runs_model(hub, tmp_path, capsys):
+    from cai_core.cli import main
+
+    job = JobFolder.create(tmp_path / "runs", "sft-2", {"kind": "train-sft", "model": "default"})
+    (job.path / "final").mkdir()
+    (job.path / "final" / "config.json").write_text("{}")
+    assert main(["--data-dir", str(tmp_path), "push-model", "sft-2", "me/m2", "--token", "hf_test"]) == 0
+    assert hub.repos == {"model/me/m2": {"visibility": "private"}}
+    assert "pushed sft-2's model to me/m2 (private)" in capsys.readouterr().out
