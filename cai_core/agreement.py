@@ -339,6 +339,12 @@ def judge_model_verdict(store: Store, judge_model: str, tie_band: float = 0.05, 
     return judge_verdict(judge_figures([c for c in cells if c["k_run"] is not None], bins))
 
 
+def label_run_verdict(store: Store, run_id: str, tie_band: float = 0.05, bins: int = 10) -> Verdict:
+    """The verdict on one label run's judge, from its labels that people labelled too."""
+    cells = store.agreement_cells(LabelFilter(run_ids=(run_id,)), tie_band, bins)
+    return judge_verdict(judge_figures([c for c in cells if c["k_run"] is not None], bins))
+
+
 def dashboard(
     store: Store,
     *,

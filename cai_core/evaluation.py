@@ -30,6 +30,7 @@ from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
 from .jobs import JobFolder, JobKind, Plan, engine_name
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
+from .tracking import TrackerChoice, tracker_field
 from .workspace import PROJECT_ROOT, Workspace
 
 INPUT = "input_prompts"  # the job's input file (see JobFolder.write_input)
@@ -99,6 +100,7 @@ class EvalConfig(CheckedConfig):
         default=16, metadata={"help": "Prompts answered, or comparisons judged, per batch.", "min": 1}
     )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each harmlessness comparison uses."})
+    tracker: TrackerChoice = tracker_field()
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )

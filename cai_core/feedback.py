@@ -33,6 +33,7 @@ from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .jobs import JobFolder, JobKind, Plan, batched, engine_name
 from .records import AILabel, Pair, to_row
+from .tracking import TrackerChoice, tracker_field
 from .workspace import Workspace
 
 OPTIONS = ("A", "B")
@@ -249,6 +250,7 @@ class LabelConfig(CheckedConfig):
         default=32, metadata={"help": "Pairs per batch (both orders of each go together).", "min": 1}
     )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each pair is judged under."})
+    tracker: TrackerChoice = tracker_field()
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )

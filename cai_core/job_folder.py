@@ -124,6 +124,12 @@ def _progress_record(path: Path, data) -> Progress:
     return Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
 
 
+def identity_settings(settings: dict) -> dict:
+    """The settings a run's id is a digest of: not its name, nor the tracker it reports to (the same run resumes
+    whichever tracker watches it)."""
+    return {**{key: value for key, value in settings.items() if key != "tracker"}, "run_id": None}
+
+
 class JobFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -159,7 +165,7 @@ class JobFolder:
         settings = dataclasses.asdict(config)
         if constitution is not None:
             identity = {"constitution": constitution.version, **identity}
-        run_id = settings.get("run_id") or run_id_for(prefix or kind, {**settings, **identity, "run_id": None})
+        run_id = settings.get("run_id") or run_id_for(prefix or kind, {**identity_settings(settings), **identity})
         spec = {"kind": kind, "model": model, "config": {**settings, "run_id": run_id}}
         if constitution is not None:
             spec["constitution"] = constitution.snapshot()

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from .job_folder import Cancelled, JobFolder, Pace
 from .records import now
+from .tracking import open_tracker
 
 
 @contextmanager
@@ -180,21 +181,32 @@ def run_job(
             folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
         folder.repair()
         report = _Reporter(folder, on_progress)
-        with ending_on_failure(report), _logging_to(folder):
-            try:
-                with _cancel_interrupts(), report.ticking():
-                    work = make_work()
-                    report.attach(work)
-                    report()
-                    for batch in work.batches():
-                        folder.stop_if_cancelled()
-                        work.step(batch)
+        tracker, status = None, "failed"
+        try:
+            with ending_on_failure(report), _logging_to(folder):
+                # a job whose config names a tracker reports there; the workspace is the runs folder's parent
+                tracker = open_tracker(folder, folder.path.parent.parent)
+                try:
+                    with _cancel_interrupts(), report.ticking():
+                        work = make_work()
+                        report.attach(work)
                         report()
-            except Cancelled:
-                folder.clear_cancel()
-                report("cancelled", CANCELLED)
-                return folder
-            report("done")
+                        for batch in work.batches():
+                            folder.stop_if_cancelled()
+                            work.step(batch)
+                            report()
+                            if tracker:
+                                tracker.log(work.done(), {"done": work.done(), "total": work.total()})
+                except Cancelled:
+                    folder.clear_cancel()
+                    report("cancelled", CANCELLED)
+                    status = "cancelled"
+                    return folder
+                report("done")
+                status = "done"
+        finally:
+            if tracker:
+                tracker.finish(status)
     return folder
 
 

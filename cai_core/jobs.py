@@ -67,6 +67,7 @@ KINDS = {
     "ab-judge": "ab:AB_JUDGE",
     "recipe": "recipe.stages:RECIPE",
     "export": "export_job:EXPORT",
+    "inspect": "inspect_eval:INSPECT",
 }
 
 

@@ -194,6 +194,20 @@ class TrainMetric:
 
 
 @dataclass(frozen=True)
+class InspectScore:
+    """One headline metric of one scorer of an Inspect evaluation (`inspect_eval.py`), with the log it came from."""
+
+    run_id: str
+    task: str
+    model: str  # as Inspect names it: cai/<model spec>
+    scorer: str
+    metric: str  # accuracy, stderr, ...
+    value: float
+    log: str  # the Inspect log's file, in the job's folder
+    created_at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """Where a finished training run left its model: a folder any model spec can name."""
 

@@ -19,6 +19,7 @@ import streamlit as st
 from cai_core.config import ConfigError, browser_value
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.label_gate import recorded_decisions
+from cai_core.tracking import tracking_record
 from cai_core.train import KINDS, config_class, launch_train_job, prepare_train_job
 from cai_core.train.config import config_from_dict
 from cai_core.train.form import form_label, latest_finished, reward_choices
@@ -304,6 +305,11 @@ def runs_panel() -> bool:
         if model:
             st.caption("Model folder (a model spec for every page):")
             st.code(model, language=None)
+        if tracked := tracking_record(job):
+            if tracked["link"]:
+                st.link_button(f"Open in {tracked['tracker']}", tracked["link"], icon=":material/monitoring:")
+            st.caption(f"The {tracked['tracker']} run is in {tracked['where']}; start its local viewer with:")
+            st.code(tracked["open_with"], language=None)
 
         if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
             st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")

@@ -11,6 +11,7 @@ from cai_core.constitution import list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import BUILTIN_SETS, STANDARD_SETS, WRAPPERS, EvalSet, source_columns
 from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models
+from cai_core.inspect_eval import TASKS, InspectConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
@@ -20,7 +21,7 @@ from ui.text import count, md_escape, show_flash, show_text, when
 
 settings = setup("Evaluate")
 ws = settings.workspace
-EVAL_KINDS = ("eval", "eval-rounds")
+EVAL_KINDS = ("eval", "eval-rounds", "inspect")
 SET_SUFFIXES = (".jsonl", ".csv")
 STARTED = "Its progress is below; its charts appear when it is done."
 
@@ -53,7 +54,7 @@ with connect(ws) as store:
     generate_runs = store.runs(kind="generate")
 constitutions = [p.name for p in list_constitutions(ws.constitutions_dir)]
 
-compare_tab, rounds_tab = st.tabs(["Compare models", "Score SL-CAI rounds"])
+compare_tab, rounds_tab, inspect_tab = st.tabs(["Compare models", "Score SL-CAI rounds", "Inspect AI"])
 
 
 def add_set(spec: str) -> None:
@@ -215,6 +216,29 @@ with rounds_tab, st.form("rounds_form"):
                 STARTED,
             )
 
+with inspect_tab, st.form("inspect_form"):
+    st.caption(
+        "An Inspect AI task run against a model through the workbench's own engine; its log stays with the run "
+        "(`inspect view` opens it). xstest runs offline; a registry task downloads its data set when it runs."
+    )
+    cols = st.columns(3)
+    inspect_task = cols[0].text_input("Task", value=next(iter(TASKS)), key="inspect_task")
+    inspect_model = cols[1].text_input("Model", key="inspect_model", placeholder=f"the sidebar's: {settings.model}")
+    inspect_limit = cols[2].number_input("Samples", 1, None, value=None, placeholder="all", key="inspect_limit")
+    if st.form_submit_button(
+        "Start in the background", key="inspect_start", type="primary", disabled=settings.read_only
+    ):
+        start_from_form(
+            ws,
+            "inspect",
+            lambda: InspectConfig(
+                task=inspect_task.strip(),
+                model=settings.model_spec(inspect_model.strip() or settings.model),
+                limit=inspect_limit,
+            ),
+            STARTED,
+        )
+
 # --- runs -------------------------------------------------------------------------------------------------
 
 st.subheader("Runs")
@@ -250,6 +274,15 @@ with connect(ws) as store:
     run_id = cols[0].selectbox("Comparison run", compare_runs, key="result_run", placeholder="none yet")
     rounds_run_id = cols[1].selectbox("Rounds run", rounds_runs, key="result_rounds_run", placeholder="none yet")
     summary = summarize(store, run_id, rounds_run_id)
+    inspect_scores = store.inspect_scores()
+
+if not inspect_scores.empty:
+    st.caption("Inspect AI evaluations (each scorer's headline metrics; the log is in the run's folder):")
+    st.dataframe(
+        inspect_scores[["run_id", "task", "model", "scorer", "metric", "value", "log"]],
+        hide_index=True,
+        key="inspect_scores",
+    )
 
 figures = charts(summary)
 if not figures:

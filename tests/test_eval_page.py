@@ -315,3 +315,16 @@ def test_win_rates_judged_by_an_unreliable_judge_carry_a_caveat_on_the_page_and_
     with Store.open(ws) as store:
         page = report_html(summarize(store, "eval-x"))
     assert "judge-x is unreliable" in page
+
+
+def test_an_inspect_evaluations_score_joins_the_results(ws):
+    from cai_core.records import InspectScore, to_row
+
+    job = jobs.JobFolder.create(ws.runs_dir, "inspect-abc", {"kind": "inspect", "model": "default", "config": {}})
+    job.append(
+        "inspect_scores", [to_row(InspectScore("inspect-abc", "xstest", "cai/default", "s", "accuracy", 0.625, "x"))]
+    )
+    at = open_page()
+    (table,) = [frame for frame in at.dataframe if "scorer" in frame.value.columns]
+    assert table.value.value.tolist() == [0.625]
+    assert not at.exception

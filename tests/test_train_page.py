@@ -227,3 +227,18 @@ def test_a_finished_model_is_a_sidebar_choice_and_the_model_generate_launches_wi
         store.ingest(ws.runs_dir)
         traces = store.trace_page(TraceFilter(run_id=generation.run_id))
     assert list(traces["model"]) == [final]
+
+
+def test_a_tracked_run_links_to_its_tracker_and_an_untracked_one_does_not(ws):
+    from cai_core.train.context import RunContext
+
+    job = JobFolder.create(
+        ws.runs_dir, "sft-tracked", {"kind": "train-sft", "model": "m", "config": {"tracker": "tensorboard"}}
+    )
+    RunContext(job, SFTConfig(), ws).log_metrics(1, {"loss": 1.0})
+    job.set_progress("running", 1, 9)
+    at = open_train()
+    [link] = [b for b in at.get("link_button") if b.proto.label == "Open in tensorboard"]
+    assert link.proto.url == "http://localhost:6006/"
+    assert any("tensorboard --logdir" in c.value for c in at.code)
+    assert not at.exception

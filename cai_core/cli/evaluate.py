@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..store import Store
 from ..workspace import Workspace
+from .flags import add_dataclass_arguments
 from .jobs import add_job_parser, start_job
 
 
@@ -17,6 +18,19 @@ def cmd_eval_run(args, ws: Workspace) -> int:
 def cmd_eval_rounds(args, ws: Workspace) -> int:
     code, job = start_job("eval-rounds", args, ws)
     return code if args.background or code else _print_eval(ws, None, job.run_id)
+
+
+def cmd_eval_inspect(args, ws: Workspace) -> int:
+    code, job = start_job("inspect", args, ws)
+    if args.background or code:
+        return code
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        scores = store.inspect_scores()
+    scores = scores[scores.run_id == job.run_id]
+    print(scores[["task", "model", "scorer", "metric", "value"]].round(3).to_string(index=False))
+    print(f"Inspect log: {scores.log.iloc[0]} (inspect view --log-dir {Path(scores.log.iloc[0]).parent})")
+    return 0
 
 
 def cmd_eval_show(args, ws: Workspace) -> int:
@@ -64,6 +78,13 @@ def add_parsers(sub) -> None:
         "Judge each SL-CAI revision against the answer before it and the first.",
         cmd_eval_rounds,
     )
+    from ..inspect_eval import InspectConfig
+
+    p = eval_sub.add_parser("inspect", help="Evaluate a model with an Inspect AI task (needs inspect_ai).")
+    p.add_argument("task", help=dict(InspectConfig.__dataclass_fields__["task"].metadata)["help"])
+    add_dataclass_arguments(p, InspectConfig, skip=("task",))
+    p.add_argument("--background", action="store_true", help="Start the job detached and return at once.")
+    p.set_defaults(func=cmd_eval_inspect)
     for name, func, help_text in (
         ("show", cmd_eval_show, "Print an evaluation's tables."),
         ("report", cmd_eval_report, "Write an evaluation's charts and tables to one HTML file."),

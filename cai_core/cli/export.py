@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..export_job import ExportConfig, matching_rows
@@ -24,7 +25,27 @@ def cmd_export(args, ws: Workspace) -> int:
     out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
+    if args.push_to:
+        from ..hub import push_export
+
+        with Store.open(ws) as store:
+            url = push_export(out, args.push_to, args.kind, token=args.token, store=store, private=not args.public)
+        print(f"pushed to {args.push_to} ({'public' if args.public else 'private'}): {url}")
     return 0
+
+
+def cmd_push_model(args, ws: Workspace) -> int:
+    from ..hub import push_model
+    from ..jobs import JobFolder
+
+    url = push_model(JobFolder(ws.runs_dir / args.run_id), args.repo, token=args.token, private=not args.public)
+    print(f"pushed {args.run_id}'s model to {args.repo} ({'public' if args.public else 'private'}): {url}")
+    return 0
+
+
+def add_hub_arguments(p) -> None:
+    p.add_argument("--token", default=os.environ.get("HF_TOKEN"), help="A Hub token with write access (HF_TOKEN).")
+    p.add_argument("--public", action="store_true", help="Make a new repository public (private by default).")
 
 
 def add_parsers(sub) -> None:
@@ -45,4 +66,11 @@ def add_parsers(sub) -> None:
         help="Preferences only: weigh each principle's AI labels by its agreement with people (see `cai gate`).",
     )
     p.add_argument("--background", action="store_true", help="Write it from a job, detached; return at once.")
+    p.add_argument("--push-to", metavar="REPO", help="Then push it to this Hub dataset repo (needs HF_HUB_OFFLINE=0).")
+    add_hub_arguments(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("push-model", help="Push a finished training run's model to a Hub model repo.")
+    p.add_argument("run_id")
+    p.add_argument("repo", help="The Hub repository, owner/name.")
+    add_hub_arguments(p)
+    p.set_defaults(func=cmd_push_model)

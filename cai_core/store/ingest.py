@@ -25,6 +25,7 @@ from ..records import (
     EvalAnswer,
     EvalJudgment,
     IngestProblem,
+    InspectScore,
     Pair,
     RoundJudgment,
     Run,
@@ -48,6 +49,7 @@ SPOOLED_TABLES = {
     "eval_answers": EvalAnswer,
     "eval_judgments": EvalJudgment,
     "round_judgments": RoundJudgment,
+    "inspect_scores": InspectScore,
     "judge_calibrations": StoredCalibration,
     "calibration_priors": CalibrationPrior,
 }

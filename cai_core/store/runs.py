@@ -55,6 +55,10 @@ class RunQueries:
             "SELECT * FROM runs WHERE kind IN ('eval', 'eval-rounds') ORDER BY created_at DESC"
         ).df()
 
+    def inspect_scores(self) -> pd.DataFrame:
+        """Every Inspect evaluation's headline metrics, newest first."""
+        return self.con.execute("SELECT * FROM inspect_scores ORDER BY created_at DESC, run_id, scorer, metric").df()
+
     def eval_table(self, table: str, run_id: str) -> pd.DataFrame:
         """One evaluation run's rows of eval_answers, eval_judgments or round_judgments."""
         order = {

@@ -127,4 +127,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE human_labels ADD COLUMN imported_by TEXT DEFAULT '';
     """,
+    # 12: an Inspect evaluation's headline metrics, per scorer, with the log they came from
+    """
+    CREATE TABLE inspect_scores (
+        run_id TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, scorer TEXT NOT NULL, metric TEXT NOT NULL,
+        value DOUBLE NOT NULL, log TEXT NOT NULL, created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, scorer, metric));
+    """,
 ]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..config import CheckedConfig, ConfigError, config_from_mapping
 from ..config import load_config_file as load_config
+from ..tracking import TrackerChoice, tracker_field
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,6 +111,7 @@ class TrainConfig(CheckedConfig):
             "text": True,
         },
     )
+    tracker: TrackerChoice = tracker_field()
 
     def check(self) -> None:
         """Raise TrainError for values no run could use."""

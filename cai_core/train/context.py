@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..job_folder import JobFolder, Pace
 from ..records import TrainedModel, TrainMetric, to_row
+from ..tracking import Tracker, open_tracker
 from ..workspace import Workspace, replace_folder
 from .config import TrainConfig
 from .models import RewardFn, checkpoints
@@ -31,6 +32,8 @@ class RunContext:
     pace: Pace | None = None  # rate and ETA since this process's first progress report
     warning: str = ""  # the run's latest warning (the reward-hacking monitor's): its message until it ends
     stop_reason: str = ""  # why the run stopped itself before max_steps, if it did
+    tracker: Tracker | None = None  # the experiment tracker's run, opened at the first numbers (main rank only)
+    tracked_warning: str = ""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -65,6 +68,22 @@ class RunContext:
             if isinstance(value, int | float) and not isinstance(value, bool)
         ]
         self.job.append("train_metrics", rows)
+        self.track(step, {row["name"]: row["value"] for row in rows})
+
+    def track(self, step: int, metrics: dict[str, float]) -> None:
+        """Pass the numbers, and a monitor warning the tracker has not seen, to the run's experiment tracker."""
+        self.tracker = self.tracker or open_tracker(self.job, self.ws.root)
+        if self.tracker is None:
+            return
+        self.tracker.log(int(step), metrics)
+        if self.warning and self.warning != self.tracked_warning:
+            self.tracker.note("monitor_warning", self.warning)
+            self.tracked_warning = self.warning
+
+    def end_tracking(self, status: str) -> None:
+        if self.tracker is not None:
+            self.tracker.finish(status)
+            self.tracker = None
 
     def progress(self, step: int, message: str = "") -> None:
         """Report the step, with the rate since this process began (a resumed run's earlier steps do not count)
@@ -122,11 +141,13 @@ class RunContext:
         self.job.set_progress(
             "done", step, self.config.max_steps, message or f"model in {model_path}", **self.timing(step)
         )
+        self.end_tracking("done")
 
     def cancelled(self, step: int, reason: str = "") -> None:
         if self.main:
             why = reason or self.stop_reason or f"cancelled at step {step}"
             self.job.set_progress("cancelled", step, self.config.max_steps, f"{why}; run it again to resume")
+            self.end_tracking("cancelled")
 
 
 def save_final(ctx: RunContext, model, tokenizer) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from ..job_folder import identity_settings
 from ..jobs import JobFolder, run_id_for
 from ..workspace import Workspace, write_file_atomically
 from .algorithms import algorithm, config_class
@@ -59,7 +60,7 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
         split: frame.to_json(orient="records", lines=True, force_ascii=False) for split, frame in frames.items()
     }
     digest = hashlib.sha256("".join(f"{k}\0{v}" for k, v in sorted(payloads.items())).encode()).hexdigest()
-    identity = {**config.to_dict(), "kind": config.kind, "data": digest, "run_id": None}
+    identity = {**identity_settings(config.to_dict()), "kind": config.kind, "data": digest}
     run_id = config.run_id or run_id_for(config.kind, identity)
     job = JobFolder.create(
         ws.runs_dir,

@@ -1,0 +1,239 @@
+"""Experiment tracking: a training run, a recipe stage or a labelling/evaluation job reports its config, constitution,
+parent runs, numbers and monitor warnings to the tracker people already watch: trackio, W&B, MLflow or TensorBoard.
+
+Each run picks one with its `tracker` field (declared once, `tracker_field`); "workspace" takes the workspace's
+default (`tracking.yaml` in the data folder, key `tracker`), and without one, trackio when it is installed. The
+trackers write under the workspace (wandb/, mlruns/, tensorboard/; trackio in its own TRACKIO_DIR) and nothing leaves
+the machine: W&B runs offline unless the operator sets WANDB_MODE=online, the one remote choice. What the run's
+tracker is and how to open it is kept in the job folder's tracking.json, where the Train page finds its link."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import yaml
+
+from .config import ConfigError
+from .job_folder import JobFolder, write_json_atomic
+
+TrackerChoice = Literal["workspace", "trackio", "wandb", "mlflow", "tensorboard", "none"]
+# the package each tracker needs: a tracker whose package is missing is refused by name, not skipped silently
+PACKAGES = {"trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+PROJECT = "cai-workbench"
+SETTINGS_FILE = "tracking.yaml"
+# what a run's tracker is told besides its config: where its data's labels came from and what it came from
+FACTS = ("kind", "constitution", "constitution_version", "parent_runs")
+
+
+def tracker_field():
+    """The experiment tracker a run reports to, declared once for every config that runs as a job."""
+    return field(
+        default="workspace",
+        metadata={
+            "help": "Experiment tracker: trackio, wandb (offline unless WANDB_MODE=online), mlflow (a local file "
+            "store), tensorboard, none; workspace: the workspace's default (tracking.yaml), else trackio when "
+            "installed.",
+            "label": "Experiment tracker",
+        },
+    )
+
+
+class TrackingError(ConfigError):
+    """The chosen tracker cannot run here (its package is missing, or the workspace's setting is not a tracker)."""
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(PACKAGES[name]) is not None
+
+
+def workspace_default(root: Path) -> str:
+    """The workspace's tracker: tracking.yaml's `tracker`, else trackio when installed, else none."""
+    path = Path(root) / SETTINGS_FILE
+    if path.exists():
+        chosen = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("tracker")
+        if chosen not in PACKAGES and chosen != "none":
+            raise TrackingError(f"{path}: tracker is {chosen!r}; use one of {', '.join([*PACKAGES, 'none'])}")
+        return chosen
+    return "trackio" if installed("trackio") else "none"
+
+
+def resolve(choice: str, root: Path) -> str:
+    """The tracker a run reports to; raises TrackingError, naming the field, when its package is missing."""
+    name = workspace_default(root) if choice == "workspace" else choice
+    if name != "none" and not installed(name):
+        raise TrackingError(
+            f"{name} is not installed (pip install {PACKAGES[name]}); choose another tracker or none", "tracker"
+        )
+    return name
+
+
+def parent_runs(run_id: str, config: dict, runs_dir: Path) -> list[str]:
+    """The runs this one came from: the recipe whose stage it is (the stage's id names it) and any run it starts
+    from (its model, reward model or reference is a run id)."""
+    parents = []
+    recipe = re.match(r"^(recipe-[A-Za-z0-9]+)-i\d+-", run_id)
+    if recipe:
+        parents.append(recipe.group(1))
+    for key in ("model", "reward_model", "ref_model", "judge_model"):
+        value = config.get(key)
+        if isinstance(value, str) and value and "/" not in value and (runs_dir / value / "run.json").exists():
+            parents.append(value)
+    return parents
+
+
+class Tracker(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def note(self, key: str, text: str) -> None:
+        """Something that happened during the run (a monitor warning), shown beside its curves."""
+
+    def finish(self, status: str) -> None: ...
+
+
+class _Trackio:
+    def __init__(self, root: Path, run_id: str, config: dict):
+        import trackio
+        from trackio.utils import TRACKIO_DIR
+
+        # trackio's own folder (TRACKIO_DIR, read once when it is first imported, else under HF_HOME): local, and
+        # where `trackio show` looks without being told
+        self.run = trackio.init(project=PROJECT, name=run_id, config=config, resume="allow")
+        self.where = TRACKIO_DIR
+        self.command = f"TRACKIO_DIR={self.where} trackio show --project {PROJECT}"
+        self.link = f"http://127.0.0.1:7860/?project={PROJECT}&runs={run_id}"
+
+    def log(self, step, metrics):
+        self.run.log(metrics, step=step)
+
+    def note(self, key, text):
+        self.run.alert(title=key, text=text)
+
+    def finish(self, status):
+        self.run.finish()
+
+
+class _Wandb:
+    def __init__(self, root: Path, run_id: str, config: dict):
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE", "offline")
+        self.where = root / "wandb"
+        self.where.mkdir(parents=True, exist_ok=True)
+        # the run id is a wandb id too, so a resumed job continues its run
+        wandb_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_id)
+        self.run = wandb.init(
+            project=PROJECT, name=run_id, id=wandb_id, dir=str(root), config=config, mode=mode, resume="allow"
+        )
+        offline = mode == "offline"
+        # an offline run has no viewer until it is synced, which is the operator's choice to make
+        self.command = f"wandb sync {self.where}/offline-run-*-{wandb_id}" if offline else self.run.url
+        self.link = None if offline else self.run.url
+
+    def log(self, step, metrics):
+        self.run.log(metrics, step=step)
+
+    def note(self, key, text):
+        self.run.summary[key] = text
+
+    def finish(self, status):
+        self.run.finish(exit_code=0 if status == "done" else 1)
+
+
+class _Mlflow:
+    def __init__(self, root: Path, run_id: str, config: dict, resume_id: str | None):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.where = root / "mlruns"
+        # mlflow-skinny has no SQL store (no SQLAlchemy): its file store is the local one, which 3.x asks to allow
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(self.where.as_uri())
+        mlflow.set_experiment(PROJECT)
+        self.run = mlflow.start_run(run_id=resume_id) if resume_id else mlflow.start_run(run_name=run_id)
+        self.resume_id = self.run.info.run_id
+        if not resume_id:
+            mlflow.log_params({key: str(value)[:500] for key, value in config.items()})
+            mlflow.set_tags({key: config[key] for key in FACTS})
+        self.command = f"mlflow ui --backend-store-uri {self.where.as_uri()}"
+        self.link = f"http://127.0.0.1:5000/#/experiments/{self.run.info.experiment_id}/runs/{self.resume_id}"
+
+    def log(self, step, metrics):
+        self.mlflow.log_metrics(metrics, step=step)
+
+    def note(self, key, text):
+        self.mlflow.set_tag(key, text[:5000])
+
+    def finish(self, status):
+        self.mlflow.end_run("FINISHED" if status == "done" else "KILLED")
+
+
+class _TensorBoard:
+    def __init__(self, root: Path, run_id: str, config: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.where = root / "tensorboard" / run_id
+        self.writer = SummaryWriter(str(self.where))
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=1, default=str) + "\n```")
+        for key in FACTS:
+            self.writer.add_text(key, config[key])
+        self.command = f"tensorboard --logdir {root / 'tensorboard'}"
+        self.link = "http://localhost:6006/"
+
+    def log(self, step, metrics):
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def note(self, key, text):
+        self.writer.add_text(key, text)
+        self.writer.flush()
+
+    def finish(self, status):
+        self.writer.close()
+
+
+def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
+    """Start (or resume) the job's run in its tracker, with its config, constitution and parent runs; None when
+    the job's config has no tracker field or its tracker is none. Records tracking.json in the job folder."""
+    spec = job.spec
+    config = spec.get("config", {})
+    if "tracker" not in config:
+        return None
+    name = resolve(config["tracker"], root)
+    if name == "none":
+        return None
+    record_path = job.path / "tracking.json"
+    previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
+    constitution = spec.get("constitution") or {}
+    facts = {
+        "kind": spec.get("kind", ""),
+        "constitution": constitution.get("name", ""),
+        "constitution_version": constitution.get("version", ""),
+        "parent_runs": ",".join(parent_runs(job.run_id, config, job.path.parent)),
+    }
+    run_config = {**config, **facts}  # the facts go with the config, where every tracker shows and filters runs
+    if name == "trackio":
+        tracker = _Trackio(root, job.run_id, run_config)
+    elif name == "wandb":
+        tracker = _Wandb(root, job.run_id, run_config)
+    elif name == "mlflow":
+        tracker = _Mlflow(root, job.run_id, run_config, previous.get("mlflow_run_id"))
+    else:
+        tracker = _TensorBoard(root, job.run_id, run_config)
+    record = {"tracker": name, "where": str(tracker.where), "open_with": tracker.command, "link": tracker.link}
+    if name == "mlflow":
+        record["mlflow_run_id"] = tracker.resume_id
+    write_json_atomic(record_path, record)
+    return tracker
+
+
+def tracking_record(job: JobFolder) -> dict | None:
+    """What the job reported to and how to open it (tracking.json), for the pages' link."""
+    path = job.path / "tracking.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -1,0 +1,180 @@
+"""Experiment tracking: a run's numbers, config, constitution, parents and monitor warnings reach the tracker's own
+files (TensorBoard's events, W&B's offline run, MLflow's file store, trackio's local database), and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from cai_core.job_folder import JobFolder, identity_settings
+from cai_core.job_runner import run_job
+from cai_core.tracking import PROJECT, TrackingError, open_tracker, resolve, tracking_record
+from cai_core.train.context import RunContext
+from cai_core.train.sft import SFTConfig
+from cai_core.workspace import Workspace
+
+CONSTITUTION = {"name": "harmless", "version": "v1abc", "content": "name: harmless"}
+
+
+def make_job(tmp_path, run_id: str, tracker: str, **config) -> JobFolder:
+    spec = {"kind": "train-sft", "model": "default", "config": {"tracker": tracker, **config}}
+    return JobFolder.create(tmp_path / "runs", run_id, {**spec, "constitution": CONSTITUTION})
+
+
+def tensorboard_events(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def text_of(events, tag: str) -> str:
+    return events.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
+
+
+def test_a_training_run_reports_its_curve_constitution_parents_and_warning_to_tensorboard(tmp_path):
+    ws = Workspace(tmp_path)
+    make_job(tmp_path, "recipe-ab12-i1-sft", "none")  # the recipe's earlier stage, whose model this run trains
+    job = make_job(tmp_path, "recipe-ab12-i1-rl", "tensorboard", model="recipe-ab12-i1-sft")
+    ctx = RunContext(job, SFTConfig(), ws)
+    ctx.log_metrics(1, {"loss": 2.5})
+    ctx.warning = "warning: reward rises while length does"
+    ctx.log_metrics(2, {"loss": 1.5, "epoch": 0.5})
+    ctx.end_tracking("done")
+
+    events = tensorboard_events(tmp_path / "tensorboard" / job.run_id)
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 2.5), (2, 1.5)]
+    assert text_of(events, "constitution_version") == "v1abc"
+    assert text_of(events, "parent_runs") == "recipe-ab12,recipe-ab12-i1-sft"
+    assert text_of(events, "monitor_warning") == "warning: reward rises while length does"
+    record = tracking_record(job)
+    assert record["tracker"] == "tensorboard" and "tensorboard --logdir" in record["open_with"]
+
+
+def test_a_run_without_a_tracker_writes_no_tracker_files(tmp_path):
+    job = make_job(tmp_path, "quiet", "none")
+    ctx = RunContext(job, SFTConfig(), Workspace(tmp_path))
+    ctx.log_metrics(1, {"loss": 1.0})
+    assert tracking_record(job) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+class CountingWork:
+    unit, engine = "label", ""
+
+    def __init__(self):
+        self.count = 0
+
+    def total(self):
+        return 3
+
+    def done(self):
+        return self.count
+
+    def batches(self):
+        return range(self.count, 3)
+
+    def step(self, batch):
+        self.count += 1
+
+
+def test_a_job_under_the_runner_reports_its_progress_to_the_workspace_default(tmp_path):
+    (tmp_path / "tracking.yaml").write_text("tracker: tensorboard\n")
+    job = make_job(tmp_path, "label-1", "workspace")
+    run_job(job, CountingWork)
+    events = tensorboard_events(tmp_path / "tensorboard" / "label-1")
+    assert [e.value for e in events.Scalars("done")] == [1, 2, 3]
+    assert text_of(events, "constitution") == "harmless"
+
+
+def test_wandb_runs_offline_into_the_workspace(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    job = make_job(tmp_path, "sft-w", "wandb", learning_rate=0.1)
+    tracker = open_tracker(job, tmp_path)
+    tracker.log(1, {"loss": 0.25})
+    tracker.finish("done")
+    (run,) = (tmp_path / "wandb").glob("offline-run-*-sft-w/run-sft-w.wandb")
+    # this wandb has no Python reader for its run file: its records hold the config and history as JSON text
+    written = run.read_bytes()
+    assert b"constitution_version" in written and b"v1abc" in written and b"0.25" in written
+    assert tracking_record(job)["link"] is None  # offline: nothing to open until the operator syncs it
+
+
+def test_mlflow_writes_a_local_file_store(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    job = make_job(tmp_path, "sft-m", "mlflow", learning_rate=0.1)
+    tracker = open_tracker(job, tmp_path)
+    tracker.log(3, {"loss": 0.75})
+    tracker.finish("done")
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    run = client.get_run(tracking_record(job)["mlflow_run_id"])
+    assert run.data.metrics["loss"] == 0.75 and run.data.params["learning_rate"] == "0.1"
+    assert run.data.tags["constitution_version"] == "v1abc" and run.info.status == "FINISHED"
+    assert (tmp_path / "mlruns").is_dir()
+
+
+TRACKIO_RUN = """
+import sys
+from pathlib import Path
+from cai_core.job_folder import JobFolder
+from cai_core.train.context import RunContext
+from cai_core.train.sft import SFTConfig
+from cai_core.workspace import Workspace
+ctx = RunContext(JobFolder(sys.argv[1]), SFTConfig(), Workspace(Path(sys.argv[1]).parents[1]))
+ctx.log_metrics(1, {"loss": 0.5})
+ctx.warning = "warning: reward hacking"
+ctx.log_metrics(2, {"loss": 0.25})
+ctx.end_tracking("done")
+"""
+
+
+def test_trackio_keeps_the_run_in_its_local_database(tmp_path):
+    pytest.importorskip("trackio")
+    job = make_job(tmp_path, "sft-t", "trackio", learning_rate=0.1)
+    # trackio reads TRACKIO_DIR once, when first imported: a process of its own sees this test's folder
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", TRACKIO_RUN, str(job.path)], env=env, check=True, timeout=300)
+
+    database = sqlite3.connect(tmp_path / "trackio" / f"{PROJECT}.db")
+    steps = database.execute("SELECT step, metrics FROM metrics WHERE run_name = 'sft-t' ORDER BY step").fetchall()
+    assert [(step, json.loads(metrics)["loss"]) for step, metrics in steps] == [(1, 0.5), (2, 0.25)]
+    (config,) = database.execute("SELECT config FROM configs WHERE run_name = 'sft-t'").fetchone()
+    assert json.loads(config)["constitution_version"] == "v1abc"
+    alerts = database.execute("SELECT * FROM alerts").fetchall()
+    assert "warning: reward hacking" in str(alerts)
+    assert tracking_record(job)["link"].startswith("http://127.0.0.1:")
+
+
+def test_a_missing_tracker_package_is_refused_by_field(tmp_path, monkeypatch):
+    monkeypatch.setattr("cai_core.tracking.installed", lambda name: False)
+    with pytest.raises(TrackingError, match="^tracker: mlflow is not installed"):
+        resolve("mlflow", tmp_path)
+    assert resolve("workspace", tmp_path) == "none"  # no trackio: the default is no tracker, not a failure
+
+
+def test_a_bad_workspace_setting_names_the_file(tmp_path):
+    (tmp_path / "tracking.yaml").write_text("tracker: comet\n")
+    with pytest.raises(TrackingError, match="tracking.yaml: tracker is 'comet'"):
+        resolve("workspace", tmp_path)
+
+
+def test_the_tracker_does_not_change_the_run_id():
+    assert identity_settings({"lr": 1, "tracker": "wandb", "run_id": "x"}) == identity_settings({"lr": 1})
+
+
+def test_every_job_config_declares_the_same_tracker_field():
+    import dataclasses
+
+    from cai_core.evaluation import EvalConfig
+    from cai_core.feedback import LabelConfig
+
+    fields = [{f.name: f for f in dataclasses.fields(c)}["tracker"] for c in (SFTConfig, LabelConfig, EvalConfig)]
+    assert len({json.dumps(dict(f.metadata)) for f in fields}) == 1 and fields[0].default == "workspace"
