@@ -87,7 +87,7 @@ def describe(ws: Workspace) -> list[dict]:
             "dtype": s.dtype,
             "engine": "vLLM",
             "url": s.url,
-            "state": "ready" if healthy(s, key) else "starting",
+            "state": "ready" if healthy(s, key, timeout=1.0) else "starting",  # a page waits on it
             "memory_mib": round(s.memory_bytes() / 2**20),
             "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at)),
             "pid": s.pid,
@@ -136,12 +136,12 @@ def running(ws: Workspace) -> list[Service]:
     return sorted((s for s in states if s and s.alive()), key=lambda s: s.started_at)
 
 
-def healthy(service: Service, key: str) -> bool:
+def healthy(service: Service, key: str, timeout: float = 5.0) -> bool:
     """Whether the server answers, with the key, that it serves the model: /v1/models is behind the key, so a
     server that answers it is ours."""
     request = urllib.request.Request(service.url + "/models", headers={"Authorization": f"Bearer {key}"})
     try:
-        with _DIRECT.open(request, timeout=5) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             models = json.load(response).get("data") or []
     except (OSError, ValueError, AttributeError):
         return False

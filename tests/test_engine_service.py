@@ -189,3 +189,21 @@ print(engine_service.start(Workspace.from_env(sys.argv[1]), sys.argv[2]).pid)
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert int(run.stdout.split()[-1]) > 0 and engine_service.running(workspace) == []
+
+
+def test_home_and_sidebar_show_what_runs_and_stop_it(fake_engine, ws, tiny_model_path):
+    from streamlit.testing.v1 import AppTest
+
+    service = engine_service.start(ws, tiny_model_path)
+    try:
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
+        assert not at.exception, at.exception
+        shown = [t.value for t in at.text if service.url in t.value]
+        assert len(shown) == 2 and all("MiB · since" in t and "ready" in t for t in shown)  # sidebar and Home
+        assert all(engine_service.api_key(ws) not in str(e.value) for e in [*at.text, *at.caption, *at.markdown])
+        at.button(key=f"stop-engine-home-{service.pid}").click().run()
+        assert not service.alive()
+        assert not [t for t in at.text if service.url in t.value]
+        assert any("No engine service runs" in c.value for c in at.caption)
+    finally:
+        engine_service.stop(ws)
