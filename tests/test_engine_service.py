@@ -207,3 +207,25 @@ def test_home_and_sidebar_show_what_runs_and_stop_it(fake_engine, ws, tiny_model
         assert any("No engine service runs" in c.value for c in at.caption)
     finally:
         engine_service.stop(ws)
+
+
+def test_the_app_stops_the_services_its_pages_and_jobs_started_and_no_other(
+    fake_engine, workspace, tiny_model_path, second_tiny_model_path, monkeypatch
+):
+    """`serve` with a stand-in for Streamlit: a child that starts a service on demand, as a page or a job does."""
+    from cai_core import serve
+
+    kept = engine_service.start(workspace, second_tiny_model_path, owner="cli")
+    child = f"""
+import os, sys
+from cai_core import engine_service
+from cai_core.workspace import Workspace
+engine_service.server_command = lambda model, name, dtype, port: [sys.executable, {FAKE_SERVER!r},
+    "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port)]
+engine_service.start(Workspace.from_env(), {tiny_model_path!r})
+os._exit(0)  # as Streamlit ends on a SIGTERM: no exit handler of its own stops the service
+"""
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
+    monkeypatch.setattr(serve, "streamlit_command", lambda *a, **k: [sys.executable, "-c", child])
+    assert serve.serve(workspace) == 0
+    assert [s.pid for s in engine_service.running(workspace)] == [kept.pid]

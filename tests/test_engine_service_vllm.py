@@ -43,7 +43,7 @@ def test_a_real_service_is_reused_keyed_on_loopback_and_survives_a_kill_mid_job(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(service.url + "/models", timeout=30)
         assert refused.value.code == 401
-        assert load_backend("service:default", workspace).name == FOLDER_NAME  # as in-process records name it
+        assert load_backend(f"service:{default_model_path}", workspace).name == FOLDER_NAME  # as records name it
 
         killed = threading.Event()
 
@@ -61,7 +61,7 @@ def test_a_real_service_is_reused_keyed_on_loopback_and_survives_a_kill_mid_job(
         config = GenerateConfig(
             constitution=HHH,
             prompts=DEMO,
-            model="service:default",
+            model=f"service:{default_model_path}",
             rounds=2,
             limit=8,
             chunk_size=2,

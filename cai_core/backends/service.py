@@ -55,7 +55,8 @@ class ServiceBackend:
         ):
             return False
         print(f"engine service: {self.name} stopped answering ({exc}); starting it again", file=sys.stderr)
-        self.service = engine_service.start(self.workspace, self.model, self.asked_dtype)
+        # started again for whoever owned it: a service the app or `cai engine start` owned is still theirs to stop
+        self.service = engine_service.start(self.workspace, self.model, self.asked_dtype, owner=self.service.owner)
         self._client = self._connect()
         return True
 
