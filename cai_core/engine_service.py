@@ -244,7 +244,7 @@ def _launch(slot: Path, model: str, dtype: str, key: str, owner: str) -> Service
     name, port, log = served_name(model), free_local_port(), slot.with_suffix(".log")
     env = {**os.environ, "VLLM_API_KEY": key}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB, as the in-process engine (backends/vllm.py)
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # appended: what the previous server said before it died stays readable
         process = subprocess.Popen(
             server_command(model, name, dtype, port),
             stdout=out,
