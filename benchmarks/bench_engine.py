@@ -52,7 +52,9 @@ class Job:
         command += [str(args.max_new_tokens), "--seed", str(seed), "--run-id", run_id]
         self.steps = ws.runs_dir / run_id / "trace_steps.jsonl"
         self.began = time.perf_counter()
-        self.process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+        self.stderr = ws.root / f"{run_id}.stderr"
+        with open(self.stderr, "wb") as err:  # its progress bar and warnings, kept out of the figures printed here
+            self.process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err)
         self.first: float | None = None
 
     def poll(self) -> bool:
@@ -68,7 +70,7 @@ def run_jobs(jobs: list[Job]) -> dict:
     for job in jobs:
         job.poll()
         if job.process.returncode:
-            sys.exit(f"a job failed (exit {job.process.returncode}); see {job.steps.parent}/log.txt")
+            sys.exit(f"a job failed (exit {job.process.returncode}); see {job.stderr}")
     end = time.perf_counter()
     return {
         "first_step_s": [round(job.first or 0, 1) for job in jobs],
