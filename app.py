@@ -13,6 +13,7 @@ import streamlit as st
 from cai_core.constitution import list_constitutions
 from cai_core.jobs import list_job_folders
 from cai_core.prompts import PromptFileError, load_prompts
+from ui.engines import show_services
 from ui.navigation import STEPS
 from ui.settings import connect, setup
 
@@ -51,6 +52,9 @@ for row in range(0, len(STEPS), 3):  # a row of columns at a time: read in order
             st.markdown(f"**{i}. {step.label}**")
             st.write(step.purpose)
             st.page_link(step.page, label=step.action, icon=step.icon)
+
+st.subheader("Engine service")
+show_services(ws, place="home", can_stop=not settings.read_only)
 
 st.subheader("Where things are")
 st.code(

@@ -299,7 +299,7 @@ class ABJudgeWork:
 
     def step(self, batch: list[tuple[str, Principle]]) -> None:
         if self.judge is None:
-            self.backend = self.backend or load_backend(self.config.model, self.ws, calls=2 * len(self.items))
+            self.backend = self.backend or load_backend(self.config.model, self.ws)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
             self.judge = Judge(self.backend, self.constitution)

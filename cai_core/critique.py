@@ -237,11 +237,10 @@ class GenerateWork:
     def backends(self) -> tuple[Backend, Backend]:
         if self._backends is None:
             config = self.config
-            calls = len(self.items) * (2 * self.rounds + 1)  # answers, critiques and revisions: the auto engine's rule
-            policy = load_backend(config.model, self.workspace, config.dtype, calls=calls)
+            policy = load_backend(config.model, self.workspace, config.dtype)
             critic = policy
             if config.critic_model:
-                critic = load_backend(config.critic_model, self.workspace, config.dtype, calls=calls)
+                critic = load_backend(config.critic_model, self.workspace, config.dtype)
             self._backends = policy, critic
         if not self.engine:
             self.job.record_engines(policy=self._backends[0], critic=self._backends[1])

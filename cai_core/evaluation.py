@@ -144,16 +144,15 @@ class _JudgedWork:
         self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
         self._judge: Judge | None = None
 
-    def backend(self, spec: str, role: str, calls: int) -> Backend:
-        """The model `spec` for `role` (a model's name, or judge), its engine noted in run.json; `calls` is how many
-        model calls the job expects to make with it, for the auto engine's rule."""
-        backend = load_backend(spec, self.workspace, calls=calls)
+    def backend(self, spec: str, role: str) -> Backend:
+        """The model `spec` for `role` (a model's name, or judge), its engine noted in run.json."""
+        backend = load_backend(spec, self.workspace)
         self.job.record_engines(**{role: backend})
         self.engine = engine_name(backend)
         return backend
 
-    def judge(self, calls: int) -> Judge:
-        self._judge = self._judge or Judge(self.backend(self.config.judge, "judge", calls), self.constitution)
+    def judge(self) -> Judge:
+        self._judge = self._judge or Judge(self.backend(self.config.judge, "judge"), self.constitution)
         return self._judge
 
 
@@ -190,15 +189,14 @@ class EvalWork(_JudgedWork):
     def step(self, batch) -> None:
         stage, name, items = batch
         if stage == "answer":
-            calls = len(self.cells) * len(self.models)
-            new = _answer(self.job.run_id, name, self.backend(self.models[name], name, calls), items, self.config)
+            new = _answer(self.job.run_id, name, self.backend(self.models[name], name), items, self.config)
             if self.config.refusals == "judge":
                 self.job.stop_if_cancelled()
-                new = _judge_refusals(self.backend(self.config.judge, "judge", 2 * calls), new)
+                new = _judge_refusals(self.backend(self.config.judge, "judge"), new)
             self.job.append("eval_answers", [to_row(a) for a in new])
             self.answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
             return
-        new = _compare(self.job.run_id, self.judge(2 * len(self.comparisons)), items, self.answers, self.config.seed)
+        new = _compare(self.job.run_id, self.judge(), items, self.answers, self.config.seed)
         self.job.append("eval_judgments", [to_row(j) for j in new])
         self.judged.update((j.prompt_key, j.wrapper, j.model_a, j.model_b) for j in new)
 
@@ -330,7 +328,7 @@ class RoundsWork(_JudgedWork):
             yield todo[start : start + self.config.batch_size]
 
     def step(self, batch) -> None:
-        new = _judge_rounds(self.job.run_id, self.judge(2 * len(self.comparisons)), batch, self.config.seed)
+        new = _judge_rounds(self.job.run_id, self.judge(), batch, self.config.seed)
         self.job.append("round_judgments", [to_row(j) for j in new])
         self.judged.update((j.trace_id, j.round, j.versus_round) for j in new)
 

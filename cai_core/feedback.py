@@ -305,8 +305,7 @@ class LabelWork:
     def step(self, batch: list[tuple[Pair, Principle]]) -> None:
         config = self.config
         if self.judge is None:
-            todo = len(self.items) - len(self.labelled)
-            self.backend = self.backend or load_backend(config.model, self.workspace, calls=2 * todo)
+            self.backend = self.backend or load_backend(config.model, self.workspace)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
             self.judge = Judge.from_label_settings(self.backend, self.constitution, asdict(config))

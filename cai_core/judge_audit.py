@@ -168,8 +168,7 @@ class CalibrationWork:
         from .records import CalibrationPrior, to_row
 
         if self.judge is None:
-            calls = 2 * len(CONTENT_FREE) ** 2 * len(self.principles)
-            self.backend = self.backend or load_backend(self.job.spec["model"], self.workspace, calls=calls)
+            self.backend = self.backend or load_backend(self.job.spec["model"], self.workspace)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
             self.judge = Judge.from_label_settings(self.backend, self.constitution, self.calibrated["judge_settings"])

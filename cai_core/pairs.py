@@ -375,8 +375,7 @@ class SampleWork:
     def step(self, chunk) -> None:
         config = self.config
         if not self.engine:
-            todo = len(self.prompts) - len(self.samples)
-            self.backend = self.backend or load_backend(config.model, self.workspace, calls=todo * config.k)
+            self.backend = self.backend or load_backend(config.model, self.workspace)
             self.job.record_engines(policy=self.backend)
             self.engine = engine_name(self.backend)
         params = SamplingParams(

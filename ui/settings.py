@@ -35,6 +35,7 @@ from cai_core.endpoints import Endpoint, EndpointError, endpoint_choices, load_e
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
+from .engines import show_services
 from .navigation import sidebar_navigation, tab_icon
 from .text import md_escape
 
@@ -174,6 +175,9 @@ def setup(title: str) -> Settings:
         model = browser_model_spec(model or DEFAULT_MODEL, workspace, endpoints, labels)
     except (EndpointError, NotAllowed) as exc:
         refuse(f"Model: {exc}")
+    with st.sidebar:
+        st.subheader("Engine")
+        show_services(workspace, place="sidebar", can_stop=operator)
     if actor:
         with st.sidebar:
             st.text(f"Logged in as {actor.name} ({actor.role})")

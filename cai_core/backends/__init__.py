@@ -7,17 +7,17 @@ A model is named by a spec string, the same on every door (page, CLI, Python):
   several URLs spread the requests over a fleet. A key goes only to the URLs the operator listed
   (`cai_core.endpoints`).
 
-A local model runs on an engine, named by a prefix: `hf:SPEC` (transformers), `vllm:SPEC` (vLLM), or no
-prefix for `auto`. The rule of `auto`: vLLM when it is installed and the caller announces at least
-`AUTO_VLLM_MIN_CALLS` model calls (a job: its answers, critiques, revisions or judgments), since its
-start-up (tens of seconds on a CPU) must be repaid; transformers otherwise, and for calls that announce
-nothing (the Constitution page's "try it"). `CAI_AUTO_ENGINE=hf` or `=vllm` overrides the rule (the test
-suite runs with `hf`). When vLLM is missing or fails to start, `auto` says so once and runs on
-transformers. The engine is not part of a job's identity: a job resumes on either.
+A local model runs on an engine, named by a prefix: `hf:SPEC` (transformers), `vllm:SPEC` (vLLM in this
+process), `service:SPEC` (the workbench's own vLLM server for the model, `cai_core.engine_service`, started once and
+shared by every job and page), or no prefix for `auto`. The rule of `auto`: the service where vLLM is installed,
+transformers otherwise. `CAI_AUTO_ENGINE=hf`, `=vllm` or `=service` overrides the rule (the test suite runs with
+`hf`). When vLLM is missing or its service fails to start, `auto` says so once and runs on transformers. The engine
+is not part of a job's identity: a job resumes on any.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from functools import cache, lru_cache
@@ -31,7 +31,8 @@ DEFAULT_MODEL = "default"
 # what every door's model flag and field says a spec may be (the CLI appends it to each `model_spec` field's help)
 MODEL_SPEC_HELP = (
     "A model spec: default (SmolLM2-135M-Instruct), a model folder, a hub id, or openai:MODEL@URL[,URL...]; "
-    "prefix a local one with hf: (transformers) or vllm: (vLLM) to pick its engine, or leave it to auto."
+    "prefix a local one with hf: (transformers), vllm: (vLLM in the job's process) or service: (the workbench's "
+    "vLLM server) to pick its engine, or leave it to auto."
 )
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "split_engine",
     "with_engine",
     "ENGINES",
-    "AUTO_VLLM_MIN_CALLS",
+    "local_model_path",
 ]
 
 
@@ -63,8 +64,7 @@ def parse_openai_spec(spec: str) -> tuple[str, list[str]]:
 
 
 DTYPES = ("auto", "float32", "bfloat16")
-ENGINES = ("auto", "hf", "vllm")
-AUTO_VLLM_MIN_CALLS = 64  # about where vLLM's start-up is repaid on a CPU (see the README's engine section)
+ENGINES = ("auto", "hf", "vllm", "service")
 
 
 def split_engine(spec: str) -> tuple[str, str]:
@@ -84,15 +84,20 @@ def with_engine(spec: str, engine: str) -> str:
     return model if engine == "auto" or model.startswith("openai:") else f"{engine}:{model}"
 
 
-def load_backend(
-    spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, dtype: str = "auto", *, calls: int | None = None
-) -> Backend:
+def local_model_path(model: str, workspace: Workspace | None = None) -> str:
+    """The folder (or hub id) a local model spec without its engine prefix names."""
+    if model == DEFAULT_MODEL:
+        # the models folder matters only here: any other spec names one folder, whichever the workspace
+        return str(ensure_default_model((workspace or Workspace.from_env()).models_dir))
+    return os.path.expanduser(model)
+
+
+def load_backend(spec: str = DEFAULT_MODEL, workspace: Workspace | None = None, dtype: str = "auto") -> Backend:
     """Load a backend once per process: a second call for the same model on the same engine returns the same
     object, so every stage of a job shares one engine.
 
     `dtype` applies to local models: `auto` is bf16 on a GPU and fp32 on a CPU (exact log-probs for
-    the judge); `bfloat16` is several times faster on CPUs with bf16 matrix units (AVX512-BF16, AMX).
-    `calls`: how many model calls the caller expects to make, for the `auto` engine's rule."""
+    the judge); `bfloat16` is several times faster on CPUs with bf16 matrix units (AVX512-BF16, AMX)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     engine, model = split_engine(spec)
@@ -100,39 +105,47 @@ def load_backend(
         if engine != "auto":
             raise BackendError(f"bad model spec {spec!r}: an openai: server runs its own engine; drop {engine}:")
         return _load_openai(model, str((workspace or Workspace.from_env()).root))
-    if model == DEFAULT_MODEL:
-        # the models folder matters only here: any other spec names one folder, whichever the workspace
-        model = str(ensure_default_model((workspace or Workspace.from_env()).models_dir))
-    else:
-        model = os.path.expanduser(model)
-    if engine == "auto":
-        engine = _auto_engine(calls)
-    if engine == "vllm" and spec.startswith("vllm:"):  # asked for by name: a failure is the caller's to see
-        return _load("vllm", model, dtype)
-    if engine == "vllm" and (model, dtype) not in _vllm_failed:
+    workspace = workspace or Workspace.from_env()
+    model = local_model_path(model, workspace)
+    if engine != "auto":  # asked for by name: a failure is the caller's to see
+        return _load_engine(engine, model, dtype, workspace)
+    engine = _auto_engine()
+    if engine != "hf" and (engine, model, dtype) not in _failed:
         try:
-            return _load("vllm", model, dtype)
+            return _load_engine(engine, model, dtype, workspace)
         except BackendError as exc:
-            _vllm_failed.add((model, dtype))  # tried once per process: a start-up costs tens of seconds
+            _failed.add((engine, model, dtype))  # tried once per process: a start-up costs minutes
             _say_once(f"engine auto: {exc}. Running on transformers instead.")
     return _load("hf", model, dtype)
 
 
-_vllm_failed: set[tuple[str, str]] = set()
+_failed: set[tuple[str, str, str]] = set()
 
 
-def _auto_engine(calls: int | None) -> str:
-    rule = os.environ.get("CAI_AUTO_ENGINE", "")  # hf or vllm: what auto picks, whatever the job's size
-    if rule == "hf" or (rule != "vllm" and (calls is None or calls < AUTO_VLLM_MIN_CALLS)):
+def _auto_engine() -> str:
+    rule = os.environ.get("CAI_AUTO_ENGINE", "")  # hf, vllm or service: what auto picks
+    if rule in ENGINES[1:]:
+        return rule
+    if not _vllm_found():
+        from .vllm import INSTALL_HINT
+
+        _say_once(f"engine auto: vLLM is not installed here, so models run on transformers; {INSTALL_HINT}")
         return "hf"
-    from .vllm import INSTALL_HINT, vllm_missing
+    return "service"
 
-    missing = vllm_missing()
-    if missing:
-        _say_once(f"engine auto: vLLM is not installed here ({missing}), so jobs run on transformers; {INSTALL_HINT}")
-        return "hf"
-    _say_once(f"engine auto: vLLM ({calls} model calls; transformers below {AUTO_VLLM_MIN_CALLS})")
-    return "vllm"
+
+def _vllm_found() -> bool:
+    """Found, not imported: importing vLLM takes seconds, and a broken install fails the service's start instead."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # in sys.modules as None: blocked, as a test makes it missing
+        return False
+
+
+def _load_engine(engine: str, model: str, dtype: str, workspace: Workspace) -> Backend:
+    if engine == "service":
+        return _load_service(model, dtype, str(workspace.root), workspace.db_override)
+    return _load(engine, model, dtype)
 
 
 @cache
@@ -148,6 +161,13 @@ def _load_openai(spec: str, data_dir: str) -> Backend:
 
     name, urls = parse_openai_spec(spec)
     return OpenAICompatBackend(name, urls, api_keys=api_keys(urls, Path(data_dir)))
+
+
+@lru_cache(maxsize=4)
+def _load_service(model: str, dtype: str, data_dir: str, db: Path | None) -> Backend:
+    from .service import ServiceBackend
+
+    return ServiceBackend(Workspace(Path(data_dir), db), model, dtype)
 
 
 @lru_cache(maxsize=4)

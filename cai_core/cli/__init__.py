@@ -2,7 +2,7 @@
 
 Each group of verbs is a module here, as TRL's `cli/commands/` are: constitution; jobs (generate, resume, jobs,
 cancel, ingest); traces; export; app (app, setup); bench; rlaif (pairs, label, import-labels, agreement); train;
-evaluate (eval), `recipe`. A module gives `add_parsers(sub)` and its `cmd_*` functions."""
+evaluate (eval), `recipe`; engine (the vLLM service). A module gives `add_parsers(sub)` and its `cmd_*` functions."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from ..constitution import ConstitutionError
 from ..prompts import PromptFileError
 from ..store import StoreError
 from ..workspace import Workspace
-from . import app, bench, constitution, evaluate, export, jobs, recipe, rlaif, traces, train
+from . import app, bench, constitution, engine, evaluate, export, jobs, recipe, rlaif, traces, train
 
 # What the user can fix gets one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConstitutionError, PromptFileError, BackendError, StoreError, OSError, KeyError, ValueError)
 # in the order `cai --help` lists them
-COMMANDS = (constitution, jobs, traces, export, app, bench, rlaif, train, evaluate, recipe)
+COMMANDS = (constitution, jobs, traces, export, app, engine, bench, rlaif, train, evaluate, recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:
