@@ -1,7 +1,7 @@
 """OpenAI-compatible HTTP backend: chat generation and option scoring against vLLM, llama.cpp, Ollama or OpenAI.
 
 Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel over a fleet of base URLs, each
-to the live server with the fewest in flight, at most `concurrency` per server (`_Servers`). A request that fails
+to the live server with the fewest in flight, at most `concurrency` per server (`Servers`). A request that fails
 in a way another try may fix (connection refused, timeout, dropped, HTTP 429 or 5xx) is retried at once on
 another server, then with exponential backoff; a server that refuses connections is routed around for a while.
 A request still running at its batch's end, long after the batch's median, is sent again to another server and
@@ -25,7 +25,6 @@ import http.client
 import itertools
 import json
 import logging
-import math
 import os
 import queue
 import re
@@ -40,6 +39,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import BackendError, Chat, Generation, SamplingParams, stripped
+from .openai_wire import (
+    api_url,
+    failure_reason,
+    first_token_top_logprobs,
+    next_token_logprobs,
+    option_logprob,
+    server_message,
+    stream_pieces,
+    to_generation,
+    token_ids,
+)
+from .server_pool import DaemonPool, Servers
 
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 CHAT = "/v1/chat/completions"
@@ -112,8 +123,8 @@ class OpenAICompatBackend:
         self._turn_lock = threading.Lock()
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
-        self._servers = _Servers(urls, self.concurrency)
-        self._executor: _DaemonPool | None = None
+        self._servers = Servers(urls, self.concurrency)
+        self._executor: DaemonPool | None = None
         self._option_ids: dict[tuple[str, ...], list[list[int]] | None] = {}
 
     # --- generation --------------------------------------------------------------------------
@@ -136,7 +147,7 @@ class OpenAICompatBackend:
         self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
     ) -> list[Generation]:
         bodies = [self._chat_body(chat, params) for chat in chats]
-        return [_to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies, on_done)]
+        return [to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies, on_done)]
 
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
         """One chat's answer piece by piece (`base.stream`), from the server's event stream (`"stream": true`):
@@ -145,7 +156,7 @@ class OpenAICompatBackend:
             start = next(self._turn)
         response, base, _ = self._send({**self._chat_body(chat, params), "stream": True}, start, stream=True)
         with response:
-            yield from stripped(_stream_pieces(response, base))
+            yield from stripped(stream_pieces(response, base))
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -175,7 +186,7 @@ class OpenAICompatBackend:
             raise
         if not isinstance(probe[0][0], dict) or "max_model_len" not in probe[0][0]:
             return None
-        ids = [_token_ids(data, url) for data, url, _ in probe + self._post_all(bodies[1:], route="/tokenize")]
+        ids = [token_ids(data, url) for data, url, _ in probe + self._post_all(bodies[1:], route="/tokenize")]
         if any(not i for i in ids):
             raise BackendError("every option must encode to at least one token")
         return ids
@@ -193,7 +204,7 @@ class OpenAICompatBackend:
         def score(chat: Chat, turn: int) -> list[float]:
             tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
             data, url, _ = self._post(tokenize, turn, "/tokenize")
-            prefix = _token_ids(data, url)
+            prefix = token_ids(data, url)
             body = {
                 "model": self.model,
                 "prompt": [prefix + list(start) for start in starts],
@@ -204,7 +215,7 @@ class OpenAICompatBackend:
                 "return_tokens_as_token_ids": True,
             }
             data, url, _ = self._post(body, turn, "/v1/completions")
-            after = _next_token_logprobs(data, url, len(starts))
+            after = next_token_logprobs(data, url, len(starts))
             logprob = {(start, token): after[i][token] for i, start in enumerate(starts) for token in wanted}
             return [sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids]
 
@@ -224,22 +235,22 @@ class OpenAICompatBackend:
         ]
         scores = []
         for data, url, _ in self._post_all(bodies):
-            top = _first_token_top_logprobs(data)
+            top = first_token_top_logprobs(data)
             if top is None:
                 raise BackendError(
                     f"{url} returned no log-probabilities; use a server that supports logprobs (vLLM, llama.cpp) "
                     "to score options, or a local model"
                 )
-            scores.append([_option_logprob(option, top) for option in options])
+            scores.append([option_logprob(option, top) for option in options])
         return scores
 
     # --- transport ---------------------------------------------------------------------------
 
-    def _pool(self) -> _DaemonPool:
+    def _pool(self) -> DaemonPool:
         with self._turn_lock:
             if self._executor is None:
                 # one worker per slot of the fleet: every server can be kept full, and no more is sent
-                self._executor = _DaemonPool(self.concurrency * len(self.base_urls))
+                self._executor = DaemonPool(self.concurrency * len(self.base_urls))
             return self._executor
 
     def _post_all(
@@ -338,7 +349,7 @@ class OpenAICompatBackend:
             headers = {"Content-Type": "application/json", "Accept": accept}
             if base in self.api_keys:
                 headers["Authorization"] = f"Bearer {self.api_keys[base]}"
-            request = urllib.request.Request(_url(base, route), data=data, headers=headers, method="POST")
+            request = urllib.request.Request(api_url(base, route), data=data, headers=headers, method="POST")
             began = time.perf_counter()
             refused = False
             try:
@@ -348,7 +359,7 @@ class OpenAICompatBackend:
                 with response:
                     return response.read(), base, began
             except urllib.error.HTTPError as exc:
-                message = _server_message(exc)
+                message = server_message(exc)
                 if exc.code == 429 or exc.code >= 500:
                     last_error = f"HTTP {exc.code} from {base}: {message}"
                     self._incident(f"HTTP {exc.code}", f"{base}: {message} (try {attempt + 1} of {tries})")
@@ -358,7 +369,7 @@ class OpenAICompatBackend:
                     message += " (no key was sent: a key goes only to the endpoints listed in endpoints.yaml)"
                 raise BackendError(f"{base} rejected the request with HTTP {exc.code}: {message}") from None
             except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timed out
-                reason = _reason(exc)
+                reason = failure_reason(exc)
                 last_error = f"{reason} ({base})"
                 refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
                 kind = "refused" if refused else "timed out" if "timed out" in reason else "dropped"
@@ -371,195 +382,3 @@ class OpenAICompatBackend:
         raise BackendError(
             f"could not reach the model server(s) {', '.join(self.base_urls)} after {tries} tries: {last_error}"
         )
-
-
-class _DaemonPool:
-    """Up to `limit` worker threads, started as the work needs them, that do not hold the process open at its
-    exit as ThreadPoolExecutor's do: a request that a hedge has answered may still be waiting on a stalled
-    server, and nobody wants its answer any more. A hedge gets a worker beyond the limit (`urgent`), which ends
-    after its task: the workers held by stalled requests would otherwise leave it queued behind them."""
-
-    def __init__(self, limit: int):
-        self.limit, self.started, self.waiting = limit, 0, 0
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.lock = threading.Lock()
-
-    def submit(self, function: Callable, *args, urgent: bool = False) -> None:
-        """Run `function(*args)` on a free worker; it reports its own outcome (`_run_all`'s `run`)."""
-        with self.lock:
-            if self.tasks.qsize() >= self.waiting and (urgent or self.started < self.limit):
-                self.started += 1
-                threading.Thread(target=self._work, name=f"openai-{self.started}", daemon=True).start()
-            self.tasks.put((function, args))
-
-    def _work(self) -> None:
-        while True:
-            with self.lock:
-                if self.started > self.limit:  # an urgent worker, or one over after the limit was reached
-                    self.started -= 1
-                    return
-                self.waiting += 1
-            function, args = self.tasks.get()
-            with self.lock:
-                self.waiting -= 1
-            function(*args)
-
-
-class _Servers:
-    """Where each try goes: the live server with the fewest requests in flight, none holding more than
-    `per_server` at once (the rest wait here, not in a server's queue). A server that refuses connections is
-    down: routed around for a while that doubles with each refusal (up to a minute), then tried again."""
-
-    def __init__(self, urls: list[str], per_server: int):
-        self.urls, self.per_server = urls, per_server
-        self.in_flight = dict.fromkeys(urls, 0)
-        self.down_until = dict.fromkeys(urls, 0.0)
-        self.refusals = dict.fromkeys(urls, 0)
-        self.changed = threading.Condition()
-
-    def acquire(self, turn: int, avoid: str | None = None) -> str:
-        with self.changed:
-            while True:
-                now = time.monotonic()
-                live = [u for u in self.urls if self.down_until[u] <= now]
-                # every server down: try the one due back first rather than fail a job a restart would save
-                live = live or [min(self.urls, key=self.down_until.__getitem__)]
-                candidates = [u for u in live if u != avoid] or live
-                free = [u for u in candidates if self.in_flight[u] < self.per_server]
-                if free:
-                    # the turn breaks ties, so that a stream of single requests still spreads over the fleet
-                    url = min(free, key=lambda u: (self.in_flight[u], (self.urls.index(u) - turn) % len(self.urls)))
-                    self.in_flight[url] += 1
-                    return url
-                self.changed.wait(timeout=1.0)  # a release, or a down server's time being up
-
-    def release(self, url: str, *, dead: bool) -> bool:
-        """Free URL's slot; with `dead`, mark it down. True when that takes a live server out."""
-        with self.changed:
-            self.in_flight[url] -= 1
-            newly_down = False
-            if dead:
-                newly_down = self.down_until[url] <= time.monotonic()
-                self.refusals[url] += 1
-                self.down_until[url] = time.monotonic() + min(60.0, 2.0 ** self.refusals[url])
-            else:
-                self.refusals[url] = 0
-            self.changed.notify_all()
-            return newly_down
-
-
-def _stream_pieces(response, url: str) -> Iterator[str]:
-    """The text pieces of a chat completion's server-sent events (`data: {...}` lines, then `data: [DONE]`)."""
-    for raw in response:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue  # blank lines between events, comments (": keep-alive")
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        try:
-            choices = json.loads(data).get("choices") or [{}]
-        except (ValueError, AttributeError):
-            raise BackendError(f"{url} sent an event that is not a chat completion chunk: {data[:200]!r}") from None
-        piece = (choices[0].get("delta") or {}).get("content")
-        if piece:
-            yield piece
-
-
-def _to_generation(data: dict, url: str, seconds: float) -> Generation:
-    try:
-        message = data["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        raise BackendError(f"{url} answered without a chat completion: {json.dumps(data)[:300]}") from None
-    usage = data.get("usage") or {}
-    return Generation(
-        # Stripped like the local backend's text, so records do not depend on where the model ran.
-        text=(message.get("content") or "").strip(),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        seconds=seconds,
-    )
-
-
-def _url(base: str, route: str) -> str:
-    """The OpenAI API lives under the listed base URL (which names its /v1); vLLM serves /tokenize at the root."""
-    if route.startswith("/v1/"):
-        return base + route.removeprefix("/v1")
-    return base.removesuffix("/v1") + route
-
-
-def _token_ids(data: dict, url: str) -> list[int]:
-    tokens = data.get("tokens") if isinstance(data, dict) else None
-    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-        raise BackendError(f"{url} answered /tokenize without token ids: {json.dumps(data)[:200]}")
-    return tokens
-
-
-def _next_token_logprobs(data: dict, url: str, prompts: int) -> list[dict[int, float]]:
-    """{token id: logprob} after each prompt of a completions request, from its `token_id:N` top log-probs."""
-    try:
-        choices = sorted(data["choices"], key=lambda c: c["index"])
-        tops = [c["logprobs"]["top_logprobs"][0] for c in choices]
-        after = [{int(k.removeprefix("token_id:")): float(v) for k, v in top.items()} for top in tops]
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-        raise BackendError(f"{url} answered without the asked log-probabilities: {json.dumps(data)[:300]}") from None
-    if len(after) != prompts:
-        raise BackendError(f"{url} answered {len(after)} completions for {prompts} prompts")
-    return after
-
-
-def _first_token_top_logprobs(data: dict) -> list[tuple[str, float]] | None:
-    """[(token text, logprob), ...] for the first generated token, or None if the server sent none."""
-    try:
-        logprobs = data["choices"][0].get("logprobs") or {}
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    content = logprobs.get("content")
-    if content:
-        first = content[0]
-        top = [(t["token"], float(t["logprob"])) for t in first.get("top_logprobs") or []]
-        if not top and "token" in first:
-            top = [(first["token"], float(first["logprob"]))]
-        return top or None
-    # Completions-style shape, still sent by some servers: a list of {token: logprob} per position.
-    legacy = logprobs.get("top_logprobs")
-    if legacy and legacy[0]:
-        return [(token, float(lp)) for token, lp in legacy[0].items()]
-    return None
-
-
-def _option_logprob(option: str, top: list[tuple[str, float]]) -> float:
-    exact = [lp for token, lp in top if token == option]
-    if exact:
-        return max(exact)
-    # Tokenizers disagree on whether the leading space belongs to the token ("A" vs " A"); take the likelier.
-    wanted = option.strip()
-    loose = [lp for token, lp in top if wanted and token.strip() == wanted]
-    return max(loose, default=-math.inf)
-
-
-def _server_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        raw = exc.read().decode("utf-8", "replace")
-    except OSError:
-        return exc.reason or ""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return raw.strip()[:300] or str(exc.reason)
-    if isinstance(body, dict):
-        # OpenAI/vLLM: {"error": {"message": ...}}; llama.cpp may send {"error": "..."}; FastAPI: {"detail": ...}
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        for value in (error, body.get("message"), body.get("detail")):
-            if value:
-                return str(value)[:300]
-    return raw.strip()[:300]
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
