@@ -333,7 +333,7 @@ st.subheader("Label gate: what reaches training")
 st.caption(
     f"Run {queue_run}: each principle's AI labels are kept, down-weighted (by 2a - 1 for agreement a) or dropped by "
     "its agreement with people, and a principle with too few human labels is marked unjudged. Exports, reward "
-    "models and DPO runs that gate read this rule (`cai gate` prints the same)."
+    "models and DPO runs that gate read this rule."
 )
 st.write(md_escape(f"{gated.summary()}."))
 table(gated.table[["principle_id", "decision", "weight", "reason"]], key="label_gate")

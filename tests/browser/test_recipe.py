@@ -49,7 +49,7 @@ def _scenario(chromium, app, config):
         expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
         expect(page.get_by_test_id("stException")).to_have_count(0)
         # the recipe's end redraws the whole page once: a click on the button it replaces would be lost
-        expect(page.get_by_role("button", name="Refresh")).to_be_visible()
+        expect(page.get_by_role("button", name="Refresh")).to_be_visible(timeout=30_000)  # after a loaded redraw
         settle(page)
         with page.expect_download(timeout=60_000) as download:
             page.locator(".st-key-recipe_report button").click()
