@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 from cai_core.backends.base import SamplingParams
 from cai_core.backends.openai_compat import OpenAICompatBackend
@@ -32,3 +35,19 @@ def test_a_dead_server_is_routed_around_and_said_so(caplog):
     # only the requests sent before the first refusal came back met the dead server; then it was passed over
     assert 1 <= backend.incidents["refused"] <= 4, backend.incidents
     assert f"{fleet.urls[1]} is down" in caplog.text
+
+
+def test_a_server_on_this_machine_is_reached_past_the_environments_proxy():
+    """The engine service's key must not go to a proxy: with `http_proxy` pointing nowhere and no `no_proxy`, a
+    loopback server is still reached directly. A new process, since urllib reads the proxies when it is set up."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    env["http_proxy"] = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    with running(FleetConfig(servers=1, concurrency=4)) as fleet:
+        code = (
+            "from cai_core.backends.openai_compat import OpenAICompatBackend\n"
+            "from cai_core.backends.base import SamplingParams\n"
+            f"backend = OpenAICompatBackend('sim', {fleet.urls!r}, max_retries=0)\n"
+            "print(len(backend.generate([[{'role': 'user', 'content': 'hi'}]], SamplingParams(max_new_tokens=2))))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-500:]

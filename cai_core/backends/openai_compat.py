@@ -78,6 +78,14 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_RefuseRedirects)
+# A server on this machine (the workbench's own engine service, a test fleet) is reached directly: a proxy from the
+# environment (`http_proxy` without a `no_proxy` for loopback) would otherwise receive the request and its key.
+_DIRECT = urllib.request.build_opener(_RefuseRedirects, urllib.request.ProxyHandler({}))
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _opener_for(url: str) -> urllib.request.OpenerDirector:
+    return _DIRECT if urllib.parse.urlsplit(url).hostname in LOOPBACK_HOSTS else _OPENER
 
 
 class OpenAICompatBackend:
@@ -353,7 +361,7 @@ class OpenAICompatBackend:
             began = time.perf_counter()
             refused = False
             try:
-                response = _OPENER.open(request, timeout=self.timeout)
+                response = _opener_for(request.full_url).open(request, timeout=self.timeout)
                 if stream:
                     return response, base, began
                 with response:
