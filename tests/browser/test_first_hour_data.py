@@ -91,7 +91,7 @@ def test_one_list_of_pages_and_the_constitution_carried_from_page_to_page(page, 
     settle(page)
     sidebar.get_by_role("link", name="Generate").click()
     wait_for_app(page)
-    assert page.url == f"{app.url}/Generate"  # the pages keep their addresses
+    expect(page).to_have_url(f"{app.url}/Generate")  # the pages keep their addresses (waits: the switch is client-side)
     expect(page.get_by_role("combobox", name="Constitution", exact=True)).to_have_value("hhh.yaml")
     # what must not happen: the home page listed as "app", or Streamlit's own list beside ours
     expect(sidebar.get_by_role("link", name="app", exact=True)).to_have_count(0)
