@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -50,6 +51,20 @@ def sidebar_model(page) -> str | None:
     return spec.input_value() if spec.count() else None
 
 
+def see_running(page, card, timeout_s: float = 30) -> None:
+    """Refresh the runs until the job's card says running. Under load a redraw may be under way when the
+    test looks, the Refresh button not drawn yet, or gone where a redraw saw the job first; so look again."""
+    refresh = page.locator(".st-key-refresh_runs button")
+    running = card.get_by_text("running", exact=True)
+    deadline = time.monotonic() + timeout_s
+    while not running.count() and time.monotonic() < deadline:
+        if refresh.count():
+            refresh.click()
+        settle(page)
+        page.wait_for_timeout(500)
+    expect(running).to_be_visible()
+
+
 def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromium, ticking_app: App):
     with browser_page(chromium) as page:
         page.goto(ticking_app.url)
@@ -73,11 +88,7 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
                     assert job.poll() is None, "the job's process ended before it reported running"
                     page.wait_for_timeout(100)
                 card = page.locator(f".st-key-run-{run_id}")
-                refresh = page.locator(".st-key-refresh_runs button")
-                if refresh.count():  # gone already where a redraw under load saw the job first
-                    refresh.click()  # the page sees the job: its panel ticks
-                settle(page)
-                expect(card.get_by_text("running", exact=True)).to_be_visible()
+                see_running(page, card)
                 page.wait_for_timeout(2000 + delay)  # the panel has redrawn itself once or more
                 expect(card.get_by_text("running", exact=True)).to_be_visible()
                 sidebar.get_by_role("link", name="Data", exact=True).click()
