@@ -52,6 +52,8 @@ class TrainConfig(CheckedConfig):
     starts_from_sft: ClassVar[bool] = False
     # learns from a reward model's scores (a recipe trains one before it), not from the labelled pairs themselves
     needs_reward_model: ClassVar[bool] = False
+    # its loop averages gradients itself (no DDP wrapper), so it cannot run sharded (FSDP, DeepSpeed)
+    data_parallel_only: ClassVar[bool] = False
 
     model: str = field(
         default="default",
@@ -121,14 +123,28 @@ class TrainConfig(CheckedConfig):
                 raise TrainError(f"is {getattr(self, name)}: it must be at least 1", name)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise TrainError(f"is {self.learning_rate}: it must be a positive number", "learning_rate")
-        if self.accelerate_config and not Path(self.accelerate_config).is_file():
-            raise TrainError(f"{self.accelerate_config}: no such file", "accelerate_config")
+        if self.accelerate_config:
+            self.check_accelerate_config(Path(self.accelerate_config))
         if self.nproc > 1 and not self.accelerate_config:
             devices, what = device_count()
             if self.nproc > devices:
                 raise TrainError(f"is {self.nproc}, but this machine has {devices} {what}", "nproc")
         if self.run_id is not None:
             check_run_id(self.run_id)
+
+    def check_accelerate_config(self, path: Path) -> None:
+        if not path.is_file():
+            raise TrainError(f"{path}: no such file", "accelerate_config")
+        if self.data_parallel_only:
+            import yaml
+
+            launch = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if launch.get("distributed_type") in ("FSDP", "DEEPSPEED"):
+                raise TrainError(
+                    f"{path} asks for {launch['distributed_type']}: {self.kind} here is data parallel only "
+                    "(use a MULTI_GPU config, and LoRA for large models)",
+                    "accelerate_config",
+                )
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         """The run's data by split ("train", maybe "eval"); called when the run is prepared."""

@@ -50,7 +50,7 @@ from .rollouts import RolloutOptions, VLLMRollouts, record_rollout_engine
 class PPOConfig(RolloutOptions, MonitorOptions, LoraOptions, TrainConfig):
     kind = "ppo"
     summary = "RL-CAI: PPO against a reward model, with a KL penalty to the reference."
-    starts_from_sft = needs_reward_model = True
+    starts_from_sft = needs_reward_model = data_parallel_only = True
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the value model."})
     batch_size: int = field(default=4, metadata={"help": "Rollouts (prompts, one answer each) per step and process."})
@@ -121,16 +121,6 @@ class PPOConfig(RolloutOptions, MonitorOptions, LoraOptions, TrainConfig):
             )
         if self.temperature <= 0:
             raise TrainError("must be above 0: PPO needs sampled answers", "temperature")
-        if self.accelerate_config:
-            import yaml
-
-            launch = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")) or {}
-            if launch.get("distributed_type") in ("FSDP", "DEEPSPEED"):
-                raise TrainError(
-                    f"{self.accelerate_config} asks for {launch['distributed_type']}: PPO here is data parallel "
-                    "only (use a MULTI_GPU config, and LoRA for large models)",
-                    "accelerate_config",
-                )
         self.check_monitor()
         self.check_rollouts()
         if not self.ptx_coef >= 0:
