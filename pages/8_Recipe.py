@@ -11,6 +11,7 @@ from cai_core.recipe import (
     Recipe,
     RecipeError,
     frontier,
+    gate_decisions,
     iteration_summary,
     load_recipe,
     plan,
@@ -109,6 +110,10 @@ def recipe_panel() -> bool:
         st.dataframe(summary, hide_index=True, key="recipe_summary")
     if not points.empty:
         st.plotly_chart(frontier_chart(points), key="recipe_frontier")
+    if not (gated := gate_decisions(config, ws)).empty:
+        counts = ", ".join(f"{n} {d}" for d, n in gated.decision.value_counts().items())
+        with st.expander(f"Label gate: {counts} (principle decisions over the stages that read AI labels)"):
+            st.dataframe(gated, hide_index=True, key="recipe_gate")
     recipe = Recipe(config, ws)
     for stage in plan(config):
         stage_job = recipe.stage_job(stage)

@@ -206,6 +206,9 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
         "<h2>What each iteration changed",
         "<h2>Harmlessness against over-refusal, per iteration and arm</h2>",
         "<h2>Reward-hacking monitor</h2>",
+        # no person has labelled: the reward model's stage read every principle's AI labels as unjudged, and says so
+        "<h2>Which AI labels reached training (the label gate)</h2>",
+        "human label(s), fewer than 20: keep as the rule says",
         "monitor: length_ratio",
         "length_ratio crossed its threshold at step 1",
         "SL-CAI, iteration 1: the first answer and the revision",
@@ -229,6 +232,7 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
     warned = [w.value.replace("\\", "") for w in at.warning]  # as markdown, with its special characters escaped
     assert any("length_ratio crossed its threshold at step 1" in w and f"{config.recipe_id}-i1-rl" in w for w in warned)
     assert any(e.label == "Reward-hacking monitor: iteration 1 · rl" for e in at.expander)
+    assert any(e.label.startswith("Label gate: ") and "unjudged" in e.label for e in at.expander)
     assert at.get("download_button")
     at.switch_page("pages/4_Train.py").run()
     at.selectbox(key="train_run").set_value(f"{config.recipe_id}-i1-rl").run()

@@ -19,7 +19,7 @@ A cancel of the recipe is passed on to the stage that is running.
 """
 
 from .plan import ARMS, RL_KINDS, Recipe, RecipeConfig, RecipeError, Stage, load_recipe, plan, recipe_of
-from .report import frontier, iteration_summary, report_html
+from .report import frontier, gate_decisions, iteration_summary, report_html
 from .stages import RECIPE, stage_table
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "RecipeError",
     "Stage",
     "frontier",
+    "gate_decisions",
     "iteration_summary",
     "load_recipe",
     "plan",

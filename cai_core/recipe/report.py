@@ -80,6 +80,21 @@ def frontier(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gate_decisions(config: RecipeConfig, ws: Workspace) -> pd.DataFrame:
+    """Which principles' AI labels each stage that read them (a reward model, DPO) trained on, and why: the label
+    gate's decisions its run recorded beside its data. Empty until such a stage has been prepared."""
+    from ..label_gate import recorded_decisions
+
+    recipe, tables = Recipe(config, ws), []
+    for stage in plan(config):
+        decisions = recorded_decisions(recipe.stage_job(stage).path)
+        if not decisions.empty:
+            where = {"iteration": stage.iteration, "arm": stage.arm, "step": stage.step}
+            tables.append(decisions[["principle_id", "decision", "weight", "reason"]].assign(**where))
+    columns = ["iteration", "arm", "step", "principle_id", "decision", "weight", "reason"]
+    return pd.concat(tables)[columns].reset_index(drop=True) if tables else pd.DataFrame(columns=columns)
+
+
 def _last(metrics: pd.DataFrame, name: str) -> float | None:
     values = metrics[metrics.name == name]["value"] if not metrics.empty else []
     return round(float(values.iloc[-1]), 3) if len(values) else None
@@ -116,6 +131,7 @@ def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -
         constitution_version=_constitution_versions(recipe, store),
         stages=stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]],
         summary=iteration_summary(config, ws, store),
+        gate=gate_decisions(config, ws),
         frontier=_frontier_chart(config, ws, store),
         rl_stages=rl_stages,
         examples=_examples(config, recipe, store, examples),
