@@ -43,10 +43,7 @@ class InspectConfig:
 
 def require_inspect() -> None:
     if importlib.util.find_spec("inspect_ai") is None:
-        raise ValueError(
-            "Inspect evaluations need inspect_ai, which is not installed: pip install -r requirements-integrations.txt "
-            "(it caps fsspec and python-dateutil below this environment's pins, so use an environment of its own)"
-        )
+        raise ValueError("Inspect evaluations need inspect_ai, which is not installed: pip install -r requirements.txt")
 
 
 def register_provider() -> None:

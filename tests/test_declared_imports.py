@@ -52,20 +52,11 @@ def declared(requirements: str) -> set[str]:
 
 def undeclared(modules: dict[str, str], names: set[str]) -> list[str]:
     distributions = packages_distributions()
-    optional = declared("requirements-integrations.txt")
     return [
         f"{module} (imported by {file}; installed as {', '.join(distributions.get(module, ['nothing']))})"
         for module, file in sorted(modules.items())
         if not names.intersection(map(normalise, distributions.get(module, [])))
-        and not (module not in distributions and optional_declared(module, optional))
     ]
-
-
-def optional_declared(module: str, optional: set[str]) -> bool:
-    """An optional integration that is not installed has no metadata to map its module to its distribution: its
-    distribution is the module's name, or that name with a suffix (mlflow-skinny for mlflow)."""
-    name = normalise(module)
-    return any(dist == name or dist.startswith(f"{name}-") for dist in optional)
 
 
 def test_the_apps_imports_are_declared_in_requirements_txt():

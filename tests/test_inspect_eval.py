@@ -12,7 +12,6 @@ from .conftest import require_shared_data
 
 
 def test_xstest_through_the_workbench_model_writes_a_readable_log_and_a_stored_score(workspace, tiny_model_path):
-    pytest.importorskip("inspect_ai")
     from inspect_ai.log import read_eval_log
 
     from cai_core.inspect_eval import InspectConfig
@@ -37,7 +36,6 @@ def test_xstest_through_the_workbench_model_writes_a_readable_log_and_a_stored_s
 
 
 def test_an_unknown_task_is_refused_by_name(workspace):
-    pytest.importorskip("inspect_ai")
     from cai_core.inspect_eval import InspectConfig
 
     with pytest.raises(ValueError, match="task: 'nope' is not one of xstest"):
