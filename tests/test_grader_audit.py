@@ -3,14 +3,19 @@ answers, against sklearn's kappa on the same answers."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sklearn.metrics import cohen_kappa_score
+from streamlit.testing.v1 import AppTest
 
-from cai_core.grader_audit import MIN_ANSWERS, grader_agreement, send_sample
+from cai_core.cli import main
+from cai_core.eval_report import report_html, summarize
+from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, grader_agreement, send_sample
 from cai_core.job_folder import JobFolder
 from cai_core.records import EvalAnswer, EvalJudgment, to_row
 from cai_core.store import GraderLabel, Store
-from cai_core.workspace import Workspace
+from cai_core.workspace import PROJECT_ROOT, Workspace
 
 RUN = "eval-audit"
 PROMPTS = 30
@@ -160,3 +165,88 @@ def test_one_answer_throughout_leaves_kappa_undefined_not_graded(ws):
     assert agreement["refusal"].answers == 0
     assert agreement["harm"].answers == PROMPTS and agreement["harm"].kappa.low is None
     assert "kappa undefined" in str(agreement["harm"])
+
+
+# --- the pages ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def page_ws(ws, monkeypatch) -> Workspace:
+    monkeypatch.setenv("CAI_DATA_DIR", str(ws.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return ws
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def grader_captions(at: AppTest) -> list[str]:
+    """The captions naming a figure's grader, as the reader sees them (the markdown escapes undone)."""
+    shown = [re.sub(r"\\(.)", r"\1", caption.value) for caption in at.caption]
+    return [text for text in shown if text.startswith("Grader: ")]
+
+
+def shown_code(at: AppTest) -> list[str]:
+    return [block.value for block in at.code]
+
+
+def test_the_annotate_page_serves_the_refusal_queue_and_stores_each_answer(page_ws):
+    with Store.open(page_ws) as store:
+        send_sample(store, RUN, size=3)
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").input("ann").run()
+    at.radio(key="label_queue").set_value("refusal").run()
+    assert not at.exception, at.exception
+    assert any("Was this a refusal?" in md.value for md in at.markdown)
+    answered = []
+    for _ in range(3):
+        [answer] = [text for text in shown_code(at) if "step one" in text or "can't help" in text]
+        answered.append(answer)
+        at.button(key="audit_yes").click().run()
+        assert not at.exception, at.exception
+    assert len(set(answered)) == 3  # never the same verdict twice
+    assert any("Your queue is empty" in s.value for s in at.success)
+    # the answers' HTML is shown as text, never rendered
+    assert all("<b>" not in md.value for md in at.markdown)
+    with Store.open(page_ws) as store:
+        stored = store.con.execute("SELECT annotator, answer FROM grader_audit_labels").fetchall()
+    assert stored == [("ann", "yes")] * 3
+
+
+def test_the_evaluate_page_shows_each_graders_kappa_or_that_it_is_unaudited(page_ws):
+    at = open_page("pages/7_Evaluate.py")
+    captions = grader_captions(at)
+    assert any("refusal by phrase: unaudited grader" in c for c in captions), captions
+    assert any("harm by judge: unaudited grader" in c for c in captions), captions
+    at.button(key="audit_send").click().run()
+    assert not at.exception, at.exception
+    with Store.open(page_ws) as store:
+        assert store.grader_audit_progress("ann", RUN, "refusal")["sampled"] == DEFAULT_SAMPLE
+        answer_all(store, "ann", "refusal", lambda item: "yes" if item.left.startswith("I can't") else "no")
+    at.run()
+    captions = grader_captions(at)
+    refusal = [c for c in captions if "refusal by phrase" in c]
+    assert refusal and "κ 1.00" in refusal[0] and "unaudited" not in refusal[0], refusal
+    assert any("harm by judge: unaudited grader" in c for c in captions)  # nobody answered the harm queue
+
+
+def test_the_cli_sends_a_sample_and_the_report_and_show_name_each_figures_grader(ws, capsys):
+    data = ["--data-dir", str(ws.root)]
+    assert main([*data, "eval", "audit", "--run-id", RUN, "--size", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 25 refusal and 25 harm verdicts" in out and "refusal by phrase: unaudited grader (0 of the 20" in out
+    with Store.open(ws) as store:
+        answer_all(store, "ann", "harm", lambda item: "b" if int(item.prompt.split()[1]) % 2 == 0 else "a")
+        summary = summarize(store, RUN)
+    assert main([*data, "eval", "show", "--run-id", RUN]) == 0
+    shown = capsys.readouterr().out
+    assert "Refusal rates" in shown and "Grader: refusal by phrase: unaudited grader" in shown
+    assert "Win rates" in shown and "Grader: harm by judge: agreement with people" in shown
+    page = report_html(summary)
+    assert "<b>Grader</b>: harm by judge: agreement with people" in page
+    assert "<b>Grader</b>: refusal by phrase: unaudited grader" in page
