@@ -62,8 +62,9 @@ class GraderAgreement:
 
 def send_sample(store: Store, run_id: str, size: int = DEFAULT_SAMPLE, seed: int = 0) -> dict[str, int]:
     """Put up to `size` of the eval run's verdicts of each kind on the Annotate page's queue; how many were new."""
-    if run_id not in set(store.eval_runs()["run_id"]):
-        raise KeyError(f"no evaluation run {run_id!r} in {store.path}")
+    runs = store.eval_runs()
+    if run_id not in set(runs[runs["kind"] == "eval"]["run_id"]):
+        raise KeyError(f"no comparison run {run_id!r} (cai eval run) in {store.path}")
     return store.sample_grader_audit(run_id, size, seed)
 
 

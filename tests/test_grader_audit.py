@@ -88,7 +88,7 @@ def test_the_sample_is_seeded_nested_and_leaves_out_what_is_no_verdict(ws):
         assert send_sample(store, RUN, size=500, seed=3) == {"refusal": 2 * PROMPTS - 10, "harm": PROMPTS - 10}
         everything = set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"])
         assert first < everything
-        with pytest.raises(KeyError, match="no evaluation run 'nope'"):
+        with pytest.raises(KeyError, match="no comparison run 'nope'"):
             send_sample(store, "nope")
     other = Workspace(ws.root.parent / "other")
     seed_eval_run(other)
