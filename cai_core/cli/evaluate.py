@@ -116,7 +116,7 @@ def add_parsers(sub) -> None:
     p = eval_sub.add_parser(
         "audit",
         help="Send a seeded sample of a comparison run's refusal and harm verdicts to the Annotate page, and print "
-        f"each grader's agreement with people (Cohen's kappa, 95% interval; unaudited below {MIN_ANSWERS} answers).",
+        f"each grader's agreement with people (Cohen's kappa, 95%% interval; unaudited below {MIN_ANSWERS} answers).",
     )
     p.add_argument("--run-id", required=True, help="A comparison run (cai eval run).")
     p.add_argument(
