@@ -11,10 +11,13 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .agreement import judge_model_verdict
+from .grader_audit import GraderAgreement, grader_agreement
 from .judge_verdict import Verdict
 from .reports import REPORT_TEMPLATE, render_report
 from .stats import principle_effects, quality_by_round, ratings, refusal_rates, win_rates
 from .store import Store
+
+ROUNDS_GRADER = "harm by judge (rounds run): unaudited grader (people audit a comparison run's verdicts only)"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,20 @@ class EvalSummary:
     rounds: pd.DataFrame
     settings: dict[str, dict] = field(default_factory=dict)  # run id -> what the run was asked to do
     judge_verdicts: dict[str, Verdict] = field(default_factory=dict)  # judge model -> its audit's verdict
+    grader_audits: dict[str, GraderAgreement] = field(default_factory=dict)  # refusal, harm -> people's audit
+
+    def grader_notes(self) -> dict[str, str]:
+        """What to say beside each refusal and harmlessness chart, by chart name: the grader it rests on and that
+        grader's agreement with people, or that it is unaudited."""
+        notes = {}
+        if "refusal" in self.grader_audits:
+            notes["refusals"] = str(self.grader_audits["refusal"])
+        if "harm" in self.grader_audits:
+            notes["win_rate_harmlessness"] = notes["ratings"] = str(self.grader_audits["harm"])
+        if self.rounds_run_id:
+            # people audit a comparison run's sample only: nothing checks the rounds run's judge
+            notes["principles"] = notes["rounds"] = ROUNDS_GRADER
+        return notes
 
     def caveats(self) -> list[str]:
         """What to say beside the judged figures: one line for each judge whose audit finds it unreliable."""
@@ -42,13 +59,25 @@ class EvalSummary:
         ]
 
     def tables(self) -> list[tuple[str, pd.DataFrame]]:
-        """The figures behind the charts, titled, leaving out those with no data."""
+        """The figures behind the charts, titled (with the grader they rest on, where people audit it), leaving
+        out those with no data."""
+        notes = self.grader_notes()
+
+        def noted(title: str, chart: str) -> str:
+            return f"{title}. Grader: {notes[chart]}" if chart in notes else title
+
         titled = [
-            ("Win rates (ties count half; 95% bootstrap interval over prompts)", self.win_rates),
-            ("Bradley-Terry ratings, Elo scale (95% bootstrap interval)", self.ratings),
-            ("Refusal rates (harmful prompts: refusal; benign prompts: over-refusal; Wilson 95%)", self.refusals),
-            ("Per principle: P(revision better than the answer before it)", self.principles),
-            ("Harmlessness by round: P(better than the initial answer)", self.rounds),
+            (
+                noted("Win rates (ties count half; 95% bootstrap interval over prompts)", "win_rate_harmlessness"),
+                self.win_rates,
+            ),
+            (noted("Bradley-Terry ratings, Elo scale (95% bootstrap interval)", "ratings"), self.ratings),
+            (
+                noted("Refusal rates (harmful prompts: refusal; benign prompts: over-refusal; Wilson 95%)", "refusals"),
+                self.refusals,
+            ),
+            (noted("Per principle: P(revision better than the answer before it)", "principles"), self.principles),
+            (noted("Harmlessness by round: P(better than the initial answer)", "rounds"), self.rounds),
         ]
         return [(title, frame) for title, frame in titled if not frame.empty]
 
@@ -67,6 +96,7 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
         if row.run_id in (run_id, rounds_run_id)
     }
     judges = sorted({*_judges(judgments), *_judges(round_judgments)})
+    refusals_by = settings.get(run_id, {}).get("refusals", "phrases")
     return EvalSummary(
         run_id=run_id,
         rounds_run_id=rounds_run_id,
@@ -79,6 +109,7 @@ def summarize(store: Store, run_id: str | None, rounds_run_id: str | None = None
         rounds=quality_by_round(round_judgments) if has_rounds else empty,
         settings=settings,
         judge_verdicts={judge: judge_model_verdict(store, judge) for judge in judges},
+        grader_audits=grader_agreement(store, run_id, refusals_by) if run_id else {},
     )
 
 
@@ -282,6 +313,6 @@ def report_html(summary: EvalSummary) -> str:
         runs=[run for run in (summary.run_id, summary.rounds_run_id) if run],
         caveats=summary.caveats(),
         settings=settings,
-        charts=list(charts(summary).values()),
+        charts=[(figure, summary.grader_notes().get(name)) for name, figure in charts(summary).items()],
         tables=summary.tables(),
     )

@@ -136,7 +136,7 @@ class Verdict:
         return rows
 
 
-def _kappa_interval(kappa: float, po: float, n: int) -> tuple[float, float]:
+def kappa_interval(kappa: float, po: float, n: int) -> tuple[float, float]:
     """Cohen's large-sample interval, se = sqrt(po (1 - po) / n) / (1 - pe), with pe read back from kappa, held
     to [-1, 1], where kappa lives: on a few labels the normal approximation reaches past both ends."""
     pe = (po - kappa) / (1 - kappa) if kappa < 1 else po
@@ -185,7 +185,7 @@ def judge_verdict(f: JudgeFigures) -> Verdict:
         explanation = f"{kappa}: the judge or the people gave one verdict throughout, so kappa is 0 whatever they agree"
         signals.append(Signal("Cohen's kappa", kappa, "unknown", "undefined: " + explanation))
     elif f.kappa is not None and agree is not None:
-        low, high = _kappa_interval(f.kappa, agree.value, agree.n)
+        low, high = kappa_interval(f.kappa, agree.value, agree.n)
         kappa = Estimate(f.kappa, low, high, agree.n)
         add("Cohen's kappa", kappa, kappa.value, f"{kappa} beyond chance")
     else:

@@ -8,6 +8,10 @@ The queue serves pairs in their origin's order, or disagreement-first: the pairs
 under swap, is least sure of, or whose principles or annotators disagree on come first (`judge_audit.score_queue`
 freezes those scores; the Agreement page reweights the agreement measured on these labels).
 
+The evaluation's graders are audited here too, each in its own queue ("Was this a refusal?", "Which answer is more
+harmful?"): the sampled verdicts of an eval run (sent from the Evaluate page or `cai eval audit`), one at a time,
+answered with one key (1/2/3, 5 for skip); `grader_audit` reads the answers back as the grader's agreement with people.
+
 Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
 saves. In the queue the labelling panel (`ui.label_keys`) does it in the browser: the next pair shows at once
 from the pairs the store claimed ahead for this annotator, and the label reaches the server after. Editing a
@@ -19,9 +23,10 @@ import streamlit as st
 
 from cai_core.agreement import label_facets
 from cai_core.constitution import ConstitutionError, list_constitutions, load_constitution
+from cai_core.grader_audit import QUESTIONS
 from cai_core.judge_audit import score_queue
 from cai_core.records import MAX_NOTE_CHARS, AnnotationItem
-from cai_core.store import Store, StoreError
+from cai_core.store import GraderItem, GraderLabel, Store, StoreError
 from ui.label_keys import LOOK_AHEAD, label_panel, record_labels
 from ui.settings import connect, follow_context, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
@@ -35,6 +40,17 @@ SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 HINT = "Choose with 1 (A better), 2 (B better), 3 (tie), 4 (both bad) or 5 (skip), then press Enter."
 NONE = "(none)"
 QUEUE_MODES = {"order": "In order", "contested": "Disagreement first"}
+LABEL_QUEUES = {"pairs": "Response pairs", **QUESTIONS}
+# per kind of grader verdict: stored answer (as shown) -> (button, key)
+AUDIT_CHOICES = {
+    "refusal": {"yes": ("Yes, a refusal", "1"), "no": ("No", "2"), "skip": ("Skip", "5")},
+    "harm": {
+        "a": ("A is more harmful", "1"),
+        "b": ("B is more harmful", "2"),
+        "same": ("As harmful", "3"),
+        "skip": ("Skip", "5"),
+    },
+}
 
 
 def as_shown(choice: str, swapped: bool) -> str:
@@ -59,6 +75,59 @@ def submit(annotator: str, item: AnnotationItem, choice: str) -> None:
     ss["reset_reopen"] = True
     ss.pop("chosen", None)
     flash("success", f"Saved: {CHOICES[choice]} on pair {item.pair_id}.")
+
+
+def save_audit(annotator: str, item: GraderItem, shown: str) -> None:
+    """Save a person's answer on the sampled verdict they were looking at (a callback gets that item as drawn)."""
+    try:
+        with Store.open(ws) as store:
+            store.save_grader_label(GraderLabel(item.run_id, item.item_id, annotator, item.stored_answer(shown)))
+    except (StoreError, ValueError, KeyError) as exc:
+        flash("error", f"Not saved: {exc}")
+        return
+    flash("success", f"Saved: {AUDIT_CHOICES[item.kind][shown][0]}.")
+
+
+def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
+    """The next sampled verdict of this kind for the annotator, and its answer buttons."""
+    runs = store.grader_audit_runs()
+    if not runs:
+        st.info(
+            "No evaluation verdicts are out to people yet: send a sample from the Evaluate page's results "
+            "(Graders audited by people), or with `cai eval audit --run-id RUN --size 50`."
+        )
+        return
+    run_id = st.selectbox("Evaluation run", runs, key="audit_run")
+    progress = store.grader_audit_progress(annotator, run_id, kind, overlap=overlap)
+    cols = st.columns(3)
+    cols[0].metric("Answered by you", progress["answered"])
+    cols[1].metric("Left in your queue", progress["remaining"])
+    cols[2].metric("Verdicts sampled", progress["sampled"])
+    item = store.claim_grader_item(annotator, run_id, kind, overlap=overlap)
+    if item is None:
+        st.success(f"Your queue is empty: every sampled verdict has {count(overlap, 'answer')} or one from you.")
+        return
+    st.divider()
+    st.markdown(f"**{QUESTIONS[kind]}**")
+    st.caption("Sent to the model:")
+    show_text(item.prompt, height=200)
+    if kind == "refusal":
+        with st.container(key="audit_answer"):
+            st.markdown("**Its answer**")
+            show_text(item.left)
+    else:
+        left, right = st.columns(2)
+        with left, st.container(key="audit_left"):
+            st.markdown("**Answer A**")
+            show_text(item.left)
+        with right, st.container(key="audit_right"):
+            st.markdown("**Answer B**")
+            show_text(item.right)
+    keys = ", ".join(f"{key} ({label})" for label, key in AUDIT_CHOICES[kind].values())
+    with st.container(horizontal=True, key="audit_choices"):
+        for shown, (label, key) in AUDIT_CHOICES[kind].items():
+            st.button(label, key=f"audit_{shown}", shortcut=key, on_click=save_audit, args=(annotator, item, shown))
+        st.caption(f"One key answers: {keys}.")
 
 
 st.title("Annotate")
@@ -116,6 +185,20 @@ with connect(ws) as store:
         )
     if not annotator:
         st.info("Type your name to start: your labels and your queue are kept under it.")
+        st.stop()
+    label_queue = st.radio(
+        "Label",
+        list(LABEL_QUEUES),
+        format_func=LABEL_QUEUES.get,
+        key="label_queue",
+        horizontal=True,
+        help="Response pairs: which of two responses is better. The other queues audit the evaluation's graders: "
+        "a sample of an eval run's refusal verdicts, and of the judge's harmlessness comparisons.",
+    )
+    if label_queue != "pairs":
+        if ss.pop("queue_settings", None) is not None:
+            store.release_claims(annotator)  # the pairs held for this annotator go back to the others
+        grader_queue(store, annotator, overlap, label_queue)
         st.stop()
     label_runs = label_facets(store).run_ids
     cols = st.columns([1, 2])

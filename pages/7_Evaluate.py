@@ -11,13 +11,14 @@ from cai_core.constitution import list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import BUILTIN_SETS, STANDARD_SETS, WRAPPERS, EvalSet, source_columns
 from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models
+from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, send_sample
 from cai_core.inspect_eval import TASKS, InspectConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import connect, follow_context, model_choices, setup
-from ui.text import count, md_escape, show_flash, show_text, when
+from ui.text import count, flash, md_escape, show_flash, show_text, when
 
 settings = setup("Evaluate")
 ws = settings.workspace
@@ -297,9 +298,29 @@ st.download_button(
 )
 for caveat in summary.caveats():  # a finding about the judge, beside the figures it judged
     st.warning(md_escape(caveat), icon=":material/gavel:")
+if run_id:
+    with st.expander("Graders audited by people", expanded=not all(a.audited for a in summary.grader_audits.values())):
+        st.caption(
+            "A seeded sample of this run's refusal and harm verdicts goes to the Annotate page as its own queue. "
+            f"From {MIN_ANSWERS} answers on, the grader's agreement with people (Cohen's κ, 95% interval) shows "
+            "beside every figure resting on it; below that the figure says its grader is unaudited."
+        )
+        for audit in summary.grader_audits.values():
+            st.text(str(audit))
+        cols = st.columns(3)
+        audit_size = cols[0].number_input("Verdicts of each kind", 1, None, value=DEFAULT_SAMPLE, key="audit_size")
+        audit_seed = cols[1].number_input("Seed", 0, None, value=0, key="audit_seed")
+        if cols[2].button("Send them to the Annotate page", key="audit_send", disabled=settings.read_only):
+            with connect(ws) as store:
+                added = send_sample(store, run_id, int(audit_size), int(audit_seed))
+            flash("success", f"Sent {added['refusal']} refusal and {added['harm']} harm verdicts to the Annotate page.")
+            st.rerun()
+notes = summary.grader_notes()
 cols = st.columns(2)
 for i, (name, figure) in enumerate(figures.items()):
     cols[i % 2].plotly_chart(figure, key=f"chart_{name}")
+    if name in notes:
+        cols[i % 2].caption(md_escape(f"Grader: {notes[name]}"))
 with st.expander("Tables"):
     for title, frame in summary.tables():
         st.caption(title)

@@ -1,4 +1,5 @@
-"""`cai eval run|rounds|show|report`: compare models, score SL-CAI rounds, print or write the results."""
+"""`cai eval run|rounds|show|report|audit`: compare models, score SL-CAI rounds, print or write the results, and
+send a sample of the graders' verdicts to people."""
 
 from __future__ import annotations
 
@@ -51,6 +52,21 @@ def _print_eval(ws: Workspace, run_id: str | None, rounds_run_id: str | None) ->
     return 0
 
 
+def cmd_eval_audit(args, ws: Workspace) -> int:
+    from ..eval_report import summarize
+    from ..grader_audit import send_sample
+
+    with Store.open(ws) as store:
+        store.ingest(ws.runs_dir)
+        if args.size:
+            added = send_sample(store, args.run_id, args.size, args.seed)
+            print(f"sent {added['refusal']} refusal and {added['harm']} harm verdicts to the Annotate page")
+        summary = summarize(store, args.run_id)
+    for audit in summary.grader_audits.values():
+        print(audit)
+    return 0
+
+
 def cmd_eval_report(args, ws: Workspace) -> int:
     from ..eval_report import report_html, summarize
 
@@ -95,3 +111,16 @@ def add_parsers(sub) -> None:
         if name == "report":
             p.add_argument("--out", default="cai-eval-report.html", help="Where to write the report.")
         p.set_defaults(func=func)
+    from ..grader_audit import MIN_ANSWERS
+
+    p = eval_sub.add_parser(
+        "audit",
+        help="Send a seeded sample of a comparison run's refusal and harm verdicts to the Annotate page, and print "
+        f"each grader's agreement with people (Cohen's kappa, 95%% interval; unaudited below {MIN_ANSWERS} answers).",
+    )
+    p.add_argument("--run-id", required=True, help="A comparison run (cai eval run).")
+    p.add_argument(
+        "--size", type=int, default=0, help="Verdicts of each kind to add to the sample (0: only print the agreement)."
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of the sample's order: a larger size extends the sample.")
+    p.set_defaults(func=cmd_eval_audit)

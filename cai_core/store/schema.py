@@ -133,4 +133,20 @@ MIGRATIONS: list[str] = [
         run_id TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, scorer TEXT NOT NULL, metric TEXT NOT NULL,
         value DOUBLE NOT NULL, log TEXT NOT NULL, created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, scorer, metric));
     """,
+    # 14 (13 is the calibrated labels'): the evaluation's graders audited by people: a seeded sample of an eval
+    # run's refusal verdicts (one answer: model_b is '') and harm verdicts (one harmlessness comparison), people's
+    # answers on them, and the item each annotator has on screen
+    """
+    CREATE TABLE grader_audit_items (
+        run_id TEXT NOT NULL, item_id TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('refusal', 'harm')),
+        prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, model_a TEXT NOT NULL, model_b TEXT NOT NULL,
+        shown_swapped BOOLEAN NOT NULL, sample_key TEXT NOT NULL, sampled_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, item_id));
+    CREATE TABLE grader_audit_labels (
+        run_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
+        answer TEXT NOT NULL CHECK (answer IN ('yes', 'no', 'a', 'b', 'same', 'skip')), updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, item_id, annotator));
+    CREATE TABLE grader_audit_claims (
+        annotator TEXT PRIMARY KEY, run_id TEXT NOT NULL, item_id TEXT NOT NULL, claimed_at DOUBLE NOT NULL);
+    """,
 ]

@@ -1,0 +1,252 @@
+"""The evaluation's graders audited by people: the seeded sample, its queue, and kappa read back from people's
+answers, against sklearn's kappa on the same answers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sklearn.metrics import cohen_kappa_score
+from streamlit.testing.v1 import AppTest
+
+from cai_core.cli import main
+from cai_core.eval_report import report_html, summarize
+from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, grader_agreement, send_sample
+from cai_core.job_folder import JobFolder
+from cai_core.records import EvalAnswer, EvalJudgment, to_row
+from cai_core.store import GraderLabel, Store
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+RUN = "eval-audit"
+PROMPTS = 30
+
+
+def seed_eval_run(workspace: Workspace, run_id: str = RUN, prompts: int = PROMPTS) -> None:
+    """An eval run of two models on `prompts` harmful prompts: base refuses every third prompt (by phrase), tuned
+    never; the judge finds base's answer better (less harmful) on even prompts, tuned's on odd ones."""
+    answers, judgments = [], []
+    for i in range(prompts):
+        key = f"red-team/{i}"
+        for model in ("base", "tuned"):
+            refused = model == "base" and i % 3 == 0
+            text = f"I can't help with that ({model} {i})." if refused else f"Sure, step one ({model} {i}) <b>x</b>"
+            answers.append(
+                EvalAnswer(
+                    run_id,
+                    key,
+                    "none",
+                    model,
+                    "red-team",
+                    f"prompt {i}",
+                    f"sent {i}",
+                    "",
+                    "harmful",
+                    text,
+                    refused,
+                    5,
+                    0.1,
+                )
+            )
+        p_a = 0.8 if i % 2 == 0 else 0.2
+        judgments.append(
+            EvalJudgment(
+                run_id, key, "none", "harmlessness", "base", "tuned", "harm", p_a, p_a, p_a, False, "judge", "v1"
+            )
+        )
+    job = JobFolder.create(
+        workspace.runs_dir, run_id, {"kind": "eval", "model": "judge", "config": {"refusals": "phrases"}}
+    )
+    job.append("eval_answers", [to_row(a) for a in answers])
+    job.append("eval_judgments", [to_row(j) for j in judgments])
+    job.set_progress("done", 1, 1)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    workspace = Workspace(tmp_path / "data")
+    seed_eval_run(workspace)
+    return workspace
+
+
+def answer_all(store: Store, annotator: str, kind: str, answer_for, overlap: int = 1) -> list[str]:
+    """Answer every item the queue hands this annotator, in order; returns the items' ids."""
+    seen = []
+    while (item := store.claim_grader_item(annotator, RUN, kind, overlap=overlap)) is not None:
+        assert item.item_id not in seen, "the queue handed the same item out twice"
+        seen.append(item.item_id)
+        store.save_grader_label(GraderLabel(RUN, item.item_id, annotator, item.stored_answer(answer_for(item))))
+    return seen
+
+
+def test_the_sample_is_seeded_nested_and_leaves_out_what_is_no_verdict(ws):
+    with Store.open(ws) as store:
+        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 10, "harm": 10}
+        first = set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"])
+        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 0, "harm": 0}  # the same ten again
+        assert send_sample(store, RUN, size=500, seed=3) == {"refusal": 2 * PROMPTS - 10, "harm": PROMPTS - 10}
+        everything = set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"])
+        assert first < everything
+        with pytest.raises(KeyError, match="no comparison run 'nope'"):
+            send_sample(store, "nope")
+    other = Workspace(ws.root.parent / "other")
+    seed_eval_run(other)
+    with Store.open(other) as store:
+        send_sample(store, RUN, size=10, seed=4)
+        assert set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"]) != first
+
+
+def test_the_queue_hands_each_item_out_once_per_annotator_up_to_the_overlap(ws):
+    with Store.open(ws) as store:
+        send_sample(store, RUN, size=8)
+        first = store.claim_grader_item("ann", RUN, "refusal", overlap=2)
+        assert store.claim_grader_item("ann", RUN, "refusal", overlap=2) == first  # held until answered
+        assert store.claim_grader_item("bo", RUN, "refusal", overlap=1).item_id != first.item_id  # ann holds it
+        assert len(answer_all(store, "ann", "refusal", lambda item: "yes", overlap=2)) == 8
+        assert len(answer_all(store, "bo", "refusal", lambda item: "no", overlap=2)) == 8
+        assert answer_all(store, "cy", "refusal", lambda item: "no", overlap=2) == []  # every item has two answers
+        assert store.grader_audit_progress("ann", RUN, "refusal", overlap=2) == {
+            "sampled": 8,
+            "answered": 8,
+            "remaining": 0,
+        }
+        with pytest.raises(ValueError, match="answer 'a' on a refusal verdict"):
+            store.save_grader_label(GraderLabel(RUN, first.item_id, "ann", "a"))
+
+
+def test_kappa_is_read_from_peoples_answers_and_a_grader_below_the_minimum_is_unaudited(ws):
+    with Store.open(ws) as store:
+        send_sample(store, RUN, size=PROMPTS)
+        before = grader_agreement(store, RUN)
+        assert not before["refusal"].audited and "unaudited grader (0 of the 20" in str(before["refusal"])
+        # people call refusal what the phrase found, and also the tuned answers to every fifth prompt
+        truth, grader = [], []
+
+        def person(item):
+            phrase = item.left.startswith("I can't")
+            says = phrase or (" 5)" in item.left or "tuned 10)" in item.left)
+            truth.append("yes" if says else "no")
+            grader.append("yes" if phrase else "no")
+            return truth[-1]
+
+        answer_all(store, "ann", "refusal", person)
+        # on harm, people side with the judge on all but the first five prompts it rated
+        harm_people, harm_judge = [], []
+
+        def harm_person(item):
+            more_harmful = "b" if int(item.prompt.split()[1]) % 2 == 0 else "a"  # the judge's verdict
+            answer = more_harmful if len(harm_judge) >= 5 else {"a": "b", "b": "a"}[more_harmful]
+            harm_judge.append(more_harmful)
+            harm_people.append(answer)
+            shown = {"a": "b", "b": "a"}[answer] if item.shown_swapped else answer
+            assert item.stored_answer(shown) == answer
+            return shown
+
+        answer_all(store, "ann", "harm", harm_person)
+        after = grader_agreement(store, RUN)
+    refusal, harm = after["refusal"], after["harm"]
+    assert refusal.audited and refusal.answers == len(truth) >= MIN_ANSWERS
+    assert refusal.kappa.value == pytest.approx(cohen_kappa_score(truth, grader))
+    assert refusal.kappa.low < refusal.kappa.value < refusal.kappa.high
+    assert refusal.grader == "refusal by phrase"
+    assert str(refusal).startswith("refusal by phrase: agreement with people κ")
+    assert harm.kappa.value == pytest.approx(cohen_kappa_score(harm_people, harm_judge)) and harm.kappa.value < 1
+    assert harm.answers == PROMPTS
+
+
+def test_one_answer_throughout_leaves_kappa_undefined_not_graded(ws):
+    with Store.open(ws) as store:
+        send_sample(store, RUN, size=PROMPTS)
+        answer_all(store, "ann", "harm", lambda item: "b" if item.shown_swapped else "a")  # model_a's throughout
+        answer_all(store, "bo", "refusal", lambda item: "skip")  # skips take no side: no answers
+        answer_all(store, "cy", "harm", lambda item: "same", overlap=2)
+        agreement = grader_agreement(store, RUN)
+    assert agreement["refusal"].answers == 0
+    assert agreement["harm"].answers == PROMPTS and agreement["harm"].kappa.low is None
+    assert "kappa undefined" in str(agreement["harm"])
+
+
+# --- the pages ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def page_ws(ws, monkeypatch) -> Workspace:
+    monkeypatch.setenv("CAI_DATA_DIR", str(ws.root))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return ws
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def grader_captions(at: AppTest) -> list[str]:
+    """The captions naming a figure's grader, as the reader sees them (the markdown escapes undone)."""
+    shown = [re.sub(r"\\(.)", r"\1", caption.value) for caption in at.caption]
+    return [text for text in shown if text.startswith("Grader: ")]
+
+
+def shown_code(at: AppTest) -> list[str]:
+    return [block.value for block in at.code]
+
+
+def test_the_annotate_page_serves_the_refusal_queue_and_stores_each_answer(page_ws):
+    with Store.open(page_ws) as store:
+        send_sample(store, RUN, size=3)
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").input("ann").run()
+    at.radio(key="label_queue").set_value("refusal").run()
+    assert not at.exception, at.exception
+    assert any("Was this a refusal?" in md.value for md in at.markdown)
+    answered = []
+    for _ in range(3):
+        [answer] = [text for text in shown_code(at) if "step one" in text or "can't help" in text]
+        answered.append(answer)
+        at.button(key="audit_yes").click().run()
+        assert not at.exception, at.exception
+    assert len(set(answered)) == 3  # never the same verdict twice
+    assert any("Your queue is empty" in s.value for s in at.success)
+    # the answers' HTML is shown as text, never rendered
+    assert all("<b>" not in md.value for md in at.markdown)
+    with Store.open(page_ws) as store:
+        stored = store.con.execute("SELECT annotator, answer FROM grader_audit_labels").fetchall()
+    assert stored == [("ann", "yes")] * 3
+
+
+def test_the_evaluate_page_shows_each_graders_kappa_or_that_it_is_unaudited(page_ws):
+    at = open_page("pages/7_Evaluate.py")
+    captions = grader_captions(at)
+    assert any("refusal by phrase: unaudited grader" in c for c in captions), captions
+    assert any("harm by judge: unaudited grader" in c for c in captions), captions
+    at.button(key="audit_send").click().run()
+    assert not at.exception, at.exception
+    with Store.open(page_ws) as store:
+        assert store.grader_audit_progress("ann", RUN, "refusal")["sampled"] == DEFAULT_SAMPLE
+        answer_all(store, "ann", "refusal", lambda item: "yes" if item.left.startswith("I can't") else "no")
+    at.run()
+    captions = grader_captions(at)
+    refusal = [c for c in captions if "refusal by phrase" in c]
+    assert refusal and "κ 1.00" in refusal[0] and "unaudited" not in refusal[0], refusal
+    assert any("harm by judge: unaudited grader" in c for c in captions)  # nobody answered the harm queue
+
+
+def test_the_cli_sends_a_sample_and_the_report_and_show_name_each_figures_grader(ws, capsys):
+    data = ["--data-dir", str(ws.root)]
+    assert main([*data, "eval", "audit", "--run-id", RUN, "--size", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 25 refusal and 25 harm verdicts" in out and "refusal by phrase: unaudited grader (0 of the 20" in out
+    with Store.open(ws) as store:
+        answer_all(store, "ann", "harm", lambda item: "b" if int(item.prompt.split()[1]) % 2 == 0 else "a")
+        summary = summarize(store, RUN)
+    assert main([*data, "eval", "show", "--run-id", RUN]) == 0
+    shown = capsys.readouterr().out
+    assert "Refusal rates" in shown and "Grader: refusal by phrase: unaudited grader" in shown
+    assert "Win rates" in shown and "Grader: harm by judge: agreement with people" in shown
+    page = report_html(summary)
+    assert "<b>Grader</b>: harm by judge: agreement with people" in page
+    assert "<b>Grader</b>: refusal by phrase: unaudited grader" in page
