@@ -98,11 +98,12 @@ class Tracker(Protocol):
 
 class _Trackio:
     def __init__(self, root: Path, run_id: str, config: dict):
+        # trackio's folder is TRACKIO_DIR, read once when trackio is first imported; unset, the workspace's, as the
+        # other trackers' (trackio's own default, under HF_HOME, would mix every workspace's runs in one database)
+        os.environ.setdefault("TRACKIO_DIR", str(root / "trackio"))
         import trackio
         from trackio.utils import TRACKIO_DIR
 
-        # trackio's own folder (TRACKIO_DIR, read once when it is first imported, else under HF_HOME): local, and
-        # where `trackio show` looks without being told
         self.run = trackio.init(project=PROJECT, name=run_id, config=config, resume="allow")
         self.where = TRACKIO_DIR
         self.command = f"TRACKIO_DIR={self.where} trackio show --project {PROJECT}"

@@ -140,10 +140,10 @@ ctx.end_tracking("done")
 """
 
 
-def test_trackio_keeps_the_run_in_its_local_database(tmp_path):
+def test_trackio_keeps_the_run_in_the_workspaces_local_database(tmp_path):
     job = make_job(tmp_path, "sft-t", "trackio", learning_rate=0.1)
-    # trackio reads TRACKIO_DIR once, when first imported: a process of its own sees this test's folder
-    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    # trackio reads TRACKIO_DIR once, when first imported: a process of its own, with none set, sees this workspace
+    env = {k: v for k, v in os.environ.items() if k != "TRACKIO_DIR"} | {"PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", TRACKIO_RUN, str(job.path)], env=env, check=True, timeout=300)
 
     database = sqlite3.connect(tmp_path / "trackio" / f"{PROJECT}.db")
