@@ -8,10 +8,14 @@ one on a workspace whose SFT model and reward model were trained before the serv
 
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import pytest
 from playwright.sync_api import expect
 
 from cai_core.jobs import list_job_folders
+from cai_core.tracking import PROJECT
 from cai_core.train import train
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
@@ -79,13 +83,19 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
 
     selected = page.locator(".st-key-train_selected")
     # .first: when the run ends the page redraws itself whole, and the old panel lingers for a moment
-    expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3").first).to_be_visible(timeout=60_000)
+    expect(selected.get_by_test_id("stProgress").get_by_text("step 3/3").first).to_be_visible(timeout=120_000)
     # the curves come with the redraw after the run ends: slow on a busy machine
     expect(selected.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=30_000)
     expect(selected.locator(".main-svg").first).to_be_visible(timeout=30_000)  # plotly has drawn the curve
     [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
     assert job.progress().status == "done"
     expect(selected.get_by_text(str(job.path / "final"), exact=True).first).to_be_visible()
+    # the default tracker, trackio, keeps the run in the workspace's own database, and the page links to it
+    expect(selected.get_by_role("link", name="Open in trackio").first).to_be_visible()
+    database = sqlite3.connect(train_app.workspace.root / "trackio" / f"{PROJECT}.db")
+    steps = database.execute("SELECT step FROM metrics WHERE run_name = ? ORDER BY step", (job.run_id,)).fetchall()
+    (config,) = database.execute("SELECT config FROM configs WHERE run_name = ?", (job.run_id,)).fetchone()
+    assert [step for (step,) in steps][-1] == 3 and json.loads(config)["max_steps"] == 3
     # no error anywhere on the page, neither a message nor an exception
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
