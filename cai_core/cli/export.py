@@ -16,6 +16,7 @@ from .jobs import launch
 def cmd_export(args, ws: Workspace) -> int:
     settings = {name: getattr(args, name) for name in ("kind", "format", "out", "constitution_version", "max_round")}
     settings |= {"min_confidence": args.min_confidence, "calibration": args.calibration, "gate": args.gate}
+    settings["raw_labels"] = args.raw_labels
     config = ExportConfig(**settings, source_run=args.run_id)
     if args.background:  # the rows are read here, where the database is, and written by the job's process
         return launch(prepare("export", config, ws), ws)
@@ -64,6 +65,11 @@ def add_parsers(sub) -> None:
         "--gate",
         action="store_true",
         help="Preferences only: weigh each principle's AI labels by its agreement with people (see `cai gate`).",
+    )
+    p.add_argument(
+        "--raw-labels",
+        action="store_true",
+        help="Preferences only: the judge's raw P(a better), even where its run stored a calibrated one.",
     )
     p.add_argument("--background", action="store_true", help="Write it from a job, detached; return at once.")
     p.add_argument("--push-to", metavar="REPO", help="Then push it to this Hub dataset repo (needs HF_HUB_OFFLINE=0).")

@@ -133,4 +133,10 @@ MIGRATIONS: list[str] = [
         run_id TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, scorer TEXT NOT NULL, metric TEXT NOT NULL,
         value DOUBLE NOT NULL, log TEXT NOT NULL, created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, scorer, metric));
     """,
+    # 13: a label run made with a calibration keeps each label's calibrated P(a better) beside the raw one, and
+    # which calibration made it
+    """
+    ALTER TABLE ai_labels ADD COLUMN p_a_calibrated DOUBLE;
+    ALTER TABLE ai_labels ADD COLUMN calibration_id TEXT;
+    """,
 ]
