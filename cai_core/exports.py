@@ -124,6 +124,14 @@ def preference_rows(
     )
 
 
+def read_probability(rows: pd.DataFrame) -> str:
+    """Which P(a better) preference rows read, in words: raw, or calibrated by which calibration(s)."""
+    used = sorted(str(c) for c in rows.calibration.dropna().unique())
+    raw = int(rows.calibration.isna().sum())
+    shown = [f"calibrated by {c}" for c in used] + ([f"raw ({raw} pairs)" if used else "raw"] if raw else [])
+    return ", ".join(shown)
+
+
 def export_path(workspace: Workspace, kind: ExportKind, fmt: ExportFormat) -> Path:
     """Where an export goes unless told otherwise: DATA_DIR/exports/KIND(.jsonl|.parquet| a folder for hf)."""
     return workspace.exports_dir / f"{kind}{SUFFIXES[fmt]}"

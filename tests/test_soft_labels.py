@@ -242,3 +242,90 @@ def test_soft_labels_on_pairs_without_a_p_are_refused_naming_the_field(tiny_mode
         DPOConfig(model=tiny_model_path, dataset=str(path), soft_labels="weight").build_data(workspace)
     assert error.value.field == "soft_labels"
     assert "train" in DPOConfig(model=tiny_model_path, dataset=str(path)).build_data(workspace)
+
+
+def test_a_recipe_passes_its_calibration_to_its_label_runs_and_soft_labels_to_its_dpo_stage(workspace):
+    from cai_core.recipe import Recipe, RecipeConfig, plan
+
+    config = RecipeConfig(rl="dpo", label={"calibration": "cal-x"}, rl_config={"soft_labels": "target"})
+    recipe = Recipe(config, workspace)
+    built = {stage.step: recipe.build(stage) for stage in plan(config) if stage.step in ("label", "rl")}
+    assert built["label"].calibration == "cal-x"
+    assert built["rl"].soft_labels == "target" and built["rl"].labels == built["label"].run_id
+    wrong = RecipeConfig(rl="dpo", rl_config={"soft_labels": "always"})
+    [rl] = [stage for stage in plan(wrong) if stage.step == "rl"]
+    with pytest.raises(ValueError, match="soft_labels"):
+        Recipe(wrong, workspace).build(rl)
+
+
+# --- the pages ------------------------------------------------------------------------------------------------
+
+
+def open_page(page: str):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_agreement_page_starts_a_label_run_through_the_calibration_picked(ws, tiny_model_path, monkeypatch):
+    from .browser.seed import model_in_workspace
+
+    launched = []
+    monkeypatch.setattr(JobFolder, "start", lambda job, command: launched.append(command[3:]))
+    version = load_constitution(ws.constitutions_dir / "hhh.yaml").version
+    store_calibration(ws, "cal-page", version, {}, PlattScaling(0.5, 0.0))
+    with Store.open(ws) as store:
+        store.add_pairs(pairs(3))
+        store.ingest(ws.runs_dir)
+    at = open_page("pages/6_Agreement.py")
+    at.selectbox(key="label_constitution").set_value("hhh.yaml")
+    at.text_input(key="label_model").set_value(model_in_workspace(tiny_model_path, ws))
+    at.selectbox(key="label_calibration").set_value("cal-page")
+    at.button(key="label_start").click().run()
+    assert not at.exception and not at.error, at.error
+    [argv] = launched
+    job = JobFolder(ws.runs_dir / argv[3])
+    assert job.spec["config"]["calibration"] == "cal-page"
+    [copied] = job.read_input("input_calibration")
+    assert (copied["calibration_id"], copied["slope"]) == ("cal-page", 0.5)
+
+
+def test_the_train_page_offers_soft_labels_and_shows_which_p_a_run_read(ws, tiny_model_path):
+    from .browser.seed import model_in_workspace
+
+    model = model_in_workspace(tiny_model_path, ws)
+    good, bad = "I cannot help with that, but here is a safer alternative.", "Identify harmful unethical dishonest"
+    found = [Pair(f"q{i}", f"Question {i}?", good, bad, "import", "f", i, "a", "b") for i in range(4)]
+    judge = JobFolder.create(ws.runs_dir, "label-page", {"kind": "label", "model": "judge"})
+    judge.append(
+        "ai_labels",
+        [
+            to_row(
+                AILabel(
+                    "label-page", p.pair_id, "harm", "judge", "v", "sample", "logprob", False, 0, None, None, 0.9, False
+                )
+            )
+            | {"p_a_calibrated": 0.7, "calibration_id": "cal-y"}
+            for p in found
+        ],
+    )
+    judge.set_progress("done", 4, 4)
+    with Store.open(ws) as store:
+        store.add_pairs(found)
+        store.ingest(ws.runs_dir)
+    run = train(
+        DPOConfig(model=model, labels="label-page", max_steps=1, batch_size=4, soft_labels="weight", gate=False), ws
+    )
+    assert run.progress().status == "done", run.progress().message
+
+    at = open_page("pages/4_Train.py")
+    at.button_group(key="train_kind").set_value("dpo").run()
+    assert at.selectbox(key="train_dpo_soft_labels").options == ["off", "target", "weight"]
+    assert at.checkbox(key="train_dpo_raw_labels").value is False
+    at.selectbox(key="train_run").set_value(run.run_id).run()
+    assert not at.exception, at.exception
+    shown = "\n".join(str(c.value) for c in at.caption)
+    assert "Preference labels read: label-page: calibrated by cal-y P (4 pairs)" in shown

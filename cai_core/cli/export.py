@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..export_job import ExportConfig, matching_rows
-from ..exports import FORMATS, KINDS, export_path, write_export
+from ..exports import FORMATS, KINDS, export_path, read_probability, write_export
 from ..jobs import prepare
 from ..store import Store
 from ..workspace import Workspace
@@ -26,6 +26,8 @@ def cmd_export(args, ws: Workspace) -> int:
     out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
+    if args.kind == "preferences" and len(rows):
+        print(f"P(a better): {read_probability(rows)}")
     if args.push_to:
         from ..hub import push_export
 

@@ -28,6 +28,7 @@ from .trainer import run_trainer, trainer_arguments
 
 PROBABILITY_SPLIT = "label_probability"  # kept with a training run's data splits: the P its pairs read
 SOFT_LABEL = "soft_label"  # P(chosen better), as the preference export writes it
+SOFT_LABEL_MODES = ("off", "target", "weight")
 
 
 def recorded_probability(run_folder: Path) -> pd.DataFrame:
@@ -35,6 +36,14 @@ def recorded_probability(run_folder: Path) -> pd.DataFrame:
     data said nothing of it."""
     path = run_folder / f"data-{PROBABILITY_SPLIT}.jsonl"
     return pd.read_json(path, lines=True) if path.exists() else pd.DataFrame()
+
+
+def describe_probability(record: pd.DataFrame) -> str:
+    """`recorded_probability` in words: per label source, the P its pairs read and how many."""
+    return "; ".join(
+        f"{r.labels}: {'raw' if pd.isna(r.calibration) else f'calibrated by {r.calibration}'} P ({r.pairs} pairs)"
+        for r in record.itertuples()
+    )
 
 
 @dataclass
@@ -136,6 +145,11 @@ class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
             "label": "Soft labels",
         },
     )
+
+    def check(self) -> None:
+        super().check()
+        if self.soft_labels not in SOFT_LABEL_MODES:
+            raise TrainError(f"is {self.soft_labels!r}: choose one of {', '.join(SOFT_LABEL_MODES)}", "soft_labels")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
         rows = self.preference_rows(ws, self.dataset).reset_index(drop=True)
