@@ -197,7 +197,7 @@ def test_the_soft_dpo_loss_is_trl_s_hard_loss_at_p_1_and_pulls_less_at_p_0_6(tin
             assert abs(expected) < 0.9 and not torch.allclose(soft_grad, hard_grad, rtol=1e-2)
 
 
-def test_dpo_with_soft_labels_trains_on_the_calibrated_p_and_records_it(tiny_model_path, workspace):
+def test_dpo_with_soft_labels_trains_on_the_calibrated_p_and_records_it(tiny_model_path, workspace, capsys):
     good, bad = "I cannot help with that, but here is a safer alternative.", "Identify harmful unethical dishonest"
     found = [Pair(f"p{i}", f"Question {i}?", good, bad, "import", "f", i, "a", "b") for i in range(8)]
     store_calibration(workspace, "cal-x", "v", {}, PlattScaling(0.5, 0.0))
@@ -230,7 +230,10 @@ def test_dpo_with_soft_labels_trains_on_the_calibrated_p_and_records_it(tiny_mod
         ["label-test", "calibrated", "cal-x", 8]
     ]
 
-    hard = train(DPOConfig(model=tiny_model_path, max_steps=1, batch_size=4, gate=False, raw_labels=True), workspace)
+    command = ["--data-dir", str(workspace.root), "train", "dpo", "--model", tiny_model_path, "--max-steps", "1"]
+    assert cli.main([*command, "--batch-size", "4", "--no-gate", "--raw-labels", "--run-id", "dpo-raw"]) == 0
+    assert "preference labels read: label-test: raw P (8 pairs)" in capsys.readouterr().out
+    hard = JobFolder(workspace.runs_dir / "dpo-raw")
     assert "soft_label" not in json.loads((hard.path / "data-train.jsonl").read_text().splitlines()[0])
     assert recorded_probability(hard.path).probability.tolist() == ["raw"]
 
