@@ -33,6 +33,10 @@ class ExportConfig:
             "folder's label gate rule (`cai gate`)."
         },
     )
+    raw_labels: bool = field(
+        default=False,
+        metadata={"help": "Preferences only: the judge's raw P, even where its run stored a calibrated one."},
+    )
     run_id: str | None = field(default=None, metadata={"help": "The export job's id; by default a hash."})
 
     def filters(self, ws: Workspace) -> dict:
@@ -45,6 +49,7 @@ class ExportConfig:
             "min_confidence": self.min_confidence,
             "calibration": self.calibration,
             "gate": load_rule(ws) if self.gate else None,
+            "raw_labels": self.raw_labels,
         }
 
 

@@ -9,7 +9,8 @@ Each row also carries `trace_id`, `constitution_version` and `round`, so any exa
 back to the text that produced it.
 - `preferences`: `{"prompt": [turns], "chosen": [assistant], "rejected": [assistant]}` from labelled
   pairs (a judge run's soft labels, or people's labels), with `soft_label` (P(chosen is better)),
-  `confidence` (|2 P - 1|), `pair_id` and `labels` (the run id, or "human"); filtered by confidence.
+  `confidence` (|2 P - 1|), `pair_id`, `labels` (the run id, or "human") and which P they read: `probability`
+  ("raw" or "calibrated") and `calibration` (its id); filtered by confidence.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def export_rows(
     min_confidence: float = 0.0,
     calibration: str | None = None,
     gate: GateRule | None = None,
+    raw_labels: bool = False,
 ) -> pd.DataFrame:
     if kind == "preferences":
-        return preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate)
+        return preference_rows(
+            store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
+        )
     steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
     if kind == "pairs":
         # a revision identical to the first answer teaches a preference model nothing
@@ -69,6 +73,19 @@ def export_rows(
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
 
 
+PREFERENCE_COLUMNS = [
+    "prompt",
+    "chosen",
+    "rejected",
+    "soft_label",
+    "confidence",
+    "pair_id",
+    "labels",
+    "probability",
+    "calibration",
+]
+
+
 def preference_rows(
     store: Store,
     *,
@@ -76,19 +93,21 @@ def preference_rows(
     min_confidence: float = 0.0,
     calibration: str | None = None,
     gate: GateRule | None = None,
+    raw: bool = False,
 ) -> pd.DataFrame:
     """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
     or from people's labels (`run_id="human"`: P(a better) is the share of a among a/b labels). A pair
     whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out. `calibration`: a
-    stored calibration's id (`cai calibrate`) to read the judge's labels through. `gate`: weigh each principle's
-    labels by its audit against people (`label_gate`); people's own labels are never gated."""
+    stored calibration's id (`cai calibrate`) to read the judge's labels through; without one, the calibrated P
+    a run labelled through a calibration stored is read, unless `raw`. Each row says which it read. `gate`: weigh
+    each principle's labels by its audit against people (`label_gate`); people's own labels are never gated."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
     run_id = run_id or store.latest_label_run()
     if run_id is None:
-        return pd.DataFrame(columns=["prompt", "chosen", "rejected", "soft_label", "confidence", "pair_id", "labels"])
+        return pd.DataFrame(columns=PREFERENCE_COLUMNS)
     weights = label_gate(store, run_id, gate).weights if gate is not None and run_id != "human" else None
-    rows = store.pair_preferences(run_id, min_confidence, calibration, weights)
+    rows = store.pair_preferences(run_id, min_confidence, calibration, weights, raw=raw)
     a_wins = rows.p > 0.5
     return pd.DataFrame(
         {
@@ -99,8 +118,18 @@ def preference_rows(
             "confidence": (2 * rows.p - 1).abs().astype(float),
             "pair_id": rows.pair_id,
             "labels": run_id,
+            "probability": ["raw" if c is None else "calibrated" for c in rows.calibration],
+            "calibration": list(rows.calibration),
         }
     )
+
+
+def read_probability(rows: pd.DataFrame) -> str:
+    """Which P(a better) preference rows read, in words: raw, or calibrated by which calibration(s)."""
+    used = sorted(str(c) for c in rows.calibration.dropna().unique())
+    raw = int(rows.calibration.isna().sum())
+    shown = [f"calibrated by {c}" for c in used] + ([f"raw ({raw} pairs)" if used else "raw"] if raw else [])
+    return ", ".join(shown)
 
 
 def export_path(workspace: Workspace, kind: ExportKind, fmt: ExportFormat) -> Path:

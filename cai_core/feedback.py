@@ -28,10 +28,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .jobs import JobFolder, JobKind, Plan, batched, engine_name
+from .judge_calibration import JudgeCalibration, PlattScaling
 from .records import AILabel, Pair, to_row
 from .tracking import TrackerChoice, tracker_field
 from .workspace import Workspace
@@ -42,6 +45,7 @@ COT_INSTRUCTION = "Think step by step about which response is better and why, in
 COT_ANSWER_REQUEST = "So which response is better? " + ANSWER_INSTRUCTION
 STRICT_INSTRUCTION = 'Reply with exactly one letter, "A" or "B", and nothing else.'
 INPUT = "input_pairs"  # the job's input file (see JobFolder.write_input)
+CALIBRATION_INPUT = "input_calibration"  # the calibration a run labels through, copied in (the job opens no store)
 
 
 def conversation_text(prompt: str) -> str:
@@ -250,26 +254,64 @@ class LabelConfig(CheckedConfig):
         default=32, metadata={"help": "Pairs per batch (both orders of each go together).", "min": 1}
     )
     seed: int = field(default=0, metadata={"help": "Seed for the principle each pair is judged under."})
+    calibration: str | None = field(
+        default=None,
+        metadata={
+            "help": "A stored calibration (`cai calibrate`) of this judge and constitution: each label then keeps "
+            "its calibrated P(a better) beside the raw one, and exports and training read the calibrated one.",
+            "text": True,
+        },
+    )
     tracker: TrackerChoice = tracker_field()
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )
 
 
-def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None) -> Plan:
-    """The pairs to label (from the store unless given), copied into the job: the background job reads them
-    from there."""
+def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = None, store=None) -> Plan:
+    """The pairs to label (from the store unless given) and the calibration named, copied into the job: the
+    background job reads them from there. `store`: an open store to read them from (one is opened if needed)."""
     constitution = load_constitution(config.constitution)
     check_settings(constitution, config.few_shot, (config.cot_min, config.cot_max))
-    if pairs is None:
+    if store is None and (pairs is None or config.calibration):
         from .store import Store
 
-        with Store.open(workspace) as store:
-            store.ingest(workspace.runs_dir)
-            pairs = store.pairs(source=config.source, limit=config.limit)
+        with Store.open(workspace) as opened:
+            opened.ingest(workspace.runs_dir)
+            return _plan(config, workspace, pairs, opened)
+    if pairs is None:
+        pairs = store.pairs(source=config.source, limit=config.limit)
     if not pairs:
         raise ValueError("no pairs to label: make or import some first (Data page, `cai pairs`, `cai import-labels`)")
-    return Plan(config.model, constitution=constitution, inputs={INPUT: [to_row(p) for p in pairs]})
+    inputs = {INPUT: [to_row(p) for p in pairs]}
+    if config.calibration:
+        inputs[CALIBRATION_INPUT] = [_calibration_row(store, config.calibration, constitution)]
+    return Plan(config.model, constitution=constitution, inputs=inputs)
+
+
+def _calibration_row(store, calibration_id: str, constitution: Constitution) -> dict:
+    """The stored calibration as the job applies it; refused where it was fitted under another version of the
+    constitution (its priors are per principle of that version)."""
+    found = store.calibrations()
+    found = found[found.calibration_id == calibration_id]
+    if found.empty:
+        raise ValueError(f"calibration {calibration_id!r}: no such calibration (`cai calibrate --list` lists them)")
+    row = found.iloc[0]
+    if row.constitution_version != constitution.version:
+        raise ValueError(
+            f"calibration {calibration_id!r} was fitted under constitution version {row.constitution_version}, not "
+            f"{constitution.version} ({constitution.name}): calibrate a run of this version"
+        )
+    priors = {p: list(pair) for p, pair in row.priors.items()}
+    return {"calibration_id": calibration_id, "slope": row.slope, "bias": row.bias, "priors": priors}
+
+
+def _read_calibration(job: JobFolder) -> tuple[str, JudgeCalibration] | None:
+    if not job.has_input(CALIBRATION_INPUT):
+        return None
+    [row] = job.read_input(CALIBRATION_INPUT)
+    priors = {p: tuple(pair) for p, pair in row["priors"].items()}
+    return row["calibration_id"], JudgeCalibration(priors, PlattScaling(row["slope"], row["bias"]), {})
 
 
 class LabelWork:
@@ -289,6 +331,7 @@ class LabelWork:
         else:
             self.items = [(pair, choose_principle(self.constitution, config.seed, pair.pair_id)) for pair in pairs]
         self.labelled = {(row["pair_id"], row["principle_id"]) for row in job.read("ai_labels")}
+        self.calibration = _read_calibration(job)
 
     def total(self) -> int:
         return len(self.items)
@@ -312,6 +355,7 @@ class LabelWork:
         began = time.perf_counter()
         verdicts = self.judge.label(batch)
         seconds = (time.perf_counter() - began) / len(batch)
+        calibrated = self._calibrated(batch, verdicts)
         version = self.constitution.version  # a hash of the whole constitution: once a batch, not once a label
         labels = [
             AILabel(
@@ -331,11 +375,29 @@ class LabelWork:
                 reasoning_1=v.reasoning_1,
                 reasoning_2=v.reasoning_2,
                 seconds=seconds,
+                p_a_calibrated=p_calibrated,
+                calibration_id=self.calibration and self.calibration[0],
             )
-            for (pair, principle), v in zip(batch, verdicts, strict=True)
+            for (pair, principle), v, p_calibrated in zip(batch, verdicts, calibrated, strict=True)
         ]
         self.job.append("ai_labels", [to_row(label) for label in labels])
         self.labelled.update((label.pair_id, label.principle_id) for label in labels)
 
+    def _calibrated(self, batch, verdicts: list[Verdict]) -> list[float | None]:
+        """Each verdict's P(a better) read through the run's calibration (None without one, or where it failed):
+        both orders recalibrated, then recombined as `combine_orders` does (a chain-of-thought band is not applied
+        again: the calibration was fitted on the banded labels' per-order probabilities)."""
+        if self.calibration is None:
+            return [None] * len(verdicts)
+        judged = [i for i, v in enumerate(verdicts) if not v.failed]
+        out: list[float | None] = [None] * len(verdicts)
+        if judged:
+            p1 = np.array([verdicts[i].p_order1 for i in judged])
+            p2 = np.array([verdicts[i].p_order2 for i in judged])
+            c1, c2 = self.calibration[1].apply(p1, p2, [batch[i][1].id for i in judged])
+            for i, q1, q2 in zip(judged, c1, c2, strict=True):
+                out[i] = float(combine_orders(q1, q2, None))
+        return out
 
-LABEL = JobKind("label", LabelConfig, _plan, LabelWork, "AI labels", input=INPUT, sources=("pairs",))
+
+LABEL = JobKind("label", LabelConfig, _plan, LabelWork, "AI labels", input=INPUT, sources=("pairs", "store"))

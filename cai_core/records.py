@@ -132,6 +132,8 @@ class AILabel:
     reasoning_2: str | None = None
     seconds: float = 0.0
     created_at: float = field(default_factory=now)
+    p_a_calibrated: float | None = None  # p_a read through `calibration_id`, when the run named one as it labelled
+    calibration_id: str | None = None
 
 
 @dataclass(frozen=True)

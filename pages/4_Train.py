@@ -22,6 +22,7 @@ from cai_core.label_gate import recorded_decisions
 from cai_core.tracking import tracking_record
 from cai_core.train import KINDS, config_class, launch_train_job, prepare_train_job
 from cai_core.train.config import config_from_dict
+from cai_core.train.dpo import describe_probability, recorded_probability
 from cai_core.train.form import form_label, latest_finished, reward_choices
 from cai_core.train.models import finished_model
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
@@ -314,6 +315,8 @@ def runs_panel() -> bool:
         if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
             st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")
             st.dataframe(evaluation, hide_index=True, key="train_rm_evaluation")
+        if not (read := recorded_probability(job.path)).empty:
+            st.caption(f"Preference labels read: {describe_probability(read)}.")
         if not (decisions := recorded_decisions(job.path)).empty:
             with st.expander(
                 f"Label gate: {', '.join(f'{n} {d}' for d, n in decisions.decision.value_counts().items())}"

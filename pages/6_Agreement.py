@@ -35,6 +35,7 @@ ws = settings.workspace
 ss = st.session_state
 
 ALL_SOURCES = "all"
+NO_CALIBRATION = "none: the judge's own probabilities"
 SHOWN_LABEL_RUNS = 5
 DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for labels that have landed
 
@@ -104,6 +105,13 @@ def label_launcher(store) -> None:
         source = cols[0].selectbox("Pairs from", (ALL_SOURCES, "import", "sampled", "sl-cai"), key="label_source")
         limit = cols[1].number_input("Pairs to label", 1, None, value=None, placeholder="all", key="label_limit")
         cols[2].checkbox("Reason first (chain of thought)", key="label_cot")
+        calibration = st.selectbox(
+            "Calibrate the labels as they are made",
+            [NO_CALIBRATION, *store.calibrations().calibration_id],
+            key="label_calibration",
+            help="A stored calibration of this judge and constitution version: each label keeps its calibrated "
+            "P(a better) beside the raw one, and exports and training read the calibrated one.",
+        )
         submitted = st.form_submit_button(
             "Label in the background", key="label_start", type="primary", disabled=settings.read_only
         )
@@ -118,10 +126,12 @@ def label_launcher(store) -> None:
                 cot=ss["label_cot"],
                 source=None if source == ALL_SOURCES else source,
                 limit=limit,
+                calibration=None if calibration == NO_CALIBRATION else calibration,
             ),
             "Its labels join the dashboard as they land.",
-            # the page's connection hands the pairs over: the job snapshots them and never opens the database
-            lambda config: {"pairs": store.pairs(source=config.source, limit=config.limit)},
+            # the page's connection hands the pairs and the calibration over: the job snapshots them and never
+            # opens the database
+            lambda config: {"pairs": store.pairs(source=config.source, limit=config.limit), "store": store},
         )
     job_cards(
         label_jobs,
@@ -169,7 +179,6 @@ with connect(ws) as store:
     with cols[3]:
         principles = pick_many("Principles", facets.principles, "filter_principles")
     calibrations = store.calibrations()
-    NO_CALIBRATION = "none: the judge's own probabilities"
     # the calibration this session started, once its job has ended and the store has taken it in: show it (a
     # widget's value can only be set before it is drawn)
     if ss.get("calibrating") in set(calibrations.calibration_id):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..export_job import ExportConfig, matching_rows
-from ..exports import FORMATS, KINDS, export_path, write_export
+from ..exports import FORMATS, KINDS, export_path, read_probability, write_export
 from ..jobs import prepare
 from ..store import Store
 from ..workspace import Workspace
@@ -16,6 +16,7 @@ from .jobs import launch
 def cmd_export(args, ws: Workspace) -> int:
     settings = {name: getattr(args, name) for name in ("kind", "format", "out", "constitution_version", "max_round")}
     settings |= {"min_confidence": args.min_confidence, "calibration": args.calibration, "gate": args.gate}
+    settings["raw_labels"] = args.raw_labels
     config = ExportConfig(**settings, source_run=args.run_id)
     if args.background:  # the rows are read here, where the database is, and written by the job's process
         return launch(prepare("export", config, ws), ws)
@@ -25,6 +26,8 @@ def cmd_export(args, ws: Workspace) -> int:
     out = Path(args.out) if args.out else export_path(ws, args.kind, args.format)
     write_export(rows, out, args.format)
     print(f"wrote {len(rows)} {args.kind} rows to {out.resolve()}")
+    if args.kind == "preferences" and len(rows):
+        print(f"P(a better): {read_probability(rows)}")
     if args.push_to:
         from ..hub import push_export
 
@@ -64,6 +67,11 @@ def add_parsers(sub) -> None:
         "--gate",
         action="store_true",
         help="Preferences only: weigh each principle's AI labels by its agreement with people (see `cai gate`).",
+    )
+    p.add_argument(
+        "--raw-labels",
+        action="store_true",
+        help="Preferences only: the judge's raw P(a better), even where its run stored a calibrated one.",
     )
     p.add_argument("--background", action="store_true", help="Write it from a job, detached; return at once.")
     p.add_argument("--push-to", metavar="REPO", help="Then push it to this Hub dataset repo (needs HF_HUB_OFFLINE=0).")

@@ -10,9 +10,12 @@ from .jobs import train_in_foreground
 
 def cmd_train(args, ws: Workspace) -> int:
     from ..train import TrainError, config_class, prepare_train_job
+    from ..train.dpo import describe_probability, recorded_probability
 
     cls = config_class(args.kind)
     job = prepare_train_job(config_from_args(cls, args, f"{cls.kind} config", TrainError), ws)
+    if not (read := recorded_probability(job.path)).empty:
+        print(f"preference labels read: {describe_probability(read)}")
     if args.background:
         from ..train import launch_train_job
 

@@ -334,29 +334,42 @@ class LabelQueries:
         min_confidence: float = 0.0,
         calibration_id: str | None = None,
         principle_weights: dict[str, float] | None = None,
+        raw: bool = False,
     ) -> pd.DataFrame:
         """Per pair: prompt, response_a, response_b and p, the probability that a is better, from a judge
-        run's labels (mean over principles; read through a stored calibration when given) or, for run_id
-        "human", the share of a among people's a/b labels. Pairs with p = 0.5 or confidence |2p - 1| below
+        run's labels (mean over principles) or, for run_id "human", the share of a among people's a/b labels; and
+        `calibration`, the calibration p was read through (None: raw). A judge's labels are read through
+        `calibration_id` when given (a stored calibration applied now); otherwise as calibrated when the run
+        labelled through a calibration, unless `raw`. Pairs with p = 0.5 or confidence |2p - 1| below
         `min_confidence` are left out. `principle_weights` (the label gate's): p is the weighted mean over the
         principles it names, and a pair whose principles all weigh 0 is left out."""
         if run_id == "human":
-            labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p FROM human_labels WHERE choice IN ('a', 'b')
-                        GROUP BY pair_id"""
+            labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p, NULL::TEXT AS calibration FROM human_labels
+                        WHERE choice IN ('a', 'b') GROUP BY pair_id"""
             params = [min_confidence]
-        elif principle_weights is not None:
-            labels = f"""SELECT pair_id, sum(w.weight * l.p_a) / sum(w.weight) AS p
-                         FROM {ai_labels_table(calibration_id)} l
-                         JOIN (SELECT unnest(?::VARCHAR[]) AS principle_id, unnest(?::DOUBLE[]) AS weight) w
-                           USING (principle_id)
-                         WHERE l.run_id = ? AND l.p_a IS NOT NULL GROUP BY pair_id HAVING sum(w.weight) > 0"""
-            params = [list(principle_weights), list(principle_weights.values()), run_id, min_confidence]
         else:
-            labels = f"""SELECT pair_id, avg(p_a) AS p FROM {ai_labels_table(calibration_id)}
-                         WHERE run_id = ? AND p_a IS NOT NULL GROUP BY pair_id"""
-            params = [run_id, min_confidence]
+            if calibration_id is not None:
+                p_a, calibration = "l.p_a", "?::TEXT"
+                params = [calibration_id]
+            elif raw:
+                p_a, calibration, params = "l.p_a", "NULL::TEXT", []
+            else:
+                p_a = "coalesce(l.p_a_calibrated, l.p_a)"
+                calibration, params = "any_value(l.calibration_id) FILTER (WHERE l.p_a_calibrated IS NOT NULL)", []
+            if principle_weights is not None:
+                labels = f"""SELECT pair_id, sum(w.weight * {p_a}) / sum(w.weight) AS p, {calibration} AS calibration
+                             FROM {ai_labels_table(calibration_id)} l
+                             JOIN (SELECT unnest(?::VARCHAR[]) AS principle_id, unnest(?::DOUBLE[]) AS weight) w
+                               USING (principle_id)
+                             WHERE l.run_id = ? AND l.p_a IS NOT NULL GROUP BY pair_id HAVING sum(w.weight) > 0"""
+                params += [list(principle_weights), list(principle_weights.values()), run_id, min_confidence]
+            else:
+                labels = f"""SELECT pair_id, avg({p_a}) AS p, {calibration} AS calibration
+                             FROM {ai_labels_table(calibration_id)} l
+                             WHERE l.run_id = ? AND l.p_a IS NOT NULL GROUP BY pair_id"""
+                params += [run_id, min_confidence]
         return self.con.execute(
-            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id
+            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id, l.calibration
                 FROM ({labels}) l JOIN pairs p USING (pair_id) WHERE l.p <> 0.5 AND abs(2 * l.p - 1) >= ?
                 ORDER BY p.source, p.origin, p.origin_index, l.pair_id""",
             params,

@@ -133,7 +133,13 @@ MIGRATIONS: list[str] = [
         run_id TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, scorer TEXT NOT NULL, metric TEXT NOT NULL,
         value DOUBLE NOT NULL, log TEXT NOT NULL, created_at DOUBLE NOT NULL, PRIMARY KEY (run_id, scorer, metric));
     """,
-    # 14 (13 is the calibrated labels'): the evaluation's graders audited by people: a seeded sample of an eval
+    # 13: a label run made with a calibration keeps each label's calibrated P(a better) beside the raw one, and
+    # which calibration made it
+    """
+    ALTER TABLE ai_labels ADD COLUMN p_a_calibrated DOUBLE;
+    ALTER TABLE ai_labels ADD COLUMN calibration_id TEXT;
+    """,
+    # 14: the evaluation's graders audited by people: a seeded sample of an eval
     # run's refusal verdicts (one answer: model_b is '') and harm verdicts (one harmlessness comparison), people's
     # answers on them, and the item each annotator has on screen
     """

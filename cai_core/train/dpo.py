@@ -1,8 +1,20 @@
-"""Direct RLAIF: TRL's DPOTrainer straight on the AI preference labels (or the SL-CAI revision pairs)."""
+"""Direct RLAIF: TRL's DPOTrainer straight on the AI preference labels (or the SL-CAI revision pairs).
+
+With `soft_labels`, the judge's P(chosen better) (calibrated where its label run was, see `PreferenceData`) reaches
+the loss instead of a hard "chosen": with Δ = β((log π/π_ref)(chosen) - (log π/π_ref)(rejected)),
+- `target`: cross-entropy against P, -(P log σ(Δ) + (1 - P) log σ(-Δ)) (the CAI paper's soft target, as the reward
+  model's `soft` loss; at P = 1 it is DPO's own loss, and a pair at P = 0.52 barely pulls);
+- `weight`: DPO's loss weighted by the label's confidence |2P - 1|, -(2P - 1) log σ(Δ).
+The label gate acts first, on what P is: it drops principles from a pair's P (a pair labelled only under dropped
+principles leaves the data) and down-weights a principle's say in the mean of a pair's principles
+(`Store.pair_preferences`); the soft loss then decides how hard the gated P pulls.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -13,6 +25,25 @@ from .context import RunContext
 from .data import file_rows, need_columns, store_rows
 from .models import load_tokenizer, resolve_model
 from .trainer import run_trainer, trainer_arguments
+
+PROBABILITY_SPLIT = "label_probability"  # kept with a training run's data splits: the P its pairs read
+SOFT_LABEL = "soft_label"  # P(chosen better), as the preference export writes it
+SOFT_LABEL_MODES = ("off", "target", "weight")
+
+
+def recorded_probability(run_folder: Path) -> pd.DataFrame:
+    """Which P(a better) a training run's pairs read (raw, or calibrated by which calibration); empty where its
+    data said nothing of it."""
+    path = run_folder / f"data-{PROBABILITY_SPLIT}.jsonl"
+    return pd.read_json(path, lines=True) if path.exists() else pd.DataFrame()
+
+
+def describe_probability(record: pd.DataFrame) -> str:
+    """`recorded_probability` in words: per label source, the P its pairs read and how many."""
+    return "; ".join(
+        f"{r.labels}: {'raw' if pd.isna(r.calibration) else f'calibrated by {r.calibration}'} P ({r.pairs} pairs)"
+        for r in record.itertuples()
+    )
 
 
 @dataclass
@@ -31,6 +62,14 @@ class PreferenceData:
     min_confidence: float = field(
         default=0.0, metadata={"help": "Store data only: keep pairs with |2P-1| >= this.", "label": "Min confidence"}
     )
+    raw_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Store AI labels only: the judge's raw P(a better), even where its label run stored a calibrated "
+            "one (by default the calibrated one is read; the run records which it read).",
+            "label": "Raw (uncalibrated) labels",
+        },
+    )
     gate: bool = field(
         default=True,
         metadata={
@@ -48,7 +87,14 @@ class PreferenceData:
             rows = store_rows(ws, "pairs")
         else:
             rule = load_rule(ws) if self.gate else None
-            rows = store_rows(ws, "preferences", run_id=self.labels, min_confidence=self.min_confidence, gate=rule)
+            rows = store_rows(
+                ws,
+                "preferences",
+                run_id=self.labels,
+                min_confidence=self.min_confidence,
+                gate=rule,
+                raw_labels=self.raw_labels,
+            )
         if rows.empty:
             raise TrainError(
                 "no labelled pairs in the store: make pairs and label them first, or use the SL-CAI revision "
@@ -56,6 +102,15 @@ class PreferenceData:
                 "labels",
             )
         return rows
+
+    def probability_record(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Which P(a better) the pairs read, kept with the run's data (`data-label_probability.jsonl`): per label
+        source, raw or calibrated and by which calibration, with its number of pairs. Empty for data that says
+        nothing of it (revision pairs, files without the columns)."""
+        if not {"labels", "probability", "calibration"} <= set(rows.columns):
+            return {}
+        grouped = rows.groupby(["labels", "probability", "calibration"], dropna=False, sort=False)
+        return {PROBABILITY_SPLIT: grouped.size().reset_index(name="pairs")}
 
     def gate_record(self, ws: Workspace, dataset: str) -> dict[str, pd.DataFrame]:
         """The gate's decision per principle, kept with the run's data (`data-label_gate.jsonl`), where the labels
@@ -81,13 +136,33 @@ class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
     beta: float = field(
         default=0.1, metadata={"help": "DPO β: how far the policy may move from the reference.", "label": "β"}
     )
+    soft_labels: Literal["off", "target", "weight"] = field(
+        default="off",
+        metadata={
+            "help": "off: DPO's hard loss (chosen is better); target: cross-entropy against the label's "
+            "P(chosen better); weight: the hard loss weighted by the label's confidence |2P - 1|. The P is the "
+            "calibrated one where the label run stored one, after the label gate. Needs soft labels.",
+            "label": "Soft labels",
+        },
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.soft_labels not in SOFT_LABEL_MODES:
+            raise TrainError(f"is {self.soft_labels!r}: choose one of {', '.join(SOFT_LABEL_MODES)}", "soft_labels")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
-        rows = self.preference_rows(ws, self.dataset)
-        return {
-            "train": rows[["prompt", "chosen", "rejected"]].reset_index(drop=True),
-            **self.gate_record(ws, self.dataset),
-        }
+        rows = self.preference_rows(ws, self.dataset).reset_index(drop=True)
+        columns = ["prompt", "chosen", "rejected"]
+        if self.soft_labels != "off":
+            if SOFT_LABEL not in rows.columns or rows[SOFT_LABEL].isna().any():
+                raise TrainError(
+                    f"soft labels {self.soft_labels!r} need a soft_label column (P(chosen better)) on every pair: "
+                    "use AI labels (not sl-cai), or soft labels off",
+                    "soft_labels",
+                )
+            columns.append(SOFT_LABEL)
+        return {"train": rows[columns], **self.probability_record(rows), **self.gate_record(ws, self.dataset)}
 
 
 def train(ctx: RunContext) -> None:
@@ -98,7 +173,7 @@ def train(ctx: RunContext) -> None:
     c: DPOConfig = ctx.config
     path = resolve_model(c.model, ctx.ws)
     tokenizer = load_tokenizer(path)
-    trainer = DPOTrainer(
+    trainer = (DPOTrainer if c.soft_labels == "off" else soft_label_trainer(c.soft_labels))(
         model=AutoModelForCausalLM.from_pretrained(path),
         args=TRLDPOConfig(**trainer_arguments(ctx), beta=c.beta, max_length=c.max_length),
         train_dataset=ctx.dataset("train"),
@@ -106,6 +181,72 @@ def train(ctx: RunContext) -> None:
         peft_config=c.peft_config("CAUSAL_LM"),
     )
     run_trainer(ctx, trainer, tokenizer)
+
+
+NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def soft_label_trainer(mode: str):
+    """TRL's DPOTrainer with a per-pair soft target (`mode` "target") or confidence weight ("weight"): the
+    `soft_label` column rides through TRL's collator beside its inputs.
+
+    Hand-written because TRL's DPO takes one global `label_smoothing` for every pair, never a per-pair target or
+    weight, and computes its loss inside one method with no hook for it: the policy's log-probabilities are read
+    through TRL's own forward (its fused LM head, as its loss reads them), the reference's through its
+    `compute_ref_log_probs`, and only the loss on them is ours. TRL's data preparation, reference model, LoRA
+    handling and logging are kept."""
+    import torch
+    import torch.nn.functional as F
+    from trl import DPOTrainer
+
+    class SoftLabelDPOTrainer(DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            collate = self.data_collator  # TRL's, set up with the tokenizer's pad token
+
+            def with_soft_labels(examples):
+                batch = collate(examples)
+                batch[SOFT_LABEL] = torch.tensor([e[SOFT_LABEL] for e in examples], dtype=torch.float)
+                return batch
+
+            self.data_collator = with_soft_labels
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            self._signature_columns = [*self._signature_columns, SOFT_LABEL]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            p = inputs.pop(SOFT_LABEL)
+            margin = self.beta * preference_margin(self, model, inputs)
+            if mode == "target":
+                losses = -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin))
+            else:
+                losses = -(2 * p - 1) * F.logsigmoid(margin)
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            gathered = self.accelerator.gather(margin.detach())
+            metrics["rewards/margins"].append(gathered.mean().item())
+            metrics["rewards/accuracies"].append((gathered > 0).float().mean().item())
+            loss = losses.mean()
+            return (loss, None) if return_outputs else loss
+
+    return SoftLabelDPOTrainer
+
+
+def preference_margin(trainer, model, inputs):
+    """Per pair, (log π - log π_ref)(chosen) - (log π - log π_ref)(rejected) over the completions' tokens, on a
+    batch of TRL's preference collator (chosen rows first, then rejected)."""
+    completion_mask = inputs["completion_mask"]
+    labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+    model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
+    outputs = model(**model_inputs, use_cache=False, labels=labels, fused_lm_head=True)
+    logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1)
+    chosen, rejected = logps.chunk(2, dim=0)
+    if "ref_chosen_logps" in inputs:
+        ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+    else:
+        reference = model if trainer.ref_model is None else trainer.ref_model  # LoRA: the model, adapter off
+        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(reference, inputs)
+    return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
 CONFIGS = (DPOConfig,)

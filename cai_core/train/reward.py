@@ -75,20 +75,21 @@ class RewardConfig(LoraOptions, PreferenceData, TrainConfig):
         columns = [c for c in (*COLUMNS, "margin", "soft_label") if c in rows.columns]
         if self.loss != "soft" and "soft_label" in columns:
             columns.remove("soft_label")
+        records = self.probability_record(rows) | self.gate_record(ws, self.dataset)
         human = pd.DataFrame()
         if self.dataset == "store" and self.labels != "human":
             human = store_rows(ws, "preferences", run_id="human")
         if human.empty or "pair_id" not in rows.columns:
             train, held_out = self.split(rows)
             held = {"eval_heldout": held_out[COLUMNS]} if len(held_out) else {}
-            return {"train": train[columns], **held, **self.gate_record(ws, self.dataset)}
+            return {"train": train[columns], **held, **records}
         train = rows[~rows.pair_id.isin(set(human.pair_id))]
         if train.empty:
             # every pair also has a person's label (an hh-rlhf import labelled by the judge): hold some out
             train, held_out = self.split(rows)
             human = human[human.pair_id.isin(set(held_out.pair_id))]
         held = {"eval_human": human[COLUMNS]} if len(human) else {}
-        return {"train": train[columns], **held, **self.gate_record(ws, self.dataset)}
+        return {"train": train[columns], **held, **records}
 
     def split(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(train, held out): `eval_fraction` of the rows, seeded, with at least one pair left to train on."""
