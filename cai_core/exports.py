@@ -22,7 +22,7 @@ from typing import BinaryIO, Literal
 import pandas as pd
 
 from .auth import require_operator
-from .label_gate import GateRule
+from .label_gate import Gate, GateRule
 from .label_gate import gate as label_gate
 from .pairs import transcript_messages
 from .store import Store
@@ -44,7 +44,7 @@ def export_rows(
     run_id: str | None = None,
     min_confidence: float = 0.0,
     calibration: str | None = None,
-    gate: GateRule | None = None,
+    gate: GateRule | Gate | None = None,
     raw_labels: bool = False,
 ) -> pd.DataFrame:
     if kind == "preferences":
@@ -92,7 +92,7 @@ def preference_rows(
     run_id: str | None = None,
     min_confidence: float = 0.0,
     calibration: str | None = None,
-    gate: GateRule | None = None,
+    gate: GateRule | Gate | None = None,
     raw: bool = False,
 ) -> pd.DataFrame:
     """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
@@ -100,13 +100,16 @@ def preference_rows(
     whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out. `calibration`: a
     stored calibration's id (`cai calibrate`) to read the judge's labels through; without one, the calibrated P
     a run labelled through a calibration stored is read, unless `raw`. Each row says which it read. `gate`: weigh
-    each principle's labels by its audit against people (`label_gate`); people's own labels are never gated."""
+    each principle's labels by its audit against people (`label_gate`): a rule to decide it by, or a decision
+    already taken; people's own labels are never gated."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
     run_id = run_id or store.latest_label_run()
     if run_id is None:
         return pd.DataFrame(columns=PREFERENCE_COLUMNS)
-    weights = label_gate(store, run_id, gate).weights if gate is not None and run_id != "human" else None
+    if isinstance(gate, GateRule) and run_id != "human":
+        gate = label_gate(store, run_id, gate)
+    weights = gate.weights if isinstance(gate, Gate) and run_id != "human" else None
     rows = store.pair_preferences(run_id, min_confidence, calibration, weights, raw=raw)
     a_wins = rows.p > 0.5
     return pd.DataFrame(

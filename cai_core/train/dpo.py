@@ -79,22 +79,38 @@ class PreferenceData:
         },
     )
 
-    def preference_rows(self, ws: Workspace, dataset: str) -> pd.DataFrame:
+    def preference_data(self, ws: Workspace, dataset: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+        """The pairs, and what is kept beside them in the run's data: which P(a better) they read
+        (`data-label_probability.jsonl`) and, where AI labels were gated, each principle's decision
+        (`data-label_gate.jsonl`). The gate is decided once, and the pairs are read through that decision."""
         if dataset != "store":
-            frame = file_rows(dataset)
-            return need_columns(frame, ("prompt", "chosen", "rejected"), dataset)
+            rows = need_columns(file_rows(dataset), ("prompt", "chosen", "rejected"), dataset)
+            return rows, self.probability_record(rows)
         if self.labels == "sl-cai":
-            rows = store_rows(ws, "pairs")
-        else:
-            rule = load_rule(ws) if self.gate else None
-            rows = store_rows(
-                ws,
+            return self.refuse_empty(store_rows(ws, "pairs")), {}
+        from ..exports import export_rows
+        from ..label_gate import gate
+        from ..store import Store
+
+        with Store.open(ws) as store:
+            store.ingest(ws.runs_dir)
+            run_id = self.labels or store.latest_label_run()
+            gated = self.gate and run_id not in (None, "human")
+            decided = gate(store, run_id, load_rule(ws)) if gated else None
+            rows = export_rows(
+                store,
                 "preferences",
-                run_id=self.labels,
+                run_id=run_id,
                 min_confidence=self.min_confidence,
-                gate=rule,
+                gate=decided,
                 raw_labels=self.raw_labels,
             )
+        rows = self.refuse_empty(rows)
+        decisions = {GATE_SPLIT: decided.table} if decided is not None and not decided.table.empty else {}
+        return rows, self.probability_record(rows) | decisions
+
+    @staticmethod
+    def refuse_empty(rows: pd.DataFrame) -> pd.DataFrame:
         if rows.empty:
             raise TrainError(
                 "no labelled pairs in the store: make pairs and label them first, or use the SL-CAI revision "
@@ -104,26 +120,12 @@ class PreferenceData:
         return rows
 
     def probability_record(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        """Which P(a better) the pairs read, kept with the run's data (`data-label_probability.jsonl`): per label
-        source, raw or calibrated and by which calibration, with its number of pairs. Empty for data that says
-        nothing of it (revision pairs, files without the columns)."""
+        """Which P(a better) the pairs read: per label source, raw or calibrated and by which calibration, with
+        its number of pairs. Empty for data that says nothing of it (revision pairs, files without the columns)."""
         if not {"labels", "probability", "calibration"} <= set(rows.columns):
             return {}
         grouped = rows.groupby(["labels", "probability", "calibration"], dropna=False, sort=False)
         return {PROBABILITY_SPLIT: grouped.size().reset_index(name="pairs")}
-
-    def gate_record(self, ws: Workspace, dataset: str) -> dict[str, pd.DataFrame]:
-        """The gate's decision per principle, kept with the run's data (`data-label_gate.jsonl`), where the labels
-        were gated: which principles were kept, down-weighted, dropped or unjudged, and why."""
-        if dataset != "store" or not self.gate or self.labels in ("sl-cai", "human"):
-            return {}
-        from ..label_gate import gate
-        from ..store import Store
-
-        with Store.open(ws) as store:
-            run_id = self.labels or store.latest_label_run()
-            decided = gate(store, run_id, load_rule(ws)) if run_id else None
-        return {GATE_SPLIT: decided.table} if decided is not None and not decided.table.empty else {}
 
 
 @dataclass
@@ -152,7 +154,8 @@ class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
             raise TrainError(f"is {self.soft_labels!r}: choose one of {', '.join(SOFT_LABEL_MODES)}", "soft_labels")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
-        rows = self.preference_rows(ws, self.dataset).reset_index(drop=True)
+        rows, records = self.preference_data(ws, self.dataset)
+        rows = rows.reset_index(drop=True)
         columns = ["prompt", "chosen", "rejected"]
         if self.soft_labels != "off":
             if SOFT_LABEL not in rows.columns or rows[SOFT_LABEL].isna().any():
@@ -162,7 +165,7 @@ class DPOConfig(LoraOptions, PreferenceData, TrainConfig):
                     "soft_labels",
                 )
             columns.append(SOFT_LABEL)
-        return {"train": rows[columns], **self.probability_record(rows), **self.gate_record(ws, self.dataset)}
+        return {"train": rows[columns], **records}
 
 
 def train(ctx: RunContext) -> None:

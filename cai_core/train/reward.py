@@ -62,7 +62,8 @@ class RewardConfig(LoraOptions, PreferenceData, TrainConfig):
             raise TrainError(f"is {self.eval_fraction}: it must be from 0 to below 1", "eval_fraction")
 
     def build_data(self, ws: Workspace) -> dict[str, pd.DataFrame]:
-        rows = self.preference_rows(ws, self.dataset).reset_index(drop=True)
+        rows, records = self.preference_data(ws, self.dataset)
+        rows = rows.reset_index(drop=True)
         if self.loss == "soft":
             if "soft_label" not in rows.columns or rows.soft_label.isna().any():
                 raise TrainError(
@@ -75,7 +76,6 @@ class RewardConfig(LoraOptions, PreferenceData, TrainConfig):
         columns = [c for c in (*COLUMNS, "margin", "soft_label") if c in rows.columns]
         if self.loss != "soft" and "soft_label" in columns:
             columns.remove("soft_label")
-        records = self.probability_record(rows) | self.gate_record(ws, self.dataset)
         human = pd.DataFrame()
         if self.dataset == "store" and self.labels != "human":
             human = store_rows(ws, "preferences", run_id="human")
