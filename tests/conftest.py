@@ -79,6 +79,32 @@ def require_shared_data(*parts: str) -> Path:
     return path
 
 
+# hh-rlhf pairs on which another engine's judge is held to transformers' (within 0.02 of P(A), every pair): a
+# wrong prompt, template or scoring moves every pair's P(A), so 20 pairs of real, long conversations find it
+# as surely as 50 did, at 2/5 of the time (each pair costs two fp32 scorings per engine).
+JUDGED_PAIRS = 20
+
+
+@pytest.fixture(scope="session")
+def judged_on_transformers(default_model_path):
+    """The judge's reference for the engine comparisons: the constitution, the first JUDGED_PAIRS hh-rlhf pairs
+    each with its principle, and transformers' labels on them in fp32. Computed once for the session: the
+    in-process vLLM engine (test_backend_vllm.py) and a real vLLM server (test_openai_vllm.py) are both held to
+    it, and both run on the one `vllm` worker."""
+    from cai_core.backends import load_backend
+    from cai_core.constitution import load_constitution
+    from cai_core.feedback import Judge, choose_principle
+    from cai_core.pairs import read_hh_rlhf
+    from cai_core.workspace import PROJECT_ROOT
+
+    path = require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz")
+    pairs = read_hh_rlhf(path, limit=JUDGED_PAIRS).pairs
+    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
+    labels = Judge(load_backend(f"hf:{default_model_path}", dtype="float32"), constitution).label(items)
+    return constitution, items, labels
+
+
 def pytest_collection_modifyitems(items):
     """Group tests for `pytest -n N --dist loadgroup` (`make test`): the tests that share a module-scoped
     fixture (an app server, a browser scenario's data) run on one worker, so it is built once; every test
