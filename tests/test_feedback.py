@@ -289,6 +289,7 @@ def write_pairs_file(path, n):
     )
 
 
+@pytest.mark.processes
 def test_kill_minus_nine_then_rerun_duplicates_no_label(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     write_pairs_file(tmp_path / "pairs.jsonl", 12)
@@ -320,6 +321,7 @@ def test_kill_minus_nine_then_rerun_duplicates_no_label(tiny_model_path, tmp_pat
         assert store.con.execute("SELECT count(*) FROM ai_labels").fetchall()[0][0] == 12 * enabled
 
 
+@pytest.mark.processes
 def test_label_in_the_background_then_agreement_from_the_cli(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     rows = [
