@@ -116,13 +116,13 @@ def choose_model(page, spec: str) -> None:
     settle(page)
 
 
-def go_to(page, label: str, title: str | None = None) -> None:
+def go_to(page, label: str) -> None:
     """Follow the sidebar's link to the page LABEL, as a user does (the session carries over), and wait until that
-    page is drawn (its heading, TITLE, is the label unless given) and its run has finished. The switch is
-    client-side: right after the click the page left behind is still drawn and finished, and a wait for any
-    finished page returned on it (in a fresh-clone CI run)."""
+    page is drawn (its heading is its label) and its run has finished. The switch is client-side: right after the
+    click the page left behind is still drawn and finished, and a wait for any finished page returned on it (in a
+    fresh-clone CI run)."""
     page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True).click()
-    heading = page.get_by_test_id("stMain").get_by_role("heading", name=title or label, exact=True, level=1)
+    heading = page.get_by_test_id("stMain").get_by_role("heading", name=label, exact=True, level=1)
     expect(heading).to_be_visible(timeout=RUN_MS)  # drawn once the page's imports are done
     wait_for_app(page)
 
