@@ -57,9 +57,10 @@ PYTEST := $(BIN)/python -m pytest -q -ra -n $(WORKERS) --dist loadgroup
 test: setup browser lint
 	$(PYTEST) --durations=25
 
-# The edit loop: unit and AppTest tests only (no real default model, no vLLM engine, no Chromium).
+# The edit loop: unit and AppTest tests only (no real default model, no vLLM engine, no Chromium, none of the
+# tests that run real processes at some size).
 test-fast: setup lint
-	$(PYTEST) -m "not slow and not browser" --durations=10
+	$(PYTEST) -m "not slow and not browser and not processes" --durations=10
 
 bench: setup
 	$(BIN)/cai bench generate

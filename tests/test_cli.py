@@ -46,6 +46,7 @@ def test_validate_reports_a_bad_file_in_one_line_without_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.processes
 def test_generate_export_diff_and_history_round_trip(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     gen = cai(
@@ -148,6 +149,7 @@ def test_user_errors_are_one_clear_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.processes
 def test_a_reader_that_goes_away_is_no_error(workspace):
     """`cai jobs | head -1`: no "Broken pipe" complaint when head stops reading."""
     from cai_core.jobs import JobFolder

@@ -8,6 +8,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from cai_core.jobs import JobFolder
 from cai_core.records import HumanLabel, Pair, Trace, TraceStep, to_row
 from cai_core.store import Store
@@ -15,6 +17,7 @@ from cai_core.store import Store
 SESSIONS, LABELS_EACH, OVERLAP = 20, 50, 2
 
 
+@pytest.mark.processes
 def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
     pairs = SESSIONS * LABELS_EACH // OVERLAP + SESSIONS  # the last pairs with room may all hold a label of yours
     with Store.open(workspace) as store:
@@ -84,6 +87,7 @@ def _save_and_read_back(db: str, annotator: str, pair_ids: list[str], lost) -> N
                 lost.append((annotator, pair_id))
 
 
+@pytest.mark.processes
 def test_a_save_that_returned_is_stored_with_many_processes_on_one_file(workspace):
     with Store.open(workspace) as store:
         store.add_pairs([Pair(f"p{i:04d}", "q", "a", "b", "import", "f", i, "a", "b") for i in range(SAVES_EACH)])

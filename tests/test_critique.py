@@ -122,6 +122,7 @@ def _unique_steps(job):
     return set(keys)
 
 
+@pytest.mark.processes
 def test_kill_minus_nine_then_rerun_loses_and_duplicates_nothing(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     argv = [

@@ -366,6 +366,7 @@ def test_real_default_model_on_shared_red_team_and_xstest_prompts(default_model_
     print("\n" + summary.refusals.to_string(index=False) + "\n" + summary.ratings.to_string(index=False))
 
 
+@pytest.mark.processes
 def test_cli_runs_shows_and_reports_an_evaluation(tiny_model_path, second_tiny_model_path, tmp_path):
     from .test_cli import cai
 

@@ -289,6 +289,7 @@ def write_pairs_file(path, n):
     )
 
 
+@pytest.mark.processes
 def test_kill_minus_nine_then_rerun_duplicates_no_label(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     write_pairs_file(tmp_path / "pairs.jsonl", 12)
@@ -320,6 +321,7 @@ def test_kill_minus_nine_then_rerun_duplicates_no_label(tiny_model_path, tmp_pat
         assert store.con.execute("SELECT count(*) FROM ai_labels").fetchall()[0][0] == 12 * enabled
 
 
+@pytest.mark.processes
 def test_label_in_the_background_then_agreement_from_the_cli(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     rows = [
@@ -407,19 +409,26 @@ def test_human_preferences_export_follows_the_majority(workspace):
     assert rows.loc["p0", "soft_label"] == pytest.approx(2 / 3) and rows.loc["p1", "confidence"] == 1.0
 
 
+# What the real-model test checks is the dashboard on a real judge's labels of real pairs (each labelled in both
+# orders, every figure in range, disagreements to list): 40 pairs of a 135M judge near chance agreement show that
+# as well as the 100 it took before, in 2/5 of the time. The vLLM engine's P(A) is held to transformers' in
+# test_backend_vllm.py.
+HH_RLHF_PAIRS = 40
+
+
 @pytest.mark.slow
 @pytest.mark.vllm  # where vLLM is installed: it labels on the engine the vLLM tests started
-def test_real_default_model_on_the_first_100_hh_rlhf_pairs(default_model_path, workspace):
+def test_real_default_model_on_the_first_hh_rlhf_pairs(default_model_path, workspace):
     from cai_core.agreement import dashboard
     from cai_core.pairs import read_hh_rlhf
 
     from .conftest import require_shared_data
 
     path = require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz")
-    found = read_hh_rlhf(path, limit=100)
+    found = read_hh_rlhf(path, limit=HH_RLHF_PAIRS)
     with Store.open(workspace) as store:
-        assert store.add_pairs(found.pairs) == 100
-        assert store.import_human_labels(found.labels) == 100
+        assert store.add_pairs(found.pairs) == HH_RLHF_PAIRS
+        assert store.import_human_labels(found.labels) == HH_RLHF_PAIRS
     # On vLLM where it is installed: the same model and labels (test_backend_vllm checks P(A) agrees within
     # 0.02), at a fraction of transformers' time, and the engine that test session already started.
     engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
@@ -428,16 +437,16 @@ def test_real_default_model_on_the_first_100_hh_rlhf_pairs(default_model_path, w
     job = jobs.run("label", config(default_model_path, batch_size=16), workspace, backend=backend)
     seconds = time.perf_counter() - began
     labels = job.read("ai_labels")
-    assert len(labels) == 100 and all(0 < r["p_order1"] < 1 and 0 < r["p_order2"] < 1 for r in labels)
+    assert len(labels) == HH_RLHF_PAIRS and all(0 < r["p_order1"] < 1 and 0 < r["p_order2"] < 1 for r in labels)
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         board = dashboard(store)
     row = board.by_run.iloc[0]
-    assert row.pairs == 100 and row.failed == 0 and row.labels_no_ties == 100
-    assert 0 <= row.agreement <= 1 and 0 <= row.position_consistency <= 1 and board.reliability.n == 100
-    assert board.confusion.to_numpy().sum() == 100 and len(board.disagreements) > 0
+    assert row.pairs == HH_RLHF_PAIRS and row.failed == 0 and row.labels_no_ties == HH_RLHF_PAIRS
+    assert 0 <= row.agreement <= 1 and 0 <= row.position_consistency <= 1 and board.reliability.n == HH_RLHF_PAIRS
+    assert board.confusion.to_numpy().sum() == HH_RLHF_PAIRS and len(board.disagreements) > 0
     print(
-        f"\nhh-rlhf first 100: agreement {row.agreement:.3f}, kappa {row.kappa:.3f}, position consistency "
+        f"\nhh-rlhf first {HH_RLHF_PAIRS}: agreement {row.agreement:.3f}, kappa {row.kappa:.3f}, position consistency "
         f"{row.position_consistency:.2f}, first-position rate {row.first_position_rate:.2f}, ECE {row.ece:.3f}; "
         f"labelled in {seconds:.0f} s on {engine}"
     )

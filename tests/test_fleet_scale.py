@@ -5,6 +5,8 @@ times: `benchmarks/bench_scale.py` measures those, with the same functions."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_scale import FleetProcess, count_records, generate_job, label_job, log_incidents, work_job
 from cai_core.store import Store
 from cai_core.workspace import Workspace
@@ -14,6 +16,7 @@ from .fleet import FleetConfig
 PROMPTS, ROUNDS, PAIRS = 2000, 2, 2000  # 2,000 traces + 6,000 steps + 2,000 labels
 
 
+@pytest.mark.processes
 def test_ten_thousand_records_through_two_faulty_servers_lose_and_double_nothing(tmp_path):
     workspace = Workspace(tmp_path / "data")
     config = FleetConfig(servers=2, concurrency=16, faults=0.04, stall=5.0, model="sim")

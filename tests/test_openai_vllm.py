@@ -8,11 +8,10 @@ import pytest
 
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.backends.openai_compat import EXACT
-from cai_core.constitution import load_constitution
-from cai_core.feedback import Judge, choose_principle
+from cai_core.feedback import Judge
 from cai_core.workspace import PROJECT_ROOT
 
-from .conftest import REAL_VLLM, require_shared_data
+from .conftest import JUDGED_PAIRS, REAL_VLLM
 from .openai_server import kill_vllm_server, served_requests, vllm_servers
 
 pytestmark = REAL_VLLM
@@ -54,19 +53,14 @@ def test_option_scores_through_a_real_server_are_the_local_engines(fleet, hf):
         assert row_remote == pytest.approx(row_local, abs=2e-3)
 
 
-def test_the_judges_p_a_through_a_real_server_agrees_on_50_hh_rlhf_pairs(fleet, hf):
+def test_the_judges_p_a_through_a_real_server_agrees_on_hh_rlhf_pairs(fleet, judged_on_transformers):
     """Read from the top 20 first tokens, 2 of 12 pairs came out at exactly 0 or 1 (a letter outside the list);
-    scored exactly, all 50 are within 0.02 of the local judge (transformers in fp32, which the in-process vLLM
+    scored exactly, every pair is within 0.02 of the local judge (transformers in fp32, which the in-process vLLM
     engine matches within 0.02 in test_backend_vllm.py), over both servers of the fleet."""
-    from cai_core.pairs import read_hh_rlhf
-
-    pairs = read_hh_rlhf(require_shared_data("hh-rlhf", "harmless-base-test-part1.jsonl.gz"), limit=50).pairs
-    constitution = load_constitution(PROJECT_ROOT / "constitutions" / "hhh.yaml")
-    items = [(p, choose_principle(constitution, 0, p.pair_id)) for p in pairs]
+    constitution, items, local = judged_on_transformers
     remote = Judge(load_backend(f"openai:smol@{','.join(fleet)}"), constitution).label(items)
-    local = Judge(hf, constitution).label(items)
     gaps = [abs(a.p_a - b.p_a) for a, b in zip(remote, local, strict=True)]
-    assert len(gaps) == 50 and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
+    assert len(gaps) == JUDGED_PAIRS and max(gaps) < 0.02, f"largest gap {max(gaps):.4f}"
     assert all(0 < label.p_a < 1 for label in remote)
 
 

@@ -212,6 +212,7 @@ def cai(*args, data):
     )
 
 
+@pytest.mark.processes
 def test_cli_imports_pairs_and_labels_and_reports_user_errors_in_one_line(tmp_path):
     data = tmp_path / "data"
     hh = tmp_path / "hh.jsonl"

@@ -167,6 +167,7 @@ def assert_both_ranks_ended_equal(job, step):
     assert len({r["weights"] for r in ranks}) == 1  # the gradients were averaged: the same weights on both
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("kind", ["sft", "rm", "dpo", "rloo"])
 def test_two_processes_train_as_one_data_parallel_run(kind, tiny_model_path, workspace, tmp_path):
     data = two_process_data(tmp_path)
@@ -183,6 +184,7 @@ def test_two_processes_train_as_one_data_parallel_run(kind, tiny_model_path, wor
     assert len(job.read("trained_models")) == 1
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("kind", ["grpo", "ppo"])
 def test_two_processes_stop_together_on_cancel_and_resume(kind, tiny_model_path, workspace, tmp_path, monkeypatch):
     data = two_process_data(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 
 from cai_core.workspace import Workspace
 
-from .harness import CHROMIUM, VIEWPORT, launch_chromium, running_app
+from .harness import CHROMIUM, LOOK_MS, VIEWPORT, launch_chromium, running_app
 from .seed import copy_constitutions, seeded_data
 
 
@@ -75,7 +75,7 @@ def browser_page(chromium, **context_options) -> Iterator:
     outside: list[str] = []
     context.on("request", lambda request: outside.append(request.url) if reaches_outside(request.url) else None)
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(LOOK_MS)
     try:
         yield page
     finally:

@@ -15,6 +15,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from playwright.sync_api import expect
+
 from cai_core.workspace import PROJECT_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,6 +32,14 @@ VIEWPORT = {"width": 1400, "height": 1000}
 # How long a server started for a test may take to answer: a quiet machine needs seconds, but `make test` runs
 # two workers on 2 cores beside the jobs they start, and a start-up once took over 60 s at load 23.
 SERVER_START_S = 180
+# How long a look at the page waits for what it expects: a page's action and an `expect` alike. Playwright's
+# `expect` waits 5 s unless told, too short for a rerun on a loaded 2-core machine; a look that finds what it
+# expects returns at once, so this costs nothing where the app is quick.
+LOOK_MS = 20_000
+expect.set_options(timeout=LOOK_MS)
+# How long one run of a page's script may take: a page's first run on a fresh server imports the page's modules,
+# which took over 20 s at a load of 18.
+RUN_MS = 60_000
 
 
 def free_port() -> int:
@@ -82,14 +92,14 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def wait_for_app(page, timeout: float = 20_000) -> None:
+def wait_for_app(page, timeout: float = RUN_MS) -> None:
     """Wait until the page is drawn and its script run has finished."""
     page.wait_for_selector(
         '[data-testid="stApp"][data-test-script-state="notRunning"] [data-testid="stMain"] h1', timeout=timeout
     )
 
 
-def settle(page, timeout: float = 20_000) -> None:
+def settle(page, timeout: float = RUN_MS) -> None:
     """After an action that reruns the script: give the rerun a moment to start, then wait for its end."""
     page.wait_for_timeout(250)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
@@ -103,4 +113,25 @@ def choose_model(page, spec: str) -> None:
     field = sidebar.get_by_label("Model spec", exact=True)
     field.fill(spec)
     field.press("Enter")
+    settle(page)
+
+
+def go_to(page, label: str) -> None:
+    """Follow the sidebar's link to the page LABEL, as a user does (the session carries over), and wait until that
+    page is drawn (its heading is its label) and its run has finished. The switch is client-side: right after the
+    click the page left behind is still drawn and finished, and a wait for any finished page returned on it (in a
+    fresh-clone CI run)."""
+    page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True).click()
+    heading = page.get_by_test_id("stMain").get_by_role("heading", name=label, exact=True, level=1)
+    expect(heading).to_be_visible(timeout=RUN_MS)  # drawn once the page's imports are done
+    wait_for_app(page)
+
+
+def wait_for_job_end_redraw(page, refresh_key: str, timeout: float = 30_000) -> None:
+    """Once the last running job of a page's live panel has ended, the page redraws itself whole, once, and that
+    redraw puts the panel's Refresh button (key REFRESH_KEY) back (`ui.job_controls.live_panel`): wait for it,
+    then for the run to end. A click made before that redraw lands on an element it replaces and is lost. Named by
+    its key: another panel of the page, with no job running, has a Refresh button of its own all along. Attached
+    rather than visible: the Agreement page folds its runs away once none is labelling."""
+    expect(page.locator(f".st-key-{refresh_key} button")).to_be_attached(timeout=timeout)
     settle(page)

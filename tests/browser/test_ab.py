@@ -45,7 +45,7 @@ def test_an_ab_launched_from_the_history_shows_its_paired_result(page, ab_app: A
 
     tiny_model_path = model_in_workspace(tiny_model_path, ab_app.workspace)
     page.goto(f"{ab_app.url}/Constitution")
-    wait_for_app(page, 60_000)  # the first visit to a fresh server imports the page's modules
+    wait_for_app(page)
     choose_model(page, tiny_model_path)
     page.get_by_label("Constitution file").click()
     page.get_by_role("option", name="red_team.yaml").click()

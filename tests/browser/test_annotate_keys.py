@@ -18,7 +18,7 @@ from cai_core.records import Pair, shown_swapped
 from cai_core.store import Store
 
 from .conftest import App, browser_page
-from .harness import running_app, settle, wait_for_app
+from .harness import go_to, running_app, settle, wait_for_app
 from .seed import seed_pair_texts, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -169,15 +169,16 @@ def test_three_key_presses_show_the_next_pairs_at_once_and_store_three_labels(ke
     page.keyboard.press("Enter")  # with no pair on screen, keys label nothing
 
     socket.release()
-    expect(part(page, "status")).to_have_text("", timeout=20_000)  # every label acknowledged
+    expect(part(page, "status")).to_have_text("")  # every label acknowledged
     expect(part(page, "pair-id")).not_to_have_text(re.compile("|".join(map(re.escape, labelled))))
-    # the keys still work after the server's redraws (each redraw hands the panel new data)
+    # the keys still work after the server's redraws (each redraw hands the panel new data): the last one ended
+    settle(page)
     on_screen = part(page, "pair-id").inner_text().removeprefix("Pair ")
     page.keyboard.press("2")
     page.keyboard.press("Enter")
     assert part(page, "pair-id").inner_text() != f"Pair {on_screen}"
     labelled[on_screen] = "b"
-    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    expect(part(page, "status")).to_have_text("")
     page.reload()
     wait_for_app(page)
     labels = stored(keys_app, "quick")
@@ -206,7 +207,7 @@ def test_labels_the_server_never_heard_of_are_sent_again_after_a_reload(keys_app
     socket.hold = False
     page.reload()
     open_annotate(page, keys_app, "reloader")  # a reload is a new session: the name is asked again
-    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    expect(part(page, "status")).to_have_text("")
     labels = stored(keys_app, "reloader")
     assert labels.keys() == labelled.keys()
     for pair_id, choice in labelled.items():
@@ -240,7 +241,7 @@ def test_labels_made_under_another_name_wait_in_the_tab_until_the_name_is_set_ba
     name.press("Enter")
     settle(page)
     expect(part(page, "waiting")).to_be_hidden()
-    expect(part(page, "status")).to_have_text("", timeout=20_000)
+    expect(part(page, "status")).to_have_text("")
     assert sorted(stored(keys_app, "before")) == sorted(labelled)
 
 
@@ -249,16 +250,11 @@ def test_the_annotators_name_survives_a_visit_to_another_page(keys_app, page):
     job = JobFolder.create(keys_app.workspace.runs_dir, "pairs-busy", {"kind": "pairs", "model": "m", "config": {}})
     job.set_progress("running", 1, 10)  # this process stands for the job's: alive
     open_annotate(page, keys_app, "traveller")
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_role("link", name="Data", exact=True).click()
-    wait_for_app(page)
-    expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
+    go_to(page, "Data")
     expect(page.get_by_text("pairs-busy")).to_be_visible()
     page.wait_for_timeout(5_000)  # the panel redraws itself twice
-    sidebar.get_by_role("link", name="Train", exact=True).click()  # and on, to a page with no job running
-    wait_for_app(page)
-    sidebar.get_by_role("link", name="Annotate", exact=True).click()
-    wait_for_app(page)
+    go_to(page, "Train")  # and on, to a page with no job running
+    go_to(page, "Annotate")
     expect(page.get_by_label("Your name")).to_have_value("traveller")
     expect(part(page, "pair-id")).to_be_visible()
     expect(page.get_by_text("Type your name to start")).to_have_count(0)

@@ -17,7 +17,7 @@ from cai_core.constitution import load_constitution
 from cai_core.jobs import list_job_folders
 from cai_core.store import Store, TraceFilter
 
-from .harness import choose_model, settle, wait_for_app
+from .harness import choose_model, go_to, settle, wait_for_app, wait_for_job_end_redraw
 from .seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -150,7 +150,7 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     runs_before = {job.run_id for job in list_job_folders(app.workspace.runs_dir)}
     open_page(page, app)  # the model is set once, on any page, and every page uses it
     choose_model(page, tiny_model_path)
-    page.get_by_test_id("stSidebar").get_by_role("link", name="Generate").click()
+    go_to(page, "Generate")
     expect(page.get_by_label("Model (set in the sidebar)")).to_have_value(tiny_model_path)
     page.get_by_label("Prompt file", exact=True).fill(str(prompts))
     page.get_by_label("Rounds", exact=True).fill("1")
@@ -165,9 +165,7 @@ def test_launch_a_small_job_and_watch_its_traces_appear(page, app, tiny_model_pa
     card = page.locator(f".st-key-run-{run_id}").first
     expect(card).to_contain_text("2 traces stored", timeout=90_000)
     expect(card).to_contain_text("done", timeout=30_000)
-    # the run's end redraws the whole page once; a click on the card it replaces would be lost
-    expect(page.get_by_role("button", name="Refresh")).to_be_visible()
-    settle(page)
+    wait_for_job_end_redraw(page, "refresh_runs")
     page.locator(f".st-key-run-{run_id}").get_by_role("button", name="Open its traces").click()
     expect(page.get_by_text("2 traces match")).to_be_visible()
     expect(page.get_by_role("heading", name="Traces")).to_be_visible()

@@ -46,6 +46,9 @@ def authors_app(chromium, tmp_path_factory):
 
 
 def shown_version(page, file_name: str) -> str:
+    """The version the page says the file holds, once the run under way has ended: until then the caption drawn by
+    the run before it (the version before a save) may still be on the page."""
+    settle(page)
     saved = page.get_by_text(re.compile(rf"^Saved: {re.escape(file_name)} holds this draft, version \w+\.$"))
     expect(saved).to_be_visible()
     return saved.inner_text().rstrip(".").rsplit(" ", 1)[-1]

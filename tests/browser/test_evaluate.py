@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import choose_model, wait_for_app
+from .harness import choose_model, wait_for_app, wait_for_job_end_redraw
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -58,6 +58,7 @@ def test_compare_two_models_read_the_charts_and_download_the_report(
     expect(card).to_contain_text("done", timeout=180_000)
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(4, timeout=30_000)  # 2 win rates, ratings, refusals
     expect(page.locator("[data-testid='stPlotlyChart'] .main-svg").first).to_be_visible()
+    wait_for_job_end_redraw(page, "refresh_evals")
 
     page.get_by_label("Prompt", exact=True).click()
     page.keyboard.type("rt/red-01")  # the list is long (the benign set comes first): filter it

@@ -26,7 +26,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.store import Store
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import choose_model, settle, wait_for_app
+from .harness import choose_model, go_to, settle, wait_for_app, wait_for_job_end_redraw
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -49,12 +49,6 @@ def empty_app(chromium, tmp_path_factory):
 def page(chromium, empty_app):
     with browser_page(chromium) as page:
         yield page
-
-
-def go_to(page, label: str) -> None:
-    """Follow the sidebar's link, as a user does: the session (the sidebar's model) carries over."""
-    page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True).click()
-    wait_for_app(page)
 
 
 def nothing_wrong(page) -> None:
@@ -86,17 +80,14 @@ def etas_seen(page) -> list[str]:
     return page.evaluate("window.__etas.splice(0)")
 
 
-def wait_until_done(page, card) -> None:
+def wait_until_done(page, card, refresh_key: str) -> None:
     """The job's card ends `done`, showing its rate (a run that fails, fails here with its card's text, the reason
-    included); then the page's one redraw at a job's end, which puts the Refresh button back: a click made before
-    it would be lost. Attached rather than visible: the Agreement page folds its runs away once none is labelling.
-    """
+    included); then the page's one redraw at a job's end, before which a click would be lost."""
     ended = card.get_by_text(re.compile(r"^(done|failed|cancelled)$")).first
     expect(ended).to_be_attached(timeout=JOB_SECONDS)
     assert ended.text_content() == "done", card.text_content()
     expect(card.get_by_text(RATE).first).to_be_attached()
-    expect(page.get_by_role("button", name="Refresh", include_hidden=True)).to_be_attached(timeout=30_000)
-    settle(page)
+    wait_for_job_end_redraw(page, refresh_key)
 
 
 def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_app: App, request):
@@ -120,7 +111,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     page.locator(".st-key-gen_tokens input").fill("8")
     page.locator(".st-key-gen_start button").click()
     generation = started_run(page)
-    wait_until_done(page, page.locator(f".st-key-run-{generation}"))
+    wait_until_done(page, page.locator(f".st-key-run-{generation}"), "refresh_runs")
     etas["SL-CAI"] = etas_seen(page)
     nothing_wrong(page)
 
@@ -152,7 +143,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     go_to(page, "Agreement")
     page.locator(".st-key-label_start button").click()
     labelling = started_run(page)
-    wait_until_done(page, page.locator(f".st-key-run-{labelling}"))
+    wait_until_done(page, page.locator(f".st-key-run-{labelling}"), "refresh_label_runs")
     etas["AI labels"] = etas_seen(page)
     nothing_wrong(page)
 
@@ -177,7 +168,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
         page.locator(".st-key-train_start button").click()
         trained[kind] = started_run(page)
         expect(selected.get_by_text(f"{trained[kind]} · train-", exact=False).first).to_be_visible()
-        wait_until_done(page, selected)
+        wait_until_done(page, selected, "train_refresh")
         etas[kind] = etas_seen(page)
         nothing_wrong(page)
 
@@ -192,7 +183,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
     page.locator(".st-key-eval_tokens input").fill("4")
     page.locator(".st-key-eval_start button").click()
     evaluation = started_run(page)
-    wait_until_done(page, page.locator(f".st-key-run-{evaluation}"))
+    wait_until_done(page, page.locator(f".st-key-run-{evaluation}"), "refresh_evals")
     etas["evaluation"] = etas_seen(page)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download the report (one HTML file)").click()

@@ -16,7 +16,7 @@ from cai_core.store import Store
 from ui.navigation import STEPS
 
 from .conftest import App, browser_page
-from .harness import running_app, settle, wait_for_app
+from .harness import go_to, running_app, settle, wait_for_app
 from .seed import DOG_PROMPT, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -84,14 +84,12 @@ def test_one_list_of_pages_and_the_constitution_carried_from_page_to_page(page, 
         ]
     )
 
-    sidebar.get_by_role("link", name="Constitution").click()
-    wait_for_app(page)
+    go_to(page, "Constitution")
     page.get_by_label("Constitution file").click()
     page.get_by_role("option", name="hhh.yaml").click()
     settle(page)
-    sidebar.get_by_role("link", name="Generate").click()
-    wait_for_app(page)
-    expect(page).to_have_url(f"{app.url}/Generate")  # the pages keep their addresses (waits: the switch is client-side)
+    go_to(page, "Generate")
+    expect(page).to_have_url(f"{app.url}/Generate")  # the pages keep their addresses
     expect(page.get_by_role("combobox", name="Constitution", exact=True)).to_have_value("hhh.yaml")
     # what must not happen: the home page listed as "app", or Streamlit's own list beside ours
     expect(sidebar.get_by_role("link", name="app", exact=True)).to_have_count(0)

@@ -27,7 +27,6 @@ from .seed import DOG_PROMPT, seeded_data
 pytestmark = pytest.mark.browser
 
 TOKEN = "browser-test-token-3f9c1a"
-FIRST_RUN_MS = 60_000  # a page's first run in a fresh session imports the page's modules: slow on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +81,7 @@ def test_every_page_asks_for_a_login_and_shows_nothing_else(chromium, exposed_ap
         expect(page.get_by_test_id("stApp")).to_have_count(0)
 
         log_in(page, "", TOKEN)  # back to the page asked for: Annotate
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
         expect(page.get_by_test_id("stSidebar").get_by_text("Logged in as operator (operator)")).to_be_visible()
 
@@ -93,7 +92,7 @@ def test_the_token_url_leaves_no_history_entry_to_log_in_again_with(chromium, ex
         page.goto(f"{url}/_cai/login")
         entries = page.evaluate("history.length")
         page.goto(f"{url}/?token={TOKEN}")
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         expect(page.get_by_test_id("stMetric").filter(has_text="Traces")).to_contain_text("2")
         assert "token" not in page.url
         assert page.evaluate("history.length") == entries + 1  # the app's page only: no token URL
@@ -107,18 +106,18 @@ def test_an_annotator_is_offered_no_operator_action_and_logging_out_ends_the_log
     with browser_page(chromium) as page:
         page.goto(f"{url}/Constitution")
         log_in(page, "ada", password)
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         sidebar = page.get_by_test_id("stSidebar")
         expect(sidebar.get_by_text("Logged in as ada (annotator)")).to_be_visible()
         expect(sidebar.get_by_text("Operators only", exact=False)).to_be_visible()
         expect(sidebar.get_by_role("textbox", name="Data folder")).to_be_disabled()
         expect(page.get_by_role("button", name="Save", exact=True)).to_be_disabled()
         page.goto(f"{url}/Data")
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         expect(page.get_by_text("Operators only", exact=False).first).to_be_visible()
         expect(page.get_by_role("button", name="Import")).to_have_count(0)
         page.goto(f"{url}/Annotate")  # what an annotator is here for
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
 
         page.get_by_test_id("stSidebar").get_by_role("link", name="Log out").click()
@@ -136,7 +135,7 @@ def test_an_upload_passes_the_door_and_the_import_names_the_login_not_a_typed_na
     labels.write_text("pair_id,label\ndoor-pair,a\n")
     with browser_page(chromium) as page:
         page.goto(f"{url}/Data?token={TOKEN}")
-        wait_for_app(page, FIRST_RUN_MS)
+        wait_for_app(page)
         page.get_by_role("tab", name="Import a file").click()
         expect(page.get_by_role("textbox", name="Labels: annotator of lines with none")).to_be_disabled()
         steps = (

@@ -16,7 +16,7 @@ from cai_core.jobs import JobFolder
 
 from ..test_recipe import tiny_recipe
 from .conftest import app_launching_jobs, browser_page
-from .harness import settle, wait_for_app
+from .harness import wait_for_app, wait_for_job_end_redraw
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -48,9 +48,7 @@ def _scenario(chromium, app, config):
         expect(page.get_by_role("link", name="eval: Evaluate").first).to_be_visible(timeout=30_000)
         expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
         expect(page.get_by_test_id("stException")).to_have_count(0)
-        # the recipe's end redraws the whole page once: a click on the button it replaces would be lost
-        expect(page.get_by_role("button", name="Refresh")).to_be_visible(timeout=30_000)  # after a loaded redraw
-        settle(page)
+        wait_for_job_end_redraw(page, "recipe_refresh")
         with page.expect_download(timeout=60_000) as download:
             page.locator(".st-key-recipe_report button").click()
         report = download.value.path().read_text(encoding="utf-8")

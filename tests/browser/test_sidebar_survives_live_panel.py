@@ -20,9 +20,10 @@ from playwright.sync_api import expect
 
 from cai_core.jobs import JobFolder
 from cai_core.workspace import PROJECT_ROOT
+from ui.settings import OTHER_MODEL
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import choose_model, settle, wait_for_app
+from .harness import choose_model, go_to, settle, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -46,9 +47,13 @@ def ticking_app(chromium, tmp_path_factory):
 
 
 def sidebar_model(page) -> str | None:
-    """The spec typed into the sidebar; None where the Model box shows a listed model (its spec box hidden)."""
-    spec = page.get_by_test_id("stSidebar").get_by_label("Model spec", exact=True)
-    return spec.input_value() if spec.count() else None
+    """The spec typed into the sidebar; None where the Model box shows a listed model (its spec box hidden). Read
+    from the Model box first, which the page always draws: a look for the spec box alone, made while a redraw had
+    not drawn it yet, would read a kept model as lost."""
+    sidebar = page.get_by_test_id("stSidebar")
+    if sidebar.get_by_label("Model", exact=True).input_value() != OTHER_MODEL:
+        return None
+    return sidebar.get_by_label("Model spec", exact=True).input_value()
 
 
 def see_running(page, card, timeout_s: float = 30) -> None:
@@ -71,12 +76,10 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
         wait_for_app(page)
         choose_model(page, CHOSEN)
         assert sidebar_model(page) == CHOSEN
-        sidebar = page.get_by_test_id("stSidebar")
 
         lost = []
         for attempt, delay in enumerate(CLICK_DELAYS):
-            sidebar.get_by_role("link", name="Generate", exact=True).click()
-            wait_for_app(page)
+            go_to(page, "Generate")
             run_id = f"ticking-{attempt}"
             job = subprocess.Popen(
                 [sys.executable, "-c", RUNNING_JOB, str(ticking_app.workspace.runs_dir), run_id, "20"],
@@ -91,8 +94,7 @@ def test_the_sidebar_model_survives_leaving_a_page_whose_job_panel_ticks(chromiu
                 see_running(page, card)
                 page.wait_for_timeout(2000 + delay)  # the panel has redrawn itself once or more
                 expect(card.get_by_text("running", exact=True)).to_be_visible()
-                sidebar.get_by_role("link", name="Data", exact=True).click()
-                wait_for_app(page)
+                go_to(page, "Data")
                 page.wait_for_timeout(2500)  # a tick the switch did not stop would have fired by now
                 settle(page)
                 if sidebar_model(page) != CHOSEN:

@@ -21,7 +21,7 @@ from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import running_app, settle, wait_for_app
+from .harness import running_app, settle, wait_for_app, wait_for_job_end_redraw
 from .seed import model_in_workspace, seed_pairs, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -101,6 +101,7 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     expect(page.get_by_test_id("stException")).to_have_count(0)
 
     # the chain goes on from here: PPO starts from this SFT model, and asks for a reward model from a list
+    wait_for_job_end_redraw(page, "train_refresh")
     page.locator(".st-key-train_kind").get_by_text("PPO", exact=True).click()
     expect(page.locator(".st-key-train_ppo_model input")).to_have_value(job.run_id, timeout=30_000)
     expect(page.get_by_text("No reward model yet: train one on the RM tab first.")).to_be_visible()
