@@ -99,7 +99,9 @@ class Tracker(Protocol):
 class _Trackio:
     def __init__(self, root: Path, run_id: str, config: dict):
         # trackio's folder is TRACKIO_DIR, read once when trackio is first imported; unset, the workspace's, as the
-        # other trackers' (trackio's own default, under HF_HOME, would mix every workspace's runs in one database)
+        # other trackers' (trackio's own default, under HF_HOME, would mix every workspace's runs in one database).
+        # A job runs in a process of its own, so that is its workspace; a process that runs jobs of several
+        # workspaces itself (a notebook) keeps the first one's
         os.environ.setdefault("TRACKIO_DIR", str(root / "trackio"))
         import trackio
         from trackio.utils import TRACKIO_DIR

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 # Tests run offline, as the workbench does by default; set before huggingface_hub reads it.
@@ -13,6 +14,9 @@ os.environ.setdefault("CAI_AUTO_ENGINE", "hf")
 # start-up a minute shorter with the same numbers, and a quarter of the job default's KV cache.
 os.environ.setdefault("CAI_VLLM_EAGER", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# trackio, the default tracker, reads TRACKIO_DIR once per process: the runs of this test process and the jobs it
+# starts go to one throwaway folder of its own, never the user's home (tests of the workspace's default unset it)
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="cai-tests-trackio-"))
 # Under pytest-xdist each worker gets its share of the cores for torch (and the jobs it starts, which inherit
 # this), rather than every worker spinning one thread per core and all of them fighting for the same cores.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from cai_core.jobs import list_job_folders
-from cai_core.tracking import PROJECT
+from cai_core.tracking import PROJECT, tracking_record
 from cai_core.train import train
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
@@ -90,9 +91,9 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_its_curves(train_page, train
     [job] = [j for j in list_job_folders(train_app.workspace.runs_dir) if j.spec["kind"] == "train-sft"]
     assert job.progress().status == "done"
     expect(selected.get_by_text(str(job.path / "final"), exact=True).first).to_be_visible()
-    # the default tracker, trackio, keeps the run in the workspace's own database, and the page links to it
+    # the default tracker, trackio, keeps the run in its local database, and the page links to it
     expect(selected.get_by_role("link", name="Open in trackio").first).to_be_visible()
-    database = sqlite3.connect(train_app.workspace.root / "trackio" / f"{PROJECT}.db")
+    database = sqlite3.connect(Path(tracking_record(job)["where"]) / f"{PROJECT}.db")
     steps = database.execute("SELECT step FROM metrics WHERE run_name = ? ORDER BY step", (job.run_id,)).fetchall()
     (config,) = database.execute("SELECT config FROM configs WHERE run_name = ?", (job.run_id,)).fetchone()
     assert [step for (step,) in steps][-1] == 3 and json.loads(config)["max_steps"] == 3
