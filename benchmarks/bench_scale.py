@@ -93,6 +93,7 @@ class Figures:
     faults: Counter = field(default_factory=Counter)
     ingest_per_record_ms: float = 0.0
     ingest_nothing_new_s: float = 0.0
+    load: float = 0.0  # the machine's load average over the job's last minute: what the job competed with
 
 
 def generate_job(workspace: Workspace, urls: list[str], prompts: int, rounds: int, max_new_tokens: int, chunk: int):
@@ -187,6 +188,7 @@ def measure(kind: str, size: int, fleet: FleetProcess, workspace: Workspace, arg
     lines, distinct = count_records(job, table)
     figures.records, figures.lost, figures.doubled = lines, expected - distinct, lines - distinct
     figures.incidents = log_incidents(job)
+    figures.load = os.getloadavg()[0]
     from cai_core.store import Store
 
     with Store.open(workspace) as store:
@@ -204,8 +206,8 @@ def table(rows: list[Figures], fleet: FleetConfig) -> str:
         f"fleet: {fleet.servers} servers x {fleet.concurrency} slots, {fleet.latency} s latency, "
         f"{fleet.tokens_per_s:g} tokens/s per request, faults {fleet.faults:.0%}, stalls {fleet.stall:g} s",
         "| job | size | records (lost/doubled) | wall s | fleet use | CPU s/1k | peak MB | ingest ms/rec | "
-        "ingest idle s | requests/ideal | faults injected | counted in log | killed at |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ingest idle s | requests/ideal | faults injected | counted in log | killed at | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in rows:
         lines.append(
@@ -213,7 +215,7 @@ def table(rows: list[Figures], fleet: FleetConfig) -> str:
             f"{1000 * f.cpu / max(1, f.records):.2f} | {f.peak_rss_mb:.0f} | {f.ingest_per_record_ms:.3f} | "
             f"{f.ingest_nothing_new_s:.3f} | {f.requests / f.ideal_requests:.3f} | {sum(f.faults.values())} | "
             f"{sum(f.incidents.values())} ({', '.join(f'{k} {v}' for k, v in sorted(f.incidents.items()))}) | "
-            f"{'' if f.killed_at is None else f'{f.killed_at:.0%}'} |"
+            f"{'' if f.killed_at is None else f'{f.killed_at:.0%}'} | {f.load:.1f} |"
         )
     return "\n".join(lines)
 

@@ -132,6 +132,8 @@ class OpenAICompatBackend:
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
         self._servers = Servers(urls, self.concurrency)
+        # what the fleet takes at once: a job keeps enough batches running to fill it (`job_runner.in_flight_for`)
+        self.slots = self.concurrency * len(urls)
         self._executor: DaemonPool | None = None
         self._option_ids: dict[tuple[str, ...], list[list[int]] | None] = {}
 
@@ -258,7 +260,7 @@ class OpenAICompatBackend:
         with self._turn_lock:
             if self._executor is None:
                 # one worker per slot of the fleet: every server can be kept full, and no more is sent
-                self._executor = DaemonPool(self.concurrency * len(self.base_urls))
+                self._executor = DaemonPool(self.slots)
             return self._executor
 
     def _post_all(
