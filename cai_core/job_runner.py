@@ -74,12 +74,12 @@ class PipelinedWork(Work, Protocol):
 
 def in_flight_for(backend, requests_per_batch: int) -> int:
     """Batches to keep running at once on `backend`: one on an in-process engine; on a fleet (`slots`: requests it
-    takes at once), enough that the batches not in their tail fill every slot twice over, so that a batch waiting
-    for its slowest request leaves no server idle."""
+    takes at once), enough to fill every slot twice over, and two more: batches that start together end their
+    stages together, and while two of them wait for their slowest requests the rest keep the servers busy."""
     slots = getattr(backend, "slots", 0)
     if not slots:
         return 1
-    return 1 + -(-2 * slots // max(1, requests_per_batch))
+    return 2 + -(-2 * slots // max(1, requests_per_batch))
 
 
 PROGRESS_STEPS = 10  # a job small enough to fit one batch still reports this many times before its end

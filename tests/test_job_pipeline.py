@@ -43,7 +43,7 @@ def test_a_label_job_killed_with_batches_in_flight_resumes_losing_and_doubling_n
     with FleetProcess(
         FleetConfig(servers=2, concurrency=8, latency=0.01, faults=0.02, stall=5.0, model="sim")
     ) as fleet:
-        # batches of 16 pairs on 16 slots: three batches in flight at any moment
+        # batches of 16 pairs (32 chats) on 16 slots: three batches in flight at any moment
         job = label_job(workspace, fleet.urls, pairs, batch=16)
         *_, killed = work_job(workspace, job.run_id, kill_at=0.5)
         assert killed, "the job ended before it could be killed at 50%"
