@@ -140,11 +140,12 @@ def work_job(workspace: Workspace, run_id: str, kill_at: float | None = None) ->
         [sys.executable, str(Path(__file__).resolve()), "--work", str(workspace.root), run_id], env=env
     )
     job = jobs.JobFolder(workspace.runs_dir / run_id)
-    killed = False
+    killed, peak_kb = False, 0
     while True:
         pid, _, usage = os.wait4(child.pid, os.WNOHANG)  # this child's own resource use, once it has ended
         if pid:
             break
+        peak_kb = max(peak_kb, _peak_rss_kb(child.pid))
         if kill_at is not None and not killed:
             progress = job.progress()
             if progress.total and progress.done >= kill_at * progress.total:
@@ -152,7 +153,19 @@ def work_job(workspace: Workspace, run_id: str, kill_at: float | None = None) ->
                 killed = True
         time.sleep(0.1)
     child.returncode = 0  # reaped above
-    return time.monotonic() - began, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, killed
+    return time.monotonic() - began, usage.ru_utime + usage.ru_stime, (peak_kb or usage.ru_maxrss) / 1024, killed
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The job process's own peak resident memory (Linux's VmHWM), 0 where it cannot be read. Not the child's
+    ru_maxrss: a child started by vfork counts this process's memory until its exec, so that figure was the
+    benchmark's own size (labelling's "400 MB" at every size was this process after it had read the store)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def count_records(job, table: str) -> tuple[int, int]:
