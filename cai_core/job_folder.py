@@ -3,7 +3,7 @@
 DuckDB lets one process hold a database file, and the app holds ours. So a job never opens it:
 it appends its records to JSON-lines files in its own folder (flushed and fsynced per batch) and
 the store ingests them later, idempotently (see `Store.ingest`). The same files tell a restarted
-job what is already done, so a kill at any moment, `kill -9` included, loses at most the batch
+job what is already done, so a kill at any moment, `kill -9` included, loses at most the batches
 in flight and never stores a step twice.
 
     runs/<run_id>/run.json         what the job is (kind, model, config, constitution)

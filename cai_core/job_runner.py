@@ -14,6 +14,7 @@ then never waits for one batch's slowest request; a kill loses only what was not
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -256,16 +257,21 @@ def _work_through(work: Work, folder: JobFolder, report: _Reporter) -> Iterator[
             work.step(batch)
             yield
         return
+    batches = iter(work.batches())
+    first = next(batches, _BATCH_END)
+    if first is _BATCH_END:
+        return  # nothing left to do: no model is loaded for it
+    batches = itertools.chain([first], batches)
     in_flight = work.in_flight()
     if in_flight <= 1:
-        for batch in work.batches():
+        for batch in batches:
             folder.stop_if_cancelled()
             running = _RunningBatch(report)
             for records in work.run(batch, running.count):
                 report.stored(lambda records=records: work.store(records), running.take())
             yield
         return
-    yield from _pipeline(work, folder, report, in_flight)
+    yield from _pipeline(work, batches, folder, report, in_flight)
 
 
 class _RunningBatch:
@@ -290,7 +296,9 @@ _BATCH_END = object()
 WAIT_SECONDS = 0.5  # how often the runner looks for a cancel while its batches run
 
 
-def _pipeline(work: PipelinedWork, folder: JobFolder, report: _Reporter, in_flight: int) -> Iterator[None]:
+def _pipeline(
+    work: PipelinedWork, batches: Iterator, folder: JobFolder, report: _Reporter, in_flight: int
+) -> Iterator[None]:
     """Up to `in_flight` batches running at once, each in a daemon thread; their records are stored here, as they
     come. On a failure or a cancel the runner stops at once: batches still running store nothing more (only this
     thread stores), and their threads end with their model calls."""
@@ -304,7 +312,6 @@ def _pipeline(work: PipelinedWork, folder: JobFolder, report: _Reporter, in_flig
         except BaseException as exc:  # noqa: BLE001 - raised in the runner's thread, below
             ready.put((None, 0.0, exc))
 
-    batches = iter(work.batches())
     running, more = 0, True
     while True:
         while more and running < in_flight:
