@@ -93,6 +93,7 @@ class Figures:
     faults: Counter = field(default_factory=Counter)
     ingest_per_record_ms: float = 0.0
     ingest_nothing_new_s: float = 0.0
+    load: float = 0.0  # the machine's load average over the job's last minute: what the job competed with
 
 
 def generate_job(workspace: Workspace, urls: list[str], prompts: int, rounds: int, max_new_tokens: int, chunk: int):
@@ -139,11 +140,12 @@ def work_job(workspace: Workspace, run_id: str, kill_at: float | None = None) ->
         [sys.executable, str(Path(__file__).resolve()), "--work", str(workspace.root), run_id], env=env
     )
     job = jobs.JobFolder(workspace.runs_dir / run_id)
-    killed = False
+    killed, peak_kb = False, 0
     while True:
         pid, _, usage = os.wait4(child.pid, os.WNOHANG)  # this child's own resource use, once it has ended
         if pid:
             break
+        peak_kb = max(peak_kb, _peak_rss_kb(child.pid))
         if kill_at is not None and not killed:
             progress = job.progress()
             if progress.total and progress.done >= kill_at * progress.total:
@@ -151,7 +153,19 @@ def work_job(workspace: Workspace, run_id: str, kill_at: float | None = None) ->
                 killed = True
         time.sleep(0.1)
     child.returncode = 0  # reaped above
-    return time.monotonic() - began, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, killed
+    return time.monotonic() - began, usage.ru_utime + usage.ru_stime, (peak_kb or usage.ru_maxrss) / 1024, killed
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The job process's own peak resident memory (Linux's VmHWM), 0 where it cannot be read. Not the child's
+    ru_maxrss: a child started by vfork counts this process's memory until its exec, so that figure was the
+    benchmark's own size (labelling's "400 MB" at every size was this process after it had read the store)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def count_records(job, table: str) -> tuple[int, int]:
@@ -187,6 +201,7 @@ def measure(kind: str, size: int, fleet: FleetProcess, workspace: Workspace, arg
     lines, distinct = count_records(job, table)
     figures.records, figures.lost, figures.doubled = lines, expected - distinct, lines - distinct
     figures.incidents = log_incidents(job)
+    figures.load = os.getloadavg()[0]
     from cai_core.store import Store
 
     with Store.open(workspace) as store:
@@ -204,8 +219,8 @@ def table(rows: list[Figures], fleet: FleetConfig) -> str:
         f"fleet: {fleet.servers} servers x {fleet.concurrency} slots, {fleet.latency} s latency, "
         f"{fleet.tokens_per_s:g} tokens/s per request, faults {fleet.faults:.0%}, stalls {fleet.stall:g} s",
         "| job | size | records (lost/doubled) | wall s | fleet use | CPU s/1k | peak MB | ingest ms/rec | "
-        "ingest idle s | requests/ideal | faults injected | counted in log | killed at |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ingest idle s | requests/ideal | faults injected | counted in log | killed at | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in rows:
         lines.append(
@@ -213,7 +228,7 @@ def table(rows: list[Figures], fleet: FleetConfig) -> str:
             f"{1000 * f.cpu / max(1, f.records):.2f} | {f.peak_rss_mb:.0f} | {f.ingest_per_record_ms:.3f} | "
             f"{f.ingest_nothing_new_s:.3f} | {f.requests / f.ideal_requests:.3f} | {sum(f.faults.values())} | "
             f"{sum(f.incidents.values())} ({', '.join(f'{k} {v}' for k, v in sorted(f.incidents.items()))}) | "
-            f"{'' if f.killed_at is None else f'{f.killed_at:.0%}'} |"
+            f"{'' if f.killed_at is None else f'{f.killed_at:.0%}'} | {f.load:.1f} |"
         )
     return "\n".join(lines)
 

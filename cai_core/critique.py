@@ -2,7 +2,8 @@
 
 Work walks in chunks of traces; inside a chunk every round is one batched call per stage
 (initial answers, critiques, revisions), never one prompt at a time. Each stage's records are
-spooled before the next begins, so a killed job resumes at the stage it was in.
+spooled before the next begins, so a killed job resumes at the stage it was in. On a fleet of
+servers several chunks are in flight at once (`jobs.PipelinedWork`).
 
 Each round critiques the *latest* answer afresh (the conversation is prompt, answer, critique
 request), rather than growing one long conversation over every round as the paper's samples do:
@@ -12,8 +13,7 @@ small models lose the thread in long contexts, and the trace still records every
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -21,7 +21,7 @@ from .auth import require_operator
 from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
 from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution
-from .jobs import JobFolder, JobKind, Plan, engine_name
+from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
 from .workspace import Workspace
@@ -199,40 +199,68 @@ def fit_prompt(backend: Backend, prompt: str, chat_around: Callable[[str], Chat]
 
 
 class GenerateWork:
-    """SL-CAI as the job runner sees it: a batch is one stage of one chunk of traces (their initial answers,
-    or one critique→revision round), and `done` counts trace steps."""
+    """SL-CAI as the job runner sees it (a `jobs.PipelinedWork`): a batch is one chunk of traces carried through
+    all its rounds, each stage's records (the initial answers, then each critique→revision round) handed to the
+    runner to spool before the next stage begins; `done` counts trace steps. On a fleet several chunks run at once.
+
+    What is done is read back from the spool without holding it: the traces that have finished (16 bytes each, a
+    `KeySet`), and the last step of each trace a kill left part way."""
 
     unit = "step"
 
     def __init__(self, job: JobFolder, config: GenerateConfig, workspace: Workspace, backends=None):
         self.job, self.config, self.workspace = job, config, workspace
         self.engine = ""
-        self.in_batch = 0.0  # steps of the running batch done so far (`jobs.Work`): answers, half-rounds
-        self._counting = threading.Lock()  # an OpenAI-compatible backend calls back from its threads
         self._backends = backends
         self.constitution = load_constitution(config.constitution)
         generation = self.constitution.generation
         self.rounds = config.rounds or generation.rounds
         self.strategy = config.principle_sampling or generation.principle_sampling
         self.stop_phrases = generation.stop_phrases if config.early_stop else []
-        self.items = [(p, s) for p in _prompt_set(config).prompts for s in range(config.samples)]
-        self.traces = {t["trace_id"]: Trace(**t) for t in job.read("traces")}
-        self.steps: dict[str, list[TraceStep]] = {}
-        for row in job.read("trace_steps"):
-            self.steps.setdefault(row["trace_id"], []).append(TraceStep(**row))
-        self.states: list[_State] = []
+        self.prompts = _prompt_set(config).prompts
+        self.items = len(self.prompts) * config.samples  # item i: prompt i // samples, sample i % samples
+        self._look_back()
+
+    def _look_back(self) -> None:
+        """Read the spool once: how many steps are done, which traces have finished, and where each trace that
+        has not stands (its last step, its trace as stored: a kill may have come between the two)."""
+        self.last_step: dict[str, dict] = {}  # trace id -> last step, of traces a kill left part way
+        self._done = 0
+
+        def finished_traces():
+            for row in self.job.records("trace_steps"):
+                # a stopped trace's remaining rounds count as done: they will never run
+                self._done += 1 + (self.rounds - row["round"] if row["stopped"] else 0)
+                if row["stopped"] or row["round"] >= self.rounds:
+                    self.last_step.pop(row["trace_id"], None)
+                    yield row["trace_id"]
+                else:
+                    self.last_step[row["trace_id"]] = row
+
+        self.finished = KeySet(finished_traces())
+        # traces stored and not finished: part way, or killed between the trace and its first step
+        self.stored_traces = {
+            row["trace_id"]: Trace(**row) for row in self.job.records("traces") if row["trace_id"] not in self.finished
+        }
 
     def total(self) -> int:
-        return len(self.items) * (self.rounds + 1)
+        return self.items * (self.rounds + 1)
 
     def done(self) -> int:
-        # a stopped trace's remaining rounds count as done: they will never run
-        return sum((self.rounds + 1) if s and s[-1].stopped else len(s) for s in self.steps.values())
+        return self._done
 
     def batches(self):
-        for chunk_start in range(0, len(self.items), self.config.chunk_size):
-            for round_ in range(self.rounds + 1):
-                yield chunk_start, round_
+        """(chunk start, [(item index, prompt, sample, trace id)] of its unfinished traces), chunk by chunk."""
+        samples, run_id = self.config.samples, self.job.run_id
+        for chunk_start in range(0, self.items, self.config.chunk_size):
+            todo = []
+            for index in range(chunk_start, min(self.items, chunk_start + self.config.chunk_size)):
+                prompt, sample = self.prompts[index // samples], index % samples
+                trace_id = f"{run_id}:{prompt.id}:{sample}"
+                if trace_id not in self.finished:
+                    todo.append((index, prompt, sample, trace_id))
+            if todo:
+                yield chunk_start, todo
 
     def backends(self) -> tuple[Backend, Backend]:
         if self._backends is None:
@@ -247,22 +275,35 @@ class GenerateWork:
             self.engine = engine_name(self._backends[0])
         return self._backends
 
-    def _count(self, steps_per_chat: float) -> Callable[[int], None]:
-        def on_done(chats: int) -> None:
-            with self._counting:
-                self.in_batch += steps_per_chat * chats
+    def in_flight(self) -> int:
+        # each stage of a chunk is one request per trace
+        return min(in_flight_for(backend, self.config.chunk_size) for backend in self.backends())
 
-        return on_done
+    def store(self, records: list[tuple[str, list[dict]]]) -> None:
+        for table, rows in records:
+            self.job.append(table, rows)
+            if table == "trace_steps":
+                self._done += sum(1 + (self.rounds - r["round"] if r["stopped"] else 0) for r in rows)
 
-    def step(self, batch: tuple[int, int]) -> None:
-        chunk_start, round_ = batch
-        if round_ == 0:
-            chunk = self.items[chunk_start : chunk_start + self.config.chunk_size]
-            self.states = self._run_initial(chunk, chunk_start)
-            return
-        active = [s for s in self.states if not s.stopped and s.round == round_ - 1]
-        if active:
-            self._run_round(active, round_)
+    def run(self, batch, count: Callable[[float], None]) -> Iterator[list[tuple[str, list[dict]]]]:
+        chunk_start, todo = batch
+        policy, critic = self.backends()
+        states, new_traces = [], []
+        for index, prompt, sample, trace_id in todo:
+            last = self.last_step.pop(trace_id, None)
+            trace = self.stored_traces.pop(trace_id, None)
+            if trace is None:
+                trace = self._new_trace(trace_id, prompt, sample, policy, critic)
+                new_traces.append(trace)
+            states.append(_State(trace, index, last["response"] if last else "", last["round"] if last else -1, False))
+        missing = [s for s in states if s.round < 0]
+        if missing:
+            yield self._run_initial(missing, new_traces, chunk_start, count)
+        for round_ in range(1, self.rounds + 1):
+            self.job.stop_if_cancelled()
+            active = [s for s in states if not s.stopped and s.round == round_ - 1]
+            if active:
+                yield self._run_round(active, round_, count)
 
     def _new_trace(self, trace_id: str, prompt, sample: int, policy: Backend, critic: Backend) -> Trace:
         """A trace whose prompt fits both models' contexts with everything that surrounds it in a round."""
@@ -292,42 +333,22 @@ class GenerateWork:
             warning=warning,
         )
 
-    def _run_initial(self, chunk, chunk_start: int) -> list[_State]:
-        states, missing = [], []
-        for offset, (prompt, sample) in enumerate(chunk):
-            trace_id = f"{self.job.run_id}:{prompt.id}:{sample}"
-            done = self.steps.get(trace_id, [])
-            if not done and trace_id not in self.traces:
-                self.traces[trace_id] = self._new_trace(trace_id, prompt, sample, *self.backends())
-            state = _State(
-                self.traces[trace_id],
-                chunk_start + offset,
-                done[-1].response if done else "",
-                done[-1].round if done else -1,
-                bool(done) and done[-1].stopped,
-            )
-            states.append(state)
-            if not done:
-                missing.append(state)
-        if missing:
-            policy, _ = self.backends()
-            params = self.config.sampling()
-            params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
-            chats = [[{"role": "user", "content": s.trace.prompt}] for s in missing]
-            answers = policy.generate(chats, params, on_done=self._count(1.0))
-            new_steps = [
-                TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
-                for s, a in zip(missing, answers, strict=True)
-            ]
-            # traces before steps: a step on disk always has its trace on disk
-            self.job.append("traces", [to_row(s.trace) for s in missing])
-            self.job.append("trace_steps", [to_row(st) for st in new_steps])
-            for s, st in zip(missing, new_steps, strict=True):
-                self.steps[s.trace.trace_id] = [st]
-                s.response, s.round = st.response, 0
-        return states
+    def _run_initial(self, missing: list[_State], new_traces: list[Trace], chunk_start: int, count) -> list:
+        policy, _ = self.backends()
+        params = self.config.sampling()
+        params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
+        chats = [[{"role": "user", "content": s.trace.prompt}] for s in missing]
+        answers = policy.generate(chats, params, on_done=count)
+        new_steps = [
+            TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
+            for s, a in zip(missing, answers, strict=True)
+        ]
+        for s, st in zip(missing, new_steps, strict=True):
+            s.response, s.round = st.response, 0
+        # traces before steps: a step on disk always has its trace on disk
+        return [("traces", [to_row(t) for t in new_traces]), ("trace_steps", [to_row(st) for st in new_steps])]
 
-    def _run_round(self, active: list[_State], round_: int) -> None:
+    def _run_round(self, active: list[_State], round_: int, count: Callable[[float], None]) -> list:
         config, constitution = self.config, self.constitution
         _, critic = self.backends()
         params = config.sampling()
@@ -339,16 +360,19 @@ class GenerateWork:
             critique_chat(s.trace.prompt, s.response, p, constitution, config.few_shot)
             for s, p in zip(active, principles, strict=True)
         ]
-        # a round is one step of each trace: its critique the first half, its revision the second
+
+        def half_steps(chats: int) -> None:  # a round is one step: its critique the first half, its revision the second
+            count(0.5 * chats)
+
         critiques = critic.generate(
-            critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}), on_done=self._count(0.5)
+            critique_chats, SamplingParams(**{**asdict(params), "seed": params.seed + round_}), on_done=half_steps
         )
         self.job.stop_if_cancelled()
         revise = [i for i, c in enumerate(critiques) if not says_nothing_to_change(c.text, self.stop_phrases)]
         revisions = critic.generate(
             [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
             SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
-            on_done=self._count(0.5),
+            on_done=half_steps,
         )
         revision_of = dict(zip(revise, revisions, strict=True))
         new_steps = []
@@ -368,10 +392,9 @@ class GenerateWork:
                     stopped=revision is None,
                 )
             )
-        self.job.append("trace_steps", [to_row(st) for st in new_steps])
         for state, step in zip(active, new_steps, strict=True):
-            self.steps[state.trace.trace_id].append(step)
             state.response, state.round, state.stopped = step.response, round_, step.stopped
+        return [("trace_steps", [to_row(st) for st in new_steps])]
 
 
 GENERATE = JobKind("generate", GenerateConfig, _plan, GenerateWork, "SL-CAI", prefix="gen")

@@ -33,7 +33,7 @@ import numpy as np
 from .backends import DEFAULT_MODEL, Backend, BackendError, Chat, SamplingParams, load_backend
 from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
-from .jobs import JobFolder, JobKind, Plan, batched, engine_name
+from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for, progress_batch_size
 from .judge_calibration import JudgeCalibration, PlattScaling
 from .records import AILabel, Pair, to_row
 from .tracking import TrackerChoice, tracker_field
@@ -315,9 +315,12 @@ def _read_calibration(job: JobFolder) -> tuple[str, JudgeCalibration] | None:
 
 
 class LabelWork:
-    """The pairs copied into the job, judged `batch_size` (pair, principle) items at a time; `done` counts labels."""
+    """The pairs copied into the job, judged `batch_size` (pair, principle) items at a time; `done` counts labels.
+    A `jobs.PipelinedWork`: on a fleet several batches are judged at once. The pairs are read from the job's input
+    a window at a time and what is labelled is known by a `KeySet`, so that a million pairs are never held at once."""
 
     unit = "label"
+    WINDOW_BATCHES = 16  # batches' worth of pairs read at once and sorted by length among themselves
 
     def __init__(self, job: JobFolder, config: LabelConfig, workspace: Workspace, backend: Backend | None = None):
         self.job, self.config, self.workspace, self.backend = job, config, workspace, backend
@@ -325,33 +328,56 @@ class LabelWork:
         self.judge: Judge | None = None
         # The constitution as it was when the run was prepared: the file may have been edited since.
         self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
-        pairs = [Pair(**row) for row in job.read_input(INPUT)]
-        if config.strategy == "ensemble":
-            self.items = [(pair, p) for pair in pairs for p in self.constitution.enabled_principles]
-        else:
-            self.items = [(pair, choose_principle(self.constitution, config.seed, pair.pair_id)) for pair in pairs]
-        self.labelled = {(row["pair_id"], row["principle_id"]) for row in job.read("ai_labels")}
+        per_pair = len(self.constitution.enabled_principles) if config.strategy == "ensemble" else 1
+        self._total = job.input_length(INPUT) * per_pair
+        self.labelled = KeySet(_label_key(row["pair_id"], row["principle_id"]) for row in job.records("ai_labels"))
+        self._done = len(self.labelled)
         self.calibration = _read_calibration(job)
 
     def total(self) -> int:
-        return len(self.items)
+        return self._total
 
     def done(self) -> int:
-        return len(self.labelled)
+        return self._done
+
+    def _items(self):
+        for row in self.job.input_rows(INPUT):
+            pair = Pair(**row)
+            if self.config.strategy == "ensemble":
+                for principle in self.constitution.enabled_principles:
+                    yield pair, principle
+            else:
+                yield pair, choose_principle(self.constitution, self.config.seed, pair.pair_id)
 
     def batches(self):
-        todo = [(pair, p) for pair, p in self.items if (pair.pair_id, p.id) not in self.labelled]
-        # Batches of similar length waste little on padding; labels are keyed by pair, so order is free.
-        todo.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
-        yield from batched(todo, self.config.batch_size)  # judgments are greedy: batching changes no label
+        # judgments are greedy: batching changes no label
+        size = progress_batch_size(self.total() - self.done(), self.config.batch_size)
+        window: list[tuple[Pair, Principle]] = []
+        for pair, principle in self._items():
+            if _label_key(pair.pair_id, principle.id) not in self.labelled:
+                window.append((pair, principle))
+            if len(window) == self.WINDOW_BATCHES * size:
+                yield from self._cut(window, size)
+                window = []
+        yield from self._cut(window, size)
 
-    def step(self, batch: list[tuple[Pair, Principle]]) -> None:
-        config = self.config
+    @staticmethod
+    def _cut(window: list[tuple[Pair, Principle]], size: int):
+        # batches of similar length waste little on padding; labels are keyed by pair, so order is free
+        window.sort(key=lambda item: len(item[0].prompt) + len(item[0].response_a) + len(item[0].response_b))
+        for start in range(0, len(window), size):
+            yield window[start : start + size]
+
+    def in_flight(self) -> int:
         if self.judge is None:
-            self.backend = self.backend or load_backend(config.model, self.workspace)
+            self.backend = self.backend or load_backend(self.config.model, self.workspace)
             self.job.record_engines(judge=self.backend)
             self.engine = engine_name(self.backend)
-            self.judge = Judge.from_label_settings(self.backend, self.constitution, asdict(config))
+            self.judge = Judge.from_label_settings(self.backend, self.constitution, asdict(self.config))
+        return in_flight_for(self.backend, 2 * self.config.batch_size)  # both orders of each pair
+
+    def run(self, batch: list[tuple[Pair, Principle]], count):
+        config = self.config
         began = time.perf_counter()
         verdicts = self.judge.label(batch)
         seconds = (time.perf_counter() - began) / len(batch)
@@ -380,8 +406,11 @@ class LabelWork:
             )
             for (pair, principle), v, p_calibrated in zip(batch, verdicts, calibrated, strict=True)
         ]
-        self.job.append("ai_labels", [to_row(label) for label in labels])
-        self.labelled.update((label.pair_id, label.principle_id) for label in labels)
+        yield [to_row(label) for label in labels]
+
+    def store(self, rows: list[dict]) -> None:
+        self.job.append("ai_labels", rows)
+        self._done += len(rows)
 
     def _calibrated(self, batch, verdicts: list[Verdict]) -> list[float | None]:
         """Each verdict's P(a better) read through the run's calibration (None without one, or where it failed):
@@ -398,6 +427,10 @@ class LabelWork:
             for i, q1, q2 in zip(judged, c1, c2, strict=True):
                 out[i] = float(combine_orders(q1, q2, None))
         return out
+
+
+def _label_key(pair_id: str, principle_id: str) -> str:
+    return f"{pair_id}\0{principle_id}"
 
 
 LABEL = JobKind("label", LabelConfig, _plan, LabelWork, "AI labels", input=INPUT, sources=("pairs", "store"))

@@ -3,7 +3,7 @@
 DuckDB lets one process hold a database file, and the app holds ours. So a job never opens it:
 it appends its records to JSON-lines files in its own folder (flushed and fsynced per batch) and
 the store ingests them later, idempotently (see `Store.ingest`). The same files tell a restarted
-job what is already done, so a kill at any moment, `kill -9` included, loses at most the batch
+job what is already done, so a kill at any moment, `kill -9` included, loses at most the batches
 in flight and never stores a step twice.
 
     runs/<run_id>/run.json         what the job is (kind, model, config, constitution)
@@ -28,10 +28,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .auth import child_environment, require_operator
 from .records import now
@@ -194,12 +196,11 @@ class JobFolder:
 
     def read(self, table: str) -> list[dict]:
         """Every complete record; a line cut short by a kill is not a record."""
-        path = self.records_path(table)
-        if not path.exists():
-            return []
-        data = path.read_bytes()
-        data = data[: data.rfind(b"\n") + 1]
-        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        return list(self.records(table))
+
+    def records(self, table: str) -> Iterator[dict]:
+        """`read`, one record at a time: a job of a million records looks back over its spool without holding it."""
+        yield from _complete_lines(self.records_path(table))
 
     def has_input(self, name: str) -> bool:
         return (self.path / f"{name}.jsonl").exists()
@@ -214,8 +215,16 @@ class JobFolder:
         write_file_atomically(self.path / f"{name}.jsonl", lambda out: out.write(text.encode("utf-8")))
 
     def read_input(self, name: str) -> list[dict]:
-        text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line]
+        return list(self.input_rows(name))
+
+    def input_rows(self, name: str) -> Iterator[dict]:
+        """`read_input`, one row at a time."""
+        yield from _complete_lines(self.path / f"{name}.jsonl")
+
+    def input_length(self, name: str) -> int:
+        """How many rows the input holds, counted without parsing them."""
+        with open(self.path / f"{name}.jsonl", "rb") as data:
+            return sum(block.count(b"\n") for block in iter(lambda: data.read(1 << 20), b""))
 
     def repair(self) -> None:
         """Cut a torn last line (a kill mid-write) so that appends start on a fresh line."""
@@ -372,6 +381,41 @@ class JobFolder:
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return f.read().decode("utf-8", errors="replace")
+
+
+def _complete_lines(path: Path) -> Iterator[dict]:
+    """The JSON object of each whole line of a JSON-lines file (none where it does not exist); a last line without
+    its newline was cut short by a kill and is left out."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.endswith("\n") and line.strip():
+                yield json.loads(line)
+
+
+class KeySet:
+    """Which records a job has already spooled, as a sorted array of 16-byte hashes of their keys: 16 MB for a
+    million records, where a set of the keys themselves takes several times that and the records far more. The
+    hash is 128-bit BLAKE2b, so two keys that share one are too unlikely to matter (about 1e-27 at a million)."""
+
+    def __init__(self, keys: Iterable[str]):
+        packed = bytearray()
+        for key in keys:
+            packed += _key_hash(key)
+        self.hashes = np.unique(np.frombuffer(bytes(packed), dtype="S16"))  # a record spooled twice counts once
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __contains__(self, key: str) -> bool:
+        wanted = np.array(_key_hash(key), dtype="S16")
+        at = int(np.searchsorted(self.hashes, wanted))
+        return at < len(self.hashes) and self.hashes[at] == wanted
+
+
+def _key_hash(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
 
 
 def digest(value, length: int = 12) -> str:

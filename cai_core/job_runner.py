@@ -5,12 +5,19 @@ the runner owns the rest: the lock, a cancel made before the start, the repair o
 rate and an ETA, the cancel check between batches and between model calls, and the closing status. A staged job
 (the recipe, the constitution A/B) is a `StagedWork`, whose batches are whole jobs. Training keeps its own loop
 (`train/launch.py`, driven by the trainers' callbacks) over the same folder.
+
+A work whose model calls go to a fleet of servers is a `PipelinedWork`: it splits `step` into `run` (the model
+calls, which yield records as they are ready) and `store`, and the runner keeps `in_flight()` batches running at
+once, each in a thread of its own, while it stores what they yield in this thread, in the order it comes. A fleet
+then never waits for one batch's slowest request; a kill loses only what was not yet stored, as before.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -37,13 +44,10 @@ class Work(Protocol):
     """What a job module gives the runner: its state, read back from the job's folder when it is built, and
     its work cut into batches. `step` does one batch and spools its records; a batch cut short by a kill is
     done again on resume, so no batch may leave half its records behind without the other half being derivable.
-    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`. A work whose batches are
-    long may count the units its running batch has finished so far in `in_batch` (from a backend's `on_done`):
-    the runner shows them every few seconds, and zeroes the count at each batch's end."""
+    Between model calls inside a batch, `step` may call `folder.stop_if_cancelled()`."""
 
     unit: str  # what done and total count
     engine: str  # "BACKEND · MODEL" once a backend is loaded; "" before
-    in_batch: float  # optional: units of the running batch finished so far
 
     def total(self) -> int: ...
 
@@ -54,16 +58,39 @@ class Work(Protocol):
     def step(self, batch) -> None: ...
 
 
+class PipelinedWork(Work, Protocol):
+    """A `Work` whose batches may run several at once (see the module's doc). `in_flight` is asked once, before the
+    first batch (it may load the model first); 1 runs each batch in the runner's thread as `step` would, which an
+    in-process engine needs. `run(batch, count)` makes the batch's model calls and yields what is ready to spool, in
+    the order it must be spooled; it calls `count(units)` as model calls end (the progress shown meanwhile) and must
+    not write to the folder. `store(records)` spools them and counts them in `done`; only the runner calls it, one
+    at a time. A batch cut short by a kill is run again on resume, so each yield must leave the folder whole."""
+
+    def in_flight(self) -> int: ...
+
+    def run(self, batch, count: Callable[[float], None]) -> Iterator: ...
+
+    def store(self, records) -> None: ...
+
+
+def in_flight_for(backend, requests_per_batch: int) -> int:
+    """Batches to keep running at once on `backend`: one on an in-process engine; on a fleet (`slots`: requests it
+    takes at once), enough to fill every slot twice over, and two more: batches that start together end their
+    stages together, and while two of them wait for their slowest requests the rest keep the servers busy."""
+    slots = getattr(backend, "slots", 0)
+    if not slots:
+        return 1
+    return 2 + -(-2 * slots // max(1, requests_per_batch))
+
+
 PROGRESS_STEPS = 10  # a job small enough to fit one batch still reports this many times before its end
 
 
-def batched(items: list, batch_size: int) -> Iterator[list]:
-    """`items` in batches of at most `batch_size`, and in at least `PROGRESS_STEPS` batches where there are that
-    many items: a job of 20 items with batches of 32 would otherwise show 0/20 until it ends. Only for work whose
-    results do not depend on how it is batched."""
-    size = max(1, min(batch_size, -(-len(items) // PROGRESS_STEPS)))
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def progress_batch_size(count: int, batch_size: int) -> int:
+    """At most `batch_size`, and small enough that `count` items make at least `PROGRESS_STEPS` batches where there
+    are that many: a job of 20 items with batches of 32 would otherwise show 0/20 until it ends. Only for work
+    whose results do not depend on how it is batched."""
+    return max(1, min(batch_size, -(-count // PROGRESS_STEPS)))
 
 
 TICK_SECONDS = 2.0  # how often a running batch's own count, the elapsed time and the ETA are rewritten
@@ -71,7 +98,8 @@ TICK_SECONDS = 2.0  # how often a running batch's own count, the elapsed time an
 
 class _Reporter:
     """Writes progress.json (and calls `on_progress`) with a rate and an ETA measured since this process began:
-    at each batch's end, and every TICK_SECONDS inside a batch (`ticking`)."""
+    at each batch's end, as pipelined batches' records are stored, and every TICK_SECONDS between (`ticking`),
+    counting what running batches have finished and not yet stored."""
 
     def __init__(self, folder: JobFolder, on_progress: Callable[[int, int], None] | None):
         self.folder, self.on_progress = folder, on_progress
@@ -80,6 +108,7 @@ class _Reporter:
         self.pace = Pace(self.last.done)
         self.lock = threading.Lock()  # the batch's end and a tick write one at a time
         self.done_so_far = self.last.done  # work.done() at the last batch's end
+        self.running = 0.0  # units that pipelined batches have counted and not yet stored
 
     def attach(self, work: Work) -> None:
         self.work, self.pace = work, Pace(work.done())
@@ -88,12 +117,24 @@ class _Reporter:
         with self.lock:
             if self.work:
                 self.done_so_far = self.work.done()
-                self.work.in_batch = 0  # now part of done()
-            self._write(status, message, self.done_so_far)
+            # while it runs, what other batches have finished counts too: progress never steps back
+            self._write(status, message, self._shown() if status == "running" else self.done_so_far)
 
     def tick(self) -> None:
         with self.lock:
-            self._write("running", "", self.done_so_far + int(getattr(self.work, "in_batch", 0)))
+            self._write("running", "", self._shown())
+
+    def stored(self, store: Callable[[], None], units: float) -> None:
+        """Spool a pipelined batch's records (`store`) and move the `units` counted for them from running to
+        done in one step, so that a tick between the two shows neither twice nor neither."""
+        with self.lock:
+            store()
+            self.running -= units
+            self.done_so_far = self.work.done()
+            self._write("running", "", self._shown())
+
+    def _shown(self) -> int:
+        return min(self.done_so_far + int(self.running), self.work.total() if self.work else self.last.total)
 
     @contextmanager
     def ticking(self) -> Iterator[None]:
@@ -191,9 +232,7 @@ def run_job(
                         work = make_work()
                         report.attach(work)
                         report()
-                        for batch in work.batches():
-                            folder.stop_if_cancelled()
-                            work.step(batch)
+                        for _ in _work_through(work, folder, report):
                             report()
                             if tracker:
                                 tracker.log(work.done(), {"done": work.done(), "total": work.total()})
@@ -208,6 +247,95 @@ def run_job(
             if tracker:
                 tracker.finish(status)
     return folder
+
+
+def _work_through(work: Work, folder: JobFolder, report: _Reporter) -> Iterator[None]:
+    """Do every batch of `work`; yields after each batch ends (progress and the tracker are written then)."""
+    if not hasattr(work, "run"):
+        for batch in work.batches():
+            folder.stop_if_cancelled()
+            work.step(batch)
+            yield
+        return
+    batches = iter(work.batches())
+    first = next(batches, _BATCH_END)
+    if first is _BATCH_END:
+        return  # nothing left to do: no model is loaded for it
+    batches = itertools.chain([first], batches)
+    in_flight = work.in_flight()
+    if in_flight <= 1:
+        for batch in batches:
+            folder.stop_if_cancelled()
+            running = _RunningBatch(report)
+            for records in work.run(batch, running.count):
+                report.stored(lambda records=records: work.store(records), running.take())
+            yield
+        return
+    yield from _pipeline(work, batches, folder, report, in_flight)
+
+
+class _RunningBatch:
+    """What one running batch has counted (`count`, from its model calls' threads) and not yet handed over with
+    records to store (`take`)."""
+
+    def __init__(self, report: _Reporter):
+        self.report, self.lock, self.counted = report, threading.Lock(), 0.0
+
+    def count(self, units: float) -> None:
+        with self.lock, self.report.lock:
+            self.counted += units
+            self.report.running += units
+
+    def take(self) -> float:
+        with self.lock:
+            units, self.counted = self.counted, 0.0
+            return units
+
+
+_BATCH_END = object()
+WAIT_SECONDS = 0.5  # how often the runner looks for a cancel while its batches run
+
+
+def _pipeline(
+    work: PipelinedWork, batches: Iterator, folder: JobFolder, report: _Reporter, in_flight: int
+) -> Iterator[None]:
+    """Up to `in_flight` batches running at once, each in a daemon thread; their records are stored here, as they
+    come. On a failure or a cancel the runner stops at once: batches still running store nothing more (only this
+    thread stores), and their threads end with their model calls."""
+    ready: queue.SimpleQueue = queue.SimpleQueue()  # (records or _BATCH_END, units, error) as batches yield
+
+    def run(batch, running: _RunningBatch) -> None:
+        try:
+            for records in work.run(batch, running.count):
+                ready.put((records, running.take(), None))
+            ready.put((_BATCH_END, 0.0, None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the runner's thread, below
+            ready.put((None, 0.0, exc))
+
+    running, more = 0, True
+    while True:
+        while more and running < in_flight:
+            folder.stop_if_cancelled()
+            batch = next(batches, _BATCH_END)
+            if batch is _BATCH_END:
+                more = False
+                break
+            threading.Thread(target=run, args=(batch, _RunningBatch(report)), daemon=True).start()
+            running += 1
+        if not running:
+            return
+        try:
+            records, units, error = ready.get(timeout=WAIT_SECONDS)
+        except queue.Empty:
+            folder.stop_if_cancelled()
+            continue
+        if error is not None:
+            raise error
+        if records is _BATCH_END:
+            running -= 1
+            yield
+        else:
+            report.stored(lambda records=records: work.store(records), units)
 
 
 @contextmanager

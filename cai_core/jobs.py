@@ -26,13 +26,24 @@ from .job_folder import (
     Cancelled,
     JobBusy,
     JobFolder,
+    KeySet,
     Progress,
     digest,
     list_job_folders,
     run_id_for,
     write_json_atomic,
 )
-from .job_runner import StagedWork, StageFailed, Work, batched, engine_name, is_done, run_job
+from .job_runner import (
+    PipelinedWork,
+    StagedWork,
+    StageFailed,
+    Work,
+    engine_name,
+    in_flight_for,
+    is_done,
+    progress_batch_size,
+    run_job,
+)
 from .workspace import Workspace
 
 __all__ = [
@@ -40,15 +51,18 @@ __all__ = [
     "Cancelled",
     "JobBusy",
     "JobFolder",
+    "KeySet",
+    "PipelinedWork",
     "Progress",
     "StageFailed",
     "StagedWork",
     "Work",
-    "batched",
     "digest",
     "engine_name",
+    "in_flight_for",
     "is_done",
     "list_job_folders",
+    "progress_batch_size",
     "run_id_for",
     "run_job",
     "write_json_atomic",

@@ -9,7 +9,9 @@ rest (as vLLM does), and the log-probabilities are deterministic functions of th
 so that the judge's scores are real numbers it can order. What is measured is then the workbench, not a model.
 
 A fraction `faults` of requests misbehave on purpose, split evenly between HTTP 500, HTTP 429, a connection
-closed without a reply, and a stall (a reply after `stall` seconds). `GET /stats` answers each server's counts.
+closed without a reply, and a stall (a reply after `stall` seconds). With `hold_nth`, the fleet's Nth request is
+held until the fleet has answered `hold_for` others (or `stall` seconds have passed): whether a client keeps the
+fleet busy while one request runs long shows in the counts, not in times. `GET /stats` answers each server's counts.
 
 It lives in tests/ beside the other test servers because it is test machinery, not part of the workbench; it
 needs only the standard library, so benchmarks import it as they import tests/browser/seed.py, and
@@ -45,6 +47,8 @@ class FleetConfig:
     tokens_per_s: float = 0.0  # one request's generation speed; 0: instant
     faults: float = 0.0  # fraction of requests that fail or stall on purpose
     stall: float = 60.0  # how late a stalled request answers
+    hold_nth: int = 0  # the fleet's Nth request (1 = the first; 0: none) is held ...
+    hold_for: int = 0  # ... until the fleet has answered this many others, or for `stall` seconds
     model: str = "sim"
     seed: int = 0
 
@@ -64,6 +68,15 @@ class ServerStats:
     busy_seconds: float = 0.0  # slot-seconds spent on answered requests
     peak_in_flight: int = 0
     in_flight: int = 0
+    held: Counter = field(default_factory=Counter)  # the held request's release: "by traffic" or "by timeout"
+
+
+@dataclass
+class FleetCounts:
+    """What every server of a fleet counts together: requests received and answered (for `hold_nth`)."""
+
+    received: int = 0
+    answered: int = 0
 
 
 def tokenize(text: str) -> list[int]:
@@ -90,8 +103,8 @@ def reply_text(messages: list[dict], seed: int, tokens: int) -> str:
 
 
 class SimServer:
-    def __init__(self, config: FleetConfig, index: int):
-        self.config, self.index = config, index
+    def __init__(self, config: FleetConfig, index: int, fleet_counts: FleetCounts):
+        self.config, self.index, self.fleet_counts = config, index, fleet_counts
         self.stats = ServerStats()
         self.random = random.Random(f"{config.seed}:{index}")
         self.slots = asyncio.Semaphore(config.concurrency)
@@ -147,6 +160,10 @@ class SimServer:
             return 404, {"error": {"message": f"no route {path}", "code": 404}}
         if fault == "stalled":
             await asyncio.sleep(self.config.stall)  # a hung connection, not work: it holds no slot
+        counts = self.fleet_counts
+        counts.received += 1
+        if counts.received == self.config.hold_nth:
+            stats.held["by traffic" if await self.held(counts.answered + self.config.hold_for) else "by timeout"] += 1
         async with self.slots:
             stats.in_flight += 1
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
@@ -158,7 +175,18 @@ class SimServer:
                 stats.in_flight -= 1
             stats.busy_seconds += time.monotonic() - began
         stats.requests[route] += 1
+        counts.answered += 1
         return 200, answer
+
+    async def held(self, answered: int) -> bool:
+        """Hold a request (holding no slot) until the fleet has answered ANSWERED requests in all; False when
+        `stall` seconds pass first."""
+        deadline = time.monotonic() + self.config.stall
+        while self.fleet_counts.answered < answered:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def compute(self, route: str, body: dict) -> tuple[dict, int]:
         if route == "/tokenize":
@@ -200,7 +228,8 @@ class Fleet:
 
     def __init__(self, config: FleetConfig):
         self.config = config
-        self.servers = [SimServer(config, i) for i in range(config.servers)]
+        counts = FleetCounts()
+        self.servers = [SimServer(config, i, counts) for i in range(config.servers)]
         self.loop = asyncio.new_event_loop()
 
     @property

@@ -248,7 +248,7 @@ def test_cancel_stops_between_batches_and_rerunning_finishes(tiny, workspace):
             job.request_cancel()
             return tiny.score_options(chats, options)
 
-    pairs = [pair(i) for i in range(40)]  # enough for batches of the full 4 (`jobs.batched`)
+    pairs = [pair(i) for i in range(40)]  # enough for batches of the full 4 (`jobs.progress_batch_size`)
     cfg = config(tiny.name, run_id="cancel-me")
     stopped = jobs.run("label", cfg, workspace, pairs=pairs, backend=CancelAfterFirstBatch())
     assert stopped.progress().status == "cancelled" and len(stopped.read("ai_labels")) == 4

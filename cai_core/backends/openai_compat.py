@@ -132,6 +132,8 @@ class OpenAICompatBackend:
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
         self._servers = Servers(urls, self.concurrency)
+        # what the fleet takes at once: a job keeps enough batches running to fill it (`job_runner.in_flight_for`)
+        self.slots = self.concurrency * len(urls)
         self._executor: DaemonPool | None = None
         self._option_ids: dict[tuple[str, ...], list[list[int]] | None] = {}
 
@@ -258,7 +260,7 @@ class OpenAICompatBackend:
         with self._turn_lock:
             if self._executor is None:
                 # one worker per slot of the fleet: every server can be kept full, and no more is sent
-                self._executor = DaemonPool(self.concurrency * len(self.base_urls))
+                self._executor = DaemonPool(self.slots)
             return self._executor
 
     def _post_all(
@@ -284,15 +286,16 @@ class OpenAICompatBackend:
         started: dict[int, float] = {}
         answers: queue.SimpleQueue = queue.SimpleQueue()  # (index, result, error) as each copy ends
 
-        def run(index: int, turn: int) -> None:
+        # a copy is given its own item, not the batch: one that stalls keeps only its request alive, not all of them
+        def run(index: int, item, turn: int) -> None:
             started.setdefault(index, time.monotonic())
             try:
-                answers.put((index, task(items[index], turn), None))
+                answers.put((index, task(item, turn), None))
             except Exception as exc:  # noqa: BLE001 - handed to the caller below, unless another copy answers
                 answers.put((index, None, exc))
 
         for index, turn in enumerate(turns):
-            pool.submit(run, index, turn)
+            pool.submit(run, index, items[index], turn)
         results: dict[int, Any] = {}
         seconds: list[float] = []
         copies = dict.fromkeys(range(len(items)), 1)  # copies of each item still running
@@ -313,10 +316,10 @@ class OpenAICompatBackend:
                 elif not copies[index]:
                     raise error  # every copy failed: the batch fails with the item's own reason
             if len(results) >= HEDGE_AFTER_SHARE * len(items):
-                self._hedge(pool, run, turns, started, results, copies, seconds)
+                self._hedge(pool, run, items, turns, started, results, copies, seconds)
         return [results[i] for i in range(len(items))]
 
-    def _hedge(self, pool, run, turns, started, results, copies, seconds) -> None:
+    def _hedge(self, pool, run, items, turns, started, results, copies, seconds) -> None:
         """Another copy of each item running longer than HEDGE_FACTOR times the batch's median per copy it has:
         a hedge that stalls in its turn (one in a few hundred) gets its own, up to HEDGE_COPIES at once."""
         slow = max(HEDGE_MIN_SECONDS, HEDGE_FACTOR * statistics.median(seconds))
@@ -325,7 +328,7 @@ class OpenAICompatBackend:
             if index not in results and copies[index] < HEDGE_COPIES and now - began > slow * copies[index]:
                 copies[index] += 1
                 self._incident("hedged", f"a request running {now - began:.0f} s sent again")
-                pool.submit(run, index, turns[index] + copies[index], urgent=True)
+                pool.submit(run, index, items[index], turns[index] + copies[index], urgent=True)
 
     def _post(self, body: dict, start: int, route: str = CHAT) -> tuple[dict, str, float]:
         """One request with retries; returns (response JSON, base URL that answered, seconds)."""
