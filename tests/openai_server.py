@@ -1,7 +1,8 @@
 """A real OpenAI-compatible chat-completions server for tests, answering with a local `HFBackend`.
 
 It speaks the same wire format as vLLM: `POST /v1/chat/completions` with `usage`, and with
-`logprobs.content[0].top_logprobs` when `logprobs` is asked for. Tests can make it misbehave through the handle
+`logprobs.content[0].top_logprobs` when `logprobs` is asked for (from the model, or from `top_logprobs` where a
+stand-in judge decides them itself). Tests can make it misbehave through the handle
 that `serve` yields: fail the next N requests with a status, or answer without log-probabilities. A request for
 any model other than the one served gets a 400, as a real server refuses a wrong name.
 """
@@ -63,7 +64,7 @@ def _top_logprobs(backend, messages: list[dict], k: int) -> list[dict]:
     return entries
 
 
-def _make_handler(backend, handle: ServerHandle):
+def _make_handler(backend, handle: ServerHandle, top_logprobs):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -124,7 +125,7 @@ def _make_handler(backend, handle: ServerHandle):
                 "logprobs": None,
             }
             if body.get("logprobs") and handle.logprobs:
-                top = _top_logprobs(backend, messages, int(body.get("top_logprobs") or 1))
+                top = top_logprobs(messages, int(body.get("top_logprobs") or 1))
                 first = dict(top[0], top_logprobs=top)
                 choice["logprobs"] = {"content": [first]}
             usage = {
@@ -147,10 +148,12 @@ def _make_handler(backend, handle: ServerHandle):
 
 
 @contextlib.contextmanager
-def serve(backend, *, model: str = "tiny", logprobs: bool = True) -> Iterator[ServerHandle]:
-    """Run a server on a free port of 127.0.0.1 for the `with` block; the handle's `url` ends in /v1."""
+def serve(backend, *, model: str = "tiny", logprobs: bool = True, top_logprobs=None) -> Iterator[ServerHandle]:
+    """Run a server on a free port of 127.0.0.1 for the `with` block; the handle's `url` ends in /v1.
+    `top_logprobs(messages, k)`, where given, answers the first token's top k instead of the backend's model."""
     handle = ServerHandle("", model, logprobs)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(backend, handle))
+    top_logprobs = top_logprobs or (lambda messages, k: _top_logprobs(backend, messages, k))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(backend, handle, top_logprobs))
     server.daemon_threads = True
     handle.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     thread = threading.Thread(target=server.serve_forever, name=f"openai-server-{handle.url}", daemon=True)

@@ -24,8 +24,11 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
-    """`head_dim` 64: one head, a shape vLLM's CPU attention runs (it refuses 16)."""
+def build_tiny_model(
+    path: Path, seed: int = 0, head_dim: int = 16, corpus: list[str] | None = None, vocab_size: int = 500
+) -> Path:
+    """`head_dim` 64: one head, a shape vLLM's CPU attention runs (it refuses 16). `corpus`: texts to train the
+    tokenizer on instead of the few sentences above, so that a model meant to read them sees whole words."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,9 +38,9 @@ def build_tiny_model(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
-        CORPUS * 4,
+        corpus or CORPUS * 4,
         trainers.BpeTrainer(
-            vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
     )
     tokenizer = PreTrainedTokenizerFast(
