@@ -28,12 +28,10 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .auth import child_environment, require_operator
 from .records import now
@@ -392,30 +390,6 @@ def _complete_lines(path: Path) -> Iterator[dict]:
         for line in lines:
             if line.endswith("\n") and line.strip():
                 yield json.loads(line)
-
-
-class KeySet:
-    """Which records a job has already spooled, as a sorted array of 16-byte hashes of their keys: 16 MB for a
-    million records, where a set of the keys themselves takes several times that and the records far more. The
-    hash is 128-bit BLAKE2b, so two keys that share one are too unlikely to matter (about 1e-27 at a million)."""
-
-    def __init__(self, keys: Iterable[str]):
-        packed = bytearray()
-        for key in keys:
-            packed += _key_hash(key)
-        self.hashes = np.unique(np.frombuffer(bytes(packed), dtype="S16"))  # a record spooled twice counts once
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def __contains__(self, key: str) -> bool:
-        wanted = np.array(_key_hash(key), dtype="S16")
-        at = int(np.searchsorted(self.hashes, wanted))
-        return at < len(self.hashes) and self.hashes[at] == wanted
-
-
-def _key_hash(key: str) -> bytes:
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
 
 
 def digest(value, length: int = 12) -> str:

@@ -26,7 +26,6 @@ from .job_folder import (
     Cancelled,
     JobBusy,
     JobFolder,
-    KeySet,
     Progress,
     digest,
     list_job_folders,
@@ -44,6 +43,7 @@ from .job_runner import (
     progress_batch_size,
     run_job,
 )
+from .key_set import KeySet
 from .workspace import Workspace
 
 __all__ = [

@@ -10,7 +10,7 @@ from benchmarks.bench_scale import FleetProcess, count_records, generate_job, la
 from cai_core import jobs
 from cai_core.backends import openai_compat
 from cai_core.critique import GenerateConfig
-from cai_core.job_folder import KeySet
+from cai_core.key_set import KeySet
 from cai_core.store import Store
 from cai_core.workspace import Workspace
 
