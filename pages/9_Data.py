@@ -66,7 +66,7 @@ def export_settings(filters: dict) -> dict:
 
 
 def export_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "export"][:SHOWN_SAMPLE_RUNS]
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "export"]
 
 
 def describe_export(job: JobFolder, progress) -> tuple[str, str]:
@@ -76,7 +76,7 @@ def describe_export(job: JobFolder, progress) -> tuple[str, str]:
 
 
 def sample_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"][:SHOWN_SAMPLE_RUNS]
+    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"]
 
 
 def describe_sampling(job: JobFolder, progress) -> tuple[str, str]:
@@ -168,6 +168,7 @@ with connect(ws) as store:
             describe_sampling,
             empty="No sampling runs yet.",
             refresh_key="refresh_sample_runs",
+            per_page=SHOWN_SAMPLE_RUNS,
         )
 
     # --- import ---------------------------------------------------------------------------------------------
@@ -278,4 +279,11 @@ with connect(ws) as store:
         if fmt == "hf":
             export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")
     with export_tab:
-        job_cards(export_jobs, starter(ws), describe_export, empty="", refresh_key="refresh_export_runs")
+        job_cards(
+            export_jobs,
+            starter(ws),
+            describe_export,
+            empty="",
+            refresh_key="refresh_export_runs",
+            per_page=SHOWN_SAMPLE_RUNS,
+        )

@@ -1,0 +1,73 @@
+"""Run lists at scale (issue 22): the Train page's registry and the job cards page through their runs instead of
+drawing every one, and the store reads one page of the registry."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cai_core.jobs import JobFolder
+from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+from .browser.seed import copy_constitutions
+
+
+def finished_runs(workspace: Workspace, kind: str, n: int) -> list[str]:
+    """N finished job folders of KIND, the first one oldest; their ids, newest first."""
+    ids = [f"{kind}-{i:03d}" for i in range(n)]
+    for i, run_id in enumerate(ids):
+        job = JobFolder.create(workspace.runs_dir, run_id, {"kind": kind, "model": "some-model", "config": {}})
+        job.set_progress("done", 1, 1)
+        os.utime(job.path, (1_000_000 + i, 1_000_000 + i))  # listings go newest first, by the folder's time
+    return ids[::-1]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Workspace:
+    copy_constitutions(tmp_path / "constitutions")
+    monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return Workspace(tmp_path / "data")
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_store_reads_one_page_of_the_training_registry(workspace):
+    ids = finished_runs(workspace, "train-sft", 5)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        assert sorted(store.train_runs(run_ids=ids[:2]).run_id) == sorted(ids[:2])
+        assert len(store.train_runs()) == 5
+
+
+def test_the_training_registry_pages_through_more_runs_than_a_page_holds(workspace):
+    ids = finished_runs(workspace, "train-sft", 23)
+    at = open_page("pages/4_Train.py")
+    [registry] = [d.value for d in at.dataframe if "run" in d.value.columns]
+    assert list(registry.run) == ids[:20]  # the newest page, not every run
+    assert at.selectbox(key="train_run").options == ids[:20]
+    at.number_input(key="train_runs_page").set_value(2).run()
+    assert not at.exception, at.exception
+    [registry] = [d.value for d in at.dataframe if "run" in d.value.columns]
+    assert list(registry.run) == ids[20:]
+    assert at.selectbox(key="train_run").value == ids[20]
+
+
+def test_the_generate_page_run_cards_page_through_older_runs(workspace):
+    ids = finished_runs(workspace, "generate", 12)
+    at = open_page("pages/3_Generate.py")
+    shown = "\n".join(t.value for t in at.text)
+    assert ids[0] in shown and ids[-1] not in shown  # ten cards, the newest
+    at.number_input(key="refresh_runs_page").set_value(2).run()
+    assert not at.exception, at.exception
+    shown = "\n".join(t.value for t in at.text)
+    assert ids[-1] in shown and ids[0] not in shown
