@@ -71,3 +71,36 @@ def test_the_generate_page_run_cards_page_through_older_runs(workspace):
     assert not at.exception, at.exception
     shown = "\n".join(t.value for t in at.text)
     assert ids[-1] in shown and ids[0] not in shown
+
+
+def test_with_no_queue_in_use_the_agreement_figures_read_none_of_a_runs_labels(workspace, monkeypatch):
+    from cai_core.judge_audit import queue_tightening
+
+    def whole_run(self, run_id):
+        raise AssertionError(f"read every label of {run_id} for a queue nobody uses")
+
+    monkeypatch.setattr(Store, "queue_score_inputs", whole_run)
+    monkeypatch.setattr(Store, "queue_scores", whole_run)
+    with Store.open(workspace) as store:
+        assert queue_tightening(store, "some-label-run").empty
+
+
+def test_an_annotators_own_labels_are_listed_a_page_at_a_time(workspace):
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import seed_pairs
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml", n=55)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        pair_ids = [p.pair_id for p in store.pairs()]
+        store.import_human_labels(
+            [HumanLabel(p, "ann", "a", False, "", float(i), float(i)) for i, p in enumerate(pair_ids)]
+        )
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").set_value("ann").run()
+    newest = pair_ids[::-1]
+    assert at.selectbox(key="reopen").options == ["(none)", *newest[:50]]  # one page, not all 55
+    at.number_input(key="my_labels_page").set_value(2).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="reopen").options == ["(none)", *newest[50:]]
