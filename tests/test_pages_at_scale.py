@@ -4,6 +4,7 @@ drawing every one, and the store reads one page of the registry."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -104,3 +105,17 @@ def test_an_annotators_own_labels_are_listed_a_page_at_a_time(workspace):
     at.number_input(key="my_labels_page").set_value(2).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="reopen").options == ["(none)", *newest[50:]]
+
+
+def test_ingest_with_nothing_new_looks_for_no_file_a_job_never_wrote(workspace, monkeypatch):
+    """Every page's redraw ingests first: with 200 runs, a look for each of the dozen tables a job might spool
+    into was most of a redraw's cost."""
+    finished_runs(workspace, "generate", 3)
+    looked = []
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: looked.append(self.name) or real_exists(self, **kw))
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        looked.clear()
+        assert store.ingest(workspace.runs_dir) == 0
+    assert not [name for name in looked if name.endswith(".jsonl")]
