@@ -47,10 +47,9 @@ def export_rows(
 ) -> pd.DataFrame:
     if kind == "preferences":
         return preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate)
-    steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
-    if kind == "pairs":
-        # a revision identical to the first answer teaches a preference model nothing
-        steps = steps[steps.revision.str.strip() != steps.initial.str.strip()]
+    steps = store.final_steps(
+        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
+    )
     user = [[{"role": "user", "content": p}] for p in steps.prompt]
     revision = [[{"role": "assistant", "content": r}] for r in steps.revision]
     meta = {"trace_id": steps.trace_id, "constitution_version": steps.constitution_version, "round": steps["round"]}
@@ -67,6 +66,28 @@ def export_rows(
     else:
         raise ValueError(f"unknown export kind {kind!r}; choose one of {', '.join(KINDS)}")
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
+
+
+def export_count(
+    store: Store,
+    kind: ExportKind,
+    *,
+    constitution_version: str | None = None,
+    max_round: int | None = None,
+    run_id: str | None = None,
+    min_confidence: float = 0.0,
+    calibration: str | None = None,
+    gate: GateRule | None = None,
+) -> int:
+    """How many rows `export_rows` gives, without making them where the database can count them (every kind but
+    preferences, whose gate and calibration are worked out in Python)."""
+    if kind == "preferences":
+        return len(
+            preference_rows(store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate)
+        )
+    return store.count_final_steps(
+        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
+    )
 
 
 def preference_rows(

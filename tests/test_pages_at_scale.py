@@ -119,3 +119,23 @@ def test_ingest_with_nothing_new_looks_for_no_file_a_job_never_wrote(workspace, 
         looked.clear()
         assert store.ingest(workspace.runs_dir) == 0
     assert not [name for name in looked if name.endswith(".jsonl")]
+
+
+def test_the_export_tab_counts_the_rows_and_makes_none_until_asked(workspace, monkeypatch):
+    import cai_core.exports
+
+    from .browser.seed import seed_traces
+
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+
+    def made(*args, **kwargs):
+        raise AssertionError("the export's rows were made at a redraw")
+
+    monkeypatch.setattr(cai_core.exports, "export_rows", made)
+    at = open_page("pages/9_Data.py")
+    assert "2 rows match." in [t.value for t in at.text]  # the two seeded traces, each with a revision
+    with Store.open(workspace) as store:
+        for revised_only in (False, True):
+            assert store.count_final_steps(revised_only=revised_only) == len(
+                store.final_steps(revised_only=revised_only)
+            )
