@@ -40,7 +40,7 @@ DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for
 
 
 def label_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"]
+    return list_job_folders(ws.runs_dir, kinds=("label",))
 
 
 def labels_spooled() -> int:
@@ -59,7 +59,7 @@ def labels_landed() -> bool:
 
 
 def calibration_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "calibrate"]
+    return list_job_folders(ws.runs_dir, kinds=("calibrate",))
 
 
 def describe_calibration(job: JobFolder, progress) -> tuple[str, str]:

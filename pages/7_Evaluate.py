@@ -246,7 +246,7 @@ st.subheader("Runs")
 
 
 def eval_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] in EVAL_KINDS]
+    return list_job_folders(ws.runs_dir, kinds=EVAL_KINDS)
 
 
 job_cards(

@@ -68,7 +68,7 @@ def export_settings(filters: dict) -> dict:
 
 
 def export_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "export"]
+    return list_job_folders(ws.runs_dir, kinds=("export",))
 
 
 def describe_export(job: JobFolder, progress) -> tuple[str, str]:
@@ -78,7 +78,7 @@ def describe_export(job: JobFolder, progress) -> tuple[str, str]:
 
 
 def sample_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"]
+    return list_job_folders(ws.runs_dir, kinds=("pairs",))
 
 
 def describe_sampling(job: JobFolder, progress) -> tuple[str, str]:
