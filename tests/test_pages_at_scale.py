@@ -139,3 +139,15 @@ def test_the_export_tab_counts_the_rows_and_makes_none_until_asked(workspace, mo
             assert store.count_final_steps(revised_only=revised_only) == len(
                 store.final_steps(revised_only=revised_only)
             )
+
+
+def test_a_listing_by_kind_reads_no_other_kinds_progress(workspace, monkeypatch):
+    from cai_core.jobs import list_job_folders
+
+    labels = finished_runs(workspace, "label", 3)
+    finished_runs(workspace, "generate", 4)
+    read = []
+    real_progress = JobFolder.progress
+    monkeypatch.setattr(JobFolder, "progress", lambda self: read.append(self.run_id) or real_progress(self))
+    assert [job.run_id for job in list_job_folders(workspace.runs_dir, kinds=("label",))] == labels
+    assert sorted(read) == sorted(labels)
