@@ -151,3 +151,25 @@ def test_a_listing_by_kind_reads_no_other_kinds_progress(workspace, monkeypatch)
     monkeypatch.setattr(JobFolder, "progress", lambda self: read.append(self.run_id) or real_progress(self))
     assert [job.run_id for job in list_job_folders(workspace.runs_dir, kinds=("label",))] == labels
     assert sorted(read) == sorted(labels)
+
+
+def test_the_label_gate_reuses_the_dashboards_counts_until_the_store_writes(workspace, monkeypatch):
+    from cai_core.agreement import dashboard
+    from cai_core.label_gate import gate
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import SEED_LABEL_RUN, seed_pairs
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    counted = []
+    real = Store._agreement_cells
+    monkeypatch.setattr(Store, "_agreement_cells", lambda self, *args: counted.append(args) or real(self, *args))
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        first = dashboard(store, run_ids=[SEED_LABEL_RUN]).by_run
+        gate(store, SEED_LABEL_RUN)
+        assert len(counted) == 1  # the gate's dashboard over the same labels read the same counts
+        store.save_human_label(HumanLabel("seed-pair-00", "ann", "a"))
+        after = dashboard(store, run_ids=[SEED_LABEL_RUN]).by_run
+        assert len(counted) == 2  # a write forgets them: the new label is counted
+    assert after.labels_with_ties.sum() == first.labels_with_ties.sum() + 1
