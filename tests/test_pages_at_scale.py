@@ -173,3 +173,16 @@ def test_the_label_gate_reuses_the_dashboards_counts_until_the_store_writes(work
         after = dashboard(store, run_ids=[SEED_LABEL_RUN]).by_run
         assert len(counted) == 2  # a write forgets them: the new label is counted
     assert after.labels_with_ties.sum() == first.labels_with_ties.sum() + 1
+
+
+def test_the_export_count_matches_the_rows_whatever_the_filters(workspace):
+    from .browser.seed import FOUR_ROUNDS, seed_traces
+
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        version = store.trace(FOUR_ROUNDS)[0].constitution_version
+        for filters in ({}, {"max_round": 1}, {"constitution_version": version}, {"run_id": "none-such"}):
+            for revised_only in (False, True):
+                rows = store.final_steps(**filters, revised_only=revised_only)
+                assert store.count_final_steps(**filters, revised_only=revised_only) == len(rows), filters

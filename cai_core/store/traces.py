@@ -114,8 +114,24 @@ class TraceQueries:
         revised_only: bool = False,
     ) -> int:
         """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw)."""
-        sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
-        return self._one(f"SELECT count(*) FROM ({sql})", params)[0]
+        if revised_only:  # the texts of each trace's last revision are compared: only the query itself says
+            sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
+            return self._one(f"SELECT count(*) FROM ({sql})", params)[0]
+        # a trace has a row when it has an answer and a revision (up to max_round): a third of the window's cost
+        return self._one(
+            """SELECT count(*) FROM traces t JOIN (
+                   SELECT trace_id FROM trace_steps GROUP BY trace_id
+                   HAVING bool_or(round = 0) AND bool_or(round > 0 AND (? IS NULL OR round <= ?))) USING (trace_id)
+               WHERE (? IS NULL OR t.constitution_version = ?) AND (? IS NULL OR t.run_id = ?)""",
+            [
+                max_round,
+                max_round,
+                constitution_version or None,
+                constitution_version or None,
+                run_id or None,
+                run_id or None,
+            ],
+        )[0]
 
     # --- people's verdicts on rounds ----------------------------------------------------------
 
