@@ -51,10 +51,9 @@ def export_rows(
         return preference_rows(
             store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
         )
-    steps = store.final_steps(constitution_version=constitution_version, max_round=max_round, run_id=run_id)
-    if kind == "pairs":
-        # a revision identical to the first answer teaches a preference model nothing
-        steps = steps[steps.revision.str.strip() != steps.initial.str.strip()]
+    steps = store.final_steps(
+        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
+    )
     user = [[{"role": "user", "content": p}] for p in steps.prompt]
     revision = [[{"role": "assistant", "content": r}] for r in steps.revision]
     meta = {"trace_id": steps.trace_id, "constitution_version": steps.constitution_version, "round": steps["round"]}
@@ -71,6 +70,31 @@ def export_rows(
     else:
         raise ValueError(f"unknown export kind {kind!r}; choose one of {', '.join(KINDS)}")
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
+
+
+def export_count(
+    store: Store,
+    kind: ExportKind,
+    *,
+    constitution_version: str | None = None,
+    max_round: int | None = None,
+    run_id: str | None = None,
+    min_confidence: float = 0.0,
+    calibration: str | None = None,
+    gate: GateRule | Gate | None = None,
+    raw_labels: bool = False,
+) -> int:
+    """How many rows `export_rows` gives, without making them where the database can count them (every kind but
+    preferences, whose gate and calibration are worked out in Python)."""
+    if kind == "preferences":
+        return len(
+            preference_rows(
+                store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
+            )
+        )
+    return store.count_final_steps(
+        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
+    )
 
 
 PREFERENCE_COLUMNS = [

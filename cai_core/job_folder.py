@@ -28,7 +28,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,28 +403,35 @@ def run_id_for(prefix: str, identity: dict) -> str:
     return f"{prefix}-{digest(identity, 10)}"
 
 
-def _readable(run_json: Path) -> bool:
+def _readable(run_json: Path, kinds: Collection[str] | None = None) -> bool:
     """A job folder whose run.json says what the job is and whose progress.json can be read. Any other is left
     out of listings: ingest quarantines it with its reason (`Store.ingest_problems`), and the home page and
-    `cai jobs` name it."""
+    `cai jobs` name it. With `kinds`, also one of those kinds (its progress is read only then)."""
     try:
         spec = json.loads(run_json.read_text(encoding="utf-8"))
+        if not (isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)):
+            return False
+        if kinds is not None and spec["kind"] not in kinds:
+            return False
         JobFolder(run_json.parent).progress()
     except (OSError, ValueError):
         return False
-    return isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)
+    return True
 
 
-def list_job_folders(runs_dir: Path, *, unreadable: bool = False) -> list[JobFolder]:
+def list_job_folders(
+    runs_dir: Path, *, unreadable: bool = False, kinds: Collection[str] | None = None
+) -> list[JobFolder]:
     """Job folders, newest first; with `unreadable`, also those whose run.json cannot be read (for ingest, which
-    quarantines them)."""
+    quarantines them); with `kinds`, only (readable) jobs of those kinds: each run.json is read once, where a page
+    that filtered the listing by `spec` read every one twice."""
     if not Path(runs_dir).exists():
         return []
     return sorted(
         (
             JobFolder(p)
             for p in Path(runs_dir).iterdir()
-            if (p / "run.json").exists() and (unreadable or _readable(p / "run.json"))
+            if (p / "run.json").exists() and ((unreadable and kinds is None) or _readable(p / "run.json", kinds))
         ),
         key=lambda j: j.path.stat().st_mtime,
         reverse=True,

@@ -257,9 +257,11 @@ def queue_tightening(store, run_id: str):
     import pandas as pd
 
     columns = ["labelled_pairs", "estimate", "low", "high", "plain_mean"]
-    scores, served = store.queue_scores(run_id), store.queue_served_labels(run_id)
-    inputs = store.queue_score_inputs(run_id)
-    if scores.empty or served.empty:
+    served = store.queue_served_labels(run_id)
+    if served.empty:  # no queue in use: the run's scores and labels (a million, say) are not read
+        return pd.DataFrame(columns=columns)
+    scores, inputs = store.queue_scores(run_id), store.queue_score_inputs(run_id)
+    if scores.empty:
         return pd.DataFrame(columns=columns)
     p_a = dict(zip(inputs.pair_id, (inputs.p1 + 1 - inputs.p2) / 2, strict=True))
     served = served[served.pair_id.map(lambda p: p in p_a and p_a[p] != 0.5)]

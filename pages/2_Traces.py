@@ -16,7 +16,7 @@ from cai_core.constitution import ConstitutionError, Principle, parse_constituti
 from cai_core.jobs import JobFolder
 from cai_core.records import CRITIQUE_VERDICTS, MAX_NOTE_CHARS, REVISION_VERDICTS, StepVerdict, columns
 from cai_core.step_flags import FLAGS, flagged_traces, trace_flags
-from cai_core.store import TraceFilter
+from cai_core.store import Store, TraceFilter
 from cai_core.textdiff import share_little
 from ui.settings import connect, setup
 from ui.text import count, md_escape, show_text, show_word_diff, when
@@ -318,12 +318,18 @@ with connect(ws) as store:
         cols = st.columns(len(counts))
         for col, row in zip(cols, counts.itertuples(), strict=True):
             col.metric(f"{row.aspect.capitalize()}: {row.verdict}", int(row.n))
-    every = store.verdicts()
+
+    def verdicts_csv() -> str:
+        """Every verdict, read when the button is clicked (on a thread of its own): a redraw reads none of them."""
+        with Store.open(ws) as own:
+            every = own.verdicts()
+        return pd.DataFrame([asdict(v) for v in every], columns=columns(StepVerdict)).to_csv(index=False)
+
     st.download_button(
         "Download verdicts (CSV)",
-        pd.DataFrame([asdict(v) for v in every], columns=columns(StepVerdict)).to_csv(index=False),
+        verdicts_csv,
         file_name="verdicts.csv",
         mime="text/csv",
         key="export_verdicts",
-        disabled=not every,
+        disabled=counts.empty,
     )

@@ -12,6 +12,7 @@ from cai_core.critique import GenerateConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.store import TraceFilter
 from ui.job_controls import job_cards, start_from_form, starter
+from ui.paging import page_of
 from ui.settings import browser_file, connect, follow_context, setup
 from ui.text import count, show_flash, when
 
@@ -84,9 +85,10 @@ stored: dict[str, int] = {}  # traces stored per run, counted in one store conne
 
 
 def latest_runs() -> list[JobFolder]:
-    runs = list_job_folders(ws.runs_dir)[:SHOWN_RUNS]
+    runs = list_job_folders(ws.runs_dir)
+    shown = page_of(runs, "refresh_runs_page", SHOWN_RUNS)  # the cards' page: only its runs' traces are counted
     with connect(ws) as store:  # also takes in the records the runs have written since the last redraw
-        stored.update({job.run_id: store.count_traces(TraceFilter(run_id=job.run_id)) for job in runs})
+        stored.update({job.run_id: store.count_traces(TraceFilter(run_id=job.run_id)) for job in shown})
     return runs
 
 
@@ -111,4 +113,5 @@ job_cards(
     refresh_key="refresh_runs",
     resumable=lambda job: job.spec["kind"] == "generate",
     more_buttons=open_traces,
+    per_page=SHOWN_RUNS,
 )

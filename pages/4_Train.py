@@ -27,6 +27,7 @@ from cai_core.train.form import form_label, latest_finished, reward_choices
 from cai_core.train.models import finished_model
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.monitor import monitor_section
+from ui.paging import page_of, pager
 from ui.settings import connect, setup, use_model
 from ui.text import flash, md_escape, show_flash, when
 
@@ -34,6 +35,7 @@ settings = setup("Train")
 ws = settings.workspace
 ss = st.session_state
 
+SHOWN_RUNS = 20  # the registry's rows a page
 MAIN_FIELDS = ("model", "dataset", "reward_model", "labels", "max_steps", "batch_size", "learning_rate")
 # the registry's columns: each metric's last value, named for what it measures
 KEY_METRICS = {
@@ -246,7 +248,7 @@ if submitted:
         message = exc.named(form_label(fields[exc.field])) if exc.field in fields else str(exc)
         st.error(md_escape(f"Not started: {message}"))
     else:
-        ss["train_run"] = job.run_id
+        ss["train_run"], ss["train_runs_page"] = job.run_id, 1  # the newest run: on the registry's first page
         if job.progress().status == "done" and final_model(job):
             st.info(f"{job.run_id} has already finished: the same config and data make the same run.")
         elif not launch_job(job, start):
@@ -266,11 +268,12 @@ if not jobs:
 def runs_panel() -> bool:
     """The registry, then the selected run's status, curves and log; True while any run is active."""
     jobs = train_jobs()
-    ids = [j.run_id for j in jobs]
+    page = pager("train_runs_page", len(jobs), SHOWN_RUNS)
+    ids = [j.run_id for j in jobs[(page - 1) * SHOWN_RUNS : page * SHOWN_RUNS]]
     if ss.get("train_run") not in ids:
         ss["train_run"] = ids[0]
     with connect(ws) as store:  # also takes in the metrics the runs have written since the last redraw
-        runs = store.train_runs()
+        runs = store.train_runs(run_ids=ids)
         if not runs.empty:
             st.dataframe(registry_table(runs), hide_index=True, key="train_table")
         run_id = st.selectbox("Run", ids, key="train_run", help="The run whose curves and log are shown below.")
@@ -341,7 +344,8 @@ def runs_panel() -> bool:
             st.caption("No metrics logged yet.")
         monitor_section(metrics, spec["config"].get("monitor_rules", ""), key="train_monitor")
         job_log(job, expanded=progress.status == "failed")
-    return any(j.progress().status in ACTIVE for j in jobs)
+    return any(JobFolder(ws.runs_dir / run_id).progress().status in ACTIVE for run_id in ids)
 
 
-live_panel(runs_panel, active=any(j.progress().status in ACTIVE for j in jobs), refresh_key="train_refresh")
+shown = page_of(jobs, "train_runs_page", SHOWN_RUNS)
+live_panel(runs_panel, active=any(j.progress().status in ACTIVE for j in shown), refresh_key="train_refresh")

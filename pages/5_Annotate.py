@@ -28,6 +28,7 @@ from cai_core.judge_audit import score_queue
 from cai_core.records import MAX_NOTE_CHARS, AnnotationItem
 from cai_core.store import GraderItem, GraderLabel, Store, StoreError
 from ui.label_keys import LOOK_AHEAD, label_panel, record_labels
+from ui.paging import pager
 from ui.settings import connect, follow_context, setup
 from ui.text import count, flash, md_escape, show_flash, show_text, when
 
@@ -39,6 +40,7 @@ CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Bo
 SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 HINT = "Choose with 1 (A better), 2 (B better), 3 (tie), 4 (both bad) or 5 (skip), then press Enter."
 NONE = "(none)"
+SHOWN_LABELS = 50  # of an annotator's own labels, a page
 QUEUE_MODES = {"order": "In order", "contested": "Disagreement first"}
 LABEL_QUEUES = {"pairs": "Response pairs", **QUESTIONS}
 # per kind of grader verdict: stored answer (as shown) -> (button, key)
@@ -232,8 +234,11 @@ with connect(ws) as store:
         st.progress(progress["labelled"] / total)
 
     # --- my past labels: undo the last, re-open any ----------------------------------------------------
-    mine = store.human_labels(annotator=annotator, newest_first=True)
-    with st.expander(f"Your labels ({len(mine)})", expanded=False):
+    with st.expander(f"Your labels ({progress['labelled']})", expanded=False):
+        page = pager("my_labels_page", progress["labelled"], SHOWN_LABELS)
+        mine = store.human_labels(
+            annotator=annotator, newest_first=True, limit=SHOWN_LABELS, offset=(page - 1) * SHOWN_LABELS
+        )
         if mine:
             st.dataframe(
                 pd.DataFrame(
@@ -250,7 +255,7 @@ with connect(ws) as store:
         if ss.get("reopen") not in options:
             ss["reopen"] = NONE
         st.selectbox("Re-open one of your labels to change it", options, key="reopen")
-        undo = st.button("Undo my last label", key="undo", disabled=not mine)
+        undo = st.button("Undo my last label", key="undo", disabled=not progress["labelled"])
     if undo:
         undone = store.undo_human_label(annotator)  # the pair is claimed first: it is the next one shown
         ss["reset_reopen"] = True

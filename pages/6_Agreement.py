@@ -41,12 +41,12 @@ DASHBOARD_SECONDS = 5  # the least time between two redraws of the dashboard for
 
 
 def label_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "label"][:SHOWN_LABEL_RUNS]
+    return list_job_folders(ws.runs_dir, kinds=("label",))
 
 
 def labels_spooled() -> int:
-    """How many labels the shown label runs have written so far (their progress counts what they spooled)."""
-    return sum(job.progress().done for job in label_jobs())
+    """How many labels the latest label runs have written so far (their progress counts what they spooled)."""
+    return sum(job.progress().done for job in label_jobs()[:SHOWN_LABEL_RUNS])
 
 
 def labels_landed() -> bool:
@@ -60,7 +60,7 @@ def labels_landed() -> bool:
 
 
 def calibration_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "calibrate"][:SHOWN_LABEL_RUNS]
+    return list_job_folders(ws.runs_dir, kinds=("calibrate",))
 
 
 def describe_calibration(job: JobFolder, progress) -> tuple[str, str]:
@@ -140,6 +140,7 @@ def label_launcher(store) -> None:
         empty="No labelling runs yet.",
         refresh_key="refresh_label_runs",
         redraw_page=labels_landed,
+        per_page=SHOWN_LABEL_RUNS,
     )
 
 
@@ -157,7 +158,7 @@ with connect(ws) as store:
     )
 
     # --- AI labelling runs (what `cai label --background` does) -------------------------------------------
-    labelling = any(job.progress().status in ACTIVE for job in label_jobs())
+    labelling = any(job.progress().status in ACTIVE for job in label_jobs()[:SHOWN_LABEL_RUNS])
     with st.expander("Label pairs with the AI judge", expanded=labelling or store.latest_label_run() is None):
         label_launcher(store)
 
@@ -210,9 +211,16 @@ with connect(ws) as store:
                 st.info(md_escape(f"{job.run_id} is fitted already on these labels: choose it above."))
             elif not launch_job(job, starter(ws)):
                 st.info(md_escape(f"{job.run_id} is already running."))
-    if calibration_jobs():
-        with st.expander("Calibration runs", expanded=any(j.progress().status in ACTIVE for j in calibration_jobs())):
-            job_cards(calibration_jobs, starter(ws), describe_calibration, empty="", refresh_key="refresh_calibrations")
+    if latest_calibrations := calibration_jobs()[:SHOWN_LABEL_RUNS]:
+        with st.expander("Calibration runs", expanded=any(j.progress().status in ACTIVE for j in latest_calibrations)):
+            job_cards(
+                calibration_jobs,
+                starter(ws),
+                describe_calibration,
+                empty="",
+                refresh_key="refresh_calibrations",
+                per_page=SHOWN_LABEL_RUNS,
+            )
     board = dashboard(
         store,
         run_ids=run_ids,

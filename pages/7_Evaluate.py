@@ -246,7 +246,7 @@ st.subheader("Runs")
 
 
 def eval_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec["kind"] in EVAL_KINDS][:10]
+    return list_job_folders(ws.runs_dir, kinds=EVAL_KINDS)
 
 
 job_cards(
@@ -258,6 +258,7 @@ job_cards(
     ),
     empty="No evaluation runs yet.",
     refresh_key="refresh_evals",
+    per_page=10,
 )
 
 # --- results ----------------------------------------------------------------------------------------------

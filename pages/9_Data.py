@@ -11,11 +11,12 @@
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from cai_core.auth import OPERATOR
 from cai_core.export_job import ExportConfig
-from cai_core.exports import FORMATS, KINDS, export_bytes, export_path, export_rows, write_export
+from cai_core.exports import FORMATS, KINDS, export_bytes, export_count, export_path, export_rows, write_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
     PairFileError,
@@ -24,6 +25,7 @@ from cai_core.pairs import (
     read_pairs_file,
     sl_cai_pairs,
 )
+from cai_core.store import Store
 from cai_core.workspace import OutsideWorkspace
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
@@ -66,7 +68,7 @@ def export_settings(filters: dict) -> dict:
 
 
 def export_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "export"][:SHOWN_SAMPLE_RUNS]
+    return list_job_folders(ws.runs_dir, kinds=("export",))
 
 
 def describe_export(job: JobFolder, progress) -> tuple[str, str]:
@@ -76,7 +78,7 @@ def describe_export(job: JobFolder, progress) -> tuple[str, str]:
 
 
 def sample_jobs() -> list[JobFolder]:
-    return [job for job in list_job_folders(ws.runs_dir) if job.spec.get("kind") == "pairs"][:SHOWN_SAMPLE_RUNS]
+    return list_job_folders(ws.runs_dir, kinds=("pairs",))
 
 
 def describe_sampling(job: JobFolder, progress) -> tuple[str, str]:
@@ -168,6 +170,7 @@ with connect(ws) as store:
             describe_sampling,
             empty="No sampling runs yet.",
             refresh_key="refresh_sample_runs",
+            per_page=SHOWN_SAMPLE_RUNS,
         )
 
     # --- import ---------------------------------------------------------------------------------------------
@@ -238,19 +241,24 @@ with connect(ws) as store:
                 "Revision of round at most", 1, None, value=None, placeholder="the last", key="export_max_round"
             )
             filters = {"run_id": picked(run), "constitution_version": picked(version), "max_round": max_round}
-        rows = export_rows(store, kind, **filters)
+        total = export_count(store, kind, **filters)
 
-    if rows.empty:
+        def rows() -> pd.DataFrame:
+            """The rows themselves, made only when they are downloaded or written (a redraw counts them)."""
+            with Store.open(ws) as own:  # a download runs on a thread of its own, after this run's store closed
+                return export_rows(own, kind, **filters)
+
+    if not total:
         source = "labelled pairs (Agreement or Annotate page)" if kind == "preferences" else "traces (Generate page)"
         export_tab.info(f"Nothing to export: no rows match. Make {source} first, or loosen the filters.")
     else:
         target = export_path(ws, kind, fmt)
-        export_tab.text(f"{count(len(rows), 'row')} match.")
+        export_tab.text(f"{count(total, 'row')} match.")
         with export_tab.container(horizontal=True):
             if fmt != "hf":
                 st.download_button(
                     "Download",
-                    data=lambda: export_bytes(rows, fmt),  # made when clicked, not at every redraw
+                    data=lambda: export_bytes(rows(), fmt),  # made when clicked, not at every redraw
                     file_name=target.name,
                     mime="application/jsonl" if fmt == "jsonl" else "application/vnd.apache.parquet",
                     key="export_download",
@@ -261,11 +269,11 @@ with connect(ws) as store:
             in_background = st.button("Write in the background", key="export_background", icon=":material/schedule:")
         if write:
             try:
-                write_export(rows, ws.browser_write_path(target), fmt)
+                write_export(rows(), ws.browser_write_path(target), fmt)
             except OutsideWorkspace as exc:
                 export_tab.error(md_escape(f"Not written: {exc}"))
             else:
-                export_tab.success(md_escape(f"Wrote {count(len(rows), f'{kind} row')} to {target}."))
+                export_tab.success(md_escape(f"Wrote {count(total, f'{kind} row')} to {target}."))
         if in_background:  # as `cai export --background`: the rows are read here, written by the job's process
             with export_tab:
                 start_from_form(
@@ -278,4 +286,11 @@ with connect(ws) as store:
         if fmt == "hf":
             export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")
     with export_tab:
-        job_cards(export_jobs, starter(ws), describe_export, empty="", refresh_key="refresh_export_runs")
+        job_cards(
+            export_jobs,
+            starter(ws),
+            describe_export,
+            empty="",
+            refresh_key="refresh_export_runs",
+            per_page=SHOWN_SAMPLE_RUNS,
+        )

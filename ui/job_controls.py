@@ -13,6 +13,7 @@ from cai_core.auth import current_actor
 from cai_core.jobs import JobFolder, Progress
 from cai_core.workspace import Workspace
 
+from .paging import page_of, pager
 from .text import flash, md_escape
 
 ACTIVE = ("pending", "running")
@@ -158,17 +159,20 @@ def job_cards(
     resumable: Callable[[JobFolder], bool] = lambda job: True,
     more_buttons: Callable[[JobFolder], None] | None = None,
     redraw_page: Callable[[], bool] | None = None,
+    per_page: int = 5,
 ) -> None:
-    """The latest runs a page launched, one card each (status, details, progress, Cancel or Resume, the log),
-    redrawn live while any is active; `jobs` is called at each redraw so that new runs appear. `redraw_page`:
-    as `live_panel`'s."""
+    """The runs a page launched, newest first, PER_PAGE cards at a time with a pager past the first page (status,
+    details, progress, Cancel or Resume, the log), redrawn live while any shown is active; `jobs` is called at each
+    redraw so that new runs appear. `redraw_page`: as `live_panel`'s."""
+    page_key = f"{refresh_key}_page"
 
     def draw() -> bool:
-        shown = jobs()
-        if not shown:
+        every = jobs()
+        if not every:
             st.caption(empty)
+        page = pager(page_key, len(every), per_page)
         active = False
-        for job in shown:
+        for job in every[(page - 1) * per_page : page * per_page]:
             progress = job.progress()
             active |= progress.status in ACTIVE
             with st.container(border=True, key=f"run-{job.run_id}"):
@@ -183,7 +187,7 @@ def job_cards(
 
     live_panel(
         draw,
-        active=any(job.progress().status in ACTIVE for job in jobs()),
+        active=any(job.progress().status in ACTIVE for job in page_of(jobs(), page_key, per_page)),
         refresh_key=refresh_key,
         redraw_page=redraw_page,
     )

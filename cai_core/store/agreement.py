@@ -101,6 +101,13 @@ _HUMAN_COUNTS = """_human_counts AS (
 
 class AgreementQueries:
     def agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
+        """`_agreement_cells`, counted once per connection until it writes (1M labels: a quarter second a count)."""
+        key = ("agreement_cells", labels, float(tie_band), int(bins))
+        if key not in self._counted:
+            self._counted[key] = self._agreement_cells(labels, tie_band, bins)
+        return self._counted[key]
+
+    def _agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
         """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
         pass: AI rows, failures, position counts, and per human class the number of labels and the sum of
         P(a better) over them. Groups by principle read each label; the others read the per-pair label

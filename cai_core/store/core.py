@@ -53,6 +53,9 @@ class StoreCore:
         self.path = path
         self._lock = _write_lock(path)
         self._writing = False
+        # counting queries read twice in one connection's life (the Agreement page's dashboard, then its label
+        # gate's over the same labels), forgotten at this connection's next write
+        self._counted: dict = {}
 
     @classmethod
     @contextmanager
@@ -128,6 +131,7 @@ class StoreCore:
         if self._writing:
             yield
             return
+        self._counted.clear()
         with self._lock:
             self._exec("BEGIN TRANSACTION")
             self._writing = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -87,11 +88,12 @@ class IngestQueries:
                     with self._write():
                         self._quarantine(exc.path, exc.line, exc.problem)
                 continue
+            spooled = _file_sizes(job.path)  # one listing of the folder, not a look per table it might spool
             grown = [
                 (table, path)
                 for table in SPOOLED_TABLES
-                if (path := job.records_path(table)).exists()
-                and path.stat().st_size > offsets.get(str(path.resolve()), 0)
+                if (path := job.records_path(table)).name in spooled
+                and spooled[path.name] > offsets.get(str(path.resolve()), 0)
             ]
             if runs.get(run.run_id) != tuple(run.__dict__.values()):
                 self._store_run(job, run, constitution)
@@ -178,6 +180,15 @@ class BadJobFile(ValueError):
     def __init__(self, path: Path, problem: str, line: int = 0):
         super().__init__(f"{path}" + (f", line {line}" if line else "") + f": {problem}")
         self.path, self.problem, self.line = path, problem, line
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """The size of each spooled (.jsonl) file in FOLDER, by name, from one listing of it."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: entry.stat().st_size for entry in entries if entry.name.endswith(".jsonl")}
+    except FileNotFoundError:  # removed since it was listed
+        return {}
 
 
 def _run_record(job: JobFolder) -> tuple[Run, dict | None]:

@@ -146,12 +146,13 @@ class LabelQueries:
         pair_id: str | None = None,
         newest_first: bool = False,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[HumanLabel]:
         order = "updated_at DESC, pair_id" if newest_first else "pair_id, annotator"
         rows = self.con.execute(
             f"""SELECT {", ".join(columns(HumanLabel))} FROM human_labels
-                WHERE (? IS NULL OR annotator = ?) AND (? IS NULL OR pair_id = ?) ORDER BY {order} LIMIT ?""",
-            [annotator, annotator, pair_id, pair_id, limit],
+                WHERE (? IS NULL OR annotator = ?) AND (? IS NULL OR pair_id = ?) ORDER BY {order} LIMIT ? OFFSET ?""",
+            [annotator, annotator, pair_id, pair_id, limit, offset],
         ).fetchall()
         return [HumanLabel(*r) for r in rows]
 

@@ -15,15 +15,20 @@ class RunQueries:
 
     # --- training runs -----------------------------------------------------------------------
 
-    def train_runs(self) -> pd.DataFrame:
-        """Every training run with its status, config, times, final model folder (when finished) and its
-        last value of each metric as `final_<name>` columns."""
+    def train_runs(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        """Every training run (or those of RUN_IDS: a page of the registry) with its status, config, times, final
+        model folder (when finished) and its last value of each metric as `final_<name>` columns."""
         runs = self.con.execute(
             """SELECT r.*, m.path AS model_path, m.step AS final_step FROM runs r
-               LEFT JOIN trained_models m USING (run_id) WHERE r.kind LIKE 'train-%' ORDER BY r.created_at DESC"""
+               LEFT JOIN trained_models m USING (run_id)
+               WHERE r.kind LIKE 'train-%' AND (?::VARCHAR[] IS NULL OR list_contains(?, r.run_id))
+               ORDER BY r.created_at DESC""",
+            [run_ids, run_ids],
         ).df()
         last = self.con.execute(
-            """SELECT run_id, name, arg_max(value, step) AS value FROM train_metrics GROUP BY run_id, name"""
+            """SELECT run_id, name, arg_max(value, step) AS value FROM train_metrics
+               WHERE ?::VARCHAR[] IS NULL OR list_contains(?, run_id) GROUP BY run_id, name""",
+            [run_ids, run_ids],
         ).df()
         if last.empty:
             return runs

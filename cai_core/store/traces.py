@@ -93,29 +93,45 @@ class TraceQueries:
         ]
 
     def final_steps(
-        self, *, constitution_version: str | None = None, max_round: int | None = None, run_id: str | None = None
+        self,
+        *,
+        constitution_version: str | None = None,
+        max_round: int | None = None,
+        run_id: str | None = None,
+        revised_only: bool = False,
     ) -> pd.DataFrame:
-        """Per trace: the prompt, the initial answer and the last revision (up to `max_round`)."""
-        clauses, params = ["s.round > 0"], []
-        if max_round is not None:
-            clauses.append("s.round <= ?")
-            params.append(max_round)
-        if constitution_version:
-            clauses.append("t.constitution_version = ?")
-            params.append(constitution_version)
-        if run_id:
-            clauses.append("t.run_id = ?")
-            params.append(run_id)
-        return self.con.execute(
-            f"""SELECT t.trace_id, t.prompt, t.constitution_version, t.model, s.round, s.principle_id,
-                       s.response AS revision, i.response AS initial
-                FROM traces t JOIN trace_steps s USING (trace_id) JOIN trace_steps i
-                  ON i.trace_id = t.trace_id AND i.round = 0
-                WHERE {" AND ".join(clauses)}
-                QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1
-                ORDER BY t.trace_id""",
-            params,
-        ).df()
+        """Per trace: the prompt, the initial answer and the last revision (up to `max_round`); with `revised_only`,
+        only the traces whose revision differs from the initial answer (beyond white space)."""
+        sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
+        return self.con.execute(f"SELECT * FROM ({sql}) ORDER BY trace_id", params).df()
+
+    def count_final_steps(
+        self,
+        *,
+        constitution_version: str | None = None,
+        max_round: int | None = None,
+        run_id: str | None = None,
+        revised_only: bool = False,
+    ) -> int:
+        """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw)."""
+        if revised_only:  # the texts of each trace's last revision are compared: only the query itself says
+            sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
+            return self._one(f"SELECT count(*) FROM ({sql})", params)[0]
+        # a trace has a row when it has an answer and a revision (up to max_round): a third of the window's cost
+        return self._one(
+            """SELECT count(*) FROM traces t JOIN (
+                   SELECT trace_id FROM trace_steps GROUP BY trace_id
+                   HAVING bool_or(round = 0) AND bool_or(round > 0 AND (? IS NULL OR round <= ?))) USING (trace_id)
+               WHERE (? IS NULL OR t.constitution_version = ?) AND (? IS NULL OR t.run_id = ?)""",
+            [
+                max_round,
+                max_round,
+                constitution_version or None,
+                constitution_version or None,
+                run_id or None,
+                run_id or None,
+            ],
+        )[0]
 
     # --- people's verdicts on rounds ----------------------------------------------------------
 
@@ -166,3 +182,31 @@ class TraceQueries:
                FROM chosen c JOIN trace_steps s USING (trace_id) ORDER BY c.trace_id, s.round""",
             [run_id, limit],
         ).df()
+
+
+_WHITE_SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
+
+
+def _final_steps_sql(
+    constitution_version: str | None, max_round: int | None, run_id: str | None, revised_only: bool
+) -> tuple[str, list]:
+    clauses, params = ["s.round > 0"], []
+    if max_round is not None:
+        clauses.append("s.round <= ?")
+        params.append(max_round)
+    if constitution_version:
+        clauses.append("t.constitution_version = ?")
+        params.append(constitution_version)
+    if run_id:
+        clauses.append("t.run_id = ?")
+        params.append(run_id)
+    # a revision identical to the first answer teaches a preference model nothing
+    revised = f"WHERE trim(revision, {_WHITE_SPACE}) <> trim(initial, {_WHITE_SPACE})" if revised_only else ""
+    sql = f"""SELECT * FROM (
+                  SELECT t.trace_id, t.prompt, t.constitution_version, t.model, s.round, s.principle_id,
+                         s.response AS revision, i.response AS initial
+                  FROM traces t JOIN trace_steps s USING (trace_id) JOIN trace_steps i
+                    ON i.trace_id = t.trace_id AND i.round = 0
+                  WHERE {" AND ".join(clauses)}
+                  QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1) {revised}"""
+    return sql, params

@@ -1,0 +1,188 @@
+"""Run lists at scale (issue 22): the Train page's registry and the job cards page through their runs instead of
+drawing every one, and the store reads one page of the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cai_core.jobs import JobFolder
+from cai_core.store import Store
+from cai_core.workspace import PROJECT_ROOT, Workspace
+
+from .browser.seed import copy_constitutions
+
+
+def finished_runs(workspace: Workspace, kind: str, n: int) -> list[str]:
+    """N finished job folders of KIND, the first one oldest; their ids, newest first."""
+    ids = [f"{kind}-{i:03d}" for i in range(n)]
+    for i, run_id in enumerate(ids):
+        job = JobFolder.create(workspace.runs_dir, run_id, {"kind": kind, "model": "some-model", "config": {}})
+        job.set_progress("done", 1, 1)
+        os.utime(job.path, (1_000_000 + i, 1_000_000 + i))  # listings go newest first, by the folder's time
+    return ids[::-1]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Workspace:
+    copy_constitutions(tmp_path / "constitutions")
+    monkeypatch.setenv("CAI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
+    monkeypatch.delenv("CAI_DB", raising=False)
+    return Workspace(tmp_path / "data")
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_store_reads_one_page_of_the_training_registry(workspace):
+    ids = finished_runs(workspace, "train-sft", 5)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        assert sorted(store.train_runs(run_ids=ids[:2]).run_id) == sorted(ids[:2])
+        assert len(store.train_runs()) == 5
+
+
+def test_the_training_registry_pages_through_more_runs_than_a_page_holds(workspace):
+    ids = finished_runs(workspace, "train-sft", 23)
+    at = open_page("pages/4_Train.py")
+    [registry] = [d.value for d in at.dataframe if "run" in d.value.columns]
+    assert list(registry.run) == ids[:20]  # the newest page, not every run
+    assert at.selectbox(key="train_run").options == ids[:20]
+    at.number_input(key="train_runs_page").set_value(2).run()
+    assert not at.exception, at.exception
+    [registry] = [d.value for d in at.dataframe if "run" in d.value.columns]
+    assert list(registry.run) == ids[20:]
+    assert at.selectbox(key="train_run").value == ids[20]
+
+
+def test_the_generate_page_run_cards_page_through_older_runs(workspace):
+    ids = finished_runs(workspace, "generate", 12)
+    at = open_page("pages/3_Generate.py")
+    shown = "\n".join(t.value for t in at.text)
+    assert ids[0] in shown and ids[-1] not in shown  # ten cards, the newest
+    at.number_input(key="refresh_runs_page").set_value(2).run()
+    assert not at.exception, at.exception
+    shown = "\n".join(t.value for t in at.text)
+    assert ids[-1] in shown and ids[0] not in shown
+
+
+def test_with_no_queue_in_use_the_agreement_figures_read_none_of_a_runs_labels(workspace, monkeypatch):
+    from cai_core.judge_audit import queue_tightening
+
+    def whole_run(self, run_id):
+        raise AssertionError(f"read every label of {run_id} for a queue nobody uses")
+
+    monkeypatch.setattr(Store, "queue_score_inputs", whole_run)
+    monkeypatch.setattr(Store, "queue_scores", whole_run)
+    with Store.open(workspace) as store:
+        assert queue_tightening(store, "some-label-run").empty
+
+
+def test_an_annotators_own_labels_are_listed_a_page_at_a_time(workspace):
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import seed_pairs
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml", n=55)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        pair_ids = [p.pair_id for p in store.pairs()]
+        store.import_human_labels(
+            [HumanLabel(p, "ann", "a", False, "", float(i), float(i)) for i, p in enumerate(pair_ids)]
+        )
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").set_value("ann").run()
+    newest = pair_ids[::-1]
+    assert at.selectbox(key="reopen").options == ["(none)", *newest[:50]]  # one page, not all 55
+    at.number_input(key="my_labels_page").set_value(2).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="reopen").options == ["(none)", *newest[50:]]
+
+
+def test_ingest_with_nothing_new_looks_for_no_file_a_job_never_wrote(workspace, monkeypatch):
+    """Every page's redraw ingests first: with 200 runs, a look for each of the dozen tables a job might spool
+    into was most of a redraw's cost."""
+    finished_runs(workspace, "generate", 3)
+    looked = []
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: looked.append(self.name) or real_exists(self, **kw))
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        looked.clear()
+        assert store.ingest(workspace.runs_dir) == 0
+    assert not [name for name in looked if name.endswith(".jsonl")]
+
+
+def test_the_export_tab_counts_the_rows_and_makes_none_until_asked(workspace, monkeypatch):
+    import cai_core.exports
+
+    from .browser.seed import seed_traces
+
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+
+    def made(*args, **kwargs):
+        raise AssertionError("the export's rows were made at a redraw")
+
+    monkeypatch.setattr(cai_core.exports, "export_rows", made)
+    at = open_page("pages/9_Data.py")
+    assert "2 rows match." in [t.value for t in at.text]  # the two seeded traces, each with a revision
+    with Store.open(workspace) as store:
+        for revised_only in (False, True):
+            assert store.count_final_steps(revised_only=revised_only) == len(
+                store.final_steps(revised_only=revised_only)
+            )
+
+
+def test_a_listing_by_kind_reads_no_other_kinds_progress(workspace, monkeypatch):
+    from cai_core.jobs import list_job_folders
+
+    labels = finished_runs(workspace, "label", 3)
+    finished_runs(workspace, "generate", 4)
+    read = []
+    real_progress = JobFolder.progress
+    monkeypatch.setattr(JobFolder, "progress", lambda self: read.append(self.run_id) or real_progress(self))
+    assert [job.run_id for job in list_job_folders(workspace.runs_dir, kinds=("label",))] == labels
+    assert sorted(read) == sorted(labels)
+
+
+def test_the_label_gate_reuses_the_dashboards_counts_until_the_store_writes(workspace, monkeypatch):
+    from cai_core.agreement import dashboard
+    from cai_core.label_gate import gate
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import SEED_LABEL_RUN, seed_pairs
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    counted = []
+    real = Store._agreement_cells
+    monkeypatch.setattr(Store, "_agreement_cells", lambda self, *args: counted.append(args) or real(self, *args))
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        first = dashboard(store, run_ids=[SEED_LABEL_RUN]).by_run
+        gate(store, SEED_LABEL_RUN)
+        assert len(counted) == 1  # the gate's dashboard over the same labels read the same counts
+        store.save_human_label(HumanLabel("seed-pair-00", "ann", "a"))
+        after = dashboard(store, run_ids=[SEED_LABEL_RUN]).by_run
+        assert len(counted) == 2  # a write forgets them: the new label is counted
+    assert after.labels_with_ties.sum() == first.labels_with_ties.sum() + 1
+
+
+def test_the_export_count_matches_the_rows_whatever_the_filters(workspace):
+    from .browser.seed import FOUR_ROUNDS, seed_traces
+
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        version = store.trace(FOUR_ROUNDS)[0].constitution_version
+        for filters in ({}, {"max_round": 1}, {"constitution_version": version}, {"run_id": "none-such"}):
+            for revised_only in (False, True):
+                rows = store.final_steps(**filters, revised_only=revised_only)
+                assert store.count_final_steps(**filters, revised_only=revised_only) == len(rows), filters
