@@ -96,7 +96,7 @@ def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
     if not runs:
         st.info(
             "No evaluation verdicts are out to people yet: send a sample from the Evaluate page's results "
-            "(Graders audited by people), or with `cai eval audit --run-id RUN --size 50`."
+            "(Graders audited by people)."
         )
         return
     run_id = st.selectbox("Evaluation run", runs, key="audit_run")
