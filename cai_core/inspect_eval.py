@@ -13,6 +13,7 @@ import asyncio
 import csv
 import importlib.util
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,15 +156,23 @@ class InspectWork:
 
         register_provider()
         task = TASKS[config.task]() if config.task in TASKS else config.task
-        model = get_model(f"{PROVIDER}/{config.model}", config=GenerateConfig(temperature=0), workspace=self.ws)
-        (log,) = inspect_eval(
-            task,
-            model=model,
-            limit=config.limit,
-            max_tokens=config.max_new_tokens,
-            log_dir=str(self.job.path / "inspect"),
-            display="none",
-        )
+
+        def evaluate():
+            model = get_model(f"{PROVIDER}/{config.model}", config=GenerateConfig(temperature=0), workspace=self.ws)
+            return inspect_eval(
+                task,
+                model=model,
+                limit=config.limit,
+                max_tokens=config.max_new_tokens,
+                log_dir=str(self.job.path / "inspect"),
+                display="none",
+            )
+
+        # Inspect starts an event loop of its own, which asyncio refuses in a thread where one is running already
+        # (a notebook's, or one a library left marked running: it failed so in a test process that had run vLLM);
+        # a thread of its own has none
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            (log,) = pool.submit(evaluate).result()
         if log.status != "success":
             raise RuntimeError(f"Inspect's run ended {log.status}: {log.error.message if log.error else ''}")
         self.job.append("inspect_scores", [to_row(score) for score in headline_scores(self.job.run_id, log)])

@@ -123,7 +123,10 @@ def pytest_collection_modifyitems(items):
         elif any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     if "PYTEST_XDIST_WORKER" in os.environ:
-        # The long tiers first, the unit tests last: xdist hands out the larger groups first and single tests in
-        # this order, so the short tests fill in at the end and both workers end together, rather than one of
-        # them running a minute-long test alone while the other waits (a stable sort: modules keep their order).
-        items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_TIERS))
+        # The modules with long tests first, the unit tests last: xdist hands out the larger groups first and
+        # single tests in this order, so the short tests fill in at the end and both workers end together, rather
+        # than one of them running a minute-long test alone while the other waits. Whole modules move (a stable
+        # sort): a module split in two tears its module-scoped servers down between the halves and starts them
+        # again (a CI run started the vLLM fleet twice, and its job-on-two-servers test then failed).
+        long_modules = {item.module.__name__ for item in items if any(item.get_closest_marker(m) for m in LONG_TIERS)}
+        items.sort(key=lambda item: item.module.__name__ not in long_modules)

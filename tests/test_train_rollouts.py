@@ -4,6 +4,8 @@ refuses the default tiny model's 16-wide heads."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -76,6 +78,8 @@ def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspac
         prompts, orient="records", lines=True
     )
     extra = {"num_generations": 2} if config_type is GRPOConfig else {}
+    process_group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = {name: os.environ.get(name) for name in process_group}
     job = train(
         config_type(
             model=vllm_tiny_model,
@@ -92,6 +96,9 @@ def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspac
     )
     assert job.progress().status == "done", job.progress().message
     assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}]
+    # TRL's colocate engine wrote its rank into this process's environment: a job started next would inherit it
+    # and take itself for one rank of a distributed run
+    assert {name: os.environ.get(name) for name in process_group} == before
 
 
 def test_auto_samples_rollouts_on_transformers_on_a_cpu_and_a_bad_engine_names_the_field(monkeypatch):

@@ -4,6 +4,8 @@ answers' mean) as the baseline, against the same reward PPO uses."""
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -99,18 +101,36 @@ def train(ctx: RunContext) -> None:
         reward_weights=[1.0, 0.0],  # the monitor's answer reader adds nothing to the reward
     )
     tokenizer.padding_side = "left"
-    trainer = Trainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
-        reward_funcs=[reward, monitor_answers],
-        callbacks=[monitor_callback],
-        args=args,
-        train_dataset=ctx.dataset("train"),
-        processing_class=tokenizer,
-        peft_config=c.peft_config("CAUSAL_LM"),
-    )
-    run_trainer(
-        ctx, trainer, tokenizer, evaluate=(lambda: f"model in {ctx.final_dir}; {NO_KL_NOTE}") if c.beta == 0 else None
-    )
+    with process_group_environment_kept():
+        trainer = Trainer(
+            model=AutoModelForCausalLM.from_pretrained(path),
+            reward_funcs=[reward, monitor_answers],
+            callbacks=[monitor_callback],
+            args=args,
+            train_dataset=ctx.dataset("train"),
+            processing_class=tokenizer,
+            peft_config=c.peft_config("CAUSAL_LM"),
+        )
+        no_kl = (lambda: f"model in {ctx.final_dir}; {NO_KL_NOTE}") if c.beta == 0 else None
+        run_trainer(ctx, trainer, tokenizer, evaluate=no_kl)
+
+
+@contextmanager
+def process_group_environment_kept():
+    """TRL's colocate mode writes RANK, LOCAL_RANK and WORLD_SIZE (and MASTER_PORT) into this process's
+    environment for its engine. Put back as they were after the run: a process that trains in-process (a
+    notebook, the recipe) and then starts a job would hand them on, and the job would take itself for one rank
+    of a distributed run (found when a test worker's next training job waited on another's torchrun port)."""
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def trl_vllm_arguments(engine: str) -> dict:
