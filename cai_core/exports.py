@@ -87,11 +87,16 @@ def export_count(
     """How many rows `export_rows` gives, without making them where the database can count them (every kind but
     preferences, whose gate and calibration are worked out in Python)."""
     if kind == "preferences":
-        return len(
-            preference_rows(
-                store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
-            )
+        rows = export_rows(
+            store,
+            kind,
+            run_id=run_id,
+            min_confidence=min_confidence,
+            calibration=calibration,
+            gate=gate,
+            raw_labels=raw_labels,
         )
+        return len(rows)
     return store.count_final_steps(
         constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
     )

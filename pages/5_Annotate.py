@@ -90,6 +90,17 @@ def save_audit(annotator: str, item: GraderItem, shown: str) -> None:
     flash("success", f"Saved: {AUDIT_CHOICES[item.kind][shown][0]}.")
 
 
+def side_by_side(item, title: str, key: str) -> None:
+    """The two texts a person compares, as A on the left and B on the right, shown as text."""
+    left, right = st.columns(2)
+    with left, st.container(key=f"{key}_left"):
+        st.markdown(f"**{title} A**")
+        show_text(item.left)
+    with right, st.container(key=f"{key}_right"):
+        st.markdown(f"**{title} B**")
+        show_text(item.right)
+
+
 def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
     """The next sampled verdict of this kind for the annotator, and its answer buttons."""
     runs = store.grader_audit_runs()
@@ -118,13 +129,7 @@ def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
             st.markdown("**Its answer**")
             show_text(item.left)
     else:
-        left, right = st.columns(2)
-        with left, st.container(key="audit_left"):
-            st.markdown("**Answer A**")
-            show_text(item.left)
-        with right, st.container(key="audit_right"):
-            st.markdown("**Answer B**")
-            show_text(item.right)
+        side_by_side(item, "Answer", "audit")
     keys = ", ".join(f"{key} ({label})" for label, key in AUDIT_CHOICES[kind].values())
     with st.container(horizontal=True, key="audit_choices"):
         for shown, (label, key) in AUDIT_CHOICES[kind].items():
@@ -281,13 +286,7 @@ with connect(ws) as store:
     st.text(f"Pair {item.pair_id}")
     st.markdown("**Conversation**")
     show_text(item.prompt, height=300)
-    left, right = st.columns(2)
-    with left, st.container(key="response_left"):
-        st.markdown("**Response A**")
-        show_text(item.left)
-    with right, st.container(key="response_right"):
-        st.markdown("**Response B**")
-        show_text(item.right)
+    side_by_side(item, "Response", "response")
     st.text_area(
         "Why (optional)",
         value=previous.rationale,
