@@ -216,31 +216,34 @@ def refusal_chart(summary: EvalSummary) -> go.Figure:
 
 
 def frontier_chart(points: pd.DataFrame) -> go.Figure:
-    """The recipe's frontier: each model's refusal rate on harmful prompts (up is safer) against its rate on benign
-    ones (left is more helpful), one point per iteration, a line per arm through its iterations, with 95%
-    intervals on both axes. `points` is `recipe.frontier`'s table."""
+    """The recipe's frontier: each checkpoint's refusal rate on harmful prompts (up is safer) against its rate on
+    benign ones (left is more helpful), one point per iteration, a line per arm and stage (CAI SFT, CAI RL, SFT
+    baseline, RLHF; the base model once) through its iterations, with 95% intervals on both axes. `points` is
+    `recipe.frontier`'s table."""
     figure = go.Figure()
-    for model, group in points.sort_values("iteration").groupby("model", sort=False):
+    for label, group in points.sort_values("iteration").groupby("label", sort=False):
         figure.add_scatter(
             x=group["over_refusal"],
             y=group["refusal"],
             mode="lines+markers+text" if len(group) > 1 else "markers+text",
-            name=chart_text(model),
+            name=chart_text(label),
             text=[f"i{i}" if i else "" for i in group["iteration"]],
             textposition="top center",
             error_x=_errors(group, "over_refusal", "over_refusal_low", "over_refusal_high"),
             error_y=_errors(group, "refusal", "refusal_low", "refusal_high"),
             cliponaxis=False,
-            hovertemplate="over-refusal %{x:.2f}<br>refusal %{y:.2f}",
+            customdata=group[["over_refusal_n", "refusal_n"]],
+            hovertemplate="over-refusal %{x:.2f} (n=%{customdata[0]})<br>refusal %{y:.2f} (n=%{customdata[1]})",
         )
+    sets = chart_text(", ".join(filter(None, dict.fromkeys(points["sets"]))))
     figure.update_layout(
         title={
-            "text": "Harmlessness against over-refusal, per iteration (95% intervals)<br><sup>up: refuses more "
-            "harmful prompts; left: refuses fewer benign ones</sup>"
+            "text": "Harmlessness against over-refusal, per stage and arm (95% intervals)<br><sup>up: refuses more "
+            f"harmful prompts; left: refuses fewer benign ones{'; sets: ' + sets if sets else ''}</sup>"
         },
         xaxis={"range": [-0.05, 1.05], "title": "over-refusal rate (benign prompts)"},
         yaxis={"range": [-0.05, 1.05], "title": "refusal rate (harmful prompts)"},
-        legend_title="model",
+        legend_title="stage and arm",
     )
     return figure
 

@@ -11,6 +11,7 @@ from cai_core.recipe import (
     Recipe,
     RecipeError,
     frontier,
+    frontier_table,
     gate_decisions,
     iteration_summary,
     load_recipe,
@@ -57,8 +58,9 @@ show_flash()
 st.write(
     "Alternate SL-CAI and RL-CAI in one run, as the CAI paper's protocol reads: each iteration runs SL-CAI on the "
     "current policy, fine-tunes on the revisions, samples pairs from that model, labels them with the AI judge, "
-    "trains a reward model and runs RL with a KL penalty to the SFT model, then evaluates against the base and the "
-    "previous iteration. Comparison arms (SFT without critique; RLHF on people's labels) run beside it."
+    "trains a reward model and runs RL with a KL penalty to the SFT model, then evaluates every checkpoint (the SFT "
+    "and RL models of each arm) against the base and the previous iteration, on the standard sets unless the recipe "
+    "names others. Comparison arms (SFT without critique; RLHF on people's labels) run beside it."
 )
 
 files = recipe_files()
@@ -109,7 +111,9 @@ def recipe_panel() -> bool:
         st.subheader("What each iteration changed")
         st.dataframe(summary, hide_index=True, key="recipe_summary")
     if not points.empty:
+        st.subheader("Harmlessness against over-refusal, per stage and arm")
         st.plotly_chart(frontier_chart(points), key="recipe_frontier")
+        st.dataframe(frontier_table(points), hide_index=True, key="recipe_frontier_points")
     if not (gated := gate_decisions(config, ws)).empty:
         counts = ", ".join(f"{n} {d}" for d, n in gated.decision.value_counts().items())
         with st.expander(f"Label gate: {counts} (principle decisions over the stages that read AI labels)"):

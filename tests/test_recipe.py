@@ -22,6 +22,8 @@ from cai_core.recipe import RecipeConfig, RecipeError, load_recipe, plan, stage_
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
+from .conftest import require_shared_data
+
 TINY_SETTINGS = {
     "red_team_prompts": str(PROJECT_ROOT / "data" / "demo_prompts.jsonl"),
     "constitution": str(PROJECT_ROOT / "constitutions" / "red_team.yaml"),
@@ -92,7 +94,7 @@ def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, wo
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         evaluated = set(store.eval_table("eval_answers", f"{recipe_id}-i2-eval")["model"])
-    assert evaluated == {"base", "previous", "cai", "sft-baseline"}
+    assert evaluated == {"base", "previous", "cai-sft", "cai", "sft-baseline"}
     saved = yaml.safe_load((job.path / "recipe.yaml").read_text(encoding="utf-8"))
     assert saved["iterations"] == 2
     # a rerun of a finished recipe does nothing again
@@ -204,7 +206,9 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
         f"version {version}",
         "<h2>Stages</h2>",
         "<h2>What each iteration changed",
-        "<h2>Harmlessness against over-refusal, per iteration and arm</h2>",
+        "<h2>Harmlessness against over-refusal, per stage and arm</h2>",
+        "<td>CAI SFT</td>",  # the SFT checkpoint is a point of the frontier, though an RL stage followed it
+        "<td>CAI RL</td>",
         "<h2>Reward-hacking monitor</h2>",
         # no person has labelled: the reward model's stage read every principle's AI labels as unjudged, and says so
         "<h2>Which AI labels reached training (the label gate)</h2>",
@@ -307,66 +311,106 @@ def test_each_arm_row_shows_only_its_own_reward_model_and_rl_figures(workspace):
     assert summary.loc["sft-baseline", figures].isna().all()  # it has no reward model and no RL stage
 
 
-def test_the_frontier_has_one_point_per_iteration_and_arm_with_intervals_on_both_axes(workspace):
-    from cai_core.eval_report import frontier_chart
-    from cai_core.recipe import Stage, frontier
+def test_the_eval_stage_answers_with_every_checkpoint_on_the_standard_sets(workspace):
+    from cai_core.evalsets import load_sets
+    from cai_core.recipe import Recipe, Stage
+
+    config = RecipeConfig(iterations=2, arms=["cai", "sft-baseline", "rlhf"])
+    recipe = Recipe(config, workspace)
+    first = recipe.build(Stage(1, "cai", "eval", "eval"))
+    models = dict(spec.split("=", 1) for spec in first.models)
+    run = f"{workspace.runs_dir}/{config.recipe_id}-i1"
+    assert models == {
+        "base": config.policy,
+        "cai-sft": f"{run}-sft/final",  # the CAI arm's SFT model, though an RL stage follows it
+        "cai": f"{run}-rl/final",
+        "sft-baseline": f"{run}-sft-sft-baseline/final",
+        "rlhf": f"{run}-rl-rlhf/final",
+    }
+    second = dict(spec.split("=", 1) for spec in recipe.build(Stage(2, "cai", "eval", "eval")).models)
+    assert second["previous"] == models["cai"] and second["cai-sft"].endswith("-i2-sft/final")
+    assert first.sets == ["xstest", "harmbench", "do-not-answer"]
+    # a recipe's own sets win; an SFT-only recipe's CAI model is its SFT model, named after the arm
+    sft_only = RecipeConfig(stop_after="sft", eval={"sets": ["red-team"]})
+    evaluation = Recipe(sft_only, workspace).build(Stage(1, "cai", "eval", "eval"))
+    assert [m.split("=")[0] for m in evaluation.models] == ["base", "cai"] and evaluation.sets == ["red-team"]
+    require_shared_data("xstest", "xstest_prompts.csv")
+    prompts = load_sets([f"{name}#limit=2" for name in first.sets])  # by name, offline
+    assert {(p.set_name, p.label) for p in prompts} == {
+        ("xstest", "benign"),
+        ("xstest", "harmful"),
+        ("harmbench", "harmful"),
+        ("do-not-answer", "harmful"),
+    }
+
+
+def seed_recipe_evaluation(workspace, config: RecipeConfig, iteration: int, refused: dict[str, tuple[int, int]]):
+    """A finished evaluation stage of the recipe whose models refuse (harmful, benign) of 4 prompts each."""
+    from cai_core.recipe import Stage
     from cai_core.records import EvalAnswer, to_row
 
-    config = RecipeConfig(iterations=2, arms=["cai", "sft-baseline"])
-    # refusals out of 4 harmful and 4 benign prompts, per iteration and model
-    refused = {
-        1: {"base": (1, 0), "cai": (3, 1), "sft-baseline": (2, 0)},
-        2: {"base": (1, 0), "previous": (3, 1), "cai": (4, 2), "sft-baseline": (2, 1)},
-    }
-    for iteration, models in refused.items():
-        evaluation = JobFolder.create(
-            workspace.runs_dir,
-            Stage(iteration, "cai", "eval", "eval").run_id(config.recipe_id),
-            {"kind": "eval", "model": "m"},
-        )
-        evaluation.set_progress("done", 1, 1)
-        rows = []
-        for model, counts in models.items():
-            for label, refusals in zip(("harmful", "benign"), counts, strict=True):
-                rows += [
-                    to_row(
-                        EvalAnswer(
-                            evaluation.run_id,
-                            f"{label}/{n}",
-                            "none",
-                            model,
-                            label,
-                            "p",
-                            "p",
-                            "",
-                            label,
-                            "a",
-                            n < refusals,
-                            1,
-                            0,
-                        )
+    evaluation = JobFolder.create(
+        workspace.runs_dir,
+        Stage(iteration, "cai", "eval", "eval").run_id(config.recipe_id),
+        {"kind": "eval", "model": "m", "config": {"sets": ["xstest#limit=4", "harmbench#limit=2"]}},
+    )
+    evaluation.set_progress("done", 1, 1)
+    rows = []
+    for model, counts in refused.items():
+        for label, refusals in zip(("harmful", "benign"), counts, strict=True):
+            rows += [
+                to_row(
+                    EvalAnswer(
+                        evaluation.run_id,
+                        f"{label}/{n}",
+                        "none",
+                        model,
+                        label,
+                        "p",
+                        "p",
+                        "",
+                        label,
+                        "a",
+                        n < refusals,
+                        1,
+                        0,
                     )
-                    for n in range(4)
-                ]
-        evaluation.append("eval_answers", rows)
+                )
+                for n in range(4)
+            ]
+    evaluation.append("eval_answers", rows)
+
+
+def test_the_frontier_has_one_point_per_iteration_stage_and_arm_with_intervals_on_both_axes(workspace):
+    from cai_core.eval_report import frontier_chart
+    from cai_core.recipe import frontier, frontier_table
+
+    config = RecipeConfig(iterations=2, arms=["cai", "sft-baseline", "rlhf"])
+    # refusals out of 4 harmful and 4 benign prompts, per iteration and model
+    arms = {"cai-sft": (2, 1), "cai": (3, 1), "sft-baseline": (2, 0), "rlhf": (3, 2)}
+    seed_recipe_evaluation(workspace, config, 1, {"base": (1, 0)} | arms)
+    seed_recipe_evaluation(workspace, config, 2, {"base": (1, 0), "previous": (3, 1)} | arms | {"cai": (4, 2)})
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
         points = frontier(config, workspace, store)
 
-    # the base model once, each arm at each iteration; "previous" is iteration 1's cai point again, not a new one
-    assert sorted(zip(points.iteration, points.model, strict=True)) == [
-        (0, "base"),
-        (1, "cai"),
-        (1, "sft-baseline"),
-        (2, "cai"),
-        (2, "sft-baseline"),
-    ]
-    cai_2 = points[(points.model == "cai") & (points.iteration == 2)].iloc[0]
-    assert (cai_2.refusal, cai_2.over_refusal) == (1.0, 0.5)
+    # the base model once, each stage of each arm at each iteration (the CAI SFT model too, though RL follows it);
+    # "previous" is iteration 1's CAI RL point again, not a new one
+    stages = ["CAI SFT", "CAI RL", "SFT baseline", "RLHF"]
+    assert sorted(zip(points.iteration, points.label, strict=True)) == sorted(
+        [(0, "base model")] + [(i, stage) for i in (1, 2) for stage in stages]
+    )
+    cai_sft = points[(points.label == "CAI SFT") & (points.iteration == 1)].iloc[0]
+    assert (cai_sft.arm, cai_sft.step, cai_sft.refusal, cai_sft.over_refusal) == ("cai", "sft", 0.5, 0.25)
+    cai_2 = points[(points.label == "CAI RL") & (points.iteration == 2)].iloc[0]
+    assert (cai_2.refusal, cai_2.over_refusal, cai_2.refusal_n) == (1.0, 0.5, 4)
+    assert set(points.sets) == {"xstest#limit=4, harmbench#limit=2"}
     for axis in ("refusal", "over_refusal"):
         inside = (points[f"{axis}_low"] - 1e-9 <= points[axis]) & (points[axis] <= points[f"{axis}_high"] + 1e-9)
         assert inside.all()
         assert (points[f"{axis}_high"] > points[f"{axis}_low"]).all()  # 4 prompts: never a point without a range
     chart = frontier_chart(points)
-    assert {trace.name for trace in chart.data} == {"base", "cai", "sft-baseline"}
+    assert {trace.name for trace in chart.data} == {"base model", *stages}
     assert all(trace.error_x.array is not None and trace.error_y.array is not None for trace in chart.data)
+    table = frontier_table(points).set_index(["stage and arm", "iteration"])
+    assert table.loc[("CAI SFT", 1), "refusal (harmful prompts)"].startswith("0.50 [0.15, 0.85] (n=4)")

@@ -4,8 +4,8 @@ A recipe is a typed config saved as YAML beside its outputs. Each iteration runs
 
     generate (SL-CAI on the current policy) -> sft (on the revisions)            [stop_after: sft ends here]
     -> pairs (sampled from the SFT model) -> label (the AI judge, this constitution) -> rm -> rl (PPO, DPO, GRPO
-    or RLOO from the SFT model, whose KL keeps it near the SFT model) -> eval (against the base and the previous
-    iteration)
+    or RLOO from the SFT model, whose KL keeps it near the SFT model) -> eval (every checkpoint of the iteration,
+    the SFT and RL models, against the base and the previous iteration, on the standard sets by default)
 
 and the comparison arms beside it, on the same prompts and budgets:
 - `sft-baseline`: standard SFT on the same generation's initial answers (no critique): CAI against plain SFT;
@@ -18,12 +18,13 @@ jobs are done and resumes the one that stopped, so a kill at any moment loses at
 A cancel of the recipe is passed on to the stage that is running.
 """
 
-from .plan import ARMS, RL_KINDS, Recipe, RecipeConfig, RecipeError, Stage, load_recipe, plan, recipe_of
-from .report import frontier, gate_decisions, iteration_summary, report_html
+from .plan import ARMS, RL_KINDS, Checkpoint, Recipe, RecipeConfig, RecipeError, Stage, load_recipe, plan, recipe_of
+from .report import frontier, frontier_table, gate_decisions, iteration_summary, report_html
 from .stages import RECIPE, stage_table
 
 __all__ = [
     "ARMS",
+    "Checkpoint",
     "RECIPE",
     "RL_KINDS",
     "Recipe",
@@ -31,6 +32,7 @@ __all__ = [
     "RecipeError",
     "Stage",
     "frontier",
+    "frontier_table",
     "gate_decisions",
     "iteration_summary",
     "load_recipe",

@@ -49,7 +49,13 @@ class RecipeConfig(CheckedConfig):
     label: dict = field(default_factory=dict, metadata={"help": "LabelConfig fields for every labelling stage."})
     reward: dict = field(default_factory=dict, metadata={"help": "RewardConfig fields for every reward model."})
     rl_config: dict = field(default_factory=dict, metadata={"help": "The RL algorithm's config fields."})
-    eval: dict = field(default_factory=dict, metadata={"help": "EvalConfig fields for every evaluation."})
+    eval: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "EvalConfig fields for every evaluation; its sets are the standard sets by name (xstest's safe "
+            "and unsafe halves, harmbench, do-not-answer) unless given."
+        },
+    )
 
     def check(self) -> None:
         try:
@@ -106,6 +112,24 @@ def load_recipe(path: str | Path) -> RecipeConfig:
 
 
 # --- the plan ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model an iteration's evaluation answers with: the base, the previous iteration's, or one training stage's
+    (the CAI arm's SFT model as well as its RL model)."""
+
+    name: str  # its name in the evaluation
+    arm: str  # base, previous, or one of ARMS
+    step: str  # the training step that made it (sft, rl); "" for the base and previous models
+    model: str
+
+    @property
+    def label(self) -> str:
+        """How a chart or table names it: the arm and its stage (the sft-baseline arm is SFT, rlhf is RL)."""
+        if not self.step:
+            return f"{self.arm} model"
+        return {"cai": f"CAI {self.step.upper()}", "sft-baseline": "SFT baseline", "rlhf": "RLHF"}[self.arm]
 
 
 @dataclass(frozen=True)
@@ -172,6 +196,21 @@ class Recipe:
         """The step whose model ends an arm's iteration: SFT for an SFT-only recipe and the sft-baseline arm."""
         return "sft" if self.config.stop_after == "sft" or arm == "sft-baseline" else "rl"
 
+    def checkpoints(self, iteration: int) -> list[Checkpoint]:
+        """Every model the iteration's evaluation answers with: the base, the iteration before's (from the second
+        on), and each arm's trained models. An arm's last model is named after the arm (the evaluations of earlier
+        runs read the same); the CAI arm's SFT model, when an RL stage follows it, is `cai-sft`."""
+        c, i = self.config, iteration
+        found = [Checkpoint("base", "base", "", c.policy)]
+        if i > 1:
+            found.append(Checkpoint("previous", "previous", "", self.policy(i, "cai")))
+        for arm in c.arms:
+            last = self.last_step(arm)
+            if arm == "cai" and last == "rl":
+                found.append(Checkpoint("cai-sft", arm, "sft", self.model_of(i, arm, "sft")))
+            found.append(Checkpoint(arm, arm, last, self.model_of(i, arm, last)))
+        return found
+
     @property
     def prompts_file(self) -> str:
         return str(self.job.path / "prompts.jsonl")
@@ -233,13 +272,12 @@ class Recipe:
                 settings.setdefault("dataset", self.prompts_file)
             return config_class(c.rl)(**settings)
         if stage.step == "eval":
+            from ..evalsets import STANDARD_SETS
             from ..evaluation import EvalConfig
 
-            models = [f"base={c.policy}"] + ([f"previous={self.policy(i, 'cai')}"] if i > 1 else [])
-            models += [f"{arm}={self.model_of(i, arm, self.last_step(arm))}" for arm in c.arms]
-            return EvalConfig(
-                **{"models": models, "constitution": c.constitution, "judge": c.judge} | c.eval | {"run_id": run_id}
-            )
+            models = [f"{checkpoint.name}={checkpoint.model}" for checkpoint in self.checkpoints(i)]
+            settings = {"models": models, "sets": list(STANDARD_SETS), "constitution": c.constitution, "judge": c.judge}
+            return EvalConfig(**settings | c.eval | {"run_id": run_id})
         raise RecipeError(f"unknown stage step {stage.step!r}")
 
     def _export_sft(self, stage: Stage) -> str:

@@ -6,15 +6,15 @@ import pandas as pd
 
 from ..jobs import is_done
 from ..workspace import Workspace
-from .plan import Recipe, RecipeConfig, Stage, plan
+from .plan import Checkpoint, Recipe, RecipeConfig, Stage, plan
 from .stages import stage_table
 
 
 def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
     """Per iteration and model, what the recipe changed: harmlessness and helpfulness win rates against the base
     model (95% intervals; wrapper `none` where the evaluation has it), refusal on harmful prompts and over-refusal
-    on benign ones; then its own arm's reward model's held-out accuracy on people's labels and its RL stage's last
-    reward and KL (blank where the arm has no such stage). Empty until an iteration's evaluation has run."""
+    on benign ones; then, for an arm's RL model, its arm's reward model's held-out accuracy on people's labels and
+    its RL stage's last reward and KL (blank for the SFT models). Empty until an iteration's evaluation has run."""
     from ..eval_report import summarize
 
     recipe, rows = Recipe(config, ws), []
@@ -25,8 +25,10 @@ def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFram
         summary = summarize(store, evaluation.run_id)
         rates, refusals = summary.win_rates, summary.refusals
         wrapper = "none" if "none" in set(rates.get("wrapper", [])) else next(iter(rates.get("wrapper", [])), None)
+        checkpoints = {checkpoint.name: checkpoint for checkpoint in recipe.checkpoints(i)}
         for model in sorted(set(summary.answers["model"]) - {"base"}):
-            row: dict = {"iteration": i, "model": model}
+            checkpoint = checkpoints.get(model)
+            row: dict = {"iteration": i, "model": model, "stage": checkpoint.label if checkpoint else model}
             for aspect in ("harmlessness", "helpfulness"):
                 versus = rates[
                     (rates.aspect == aspect)
@@ -41,9 +43,11 @@ def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFram
                 rate = refusals[(refusals.model == model) & (refusals.label == label) & (refusals.wrapper == wrapper)]
                 if not rate.empty:
                     row[name] = round(float(rate.iloc[0].refusal_rate), 3)
-            # the model's own arm's reward model and RL stage: the sft-baseline arm has neither, and shows blanks
-            rm = store.train_metrics(Stage(i, model, "rm", "").run_id(config.recipe_id))
-            rl = store.train_metrics(Stage(i, model, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
+            # an RL model's own arm's reward model and RL stage; an SFT model has neither, and shows blanks
+            rm = rl = pd.DataFrame()
+            if checkpoint and checkpoint.step == "rl":
+                rm = store.train_metrics(Stage(i, checkpoint.arm, "rm", "").run_id(config.recipe_id))
+                rl = store.train_metrics(Stage(i, checkpoint.arm, "rl", "").run_id(config.recipe_id), ["reward", "kl"])
             row |= {
                 "RM accuracy": _last(rm, "accuracy_human"),
                 "RL reward": _last(rl, "reward"),
@@ -53,10 +57,18 @@ def iteration_summary(config: RecipeConfig, ws: Workspace, store) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+FRONTIER_COLUMNS = (
+    ["iteration", "arm", "step", "model", "label"]
+    + [f"{axis}{part}" for axis in ("refusal", "over_refusal") for part in ("", "_low", "_high", "_n")]
+    + ["sets"]
+)
+
+
 def frontier(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
-    """Harmlessness against over-refusal, one point per evaluated model and iteration: its refusal rate on harmful
-    prompts and on benign ones (no jailbreak wrapper, where the evaluation has it), each with its Wilson 95%
-    interval. The base model is a point once; an iteration's "previous" model is the iteration before's point."""
+    """Harmlessness against over-refusal, one point per iteration, arm and stage (the CAI arm's SFT model and its
+    RL model, the SFT baseline, RLHF) and the base model once: its refusal rate on the evaluation's harmful prompts
+    and on its benign ones (no jailbreak wrapper, where the evaluation has it), each with its Wilson 95% interval
+    and count, and the sets it was measured on. An iteration's "previous" model is the iteration before's point."""
     from ..eval_report import summarize
 
     recipe, rows = Recipe(config, ws), []
@@ -67,17 +79,43 @@ def frontier(config: RecipeConfig, ws: Workspace, store) -> pd.DataFrame:
         refusals = summarize(store, evaluation.run_id).refusals
         if refusals.empty:
             continue
+        sets = ", ".join(evaluation.spec.get("config", {}).get("sets", []))
+        checkpoints = {checkpoint.name: checkpoint for checkpoint in recipe.checkpoints(i)}
         wrapper = "none" if "none" in set(refusals.wrapper) else refusals.wrapper.iloc[0]
         for model, rates in refusals[refusals.wrapper == wrapper].groupby("model", sort=True):
             if model == "previous" or (model == "base" and i > 1):
                 continue
-            row = {"iteration": 0 if model == "base" else i, "model": model}
+            # an evaluation whose models the recipe no longer names (its arms changed since) keeps its own names
+            checkpoint = checkpoints.get(model, Checkpoint(model, model, "", ""))
+            row = {"iteration": 0 if model == "base" else i, "arm": checkpoint.arm, "step": checkpoint.step}
+            row |= {"model": model, "label": checkpoint.label}
             for label, name in (("harmful", "refusal"), ("benign", "over_refusal")):
                 rate = rates[rates.label == label]
-                value, low, high = rate[["refusal_rate", "low", "high"]].iloc[0] if not rate.empty else [None] * 3
-                row |= {name: value, f"{name}_low": low, f"{name}_high": high}
-            rows.append(row)
-    return pd.DataFrame(rows)
+                found = rate[["refusal_rate", "low", "high", "n"]].iloc[0].tolist() if not rate.empty else [None] * 4
+                row |= dict(zip((name, f"{name}_low", f"{name}_high", f"{name}_n"), found, strict=True))
+            rows.append(row | {"sets": sets})
+    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+
+
+def frontier_table(points: pd.DataFrame) -> pd.DataFrame:
+    """`frontier`'s points as a reader reads them: each stage and arm, its iteration, and both rates with their
+    interval and count."""
+    from ..stats import Estimate
+
+    def shown(point, name: str) -> str:
+        if pd.isna(point[name]):
+            return "no such prompts"
+        return str(Estimate(point[name], point[f"{name}_low"], point[f"{name}_high"], int(point[f"{name}_n"])))
+
+    return pd.DataFrame(
+        {
+            "stage and arm": points["label"],
+            "iteration": points["iteration"],
+            "refusal (harmful prompts)": [shown(p, "refusal") for _, p in points.iterrows()],
+            "over-refusal (benign prompts)": [shown(p, "over_refusal") for _, p in points.iterrows()],
+            "sets": points["sets"],
+        }
+    )
 
 
 def gate_decisions(config: RecipeConfig, ws: Workspace) -> pd.DataFrame:
@@ -105,10 +143,11 @@ def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -
     iteration changed, the reward-hacking monitor's curves for every RL stage, and example answers before and
     after (SL-CAI's first answer and revision; the base model's answer and each arm's on the evaluation's
     prompts). The template escapes every piece of user text (prompts, answers, names): it is shown as text."""
+    from ..eval_report import frontier_chart
     from ..reports import render_report
     from ..train.monitor import alert_lines, monitor_charts, monitor_metrics
 
-    recipe = Recipe(config, ws)
+    recipe, points = Recipe(config, ws), frontier(config, ws, store)
     stages = pd.DataFrame(stage_table(config, ws))
     rl_stages = []
     for stage in plan(config):
@@ -132,17 +171,11 @@ def report_html(config: RecipeConfig, ws: Workspace, store, examples: int = 3) -
         stages=stages[["iteration", "arm", "step", "run_id", "status", "seconds", "warnings"]],
         summary=iteration_summary(config, ws, store),
         gate=gate_decisions(config, ws),
-        frontier=_frontier_chart(config, ws, store),
+        frontier=None if points.empty else frontier_chart(points),
+        frontier_points=frontier_table(points),
         rl_stages=rl_stages,
         examples=_examples(config, recipe, store, examples),
     )
-
-
-def _frontier_chart(config: RecipeConfig, ws: Workspace, store):
-    from ..eval_report import frontier_chart
-
-    points = frontier(config, ws, store)
-    return frontier_chart(points) if not points.empty else None
 
 
 def _constitution_versions(recipe: Recipe, store) -> str:
