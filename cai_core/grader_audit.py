@@ -2,10 +2,11 @@
 
 An eval run rests on two graders: refusal (by phrase, or by the judge) read on every answer, and harm, the judge's
 harmlessness comparisons. `send_sample` puts a seeded sample of each kind's verdicts on the Annotate page's own
-queue (`store.audits`); `grader_agreement` reads people's answers back as Cohen's kappa between grader and people,
-with Cohen's large-sample 95% interval (`judge_verdict.kappa_interval`), and the raw agreement with its Wilson
-interval. Below MIN_ANSWERS a grader is "unaudited": the figures resting on it say so rather than show a kappa
-that a handful of answers cannot support.
+queue (`store.audits`), stratified by the grader's verdict so that a verdict it rarely gives (a refusal in a run
+that refuses 2% of the time) still gets its share of people's answers; `grader_agreement` reads people's answers
+back as Cohen's kappa between grader and people and the agreement, each weighted back to the run's own mix of
+verdicts (`agreement_figures`), with 95% intervals. Below MIN_ANSWERS a grader is "unaudited": the figures
+resting on it say so rather than show a kappa that a handful of answers cannot support.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .agreement import cohen_kappa
-from .judge_verdict import kappa_interval
-from .stats import Estimate, wilson
+from .stats import Z95, Estimate, wilson
 from .store import Store
 
 # 20 answers put a kappa's 95% interval at about +-0.3 where agreement is 80%: wide, but enough to tell a grader
@@ -72,6 +72,7 @@ def grader_agreement(store: Store, run_id: str, refusals: str = "phrases") -> di
     """Per kind (refusal, harm): the grader's agreement with people on the run's audited sample. `refusals` is the
     run's setting: which grader read its refusals."""
     counts = store.grader_audit_counts(run_id)
+    verdicts = store.grader_verdict_counts(run_id)
     graders = {"refusal": REFUSAL_GRADERS[refusals], "harm": HARM_GRADER}
     out = {}
     for kind in KINDS:
@@ -82,20 +83,44 @@ def grader_agreement(store: Store, run_id: str, refusals: str = "phrases") -> di
         confusion = np.zeros((2, 2))
         for row in answered.itertuples():
             confusion[classes.index(row.human), classes.index(row.verdict)] += row.n
-        out[kind] = GraderAgreement(kind, graders[kind], sampled, int(confusion.sum()), *_figures(confusion))
+        given = verdicts[verdicts["kind"] == kind].set_index("verdict")["n"]
+        shares = np.array([given.get(verdict, 0) for verdict in classes], dtype=float)
+        figures = agreement_figures(confusion, shares / max(shares.sum(), 1))
+        out[kind] = GraderAgreement(kind, graders[kind], sampled, int(confusion.sum()), *figures)
     return out
 
 
-def _figures(confusion: np.ndarray) -> tuple[Estimate | None, Estimate | None]:
-    """Agreement and kappa from a 2x2 confusion (rows people, columns the grader)."""
+def agreement_figures(confusion: np.ndarray, shares: np.ndarray) -> tuple[Estimate | None, Estimate | None]:
+    """Agreement and kappa from a 2x2 confusion of people's answers (rows) against the grader's verdicts (columns),
+    sampled per verdict, and `shares`, each verdict's share of all the grader gave in the run.
+
+    The sample over-represents a rare verdict on purpose, so its counts are not the run's mix: a plain kappa on them
+    would describe a run whose grader refuses half the time. Each column is read as P(people's answer | the grader's
+    verdict), which a random sample within the verdict estimates without bias, and weighted by the verdict's share,
+    which is known exactly: the cells p(answer, verdict) = share * n(answer, verdict) / n(verdict) estimate the run's
+    own confusion without bias, and agreement (their trace) is unbiased; kappa, a ratio of them, is consistent as
+    the plain kappa of a simple random sample is. The 95% intervals are the delta method's over the two columns'
+    proportions, each column's spread taken from its Wilson interval so that a column where people agreed every time
+    still has some. Where either side used one class throughout, kappa is 0 (or undefined) by construction and has
+    no interval; agreement then is the plain proportion with its Wilson interval."""
     n = int(confusion.sum())
-    agreement = wilson(float(confusion.trace()), n)
-    if agreement is None:
+    if n == 0:
         return None, None
-    kappa = cohen_kappa(confusion)
     one_sided = min((confusion.sum(0) > 0).sum(), (confusion.sum(1) > 0).sum()) < 2
-    if kappa is None or one_sided:
-        # one rater used one class: kappa is 0 (or undefined) by construction, whatever the agreement
-        return agreement, Estimate(kappa or 0.0, None, None, n)
-    low, high = kappa_interval(kappa, agreement.value, n)
-    return agreement, Estimate(kappa, float(low), float(high), n)
+    if one_sided:
+        return wilson(float(confusion.trace()), n), Estimate(cohen_kappa(confusion) or 0.0, None, None, n)
+    per_verdict = confusion.sum(0)
+    first = confusion[0] / per_verdict  # P(people answer the first class | each verdict)
+    bounds = [wilson(confusion[0, g], int(per_verdict[g])) for g in (0, 1)]
+    spread = np.array([(bound.high - bound.low) / (2 * Z95) for bound in bounds])
+    cells = np.vstack([first, 1 - first]) * shares
+    po = float(cells.trace())
+    pe = float((cells.sum(1) * cells.sum(0)).sum())
+    kappa = cohen_kappa(cells)
+    # d/d first[g] of po and pe: po = s0 f0 + s1 (1 - f1); pe = r s0 + (1 - r) s1 with r = s0 f0 + s1 f1
+    d_po = shares * np.array([1.0, -1.0])
+    d_pe = shares * (shares[0] - shares[1])
+    d_kappa = (d_po * (1 - pe) - d_pe * (1 - po)) / (1 - pe) ** 2
+    po_se, kappa_se = float(np.hypot(*(d_po * spread))), float(np.hypot(*(d_kappa * spread)))
+    agreement = Estimate(po, max(0.0, po - Z95 * po_se), min(1.0, po + Z95 * po_se), n)
+    return agreement, Estimate(kappa, max(-1.0, kappa - Z95 * kappa_se), min(1.0, kappa + Z95 * kappa_se), n)

@@ -302,7 +302,8 @@ for caveat in summary.caveats():  # a finding about the judge, beside the figure
 if run_id:
     with st.expander("Graders audited by people", expanded=not all(a.audited for a in summary.grader_audits.values())):
         st.caption(
-            "A seeded sample of this run's refusal and harm verdicts goes to the Annotate page as its own queue. "
+            "A seeded sample of this run's refusal and harm verdicts goes to the Annotate page as its own queue, the "
+            "grader's two verdicts in equal turns (weighted back to the run's mix when read). "
             f"From {MIN_ANSWERS} answers on, the grader's agreement with people (Cohen's κ, 95% interval) shows "
             "beside every figure resting on it; below that the figure says its grader is unaudited."
         )

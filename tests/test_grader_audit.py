@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 from streamlit.testing.v1 import AppTest
 
+from cai_core.agreement import cohen_kappa
 from cai_core.cli import main
 from cai_core.eval_report import report_html, summarize
-from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, grader_agreement, send_sample
+from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, agreement_figures, grader_agreement, send_sample
 from cai_core.job_folder import JobFolder
 from cai_core.records import EvalAnswer, EvalJudgment, to_row
 from cai_core.store import GraderLabel, Store
@@ -21,14 +23,21 @@ RUN = "eval-audit"
 PROMPTS = 30
 
 
-def seed_eval_run(workspace: Workspace, run_id: str = RUN, prompts: int = PROMPTS) -> None:
+def base_refuses_every_third(model: str, i: int) -> bool:
+    return model == "base" and i % 3 == 0
+
+
+def seed_eval_run(
+    workspace: Workspace, run_id: str = RUN, prompts: int = PROMPTS, refuses=base_refuses_every_third
+) -> None:
     """An eval run of two models on `prompts` harmful prompts: base refuses every third prompt (by phrase), tuned
-    never; the judge finds base's answer better (less harmful) on even prompts, tuned's on odd ones."""
+    never, unless `refuses` says otherwise; the judge finds base's answer better (less harmful) on even prompts,
+    tuned's on odd ones."""
     answers, judgments = [], []
     for i in range(prompts):
         key = f"red-team/{i}"
         for model in ("base", "tuned"):
-            refused = model == "base" and i % 3 == 0
+            refused = refuses(model, i)
             text = f"I can't help with that ({model} {i})." if refused else f"Sure, step one ({model} {i}) <b>x</b>"
             answers.append(
                 EvalAnswer(
@@ -97,6 +106,63 @@ def test_the_sample_is_seeded_nested_and_leaves_out_what_is_no_verdict(ws):
         assert set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"]) != first
 
 
+def sampled_verdicts(store: Store, kind: str = "refusal") -> dict[str, str]:
+    """The sampled items of a kind, each with the grader's verdict on it."""
+    rows = store.con.execute(
+        """SELECT i.item_id, a.refused FROM grader_audit_items i JOIN eval_answers a ON a.run_id = i.run_id
+           AND a.prompt_key = i.prompt_key AND a.wrapper = i.wrapper AND a.model = i.model_a WHERE i.kind = ?""",
+        [kind],
+    ).fetchall()
+    return {item: "yes" if refused else "no" for item, refused in rows}
+
+
+def test_a_rare_verdict_gets_its_share_of_the_sample_and_a_larger_sample_holds_the_smaller(tmp_path):
+    # 2% refusals: 20 of 1000 answers; a plain 40-item sample would hold about one
+    small, large = Workspace(tmp_path / "small"), Workspace(tmp_path / "large")
+    for workspace in (small, large):
+        seed_eval_run(workspace, prompts=500, refuses=lambda model, i: model == "base" and i % 25 == 0)
+    with Store.open(small) as store:
+        assert send_sample(store, RUN, size=40, seed=5)["refusal"] == 40
+        forty = sampled_verdicts(store)
+        assert list(forty.values()).count("yes") == 20
+        harm = store.con.execute("SELECT model_a, model_b FROM grader_audit_items WHERE kind = 'harm'").df()
+        assert len(harm) == 40
+        send_sample(store, RUN, size=60, seed=5)
+        sixty = sampled_verdicts(store)
+    with Store.open(large) as store:
+        send_sample(store, RUN, size=60, seed=5)
+        assert sampled_verdicts(store) == sixty  # the same items, sampled at once or in two steps
+        # once the refusals run out, the other verdict fills the sample
+        send_sample(store, RUN, size=100, seed=5)
+        assert list(sampled_verdicts(store).values()).count("yes") == 20 and len(sampled_verdicts(store)) == 100
+    assert set(forty) < set(sixty) and list(sixty.values()).count("yes") == 20
+
+
+def test_the_weighted_agreement_recovers_the_runs_own_kappa_where_the_plain_one_does_not():
+    # a grader that refuses on 2% of 5000 answers; people call 75% of its refusals refusals, and 5% of the rest
+    population = np.array([[75.0, 245.0], [25.0, 4655.0]])  # rows people (yes, no), columns the grader (yes, no)
+    shares = population.sum(0) / population.sum()
+    truth_kappa, truth_agreement = cohen_kappa(population), population.trace() / population.sum()
+    people = np.repeat([0, 1, 0, 1], population.T.ravel().astype(int))  # per item, grader's column by column
+    grader = np.repeat([0, 1], population.sum(0).astype(int))
+    rng = np.random.default_rng(0)
+    weighted, plain, covered = [], [], 0
+    for _ in range(400):  # 50 of each verdict, as the sample draws them
+        drawn = np.concatenate([rng.choice(np.flatnonzero(grader == g), 50, replace=False) for g in (0, 1)])
+        confusion = np.zeros((2, 2))
+        np.add.at(confusion, (people[drawn], grader[drawn]), 1)
+        agreement, kappa = agreement_figures(confusion, shares)
+        weighted.append((agreement.value, kappa.value))
+        plain.append(cohen_kappa(confusion))
+        covered += kappa.low <= truth_kappa <= kappa.high
+    agreement_mean, kappa_mean = np.mean(weighted, axis=0)
+    assert agreement_mean == pytest.approx(truth_agreement, abs=0.005)  # unbiased
+    # consistent, not unbiased: a ratio of unbiased cells leans +0.05 here at 50 answers a verdict
+    assert kappa_mean == pytest.approx(truth_kappa, abs=0.08)
+    assert abs(np.mean(plain) - truth_kappa) > 0.3  # the sample's own mix describes another run
+    assert covered / 400 >= 0.9
+
+
 def test_the_queue_hands_each_item_out_once_per_annotator_up_to_the_overlap(ws):
     with Store.open(ws) as store:
         send_sample(store, RUN, size=8)
@@ -147,7 +213,13 @@ def test_kappa_is_read_from_peoples_answers_and_a_grader_below_the_minimum_is_un
         after = grader_agreement(store, RUN)
     refusal, harm = after["refusal"], after["harm"]
     assert refusal.audited and refusal.answers == len(truth) >= MIN_ANSWERS
-    assert refusal.kappa.value == pytest.approx(cohen_kappa_score(truth, grader))
+    # the sample holds all 10 refusals of the run's 60 answers and 20 of its 50 others: each item counts for its
+    # verdict's share of the run over its verdict's count in the sample
+    weight = {"yes": 10 / 60 / grader.count("yes"), "no": 50 / 60 / grader.count("no")}
+    assert grader.count("yes") == 10
+    weighted = cohen_kappa_score(truth, grader, sample_weight=[weight[verdict] for verdict in grader])
+    assert refusal.kappa.value == pytest.approx(weighted)
+    assert refusal.kappa.value != pytest.approx(cohen_kappa_score(truth, grader))
     assert refusal.kappa.low < refusal.kappa.value < refusal.kappa.high
     assert refusal.grader == "refusal by phrase"
     assert str(refusal).startswith("refusal by phrase: agreement with people κ")

@@ -6,10 +6,15 @@ see the two answers, sides shuffled per item by the seed, and say which is more 
 in the comparison's own terms ('a': model_a's answer is the more harmful one), so it reads against the judge's
 P(model_a's answer better) without knowing what was shown.
 
-The sample is ordered by a hash of the seed and the verdict's key, so a larger sample under the same seed holds
-the smaller one, and an item keeps its place whatever else the run holds. The queue hands items out as the pair
-queue does (`labels.py`): never one the annotator answered or skipped, never one with `overlap` answers or
-others' live claims, each claimed under the write lock until answered or CLAIM_SECONDS pass.
+The sample is stratified by the grader's verdict (refusal: yes/no; harm: which answer the judge found the more
+harmful), so that a verdict the grader rarely gives still reaches people: the strata take turns, each giving its
+next item in the order of a hash of the seed and the verdict's key, until one runs out and the other fills the
+rest. A 40-item sample of a run with 2% refusals holds 20 of them, where a plain sample would hold one or none.
+Each stratum's order is fixed by the seed, so a larger sample under the same seed holds the smaller one. The
+agreement read back is weighted by each stratum's share of the run (`grader_verdict_counts`). The queue hands
+items out as the pair queue does (`labels.py`), in the hash's order, so answering part of a sample answers a part
+of each stratum: never one the annotator answered or skipped, never one with `overlap` answers or others' live
+claims, each claimed under the write lock until answered or CLAIM_SECONDS pass.
 """
 
 from __future__ import annotations
@@ -53,6 +58,18 @@ class GraderLabel:
     answer: str  # in the comparison's terms (GraderItem.stored_answer)
 
 
+# The grader's verdict, the stratum a verdict is sampled from and what people's answer is held against: a refusal
+# verdict is its answer's `refused`; a harm verdict names the answer the judge found the more harmful ('b' where it
+# found model_a's better). The harm verdicts are the run's harmlessness comparisons that gave one: a failed
+# comparison or an exact tie is none.
+VERDICT = {"refusal": "CASE WHEN refused THEN 'yes' ELSE 'no' END", "harm": "CASE WHEN p_a > 0.5 THEN 'b' ELSE 'a' END"}
+VERDICTS_OF_RUN = {
+    "refusal": "FROM eval_answers WHERE run_id = ?",
+    "harm": """FROM eval_judgments WHERE run_id = ? AND aspect = 'harmlessness' AND NOT failed AND p_a IS NOT NULL
+                 AND p_a <> 0.5""",
+}
+
+
 def _key(*parts: str) -> str:
     """A SQL hash of the parts, joined by the unit separator (no user text holds it, so no two keys collide)."""
     return f"md5(concat_ws(chr(31), {', '.join(parts)}))"
@@ -60,26 +77,27 @@ def _key(*parts: str) -> str:
 
 class GraderAuditQueries:
     def sample_grader_audit(self, run_id: str, size: int, seed: int = 0) -> dict[str, int]:
-        """Add up to `size` verdicts of each kind of the eval run to its audit sample, by the seed's order; returns
-        how many of each were new. Failed comparisons and exact ties of the judge are no verdict, and not sampled."""
+        """Add up to `size` verdicts of each kind of the eval run to its audit sample, the grader's verdicts taking
+        turns (the module's docstring says why); returns how many of each were new."""
         if size < 1:
             raise ValueError(f"sample size {size}: expected at least 1")
         refusal_key = _key("?", "prompt_key", "wrapper", "model")
         harm_key = _key("?", "prompt_key", "wrapper", "model_a", "model_b")
         sources = {
             "refusal": (
-                f"""SELECT run_id, {_key("'refusal'", "prompt_key", "wrapper", "model")}, 'refusal', prompt_key,
-                           wrapper, model, '', false, {refusal_key} AS sample_key, ?
-                    FROM eval_answers WHERE run_id = ?""",
+                f"""SELECT run_id, {_key("'refusal'", "prompt_key", "wrapper", "model")} AS item_id, 'refusal' AS kind,
+                           prompt_key, wrapper, model AS model_a, '' AS model_b, false AS shown_swapped,
+                           {refusal_key} AS sample_key, ? AS sampled_at, {VERDICT["refusal"]} AS verdict
+                    {VERDICTS_OF_RUN["refusal"]}""",
                 [seed, now(), run_id],
             ),
             "harm": (
-                f"""SELECT run_id, {_key("'harm'", "prompt_key", "wrapper", "model_a", "model_b")}, 'harm', prompt_key,
-                           wrapper, model_a, model_b,
-                           ascii({_key("?", "'side'", "prompt_key", "wrapper", "model_a", "model_b")}) % 2 = 1,
-                           {harm_key} AS sample_key, ?
-                    FROM eval_judgments WHERE run_id = ? AND aspect = 'harmlessness' AND NOT failed
-                      AND p_a IS NOT NULL AND p_a <> 0.5""",
+                f"""SELECT run_id, {_key("'harm'", "prompt_key", "wrapper", "model_a", "model_b")} AS item_id,
+                           'harm' AS kind, prompt_key, wrapper, model_a, model_b,
+                           ascii({_key("?", "'side'", "prompt_key", "wrapper", "model_a", "model_b")}) % 2 = 1
+                               AS shown_swapped,
+                           {harm_key} AS sample_key, ? AS sampled_at, {VERDICT["harm"]} AS verdict
+                    {VERDICTS_OF_RUN["harm"]}""",
                 [seed, seed, now(), run_id],
             ),
         }
@@ -89,10 +107,28 @@ class GraderAuditQueries:
             for kind, (select, params) in sources.items():
                 before = self._one(count, [run_id, kind])[0]
                 self._exec(
-                    f"INSERT OR IGNORE INTO grader_audit_items {select} ORDER BY sample_key LIMIT ?", [*params, size]
+                    f"""INSERT OR IGNORE INTO grader_audit_items
+                        SELECT run_id, item_id, kind, prompt_key, wrapper, model_a, model_b, shown_swapped, sample_key,
+                               sampled_at
+                        FROM (SELECT *, row_number() OVER (PARTITION BY verdict ORDER BY sample_key) AS turn
+                              FROM ({select}))
+                        ORDER BY turn, sample_key LIMIT ?""",
+                    [*params, size],
                 )
                 added[kind] = self._one(count, [run_id, kind])[0] - before
         return added
+
+    def grader_verdict_counts(self, run_id: str) -> pd.DataFrame:
+        """How many verdicts of each kind the eval run's grader gave, per verdict (kind, verdict, n): the strata's
+        sizes, by which the sampled agreement is weighted."""
+        return self.con.execute(
+            f"""SELECT 'refusal' AS kind, {VERDICT["refusal"]} AS verdict, count(*) AS n {VERDICTS_OF_RUN["refusal"]}
+                GROUP BY ALL
+                UNION ALL
+                SELECT 'harm', {VERDICT["harm"]}, count(*) {VERDICTS_OF_RUN["harm"]} GROUP BY ALL
+                ORDER BY kind, verdict""",
+            [run_id, run_id],
+        ).df()
 
     def grader_audit_runs(self) -> list[str]:
         """The eval runs with a sample out to people, newest sample first."""
@@ -197,12 +233,11 @@ class GraderAuditQueries:
         there are (skips and 'as harmful' left out: they take no side). kind, verdict, human, n; verdict and human
         are null on the row that only counts the sample (n = sampled)."""
         return self.con.execute(
-            """SELECT kind, NULL AS verdict, NULL AS human, count(*) AS n FROM grader_audit_items WHERE run_id = ?
+            f"""SELECT kind, NULL AS verdict, NULL AS human, count(*) AS n FROM grader_audit_items WHERE run_id = ?
                GROUP BY kind
                UNION ALL
                SELECT i.kind,
-                      CASE WHEN i.kind = 'refusal' THEN CASE WHEN a.refused THEN 'yes' ELSE 'no' END
-                           WHEN j.p_a > 0.5 THEN 'b' ELSE 'a' END AS verdict,
+                      CASE WHEN i.kind = 'refusal' THEN {VERDICT["refusal"]} ELSE {VERDICT["harm"]} END AS verdict,
                       l.answer AS human, count(*) AS n
                FROM grader_audit_labels l JOIN grader_audit_items i USING (run_id, item_id)
                LEFT JOIN eval_answers a ON i.kind = 'refusal' AND a.run_id = i.run_id AND a.prompt_key = i.prompt_key
