@@ -36,7 +36,7 @@ from .constitution import Constitution, Principle, load_constitution, parse_cons
 from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for, progress_batch_size
 from .judge_calibration import JudgeCalibration, PlattScaling
 from .records import AILabel, Pair, to_row
-from .tracking import TrackerChoice, tracker_field
+from .tracking import TrackerChoice, record_input_runs, tracker_field
 from .workspace import Workspace
 
 OPTIONS = ("A", "B")
@@ -286,7 +286,10 @@ def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = 
     inputs = {INPUT: [to_row(p) for p in pairs]}
     if config.calibration:
         inputs[CALIBRATION_INPUT] = [_calibration_row(store, config.calibration, constitution)]
-    return Plan(config.model, constitution=constitution, inputs=inputs)
+    origins = {pair.origin for pair in pairs}  # the runs (or files) the pairs came from: the labels' lineage
+    return Plan(
+        config.model, constitution=constitution, inputs=inputs, then=lambda job: record_input_runs(job, origins)
+    )
 
 
 def _calibration_row(store, calibration_id: str, constitution: Constitution) -> dict:

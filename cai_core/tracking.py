@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -73,18 +74,50 @@ def resolve(choice: str, root: Path) -> str:
     return name
 
 
-def parent_runs(run_id: str, config: dict, runs_dir: Path) -> list[str]:
-    """The runs this one came from: the recipe whose stage it is (the stage's id names it) and any run it starts
-    from (its model, reward model or reference is a run id)."""
-    parents = []
-    recipe = re.match(r"^(recipe-[A-Za-z0-9]+)-i\d+-", run_id)
-    if recipe:
-        parents.append(recipe.group(1))
-    for key in ("model", "reward_model", "ref_model", "judge_model"):
-        value = config.get(key)
-        if isinstance(value, str) and value and "/" not in value and (runs_dir / value / "run.json").exists():
-            parents.append(value)
-    return parents
+# the settings that may name a run a job starts from or reads: a run id, or a path inside its folder (a recipe
+# stage's model is the earlier stage's runs/ID/final)
+RUN_SETTINGS = (
+    "model", "critic_model", "reward_model", "ref_model", "judge_model", "judge", "labels", "dataset", "prompts",
+    "source_run",
+)  # fmt: skip
+INPUT_PARENTS = "parent_runs.json"
+
+
+def record_input_runs(job: JobFolder, runs: Iterable[str]) -> None:
+    """Keep in the job's folder the runs its inputs came from where its config does not name them (the runs that
+    made the pairs a labelling job judges): its tracker lists them among its parents."""
+    write_json_atomic(job.path / INPUT_PARENTS, {"runs": sorted(set(runs))})
+
+
+def _run_named(value, runs_dir: Path) -> str | None:
+    """The run a setting names, by its id or by a path inside its folder; None for anything else."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    if len(path.parts) == 1 and not path.is_absolute():
+        run = value
+    else:
+        try:
+            run = path.resolve().relative_to(runs_dir.resolve()).parts[0]
+        except (ValueError, IndexError):
+            return None
+    return run if (runs_dir / run / "run.json").exists() else None
+
+
+def parent_runs(job: JobFolder) -> list[str]:
+    """The runs this one came from: the recipe whose stage it is (the stage's id names it), the runs its settings
+    name (its model, reward model, labels, data, or each model an evaluation compares) and the runs its inputs
+    came from (`record_input_runs`)."""
+    runs_dir, config = job.path.parent, job.spec.get("config", {})
+    recipe = re.match(r"^(recipe-[A-Za-z0-9]+)-i\d+-", job.run_id)
+    named = [config.get(key) for key in RUN_SETTINGS]
+    named += [spec.split("=", 1)[-1] for spec in config.get("models") or [] if isinstance(spec, str)]
+    recorded = job.path / INPUT_PARENTS
+    if recorded.exists():
+        named += json.loads(recorded.read_text(encoding="utf-8"))["runs"]
+    found = [recipe.group(1)] if recipe else []
+    found += [run for value in named if (run := _run_named(value, runs_dir))]
+    return [run for run in dict.fromkeys(found) if run != job.run_id]
 
 
 class Tracker(Protocol):
@@ -218,7 +251,7 @@ def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
         "kind": spec.get("kind", ""),
         "constitution": constitution.get("name", ""),
         "constitution_version": constitution.get("version", ""),
-        "parent_runs": ",".join(parent_runs(job.run_id, config, job.path.parent)),
+        "parent_runs": ",".join(parent_runs(job)),
     }
     run_config = {**config, **facts}  # the facts go with the config, where every tracker shows and filters runs
     if name == "trackio":

@@ -14,10 +14,18 @@ import pytest
 
 from cai_core.job_folder import JobFolder, identity_settings
 from cai_core.job_runner import run_job
-from cai_core.tracking import PROJECT, TrackingError, open_tracker, resolve, tracking_record
+from cai_core.tracking import (
+    PROJECT,
+    TrackingError,
+    open_tracker,
+    parent_runs,
+    record_input_runs,
+    resolve,
+    tracking_record,
+)
 from cai_core.train.context import RunContext
 from cai_core.train.sft import SFTConfig
-from cai_core.workspace import Workspace
+from cai_core.workspace import PROJECT_ROOT, Workspace
 
 CONSTITUTION = {"name": "harmless", "version": "v1abc", "content": "name: harmless"}
 
@@ -131,7 +139,7 @@ from pathlib import Path
 from cai_core.job_folder import JobFolder
 from cai_core.train.context import RunContext
 from cai_core.train.sft import SFTConfig
-from cai_core.workspace import Workspace
+from cai_core.workspace import PROJECT_ROOT, Workspace
 ctx = RunContext(JobFolder(sys.argv[1]), SFTConfig(), Workspace(Path(sys.argv[1]).parents[1]))
 ctx.log_metrics(1, {"loss": 0.5})
 ctx.warning = "warning: reward hacking"
@@ -176,8 +184,41 @@ def test_the_tracker_does_not_change_the_run_id():
 def test_every_job_config_declares_the_same_tracker_field():
     import dataclasses
 
+    from cai_core.critique import GenerateConfig
     from cai_core.evaluation import EvalConfig
     from cai_core.feedback import LabelConfig
+    from cai_core.pairs import SampleConfig
+    from cai_core.recipe import RecipeConfig
 
-    fields = [{f.name: f for f in dataclasses.fields(c)}["tracker"] for c in (SFTConfig, LabelConfig, EvalConfig)]
+    configs = (SFTConfig, LabelConfig, EvalConfig, GenerateConfig, SampleConfig, RecipeConfig)
+    fields = [{f.name: f for f in dataclasses.fields(c)}["tracker"] for c in configs]
     assert len({json.dumps(dict(f.metadata)) for f in fields}) == 1 and fields[0].default == "workspace"
+
+
+def test_an_evaluation_and_a_labelling_job_name_the_runs_they_came_from(tmp_path):
+    make_job(tmp_path, "recipe-ab12-i1-rl", "none")
+    make_job(tmp_path, "pairs-1", "none")
+    models = ["base=default", f"cai={tmp_path / 'runs' / 'recipe-ab12-i1-rl' / 'final'}"]
+    evaluation = make_job(tmp_path, "recipe-ab12-i1-eval", "tensorboard", models=models, judge="default")
+    open_tracker(evaluation, tmp_path).finish("done")
+    labelling = make_job(tmp_path, "label-1", "tensorboard", model="default")
+    record_input_runs(labelling, ["pairs-1", "hh-rlhf.jsonl"])  # a run and an imported file
+    open_tracker(labelling, tmp_path).finish("done")
+
+    assert text_of(tensorboard_events(tmp_path / "tensorboard" / "recipe-ab12-i1-eval"), "parent_runs") == (
+        "recipe-ab12,recipe-ab12-i1-rl"
+    )
+    assert text_of(tensorboard_events(tmp_path / "tensorboard" / "label-1"), "parent_runs") == "pairs-1"
+
+
+def test_a_labelling_job_records_the_runs_its_pairs_came_from(tmp_path):
+    from cai_core import jobs
+    from cai_core.feedback import LabelConfig
+    from cai_core.records import Pair
+
+    ws = Workspace(tmp_path)
+    make_job(tmp_path, "pairs-2", "none")
+    pairs = [Pair(f"p{i}", "hi", "a", "b", "sampled", "pairs-2", i, "0", "1") for i in range(2)]
+    config = LabelConfig(constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"), tracker="none")
+    job = jobs.prepare("label", config, ws, pairs=pairs)
+    assert parent_runs(job) == ["pairs-2"]
