@@ -210,6 +210,38 @@ def judge_verdict(f: JudgeFigures) -> Verdict:
     return Verdict(name, tuple(signals), advice)
 
 
+MONITOR_MIN_PAIRS = 32  # pairs judged both ways before the labelling monitor grades the judge: fewer are noise
+
+
+@dataclass
+class PositionMonitor:
+    """The labelling job's monitor: the judge's position figures as its labels come in, which need no people (in each
+    order the judge picks the first-shown answer when its P > 0.5, as `Store.agreement_cells` counts them), and a
+    warning when either is poor by the verdict's thresholds."""
+
+    both_orders: int = 0
+    consistent: int = 0
+    first_picks: int = 0
+
+    def add(self, p_order1: float | None, p_order2: float | None) -> None:
+        if p_order1 is None or p_order2 is None:
+            return
+        first1, first2 = p_order1 > 0.5, p_order2 > 0.5
+        self.both_orders += 1
+        self.consistent += first1 != first2
+        self.first_picks += first1 + first2
+
+    def warning(self) -> str:
+        if self.both_orders < MONITOR_MIN_PAIRS:
+            return ""
+        verdict = judge_verdict(JudgeFigures(self.both_orders, self.consistent, self.first_picks, 0, 0, None, None, 0))
+        poor = [s for s in verdict.signals if s.grade == "poor"]
+        if not poor:
+            return ""
+        found = "; ".join(f"{s.name}: {s.explanation}" for s in poor)
+        return f"judge position monitor: {found}. {' '.join(ADVICE[s.name] for s in poor)}"
+
+
 def _ece_interval(ece: float, n: int) -> tuple[float, float]:
     """A rough interval: ECE is a mean absolute deviation, whose sampling noise shrinks like 1/sqrt(n); at
     p = 0.5 a bin's frequency has standard error 0.5/sqrt(n). Good enough to say whether a figure is noise."""

@@ -22,6 +22,7 @@ import yaml
 
 from .config import ConfigError
 from .job_folder import JobFolder, write_json_atomic
+from .workspace import write_file_atomically
 
 TrackerChoice = Literal["workspace", "trackio", "wandb", "mlflow", "tensorboard", "none"]
 # the package each tracker needs: a tracker whose package is missing is refused by name, not skipped silently
@@ -81,12 +82,19 @@ RUN_SETTINGS = (
     "source_run",
 )  # fmt: skip
 INPUT_PARENTS = "parent_runs.json"
+WARNING_FILE = "monitor_warning.txt"
 
 
 def record_input_runs(job: JobFolder, runs: Iterable[str]) -> None:
     """Keep in the job's folder the runs its inputs came from where its config does not name them (the runs that
     made the pairs a labelling job judges): its tracker lists them among its parents."""
     write_json_atomic(job.path / INPUT_PARENTS, {"runs": sorted(set(runs))})
+
+
+def record_warning(job: JobFolder, text: str) -> None:
+    """A job's monitor warning (a labelling job's judge position monitor), or "" once it no longer holds: its
+    tracker notes it with the job's next numbers. Training runs pass theirs directly (`RunContext.track`)."""
+    write_file_atomically(job.path / WARNING_FILE, lambda out: out.write(text.encode()))
 
 
 def _run_named(value, runs_dir: Path) -> str | None:
@@ -234,6 +242,40 @@ class _TensorBoard:
         self.writer.close()
 
 
+class _WithJobWarnings:
+    """A tracker that also notes the job's recorded monitor warning (`record_warning`) whenever it changes: read at
+    each of the job's numbers, a stat when nothing changed."""
+
+    def __init__(self, tracker: Tracker, job: JobFolder):
+        self.tracker, self.path = tracker, job.path / WARNING_FILE
+        self.seen: tuple[int, int] | None = None
+        self.noted = ""
+
+    def _forward(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) == self.seen:
+            return
+        self.seen = (stat.st_mtime_ns, stat.st_size)
+        text = self.path.read_text(encoding="utf-8")
+        if text and text != self.noted:
+            self.tracker.note("monitor_warning", text)
+        self.noted = text
+
+    def log(self, step, metrics):
+        self.tracker.log(step, metrics)
+        self._forward()
+
+    def note(self, key, text):
+        self.tracker.note(key, text)
+
+    def finish(self, status):
+        self._forward()  # the last batch's warning, recorded after its numbers
+        self.tracker.finish(status)
+
+
 def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
     """Start (or resume) the job's run in its tracker, with its config, constitution and parent runs; None when
     the job's config has no tracker field or its tracker is none. Records tracking.json in the job folder."""
@@ -266,7 +308,7 @@ def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
     if name == "mlflow":
         record["mlflow_run_id"] = tracker.resume_id
     write_json_atomic(record_path, record)
-    return tracker
+    return _WithJobWarnings(tracker, job)
 
 
 def tracking_record(job: JobFolder) -> dict | None:

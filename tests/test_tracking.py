@@ -4,6 +4,7 @@ files (TensorBoard's events, W&B's offline run, MLflow's file store, trackio's l
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -222,3 +223,40 @@ def test_a_labelling_job_records_the_runs_its_pairs_came_from(tmp_path):
     config = LabelConfig(constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"), tracker="none")
     job = jobs.prepare("label", config, ws, pairs=pairs)
     assert parent_runs(job) == ["pairs-2"]
+
+
+class PositionJudge:
+    """A judge whose P("A") is 0.9 for the first-shown answer (`biased`), or for the answer that says "GOOD"."""
+
+    name = "position-judge"
+
+    def __init__(self, biased: bool):
+        self.biased = biased
+
+    def score_options(self, chats, options):
+        def p_first(chat) -> float:
+            text = chat[-1]["content"]
+            return 0.9 if self.biased or text.index("GOOD") < text.index("BAD") else 0.1
+
+        return [[math.log(p_first(chat)), math.log(1 - p_first(chat))] for chat in chats]
+
+
+@pytest.mark.parametrize("biased", [True, False])
+def test_a_labelling_job_tells_its_tracker_when_the_judge_picks_by_position(tmp_path, biased):
+    from cai_core import jobs
+    from cai_core.feedback import LabelConfig
+    from cai_core.records import Pair
+
+    answers = ("GOOD answer", "BAD answer")
+    pairs = [Pair(f"p{i}", f"q{i}", *answers[:: 1 - 2 * (i % 2)], "import", "f", i, "a", "b") for i in range(40)]
+    constitution = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    config = LabelConfig(constitution=constitution, model="position-judge", batch_size=8, tracker="tensorboard")
+    job = jobs.run("label", config, Workspace(tmp_path), pairs=pairs, backend=PositionJudge(biased))
+    assert job.progress().status == "done", job.progress().message
+
+    events = tensorboard_events(tmp_path / "tensorboard" / job.run_id)
+    if biased:
+        warning = text_of(events, "monitor_warning")
+        assert "swap consistency" in warning and "first-position bias" in warning
+    else:
+        assert "monitor_warning/text_summary" not in events.Tags()["tensors"]
