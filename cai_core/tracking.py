@@ -13,7 +13,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -242,14 +242,22 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _WithJobWarnings:
-    """A tracker that also notes the job's recorded monitor warning (`record_warning`) whenever it changes: read at
-    each of the job's numbers, a stat when nothing changed."""
+class _JobTracker:
+    """The job's run in its tracker, started at the job's first numbers rather than at its start (importing a tracker
+    takes seconds on a loaded machine: trackio about 8 s here, which would hold back the job's first records), that
+    also notes the job's recorded monitor warning (`record_warning`) whenever it changes: read at each of the job's
+    numbers, a stat when nothing changed."""
 
-    def __init__(self, tracker: Tracker, job: JobFolder):
-        self.tracker, self.path = tracker, job.path / WARNING_FILE
+    def __init__(self, start: Callable[[], Tracker], job: JobFolder):
+        self.start, self.started = start, None
+        self.path = job.path / WARNING_FILE
         self.seen: tuple[int, int] | None = None
         self.noted = ""
+
+    @property
+    def tracker(self) -> Tracker:
+        self.started = self.started or self.start()
+        return self.started
 
     def _forward(self) -> None:
         try:
@@ -273,19 +281,26 @@ class _WithJobWarnings:
 
     def finish(self, status):
         self._forward()  # the last batch's warning, recorded after its numbers
-        self.tracker.finish(status)
+        self.tracker.finish(status)  # a job that ended before its first numbers is still a run, with its status
 
 
 def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
-    """Start (or resume) the job's run in its tracker, with its config, constitution and parent runs; None when
-    the job's config has no tracker field or its tracker is none. Records tracking.json in the job folder."""
-    spec = job.spec
-    config = spec.get("config", {})
+    """The job's run in its tracker, with its config, constitution and parent runs, started (or resumed) at its
+    first numbers; None when the job's config has no tracker field or its tracker is none. A tracker that cannot
+    run here is refused now (`resolve`), not at the first numbers."""
+    config = job.spec.get("config", {})
     if "tracker" not in config:
         return None
     name = resolve(config["tracker"], root)
     if name == "none":
         return None
+    return _JobTracker(lambda: _start(job, root, name), job)
+
+
+def _start(job: JobFolder, root: Path, name: str) -> Tracker:
+    """Start (or resume) the job's run in tracker NAME; records tracking.json in the job folder."""
+    spec = job.spec
+    config = spec["config"]
     record_path = job.path / "tracking.json"
     previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
     constitution = spec.get("constitution") or {}
@@ -308,7 +323,7 @@ def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
     if name == "mlflow":
         record["mlflow_run_id"] = tracker.resume_id
     write_json_atomic(record_path, record)
-    return _WithJobWarnings(tracker, job)
+    return tracker
 
 
 def tracking_record(job: JobFolder) -> dict | None:

@@ -260,3 +260,13 @@ def test_a_labelling_job_tells_its_tracker_when_the_judge_picks_by_position(tmp_
         assert "swap consistency" in warning and "first-position bias" in warning
     else:
         assert "monitor_warning/text_summary" not in events.Tags()["tensors"]
+
+
+def test_the_tracker_starts_at_the_jobs_first_numbers_not_before_its_first_records(tmp_path):
+    job = make_job(tmp_path, "sft-late", "tensorboard")
+    tracker = open_tracker(job, tmp_path)
+    assert tracking_record(job) is None and not (tmp_path / "tensorboard").exists()  # nothing imported or written yet
+    tracker.log(1, {"loss": 1.0})
+    tracker.finish("done")
+    assert tracking_record(job)["tracker"] == "tensorboard"
+    assert [e.value for e in tensorboard_events(tmp_path / "tensorboard" / "sft-late").Scalars("loss")] == [1.0]
