@@ -334,9 +334,10 @@ class LabelWork:
         self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
         per_pair = len(self.constitution.enabled_principles) if config.strategy == "ensemble" else 1
         self._total = job.input_length(INPUT) * per_pair
-        self.monitor, self.warned = PositionMonitor(), ""
+        self.monitor = PositionMonitor()
         labelled = self._counted(job.records("ai_labels"))
         self.labelled = KeySet(_label_key(row["pair_id"], row["principle_id"]) for row in labelled)
+        self.monitor.warned = self.monitor.warning()  # what the job recorded before it stopped
         self._done = len(self.labelled)
         self.calibration = _read_calibration(job)
 
@@ -423,11 +424,8 @@ class LabelWork:
     def store(self, rows: list[dict]) -> None:
         self.job.append("ai_labels", rows)
         self._done += len(rows)
-        for row in rows:
-            self.monitor.add(row["p_order1"], row["p_order2"])
-        if (warning := self.monitor.warning()) != self.warned:
+        if (warning := self.monitor.count(rows)) is not None:
             record_warning(self.job, warning)  # the job's tracker notes it with its next numbers
-            self.warned = warning
 
     def _calibrated(self, batch, verdicts: list[Verdict]) -> list[float | None]:
         """Each verdict's P(a better) read through the run's calibration (None without one, or where it failed):

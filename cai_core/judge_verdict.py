@@ -9,6 +9,7 @@ revisions lowered the judged harm, held to the same thresholds, with what to rew
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -215,13 +216,25 @@ MONITOR_MIN_PAIRS = 32  # pairs judged both ways before the labelling monitor gr
 
 @dataclass
 class PositionMonitor:
-    """The labelling job's monitor: the judge's position figures as its labels come in, which need no people (in each
-    order the judge picks the first-shown answer when its P > 0.5, as `Store.agreement_cells` counts them), and a
-    warning when either is poor by the verdict's thresholds."""
+    """The monitor of a job that judges (labelling, evaluation): the judge's position figures as its verdicts come
+    in, which need no people (in each order the judge picks the first-shown answer when its P > 0.5, as
+    `Store.agreement_cells` counts them), and a warning when either is poor by the verdict's thresholds."""
 
     both_orders: int = 0
     consistent: int = 0
     first_picks: int = 0
+    warned: str = ""  # the warning `count` last returned
+
+    def count(self, rows: Iterable[dict]) -> str | None:
+        """Add each verdict row's two orders; the warning ("" once it no longer holds) when it changed, else None:
+        a job records each change once."""
+        for row in rows:
+            self.add(row["p_order1"], row["p_order2"])
+        warning = self.warning()
+        if warning == self.warned:
+            return None
+        self.warned = warning
+        return warning
 
     def add(self, p_order1: float | None, p_order2: float | None) -> None:
         if p_order1 is None or p_order2 is None:

@@ -270,3 +270,33 @@ def test_the_tracker_starts_at_the_jobs_first_numbers_not_before_its_first_recor
     tracker.finish("done")
     assert tracking_record(job)["tracker"] == "tensorboard"
     assert [e.value for e in tensorboard_events(tmp_path / "tensorboard" / "sft-late").Scalars("loss")] == [1.0]
+
+
+class AnsweringPositionJudge(PositionJudge):
+    """Answers as its name says ("GOOD" or "BAD"), and judges as `PositionJudge`."""
+
+    def __init__(self, name: str, biased: bool):
+        super().__init__(biased)
+        self.name = name
+
+    def generate(self, chats, params, on_done=None):
+        from cai_core.backends import Generation
+
+        if on_done:
+            on_done(len(chats))
+        return [Generation(f"{self.name.upper()} answer", 1, 2, 0.0) for _ in chats]
+
+
+def test_an_evaluation_job_tells_its_tracker_when_its_grader_picks_by_position(tmp_path, monkeypatch):
+    from cai_core import jobs
+    from cai_core.evaluation import EvalConfig
+
+    monkeypatch.setattr("cai_core.evaluation.load_backend", lambda spec, ws: AnsweringPositionJudge(spec, True))
+    config = EvalConfig(
+        models=["good", "bad"], sets=["red-team#limit=20", "benign#limit=20"], judge="judge", tracker="tensorboard"
+    )
+    job = jobs.run("eval", config, Workspace(tmp_path))
+    assert job.progress().status == "done", job.progress().message
+
+    warning = text_of(tensorboard_events(tmp_path / "tensorboard" / job.run_id), "monitor_warning")
+    assert warning.startswith("judge position monitor: swap consistency")
