@@ -24,6 +24,7 @@ from .constitution import Constitution, Principle, load_constitution
 from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for
 from .prompts import load_prompts
 from .records import Trace, TraceStep, to_row
+from .tracking import TrackerChoice, tracker_field
 from .workspace import Workspace
 
 
@@ -62,6 +63,7 @@ class GenerateConfig(CheckedConfig):
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts.", "min": 1})
     chunk_size: int = field(default=64, metadata={"help": "Traces carried through all rounds together.", "min": 1})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip bad prompt lines instead of stopping."})
+    tracker: TrackerChoice = tracker_field()
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )

@@ -29,8 +29,9 @@ from .constitution import Constitution, Principle, load_constitution, parse_cons
 from .evalsets import WRAPPERS, is_refusal, load_sets, refusal_chats, wrap
 from .feedback import OPTIONS, Judge, combine_orders, soft_label
 from .jobs import JobFolder, JobKind, Plan, engine_name
+from .judge_verdict import PositionMonitor
 from .records import EvalAnswer, EvalJudgment, Pair, RoundJudgment, to_row
-from .tracking import TrackerChoice, tracker_field
+from .tracking import TrackerChoice, record_warning, tracker_field
 from .workspace import PROJECT_ROOT, Workspace
 
 INPUT = "input_prompts"  # the job's input file (see JobFolder.write_input)
@@ -166,7 +167,10 @@ class EvalWork(_JudgedWork):
         super().__init__(job, config, workspace)
         self.models = parse_models(config.models)
         self.answers = {(a["prompt_key"], a["wrapper"], a["model"]): a for a in job.read("eval_answers")}
-        self.judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in job.read("eval_judgments")}
+        judgments = job.read("eval_judgments")
+        self.judged = {(j["prompt_key"], j["wrapper"], j["model_a"], j["model_b"]) for j in judgments}
+        self.monitor = PositionMonitor()  # a grader that picks by position skews every win rate
+        self.monitor.count(judgments)
         self.cells = [(p, w) for p in job.read_input(INPUT) for w in config.wrappers]
         self.comparisons = [(p, w, a, b) for p, w in self.cells for a, b in itertools.combinations(self.models, 2)]
 
@@ -197,8 +201,11 @@ class EvalWork(_JudgedWork):
             self.answers.update({(a.prompt_key, a.wrapper, a.model): to_row(a) for a in new})
             return
         new = _compare(self.job.run_id, self.judge(), items, self.answers, self.config.seed)
-        self.job.append("eval_judgments", [to_row(j) for j in new])
+        rows = [to_row(j) for j in new]
+        self.job.append("eval_judgments", rows)
         self.judged.update((j.prompt_key, j.wrapper, j.model_a, j.model_b) for j in new)
+        if (warning := self.monitor.count(rows)) is not None:
+            record_warning(self.job, warning)  # the job's tracker notes it with its next numbers
 
 
 def _answer(run_id: str, name: str, backend: Backend, cells, config: EvalConfig) -> list[EvalAnswer]:

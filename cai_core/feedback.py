@@ -35,8 +35,9 @@ from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution, parse_constitution
 from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for, progress_batch_size
 from .judge_calibration import JudgeCalibration, PlattScaling
+from .judge_verdict import PositionMonitor
 from .records import AILabel, Pair, to_row
-from .tracking import TrackerChoice, tracker_field
+from .tracking import TrackerChoice, record_input_runs, record_warning, tracker_field
 from .workspace import Workspace
 
 OPTIONS = ("A", "B")
@@ -286,7 +287,10 @@ def _plan(config: LabelConfig, workspace: Workspace, pairs: list[Pair] | None = 
     inputs = {INPUT: [to_row(p) for p in pairs]}
     if config.calibration:
         inputs[CALIBRATION_INPUT] = [_calibration_row(store, config.calibration, constitution)]
-    return Plan(config.model, constitution=constitution, inputs=inputs)
+    origins = {pair.origin for pair in pairs}  # the runs (or files) the pairs came from: the labels' lineage
+    return Plan(
+        config.model, constitution=constitution, inputs=inputs, then=lambda job: record_input_runs(job, origins)
+    )
 
 
 def _calibration_row(store, calibration_id: str, constitution: Constitution) -> dict:
@@ -330,9 +334,18 @@ class LabelWork:
         self.constitution = parse_constitution(job.spec["constitution"]["content"], f"run {job.run_id}")
         per_pair = len(self.constitution.enabled_principles) if config.strategy == "ensemble" else 1
         self._total = job.input_length(INPUT) * per_pair
-        self.labelled = KeySet(_label_key(row["pair_id"], row["principle_id"]) for row in job.records("ai_labels"))
+        self.monitor = PositionMonitor()
+        labelled = self._counted(job.records("ai_labels"))
+        self.labelled = KeySet(_label_key(row["pair_id"], row["principle_id"]) for row in labelled)
+        self.monitor.warned = self.monitor.warning()  # what the job recorded before it stopped
         self._done = len(self.labelled)
         self.calibration = _read_calibration(job)
+
+    def _counted(self, rows):
+        """The rows, each counted by the position monitor on the way (one pass over what a resumed job labelled)."""
+        for row in rows:
+            self.monitor.add(row["p_order1"], row["p_order2"])
+            yield row
 
     def total(self) -> int:
         return self._total
@@ -411,6 +424,8 @@ class LabelWork:
     def store(self, rows: list[dict]) -> None:
         self.job.append("ai_labels", rows)
         self._done += len(rows)
+        if (warning := self.monitor.count(rows)) is not None:
+            record_warning(self.job, warning)  # the job's tracker notes it with its next numbers
 
     def _calibrated(self, batch, verdicts: list[Verdict]) -> list[float | None]:
         """Each verdict's P(a better) read through the run's calibration (None without one, or where it failed):

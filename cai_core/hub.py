@@ -4,7 +4,8 @@ A repository is created private unless asked otherwise, and gets a card saying w
 (name and version) it was made under and, for labelled data, the label run and its judge's reliability verdict
 (`agreement.label_run_verdict`), so whoever downloads it knows how far to trust the labels. The workbench is
 offline by default (HF_HUB_OFFLINE=1): a push is the operator's explicit choice and needs HF_HUB_OFFLINE=0, a token
-and a network; HF_ENDPOINT points it at another Hub."""
+(HF_TOKEN, or the one `hf auth login` saved) and a network; HF_ENDPOINT points it at another Hub. All three come from
+where the app or the command runs, never from a page: the pages only name the repository."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .exports import load_export
+from .auth import require_operator
+from .exports import ExportFormat, load_export, write_export
 
 
 class HubError(ValueError):
@@ -63,8 +65,7 @@ def export_provenance(rows: pd.DataFrame, store=None) -> Provenance:
     if store is not None:
         from .agreement import label_run_verdict
 
-        runs = store.con.execute("SELECT run_id, constitution_name, constitution_version FROM runs").df()
-        named = runs.set_index("run_id")
+        named = store.runs("label").set_index("run_id")
         for run in label_runs:
             verdicts[run] = label_run_verdict(store, run).headline()
             if run in named.index:
@@ -72,13 +73,29 @@ def export_provenance(rows: pd.DataFrame, store=None) -> Provenance:
     return Provenance(sorted(set(constitutions)), label_runs, verdicts)
 
 
-def _api(token: str | None):
-    from huggingface_hub import HfApi, constants
+def hub_token() -> str | None:
+    """The operator's Hub token: HF_TOKEN, else the one `hf auth login` saved."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def cannot_push(token: str | None) -> str | None:
+    """Why a push cannot start here, in words that say how to turn it on; None when it can."""
+    from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        raise HubError("the workbench is offline (HF_HUB_OFFLINE=1): set HF_HUB_OFFLINE=0 to push to the Hub")
+        return "the workbench is offline (HF_HUB_OFFLINE=1): set HF_HUB_OFFLINE=0 to push to the Hub"
     if not token:
-        raise HubError("pushing needs a Hub token with write access (--token, or HF_TOKEN)")
+        return "pushing needs a Hub token with write access (HF_TOKEN, `hf auth login`, or --token)"
+    return None
+
+
+def _api(token: str | None):
+    from huggingface_hub import HfApi
+
+    if reason := cannot_push(token):
+        raise HubError(reason)
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
 
 
@@ -87,6 +104,7 @@ def push(path: str | Path, repo_id: str, card: str, *, token: str | None, repo_t
     returns the commit's URL."""
     from huggingface_hub import CommitOperationAdd
 
+    require_operator("push to the Hub")
     path = Path(path)
     if not path.exists():
         raise HubError(f"{path}: no such file or folder to push")
@@ -108,6 +126,25 @@ def push_export(
     rows = dataset.to_pandas()
     card = dataset_card(repo_id, kind, len(rows), export_provenance(rows, store))
     return push(path, repo_id, card, token=token, repo_type="dataset", private=private)
+
+
+def write_and_push_export(
+    rows: pd.DataFrame,
+    path: Path,
+    fmt: ExportFormat,
+    kind: str,
+    repo_id: str,
+    *,
+    token: str | None,
+    store,
+    private=True,
+) -> str:
+    """What the Data page's Hub button does: write the export where its Write button would, then push it with its
+    card. Nothing is written when the push cannot start."""
+    if reason := cannot_push(token):
+        raise HubError(reason)
+    write_export(rows, path, fmt)
+    return push_export(path, repo_id, kind, token=token, store=store, private=private)
 
 
 def model_card(repo_id: str, run: dict) -> str:

@@ -9,6 +9,7 @@ revisions lowered the judged harm, held to the same thresholds, with what to rew
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,6 +209,50 @@ def judge_verdict(f: JudgeFigures) -> Verdict:
         name = "trustworthy"
     advice = tuple(ADVICE[s.name] for s in signals if s.grade in ("poor", "weak"))
     return Verdict(name, tuple(signals), advice)
+
+
+MONITOR_MIN_PAIRS = 32  # pairs judged both ways before the labelling monitor grades the judge: fewer are noise
+
+
+@dataclass
+class PositionMonitor:
+    """The monitor of a job that judges (labelling, evaluation): the judge's position figures as its verdicts come
+    in, which need no people (in each order the judge picks the first-shown answer when its P > 0.5, as
+    `Store.agreement_cells` counts them), and a warning when either is poor by the verdict's thresholds."""
+
+    both_orders: int = 0
+    consistent: int = 0
+    first_picks: int = 0
+    warned: str = ""  # the warning `count` last returned
+
+    def count(self, rows: Iterable[dict]) -> str | None:
+        """Add each verdict row's two orders; the warning ("" once it no longer holds) when it changed, else None:
+        a job records each change once."""
+        for row in rows:
+            self.add(row["p_order1"], row["p_order2"])
+        warning = self.warning()
+        if warning == self.warned:
+            return None
+        self.warned = warning
+        return warning
+
+    def add(self, p_order1: float | None, p_order2: float | None) -> None:
+        if p_order1 is None or p_order2 is None:
+            return
+        first1, first2 = p_order1 > 0.5, p_order2 > 0.5
+        self.both_orders += 1
+        self.consistent += first1 != first2
+        self.first_picks += first1 + first2
+
+    def warning(self) -> str:
+        if self.both_orders < MONITOR_MIN_PAIRS:
+            return ""
+        verdict = judge_verdict(JudgeFigures(self.both_orders, self.consistent, self.first_picks, 0, 0, None, None, 0))
+        poor = [s for s in verdict.signals if s.grade == "poor"]
+        if not poor:
+            return ""
+        found = "; ".join(f"{s.name}: {s.explanation}" for s in poor)
+        return f"judge position monitor: {found}. {' '.join(ADVICE[s.name] for s in poor)}"
 
 
 def _ece_interval(ece: float, n: int) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from .config import CheckedConfig
 from .jobs import JobFolder, JobKind, Plan, engine_name
 from .prompts import csv_rows, load_prompts, read_text
 from .records import HUMAN_CHOICES, HumanLabel, Pair, to_row
+from .tracking import TrackerChoice, tracker_field
 from .workspace import Workspace
 
 ASSISTANT_TURN = "\n\nAssistant:"
@@ -309,6 +310,7 @@ class SampleConfig(CheckedConfig):
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts.", "min": 1})
     chunk_size: int = field(default=16, metadata={"help": "Prompts sampled together (K answers each).", "min": 1})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip bad prompt lines instead of stopping."})
+    tracker: TrackerChoice = tracker_field()
     run_id: str | None = field(
         default=None, metadata={"help": "Name of the run; by default a hash of everything above, so rerunning resumes."}
     )

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -21,6 +22,7 @@ import yaml
 
 from .config import ConfigError
 from .job_folder import JobFolder, write_json_atomic
+from .workspace import write_file_atomically
 
 TrackerChoice = Literal["workspace", "trackio", "wandb", "mlflow", "tensorboard", "none"]
 # the package each tracker needs: a tracker whose package is missing is refused by name, not skipped silently
@@ -73,18 +75,57 @@ def resolve(choice: str, root: Path) -> str:
     return name
 
 
-def parent_runs(run_id: str, config: dict, runs_dir: Path) -> list[str]:
-    """The runs this one came from: the recipe whose stage it is (the stage's id names it) and any run it starts
-    from (its model, reward model or reference is a run id)."""
-    parents = []
-    recipe = re.match(r"^(recipe-[A-Za-z0-9]+)-i\d+-", run_id)
-    if recipe:
-        parents.append(recipe.group(1))
-    for key in ("model", "reward_model", "ref_model", "judge_model"):
-        value = config.get(key)
-        if isinstance(value, str) and value and "/" not in value and (runs_dir / value / "run.json").exists():
-            parents.append(value)
-    return parents
+# the settings that may name a run a job starts from or reads: a run id, or a path inside its folder (a recipe
+# stage's model is the earlier stage's runs/ID/final)
+RUN_SETTINGS = (
+    "model", "critic_model", "reward_model", "ref_model", "judge_model", "judge", "labels", "dataset", "prompts",
+    "source_run",
+)  # fmt: skip
+INPUT_PARENTS = "parent_runs.json"
+WARNING_FILE = "monitor_warning.txt"
+
+
+def record_input_runs(job: JobFolder, runs: Iterable[str]) -> None:
+    """Keep in the job's folder the runs its inputs came from where its config does not name them (the runs that
+    made the pairs a labelling job judges): its tracker lists them among its parents."""
+    write_json_atomic(job.path / INPUT_PARENTS, {"runs": sorted(set(runs))})
+
+
+def record_warning(job: JobFolder, text: str) -> None:
+    """A job's monitor warning (a labelling job's judge position monitor), or "" once it no longer holds: its
+    tracker notes it with the job's next numbers. Training runs pass theirs directly (`RunContext.track`)."""
+    write_file_atomically(job.path / WARNING_FILE, lambda out: out.write(text.encode()))
+
+
+def _run_named(value, runs_dir: Path) -> str | None:
+    """The run a setting names, by its id or by a path inside its folder; None for anything else."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    if len(path.parts) == 1 and not path.is_absolute():
+        run = value
+    else:
+        try:
+            run = path.resolve().relative_to(runs_dir.resolve()).parts[0]
+        except (ValueError, IndexError):
+            return None
+    return run if (runs_dir / run / "run.json").exists() else None
+
+
+def parent_runs(job: JobFolder) -> list[str]:
+    """The runs this one came from: the recipe whose stage it is (the stage's id names it), the runs its settings
+    name (its model, reward model, labels, data, or each model an evaluation compares) and the runs its inputs
+    came from (`record_input_runs`)."""
+    runs_dir, config = job.path.parent, job.spec.get("config", {})
+    recipe = re.match(r"^(recipe-[A-Za-z0-9]+)-i\d+-", job.run_id)
+    named = [config.get(key) for key in RUN_SETTINGS]
+    named += [spec.split("=", 1)[-1] for spec in config.get("models") or [] if isinstance(spec, str)]
+    recorded = job.path / INPUT_PARENTS
+    if recorded.exists():
+        named += json.loads(recorded.read_text(encoding="utf-8"))["runs"]
+    found = [recipe.group(1)] if recipe else []
+    found += [run for value in named if (run := _run_named(value, runs_dir))]
+    return [run for run in dict.fromkeys(found) if run != job.run_id]
 
 
 class Tracker(Protocol):
@@ -201,16 +242,65 @@ class _TensorBoard:
         self.writer.close()
 
 
+class _JobTracker:
+    """The job's run in its tracker, started at the job's first numbers rather than at its start (importing a tracker
+    takes seconds on a loaded machine: trackio about 8 s here, which would hold back the job's first records), that
+    also notes the job's recorded monitor warning (`record_warning`) whenever it changes: read at each of the job's
+    numbers, a stat when nothing changed."""
+
+    def __init__(self, start: Callable[[], Tracker], job: JobFolder):
+        self.start, self.started = start, None
+        self.path = job.path / WARNING_FILE
+        self.seen: tuple[int, int] | None = None
+        self.noted = ""
+
+    @property
+    def tracker(self) -> Tracker:
+        self.started = self.started or self.start()
+        return self.started
+
+    def _forward(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) == self.seen:
+            return
+        self.seen = (stat.st_mtime_ns, stat.st_size)
+        text = self.path.read_text(encoding="utf-8")
+        if text and text != self.noted:
+            self.tracker.note("monitor_warning", text)
+        self.noted = text
+
+    def log(self, step, metrics):
+        self.tracker.log(step, metrics)
+        self._forward()
+
+    def note(self, key, text):
+        self.tracker.note(key, text)
+
+    def finish(self, status):
+        self._forward()  # the last batch's warning, recorded after its numbers
+        self.tracker.finish(status)  # a job that ended before its first numbers is still a run, with its status
+
+
 def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
-    """Start (or resume) the job's run in its tracker, with its config, constitution and parent runs; None when
-    the job's config has no tracker field or its tracker is none. Records tracking.json in the job folder."""
-    spec = job.spec
-    config = spec.get("config", {})
+    """The job's run in its tracker, with its config, constitution and parent runs, started (or resumed) at its
+    first numbers; None when the job's config has no tracker field or its tracker is none. A tracker that cannot
+    run here is refused now (`resolve`), not at the first numbers."""
+    config = job.spec.get("config", {})
     if "tracker" not in config:
         return None
     name = resolve(config["tracker"], root)
     if name == "none":
         return None
+    return _JobTracker(lambda: _start(job, root, name), job)
+
+
+def _start(job: JobFolder, root: Path, name: str) -> Tracker:
+    """Start (or resume) the job's run in tracker NAME; records tracking.json in the job folder."""
+    spec = job.spec
+    config = spec["config"]
     record_path = job.path / "tracking.json"
     previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
     constitution = spec.get("constitution") or {}
@@ -218,7 +308,7 @@ def open_tracker(job: JobFolder, root: Path) -> Tracker | None:
         "kind": spec.get("kind", ""),
         "constitution": constitution.get("name", ""),
         "constitution_version": constitution.get("version", ""),
-        "parent_runs": ",".join(parent_runs(job.run_id, config, job.path.parent)),
+        "parent_runs": ",".join(parent_runs(job)),
     }
     run_config = {**config, **facts}  # the facts go with the config, where every tracker shows and filters runs
     if name == "trackio":

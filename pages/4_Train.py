@@ -25,6 +25,7 @@ from cai_core.train.config import config_from_dict
 from cai_core.train.dpo import describe_probability, recorded_probability
 from cai_core.train.form import form_label, latest_finished, reward_choices
 from cai_core.train.models import finished_model
+from ui.hub import model_push
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
 from ui.monitor import monitor_section
 from ui.paging import page_of, pager
@@ -309,6 +310,7 @@ def runs_panel() -> bool:
         if model:
             st.caption("Model folder (a model spec for every page):")
             st.code(model, language=None)
+            model_push(job, disabled=settings.read_only)
         if tracked := tracking_record(job):
             if tracked["link"]:
                 st.link_button(f"Open in {tracked['tracker']}", tracked["link"], icon=":material/monitoring:")

@@ -2,6 +2,7 @@
 changed. The recipe and each of its stages are ordinary jobs (`cai recipe run FILE --background` starts the same),
 so cancel, resume and the logs work as they do on the other pages."""
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -24,6 +25,7 @@ from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, live_panel
 from ui.monitor import monitor_section
 from ui.settings import connect, setup
 from ui.text import md_escape, show_flash, when
+from ui.tracking import tracker_choice
 
 settings = setup("Recipe")
 ws = settings.workspace
@@ -78,8 +80,9 @@ with st.expander(f"{config.name}: {len(plan(config))} stages over {config.iterat
     st.code(files[choice].read_text(encoding="utf-8"), language="yaml")
 
 job = Recipe(config, ws).job
+tracker = tracker_choice(config.tracker, "recipe_tracker")  # the recipe's and its stages'; not part of its id
 if st.button("Start (or resume)", key="recipe_start", type="primary", disabled=settings.read_only):
-    job = start_from_form(ws, "recipe", lambda: config, "") or job
+    job = start_from_form(ws, "recipe", lambda: dataclasses.replace(config, tracker=tracker), "") or job
 
 
 def recipe_panel() -> bool:

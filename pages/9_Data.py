@@ -17,6 +17,7 @@ import streamlit as st
 from cai_core.auth import OPERATOR
 from cai_core.export_job import ExportConfig
 from cai_core.exports import FORMATS, KINDS, export_bytes, export_count, export_path, export_rows, write_export
+from cai_core.hub import write_and_push_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
     PairFileError,
@@ -27,6 +28,7 @@ from cai_core.pairs import (
 )
 from cai_core.store import Store
 from cai_core.workspace import OutsideWorkspace
+from ui.hub import hub_push
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
@@ -285,6 +287,17 @@ with connect(ws) as store:
                 )
         if fmt == "hf":
             export_tab.caption("A datasets folder is many files: it is written into the data folder, not downloaded.")
+
+        def push_to_hub(repo: str, private: bool, token: str) -> str:
+            """Write the export to `target`, as the Write button does, and push it with its card."""
+            with Store.open(ws) as own:
+                path = ws.browser_write_path(target)
+                return write_and_push_export(
+                    export_rows(own, kind, **filters), path, fmt, kind, repo, token=token, store=own, private=private
+                )
+
+        with export_tab:
+            hub_push("export_hub", f"the {kind} export", push_to_hub)
     with export_tab:
         job_cards(
             export_jobs,

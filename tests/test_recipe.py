@@ -18,7 +18,7 @@ from markupsafe import escape
 
 from cai_core import jobs
 from cai_core.jobs import JobFolder
-from cai_core.recipe import RecipeConfig, RecipeError, load_recipe, plan, stage_table
+from cai_core.recipe import Recipe, RecipeConfig, RecipeError, load_recipe, plan, stage_table
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -414,3 +414,33 @@ def test_the_frontier_has_one_point_per_iteration_stage_and_arm_with_intervals_o
     assert all(trace.error_x.array is not None and trace.error_y.array is not None for trace in chart.data)
     table = frontier_table(points).set_index(["stage and arm", "iteration"])
     assert table.loc[("CAI SFT", 1), "refusal (harmful prompts)"].startswith("0.50 [0.15, 0.85] (n=4)")
+
+
+def test_every_stage_reports_to_the_recipes_tracker_unless_its_section_names_one(workspace):
+    settings = {"rl_config": {"tracker": "none"}, "arms": ["cai", "rlhf"]}
+    config = RecipeConfig(tracker="tensorboard", **settings)
+    assert config.recipe_id == RecipeConfig(**settings).recipe_id  # watched elsewhere, it is the same run
+    recipe = Recipe(config, workspace)
+    trackers = {
+        (stage.step, stage.arm): recipe.build(stage).tracker
+        for stage in plan(config)
+        if stage.step != "sft"  # its data is exported from the generation's traces first
+    }
+    assert trackers.pop(("rl", "cai")) == trackers.pop(("rl", "rlhf")) == "none"
+    assert set(trackers) >= {("generate", "cai"), ("pairs", "cai"), ("label", "cai"), ("rm", "cai"), ("eval", "cai")}
+    assert set(trackers.values()) == {"tensorboard"}
+    default = RecipeConfig()
+    assert Recipe(default, workspace).build(plan(default)[0]).tracker == "workspace"
+
+
+def test_cai_recipe_run_takes_a_tracker(tmp_path, workspace, monkeypatch):
+    from cai_core.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: tracked\ntracker: mlflow\n", encoding="utf-8")
+    assert load_recipe(path).tracker == "mlflow"
+    launched = []
+    monkeypatch.setattr("cai_core.cli.recipe.launch", lambda job, ws: launched.append(job) or 0)
+    command = ["--data-dir", str(workspace.root), "recipe", "run", str(path), "--tracker", "none", "--background"]
+    assert main(command) == 0
+    assert launched[0].spec["config"]["tracker"] == "none"

@@ -4,6 +4,7 @@ files (TensorBoard's events, W&B's offline run, MLflow's file store, trackio's l
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -14,10 +15,18 @@ import pytest
 
 from cai_core.job_folder import JobFolder, identity_settings
 from cai_core.job_runner import run_job
-from cai_core.tracking import PROJECT, TrackingError, open_tracker, resolve, tracking_record
+from cai_core.tracking import (
+    PROJECT,
+    TrackingError,
+    open_tracker,
+    parent_runs,
+    record_input_runs,
+    resolve,
+    tracking_record,
+)
 from cai_core.train.context import RunContext
 from cai_core.train.sft import SFTConfig
-from cai_core.workspace import Workspace
+from cai_core.workspace import PROJECT_ROOT, Workspace
 
 CONSTITUTION = {"name": "harmless", "version": "v1abc", "content": "name: harmless"}
 
@@ -131,7 +140,7 @@ from pathlib import Path
 from cai_core.job_folder import JobFolder
 from cai_core.train.context import RunContext
 from cai_core.train.sft import SFTConfig
-from cai_core.workspace import Workspace
+from cai_core.workspace import PROJECT_ROOT, Workspace
 ctx = RunContext(JobFolder(sys.argv[1]), SFTConfig(), Workspace(Path(sys.argv[1]).parents[1]))
 ctx.log_metrics(1, {"loss": 0.5})
 ctx.warning = "warning: reward hacking"
@@ -176,8 +185,118 @@ def test_the_tracker_does_not_change_the_run_id():
 def test_every_job_config_declares_the_same_tracker_field():
     import dataclasses
 
+    from cai_core.critique import GenerateConfig
     from cai_core.evaluation import EvalConfig
     from cai_core.feedback import LabelConfig
+    from cai_core.pairs import SampleConfig
+    from cai_core.recipe import RecipeConfig
 
-    fields = [{f.name: f for f in dataclasses.fields(c)}["tracker"] for c in (SFTConfig, LabelConfig, EvalConfig)]
+    configs = (SFTConfig, LabelConfig, EvalConfig, GenerateConfig, SampleConfig, RecipeConfig)
+    fields = [{f.name: f for f in dataclasses.fields(c)}["tracker"] for c in configs]
     assert len({json.dumps(dict(f.metadata)) for f in fields}) == 1 and fields[0].default == "workspace"
+
+
+def test_an_evaluation_and_a_labelling_job_name_the_runs_they_came_from(tmp_path):
+    make_job(tmp_path, "recipe-ab12-i1-rl", "none")
+    make_job(tmp_path, "pairs-1", "none")
+    models = ["base=default", f"cai={tmp_path / 'runs' / 'recipe-ab12-i1-rl' / 'final'}"]
+    evaluation = make_job(tmp_path, "recipe-ab12-i1-eval", "tensorboard", models=models, judge="default")
+    open_tracker(evaluation, tmp_path).finish("done")
+    labelling = make_job(tmp_path, "label-1", "tensorboard", model="default")
+    record_input_runs(labelling, ["pairs-1", "hh-rlhf.jsonl"])  # a run and an imported file
+    open_tracker(labelling, tmp_path).finish("done")
+
+    assert text_of(tensorboard_events(tmp_path / "tensorboard" / "recipe-ab12-i1-eval"), "parent_runs") == (
+        "recipe-ab12,recipe-ab12-i1-rl"
+    )
+    assert text_of(tensorboard_events(tmp_path / "tensorboard" / "label-1"), "parent_runs") == "pairs-1"
+
+
+def test_a_labelling_job_records_the_runs_its_pairs_came_from(tmp_path):
+    from cai_core import jobs
+    from cai_core.feedback import LabelConfig
+    from cai_core.records import Pair
+
+    ws = Workspace(tmp_path)
+    make_job(tmp_path, "pairs-2", "none")
+    pairs = [Pair(f"p{i}", "hi", "a", "b", "sampled", "pairs-2", i, "0", "1") for i in range(2)]
+    config = LabelConfig(constitution=str(PROJECT_ROOT / "constitutions" / "hhh.yaml"), tracker="none")
+    job = jobs.prepare("label", config, ws, pairs=pairs)
+    assert parent_runs(job) == ["pairs-2"]
+
+
+class PositionJudge:
+    """A judge whose P("A") is 0.9 for the first-shown answer (`biased`), or for the answer that says "GOOD"."""
+
+    name = "position-judge"
+
+    def __init__(self, biased: bool):
+        self.biased = biased
+
+    def score_options(self, chats, options):
+        def p_first(chat) -> float:
+            text = chat[-1]["content"]
+            return 0.9 if self.biased or text.index("GOOD") < text.index("BAD") else 0.1
+
+        return [[math.log(p_first(chat)), math.log(1 - p_first(chat))] for chat in chats]
+
+
+@pytest.mark.parametrize("biased", [True, False])
+def test_a_labelling_job_tells_its_tracker_when_the_judge_picks_by_position(tmp_path, biased):
+    from cai_core import jobs
+    from cai_core.feedback import LabelConfig
+    from cai_core.records import Pair
+
+    answers = ("GOOD answer", "BAD answer")
+    pairs = [Pair(f"p{i}", f"q{i}", *answers[:: 1 - 2 * (i % 2)], "import", "f", i, "a", "b") for i in range(40)]
+    constitution = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
+    config = LabelConfig(constitution=constitution, model="position-judge", batch_size=8, tracker="tensorboard")
+    job = jobs.run("label", config, Workspace(tmp_path), pairs=pairs, backend=PositionJudge(biased))
+    assert job.progress().status == "done", job.progress().message
+
+    events = tensorboard_events(tmp_path / "tensorboard" / job.run_id)
+    if biased:
+        warning = text_of(events, "monitor_warning")
+        assert "swap consistency" in warning and "first-position bias" in warning
+    else:
+        assert "monitor_warning/text_summary" not in events.Tags()["tensors"]
+
+
+def test_the_tracker_starts_at_the_jobs_first_numbers_not_before_its_first_records(tmp_path):
+    job = make_job(tmp_path, "sft-late", "tensorboard")
+    tracker = open_tracker(job, tmp_path)
+    assert tracking_record(job) is None and not (tmp_path / "tensorboard").exists()  # nothing imported or written yet
+    tracker.log(1, {"loss": 1.0})
+    tracker.finish("done")
+    assert tracking_record(job)["tracker"] == "tensorboard"
+    assert [e.value for e in tensorboard_events(tmp_path / "tensorboard" / "sft-late").Scalars("loss")] == [1.0]
+
+
+class AnsweringPositionJudge(PositionJudge):
+    """Answers as its name says ("GOOD" or "BAD"), and judges as `PositionJudge`."""
+
+    def __init__(self, name: str, biased: bool):
+        super().__init__(biased)
+        self.name = name
+
+    def generate(self, chats, params, on_done=None):
+        from cai_core.backends import Generation
+
+        if on_done:
+            on_done(len(chats))
+        return [Generation(f"{self.name.upper()} answer", 1, 2, 0.0) for _ in chats]
+
+
+def test_an_evaluation_job_tells_its_tracker_when_its_grader_picks_by_position(tmp_path, monkeypatch):
+    from cai_core import jobs
+    from cai_core.evaluation import EvalConfig
+
+    monkeypatch.setattr("cai_core.evaluation.load_backend", lambda spec, ws: AnsweringPositionJudge(spec, True))
+    config = EvalConfig(
+        models=["good", "bad"], sets=["red-team#limit=20", "benign#limit=20"], judge="judge", tracker="tensorboard"
+    )
+    job = jobs.run("eval", config, Workspace(tmp_path))
+    assert job.progress().status == "done", job.progress().message
+
+    warning = text_of(tensorboard_events(tmp_path / "tensorboard" / job.run_id), "monitor_warning")
+    assert warning.startswith("judge position monitor: swap consistency")

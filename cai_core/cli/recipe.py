@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 from ..jobs import prepare
-from ..recipe import load_recipe, report_html, stage_table
+from ..recipe import RecipeConfig, load_recipe, report_html, stage_table
 from ..store import Store
+from ..tracking import TrackerChoice
 from ..workspace import Workspace
 from .jobs import launch, run_here
 
@@ -14,6 +17,8 @@ from .jobs import launch, run_here
 def cmd_recipe_run(args, ws: Workspace) -> int:
     """Start the recipe, or resume it at its first unfinished stage."""
     config = load_recipe(args.file)
+    if args.tracker:
+        config = dataclasses.replace(config, tracker=args.tracker)
     job = prepare("recipe", config, ws)
     if args.background:
         return launch(job, ws)
@@ -49,6 +54,12 @@ def add_parsers(sub) -> None:
     p = recipe_sub.add_parser("run", help="Run a recipe YAML (see recipes/); rerunning resumes where it stopped.")
     p.add_argument("file", help="The recipe YAML file.")
     p.add_argument("--background", action="store_true", help="Start it detached and return at once.")
+    tracker = {f.name: f for f in dataclasses.fields(RecipeConfig)}["tracker"]
+    p.add_argument(
+        "--tracker",
+        choices=typing.get_args(TrackerChoice),
+        help=tracker.metadata["help"] + " The recipe and every stage report there (the file's `tracker` otherwise).",
+    )
     p.set_defaults(func=cmd_recipe_run)
     p = recipe_sub.add_parser("status", help="Each stage of a recipe: its run, status and progress.")
     p.add_argument("file", help="The recipe YAML file.")

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import CheckedConfig, ConfigError, load_config_file
+from ..job_folder import identity_settings
 from ..jobs import JobFolder, run_id_for
+from ..tracking import TrackerChoice, tracker_field
 from ..workspace import PROJECT_ROOT, Workspace
 
 ARMS = ("cai", "sft-baseline", "rlhf")
@@ -56,6 +58,7 @@ class RecipeConfig(CheckedConfig):
             "and unsafe halves, harmbench, do-not-answer) unless given."
         },
     )
+    tracker: TrackerChoice = tracker_field()  # the recipe's and every stage's, unless the stage's section names one
 
     def check(self) -> None:
         try:
@@ -95,7 +98,7 @@ class RecipeConfig(CheckedConfig):
 
     @property
     def recipe_id(self) -> str:
-        return run_id_for("recipe", dataclasses.asdict(self))
+        return run_id_for("recipe", identity_settings(dataclasses.asdict(self)))
 
 
 PATH_FIELDS = ("constitution", "red_team_prompts", "helpful_prompts")
@@ -230,6 +233,14 @@ class Recipe:
         self.job.write_input("prompts", rows)
 
     def build(self, stage: Stage):
+        """The stage's config, reporting to the recipe's tracker unless the recipe leaves it to the workspace or the
+        stage's own section names one."""
+        config = self._stage_config(stage)
+        if self.config.tracker == "workspace" or config.tracker != "workspace":
+            return config
+        return dataclasses.replace(config, tracker=self.config.tracker)
+
+    def _stage_config(self, stage: Stage):
         """The stage's config, from the recipe's settings for that step and the runs before it."""
         c, i = self.config, stage.iteration
         run_id = stage.run_id(c.recipe_id)
