@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -106,13 +107,23 @@ def api_key(ws: Workspace) -> str:
     """The data folder's key for its services, made on first use, readable by its owner only."""
     path = engines_dir(ws) / "api_key"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        # Written whole under a name of its own, then linked into place (which fails if another start got there
+        # first): a start that reads the key never sees it half-written. An empty key read that way once made a
+        # second start take the first's server for hung (it refused the empty key) and start another.
+        draft = path.with_name(f"api_key.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)  # a copy or an umask widened it: the key is worth nothing once others can read it
-    return path.read_text(encoding="utf-8").strip()
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:  # left by a start killed mid-write before keys were linked into place: it would guard nothing
+        raise BackendError(f"the service key file {path} is empty: delete it and a new key is made at the next start")
+    return key
 
 
 def served_name(model: str) -> str:
