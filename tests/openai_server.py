@@ -202,6 +202,7 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # a group of its own: `kill_vllm_server` takes its engine process too
             )
             for url, log in zip(urls, logs, strict=True)
         ]
@@ -231,9 +232,13 @@ _VLLM_PROCESSES: dict = {}  # base URL -> Popen of each server `vllm_servers` ru
 
 
 def kill_vllm_server(url: str) -> None:
-    """`kill -9` of the vLLM server at URL (one that `vllm_servers` started): a node of the fleet lost mid-job."""
+    """`kill -9` of the vLLM server at URL (one that `vllm_servers` started) and of its EngineCore process: a node
+    of the fleet lost mid-job. Killed alone, the API server left its EngineCore behind, spinning, for good."""
+    import os
+    import signal
+
     process = _VLLM_PROCESSES[url]
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
 
 
