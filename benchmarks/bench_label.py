@@ -2,7 +2,7 @@
 reference code, on the same model and the same hh-rlhf pairs, measured in the same run.
 
     python benchmarks/bench_label.py [--model default] [--pairs 32] [--new-tokens 256] [--dtype bfloat16]
-                                     [--engines hf,vllm] [--no-reference]
+                                     [--engines hf,vllm,service] [--no-reference]
 
 - judge: `cai_core.feedback.Judge`, both orders of every pair in one batched scoring pass, P(A) read
   from the option log-probabilities (no text generated).
@@ -12,13 +12,16 @@ reference code, on the same model and the same hh-rlhf pairs, measured in the sa
 Prints pairs per second of both and their ratio, each one's agreement with the crowdworkers' labels
 on the same pairs, and how often the reference's answer could not be read at all. With `--engines hf,vllm`
 the judge also runs on vLLM over the same pairs: its pairs per second, the ratio to the transformers judge,
-and the largest gap between the two engines' P(A).
+and the largest gap between the two engines' P(A); `service` runs it on the workbench's vLLM server (started
+first when none runs, outside the timing, and stopped at the end if this run started it). Each pair is two
+labels (both orders).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -50,6 +53,10 @@ def read_letter(text: str) -> str | None:
     return None
 
 
+def load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -57,7 +64,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256, help="Most tokens the reference style writes.")
     parser.add_argument("--data", default=str(HH_RLHF), help="An hh-rlhf file (the crowdworkers' labels).")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="Precision of the model, on both sides.")
-    parser.add_argument("--engines", default="hf", help="Engines to run the judge on, comma-separated: hf,vllm.")
+    parser.add_argument(
+        "--engines", default="hf", help="Engines to run the judge on, comma-separated: hf,vllm,service."
+    )
     parser.add_argument("--no-reference", action="store_true", help="Time the judge only (the reference is slow).")
     args = parser.parse_args()
 
@@ -75,18 +84,21 @@ def main() -> None:
         return verdicts, time.perf_counter() - began
 
     Judge(backend, constitution).label(items[:2])  # warm-up, so neither side pays for first-call set-up
+    load_before = load()
     verdicts, judge_before = run_judge()
-    engines = {}
-    if "vllm" in args.engines.split(","):
-        vllm = load_backend(f"vllm:{args.model}", Workspace.from_env(), dtype=args.dtype)
-        Judge(vllm, constitution).label(items[:2])
-        vllm_verdicts, vllm_seconds = run_judge(vllm)
-        engines = {
-            "vllm_judge_pairs_per_s": round(len(items) / vllm_seconds, 3),
-            "vllm_vs_hf_judge": round(judge_before / vllm_seconds, 2),
-            "largest_p_a_gap_between_engines": round(
-                max(abs(a.p_a - b.p_a) for a, b in zip(verdicts, vllm_verdicts, strict=True)), 4
+    engines = {"load_before_hf": load_before, "load_after_hf": load()}
+    for engine in [e for e in args.engines.split(",") if e != "hf"]:
+        other = load_backend(f"{engine}:{args.model}", Workspace.from_env(), dtype=args.dtype)
+        Judge(other, constitution).label(items[:2])
+        engines[f"load_before_{engine}"] = load()
+        other_verdicts, other_seconds = run_judge(other)
+        engines |= {
+            f"{engine}_judge_pairs_per_s": round(len(items) / other_seconds, 3),
+            f"{engine}_vs_hf_judge": round(judge_before / other_seconds, 2),
+            f"largest_p_a_gap_hf_{engine}": round(
+                max(abs(a.p_a - b.p_a) for a, b in zip(verdicts, other_verdicts, strict=True)), 4
             ),
+            f"load_after_{engine}": load(),
         }
     n = len(items)
     result = {"model": backend.name, "dtype": args.dtype, "pairs": n, **engines}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from pathlib import Path
 
 from .. import engine_service
@@ -31,15 +32,24 @@ class ServiceBackend:
     context_length = None  # the server refuses a prompt that does not fit, with a message
 
     def __init__(self, workspace: Workspace, model: str, dtype: str = "auto"):
-        from .vllm import _parameter_count
-
         self.workspace, self.model, self.asked_dtype = workspace, model, dtype
         # records name the model as the in-process engines do: the default model by its folder's name
         self.name = FOLDER_NAME if Path(model).name == FOLDER_NAME else model
-        self.dtype = engine_service.resolved_dtype(dtype)
-        self.parameters = _parameter_count(Path(model))
         self.service = engine_service.start(workspace, model, dtype)
         self._client = self._connect()
+
+    # Read by the benchmark alone, so resolved when read: `auto` asks torch whether there is a GPU, and importing
+    # torch (and, through the in-process engine's module, transformers' helpers) costs a job on the warm service
+    # seconds before its first request, many times what the service takes to answer it.
+    @cached_property
+    def dtype(self) -> str:
+        return engine_service.resolved_dtype(self.asked_dtype)
+
+    @cached_property
+    def parameters(self) -> int | None:
+        from .vllm import _parameter_count
+
+        return _parameter_count(Path(self.model))
 
     def _connect(self) -> OpenAICompatBackend:
         url, key = self.service.url, engine_service.api_key(self.workspace)

@@ -11,7 +11,6 @@ import time
 
 from .. import jobs
 from ..jobs import JobBusy, JobFolder, job_kind, list_job_folders
-from ..store import Store, StoreError
 from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
 
@@ -106,6 +105,8 @@ def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
 
 
 def ingest_if_free(ws: Workspace) -> None:
+    from ..store import Store, StoreError  # a job's process needs the store only at its end
+
     try:
         with Store.open(ws, wait_seconds=2) as store:
             added = store.ingest(ws.runs_dir)
@@ -115,6 +116,8 @@ def ingest_if_free(ws: Workspace) -> None:
 
 
 def cmd_ingest(args, ws: Workspace) -> int:
+    from ..store import Store
+
     with Store.open(ws) as store:
         added = store.ingest(ws.runs_dir)
         counts = store.counts()
@@ -123,6 +126,8 @@ def cmd_ingest(args, ws: Workspace) -> int:
 
 
 def cmd_jobs(args, ws: Workspace) -> int:
+    from ..store import Store, StoreError
+
     listed = list_job_folders(ws.runs_dir)
     if not listed:
         print(f"no runs under {ws.runs_dir}")
