@@ -9,10 +9,12 @@ tracker is and how to open it is kept in the job folder's tracking.json, where t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
@@ -147,7 +149,10 @@ class _Trackio:
         import trackio
         from trackio.utils import TRACKIO_DIR
 
-        self.run = trackio.init(project=PROJECT, name=run_id, config=config, resume="allow")
+        # trackio prints its chatter on stdout, where a `cai` command's data goes (`cai bench`'s JSON): it goes
+        # to stderr with every other progress line
+        with contextlib.redirect_stdout(sys.stderr):
+            self.run = trackio.init(project=PROJECT, name=run_id, config=config, resume="allow")
         self.where = TRACKIO_DIR
         self.command = f"TRACKIO_DIR={self.where} trackio show --project {PROJECT}"
         self.link = f"http://127.0.0.1:7860/?project={PROJECT}&runs={run_id}"
@@ -159,7 +164,13 @@ class _Trackio:
         self.run.alert(title=key, text=text)
 
     def finish(self, status):
-        self.run.finish()
+        from trackio import context_vars
+
+        with contextlib.redirect_stdout(sys.stderr):
+            self.run.finish()
+        # Run.finish leaves the run trackio's current one, which its exit hook then finishes again, printing again
+        if context_vars.current_run.get() is self.run:
+            context_vars.current_run.set(None)
 
 
 class _Wandb:
