@@ -186,3 +186,68 @@ def test_the_export_count_matches_the_rows_whatever_the_filters(workspace):
             for revised_only in (False, True):
                 rows = store.final_steps(**filters, revised_only=revised_only)
                 assert store.count_final_steps(**filters, revised_only=revised_only) == len(rows), filters
+
+
+def count_job_file_reads(monkeypatch) -> list[str]:
+    """The run.json and progress.json files read from now on, by name."""
+    read = []
+    real_spec, real_progress = JobFolder.spec.fget, JobFolder.recorded_progress
+    monkeypatch.setattr(JobFolder, "spec", property(lambda self: read.append("run.json") or real_spec(self)))
+    monkeypatch.setattr(
+        JobFolder, "recorded_progress", lambda self: read.append("progress.json") or real_progress(self)
+    )
+    return read
+
+
+def later(monkeypatch, seconds: float) -> None:
+    """Ingest's clock, SECONDS ahead: the job files written just now are as old as a finished job's."""
+    from cai_core.store import ingest
+
+    real = ingest._now_ns
+    monkeypatch.setattr(ingest, "_now_ns", lambda: real() + int(seconds * 1e9))
+
+
+def test_ingest_reads_a_finished_jobs_files_again_only_when_they_change_even_after_a_restart(workspace, monkeypatch):
+    """Every page's redraw ingests first: reading 200 jobs' run.json and progress.json was ~50 ms of it."""
+    ids = finished_runs(workspace, "generate", 3)
+    changed = JobFolder(workspace.runs_dir / ids[0])
+    changed.set_progress("done", 1, 1, message="a")
+    later(monkeypatch, 10)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+    read = count_job_file_reads(monkeypatch)
+    with Store.open(workspace) as store:  # a new connection, as after the app's restart: the stamps are stored
+        store.ingest(workspace.runs_dir)
+        assert read == []
+        before = os.stat(changed.path / "progress.json")
+        changed.set_progress("done", 1, 1, message="b")
+        os.utime(changed.path / "progress.json", ns=(before.st_atime_ns, before.st_mtime_ns))  # its mtime as before
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1
+        assert store.runs("generate").set_index("run_id").message[ids[0]] == "b"
+
+
+def test_ingest_keeps_reading_a_job_file_written_within_its_file_systems_timestamp_granularity(workspace, monkeypatch):
+    finished_runs(workspace, "generate", 1)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)  # its files were written just now: their stat is not to be trusted yet
+        read = count_job_file_reads(monkeypatch)
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1
+        later(monkeypatch, 10)
+        store.ingest(workspace.runs_dir)  # settled now: read once more, then kept
+        read.clear()
+        store.ingest(workspace.runs_dir)
+        assert read == []
+
+
+def test_a_running_jobs_files_are_read_at_every_ingest(workspace, monkeypatch):
+    """Its progress says whether its process is alive: a stat cannot tell that it died."""
+    job = JobFolder.create(workspace.runs_dir, "gen-running", {"kind": "generate", "model": "m", "config": {}})
+    job.set_progress("running", 0, 1, pid=os.getpid())
+    later(monkeypatch, 10)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        read = count_job_file_reads(monkeypatch)
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1

@@ -101,11 +101,12 @@ _HUMAN_COUNTS = """_human_counts AS (
 
 class AgreementQueries:
     def agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
-        """`_agreement_cells`, counted once per connection until it writes (1M labels: a quarter second a count)."""
-        key = ("agreement_cells", labels, float(tie_band), int(bins))
-        if key not in self._counted:
-            self._counted[key] = self._agreement_cells(labels, tie_band, bins)
-        return self._counted[key]
+        """`_agreement_cells`, counted once until the data changes (1M labels: a quarter second a count), which the
+        dashboard and the label gate's over the same labels then share."""
+        return self._reused(
+            ("agreement_cells", labels, float(tie_band), int(bins)),
+            lambda: self._agreement_cells(labels, tie_band, bins),
+        )
 
     def _agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
         """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
