@@ -251,3 +251,36 @@ def test_a_running_jobs_files_are_read_at_every_ingest(workspace, monkeypatch):
         read = count_job_file_reads(monkeypatch)
         store.ingest(workspace.runs_dir)
         assert read.count("progress.json") == 1
+
+
+def test_the_traces_run_filter_offers_a_page_of_runs_and_finds_the_others(workspace):
+    from benchmarks.bench_pages import add_traces
+
+    add_traces(workspace.runs_dir, 60, runs=60)
+    runs = [f"bench-run-{i:03d}" for i in range(60)]
+    at = open_page("pages/2_Traces.py")
+    assert at.selectbox(key="filter_run_id").options == ["(any)", *runs[:50]]  # a page, not all 60
+    at.number_input(key="filter_run_id_page").set_value(2).run()
+    assert at.selectbox(key="filter_run_id").options == ["(any)", *runs[50:]]
+    at.selectbox(key="filter_run_id").set_value("bench-run-055").run()
+    at.text_input(key="filter_run_id_search").set_value("RUN-00").run()
+    assert not at.exception, at.exception
+    # the search starts at its first page; the run chosen stays offered and chosen
+    assert at.selectbox(key="filter_run_id").options == ["(any)", "bench-run-055", *runs[:10]]
+    assert "1 trace match." in at.caption[0].value
+
+
+def test_the_data_pages_run_filters_offer_a_page_of_runs(workspace):
+    from benchmarks.bench_pages import add_traces
+
+    add_traces(workspace.runs_dir, 60, runs=60)
+    labels = finished_runs(workspace, "label", 55)
+    at = open_page("pages/9_Data.py")
+    runs = [f"bench-run-{i:03d}" for i in range(60)]
+    for key in ("slcai_run", "export_run"):
+        assert at.selectbox(key=key).options == ["all", *runs[:50]], key
+    at.selectbox(key="export_kind").set_value("preferences").run()
+    named = ["the latest AI label run", "people's labels"]
+    assert at.selectbox(key="export_labels").options == [*named, *labels[:50]]
+    at.text_input(key="export_labels_search").set_value("label-00").run()
+    assert at.selectbox(key="export_labels").options == [*named, *labels[-10:]]

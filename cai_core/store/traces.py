@@ -82,15 +82,18 @@ class TraceQueries:
         steps = self.con.execute("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY round", [trace_id]).fetchall()
         return Trace(*row), [TraceStep(*s) for s in steps]
 
-    def distinct(self, column: str) -> list[str]:
-        table = "trace_steps" if column == "principle_id" else "traces"
-        assert column in ("run_id", "constitution_version", "model", "principle_id"), column
+    def distinct(self, column: str, containing: str | None = None, limit: int = 50, offset: int = 0) -> list[str]:
+        """A page of the traces' distinct values of COLUMN (those holding CONTAINING, case aside), in order: a
+        filter's choices (200 runs and more are chosen a page at a time, `ui.paging.long_choice`)."""
         return [
             r[0]
             for r in self.con.execute(
-                f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY 1"
+                f"{_distinct_sql(column)} ORDER BY 1 LIMIT ? OFFSET ?", [containing, containing, limit, offset]
             ).fetchall()
         ]
+
+    def count_distinct(self, column: str, containing: str | None = None) -> int:
+        return self._one(f"SELECT count(*) FROM ({_distinct_sql(column)})", [containing, containing])[0]
 
     def final_steps(
         self,
@@ -210,3 +213,13 @@ def _final_steps_sql(
                   WHERE {" AND ".join(clauses)}
                   QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1) {revised}"""
     return sql, params
+
+
+def _distinct_sql(column: str) -> str:
+    """The distinct values of a traces' filter column that hold a text (a parameter given twice; None: all)."""
+    table = "trace_steps" if column == "principle_id" else "traces"
+    assert column in ("run_id", "constitution_version", "model", "principle_id"), column
+    return (
+        f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL "
+        f"AND (?::TEXT IS NULL OR contains(lower({column}), lower(?::TEXT)))"
+    )
