@@ -284,3 +284,31 @@ def test_the_data_pages_run_filters_offer_a_page_of_runs(workspace):
     assert at.selectbox(key="export_labels").options == [*named, *labels[:50]]
     at.text_input(key="export_labels_search").set_value("label-00").run()
     assert at.selectbox(key="export_labels").options == [*named, *labels[-10:]]
+
+
+# what the Agreement and Data pages count over every label or every trace step (a quarter second each at 1M labels)
+COUNTS_OVER_EVERYTHING = ("_agreement_cells", "_alpha_counts", "_disagreements", "_count_final_steps")
+
+
+def test_a_redraw_with_nothing_new_counts_nothing_again_until_the_store_writes(workspace, monkeypatch):
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import seed_pairs, seed_traces
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    counted = []
+    for name in COUNTS_OVER_EVERYTHING:
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, real=real, name=name: counted.append(name) or real(self, *a))
+    agreement, data = open_page("pages/6_Agreement.py"), open_page("pages/9_Data.py")
+    assert {"_agreement_cells", "_count_final_steps"} <= set(counted)
+    counted.clear()
+    agreement.run()
+    data.run()
+    assert not agreement.exception and not data.exception
+    assert counted == []  # each redraw opened a connection of its own: the counts were kept across them
+    with Store.open(workspace) as store:
+        store.save_human_label(HumanLabel("seed-pair-00", "ann", "a"))
+    agreement.run()
+    assert "_agreement_cells" in counted  # a write moved the data on: the new label is counted

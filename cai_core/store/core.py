@@ -152,15 +152,15 @@ class StoreCore:
         """compute(), or what it returned for KEY before, in any session of this process, on the same version of
         this database's data (a page's redraw with nothing new recomputes nothing: a count over 1M labels is a
         quarter second). The version is read before computing, so a result is never older than its version.
-        Inside a write the data is not committed yet: computed afresh, kept nowhere. Callers must not change
-        what it returns: other sessions share it."""
+        Inside a write the data is not committed yet: computed afresh, kept nowhere. Other sessions share what is
+        kept: a DataFrame is handed out as a copy, and other results must not be changed by their callers."""
         if self._writing:
             return compute()
         database, version = self._one("SELECT database_id, version FROM data_version")
         with _reused_guard:
             kept = _reused_results.get(database)
             if kept and kept[0] == version and key in kept[1]:
-                return kept[1][key]
+                return _handed_out(kept[1][key])
         result = compute()
         with _reused_guard:
             kept = _reused_results.pop(database, None)
@@ -173,7 +173,7 @@ class StoreCore:
             _reused_results[database] = kept  # the most recently used database last
             while len(_reused_results) > REUSED_DATABASES:
                 del _reused_results[next(iter(_reused_results))]
-        return result
+        return _handed_out(result)
 
     def _insert_frame(self, verb: str, table: str, frame: pd.DataFrame) -> None:
         """`verb` (INSERT OR IGNORE, INSERT OR REPLACE) every row of a frame whose columns are the table's."""
@@ -189,6 +189,10 @@ class StoreCore:
             table: self._count(table)
             for table in ("constitution_versions", "runs", "traces", "trace_steps", "ai_labels")
         }
+
+
+def _handed_out(result):
+    return result.copy() if isinstance(result, pd.DataFrame) else result
 
 
 def _check_folder(path: Path) -> None:

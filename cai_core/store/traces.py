@@ -116,7 +116,16 @@ class TraceQueries:
         run_id: str | None = None,
         revised_only: bool = False,
     ) -> int:
-        """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw)."""
+        """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw: reused
+        until the data changes)."""
+        return self._reused(
+            ("count_final_steps", constitution_version, max_round, run_id, revised_only),
+            lambda: self._count_final_steps(constitution_version, max_round, run_id, revised_only),
+        )
+
+    def _count_final_steps(
+        self, constitution_version: str | None, max_round: int | None, run_id: str | None, revised_only: bool
+    ) -> int:
         if revised_only:  # the texts of each trace's last revision are compared: only the query itself says
             sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
             return self._one(f"SELECT count(*) FROM ({sql})", params)[0]
