@@ -55,6 +55,7 @@ SPOOLED_TABLES = {
     "judge_calibrations": StoredCalibration,
     "calibration_priors": CalibrationPrior,
 }
+SPOOLED_FILES = {table: JobFolder(Path()).records_path(table).name for table in SPOOLED_TABLES}  # by file name
 # Spooled tables where a record may be written again with a new value, the later one true: a training step
 # logged again after a resume replaces the one logged before the kill (its checkpoint never saw it).
 LATEST_WINS = {
@@ -107,11 +108,12 @@ class IngestQueries:
                     self._store_run(job, run, constitution)
                 if stamp is not None:
                     read.append((folder, run.run_id, stamp))
+            # by name first: a path made and resolved for each table a job might spool into was most of an ingest
+            # with nothing new (200 jobs x 12 tables)
             grown = [
-                (table, path)
-                for table in SPOOLED_TABLES
-                if (path := job.records_path(table)).name in sizes
-                and sizes[path.name] > offsets.get(str(path.resolve()), 0)
+                (table, job.records_path(table))
+                for table, name in SPOOLED_FILES.items()
+                if name in sizes and sizes[name] > offsets.get(f"{folder}/{name}", 0)
             ]
             added += sum(self._ingest_file(path, table) for table, path in grown)
         if read:

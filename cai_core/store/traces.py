@@ -85,15 +85,22 @@ class TraceQueries:
     def distinct(self, column: str, containing: str | None = None, limit: int = 50, offset: int = 0) -> list[str]:
         """A page of the traces' distinct values of COLUMN (those holding CONTAINING, case aside), in order: a
         filter's choices (200 runs and more are chosen a page at a time, `ui.paging.long_choice`)."""
-        return [
-            r[0]
-            for r in self.con.execute(
-                f"{_distinct_sql(column)} ORDER BY 1 LIMIT ? OFFSET ?", [containing, containing, limit, offset]
-            ).fetchall()
-        ]
+        return self._reused(
+            ("distinct", column, containing, limit, offset),
+            lambda: [
+                r[0]
+                for r in self.con.execute(
+                    f"{_distinct_sql(column)} ORDER BY 1 LIMIT ? OFFSET ?", [containing, containing, limit, offset]
+                ).fetchall()
+            ],
+        )
 
     def count_distinct(self, column: str, containing: str | None = None) -> int:
-        return self._one(f"SELECT count(*) FROM ({_distinct_sql(column)})", [containing, containing])[0]
+        """How many values `distinct` pages through (a pass over 100k traces: reused until the data changes)."""
+        return self._reused(
+            ("count_distinct", column, containing),
+            lambda: self._one(f"SELECT count(*) FROM ({_distinct_sql(column)})", [containing, containing])[0],
+        )
 
     def final_steps(
         self,
