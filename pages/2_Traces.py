@@ -18,6 +18,7 @@ from cai_core.records import CRITIQUE_VERDICTS, MAX_NOTE_CHARS, REVISION_VERDICT
 from cai_core.step_flags import FLAGS, flagged_traces, trace_flags
 from cai_core.store import Store, TraceFilter
 from cai_core.textdiff import share_little
+from ui.paging import long_choice
 from ui.settings import connect, setup
 from ui.text import count, md_escape, show_text, show_word_diff, when
 
@@ -113,11 +114,15 @@ with connect(ws) as store:
     cols = st.columns([2, 2, 2, 2, 3])
     chosen = {}
     for col, (column, label) in zip(cols[:4], FILTERS.items(), strict=True):
-        options = [ANY, *store.distinct(column)]
-        key = f"filter_{column}"
-        if ss.get(key) not in options:
-            ss[key] = ANY
-        value = col.selectbox(label, options, key=key, persist_state="session")
+        value = long_choice(  # 200 runs and more: a page of them, and a search box
+            col,
+            label,
+            f"filter_{column}",
+            lambda text, limit, offset, column=column: store.distinct(column, text, limit, offset),
+            lambda text, column=column: store.count_distinct(column, text),
+            first=[ANY],
+            persist_state="session",
+        )
         chosen[column] = None if value == ANY else value
     text = cols[4].text_input(
         "Search", key="filter_text", placeholder="words in prompts, answers, critiques", persist_state="session"

@@ -44,9 +44,9 @@ def label_jobs() -> list[JobFolder]:
     return list_job_folders(ws.runs_dir, kinds=("label",))
 
 
-def labels_spooled() -> int:
+def labels_spooled(latest: list[JobFolder] | None = None) -> int:
     """How many labels the latest label runs have written so far (their progress counts what they spooled)."""
-    return sum(job.progress().done for job in label_jobs()[:SHOWN_LABEL_RUNS])
+    return sum(job.progress().done for job in (label_jobs()[:SHOWN_LABEL_RUNS] if latest is None else latest))
 
 
 def labels_landed() -> bool:
@@ -148,7 +148,8 @@ st.title("Agreement")
 show_flash()
 
 # counted before `connect` ingests: a label spooled in between is taken in now and redraws the page once more
-ss["labels_drawn"], ss["dashboard_drawn_at"] = labels_spooled(), time.monotonic()
+latest_label_jobs = label_jobs()[:SHOWN_LABEL_RUNS]  # one listing for both (200 run.json files read a listing)
+ss["labels_drawn"], ss["dashboard_drawn_at"] = labels_spooled(latest_label_jobs), time.monotonic()
 with connect(ws) as store:
     # People's labels come in on the Annotate page, or from a file on the Data page: one import, one owner.
     st.page_link(
@@ -158,7 +159,7 @@ with connect(ws) as store:
     )
 
     # --- AI labelling runs (what `cai label --background` does) -------------------------------------------
-    labelling = any(job.progress().status in ACTIVE for job in label_jobs()[:SHOWN_LABEL_RUNS])
+    labelling = any(job.progress().status in ACTIVE for job in latest_label_jobs)
     with st.expander("Label pairs with the AI judge", expanded=labelling or store.latest_label_run() is None):
         label_launcher(store)
 

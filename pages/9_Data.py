@@ -30,6 +30,7 @@ from cai_core.store import Store
 from cai_core.workspace import OutsideWorkspace
 from ui.hub import hub_push
 from ui.job_controls import job_cards, start_from_form, starter
+from ui.paging import long_choice
 from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
 from ui.text import count, md_escape, show_flash, when
 
@@ -100,19 +101,29 @@ st.write(
 pairs_tab, import_tab, export_tab = st.tabs(["Pairs from your traces", "Import a file", "Export"])
 
 with connect(ws) as store:
-    generation_runs = store.distinct("run_id")
-    versions = store.distinct("constitution_version")
+
+    def pick_traces(where, column: str, label: str, key: str) -> str:
+        """An SL-CAI run or constitution version, or all: a page of them with a search box where there are many
+        (200 runs and more)."""
+        return long_choice(
+            where,
+            label,
+            key,
+            lambda text, limit, offset: store.distinct(column, text, limit, offset),
+            lambda text: store.count_distinct(column, text),
+            first=[ALL],
+        )
 
     # --- pairs from traces ----------------------------------------------------------------------------------
     with pairs_tab:
         st.subheader("First answer against revision")
         st.caption("Each trace's first answer against its last revision; an unchanged revision gives no pair.")
+        cols = st.columns(3)  # out of the form: a search redraws the choices
+        follow_context("run", "slcai_run")
+        run = pick_traces(cols[0], "run_id", "SL-CAI run", "slcai_run")
+        version = pick_traces(cols[1], "constitution_version", "Constitution version", "slcai_version")
         with st.form("slcai_form"):
-            cols = st.columns(3)
-            follow_context("run", "slcai_run", [ALL, *generation_runs])
-            run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="slcai_run")
-            version = cols[1].selectbox("Constitution version", [ALL, *versions], key="slcai_version")
-            max_round = cols[2].number_input(
+            max_round = st.number_input(
                 "Revision of round at most", 1, None, value=None, placeholder="the last", key="slcai_max_round"
             )
             made = st.form_submit_button("Make pairs", key="slcai_make", type="primary")
@@ -228,17 +239,24 @@ with connect(ws) as store:
         )
         cols = st.columns(3)
         if kind == "preferences":
-            label_runs = [LATEST_LABELS, *store.runs("label").run_id, "human"]
             names = {LATEST_LABELS: "the latest AI label run", "human": "people's labels"}
-            labels = cols[0].selectbox("Labels", label_runs, format_func=lambda r: names.get(r, r), key="export_labels")
+            labels = long_choice(
+                cols[0],
+                "Labels",
+                "export_labels",
+                lambda text, limit, offset: store.run_ids("label", text, limit, offset),
+                lambda text: store.count_runs("label", text),
+                first=list(names),
+                format_func=lambda r: names.get(r, r),
+            )
             min_confidence = cols[1].number_input(
                 "Min confidence |2P - 1|", 0.0, 1.0, value=0.0, step=0.05, key="export_min_confidence"
             )
             filters = {"run_id": labels or None, "min_confidence": min_confidence}
         else:
-            follow_context("run", "export_run", [ALL, *generation_runs])
-            run = cols[0].selectbox("SL-CAI run", [ALL, *generation_runs], key="export_run")
-            version = cols[1].selectbox("Constitution version", [ALL, *versions], key="export_version")
+            follow_context("run", "export_run")
+            run = pick_traces(cols[0], "run_id", "SL-CAI run", "export_run")
+            version = pick_traces(cols[1], "constitution_version", "Constitution version", "export_version")
             max_round = cols[2].number_input(
                 "Revision of round at most", 1, None, value=None, placeholder="the last", key="export_max_round"
             )

@@ -186,3 +186,133 @@ def test_the_export_count_matches_the_rows_whatever_the_filters(workspace):
             for revised_only in (False, True):
                 rows = store.final_steps(**filters, revised_only=revised_only)
                 assert store.count_final_steps(**filters, revised_only=revised_only) == len(rows), filters
+
+
+def count_job_file_reads(monkeypatch) -> list[str]:
+    """The run.json and progress.json files read from now on, by name."""
+    read = []
+    real_spec, real_progress = JobFolder.spec.fget, JobFolder.recorded_progress
+    monkeypatch.setattr(JobFolder, "spec", property(lambda self: read.append("run.json") or real_spec(self)))
+    monkeypatch.setattr(
+        JobFolder, "recorded_progress", lambda self: read.append("progress.json") or real_progress(self)
+    )
+    return read
+
+
+def later(monkeypatch, seconds: float) -> None:
+    """Ingest's clock, SECONDS ahead: the job files written just now are as old as a finished job's."""
+    from cai_core.store import ingest
+
+    real = ingest._now_ns
+    monkeypatch.setattr(ingest, "_now_ns", lambda: real() + int(seconds * 1e9))
+
+
+def test_ingest_reads_a_finished_jobs_files_again_only_when_they_change_even_after_a_restart(workspace, monkeypatch):
+    """Every page's redraw ingests first: reading 200 jobs' run.json and progress.json was ~50 ms of it."""
+    ids = finished_runs(workspace, "generate", 3)
+    changed = JobFolder(workspace.runs_dir / ids[0])
+    changed.set_progress("done", 1, 1, message="a")
+    later(monkeypatch, 10)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+    read = count_job_file_reads(monkeypatch)
+    real_records_path = JobFolder.records_path
+    monkeypatch.setattr(
+        JobFolder, "records_path", lambda self, table: read.append(table) or real_records_path(self, table)
+    )
+    with Store.open(workspace) as store:  # a new connection, as after the app's restart: the stamps are stored
+        store.ingest(workspace.runs_dir)
+        assert read == []  # nor a path made for each table the job might have spooled into
+        before = os.stat(changed.path / "progress.json")
+        changed.set_progress("done", 1, 1, message="b")
+        os.utime(changed.path / "progress.json", ns=(before.st_atime_ns, before.st_mtime_ns))  # its mtime as before
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1
+        assert store.runs("generate").set_index("run_id").message[ids[0]] == "b"
+
+
+def test_ingest_keeps_reading_a_job_file_written_within_its_file_systems_timestamp_granularity(workspace, monkeypatch):
+    finished_runs(workspace, "generate", 1)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)  # its files were written just now: their stat is not to be trusted yet
+        read = count_job_file_reads(monkeypatch)
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1
+        later(monkeypatch, 10)
+        store.ingest(workspace.runs_dir)  # settled now: read once more, then kept
+        read.clear()
+        store.ingest(workspace.runs_dir)
+        assert read == []
+
+
+def test_a_running_jobs_files_are_read_at_every_ingest(workspace, monkeypatch):
+    """Its progress says whether its process is alive: a stat cannot tell that it died."""
+    job = JobFolder.create(workspace.runs_dir, "gen-running", {"kind": "generate", "model": "m", "config": {}})
+    job.set_progress("running", 0, 1, pid=os.getpid())
+    later(monkeypatch, 10)
+    with Store.open(workspace) as store:
+        store.ingest(workspace.runs_dir)
+        read = count_job_file_reads(monkeypatch)
+        store.ingest(workspace.runs_dir)
+        assert read.count("progress.json") == 1
+
+
+def test_the_traces_run_filter_offers_a_page_of_runs_and_finds_the_others(workspace):
+    from benchmarks.bench_pages import add_traces
+
+    add_traces(workspace.runs_dir, 60, runs=60)
+    runs = [f"bench-run-{i:03d}" for i in range(60)]
+    at = open_page("pages/2_Traces.py")
+    assert at.selectbox(key="filter_run_id").options == ["(any)", *runs[:50]]  # a page, not all 60
+    at.number_input(key="filter_run_id_page").set_value(2).run()
+    assert at.selectbox(key="filter_run_id").options == ["(any)", *runs[50:]]
+    at.selectbox(key="filter_run_id").set_value("bench-run-055").run()
+    at.text_input(key="filter_run_id_search").set_value("RUN-00").run()
+    assert not at.exception, at.exception
+    # the search starts at its first page; the run chosen stays offered and chosen
+    assert at.selectbox(key="filter_run_id").options == ["(any)", "bench-run-055", *runs[:10]]
+    assert "1 trace match." in at.caption[0].value
+
+
+def test_the_data_pages_run_filters_offer_a_page_of_runs(workspace):
+    from benchmarks.bench_pages import add_traces
+
+    add_traces(workspace.runs_dir, 60, runs=60)
+    labels = finished_runs(workspace, "label", 55)
+    at = open_page("pages/9_Data.py")
+    runs = [f"bench-run-{i:03d}" for i in range(60)]
+    for key in ("slcai_run", "export_run"):
+        assert at.selectbox(key=key).options == ["all", *runs[:50]], key
+    at.selectbox(key="export_kind").set_value("preferences").run()
+    named = ["the latest AI label run", "people's labels"]
+    assert at.selectbox(key="export_labels").options == [*named, *labels[:50]]
+    at.text_input(key="export_labels_search").set_value("label-00").run()
+    assert at.selectbox(key="export_labels").options == [*named, *labels[-10:]]
+
+
+# what the Agreement and Data pages count over every label or every trace step (a quarter second each at 1M labels)
+COUNTS_OVER_EVERYTHING = ("_agreement_cells", "_alpha_counts", "_disagreements", "_count_final_steps")
+
+
+def test_a_redraw_with_nothing_new_counts_nothing_again_until_the_store_writes(workspace, monkeypatch):
+    from cai_core.records import HumanLabel
+
+    from .browser.seed import seed_pairs, seed_traces
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    seed_traces(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    counted = []
+    for name in COUNTS_OVER_EVERYTHING:
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, real=real, name=name: counted.append(name) or real(self, *a))
+    agreement, data = open_page("pages/6_Agreement.py"), open_page("pages/9_Data.py")
+    assert {"_agreement_cells", "_count_final_steps"} <= set(counted)
+    counted.clear()
+    agreement.run()
+    data.run()
+    assert not agreement.exception and not data.exception
+    assert counted == []  # each redraw opened a connection of its own: the counts were kept across them
+    with Store.open(workspace) as store:
+        store.save_human_label(HumanLabel("seed-pair-00", "ann", "a"))
+    agreement.run()
+    assert "_agreement_cells" in counted  # a write moved the data on: the new label is counted

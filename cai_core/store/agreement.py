@@ -101,11 +101,12 @@ _HUMAN_COUNTS = """_human_counts AS (
 
 class AgreementQueries:
     def agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
-        """`_agreement_cells`, counted once per connection until it writes (1M labels: a quarter second a count)."""
-        key = ("agreement_cells", labels, float(tie_band), int(bins))
-        if key not in self._counted:
-            self._counted[key] = self._agreement_cells(labels, tie_band, bins)
-        return self._counted[key]
+        """`_agreement_cells`, counted once until the data changes (1M labels: a quarter second a count), which the
+        dashboard and the label gate's over the same labels then share."""
+        return self._reused(
+            ("agreement_cells", labels, float(tie_band), int(bins)),
+            lambda: self._agreement_cells(labels, tie_band, bins),
+        )
 
     def _agreement_cells(self, labels: LabelFilter, tie_band: float, bins: int) -> list[dict]:
         """Count cells per (group, AI verdict with ties, without, probability bin), for every grouping in one
@@ -155,6 +156,9 @@ class AgreementQueries:
         restrict = (
             "" if labels.selects_all else f"AND pair_id IN (SELECT pair_id FROM ai_labels WHERE {_where(labels)})"
         )
+        return self._reused(("alpha_counts", labels), lambda: self._alpha_counts(restrict))
+
+    def _alpha_counts(self, restrict: str) -> tuple:
         return self._one(
             f"""WITH {_HUMAN_COUNTS}
                 SELECT count(*), sum(na + nb + nt), sum(na), sum(nb), sum(nt),
@@ -167,6 +171,12 @@ class AgreementQueries:
         """Pairs where the AI's verdict and a person's label (a or b) differ, the most confident AI first (only
         those at least `confidence_floor` from 0.5), with both responses, the labels and the per-order
         probabilities. Finds the disagreeing (run, pair)s from the counts first, then fetches their texts."""
+        return self._reused(
+            ("disagreements", labels, int(limit), float(confidence_floor)),
+            lambda: self._disagreements(labels, limit, confidence_floor),
+        )
+
+    def _disagreements(self, labels: LabelFilter, limit: int, confidence_floor: float) -> pd.DataFrame:
         return self.con.execute(
             f"""WITH {_HUMAN_COUNTS},
                 ai AS ({_ai_pairs_sql(_where(labels), ai_labels_table(labels.calibration_id))}),
@@ -184,11 +194,14 @@ class AgreementQueries:
 
     def label_facet_rows(self) -> pd.DataFrame:
         """run_id, judge_model, constitution_version, principle_id and their latest label time, one row each
-        distinct combination among the AI labels."""
-        return self.con.execute(
-            """SELECT run_id, judge_model, constitution_version, principle_id, max(created_at) AS latest
-               FROM ai_labels GROUP BY ALL"""
-        ).df()
+        distinct combination among the AI labels (a pass over every label: reused until the data changes)."""
+        return self._reused(
+            ("label_facet_rows",),
+            lambda: self.con.execute(
+                """SELECT run_id, judge_model, constitution_version, principle_id, max(created_at) AS latest
+                   FROM ai_labels GROUP BY ALL"""
+            ).df(),
+        )
 
     # --- the judge audit: calibrations, per-principle revision effects ---------------------------------------
 

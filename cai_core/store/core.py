@@ -21,10 +21,10 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import duckdb
 import pandas as pd
@@ -39,6 +39,13 @@ class StoreError(RuntimeError):
 
 
 _write_locks: dict[Path, threading.RLock] = {}
+# What `_reused` keeps: per database id, its data's version and the results computed on it; a few entries each
+# (the filters sessions have open), for a few databases (the app has one; tests make many)
+_reused_results: dict[str, tuple[int, dict]] = {}
+_reused_guard = threading.Lock()
+REUSED_PER_DATABASE = 32
+REUSED_DATABASES = 4
+T = TypeVar("T")
 _write_locks_guard = threading.Lock()
 
 
@@ -53,9 +60,6 @@ class StoreCore:
         self.path = path
         self._lock = _write_lock(path)
         self._writing = False
-        # counting queries read twice in one connection's life (the Agreement page's dashboard, then its label
-        # gate's over the same labels), forgotten at this connection's next write
-        self._counted: dict = {}
 
     @classmethod
     @contextmanager
@@ -131,18 +135,45 @@ class StoreCore:
         if self._writing:
             yield
             return
-        self._counted.clear()
         with self._lock:
             self._exec("BEGIN TRANSACTION")
             self._writing = True
             try:
                 yield
+                self._exec("UPDATE data_version SET version = version + 1")  # what was computed before is stale
             except BaseException:
                 self._exec("ROLLBACK")
                 raise
             finally:
                 self._writing = False
             self._exec("COMMIT")  # a failed commit has already ended the transaction: nothing to roll back
+
+    def _reused(self, key: tuple, compute: Callable[[], T]) -> T:
+        """compute(), or what it returned for KEY before, in any session of this process, on the same version of
+        this database's data (a page's redraw with nothing new recomputes nothing: a count over 1M labels is a
+        quarter second). The version is read before computing, so a result is never older than its version.
+        Inside a write the data is not committed yet: computed afresh, kept nowhere. Other sessions share what is
+        kept: a DataFrame is handed out as a copy, and other results must not be changed by their callers."""
+        if self._writing:
+            return compute()
+        database, version = self._one("SELECT database_id, version FROM data_version")
+        with _reused_guard:
+            kept = _reused_results.get(database)
+            if kept and kept[0] == version and key in kept[1]:
+                return _handed_out(kept[1][key])
+        result = compute()
+        with _reused_guard:
+            kept = _reused_results.pop(database, None)
+            if kept is None or kept[0] < version:
+                kept = (version, {})
+            if kept[0] == version:
+                if len(kept[1]) >= REUSED_PER_DATABASE:
+                    del kept[1][next(iter(kept[1]))]  # the oldest: a session's filters moved on from it
+                kept[1][key] = result
+            _reused_results[database] = kept  # the most recently used database last
+            while len(_reused_results) > REUSED_DATABASES:
+                del _reused_results[next(iter(_reused_results))]
+        return _handed_out(result)
 
     def _insert_frame(self, verb: str, table: str, frame: pd.DataFrame) -> None:
         """`verb` (INSERT OR IGNORE, INSERT OR REPLACE) every row of a frame whose columns are the table's."""
@@ -158,6 +189,10 @@ class StoreCore:
             table: self._count(table)
             for table in ("constitution_versions", "runs", "traces", "trace_steps", "ai_labels")
         }
+
+
+def _handed_out(result):
+    return result.copy() if isinstance(result, pd.DataFrame) else result
 
 
 def _check_folder(path: Path) -> None:

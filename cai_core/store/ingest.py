@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -54,6 +55,7 @@ SPOOLED_TABLES = {
     "judge_calibrations": StoredCalibration,
     "calibration_priors": CalibrationPrior,
 }
+SPOOLED_FILES = {table: JobFolder(Path()).records_path(table).name for table in SPOOLED_TABLES}  # by file name
 # Spooled tables where a record may be written again with a new value, the later one true: a training step
 # logged again after a resume replaces the one logged before the kill (its checkpoint never saw it).
 LATEST_WINS = {
@@ -70,34 +72,55 @@ class IngestQueries:
     def ingest(self, runs_dir: Path) -> int:
         """Copy every job's new records in; returns how many rows were new. Safe to call anytime, from any
         number of sessions at once; what cannot be read is quarantined (see `ingest_problems`). With nothing
-        new it costs three queries and a stat per file, and writes nothing."""
+        new it costs four queries and a listing of each job's folder, reads no file, and writes nothing: a finished
+        job's run.json and progress.json are read again only when their stat differs from the one kept when they
+        were last read (`_job_file_stamp`)."""
         runs = {row[0]: row for row in self.con.execute(f"SELECT {', '.join(columns(Run))} FROM runs").fetchall()}
         offsets = dict(self.con.execute("SELECT path, bytes FROM ingest_offsets").fetchall())
+        stamps = dict(  # a running job's files are read at every ingest: its process may have died since
+            self.con.execute(
+                "SELECT s.folder, s.stamp FROM job_file_stamps s JOIN runs r USING (run_id) "
+                "WHERE r.status NOT IN ('pending', 'running')"
+            ).fetchall()
+        )
         job_problems = dict(  # what is known to be wrong with run.json and progress.json files
             ((path, line), problem)
             for path, line, problem in self.con.execute(
                 "SELECT path, line, problem FROM ingest_problems WHERE path LIKE '%.json'"
             ).fetchall()
         )
-        added = 0
+        added, read = 0, []
+        folders = Path(runs_dir).resolve()
         for job in list_job_folders(runs_dir, unreadable=True):
-            try:
-                run, constitution = _run_record(job)
-            except BadJobFile as exc:
-                if job_problems.get((str(exc.path.resolve()), exc.line)) != exc.problem:  # not written twice
-                    with self._write():
-                        self._quarantine(exc.path, exc.line, exc.problem)
-                continue
-            spooled = _file_sizes(job.path)  # one listing of the folder, not a look per table it might spool
+            # one listing of the folder, not a look per table it might spool; stat'ed before the job's files are
+            # read, so that a change made while they are read is seen at the next ingest
+            sizes, stamp = _listing(job.path)
+            folder = str(folders / job.path.name)
+            if stamp is None or stamps.get(folder) != stamp:
+                try:
+                    run, constitution = _run_record(job)
+                except BadJobFile as exc:
+                    if job_problems.get((str(exc.path.resolve()), exc.line)) != exc.problem:  # not written twice
+                        with self._write():
+                            self._quarantine(exc.path, exc.line, exc.problem)
+                    continue
+                if runs.get(run.run_id) != tuple(run.__dict__.values()):
+                    self._store_run(job, run, constitution)
+                if stamp is not None:
+                    read.append((folder, run.run_id, stamp))
+            # by name first: a path made and resolved for each table a job might spool into was most of an ingest
+            # with nothing new (200 jobs x 12 tables)
             grown = [
-                (table, path)
-                for table in SPOOLED_TABLES
-                if (path := job.records_path(table)).name in spooled
-                and spooled[path.name] > offsets.get(str(path.resolve()), 0)
+                (table, job.records_path(table))
+                for table, name in SPOOLED_FILES.items()
+                if name in sizes and sizes[name] > offsets.get(f"{folder}/{name}", 0)
             ]
-            if runs.get(run.run_id) != tuple(run.__dict__.values()):
-                self._store_run(job, run, constitution)
             added += sum(self._ingest_file(path, table) for table, path in grown)
+        if read:
+            with self._write():
+                self._insert_frame(
+                    "INSERT OR REPLACE", "job_file_stamps", pd.DataFrame(read, columns=["folder", "run_id", "stamp"])
+                )
         return added
 
     def _store_run(self, job: JobFolder, run: Run, constitution: dict | None) -> None:
@@ -182,13 +205,36 @@ class BadJobFile(ValueError):
         self.path, self.problem, self.line = path, problem, line
 
 
-def _file_sizes(folder: Path) -> dict[str, int]:
-    """The size of each spooled (.jsonl) file in FOLDER, by name, from one listing of it."""
+# A file changed this close to the ingest that reads it may change again within its file system's timestamp
+# granularity (a coarse clock tick; a second or two on some file systems) and keep the same stat: its stat is not
+# kept until it is older than this, so it is read at every ingest until then (as git does with "racily clean" files).
+SETTLED_SECONDS = 2.0
+
+
+def _listing(folder: Path) -> tuple[dict[str, int], str | None]:
+    """From one listing of a job's FOLDER: the size of each spooled (.jsonl) file by name, and the stamp of its
+    run.json and progress.json (inode, size, modified and changed times in ns: a file replaced or rewritten
+    differs in one, even when its modified time was set back), or None while either changed too recently to
+    trust it (`SETTLED_SECONDS`) or is missing."""
+    sizes, stats = {}, {}
+    settled_before = _now_ns() - int(SETTLED_SECONDS * 1e9)
     try:
         with os.scandir(folder) as entries:
-            return {entry.name: entry.stat().st_size for entry in entries if entry.name.endswith(".jsonl")}
+            for entry in entries:
+                if entry.name.endswith(".jsonl"):
+                    sizes[entry.name] = entry.stat().st_size
+                elif entry.name in ("run.json", "progress.json"):
+                    stats[entry.name] = entry.stat()
     except FileNotFoundError:  # removed since it was listed
-        return {}
+        return {}, None
+    if len(stats) < 2 or any(max(s.st_mtime_ns, s.st_ctime_ns) >= settled_before for s in stats.values()):
+        return sizes, None
+    stamp = " ".join(f"{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}" for _, s in sorted(stats.items()))
+    return sizes, stamp
+
+
+def _now_ns() -> int:
+    return time.time_ns()
 
 
 def _run_record(job: JobFolder) -> tuple[Run, dict | None]:

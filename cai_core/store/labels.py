@@ -326,7 +326,10 @@ class LabelQueries:
     # --- AI labels -----------------------------------------------------------------------------
 
     def latest_label_run(self) -> str | None:
-        row = self._one("SELECT run_id FROM ai_labels ORDER BY created_at DESC LIMIT 1")
+        """The run of the newest AI label (a pass over every label: reused until the data changes)."""
+        row = self._reused(
+            ("latest_label_run",), lambda: self._one("SELECT run_id FROM ai_labels ORDER BY created_at DESC LIMIT 1")
+        )
         return row[0] if row else None
 
     def pair_preferences(

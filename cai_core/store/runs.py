@@ -7,11 +7,26 @@ import pandas as pd
 
 from ..records import TrainedModel, columns
 
+# runs of a kind whose id holds a text (None: all)
+_KIND_CONTAINING = "kind = ? AND (?::TEXT IS NULL OR contains(lower(run_id), lower(?::TEXT)))"
+
 
 class RunQueries:
     def runs(self, kind: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM runs" + (" WHERE kind = ?" if kind else "") + " ORDER BY created_at DESC"
         return self.con.execute(sql, [kind] if kind else []).df()
+
+    def run_ids(self, kind: str, containing: str | None = None, limit: int = 50, offset: int = 0) -> list[str]:
+        """A page of the ids of KIND's runs (those holding CONTAINING, case aside), newest first: a filter's
+        choices (`ui.paging.long_choice`)."""
+        rows = self.con.execute(
+            f"SELECT run_id FROM runs WHERE {_KIND_CONTAINING} ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
+            [kind, containing, containing, limit, offset],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def count_runs(self, kind: str, containing: str | None = None) -> int:
+        return self._one(f"SELECT count(*) FROM runs WHERE {_KIND_CONTAINING}", [kind, containing, containing])[0]
 
     # --- training runs -----------------------------------------------------------------------
 

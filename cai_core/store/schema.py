@@ -155,4 +155,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE grader_audit_claims (
         annotator TEXT PRIMARY KEY, run_id TEXT NOT NULL, item_id TEXT NOT NULL, claimed_at DOUBLE NOT NULL);
     """,
+    # 15: what ingest last read of each finished job's run.json and progress.json (their stat), so that a redraw
+    # reads only the jobs whose files changed; and the data's version, which every write moves on, so that what a
+    # page computed from the data is reused (`StoreCore._reused`) until a write changes it. The database's id
+    # tells a database made again at the same path from the one before it.
+    """
+    CREATE TABLE job_file_stamps (folder TEXT PRIMARY KEY, run_id TEXT NOT NULL, stamp TEXT NOT NULL);
+    CREATE TABLE data_version (database_id TEXT NOT NULL, version BIGINT NOT NULL);
+    INSERT INTO data_version VALUES (uuid()::TEXT, 0);
+    """,
 ]

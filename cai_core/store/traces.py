@@ -82,15 +82,25 @@ class TraceQueries:
         steps = self.con.execute("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY round", [trace_id]).fetchall()
         return Trace(*row), [TraceStep(*s) for s in steps]
 
-    def distinct(self, column: str) -> list[str]:
-        table = "trace_steps" if column == "principle_id" else "traces"
-        assert column in ("run_id", "constitution_version", "model", "principle_id"), column
-        return [
-            r[0]
-            for r in self.con.execute(
-                f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY 1"
-            ).fetchall()
-        ]
+    def distinct(self, column: str, containing: str | None = None, limit: int = 50, offset: int = 0) -> list[str]:
+        """A page of the traces' distinct values of COLUMN (those holding CONTAINING, case aside), in order: a
+        filter's choices (200 runs and more are chosen a page at a time, `ui.paging.long_choice`)."""
+        return self._reused(
+            ("distinct", column, containing, limit, offset),
+            lambda: [
+                r[0]
+                for r in self.con.execute(
+                    f"{_distinct_sql(column)} ORDER BY 1 LIMIT ? OFFSET ?", [containing, containing, limit, offset]
+                ).fetchall()
+            ],
+        )
+
+    def count_distinct(self, column: str, containing: str | None = None) -> int:
+        """How many values `distinct` pages through (a pass over 100k traces: reused until the data changes)."""
+        return self._reused(
+            ("count_distinct", column, containing),
+            lambda: self._one(f"SELECT count(*) FROM ({_distinct_sql(column)})", [containing, containing])[0],
+        )
 
     def final_steps(
         self,
@@ -113,7 +123,16 @@ class TraceQueries:
         run_id: str | None = None,
         revised_only: bool = False,
     ) -> int:
-        """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw)."""
+        """How many rows `final_steps` returns, counted in the database (a page shows it at every redraw: reused
+        until the data changes)."""
+        return self._reused(
+            ("count_final_steps", constitution_version, max_round, run_id, revised_only),
+            lambda: self._count_final_steps(constitution_version, max_round, run_id, revised_only),
+        )
+
+    def _count_final_steps(
+        self, constitution_version: str | None, max_round: int | None, run_id: str | None, revised_only: bool
+    ) -> int:
         if revised_only:  # the texts of each trace's last revision are compared: only the query itself says
             sql, params = _final_steps_sql(constitution_version, max_round, run_id, revised_only)
             return self._one(f"SELECT count(*) FROM ({sql})", params)[0]
@@ -210,3 +229,13 @@ def _final_steps_sql(
                   WHERE {" AND ".join(clauses)}
                   QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY s.round DESC) = 1) {revised}"""
     return sql, params
+
+
+def _distinct_sql(column: str) -> str:
+    """The distinct values of a traces' filter column that hold a text (a parameter given twice; None: all)."""
+    table = "trace_steps" if column == "principle_id" else "traces"
+    assert column in ("run_id", "constitution_version", "model", "principle_id"), column
+    return (
+        f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL "
+        f"AND (?::TEXT IS NULL OR contains(lower({column}), lower(?::TEXT)))"
+    )
