@@ -106,7 +106,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class JobKind:
-    name: str  # run.json's kind, and the CLI command that starts it
+    name: str  # run.json's kind; the CLI command that starts it, but for training's (`cai train sft` starts train-sft)
     config: type
     plan: Callable[..., Plan | JobFolder]  # a kind whose run id is not a digest makes its folder itself
     work: Callable[..., Work]  # with a `runner`: what that runner calls (a training algorithm's `train(ctx)`)
