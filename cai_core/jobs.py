@@ -1,16 +1,17 @@
 """Long work in the background: the job kinds, and how any of them is prepared, run and launched.
 
-Every non-training job (generate, pairs, label, eval, eval-rounds, calibrate, ab, ab-judge, recipe, export) is one
+Every job (generate, pairs, label, eval, ..., and each training algorithm: train-sft, train-rm, ...) is one
 `JobKind`, defined in its own module and registered in `KINDS` by one line. The CLI's job commands, `cai resume`,
 the pages, the recipe's stages and the A/B's stages all start a job through `prepare`, `run` and `launch` here;
 a kind gives only what is its own:
 - its config class (a dataclass with a `run_id` field);
 - `plan(config, workspace, **sources)`: check the config and read what the job works on, returned as a `Plan`
   (the model, the inputs to copy into the folder, the facts that define the run besides its config);
-- `work(job, config, workspace, **options)`: the `Work` the runner drives (`job_runner.run_job`).
+- `work(job, config, workspace, **options)`: the `Work` the runner drives (`job_runner.run_job`); or, for a kind
+  whose loop is its own (training: TRL's trainer, over one process or several), a `runner` that runs the prepared
+  job, and whatever `work` that runner calls.
 The framework owns the rest: finding a named run prepared already, the run id (a digest of the config, the
 plan's identity and its inputs), the folder (`job_folder.JobFolder`), the run to its end, the detached launch.
-Training keeps its own launcher and loop (`train/launch.py`) over the same folder.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ KINDS = {
     "recipe": "recipe.stages:RECIPE",
     "export": "export_job:EXPORT",
     "inspect": "inspect_eval:INSPECT",
+    "train-sft": "train.sft:SFT",
+    "train-rm": "train.reward:RM",
+    "train-ppo": "train.ppo:PPO",
+    "train-dpo": "train.dpo:DPO",
+    "train-grpo": "train.grpo:GRPO",
+    "train-rloo": "train.grpo:RLOO",
 }
 
 
@@ -99,14 +106,16 @@ class Plan:
 
 @dataclass(frozen=True)
 class JobKind:
-    name: str  # run.json's kind, and the CLI command that starts it
+    name: str  # run.json's kind; the CLI command that starts it, but for training's (`cai train sft` starts train-sft)
     config: type
     plan: Callable[..., Plan | JobFolder]  # a kind whose run id is not a digest makes its folder itself
-    work: Callable[..., Work]
+    work: Callable[..., Work]  # with a `runner`: what that runner calls (a training algorithm's `train(ctx)`)
     desc: str  # the name on the CLI's progress bar
     prefix: str | None = None  # the run id's prefix; the kind's name by default
     input: str | None = None  # the input whose presence in a named run's folder means it is prepared already
     sources: tuple[str, ...] = ()  # the keyword arguments of `run` that go to `plan`; the others go to `work`
+    # runs a prepared job itself, where the loop is the kind's own: (job, workspace, on_progress=, **options)
+    runner: Callable[..., JobFolder] | None = None
 
 
 def job_kind(name: str) -> JobKind:
@@ -155,6 +164,8 @@ def run(
     workspace = workspace or Workspace.from_env()
     job = prepare(name, config, workspace, **{k: v for k, v in given.items() if k in kind.sources})
     options = {k: v for k, v in given.items() if k not in kind.sources}
+    if kind.runner:
+        return kind.runner(job, workspace, on_progress=on_progress, **options)
     return run_job(job, lambda: kind.work(job, config, workspace, **options), on_progress=on_progress)
 
 

@@ -1,7 +1,7 @@
 """Training: pick an algorithm, edit its config, start it in the background, and follow its curves and log.
 
-A run starts the way `cai train KIND ... --background` starts it: `prepare_train_job` snapshots the data
-and makes the run's folder, then `launch_train_job` runs `cai train resume RUN_ID` detached (which starts
+A run starts the way `cai train KIND ... --background` starts it, as every page starts a job: `jobs.prepare`
+snapshots the data and makes the run's folder, then `jobs.launch` runs `cai resume RUN_ID` detached (which starts
 its processes through `torchrun` or `accelerate launch` when it has several), so reloading the page does not
 stop it. The browser never names code or a path outside the workspace: a reward is picked from the registry's
 reward models and the functions the operator registered (CAI_REWARD_FUNCTIONS), and a run id is a slug.
@@ -16,17 +16,18 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from cai_core import jobs
 from cai_core.config import ConfigError, browser_value
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.label_gate import recorded_decisions
 from cai_core.tracking import tracking_record
-from cai_core.train import KINDS, config_class, launch_train_job, prepare_train_job
+from cai_core.train import KINDS, config_class
 from cai_core.train.config import config_from_dict
 from cai_core.train.dpo import describe_probability, recorded_probability
 from cai_core.train.form import form_label, latest_finished, reward_choices
 from cai_core.train.models import finished_model
 from ui.hub import model_push
-from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel
+from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel, starter
 from ui.monitor import monitor_section
 from ui.paging import page_of, pager
 from ui.settings import connect, setup, use_model
@@ -122,11 +123,6 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
 
 def train_jobs() -> list[JobFolder]:
     return [j for j in list_job_folders(ws.runs_dir) if j.spec.get("kind", "").startswith("train-")]
-
-
-def start(job: JobFolder) -> None:
-    """Start (or resume) the run detached, as `cai train ... --background` and `cai train resume` do."""
-    launch_train_job(job, ws)
 
 
 def final_model(job: JobFolder) -> str | None:
@@ -243,7 +239,7 @@ with st.container(border=True, key=f"train_form_{kind}"):
 if submitted:
     try:
         config = config_from_dict(cls, form_values(kind, cls, choices))
-        job = prepare_train_job(config, ws)
+        job = jobs.prepare(f"train-{kind}", config, ws)
     except ConfigError as exc:  # a TrainError, or a value the browser may not give
         # the field at fault by its label on this form; a refused start leaves no run behind
         message = exc.named(form_label(fields[exc.field])) if exc.field in fields else str(exc)
@@ -252,7 +248,7 @@ if submitted:
         ss["train_run"], ss["train_runs_page"] = job.run_id, 1  # the newest run: on the registry's first page
         if job.progress().status == "done" and final_model(job):
             st.info(f"{job.run_id} has already finished: the same config and data make the same run.")
-        elif not launch_job(job, start):
+        elif not launch_job(job, starter(ws)):
             st.info(f"{job.run_id} is already running: the same config and data make the same run.")
         else:
             st.success(f"Started {job.run_id}. Its curves and log are below.")
@@ -260,17 +256,17 @@ if submitted:
 # --- the registry and the selected run ----------------------------------------------------------------------
 
 st.subheader("Runs")
-jobs = train_jobs()
-if not jobs:
+listed = train_jobs()
+if not listed:
     st.info("No training runs yet.")
     st.stop()
 
 
 def runs_panel() -> bool:
     """The registry, then the selected run's status, curves and log; True while any run is active."""
-    jobs = train_jobs()
-    page = pager("train_runs_page", len(jobs), SHOWN_RUNS)
-    ids = [j.run_id for j in jobs[(page - 1) * SHOWN_RUNS : page * SHOWN_RUNS]]
+    listed = train_jobs()
+    page = pager("train_runs_page", len(listed), SHOWN_RUNS)
+    ids = [j.run_id for j in listed[(page - 1) * SHOWN_RUNS : page * SHOWN_RUNS]]
     if ss.get("train_run") not in ids:
         ss["train_run"] = ids[0]
     with connect(ws) as store:  # also takes in the metrics the runs have written since the last redraw
@@ -292,7 +288,7 @@ def runs_panel() -> bool:
             show_message=progress.message != f"model in {model}",  # the folder is shown below
         )
         with st.container(horizontal=True):
-            job_buttons(job, progress, start)
+            job_buttons(job, progress, starter(ws))
             if (
                 model
                 and spec["kind"] != "train-rm"
@@ -349,5 +345,5 @@ def runs_panel() -> bool:
     return any(JobFolder(ws.runs_dir / run_id).progress().status in ACTIVE for run_id in ids)
 
 
-shown = page_of(jobs, "train_runs_page", SHOWN_RUNS)
+shown = page_of(listed, "train_runs_page", SHOWN_RUNS)
 live_panel(runs_panel, active=any(j.progress().status in ACTIVE for j in shown), refresh_key="train_refresh")

@@ -107,11 +107,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> str:
 
 def _training(kind: str, data: str, **more):
     def prepare(models, ws, tmp_path):
-        from cai_core.train import config_class, prepare_train_job
+        from cai_core.train import config_class
 
         path = _write_jsonl(tmp_path / f"{kind}.jsonl", TRAINING_DATA[data])
         base = dict(model=models[0], dataset=path, max_steps=8, batch_size=2, save_steps=2, learning_rate=1e-3)
-        return prepare_train_job(config_class(kind)(**{**base, **more}, run_id="life"), ws)
+        return jobs.prepare(f"train-{kind}", config_class(kind)(**{**base, **more}, run_id="life"), ws)
 
     return Kind(prepare, None, None, {"trained_models": ("run_id",)})
 
@@ -269,6 +269,33 @@ def test_cancel_before_start_cancel_mid_run_kill_then_resume(
         assert sum(len(set(keys[t])) for t in spec.tables if t not in ("pairs",)) == done.total  # none lost
     else:
         assert keys["trained_models"] == [(job.run_id,)] and (job.path / "final" / "config.json").exists()
+
+
+# --- one registry: training runs are job kinds like any other -------------------------------------------
+
+
+def test_every_training_algorithm_is_a_job_kind_of_the_one_registry():
+    for name in ("sft", "rm", "ppo", "dpo", "grpo", "rloo"):
+        kind = jobs.job_kind(f"train-{name}")
+        assert kind.name == f"train-{name}" and kind.config.kind == name
+
+
+def test_cai_resume_runs_a_training_run_through_the_registry(workspace, monkeypatch):
+    """`cai resume` has no door of its own for training: it runs the run's kind through `jobs.run`, as for any kind
+    (the run is found by its name and snapshot, not prepared again)."""
+    config = {"model": "absent-model", "max_steps": 3, "run_id": "sft-ready"}
+    job = JobFolder.create(workspace.runs_dir, "sft-ready", {"kind": "train-sft", "model": "m", "config": config})
+    (job.path / "data-train.jsonl").write_text('{"prompt": "Hi?", "completion": "Hello."}\n')
+    ran = []
+
+    def run(kind, config, ws, **given):
+        ran.append((kind, config.run_id))
+        job.set_progress("done", 3, 3)
+        return job
+
+    monkeypatch.setattr(jobs, "run", run)
+    assert _cli(workspace, "resume", "sft-ready") == 0
+    assert ran == [("train-sft", "sft-ready")]
 
 
 # --- the runner's own rules ------------------------------------------------------------------------

@@ -109,13 +109,13 @@ def test_the_cli_prints_the_decisions_saves_the_rule_and_exports_through_it(work
 def test_a_reward_model_and_dpo_run_read_the_gated_labels_and_keep_the_decisions(
     workspace, known_judge, tiny_model_path
 ):
+    from cai_core import jobs
     from cai_core.label_gate import recorded_decisions
-    from cai_core.train import prepare_train_job
     from cai_core.train.dpo import DPOConfig
     from cai_core.train.reward import RewardConfig
 
     def snapshot(config) -> tuple[set, list[str]]:
-        job = prepare_train_job(config, workspace)
+        job = jobs.prepare(f"train-{config.kind}", config, workspace)
         train = pd.read_json(job.path / "data-train.jsonl", lines=True)
         recorded = recorded_decisions(job.path)
         return {turns[0]["content"] for turns in train.chosen}, list(recorded.get("decision", []))

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from cai_core import jobs
 from cai_core.backends import SamplingParams, load_backend
 from cai_core.cli import main
 from cai_core.jobs import JobFolder, list_job_folders
-from cai_core.train import TrainError, config_class, launch_command, load_config_file, prepare_train_job
+from cai_core.train import TrainError, config_class, load_config_file
 from cai_core.train.launch import rank_command
 from cai_core.train.ppo import PPOConfig
 from cai_core.train.sft import SFTConfig
@@ -70,8 +71,7 @@ def test_background_run_finishes_and_accelerate_builds_its_command(
     accelerate = tmp_path / "accelerate.yaml"
     accelerate.write_text("compute_environment: LOCAL_MACHINE\nnum_processes: 2\n")
     config = SFTConfig(model=tiny_model_path, dataset=str(data), accelerate_config=str(accelerate), nproc=2)
-    other = prepare_train_job(config, workspace)
-    assert launch_command(JobFolder(other.path), workspace)[-3:] == ["train", "resume", other.run_id]
+    other = jobs.prepare("train-sft", config, workspace)
     command = rank_command(JobFolder(other.path), workspace)
     assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(accelerate)]
     assert command[5:7] == ["--num_processes", "2"] and command[-1] == other.run_id

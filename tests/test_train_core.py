@@ -8,14 +8,20 @@ import pandas as pd
 import pytest
 import torch
 
+from cai_core import jobs
 from cai_core.store import Store
-from cai_core.train import TrainError, config_class, load_config_file, prepare_train_job, run_train_job, train
+from cai_core.train import TrainError, config_class, load_config_file, run_train_job, train
 from cai_core.train.dpo import DPOConfig
 from cai_core.train.grpo import GRPOConfig, RLOOConfig
 from cai_core.train.ppo import PPOConfig
 from cai_core.train.ppo_math import gae
 from cai_core.train.reward import RewardConfig
 from cai_core.train.sft import SFTConfig
+
+
+def prepare(config, ws):
+    """The run's folder, prepared through the registry as every door prepares it."""
+    return jobs.prepare(f"train-{config.kind}", config, ws)
 
 
 @pytest.fixture(autouse=True)
@@ -273,14 +279,14 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tiny_model_path, works
                 self.job.request_cancel()
 
     config = SFTConfig(model=tiny_model_path, dataset=sft_file, max_steps=6, learning_rate=3e-3, save_steps=5)
-    job = prepare_train_job(config, workspace)
+    job = prepare(config, workspace)
     run_train_job(job, workspace, callbacks=[CancelAtThree(job)])
     progress = job.progress()
     assert progress.status == "cancelled" and 3 <= progress.done < 6 and "resume" in progress.message
     assert (job.path / "checkpoints" / f"checkpoint-{progress.done}").exists()  # saved on cancel
     assert not (job.path / "final").exists()
 
-    again = prepare_train_job(config, workspace)  # the same config names the same run
+    again = prepare(config, workspace)  # the same config names the same run
     assert again.run_id == job.run_id
     run_train_job(again, workspace)
     assert job.progress().status == "done" and job.progress().done == 6
@@ -303,7 +309,7 @@ def test_ppo_cancel_and_resume(tiny_model_path, workspace, prompts_file):
         max_new_tokens=4,
         save_steps=100,
     )
-    job = prepare_train_job(config, workspace)
+    job = prepare(config, workspace)
     calls = []
 
     def cancel_on_the_third_step(**kwargs):
@@ -322,12 +328,12 @@ def test_ppo_cancel_and_resume(tiny_model_path, workspace, prompts_file):
 
 def test_a_refused_start_records_nothing(tiny_model_path, workspace, tmp_path):
     with pytest.raises(TrainError, match="no such file") as refused:
-        prepare_train_job(SFTConfig(model=tiny_model_path, dataset=str(tmp_path / "absent.jsonl")), workspace)
+        prepare(SFTConfig(model=tiny_model_path, dataset=str(tmp_path / "absent.jsonl")), workspace)
     assert refused.value.field == "dataset"
     with pytest.raises(TrainError, match="learning_rate"):
-        prepare_train_job(SFTConfig(model=tiny_model_path, dataset="x", learning_rate=0.0), workspace)
+        prepare(SFTConfig(model=tiny_model_path, dataset="x", learning_rate=0.0), workspace)
     with pytest.raises(TrainError, match="needs a reward") as refused:
-        prepare_train_job(PPOConfig(model=tiny_model_path, dataset="x"), workspace)
+        prepare(PPOConfig(model=tiny_model_path, dataset="x"), workspace)
     assert refused.value.field == "reward_model" and refused.value.named("Reward model").startswith("Reward model:")
     assert not workspace.runs_dir.exists() or not any(workspace.runs_dir.iterdir())
     with Store.open(workspace) as store:
@@ -338,16 +344,16 @@ def test_a_refused_start_records_nothing(tiny_model_path, workspace, tmp_path):
 def test_run_ids_are_slugs_so_no_run_writes_outside_the_workspace(tiny_model_path, workspace, sft_file, tmp_path):
     for bad in ("../../x/victim", "/tmp/victim", "a/b", ".hidden", ""):
         with pytest.raises(TrainError, match="not a run id") as refused:
-            prepare_train_job(SFTConfig(model=tiny_model_path, dataset=sft_file, run_id=bad), workspace)
+            prepare(SFTConfig(model=tiny_model_path, dataset=sft_file, run_id=bad), workspace)
         assert refused.value.field == "run_id"
     assert not (tmp_path / "x").exists() and not workspace.runs_dir.exists()
-    job = prepare_train_job(SFTConfig(model=tiny_model_path, dataset=sft_file, run_id="my-run_2.b"), workspace)
+    job = prepare(SFTConfig(model=tiny_model_path, dataset=sft_file, run_id="my-run_2.b"), workspace)
     assert job.path == workspace.runs_dir / "my-run_2.b"
 
 
 def test_a_model_that_does_not_load_fails_the_run(workspace, sft_file, tmp_path):
     (tmp_path / "not-a-model").mkdir()
-    job = prepare_train_job(SFTConfig(model=str(tmp_path / "not-a-model"), dataset=sft_file), workspace)
+    job = prepare(SFTConfig(model=str(tmp_path / "not-a-model"), dataset=sft_file), workspace)
     with pytest.raises(TrainError):
         run_train_job(job, workspace)
     progress = job.progress()
@@ -402,7 +408,7 @@ def test_metrics_logged_after_a_resume_replace_those_of_the_discarded_steps(tiny
                 raise SystemExit("killed")
 
     config = SFTConfig(model=tiny_model_path, dataset=sft_file, max_steps=4, learning_rate=3e-3, save_steps=2)
-    job = prepare_train_job(config, workspace)
+    job = prepare(config, workspace)
     with pytest.raises(SystemExit):
         run_train_job(job, workspace, callbacks=[DieAfterLoggingStepThree()])
     assert job.progress().done == 3 and [p.name for p in (job.path / "checkpoints").glob("checkpoint-*")] == [
@@ -487,7 +493,7 @@ def test_soft_label_reward_model_fits_the_judge_s_probability(tiny_model_path, w
         tmp_path / "plain.jsonl", [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in separable_pairs()]
     )
     with pytest.raises(TrainError, match="soft loss needs soft labels") as refused:
-        prepare_train_job(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
+        prepare(RewardConfig(model=tiny_model_path, dataset=no_soft_labels, loss="soft"), workspace)
     assert refused.value.field == "loss"
 
 
@@ -517,7 +523,7 @@ def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_trains_only_adapters_a
         ptx_coef=0.5,
         ptx_dataset=sft_file,
     )
-    job = prepare_train_job(config, workspace)
+    job = prepare(config, workspace)
     assert len((job.path / "data-ptx.jsonl").read_text().splitlines()) == 16
     calls = []
 
@@ -549,13 +555,13 @@ def test_ppo_with_lora_and_the_sft_term_logs_the_sft_loss_trains_only_adapters_a
 def test_ppo_refuses_a_negative_alpha_and_lora_modules_the_model_lacks(tiny_model_path, workspace, prompts_file):
     base = {"model": tiny_model_path, "dataset": prompts_file, "reward_model": "tests.train_rewards:low_ids"}
     with pytest.raises(TrainError, match="0 or more") as refused:
-        prepare_train_job(PPOConfig(**base, ptx_coef=-0.1), workspace)
+        prepare(PPOConfig(**base, ptx_coef=-0.1), workspace)
     assert refused.value.field == "ptx_coef"
     with pytest.raises(TrainError, match="c_attn: not linear modules of") as refused:
-        prepare_train_job(PPOConfig(**base, lora=True, lora_target_modules="q_proj,c_attn"), workspace)
+        prepare(PPOConfig(**base, lora=True, lora_target_modules="q_proj,c_attn"), workspace)
     assert refused.value.field == "lora_target_modules" and "q_proj" in str(refused.value)
     with pytest.raises(TrainError, match="must divide the minibatch"):
-        prepare_train_job(PPOConfig(**base, batch_size=4, grad_accum=3), workspace)
+        prepare(PPOConfig(**base, batch_size=4, grad_accum=3), workspace)
     assert not workspace.runs_dir.exists()
 
 

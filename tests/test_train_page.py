@@ -169,7 +169,7 @@ def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatc
     launched = []
     # the launch is recorded, not run; its process is this one (the runner records the pid it started)
     monkeypatch.setattr(
-        "cai_core.train.launch.subprocess.Popen",
+        "cai_core.job_folder.subprocess.Popen",
         lambda argv, **kw: launched.append(argv) or SimpleNamespace(pid=os.getpid()),
     )
     job = JobFolder.create(ws.runs_dir, "sft-oom", {"kind": "train-sft", "model": "m", "config": {"max_steps": 9}})
@@ -181,7 +181,7 @@ def test_a_run_that_failed_while_running_shows_its_reason_as_text(ws, monkeypatc
     assert "This run failed" in texts(at.error)
     at.button(key="resume-sft-oom").click().run()
     [argv] = launched
-    assert argv[-3:] == ["train", "resume", "sft-oom"]
+    assert argv[-2:] == ["resume", "sft-oom"] and argv[-3] != "train"  # `cai resume`: the registry's launch
     assert "Resumed sft-oom" in texts(at.success)
     assert not at.exception
 

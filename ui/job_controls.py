@@ -28,7 +28,7 @@ STATUS_ICONS = {
 }
 
 Starter = Callable[[JobFolder], object]
-"""Starts a job's process detached, e.g. `starter(ws)` or `cai_core.train.launch_train_job`."""
+"""Starts a job's process detached, e.g. `starter(ws)`."""
 
 
 def launch_job(job: JobFolder, start: Starter) -> bool:

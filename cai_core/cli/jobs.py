@@ -3,9 +3,7 @@ what every job-starting command shares (prepare from flags, then run here with a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import sys
 import time
 
@@ -86,22 +84,7 @@ def cmd_resume(args, ws: Workspace) -> int:
     if not (job.path / "run.json").exists():
         raise FileNotFoundError(f"no run {args.run_id!r} under {ws.runs_dir}")
     kind = job.spec["kind"]
-    if kind.startswith("train-"):
-        return train_in_foreground(job, ws)
     return run_here(kind, job_kind(kind).config(**job.spec["config"]), ws)
-
-
-def train_in_foreground(job: JobFolder, ws: Workspace) -> int:
-    from ..train import run_train_job
-
-    # Under `accelerate launch` every rank runs this command; the main one holds the run's lock for them all.
-    main_rank = os.environ.get("RANK", "0") == "0"
-    try:
-        with job.exclusive() if main_rank else contextlib.nullcontext():
-            run_train_job(job, ws)
-    except JobBusy as busy:
-        return follow(job, busy)
-    return ended(job, ws)
 
 
 def ingest_if_free(ws: Workspace) -> None:

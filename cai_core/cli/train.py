@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
-from ..jobs import JobFolder, list_job_folders
+import dataclasses
+
+from .. import jobs
+from ..jobs import JobFolder, job_kind, list_job_folders
 from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
-from .jobs import train_in_foreground
+from .jobs import cmd_resume, launch, run_here
 
 
 def cmd_train(args, ws: Workspace) -> int:
-    from ..train import TrainError, config_class, prepare_train_job
+    from ..train import TrainError
     from ..train.dpo import describe_probability, recorded_probability
+    from ..train.launch import PREFIX
 
-    cls = config_class(args.kind)
-    job = prepare_train_job(config_from_args(cls, args, f"{cls.kind} config", TrainError), ws)
+    kind = PREFIX + args.kind
+    config = config_from_args(job_kind(kind).config, args, f"{args.kind} config", TrainError)
+    job = jobs.prepare(kind, config, ws)
     if not (read := recorded_probability(job.path)).empty:
         print(f"preference labels read: {describe_probability(read)}")
     if args.background:
-        from ..train import launch_train_job
-
-        launch_train_job(job, ws)
-        print(
-            f"started {job.run_id} in the background; follow it with `cai train list`, stop it with "
-            f"`cai cancel {job.run_id}`"
-        )
-        return 0
-    return train_in_foreground(job, ws)
+        return launch(job, ws)
+    return run_here(kind, dataclasses.replace(config, run_id=job.run_id), ws)
 
 
 def cmd_train_resume(args, ws: Workspace) -> int:
     from ..train.config import check_run_id
+    from ..train.launch import PREFIX
 
     job = JobFolder(ws.runs_dir / check_run_id(args.run_id))
-    if not (job.path / "run.json").exists() or not job.spec["kind"].startswith("train-"):
+    if not (job.path / "run.json").exists() or not job.spec["kind"].startswith(PREFIX):
         raise FileNotFoundError(f"no training run {args.run_id!r} under {ws.runs_dir}")
-    return train_in_foreground(job, ws)
+    return cmd_resume(args, ws)
 
 
 def cmd_train_list(args, ws: Workspace) -> int:

@@ -16,14 +16,9 @@ from .plan import Recipe, RecipeConfig, Stage, plan
 
 def _run_stage(recipe: Recipe, stage: Stage, config) -> JobFolder:
     """Run one stage's job to its end in this process, as `cai resume` would."""
-    ws = recipe.ws
-    if stage.kind.startswith("train-"):
-        from ..train import prepare_train_job, run_train_job
-
-        return run_train_job(prepare_train_job(config, ws), ws)
     if stage.kind == "label":  # the pairs this iteration sampled, not every pair stored
-        return jobs.run("label", config, ws, pairs=recipe.label_pairs(stage))
-    return jobs.run(stage.kind, config, ws)
+        return jobs.run("label", config, recipe.ws, pairs=recipe.label_pairs(stage))
+    return jobs.run(stage.kind, config, recipe.ws)
 
 
 def _make_folder(config: RecipeConfig, ws: Workspace) -> JobFolder:

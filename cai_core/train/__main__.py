@@ -1,6 +1,6 @@
 """One rank of a multi-process run: `torchrun ... -m cai_core.train [--data-dir D] [--db F] RUN_ID`.
 
-The run's own process (`cai train resume RUN_ID`, see `launch.run_train_job`) starts these through
+The run's own process (`cai resume RUN_ID`, see `launch.run_train_job`) starts these through
 `torchrun` or `accelerate launch` after doing what must happen once; each rank then trains its share.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class RunContext:
     stop_reason: str = ""  # why the run stopped itself before max_steps, if it did
     tracker: Tracker | None = None  # the experiment tracker's run, opened at the first numbers (main rank only)
     tracked_warning: str = ""
+    on_progress: Callable[[int, int], None] | None = None  # told each step and the total (the CLI's progress bar)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -90,6 +92,8 @@ class RunContext:
         and the ETA it gives."""
         if self.main:
             self.job.set_progress("running", step, self.config.max_steps, message or self.warning, **self.timing(step))
+            if self.on_progress:
+                self.on_progress(step, self.config.max_steps)
 
     def timing(self, step: int) -> dict:
         """Progress's unit, rate, ETA and elapsed time at STEP, counted from this process's first report."""

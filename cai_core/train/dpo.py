@@ -23,6 +23,7 @@ from ..workspace import Workspace
 from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext
 from .data import file_rows, need_columns, store_rows
+from .launch import training_kind
 from .models import load_tokenizer, resolve_model
 from .trainer import run_trainer, trainer_arguments
 
@@ -252,4 +253,4 @@ def preference_margin(trainer, model, inputs):
     return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
-CONFIGS = (DPOConfig,)
+DPO = training_kind(DPOConfig, train)

@@ -14,6 +14,7 @@ from ..workspace import Workspace
 from .config import LoraOptions, TrainConfig, TrainError, reward_model_field
 from .context import RunContext
 from .data import prompt_rows
+from .launch import training_kind
 from .models import load_tokenizer, resolve_model, resolve_reward
 from .monitor import MonitorOptions, trl_monitor
 from .rollouts import RolloutOptions, record_rollout_engine
@@ -145,4 +146,5 @@ def trl_vllm_arguments(engine: str) -> dict:
 NO_KL_NOTE = "no KL term (β = 0): the reward was optimised with nothing pulling the policy to its start model"
 
 
-CONFIGS = (GRPOConfig, RLOOConfig)
+GRPO = training_kind(GRPOConfig, train)
+RLOO = training_kind(RLOOConfig, train)

@@ -1,7 +1,9 @@
-"""Preparing, running and launching a training run, the part of the harness every algorithm shares.
+"""A training run as a job kind of the one registry (`cai_core.jobs.KINDS`): the part every algorithm shares.
 
-A training run is a job folder (see `cai_core.jobs`), so progress, cancel, the log, detached launch and
-the store's `runs` table work as they do for generation:
+Each algorithm's module ends with its kind, `training_kind(ITS_CONFIG, its_train)`, registered in `jobs.KINDS` by one
+line as `train-KIND`. The registry then prepares it (the run id is the framework's digest of the config and the data
+snapshot), launches it (`cai resume RUN_ID`, detached) and runs it (`jobs.run`), as any kind; what is a training
+run's own is here: the data snapshot (`plan`) and the run itself (`run_train_job`), whose loop is TRL's trainer.
 
     runs/<run_id>/run.json            kind (train-sft, ...), base model, config
     runs/<run_id>/config.yaml         the config, as `cai train KIND --config` reads it back
@@ -24,27 +26,53 @@ waits for them. Rank 0 writes every record; every rank reads the cancel file, an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import yaml
 
-from ..job_folder import identity_settings
-from ..jobs import JobFolder, run_id_for
+from .. import jobs
+from ..jobs import JobFolder, JobKind, Plan
 from ..workspace import Workspace, write_file_atomically
-from .algorithms import algorithm, config_class
 from .config import LoraOptions, TrainConfig, TrainError, config_from_dict
 from .context import RunContext, rank
 from .models import RewardFn, check_lora_targets, finished_model
 
+PREFIX = "train-"  # a training kind's name in the registry is PREFIX + its config's `kind`
+# the algorithms' own names (sft, rm, ...), in the registry's order: the CLI's `cai train KIND` and the Train page's
+KINDS: tuple[str, ...] = tuple(name.removeprefix(PREFIX) for name in jobs.KINDS if name.startswith(PREFIX))
 
-def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFolder:
-    """Snapshot the data and create (or find) the run's folder (the config checked itself when it was made). A
-    data problem raises TrainError before anything is written: a refused start leaves no run behind."""
-    ws = ws or Workspace.from_env()
+
+def training_kind(config: type[TrainConfig], train: Callable[[RunContext], None]) -> JobKind:
+    """An algorithm's job kind: its config, and `train(ctx)`, which a rank runs (`run_rank`) inside the run."""
+    return JobKind(
+        PREFIX + config.kind,
+        config,
+        plan,
+        train,
+        config.kind.upper(),
+        prefix=config.kind,
+        input="data-train",  # a named run with its snapshot is prepared already: it is not read again
+        runner=run_train_job,
+    )
+
+
+def config_class(kind: str) -> type[TrainConfig]:
+    """The config of the algorithm named `kind` (sft, rm, ...)."""
+    if kind not in KINDS:
+        raise TrainError(f"unknown training kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return jobs.job_kind(PREFIX + kind).config
+
+
+def plan(config: TrainConfig, ws: Workspace) -> Plan:
+    """Snapshot the data (the config checked itself when it was made). A data problem raises TrainError before
+    anything is written: a refused start leaves no run behind."""
     # what it starts from, not a value: a config file may leave the reward to the command's flag
     if config.needs_reward_model and not config.reward_model:
         raise TrainError(f"{config.kind.upper()} needs a reward (a reward model or a function)", "reward_model")
@@ -60,61 +88,65 @@ def prepare_train_job(config: TrainConfig, ws: Workspace | None = None) -> JobFo
         split: frame.to_json(orient="records", lines=True, force_ascii=False) for split, frame in frames.items()
     }
     digest = hashlib.sha256("".join(f"{k}\0{v}" for k, v in sorted(payloads.items())).encode()).hexdigest()
-    identity = {**identity_settings(config.to_dict()), "kind": config.kind, "data": digest}
-    run_id = config.run_id or run_id_for(config.kind, identity)
-    job = JobFolder.create(
-        ws.runs_dir,
-        run_id,
-        {"kind": f"train-{config.kind}", "model": config.model, "config": {**config.to_dict(), "run_id": run_id}},
-    )
-    config_text = yaml.safe_dump({**config.to_dict(), "run_id": run_id}, sort_keys=False)
+    return Plan(config.model, {"kind": config.kind, "data": digest}, then=partial(_write_snapshot, payloads))
+
+
+def _write_snapshot(payloads: dict[str, str], job: JobFolder) -> None:
+    """The config as YAML beside the data it trains on; the data written once, so a resume trains on the same."""
+    config_text = yaml.safe_dump(job.spec["config"], sort_keys=False)
     write_file_atomically(job.path / "config.yaml", lambda out: out.write(config_text.encode("utf-8")))
     for split, payload in payloads.items():
         path = job.path / f"data-{split}.jsonl"
         if not path.exists():
             write_file_atomically(path, lambda out, payload=payload: out.write(payload.encode("utf-8")))
-    return job
 
 
 def job_config(job: JobFolder) -> TrainConfig:
-    kind = job.spec["kind"].removeprefix("train-")
-    return config_from_dict(config_class(kind), job.spec["config"])
+    return config_from_dict(jobs.job_kind(job.spec["kind"]).config, job.spec["config"])
 
 
 def run_train_job(
     job: JobFolder,
-    ws: Workspace | None = None,
+    ws: Workspace,
     *,
+    on_progress: Callable[[int, int], None] | None = None,
     callbacks: list | None = None,
     reward_fn: RewardFn | None = None,
 ) -> JobFolder:
     """Run (or resume) a prepared run to its end, a cancel or a failure; returns its folder. A run of several
-    processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`."""
-    ws = ws or Workspace.from_env()
-    config = job_config(job)
-    progress = job.recorded_progress()
-    if progress.status == "done" and finished_model(job.path):
-        return job
-    if job.cancel_requested() and progress.status == "pending":
-        job.set_progress("cancelled", 0, config.max_steps, "cancelled before it started; run it again to start it")
-        job.clear_cancel()
-        return job
-    job.clear_cancel()  # an old, already honoured request: running again means resuming
-    job.repair()
-    if config.nproc > 1 or config.accelerate_config:
-        return _supervise_ranks(job, config, ws)
-    return run_rank(job, ws, callbacks=callbacks, reward_fn=reward_fn)
+    processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`. Raises
+    JobBusy when another process runs it."""
+    # Under `accelerate launch` every rank runs this; the main one holds the run's lock for them all.
+    with job.exclusive() if rank() == 0 else contextlib.nullcontext():
+        config = job_config(job)
+        progress = job.recorded_progress()
+        if progress.status == "done" and finished_model(job.path):
+            return job
+        if job.cancel_requested() and progress.status == "pending":
+            job.set_progress("cancelled", 0, config.max_steps, "cancelled before it started; run it again to start it")
+            job.clear_cancel()
+            return job
+        job.clear_cancel()  # an old, already honoured request: running again means resuming
+        job.repair()
+        if config.nproc > 1 or config.accelerate_config:
+            return _supervise_ranks(job, config, ws)
+        return run_rank(job, ws, on_progress=on_progress, callbacks=callbacks, reward_fn=reward_fn)
 
 
 def run_rank(
-    job: JobFolder, ws: Workspace, *, callbacks: list | None = None, reward_fn: RewardFn | None = None
+    job: JobFolder,
+    ws: Workspace,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    callbacks: list | None = None,
+    reward_fn: RewardFn | None = None,
 ) -> JobFolder:
     """One process's share of the run (all of it in a one-process run)."""
     config = job_config(job)
-    ctx = RunContext(job, config, ws, list(callbacks or []), reward_fn)
+    ctx = RunContext(job, config, ws, list(callbacks or []), reward_fn, on_progress=on_progress)
     ctx.progress(job.progress().done, "starting")
     try:
-        algorithm(config.kind).train(ctx)
+        jobs.job_kind(job.spec["kind"]).work(ctx)
     except BaseException as exc:
         status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
         reason = f"{type(exc).__name__}: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}"
@@ -163,17 +195,6 @@ def _supervise_ranks(job: JobFolder, config: TrainConfig, ws: Workspace) -> JobF
     raise TrainError(reason)
 
 
-def train(config: TrainConfig, ws: Workspace | None = None, **kwargs) -> JobFolder:
-    """Prepare and run in this process (tests, notebooks); `launch_train_job` runs it detached."""
-    ws = ws or Workspace.from_env()
-    return run_train_job(prepare_train_job(config, ws), ws, **kwargs)
-
-
-def launch_command(job: JobFolder, ws: Workspace) -> list[str]:
-    """`cai train resume RUN_ID`: it starts the ranks itself when the run has several."""
-    return [sys.executable, "-m", "cai_core.cli", *ws.cli_args(), "train", "resume", job.run_id]
-
-
-def launch_train_job(job: JobFolder, ws: Workspace) -> subprocess.Popen:
-    """Start the run detached: closing the page or the terminal does not stop it."""
-    return job.start(launch_command(job, ws))
+def train(config: TrainConfig, ws: Workspace | None = None, **options) -> JobFolder:
+    """Prepare and run in this process (tests, notebooks); `options` go to `run_train_job`."""
+    return jobs.run(PREFIX + config.kind, config, ws or Workspace.from_env(), **options)

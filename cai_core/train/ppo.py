@@ -30,6 +30,7 @@ from ..workspace import Workspace, replace_folder
 from .config import LoraOptions, TrainConfig, TrainError, reward_model_field
 from .context import RunContext, save_final
 from .data import prompt_rows
+from .launch import training_kind
 from .models import checkpoints
 from .monitor import MonitorOptions, greedy_answers, report_alerts
 from .ppo_math import (
@@ -442,4 +443,4 @@ def _save_checkpoint(ctx: RunContext, models: PPOModels, optimizer, step: int, b
         shutil.rmtree(old, ignore_errors=True)
 
 
-CONFIGS = (PPOConfig,)
+PPO = training_kind(PPOConfig, train)

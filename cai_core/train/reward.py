@@ -29,6 +29,7 @@ from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext
 from .data import store_rows
 from .dpo import PreferenceData
+from .launch import training_kind
 from .models import load_tokenizer, resolve_model
 from .trainer import run_trainer, trainer_arguments
 
@@ -238,4 +239,4 @@ def evaluation(chosen: list[float], rejected: list[float], lengths: tuple[list[i
     return {"accuracy": float(correct.mean()), "ece": calibration_error, **by_length}
 
 
-CONFIGS = (RewardConfig,)
+RM = training_kind(RewardConfig, train)

@@ -15,6 +15,7 @@ from ..workspace import Workspace
 from .config import LoraOptions, TrainConfig, TrainError
 from .context import RunContext
 from .data import file_rows, need_columns, store_rows
+from .launch import training_kind
 from .models import load_tokenizer, resolve_model
 from .trainer import run_trainer, trainer_arguments
 
@@ -79,4 +80,4 @@ def train(ctx: RunContext) -> None:
     run_trainer(ctx, trainer, tokenizer)
 
 
-CONFIGS = (SFTConfig,)
+SFT = training_kind(SFTConfig, train)
