@@ -129,9 +129,10 @@ class StoreCore:
         return self._one(f"SELECT count(*) FROM {table}")[0]
 
     @contextmanager
-    def _write(self):
+    def _write(self, changes_data: bool = True):
         """One transaction under this process's write lock for the database file (see the module docstring).
-        Nested calls join the outer transaction."""
+        Nested calls join the outer transaction. A write of the store's own bookkeeping, which no query's result
+        reads (`changes_data=False`), keeps what was computed before."""
         if self._writing:
             yield
             return
@@ -140,7 +141,8 @@ class StoreCore:
             self._writing = True
             try:
                 yield
-                self._exec("UPDATE data_version SET version = version + 1")  # what was computed before is stale
+                if changes_data:
+                    self._exec("UPDATE data_version SET version = version + 1")  # what was computed before is stale
             except BaseException:
                 self._exec("ROLLBACK")
                 raise

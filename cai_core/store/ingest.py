@@ -117,7 +117,7 @@ class IngestQueries:
             ]
             added += sum(self._ingest_file(path, table) for table, path in grown)
         if read:
-            with self._write():
+            with self._write(changes_data=False):  # when a file was read, not what it said
                 self._insert_frame(
                     "INSERT OR REPLACE", "job_file_stamps", pd.DataFrame(read, columns=["folder", "run_id", "stamp"])
                 )
