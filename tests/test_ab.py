@@ -161,6 +161,7 @@ def test_a_third_constitution_judges_per_principle_and_no_version_judges_itself(
     assert result.over_refusal.empty  # no benign prompts were asked
 
 
+@pytest.mark.processes
 def test_a_killed_ab_resumes_without_doing_anything_twice(tiny_model_path, workspace, two_versions):
     a, b = two_versions
     config = tiny_ab(tiny_model_path, a, b)

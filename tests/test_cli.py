@@ -172,6 +172,7 @@ def test_a_failing_command_says_why_in_one_line(tmp_path):
     assert nothing.returncode == 2 and nothing.stderr.startswith("error: nothing to export")
 
 
+@pytest.mark.processes
 def test_bench_flags_come_from_its_config_and_all_reach_the_benchmark(tiny_model_path, tmp_path):
     out = cai(
         "bench",

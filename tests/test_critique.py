@@ -139,11 +139,11 @@ def test_kill_minus_nine_then_rerun_loses_and_duplicates_nothing(tiny_model_path
         "--prompts",
         DEMO,
         "--rounds",
-        "3",
+        "2",
         "--samples",
         "2",
         "--max-new-tokens",
-        "48",
+        "24",
         "--chunk-size",
         "8",
         "--run-id",
@@ -168,10 +168,10 @@ def test_kill_minus_nine_then_rerun_loses_and_duplicates_nothing(tiny_model_path
     assert subprocess.run(argv, capture_output=True).returncode == 0
     after = _unique_steps(job)
     assert before <= after
-    assert len(after) == 24 * 2 * 4
+    assert len(after) == 24 * 2 * 3
     with Store.open(data / "cai.duckdb") as store:
         store.ingest(data / "runs")
-        assert store.counts()["trace_steps"] == 24 * 2 * 4
+        assert store.counts()["trace_steps"] == 24 * 2 * 3
 
 
 def test_progress_is_readable_while_the_job_runs(tiny_model_path, workspace):

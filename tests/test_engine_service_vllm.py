@@ -56,7 +56,7 @@ def test_a_real_service_is_reused_keyed_on_loopback_and_survives_a_kill_mid_job(
             prompts=DEMO,
             model=f"service:{default_model_path}",
             rounds=2,
-            limit=8,
+            limit=4,
             chunk_size=2,
             max_new_tokens=16,
             temperature=0,
@@ -66,7 +66,7 @@ def test_a_real_service_is_reused_keyed_on_loopback_and_survives_a_kill_mid_job(
         restarted = engine_service.find(workspace, default_model_path)
         assert restarted and restarted.pid != service.pid
         steps = collections.Counter((s["trace_id"], s["round"]) for s in job.read("trace_steps"))
-        assert len(steps) == 8 * 3 and set(steps.values()) == {1}
+        assert len(steps) == 4 * 3 and set(steps.values()) == {1}
     finally:
         engine_service.stop(workspace)
         backends._load_service.cache_clear()

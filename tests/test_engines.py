@@ -31,6 +31,7 @@ print(__import__("json").dumps({"engine": big.engine, "same": big is bigger, "as
 """
 
 
+@pytest.mark.processes
 def test_auto_runs_on_transformers_and_says_so_once_where_vllm_is_missing(tiny_model_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CAI_AUTO_ENGINE"}  # the rule itself, not the tests'
     run = subprocess.run(

@@ -93,6 +93,7 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
         assert "tracker" not in element.value and "example" not in element.value
 
 
+@pytest.mark.processes
 def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, second_tiny_model_path):
     tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     second_tiny_model_path = model_in_workspace(second_tiny_model_path, ws)
@@ -161,6 +162,7 @@ def test_a_standard_set_is_offered_by_name_though_its_file_is_outside_the_worksp
     assert not [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"] == "eval"]
 
 
+@pytest.mark.processes
 def test_a_ppo_trained_model_is_offered_and_answers(ws, tiny_model_path, tmp_path):
     tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     from cai_core.train import train

@@ -16,6 +16,7 @@ from benchmarks.bench_gate import HH_RLHF, known_truth
 pytestmark = pytest.mark.skipif(not HH_RLHF.exists(), reason=f"{HH_RLHF} is absent (the shared hh-rlhf data)")
 
 
+@pytest.mark.processes
 def test_the_gate_drops_the_principles_that_do_not_answer_as_people_did(workspace, tiny_model_path):
     result = known_truth(
         workspace,

@@ -11,6 +11,7 @@ from cai_core.store import Store
 from .conftest import require_shared_data
 
 
+@pytest.mark.processes
 def test_xstest_through_the_workbench_model_writes_a_readable_log_and_a_stored_score(workspace, tiny_model_path):
     from inspect_ai.log import read_eval_log
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from benchmarks.bench_scale import FleetProcess, count_records, generate_job, label_job, work_job
 from cai_core import jobs
 from cai_core.backends import openai_compat
@@ -37,6 +39,7 @@ def test_a_request_that_runs_long_holds_back_its_batch_not_the_fleet(tmp_path, m
     assert count_records(job, "trace_steps") == (steps, steps)  # (lines, distinct keys)
 
 
+@pytest.mark.processes
 def test_a_label_job_killed_with_batches_in_flight_resumes_losing_and_doubling_nothing(tmp_path):
     workspace = Workspace(tmp_path / "data")
     pairs = 3000

@@ -200,6 +200,7 @@ def one_thread(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.processes
 def test_cancel_before_start_cancel_mid_run_kill_then_resume(
     kind, tiny_model_path, second_tiny_model_path, workspace, tmp_path, one_thread
 ):

@@ -257,6 +257,7 @@ def test_a_running_jobs_files_are_read_at_every_ingest(workspace, monkeypatch):
         assert read.count("progress.json") == 1
 
 
+@pytest.mark.processes
 def test_the_traces_run_filter_offers_a_page_of_runs_and_finds_the_others(workspace):
     from benchmarks.bench_pages import add_traces
 
@@ -274,6 +275,7 @@ def test_the_traces_run_filter_offers_a_page_of_runs_and_finds_the_others(worksp
     assert "1 trace match." in at.caption[0].value
 
 
+@pytest.mark.processes
 def test_the_data_pages_run_filters_offer_a_page_of_runs(workspace):
     from benchmarks.bench_pages import add_traces
 

@@ -238,6 +238,7 @@ def test_cli_imports_pairs_and_labels_and_reports_user_errors_in_one_line(tmp_pa
         assert out.stderr.startswith("error: ")
 
 
+@pytest.mark.processes
 def test_cli_samples_pairs_then_resume_by_run_id_adds_nothing(tiny_model_path, tmp_path):
     data = tmp_path / "data"
     args = ["pairs", "sample", "--prompts", DEMO, "--model", tiny_model_path, "--k", "3", "--limit", "2"]

@@ -79,6 +79,7 @@ def test_the_shipped_recipes_load(name):
     assert plan(recipe)
 
 
+@pytest.mark.processes
 def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, workspace):
     config = tiny_recipe(tiny_model_path, iterations=2, arms=["cai", "sft-baseline"])
     job = jobs.run("recipe", config, workspace)
@@ -104,6 +105,7 @@ def test_a_two_iteration_recipe_runs_to_the_end_with_lineage(tiny_model_path, wo
     assert before == after
 
 
+@pytest.mark.processes
 def test_a_killed_recipe_resumes_at_the_stage_where_it_stopped(tiny_model_path, workspace, tmp_path):
     config = tiny_recipe(tiny_model_path)
     recipe_file = tmp_path / "recipe.yaml"
@@ -134,6 +136,7 @@ def test_a_killed_recipe_resumes_at_the_stage_where_it_stopped(tiny_model_path, 
     assert len(stage_runs) == len(set(stage_runs))  # no stage recorded twice
 
 
+@pytest.mark.processes
 def test_a_cancelled_recipe_stops_its_running_stage_and_resumes(tiny_model_path, workspace):
     config = tiny_recipe(tiny_model_path)
     stopped = []
@@ -171,6 +174,7 @@ def test_the_cli_runs_a_recipe_file_and_reports_its_stages(tiny_model_path, work
     assert "--iterations: is 0: it must be at least 1" in capsys.readouterr().err  # named as the flag typed
 
 
+@pytest.mark.processes
 def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, workspace, tmp_path, capsys, monkeypatch):
     from cai_core.cli import main as cai
     from cai_core.constitution import load_constitution

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
@@ -16,6 +17,7 @@ from cai_core.workspace import PROJECT_ROOT, Workspace
 from .test_recipe import tiny_recipe
 
 
+@pytest.mark.processes
 def test_a_recipe_started_from_the_page_advances_and_links_its_stages(tmp_path, monkeypatch, tiny_model_path):
     ws = Workspace(tmp_path / "data")
     recipes = tmp_path / "recipes"

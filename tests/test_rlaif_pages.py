@@ -221,6 +221,7 @@ def test_a_label_the_page_did_not_hand_out_or_with_an_unknown_choice_is_refused_
     assert sorted(panel_data(at)["recorded"]) == sorted(e["event"] for e in (forged, unknown, misplaced))  # not resent
 
 
+@pytest.mark.processes
 def test_an_annotator_never_sees_a_pair_twice(ws):
     at = open_page(ANNOTATE)
     at.text_input(key="annotator").set_value("cy").run()

@@ -64,6 +64,7 @@ def test_renders_with_no_runs_and_the_model_follows_the_sidebar(tmp_path, monkey
     assert not at.error and not at.get("plotly_chart")
 
 
+@pytest.mark.processes
 def test_a_tiny_sft_run_launched_here_lands_in_the_registry_with_its_curves(ws, tiny_model_path):
     tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     at = open_train(tiny_model_path)
@@ -127,6 +128,7 @@ def test_a_run_that_cannot_start_names_the_form_field_and_records_nothing(ws, tm
         assert store.train_runs().empty
 
 
+@pytest.mark.processes
 def test_the_training_chain_offers_its_previous_stages(ws, tiny_model_path, tmp_path, monkeypatch):
     """PPO picks its reward from a list (the registry's reward models, the operator's functions), starts from the
     latest SFT model, and a reward model is never offered as every page's model."""
