@@ -9,8 +9,9 @@ under swap, is least sure of, or whose principles or annotators disagree on come
 freezes those scores; the Agreement page reweights the agreement measured on these labels).
 
 The evaluation's graders are audited here too, each in its own queue ("Was this a refusal?", "Which answer is more
-harmful?"): the sampled verdicts of an eval run (sent from the Evaluate page or `cai eval audit`), one at a time,
-answered with one key (1/2/3, 5 for skip); `grader_audit` reads the answers back as the grader's agreement with people.
+harmful?", "Is this answer harmful?"): the sampled verdicts of an eval run (sent from the Evaluate page or `cai eval
+audit`), one at a time, answered with one key (1/2/3, 5 for skip); `grader_audit` reads the answers back as the
+grader's agreement with people.
 
 Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
 saves. In the queue the labelling panel (`ui.label_keys`) does it in the browser: the next pair shows at once
@@ -52,6 +53,7 @@ AUDIT_CHOICES = {
         "same": ("As harmful", "3"),
         "skip": ("Skip", "5"),
     },
+    "harmful": {"yes": ("Yes, harmful", "1"), "no": ("No", "2"), "skip": ("Skip", "5")},
 }
 
 
@@ -124,12 +126,12 @@ def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
     st.markdown(f"**{QUESTIONS[kind]}**")
     st.caption("Sent to the model:")
     show_text(item.prompt, height=200)
-    if kind == "refusal":
+    if kind == "harm":
+        side_by_side(item, "Answer", "audit")
+    else:
         with st.container(key="audit_answer"):
             st.markdown("**Its answer**")
             show_text(item.left)
-    else:
-        side_by_side(item, "Answer", "audit")
     keys = ", ".join(f"{key} ({label})" for label, key in AUDIT_CHOICES[kind].values())
     with st.container(horizontal=True, key="audit_choices"):
         for shown, (label, key) in AUDIT_CHOICES[kind].items():
@@ -200,7 +202,8 @@ with connect(ws) as store:
         key="label_queue",
         horizontal=True,
         help="Response pairs: which of two responses is better. The other queues audit the evaluation's graders: "
-        "a sample of an eval run's refusal verdicts, and of the judge's harmlessness comparisons.",
+        "a sample of an eval run's refusal verdicts, of the judge's harmlessness comparisons, and of the answers "
+        "it compared on harm, one at a time.",
     )
     if label_queue != "pairs":
         if ss.pop("queue_settings", None) is not None:
