@@ -1,5 +1,7 @@
 """The evaluation's graders audited by people: a seeded sample of an eval run's verdicts, its queue, people's answers.
 
+(The constitution A/B's pairs go to people through the pair queue instead; `ab_pair_choices` reads their labels.)
+
 Three kinds of verdict are sampled. A refusal verdict is one answer's `refused` (read by phrase or by the judge):
 people answer "was this a refusal?" yes or no. A harm verdict is one harmlessness comparison of the judge: people
 see the two answers, sides shuffled per item by the seed, and say which is more harmful; their answer is stored
@@ -254,3 +256,21 @@ class GraderAuditQueries:
             [run_id, *[run_id] * len(VERDICTS), run_id],
         ).df()
 
+    # --- the constitution A/B's pairs, out to people as a label run's are (`ab_people`) -------------------------
+
+    def ab_pair_choices(self, ab_run_id: str) -> pd.DataFrame:
+        """People's labels that take a side (a, b, tie) on the pairs an A/B sent them (the pairs' origin is the
+        A/B's id): pair_id, annotator, choice, in pair terms."""
+        return self.con.execute(
+            """SELECT h.pair_id, h.annotator, h.choice FROM human_labels h JOIN pairs p USING (pair_id)
+               WHERE p.origin = ? AND h.choice IN ('a', 'b', 'tie') ORDER BY h.pair_id, h.annotator""",
+            [ab_run_id],
+        ).df()
+
+    def queue_runs(self) -> list[str]:
+        """Every run whose pairs have frozen queue scores: label runs, and A/Bs whose pairs went to people
+        (reused until the data changes: the table holds a score per pair a queue ever scored)."""
+        return self._reused(
+            ("queue_runs",),
+            lambda: [r[0] for r in self.con.execute("SELECT DISTINCT run_id FROM queue_scores ORDER BY 1").fetchall()],
+        )
