@@ -8,7 +8,9 @@ by people beside the judge's on the same pairs. Below `grader_audit.MIN_ANSWERS`
 an unaudited judge, and says so.
 
 The labels are those people gave on whichever queue served the pairs; the disagreement-first one serves contested
-pairs first, so while few are labelled the agreement leans towards the hard pairs (lower than over all of them).
+pairs first, so while few are labelled the plain agreement leans towards the hard pairs (lower than over all of
+them). The labels that queue served are also read as the Agreement page reads a label run's: reweighted by how
+likely each pair was to be served (`judge_queue.reweighted_agreement`), an estimate over all the pairs sent.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 from .ab import JUDGMENTS, PAIRS, ABError
 from .grader_audit import MIN_ANSWERS, agreement_figures
 from .job_folder import JobFolder
-from .judge_queue import contest_score, queue_keys
+from .judge_queue import contest_score, queue_keys, reweighted_agreement, served_agreement
 from .records import Pair
 from .stats import Estimate, bootstrap_interval
 from .workspace import Workspace
@@ -40,6 +42,10 @@ class ABPeople:
     kappa: Estimate | None
     people_win_rate: Estimate | None  # A's, by people's labels (ties half), bootstrap interval over labels
     judge_win_rate: Estimate | None  # A's, by the judge, on the same labels' pairs
+    # over all the pairs sent, from the labels the A/B's disagreement-first queue served, each pair weighted by
+    # 1 / P(served) as the Agreement page reads a label run's queue: what the plain agreement, leaning towards the
+    # contested pairs served first, is not
+    queue_agreement: Estimate | None = None
 
     @property
     def audited(self) -> bool:
@@ -60,9 +66,14 @@ class ABPeople:
             )
         if self.kappa is None or self.kappa.low is None:
             return f"A/B judge: agreement with people {self.agreement}; kappa undefined (one side throughout); {rates}"
+        over_all = (
+            f"; agreement over all its pairs, reweighted for the queue's order, {self.queue_agreement}"
+            if self.queue_agreement
+            else ""
+        )
         return (
             f"A/B judge: agreement with people κ {self.kappa.value:.2f} [{self.kappa.low:.2f}, "
-            f"{self.kappa.high:.2f}] (n={self.kappa.n}); {rates}"
+            f"{self.kappa.high:.2f}] (n={self.kappa.n}); {rates}{over_all}"
         )
 
 
@@ -128,4 +139,10 @@ def people_vs_judge(ws: Workspace, store, run_id: str, *, resamples: int = 2000,
     verdicts = judged["p_a"][judged["p_a"] != 0.5]
     shares = np.array([(verdicts > 0.5).mean(), (verdicts < 0.5).mean()]) if len(verdicts) else np.array([0.5, 0.5])
     agreement, kappa = agreement_figures(confusion, shares)
-    return ABPeople(sent, len(labels), agreement, kappa, rate(people), rate(judge))
+    served = store.queue_served_labels(run_id)
+    queue_agreement = None
+    if not served.empty:
+        scores = store.queue_scores(run_id)
+        agrees, labelled = served_agreement(served, scores, judged["p_a"].to_dict())
+        queue_agreement = reweighted_agreement(agrees, labelled, scores["score"].to_numpy(float))
+    return ABPeople(sent, len(labels), agreement, kappa, rate(people), rate(judge), queue_agreement)

@@ -83,6 +83,10 @@ def test_the_pairs_go_first_in_the_ab_queue_and_people_are_read_against_its_judg
     assert result.judge_win_rate.value == pytest.approx(2 / 3)
     assert result.people_win_rate.value == pytest.approx(people.count("a") / PROMPTS)
     assert str(result).startswith("A/B judge: agreement with people κ")
+    # the queue served every pair sent: each was certain to be served, and the reweighted agreement is the plain one
+    assert result.queue_agreement.value == pytest.approx(18 / PROMPTS) and "reweighted for the queue's order" in str(
+        result
+    )
 
 
 def test_an_ab_not_judged_yet_sends_nothing_and_says_why(workspace, two_files):

@@ -135,11 +135,15 @@ class GraderAuditQueries:
 
     def grader_verdict_counts(self, run_id: str) -> pd.DataFrame:
         """How many verdicts of each kind the eval run's grader gave, per verdict (kind, verdict, n): the strata's
-        sizes, by which the sampled agreement is weighted."""
-        return self.con.execute(
-            f"SELECT kind, verdict, count(*) AS n FROM ({_all_verdicts()}) GROUP BY ALL ORDER BY kind, verdict",
-            [run_id] * len(VERDICTS),
-        ).df()
+        sizes, by which the sampled agreement is weighted. Reused until the data changes: the one-answer harm
+        verdicts group every harmlessness comparison of the run, and the Evaluate page reads them each redraw."""
+        return self._reused(
+            ("grader_verdict_counts", run_id),
+            lambda: self.con.execute(
+                f"SELECT kind, verdict, count(*) AS n FROM ({_all_verdicts()}) GROUP BY ALL ORDER BY kind, verdict",
+                [run_id] * len(VERDICTS),
+            ).df(),
+        )
 
     def grader_audit_runs(self) -> list[str]:
         """The eval runs with a sample out to people, newest sample first."""
