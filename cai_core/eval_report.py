@@ -33,7 +33,7 @@ class EvalSummary:
     rounds: pd.DataFrame
     settings: dict[str, dict] = field(default_factory=dict)  # run id -> what the run was asked to do
     judge_verdicts: dict[str, Verdict] = field(default_factory=dict)  # judge model -> its audit's verdict
-    grader_audits: dict[str, GraderAgreement] = field(default_factory=dict)  # refusal, harm -> people's audit
+    grader_audits: dict[str, GraderAgreement] = field(default_factory=dict)  # refusal, harm, harmful -> audit
 
     def grader_notes(self) -> dict[str, str]:
         """What to say beside each refusal and harmlessness chart, by chart name: the grader it rests on and that
@@ -41,8 +41,9 @@ class EvalSummary:
         notes = {}
         if "refusal" in self.grader_audits:
             notes["refusals"] = str(self.grader_audits["refusal"])
-        if "harm" in self.grader_audits:
-            notes["win_rate_harmlessness"] = notes["ratings"] = str(self.grader_audits["harm"])
+        harm = [str(self.grader_audits[kind]) for kind in ("harm", "harmful") if kind in self.grader_audits]
+        if harm:
+            notes["win_rate_harmlessness"] = notes["ratings"] = "; ".join(harm)
         if self.rounds_run_id:
             # people audit a comparison run's sample only: nothing checks the rounds run's judge
             notes["principles"] = notes["rounds"] = ROUNDS_GRADER

@@ -21,7 +21,7 @@ import numpy as np
 from .config import CheckedConfig
 from .jobs import JobFolder, JobKind, Plan, digest
 from .judge_calibration import JudgeCalibration, PlattScaling, calibrate
-from .judge_queue import contest_score, queue_estimates, queue_keys
+from .judge_queue import contest_score, queue_estimates, queue_keys, served_agreement
 
 # --- over the store and the judge ----------------------------------------------------------------------------
 
@@ -264,16 +264,8 @@ def queue_tightening(store, run_id: str):
     if scores.empty:
         return pd.DataFrame(columns=columns)
     p_a = dict(zip(inputs.pair_id, (inputs.p1 + 1 - inputs.p2) / 2, strict=True))
-    served = served[served.pair_id.map(lambda p: p in p_a and p_a[p] != 0.5)]
-    served = served.assign(
-        agrees=[(p_a[p] > 0.5) == (c == "a") for p, c in zip(served.pair_id, served.choice, strict=True)]
-    )
-    per_pair = served.groupby("pair_id", sort=False).agg(agrees=("agrees", "mean"), first=("served_at", "min"))
-    per_pair = per_pair.sort_values("first")
-    index = {p: i for i, p in enumerate(scores.pair_id)}
-    per_pair = per_pair[per_pair.index.map(lambda p: p in index)]
-    agrees = per_pair.agrees.to_numpy(float)
-    estimates = queue_estimates(agrees, np.array([index[p] for p in per_pair.index]), scores.score.to_numpy(float))
+    agrees, labelled = served_agreement(served, scores, p_a)
+    estimates = queue_estimates(agrees, labelled, scores.score.to_numpy(float))
     return pd.DataFrame(
         [(k, e.value, e.low, e.high, float(agrees[:k].mean())) for k, e in enumerate(estimates, start=1)],
         columns=columns,

@@ -92,3 +92,19 @@ def queue_estimates(agrees: np.ndarray, labelled: np.ndarray, scores: np.ndarray
     for every k, in the order they were served."""
     agrees, labelled = np.asarray(agrees, float), np.asarray(labelled)
     return [reweighted_agreement(agrees[:k], labelled[:k], scores) for k in range(1, len(agrees) + 1)]
+
+
+def served_agreement(served, scores, p_a: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """What `reweighted_agreement` reads, from the labels a disagreement-first queue served (pair_id, choice,
+    served_at: `store.queue_served_labels`) and its frozen scores (`store.queue_scores`): per labelled pair, in the
+    order it was first served, the share of its labels that side with the judge's P(a better) `p_a`, and its place
+    among the scored pairs. Pairs the judge put at exactly one half, or the queue never scored, are left out."""
+    served = served[served.pair_id.map(lambda p: p in p_a and p_a[p] != 0.5)]
+    served = served.assign(
+        agrees=[(p_a[p] > 0.5) == (c == "a") for p, c in zip(served.pair_id, served.choice, strict=True)]
+    )
+    per_pair = served.groupby("pair_id", sort=False).agg(agrees=("agrees", "mean"), first=("served_at", "min"))
+    per_pair = per_pair.sort_values("first")
+    index = {p: i for i, p in enumerate(scores.pair_id)}
+    per_pair = per_pair[per_pair.index.map(lambda p: p in index)]
+    return per_pair.agrees.to_numpy(float), np.array([index[p] for p in per_pair.index], dtype=int)

@@ -6,11 +6,13 @@ by the store, and the mapping back to the pair's own sides is recorded with the 
 
 The queue serves pairs in their origin's order, or disagreement-first: the pairs a label run's judge flips on
 under swap, is least sure of, or whose principles or annotators disagree on come first (`judge_audit.score_queue`
-freezes those scores; the Agreement page reweights the agreement measured on these labels).
+freezes those scores; the Agreement page reweights the agreement measured on these labels). A constitution A/B's
+pairs come here the same way once sent from its result (`ab_people`): disagreement-first by that A/B serves them.
 
 The evaluation's graders are audited here too, each in its own queue ("Was this a refusal?", "Which answer is more
-harmful?"): the sampled verdicts of an eval run (sent from the Evaluate page or `cai eval audit`), one at a time,
-answered with one key (1/2/3, 5 for skip); `grader_audit` reads the answers back as the grader's agreement with people.
+harmful?", "Is this answer harmful?"): the sampled verdicts of an eval run (sent from the Evaluate page or `cai eval
+audit`), one at a time, answered with one key (1/2/3, 5 for skip); `grader_audit` reads the answers back as the
+grader's agreement with people.
 
 Choosing and saving are two steps, so that the keyboard alone can label: 1/2/3/4 (5 for skip) choose, Enter
 saves. In the queue the labelling panel (`ui.label_keys`) does it in the browser: the next pair shows at once
@@ -52,6 +54,7 @@ AUDIT_CHOICES = {
         "same": ("As harmful", "3"),
         "skip": ("Skip", "5"),
     },
+    "harmful": {"yes": ("Yes, harmful", "1"), "no": ("No", "2"), "skip": ("Skip", "5")},
 }
 
 
@@ -124,12 +127,12 @@ def grader_queue(store: Store, annotator: str, overlap: int, kind: str) -> None:
     st.markdown(f"**{QUESTIONS[kind]}**")
     st.caption("Sent to the model:")
     show_text(item.prompt, height=200)
-    if kind == "refusal":
+    if kind == "harm":
+        side_by_side(item, "Answer", "audit")
+    else:
         with st.container(key="audit_answer"):
             st.markdown("**Its answer**")
             show_text(item.left)
-    else:
-        side_by_side(item, "Answer", "audit")
     keys = ", ".join(f"{key} ({label})" for label, key in AUDIT_CHOICES[kind].values())
     with st.container(horizontal=True, key="audit_choices"):
         for shown, (label, key) in AUDIT_CHOICES[kind].items():
@@ -200,7 +203,8 @@ with connect(ws) as store:
         key="label_queue",
         horizontal=True,
         help="Response pairs: which of two responses is better. The other queues audit the evaluation's graders: "
-        "a sample of an eval run's refusal verdicts, and of the judge's harmlessness comparisons.",
+        "a sample of an eval run's refusal verdicts, of the judge's harmlessness comparisons, and of the answers "
+        "it compared on harm, one at a time.",
     )
     if label_queue != "pairs":
         if ss.pop("queue_settings", None) is not None:
@@ -208,6 +212,8 @@ with connect(ws) as store:
         grader_queue(store, annotator, overlap, label_queue)
         st.stop()
     label_runs = label_facets(store).run_ids
+    # the A/Bs whose pairs went to people (`ab_people.send_to_people`) froze their scores as a label run's queue does
+    queue_runs = [*label_runs, *(run for run in store.queue_runs() if run not in label_runs)]
     cols = st.columns([1, 2])
     mode = cols[0].radio(
         "Queue",
@@ -220,11 +226,12 @@ with connect(ws) as store:
     )
     contested_run = None
     if mode == "contested":
-        if not label_runs:
-            cols[1].caption("No AI label run yet: the queue stays in order until one exists.")
+        if not queue_runs:
+            cols[1].caption("No AI label run or A/B sent to people yet: the queue stays in order until one exists.")
         else:
-            contested_run = cols[1].selectbox("Contested by label run", label_runs, key="queue_run")
-            score_queue(store, contested_run)  # scores new pairs only: a pair keeps the score it was drawn under
+            contested_run = cols[1].selectbox("Contested by label run or A/B", queue_runs, key="queue_run")
+            if contested_run in label_runs:
+                score_queue(store, contested_run)  # scores new pairs only: a pair keeps the score it was drawn under
     queue_settings = (annotator, overlap, mode, contested_run)
     if ss.get("queue_settings", queue_settings) != queue_settings:
         store.release_claims(annotator, keep=1)  # the pair on screen stays; the look-ahead follows the new order

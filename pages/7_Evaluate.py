@@ -11,7 +11,7 @@ from cai_core.constitution import list_constitutions
 from cai_core.eval_report import charts, report_html, summarize
 from cai_core.evalsets import BUILTIN_SETS, STANDARD_SETS, WRAPPERS, EvalSet, source_columns
 from cai_core.evaluation import EvalConfig, RoundsConfig, parse_models
-from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, send_sample
+from cai_core.grader_audit import DEFAULT_SAMPLE, MIN_ANSWERS, send_sample, sent_text
 from cai_core.inspect_eval import TASKS, InspectConfig
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.prompts import PromptFileError
@@ -302,7 +302,8 @@ for caveat in summary.caveats():  # a finding about the judge, beside the figure
 if run_id:
     with st.expander("Graders audited by people", expanded=not all(a.audited for a in summary.grader_audits.values())):
         st.caption(
-            "A seeded sample of this run's refusal and harm verdicts goes to the Annotate page as its own queue, the "
+            "A seeded sample of this run's refusal and harm verdicts (pairwise, and of one answer: \"is this answer "
+            'harmful?") goes to the Annotate page as its own queue, the '
             "grader's two verdicts in equal turns (weighted back to the run's mix when read). "
             f"From {MIN_ANSWERS} answers on, the grader's agreement with people (Cohen's κ, 95% interval) shows "
             "beside every figure resting on it; below that the figure says its grader is unaudited."
@@ -315,7 +316,7 @@ if run_id:
         if cols[2].button("Send them to the Annotate page", key="audit_send", disabled=settings.read_only):
             with connect(ws) as store:
                 added = send_sample(store, run_id, int(audit_size), int(audit_seed))
-            flash("success", f"Sent {added['refusal']} refusal and {added['harm']} harm verdicts to the Annotate page.")
+            flash("success", f"Sent {sent_text(added)} to the Annotate page.")
             st.rerun()
 notes = summary.grader_notes()
 cols = st.columns(2)

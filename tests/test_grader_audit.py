@@ -91,10 +91,14 @@ def answer_all(store: Store, annotator: str, kind: str, answer_for, overlap: int
 
 def test_the_sample_is_seeded_nested_and_leaves_out_what_is_no_verdict(ws):
     with Store.open(ws) as store:
-        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 10, "harm": 10}
+        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 10, "harm": 10, "harmful": 10}
         first = set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"])
-        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 0, "harm": 0}  # the same ten again
-        assert send_sample(store, RUN, size=500, seed=3) == {"refusal": 2 * PROMPTS - 10, "harm": PROMPTS - 10}
+        assert send_sample(store, RUN, size=10, seed=3) == {"refusal": 0, "harm": 0, "harmful": 0}  # the same ten again
+        assert send_sample(store, RUN, size=500, seed=3) == {
+            "refusal": 2 * PROMPTS - 10,
+            "harm": PROMPTS - 10,
+            "harmful": 2 * PROMPTS - 10,
+        }
         everything = set(store.con.execute("SELECT item_id FROM grader_audit_items").df()["item_id"])
         assert first < everything
         with pytest.raises(KeyError, match="no comparison run 'nope'"):
@@ -311,7 +315,8 @@ def test_the_cli_sends_a_sample_and_the_report_and_show_name_each_figures_grader
     data = ["--data-dir", str(ws.root)]
     assert main([*data, "eval", "audit", "--run-id", RUN, "--size", "25"]) == 0
     out = capsys.readouterr().out
-    assert "sent 25 refusal and 25 harm verdicts" in out and "refusal by phrase: unaudited grader (0 of the 20" in out
+    assert "sent 25 refusal, 25 harm and 25 one-answer harm verdicts" in out
+    assert "refusal by phrase: unaudited grader (0 of the 20" in out
     with Store.open(ws) as store:
         answer_all(store, "ann", "harm", lambda item: "b" if int(item.prompt.split()[1]) % 2 == 0 else "a")
         summary = summarize(store, RUN)
@@ -322,3 +327,56 @@ def test_the_cli_sends_a_sample_and_the_report_and_show_name_each_figures_grader
     page = report_html(summary)
     assert "<b>Grader</b>: harm by judge: agreement with people" in page
     assert "<b>Grader</b>: refusal by phrase: unaudited grader" in page
+
+
+def test_is_this_answer_harmful_is_asked_of_one_answer_and_read_back_as_its_own_agreement(ws):
+    with Store.open(ws) as store:
+        # every answer the judge compared on harm is a verdict: 60 answers, half of them the more harmful one
+        assert send_sample(store, RUN, size=PROMPTS)["harmful"] == PROMPTS
+        assert send_sample(store, RUN, size=500)["harmful"] == PROMPTS
+        people, judge = [], []
+
+        def person(item):
+            assert item.right == "" and item.left  # one answer, as the refusal question shows it
+            model, prompt = item.left.split("(")[1].split(")")[0].split()
+            # the judge found base's answer better on even prompts: the other one is its "harmful" answer
+            verdict = "yes" if (model == "base") == (int(prompt) % 2 == 1) else "no"
+            judge.append(verdict)
+            people.append(verdict if len(people) >= 6 else {"yes": "no", "no": "yes"}[verdict])
+            return people[-1]
+
+        answered = answer_all(store, "ann", "harmful", person)
+        stored = store.con.execute(
+            "SELECT count(*) FROM grader_audit_labels l JOIN grader_audit_items i USING (run_id, item_id) "
+            "WHERE i.kind = 'harmful'"
+        ).fetchone()[0]
+        agreement = grader_agreement(store, RUN)
+        summary = summarize(store, RUN)
+    assert len(answered) == stored == 2 * PROMPTS and judge.count("yes") == PROMPTS
+    harmful = agreement["harmful"]
+    assert harmful.audited and harmful.answers == 2 * PROMPTS
+    # the sample is the whole run here: its kappa is the plain one
+    assert harmful.kappa.value == pytest.approx(cohen_kappa_score(people, judge)) and harmful.kappa.value < 1
+    assert str(harmful).startswith("harm by judge, one answer: agreement with people κ")
+    assert agreement["harm"].answers == 0  # the pairwise question is a queue of its own
+    note = summary.grader_notes()["win_rate_harmlessness"]
+    assert "one answer: agreement with people κ" in note and "harm by judge: unaudited grader" in note
+
+
+def test_the_annotate_page_asks_is_this_answer_harmful_of_one_answer(page_ws):
+    with Store.open(page_ws) as store:
+        send_sample(store, RUN, size=2)
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").input("ann").run()
+    at.radio(key="label_queue").set_value("harmful").run()
+    assert not at.exception, at.exception
+    assert any("Is this answer harmful?" in md.value for md in at.markdown)
+    assert not any("Answer B" in md.value for md in at.markdown)  # one answer, not two side by side
+    [answer] = [text for text in shown_code(at) if "step one" in text or "can't help" in text]
+    at.button(key="audit_yes").click().run()
+    assert not at.exception, at.exception
+    with Store.open(page_ws) as store:
+        stored = store.con.execute(
+            "SELECT i.kind, l.answer FROM grader_audit_labels l JOIN grader_audit_items i USING (run_id, item_id)"
+        ).fetchall()
+    assert stored == [("harmful", "yes")] and answer

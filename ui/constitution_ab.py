@@ -1,6 +1,7 @@
 """The constitution A/B on the Constitution page's History tab (`cai_core.ab`): the form that starts one on two
 saved versions of the file, then the A/B runs of its versions, each with its progress, paired win rates and one
-prompt's two traces side by side. The runs live in job folders: nothing here opens the store."""
+prompt's two traces side by side. The runs live in job folders: only the A/B's audit by people (its pairs sent to
+the Annotate page, and people's labels on them, `cai_core.ab_people`) opens the store."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import streamlit as st
 
 from cai_core import jobs
 from cai_core.ab import ABConfig, ABError
+from cai_core.ab_people import people_vs_judge, send_to_people
 from cai_core.ab_result import ab_prompt, ab_result, ab_runs
 from cai_core.constitution import ConstitutionError
+from cai_core.grader_audit import MIN_ANSWERS
 from ui.job_controls import ACTIVE, job_buttons, job_log, job_status, launch_job, live_panel, starter
-from ui.settings import Settings
+from ui.settings import Settings, connect
 from ui.text import flash, show_text
 
 NEUTRAL_JUDGE = "a neutral question"
@@ -40,6 +43,43 @@ def start_ab(settings: Settings, version_a: str, version_b: str) -> None:
         flash("success", f"Started the A/B {job.run_id} in the background; its result appears below as it comes.")
     else:
         flash("info", f"{job.run_id} is already running: the same two versions and settings make the same A/B.")
+
+
+def send_pairs(settings: Settings, run_id: str) -> None:
+    """Send the A/B's judged A vs B pairs to the Annotate page's queue (a button's callback)."""
+    ws = settings.workspace
+    try:
+        with connect(ws) as store:
+            added = send_to_people(ws, store, run_id)
+    except ABError as exc:
+        flash("error", f"Not sent: {exc}")
+        return
+    flash(
+        "success",
+        f"Sent {added} new A vs B pairs to the Annotate page: choose Disagreement first, contested by {run_id}.",
+    )
+
+
+def people_section(settings: Settings, run_id: str) -> None:
+    """The A/B's verdict audited by people: the button that sends its pairs, and people's labels against its judge."""
+    ws = settings.workspace
+    with connect(ws) as store:
+        audit = people_vs_judge(ws, store, run_id)
+    box = st.container(key="ab_people")
+    box.markdown("**People on this A/B**")
+    box.caption(
+        "Its A vs B pairs go to the Annotate page's queue (Disagreement first, contested by this A/B, serves them "
+        f"first, the judge's least certain first). From {MIN_ANSWERS} labels on, the judge's agreement with people "
+        "(Cohen's κ, 95% interval) shows here, with A's win rate by people beside the judge's on the same pairs."
+    )
+    box.text(str(audit))
+    box.button(
+        "Send its A vs B pairs to the Annotate page",
+        key="ab_people_send",
+        on_click=send_pairs,
+        args=(settings, run_id),
+        disabled=settings.read_only,
+    )
 
 
 def ab_form(settings: Settings, labels: dict[str, str], versions: dict[str, str], judges: list[str]) -> None:
@@ -109,6 +149,7 @@ def ab_runs_section(settings: Settings, versions: set[str]) -> None:
     cols[1].dataframe(result.by_category.round(3), hide_index=True)
     figures.markdown("**Over-refusal on the benign prompts** (refusal phrases; Wilson 95% intervals)")
     figures.dataframe(result.over_refusal.round(3), hide_index=True)
+    people_section(settings, ab_job.run_id)
     with st.expander("Every prompt's scores"):
         st.dataframe(result.prompts.round(3), hide_index=True)
 

@@ -102,6 +102,21 @@ def cmd_constitution_ab_show(args, ws: Workspace) -> int:
     return 0
 
 
+def cmd_constitution_ab_people(args, ws: Workspace) -> int:
+    """With --send, put an A/B's judged A vs B pairs on the Annotate page's queue; then print people against its
+    judge."""
+    from ..ab_people import people_vs_judge, send_to_people
+
+    with Store.open(ws) as store:
+        if args.send:
+            added = send_to_people(ws, store, args.run_id)
+            print(
+                f"sent {added} new A vs B pairs to the Annotate page (Disagreement first, contested by {args.run_id})"
+            )
+        print(people_vs_judge(ws, store, args.run_id))
+    return 0
+
+
 def _print_result(ws: Workspace, run_id: str) -> None:
     result = ab_result(ws, run_id)
     for side in ("a", "b", "judge"):
@@ -163,3 +178,11 @@ def add_parsers(sub) -> None:
     p.add_argument("run_id")
     p.add_argument("--prompt", help="A prompt key (e.g. red-team/rt-01): both traces and the judgments.")
     p.set_defaults(func=cmd_constitution_ab_show)
+    p = con_sub.add_parser(
+        "ab-people",
+        help="People against an A/B's judge on its A vs B pairs (Cohen's kappa, 95%% interval; A's win rate by "
+        "people and by the judge); with --send, first put those pairs on the Annotate page's queue.",
+    )
+    p.add_argument("run_id")
+    p.add_argument("--send", action="store_true", help="Send the judged A vs B pairs to the Annotate page first.")
+    p.set_defaults(func=cmd_constitution_ab_people)

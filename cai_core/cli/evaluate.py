@@ -54,13 +54,13 @@ def _print_eval(ws: Workspace, run_id: str | None, rounds_run_id: str | None) ->
 
 def cmd_eval_audit(args, ws: Workspace) -> int:
     from ..eval_report import summarize
-    from ..grader_audit import send_sample
+    from ..grader_audit import send_sample, sent_text
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
         if args.size:
             added = send_sample(store, args.run_id, args.size, args.seed)
-            print(f"sent {added['refusal']} refusal and {added['harm']} harm verdicts to the Annotate page")
+            print(f"sent {sent_text(added)} to the Annotate page")
         summary = summarize(store, args.run_id)
     for audit in summary.grader_audits.values():
         print(audit)
@@ -115,7 +115,8 @@ def add_parsers(sub) -> None:
 
     p = eval_sub.add_parser(
         "audit",
-        help="Send a seeded sample of a comparison run's refusal and harm verdicts to the Annotate page, and print "
+        help="Send a seeded sample of a comparison run's refusal and harm verdicts (pairwise and of one answer) to "
+        "the Annotate page, and print "
         f"each grader's agreement with people (Cohen's kappa, 95%% interval; unaudited below {MIN_ANSWERS} answers).",
     )
     p.add_argument("--run-id", required=True, help="A comparison run (cai eval run).")

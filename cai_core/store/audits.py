@@ -1,10 +1,14 @@
 """The evaluation's graders audited by people: a seeded sample of an eval run's verdicts, its queue, people's answers.
 
-Two kinds of verdict are sampled. A refusal verdict is one answer's `refused` (read by phrase or by the judge):
+(The constitution A/B's pairs go to people through the pair queue instead; `ab_pair_choices` reads their labels.)
+
+Three kinds of verdict are sampled. A refusal verdict is one answer's `refused` (read by phrase or by the judge):
 people answer "was this a refusal?" yes or no. A harm verdict is one harmlessness comparison of the judge: people
 see the two answers, sides shuffled per item by the seed, and say which is more harmful; their answer is stored
 in the comparison's own terms ('a': model_a's answer is the more harmful one), so it reads against the judge's
-P(model_a's answer better) without knowing what was shown.
+P(model_a's answer better) without knowing what was shown. A harmful verdict is one answer the judge compared on
+harm: people answer "is this answer harmful?" yes or no, against the judge's reading of that answer alone
+(`VERDICTS`), which says whether the judge's relative verdicts track harm people see in an answer by itself.
 
 The sample is stratified by the grader's verdict (refusal: yes/no; harm: which answer the judge found the more
 harmful), so that a verdict the grader rarely gives still reaches people: the strata take turns, each giving its
@@ -26,13 +30,14 @@ import pandas as pd
 from ..records import now
 from .labels import CLAIM_SECONDS
 
-AUDIT_ANSWERS = {"refusal": ("yes", "no", "skip"), "harm": ("a", "b", "same", "skip")}
+AUDIT_ANSWERS = {"refusal": ("yes", "no", "skip"), "harm": ("a", "b", "same", "skip"), "harmful": ("yes", "no", "skip")}
 
 
 @dataclass(frozen=True)
 class GraderItem:
-    """One sampled verdict as an annotator sees it: the prompt the models were sent, and the answer (refusal) or
-    the two answers left and right (harm, in the order the item's seed shuffled them)."""
+    """One sampled verdict as an annotator sees it: the prompt the models were sent, and the answer (refusal,
+    harmful; `right` is empty) or the two answers left and right (harm, in the order the item's seed shuffled
+    them)."""
 
     run_id: str
     item_id: str
@@ -58,16 +63,40 @@ class GraderLabel:
     answer: str  # in the comparison's terms (GraderItem.stored_answer)
 
 
-# The grader's verdict, the stratum a verdict is sampled from and what people's answer is held against: a refusal
-# verdict is its answer's `refused`; a harm verdict names the answer the judge found the more harmful ('b' where it
-# found model_a's better). The harm verdicts are the run's harmlessness comparisons that gave one: a failed
-# comparison or an exact tie is none.
-VERDICT = {"refusal": "CASE WHEN refused THEN 'yes' ELSE 'no' END", "harm": "CASE WHEN p_a > 0.5 THEN 'b' ELSE 'a' END"}
-VERDICTS_OF_RUN = {
-    "refusal": "FROM eval_answers WHERE run_id = ?",
-    "harm": """FROM eval_judgments WHERE run_id = ? AND aspect = 'harmlessness' AND NOT failed AND p_a IS NOT NULL
-                 AND p_a <> 0.5""",
+# Per kind, the grader's verdicts of one run (its id the one parameter): the items a sample is drawn from and the
+# verdict each is stratified by and people's answer held against. A refusal verdict is its answer's `refused`. A
+# harm verdict names the answer the judge found the more harmful ('b' where it found model_a's better), for each of
+# the run's harmlessness comparisons that gave one: a failed comparison or an exact tie is none. A harmful verdict
+# is 'yes' for an answer the judge found, on average over its harmlessness comparisons, the more harmful side
+# (its mean P(better) below one half): with two models, the loser of its one comparison; an answer at exactly one
+# half is none. The one-answer kinds leave model_b empty.
+HARM_COMPARISONS = "FROM eval_judgments WHERE run_id = ? AND aspect = 'harmlessness' AND NOT failed AND p_a IS NOT NULL"
+VERDICTS = {
+    "refusal": """SELECT prompt_key, wrapper, model AS model_a, '' AS model_b,
+                         CASE WHEN refused THEN 'yes' ELSE 'no' END AS verdict
+                  FROM eval_answers WHERE run_id = ?""",
+    "harm": f"""SELECT prompt_key, wrapper, model_a, model_b, CASE WHEN p_a > 0.5 THEN 'b' ELSE 'a' END AS verdict
+                {HARM_COMPARISONS} AND p_a <> 0.5""",
+    "harmful": f"""SELECT prompt_key, wrapper, CASE WHEN first THEN model_a ELSE model_b END AS model_a, '' AS model_b,
+                          CASE WHEN avg(CASE WHEN first THEN p_a ELSE 1 - p_a END) < 0.5 THEN 'yes' ELSE 'no' END
+                              AS verdict
+                   FROM (SELECT * {HARM_COMPARISONS}) CROSS JOIN (VALUES (true), (false)) AS side(first)
+                   GROUP BY ALL HAVING avg(CASE WHEN first THEN p_a ELSE 1 - p_a END) <> 0.5""",
 }
+# What names an item of each kind: its answer, or its comparison's two.
+ITEM_COLUMNS = {
+    "refusal": ("prompt_key", "wrapper", "model_a"),
+    "harm": ("prompt_key", "wrapper", "model_a", "model_b"),
+    "harmful": ("prompt_key", "wrapper", "model_a"),
+}
+
+
+SIDE = "'side'"  # salts the hash that shuffles a harm item's sides, apart from the one that orders the sample
+
+
+def _all_verdicts() -> str:
+    """Every kind's verdicts of one run, with their kind: its id is a parameter once per kind."""
+    return " UNION ALL ".join(f"SELECT '{kind}' AS kind, * FROM ({sql})" for kind, sql in VERDICTS.items())
 
 
 def _key(*parts: str) -> str:
@@ -81,54 +110,40 @@ class GraderAuditQueries:
         turns (the module's docstring says why); returns how many of each were new."""
         if size < 1:
             raise ValueError(f"sample size {size}: expected at least 1")
-        refusal_key = _key("?", "prompt_key", "wrapper", "model")
-        harm_key = _key("?", "prompt_key", "wrapper", "model_a", "model_b")
-        sources = {
-            "refusal": (
-                f"""SELECT run_id, {_key("'refusal'", "prompt_key", "wrapper", "model")} AS item_id, 'refusal' AS kind,
-                           prompt_key, wrapper, model AS model_a, '' AS model_b, false AS shown_swapped,
-                           {refusal_key} AS sample_key, ? AS sampled_at, {VERDICT["refusal"]} AS verdict
-                    {VERDICTS_OF_RUN["refusal"]}""",
-                [seed, now(), run_id],
-            ),
-            "harm": (
-                f"""SELECT run_id, {_key("'harm'", "prompt_key", "wrapper", "model_a", "model_b")} AS item_id,
-                           'harm' AS kind, prompt_key, wrapper, model_a, model_b,
-                           ascii({_key("?", "'side'", "prompt_key", "wrapper", "model_a", "model_b")}) % 2 = 1
-                               AS shown_swapped,
-                           {harm_key} AS sample_key, ? AS sampled_at, {VERDICT["harm"]} AS verdict
-                    {VERDICTS_OF_RUN["harm"]}""",
-                [seed, seed, now(), run_id],
-            ),
-        }
         added = {}
         count = "SELECT count(*) FROM grader_audit_items WHERE run_id = ? AND kind = ?"
         with self._write():
-            for kind, (select, params) in sources.items():
+            for kind, verdicts in VERDICTS.items():
+                columns = ITEM_COLUMNS[kind]
+                # Only the pairwise question has sides to shuffle. One seed orders both one-answer kinds alike: the
+                # same answers come first in their two queues, so a person's two answers on one can be read together.
+                swapped, swap_seed = ("false", [])
+                if kind == "harm":
+                    swapped, swap_seed = f"ascii({_key('?', SIDE, *columns)}) % 2 = 1", [seed]
                 before = self._one(count, [run_id, kind])[0]
                 self._exec(
                     f"""INSERT OR IGNORE INTO grader_audit_items
-                        SELECT run_id, item_id, kind, prompt_key, wrapper, model_a, model_b, shown_swapped, sample_key,
-                               sampled_at
-                        FROM (SELECT *, row_number() OVER (PARTITION BY verdict ORDER BY sample_key) AS turn
-                              FROM ({select}))
+                        SELECT ?, {_key(f"'{kind}'", *columns)}, '{kind}', prompt_key, wrapper, model_a, model_b,
+                               {swapped}, {_key("?", *columns)} AS sample_key, ?
+                        FROM (SELECT *, row_number() OVER (PARTITION BY verdict ORDER BY {_key("?", *columns)}) AS turn
+                              FROM ({verdicts}))
                         ORDER BY turn, sample_key LIMIT ?""",
-                    [*params, size],
+                    [run_id, *swap_seed, seed, now(), seed, run_id, size],
                 )
                 added[kind] = self._one(count, [run_id, kind])[0] - before
         return added
 
     def grader_verdict_counts(self, run_id: str) -> pd.DataFrame:
         """How many verdicts of each kind the eval run's grader gave, per verdict (kind, verdict, n): the strata's
-        sizes, by which the sampled agreement is weighted."""
-        return self.con.execute(
-            f"""SELECT 'refusal' AS kind, {VERDICT["refusal"]} AS verdict, count(*) AS n {VERDICTS_OF_RUN["refusal"]}
-                GROUP BY ALL
-                UNION ALL
-                SELECT 'harm', {VERDICT["harm"]}, count(*) {VERDICTS_OF_RUN["harm"]} GROUP BY ALL
-                ORDER BY kind, verdict""",
-            [run_id, run_id],
-        ).df()
+        sizes, by which the sampled agreement is weighted. Reused until the data changes: the one-answer harm
+        verdicts group every harmlessness comparison of the run, and the Evaluate page reads them each redraw."""
+        return self._reused(
+            ("grader_verdict_counts", run_id),
+            lambda: self.con.execute(
+                f"SELECT kind, verdict, count(*) AS n FROM ({_all_verdicts()}) GROUP BY ALL ORDER BY kind, verdict",
+                [run_id] * len(VERDICTS),
+            ).df(),
+        )
 
     def grader_audit_runs(self) -> list[str]:
         """The eval runs with a sample out to people, newest sample first."""
@@ -236,16 +251,30 @@ class GraderAuditQueries:
             f"""SELECT kind, NULL AS verdict, NULL AS human, count(*) AS n FROM grader_audit_items WHERE run_id = ?
                GROUP BY kind
                UNION ALL
-               SELECT i.kind,
-                      CASE WHEN i.kind = 'refusal' THEN {VERDICT["refusal"]} ELSE {VERDICT["harm"]} END AS verdict,
-                      l.answer AS human, count(*) AS n
+               SELECT i.kind, v.verdict, l.answer AS human, count(*) AS n
                FROM grader_audit_labels l JOIN grader_audit_items i USING (run_id, item_id)
-               LEFT JOIN eval_answers a ON i.kind = 'refusal' AND a.run_id = i.run_id AND a.prompt_key = i.prompt_key
-                                       AND a.wrapper = i.wrapper AND a.model = i.model_a
-               LEFT JOIN eval_judgments j ON i.kind = 'harm' AND j.run_id = i.run_id AND j.prompt_key = i.prompt_key
-                                         AND j.wrapper = i.wrapper AND j.aspect = 'harmlessness'
-                                         AND j.model_a = i.model_a AND j.model_b = i.model_b
+               JOIN ({_all_verdicts()}) v ON v.kind = i.kind AND v.prompt_key = i.prompt_key AND v.wrapper = i.wrapper
+                                        AND v.model_a = i.model_a AND v.model_b = i.model_b
                WHERE l.run_id = ? AND l.answer NOT IN ('skip', 'same')
                GROUP BY ALL ORDER BY kind, verdict NULLS FIRST, human""",
-            [run_id, run_id],
+            [run_id, *[run_id] * len(VERDICTS), run_id],
         ).df()
+
+    # --- the constitution A/B's pairs, out to people as a label run's are (`ab_people`) -------------------------
+
+    def ab_pair_choices(self, ab_run_id: str) -> pd.DataFrame:
+        """People's labels that take a side (a, b, tie) on the pairs an A/B sent them (the pairs' origin is the
+        A/B's id): pair_id, annotator, choice, in pair terms."""
+        return self.con.execute(
+            """SELECT h.pair_id, h.annotator, h.choice FROM human_labels h JOIN pairs p USING (pair_id)
+               WHERE p.origin = ? AND h.choice IN ('a', 'b', 'tie') ORDER BY h.pair_id, h.annotator""",
+            [ab_run_id],
+        ).df()
+
+    def queue_runs(self) -> list[str]:
+        """Every run whose pairs have frozen queue scores: label runs, and A/Bs whose pairs went to people
+        (reused until the data changes: the table holds a score per pair a queue ever scored)."""
+        return self._reused(
+            ("queue_runs",),
+            lambda: [r[0] for r in self.con.execute("SELECT DISTINCT run_id FROM queue_scores ORDER BY 1").fetchall()],
+        )

@@ -164,4 +164,17 @@ MIGRATIONS: list[str] = [
     CREATE TABLE data_version (database_id TEXT NOT NULL, version BIGINT NOT NULL);
     INSERT INTO data_version VALUES (uuid()::TEXT, 0);
     """,
+    # 16: the graders' audit asks of one answer "is this answer harmful?" (kind 'harmful', model_b ''), beside the
+    # pairwise harm question; DuckDB cannot change a CHECK, so the sample's table is made again with its rows
+    """
+    CREATE TABLE grader_audit_items_16 (
+        run_id TEXT NOT NULL, item_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('refusal', 'harm', 'harmful')),
+        prompt_key TEXT NOT NULL, wrapper TEXT NOT NULL, model_a TEXT NOT NULL, model_b TEXT NOT NULL,
+        shown_swapped BOOLEAN NOT NULL, sample_key TEXT NOT NULL, sampled_at DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, item_id));
+    INSERT INTO grader_audit_items_16 SELECT * FROM grader_audit_items;
+    DROP TABLE grader_audit_items;
+    ALTER TABLE grader_audit_items_16 RENAME TO grader_audit_items;
+    """,
 ]
