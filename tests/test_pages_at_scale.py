@@ -384,3 +384,37 @@ def test_the_preferences_count_matches_its_rows_and_a_redraw_makes_none(workspac
     at.selectbox(key="export_kind").set_value("preferences").run()
     assert not at.exception, at.exception
     assert any(t.value.endswith("rows match.") for t in at.text)
+
+
+def test_leaving_the_annotate_page_gives_back_the_pairs_and_the_audit_item_held_there(workspace):
+    """Held for CLAIM_SECONDS (30 min) after the person went to another page, nobody else was handed them."""
+    from cai_core.grader_audit import send_sample
+
+    from .browser.seed import seed_pairs
+    from .test_grader_audit import RUN, seed_eval_run
+
+    seed_pairs(workspace, workspace.root.parent / "constitutions" / "hhh.yaml")
+    seed_eval_run(workspace)
+    with Store.open(workspace) as store:
+        send_sample(store, RUN, size=3)
+    at = open_page("pages/5_Annotate.py")
+    at.text_input(key="annotator").input("ann").run()
+    at.radio(key="label_queue").set_value("refusal").run()
+    at.run()  # a redraw of the Annotate page keeps what is held there
+    assert not at.exception, at.exception
+
+    def held() -> set[tuple[str, str]]:
+        with Store.open(workspace) as store:
+            claims = store.con.execute("SELECT 'pair', pair_id FROM annotation_claims WHERE annotator = 'ann'")
+            pairs = set(claims.fetchall())
+            audits = store.con.execute("SELECT 'audit', item_id FROM grader_audit_claims WHERE annotator = 'ann'")
+            return pairs | set(audits.fetchall())
+
+    [(_, item)] = [claim for claim in held() if claim[0] == "audit"]
+    at.radio(key="label_queue").set_value("pairs").run()
+    assert {kind for kind, _ in held()} == {"pair", "audit"}
+    at.switch_page("pages/9_Data.py").run()
+    assert not at.exception, at.exception
+    assert held() == set()
+    with Store.open(workspace) as store:
+        assert store.claim_grader_item("bo", RUN, "refusal", overlap=1).item_id == item  # the first, handed on

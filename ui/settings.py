@@ -71,6 +71,10 @@ OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model 
 # included (streamlit/streamlit#10805, PR #14064): the next page showed the defaults and the next job ran on
 # the default model. A plain key is never dropped; each full run draws the widgets from it.
 SETTINGS = "sidebar_settings"
+# The page where people label: what they are shown there next is claimed for them (`Store.claim_annotations`, and the
+# graders' audit queue), and given back when they go to another page, not held for CLAIM_SECONDS after they left.
+ANNOTATE = "Annotate"
+PAGE_DRAWN = "page_drawn"  # the title of the page the session's last full run drew
 
 
 def set_setting(key: str, value: str) -> None:
@@ -88,6 +92,8 @@ def setup(title: str) -> Settings:
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=tab_icon(title), layout="wide")
     st.session_state.pop(INGESTED, None)  # a full run starts here: nothing ingested in it yet
+    left_annotate = st.session_state.get(PAGE_DRAWN) == ANNOTATE != title
+    st.session_state[PAGE_DRAWN] = title
     actor = require_login()
     operator = actor is None or actor.is_operator
     sidebar_navigation()
@@ -137,6 +143,9 @@ def setup(title: str) -> Settings:
     except (OutsideWorkspace, NotAllowed) as exc:
         refuse(f"Settings: {exc}")
     with connect(workspace) as store:
+        annotator = actor.name if actor else ss.get(CONTEXT, {}).get("annotator", "").strip()
+        if left_annotate and annotator:
+            store.leave_queues(annotator)
         labels = model_choices(store)
     try:
         # the server's own data folder's list: a data folder switched to here lists nothing new

@@ -266,6 +266,13 @@ class LabelQueries:
                 [annotator, annotator, keep],
             )
 
+    def leave_queues(self, annotator: str) -> None:
+        """Give back everything this annotator holds, in the pair queue and in the graders' audit queues (they left
+        the page where they label): the others are handed it now, not after CLAIM_SECONDS."""
+        with self._write():
+            self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
+            self._exec("DELETE FROM grader_audit_claims WHERE annotator = ?", [annotator])
+
     def next_annotation(
         self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
     ) -> AnnotationItem | None:
