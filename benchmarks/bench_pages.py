@@ -212,7 +212,7 @@ def time_page(page: str | None, repeats: int) -> tuple[float, list[float], list[
     from streamlit.testing.v1 import AppTest
 
     began = time.perf_counter()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).run()
     if page:
         at.switch_page(page).run()
     first = time.perf_counter() - began

@@ -84,19 +84,13 @@ def export_count(
     gate: GateRule | Gate | None = None,
     raw_labels: bool = False,
 ) -> int:
-    """How many rows `export_rows` gives, without making them where the database can count them (every kind but
-    preferences, whose gate and calibration are worked out in Python)."""
+    """How many rows `export_rows` gives, counted by the database without making them (a page shows it at every
+    redraw)."""
     if kind == "preferences":
-        rows = export_rows(
-            store,
-            kind,
-            run_id=run_id,
-            min_confidence=min_confidence,
-            calibration=calibration,
-            gate=gate,
-            raw_labels=raw_labels,
-        )
-        return len(rows)
+        run_id, weights = _preference_labels(store, run_id, min_confidence, gate)
+        if run_id is None:
+            return 0
+        return store.count_pair_preferences(run_id, min_confidence, calibration, weights, raw=raw_labels)
     return store.count_final_steps(
         constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
     )
@@ -131,14 +125,9 @@ def preference_rows(
     a run labelled through a calibration stored is read, unless `raw`. Each row says which it read. `gate`: weigh
     each principle's labels by its audit against people (`label_gate`): a rule to decide it by, or a decision
     already taken; people's own labels are never gated."""
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
-    run_id = run_id or store.latest_label_run()
+    run_id, weights = _preference_labels(store, run_id, min_confidence, gate)
     if run_id is None:
         return pd.DataFrame(columns=PREFERENCE_COLUMNS)
-    if isinstance(gate, GateRule) and run_id != "human":
-        gate = label_gate(store, run_id, gate)
-    weights = gate.weights if isinstance(gate, Gate) and run_id != "human" else None
     rows = store.pair_preferences(run_id, min_confidence, calibration, weights, raw=raw)
     a_wins = rows.p > 0.5
     return pd.DataFrame(
@@ -154,6 +143,21 @@ def preference_rows(
             "calibration": list(rows.calibration),
         }
     )
+
+
+def _preference_labels(
+    store: Store, run_id: str | None, min_confidence: float, gate: GateRule | Gate | None
+) -> tuple[str | None, dict[str, float] | None]:
+    """The labels preference rows are made of (None: there are none yet) and each principle's weight there (the
+    gate's; None: unweighted), for `preference_rows` and its count alike."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
+    run_id = run_id or store.latest_label_run()
+    if run_id is None:
+        return None, None
+    if isinstance(gate, GateRule) and run_id != "human":
+        gate = label_gate(store, run_id, gate)
+    return run_id, gate.weights if isinstance(gate, Gate) and run_id != "human" else None
 
 
 def read_probability(rows: pd.DataFrame) -> str:

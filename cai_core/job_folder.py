@@ -27,9 +27,10 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,39 +404,104 @@ def run_id_for(prefix: str, identity: dict) -> str:
     return f"{prefix}-{digest(identity, 10)}"
 
 
-def _readable(run_json: Path, kinds: Collection[str] | None = None) -> bool:
-    """A job folder whose run.json says what the job is and whose progress.json can be read. Any other is left
-    out of listings: ingest quarantines it with its reason (`Store.ingest_problems`), and the home page and
-    `cai jobs` name it. With `kinds`, also one of those kinds (its progress is read only then)."""
+# A file changed this close to a look at its stat may change again within its file system's timestamp granularity
+# (a coarse clock tick; a second or two on some file systems) and keep the same stat: its stat is not trusted until
+# it is older than this, so it is read at every look until then (as git does with "racily clean" files).
+SETTLED_SECONDS = 2.0
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def job_files_stamp(stats: dict[str, os.stat_result]) -> str | None:
+    """What a job's run.json and progress.json are, by their stat (`stats`, by file name): inode, size, modified and
+    changed times in ns, so a file replaced or rewritten differs in one, even when its modified time was set back.
+    None while either is missing or changed too recently to trust (`SETTLED_SECONDS`): read it again."""
+    settled_before = _now_ns() - int(SETTLED_SECONDS * 1e9)
+    if set(stats) != {"run.json", "progress.json"} or any(
+        max(s.st_mtime_ns, s.st_ctime_ns) >= settled_before for s in stats.values()
+    ):
+        return None
+    return " ".join(f"{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}" for _, s in sorted(stats.items()))
+
+
+def _readable_kind(folder: Path) -> str | None:
+    """The kind of the job in FOLDER when its run.json says what the job is and its progress.json can be read; None
+    for any other, which listings leave out: ingest quarantines it with its reason (`Store.ingest_problems`), and the
+    home page and `cai jobs` name it."""
+    job = JobFolder(folder)
     try:
-        spec = json.loads(run_json.read_text(encoding="utf-8"))
+        spec = job.spec
         if not (isinstance(spec, dict) and isinstance(spec.get("kind"), str) and isinstance(spec.get("config"), dict)):
-            return False
-        if kinds is not None and spec["kind"] not in kinds:
-            return False
-        JobFolder(run_json.parent).progress()
+            return None
+        job.recorded_progress()
     except (OSError, ValueError):
-        return False
-    return True
+        return None
+    return spec["kind"]
+
+
+# Per runs folder listed: each job folder's files' stamp and what they said (its kind, or None: unreadable). Every
+# page lists its kind of job several times a redraw; a finished job's two files are read once, not at each listing.
+# Only the folders of the last listing are kept, for the last few runs folders listed.
+_kinds_read: dict[Path, dict[str, tuple[str, str | None]]] = {}
+_kinds_read_guard = threading.Lock()
+RUNS_FOLDERS_KEPT = 8
+
+
+def _job_kinds(runs_dir: Path) -> list[tuple[Path, float, str | None]]:
+    """Each job folder holding a run.json in RUNS_DIR: its path, modified time and readable kind (`_readable_kind`),
+    the files read again only where their stamp changed or is not yet trusted."""
+    with _kinds_read_guard:
+        known = _kinds_read.get(runs_dir, {})
+    listed, seen = [], {}
+    with os.scandir(runs_dir) as entries:
+        for entry in entries:
+            stats = {}
+            for name in ("run.json", "progress.json"):
+                with suppress(FileNotFoundError, NotADirectoryError):  # no job folder, or not yet one
+                    stats[name] = os.stat(os.path.join(entry.path, name))
+            if "run.json" not in stats:
+                continue
+            try:
+                modified = entry.stat().st_mtime
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            stamp = job_files_stamp(stats)
+            kept = known.get(entry.name)
+            if stamp is not None and kept is not None and kept[0] == stamp:
+                kind = kept[1]
+            else:
+                kind = _readable_kind(Path(entry.path))
+            if stamp is not None:
+                seen[entry.name] = (stamp, kind)
+            listed.append((Path(entry.path), modified, kind))
+    with _kinds_read_guard:
+        _kinds_read.pop(runs_dir, None)
+        _kinds_read[runs_dir] = seen  # the most recently listed last
+        while len(_kinds_read) > RUNS_FOLDERS_KEPT:
+            del _kinds_read[next(iter(_kinds_read))]
+    return listed
 
 
 def list_job_folders(
     runs_dir: Path, *, unreadable: bool = False, kinds: Collection[str] | None = None
 ) -> list[JobFolder]:
     """Job folders, newest first; with `unreadable`, also those whose run.json cannot be read (for ingest, which
-    quarantines them); with `kinds`, only (readable) jobs of those kinds: each run.json is read once, where a page
-    that filtered the listing by `spec` read every one twice."""
-    if not Path(runs_dir).exists():
+    quarantines them); with `kinds`, only (readable) jobs of those kinds. A finished job's run.json and
+    progress.json are read once while their stat stays the same (`job_files_stamp`), not at every listing."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.exists():
         return []
-    return sorted(
-        (
-            JobFolder(p)
-            for p in Path(runs_dir).iterdir()
-            if (p / "run.json").exists() and ((unreadable and kinds is None) or _readable(p / "run.json", kinds))
-        ),
-        key=lambda j: j.path.stat().st_mtime,
-        reverse=True,
-    )
+    if unreadable and kinds is None:  # ingest reads each job's files itself, and only when their stamp changed
+        listed = [(p, p.stat().st_mtime) for p in runs_dir.iterdir() if (p / "run.json").exists()]
+    else:
+        listed = [
+            (path, modified)
+            for path, modified, kind in _job_kinds(runs_dir)
+            if (kind is not None or unreadable) and (kinds is None or kind in kinds)
+        ]
+    return [JobFolder(path) for path, _ in sorted(listed, key=lambda pair: pair[1], reverse=True)]
 
 
 def _alive(pid: int) -> bool:

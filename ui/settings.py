@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from cai_core.auth import (
     IDENTITY_HEADER,
@@ -70,6 +71,10 @@ OTHER_MODEL = "other…"  # the sidebar's choice that reveals a free-text model 
 # included (streamlit/streamlit#10805, PR #14064): the next page showed the defaults and the next job ran on
 # the default model. A plain key is never dropped; each full run draws the widgets from it.
 SETTINGS = "sidebar_settings"
+# The page where people label: what they are shown there next is claimed for them (`Store.claim_annotations`, and the
+# graders' audit queue), and given back when they go to another page, not held for CLAIM_SECONDS after they left.
+ANNOTATE = "Annotate"
+PAGE_DRAWN = "page_drawn"  # the title of the page the session's last full run drew
 
 
 def set_setting(key: str, value: str) -> None:
@@ -86,6 +91,9 @@ def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=tab_icon(title), layout="wide")
+    st.session_state.pop(INGESTED, None)  # a full run starts here: nothing ingested in it yet
+    left_annotate = st.session_state.get(PAGE_DRAWN) == ANNOTATE != title
+    st.session_state[PAGE_DRAWN] = title
     actor = require_login()
     operator = actor is None or actor.is_operator
     sidebar_navigation()
@@ -135,6 +143,9 @@ def setup(title: str) -> Settings:
     except (OutsideWorkspace, NotAllowed) as exc:
         refuse(f"Settings: {exc}")
     with connect(workspace) as store:
+        annotator = actor.name if actor else ss.get(CONTEXT, {}).get("annotator", "").strip()
+        if left_annotate and annotator:
+            store.leave_queues(annotator)
         labels = model_choices(store)
     try:
         # the server's own data folder's list: a data folder switched to here lists nothing new
@@ -291,13 +302,24 @@ def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, 
     return str(workspace.resolve_browser_path(typed, suffixes=suffixes))
 
 
+# The workspace a page's full run has ingested while no job was at work: its other connections in that run take in
+# nothing new (every redraw ingested twice, the sidebar's model list first, at ~50 ms CPU each with 200 jobs). A job
+# at work may spool between two connections, and a fragment's rerun is a redraw of its own: each of those ingests.
+INGESTED = "ingested_this_run"
+
+
 @contextmanager
 def connect(workspace: Workspace) -> Iterator[Store]:
     """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
     and the CLI need it too), after copying in whatever background jobs have spooled since the last run."""
+    ss = st.session_state
+    fragment_rerun = bool(get_script_run_ctx().fragment_ids_this_run)
     try:
         with Store.open(workspace) as store:
-            store.ingest(workspace.runs_dir)
+            if fragment_rerun or ss.get(INGESTED) != workspace:
+                store.ingest(workspace.runs_dir)
+                if not fragment_rerun and not store.jobs_at_work():
+                    ss[INGESTED] = workspace
             yield store
     except StoreError as exc:
         st.error(md_escape(f"The database cannot be opened: {exc}"))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from dataclasses import fields
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from ..job_folder import job_files_stamp
 from ..jobs import JobFolder, list_job_folders
 from ..records import (
     PAIR_SOURCES,
@@ -74,7 +74,7 @@ class IngestQueries:
         number of sessions at once; what cannot be read is quarantined (see `ingest_problems`). With nothing
         new it costs four queries and a listing of each job's folder, reads no file, and writes nothing: a finished
         job's run.json and progress.json are read again only when their stat differs from the one kept when they
-        were last read (`_job_file_stamp`)."""
+        were last read (`job_files_stamp`)."""
         runs = {row[0]: row for row in self.con.execute(f"SELECT {', '.join(columns(Run))} FROM runs").fetchall()}
         offsets = dict(self.con.execute("SELECT path, bytes FROM ingest_offsets").fetchall())
         stamps = dict(  # a running job's files are read at every ingest: its process may have died since
@@ -122,6 +122,10 @@ class IngestQueries:
                     "INSERT OR REPLACE", "job_file_stamps", pd.DataFrame(read, columns=["folder", "run_id", "stamp"])
                 )
         return added
+
+    def jobs_at_work(self) -> bool:
+        """Whether a job was pending or running at the last ingest: it may spool more before the next."""
+        return self._one("SELECT count(*) FROM runs WHERE status IN ('pending', 'running')")[0] > 0
 
     def _store_run(self, job: JobFolder, run: Run, constitution: dict | None) -> None:
         with self._write():
@@ -205,19 +209,10 @@ class BadJobFile(ValueError):
         self.path, self.problem, self.line = path, problem, line
 
 
-# A file changed this close to the ingest that reads it may change again within its file system's timestamp
-# granularity (a coarse clock tick; a second or two on some file systems) and keep the same stat: its stat is not
-# kept until it is older than this, so it is read at every ingest until then (as git does with "racily clean" files).
-SETTLED_SECONDS = 2.0
-
-
 def _listing(folder: Path) -> tuple[dict[str, int], str | None]:
     """From one listing of a job's FOLDER: the size of each spooled (.jsonl) file by name, and the stamp of its
-    run.json and progress.json (inode, size, modified and changed times in ns: a file replaced or rewritten
-    differs in one, even when its modified time was set back), or None while either changed too recently to
-    trust it (`SETTLED_SECONDS`) or is missing."""
+    run.json and progress.json (`job_files_stamp`: None while either is missing or changed too recently to trust)."""
     sizes, stats = {}, {}
-    settled_before = _now_ns() - int(SETTLED_SECONDS * 1e9)
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -227,14 +222,7 @@ def _listing(folder: Path) -> tuple[dict[str, int], str | None]:
                     stats[entry.name] = entry.stat()
     except FileNotFoundError:  # removed since it was listed
         return {}, None
-    if len(stats) < 2 or any(max(s.st_mtime_ns, s.st_ctime_ns) >= settled_before for s in stats.values()):
-        return sizes, None
-    stamp = " ".join(f"{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}" for _, s in sorted(stats.items()))
-    return sizes, stamp
-
-
-def _now_ns() -> int:
-    return time.time_ns()
+    return sizes, job_files_stamp(stats)
 
 
 def _run_record(job: JobFolder) -> tuple[Run, dict | None]:

@@ -266,6 +266,13 @@ class LabelQueries:
                 [annotator, annotator, keep],
             )
 
+    def leave_queues(self, annotator: str) -> None:
+        """Give back everything this annotator holds, in the pair queue and in the graders' audit queues (they left
+        the page where they label): the others are handed it now, not after CLAIM_SECONDS."""
+        with self._write():
+            self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
+            self._exec("DELETE FROM grader_audit_claims WHERE annotator = ?", [annotator])
+
     def next_annotation(
         self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
     ) -> AnnotationItem | None:
@@ -347,6 +354,39 @@ class LabelQueries:
         labelled through a calibration, unless `raw`. Pairs with p = 0.5 or confidence |2p - 1| below
         `min_confidence` are left out. `principle_weights` (the label gate's): p is the weighted mean over the
         principles it names, and a pair whose principles all weigh 0 is left out."""
+        labels, params = self._pair_preference_sql(run_id, min_confidence, calibration_id, principle_weights, raw)
+        return self.con.execute(
+            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id, l.calibration
+                FROM ({labels}) l JOIN pairs p USING (pair_id)
+                ORDER BY p.source, p.origin, p.origin_index, l.pair_id""",
+            params,
+        ).df()
+
+    def count_pair_preferences(
+        self,
+        run_id: str,
+        min_confidence: float = 0.0,
+        calibration_id: str | None = None,
+        principle_weights: dict[str, float] | None = None,
+        raw: bool = False,
+    ) -> int:
+        """How many rows `pair_preferences` returns, counted in the database (the Data page shows it at every
+        redraw: making 250k pairs' rows to count them was seconds; reused until the data changes)."""
+        labels, params = self._pair_preference_sql(run_id, min_confidence, calibration_id, principle_weights, raw)
+        return self._reused(
+            ("count_pair_preferences", labels, tuple(map(str, params))),
+            lambda: self._one(f"SELECT count(*) FROM ({labels}) l JOIN pairs p USING (pair_id)", params)[0],
+        )
+
+    def _pair_preference_sql(
+        self,
+        run_id: str,
+        min_confidence: float,
+        calibration_id: str | None,
+        principle_weights: dict[str, float] | None,
+        raw: bool,
+    ) -> tuple[str, list]:
+        """The query of each kept pair's p and calibration (see `pair_preferences`), and its parameters."""
         if run_id == "human":
             labels = """SELECT pair_id, avg((choice = 'a')::INT) AS p, NULL::TEXT AS calibration FROM human_labels
                         WHERE choice IN ('a', 'b') GROUP BY pair_id"""
@@ -372,9 +412,4 @@ class LabelQueries:
                              FROM {ai_labels_table(calibration_id)} l
                              WHERE l.run_id = ? AND l.p_a IS NOT NULL GROUP BY pair_id"""
                 params += [run_id, min_confidence]
-        return self.con.execute(
-            f"""SELECT p.prompt, p.response_a, p.response_b, l.p, l.pair_id, l.calibration
-                FROM ({labels}) l JOIN pairs p USING (pair_id) WHERE l.p <> 0.5 AND abs(2 * l.p - 1) >= ?
-                ORDER BY p.source, p.origin, p.origin_index, l.pair_id""",
-            params,
-        ).df()
+        return f"SELECT * FROM ({labels}) WHERE p <> 0.5 AND abs(2 * p - 1) >= ?", params
