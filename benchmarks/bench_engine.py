@@ -165,6 +165,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="A checkout of the code to compare with (service-warm-baseline).")
     parser.add_argument("--repeat", type=int, default=1, help="Turns of service-warm and service-warm-baseline.")
     parser.add_argument(
+        "--standin-seconds-per-word",
+        type=float,
+        help="Run the warm sides and try-it on the stand-in server instead of vLLM, each answer taking this many "
+        "seconds a word (where vLLM cannot start in time: the job's side of the first step, engine modelled).",
+    )
+    parser.add_argument(
         "--until-first-step",
         action="store_true",
         help="Stop each warm side's job once its first step is stored (no end time), and wait for the service to "
@@ -196,6 +202,11 @@ def main() -> None:
     }
     print(json.dumps({"floor": result["floor"]}), flush=True)
     model = local_model_path("default", ws)
+    if args.standin_seconds_per_word is not None:
+        engine_service.server_command = standin_command
+        os.environ["FAKE_ENGINE_SECONDS_PER_WORD"] = str(args.standin_seconds_per_word)
+    result["engine"] = "stand-in" if args.standin_seconds_per_word is not None else "vllm"
+    result["standin_seconds_per_word"] = args.standin_seconds_per_word
     engine_service.stop(ws)
     try:
         for side in SIDES:
