@@ -288,10 +288,10 @@ class OpenAICompatBackend:
     ) -> Iterator[list[tuple[int, Any]]]:
         """`task(item, turn)` for every item, over the fleet at once, yielding `(index, result)` pairs as they end:
         each yield all that ended since the last, so a caller that stores them keeps up at any rate; `on_done(1)`
-        for each before it is yielded. The first
-        failure (one that outlived its retries) is raised after what ended before it is yielded. Once most of the
-        items are in, one still running far longer than the typical one gets a second copy on another server and
-        the first answer is kept: a stalled request costs a hedge, not the client's whole timeout."""
+        for each before it is yielded. The first failure (one that outlived its retries) is raised after what ended
+        before it is yielded. Once most of the items are in, one still running far longer than the typical one gets
+        a second copy on another server and the first answer is kept: a stalled request costs a hedge, not the
+        client's whole timeout."""
         if not items:
             return
         with self._turn_lock:
