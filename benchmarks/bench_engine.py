@@ -4,13 +4,18 @@ the click to its first stored trace step and to its end.
 
     python benchmarks/bench_engine.py [--prompts 4] [--rounds 1] [--max-new-tokens 32] [--eager]
                                       [--constitution constitutions/customer_service.yaml] [--sides ...]
-                                      [--reserved-cpus 0]
+                                      [--reserved-cpus 0] [--baseline DIR --repeat N]
 
 Sides, in this order, on one data folder (a temporary one unless --data-dir):
 - hf: the job on transformers (`hf:default`);
 - vllm: the job on vLLM in its own process (`vllm:default`), its engine's start-up inside the job;
 - service-cold: the job on the service when none runs: the job starts it (start-up inside the job);
-- service-warm: the same job again (another seed) on the service left running;
+- service-warm: the same job again (another seed) on the service left running (started first if none runs);
+- service-warm-baseline (with --baseline DIR, a checkout of the code to compare with, e.g. `git archive` of an
+  earlier commit): the same job on the same warm service, its process running DIR's code; with --repeat N the two
+  sides take turns N times (the same seed in a turn, another each turn), so that both meet the same load;
+- try-it: the Constitution page's "Try it" (answer, critique, revision, streamed) on the warm service, in this
+  process as in the app's: seconds to each part's first words and to its end;
 - two-at-once / one-after-other: two jobs (seeds 2 and 3) on the warm service together, then the same two
   again (seeds 4 and 5) one after the other;
 - standin: the same job on a warm stand-in server that answers at once (tests/fake_engine_server.py, a data
@@ -27,10 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,7 +49,18 @@ from cai_core.backends import local_model_path  # noqa: E402
 from cai_core.critique import GenerateConfig  # noqa: E402 - the page that starts a job has it imported already
 from cai_core.workspace import PROJECT_ROOT, Workspace  # noqa: E402
 
-SIDES = ("hf", "vllm", "service-cold", "service-warm", "two-at-once", "one-after-other", "standin")
+SIDES = (
+    "hf",
+    "vllm",
+    "service-cold",
+    "service-warm",
+    "service-warm-baseline",
+    "try-it",
+    "two-at-once",
+    "one-after-other",
+    "standin",
+)
+WARM_SIDES = ("service-warm", "service-warm-baseline")
 STANDIN_SERVER = PROJECT_ROOT / "tests" / "fake_engine_server.py"
 HOST = engine_service.HOST
 JOB_IMPORTS = "import cai_core.cli, cai_core.critique, cai_core.backends.service"
@@ -59,7 +79,7 @@ def seconds_to_run(code: str) -> float:
 class Job:
     """One generation job, started as a page's Start button starts it, and the moments that matter to its user."""
 
-    def __init__(self, ws: Workspace, args, model: str, run_id: str, seed: int):
+    def __init__(self, ws: Workspace, args, model: str, run_id: str, seed: int, code: Path | None = None):
         config = GenerateConfig(
             constitution=args.constitution,
             prompts=str(ws.demo_prompts),
@@ -72,7 +92,19 @@ class Job:
         )
         self.began = time.perf_counter()
         folder = jobs.prepare("generate", config, ws)
-        self.process = jobs.launch(folder, ws)  # its output goes to the run's log.txt
+        if code is None:
+            self.process = jobs.launch(folder, ws)  # its output goes to the run's log.txt
+        else:  # as jobs.launch does, with CODE's cai_core
+            with open(folder.path / "log.txt", "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "cai_core.cli", *ws.cli_args(), "resume", folder.run_id],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=code,
+                    env={**os.environ, "PYTHONPATH": str(code)},
+                )
         self.steps, self.log = folder.path / "trace_steps.jsonl", folder.path / "log.txt"
         self.first: float | None = None
 
@@ -83,18 +115,36 @@ class Job:
         return self.process.poll() is None
 
 
-def run_jobs(jobs: list[Job]) -> dict:
+def run_jobs(jobs: list[Job], until_first_step: bool = False) -> dict:
+    """Wait for the jobs' ends; with `until_first_step`, stop each once its first step is stored (its process group
+    killed, as a lost machine would: a benchmark of the first step need not wait for the rest)."""
     while any([job.poll() for job in jobs]):
+        for job in jobs:
+            if until_first_step and job.first is not None and job.process.poll() is None:
+                os.killpg(job.process.pid, signal.SIGKILL)
         time.sleep(0.1)
     for job in jobs:
         job.poll()
-        if job.process.returncode:
+        if job.process.returncode and not until_first_step:
             sys.exit(f"a job failed (exit {job.process.returncode}); see {job.log}")
     end = time.perf_counter()
     return {
         "first_step_s": [round(job.first or 0, 1) for job in jobs],
-        "total_s": round(end - min(job.began for job in jobs), 1),
+        **({} if until_first_step else {"total_s": round(end - min(job.began for job in jobs), 1)}),
     }
+
+
+def wait_until_idle(service: engine_service.Service) -> None:
+    """Until the server runs and queues no request (its /metrics), at most 10 minutes: requests of a killed job
+    may still be answered, and would slow the next side."""
+    metrics = service.url.removesuffix("/v1") + "/metrics"
+    for _ in range(6000):
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            text = response.read().decode()
+        busy = re.findall(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} ([0-9.]+)", text, re.MULTILINE)
+        if not any(float(n) for n in busy):
+            return
+        time.sleep(0.1)
 
 
 def main() -> None:
@@ -112,8 +162,24 @@ def main() -> None:
     )
     parser.add_argument("--sides", default=",".join(SIDES), help=f"Comma-separated, of: {', '.join(SIDES)}.")
     parser.add_argument("--data-dir", help="A data folder to use (default: a temporary one).")
+    parser.add_argument("--baseline", type=Path, help="A checkout of the code to compare with (service-warm-baseline).")
+    parser.add_argument("--repeat", type=int, default=1, help="Turns of service-warm and service-warm-baseline.")
+    parser.add_argument(
+        "--standin-seconds-per-word",
+        type=float,
+        help="Run the warm sides and try-it on the stand-in server instead of vLLM, each answer taking this many "
+        "seconds a word (where vLLM cannot start in time: the job's side of the first step, engine modelled).",
+    )
+    parser.add_argument(
+        "--until-first-step",
+        action="store_true",
+        help="Stop each warm side's job once its first step is stored (no end time), and wait for the service to "
+        "be idle before the next.",
+    )
     args = parser.parse_args()
     sides = args.sides.split(",")
+    if args.baseline is None and "service-warm-baseline" in sides:
+        sides.remove("service-warm-baseline")
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="bench-engine-"))
     shared_models = Workspace.from_env().models_dir
     ws = data_folder(root, shared_models)
@@ -136,16 +202,46 @@ def main() -> None:
     }
     print(json.dumps({"floor": result["floor"]}), flush=True)
     model = local_model_path("default", ws)
+    if args.standin_seconds_per_word is not None:
+        engine_service.server_command = standin_command
+        os.environ["FAKE_ENGINE_SECONDS_PER_WORD"] = str(args.standin_seconds_per_word)
+    result["engine"] = "stand-in" if args.standin_seconds_per_word is not None else "vllm"
+    result["standin_seconds_per_word"] = args.standin_seconds_per_word
     engine_service.stop(ws)
     try:
         for side in SIDES:
-            if side not in sides:
+            if side not in sides or (side in WARM_SIDES[1:] and "service-warm" in sides):
+                continue  # the warm sides take turns, below
+            if side in WARM_SIDES:
+                service = engine_service.start(ws, model, owner="cli")
+                for turn in range(args.repeat):
+                    # the same seed, so the same answers, on both sides of a turn; who goes first alternates
+                    for warm in [w for w in WARM_SIDES[:: 1 if turn % 2 == 0 else -1] if w in sides]:
+                        code = args.baseline if warm == "service-warm-baseline" else None
+                        if args.until_first_step:
+                            wait_until_idle(service)
+                        before = load()
+                        job = Job(ws, args, "service:default", f"{warm}-{turn}", 10 + turn, code)
+                        figures = run_jobs([job], args.until_first_step)
+                        figures |= {"load_before": before, "load_after": load()}
+                        result.setdefault(warm, {"turns": []})["turns"].append(figures)
+                        print(json.dumps({warm: figures}), flush=True)
+                for warm in WARM_SIDES:
+                    if warm in result:
+                        turns = result[warm]["turns"]
+                        result[warm]["first_step_s"] = [statistics.median(t["first_step_s"][0] for t in turns)]
+                        if not args.until_first_step:
+                            result[warm]["total_s"] = statistics.median(t["total_s"] for t in turns)
                 continue
             before = load()
-            if side in ("hf", "vllm", "service-cold", "service-warm"):
+            if side in ("hf", "vllm", "service-cold"):
                 spec = {"hf": "hf:default", "vllm": "vllm:default"}.get(side, "service:default")
-                seed = {"service-warm": 1}.get(side, 0)
-                figures = run_jobs([Job(ws, args, spec, side, seed)])
+                figures = run_jobs([Job(ws, args, spec, side, 0)])
+            elif side == "try-it":
+                service = engine_service.start(ws, model, owner="cli")
+                if args.until_first_step:
+                    wait_until_idle(service)
+                figures = try_it(ws, args)
             elif side == "two-at-once":
                 engine_service.start(ws, model, owner="cli")
                 figures = run_jobs([Job(ws, args, "service:default", f"together-{s}", s) for s in (2, 3)])
@@ -169,7 +265,7 @@ def main() -> None:
         engine_service.stop(standin)
 
     def ratio(a: str, b: str, key: str) -> float | None:
-        if a in result and b in result:
+        if key in result.get(a, {}) and key in result.get(b, {}):
             x, y = result[a][key], result[b][key]
             x, y = (x[0], y[0]) if isinstance(x, list) else (x, y)
             return round(x / y, 2) if y else None
@@ -180,11 +276,43 @@ def main() -> None:
         "first_step: service cold / service warm": ratio("service-cold", "service-warm", "first_step_s"),
         "first_step: hf / service warm": ratio("hf", "service-warm", "first_step_s"),
         "first_step: service warm / stand-in (the job's own start)": ratio("service-warm", "standin", "first_step_s"),
+        "first_step: baseline / service warm (median of the turns)": ratio(
+            "service-warm-baseline", "service-warm", "first_step_s"
+        ),
+        "total: baseline / service warm (median of the turns)": ratio(
+            "service-warm-baseline", "service-warm", "total_s"
+        ),
         "total: hf / service warm": ratio("hf", "service-warm", "total_s"),
         "total: vllm in-process / service warm": ratio("vllm", "service-warm", "total_s"),
         "total: one after the other / two at once": ratio("one-after-other", "two-at-once", "total_s"),
     }
     print(json.dumps(result, indent=1))
+
+
+def try_it(ws: Workspace, args) -> dict:
+    """The Constitution page's "Try it" as the page runs it: the backend loaded (the service found running), then
+    one answer, critique and revision streamed, at the page's 128 tokens; seconds from the click to each part's
+    first words and to each part's end."""
+    from cai_core.backends import SamplingParams, load_backend
+    from cai_core.constitution import load_constitution
+    from cai_core.critique import critique_once
+    from cai_core.prompts import load_prompts
+
+    constitution = load_constitution(args.constitution)
+    prompt = load_prompts(str(ws.demo_prompts), limit=1).prompts[0].prompt
+    began = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def on_text(part: str, text: str) -> None:
+        now = round(time.perf_counter() - began, 2)
+        marks.setdefault(f"{part}_first_words_s", now)
+        marks[f"{part}_end_s"] = now
+
+    backend = load_backend("service:default", ws)
+    marks["backend_loaded_s"] = round(time.perf_counter() - began, 2)
+    principle = constitution.enabled_principles[0].id
+    critique_once(backend, constitution, principle, prompt, params=SamplingParams(max_new_tokens=128), on_text=on_text)
+    return marks | {"total_s": round(time.perf_counter() - began, 2)}
 
 
 def data_folder(root: Path, shared_models: Path) -> Workspace:

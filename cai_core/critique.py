@@ -2,8 +2,10 @@
 
 Work walks in chunks of traces; inside a chunk every round is one batched call per stage
 (initial answers, critiques, revisions), never one prompt at a time. Each stage's records are
-spooled before the next begins, so a killed job resumes at the stage it was in. On a fleet of
-servers several chunks are in flight at once (`jobs.PipelinedWork`).
+spooled before the next begins, so a killed job resumes at the stage it was in; on a server each
+answer and revision is spooled as it comes (`backends.generate_each`), not when the stage's slowest
+is in. On a fleet of servers, or the engine service, several chunks are in flight at once
+(`jobs.PipelinedWork`).
 
 Each round critiques the *latest* answer afresh (the conversation is prompt, answer, critique
 request), rather than growing one long conversation over every round as the paper's samples do:
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .auth import require_operator
-from .backends import DEFAULT_MODEL, Backend, Chat, SamplingParams, load_backend, stream
+from .backends import DEFAULT_MODEL, Backend, Chat, Generation, SamplingParams, generate_each, load_backend, stream
 from .config import CheckedConfig
 from .constitution import Constitution, Principle, load_constitution
 from .jobs import JobFolder, JobKind, KeySet, Plan, engine_name, in_flight_for
@@ -300,12 +302,12 @@ class GenerateWork:
             states.append(_State(trace, index, last["response"] if last else "", last["round"] if last else -1, False))
         missing = [s for s in states if s.round < 0]
         if missing:
-            yield self._run_initial(missing, new_traces, chunk_start, count)
+            yield from self._run_initial(missing, new_traces, chunk_start, count)
         for round_ in range(1, self.rounds + 1):
             self.job.stop_if_cancelled()
             active = [s for s in states if not s.stopped and s.round == round_ - 1]
             if active:
-                yield self._run_round(active, round_, count)
+                yield from self._run_round(active, round_, count)
 
     def _new_trace(self, trace_id: str, prompt, sample: int, policy: Backend, critic: Backend) -> Trace:
         """A trace whose prompt fits both models' contexts with everything that surrounds it in a round."""
@@ -335,22 +337,28 @@ class GenerateWork:
             warning=warning,
         )
 
-    def _run_initial(self, missing: list[_State], new_traces: list[Trace], chunk_start: int, count) -> list:
+    def _run_initial(self, missing: list[_State], new_traces: list[Trace], chunk_start: int, count) -> Iterator[list]:
         policy, _ = self.backends()
         params = self.config.sampling()
         params = SamplingParams(**{**asdict(params), "seed": params.seed + 7919 * chunk_start})
         chats = [[{"role": "user", "content": s.trace.prompt}] for s in missing]
-        answers = policy.generate(chats, params, on_done=count)
-        new_steps = [
-            TraceStep(s.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds)
-            for s, a in zip(missing, answers, strict=True)
-        ]
-        for s, st in zip(missing, new_steps, strict=True):
-            s.response, s.round = st.response, 0
-        # traces before steps: a step on disk always has its trace on disk
-        return [("traces", [to_row(t) for t in new_traces]), ("trace_steps", [to_row(st) for st in new_steps])]
+        new = {t.trace_id: t for t in new_traces}
+        for done in generate_each(policy, chats, params, on_done=count):
+            traces, steps = [], []
+            for i, a in done:
+                state = missing[i]
+                state.response, state.round = a.text, 0
+                if state.trace.trace_id in new:
+                    traces.append(new.pop(state.trace.trace_id))
+                steps.append(
+                    TraceStep(
+                        state.trace.trace_id, 0, None, None, a.text, a.prompt_tokens, 0, a.completion_tokens, a.seconds
+                    )
+                )
+            # traces before steps: a step on disk always has its trace on disk
+            yield [("traces", [to_row(t) for t in traces]), ("trace_steps", [to_row(st) for st in steps])]
 
-    def _run_round(self, active: list[_State], round_: int, count: Callable[[float], None]) -> list:
+    def _run_round(self, active: list[_State], round_: int, count: Callable[[float], None]) -> Iterator[list]:
         config, constitution = self.config, self.constitution
         _, critic = self.backends()
         params = config.sampling()
@@ -371,20 +379,15 @@ class GenerateWork:
         )
         self.job.stop_if_cancelled()
         revise = [i for i, c in enumerate(critiques) if not says_nothing_to_change(c.text, self.stop_phrases)]
-        revisions = critic.generate(
-            [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
-            SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
-            on_done=half_steps,
-        )
-        revision_of = dict(zip(revise, revisions, strict=True))
-        new_steps = []
-        for i, (state, principle, critique) in enumerate(zip(active, principles, critiques, strict=True)):
-            revision = revision_of.get(i)
-            new_steps.append(
-                TraceStep(
+
+        def steps(revised: list[tuple[int, Generation | None]]) -> list:
+            new_steps = []
+            for i, revision in revised:
+                state, critique = active[i], critiques[i]
+                step = TraceStep(
                     trace_id=state.trace.trace_id,
                     round=round_,
-                    principle_id=principle.id,
+                    principle_id=principles[i].id,
                     critique=critique.text,
                     response=revision.text if revision else state.response,
                     prompt_tokens=critique.prompt_tokens,
@@ -393,10 +396,20 @@ class GenerateWork:
                     seconds=critique.seconds + (revision.seconds if revision else 0.0),
                     stopped=revision is None,
                 )
-            )
-        for state, step in zip(active, new_steps, strict=True):
-            state.response, state.round, state.stopped = step.response, round_, step.stopped
-        return [("trace_steps", [to_row(st) for st in new_steps])]
+                state.response, state.round, state.stopped = step.response, round_, step.stopped
+                new_steps.append(step)
+            return [("trace_steps", [to_row(st) for st in new_steps])]
+
+        to_revise = set(revise)
+        if len(revise) < len(active):  # traces whose critique asks for no change end this round now
+            yield steps([(i, None) for i in range(len(active)) if i not in to_revise])
+        for done in generate_each(
+            critic,
+            [revision_chat(critique_chats[i], critiques[i].text, principles[i]) for i in revise],
+            SamplingParams(**{**asdict(params), "seed": params.seed + 1000 + round_}),
+            on_done=half_steps,
+        ):
+            yield steps([(revise[j], revision) for j, revision in done])
 
 
 GENERATE = JobKind("generate", GenerateConfig, _plan, GenerateWork, "SL-CAI", prefix="gen")

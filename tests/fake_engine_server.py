@@ -4,7 +4,10 @@ same command-line options that matter (--served-model-name, --host, --port), the
 
 Switches through the environment: FAKE_ENGINE_START_DELAY (seconds before it listens), FAKE_ENGINE_EXIT (exit
 at start with a message), FAKE_ENGINE_DIE_AFTER=N with FAKE_ENGINE_DIED=PATH (after N answers it kills itself with
-SIGKILL, once: PATH marks that it did, so the server started after it lives)."""
+SIGKILL, once: PATH marks that it did, so the server started after it lives), FAKE_ENGINE_HOLD=TEXT with
+FAKE_ENGINE_RELEASE=PATH (a chat whose last user turn holds TEXT is answered only once PATH exists: the slowest
+answer of a batch, held as long as a test needs), FAKE_ENGINE_SECONDS_PER_WORD=S (each answer takes S seconds a word
+of its text, as an engine's decode grows with the answer: a batch's answers end at different times)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ def main() -> None:
     key = os.environ["VLLM_API_KEY"]
     die_after = int(os.environ.get("FAKE_ENGINE_DIE_AFTER", "0"))
     died = os.environ.get("FAKE_ENGINE_DIED", "")
+    hold, release = os.environ.get("FAKE_ENGINE_HOLD", ""), os.environ.get("FAKE_ENGINE_RELEASE", "")
+    seconds_per_word = float(os.environ.get("FAKE_ENGINE_SECONDS_PER_WORD", "0"))
     answered = []
     lock = threading.Lock()
 
@@ -72,6 +77,9 @@ def main() -> None:
                     open(died, "w").close()
                     os.kill(os.getpid(), signal.SIGKILL)
             text = "echo: " + body["messages"][-1]["content"]
+            time.sleep(seconds_per_word * len(text.split()))
+            while hold and hold in text and not os.path.exists(release):
+                time.sleep(0.05)
             usage = {"prompt_tokens": 3, "completion_tokens": len(text.split())}
             self._reply(200, {"choices": [{"index": 0, "message": {"content": text}}], "usage": usage})
 

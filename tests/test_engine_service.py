@@ -195,6 +195,43 @@ def test_a_job_whose_service_is_killed_restarts_it_and_loses_and_doubles_nothing
     assert job.engines() == "service"
 
 
+def test_a_chunks_answers_are_stored_as_they_come_not_when_its_slowest_returns(
+    fake_engine, workspace, tiny_model_path, monkeypatch, tmp_path
+):
+    """Issue 26: a job on the warm service stored its first step only when its chunk's slowest answer was in, so a
+    page's Start showed nothing for as long as the longest answer took. The stand-in holds one answer of the chunk
+    until the test lets it go; the others must be on disk meanwhile."""
+    release = tmp_path / "release"
+    monkeypatch.setenv("FAKE_ENGINE_HOLD", "neighbor's front door")  # demo-01's prompt: its answer is held
+    monkeypatch.setenv("FAKE_ENGINE_RELEASE", str(release))
+    config = GenerateConfig(constitution=HHH, prompts=DEMO, model=f"service:{tiny_model_path}", rounds=1, limit=4)
+    job = jobs.prepare("generate", config, workspace)
+    ended: list = []
+    runner = threading.Thread(target=lambda: ended.append(jobs.run("generate", config, workspace)), daemon=True)
+    runner.start()
+    try:
+        stored: list[dict] = []
+        deadline = time.monotonic() + 60
+        while len(stored) < 3 and time.monotonic() < deadline and runner.is_alive():
+            time.sleep(0.1)
+            stored = list(job.records("trace_steps")) if (job.path / "trace_steps.jsonl").exists() else []
+        assert len(stored) == 3, "no answer was stored while the chunk's slowest was held"
+        assert not any(step["trace_id"].endswith(":demo-01:0") for step in stored)
+        assert runner.is_alive()  # the held answer is still to come: the job is not done
+    finally:
+        release.touch()
+        runner.join(timeout=120)
+    assert ended and ended[0].progress().status == "done"
+    steps = collections.Counter((s["trace_id"], s["round"]) for s in job.read("trace_steps"))
+    assert len(steps) == 4 * 2 and set(steps.values()) == {1}
+
+
+def test_a_job_keeps_several_chunks_in_flight_on_the_service(fake_engine, workspace, tiny_model_path):
+    """The service batches whatever is in flight: one chunk at a time left it idle at each chunk's stage ends."""
+    backend = load_backend(f"service:{tiny_model_path}", workspace)
+    assert jobs.in_flight_for(backend, 64) > 1
+
+
 def test_the_cli_starts_shows_and_stops_a_service_that_outlives_it(fake_engine, workspace, tiny_model_path, capsys):
     argv = ["--data-dir", str(workspace.root), "engine"]
     assert main([*argv, "start", tiny_model_path]) == 0

@@ -24,7 +24,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from ..workspace import Workspace
-from .base import Backend, BackendError, Chat, Generation, SamplingParams, stream
+from .base import Backend, BackendError, Chat, Generation, SamplingParams, generate_each, stream
 from .default_model import FOLDER_NAME, ensure_default_model
 
 DEFAULT_MODEL = "default"
@@ -42,6 +42,7 @@ __all__ = [
     "Generation",
     "SamplingParams",
     "stream",
+    "generate_each",
     "DEFAULT_MODEL",
     "MODEL_SPEC_HELP",
     "load_backend",

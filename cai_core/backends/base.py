@@ -69,6 +69,21 @@ def stream(backend: Backend, chat: Chat, params: SamplingParams) -> Iterator[str
         yield backend.generate([chat], params)[0].text
 
 
+def generate_each(
+    backend: Backend, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+) -> Iterator[list[tuple[int, Generation]]]:
+    """`backend.generate`'s answers as they come, as lists of (index in `chats`, Generation): each list what has
+    come since the last, `on_done` called for its answers before it is given. A job stores each list at once, so
+    what it shows does not wait for the slowest answer of a batch. An engine that answers a batch as a whole (the
+    in-process ones) gives one list; one that answers each chat on its own (a server) has a `generate_each` method
+    of the same signature."""
+    own = getattr(backend, "generate_each", None)
+    if own is not None:
+        yield from own(chats, params, on_done)
+    else:
+        yield list(enumerate(backend.generate(chats, params, on_done)))
+
+
 def stripped(pieces: Iterable[str]) -> Iterator[str]:
     """Pieces of a text without its leading and trailing whitespace, as `Generation.text` is stripped: trailing
     whitespace is held back until something follows it."""

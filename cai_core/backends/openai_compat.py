@@ -159,6 +159,14 @@ class OpenAICompatBackend:
         bodies = [self._chat_body(chat, params) for chat in chats]
         return [to_generation(data, url, seconds) for data, url, seconds in self._post_all(bodies, on_done)]
 
+    def generate_each(
+        self, chats: list[Chat], params: SamplingParams, on_done: Callable[[int], object] | None = None
+    ) -> Iterator[list[tuple[int, Generation]]]:
+        """`generate`'s answers as they come (`base.generate_each`)."""
+        bodies = [self._chat_body(chat, params) for chat in chats]
+        for done in self._each_done(bodies, self._post, on_done):
+            yield [(index, to_generation(data, url, seconds)) for index, (data, url, seconds) in done]
+
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
         """One chat's answer piece by piece (`base.stream`), from the server's event stream (`"stream": true`):
         each event's `delta.content`. A failure before the answer starts is retried as any request is."""
@@ -269,19 +277,31 @@ class OpenAICompatBackend:
         return self._run_all(bodies, lambda body, turn: self._post(body, turn, route), on_done)
 
     def _run_all(self, items: list, task: Callable[[Any, int], Any], on_done: Callable[[int], object] | None = None):
-        """`task(item, turn)` for every item, over the fleet at once; the results in the items' order. The first
-        failure (one that outlived its retries) is raised. Once most of the batch is in, an item still running
-        far longer than the batch's typical one gets a second copy on another server and the first answer is
-        kept: a stalled request costs its batch a hedge, not the client's whole timeout."""
+        """`task(item, turn)` for every item, over the fleet at once; the results in the items' order."""
+        results: dict[int, Any] = {}
+        for done in self._each_done(items, task, on_done):
+            results.update(done)
+        return [results[i] for i in range(len(items))]
+
+    def _each_done(
+        self, items: list, task: Callable[[Any, int], Any], on_done: Callable[[int], object] | None = None
+    ) -> Iterator[list[tuple[int, Any]]]:
+        """`task(item, turn)` for every item, over the fleet at once, yielding `(index, result)` pairs as they end:
+        each yield all that ended since the last, so a caller that stores them keeps up at any rate; `on_done(1)`
+        for each before it is yielded. The first failure (one that outlived its retries) is raised after what ended
+        before it is yielded. Once most of the items are in, one still running far longer than the typical one gets
+        a second copy on another server and the first answer is kept: a stalled request costs a hedge, not the
+        client's whole timeout."""
         if not items:
-            return []
+            return
         with self._turn_lock:
             turns = [next(self._turn) for _ in items]
         if len(items) == 1:
             result = task(items[0], turns[0])
             if on_done:
                 on_done(1)
-            return [result]
+            yield [(0, result)]
+            return
         pool = self._pool()
         started: dict[int, float] = {}
         answers: queue.SimpleQueue = queue.SimpleQueue()  # (index, result, error) as each copy ends
@@ -296,28 +316,36 @@ class OpenAICompatBackend:
 
         for index, turn in enumerate(turns):
             pool.submit(run, index, items[index], turn)
-        results: dict[int, Any] = {}
+        results: set[int] = set()
         seconds: list[float] = []
         copies = dict.fromkeys(range(len(items)), 1)  # copies of each item still running
         while len(results) < len(items):
+            ended, failure = [], None
             try:
-                index, result, error = answers.get(timeout=HEDGE_CHECK_SECONDS)
+                ended.append(answers.get(timeout=HEDGE_CHECK_SECONDS))
+                while True:  # and whatever else has ended meanwhile
+                    ended.append(answers.get_nowait())
             except queue.Empty:
-                index = None
-            if index is not None:
+                pass
+            done = []
+            for index, result, error in ended:
                 copies[index] -= 1
                 if index in results:
-                    pass  # its other copy answered first
-                elif error is None:
-                    results[index] = result
+                    continue  # its other copy answered first
+                if error is None:
+                    results.add(index)
                     seconds.append(time.monotonic() - started[index])
+                    done.append((index, result))
                     if on_done:
                         on_done(1)
                 elif not copies[index]:
-                    raise error  # every copy failed: the batch fails with the item's own reason
+                    failure = failure or error  # every copy failed: the item's own reason
+            if done:
+                yield done
+            if failure:
+                raise failure
             if len(results) >= HEDGE_AFTER_SHARE * len(items):
                 self._hedge(pool, run, items, turns, started, results, copies, seconds)
-        return [results[i] for i in range(len(items))]
 
     def _hedge(self, pool, run, items, turns, started, results, copies, seconds) -> None:
         """Another copy of each item running longer than HEDGE_FACTOR times the batch's median per copy it has:
