@@ -205,6 +205,22 @@ CANCELLED_BEFORE_START = "cancelled before it started; run it again to start it"
 CANCELLED = "cancelled by request; run it again to resume"
 
 
+def begin(folder: JobFolder) -> bool:
+    """What every run of a job does first, holding the job's lock (training's runner too, whose loop is TRL's):
+    a cancel made while the job was pending (launched, its process not yet running it) ends it cancelled where it
+    stood, and False says so; an older cancel, made after it had stopped, is cleared (running it again means
+    resuming it); records torn by a kill are repaired. True: go on and run it."""
+    before = folder.recorded_progress()
+    if before.status == "pending" and folder.cancel_requested():
+        folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
+        folder.clear_cancel()
+        return False
+    if before.status != "pending":
+        folder.clear_cancel()
+    folder.repair()
+    return True
+
+
 def run_job(
     folder: JobFolder, make_work: Callable[[], Work], *, on_progress: Callable[[int, int], None] | None = None
 ) -> JobFolder:
@@ -213,14 +229,8 @@ def run_job(
     Raises JobBusy when another process is already working on the job. A failure is recorded as the run's
     status with its reason, then raised."""
     with folder.exclusive():
-        before = folder.recorded_progress()
-        if before.status == "pending" and folder.cancel_requested():
-            folder.set_progress("cancelled", before.done, before.total, CANCELLED_BEFORE_START, unit=before.unit)
-            folder.clear_cancel()
+        if not begin(folder):
             return folder
-        if before.status != "pending":
-            folder.clear_cancel()  # made after the run had stopped: running it again means resuming it
-        folder.repair()
         report = _Reporter(folder, on_progress)
         tracker, status = None, "failed"
         try:

@@ -1,9 +1,9 @@
 """Long work in the background: the job kinds, and how any of them is prepared, run and launched.
 
 Every job (generate, pairs, label, eval, ..., and each training algorithm: train-sft, train-rm, ...) is one
-`JobKind`, defined in its own module and registered in `KINDS` by one line. The CLI's job commands, `cai resume`,
-the pages, the recipe's stages and the A/B's stages all start a job through `prepare`, `run` and `launch` here;
-a kind gives only what is its own:
+`JobKind`, defined in its own module and registered in `KINDS` (a training algorithm in `TRAINING_ALGORITHMS`) by
+one line. The CLI's job commands, `cai resume`, the pages, the recipe's stages and the A/B's stages all start a job
+through `prepare`, `run` and `launch` here; a kind gives only what is its own:
 - its config class (a dataclass with a `run_id` field);
 - `plan(config, workspace, **sources)`: check the config and read what the job works on, returned as a `Plan`
   (the model, the inputs to copy into the folder, the facts that define the run besides its config);
@@ -38,6 +38,7 @@ from .job_runner import (
     StagedWork,
     StageFailed,
     Work,
+    begin,
     engine_name,
     in_flight_for,
     is_done,
@@ -58,6 +59,7 @@ __all__ = [
     "StageFailed",
     "StagedWork",
     "Work",
+    "begin",
     "digest",
     "engine_name",
     "in_flight_for",
@@ -68,6 +70,32 @@ __all__ = [
     "run_job",
     "write_json_atomic",
 ]
+
+# The training algorithms, and the modules that define them as kinds (`train.launch.training_kind`). Each is the kind
+# `training_kind_name(algorithm)`: what the runs query, the Train page, `cai train` and the recipe list and start.
+TRAINING_ALGORITHMS = {
+    "sft": "train.sft:SFT",
+    "rm": "train.reward:RM",
+    "ppo": "train.ppo:PPO",
+    "dpo": "train.dpo:DPO",
+    "grpo": "train.grpo:GRPO",
+    "rloo": "train.grpo:RLOO",
+}
+_TRAINING = "train-"
+
+
+def training_kind_name(algorithm: str) -> str:
+    """The kind of a training run of `algorithm` (sft: train-sft), as run.json and the store name it."""
+    return _TRAINING + algorithm
+
+
+def training_algorithm(kind: str) -> str | None:
+    """The algorithm a training run's kind runs (train-sft: sft), registered now or not (a run an older version
+    made); None for a kind that is not training."""
+    return kind.removeprefix(_TRAINING) if kind.startswith(_TRAINING) else None
+
+
+TRAINING_KINDS = tuple(training_kind_name(algorithm) for algorithm in TRAINING_ALGORITHMS)
 
 # Each kind's name, and the module (with the name it has there) that defines it: imported when the kind is first
 # asked for, so that a command or a page loads only the kinds it uses.
@@ -83,12 +111,7 @@ KINDS = {
     "recipe": "recipe.stages:RECIPE",
     "export": "export_job:EXPORT",
     "inspect": "inspect_eval:INSPECT",
-    "train-sft": "train.sft:SFT",
-    "train-rm": "train.reward:RM",
-    "train-ppo": "train.ppo:PPO",
-    "train-dpo": "train.dpo:DPO",
-    "train-grpo": "train.grpo:GRPO",
-    "train-rloo": "train.grpo:RLOO",
+    **{training_kind_name(algorithm): where for algorithm, where in TRAINING_ALGORITHMS.items()},
 }
 
 

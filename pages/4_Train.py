@@ -18,7 +18,7 @@ import streamlit as st
 
 from cai_core import jobs
 from cai_core.config import ConfigError, browser_value
-from cai_core.jobs import JobFolder, list_job_folders
+from cai_core.jobs import TRAINING_KINDS, JobFolder, list_job_folders, training_algorithm, training_kind_name
 from cai_core.label_gate import recorded_decisions
 from cai_core.tracking import tracking_record
 from cai_core.train import KINDS, config_class
@@ -122,7 +122,7 @@ def form_values(kind: str, cls, choices: dict[str, dict]) -> dict:
 
 
 def train_jobs() -> list[JobFolder]:
-    return [j for j in list_job_folders(ws.runs_dir) if j.spec.get("kind", "").startswith("train-")]
+    return list_job_folders(ws.runs_dir, kinds=TRAINING_KINDS)
 
 
 def final_model(job: JobFolder) -> str | None:
@@ -146,7 +146,7 @@ def registry_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "run": runs["run_id"],
-            "algorithm": runs["kind"].str.removeprefix("train-"),
+            "algorithm": runs["kind"].map(training_algorithm),
             "status": runs["status"],
             "step": [f"{d}/{t}" for d, t in zip(runs["done"], runs["total"], strict=True)],
             "started": [when(t) for t in runs["created_at"]],
@@ -239,7 +239,7 @@ with st.container(border=True, key=f"train_form_{kind}"):
 if submitted:
     try:
         config = config_from_dict(cls, form_values(kind, cls, choices))
-        job = jobs.prepare(f"train-{kind}", config, ws)
+        job = jobs.prepare(training_kind_name(kind), config, ws)
     except ConfigError as exc:  # a TrainError, or a value the browser may not give
         # the field at fault by its label on this form; a refused start leaves no run behind
         message = exc.named(form_label(fields[exc.field])) if exc.field in fields else str(exc)
@@ -291,7 +291,7 @@ def runs_panel() -> bool:
             job_buttons(job, progress, starter(ws))
             if (
                 model
-                and spec["kind"] != "train-rm"
+                and training_algorithm(spec["kind"]) != "rm"
                 and st.button(  # a reward model scores, it cannot answer
                     "Use this model",
                     key=f"train_use-{run_id}",
@@ -313,7 +313,7 @@ def runs_panel() -> bool:
             st.caption(f"The {tracked['tracker']} run is in {tracked['where']}; start its local viewer with:")
             st.code(tracked["open_with"], language=None)
 
-        if spec["kind"] == "train-rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
+        if training_algorithm(spec["kind"]) == "rm" and not (evaluation := rm_evaluation_table(metrics)).empty:
             st.caption("Evaluation (a reward that grows with answer length is the classic reward hack):")
             st.dataframe(evaluation, hide_index=True, key="train_rm_evaluation")
         if not (read := recorded_probability(job.path)).empty:

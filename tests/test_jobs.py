@@ -5,13 +5,16 @@ prompts cut to the model's context."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -299,6 +302,65 @@ def test_cai_resume_runs_a_training_run_through_the_registry(workspace, monkeypa
     assert ran == [("train-sft", "sft-ready")]
 
 
+def _python_sources() -> list[Path]:
+    """The project's code: the library, the pages and their helpers (tests and benchmarks aside)."""
+    return [
+        PROJECT_ROOT / "app.py",
+        *sorted(p for d in ("cai_core", "pages", "ui") for p in (PROJECT_ROOT / d).rglob("*.py")),
+    ]
+
+
+def _strings(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every string constant and f-string of a module but its docstrings, which may name kinds as prose does."""
+    skipped = {  # the docstrings, and the parts of f-strings (each f-string is read whole)
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    } | {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    for node in ast.walk(tree):
+        text = isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+        if text and id(node) not in skipped:
+            yield node
+
+
+def test_the_training_kinds_are_named_by_the_registry_alone():
+    """Which kinds are training runs (train-sft, ...) is the registry's to say (`jobs.TRAINING_KINDS`,
+    `jobs.training_kind_name`): the runs query, the Train page, `cai train` and the recipe ask it rather than
+    spelling the name's prefix, so that a training kind is one registration wherever runs are listed."""
+    spelled = re.compile(r"^train-[a-z]*$|'train-")
+    found = []
+    for path in _python_sources():
+        if path == PROJECT_ROOT / "cai_core" / "jobs.py":
+            continue
+        for node in _strings(ast.parse(path.read_text(), str(path))):
+            parts = node.values if isinstance(node, ast.JoinedStr) else [node]
+            text = "".join(p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str))
+            if spelled.search(text):
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}: {text!r}")
+    assert found == []
+
+
+def test_every_cai_command_that_starts_a_job_starts_it_through_start_job():
+    """Preparing a job from a command's flags, then detaching it or running it here, is `cli.jobs.start_job`'s
+    alone: a command with its own copy (`cai train`, `cai recipe run`) would miss what is added there."""
+    copies = []
+    for path in sorted((PROJECT_ROOT / "cai_core" / "cli").glob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(function, ast.FunctionDef) or function.name == "start_job":
+                continue
+            called = {
+                getattr(node.func, "attr", getattr(node.func, "id", None))
+                for node in ast.walk(function)
+                if isinstance(node, ast.Call)
+            }
+            if {"prepare", "run_here"} <= called:
+                copies.append(f"{path.name}: {function.name}")
+    assert copies == []
+
+
 # --- the runner's own rules ------------------------------------------------------------------------
 
 
@@ -385,14 +447,37 @@ def test_progress_records_rate_eta_elapsed_and_engine(tiny_model_path, workspace
     assert "steps" in job.progress().summary() and "elapsed" in job.progress().summary()
 
 
-def test_a_cancel_made_between_launch_and_start_is_honoured(workspace):
-    """Resume on a cancelled run marks it pending before its process exists; a Cancel clicked in that moment wins."""
-    job = JobFolder.create(workspace.runs_dir, "relaunched", {"kind": "test", "model": "none"})
+def _relaunched_then_cancelled(job: JobFolder) -> None:
+    """A run cancelled at 1/3 and resumed (the launch marks it pending before its process exists), then a Cancel
+    clicked in that moment."""
     job.set_progress("cancelled", 1, 3, "cancelled by request")
     job.start([sys.executable, "-c", "pass"]).wait()  # the launch; its process would start the runner
     job.request_cancel()
+
+
+def test_a_cancel_made_between_launch_and_start_is_honoured(workspace):
+    job = JobFolder.create(workspace.runs_dir, "relaunched", {"kind": "test", "model": "none"})
+    _relaunched_then_cancelled(job)
     run_job(job, lambda: _Counting(3))
-    assert job.progress().status == "cancelled" and "before it started" in job.progress().message
+    stopped = job.progress()
+    assert stopped.status == "cancelled" and "before it started" in stopped.message
+    assert (stopped.done, stopped.total) == (1, 3)  # where it had stopped, not a run that lost its work
+    assert not job.cancel_requested()
+
+
+def test_a_training_run_honours_that_cancel_as_every_job_does(workspace):
+    """A training run starts through the job runner's own first steps: the relaunched run's card keeps where it
+    had stopped (its own copy of those steps wrote 0/max_steps)."""
+    config = {"model": "absent-model", "max_steps": 3, "run_id": "sft-relaunched"}
+    spec = {"kind": "train-sft", "model": "absent-model", "config": config}
+    job = JobFolder.create(workspace.runs_dir, "sft-relaunched", spec)
+    (job.path / "data-train.jsonl").write_text('{"prompt": "Hi?", "completion": "Hello."}\n')
+    _relaunched_then_cancelled(job)
+    assert _cli(workspace, "resume", job.run_id) == 1  # no model is loaded: the cancel comes first
+    stopped = job.progress()
+    assert stopped.status == "cancelled" and "before it started" in stopped.message
+    assert (stopped.done, stopped.total) == (1, 3)
+    assert not job.cancel_requested()
 
 
 def test_a_huge_prompt_is_cut_to_the_context_with_a_warning_on_the_trace(tiny_model_path, workspace, tmp_path):

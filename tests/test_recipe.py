@@ -444,7 +444,7 @@ def test_cai_recipe_run_takes_a_tracker(tmp_path, workspace, monkeypatch):
     path.write_text("name: tracked\ntracker: mlflow\n", encoding="utf-8")
     assert load_recipe(path).tracker == "mlflow"
     launched = []
-    monkeypatch.setattr("cai_core.cli.recipe.launch", lambda job, ws: launched.append(job) or 0)
+    monkeypatch.setattr("cai_core.cli.jobs.launch", lambda job, ws: launched.append(job) or 0)
     command = ["--data-dir", str(workspace.root), "recipe", "run", str(path), "--tracker", "none", "--background"]
     assert main(command) == 0
     assert launched[0].spec["config"]["tracker"] == "none"

@@ -4,11 +4,16 @@ refuses the default tiny model's 16-wide heads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
+from collections import Counter
 
 import pytest
 import torch
 
+from cai_core import jobs
 from cai_core.train import TrainError, train
 from cai_core.train.grpo import GRPOConfig
 from cai_core.train.ppo import PPOConfig
@@ -69,7 +74,11 @@ def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vll
 @pytest.mark.slow
 @NEEDS_VLLM
 @pytest.mark.parametrize("config_type", [PPOConfig, GRPOConfig])
-def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspace, tmp_path, config_type, monkeypatch):
+def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_records_its_engine(
+    vllm_tiny_model, workspace, tmp_path, config_type, monkeypatch
+):
+    """Started as the Train page starts a run (`cai resume`, detached), killed with -9 once its step-2 checkpoint
+    is saved, then resumed here: it finishes from that checkpoint, sampling on vLLM both times."""
     import pandas as pd
 
     monkeypatch.setenv("CAI_VLLM_EAGER", "1")
@@ -78,24 +87,43 @@ def test_an_rl_run_on_vllm_rollouts_records_its_engine(vllm_tiny_model, workspac
         prompts, orient="records", lines=True
     )
     extra = {"num_generations": 2} if config_type is GRPOConfig else {}
+    config = config_type(
+        model=vllm_tiny_model,
+        dataset=str(prompts),
+        reward_model="tests.train_rewards:low_ids",
+        max_steps=3,
+        save_steps=2,
+        batch_size=4,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        rollout_engine="vllm",
+        **extra,
+    )
+    job = jobs.prepare(jobs.training_kind_name(config.kind), config, workspace)
+    process = jobs.launch(job, workspace)
+    saved = job.path / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 1200  # a hang's bound: a vLLM start at a load of 13 took over 10 minutes here
+    try:
+        # the last file each writes: PPO's state (its folder is renamed into place whole), the Trainer's (TRL's)
+        while not ((saved / "state.pt").exists() or (saved / "trainer_state.json").exists()):
+            assert process.poll() is None, f"it ended before its checkpoint: {job.log_tail()}"
+            assert time.monotonic() < deadline, f"no checkpoint to kill after: {job.log_tail()}"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a run that ended early may have left no process
+            os.killpg(process.pid, signal.SIGKILL)  # its group: vLLM's engine process too
+        process.wait()
+    killed = job.progress()
+    assert killed.status == "failed" and killed.done < config.max_steps
+
     process_group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     before = {name: os.environ.get(name) for name in process_group}
-    job = train(
-        config_type(
-            model=vllm_tiny_model,
-            dataset=str(prompts),
-            reward_model="tests.train_rewards:low_ids",
-            max_steps=2,
-            batch_size=4,
-            max_new_tokens=6,
-            learning_rate=1e-3,
-            rollout_engine="vllm",
-            **extra,
-        ),
-        workspace,
-    )
+    job = train(config, workspace)  # the same config and data: the same run, resumed
     assert job.progress().status == "done", job.progress().message
-    assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}]
+    assert (job.path / "final" / "config.json").exists()
+    logged = Counter(r["step"] for r in job.read("train_metrics") if r["name"] == "reward")
+    assert logged[1] == logged[2] == 1 and logged[3] >= 1  # steps 1 and 2 were not trained again
+    assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}] * 2  # each start sampled on vLLM
     # TRL's colocate engine wrote its rank into this process's environment: a job started next would inherit it
     # and take itself for one rank of a distributed run
     assert {name: os.environ.get(name) for name in process_group} == before

@@ -33,6 +33,7 @@ from cai_core.auth import (
 from cai_core.backends import DEFAULT_MODEL
 from cai_core.browser_models import browser_model_spec
 from cai_core.endpoints import Endpoint, EndpointError, endpoint_choices, load_endpoints
+from cai_core.jobs import training_algorithm
 from cai_core.store import Store, StoreError
 from cai_core.workspace import OutsideWorkspace, Workspace, write_file_atomically
 
@@ -273,7 +274,7 @@ def model_choices(store: Store) -> dict[str, str]:
     choices = {DEFAULT_MODEL: f"{DEFAULT_MODEL} (SmolLM2-135M-Instruct)"}
     for model in store.trained_models(generating_only=True):
         if Path(model.path).is_dir():
-            choices[model.path] = f"{model.kind.removeprefix('train-').upper()} · {model.run_id} · step {model.step}"
+            choices[model.path] = f"{training_algorithm(model.kind).upper()} · {model.run_id} · step {model.step}"
     return choices
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 
 from .. import jobs
 from ..jobs import JobBusy, JobFolder, job_kind, list_job_folders
@@ -13,14 +14,21 @@ from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
 
 
-def start_job(kind: str, args, ws: Workspace) -> tuple[int, JobFolder]:
-    """Prepare a job from the command's flags (user errors surface here, before a progress bar is drawn), then
-    start it detached with --background or run it to the end here."""
-    config = config_from_args(job_kind(kind).config, args)
+def start_job(
+    kind: str, args, ws: Workspace, config=None, prepared: Callable[[JobFolder], None] | None = None
+) -> tuple[int, JobFolder]:
+    """Prepare a job from the command's flags, or from `config` where the command made it (user errors surface
+    here, before a progress bar is drawn), then start it detached with --background or run it to the end here.
+    `prepared(job)` says what the new folder holds first (the data a training run snapshotted, say)."""
+    config = config or config_from_args(job_kind(kind).config, args)
     job = jobs.prepare(kind, config, ws)
+    if prepared:
+        prepared(job)
     if args.background:
         return launch(job, ws), job
-    return run_here(kind, dataclasses.replace(config, run_id=job.run_id), ws), job
+    if hasattr(config, "run_id"):  # named, it is found again as prepared, its sources not read twice
+        config = dataclasses.replace(config, run_id=job.run_id)
+    return run_here(kind, config, ws), job
 
 
 def run_here(kind: str, config, ws: Workspace) -> int:

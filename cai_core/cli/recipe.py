@@ -6,12 +6,11 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from ..jobs import prepare
 from ..recipe import RecipeConfig, load_recipe, report_html, stage_table
 from ..store import Store
 from ..tracking import TrackerChoice
 from ..workspace import Workspace
-from .jobs import launch, run_here
+from .jobs import start_job
 
 
 def cmd_recipe_run(args, ws: Workspace) -> int:
@@ -19,10 +18,7 @@ def cmd_recipe_run(args, ws: Workspace) -> int:
     config = load_recipe(args.file)
     if args.tracker:
         config = dataclasses.replace(config, tracker=args.tracker)
-    job = prepare("recipe", config, ws)
-    if args.background:
-        return launch(job, ws)
-    return run_here("recipe", config, ws)
+    return start_job("recipe", args, ws, config)[0]
 
 
 def cmd_recipe_status(args, ws: Workspace) -> int:

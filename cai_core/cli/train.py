@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from .. import jobs
-from ..jobs import JobFolder, job_kind, list_job_folders
+from ..jobs import TRAINING_KINDS, JobFolder, list_job_folders, training_algorithm, training_kind_name
 from ..workspace import Workspace
 from .flags import add_dataclass_arguments, config_from_args
-from .jobs import cmd_resume, launch, run_here
+from .jobs import cmd_resume, start_job
 
 
 def cmd_train(args, ws: Workspace) -> int:
-    from ..train import TrainError
-    from ..train.dpo import describe_probability, recorded_probability
-    from ..train.launch import PREFIX
+    from ..train import TrainError, config_class
 
-    kind = PREFIX + args.kind
-    config = config_from_args(job_kind(kind).config, args, f"{args.kind} config", TrainError)
-    job = jobs.prepare(kind, config, ws)
+    config = config_from_args(config_class(args.kind), args, f"{args.kind} config", TrainError)
+    return start_job(training_kind_name(args.kind), args, ws, config, prepared=_print_labels_read)[0]
+
+
+def _print_labels_read(job: JobFolder) -> None:
+    from ..train.dpo import describe_probability, recorded_probability
+
     if not (read := recorded_probability(job.path)).empty:
         print(f"preference labels read: {describe_probability(read)}")
-    if args.background:
-        return launch(job, ws)
-    return run_here(kind, dataclasses.replace(config, run_id=job.run_id), ws)
 
 
 def cmd_train_resume(args, ws: Workspace) -> int:
     from ..train.config import check_run_id
-    from ..train.launch import PREFIX
 
     job = JobFolder(ws.runs_dir / check_run_id(args.run_id))
-    if not (job.path / "run.json").exists() or not job.spec["kind"].startswith(PREFIX):
+    if not (job.path / "run.json").exists() or not training_algorithm(job.spec["kind"]):
         raise FileNotFoundError(f"no training run {args.run_id!r} under {ws.runs_dir}")
     return cmd_resume(args, ws)
 
@@ -40,10 +35,10 @@ def cmd_train_list(args, ws: Workspace) -> int:
     from ..train.models import finished_model
     from ..train.monitor import alert_lines, monitor_metrics
 
-    jobs = [j for j in list_job_folders(ws.runs_dir) if j.spec["kind"].startswith("train-")]
-    if not jobs:
+    runs = list_job_folders(ws.runs_dir, kinds=TRAINING_KINDS)
+    if not runs:
         print(f"no training runs under {ws.runs_dir}")
-    for job in jobs:
+    for job in runs:
         p = job.progress()
         where = finished_model(job.path) or p.message
         print(f"{job.run_id:<18} {job.spec['kind']:<11} {p.status:<10} {p.done:>6}/{p.total:<6} {where}")

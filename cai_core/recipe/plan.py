@@ -10,7 +10,7 @@ from typing import Literal
 
 from ..config import CheckedConfig, ConfigError, load_config_file
 from ..job_folder import identity_settings
-from ..jobs import JobFolder, run_id_for
+from ..jobs import JobFolder, run_id_for, training_kind_name
 from ..tracking import TrackerChoice, tracker_field
 from ..workspace import PROJECT_ROOT, Workspace
 
@@ -158,19 +158,19 @@ def plan(recipe: RecipeConfig) -> list[Stage]:
     stages = []
     for i in range(1, recipe.iterations + 1):
         stages.append(Stage(i, "cai", "generate", "generate"))
-        stages.append(Stage(i, "cai", "sft", "train-sft"))
+        stages.append(Stage(i, "cai", "sft", training_kind_name("sft")))
         if "sft-baseline" in recipe.arms:
-            stages.append(Stage(i, "sft-baseline", "sft", "train-sft"))
+            stages.append(Stage(i, "sft-baseline", "sft", training_kind_name("sft")))
         if recipe.stop_after == "rl":
             stages.append(Stage(i, "cai", "pairs", "pairs"))
             stages.append(Stage(i, "cai", "label", "label"))
             if recipe.stage_configs()["rl_config"].needs_reward_model:
-                stages.append(Stage(i, "cai", "rm", "train-rm"))
-            stages.append(Stage(i, "cai", "rl", f"train-{recipe.rl}"))
+                stages.append(Stage(i, "cai", "rm", training_kind_name("rm")))
+            stages.append(Stage(i, "cai", "rl", training_kind_name(recipe.rl)))
             if "rlhf" in recipe.arms:
                 if recipe.stage_configs()["rl_config"].needs_reward_model:
-                    stages.append(Stage(i, "rlhf", "rm", "train-rm"))
-                stages.append(Stage(i, "rlhf", "rl", f"train-{recipe.rl}"))
+                    stages.append(Stage(i, "rlhf", "rm", training_kind_name("rm")))
+                stages.append(Stage(i, "rlhf", "rl", training_kind_name(recipe.rl)))
         stages.append(Stage(i, "cai", "eval", "eval"))
     return stages
 

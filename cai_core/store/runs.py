@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..jobs import TRAINING_KINDS, training_kind_name
 from ..records import TrainedModel, columns
 
 # runs of a kind whose id holds a text (None: all)
@@ -36,9 +37,9 @@ class RunQueries:
         runs = self.con.execute(
             """SELECT r.*, m.path AS model_path, m.step AS final_step FROM runs r
                LEFT JOIN trained_models m USING (run_id)
-               WHERE r.kind LIKE 'train-%' AND (?::VARCHAR[] IS NULL OR list_contains(?, r.run_id))
+               WHERE list_contains(?, r.kind) AND (?::VARCHAR[] IS NULL OR list_contains(?, r.run_id))
                ORDER BY r.created_at DESC""",
-            [run_ids, run_ids],
+            [list(TRAINING_KINDS), run_ids, run_ids],
         ).df()
         last = self.con.execute(
             """SELECT run_id, name, arg_max(value, step) AS value FROM train_metrics
@@ -63,8 +64,8 @@ class RunQueries:
         which score and do not generate or judge. Whether the folder still exists is the caller's to check."""
         rows = self.con.execute(
             f"""SELECT {", ".join(columns(TrainedModel))} FROM trained_models
-                WHERE NOT (? AND kind = 'train-rm') ORDER BY created_at DESC, run_id""",
-            [generating_only],
+                WHERE NOT (? AND kind = ?) ORDER BY created_at DESC, run_id""",
+            [generating_only, training_kind_name("rm")],
         ).fetchall()
         return [TrainedModel(*r) for r in rows]
 

@@ -8,6 +8,7 @@ import os
 
 import pandas as pd
 
+from ..jobs import training_kind_name
 from .models import CALLABLE_SPEC
 
 
@@ -30,7 +31,7 @@ def registered_reward_functions() -> list[str]:
 def reward_choices(runs: pd.DataFrame) -> dict[str, str]:
     """What the Train page offers as a reward, spec → label: every finished reward model in the registry
     (`Store.train_runs()`), newest first, then the operator's registered callables."""
-    finished = runs[(runs.kind == "train-rm") & runs.model_path.notna()] if not runs.empty else runs
+    finished = runs[(runs.kind == training_kind_name("rm")) & runs.model_path.notna()] if not runs.empty else runs
     choices = {r.run_id: f"reward model {r.run_id} · step {r.final_step}" for r in finished.itertuples()}
     choices.update({spec: f"{spec} (registered function)" for spec in registered_reward_functions()})
     return choices
@@ -40,5 +41,5 @@ def latest_finished(runs: pd.DataFrame, kind: str) -> str | None:
     """The newest finished run of a kind (`sft`, ...), by run id: a model spec for the next stage."""
     if runs.empty:
         return None
-    finished = runs[(runs.kind == f"train-{kind}") & runs.model_path.notna()]
+    finished = runs[(runs.kind == training_kind_name(kind)) & runs.model_path.notna()]
     return None if finished.empty else str(finished.run_id.iloc[0])

@@ -1,8 +1,8 @@
 """A training run as a job kind of the one registry (`cai_core.jobs.KINDS`): the part every algorithm shares.
 
-Each algorithm's module ends with its kind, `training_kind(ITS_CONFIG, its_train)`, registered in `jobs.KINDS` by one
-line as `train-KIND`. The registry then prepares it (the run id is the framework's digest of the config and the data
-snapshot), launches it (`cai resume RUN_ID`, detached) and runs it (`jobs.run`), as any kind; what is a training
+Each algorithm's module ends with its kind, `training_kind(ITS_CONFIG, its_train)`, registered by one line in
+`jobs.TRAINING_ALGORITHMS`. The registry then prepares it (the run id is the framework's digest of the config and the
+data snapshot), launches it (`cai resume RUN_ID`, detached) and runs it (`jobs.run`), as any kind; what is a training
 run's own is here: the data snapshot (`plan`) and the run itself (`run_train_job`), whose loop is TRL's trainer.
 
     runs/<run_id>/run.json            kind (train-sft, ...), base model, config
@@ -44,15 +44,14 @@ from .config import LoraOptions, TrainConfig, TrainError, config_from_dict
 from .context import RunContext, rank
 from .models import RewardFn, check_lora_targets, finished_model
 
-PREFIX = "train-"  # a training kind's name in the registry is PREFIX + its config's `kind`
 # the algorithms' own names (sft, rm, ...), in the registry's order: the CLI's `cai train KIND` and the Train page's
-KINDS: tuple[str, ...] = tuple(name.removeprefix(PREFIX) for name in jobs.KINDS if name.startswith(PREFIX))
+KINDS: tuple[str, ...] = tuple(jobs.TRAINING_ALGORITHMS)
 
 
 def training_kind(config: type[TrainConfig], train: Callable[[RunContext], None]) -> JobKind:
     """An algorithm's job kind: its config, and `train(ctx)`, which a rank runs (`run_rank`) inside the run."""
     return JobKind(
-        PREFIX + config.kind,
+        jobs.training_kind_name(config.kind),
         config,
         plan,
         train,
@@ -67,7 +66,7 @@ def config_class(kind: str) -> type[TrainConfig]:
     """The config of the algorithm named `kind` (sft, rm, ...)."""
     if kind not in KINDS:
         raise TrainError(f"unknown training kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return jobs.job_kind(PREFIX + kind).config
+    return jobs.job_kind(jobs.training_kind_name(kind)).config
 
 
 def plan(config: TrainConfig, ws: Workspace) -> Plan:
@@ -105,32 +104,21 @@ def job_config(job: JobFolder) -> TrainConfig:
     return config_from_dict(jobs.job_kind(job.spec["kind"]).config, job.spec["config"])
 
 
-def run_train_job(
-    job: JobFolder,
-    ws: Workspace,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    callbacks: list | None = None,
-    reward_fn: RewardFn | None = None,
-) -> JobFolder:
+def run_train_job(job: JobFolder, ws: Workspace, **options) -> JobFolder:
     """Run (or resume) a prepared run to its end, a cancel or a failure; returns its folder. A run of several
-    processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`. Raises
+    processes is started here as `torchrun` (or `accelerate launch`) over `python -m cai_core.train`. Its first
+    steps are every job's (`jobs.begin`); a finished run is not trained again. `options` go to `run_rank`. Raises
     JobBusy when another process runs it."""
     # Under `accelerate launch` every rank runs this; the main one holds the run's lock for them all.
     with job.exclusive() if rank() == 0 else contextlib.nullcontext():
+        if job.recorded_progress().status == "done" and finished_model(job.path):
+            return job
+        if not jobs.begin(job):
+            return job
         config = job_config(job)
-        progress = job.recorded_progress()
-        if progress.status == "done" and finished_model(job.path):
-            return job
-        if job.cancel_requested() and progress.status == "pending":
-            job.set_progress("cancelled", 0, config.max_steps, "cancelled before it started; run it again to start it")
-            job.clear_cancel()
-            return job
-        job.clear_cancel()  # an old, already honoured request: running again means resuming
-        job.repair()
         if config.nproc > 1 or config.accelerate_config:
             return _supervise_ranks(job, config, ws)
-        return run_rank(job, ws, on_progress=on_progress, callbacks=callbacks, reward_fn=reward_fn)
+        return run_rank(job, ws, **options)
 
 
 def run_rank(
@@ -197,4 +185,4 @@ def _supervise_ranks(job: JobFolder, config: TrainConfig, ws: Workspace) -> JobF
 
 def train(config: TrainConfig, ws: Workspace | None = None, **options) -> JobFolder:
     """Prepare and run in this process (tests, notebooks); `options` go to `run_train_job`."""
-    return jobs.run(PREFIX + config.kind, config, ws or Workspace.from_env(), **options)
+    return jobs.run(jobs.training_kind_name(config.kind), config, ws or Workspace.from_env(), **options)
