@@ -55,7 +55,7 @@ PYTEST := $(BIN)/python -m pytest -q -ra -n $(WORKERS) --dist loadgroup
 
 # Every test, as CI runs it; --durations keeps the slowest in CI's log.
 test: setup browser lint
-	$(PYTEST) --durations=25
+	$(PYTEST) --durations=40
 
 # The edit loop: unit and AppTest tests only (no real default model, no vLLM engine, no Chromium, none of the
 # tests that run real processes at some size).

@@ -73,12 +73,15 @@ def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vll
 @pytest.mark.vllm
 @pytest.mark.slow
 @NEEDS_VLLM
-@pytest.mark.parametrize("config_type", [PPOConfig, GRPOConfig])
+# PPO (ours, its own checkpoint) is killed; GRPO (TRL's Trainer, whose resume other tests cover) runs once on vLLM
+# here: every killed run costs one more vLLM start, a minute or two of this CI's one vLLM worker.
+@pytest.mark.parametrize(("config_type", "kill"), [(PPOConfig, True), (GRPOConfig, False)])
 def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_records_its_engine(
-    vllm_tiny_model, workspace, tmp_path, config_type, monkeypatch
+    vllm_tiny_model, workspace, tmp_path, config_type, kill, monkeypatch
 ):
     """Started as the Train page starts a run (`cai resume`, detached), killed with -9 once its step-2 checkpoint
-    is saved, then resumed here: it finishes from that checkpoint, sampling on vLLM both times."""
+    is saved, then resumed here: it finishes from that checkpoint, sampling on vLLM both times. Not `kill`: run
+    here once, on vLLM."""
     import pandas as pd
 
     monkeypatch.setenv("CAI_VLLM_EAGER", "1")
@@ -91,7 +94,7 @@ def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_record
         model=vllm_tiny_model,
         dataset=str(prompts),
         reward_model="tests.train_rewards:low_ids",
-        max_steps=3,
+        max_steps=3 if kill else 2,
         save_steps=2,
         batch_size=4,
         max_new_tokens=6,
@@ -99,31 +102,34 @@ def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_record
         rollout_engine="vllm",
         **extra,
     )
-    job = jobs.prepare(jobs.training_kind_name(config.kind), config, workspace)
-    process = jobs.launch(job, workspace)
-    saved = job.path / "checkpoints" / "checkpoint-2"
-    deadline = time.monotonic() + 1200  # a hang's bound: a vLLM start at a load of 13 took over 10 minutes here
-    try:
-        # the last file each writes: PPO's state (its folder is renamed into place whole), the Trainer's (TRL's)
-        while not ((saved / "state.pt").exists() or (saved / "trainer_state.json").exists()):
-            assert process.poll() is None, f"it ended before its checkpoint: {job.log_tail()}"
-            assert time.monotonic() < deadline, f"no checkpoint to kill after: {job.log_tail()}"
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # a run that ended early may have left no process
-            os.killpg(process.pid, signal.SIGKILL)  # its group: vLLM's engine process too
-        process.wait()
-    killed = job.progress()
-    assert killed.status == "failed" and killed.done < config.max_steps
+    if kill:
+        job = jobs.prepare(jobs.training_kind_name(config.kind), config, workspace)
+        process = jobs.launch(job, workspace)
+        saved = job.path / "checkpoints" / "checkpoint-2"
+        deadline = time.monotonic() + 1200  # a hang's bound: a vLLM start at a load of 13 took over 10 minutes here
+        try:
+            # the last file each writes: PPO's state (its folder is renamed into place whole), the Trainer's (TRL's)
+            while not ((saved / "state.pt").exists() or (saved / "trainer_state.json").exists()):
+                assert process.poll() is None, f"it ended before its checkpoint: {job.log_tail()}"
+                assert time.monotonic() < deadline, f"no checkpoint to kill after: {job.log_tail()}"
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a run that ended early may have left no process
+                os.killpg(process.pid, signal.SIGKILL)  # its group: vLLM's engine process too
+            process.wait()
+        killed = job.progress()
+        assert killed.status == "failed" and killed.done < config.max_steps
 
     process_group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     before = {name: os.environ.get(name) for name in process_group}
     job = train(config, workspace)  # the same config and data: the same run, resumed
     assert job.progress().status == "done", job.progress().message
     assert (job.path / "final" / "config.json").exists()
-    logged = Counter(r["step"] for r in job.read("train_metrics") if r["name"] == "reward")
-    assert logged[1] == logged[2] == 1 and logged[3] >= 1  # steps 1 and 2 were not trained again
-    assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}] * 2  # each start sampled on vLLM
+    if kill:
+        logged = Counter(r["step"] for r in job.read("train_metrics") if r["name"] == "reward")
+        assert logged[1] == logged[2] == 1 and logged[3] >= 1  # steps 1 and 2 were not trained again
+    starts = 2 if kill else 1
+    assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}] * starts  # each sampled on vLLM
     # TRL's colocate engine wrote its rank into this process's environment: a job started next would inherit it
     # and take itself for one rank of a distributed run
     assert {name: os.environ.get(name) for name in process_group} == before
