@@ -331,16 +331,6 @@ def count_ingests(monkeypatch) -> list[str]:
     return ingested
 
 
-def test_a_redraw_ingests_once_while_no_job_is_at_work(workspace, monkeypatch):
-    """The sidebar's model list and the page each connected, and each connection ingested (~50 ms at 200 jobs)."""
-    finished_runs(workspace, "generate", 2)
-    at = open_page("pages/9_Data.py")
-    ingested = count_ingests(monkeypatch)
-    at.run()
-    assert not at.exception, at.exception
-    assert len(ingested) == 1
-
-
 def test_a_redraw_ingests_at_each_connection_while_a_job_is_at_work(workspace, monkeypatch):
     """A running job may spool between the sidebar's connection and the page's: the page takes that in."""
     job = JobFolder.create(workspace.runs_dir, "gen-running", {"kind": "generate", "model": "m", "config": {}})

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from cai_core.auth import (
     IDENTITY_HEADER,
@@ -92,7 +91,6 @@ def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
     st.set_page_config(page_title=f"{title} · CAI workbench", page_icon=tab_icon(title), layout="wide")
-    st.session_state.pop(INGESTED, None)  # a full run starts here: nothing ingested in it yet
     left_annotate = st.session_state.get(PAGE_DRAWN) == ANNOTATE != title
     st.session_state[PAGE_DRAWN] = title
     actor = require_login()
@@ -303,24 +301,13 @@ def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, 
     return str(workspace.resolve_browser_path(typed, suffixes=suffixes))
 
 
-# The workspace a page's full run has ingested while no job was at work: its other connections in that run take in
-# nothing new (every redraw ingested twice, the sidebar's model list first, at ~50 ms CPU each with 200 jobs). A job
-# at work may spool between two connections, and a fragment's rerun is a redraw of its own: each of those ingests.
-INGESTED = "ingested_this_run"
-
-
 @contextmanager
 def connect(workspace: Workspace) -> Iterator[Store]:
     """Open the store for this script run only (DuckDB lets one process hold the file, and background jobs
     and the CLI need it too), after copying in whatever background jobs have spooled since the last run."""
-    ss = st.session_state
-    fragment_rerun = bool(get_script_run_ctx().fragment_ids_this_run)
     try:
         with Store.open(workspace) as store:
-            if fragment_rerun or ss.get(INGESTED) != workspace:
-                store.ingest(workspace.runs_dir)
-                if not fragment_rerun and not store.jobs_at_work():
-                    ss[INGESTED] = workspace
+            store.ingest(workspace.runs_dir)
             yield store
     except StoreError as exc:
         st.error(md_escape(f"The database cannot be opened: {exc}"))

@@ -123,10 +123,6 @@ class IngestQueries:
                 )
         return added
 
-    def jobs_at_work(self) -> bool:
-        """Whether a job was pending or running at the last ingest: it may spool more before the next."""
-        return self._one("SELECT count(*) FROM runs WHERE status IN ('pending', 'running')")[0] > 0
-
     def _store_run(self, job: JobFolder, run: Run, constitution: dict | None) -> None:
         with self._write():
             if constitution:
