@@ -122,6 +122,7 @@ def test_ingest_with_nothing_new_looks_for_no_file_a_job_never_wrote(workspace, 
 
 
 def test_the_export_tab_counts_the_rows_and_makes_none_until_asked(workspace, monkeypatch):
+    import cai_core.export_job
     import cai_core.exports
 
     from .browser.seed import seed_traces
@@ -131,7 +132,10 @@ def test_the_export_tab_counts_the_rows_and_makes_none_until_asked(workspace, mo
     def made(*args, **kwargs):
         raise AssertionError("the export's rows were made at a redraw")
 
-    monkeypatch.setattr(cai_core.exports, "export_rows", made)
+    # and in the module that holds it by name, imported before: imported first under the patch, it would keep
+    # `made` for every later test on this worker (`cai export` failed so under three workers)
+    for module in (cai_core.exports, cai_core.export_job):
+        monkeypatch.setattr(module, "export_rows", made)
     at = open_page("pages/9_Data.py")
     assert "2 rows match." in [t.value for t in at.text]  # the two seeded traces, each with a revision
     with Store.open(workspace) as store:
