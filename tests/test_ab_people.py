@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from sklearn.metrics import cohen_kappa_score
-from streamlit.testing.v1 import AppTest
 
 from cai_core import jobs
 from cai_core.ab import ABConfig, ABError, ABWork
@@ -19,6 +18,7 @@ from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .test_ab import spool_generation
+from .test_grader_audit import open_page
 
 RED_TEAM = PROJECT_ROOT / "constitutions" / "red_team.yaml"
 PROMPTS = 24  # 12 of each set: more labels than MIN_ANSWERS
@@ -128,13 +128,6 @@ def page_ws(tmp_path, monkeypatch) -> Workspace:
     monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(constitutions))
     monkeypatch.delenv("CAI_DB", raising=False)
     return workspace
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_the_constitution_page_sends_the_ab_pairs_and_the_annotate_queue_serves_them(page_ws):
