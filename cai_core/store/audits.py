@@ -203,12 +203,17 @@ class GraderAuditQueries:
                     self._open_items_params(annotator, run_id, kind, overlap),
                 )
             if held is None:
-                self._exec("DELETE FROM grader_audit_claims WHERE annotator = ?", [annotator])
+                self.release_grader_claims(annotator)
                 return None
             self._exec(
                 "INSERT OR REPLACE INTO grader_audit_claims VALUES (?, ?, ?, ?)", [annotator, run_id, held[0], now()]
             )
             return self.grader_item(run_id, held[0])
+
+    def release_grader_claims(self, annotator: str) -> None:
+        """Give back every audit item this annotator holds, for the others to be handed now."""
+        with self._write():
+            self._exec("DELETE FROM grader_audit_claims WHERE annotator = ?", [annotator])
 
     def save_grader_label(self, label: GraderLabel) -> GraderLabel:
         """Save or change one person's answer on a sampled verdict, and give back their claim on it."""

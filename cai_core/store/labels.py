@@ -271,7 +271,7 @@ class LabelQueries:
         the page where they label): the others are handed it now, not after CLAIM_SECONDS."""
         with self._write():
             self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
-            self._exec("DELETE FROM grader_audit_claims WHERE annotator = ?", [annotator])
+            self.release_grader_claims(annotator)  # the audit queues' own rule (store/audits.py)
 
     def next_annotation(
         self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
