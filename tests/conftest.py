@@ -110,6 +110,9 @@ def judged_on_transformers(default_model_path):
     return constitution, items, labels
 
 
+# tryfirst: xdist turns the `xdist_group` marks into work units in its own hook of the same name, which would
+# otherwise run before this one and find none of the marks added here (every test then went to any worker).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Group tests for `pytest -n N --dist loadgroup` (`make test`): the tests that share a module-scoped
     fixture (an app server, a browser scenario's data) run on one worker, so it is built once; every test

@@ -50,9 +50,11 @@ class Shown:
 def open_annotate(page, app: App, annotator: str, overlap: int | None = None) -> None:
     page.goto(f"{app.url}/Annotate")
     wait_for_app(page)
+    # the name last: the panel is drawn only once there is a name, so the panel waited for below is one drawn after
+    # every field's rerun (a key pressed while a later rerun redrew it with another pair was lost, under load)
     fields = [(page.get_by_label("Your name"), annotator)]
     if overlap is not None:
-        fields.append((page.get_by_label("Labels wanted per pair"), str(overlap)))
+        fields.insert(0, (page.get_by_label("Labels wanted per pair"), str(overlap)))
     for field, value in fields:
         field.fill(value)
         field.press("Enter")
