@@ -17,8 +17,8 @@ from cai_core.records import Pair
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .app_pages import open_page
 from .test_ab import spool_generation
-from .test_grader_audit import open_page
 
 RED_TEAM = PROJECT_ROOT / "constitutions" / "red_team.yaml"
 PROMPTS = 24  # 12 of each set: more labels than MIN_ANSWERS

@@ -16,8 +16,9 @@ from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 from ui.navigation import HOME, STEPS
 
+from .app_pages import open_page
 from .browser.seed import FOUR_ROUNDS, SEED_RUN, model_in_workspace
-from .test_pages import CONSTITUTION, GENERATE, open_page, texts, type_model
+from .test_pages import CONSTITUTION, GENERATE, texts, type_model
 
 DATA = "pages/9_Data.py"
 ANNOTATE = "pages/5_Annotate.py"

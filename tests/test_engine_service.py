@@ -23,6 +23,8 @@ from cai_core.cli import main
 from cai_core.critique import GenerateConfig
 from cai_core.workspace import PROJECT_ROOT
 
+from .app_pages import open_page
+
 FAKE_SERVER = str(Path(__file__).with_name("fake_engine_server.py"))
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 DEMO = str(PROJECT_ROOT / "data" / "demo_prompts.jsonl")
@@ -265,12 +267,9 @@ print(engine_service.start(Workspace.from_env(sys.argv[1]), sys.argv[2]).pid)
 
 
 def test_home_and_sidebar_show_what_runs_and_stop_it(fake_engine, ws, tiny_model_path):
-    from streamlit.testing.v1 import AppTest
-
     service = engine_service.start(ws, tiny_model_path)
     try:
-        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-        assert not at.exception, at.exception
+        at = open_page()
         shown = [t.value for t in at.text if service.url in t.value]
         assert len(shown) == 2 and all("MiB · since" in t and "ready" in t for t in shown)  # sidebar and Home
         assert all(engine_service.api_key(ws) not in str(e.value) for e in [*at.text, *at.caption, *at.markdown])

@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cai_core import jobs
 from cai_core.critique import GenerateConfig
@@ -15,6 +14,7 @@ from cai_core.evaluation import DEFAULT_CONSTITUTION, EvalConfig, RoundsConfig
 from cai_core.jobs import list_job_folders
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .app_pages import open_page
 from .browser.seed import model_in_workspace
 from .conftest import require_shared_data
 
@@ -28,13 +28,6 @@ def ws(tmp_path, monkeypatch) -> Workspace:
     monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
     monkeypatch.delenv("CAI_DB", raising=False)
     return workspace
-
-
-def open_page() -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(EVALUATE).run()
-    assert not at.exception, at.exception
-    return at
 
 
 HOSTILE_CATEGORY = "**bold** ![tracker](http://127.0.0.1:9/pixel.png) [link](http://127.0.0.1:9) www.example.com"
@@ -70,7 +63,7 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
     )
     jobs.run("eval-rounds", RoundsConfig(traces_run=traces.run_id, judge=tiny_model_path), ws)
 
-    at = open_page()
+    at = open_page(EVALUATE)
     assert at.selectbox(key="result_run").value.startswith("eval-")
     assert at.selectbox(key="result_rounds_run").value.startswith("rounds-")
     chart_keys = {chart.proto.id for chart in at.get("plotly_chart")}
@@ -97,7 +90,7 @@ def test_finished_runs_show_every_chart_and_each_prompts_answers(ws, tiny_model_
 def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, second_tiny_model_path):
     tiny_model_path = model_in_workspace(tiny_model_path, ws)  # the browser names paths inside the workspace only
     second_tiny_model_path = model_in_workspace(second_tiny_model_path, ws)
-    at = open_page()
+    at = open_page(EVALUATE)
     assert any("No results yet" in i.value for i in at.info)
     at.text_area(key="eval_more_models").input(f"a={tiny_model_path}\nb={second_tiny_model_path}")
     at.multiselect(key="eval_models").set_value([])
@@ -119,7 +112,7 @@ def test_launching_from_the_page_runs_in_the_background(ws, tiny_model_path, sec
 
 
 def test_a_bad_set_is_refused_before_anything_starts(ws, tiny_model_path, tmp_path):
-    at = open_page()
+    at = open_page(EVALUATE)
     at.text_area(key="eval_more_models").input(f"a={model_in_workspace(tiny_model_path, ws)}")
     at.text_area(key="eval_more_sets").input(str(ws.root / "missing.csv"))
     at.button(key="eval_start").click().run()
@@ -145,7 +138,7 @@ def test_a_standard_set_is_offered_by_name_though_its_file_is_outside_the_worksp
     from cai_core.evalsets import set_file
 
     require_shared_data("xstest", "xstest_prompts.csv")
-    at = open_page()
+    at = open_page(EVALUATE)
     assert "xstest" in at.multiselect(key="eval_sets").options
     at.text_area(key="eval_more_models").input(f"a={model_in_workspace(tiny_model_path, ws)}")
     at.text_area(key="eval_more_sets").input("xstest#limit=1")
@@ -184,7 +177,7 @@ def test_a_ppo_trained_model_is_offered_and_answers(ws, tiny_model_path, tmp_pat
         ws,
     )
     final = str(ppo.path / "final")
-    at = open_page()
+    at = open_page(EVALUATE)
     options = at.multiselect(key="eval_models").options
     [label] = [o for o in options if o.startswith("PPO")]  # the registry's PPO model, by its label
     at.multiselect(key="eval_models").set_value([final])
@@ -210,7 +203,7 @@ def test_a_file_set_is_added_by_mapping_its_columns(ws, tmp_path):
     path = ws.root / "mine.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("qid,text,kind\nq1,How do I kill a Python process?,homonyms\nq2,Tell me a joke,everyday\n")
-    at = open_page()
+    at = open_page(EVALUATE)
     at.text_input(key="set_source").input(str(path)).run()
     assert at.selectbox(key="set_prompt").options == ["qid", "text", "kind"]
     at.selectbox(key="set_prompt").select("text")
@@ -309,7 +302,7 @@ def test_win_rates_judged_by_an_unreliable_judge_carry_a_caveat_on_the_page_and_
     from cai_core.store import Store
 
     seed_evaluation_by_an_unreliable_judge(ws)
-    at = open_page()
+    at = open_page(EVALUATE)
     assert at.selectbox(key="result_run").value == "eval-x"
     assert at.get("plotly_chart")  # the win rates are drawn
     caveats = [w.value.replace("\\", "") for w in at.warning if "unreliable" in w.value]
@@ -326,7 +319,7 @@ def test_an_inspect_evaluations_score_joins_the_results(ws):
     job.append(
         "inspect_scores", [to_row(InspectScore("inspect-abc", "xstest", "cai/default", "s", "accuracy", 0.625, "x"))]
     )
-    at = open_page()
+    at = open_page(EVALUATE)
     (table,) = [frame for frame in at.dataframe if "scorer" in frame.value.columns]
     assert table.value.value.tolist() == [0.625]
     assert not at.exception

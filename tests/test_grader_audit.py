@@ -19,6 +19,8 @@ from cai_core.records import EvalAnswer, EvalJudgment, to_row
 from cai_core.store import GraderLabel, Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .app_pages import open_page
+
 RUN = "eval-audit"
 PROMPTS = 30
 
@@ -252,13 +254,6 @@ def page_ws(ws, monkeypatch) -> Workspace:
     monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(PROJECT_ROOT / "constitutions"))
     monkeypatch.delenv("CAI_DB", raising=False)
     return ws
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def grader_captions(at: AppTest) -> list[str]:

@@ -20,8 +20,9 @@ from cai_core.records import MAX_NOTE_CHARS, AILabel, HumanLabel, Pair, StepVerd
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .app_pages import open_page
 from .browser.seed import FOUR_ROUNDS, seed_pair_texts
-from .test_pages import CONSTITUTION, GENERATE, open_constitution, open_page, principle_key, texts
+from .test_pages import CONSTITUTION, GENERATE, open_constitution, principle_key, texts
 
 # --- a gzip bomb --------------------------------------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from cai_core.jobs import JobFolder
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import Workspace
 
+from .app_pages import open_page
 from .browser.seed import SEED_RUN
 from .hub_server import StandInHub
-from .test_pages import open_page, texts
+from .test_pages import texts
 
 DATA = "pages/9_Data.py"
 TRAIN = "pages/4_Train.py"
@@ -78,8 +79,7 @@ def test_a_finished_runs_model_is_pushed_from_the_train_page(ws, hub, monkeypatc
     (job.path / "final").mkdir()
     (job.path / "final" / "config.json").write_text("{}")
     job.set_progress("done", 2, 2)
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(TRAIN).run()
+    at = open_page(TRAIN)
     at.text_input(key="train_hub-sft-done_repo").set_value("me/cai-sft").run()
     at.button(key="train_hub-sft-done_push").click().run()
     assert not at.exception and not at.error, texts(at.error)
@@ -102,8 +102,7 @@ def test_the_recipe_page_starts_a_recipe_with_the_tracker_picked_there(tmp_path,
     monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
     launched = []
     monkeypatch.setattr("ui.job_controls.launch_job", lambda job, start: launched.append(job) or True)
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/8_Recipe.py").run()
+    at = open_page("pages/8_Recipe.py")
     assert at.selectbox(key="recipe_tracker").value == "workspace"  # the file's
     at.selectbox(key="recipe_tracker").set_value("tensorboard").run()
     at.button(key="recipe_start").click().run()

@@ -15,7 +15,8 @@ from cai_core.backends import BackendError, SamplingParams, load_backend
 from cai_core.exports import export_path, load_export, write_export
 from cai_core.workspace import OutsideWorkspace, Workspace
 
-from .test_pages import open_page, texts
+from .app_pages import open_page
+from .test_pages import texts
 
 EVALUATE = "pages/7_Evaluate.py"
 

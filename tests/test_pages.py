@@ -23,19 +23,12 @@ from cai_core.workspace import PROJECT_ROOT
 from ui.settings import OTHER_MODEL, SETTINGS
 from ui.text import diff_html, side_by_side_html
 
+from .app_pages import open_page
 from .browser.seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 CONSTITUTION = "pages/1_Constitution.py"
 TRACES = "pages/2_Traces.py"
 GENERATE = "pages/3_Generate.py"
-
-
-def open_page(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def texts(elements) -> str:
@@ -138,9 +131,7 @@ def test_behind_the_front_door_a_page_shows_nothing_without_a_signed_identity(ws
 
 def test_the_login_names_the_annotator_and_an_annotator_may_not_switch_the_data_folder(ws, behind_the_front_door):
     behind_the_front_door(Actor("ada", "annotator"))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-    at.switch_page(TRACES).run()
-    assert not at.exception, at.exception
+    at = open_page(TRACES)
     assert [t.value for t in at.title] == ["Traces"]
     assert "Logged in as ada (annotator)" in texts(at.sidebar.text)
     assert at.sidebar.text_input(key="data_dir").disabled

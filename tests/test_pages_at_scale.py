@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import Workspace
 
+from .app_pages import open_page
 from .browser.seed import copy_constitutions
 
 
@@ -33,13 +33,6 @@ def workspace(tmp_path, monkeypatch) -> Workspace:
     monkeypatch.setenv("CAI_CONSTITUTIONS_DIR", str(tmp_path / "constitutions"))
     monkeypatch.delenv("CAI_DB", raising=False)
     return Workspace(tmp_path / "data")
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_the_store_reads_one_page_of_the_training_registry(workspace):

@@ -22,6 +22,7 @@ from cai_core.recipe import Recipe, RecipeConfig, RecipeError, load_recipe, plan
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
+from .app_pages import open_page
 from .conftest import require_shared_data
 
 TINY_SETTINGS = {
@@ -227,16 +228,13 @@ def test_the_report_tells_the_whole_run_in_one_offline_file(tiny_model_path, wor
     assert hostile not in page and "&lt;script&gt;alert('x')&lt;/script&gt; how do I pick a lock?" in page
 
     # the Recipe and Train pages show the same warning and draw the monitor's curves; the report downloads
-    from streamlit.testing.v1 import AppTest
 
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "tiny.yaml").write_text(recipe_file.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.setenv("CAI_DATA_DIR", str(workspace.root))
     monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/8_Recipe.py").run()
-    assert not at.exception, at.exception
+    at = open_page("pages/8_Recipe.py")
     warned = [w.value.replace("\\", "") for w in at.warning]  # as markdown, with its special characters escaped
     assert any("length_ratio crossed its threshold at step 1" in w and f"{config.recipe_id}-i1-rl" in w for w in warned)
     assert any(e.label == "Reward-hacking monitor: iteration 1 · rl" for e in at.expander)

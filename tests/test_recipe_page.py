@@ -8,12 +8,12 @@ import time
 
 import pytest
 import yaml
-from streamlit.testing.v1 import AppTest
 
 from cai_core.jobs import JobFolder
 from cai_core.recipe import stage_table
-from cai_core.workspace import PROJECT_ROOT, Workspace
+from cai_core.workspace import Workspace
 
+from .app_pages import open_page
 from .test_recipe import tiny_recipe
 
 
@@ -27,9 +27,7 @@ def test_a_recipe_started_from_the_page_advances_and_links_its_stages(tmp_path, 
     monkeypatch.setenv("CAI_DATA_DIR", str(ws.root))
     monkeypatch.setenv("CAI_RECIPES_DIR", str(recipes))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/8_Recipe.py").run()
-    assert not at.exception, at.exception
+    at = open_page("pages/8_Recipe.py")
     assert at.selectbox(key="recipe_file").value == "tiny.yaml"
     assert "Not started yet." in [i.value for i in at.info]
     at.button(key="recipe_start").click().run()

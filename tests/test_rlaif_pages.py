@@ -23,6 +23,7 @@ from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
+from .app_pages import open_page
 from .browser.seed import model_in_workspace
 from .conftest import require_shared_data
 
@@ -57,13 +58,6 @@ def ws(tmp_path, monkeypatch) -> Workspace:
         store.import_human_labels(found.labels + second)
         store.ingest(workspace.runs_dir)
     return workspace
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def panel_data(at: AppTest) -> dict | None:

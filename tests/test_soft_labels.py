@@ -24,6 +24,8 @@ from cai_core.train import TrainError, train
 from cai_core.train.dpo import DPOConfig, recorded_probability, soft_label_trainer
 from cai_core.workspace import PROJECT_ROOT
 
+from .app_pages import open_page
+
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 
 
@@ -262,15 +264,6 @@ def test_a_recipe_passes_its_calibration_to_its_label_runs_and_soft_labels_to_it
 
 
 # --- the pages ------------------------------------------------------------------------------------------------
-
-
-def open_page(page: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_the_agreement_page_starts_a_label_run_through_the_calibration_picked(ws, tiny_model_path, monkeypatch):
