@@ -71,6 +71,7 @@ def answer_queue(page, question: str, keys: str) -> list[str]:
         page.get_by_role("heading", name="Annotate").click()  # keys typed into the name box are text
         page.keyboard.press(key)
         expect(answered_by_me).to_have_text(str(answered))
+        settle(page)  # the metric is drawn above the next item: wait for the rest of the rerun
     expect(page.get_by_text("Your queue is empty")).to_be_visible()
     return shown
 
