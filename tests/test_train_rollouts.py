@@ -15,7 +15,7 @@ import torch
 
 from cai_core import jobs
 from cai_core.train import TrainError, train
-from cai_core.train.grpo import GRPOConfig
+from cai_core.train.grpo import GRPOConfig, RLOOConfig
 from cai_core.train.ppo import PPOConfig
 
 from .conftest import NEEDS_VLLM
@@ -73,15 +73,15 @@ def test_the_engine_samples_what_the_policy_would_before_and_after_an_update(vll
 @pytest.mark.vllm
 @pytest.mark.slow
 @NEEDS_VLLM
-# PPO (ours, its own checkpoint) is killed; GRPO (TRL's Trainer, whose resume other tests cover) runs once on vLLM
-# here: every killed run costs one more vLLM start, a minute or two of this CI's one vLLM worker.
-@pytest.mark.parametrize(("config_type", "kill"), [(PPOConfig, True), (GRPOConfig, False)])
+# PPO (ours, its own checkpoint) is killed; GRPO and RLOO (TRL's Trainers, whose resume other tests cover) run once
+# on vLLM here: every killed run costs one more vLLM start, a minute or two of this CI's one vLLM worker.
+@pytest.mark.parametrize(("config_type", "kill"), [(PPOConfig, True), (GRPOConfig, False), (RLOOConfig, False)])
 def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_records_its_engine(
     vllm_tiny_model, workspace, tmp_path, config_type, kill, monkeypatch
 ):
     """Started as the Train page starts a run (`cai resume`, detached), killed with -9 once its step-2 checkpoint
     is saved, then resumed here: it finishes from that checkpoint, sampling on vLLM both times. Not `kill`: run
-    here once, on vLLM."""
+    here once, its rollouts sampled by TRL's vLLM engine."""
     import pandas as pd
 
     monkeypatch.setenv("CAI_VLLM_EAGER", "1")
@@ -89,7 +89,7 @@ def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_record
     pd.DataFrame([{"prompt": f"How do I bake bread {i}?"} for i in range(8)]).to_json(
         prompts, orient="records", lines=True
     )
-    extra = {"num_generations": 2} if config_type is GRPOConfig else {}
+    extra = {"num_generations": 2} if issubclass(config_type, GRPOConfig) else {}
     config = config_type(
         model=vllm_tiny_model,
         dataset=str(prompts),
@@ -120,6 +120,20 @@ def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_record
         killed = job.progress()
         assert killed.status == "failed" and killed.done < config.max_steps
 
+    calls = Counter()
+    if not kill:
+        # the run's record says what it asked for; this, that TRL's engine sampled and was handed the new weights
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        for name in ("generate", "sync_weights"):
+            original = getattr(VLLMGeneration, name)
+
+            def spy(self, *args, _name=name, _original=original, **kwargs):
+                calls[_name] += 1
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(VLLMGeneration, name, spy)
+
     process_group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     before = {name: os.environ.get(name) for name in process_group}
     job = train(config, workspace)  # the same config and data: the same run, resumed
@@ -128,6 +142,8 @@ def test_an_rl_run_on_vllm_rollouts_killed_after_a_checkpoint_resumes_and_record
     if kill:
         logged = Counter(r["step"] for r in job.read("train_metrics") if r["name"] == "reward")
         assert logged[1] == logged[2] == 1 and logged[3] >= 1  # steps 1 and 2 were not trained again
+    else:
+        assert calls["generate"] and calls["sync_weights"], calls
     starts = 2 if kill else 1
     assert job.read("rollouts") == [{"engine": "vllm", "rollout_engine": "vllm"}] * starts  # each sampled on vLLM
     # TRL's colocate engine wrote its rank into this process's environment: a job started next would inherit it
