@@ -105,15 +105,19 @@ def settle(page, timeout: float = RUN_MS) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
 
 
+def type_into(field, text: str) -> None:
+    """Fill a text or number input and commit it (Streamlit sends its value on Enter), then wait for the rerun."""
+    field.fill(text)
+    field.press("Enter")
+    settle(field.page)
+
+
 def choose_model(page, spec: str) -> None:
     """Name a model in the sidebar as a user does for one its list does not hold: "other…", then the spec."""
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_label("Model", exact=True).click()
     page.get_by_role("option", name="other…").click()
-    field = sidebar.get_by_label("Model spec", exact=True)
-    field.fill(spec)
-    field.press("Enter")
-    settle(page)
+    type_into(sidebar.get_by_label("Model spec", exact=True), spec)
 
 
 def go_to(page, label: str) -> None:

@@ -20,7 +20,7 @@ from cai_core import jobs
 from cai_core.critique import GenerateConfig
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
-from .harness import VIEWPORT, choose_model, launch_chromium, running_app, settle, wait_for_app
+from .harness import VIEWPORT, choose_model, launch_chromium, running_app, settle, type_into, wait_for_app
 from .seed import seeded_data
 
 DEFAULT_MODEL_DIR = Workspace.from_env().models_dir / "SmolLM2-135M-Instruct"
@@ -45,10 +45,8 @@ def go(page, name: str) -> None:
     settle(page)
 
 
-def type_into(page, field, text: str) -> None:
-    field.fill(text)
-    field.press("Enter")
-    settle(page)
+def type_and_leave(page, field, text: str) -> None:
+    type_into(field, text)
     page.get_by_test_id("stMain").locator("h1").first.click()  # leave the field, so it is not drawn focused
 
 
@@ -95,7 +93,7 @@ def main(out: Path, runs_from: Path | None) -> None:
             page.get_by_test_id("stMain").locator("h1").first.click()
             settle(page)
             shoot(page, out, "constitution-edit", "Principles (14, 14 enabled)")
-            type_into(page, page.get_by_label("Note for this version (optional)"), "ask about uncertain claims")
+            type_and_leave(page, page.get_by_label("Note for this version (optional)"), "ask about uncertain claims")
             page.locator(".st-key-save button").click()
             settle(page)
             page.get_by_role("tab", name="History").click()
@@ -114,13 +112,15 @@ def main(out: Path, runs_from: Path | None) -> None:
 
             go(page, "Traces")
             shoot(page, out, "traces-list")
-            type_into(page, page.locator(".st-key-filter_text input"), "neighbour")  # copied runs push it off page 1
+            type_and_leave(
+                page, page.locator(".st-key-filter_text input"), "neighbour"
+            )  # copied runs push it off page 1
             page.get_by_label("Open trace").click()
             page.get_by_role("option", name="My neighbour's dog barks all night").click()
             settle(page)
             page.get_by_text("Revision 2", exact=True).click()
             settle(page)
-            type_into(page, page.get_by_label("Your name"), "ada")
+            type_and_leave(page, page.get_by_label("Your name"), "ada")
             page.get_by_text("better", exact=True).click()
             page.get_by_text("valid", exact=True).click()
             page.get_by_role("button", name="Save verdict").click()

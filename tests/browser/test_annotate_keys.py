@@ -18,7 +18,7 @@ from cai_core.records import Pair, shown_swapped
 from cai_core.store import Store
 
 from .conftest import App, browser_page
-from .harness import go_to, running_app, settle, wait_for_app
+from .harness import go_to, running_app, settle, type_into, wait_for_app
 from .seed import seed_pair_texts, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -91,10 +91,7 @@ def part(page, name: str):
 def open_annotate(page, app: App, annotator: str) -> None:
     page.goto(f"{app.url}/Annotate")
     wait_for_app(page)
-    name = page.get_by_label("Your name")
-    name.fill(annotator)
-    name.press("Enter")
-    settle(page)
+    type_into(page.get_by_label("Your name"), annotator)
     expect(part(page, "pair-id")).to_be_visible()
     # keys typed into a text box are text, not shortcuts: move the focus off the name field
     page.get_by_role("heading", name="Annotate").click()
@@ -236,10 +233,7 @@ def test_labels_made_under_another_name_wait_in_the_tab_until_the_name_is_set_ba
     expect(part(page, "status")).to_have_text("")  # nothing is sent under the new name
     assert stored(keys_app, "before") == {} and stored(keys_app, "after") == {}
 
-    name = page.get_by_label("Your name")  # set back: the three are sent, and stored under it
-    name.fill("before")
-    name.press("Enter")
-    settle(page)
+    type_into(page.get_by_label("Your name"), "before")  # set back: the three are sent, and stored under it
     expect(part(page, "waiting")).to_be_hidden()
     expect(part(page, "status")).to_have_text("")
     assert sorted(stored(keys_app, "before")) == sorted(labelled)

@@ -17,7 +17,7 @@ from cai_core.constitution import load_constitution
 from cai_core.jobs import list_job_folders
 from cai_core.store import Store, TraceFilter
 
-from .harness import choose_model, go_to, settle, wait_for_app, wait_for_job_end_redraw
+from .harness import choose_model, go_to, type_into, wait_for_app, wait_for_job_end_redraw
 from .seed import DOG_ROUNDS, FOUR_ROUNDS, HOSTILE, IMAGE, SCRIPT, model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -32,13 +32,6 @@ def open_principle(page, index: int):
     principle = page.locator(f".st-key-principle-{index}")
     principle.locator("summary").click()
     return principle
-
-
-def type_into(field, text: str) -> None:
-    """Fill a text input and commit it (Streamlit sends a text input's value on Enter)."""
-    field.fill(text)
-    field.press("Enter")
-    settle(field.page)
 
 
 def history_size(app, path) -> int:

@@ -26,7 +26,7 @@ from cai_core.jobs import list_job_folders
 from cai_core.store import Store
 
 from .conftest import App, app_launching_jobs, browser_page
-from .harness import choose_model, go_to, settle, wait_for_app, wait_for_job_end_redraw
+from .harness import choose_model, go_to, settle, type_into, wait_for_app, wait_for_job_end_redraw
 from .seed import model_in_workspace
 
 pytestmark = pytest.mark.browser
@@ -125,10 +125,7 @@ def test_the_first_hour_from_an_empty_data_folder_without_the_cli(page, empty_ap
 
     # 3. five labels by hand, with the page's buttons
     go_to(page, "Annotate")
-    name = page.get_by_label("Your name")
-    name.fill("newcomer")
-    name.press("Enter")
-    settle(page)
+    type_into(page.get_by_label("Your name"), "newcomer")
     for _ in range(5):  # the labelling panel's buttons, as a mouse user clicks them
         shown = page.locator('[data-part="pair-id"]')
         expect(shown).to_have_text(re.compile(r"^Pair \S+$"))  # the panel has drawn its pair

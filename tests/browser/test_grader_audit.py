@@ -17,7 +17,7 @@ from cai_core.store import Store
 from ..test_ab_people import judged_ab
 from ..test_grader_audit import RUN, seed_eval_run
 from .conftest import App, browser_page
-from .harness import go_to, running_app, settle, wait_for_app
+from .harness import go_to, running_app, settle, type_into, wait_for_app
 from .seed import seeded_data
 
 pytestmark = pytest.mark.browser
@@ -50,10 +50,7 @@ def stored_answers(app: App, annotator: str, kind: str) -> list[str]:
 def name_yourself(page, app: App, annotator: str) -> None:
     page.goto(f"{app.url}/Annotate")
     wait_for_app(page)
-    name = page.get_by_label("Your name")
-    name.fill(annotator)
-    name.press("Enter")
-    settle(page)
+    type_into(page.get_by_label("Your name"), annotator)
 
 
 def answer_queue(page, question: str, keys: str) -> list[str]:

@@ -19,7 +19,7 @@ from cai_core.records import HumanLabel
 from cai_core.store import Store
 
 from .conftest import App, browser_page
-from .harness import running_app, settle, wait_for_app
+from .harness import running_app, settle, type_into, wait_for_app
 from .seed import SEED_LABEL_RUN, seed_pairs, seeded_data
 
 pytestmark = pytest.mark.browser
@@ -56,9 +56,7 @@ def open_annotate(page, app: App, annotator: str, overlap: int | None = None) ->
     if overlap is not None:
         fields.insert(0, (page.get_by_label("Labels wanted per pair"), str(overlap)))
     for field, value in fields:
-        field.fill(value)
-        field.press("Enter")
-        settle(page)
+        type_into(field, value)
     expect(page.locator('[data-part="left"]')).to_be_visible()
     # keys typed into a text box are text, not shortcuts: move the focus off the name field
     page.get_by_role("heading", name="Annotate").click()
