@@ -47,6 +47,7 @@ class FleetConfig:
     tokens_per_s: float = 0.0  # one request's generation speed; 0: instant
     faults: float = 0.0  # fraction of requests that fail or stall on purpose
     stall: float = 60.0  # how late a stalled request answers
+    idle_timeout: float = 5.0  # a kept-alive connection with no request for this long is closed (uvicorn's default)
     hold_nth: int = 0  # the fleet's Nth request (1 = the first; 0: none) is held ...
     hold_for: int = 0  # ... until the fleet has answered this many others, or for `stall` seconds
     model: str = "sim"
@@ -66,6 +67,7 @@ class ServerStats:
     requests: Counter = field(default_factory=Counter)  # answered, by route
     faults: Counter = field(default_factory=Counter)  # injected, by kind
     busy_seconds: float = 0.0  # slot-seconds spent on answered requests
+    connections: int = 0  # opened by clients: fewer than requests where a client keeps them alive
     peak_in_flight: int = 0
     in_flight: int = 0
     held: Counter = field(default_factory=Counter)  # the held request's release: "by traffic" or "by timeout"
@@ -116,22 +118,32 @@ class SimServer:
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Requests one after another on one connection (HTTP/1.1 keep-alive, as vLLM's server keeps them) until the
+        client closes it or asks `Connection: close`."""
+        self.stats.connections += 1
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
-            lines = head.split(b"\r\n")
-            length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")), 0)
-            body = json.loads(await reader.readexactly(length)) if length else {}
-            status, answer = await self.answer(method, path, body)
-            if status is None:
-                return  # a dropped connection: closed without a word
-            raw = json.dumps(answer).encode()
-            writer.write(
-                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
-                f"Connection: close\r\n\r\n".encode()
-                + raw
-            )
-            await writer.drain()
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.idle_timeout)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return  # the client closed the connection between requests, or left it idle too long
+                method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+                lines = head.lower().split(b"\r\n")
+                length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length")), 0)
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                status, answer = await self.answer(method, path, body)
+                if status is None:
+                    return  # a dropped connection: closed without a word
+                keep_alive = b"connection: close" not in lines
+                raw = json.dumps(answer).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+                    f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n".encode()
+                    + raw
+                )
+                await writer.drain()
+                if not keep_alive:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # the client went away (it gave up on a stall): nothing to answer
         finally:
@@ -248,6 +260,14 @@ class Fleet:
         for server in self.servers:
             await server.start()
 
+    async def _stop(self) -> None:
+        """End every connection still open (a client's idle kept-alive ones wait in a read), then the loop."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.loop.stop()
+
 
 @contextlib.contextmanager
 def running(config: FleetConfig) -> Iterator[Fleet]:
@@ -258,7 +278,7 @@ def running(config: FleetConfig) -> Iterator[Fleet]:
     try:
         yield fleet
     finally:
-        fleet.loop.call_soon_threadsafe(fleet.loop.stop)
+        asyncio.run_coroutine_threadsafe(fleet._stop(), fleet.loop)
         thread.join(timeout=10)
 
 

@@ -1,9 +1,10 @@
 """OpenAI-compatible HTTP backend: chat generation and option scoring against vLLM, llama.cpp, Ollama or OpenAI.
 
 Each chat is one `POST {base_url}/chat/completions`; requests go out in parallel over a fleet of base URLs, each
-to the live server with the fewest in flight, at most `concurrency` per server (`Servers`). A request that fails
-in a way another try may fix (connection refused, timeout, dropped, HTTP 429 or 5xx) is retried at once on
-another server, then with exponential backoff; a server that refuses connections is routed around for a while.
+to the live server with the fewest in flight, at most `concurrency` per server (`Servers`), over connections kept
+alive from one request to the next (`Connections`; through a proxy, urllib's one connection a request). A request
+that fails in a way another try may fix (connection refused, timeout, dropped, HTTP 429 or 5xx) is retried at once
+on another server, then with exponential backoff; a server that refuses connections is routed around for a while.
 A request still running at its batch's end, long after the batch's median, is sent again to another server and
 the first answer kept (`_run_all`). Each of these is counted in `incidents` and logged (a job's log.txt while a
 job runs). Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter) and fails at
@@ -22,6 +23,7 @@ Standard library only, so that pointing the workbench at a server needs no extra
 from __future__ import annotations
 
 import http.client
+import io
 import itertools
 import json
 import logging
@@ -50,7 +52,7 @@ from .openai_wire import (
     to_generation,
     token_ids,
 )
-from .server_pool import DaemonPool, Servers
+from .server_pool import Connections, DaemonPool, Servers
 
 TOP_LOGPROBS = 20  # the most OpenAI allows, and vLLM's default --max-logprobs
 CHAT = "/v1/chat/completions"
@@ -63,18 +65,21 @@ HEDGE_COPIES = 3
 log = logging.getLogger(__name__)
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+def _refused_redirect(url: str, code: int, location: str) -> BackendError:
     """A listed server that redirects would have urllib resend the request, its key included, to a host nobody
     listed: the redirect is refused, naming where it pointed."""
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location))
+    return BackendError(
+        f"{url} answered HTTP {code}, a redirect to {target.scheme}://{target.netloc}{target.path}; "
+        "redirects are not followed (the request and its key go only where listed): name the URL it "
+        "redirects to instead"
+    )
 
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         fp.close()
-        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
-        raise BackendError(
-            f"{req.full_url} answered HTTP {code}, a redirect to {target.scheme}://{target.netloc}{target.path}; "
-            "redirects are not followed (the request and its key go only where listed): name the URL it "
-            "redirects to instead"
-        )
+        raise _refused_redirect(req.full_url, code, newurl)
 
 
 _OPENER = urllib.request.build_opener(_RefuseRedirects)
@@ -86,6 +91,15 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def _opener_for(url: str) -> urllib.request.OpenerDirector:
     return _DIRECT if urllib.parse.urlsplit(url).hostname in LOOPBACK_HOSTS else _OPENER
+
+
+def _reached_directly(url: str) -> bool:
+    """Whether a request to URL goes straight to its server (loopback, or no proxy set for it): only those go over
+    kept-alive connections; one through a proxy goes by urllib, which knows the proxy's ways."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname in LOOPBACK_HOSTS:
+        return True
+    return parts.scheme not in urllib.request.getproxies() or bool(urllib.request.proxy_bypass(parts.hostname or ""))
 
 
 class OpenAICompatBackend:
@@ -132,6 +146,8 @@ class OpenAICompatBackend:
         self.scoring: str | None = None  # EXACT or TOP_20, found at the first score_options
         self.incidents: Counter[str] = Counter()  # failed, stalled and hedged requests, by kind
         self._servers = Servers(urls, self.concurrency)
+        self._connections = Connections(timeout)
+        self._kept_alive = {url for url in urls if _reached_directly(url)}
         # what the fleet takes at once: a job keeps enough batches running to fill it (`job_runner.in_flight_for`)
         self.slots = self.concurrency * len(urls)
         self._executor: DaemonPool | None = None
@@ -367,6 +383,27 @@ class OpenAICompatBackend:
         except ValueError:
             raise BackendError(f"{base} answered with something that is not JSON: {payload[:200]!r}") from None
 
+    def _exchange(self, base: str, request: urllib.request.Request) -> bytes:
+        """REQUEST over a kept-alive connection to BASE, its answer's body returned; an HTTP error is raised as
+        urllib raises it, so that both ways share `_send`'s handling."""
+        connection = self._connections.take(base)
+        target = urllib.parse.urlsplit(request.full_url)
+        try:
+            connection.request("POST", target.path, body=request.data, headers=request.headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except BaseException:
+            connection.close()  # half a request or answer may be on it: never reused
+            raise
+        self._connections.give_back(base, connection)
+        if 300 <= response.status < 400:
+            raise _refused_redirect(request.full_url, response.status, response.getheader("Location") or "")
+        if response.status >= 400:
+            raise urllib.error.HTTPError(
+                request.full_url, response.status, response.reason, response.headers, io.BytesIO(payload)
+            )
+        return payload
+
     def _incident(self, kind: str, detail: str) -> None:
         """Count a failed, stalled or hedged request, and say so in the log (a job's log.txt while a job runs)."""
         with self._turn_lock:
@@ -392,6 +429,8 @@ class OpenAICompatBackend:
             began = time.perf_counter()
             refused = False
             try:
+                if not stream and base in self._kept_alive:
+                    return self._exchange(base, request), base, began
                 response = _opener_for(request.full_url).open(request, timeout=self.timeout)
                 if stream:
                     return response, base, began

@@ -1,11 +1,16 @@
-"""The fleet's side of the OpenAI-compatible client: which server each request goes to (`Servers`), and the threads
-that send them (`DaemonPool`). Standard library only, as the client is."""
+"""The fleet's side of the OpenAI-compatible client: which server each request goes to (`Servers`), the threads
+that send them (`DaemonPool`) and the connections they go over (`Connections`). Standard library only, as the
+client is."""
 
 from __future__ import annotations
 
+import http.client
 import queue
+import select
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 
 
@@ -82,3 +87,47 @@ class Servers:
                 self.refusals[url] = 0
             self.changed.notify_all()
             return newly_down
+
+
+class Connections:
+    """Keep-alive connections to each server, handed to one request at a time and taken back after its answer is
+    read. urllib opens a new connection for every request and closes it after: at a fleet's rate (a label is four
+    requests) the connect, and over https the TLS handshake, cost the client more CPU than the request itself, and
+    no well-kept standard-library pool exists (urllib3 and httpx are not what the client may assume installed).
+    A connection the server has closed while idle (its keep-alive timeout) is found before it is used, as urllib3
+    does: an idle socket that polls readable has nothing left to give but its end."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, base: str) -> http.client.HTTPConnection:
+        with self.lock:
+            idle = self.idle.setdefault(base, [])
+            while idle:
+                connection = idle.pop()
+                if connection.sock is not None and not _readable(connection.sock):
+                    return connection
+                connection.close()
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+
+    def give_back(self, base: str, connection: http.client.HTTPConnection) -> None:
+        """Keep CONNECTION for the next request to BASE; one whose answer said it closes is closed instead."""
+        if connection.sock is None:
+            return
+        with self.lock:
+            self.idle.setdefault(base, []).append(connection)
+
+
+def _readable(sock) -> bool:
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, where a fleet's connections may number in the thousands
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
