@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cai_core import jobs  # noqa: E402
+from cai_core.backends.openai_compat import SCORE_CHATS_PER_REQUEST  # noqa: E402
 from cai_core.critique import GenerateConfig  # noqa: E402
 from cai_core.feedback import LabelConfig  # noqa: E402
 from cai_core.records import Pair  # noqa: E402
@@ -186,7 +187,8 @@ def measure(kind: str, size: int, fleet: FleetProcess, workspace: Workspace, arg
         table, expected, ideal = "trace_steps", size * (args.rounds + 1), size * (2 * args.rounds + 1)
     else:
         job = label_job(workspace, fleet.urls, size, args.batch_slots * slots // 2)
-        table, expected, ideal = "ai_labels", size, 4 * size  # two orders, each a /tokenize and a completion
+        # two orders, each its own /tokenize; a completions request scores eight chats
+        table, expected, ideal = "ai_labels", size, 2 * size + -(-2 * size // SCORE_CHATS_PER_REQUEST)
     before = fleet.totals()
     wall, cpu, rss, killed = work_job(workspace, job.run_id, kill_at)
     figures = Figures(kind, size, 0, expected, wall, cpu, rss, killed_at=kill_at if killed else None)

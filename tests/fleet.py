@@ -1,12 +1,12 @@
 """A simulated fleet of OpenAI-compatible servers on loopback, for tests and benchmarks at scale.
 
-Each server speaks the wire format the `openai:` client uses against vLLM: `POST /v1/chat/completions` (with
-`usage`), `POST /tokenize` (a prompt or a chat, answered with `tokens` and `max_model_len`) and
-`POST /v1/completions` with prompt token ids, `logprob_token_ids` and `return_tokens_as_token_ids`, answered with
-the log-probabilities of the asked tokens after each prompt. No model runs: a reply costs `latency` seconds plus
-its generated tokens at `tokens_per_s`, a server serves at most `concurrency` requests at once and queues the
-rest (as vLLM does), and the log-probabilities are deterministic functions of the prompt that sum to less than 1,
-so that the judge's scores are real numbers it can order. What is measured is then the workbench, not a model.
+Each server speaks the wire format the `openai:` client uses against vLLM: `POST /v1/chat/completions` (with `usage`),
+`POST /tokenize` (a prompt or a chat, answered with `tokens` and `max_model_len`) and `POST /v1/completions` with prompt
+token ids, `logprob_token_ids` and `return_tokens_as_token_ids`, answered with the log-probabilities of the asked tokens
+after each prompt. No model runs: a reply costs `latency` seconds plus its generated tokens at `tokens_per_s`, a server
+serves at most `concurrency` sequences at once (each prompt of a request is one) and queues the rest (as vLLM does), and
+the log-probabilities are deterministic functions of the prompt that sum to less than 1, so that the judge's scores are
+real numbers it can order. What is measured is then the workbench, not a model.
 
 A fraction `faults` of requests misbehave on purpose, split evenly between HTTP 500, HTTP 429, a connection
 closed without a reply, and a stall (a reply after `stall` seconds). With `hold_nth`, the fleet's Nth request is
@@ -42,7 +42,7 @@ MAX_MODEL_LEN = 8192
 @dataclass(frozen=True)
 class FleetConfig:
     servers: int = 2
-    concurrency: int = 16  # requests one server works on at once; more wait in its queue
+    concurrency: int = 16  # sequences one server works on at once (a prompt of a request each); more wait in its queue
     latency: float = 0.0  # seconds of every reply before its first token (prefill, network)
     tokens_per_s: float = 0.0  # one request's generation speed; 0: instant
     faults: float = 0.0  # fraction of requests that fail or stall on purpose
@@ -66,7 +66,7 @@ class FleetConfig:
 class ServerStats:
     requests: Counter = field(default_factory=Counter)  # answered, by route
     faults: Counter = field(default_factory=Counter)  # injected, by kind
-    busy_seconds: float = 0.0  # slot-seconds spent on answered requests
+    busy_seconds: float = 0.0  # slot-seconds spent on answered requests (a sequence holds a slot)
     connections: int = 0  # opened by clients: fewer than requests where a client keeps them alive
     peak_in_flight: int = 0
     in_flight: int = 0
@@ -109,7 +109,8 @@ class SimServer:
         self.config, self.index, self.fleet_counts = config, index, fleet_counts
         self.stats = ServerStats()
         self.random = random.Random(f"{config.seed}:{index}")
-        self.slots = asyncio.Semaphore(config.concurrency)
+        self.free_slots = config.concurrency
+        self.slot_freed = asyncio.Condition()
         self.server: asyncio.base_events.Server | None = None
         self.url = ""
 
@@ -176,19 +177,34 @@ class SimServer:
         counts.received += 1
         if counts.received == self.config.hold_nth:
             stats.held["by traffic" if await self.held(counts.answered + self.config.hold_for) else "by timeout"] += 1
-        async with self.slots:
-            stats.in_flight += 1
+        # vLLM batches each prompt of a completions request as a sequence of its own: so many slots it holds
+        sequences = len(body["prompt"]) if route == "/completions" and isinstance(body["prompt"][0], list) else 1
+        async with self.slots(min(sequences, self.config.concurrency)):
+            stats.in_flight += sequences
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
             began = time.monotonic()
             try:
                 answer, new_tokens = self.compute(route, body)
                 await asyncio.sleep(0 if route == "/tokenize" else self.config.service_seconds(new_tokens))
             finally:
-                stats.in_flight -= 1
-            stats.busy_seconds += time.monotonic() - began
+                stats.in_flight -= sequences
+            stats.busy_seconds += sequences * (time.monotonic() - began)
         stats.requests[route] += 1
         counts.answered += 1
         return 200, answer
+
+    @contextlib.asynccontextmanager
+    async def slots(self, wanted: int):
+        """Hold WANTED of the server's slots at once, waiting (in its queue) until they are free."""
+        async with self.slot_freed:
+            await self.slot_freed.wait_for(lambda: self.free_slots >= wanted)
+            self.free_slots -= wanted
+        try:
+            yield
+        finally:
+            async with self.slot_freed:
+                self.free_slots += wanted
+                self.slot_freed.notify_all()
 
     async def held(self, answered: int) -> bool:
         """Hold a request (holding no slot) until the fleet has answered ANSWERED requests in all; False when

@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from cai_core.backends.base import SamplingParams
-from cai_core.backends.openai_compat import OpenAICompatBackend
+from cai_core.backends.openai_compat import EXACT, SCORE_CHATS_PER_REQUEST, OpenAICompatBackend
 
-from .fleet import FleetConfig, running
+from .fleet import FleetConfig, chat_tokens, next_token_logprobs, running, tokenize
 
 CHATS = [[{"role": "user", "content": f"question {i}"}] for i in range(64)]
 
@@ -41,6 +42,24 @@ def test_connections_are_kept_alive_and_one_the_server_closed_is_not_reused():
     assert backend.incidents == {}
 
 
+def test_eight_chats_share_one_scoring_request_and_each_keeps_its_own_scores():
+    """A label is two chats; a completions request for each was half a label's requests, each mostly HTTP's own
+    CPU. Grouped, each chat still gets the scores of its own tokens, and holds a slot of the server as its own
+    request would (vLLM batches a request's prompts as sequences of their own)."""
+    with running(FleetConfig(servers=2, concurrency=8)) as fleet:
+        backend = OpenAICompatBackend("sim", fleet.urls, concurrency=4)
+        scores = backend.score_options(CHATS, ["A", "B"])
+        requests = sum((s.requests for s in fleet.stats()), Counter())
+        peaks = [s.peak_in_flight for s in fleet.stats()]
+    assert backend.scoring == EXACT
+    assert requests == {"/tokenize": 64 + 2, "/completions": 64 // SCORE_CHATS_PER_REQUEST}
+    option_ids = [tokenize("A")[0], tokenize("B")[0]]
+    for chat, row in zip(CHATS, scores, strict=True):
+        expected = next_token_logprobs(chat_tokens(chat), option_ids)
+        assert row == [expected[t] for t in option_ids]
+    assert max(peaks) == 8  # a request of 8 prompts holds 8 of a server's 8 slots
+
+
 def test_a_dead_server_is_routed_around_and_said_so(caplog):
     with running(FleetConfig(servers=2, concurrency=8)) as fleet:
         fleet.kill(1)
@@ -61,7 +80,7 @@ def test_a_server_on_this_machine_is_reached_past_the_environments_proxy():
     env["http_proxy"] = "http://127.0.0.1:9"  # the discard port: nothing answers there
     with running(FleetConfig(servers=1, concurrency=4)) as fleet:
         code = (
-            "from cai_core.backends.openai_compat import OpenAICompatBackend\n"
+            "from cai_core.backends.openai_compat import EXACT, SCORE_CHATS_PER_REQUEST, OpenAICompatBackend\n"
             "from cai_core.backends.base import SamplingParams\n"
             f"backend = OpenAICompatBackend('sim', {fleet.urls!r}, max_retries=0)\n"
             "print(len(backend.generate([[{'role': 'user', 'content': 'hi'}]], SamplingParams(max_new_tokens=2))))"

@@ -10,12 +10,12 @@ the first answer kept (`_run_all`). Each of these is counted in `incidents` and 
 job runs). Any other 4xx means the request itself is wrong (unknown model, bad key, bad parameter) and fails at
 once with the server's own message.
 
-Scoring is exact where the server is vLLM: the chat is tokenized by the server's own template (`POST /tokenize`),
-and one completions request per chat asks for the log-probability of exactly the option tokens that follow each
+Scoring is exact where the server is vLLM: the chat is tokenized by the server's own template (`POST /tokenize`), and
+one completions request for every eight chats asks for the log-probability of exactly the option tokens that follow each
 context (`logprob_token_ids`), as the in-process vLLM engine does, so multi-token options and unlikely letters score
-what they are. Elsewhere (OpenAI, llama.cpp, Ollama: no /tokenize) it falls back to the `top_logprobs` extension
-of chat completions: the 20 most likely first tokens of the reply, each option looked up by its text; there only
-single-token options are supported ("A"/"B"), and an option outside the top 20 scores -inf. `scoring` says which.
+what they are. Elsewhere (OpenAI, llama.cpp, Ollama: no /tokenize) it falls back to the `top_logprobs` extension of chat
+completions: the 20 most likely first tokens of the reply, each option looked up by its text; there only single-token
+options are supported ("A"/"B"), and an option outside the top 20 scores -inf. `scoring` says which.
 
 Standard library only, so that pointing the workbench at a server needs no extra install.
 """
@@ -61,6 +61,8 @@ EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)
 # (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
 HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 2.0, 0.5, 0.1
 HEDGE_COPIES = 3
+# Chats whose options one completions request scores (each chat's /tokenize is still its own request).
+SCORE_CHATS_PER_REQUEST = 8
 
 log = logging.getLogger(__name__)
 
@@ -226,22 +228,25 @@ class OpenAICompatBackend:
         return ids
 
     def _score_exactly(self, chats: list[Chat], option_ids: list[list[int]]) -> list[list[float]]:
-        """Per chat, two requests in a row: its tokens by the server's template (/tokenize), then one completions
-        request whose contexts are those tokens plus each proper prefix of each option (a single-token option
-        needs only the chat's own), each asking the log-probabilities of the option tokens that may follow it.
-        The contexts share their start in the server's prefix cache; a chat's second request does not wait for
-        the other chats' first."""
+        """Per group of SCORE_CHATS_PER_REQUEST chats: each chat's tokens by the server's template (/tokenize),
+        then one completions request whose contexts are those tokens plus each proper prefix of each option (a
+        single-token option needs only the chat's own), each asking the log-probabilities of the option tokens
+        that may follow it. A group's contexts are sequences of their own in the server's batch, as separate
+        requests' would be; one request for them all is a fraction of the client's CPU (per request it is
+        mostly HTTP's own), and a group's completion does not wait for other groups' tokenizing."""
         steps = [(ids[:k], token) for ids in option_ids for k, token in enumerate(ids)]
         starts = list(dict.fromkeys(tuple(start) for start, _ in steps))
         wanted = sorted({token for _, token in steps})
 
-        def score(chat: Chat, turn: int) -> list[float]:
-            tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
-            data, url, _ = self._post(tokenize, turn, "/tokenize")
-            prefix = token_ids(data, url)
+        def score(group: list[Chat], turn: int) -> list[list[float]]:
+            prefixes = []
+            for chat in group:
+                tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
+                data, url, _ = self._post(tokenize, turn, "/tokenize")
+                prefixes.append(token_ids(data, url))
             body = {
                 "model": self.model,
-                "prompt": [prefix + list(start) for start in starts],
+                "prompt": [prefix + list(start) for prefix in prefixes for start in starts],
                 "max_tokens": 1,
                 "temperature": 0,
                 "logprobs": len(wanted),
@@ -249,11 +254,15 @@ class OpenAICompatBackend:
                 "return_tokens_as_token_ids": True,
             }
             data, url, _ = self._post(body, turn, "/v1/completions")
-            after = next_token_logprobs(data, url, len(starts))
-            logprob = {(start, token): after[i][token] for i, start in enumerate(starts) for token in wanted}
-            return [sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids]
+            after = next_token_logprobs(data, url, len(body["prompt"]))
+            scores = []
+            for first in range(0, len(after), len(starts)):
+                logprob = {(start, t): after[first + i][t] for i, start in enumerate(starts) for t in wanted}
+                scores.append([sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids])
+            return scores
 
-        return self._run_all(chats, score)
+        groups = [chats[i : i + SCORE_CHATS_PER_REQUEST] for i in range(0, len(chats), SCORE_CHATS_PER_REQUEST)]
+        return [scores for group in self._run_all(groups, score) for scores in group]
 
     def _score_from_top_tokens(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         bodies = [
