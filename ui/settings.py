@@ -87,6 +87,12 @@ def keep_setting(key: str) -> None:
     st.session_state[SETTINGS][key] = st.session_state[key]
 
 
+def _setting_widget(key: str, operator: bool) -> dict:
+    """The arguments that make a sidebar widget a setting: it starts at the setting (see `setup`), what the visitor
+    chooses becomes the setting, and only an operator may change it."""
+    return {"key": key, "on_change": keep_setting, "args": (key,), "disabled": not operator}
+
+
 def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
@@ -111,19 +117,13 @@ def setup(title: str) -> Settings:
         st.subheader("Settings")
         st.text_input(
             "Data folder",
-            key="data_dir",
-            on_change=keep_setting,
-            args=("data_dir",),
-            disabled=not operator,
+            **_setting_widget("data_dir", operator),
             help="Holds the database, job folders and converted models; inside the workspace "
             f"({', '.join(map(str, env.browser_roots))}).",
         )
         st.text_input(
             "Database file",
-            key="db_path",
-            on_change=keep_setting,
-            args=("db_path",),
-            disabled=not operator,
+            **_setting_widget("db_path", operator),
             placeholder="data folder/cai.duckdb",
             help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
@@ -162,21 +162,15 @@ def setup(title: str) -> Settings:
         st.selectbox(
             "Model",
             list(labels),
-            key="model_choice",
-            on_change=keep_setting,
-            args=("model_choice",),
             format_func=labels.get,
-            disabled=not operator,
+            **_setting_widget("model_choice", operator),
             help="The backend of every page: the default model, a finished training run's model, a listed "
             "endpoint's model, or any other spec.",
         )
         if ss["model_choice"] == OTHER_MODEL:
             st.text_input(
                 "Model spec",
-                key="model_spec",
-                on_change=keep_setting,
-                args=("model_spec",),
-                disabled=not operator,
+                **_setting_widget("model_spec", operator),
                 help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
                 "listed in endpoints.yaml.",
             )
