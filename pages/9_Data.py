@@ -31,7 +31,7 @@ from cai_core.workspace import OutsideWorkspace
 from ui.hub import hub_push
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.paging import long_choice
-from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
+from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, prompt_file_input, setup
 from ui.text import count, md_escape, show_flash, when
 
 settings = setup("Data")
@@ -43,7 +43,6 @@ if settings.read_only:  # every part of this page makes, imports or exports data
 
 ALL = "all"  # a filter left open
 SHOWN_SAMPLE_RUNS = 5
-PROMPT_SUFFIXES = (".jsonl", ".csv", ".txt")
 IMPORT_SUFFIXES = (".jsonl", ".gz", ".csv")
 IMPORT_KINDS = {
     "pairs": "pairs: prompt, response_a, response_b",
@@ -139,14 +138,7 @@ with connect(ws) as store:
         st.caption("The sidebar's model answers each prompt K times; every two different answers make a pair.")
         with st.form("sample_form"):
             cols = st.columns(2)
-            follow_context("prompts", "sample_prompts", default=str(ws.demo_prompts))
-            prompt_source = cols[0].text_input(
-                "Prompt file",
-                key="sample_prompts",
-                help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; "
-                "or hf:OWNER/NAME[:SPLIT].",
-            )
-            upload = cols[0].file_uploader("or upload a prompt file", type=["jsonl", "csv", "txt"], key="sample_upload")
+            prompt_file = prompt_file_input(cols[0], ws, "sample")
             cols[1].text_input("Model (set in the sidebar)", value=settings.model, disabled=True)
             skip_bad_prompts = cols[1].checkbox("Skip bad lines instead of stopping", key="sample_skip_bad")
             cols = st.columns(5)
@@ -166,7 +158,7 @@ with connect(ws) as store:
                 ws,
                 "pairs",
                 lambda: SampleConfig(
-                    prompts=browser_file(ws, prompt_source, upload, PROMPT_SUFFIXES, source=True),
+                    prompts=prompt_file(),
                     model=settings.model,
                     k=k,
                     pairing=pairing,

@@ -10,7 +10,7 @@ These modules live outside `pages/`: Streamlit lists every file there as a page.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +293,24 @@ def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, 
     if source:
         return workspace.resolve_browser_source(typed, suffixes=suffixes)
     return str(workspace.resolve_browser_path(typed, suffixes=suffixes))
+
+
+PROMPT_TYPES = ("jsonl", "csv", "txt")
+
+
+def prompt_file_input(where, workspace: Workspace, key: str) -> Callable[[], str]:
+    """A form's prompt file, typed (the working context's to start with) or uploaded, in the column `where`; the
+    widgets' keys start with `key`. Returns what names the file once the form is sent (`browser_file`): an
+    upload is saved then, not at every redraw."""
+    follow_context("prompts", f"{key}_prompts", default=str(workspace.demo_prompts))
+    typed = where.text_input(
+        "Prompt file",
+        key=f"{key}_prompts",
+        help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; or "
+        "hf:OWNER/NAME[:SPLIT].",
+    )
+    upload = where.file_uploader("or upload a prompt file", type=list(PROMPT_TYPES), key=f"{key}_upload")
+    return lambda: browser_file(workspace, typed, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True)
 
 
 @contextmanager
