@@ -23,7 +23,7 @@ from cai_core.judge_audit import calibrate_run, measure_priors, queue_tightening
 from cai_core.judge_calibration import CALIBRATION_STAGES, JudgeCalibration, PlattScaling
 from cai_core.judge_queue import contest_score, queue_order
 from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJudgment, StoredCalibration, to_row
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT
 
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
@@ -137,12 +137,12 @@ def test_the_disagreement_first_queue_serves_in_score_order_and_records_what_it_
         expected = queue_order(ids, contest_score(p1, p2, np.zeros(60), np.zeros(60)), seed="run-q")
         served = []
         for _ in range(10):
-            item = store.next_annotation("ann", overlap=1, contested_run="run-q")
+            item = store.next_annotation("ann", PairQueue(overlap=1, contested_run="run-q"))
             store.save_human_label(item.label("ann", "a"))
             served.append(item.pair_id)
         assert served == expected[:10]
         # the default mode is unchanged: pairs nearest their overlap first, in the origin's order
-        assert store.next_annotation("bo", overlap=2).pair_id == min(served)
+        assert store.next_annotation("bo", PairQueue(overlap=2)).pair_id == min(served)
         assert list(store.queue_served_labels("run-q").pair_id) == served
 
         table = queue_tightening(store, "run-q")
@@ -166,7 +166,7 @@ def test_contested_queue_never_hands_one_pair_to_two_annotators(workspace):
         try:
             for _ in range(8):
                 with Store.open(workspace) as store:
-                    item = store.next_annotation(name, overlap=1, contested_run="run-c")
+                    item = store.next_annotation(name, PairQueue(overlap=1, contested_run="run-c"))
                     got.append(item.pair_id)
                     store.save_human_label(item.label(name, "b"))
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below

@@ -20,7 +20,7 @@ from cai_core.jobs import JobFolder
 from cai_core.judge_audit import queue_tightening
 from cai_core.pairs import read_hh_rlhf
 from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .app_pages import open_page
@@ -168,9 +168,9 @@ def test_a_label_is_saved_on_the_pair_it_names_even_when_others_fill_it_and_a_re
         assert missing >= 1
         for n in range(missing):
             store.save_human_label(HumanLabel(pair_id, f"someone-else-{n}", "a"))
-        assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", overlap=2, limit=100)]
+        assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", PairQueue(overlap=2), limit=100)]
         # the look-ahead is eve's: nobody else is handed those pairs meanwhile
-        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", overlap=1, limit=100)}
+        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", PairQueue(overlap=1), limit=100)}
     first = label_event(at, pair_id, "b", "B answers the question")
     send_labels(at, [first])
     assert not at.exception, at.exception
