@@ -16,6 +16,7 @@ back to the text that produced it.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -35,25 +36,41 @@ FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
 SUFFIXES = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}  # "hf" is a folder
 
 
-def export_rows(
-    store: Store,
-    kind: ExportKind,
-    *,
-    constitution_version: str | None = None,
-    max_round: int | None = None,
-    run_id: str | None = None,
-    min_confidence: float = 0.0,
-    calibration: str | None = None,
-    gate: GateRule | Gate | None = None,
-    raw_labels: bool = False,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which rows an export holds, the same for the rows and their count. SFT data and SL-CAI pairs: by
+    constitution version, last round and generation run (`run_id`). Preferences: by label run (`run_id`, see
+    `preference_rows`), confidence, calibration, label gate, and `raw_labels` (the judge's raw P)."""
+
+    constitution_version: str | None = None
+    max_round: int | None = None
+    run_id: str | None = None
+    min_confidence: float = 0.0
+    calibration: str | None = None
+    gate: GateRule | Gate | None = None
+    raw_labels: bool = False
+
+    def final_steps(self, kind: ExportKind) -> dict:
+        """`Store.final_steps`' filters for a trace export: pairs need a revision that changed the answer."""
+        return {
+            "constitution_version": self.constitution_version,
+            "max_round": self.max_round,
+            "run_id": self.run_id,
+            "revised_only": kind == "pairs",
+        }
+
+
+def export_rows(store: Store, kind: ExportKind, filters: ExportFilter = ExportFilter()) -> pd.DataFrame:
     if kind == "preferences":
         return preference_rows(
-            store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
+            store,
+            run_id=filters.run_id,
+            min_confidence=filters.min_confidence,
+            calibration=filters.calibration,
+            gate=filters.gate,
+            raw=filters.raw_labels,
         )
-    steps = store.final_steps(
-        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
-    )
+    steps = store.final_steps(**filters.final_steps(kind))
     user = [[{"role": "user", "content": p}] for p in steps.prompt]
     revision = [[{"role": "assistant", "content": r}] for r in steps.revision]
     meta = {"trace_id": steps.trace_id, "constitution_version": steps.constitution_version, "round": steps["round"]}
@@ -72,28 +89,17 @@ def export_rows(
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
 
 
-def export_count(
-    store: Store,
-    kind: ExportKind,
-    *,
-    constitution_version: str | None = None,
-    max_round: int | None = None,
-    run_id: str | None = None,
-    min_confidence: float = 0.0,
-    calibration: str | None = None,
-    gate: GateRule | Gate | None = None,
-    raw_labels: bool = False,
-) -> int:
+def export_count(store: Store, kind: ExportKind, filters: ExportFilter = ExportFilter()) -> int:
     """How many rows `export_rows` gives, counted by the database without making them (a page shows it at every
     redraw)."""
     if kind == "preferences":
-        run_id, weights = _preference_labels(store, run_id, min_confidence, gate)
+        run_id, weights = _preference_labels(store, filters.run_id, filters.min_confidence, filters.gate)
         if run_id is None:
             return 0
-        return store.count_pair_preferences(run_id, min_confidence, calibration, weights, raw=raw_labels)
-    return store.count_final_steps(
-        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
-    )
+        return store.count_pair_preferences(
+            run_id, filters.min_confidence, filters.calibration, weights, raw=filters.raw_labels
+        )
+    return store.count_final_steps(**filters.final_steps(kind))
 
 
 PREFERENCE_COLUMNS = [

@@ -16,7 +16,16 @@ import streamlit as st
 
 from cai_core.auth import OPERATOR
 from cai_core.export_job import ExportConfig
-from cai_core.exports import FORMATS, KINDS, export_bytes, export_count, export_path, export_rows, write_export
+from cai_core.exports import (
+    FORMATS,
+    KINDS,
+    ExportFilter,
+    export_bytes,
+    export_count,
+    export_path,
+    export_rows,
+    write_export,
+)
 from cai_core.hub import write_and_push_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
@@ -253,12 +262,13 @@ with connect(ws) as store:
                 "Revision of round at most", 1, None, value=None, placeholder="the last", key="export_max_round"
             )
             filters = {"run_id": picked(run), "constitution_version": picked(version), "max_round": max_round}
-        total = export_count(store, kind, **filters)
+        rows_filter = ExportFilter(**filters)
+        total = export_count(store, kind, rows_filter)
 
         def rows() -> pd.DataFrame:
             """The rows themselves, made only when they are downloaded or written (a redraw counts them)."""
             with Store.open(ws) as own:  # a download runs on a thread of its own, after this run's store closed
-                return export_rows(own, kind, **filters)
+                return export_rows(own, kind, rows_filter)
 
     if not total:
         source = "labelled pairs (Agreement or Annotate page)" if kind == "preferences" else "traces (Generate page)"
@@ -303,7 +313,7 @@ with connect(ws) as store:
             with Store.open(ws) as own:
                 path = ws.browser_write_path(target)
                 return write_and_push_export(
-                    export_rows(own, kind, **filters), path, fmt, kind, repo, token=token, store=own, private=private
+                    export_rows(own, kind, rows_filter), path, fmt, kind, repo, token=token, store=own, private=private
                 )
 
         with export_tab:
