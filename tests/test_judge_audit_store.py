@@ -26,6 +26,8 @@ from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJ
 from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT
 
+from .browser.seed import logprob_label
+
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 FIVE_PRINCIPLES = str(PROJECT_ROOT / "constitutions" / "customer_service.yaml")
 
@@ -113,11 +115,7 @@ def test_calibrating_a_run_without_human_labels_says_so(workspace, tiny):
 
 def load_label_run(workspace, run: str, probabilities: list[tuple[float, float]], principle: str = "harm") -> None:
     rows = [
-        to_row(
-            AILabel(
-                run, f"p{i:03d}", principle, "j", "v1", "sample", "logprob", False, 0, p1, p2, (p1 + 1 - p2) / 2, False
-            )
-        )
+        to_row(logprob_label(run, f"p{i:03d}", principle, "j", "v1", p1, p2))
         for i, (p1, p2) in enumerate(probabilities)
     ]
     JobFolder.create(workspace.runs_dir, run, {"kind": "label", "model": "j"}).append("ai_labels", rows)
