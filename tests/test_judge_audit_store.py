@@ -16,7 +16,7 @@ from cai_core import cli, jobs
 from cai_core.agreement import dashboard
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution
-from cai_core.exports import preference_rows
+from cai_core.exports import ExportFilter, preference_rows
 from cai_core.feedback import Judge, LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import calibrate_run, measure_priors, queue_tightening, score_queue
@@ -89,7 +89,9 @@ def test_a_calibration_is_fitted_with_the_real_judge_stored_and_applied_by_the_d
         assert after.overall["ece"] != pytest.approx(before.overall["ece"], abs=1e-6)  # the probabilities moved
 
         # and the export takes it on request: P(a better) per pair is the mean of the calibrated labels
-        exported = preference_rows(store, run_id=job.run_id, calibration=calibration_id).set_index("pair_id")
+        exported = preference_rows(store, ExportFilter(run_id=job.run_id, calibration=calibration_id)).set_index(
+            "pair_id"
+        )
         p_a = pd.Series((q1 + 1 - q2) / 2).groupby(labels.pair_id).mean()
         a_won = exported.chosen.map(lambda c: c[0]["content"]) == [
             next(p for p in found if p.pair_id == i).response_a for i in exported.index
