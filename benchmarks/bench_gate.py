@@ -36,7 +36,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.bench_rm import HH_RLHF, fitting_pairs  # noqa: E402
+from benchmarks.bench_rm import HH_RLHF, bench_workspace, fitting_pairs  # noqa: E402
 from cai_core import jobs  # noqa: E402
 from cai_core.constitution import load_constitution  # noqa: E402
 from cai_core.feedback import LabelConfig  # noqa: E402
@@ -244,11 +243,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    home = Workspace.from_env()
-    ws = Workspace(Path(args.workspace or tempfile.mkdtemp(prefix="bench-gate-")))
-    if not ws.models_dir.exists():  # the converted default model is shared, not converted again
-        ws.root.mkdir(parents=True, exist_ok=True)
-        ws.models_dir.symlink_to(home.models_dir.resolve(), target_is_directory=True)
+    ws = bench_workspace(args.workspace, "bench-gate-")
     model = word_model(ws.root / "words-model", args.data, args.seed) if args.model == "words" else args.model
     result = known_truth(
         ws,

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from cai_core.constitution import load_constitution  # noqa: E402
 from cai_core.jobs import JobFolder  # noqa: E402
-from cai_core.records import AILabel, HumanLabel, Pair, Trace, TraceStep, to_row  # noqa: E402
+from cai_core.records import HumanLabel, Pair, Trace, TraceStep, to_row  # noqa: E402
 from cai_core.store import Store  # noqa: E402
 from cai_core.workspace import Workspace  # noqa: E402
-from tests.browser.seed import seed_pairs, seeded_data  # noqa: E402
+from tests.browser.seed import logprob_label, seed_pairs, seeded_data  # noqa: E402
 
 TARGET = 0.5  # seconds a redraw, issue 13 item 8
 
@@ -134,21 +134,7 @@ def add_labels(workspace, constitution_path: Path, labels: int, pairs: int, huma
                 p1, p2 = ((i * 7 + r) % 97) / 97 * 0.9 + 0.05, ((i * 13 + r) % 89) / 89 * 0.9 + 0.05
                 rows.append(
                     to_row(
-                        AILabel(
-                            run_id,
-                            f"bench-pair-{i}",
-                            principle,
-                            "bench-judge",
-                            constitution.version,
-                            "sample",
-                            "logprob",
-                            False,
-                            0,
-                            p1,
-                            p2,
-                            (p1 + 1 - p2) / 2,
-                            False,
-                        )
+                        logprob_label(run_id, f"bench-pair-{i}", principle, "bench-judge", constitution.version, p1, p2)
                     )
                 )
             job.append("ai_labels", rows)

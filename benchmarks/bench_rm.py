@@ -103,6 +103,16 @@ def preference_frame(pairs, p_a: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bench_workspace(folder: str | None, prefix: str) -> Workspace:
+    """The runs' data folder: FOLDER, or a new temporary one named PREFIX...; unless it has models of its own, it
+    uses the home workspace's, so that the converted default model is shared, not converted again."""
+    ws = Workspace(Path(folder or tempfile.mkdtemp(prefix=prefix)))
+    if not ws.models_dir.exists():
+        ws.root.mkdir(parents=True, exist_ok=True)
+        ws.models_dir.symlink_to(Workspace.from_env().models_dir.resolve(), target_is_directory=True)
+    return ws
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="Starting model of the reward models.")
@@ -127,11 +137,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    home = Workspace.from_env()
-    ws = Workspace(Path(args.workspace or tempfile.mkdtemp(prefix="bench-rm-")))
-    if not ws.models_dir.exists():  # the converted default model is shared, not converted again
-        ws.root.mkdir(parents=True, exist_ok=True)
-        ws.models_dir.symlink_to(home.models_dir.resolve(), target_is_directory=True)
+    ws = bench_workspace(args.workspace, "bench-rm-")
     model = resolve_model(args.model, ws)
     tokenizer = load_tokenizer(model)
     began = time.perf_counter()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from .exports import export_path, export_rows, write_export
+from .exports import ExportFilter, export_path, export_rows, write_export
 from .jobs import JobFolder, JobKind, Plan
 from .workspace import Workspace
 
@@ -39,23 +39,24 @@ class ExportConfig:
     )
     run_id: str | None = field(default=None, metadata={"help": "The export job's id; by default a hash."})
 
-    def filters(self, ws: Workspace) -> dict:
-        """`exports.export_rows`' filters."""
+    def filters(self, ws: Workspace) -> ExportFilter:
+        """Which rows the export holds (`gate`: by the data folder's label gate rule)."""
         from .label_gate import load_rule
 
-        chosen = {"constitution_version": self.constitution_version, "max_round": self.max_round}
-        return chosen | {
-            "run_id": self.source_run,
-            "min_confidence": self.min_confidence,
-            "calibration": self.calibration,
-            "gate": load_rule(ws) if self.gate else None,
-            "raw_labels": self.raw_labels,
-        }
+        return ExportFilter(
+            constitution_version=self.constitution_version,
+            max_round=self.max_round,
+            run_id=self.source_run,
+            min_confidence=self.min_confidence,
+            calibration=self.calibration,
+            gate=load_rule(ws) if self.gate else None,
+            raw_labels=self.raw_labels,
+        )
 
 
 def matching_rows(store, config: ExportConfig, ws: Workspace) -> pd.DataFrame:
     """The rows the export writes, or ValueError where none match."""
-    rows = export_rows(store, config.kind, **config.filters(ws))
+    rows = export_rows(store, config.kind, config.filters(ws))
     if rows.empty:
         raise ValueError("nothing to export: no rows match (run `cai generate` first, or loosen the filters)")
     return rows

@@ -16,6 +16,7 @@ back to the text that produced it.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -35,25 +36,34 @@ FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
 SUFFIXES = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}  # "hf" is a folder
 
 
-def export_rows(
-    store: Store,
-    kind: ExportKind,
-    *,
-    constitution_version: str | None = None,
-    max_round: int | None = None,
-    run_id: str | None = None,
-    min_confidence: float = 0.0,
-    calibration: str | None = None,
-    gate: GateRule | Gate | None = None,
-    raw_labels: bool = False,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which rows an export holds, the same for the rows and their count. SFT data and SL-CAI pairs: by
+    constitution version, last round and generation run (`run_id`). Preferences: by label run (`run_id`, see
+    `preference_rows`), confidence, calibration, label gate, and `raw_labels` (the judge's raw P)."""
+
+    constitution_version: str | None = None
+    max_round: int | None = None
+    run_id: str | None = None
+    min_confidence: float = 0.0
+    calibration: str | None = None
+    gate: GateRule | Gate | None = None
+    raw_labels: bool = False
+
+    def final_steps(self, kind: ExportKind) -> dict:
+        """`Store.final_steps`' filters for a trace export: pairs need a revision that changed the answer."""
+        return {
+            "constitution_version": self.constitution_version,
+            "max_round": self.max_round,
+            "run_id": self.run_id,
+            "revised_only": kind == "pairs",
+        }
+
+
+def export_rows(store: Store, kind: ExportKind, filters: ExportFilter = ExportFilter()) -> pd.DataFrame:
     if kind == "preferences":
-        return preference_rows(
-            store, run_id=run_id, min_confidence=min_confidence, calibration=calibration, gate=gate, raw=raw_labels
-        )
-    steps = store.final_steps(
-        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
-    )
+        return preference_rows(store, filters)
+    steps = store.final_steps(**filters.final_steps(kind))
     user = [[{"role": "user", "content": p}] for p in steps.prompt]
     revision = [[{"role": "assistant", "content": r}] for r in steps.revision]
     meta = {"trace_id": steps.trace_id, "constitution_version": steps.constitution_version, "round": steps["round"]}
@@ -72,28 +82,17 @@ def export_rows(
     return pd.DataFrame({**data, **{k: list(v) for k, v in meta.items()}})
 
 
-def export_count(
-    store: Store,
-    kind: ExportKind,
-    *,
-    constitution_version: str | None = None,
-    max_round: int | None = None,
-    run_id: str | None = None,
-    min_confidence: float = 0.0,
-    calibration: str | None = None,
-    gate: GateRule | Gate | None = None,
-    raw_labels: bool = False,
-) -> int:
+def export_count(store: Store, kind: ExportKind, filters: ExportFilter = ExportFilter()) -> int:
     """How many rows `export_rows` gives, counted by the database without making them (a page shows it at every
     redraw)."""
     if kind == "preferences":
-        run_id, weights = _preference_labels(store, run_id, min_confidence, gate)
+        run_id, weights = _preference_labels(store, filters)
         if run_id is None:
             return 0
-        return store.count_pair_preferences(run_id, min_confidence, calibration, weights, raw=raw_labels)
-    return store.count_final_steps(
-        constitution_version=constitution_version, max_round=max_round, run_id=run_id, revised_only=kind == "pairs"
-    )
+        return store.count_pair_preferences(
+            run_id, filters.min_confidence, filters.calibration, weights, raw=filters.raw_labels
+        )
+    return store.count_final_steps(**filters.final_steps(kind))
 
 
 PREFERENCE_COLUMNS = [
@@ -109,26 +108,18 @@ PREFERENCE_COLUMNS = [
 ]
 
 
-def preference_rows(
-    store: Store,
-    *,
-    run_id: str | None = None,
-    min_confidence: float = 0.0,
-    calibration: str | None = None,
-    gate: GateRule | Gate | None = None,
-    raw: bool = False,
-) -> pd.DataFrame:
-    """Chosen/rejected pairs from one judge run's soft labels (`run_id`; the latest label run when unset),
+def preference_rows(store: Store, filters: ExportFilter = ExportFilter()) -> pd.DataFrame:
+    """Chosen/rejected pairs from one judge run's soft labels (`filters.run_id`; the latest label run when unset),
     or from people's labels (`run_id="human"`: P(a better) is the share of a among a/b labels). A pair
     whose P is exactly 0.5, or whose confidence is below `min_confidence`, is left out. `calibration`: a
     stored calibration's id (`cai calibrate`) to read the judge's labels through; without one, the calibrated P
-    a run labelled through a calibration stored is read, unless `raw`. Each row says which it read. `gate`: weigh
-    each principle's labels by its audit against people (`label_gate`): a rule to decide it by, or a decision
+    a run labelled through a calibration stored is read, unless `raw_labels`. Each row says which it read. `gate`:
+    weigh each principle's labels by its audit against people (`label_gate`): a rule to decide it by, or a decision
     already taken; people's own labels are never gated."""
-    run_id, weights = _preference_labels(store, run_id, min_confidence, gate)
+    run_id, weights = _preference_labels(store, filters)
     if run_id is None:
         return pd.DataFrame(columns=PREFERENCE_COLUMNS)
-    rows = store.pair_preferences(run_id, min_confidence, calibration, weights, raw=raw)
+    rows = store.pair_preferences(run_id, filters.min_confidence, filters.calibration, weights, raw=filters.raw_labels)
     a_wins = rows.p > 0.5
     return pd.DataFrame(
         {
@@ -145,14 +136,13 @@ def preference_rows(
     )
 
 
-def _preference_labels(
-    store: Store, run_id: str | None, min_confidence: float, gate: GateRule | Gate | None
-) -> tuple[str | None, dict[str, float] | None]:
+def _preference_labels(store: Store, filters: ExportFilter) -> tuple[str | None, dict[str, float] | None]:
     """The labels preference rows are made of (None: there are none yet) and each principle's weight there (the
     gate's; None: unweighted), for `preference_rows` and its count alike."""
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(f"min confidence {min_confidence}: expected a number from 0 to 1")
-    run_id = run_id or store.latest_label_run()
+    if not 0.0 <= filters.min_confidence <= 1.0:
+        raise ValueError(f"min confidence {filters.min_confidence}: expected a number from 0 to 1")
+    gate = filters.gate
+    run_id = filters.run_id or store.latest_label_run()
     if run_id is None:
         return None, None
     if isinstance(gate, GateRule) and run_id != "human":

@@ -53,27 +53,28 @@ def one_line(text: str, width: int = 110) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def verdict_choice(label: str, verdicts: tuple[str, ...], stored: str | None, key: str) -> str | None:
+    """A radio of VERDICTS and "not judged", at the one STORED; what is chosen (None: not judged)."""
+    options = [UNRATED, *verdicts]
+    chosen = st.radio(label, options, index=options.index(stored) if stored else 0, horizontal=True, key=key)
+    return None if chosen == UNRATED else chosen
+
+
 def verdict_form(store, trace_id: str, round_: int, annotator: str) -> None:
     """The annotator's verdict on one round (theirs, when stored, to edit), and other people's."""
     verdicts = store.verdicts(trace_id)
     mine = next((v for v in verdicts if v.round == round_ and v.annotator == annotator), None)
     prefix = hashlib.sha256(f"{trace_id}\0{round_}\0{annotator}".encode()).hexdigest()[:12]
-    revision_options, critique_options = [UNRATED, *REVISION_VERDICTS], [UNRATED, *CRITIQUE_VERDICTS]
     with st.form("verdict_form"):
         st.text(f"Saved as {annotator}")
-        revision_verdict = st.radio(
+        revision_verdict = verdict_choice(
             "The revision, against the answer before it, is",
-            revision_options,
-            index=revision_options.index(mine.revision_verdict) if mine and mine.revision_verdict else 0,
-            horizontal=True,
-            key=f"{prefix}_revision",
+            REVISION_VERDICTS,
+            mine and mine.revision_verdict,
+            f"{prefix}_revision",
         )
-        critique_verdict = st.radio(
-            "The critique is",
-            critique_options,
-            index=critique_options.index(mine.critique_verdict) if mine and mine.critique_verdict else 0,
-            horizontal=True,
-            key=f"{prefix}_critique",
+        critique_verdict = verdict_choice(
+            "The critique is", CRITIQUE_VERDICTS, mine and mine.critique_verdict, f"{prefix}_critique"
         )
         note = st.text_area(
             "Note", value=mine.note if mine else "", key=f"{prefix}_note", height=80, max_chars=MAX_NOTE_CHARS
@@ -84,8 +85,8 @@ def verdict_form(store, trace_id: str, round_: int, annotator: str) -> None:
             trace_id,
             round_,
             annotator,
-            None if revision_verdict == UNRATED else revision_verdict,
-            None if critique_verdict == UNRATED else critique_verdict,
+            revision_verdict,
+            critique_verdict,
             note.strip(),
         )
         if verdict.revision_verdict is None and verdict.critique_verdict is None:

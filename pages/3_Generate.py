@@ -13,7 +13,7 @@ from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.store import TraceFilter
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.paging import page_of
-from ui.settings import browser_file, connect, follow_context, setup
+from ui.settings import connect, follow_context, prompt_file_input, setup
 from ui.text import count, show_flash, when
 
 settings = setup("Generate")
@@ -21,7 +21,6 @@ ws = settings.workspace
 ss = st.session_state
 
 SHOWN_RUNS = 10
-PROMPT_TYPES = ["jsonl", "csv", "txt"]
 
 
 st.title("Generate")
@@ -36,14 +35,7 @@ st.write(
 files = list_constitutions(ws.constitutions_dir)
 with st.form("launch_form"):
     cols = st.columns(2)
-    follow_context("prompts", "gen_prompts", default=str(ws.demo_prompts))
-    prompt_source = cols[0].text_input(
-        "Prompt file",
-        key="gen_prompts",
-        help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; or "
-        "hf:OWNER/NAME[:SPLIT].",
-    )
-    upload = cols[0].file_uploader("or upload a prompt file", type=PROMPT_TYPES, key="gen_upload")
+    prompt_file = prompt_file_input(cols[0], ws, "gen")
     skip_bad = cols[0].checkbox("Skip bad lines instead of stopping", key="gen_skip_bad")
     follow_context("constitution", "gen_constitution", [p.name for p in files])
     constitution = cols[1].selectbox("Constitution", [p.name for p in files], key="gen_constitution")
@@ -64,7 +56,7 @@ if submitted:
         "generate",
         lambda: GenerateConfig(
             constitution=str((ws.constitutions_dir / constitution).resolve()),
-            prompts=browser_file(ws, prompt_source, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True),
+            prompts=prompt_file(),
             model=settings.model,
             rounds=rounds,
             samples=samples,

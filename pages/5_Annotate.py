@@ -28,7 +28,7 @@ from cai_core.constitution import ConstitutionError, list_constitutions, load_co
 from cai_core.grader_audit import QUESTIONS
 from cai_core.judge_audit import score_queue
 from cai_core.records import MAX_NOTE_CHARS, AnnotationItem
-from cai_core.store import GraderItem, GraderLabel, Store, StoreError
+from cai_core.store import GraderItem, GraderLabel, PairQueue, Store, StoreError
 from ui.label_keys import LOOK_AHEAD, label_panel, record_labels
 from ui.paging import pager
 from ui.settings import connect, follow_context, setup
@@ -236,7 +236,8 @@ with connect(ws) as store:
     if ss.get("queue_settings", queue_settings) != queue_settings:
         store.release_claims(annotator, keep=1)  # the pair on screen stays; the look-ahead follows the new order
     ss["queue_settings"] = queue_settings
-    progress = store.annotation_progress(annotator, overlap=overlap)
+    queue = PairQueue(overlap, contested_run=contested_run)
+    progress = store.annotation_progress(annotator, queue)
     cols = st.columns(3)
     cols[0].metric("Labelled by you", progress["labelled"])
     cols[1].metric("Left in your queue", progress["remaining"])
@@ -279,7 +280,7 @@ with connect(ws) as store:
     st.divider()
     reopened = ss["reopen"] if ss["reopen"] != NONE else None
     if not reopened:
-        ahead = store.claim_annotations(annotator, LOOK_AHEAD, overlap=overlap, contested_run=contested_run)
+        ahead = store.claim_annotations(annotator, LOOK_AHEAD, queue)
         if not ahead:
             st.success(f"Your queue is empty: every pair has {count(overlap, 'label')} or a label from you.")
             st.stop()

@@ -16,7 +16,16 @@ import streamlit as st
 
 from cai_core.auth import OPERATOR
 from cai_core.export_job import ExportConfig
-from cai_core.exports import FORMATS, KINDS, export_bytes, export_count, export_path, export_rows, write_export
+from cai_core.exports import (
+    FORMATS,
+    KINDS,
+    ExportFilter,
+    export_bytes,
+    export_count,
+    export_path,
+    export_rows,
+    write_export,
+)
 from cai_core.hub import write_and_push_export
 from cai_core.jobs import JobFolder, list_job_folders
 from cai_core.pairs import (
@@ -31,7 +40,7 @@ from cai_core.workspace import OutsideWorkspace
 from ui.hub import hub_push
 from ui.job_controls import job_cards, start_from_form, starter
 from ui.paging import long_choice
-from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, setup
+from ui.settings import OPERATORS_ONLY, browser_file, connect, follow_context, prompt_file_input, setup
 from ui.text import count, md_escape, show_flash, when
 
 settings = setup("Data")
@@ -43,7 +52,6 @@ if settings.read_only:  # every part of this page makes, imports or exports data
 
 ALL = "all"  # a filter left open
 SHOWN_SAMPLE_RUNS = 5
-PROMPT_SUFFIXES = (".jsonl", ".csv", ".txt")
 IMPORT_SUFFIXES = (".jsonl", ".gz", ".csv")
 IMPORT_KINDS = {
     "pairs": "pairs: prompt, response_a, response_b",
@@ -139,14 +147,7 @@ with connect(ws) as store:
         st.caption("The sidebar's model answers each prompt K times; every two different answers make a pair.")
         with st.form("sample_form"):
             cols = st.columns(2)
-            follow_context("prompts", "sample_prompts", default=str(ws.demo_prompts))
-            prompt_source = cols[0].text_input(
-                "Prompt file",
-                key="sample_prompts",
-                help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; "
-                "or hf:OWNER/NAME[:SPLIT].",
-            )
-            upload = cols[0].file_uploader("or upload a prompt file", type=["jsonl", "csv", "txt"], key="sample_upload")
+            prompt_file = prompt_file_input(cols[0], ws, "sample")
             cols[1].text_input("Model (set in the sidebar)", value=settings.model, disabled=True)
             skip_bad_prompts = cols[1].checkbox("Skip bad lines instead of stopping", key="sample_skip_bad")
             cols = st.columns(5)
@@ -166,7 +167,7 @@ with connect(ws) as store:
                 ws,
                 "pairs",
                 lambda: SampleConfig(
-                    prompts=browser_file(ws, prompt_source, upload, PROMPT_SUFFIXES, source=True),
+                    prompts=prompt_file(),
                     model=settings.model,
                     k=k,
                     pairing=pairing,
@@ -261,12 +262,13 @@ with connect(ws) as store:
                 "Revision of round at most", 1, None, value=None, placeholder="the last", key="export_max_round"
             )
             filters = {"run_id": picked(run), "constitution_version": picked(version), "max_round": max_round}
-        total = export_count(store, kind, **filters)
+        rows_filter = ExportFilter(**filters)
+        total = export_count(store, kind, rows_filter)
 
         def rows() -> pd.DataFrame:
             """The rows themselves, made only when they are downloaded or written (a redraw counts them)."""
             with Store.open(ws) as own:  # a download runs on a thread of its own, after this run's store closed
-                return export_rows(own, kind, **filters)
+                return export_rows(own, kind, rows_filter)
 
     if not total:
         source = "labelled pairs (Agreement or Annotate page)" if kind == "preferences" else "traces (Generate page)"
@@ -311,7 +313,7 @@ with connect(ws) as store:
             with Store.open(ws) as own:
                 path = ws.browser_write_path(target)
                 return write_and_push_export(
-                    export_rows(own, kind, **filters), path, fmt, kind, repo, token=token, store=own, private=private
+                    export_rows(own, kind, rows_filter), path, fmt, kind, repo, token=token, store=own, private=private
                 )
 
         with export_tab:

@@ -14,7 +14,7 @@ from cai_core.constitution import load_constitution, save_constitution
 from cai_core.grader_audit import MIN_ANSWERS
 from cai_core.job_folder import JobFolder
 from cai_core.records import Pair
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .app_pages import open_page
@@ -64,7 +64,7 @@ def test_the_pairs_go_first_in_the_ab_queue_and_people_are_read_against_its_judg
         assert "have not been sent to people" in str(people_vs_judge(workspace, store, run_id))
         assert send_to_people(workspace, store, run_id) == PROMPTS
         assert send_to_people(workspace, store, run_id) == 0  # sent once
-        served = store.claim_annotations("ann", PROMPTS + 1, overlap=1, contested_run=run_id)
+        served = store.claim_annotations("ann", PROMPTS + 1, PairQueue(overlap=1, contested_run=run_id))
         assert {item.pair_id for item in served[:PROMPTS]} == set(p_a) and served[-1].pair_id == "elsewhere"
         # people side with the judge but on the first six pairs they are served
         people, judge = [], []

@@ -12,7 +12,7 @@ import pytest
 
 from cai_core.jobs import JobFolder
 from cai_core.records import HumanLabel, Pair, Trace, TraceStep, to_row
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 
 # 20 sessions at once is the contention that matters; 20 labels each (400 in all) meet it as 50 did, in less time
 SESSIONS, LABELS_EACH, OVERLAP = 20, 20, 2
@@ -42,7 +42,7 @@ def test_twenty_sessions_label_while_a_job_is_ingested(workspace):
             for _ in range(LABELS_EACH):
                 with Store.open(workspace) as store:  # a page run
                     store.ingest(workspace.runs_dir)
-                    item = store.next_annotation(name, overlap=OVERLAP)
+                    item = store.next_annotation(name, PairQueue(overlap=OVERLAP))
                 with Store.open(workspace) as store:  # the Submit click
                     store.save_human_label(item.label(name, "a"))
         except Exception as exc:  # noqa: BLE001 - every error is reported by the assertion below

@@ -10,7 +10,7 @@ import gzip
 import json
 
 from cai_core import cli
-from cai_core.exports import export_bytes, export_rows
+from cai_core.exports import ExportFilter, export_bytes, export_rows
 from cai_core.jobs import JobFolder
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
@@ -145,7 +145,7 @@ def test_the_export_is_what_cai_export_writes_with_the_same_filters(ws, tmp_path
     assert cli.main([*argv, "--out", str(by_cli)]) == 0
     assert written.read_bytes() == by_cli.read_bytes()
     with Store.open(ws) as store:  # the download's bytes, made by the same function
-        rows = export_rows(store, "pairs", run_id=SEED_RUN, max_round=1)
+        rows = export_rows(store, "pairs", ExportFilter(run_id=SEED_RUN, max_round=1))
     assert export_bytes(rows, "jsonl") == by_cli.read_bytes()
     assert all(json.loads(line)["round"] == 1 for line in by_cli.read_text().splitlines())
 
@@ -171,7 +171,7 @@ def test_the_export_runs_in_the_background_as_cai_export_does(ws, monkeypatch):
 
     assert cli.main(argv) == 0
     with Store.open(ws) as store:
-        rows = export_rows(store, "pairs", run_id=SEED_RUN, max_round=1)
+        rows = export_rows(store, "pairs", ExportFilter(run_id=SEED_RUN, max_round=1))
     assert written.read_bytes() == export_bytes(rows, "jsonl")
     at.run()
     assert any("2/2 rows" in str(p.proto.text) for p in at.get("progress"))

@@ -2,7 +2,7 @@ import pytest
 
 from cai_core import jobs
 from cai_core.critique import GenerateConfig
-from cai_core.exports import export_rows, load_export, write_export
+from cai_core.exports import ExportFilter, export_rows, load_export, write_export
 from cai_core.store import Store
 from cai_core.workspace import PROJECT_ROOT
 
@@ -49,8 +49,8 @@ def test_every_export_loads_with_datasets(store_with_traces, tmp_path, kind, fmt
 def test_round_and_version_filters(store_with_traces):
     with Store.open(store_with_traces) as store:
         final = export_rows(store, "sft")
-        first = export_rows(store, "sft", max_round=1)
-        none = export_rows(store, "sft", constitution_version="not-a-version")
+        first = export_rows(store, "sft", ExportFilter(max_round=1))
+        none = export_rows(store, "sft", ExportFilter(constitution_version="not-a-version"))
     assert set(final["round"]) == {2} and set(first["round"]) == {1}
     assert none.empty
     revision_1 = {r.trace_id: r.messages[1]["content"] for r in first.itertuples()}

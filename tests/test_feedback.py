@@ -359,7 +359,7 @@ def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-    from cai_core.exports import export_rows, load_export, write_export
+    from cai_core.exports import ExportFilter, export_rows, load_export, write_export
 
     pairs = [pair(i) for i in range(8)]
     job = jobs.run("label", config(tiny.name), workspace, pairs=pairs, backend=tiny)
@@ -367,7 +367,7 @@ def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny
         store.add_pairs(pairs)
         store.ingest(workspace.runs_dir)
         rows = export_rows(store, "preferences")
-        confident = export_rows(store, "preferences", run_id=job.run_id, min_confidence=0.01)
+        confident = export_rows(store, "preferences", ExportFilter(run_id=job.run_id, min_confidence=0.01))
     assert len(rows) == 8 and set(rows.labels) == {job.run_id}
     assert (rows.soft_label > 0.5).all() and ((rows.confidence - (2 * rows.soft_label - 1)).abs() < 1e-9).all()
     assert len(confident) == (rows.confidence >= 0.01).sum() < 8  # the tiny judge is rarely sure
@@ -394,7 +394,7 @@ def test_preference_export_trains_reward_and_dpo_models_for_two_steps(tiny, tiny
 
 
 def test_human_preferences_export_follows_the_majority(workspace):
-    from cai_core.exports import export_rows
+    from cai_core.exports import ExportFilter, export_rows
     from cai_core.records import HumanLabel
 
     with Store.open(workspace) as store:
@@ -403,7 +403,7 @@ def test_human_preferences_export_follows_the_majority(workspace):
             [HumanLabel("p0", "ann", "b"), HumanLabel("p0", "bo", "b"), HumanLabel("p0", "cy", "a")]
             + [HumanLabel("p1", "ann", "a"), HumanLabel("p2", "ann", "tie")]
         )
-        rows = export_rows(store, "preferences", run_id="human").set_index("pair_id")
+        rows = export_rows(store, "preferences", ExportFilter(run_id="human")).set_index("pair_id")
     assert list(rows.index) == ["p0", "p1"]  # a tie is no preference
     assert rows.loc["p0", "chosen"][0]["content"] == pair(0).response_b
     assert rows.loc["p0", "soft_label"] == pytest.approx(2 / 3) and rows.loc["p1", "confidence"] == 1.0

@@ -5,7 +5,7 @@ import pytest
 
 from cai_core.jobs import JobFolder
 from cai_core.records import AILabel, HumanLabel, Pair, shown_swapped, to_row
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 
 
 def make_pairs(n):
@@ -41,22 +41,22 @@ def test_sides_are_randomised_per_annotator_stored_and_mapped_back(store_with_pa
 
 def test_the_queue_never_repeats_a_pair_and_respects_the_overlap(store_with_pairs):
     with Store.open(store_with_pairs) as store:
-        first = store.annotation_queue("ann", overlap=2, limit=3)
+        first = store.annotation_queue("ann", PairQueue(overlap=2), limit=3)
         for item in first:
             store.save_human_label(item.label("ann", "a"))
-        store.save_human_label(store.annotation_queue("ann", overlap=2)[0].label("ann", "skip"))
-        queue = [i.pair_id for i in store.annotation_queue("ann", overlap=2, limit=50)]
+        store.save_human_label(store.annotation_queue("ann", PairQueue(overlap=2))[0].label("ann", "skip"))
+        queue = [i.pair_id for i in store.annotation_queue("ann", PairQueue(overlap=2), limit=50)]
         assert len(queue) == 16 and not {i.pair_id for i in first} & set(queue)
         # bo sees the pairs ann labelled first (one label short of the overlap), the skipped one last among them
-        bo = [i.pair_id for i in store.annotation_queue("bo", overlap=2, limit=50)]
+        bo = [i.pair_id for i in store.annotation_queue("bo", PairQueue(overlap=2), limit=50)]
         assert bo[:3] == [i.pair_id for i in first] and len(bo) == 20
         for pair_id in bo[:3]:
             store.save_human_label(HumanLabel(pair_id, "bo", "b"))
-        cy = [i.pair_id for i in store.annotation_queue("cy", overlap=2, limit=50)]
+        cy = [i.pair_id for i in store.annotation_queue("cy", PairQueue(overlap=2), limit=50)]
         assert not set(bo[:3]) & set(cy) and len(cy) == 17  # those three have their two labels
-        assert store.annotation_progress("ann", overlap=2) == {"labelled": 4, "remaining": 16, "pairs": 20}
-        assert store.annotation_progress("cy", overlap=2) == {"labelled": 0, "remaining": 17, "pairs": 20}
-        assert store.annotation_queue("cy", overlap=2, source="sampled") == []
+        assert store.annotation_progress("ann", PairQueue(overlap=2)) == {"labelled": 4, "remaining": 16, "pairs": 20}
+        assert store.annotation_progress("cy", PairQueue(overlap=2)) == {"labelled": 0, "remaining": 17, "pairs": 20}
+        assert store.annotation_queue("cy", PairQueue(overlap=2, source="sampled")) == []
 
 
 def test_edit_keeps_created_at_and_undo_removes_the_latest(store_with_pairs):
@@ -97,7 +97,7 @@ def test_concurrent_annotators_and_a_labelling_job_lose_no_label(store_with_pair
             start.wait()
             for n in range(20):
                 with Store.open(ws) as store:
-                    [item] = store.annotation_queue(name, overlap=len(annotators), limit=1)
+                    [item] = store.annotation_queue(name, PairQueue(overlap=len(annotators)), limit=1)
                     store.save_human_label(item.label(name, "ab"[n % 2], f"{name} #{n}"))
                 if name == "ann0":
                     with Store.open(ws) as store:
@@ -180,19 +180,19 @@ def test_the_pair_on_an_annotators_screen_is_theirs_until_they_label_it(store_wi
     """Overlap 1: a pair handed to ann is not handed to bo meanwhile (before claims both got p00 and the pair
     ended with two labels), stays ann's across reruns, and comes back to the queue if ann walks away."""
     with Store.open(store_with_pairs) as store:
-        first = store.next_annotation("ann", overlap=1)
-        assert store.next_annotation("ann", overlap=1) == first  # a rerun shows the same pair
-        other = store.next_annotation("bo", overlap=1)
+        first = store.next_annotation("ann", PairQueue(overlap=1))
+        assert store.next_annotation("ann", PairQueue(overlap=1)) == first  # a rerun shows the same pair
+        other = store.next_annotation("bo", PairQueue(overlap=1))
         assert other.pair_id != first.pair_id
-        assert first.pair_id not in {i.pair_id for i in store.annotation_queue("cy", overlap=1, limit=20)}
-        assert store.annotation_progress("cy", overlap=1)["remaining"] == 18
+        assert first.pair_id not in {i.pair_id for i in store.annotation_queue("cy", PairQueue(overlap=1), limit=20)}
+        assert store.annotation_progress("cy", PairQueue(overlap=1))["remaining"] == 18
         store.save_human_label(first.label("ann", "a"))
-        following = store.next_annotation("ann", overlap=1)
+        following = store.next_annotation("ann", PairQueue(overlap=1))
         assert following.pair_id not in (first.pair_id, other.pair_id)
         assert store.undo_human_label("ann").pair_id == first.pair_id
-        assert store.next_annotation("ann", overlap=1).pair_id == first.pair_id  # the undone pair comes back
+        assert store.next_annotation("ann", PairQueue(overlap=1)).pair_id == first.pair_id  # the undone pair comes back
         monkeypatch.setattr("cai_core.store.labels.CLAIM_SECONDS", -1.0)  # every claim has expired
-        assert store.annotation_queue("cy", overlap=1, limit=1)[0].pair_id == "p00"
+        assert store.annotation_queue("cy", PairQueue(overlap=1), limit=1)[0].pair_id == "p00"
         store.save_human_label(other.label("bo", "b"))  # a label saved late is kept all the same
         assert [label.annotator for label in store.human_labels(pair_id=other.pair_id)] == ["bo"]
 
@@ -202,17 +202,17 @@ def test_an_annotator_holds_a_look_ahead_of_pairs_in_the_order_they_were_handed_
     is handed them meanwhile (overlap 1), a rerun gets the same pairs in the same order, a label frees its
     slot for the queue's next pair, and an undone pair comes first."""
     with Store.open(store_with_pairs) as store:
-        ahead = [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)]
+        ahead = [item.pair_id for item in store.claim_annotations("ann", 3, PairQueue(overlap=1))]
         assert len(set(ahead)) == 3
-        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("bo", overlap=1, limit=20)}
-        assert [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)] == ahead
-        assert store.next_annotation("ann", overlap=1).pair_id == ahead[0]
-        store.save_human_label(store.claim_annotations("ann", 3, overlap=1)[0].label("ann", "a"))
-        after = [item.pair_id for item in store.claim_annotations("ann", 3, overlap=1)]
+        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("bo", PairQueue(overlap=1), limit=20)}
+        assert [item.pair_id for item in store.claim_annotations("ann", 3, PairQueue(overlap=1))] == ahead
+        assert store.next_annotation("ann", PairQueue(overlap=1)).pair_id == ahead[0]
+        store.save_human_label(store.claim_annotations("ann", 3, PairQueue(overlap=1))[0].label("ann", "a"))
+        after = [item.pair_id for item in store.claim_annotations("ann", 3, PairQueue(overlap=1))]
         assert after[:2] == ahead[1:] and after[2] not in ahead
         assert store.undo_human_label("ann").pair_id == ahead[0]
-        assert [item.pair_id for item in store.claim_annotations("ann", 4, overlap=1)] == [ahead[0], *after]
-        assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 4
+        assert [item.pair_id for item in store.claim_annotations("ann", 4, PairQueue(overlap=1))] == [ahead[0], *after]
+        assert store.annotation_progress("bo", PairQueue(overlap=1))["remaining"] == 20 - 4
         store.release_claims("ann", keep=1)  # the queue's order changed: only the pair on screen is kept
-        assert store.annotation_progress("bo", overlap=1)["remaining"] == 20 - 1
-        assert [item.pair_id for item in store.claim_annotations("ann", 1, overlap=1)] == [ahead[0]]
+        assert store.annotation_progress("bo", PairQueue(overlap=1))["remaining"] == 20 - 1
+        assert [item.pair_id for item in store.claim_annotations("ann", 1, PairQueue(overlap=1))] == [ahead[0]]

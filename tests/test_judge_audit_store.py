@@ -16,15 +16,17 @@ from cai_core import cli, jobs
 from cai_core.agreement import dashboard
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution
-from cai_core.exports import preference_rows
+from cai_core.exports import ExportFilter, preference_rows
 from cai_core.feedback import Judge, LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import calibrate_run, measure_priors, queue_tightening, score_queue
 from cai_core.judge_calibration import CALIBRATION_STAGES, JudgeCalibration, PlattScaling
 from cai_core.judge_queue import contest_score, queue_order
 from cai_core.records import AILabel, CalibrationPrior, HumanLabel, Pair, RoundJudgment, StoredCalibration, to_row
-from cai_core.store import Store
+from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT
+
+from .browser.seed import logprob_label
 
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
 FIVE_PRINCIPLES = str(PROJECT_ROOT / "constitutions" / "customer_service.yaml")
@@ -87,7 +89,9 @@ def test_a_calibration_is_fitted_with_the_real_judge_stored_and_applied_by_the_d
         assert after.overall["ece"] != pytest.approx(before.overall["ece"], abs=1e-6)  # the probabilities moved
 
         # and the export takes it on request: P(a better) per pair is the mean of the calibrated labels
-        exported = preference_rows(store, run_id=job.run_id, calibration=calibration_id).set_index("pair_id")
+        exported = preference_rows(store, ExportFilter(run_id=job.run_id, calibration=calibration_id)).set_index(
+            "pair_id"
+        )
         p_a = pd.Series((q1 + 1 - q2) / 2).groupby(labels.pair_id).mean()
         a_won = exported.chosen.map(lambda c: c[0]["content"]) == [
             next(p for p in found if p.pair_id == i).response_a for i in exported.index
@@ -113,11 +117,7 @@ def test_calibrating_a_run_without_human_labels_says_so(workspace, tiny):
 
 def load_label_run(workspace, run: str, probabilities: list[tuple[float, float]], principle: str = "harm") -> None:
     rows = [
-        to_row(
-            AILabel(
-                run, f"p{i:03d}", principle, "j", "v1", "sample", "logprob", False, 0, p1, p2, (p1 + 1 - p2) / 2, False
-            )
-        )
+        to_row(logprob_label(run, f"p{i:03d}", principle, "j", "v1", p1, p2))
         for i, (p1, p2) in enumerate(probabilities)
     ]
     JobFolder.create(workspace.runs_dir, run, {"kind": "label", "model": "j"}).append("ai_labels", rows)
@@ -137,12 +137,12 @@ def test_the_disagreement_first_queue_serves_in_score_order_and_records_what_it_
         expected = queue_order(ids, contest_score(p1, p2, np.zeros(60), np.zeros(60)), seed="run-q")
         served = []
         for _ in range(10):
-            item = store.next_annotation("ann", overlap=1, contested_run="run-q")
+            item = store.next_annotation("ann", PairQueue(overlap=1, contested_run="run-q"))
             store.save_human_label(item.label("ann", "a"))
             served.append(item.pair_id)
         assert served == expected[:10]
         # the default mode is unchanged: pairs nearest their overlap first, in the origin's order
-        assert store.next_annotation("bo", overlap=2).pair_id == min(served)
+        assert store.next_annotation("bo", PairQueue(overlap=2)).pair_id == min(served)
         assert list(store.queue_served_labels("run-q").pair_id) == served
 
         table = queue_tightening(store, "run-q")
@@ -166,7 +166,7 @@ def test_contested_queue_never_hands_one_pair_to_two_annotators(workspace):
         try:
             for _ in range(8):
                 with Store.open(workspace) as store:
-                    item = store.next_annotation(name, overlap=1, contested_run="run-c")
+                    item = store.next_annotation(name, PairQueue(overlap=1, contested_run="run-c"))
                     got.append(item.pair_id)
                     store.save_human_label(item.label(name, "b"))
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cai_core.config import ConfigError
-from cai_core.exports import preference_rows
+from cai_core.exports import ExportFilter, preference_rows
 from cai_core.label_gate import GateRule, gate
 from cai_core.records import HumanLabel
 from cai_core.store import Store
@@ -68,9 +68,9 @@ def test_gated_preferences_agree_with_people_more_than_ungated_ones(workspace, k
         return sum(a == b for a, b in judged) / len(judged)
 
     with Store.open(workspace) as store:
-        ungated = preference_rows(store, run_id=RUN)
-        gated = preference_rows(store, run_id=RUN, gate=GateRule())
-        strict = preference_rows(store, run_id=RUN, gate=GateRule(unjudged="drop"))
+        ungated = preference_rows(store, ExportFilter(run_id=RUN))
+        gated = preference_rows(store, ExportFilter(run_id=RUN, gate=GateRule()))
+        strict = preference_rows(store, ExportFilter(run_id=RUN, gate=GateRule(unjudged="drop")))
     people_labelled = ungated[ungated.pair_id.isin(known_judge)]
     assert agreement(gated[gated.pair_id.isin(known_judge)]) > agreement(people_labelled) + 0.15
     # the unjudged principle's pairs stay by default and leave when the rule drops what it cannot judge

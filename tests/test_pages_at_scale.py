@@ -342,7 +342,7 @@ def test_a_redraw_ingests_at_each_connection_while_a_job_is_at_work(workspace, m
 def test_the_preferences_count_matches_its_rows_and_a_redraw_makes_none(workspace, monkeypatch):
     """The Data page counted the preference rows by making them: 250k pairs' rows at every redraw."""
     import cai_core.exports
-    from cai_core.exports import export_count, export_rows
+    from cai_core.exports import ExportFilter, export_count, export_rows
     from cai_core.label_gate import GateRule
     from cai_core.records import HumanLabel
 
@@ -355,14 +355,14 @@ def test_the_preferences_count_matches_its_rows_and_a_redraw_makes_none(workspac
             [HumanLabel(pair.pair_id, f"person-{i % 2}", "ab"[i % 3 == 0]) for i, pair in enumerate(pairs)]
         )
         for filters in (
-            {},
-            {"min_confidence": 0.3},
-            {"run_id": "human"},
-            {"run_id": SEED_LABEL_RUN, "raw_labels": True},
-            {"gate": GateRule(min_human_labels=1, unjudged="drop")},
-            {"run_id": "none-such"},
+            ExportFilter(),
+            ExportFilter(min_confidence=0.3),
+            ExportFilter(run_id="human"),
+            ExportFilter(run_id=SEED_LABEL_RUN, raw_labels=True),
+            ExportFilter(gate=GateRule(min_human_labels=1, unjudged="drop")),
+            ExportFilter(run_id="none-such"),
         ):
-            assert export_count(store, "preferences", **filters) == len(export_rows(store, "preferences", **filters))
+            assert export_count(store, "preferences", filters) == len(export_rows(store, "preferences", filters))
         assert export_count(store, "preferences") > 0
 
     def made(*args, **kwargs):

@@ -19,12 +19,12 @@ from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_audit import queue_tightening
 from cai_core.pairs import read_hh_rlhf
-from cai_core.records import AILabel, HumanLabel, shown_swapped, to_row
-from cai_core.store import Store
+from cai_core.records import HumanLabel, shown_swapped, to_row
+from cai_core.store import PairQueue, Store
 from cai_core.workspace import PROJECT_ROOT, Workspace
 
 from .app_pages import open_page
-from .browser.seed import model_in_workspace
+from .browser.seed import logprob_label, model_in_workspace
 from .conftest import require_shared_data
 
 HHH = str(PROJECT_ROOT / "constitutions" / "hhh.yaml")
@@ -46,10 +46,7 @@ def ws(tmp_path, monkeypatch) -> Workspace:
     ai = []
     for p in found.pairs:
         p1, p2 = rng.random(), rng.random()
-        p_a = (p1 + 1 - p2) / 2
-        ai.append(
-            AILabel("run-1", p.pair_id, "harm", "judge-1", "v1", "sample", "logprob", False, 0, p1, p2, p_a, False)
-        )
+        ai.append(logprob_label("run-1", p.pair_id, "harm", "judge-1", "v1", p1, p2))
     seeded_run = JobFolder.create(workspace.runs_dir, "run-1", {"kind": "label", "model": "judge-1"})
     seeded_run.append("ai_labels", [to_row(a) for a in ai])
     seeded_run.set_progress("done", len(ai), len(ai))
@@ -168,9 +165,9 @@ def test_a_label_is_saved_on_the_pair_it_names_even_when_others_fill_it_and_a_re
         assert missing >= 1
         for n in range(missing):
             store.save_human_label(HumanLabel(pair_id, f"someone-else-{n}", "a"))
-        assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", overlap=2, limit=100)]
+        assert pair_id not in [i.pair_id for i in store.annotation_queue("eve", PairQueue(overlap=2), limit=100)]
         # the look-ahead is eve's: nobody else is handed those pairs meanwhile
-        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", overlap=1, limit=100)}
+        assert not set(ahead) & {i.pair_id for i in store.annotation_queue("someone", PairQueue(overlap=1), limit=100)}
     first = label_event(at, pair_id, "b", "B answers the question")
     send_labels(at, [first])
     assert not at.exception, at.exception
@@ -283,21 +280,7 @@ def test_agreement_filters_pool_principles_models_and_versions_across_runs(ws):
         pairs = store.pairs(limit=PAIRS)
     rng = random.Random(8)
     second = [
-        AILabel(
-            "run-2",
-            p.pair_id,
-            principle,
-            "judge-2",
-            "v2",
-            "sample",
-            "logprob",
-            False,
-            0,
-            p1,
-            p2,
-            (p1 + 1 - p2) / 2,
-            False,
-        )
+        logprob_label("run-2", p.pair_id, principle, "judge-2", "v2", p1, p2)
         for i, p in enumerate(pairs)
         for principle, p1, p2 in [(("harm", "honesty")[i % 2], rng.random(), rng.random())]
     ]

@@ -14,7 +14,7 @@ import torch
 from cai_core import cli, jobs
 from cai_core.backends.hf import HFBackend
 from cai_core.constitution import load_constitution
-from cai_core.exports import preference_rows
+from cai_core.exports import ExportFilter, preference_rows
 from cai_core.feedback import LabelConfig
 from cai_core.jobs import JobFolder
 from cai_core.judge_calibration import JudgeCalibration, PlattScaling
@@ -83,8 +83,8 @@ def test_a_label_run_through_a_calibration_stores_both_p_and_exports_say_which_t
 
     with Store.open(workspace) as store:
         store.ingest(workspace.runs_dir)
-        calibrated = preference_rows(store, run_id=job.run_id).set_index("pair_id")
-        raw = preference_rows(store, run_id=job.run_id, raw=True).set_index("pair_id")
+        calibrated = preference_rows(store, ExportFilter(run_id=job.run_id)).set_index("pair_id")
+        raw = preference_rows(store, ExportFilter(run_id=job.run_id, raw_labels=True)).set_index("pair_id")
     assert set(calibrated.probability) == {"calibrated"} and set(calibrated.calibration) == {"cal-hand"}
     assert set(raw.probability) == {"raw"} and raw.calibration.isna().all()
     oriented = labels.p_a_calibrated.where(labels.p_a_calibrated > 0.5, 1 - labels.p_a_calibrated)

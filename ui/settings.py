@@ -10,7 +10,7 @@ These modules live outside `pages/`: Streamlit lists every file there as a page.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,12 @@ def keep_setting(key: str) -> None:
     st.session_state[SETTINGS][key] = st.session_state[key]
 
 
+def _setting_widget(key: str, operator: bool) -> dict:
+    """The arguments that make a sidebar widget a setting: it starts at the setting (see `setup`), what the visitor
+    chooses becomes the setting, and only an operator may change it."""
+    return {"key": key, "on_change": keep_setting, "args": (key,), "disabled": not operator}
+
+
 def setup(title: str) -> Settings:
     """Configure the page, ask for a login where the server wants one, and draw the shared settings in the
     sidebar; every page calls this first. Nothing a setting names lies outside the workspace."""
@@ -111,19 +117,13 @@ def setup(title: str) -> Settings:
         st.subheader("Settings")
         st.text_input(
             "Data folder",
-            key="data_dir",
-            on_change=keep_setting,
-            args=("data_dir",),
-            disabled=not operator,
+            **_setting_widget("data_dir", operator),
             help="Holds the database, job folders and converted models; inside the workspace "
             f"({', '.join(map(str, env.browser_roots))}).",
         )
         st.text_input(
             "Database file",
-            key="db_path",
-            on_change=keep_setting,
-            args=("db_path",),
-            disabled=not operator,
+            **_setting_widget("db_path", operator),
             placeholder="data folder/cai.duckdb",
             help="A .duckdb file inside the workspace. Leave empty to keep the database in the data folder.",
         )
@@ -162,21 +162,15 @@ def setup(title: str) -> Settings:
         st.selectbox(
             "Model",
             list(labels),
-            key="model_choice",
-            on_change=keep_setting,
-            args=("model_choice",),
             format_func=labels.get,
-            disabled=not operator,
+            **_setting_widget("model_choice", operator),
             help="The backend of every page: the default model, a finished training run's model, a listed "
             "endpoint's model, or any other spec.",
         )
         if ss["model_choice"] == OTHER_MODEL:
             st.text_input(
                 "Model spec",
-                key="model_spec",
-                on_change=keep_setting,
-                args=("model_spec",),
-                disabled=not operator,
+                **_setting_widget("model_spec", operator),
                 help="A model folder inside the workspace, a hub id, or `openai:MODEL@URL` on a URL the operator "
                 "listed in endpoints.yaml.",
             )
@@ -299,6 +293,24 @@ def browser_file(workspace: Workspace, typed: str, upload, suffixes: tuple[str, 
     if source:
         return workspace.resolve_browser_source(typed, suffixes=suffixes)
     return str(workspace.resolve_browser_path(typed, suffixes=suffixes))
+
+
+PROMPT_TYPES = ("jsonl", "csv", "txt")
+
+
+def prompt_file_input(where, workspace: Workspace, key: str) -> Callable[[], str]:
+    """A form's prompt file, typed (the working context's to start with) or uploaded, in the column `where`; the
+    widgets' keys start with `key`. Returns what names the file once the form is sent (`browser_file`): an
+    upload is saved then, not at every redraw."""
+    follow_context("prompts", f"{key}_prompts", default=str(workspace.demo_prompts))
+    typed = where.text_input(
+        "Prompt file",
+        key=f"{key}_prompts",
+        help=".jsonl, .csv or .txt with a `prompt` field, or a saved datasets folder, inside the workspace; or "
+        "hf:OWNER/NAME[:SPLIT].",
+    )
+    upload = where.file_uploader("or upload a prompt file", type=list(PROMPT_TYPES), key=f"{key}_upload")
+    return lambda: browser_file(workspace, typed, upload, tuple(f".{t}" for t in PROMPT_TYPES), source=True)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from .audits import AUDIT_ANSWERS, GraderAuditQueries, GraderItem, GraderLabel
 from .constitutions import ConstitutionQueries
 from .core import StoreCore, StoreError
 from .ingest import SPOOLED_TABLES, IngestQueries
-from .labels import CLAIM_SECONDS, LabelQueries
+from .labels import CLAIM_SECONDS, LabelQueries, PairQueue
 from .runs import RunQueries
 from .schema import MIGRATIONS
 from .traces import TraceFilter, TraceQueries
@@ -44,6 +44,7 @@ __all__ = [
     "GraderItem",
     "GraderLabel",
     "MIGRATIONS",
+    "PairQueue",
     "SPOOLED_TABLES",
     "LabelFilter",
     "Store",

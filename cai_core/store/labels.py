@@ -15,6 +15,7 @@ to be served. The order changes nothing else: the same claims, under the same lo
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -22,6 +23,17 @@ from ..records import HUMAN_CHOICES, AnnotationItem, HumanLabel, Pair, check_not
 from .agreement import ai_labels_table
 
 CLAIM_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class PairQueue:
+    """Which pairs an annotator's queue holds and in what order: those that want `overlap` labels, of one source
+    (None: every source), in their origin's order or, with `contested_run`, disagreement-first by that label
+    run's queue keys."""
+
+    overlap: int = 2
+    source: str | None = None
+    contested_run: str | None = None
 
 
 class LabelQueries:
@@ -158,9 +170,7 @@ class LabelQueries:
 
     # --- the annotation queue -------------------------------------------------------------------
 
-    def _queue_sql(
-        self, columns_: str, annotator: str, overlap: int, source: str | None, contested_run: str | None = None
-    ) -> tuple[str, list]:
+    def _queue_sql(self, columns_: str, annotator: str, queue: PairQueue) -> tuple[str, list]:
         # A skip keeps the pair from that annotator but does not count towards the labels a pair wants; another
         # annotator's live claim does count. `taken` is both.
         return (
@@ -173,28 +183,28 @@ class LabelQueries:
                 LEFT JOIN (SELECT pair_id, queue_key FROM queue_scores WHERE run_id = ?) q USING (pair_id)
                 WHERE NOT coalesce(h.mine, false) AND coalesce(h.n, 0) + coalesce(c.held, 0) < ?
                   AND (? IS NULL OR p.source = ?)""",
-            [annotator, annotator, now() - CLAIM_SECONDS, contested_run, overlap, source, source],
+            [
+                annotator,
+                annotator,
+                now() - CLAIM_SECONDS,
+                queue.contested_run,
+                queue.overlap,
+                queue.source,
+                queue.source,
+            ],
         )
 
     def annotation_queue(
-        self,
-        annotator: str,
-        *,
-        overlap: int = 2,
-        limit: int = 1,
-        source: str | None = None,
-        contested_run: str | None = None,
+        self, annotator: str, queue: PairQueue = PairQueue(), *, limit: int = 1
     ) -> list[AnnotationItem]:
         """The next pairs for this annotator: never one they labelled (or skipped), never one that already
-        has `overlap` labels or claims. Pairs closest to their overlap come first, so that finished pairs
+        has `queue.overlap` labels or claims. Pairs closest to their overlap come first, so that finished pairs
         accumulate (what inter-annotator agreement needs), then in their origin's order. With `contested_run`,
         disagreement-first instead: by that label run's queue keys (the most contested pairs first, see
         `judge_queue.queue_order`), pairs it did not score last. Claims nothing: `next_annotation` hands a
         pair out."""
-        sql, params = self._queue_sql(
-            f"{', '.join('p.' + c for c in columns(Pair))}", annotator, overlap, source, contested_run
-        )
-        fill_first = "" if contested_run else "coalesce(h.n, 0) + coalesce(c.held, 0) DESC,"
+        sql, params = self._queue_sql(f"{', '.join('p.' + c for c in columns(Pair))}", annotator, queue)
+        fill_first = "" if queue.contested_run else "coalesce(h.n, 0) + coalesce(c.held, 0) DESC,"
         rows = self.con.execute(
             sql
             + f""" ORDER BY q.queue_key ASC NULLS LAST, {fill_first} p.source, p.origin, p.origin_index, p.pair_id
@@ -203,15 +213,7 @@ class LabelQueries:
         ).fetchall()
         return [AnnotationItem.for_annotator(Pair(*r), annotator) for r in rows]
 
-    def claim_annotations(
-        self,
-        annotator: str,
-        count: int = 1,
-        *,
-        overlap: int = 2,
-        source: str | None = None,
-        contested_run: str | None = None,
-    ) -> list[AnnotationItem]:
+    def claim_annotations(self, annotator: str, count: int = 1, queue: PairQueue = PairQueue()) -> list[AnnotationItem]:
         """Up to `count` pairs this annotator should label next, claimed for them, in the order to show them:
         the ones they already hold (until they label them or the claims expire), in the order they were handed
         out, then the head of their queue (disagreement-first by `contested_run`'s scores, when given: each
@@ -232,15 +234,13 @@ class LabelQueries:
             ]
             items = [AnnotationItem.for_annotator(self.pair(pair_id), annotator) for pair_id in held]
             if len(items) < count:
-                queue = self.annotation_queue(
-                    annotator, overlap=overlap, limit=count, source=source, contested_run=contested_run
-                )
-                fresh = [item for item in queue if item.pair_id not in held][: count - len(items)]
-                if contested_run:
+                head = self.annotation_queue(annotator, queue, limit=count)
+                fresh = [item for item in head if item.pair_id not in held][: count - len(items)]
+                if queue.contested_run:
                     for item in fresh:
                         self._exec(
                             "INSERT OR IGNORE INTO queue_served VALUES (?, ?, ?, ?)",
-                            [contested_run, item.pair_id, annotator, started],
+                            [queue.contested_run, item.pair_id, annotator, started],
                         )
                 items += fresh
             # Renewing rewrites them all, a microsecond apart: the claim times keep the order they were handed out.
@@ -273,12 +273,10 @@ class LabelQueries:
             self._exec("DELETE FROM annotation_claims WHERE annotator = ?", [annotator])
             self.release_grader_claims(annotator)  # the audit queues' own rule (store/audits.py)
 
-    def next_annotation(
-        self, annotator: str, *, overlap: int = 2, source: str | None = None, contested_run: str | None = None
-    ) -> AnnotationItem | None:
+    def next_annotation(self, annotator: str, queue: PairQueue = PairQueue()) -> AnnotationItem | None:
         """The one pair this annotator should label now, claimed for them (see `claim_annotations`); None when
         their queue is empty."""
-        items = self.claim_annotations(annotator, overlap=overlap, source=source, contested_run=contested_run)
+        items = self.claim_annotations(annotator, queue=queue)
         return items[0] if items else None
 
     def queue_score_inputs(self, run_id: str) -> pd.DataFrame:
@@ -321,14 +319,15 @@ class LabelQueries:
             [run_id],
         ).df()
 
-    def annotation_progress(self, annotator: str, *, overlap: int = 2, source: str | None = None) -> dict[str, int]:
-        sql, params = self._queue_sql("count(*)", annotator, overlap, source)
+    def annotation_progress(self, annotator: str, queue: PairQueue = PairQueue()) -> dict[str, int]:
+        # the order a queue takes changes which pairs come first, not how many are left
+        sql, params = self._queue_sql("count(*)", annotator, queue)
         mine = self._one(
             """SELECT count(*) FROM human_labels h JOIN pairs p USING (pair_id)
                WHERE h.annotator = ? AND (? IS NULL OR p.source = ?)""",
-            [annotator, source, source],
+            [annotator, queue.source, queue.source],
         )[0]
-        return {"labelled": mine, "remaining": self._one(sql, params)[0], "pairs": self.count_pairs(source)}
+        return {"labelled": mine, "remaining": self._one(sql, params)[0], "pairs": self.count_pairs(queue.source)}
 
     # --- AI labels -----------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from .config import TrainError
 
 
 def store_rows(ws: Workspace, kind: str, **filters) -> pd.DataFrame:
-    """An export (see `cai_core.exports`) from the database, after taking in finished jobs' records."""
-    from ..exports import export_rows
+    """An export (see `cai_core.exports`; FILTERS: an `ExportFilter`'s fields) from the database, after taking in
+    finished jobs' records."""
+    from ..exports import ExportFilter, export_rows
     from ..store import Store
 
     with Store.open(ws) as store:
         store.ingest(ws.runs_dir)
-        return export_rows(store, kind, **filters)
+        return export_rows(store, kind, ExportFilter(**filters))
 
 
 def file_rows(path: str) -> pd.DataFrame:

@@ -89,7 +89,7 @@ class PreferenceData:
             return rows, self.probability_record(rows)
         if self.labels == "sl-cai":
             return self.refuse_empty(store_rows(ws, "pairs")), {}
-        from ..exports import export_rows
+        from ..exports import ExportFilter, export_rows
         from ..label_gate import gate
         from ..store import Store
 
@@ -101,10 +101,9 @@ class PreferenceData:
             rows = export_rows(
                 store,
                 "preferences",
-                run_id=run_id,
-                min_confidence=self.min_confidence,
-                gate=decided,
-                raw_labels=self.raw_labels,
+                ExportFilter(
+                    run_id=run_id, min_confidence=self.min_confidence, gate=decided, raw_labels=self.raw_labels
+                ),
             )
         rows = self.refuse_empty(rows)
         decisions = {GATE_SPLIT: decided.table} if decided is not None and not decided.table.empty else {}

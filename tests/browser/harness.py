@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
+from cai_core.serve import streamlit_command
 from cai_core.workspace import PROJECT_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,23 +54,11 @@ def running_app(data_dir: Path, constitutions_dir: Path, log_path: Path):
     port = free_port()
     env = {**os.environ, "CAI_DATA_DIR": str(data_dir), "CAI_CONSTITUTIONS_DIR": str(constitutions_dir)}
     env.pop("CAI_DB", None)
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(PROJECT_ROOT / "app.py"),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # the command `cai app` runs, so the tests meet the app as people do
+        server = subprocess.Popen(
+            streamlit_command("127.0.0.1", port), env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S

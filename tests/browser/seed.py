@@ -149,6 +149,16 @@ def seed_pair_texts(n: int) -> list[Pair]:
     ]
 
 
+def logprob_label(
+    run_id: str, pair_id: str, principle: str, judge: str, version: str, p_order1: float, p_order2: float
+) -> AILabel:
+    """An AI label as a sampling logprob judge without reasoning stores it: P(a better) from both orders."""
+    p_a = (p_order1 + 1 - p_order2) / 2
+    return AILabel(
+        run_id, pair_id, principle, judge, version, "sample", "logprob", False, 0, p_order1, p_order2, p_a, False
+    )
+
+
 def seed_pairs(workspace: Workspace, constitution_path: Path, n: int = 30) -> list[Pair]:
     """N pairs and a finished AI label run over them, spooled into job folders the way `cai pairs` and
     `cai label` write them; the judge's per-order probabilities vary by pair and are never exactly 0.5."""
@@ -162,21 +172,7 @@ def seed_pairs(workspace: Workspace, constitution_path: Path, n: int = 30) -> li
     for i, pair in enumerate(pairs):
         p_order1, p_order2 = 0.07 + 0.9 * ((i * 7) % 11) / 10, 0.1 + 0.8 * ((i * 3) % 7) / 6
         labels.append(
-            AILabel(
-                SEED_LABEL_RUN,
-                pair.pair_id,
-                principle,
-                SEED_JUDGE,
-                constitution.version,
-                "sample",
-                "logprob",
-                False,
-                0,
-                p_order1,
-                p_order2,
-                (p_order1 + 1 - p_order2) / 2,
-                False,
-            )
+            logprob_label(SEED_LABEL_RUN, pair.pair_id, principle, SEED_JUDGE, constitution.version, p_order1, p_order2)
         )
     label_job = JobFolder.create(
         workspace.runs_dir,
