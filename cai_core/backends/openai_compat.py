@@ -61,7 +61,7 @@ EXACT, TOP_20 = "exact (vLLM prompt tokens)", "approximate (top-20 first tokens)
 # (at least HEDGE_MIN_SECONDS), is sent again to another server; the batch is checked this often.
 HEDGE_AFTER_SHARE, HEDGE_FACTOR, HEDGE_MIN_SECONDS, HEDGE_CHECK_SECONDS = 0.9, 2.0, 0.5, 0.1
 HEDGE_COPIES = 3
-# Chats whose options one completions request scores (each chat's /tokenize is still its own request).
+# Chats whose options one completions request scores (each chat's /tokenize is its own request).
 SCORE_CHATS_PER_REQUEST = 8
 
 log = logging.getLogger(__name__)
@@ -228,41 +228,40 @@ class OpenAICompatBackend:
         return ids
 
     def _score_exactly(self, chats: list[Chat], option_ids: list[list[int]]) -> list[list[float]]:
-        """Per group of SCORE_CHATS_PER_REQUEST chats: each chat's tokens by the server's template (/tokenize),
-        then one completions request whose contexts are those tokens plus each proper prefix of each option (a
+        """Each chat's tokens by the server's template (/tokenize), then per group of SCORE_CHATS_PER_REQUEST chats
+        one completions request whose contexts are those tokens plus each proper prefix of each option (a
         single-token option needs only the chat's own), each asking the log-probabilities of the option tokens
         that may follow it. A group's contexts are sequences of their own in the server's batch, as separate
-        requests' would be; one request for them all is a fraction of the client's CPU (per request it is
-        mostly HTTP's own), and a group's completion does not wait for other groups' tokenizing."""
+        requests' would be; one request for them all is a fraction of the client's CPU (per request it is mostly
+        HTTP's own). The two steps run one after the other, each over the whole batch, so that every request is
+        hedged on its own: a group that also tokenized its chats was nine requests in a row, one stall in any of
+        which held the group, and too many held groups kept its batch from hedging at all (a job runs several
+        batches at once, so the fleet is kept busy across the step between them)."""
         steps = [(ids[:k], token) for ids in option_ids for k, token in enumerate(ids)]
         starts = list(dict.fromkeys(tuple(start) for start, _ in steps))
         wanted = sorted({token for _, token in steps})
-
-        def score(group: list[Chat], turn: int) -> list[list[float]]:
-            prefixes = []
-            for chat in group:
-                tokenize = {"model": self.model, "messages": chat, "add_generation_prompt": True}
-                data, url, _ = self._post(tokenize, turn, "/tokenize")
-                prefixes.append(token_ids(data, url))
-            body = {
+        tokenize = [{"model": self.model, "messages": chat, "add_generation_prompt": True} for chat in chats]
+        prefixes = [token_ids(data, url) for data, url, _ in self._post_all(tokenize, route="/tokenize")]
+        groups = [prefixes[i : i + SCORE_CHATS_PER_REQUEST] for i in range(0, len(prefixes), SCORE_CHATS_PER_REQUEST)]
+        bodies = [
+            {
                 "model": self.model,
-                "prompt": [prefix + list(start) for prefix in prefixes for start in starts],
+                "prompt": [prefix + list(start) for prefix in group for start in starts],
                 "max_tokens": 1,
                 "temperature": 0,
                 "logprobs": len(wanted),
                 "logprob_token_ids": wanted,
                 "return_tokens_as_token_ids": True,
             }
-            data, url, _ = self._post(body, turn, "/v1/completions")
+            for group in groups
+        ]
+        scores = []
+        for body, (data, url, _) in zip(bodies, self._post_all(bodies, route="/v1/completions"), strict=True):
             after = next_token_logprobs(data, url, len(body["prompt"]))
-            scores = []
             for first in range(0, len(after), len(starts)):
                 logprob = {(start, t): after[first + i][t] for i, start in enumerate(starts) for t in wanted}
                 scores.append([sum(logprob[(tuple(ids[:k]), t)] for k, t in enumerate(ids)) for ids in option_ids])
-            return scores
-
-        groups = [chats[i : i + SCORE_CHATS_PER_REQUEST] for i in range(0, len(chats), SCORE_CHATS_PER_REQUEST)]
-        return [scores for group in self._run_all(groups, score) for scores in group]
+        return scores
 
     def _score_from_top_tokens(self, chats: list[Chat], options: list[str]) -> list[list[float]]:
         bodies = [
