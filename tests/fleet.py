@@ -179,8 +179,12 @@ class SimServer:
             stats.held["by traffic" if await self.held(counts.answered + self.config.hold_for) else "by timeout"] += 1
         # vLLM batches each prompt of a completions request as a sequence of its own: so many slots it holds; its
         # API server tokenizes without the engine: a /tokenize holds none
-        sequences = len(body["prompt"]) if route == "/completions" and isinstance(body["prompt"][0], list) else 1
-        sequences = 0 if route == "/tokenize" else sequences
+        if route == "/tokenize":
+            sequences = 0
+        elif route == "/completions" and isinstance(body["prompt"][0], list):
+            sequences = len(body["prompt"])
+        else:
+            sequences = 1
         async with self.slots(min(sequences, self.config.concurrency)):
             stats.in_flight += sequences
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)

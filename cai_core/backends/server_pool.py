@@ -90,12 +90,12 @@ class Servers:
 
 
 class Connections:
-    """Keep-alive connections to each server, handed to one request at a time and taken back after its answer is
-    read. urllib opens a new connection for every request and closes it after: at a fleet's rate (a label is four
-    requests) the connect, and over https the TLS handshake, cost the client more CPU than the request itself, and
-    no well-kept standard-library pool exists (urllib3 and httpx are not what the client may assume installed).
-    A connection the server has closed while idle (its keep-alive timeout) is found before it is used, as urllib3
-    does: an idle socket that polls readable has nothing left to give but its end."""
+    """Keep-alive connections to each server, handed to one request at a time and taken back after its answer is read.
+    urllib opens a new connection for every request and closes it after: at a fleet's rate (a label is two requests and
+    a quarter) the connect, and over https the TLS handshake, cost the client more CPU than the request itself, and no
+    well-kept standard-library pool exists (urllib3 and httpx are not what the client may assume installed). A
+    connection the server has closed while idle (its keep-alive timeout) is found before it is used, as urllib3 does: an
+    idle socket that polls readable has nothing left to give but its end."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -118,7 +118,8 @@ class Connections:
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
 
     def give_back(self, base: str, connection: http.client.HTTPConnection) -> None:
-        """Keep CONNECTION for the next request to BASE; one whose answer said it closes is closed instead."""
+        """Keep CONNECTION for the next request to BASE; one whose answer said it closes (http.client has closed it)
+        is let go."""
         if connection.sock is None:
             return
         with self.lock:
